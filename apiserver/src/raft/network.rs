@@ -1,0 +1,197 @@
+//! The client side of the transport: gRPC channels to peers, and openraft's network over them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use tonic::transport::{Channel, Endpoint};
+use uuid::Uuid;
+
+use super::codec::MAX_MESSAGE;
+use super::error::ClusterError;
+use super::proto::cluster_client::ClusterClient;
+use super::proto::raft_client::RaftClient;
+use super::types::{Member, TypeConfig};
+use super::wire::PeerCall;
+
+/// Lazily connected gRPC channels to other servers, one per address, shared by Raft
+/// replication and by forwarded requests.
+pub(crate) struct Peers {
+    channels: Mutex<HashMap<String, Channel>>,
+    connect_timeout: Duration,
+}
+
+/// openraft's network: a [`PeerLink`] per target server.
+pub(crate) struct Network {
+    pub(crate) peers: Arc<Peers>,
+    pub(crate) cluster_id: Uuid,
+}
+
+/// Raft RPCs to one server.
+pub(crate) struct PeerLink {
+    target: u64,
+    cluster_id: Uuid,
+    client: Option<RaftClient<Channel>>,
+    /// Why there is no client (a malformed address).
+    error: Option<ClusterError>,
+}
+
+// === impl Peers ===
+
+impl Peers {
+    pub(crate) fn new(connect_timeout: Duration) -> Peers {
+        Peers {
+            channels: Mutex::new(HashMap::new()),
+            connect_timeout,
+        }
+    }
+
+    /// The channel to `addr` (`host:port`), created on first use; connecting happens on the
+    /// first request and fails after the connect timeout.
+    pub(crate) fn channel(&self, addr: &str) -> Result<Channel, ClusterError> {
+        let mut channels = self
+            .channels
+            .lock()
+            .expect("invariant: the peer map lock is never held across a panic");
+        if let Some(ch) = channels.get(addr) {
+            return Ok(ch.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| ClusterError::Unreachable {
+                addr: addr.to_string(),
+                reason: format!("not a valid host:port address: {e}"),
+            })?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// A cluster-service client for `addr`.
+    pub(crate) fn cluster(&self, addr: &str) -> Result<ClusterClient<Channel>, ClusterError> {
+        Ok(ClusterClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_MESSAGE as usize)
+            .max_encoding_message_size(MAX_MESSAGE as usize))
+    }
+}
+
+// === impl Network ===
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerLink;
+
+    async fn new_client(&mut self, target: u64, node: &Member) -> PeerLink {
+        let (client, error) = match self.peers.channel(&node.raft_addr) {
+            Ok(ch) => (
+                Some(
+                    RaftClient::new(ch)
+                        .max_decoding_message_size(MAX_MESSAGE as usize)
+                        .max_encoding_message_size(MAX_MESSAGE as usize),
+                ),
+                None,
+            ),
+            Err(e) => (None, Some(e)),
+        };
+        PeerLink {
+            target,
+            cluster_id: self.cluster_id,
+            client,
+            error,
+        }
+    }
+}
+
+// === impl PeerLink ===
+
+impl PeerLink {
+    fn call<T>(&self, body: T, option: &RPCOption) -> tonic::Request<PeerCall<T>> {
+        let mut req = tonic::Request::new(PeerCall {
+            cluster_id: self.cluster_id,
+            to: self.target,
+            body,
+        });
+        req.set_timeout(option.hard_ttl());
+        req
+    }
+
+    fn client<E: std::error::Error>(&self) -> Result<RaftClient<Channel>, RPCError<u64, Member, E>> {
+        match (&self.client, &self.error) {
+            (Some(c), _) => Ok(c.clone()),
+            (None, Some(e)) => Err(RPCError::Unreachable(Unreachable::new(e))),
+            (None, None) => Err(RPCError::Unreachable(Unreachable::new(&ClusterError::Other {
+                reason: "no channel".into(),
+            }))),
+        }
+    }
+}
+
+/// A transport failure as openraft wants it: unreachable peers are backed off from.
+fn rpc_error<E: std::error::Error>(status: tonic::Status) -> RPCError<u64, Member, E> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Cancelled => {
+            RPCError::Unreachable(Unreachable::new(&status))
+        }
+        _ => RPCError::Network(NetworkError::new(&status)),
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerLink {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
+        let req = self.call(rpc, &option);
+        let reply = self
+            .client()?
+            .append_entries(req)
+            .await
+            .map_err(rpc_error)?;
+        reply
+            .into_inner()
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>,
+    > {
+        let req = self.call(rpc, &option);
+        let reply = self
+            .client()?
+            .install_snapshot(req)
+            .await
+            .map_err(rpc_error)?;
+        reply
+            .into_inner()
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
+        let req = self.call(rpc, &option);
+        let reply = self.client()?.vote(req).await.map_err(rpc_error)?;
+        reply
+            .into_inner()
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}

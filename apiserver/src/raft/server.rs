@@ -1,0 +1,931 @@
+//! [`Server`]: one running server of a Keel cluster — its data dir, its Raft node, its gRPC
+//! services, and the ways in for writes, reads, watches and membership changes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ServerState, SnapshotPolicy};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use uuid::Uuid;
+
+use super::codec::MAX_MESSAGE;
+use super::error::ClusterError;
+use super::log_store::{Identity, LogStore};
+use super::network::{Network, Peers};
+use super::proposer::Proposer;
+use super::proto::cluster_server::ClusterServer;
+use super::proto::raft_server::RaftServer;
+use super::read_index::ReadIndex;
+use super::service::{ClusterService, RaftService};
+use super::state_machine::{SnapshotDir, StateMachine};
+use super::types::{Command, CommandResult, Consistency, Member, Raft, Request, Response};
+use super::wire::{
+    JoinCall, MemberStatus, ProposeCall, RaftRole, ReadIndexCall, StatusReply,
+};
+use crate::store::{
+    CompactError, RangeRequest, RangeResponse, Store, StoreError, StoreOptions, Txn, TxnError,
+    TxnResponse, Watch, WatchRequest,
+};
+
+/// How to start a server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where the server keeps its data (created if missing).
+    pub data_dir: PathBuf,
+    /// The node id to use; on an existing data dir it must match the stored one. A new
+    /// cluster's first server defaults to 1; a joining server without one gets the next free id.
+    pub node_id: Option<u64>,
+    /// Where the Raft and cluster gRPC services listen (port 0 picks a free port).
+    pub raft_listen: SocketAddr,
+    /// The address other servers reach this one at; defaults to the bound address (with
+    /// 127.0.0.1 for an unspecified IP, which only suits a single machine).
+    pub advertise: Option<String>,
+    /// The Raft address of a server of the cluster to join. Ignored once this data dir has
+    /// joined.
+    pub join: Option<String>,
+    /// Timings and limits.
+    pub tuning: Tuning,
+}
+
+/// Timings and limits of a server.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// How often the leader sends heartbeats.
+    pub heartbeat_interval: Duration,
+    /// A follower that hears no leader for a random time in this range starts an election.
+    pub election_timeout: (Duration, Duration),
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_after_logs: u64,
+    /// Keep this many applied entries in the log after a snapshot (so a briefly lagging
+    /// follower catches up from the log, not from a snapshot).
+    pub logs_kept_after_snapshot: u64,
+    /// The longest the state machine goes without a synced commit.
+    pub sync_interval: Duration,
+    /// How long to wait for a TCP connection to another server.
+    pub connect_timeout: Duration,
+    /// How long a write or read may take, retries and forwarding included.
+    pub request_timeout: Duration,
+    /// How long a joining server may take to catch up before the join is abandoned.
+    pub join_timeout: Duration,
+    /// How many revisions of history to keep before compacting.
+    pub history_revisions: u64,
+    /// How often the leader checks whether to compact.
+    pub compaction_interval: Duration,
+    /// Most commands in one Raft entry.
+    pub max_batch: usize,
+    /// Most batches being committed at once.
+    pub max_inflight_batches: usize,
+}
+
+/// Why a server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data dir could not be created or read.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// The data dir.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A store file could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// `--node-id` differs from the id this data dir was created with.
+    #[error(
+        "data dir {data_dir} belongs to node {stored} of cluster {cluster_id}, not node {configured}: \
+         drop --node-id, or use another data dir"
+    )]
+    NodeIdMismatch {
+        /// The data dir.
+        data_dir: PathBuf,
+        /// The id it holds.
+        stored: u64,
+        /// The id asked for.
+        configured: u64,
+        /// Its cluster.
+        cluster_id: Uuid,
+    },
+    /// A join was started in this data dir and never finished.
+    #[error(
+        "data dir {data_dir} holds an unfinished join to cluster {cluster_id}: start again with \
+         --join SERVER to finish it, or remove the data dir"
+    )]
+    UnfinishedJoin {
+        /// The data dir.
+        data_dir: PathBuf,
+        /// The cluster it was joining.
+        cluster_id: Uuid,
+    },
+    /// The cluster refused the join or could not be reached.
+    #[error("cannot join the cluster through {addr}: {source}")]
+    Join {
+        /// The server contacted.
+        addr: String,
+        /// Why.
+        #[source]
+        source: ClusterError,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// openraft refused to start.
+    #[error("raft: {reason}")]
+    Raft {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One running server. Cheap to clone.
+#[derive(Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    core: Arc<Core>,
+    proposer: Proposer,
+    reads: ReadIndex,
+    shutdown: watch::Sender<bool>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    grpc: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What the background tasks and the gRPC services share.
+pub(crate) struct Core {
+    pub(crate) node_id: u64,
+    pub(crate) cluster_id: Uuid,
+    pub(crate) raft_addr: String,
+    pub(crate) raft: Raft,
+    pub(crate) store: Store,
+    pub(crate) peers: Arc<Peers>,
+    pub(crate) tuning: Tuning,
+    pub(crate) snapshots: Arc<SnapshotDir>,
+    pub(crate) log: LogStore,
+    /// Serializes membership changes made through this server.
+    pub(crate) membership_lock: tokio::sync::Mutex<()>,
+    /// Node ids handed to joining servers that are not members yet, with their addresses.
+    pub(crate) pending_joins: std::sync::Mutex<std::collections::BTreeMap<u64, (String, Instant)>>,
+}
+
+// === impl Tuning ===
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(1000), Duration::from_millis(2000)),
+            snapshot_after_logs: 10_000,
+            logs_kept_after_snapshot: 1_000,
+            sync_interval: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
+            join_timeout: Duration::from_secs(30),
+            history_revisions: 100_000,
+            compaction_interval: Duration::from_secs(60),
+            max_batch: 1024,
+            max_inflight_batches: 4,
+        }
+    }
+}
+
+impl Tuning {
+    fn raft_config(&self) -> Result<openraft::Config, ServerError> {
+        let ms = |d: Duration| d.as_millis() as u64;
+        openraft::Config {
+            cluster_name: "keel".into(),
+            heartbeat_interval: ms(self.heartbeat_interval),
+            election_timeout_min: ms(self.election_timeout.0),
+            election_timeout_max: ms(self.election_timeout.1),
+            install_snapshot_timeout: ms(self.request_timeout),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_after_logs),
+            max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
+            snapshot_max_chunk_size: 4 << 20,
+            max_payload_entries: 256,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .map_err(|e| ServerError::Raft {
+            reason: format!("invalid raft settings: {e}"),
+        })
+    }
+}
+
+// === impl Server ===
+
+impl Server {
+    /// Starts a server: opens (or creates) its data dir, starts Raft and the gRPC services,
+    /// and then starts a new cluster, rejoins its cluster, or joins the one at `join`.
+    pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let log = LogStore::open(&data_dir.join("raft-log.redb"))?;
+        let store = Store::open(data_dir.join("state.redb"), StoreOptions::default())?;
+        let snapshots = Arc::new(SnapshotDir::open(&data_dir.join("snapshots")).map_err(
+            |source| ServerError::DataDir {
+                path: data_dir.join("snapshots"),
+                source,
+            },
+        )?);
+        let listener = tokio::net::TcpListener::bind(config.raft_listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: config.raft_listen,
+                source,
+            })?;
+        let bound = listener.local_addr().map_err(|source| ServerError::Listen {
+            addr: config.raft_listen,
+            source,
+        })?;
+        let raft_addr = config.advertise.clone().unwrap_or_else(|| {
+            let ip = if bound.ip().is_unspecified() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                bound.ip()
+            };
+            SocketAddr::new(ip, bound.port()).to_string()
+        });
+        let peers = Arc::new(Peers::new(config.tuning.connect_timeout));
+        let identity = resolve_identity(&config, &log, &peers, &raft_addr).await?;
+
+        let network = Network {
+            peers: peers.clone(),
+            cluster_id: identity.cluster_id,
+        };
+        let sm = StateMachine::new(store.clone(), snapshots.clone(), config.tuning.sync_interval);
+        let raft = Raft::new(
+            identity.node_id,
+            Arc::new(config.tuning.raft_config()?),
+            network,
+            log.clone(),
+            sm,
+        )
+        .await
+        .map_err(|e| ServerError::Raft {
+            reason: e.to_string(),
+        })?;
+        let core = Arc::new(Core {
+            node_id: identity.node_id,
+            cluster_id: identity.cluster_id,
+            raft_addr: raft_addr.clone(),
+            raft,
+            store,
+            peers,
+            tuning: config.tuning.clone(),
+            snapshots,
+            log,
+            membership_lock: tokio::sync::Mutex::new(()),
+            pending_joins: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+        });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (proposer, proposer_task) = Proposer::start(core.clone(), shutdown_rx.clone());
+        let (reads, reads_task) = ReadIndex::start(core.clone(), shutdown_rx.clone());
+        let server = Server {
+            shared: Arc::new(Shared {
+                core: core.clone(),
+                proposer,
+                reads,
+                shutdown,
+                tasks: std::sync::Mutex::new(vec![proposer_task, reads_task]),
+                grpc: std::sync::Mutex::new(None),
+            }),
+        };
+        server.serve(listener, shutdown_rx.clone());
+        server.spawn(compaction_loop(server.clone(), shutdown_rx));
+
+        if identity.bootstrap && !core.raft.is_initialized().await.unwrap_or(true) {
+            let members = [(identity.node_id, Member { raft_addr: raft_addr.clone() })];
+            core.raft
+                .initialize(members.into_iter().collect::<std::collections::BTreeMap<_, _>>())
+                .await
+                .map_err(|e| ServerError::Raft {
+                    reason: format!("cannot initialize the cluster: {e}"),
+                })?;
+            tracing::info!(node = identity.node_id, cluster = %identity.cluster_id, "started a new cluster");
+        }
+        if !identity.joined {
+            let join_addr = config.join.clone().unwrap_or_default();
+            if let Err(e) = server.finish_join(&join_addr, &identity).await {
+                server.shutdown().await;
+                return Err(e);
+            }
+        }
+        tracing::info!(node = identity.node_id, addr = %raft_addr, "server running");
+        Ok(server)
+    }
+
+    /// Asks the cluster to add this (running) server as a voter, and records that it did.
+    async fn finish_join(&self, addr: &str, identity: &Identity) -> Result<(), ServerError> {
+        let core = &self.shared.core;
+        let call = super::wire::AddServerCall {
+            cluster_id: identity.cluster_id,
+            node_id: identity.node_id,
+            raft_addr: core.raft_addr.clone(),
+            forwarded: false,
+        };
+        let mut client = core.peers.cluster(addr).map_err(|source| ServerError::Join {
+            addr: addr.to_string(),
+            source,
+        })?;
+        let mut req = tonic::Request::new(call);
+        req.set_timeout(core.tuning.join_timeout + core.tuning.request_timeout);
+        client
+            .add_server(req)
+            .await
+            .map_err(|status| ServerError::Join {
+                addr: addr.to_string(),
+                source: ClusterError::from_status(&status, addr),
+            })?;
+        let joined = Identity {
+            joined: true,
+            ..identity.clone()
+        };
+        core.log.save_identity(&joined)?;
+        tracing::info!(node = identity.node_id, cluster = %identity.cluster_id, via = addr, "joined the cluster");
+        Ok(())
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener, mut shutdown: watch::Receiver<bool>) {
+        let core = self.shared.core.clone();
+        let raft = RaftServer::new(RaftService { core: core.clone() })
+            .max_decoding_message_size(MAX_MESSAGE as usize)
+            .max_encoding_message_size(MAX_MESSAGE as usize);
+        let cluster = ClusterServer::new(ClusterService {
+            server: self.clone(),
+        })
+        .max_decoding_message_size(MAX_MESSAGE as usize)
+        .max_encoding_message_size(MAX_MESSAGE as usize);
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let task = tokio::spawn(async move {
+            let signal = async move { stopped(&mut shutdown).await };
+            let result = tonic::transport::Server::builder()
+                .add_service(raft)
+                .add_service(cluster)
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "gRPC server failed");
+            }
+        });
+        *self.shared.grpc.lock().expect("invariant: lock never poisoned") = Some(task);
+    }
+
+    fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(fut);
+        self.shared
+            .tasks
+            .lock()
+            .expect("invariant: lock never poisoned")
+            .push(handle);
+    }
+
+    /// This server's node id.
+    pub fn node_id(&self) -> u64 {
+        self.shared.core.node_id
+    }
+
+    /// The id of this server's cluster.
+    pub fn cluster_id(&self) -> Uuid {
+        self.shared.core.cluster_id
+    }
+
+    /// The address other servers reach this one at.
+    pub fn raft_addr(&self) -> &str {
+        &self.shared.core.raft_addr
+    }
+
+    /// The local store (reads from it are serializable; use [`Server::range`] for
+    /// linearizable ones).
+    pub fn store(&self) -> &Store {
+        &self.shared.core.store
+    }
+
+    /// Commits a transaction through Raft and returns its outcome. A refused transaction (a
+    /// duplicate key) is an `Ok(Err(..))`, like a failed compare is an unsucceeded response.
+    pub async fn txn(&self, txn: Txn) -> Result<Result<TxnResponse, TxnError>, ClusterError> {
+        match self.shared.proposer.propose(Command::Txn(txn)).await? {
+            CommandResult::Txn(result) => Ok(result),
+            other => Err(ClusterError::Other {
+                reason: format!("a transaction was answered with {other:?}"),
+            }),
+        }
+    }
+
+    /// Compacts history before `revision` on every server.
+    pub async fn compact(&self, revision: u64) -> Result<Result<(), CompactError>, ClusterError> {
+        match self.shared.proposer.propose(Command::Compact { revision }).await? {
+            CommandResult::Compact(result) => Ok(result),
+            other => Err(ClusterError::Other {
+                reason: format!("a compaction was answered with {other:?}"),
+            }),
+        }
+    }
+
+    /// Commits commands through the batching proposer, one result per command.
+    pub(crate) async fn propose_all(&self, commands: Vec<Command>) -> Result<Response, ClusterError> {
+        let results = futures::future::join_all(
+            commands.into_iter().map(|c| self.shared.proposer.propose(c)),
+        )
+        .await;
+        Ok(Response {
+            results: results.into_iter().collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Reads keys. Linearizable reads see every write acknowledged before they started.
+    pub async fn range(
+        &self,
+        req: RangeRequest,
+        consistency: Consistency,
+    ) -> Result<RangeResponse, ClusterError> {
+        if consistency == Consistency::Linearizable {
+            let index = self.shared.reads.index().await?;
+            self.shared.core.wait_applied(index).await?;
+        }
+        let store = self.shared.core.store.clone();
+        tokio::task::spawn_blocking(move || store.range(&req))
+            .await
+            .map_err(|e| ClusterError::Other {
+                reason: format!("read task failed: {e}"),
+            })?
+            .map_err(ClusterError::from)
+    }
+
+    /// Watches keys on this server's store.
+    pub fn watch(&self, req: WatchRequest) -> Result<Watch, ClusterError> {
+        Ok(self.shared.core.store.watch(req)?)
+    }
+
+    /// Adds a running server to the cluster (as a learner, then as a voter once it caught up).
+    pub async fn add_server(&self, node_id: u64, raft_addr: String) -> Result<(), ClusterError> {
+        self.shared
+            .core
+            .add_server(super::wire::AddServerCall {
+                cluster_id: self.cluster_id(),
+                node_id,
+                raft_addr,
+                forwarded: false,
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Removes a server from the cluster.
+    pub async fn remove_server(&self, node_id: u64) -> Result<(), ClusterError> {
+        self.shared
+            .core
+            .remove_server(super::wire::RemoveServerCall {
+                node_id,
+                forwarded: false,
+            })
+            .await
+            .map(drop)
+    }
+
+    /// This server's view of itself and the cluster.
+    pub fn status(&self) -> StatusReply {
+        self.shared.core.status()
+    }
+
+    /// Waits until some server is leader, for at most `timeout`; returns its id.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<u64, ClusterError> {
+        let m = self
+            .shared
+            .core
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .map_err(|e| ClusterError::NoLeader {
+                reason: e.to_string(),
+            })?;
+        m.current_leader.ok_or_else(|| ClusterError::NoLeader {
+            reason: "no leader".into(),
+        })
+    }
+
+    /// Waits until this server has applied at least `index`, for at most `timeout`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), ClusterError> {
+        self.shared
+            .core
+            .raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "applied")
+            .await
+            .map(drop)
+            .map_err(|e| ClusterError::Timeout {
+                what: format!("applying up to {index}: {e}"),
+                millis: timeout.as_millis() as u64,
+            })
+    }
+
+    /// Builds a snapshot now (normally it happens every `snapshot_after_logs` entries).
+    pub async fn trigger_snapshot(&self) -> Result<(), ClusterError> {
+        self.shared
+            .core
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|_| ClusterError::ShuttingDown)
+    }
+
+    /// Stops the server: Raft, the gRPC services and the background tasks. The data dir can
+    /// be opened again once this returns.
+    pub async fn shutdown(&self) {
+        let shared = &self.shared;
+        let _ = shared.shutdown.send(true);
+        if let Err(e) = shared.core.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not stop cleanly");
+        }
+        let grpc = shared.grpc.lock().expect("invariant: lock never poisoned").take();
+        if let Some(grpc) = grpc {
+            // Streams (watches) end on the shutdown signal; do not wait forever for clients.
+            let abort = grpc.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), grpc).await.is_err() {
+                abort.abort();
+            }
+        }
+        let tasks: Vec<_> = shared
+            .tasks
+            .lock()
+            .expect("invariant: lock never poisoned")
+            .drain(..)
+            .collect();
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        tracing::info!(node = shared.core.node_id, "server stopped");
+    }
+
+    pub(crate) fn core(&self) -> &Arc<Core> {
+        &self.shared.core
+    }
+
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shared.shutdown.subscribe()
+    }
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("node_id", &self.node_id())
+            .field("raft_addr", &self.raft_addr())
+            .finish()
+    }
+}
+
+/// Decides who this server is: the identity in its data dir, a new cluster's first server, or
+/// a new member of the cluster at `config.join`.
+async fn resolve_identity(
+    config: &ServerConfig,
+    log: &LogStore,
+    peers: &Peers,
+    raft_addr: &str,
+) -> Result<Identity, ServerError> {
+    let data_dir = &config.data_dir;
+    if let Some(identity) = log.identity()? {
+        if let Some(configured) = config.node_id.filter(|&id| id != identity.node_id) {
+            return Err(ServerError::NodeIdMismatch {
+                data_dir: data_dir.clone(),
+                stored: identity.node_id,
+                configured,
+                cluster_id: identity.cluster_id,
+            });
+        }
+        if !identity.joined && config.join.is_none() {
+            return Err(ServerError::UnfinishedJoin {
+                data_dir: data_dir.clone(),
+                cluster_id: identity.cluster_id,
+            });
+        }
+        if identity.joined && config.join.is_some() {
+            tracing::info!(data_dir = %data_dir.display(), "already a member: --join is ignored");
+        }
+        return Ok(identity);
+    }
+    let identity = match &config.join {
+        None => Identity {
+            cluster_id: Uuid::new_v4(),
+            node_id: config.node_id.unwrap_or(1),
+            bootstrap: true,
+            joined: true,
+        },
+        Some(addr) => {
+            let reply = ask_to_join(addr, peers, config, raft_addr).await?;
+            Identity {
+                cluster_id: reply.cluster_id,
+                node_id: reply.node_id,
+                bootstrap: false,
+                joined: false,
+            }
+        }
+    };
+    log.save_identity(&identity)?;
+    Ok(identity)
+}
+
+async fn ask_to_join(
+    addr: &str,
+    peers: &Peers,
+    config: &ServerConfig,
+    raft_addr: &str,
+) -> Result<super::wire::JoinReply, ServerError> {
+    let join_err = |source| ServerError::Join {
+        addr: addr.to_string(),
+        source,
+    };
+    let mut client = peers.cluster(addr).map_err(join_err)?;
+    let mut req = tonic::Request::new(JoinCall {
+        cluster_id: None,
+        node_id: config.node_id,
+        raft_addr: raft_addr.to_string(),
+        forwarded: false,
+    });
+    req.set_timeout(config.tuning.request_timeout);
+    let reply = client
+        .join(req)
+        .await
+        .map_err(|status| join_err(ClusterError::from_status(&status, addr)))?;
+    Ok(reply.into_inner())
+}
+
+/// Compacts history older than `history_revisions` from time to time, on the leader.
+async fn compaction_loop(server: Server, mut shutdown: watch::Receiver<bool>) {
+    let core = server.core().clone();
+    loop {
+        tokio::select! {
+            _ = stopped(&mut shutdown) => return,
+            _ = tokio::time::sleep(core.tuning.compaction_interval) => {}
+        }
+        if core.raft.metrics().borrow().state != ServerState::Leader {
+            continue;
+        }
+        let revs = core.store.revisions();
+        let target = revs.current.saturating_sub(core.tuning.history_revisions);
+        if target <= revs.compacted {
+            continue;
+        }
+        match server.compact(target).await {
+            Ok(Ok(())) => tracing::info!(revision = target, "compacted history"),
+            Ok(Err(e)) => tracing::debug!(error = %e, "compaction skipped"),
+            Err(e) => tracing::warn!(error = %e, "compaction failed"),
+        }
+    }
+}
+
+// === impl Core ===
+
+impl Core {
+    /// The leader this server knows of, with its address.
+    pub(crate) fn leader(&self) -> Option<(u64, String)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let addr = m
+            .membership_config
+            .nodes()
+            .find(|(nid, _)| **nid == id)
+            .map(|(_, n)| n.raft_addr.clone())?;
+        Some((id, addr))
+    }
+
+    /// Waits for the metrics to change (a new leader, say), at most `max`.
+    pub(crate) async fn wait_change(&self, max: Duration) {
+        let mut rx = self.raft.metrics();
+        rx.borrow_and_update();
+        let _ = tokio::time::timeout(max, rx.changed()).await;
+    }
+
+    /// Runs `attempt` against the leader until it succeeds, fails for good, or the request
+    /// timeout passes. `attempt` gets the leader and the time left.
+    pub(crate) async fn with_leader<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, ClusterError>
+    where
+        F: FnMut(u64, String, Duration) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClusterError>>,
+    {
+        let timeout = self.tuning.request_timeout;
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(ClusterError::Timeout {
+                    what: what.to_string(),
+                    millis: timeout.as_millis() as u64,
+                });
+            }
+            let err = match self.leader() {
+                Some((id, addr)) => match attempt(id, addr, remaining).await {
+                    Ok(v) => return Ok(v),
+                    Err(e) if e.is_retryable() => e,
+                    Err(e) => return Err(e),
+                },
+                None => ClusterError::NoLeader {
+                    reason: "no leader is known yet".into(),
+                },
+            };
+            tracing::debug!(error = %err, what, "retrying against the leader");
+            self.wait_change(backoff.min(remaining)).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Commits commands, forwarding them to the leader when this server is not.
+    pub(crate) async fn submit(&self, commands: Vec<Command>) -> Result<Response, ClusterError> {
+        self.with_leader("commit", |leader, addr, remaining| {
+            let commands = commands.clone();
+            async move {
+                if leader == self.node_id {
+                    return self.write_local(commands, remaining).await;
+                }
+                let mut client = self.peers.cluster(&addr)?;
+                let mut req = tonic::Request::new(ProposeCall {
+                    commands,
+                    forwarded: true,
+                });
+                req.set_timeout(remaining);
+                client
+                    .propose(req)
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(|s| ClusterError::from_status(&s, &addr))
+            }
+        })
+        .await
+    }
+
+    /// Commits commands on this server, which must be the leader.
+    pub(crate) async fn write_local(
+        &self,
+        commands: Vec<Command>,
+        remaining: Duration,
+    ) -> Result<Response, ClusterError> {
+        let write = self.raft.client_write(Request { commands });
+        match tokio::time::timeout(remaining, write).await {
+            Err(_) => Err(ClusterError::Timeout {
+                what: "commit (the outcome is unknown)".into(),
+                millis: remaining.as_millis() as u64,
+            }),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(ClusterError::NotLeader {
+                    node_id: self.node_id,
+                    leader: f.leader_id,
+                })
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Err(ClusterError::Membership {
+                    reason: e.to_string(),
+                })
+            }
+            Ok(Err(RaftError::Fatal(e))) => Err(fatal(e)),
+        }
+    }
+
+    /// A read index from this server, which must be the leader: confirms leadership with a
+    /// quorum and returns the index reads must wait for.
+    pub(crate) async fn read_index_local(&self, remaining: Duration) -> Result<u64, ClusterError> {
+        match tokio::time::timeout(remaining, self.raft.get_read_log_id()).await {
+            Err(_) => Err(ClusterError::Timeout {
+                what: "confirming leadership for a read".into(),
+                millis: remaining.as_millis() as u64,
+            }),
+            Ok(Ok((read, _applied))) => Ok(read.map_or(0, |l| l.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(ClusterError::NotLeader {
+                    node_id: self.node_id,
+                    leader: f.leader_id,
+                })
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                Err(ClusterError::NoLeader {
+                    reason: format!("leadership not confirmed by a quorum: {e}"),
+                })
+            }
+            Ok(Err(RaftError::Fatal(e))) => Err(fatal(e)),
+        }
+    }
+
+    /// A read index from the leader, wherever it is.
+    pub(crate) async fn read_index(&self) -> Result<u64, ClusterError> {
+        self.with_leader("read index", |leader, addr, remaining| async move {
+            if leader == self.node_id {
+                return self.read_index_local(remaining).await;
+            }
+            let mut client = self.peers.cluster(&addr)?;
+            let mut req = tonic::Request::new(ReadIndexCall {});
+            req.set_timeout(remaining);
+            client
+                .read_index(req)
+                .await
+                .map(|r| r.into_inner().index)
+                .map_err(|s| ClusterError::from_status(&s, &addr))
+        })
+        .await
+    }
+
+    /// Waits until this server has applied `index`.
+    pub(crate) async fn wait_applied(&self, index: u64) -> Result<(), ClusterError> {
+        let timeout = self.tuning.request_timeout;
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "read index applied")
+            .await
+            .map(drop)
+            .map_err(|e| ClusterError::Timeout {
+                what: format!("applying up to the read index {index}: {e}"),
+                millis: timeout.as_millis() as u64,
+            })
+    }
+
+    /// This server's view of itself and the cluster.
+    pub(crate) fn status(&self) -> StatusReply {
+        let m = self.raft.metrics().borrow().clone();
+        let voters: std::collections::BTreeSet<u64> = m.membership_config.voter_ids().collect();
+        let members = m
+            .membership_config
+            .nodes()
+            .map(|(id, node)| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .map(|l| l.index)
+                    .or_else(|| (*id == self.node_id).then_some(m.last_log_index).flatten());
+                (
+                    *id,
+                    MemberStatus {
+                        raft_addr: node.raft_addr.clone(),
+                        voter: voters.contains(id),
+                        matched_index: if m.state == ServerState::Leader { matched } else { None },
+                    },
+                )
+            })
+            .collect();
+        let revs = self.store.revisions();
+        StatusReply {
+            cluster_id: self.cluster_id,
+            node_id: self.node_id,
+            role: match m.state {
+                ServerState::Leader => RaftRole::Leader,
+                ServerState::Follower => RaftRole::Follower,
+                ServerState::Candidate => RaftRole::Candidate,
+                ServerState::Learner => RaftRole::Learner,
+                ServerState::Shutdown => RaftRole::Shutdown,
+            },
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            snapshots_installed: self
+                .snapshots
+                .installed
+                .load(std::sync::atomic::Ordering::Relaxed),
+            revision: revs.current,
+            compacted: revs.compacted,
+            members,
+        }
+    }
+
+    /// The data dir's path, for messages.
+    #[allow(dead_code)]
+    pub(crate) fn data_dir(&self) -> &Path {
+        self.store.path().parent().unwrap_or_else(|| Path::new("."))
+    }
+}
+
+/// Resolves once the shutdown signal is set (or its sender is gone).
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// A fatal openraft error as a cluster error.
+pub(crate) fn fatal(e: openraft::error::Fatal<u64>) -> ClusterError {
+    match e {
+        openraft::error::Fatal::Stopped => ClusterError::ShuttingDown,
+        other => ClusterError::Storage {
+            reason: other.to_string(),
+        },
+    }
+}

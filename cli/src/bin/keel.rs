@@ -1,0 +1,375 @@
+//! `keel`: runs a Keel server, and (until the HTTPS API lands) a small debug client of the
+//! replicated store: `keel kv` and `keel cluster`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use keel_apiserver::raft::{Client, Consistency, Server, ServerConfig, Tuning};
+use keel_apiserver::store::{EventKind, KeyRange, KeyValue, RangeRequest, Txn, WatchRequest};
+
+/// Keel: a declarative control plane for a small cloud.
+#[derive(Parser, Debug)]
+#[command(name = "keel", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a server: start a new cluster, restart from the data dir, or join a cluster.
+    Server(ServerArgs),
+    /// Read and write keys of the replicated store (a debug surface until the HTTPS API).
+    Kv {
+        #[command(subcommand)]
+        command: KvCommand,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Inspect and change the cluster's membership.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Args, Debug)]
+struct ServerArgs {
+    /// Where the server keeps its data.
+    #[arg(long, default_value = "./keel-data", env = "KEEL_DATA_DIR")]
+    data_dir: PathBuf,
+    /// This server's node id (default: 1 for a new cluster, the next free id when joining).
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Where the Raft and cluster gRPC services listen.
+    #[arg(long, default_value = "0.0.0.0:6444")]
+    raft_listen: SocketAddr,
+    /// The address other servers reach this one at (default: the listen address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// The Raft address of a server of the cluster to join.
+    #[arg(long)]
+    join: Option<String>,
+    /// Seconds a joining server may take to catch up before the join is abandoned.
+    #[arg(long, default_value_t = 30)]
+    join_timeout: u64,
+    /// Build a snapshot after this many log entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_after_logs: u64,
+    /// Revisions of history kept for watches and past reads before compaction.
+    #[arg(long, default_value_t = 100_000)]
+    history_revisions: u64,
+    /// Heartbeat interval in milliseconds (elections time out after 10 to 20 heartbeats).
+    #[arg(long, default_value_t = 100)]
+    heartbeat_ms: u64,
+}
+
+#[derive(Args, Debug)]
+struct Target {
+    /// The server to talk to (its --advertise address).
+    #[arg(long, short = 's', global = true, default_value = "127.0.0.1:6444", env = "KEEL_SERVER")]
+    server: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum KvCommand {
+    /// Write a key; with --if-revision, only if its mod_revision matches (0: must not exist).
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// Expected mod_revision.
+        #[arg(long)]
+        if_revision: Option<u64>,
+    },
+    /// Read a key, or every key under a prefix; one JSON object per line.
+    Get {
+        /// The key or prefix.
+        key: String,
+        /// Read every key starting with KEY.
+        #[arg(long)]
+        prefix: bool,
+        /// Read at this past revision.
+        #[arg(long)]
+        rev: Option<u64>,
+        /// At most this many keys.
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// Read this server's copy without a read index (may be stale).
+        #[arg(long)]
+        serializable: bool,
+    },
+    /// Delete a key, or every key under a prefix.
+    Del {
+        /// The key or prefix.
+        key: String,
+        /// Delete every key starting with KEY.
+        #[arg(long)]
+        prefix: bool,
+    },
+    /// Print changes as they happen, one JSON object per line.
+    Watch {
+        /// The key or prefix.
+        key: String,
+        /// Watch every key starting with KEY.
+        #[arg(long)]
+        prefix: bool,
+        /// Start at this revision (default: from now on).
+        #[arg(long, default_value_t = 0)]
+        rev: u64,
+    },
+    /// Drop history older than a revision.
+    Compact {
+        /// The revision.
+        revision: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Every server's role, term and applied index, as JSON.
+    Status,
+    /// Remove a server from the cluster.
+    Remove {
+        /// Its node id.
+        node_id: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keel: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut source = e.source();
+            while let Some(cause) = source {
+                let text = cause.to_string();
+                if !msg.contains(&text) {
+                    msg.push_str(": ");
+                    msg.push_str(&text);
+                }
+                source = cause.source();
+            }
+            eprintln!("keel: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Server(args) => serve(args).await,
+        Command::Kv { command, target } => kv(command, &target.server).await,
+        Command::Cluster { command, target } => cluster(command, &target.server).await,
+    }
+}
+
+async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let heartbeat = Duration::from_millis(args.heartbeat_ms.max(10));
+    let config = ServerConfig {
+        data_dir: args.data_dir,
+        node_id: args.node_id,
+        raft_listen: args.raft_listen,
+        advertise: args.advertise,
+        join: args.join,
+        tuning: Tuning {
+            heartbeat_interval: heartbeat,
+            election_timeout: (heartbeat * 10, heartbeat * 20),
+            join_timeout: Duration::from_secs(args.join_timeout),
+            snapshot_after_logs: args.snapshot_after_logs.max(1),
+            history_revisions: args.history_revisions,
+            ..Tuning::default()
+        },
+    };
+    let server = Server::start(config).await?;
+    println!(
+        "keel server: node {} of cluster {}, raft at {}",
+        server.node_id(),
+        server.cluster_id(),
+        server.raft_addr()
+    );
+    shutdown_signal().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+fn range(key: String, prefix: bool) -> KeyRange {
+    if prefix {
+        KeyRange::Prefix(key.into_bytes())
+    } else {
+        KeyRange::Key(key.into_bytes())
+    }
+}
+
+fn kv_json(kv: &KeyValue) -> serde_json::Value {
+    serde_json::json!({
+        "key": String::from_utf8_lossy(&kv.key),
+        "value": String::from_utf8_lossy(&kv.value),
+        "create_revision": kv.create_revision,
+        "mod_revision": kv.mod_revision,
+        "version": kv.version,
+    })
+}
+
+async fn kv(command: KvCommand, server: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let client = Client::connect(server, Duration::from_secs(5)).await?;
+    match command {
+        KvCommand::Put {
+            key,
+            value,
+            if_revision,
+        } => {
+            let txn = match if_revision {
+                Some(rev) => Txn::put_if(key.clone(), value, rev),
+                None => Txn::put(key.clone(), value),
+            };
+            let resp = client.txn(txn).await??;
+            if !resp.succeeded {
+                return Err(format!("conflict: {key} is not at revision {}", if_revision.unwrap_or(0)).into());
+            }
+            println!("{}", serde_json::json!({"revision": resp.revision}));
+        }
+        KvCommand::Get {
+            key,
+            prefix,
+            rev,
+            limit,
+            serializable,
+        } => {
+            let consistency = if serializable {
+                Consistency::Serializable
+            } else {
+                Consistency::Linearizable
+            };
+            let resp = client
+                .range(
+                    RangeRequest {
+                        range: Some(range(key, prefix)),
+                        revision: rev,
+                        limit,
+                        ..RangeRequest::default()
+                    },
+                    consistency,
+                )
+                .await?;
+            for kv in &resp.kvs {
+                println!("{}", kv_json(kv));
+            }
+            eprintln!("revision {}{}", resp.revision, if resp.continue_token.is_some() { " (more)" } else { "" });
+        }
+        KvCommand::Del { key, prefix } => {
+            let resp = client.txn(Txn::delete(range(key, prefix))).await??;
+            let deleted = resp.results.iter().map(|r| match r {
+                keel_apiserver::store::OpResult::Delete { deleted } => deleted.len(),
+                _ => 0,
+            }).sum::<usize>();
+            println!("{}", serde_json::json!({"revision": resp.revision, "deleted": deleted}));
+        }
+        KvCommand::Watch { key, prefix, rev } => {
+            let mut stream = client
+                .watch(WatchRequest {
+                    range: range(key, prefix),
+                    start_revision: rev,
+                    prev_kv: false,
+                })
+                .await?;
+            while let Some(events) = stream.next().await {
+                for e in events? {
+                    let kind = match e.kind {
+                        EventKind::Put => "PUT",
+                        EventKind::Delete => "DELETE",
+                    };
+                    let mut obj = kv_json(&e.kv);
+                    obj["type"] = kind.into();
+                    println!("{obj}");
+                }
+            }
+        }
+        KvCommand::Compact { revision } => {
+            client.compact(revision).await??;
+            println!("{}", serde_json::json!({"compacted": revision}));
+        }
+    }
+    Ok(())
+}
+
+async fn cluster(command: ClusterCommand, server: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let client = Client::connect(server, Duration::from_secs(5)).await?;
+    match command {
+        ClusterCommand::Status => {
+            let status = client.status().await?;
+            let mut servers = Vec::new();
+            for (id, member) in &status.members {
+                let view = if *id == status.node_id {
+                    Ok(status.clone())
+                } else {
+                    match Client::connect(&member.raft_addr, Duration::from_secs(2)).await {
+                        Ok(c) => c.status().await,
+                        Err(e) => Err(e),
+                    }
+                };
+                servers.push(match view {
+                    Ok(s) => serde_json::json!({
+                        "node_id": id, "addr": member.raft_addr, "voter": member.voter,
+                        "role": format!("{:?}", s.role), "term": s.term, "leader": s.leader,
+                        "last_log_index": s.last_log_index, "applied_index": s.applied_index,
+                        "snapshot_index": s.snapshot_index, "revision": s.revision,
+                        "compacted": s.compacted,
+                    }),
+                    Err(e) => serde_json::json!({
+                        "node_id": id, "addr": member.raft_addr, "voter": member.voter,
+                        "error": e.to_string(),
+                    }),
+                });
+            }
+            let out = serde_json::json!({
+                "cluster_id": status.cluster_id.to_string(),
+                "leader": status.leader,
+                "servers": servers,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        ClusterCommand::Remove { node_id } => {
+            client.remove_server(node_id).await?;
+            println!("{}", serde_json::json!({"removed": node_id}));
+        }
+    }
+    Ok(())
+}
