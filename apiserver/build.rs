@@ -3,7 +3,12 @@
 
 use tonic_build::manual::{Builder, Method, Service};
 
-fn method(name: &str, route: &str, input: &str, output: &str) -> tonic_build::manual::MethodBuilder {
+fn method(
+    name: &str,
+    route: &str,
+    input: &str,
+    output: &str,
+) -> tonic_build::manual::MethodBuilder {
     Method::builder()
         .name(name)
         .route_name(route)
@@ -17,9 +22,25 @@ fn main() {
         .name("Raft")
         .package("keel.raft")
         .comment("Raft messages between the servers of one cluster.")
-        .method(method("append_entries", "AppendEntries", "AppendCall", "AppendReply").build())
+        .method(
+            method(
+                "append_entries",
+                "AppendEntries",
+                "AppendCall",
+                "AppendReply",
+            )
+            .build(),
+        )
         .method(method("vote", "Vote", "VoteCall", "VoteReply").build())
-        .method(method("install_snapshot", "InstallSnapshot", "SnapshotCall", "SnapshotReply").build())
+        .method(
+            method(
+                "install_snapshot",
+                "InstallSnapshot",
+                "SnapshotCall",
+                "SnapshotReply",
+            )
+            .build(),
+        )
         .build();
     let cluster = Service::builder()
         .name("Cluster")
@@ -28,10 +49,22 @@ fn main() {
         .method(method("propose", "Propose", "ProposeCall", "ProposeReply").build())
         .method(method("range", "Range", "RangeCall", "RangeReply").build())
         .method(method("read_index", "ReadIndex", "ReadIndexCall", "ReadIndexReply").build())
-        .method(method("watch", "Watch", "WatchCall", "WatchReply").server_streaming().build())
+        .method(
+            method("watch", "Watch", "WatchCall", "WatchReply")
+                .server_streaming()
+                .build(),
+        )
         .method(method("join", "Join", "JoinCall", "JoinReply").build())
         .method(method("add_server", "AddServer", "AddServerCall", "AddServerReply").build())
-        .method(method("remove_server", "RemoveServer", "RemoveServerCall", "RemoveServerReply").build())
+        .method(
+            method(
+                "remove_server",
+                "RemoveServer",
+                "RemoveServerCall",
+                "RemoveServerReply",
+            )
+            .build(),
+        )
         .method(method("status", "Status", "StatusCall", "StatusReply").build())
         .build();
     Builder::new().compile(&[raft, cluster]);

@@ -31,11 +31,11 @@ mod types;
 mod watch;
 mod write;
 
+pub use snapshot::read_header;
 pub use types::{
-    Compare, CompareOp, CompareTarget, CompactError, Event, EventKind, KeyRange, KeyValue, Op,
+    CompactError, Compare, CompareOp, CompareTarget, Event, EventKind, KeyRange, KeyValue, Op,
     OpResult, RangeRequest, RangeResponse, Txn, TxnError, TxnResponse, WatchRequest, prefix_end,
 };
-pub use snapshot::read_header;
 pub use watch::Watch;
 pub use write::Writer;
 
@@ -194,7 +194,12 @@ impl Store {
     /// checked against its checksums first, so a damaged file is refused, never half-read.
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
-        let db = open_db(&path, options.cache_bytes)?;
+        let db = open_db(
+            &path,
+            options.cache_bytes,
+            "; the file is damaged: remove it and restart, and a Keel server rebuilds it from \
+             its snapshot and Raft log",
+        )?;
         let wtx = db.begin_write().map_err(db_err("begin"))?;
         for result in [
             wtx.open_table(META).map(drop),
@@ -255,9 +260,12 @@ impl Store {
                 (start, end, token.revision)
             }
             None => {
-                let range = req.range.as_ref().ok_or_else(|| StoreError::InvalidRequest {
-                    reason: "a range read needs a key range or a continue token".into(),
-                })?;
+                let range = req
+                    .range
+                    .as_ref()
+                    .ok_or_else(|| StoreError::InvalidRequest {
+                        reason: "a range read needs a key range or a continue token".into(),
+                    })?;
                 let (start, end) = range.bounds();
                 let revision = req.revision.filter(|&r| r != 0).unwrap_or(revs.current);
                 (start, end, revision)
@@ -271,14 +279,22 @@ impl Store {
         };
         let mut kvs = Vec::new();
         let mut more = false;
-        scan(&rtx, &start, end.as_deref(), revision, revs.current, req.keys_only, |kv| {
-            if kvs.len() == limit {
-                more = true;
-                return false;
-            }
-            kvs.push(kv);
-            true
-        })?;
+        scan(
+            &rtx,
+            &start,
+            end.as_deref(),
+            revision,
+            revs.current,
+            req.keys_only,
+            |kv| {
+                if kvs.len() == limit {
+                    more = true;
+                    return false;
+                }
+                kvs.push(kv);
+                true
+            },
+        )?;
         let continue_token = match (more, kvs.last()) {
             (true, Some(last)) => Some(
                 ContinueToken {
@@ -319,7 +335,9 @@ impl Store {
 
     fn publish_revisions(&self, revs: Revisions) {
         self.inner.revision.store(revs.current, Ordering::Release);
-        self.inner.compacted.store(revs.compacted, Ordering::Release);
+        self.inner
+            .compacted
+            .store(revs.compacted, Ordering::Release);
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<Commit>> {
@@ -336,8 +354,9 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Opens a redb file with an integrity check, explaining failures to the operator.
-pub(crate) fn open_db(path: &Path, cache_bytes: usize) -> Result<Database> {
+/// Opens a redb file with an integrity check, explaining failures to the operator;
+/// `damaged` says what to do about a damaged file.
+pub(crate) fn open_db(path: &Path, cache_bytes: usize, damaged: &'static str) -> Result<Database> {
     let mut builder = Database::builder();
     builder
         .set_cache_size(cache_bytes)
@@ -348,10 +367,7 @@ pub(crate) fn open_db(path: &Path, cache_bytes: usize) -> Result<Database> {
                 "; another process (or another server in this process) has it open: \
                  give each server its own data dir"
             }
-            redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => {
-                "; the file is damaged: restore the data dir from a backup, or remove it \
-                 and join this server to its cluster again"
-            }
+            redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => damaged,
             redb::DatabaseError::Storage(redb::StorageError::Io(_)) => "",
             _ => "; the file is not a usable store: restore it from a backup or remove it",
         };
@@ -396,7 +412,10 @@ fn read_revisions(rtx: &ReadTransaction) -> Result<Revisions> {
     })
 }
 
-pub(crate) fn meta_u64(table: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Result<u64> {
+pub(crate) fn meta_u64(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<u64> {
     match table.get(key).map_err(db_err("read meta"))? {
         None => Ok(0),
         Some(v) => {
@@ -443,10 +462,10 @@ fn scan(
             .map_err(db_err("scan index"))?;
         for item in iter {
             let (key, rev) = item.map_err(db_err("scan index"))?;
-            if let Some(kv) = load(key.value(), rev.value())? {
-                if !visit(kv) {
-                    break;
-                }
+            if let Some(kv) = load(key.value(), rev.value())?
+                && !visit(kv)
+            {
+                break;
             }
         }
         return Ok(());
@@ -463,10 +482,10 @@ fn scan(
         .map_err(db_err("scan history"))?;
     let mut best: Option<(Vec<u8>, u64, Vec<u8>)> = None;
     let mut flush = |best: Option<(Vec<u8>, u64, Vec<u8>)>| -> Result<bool> {
-        if let Some((key, rev, bytes)) = best {
-            if let Some(kv) = Record::decode(&bytes, &key, rev)?.into_kv(&key, rev, keys_only) {
-                return Ok(visit(kv));
-            }
+        if let Some((key, rev, bytes)) = best
+            && let Some(kv) = Record::decode(&bytes, &key, rev)?.into_kv(&key, rev, keys_only)
+        {
+            return Ok(visit(kv));
         }
         Ok(true)
     };
@@ -474,10 +493,8 @@ fn scan(
         let (k, v) = item.map_err(db_err("scan history"))?;
         let (key, rev) = k.value();
         let same_key = best.as_ref().is_some_and(|(b, _, _)| b.as_slice() == key);
-        if !same_key {
-            if !flush(best.take())? {
-                return Ok(());
-            }
+        if !same_key && !flush(best.take())? {
+            return Ok(());
         }
         if rev <= revision {
             best = Some((key.to_vec(), rev, v.value().to_vec()));
@@ -505,4 +522,3 @@ pub(crate) fn caller_meta(rtx: &ReadTransaction) -> Result<BTreeMap<String, Vec<
 
 #[cfg(test)]
 mod tests;
-

@@ -9,7 +9,9 @@ use super::error::ClusterError;
 use super::proto::cluster_client::ClusterClient;
 use super::types::{Command, CommandResult, Consistency};
 use super::wire::{ProposeCall, RangeCall, RemoveServerCall, StatusCall, StatusReply, WatchReply};
-use crate::store::{CompactError, Event, RangeRequest, RangeResponse, Txn, TxnError, TxnResponse, WatchRequest};
+use crate::store::{
+    CompactError, Event, RangeRequest, RangeResponse, Txn, TxnError, TxnResponse, WatchRequest,
+};
 
 /// A connection to one server; any server accepts any request (followers forward writes).
 #[derive(Clone, Debug)]
@@ -63,7 +65,10 @@ impl Client {
     }
 
     /// Commits commands (batched with other clients' by the server).
-    pub async fn propose(&self, commands: Vec<Command>) -> Result<Vec<CommandResult>, ClusterError> {
+    pub async fn propose(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<Vec<CommandResult>, ClusterError> {
         let reply = self
             .inner
             .clone()
@@ -88,7 +93,11 @@ impl Client {
 
     /// Compacts history before `revision`.
     pub async fn compact(&self, revision: u64) -> Result<Result<(), CompactError>, ClusterError> {
-        match self.propose(vec![Command::Compact { revision }]).await?.pop() {
+        match self
+            .propose(vec![Command::Compact { revision }])
+            .await?
+            .pop()
+        {
             Some(CommandResult::Compact(result)) => Ok(result),
             other => Err(ClusterError::Other {
                 reason: format!("a compaction was answered with {other:?}"),
@@ -97,7 +106,11 @@ impl Client {
     }
 
     /// Reads keys.
-    pub async fn range(&self, request: RangeRequest, consistency: Consistency) -> Result<RangeResponse, ClusterError> {
+    pub async fn range(
+        &self,
+        request: RangeRequest,
+        consistency: Consistency,
+    ) -> Result<RangeResponse, ClusterError> {
         self.inner
             .clone()
             .range(RangeCall {

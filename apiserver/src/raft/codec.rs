@@ -91,9 +91,9 @@ impl<U: DeserializeOwned> Decoder for BincodeDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        let item = options().deserialize_from(src.reader()).map_err(|e| {
-            Status::invalid_argument(format!("cannot decode message: {e}"))
-        })?;
+        let item = options()
+            .deserialize_from(src.reader())
+            .map_err(|e| Status::invalid_argument(format!("cannot decode message: {e}")))?;
         Ok(Some(item))
     }
 }

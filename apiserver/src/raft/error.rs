@@ -98,7 +98,9 @@ impl ClusterError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            ClusterError::NoLeader { .. } | ClusterError::NotLeader { .. } | ClusterError::Unreachable { .. }
+            ClusterError::NoLeader { .. }
+                | ClusterError::NotLeader { .. }
+                | ClusterError::Unreachable { .. }
         )
     }
 
@@ -111,7 +113,9 @@ impl ClusterError {
             | ClusterError::Unreachable { .. }
             | ClusterError::ShuttingDown => Code::Unavailable,
             ClusterError::Timeout { .. } => Code::DeadlineExceeded,
-            ClusterError::Compacted { .. } | ClusterError::FutureRevision { .. } => Code::OutOfRange,
+            ClusterError::Compacted { .. } | ClusterError::FutureRevision { .. } => {
+                Code::OutOfRange
+            }
             ClusterError::InvalidRequest { .. } => Code::InvalidArgument,
             ClusterError::JoinRefused { .. } | ClusterError::Membership { .. } => {
                 Code::FailedPrecondition

@@ -49,7 +49,12 @@ pub(crate) struct LogStore {
 impl LogStore {
     /// Opens (or creates) the log file, checking it against its checksums first.
     pub(crate) fn open(path: &Path) -> store::Result<LogStore> {
-        let db = store::open_db(path, 64 << 20)?;
+        let db = store::open_db(
+            path,
+            64 << 20,
+            "; the Raft log is damaged: restore the data dir from a backup, or remove the data \
+             dir and join this server to its cluster again",
+        )?;
         let wtx = db.begin_write().map_err(db_err("begin"))?;
         wtx.open_table(LOGS).map_err(db_err("create tables"))?;
         wtx.open_table(META).map_err(db_err("create tables"))?;
@@ -76,23 +81,33 @@ impl LogStore {
         let body = store::codec::unseal(value.value()).ok_or_else(|| StoreError::Corrupt {
             what: format!("raft log meta entry {key:?}: checksum mismatch"),
         })?;
-        codec::decode(body).map(Some).map_err(|e| StoreError::Corrupt {
-            what: format!("raft log meta entry {key:?}: {e}"),
-        })
+        codec::decode(body)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                what: format!("raft log meta entry {key:?}: {e}"),
+            })
     }
 
-    fn write_meta<T: Serialize>(&self, key: &str, value: &T, durability: Durability) -> store::Result<()> {
+    fn write_meta<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        durability: Durability,
+    ) -> store::Result<()> {
         let mut bytes = codec::encode(value).map_err(|e| StoreError::InvalidRequest {
             reason: format!("cannot encode {key}: {e}"),
         })?;
         store::codec::seal(&mut bytes);
         let mut wtx = self.db.begin_write().map_err(db_err("begin write"))?;
-        wtx.set_durability(durability).map_err(|e| StoreError::InvalidRequest {
-            reason: format!("cannot set durability: {e}"),
-        })?;
+        wtx.set_durability(durability)
+            .map_err(|e| StoreError::InvalidRequest {
+                reason: format!("cannot set durability: {e}"),
+            })?;
         {
             let mut table = wtx.open_table(META).map_err(db_err("open meta"))?;
-            table.insert(key, bytes.as_slice()).map_err(db_err("write meta"))?;
+            table
+                .insert(key, bytes.as_slice())
+                .map_err(db_err("write meta"))?;
         }
         wtx.commit().map_err(db_err("commit"))
     }
@@ -154,9 +169,10 @@ fn commit_with(
     f: impl FnOnce(&mut redb::Table<'_, u64, &'static [u8]>) -> store::Result<()>,
 ) -> store::Result<()> {
     let mut wtx = db.begin_write().map_err(db_err("begin write"))?;
-    wtx.set_durability(durability).map_err(|e| StoreError::InvalidRequest {
-        reason: format!("cannot set durability: {e}"),
-    })?;
+    wtx.set_durability(durability)
+        .map_err(|e| StoreError::InvalidRequest {
+            reason: format!("cannot set durability: {e}"),
+        })?;
     {
         let mut table = wtx.open_table(LOGS).map_err(db_err("open logs"))?;
         f(&mut table)?;
@@ -219,10 +235,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.read_meta::<Option<LogId>>(COMMITTED).map_err(read_err)?.flatten())
+        Ok(self
+            .read_meta::<Option<LogId>>(COMMITTED)
+            .map_err(read_err)?
+            .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -236,7 +259,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .blocking(move |db| {
                 commit_with(db, Durability::Immediate, |logs| {
                     for (index, bytes) in &encoded {
-                        logs.insert(*index, bytes.as_slice()).map_err(db_err("append logs"))?;
+                        logs.insert(*index, bytes.as_slice())
+                            .map_err(db_err("append logs"))?;
                     }
                     Ok(())
                 })
@@ -258,7 +282,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let since = log_id.index;
         self.blocking(move |db| {
             commit_with(db, Durability::Immediate, |logs| {
-                logs.retain_in(since.., |_, _| false).map_err(db_err("truncate logs"))
+                logs.retain_in(since.., |_, _| false)
+                    .map_err(db_err("truncate logs"))
             })
         })
         .await
@@ -273,7 +298,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // only find entries it no longer needs.
             this.write_meta(PURGED, &log_id, Durability::None)?;
             commit_with(db, Durability::None, |logs| {
-                logs.retain_in(..=upto, |_, _| false).map_err(db_err("purge logs"))
+                logs.retain_in(..=upto, |_, _| false)
+                    .map_err(db_err("purge logs"))
             })
         })
         .await

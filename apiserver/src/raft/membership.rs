@@ -64,16 +64,16 @@ impl Core {
     /// Refuses a server whose id or address another member already has.
     fn check_free(&self, node_id: Option<u64>, addr: &str) -> Result<(), ClusterError> {
         let (_, nodes) = self.members();
-        if let Some(id) = node_id {
-            if let Some(existing) = nodes.get(&id).filter(|n| n.raft_addr != addr) {
-                return Err(ClusterError::JoinRefused {
-                    reason: format!(
-                        "node id {id} is already taken by the server at {}: choose another \
+        if let Some(id) = node_id
+            && let Some(existing) = nodes.get(&id).filter(|n| n.raft_addr != addr)
+        {
+            return Err(ClusterError::JoinRefused {
+                reason: format!(
+                    "node id {id} is already taken by the server at {}: choose another \
                          --node-id or leave it out",
-                        existing.raft_addr
-                    ),
-                });
-            }
+                    existing.raft_addr
+                ),
+            });
         }
         if let Some((other, _)) = nodes
             .iter()
@@ -95,10 +95,10 @@ impl Core {
             .lock()
             .expect("invariant: the pending-join lock is never held across a panic");
         pending.retain(|_, (_, at)| at.elapsed() < hold);
-        if let Some((id, _)) = pending.iter().find(|(_, (a, _))| a == addr) {
-            if wanted.is_none_or(|w| w == *id) {
-                return Ok(*id);
-            }
+        if let Some((id, _)) = pending.iter().find(|(_, (a, _))| a == addr)
+            && wanted.is_none_or(|w| w == *id)
+        {
+            return Ok(*id);
         }
         let id = match wanted {
             Some(id) => {
@@ -113,7 +113,12 @@ impl Core {
             }
             None => {
                 let members = self.members().1;
-                let highest = members.keys().chain(pending.keys()).max().copied().unwrap_or(0);
+                let highest = members
+                    .keys()
+                    .chain(pending.keys())
+                    .max()
+                    .copied()
+                    .unwrap_or(0);
                 highest + 1
             }
         };
@@ -150,7 +155,10 @@ impl Core {
 
     /// Adds a running server: as a learner, then, once it has caught up, as a voter. A server
     /// that does not catch up within the join timeout is removed again and the call fails.
-    pub(crate) async fn add_server(&self, call: AddServerCall) -> Result<AddServerReply, ClusterError> {
+    pub(crate) async fn add_server(
+        &self,
+        call: AddServerCall,
+    ) -> Result<AddServerReply, ClusterError> {
         self.check_cluster(Some(call.cluster_id))?;
         if let Route::Forward(addr) = self.route(call.forwarded)? {
             let mut client = self.peers.cluster(&addr)?;
@@ -178,8 +186,11 @@ impl Core {
         };
         // Never block inside openraft: `add_learner(.., true)` can wait forever for a learner
         // that cannot be reached once the log is long.
-        self.change(ChangeMembers::AddNodes([(id, member)].into()), "add learner")
-            .await?;
+        self.change(
+            ChangeMembers::AddNodes([(id, member)].into()),
+            "add learner",
+        )
+        .await?;
         let target = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
         let caught_up = self
             .raft
@@ -220,7 +231,10 @@ impl Core {
     }
 
     /// Removes a server from the cluster (voter or learner).
-    pub(crate) async fn remove_server(&self, call: RemoveServerCall) -> Result<AddServerReply, ClusterError> {
+    pub(crate) async fn remove_server(
+        &self,
+        call: RemoveServerCall,
+    ) -> Result<AddServerReply, ClusterError> {
         if let Route::Forward(addr) = self.route(call.forwarded)? {
             let mut client = self.peers.cluster(&addr)?;
             let mut req = tonic::Request::new(RemoveServerCall {
@@ -260,7 +274,11 @@ impl Core {
     }
 
     /// Commits a membership change, bounded by the request timeout.
-    async fn change(&self, change: ChangeMembers<u64, Member>, what: &str) -> Result<(), ClusterError> {
+    async fn change(
+        &self,
+        change: ChangeMembers<u64, Member>,
+        what: &str,
+    ) -> Result<(), ClusterError> {
         let timeout: Duration = self.tuning.request_timeout;
         match tokio::time::timeout(timeout, self.raft.change_membership(change, false)).await {
             Err(_) => Err(ClusterError::Timeout {

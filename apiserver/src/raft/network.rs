@@ -126,13 +126,19 @@ impl PeerLink {
         req
     }
 
-    fn client<E: std::error::Error>(&self) -> Result<RaftClient<Channel>, RPCError<u64, Member, E>> {
+    // openraft's error type is fixed by its trait, large as it is.
+    #[allow(clippy::result_large_err)]
+    fn client<E: std::error::Error>(
+        &self,
+    ) -> Result<RaftClient<Channel>, RPCError<u64, Member, E>> {
         match (&self.client, &self.error) {
             (Some(c), _) => Ok(c.clone()),
             (None, Some(e)) => Err(RPCError::Unreachable(Unreachable::new(e))),
-            (None, None) => Err(RPCError::Unreachable(Unreachable::new(&ClusterError::Other {
-                reason: "no channel".into(),
-            }))),
+            (None, None) => Err(RPCError::Unreachable(Unreachable::new(
+                &ClusterError::Other {
+                    reason: "no channel".into(),
+                },
+            ))),
         }
     }
 }

@@ -24,7 +24,10 @@ struct Proposal {
 
 impl Proposer {
     /// Starts the batching task; it ends on shutdown.
-    pub(crate) fn start(core: Arc<Core>, shutdown: watch::Receiver<bool>) -> (Proposer, JoinHandle<()>) {
+    pub(crate) fn start(
+        core: Arc<Core>,
+        shutdown: watch::Receiver<bool>,
+    ) -> (Proposer, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(core.tuning.max_batch.max(1) * 4);
         let task = tokio::spawn(run(core, rx, shutdown));
         (Proposer { tx }, task)
@@ -41,7 +44,11 @@ impl Proposer {
     }
 }
 
-async fn run(core: Arc<Core>, mut rx: mpsc::Receiver<Proposal>, mut shutdown: watch::Receiver<bool>) {
+async fn run(
+    core: Arc<Core>,
+    mut rx: mpsc::Receiver<Proposal>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let max_batch = core.tuning.max_batch.max(1);
     let permits = Arc::new(Semaphore::new(core.tuning.max_inflight_batches.max(1)));
     loop {

@@ -21,7 +21,10 @@ pub(crate) struct ReadIndex {
 
 impl ReadIndex {
     /// Starts the round task; it ends on shutdown.
-    pub(crate) fn start(core: Arc<Core>, shutdown: watch::Receiver<bool>) -> (ReadIndex, JoinHandle<()>) {
+    pub(crate) fn start(
+        core: Arc<Core>,
+        shutdown: watch::Receiver<bool>,
+    ) -> (ReadIndex, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(4096);
         (ReadIndex { tx }, tokio::spawn(run(core, rx, shutdown)))
     }
@@ -29,7 +32,10 @@ impl ReadIndex {
     /// A log index that a linearizable read must wait to be applied before reading.
     pub(crate) async fn index(&self) -> Result<u64, ClusterError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(tx).await.map_err(|_| ClusterError::ShuttingDown)?;
+        self.tx
+            .send(tx)
+            .await
+            .map_err(|_| ClusterError::ShuttingDown)?;
         rx.await.map_err(|_| ClusterError::ShuttingDown)?
     }
 }

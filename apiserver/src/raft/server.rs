@@ -24,9 +24,7 @@ use super::read_index::ReadIndex;
 use super::service::{ClusterService, RaftService};
 use super::state_machine::{SnapshotDir, StateMachine};
 use super::types::{Command, CommandResult, Consistency, Member, Raft, Request, Response};
-use super::wire::{
-    JoinCall, MemberStatus, ProposeCall, RaftRole, ReadIndexCall, StatusReply,
-};
+use super::wire::{JoinCall, MemberStatus, ProposeCall, RaftRole, ReadIndexCall, StatusReply};
 use crate::store::{
     CompactError, RangeRequest, RangeResponse, Store, StoreError, StoreOptions, Txn, TxnError,
     TxnResponse, Watch, WatchRequest,
@@ -243,16 +241,23 @@ impl Server {
                 source,
             },
         )?);
+        super::state_machine::recover(&store, &snapshots)
+            .await
+            .map_err(|e| ServerError::Raft {
+                reason: format!("cannot rebuild the state from the snapshot: {e}"),
+            })?;
         let listener = tokio::net::TcpListener::bind(config.raft_listen)
             .await
             .map_err(|source| ServerError::Listen {
                 addr: config.raft_listen,
                 source,
             })?;
-        let bound = listener.local_addr().map_err(|source| ServerError::Listen {
-            addr: config.raft_listen,
-            source,
-        })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen {
+                addr: config.raft_listen,
+                source,
+            })?;
         let raft_addr = config.advertise.clone().unwrap_or_else(|| {
             let ip = if bound.ip().is_unspecified() {
                 std::net::Ipv4Addr::LOCALHOST.into()
@@ -268,7 +273,11 @@ impl Server {
             peers: peers.clone(),
             cluster_id: identity.cluster_id,
         };
-        let sm = StateMachine::new(store.clone(), snapshots.clone(), config.tuning.sync_interval);
+        let sm = StateMachine::new(
+            store.clone(),
+            snapshots.clone(),
+            config.tuning.sync_interval,
+        );
         let raft = Raft::new(
             identity.node_id,
             Arc::new(config.tuning.raft_config()?),
@@ -310,9 +319,18 @@ impl Server {
         server.spawn(compaction_loop(server.clone(), shutdown_rx));
 
         if identity.bootstrap && !core.raft.is_initialized().await.unwrap_or(true) {
-            let members = [(identity.node_id, Member { raft_addr: raft_addr.clone() })];
+            let members = [(
+                identity.node_id,
+                Member {
+                    raft_addr: raft_addr.clone(),
+                },
+            )];
             core.raft
-                .initialize(members.into_iter().collect::<std::collections::BTreeMap<_, _>>())
+                .initialize(
+                    members
+                        .into_iter()
+                        .collect::<std::collections::BTreeMap<_, _>>(),
+                )
                 .await
                 .map_err(|e| ServerError::Raft {
                     reason: format!("cannot initialize the cluster: {e}"),
@@ -339,10 +357,13 @@ impl Server {
             raft_addr: core.raft_addr.clone(),
             forwarded: false,
         };
-        let mut client = core.peers.cluster(addr).map_err(|source| ServerError::Join {
-            addr: addr.to_string(),
-            source,
-        })?;
+        let mut client = core
+            .peers
+            .cluster(addr)
+            .map_err(|source| ServerError::Join {
+                addr: addr.to_string(),
+                source,
+            })?;
         let mut req = tonic::Request::new(call);
         req.set_timeout(core.tuning.join_timeout + core.tuning.request_timeout);
         client
@@ -383,7 +404,11 @@ impl Server {
                 tracing::error!(error = %e, "gRPC server failed");
             }
         });
-        *self.shared.grpc.lock().expect("invariant: lock never poisoned") = Some(task);
+        *self
+            .shared
+            .grpc
+            .lock()
+            .expect("invariant: lock never poisoned") = Some(task);
     }
 
     fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
@@ -429,7 +454,12 @@ impl Server {
 
     /// Compacts history before `revision` on every server.
     pub async fn compact(&self, revision: u64) -> Result<Result<(), CompactError>, ClusterError> {
-        match self.shared.proposer.propose(Command::Compact { revision }).await? {
+        match self
+            .shared
+            .proposer
+            .propose(Command::Compact { revision })
+            .await?
+        {
             CommandResult::Compact(result) => Ok(result),
             other => Err(ClusterError::Other {
                 reason: format!("a compaction was answered with {other:?}"),
@@ -438,9 +468,14 @@ impl Server {
     }
 
     /// Commits commands through the batching proposer, one result per command.
-    pub(crate) async fn propose_all(&self, commands: Vec<Command>) -> Result<Response, ClusterError> {
+    pub(crate) async fn propose_all(
+        &self,
+        commands: Vec<Command>,
+    ) -> Result<Response, ClusterError> {
         let results = futures::future::join_all(
-            commands.into_iter().map(|c| self.shared.proposer.propose(c)),
+            commands
+                .into_iter()
+                .map(|c| self.shared.proposer.propose(c)),
         )
         .await;
         Ok(Response {
@@ -554,11 +589,18 @@ impl Server {
         if let Err(e) = shared.core.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not stop cleanly");
         }
-        let grpc = shared.grpc.lock().expect("invariant: lock never poisoned").take();
+        let grpc = shared
+            .grpc
+            .lock()
+            .expect("invariant: lock never poisoned")
+            .take();
         if let Some(grpc) = grpc {
             // Streams (watches) end on the shutdown signal; do not wait forever for clients.
             let abort = grpc.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(5), grpc).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), grpc)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
@@ -617,8 +659,8 @@ async fn resolve_identity(
                 cluster_id: identity.cluster_id,
             });
         }
-        if identity.joined && config.join.is_some() {
-            tracing::info!(data_dir = %data_dir.display(), "already a member: --join is ignored");
+        if let (true, Some(addr)) = (identity.joined, &config.join) {
+            verify_cluster(addr, peers, config, raft_addr, &identity).await?;
         }
         return Ok(identity);
     }
@@ -641,6 +683,49 @@ async fn resolve_identity(
     };
     log.save_identity(&identity)?;
     Ok(identity)
+}
+
+/// Checks that a member restarted with `--join` points at its own cluster. A server that
+/// cannot be reached is no reason to stay down (it may be the one that is down); a server of
+/// another cluster is.
+async fn verify_cluster(
+    addr: &str,
+    peers: &Peers,
+    config: &ServerConfig,
+    raft_addr: &str,
+    identity: &Identity,
+) -> Result<(), ServerError> {
+    let call = JoinCall {
+        cluster_id: Some(identity.cluster_id),
+        node_id: Some(identity.node_id),
+        raft_addr: raft_addr.to_string(),
+        forwarded: false,
+    };
+    let result = async {
+        let mut client = peers.cluster(addr)?;
+        let mut req = tonic::Request::new(call);
+        req.set_timeout(config.tuning.connect_timeout * 2);
+        client
+            .join(req)
+            .await
+            .map(drop)
+            .map_err(|s| ClusterError::from_status(&s, addr))
+    }
+    .await;
+    match result {
+        Err(source @ ClusterError::JoinRefused { .. }) => Err(ServerError::Join {
+            addr: addr.to_string(),
+            source,
+        }),
+        Err(e) => {
+            tracing::info!(error = %e, "already a member; could not check --join, starting anyway");
+            Ok(())
+        }
+        Ok(()) => {
+            tracing::info!(data_dir = %config.data_dir.display(), "already a member of this cluster: --join is not needed");
+            Ok(())
+        }
+    }
 }
 
 async fn ask_to_join(
@@ -717,7 +802,11 @@ impl Core {
 
     /// Runs `attempt` against the leader until it succeeds, fails for good, or the request
     /// timeout passes. `attempt` gets the leader and the time left.
-    pub(crate) async fn with_leader<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, ClusterError>
+    pub(crate) async fn with_leader<T, F, Fut>(
+        &self,
+        what: &str,
+        mut attempt: F,
+    ) -> Result<T, ClusterError>
     where
         F: FnMut(u64, String, Duration) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClusterError>>,
@@ -876,7 +965,11 @@ impl Core {
                     MemberStatus {
                         raft_addr: node.raft_addr.clone(),
                         voter: voters.contains(id),
-                        matched_index: if m.state == ServerState::Leader { matched } else { None },
+                        matched_index: if m.state == ServerState::Leader {
+                            matched
+                        } else {
+                            None
+                        },
                     },
                 )
             })

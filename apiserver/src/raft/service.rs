@@ -50,10 +50,15 @@ impl RaftService {
 
 #[tonic::async_trait]
 impl Raft for RaftService {
-    async fn append_entries(&self, request: Request<AppendCall>) -> Result<Response<AppendReply>, Status> {
+    async fn append_entries(
+        &self,
+        request: Request<AppendCall>,
+    ) -> Result<Response<AppendReply>, Status> {
         let call = request.into_inner();
         self.check(&call)?;
-        Ok(Response::new(self.core.raft.append_entries(call.body).await))
+        Ok(Response::new(
+            self.core.raft.append_entries(call.body).await,
+        ))
     }
 
     async fn vote(&self, request: Request<VoteCall>) -> Result<Response<VoteReply>, Status> {
@@ -62,10 +67,15 @@ impl Raft for RaftService {
         Ok(Response::new(self.core.raft.vote(call.body).await))
     }
 
-    async fn install_snapshot(&self, request: Request<SnapshotCall>) -> Result<Response<SnapshotReply>, Status> {
+    async fn install_snapshot(
+        &self,
+        request: Request<SnapshotCall>,
+    ) -> Result<Response<SnapshotReply>, Status> {
         let call = request.into_inner();
         self.check(&call)?;
-        Ok(Response::new(self.core.raft.install_snapshot(call.body).await))
+        Ok(Response::new(
+            self.core.raft.install_snapshot(call.body).await,
+        ))
     }
 }
 
@@ -73,14 +83,18 @@ impl Raft for RaftService {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn propose(&self, request: Request<ProposeCall>) -> Result<Response<ProposeReply>, Status> {
+    async fn propose(
+        &self,
+        request: Request<ProposeCall>,
+    ) -> Result<Response<ProposeReply>, Status> {
         let call = request.into_inner();
         let core = self.server.core();
         let result = if call.forwarded {
             // From a follower: commit here, or tell it this server no longer leads.
             match core.leader() {
                 Some((id, _)) if id == core.node_id => {
-                    core.write_local(call.commands, core.tuning.request_timeout).await
+                    core.write_local(call.commands, core.tuning.request_timeout)
+                        .await
                 }
                 leader => Err(ClusterError::NotLeader {
                     node_id: core.node_id,
@@ -102,7 +116,10 @@ impl Cluster for ClusterService {
             .map_err(ClusterError::into_status)
     }
 
-    async fn read_index(&self, _request: Request<ReadIndexCall>) -> Result<Response<ReadIndexReply>, Status> {
+    async fn read_index(
+        &self,
+        _request: Request<ReadIndexCall>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
         let core = self.server.core();
         core.read_index_local(core.tuning.request_timeout)
             .await
@@ -112,7 +129,10 @@ impl Cluster for ClusterService {
 
     type WatchStream = ReceiverStream<Result<WatchReply, Status>>;
 
-    async fn watch(&self, request: Request<WatchCall>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<WatchCall>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let mut watch = self
             .server
             .watch(request.into_inner())
@@ -150,7 +170,10 @@ impl Cluster for ClusterService {
             .map_err(ClusterError::into_status)
     }
 
-    async fn add_server(&self, request: Request<AddServerCall>) -> Result<Response<AddServerReply>, Status> {
+    async fn add_server(
+        &self,
+        request: Request<AddServerCall>,
+    ) -> Result<Response<AddServerReply>, Status> {
         self.server
             .core()
             .add_server(request.into_inner())

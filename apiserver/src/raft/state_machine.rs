@@ -73,7 +73,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let applied = read_meta::<Option<LogId>>(&self.store, APPLIED)?.flatten();
-        let membership = read_meta::<StoredMembership>(&self.store, MEMBERSHIP)?.unwrap_or_default();
+        let membership =
+            read_meta::<StoredMembership>(&self.store, MEMBERSHIP)?.unwrap_or_default();
         Ok((applied, membership))
     }
 
@@ -88,10 +89,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let durable = self.last_sync.elapsed() >= self.sync_interval;
         let store = self.store.clone();
-        let responses = tokio::task::spawn_blocking(move || apply_entries(&store, entries, durable))
-            .await
-            .map_err(|e| StorageIOError::write_state_machine(&e))?
-            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        let responses =
+            tokio::task::spawn_blocking(move || apply_entries(&store, entries, durable))
+                .await
+                .map_err(|e| StorageIOError::write_state_machine(&e))?
+                .map_err(|e| StorageIOError::write_state_machine(&e))?;
         if durable {
             self.last_sync = Instant::now();
         }
@@ -152,7 +154,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .map_err(|e| io(&e))?
         .map_err(|e| io(&e))?;
         self.last_sync = Instant::now();
-        self.snapshots.publish(&path, meta).await.map_err(|e| io(&e))?;
+        self.snapshots
+            .publish(&path, meta)
+            .await
+            .map_err(|e| io(&e))?;
         self.snapshots.installed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot from leader");
         Ok(())
@@ -163,8 +168,45 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
+/// Refills an empty store (its file was removed, say) from the current snapshot, so that
+/// openraft only has to re-apply the log after it. Returns whether it did.
+pub(crate) async fn recover(store: &Store, snapshots: &SnapshotDir) -> Result<bool, StorageError> {
+    if store
+        .get_meta(APPLIED)
+        .map_err(|e| StorageIOError::read_state_machine(&e))?
+        .is_some()
+    {
+        return Ok(false);
+    }
+    let path = snapshots.dir.join(CURRENT);
+    let Some(meta) =
+        read_snapshot_meta(&path).map_err(|e| StorageIOError::read_snapshot(None, &e))?
+    else {
+        return Ok(false);
+    };
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || -> store::Result<()> {
+        let file = std::fs::File::open(&path).map_err(|e| StoreError::SnapshotIo {
+            op: "open",
+            source: e,
+        })?;
+        let mut w = store.writer()?;
+        w.restore(BufReader::new(file))?;
+        w.commit(true)
+    })
+    .await
+    .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?
+    .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+    tracing::info!(snapshot = %meta.snapshot_id, "rebuilt the state from the current snapshot");
+    Ok(true)
+}
+
 /// Applies entries in one store write and answers each.
-fn apply_entries(store: &Store, entries: Vec<Entry>, durable: bool) -> store::Result<Vec<Response>> {
+fn apply_entries(
+    store: &Store,
+    entries: Vec<Entry>,
+    durable: bool,
+) -> store::Result<Vec<Response>> {
     let mut w = store.writer()?;
     let mut applied = None;
     let mut membership = None;
@@ -178,7 +220,9 @@ fn apply_entries(store: &Store, entries: Vec<Entry>, durable: bool) -> store::Re
                 for command in request.commands {
                     response.results.push(match command {
                         Command::Txn(txn) => CommandResult::Txn(w.txn(&txn)?),
-                        Command::Compact { revision } => CommandResult::Compact(w.compact(revision)?),
+                        Command::Compact { revision } => {
+                            CommandResult::Compact(w.compact(revision)?)
+                        }
                     });
                 }
             }
@@ -202,7 +246,12 @@ fn encode<T: serde::Serialize>(value: &T) -> store::Result<Vec<u8>> {
     })
 }
 
-fn read_meta<T: serde::de::DeserializeOwned>(store: &Store, key: &str) -> Result<Option<T>, StorageError> {
+// openraft's error type is fixed by its trait, large as it is.
+#[allow(clippy::result_large_err)]
+fn read_meta<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    key: &str,
+) -> Result<Option<T>, StorageError> {
     let Some(bytes) = store
         .get_meta(key)
         .map_err(|e| StorageIOError::read_state_machine(&e))?
@@ -255,7 +304,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let mut meta = None;
             let out = store.dump(BufWriter::new(file), |entries| {
                 let m = meta_from(entries, seq);
-                let header = m.as_ref().ok().and_then(|m| codec::encode(m).ok()).unwrap_or_default();
+                let header = m
+                    .as_ref()
+                    .ok()
+                    .and_then(|m| codec::encode(m).ok())
+                    .unwrap_or_default();
                 meta = Some(m);
                 header
             })?;
@@ -284,10 +337,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             millis = started.elapsed().as_millis() as u64,
             "built snapshot"
         );
-        self.snapshots
-            .current()
-            .await?
-            .ok_or_else(|| StorageIOError::read_snapshot(Some(meta.signature()), &StoreError::Closed).into())
+        self.snapshots.current().await?.ok_or_else(|| {
+            StorageIOError::read_snapshot(Some(meta.signature()), &StoreError::Closed).into()
+        })
     }
 }
 
@@ -313,18 +365,19 @@ impl SnapshotDir {
 
     fn tmp_path(&self, kind: &str) -> PathBuf {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        self.dir.join(format!("{kind}-{}-{n}.tmp", std::process::id()))
+        self.dir
+            .join(format!("{kind}-{}-{n}.tmp", std::process::id()))
     }
 
     /// Makes `path` the current snapshot, unless the current one is newer.
     async fn publish(&self, path: &Path, meta: &SnapshotMeta) -> std::io::Result<()> {
         let _guard = self.lock.lock().await;
         let current = self.dir.join(CURRENT);
-        if let Some(existing) = read_snapshot_meta(&current)? {
-            if existing.last_log_id > meta.last_log_id {
-                std::fs::remove_file(path)?;
-                return Ok(());
-            }
+        if let Some(existing) = read_snapshot_meta(&current)?
+            && existing.last_log_id > meta.last_log_id
+        {
+            std::fs::remove_file(path)?;
+            return Ok(());
         }
         std::fs::rename(path, &current)?;
         std::fs::File::open(&self.dir)?.sync_all()
@@ -334,7 +387,8 @@ impl SnapshotDir {
     async fn current(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let _guard = self.lock.lock().await;
         let path = self.dir.join(CURRENT);
-        let meta = read_snapshot_meta(&path).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let meta =
+            read_snapshot_meta(&path).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         let Some(meta) = meta else {
             return Ok(None);
         };

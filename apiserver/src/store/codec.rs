@@ -74,7 +74,12 @@ impl Record {
     }
 
     /// The key-value this record stands for, or `None` for a tombstone.
-    pub(crate) fn into_kv(self, key: &[u8], mod_revision: u64, keys_only: bool) -> Option<KeyValue> {
+    pub(crate) fn into_kv(
+        self,
+        key: &[u8],
+        mod_revision: u64,
+        keys_only: bool,
+    ) -> Option<KeyValue> {
         match self {
             Record::Put {
                 create_revision,
@@ -171,7 +176,7 @@ impl ContinueToken {
         let bad = || StoreError::InvalidContinue {
             token: token.chars().take(64).collect(),
         };
-        if token.len() % 2 != 0 || !token.is_ascii() {
+        if !token.len().is_multiple_of(2) || !token.is_ascii() {
             return Err(bad());
         }
         let raw = (0..token.len())

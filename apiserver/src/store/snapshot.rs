@@ -127,25 +127,40 @@ impl Writer {
             };
             match tag[0] {
                 TAG_META => {
-                    let key = std::str::from_utf8(&key).map_err(|_| bad("meta key is not UTF-8"))?;
+                    let key =
+                        std::str::from_utf8(&key).map_err(|_| bad("meta key is not UTF-8"))?;
                     let as_u64 = || -> Result<u64> {
-                        Ok(u64::from_le_bytes(value.as_slice().try_into().map_err(|_| bad("revision is not 8 bytes"))?))
+                        Ok(u64::from_le_bytes(
+                            value
+                                .as_slice()
+                                .try_into()
+                                .map_err(|_| bad("revision is not 8 bytes"))?,
+                        ))
                     };
                     match key {
                         META_REVISION => revs.current = as_u64()?,
                         META_COMPACTED => revs.compacted = as_u64()?,
                         _ => {}
                     }
-                    meta.insert(key, value.as_slice()).map_err(db_err("restore meta"))?;
+                    meta.insert(key, value.as_slice())
+                        .map_err(db_err("restore meta"))?;
                 }
                 TAG_INDEX => {
                     let rev = u64::from_le_bytes(
-                        value.as_slice().try_into().map_err(|_| bad("index value is not 8 bytes"))?,
+                        value
+                            .as_slice()
+                            .try_into()
+                            .map_err(|_| bad("index value is not 8 bytes"))?,
                     );
-                    index.insert(key.as_slice(), rev).map_err(db_err("restore index"))?;
+                    index
+                        .insert(key.as_slice(), rev)
+                        .map_err(db_err("restore index"))?;
                 }
                 TAG_HISTORY => {
-                    let split = key.len().checked_sub(8).ok_or_else(|| bad("history key too short"))?;
+                    let split = key
+                        .len()
+                        .checked_sub(8)
+                        .ok_or_else(|| bad("history key too short"))?;
                     let (k, rev) = key.split_at(split);
                     let rev = u64::from_le_bytes(rev.try_into().map_err(|_| bad("history key"))?);
                     history
@@ -154,9 +169,13 @@ impl Writer {
                 }
                 TAG_CHANGES => {
                     let rev = u64::from_le_bytes(
-                        key.as_slice().try_into().map_err(|_| bad("changes key is not 8 bytes"))?,
+                        key.as_slice()
+                            .try_into()
+                            .map_err(|_| bad("changes key is not 8 bytes"))?,
                     );
-                    changes.insert(rev, value.as_slice()).map_err(db_err("restore changes"))?;
+                    changes
+                        .insert(rev, value.as_slice())
+                        .map_err(db_err("restore changes"))?;
                 }
                 other => return Err(bad(&format!("unknown tag {other}"))),
             }

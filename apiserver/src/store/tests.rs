@@ -92,7 +92,10 @@ fn compare_failures_change_nothing_and_report_current_state() {
     assert!(created.succeeded);
     let again = apply(&store, Txn::put_if("k", "v2", 0));
     assert!(!again.succeeded);
-    assert_eq!(again.revision, 1, "a failed compare must not advance the revision");
+    assert_eq!(
+        again.revision, 1,
+        "a failed compare must not advance the revision"
+    );
     match &again.results[0] {
         OpResult::Get { kvs } => assert_eq!(s(&kvs[0].value), "v1"),
         other => panic!("expected the failure branch's read, got {other:?}"),
@@ -112,10 +115,28 @@ fn compare_failures_change_nothing_and_report_current_state() {
         ..Txn::default()
     };
     assert!(apply(&store, cmp(CompareTarget::Version(2), CompareOp::Equal)).succeeded);
-    assert!(apply(&store, cmp(CompareTarget::CreateRevision(1), CompareOp::Equal)).succeeded);
+    assert!(
+        apply(
+            &store,
+            cmp(CompareTarget::CreateRevision(1), CompareOp::Equal)
+        )
+        .succeeded
+    );
     assert!(apply(&store, cmp(CompareTarget::ModRevision(3), CompareOp::Less)).succeeded);
-    assert!(apply(&store, cmp(CompareTarget::Value(b"v2".to_vec()), CompareOp::Equal)).succeeded);
-    assert!(!apply(&store, cmp(CompareTarget::Value(b"v1".to_vec()), CompareOp::Equal)).succeeded);
+    assert!(
+        apply(
+            &store,
+            cmp(CompareTarget::Value(b"v2".to_vec()), CompareOp::Equal)
+        )
+        .succeeded
+    );
+    assert!(
+        !apply(
+            &store,
+            cmp(CompareTarget::Value(b"v1".to_vec()), CompareOp::Equal)
+        )
+        .succeeded
+    );
     assert!(apply(&store, cmp(CompareTarget::Version(1), CompareOp::Greater)).succeeded);
     // An absent key has zero counters and no value.
     let absent = Txn {
@@ -146,7 +167,10 @@ fn delete_by_prefix_obeys_compares_on_the_prefix() {
         success: vec![Op::Delete(KeyRange::Prefix(b"/a/".to_vec()))],
         failure: vec![],
     };
-    assert!(!apply(&store, guarded(3)).succeeded, "/a/3 has mod_revision 3");
+    assert!(
+        !apply(&store, guarded(3)).succeeded,
+        "/a/3 has mod_revision 3"
+    );
     assert_eq!(list(&store, "/a/", None).len(), 3);
     let resp = apply(&store, guarded(4));
     assert!(resp.succeeded);
@@ -190,7 +214,10 @@ fn transactions_are_atomic_and_refuse_duplicate_writes() {
         ..Txn::default()
     };
     let mut w = store.writer().unwrap();
-    assert!(matches!(w.txn(&dup).unwrap(), Err(TxnError::DuplicateKey { .. })));
+    assert!(matches!(
+        w.txn(&dup).unwrap(),
+        Err(TxnError::DuplicateKey { .. })
+    ));
     w.commit(false).unwrap();
     assert_eq!(get(&store, "z"), None);
     assert_eq!(store.revisions().current, 1);
@@ -236,13 +263,19 @@ fn paged_prefix_reads_stay_on_the_first_page_revision() {
 
     // Bad tokens and future revisions are clear errors.
     req.continue_token = Some("garbage".into());
-    assert!(matches!(store.range(&req), Err(StoreError::InvalidContinue { .. })));
+    assert!(matches!(
+        store.range(&req),
+        Err(StoreError::InvalidContinue { .. })
+    ));
     let future = RangeRequest {
         range: Some(KeyRange::Prefix(vec![])),
         revision: Some(1000),
         ..Default::default()
     };
-    assert!(matches!(store.range(&future), Err(StoreError::FutureRevision { .. })));
+    assert!(matches!(
+        store.range(&future),
+        Err(StoreError::FutureRevision { .. })
+    ));
 }
 
 #[test]
@@ -259,12 +292,21 @@ fn past_revisions_read_as_they_were_until_compacted() {
     assert_eq!(s(&get_at(&store, "k", Some(3)).unwrap().value), "2");
     assert_eq!(get_at(&store, "k", Some(4)), None);
     assert_eq!(list(&store, "", Some(2)), vec![("k".into(), "2".into())]);
-    assert_eq!(list(&store, "", Some(4)), vec![("other".into(), "o".into())]);
+    assert_eq!(
+        list(&store, "", Some(4)),
+        vec![("other".into(), "o".into())]
+    );
 
     let mut w = store.writer().unwrap();
     w.compact(3).unwrap().unwrap();
-    assert!(matches!(w.compact(3).unwrap(), Err(CompactError::AlreadyCompacted { .. })));
-    assert!(matches!(w.compact(99).unwrap(), Err(CompactError::FutureRevision { .. })));
+    assert!(matches!(
+        w.compact(3).unwrap(),
+        Err(CompactError::AlreadyCompacted { .. })
+    ));
+    assert!(matches!(
+        w.compact(99).unwrap(),
+        Err(CompactError::FutureRevision { .. })
+    ));
     w.commit(true).unwrap();
 
     assert!(matches!(
@@ -273,7 +315,10 @@ fn past_revisions_read_as_they_were_until_compacted() {
             revision: Some(2),
             ..Default::default()
         }),
-        Err(StoreError::Compacted { requested: 2, compacted: 3 })
+        Err(StoreError::Compacted {
+            requested: 2,
+            compacted: 3
+        })
     ));
     // The compaction revision itself still reads.
     assert_eq!(s(&get_at(&store, "k", Some(3)).unwrap().value), "2");
@@ -366,7 +411,10 @@ async fn watches_deliver_every_later_event_in_order() {
             seen_now.push(s(&e.kv.value));
         }
     }
-    assert_eq!(seen_now, (50..400).map(|i| i.to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        seen_now,
+        (50..400).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -385,7 +433,13 @@ fn data_survives_reopen_and_snapshots_restore_exactly() {
         w.commit(true).unwrap();
     }
     let store = open(&dir);
-    assert_eq!(store.revisions(), Revisions { current: 21, compacted: 5 });
+    assert_eq!(
+        store.revisions(),
+        Revisions {
+            current: 21,
+            compacted: 5
+        }
+    );
     assert_eq!(store.get_meta("app/applied").unwrap().unwrap(), b"42");
     assert_eq!(get(&store, "k3"), None);
 
@@ -396,7 +450,10 @@ fn data_survives_reopen_and_snapshots_restore_exactly() {
             b"header".to_vec()
         })
         .unwrap();
-    assert_eq!(seen_meta.get("app/applied").map(Vec::as_slice), Some(&b"42"[..]));
+    assert_eq!(
+        seen_meta.get("app/applied").map(Vec::as_slice),
+        Some(&b"42"[..])
+    );
     assert_eq!(read_header(&mut bytes.as_slice()).unwrap(), b"header");
 
     let other_dir = tempfile::tempdir().unwrap();
@@ -423,7 +480,10 @@ fn data_survives_reopen_and_snapshots_restore_exactly() {
     assert_eq!(other.revisions(), store.revisions());
     assert_eq!(get(&other, "stale"), None);
     assert_eq!(list(&other, "", None), list(&store, "", None));
-    assert_eq!(get_at(&other, "k7", Some(10)), get_at(&store, "k7", Some(10)));
+    assert_eq!(
+        get_at(&other, "k7", Some(10)),
+        get_at(&store, "k7", Some(10))
+    );
     assert_eq!(other.get_meta("app/applied").unwrap().unwrap(), b"42");
 }
 

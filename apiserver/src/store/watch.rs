@@ -110,7 +110,11 @@ impl Watch {
                             .map(|e| Event {
                                 kind: e.kind,
                                 kv: e.kv.clone(),
-                                prev_kv: if self.prev_kv { e.prev_kv.clone() } else { None },
+                                prev_kv: if self.prev_kv {
+                                    e.prev_kv.clone()
+                                } else {
+                                    None
+                                },
                             })
                             .collect();
                         self.next = last + 1;
@@ -143,7 +147,13 @@ struct ReplayStep {
 }
 
 /// Reads the events of up to `max` revisions from `from` on.
-fn replay(store: &Store, range: &KeyRange, prev_kv: bool, from: u64, max: u64) -> Result<ReplayStep> {
+fn replay(
+    store: &Store,
+    range: &KeyRange,
+    prev_kv: bool,
+    from: u64,
+    max: u64,
+) -> Result<ReplayStep> {
     let rtx = store.inner.db.begin_read().map_err(db_err("begin read"))?;
     let revs = read_revisions(&rtx)?;
     if from <= revs.compacted {

@@ -13,8 +13,8 @@ use super::types::{
     OpResult, Txn, TxnError, TxnResponse,
 };
 use super::{
-    CHANGES, Commit, HISTORY, INDEX, META, META_COMPACTED, META_REVISION, Result, Revisions,
-    Store, StoreError, db_err, meta_u64,
+    CHANGES, Commit, HISTORY, INDEX, META, META_COMPACTED, META_REVISION, Result, Revisions, Store,
+    StoreError, db_err, meta_u64,
 };
 
 /// An open write to the store. Everything done through it becomes visible, atomically, on
@@ -33,7 +33,11 @@ pub struct Writer {
 
 impl Writer {
     pub(super) fn begin(store: Store) -> Result<Writer> {
-        let wtx = store.inner.db.begin_write().map_err(db_err("begin write"))?;
+        let wtx = store
+            .inner
+            .db
+            .begin_write()
+            .map_err(db_err("begin write"))?;
         let revs = {
             let meta = wtx.open_table(META).map_err(db_err("open meta"))?;
             Revisions {
@@ -60,7 +64,10 @@ impl Writer {
     /// abandoned); the inner one is the store refusing this transaction, which changes nothing.
     pub fn txn(&mut self, txn: &Txn) -> Result<Result<TxnResponse, TxnError>> {
         let mut index = self.wtx.open_table(INDEX).map_err(db_err("open index"))?;
-        let mut history = self.wtx.open_table(HISTORY).map_err(db_err("open history"))?;
+        let mut history = self
+            .wtx
+            .open_table(HISTORY)
+            .map_err(db_err("open history"))?;
         let mut succeeded = true;
         for cmp in &txn.compares {
             if !compare_holds(&index, &history, cmp)? {
@@ -68,7 +75,11 @@ impl Writer {
                 break;
             }
         }
-        let ops = if succeeded { &txn.success } else { &txn.failure };
+        let ops = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
         if let Err(e) = validate(ops) {
             return Ok(Err(e));
         }
@@ -131,7 +142,10 @@ impl Writer {
             results.push(result);
         }
         if !changed.is_empty() {
-            let mut changes = self.wtx.open_table(CHANGES).map_err(db_err("open changes"))?;
+            let mut changes = self
+                .wtx
+                .open_table(CHANGES)
+                .map_err(db_err("open changes"))?;
             let list = codec::encode_keys(changed.iter().map(Vec::as_slice));
             changes
                 .insert(revision, list.as_slice())
@@ -162,8 +176,14 @@ impl Writer {
                 current: self.revs.current,
             }));
         }
-        let mut changes = self.wtx.open_table(CHANGES).map_err(db_err("open changes"))?;
-        let mut history = self.wtx.open_table(HISTORY).map_err(db_err("open history"))?;
+        let mut changes = self
+            .wtx
+            .open_table(CHANGES)
+            .map_err(db_err("open changes"))?;
+        let mut history = self
+            .wtx
+            .open_table(HISTORY)
+            .map_err(db_err("open history"))?;
         let mut keys = BTreeSet::new();
         for item in changes.range(..=revision).map_err(db_err("scan changes"))? {
             let (rev, list) = item.map_err(db_err("scan changes"))?;
@@ -183,10 +203,7 @@ impl Writer {
             {
                 let (k, v) = item.map_err(db_err("scan history"))?;
                 let rev = k.value().1;
-                keep_last = matches!(
-                    Record::decode(v.value(), key, rev)?,
-                    Record::Put { .. }
-                );
+                keep_last = matches!(Record::decode(v.value(), key, rev)?, Record::Put { .. });
                 versions.push(rev);
             }
             if keep_last {
@@ -282,12 +299,12 @@ fn validate(ops: &[Op]) -> Result<(), TxnError> {
         }
     }
     for op in ops {
-        if let Op::Delete(range) = op {
-            if let Some(key) = puts.iter().find(|k| range.contains(k)) {
-                return Err(TxnError::DuplicateKey {
-                    key: String::from_utf8_lossy(key).into_owned(),
-                });
-            }
+        if let Op::Delete(range) = op
+            && let Some(key) = puts.iter().find(|k| range.contains(k))
+        {
+            return Err(TxnError::DuplicateKey {
+                key: String::from_utf8_lossy(key).into_owned(),
+            });
         }
     }
     Ok(())
@@ -358,7 +375,9 @@ fn compare_holds(index: &Index<'_>, history: &History<'_>, cmp: &Compare) -> Res
 
 fn counter_target(target: &CompareTarget) -> u64 {
     match target {
-        CompareTarget::ModRevision(t) | CompareTarget::CreateRevision(t) | CompareTarget::Version(t) => *t,
+        CompareTarget::ModRevision(t)
+        | CompareTarget::CreateRevision(t)
+        | CompareTarget::Version(t) => *t,
         CompareTarget::Value(_) => 0,
     }
 }

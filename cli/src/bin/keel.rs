@@ -72,7 +72,13 @@ struct ServerArgs {
 #[derive(Args, Debug)]
 struct Target {
     /// The server to talk to (its --advertise address).
-    #[arg(long, short = 's', global = true, default_value = "127.0.0.1:6444", env = "KEEL_SERVER")]
+    #[arg(
+        long,
+        short = 's',
+        global = true,
+        default_value = "127.0.0.1:6444",
+        env = "KEEL_SERVER"
+    )]
     server: String,
 }
 
@@ -262,7 +268,11 @@ async fn kv(command: KvCommand, server: &str) -> Result<(), Box<dyn std::error::
             };
             let resp = client.txn(txn).await??;
             if !resp.succeeded {
-                return Err(format!("conflict: {key} is not at revision {}", if_revision.unwrap_or(0)).into());
+                return Err(format!(
+                    "conflict: {key} is not at revision {}",
+                    if_revision.unwrap_or(0)
+                )
+                .into());
             }
             println!("{}", serde_json::json!({"revision": resp.revision}));
         }
@@ -292,15 +302,30 @@ async fn kv(command: KvCommand, server: &str) -> Result<(), Box<dyn std::error::
             for kv in &resp.kvs {
                 println!("{}", kv_json(kv));
             }
-            eprintln!("revision {}{}", resp.revision, if resp.continue_token.is_some() { " (more)" } else { "" });
+            eprintln!(
+                "revision {}{}",
+                resp.revision,
+                if resp.continue_token.is_some() {
+                    " (more)"
+                } else {
+                    ""
+                }
+            );
         }
         KvCommand::Del { key, prefix } => {
             let resp = client.txn(Txn::delete(range(key, prefix))).await??;
-            let deleted = resp.results.iter().map(|r| match r {
-                keel_apiserver::store::OpResult::Delete { deleted } => deleted.len(),
-                _ => 0,
-            }).sum::<usize>();
-            println!("{}", serde_json::json!({"revision": resp.revision, "deleted": deleted}));
+            let deleted = resp
+                .results
+                .iter()
+                .map(|r| match r {
+                    keel_apiserver::store::OpResult::Delete { deleted } => deleted.len(),
+                    _ => 0,
+                })
+                .sum::<usize>();
+            println!(
+                "{}",
+                serde_json::json!({"revision": resp.revision, "deleted": deleted})
+            );
         }
         KvCommand::Watch { key, prefix, rev } => {
             let mut stream = client
