@@ -152,8 +152,9 @@ pub(crate) enum Commit {
         first: u64,
         /// Last revision in the commit.
         last: u64,
-        /// The events.
-        events: Vec<Event>,
+        /// The events; `None` when the write did not collect them (no watch was listening
+        /// when it began), so watches read these revisions from disk.
+        events: Option<Vec<Event>>,
     },
     /// The whole store was replaced (a snapshot was installed): watches re-read from disk.
     Reset,

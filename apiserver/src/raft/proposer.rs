@@ -64,6 +64,8 @@ async fn run(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
+        // Clients woken by the last batch's answers are about to propose again: let them.
+        tokio::task::yield_now().await;
         let mut batch = vec![first];
         while batch.len() < max_batch {
             match rx.try_recv() {

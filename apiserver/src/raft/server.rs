@@ -195,7 +195,9 @@ impl Default for Tuning {
             history_revisions: 100_000,
             compaction_interval: Duration::from_secs(60),
             max_batch: 1024,
-            max_inflight_batches: 4,
+            // openraft 0.9 appends one entry at a time: more batches in flight only make each
+            // smaller. Two let a batch append while the one before is applied.
+            max_inflight_batches: 2,
         }
     }
 }
@@ -588,6 +590,9 @@ impl Server {
         let _ = shared.shutdown.send(true);
         if let Err(e) = shared.core.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not stop cleanly");
+        }
+        if let Err(e) = shared.core.log.flush().await {
+            tracing::warn!(error = %e, "the raft log did not flush");
         }
         let grpc = shared
             .grpc

@@ -6,8 +6,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
     /// The key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The value; empty for a tombstone in a delete event.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// The revision of the write that created the key (reset when it is deleted and put again).
     pub create_revision: u64,
@@ -21,14 +23,16 @@ pub struct KeyValue {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeyRange {
     /// Exactly this key.
-    Key(Vec<u8>),
+    Key(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Every key that starts with these bytes (all keys for an empty prefix).
-    Prefix(Vec<u8>),
+    Prefix(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Keys `k` with `start <= k < end`; an empty `end` means no upper bound.
     Range {
         /// First key, inclusive.
+        #[serde(with = "serde_bytes")]
         start: Vec<u8>,
         /// Upper bound, exclusive; empty for none.
+        #[serde(with = "serde_bytes")]
         end: Vec<u8>,
     },
 }
@@ -43,7 +47,7 @@ pub enum CompareTarget {
     /// The key's `version` (0 when the key does not exist).
     Version(u64),
     /// The key's value (an absent key compares as absent: only `NotEqual` holds).
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// How a [`Compare`] relates the key's field to the target.
@@ -77,8 +81,10 @@ pub enum Op {
     /// Write `value` under `key`.
     Put {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The new value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Delete every key in the range.

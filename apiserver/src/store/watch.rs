@@ -97,12 +97,12 @@ impl Watch {
                         if *last < self.next {
                             continue;
                         }
-                        if *first > self.next {
-                            // Should not happen (we subscribed before reading), but a gap
-                            // is never acceptable: read it from disk.
+                        let Some(events) = events.as_ref().filter(|_| *first <= self.next) else {
+                            // Not collected, or (which should not happen: we subscribed
+                            // before reading) a gap: read it from disk.
                             self.replaying = true;
                             continue;
-                        }
+                        };
                         let out: Vec<Event> = events
                             .iter()
                             .filter(|e| e.kv.mod_revision >= self.next)

@@ -23,8 +23,9 @@ pub struct Writer {
     store: Store,
     wtx: WriteTransaction,
     revs: Revisions,
-    /// Events of this write, in revision order, for live watches.
-    events: Vec<Event>,
+    /// Events of this write, in revision order, for live watches; `None` when no watch was
+    /// listening as the write began (watches that start meanwhile read the commit from disk).
+    events: Option<Vec<Event>>,
     first_revision: Option<u64>,
     reset: bool,
 }
@@ -45,11 +46,12 @@ impl Writer {
                 compacted: meta_u64(&meta, META_COMPACTED)?,
             }
         };
+        let events = (store.inner.hub.receiver_count() > 0).then(Vec::new);
         Ok(Writer {
             store,
             wtx,
             revs,
-            events: Vec::new(),
+            events,
             first_revision: None,
             reset: false,
         })
@@ -104,11 +106,13 @@ impl Writer {
                     let kv = record
                         .into_kv(key, revision, false)
                         .expect("invariant: a put record always yields a key-value");
-                    self.events.push(Event {
-                        kind: EventKind::Put,
-                        kv,
-                        prev_kv: prev.clone(),
-                    });
+                    if let Some(events) = &mut self.events {
+                        events.push(Event {
+                            kind: EventKind::Put,
+                            kv,
+                            prev_kv: prev.clone(),
+                        });
+                    }
                     changed.push(key.clone());
                     OpResult::Put { prev }
                 }
@@ -120,17 +124,19 @@ impl Writer {
                             .insert((key, revision), Record::Tombstone.encode().as_slice())
                             .map_err(db_err("write history"))?;
                         index.remove(key).map_err(db_err("write index"))?;
-                        self.events.push(Event {
-                            kind: EventKind::Delete,
-                            kv: KeyValue {
-                                key: key.to_vec(),
-                                value: Vec::new(),
-                                create_revision: 0,
-                                mod_revision: revision,
-                                version: 0,
-                            },
-                            prev_kv: Some(prev.clone()),
-                        });
+                        if let Some(events) = &mut self.events {
+                            events.push(Event {
+                                kind: EventKind::Delete,
+                                kv: KeyValue {
+                                    key: key.to_vec(),
+                                    value: Vec::new(),
+                                    create_revision: 0,
+                                    mod_revision: revision,
+                                    version: 0,
+                                },
+                                prev_kv: Some(prev.clone()),
+                            });
+                        }
                         changed.push(key.to_vec());
                     }
                     OpResult::Delete { deleted }
@@ -260,7 +266,7 @@ impl Writer {
             self.first_revision.map(|first| Commit::Events {
                 first,
                 last: self.revs.current,
-                events: std::mem::take(&mut self.events),
+                events: self.events.take(),
             })
         };
         if let Some(commit) = commit {
@@ -278,7 +284,7 @@ impl Writer {
     pub(super) fn mark_reset(&mut self, revs: Revisions) {
         self.reset = true;
         self.revs = revs;
-        self.events.clear();
+        self.events = None;
         self.first_revision = None;
     }
 }

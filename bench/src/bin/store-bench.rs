@@ -1,0 +1,277 @@
+//! `store-bench`: committed writes per second and write latency (p50/p99) of 1- and 3-server
+//! Keel clusters with 1, 16 and 64 concurrent clients, and reads per second — next to etcd
+//! started on the same machine with the same workload, when an `etcd` binary is found.
+//!
+//! `store-bench serve ...` is the Keel server process the benchmark starts (this binary).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use keel_apiserver::raft::{Client, Server, ServerConfig, Tuning};
+use keel_bench::Conn;
+use keel_bench::etcd::{EtcdClient, EtcdCluster};
+use keel_bench::keel::KeelCluster;
+use keel_bench::workload::{self, Figures, Op, Shape};
+
+/// Benchmarks Keel's replicated store (and etcd, for comparison).
+#[derive(Parser, Debug)]
+#[command(name = "store-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    /// Seconds each workload runs.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Bytes per written value.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// The etcd binary to compare with ("none" to skip).
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    etcd: String,
+    /// Where the servers keep their data (default: a temporary dir under /var/tmp, on disk).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Cluster sizes to measure.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 3])]
+    servers: Vec<usize>,
+    /// Concurrent clients of the write workloads.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16, 64])]
+    write_clients: Vec<usize>,
+    /// Concurrent clients of the read workloads.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 64])]
+    read_clients: Vec<usize>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Run one Keel server (the benchmark starts these itself).
+    Serve {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        raft_listen: SocketAddr,
+        #[arg(long)]
+        join: Option<String>,
+    },
+}
+
+struct Row {
+    system: &'static str,
+    servers: usize,
+    workload: String,
+    clients: usize,
+    figures: Figures,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("store-bench: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Some(Sub::Serve {
+            data_dir,
+            raft_listen,
+            join,
+        }) => rt.block_on(serve(data_dir, raft_listen, join)),
+        None => rt.block_on(bench(&cli)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("store-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(
+    data_dir: PathBuf,
+    raft_listen: SocketAddr,
+    join: Option<String>,
+) -> Result<(), String> {
+    let server = Server::start(ServerConfig {
+        data_dir,
+        node_id: None,
+        raft_listen,
+        advertise: None,
+        join,
+        tuning: Tuning::default(),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    // Run until killed.
+    std::future::pending::<()>().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn bench(cli: &Cli) -> Result<(), String> {
+    let base = cli.dir.clone().unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    std::fs::create_dir_all(&base).map_err(|e| format!("{}: {e}", base.display()))?;
+    let etcd = (cli.etcd != "none" && std::path::Path::new(&cli.etcd).exists())
+        .then(|| PathBuf::from(&cli.etcd));
+    if etcd.is_none() {
+        eprintln!(
+            "store-bench: no etcd binary at {} (apt-get install etcd-server); measuring Keel only",
+            cli.etcd
+        );
+    }
+    let shape = |clients| Shape {
+        clients,
+        duration: Duration::from_secs(cli.seconds),
+        key_space: 100_000,
+        value_size: cli.value_size,
+    };
+    let mut rows = Vec::new();
+    for &servers in &cli.servers {
+        let root = tempfile::Builder::new()
+            .prefix("keel-bench-")
+            .tempdir_in(&base)
+            .map_err(|e| e.to_string())?;
+        {
+            let cluster = KeelCluster::start(root.path(), servers).await?;
+            let mut conns = Vec::new();
+            for addr in &cluster.addrs {
+                for _ in 0..2 {
+                    let c = Client::connect(addr, Duration::from_secs(2))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    conns.push(Conn::Keel(c));
+                }
+            }
+            measure("keel", servers, &conns, shape, cli, &mut rows).await;
+        }
+        if let Some(bin) = &etcd {
+            let cluster = EtcdCluster::start(bin, root.path(), servers).await?;
+            let mut conns = Vec::new();
+            for addr in &cluster.client_addrs {
+                for _ in 0..2 {
+                    conns.push(Conn::Etcd(EtcdClient::connect(addr).await?));
+                }
+            }
+            measure("etcd", servers, &conns, shape, cli, &mut rows).await;
+        }
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+async fn measure(
+    system: &'static str,
+    servers: usize,
+    conns: &[Conn],
+    shape: impl Fn(usize) -> Shape,
+    cli: &Cli,
+    rows: &mut Vec<Row>,
+) {
+    // Fill the key space a little so that reads find keys.
+    let _ = workload::run(
+        conns,
+        Op::Put,
+        Shape {
+            duration: Duration::from_secs(1),
+            ..shape(16)
+        },
+    )
+    .await;
+    for &clients in &cli.write_clients {
+        let figures = workload::run(conns, Op::Put, shape(clients)).await;
+        eprintln!(
+            "{system} x{servers} put c={clients}: {:.0}/s",
+            figures.per_second
+        );
+        rows.push(Row {
+            system,
+            servers,
+            workload: "put".into(),
+            clients,
+            figures,
+        });
+    }
+    for (op, name) in [
+        (Op::LinearizableGet, "get (linearizable)"),
+        (Op::SerializableGet, "get (serializable)"),
+    ] {
+        for &clients in &cli.read_clients {
+            let figures = workload::run(conns, op, shape(clients)).await;
+            eprintln!(
+                "{system} x{servers} {name} c={clients}: {:.0}/s",
+                figures.per_second
+            );
+            rows.push(Row {
+                system,
+                servers,
+                workload: name.into(),
+                clients,
+                figures,
+            });
+        }
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<20} {:>7} {:>7} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} | {:>7}",
+        "workload",
+        "servers",
+        "clients",
+        "keel op/s",
+        "p50 ms",
+        "p99 ms",
+        "etcd op/s",
+        "p50 ms",
+        "p99 ms",
+        "ratio"
+    );
+    let keel_rows = rows.iter().filter(|r| r.system == "keel");
+    for k in keel_rows {
+        let e = rows.iter().find(|r| {
+            r.system == "etcd"
+                && r.servers == k.servers
+                && r.workload == k.workload
+                && r.clients == k.clients
+        });
+        let (eps, ep50, ep99, ratio) = match e {
+            Some(e) => (
+                format!("{:.0}", e.figures.per_second),
+                format!("{:.2}", e.figures.p50_ms),
+                format!("{:.2}", e.figures.p99_ms),
+                format!(
+                    "{:.2}",
+                    k.figures.per_second / e.figures.per_second.max(1e-9)
+                ),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        let errors = if k.figures.errors > 0 {
+            format!("  ({} errors)", k.figures.errors)
+        } else {
+            String::new()
+        };
+        println!(
+            "{:<20} {:>7} {:>7} | {:>10.0} {:>8.2} {:>8.2} | {:>10} {:>8} {:>8} | {:>7}{}",
+            k.workload,
+            k.servers,
+            k.clients,
+            k.figures.per_second,
+            k.figures.p50_ms,
+            k.figures.p99_ms,
+            eps,
+            ep50,
+            ep99,
+            ratio,
+            errors
+        );
+    }
+    println!(
+        "ratio = keel op/s / etcd op/s on this machine; every put is acknowledged only after a quorum fsynced it"
+    );
+}

@@ -1,0 +1,91 @@
+//! Keel's benchmarks: drive a store (Keel or etcd, started here as real processes on this
+//! machine) with concurrent clients and print throughput and latency, side by side.
+//!
+//! Modules:
+//! - [`etcd`]: etcd processes and a minimal etcd v3 KV client (hand-written protobuf
+//!   messages, so no protoc is needed).
+//! - [`keel`]: Keel server processes (this binary run as `serve`) and their clients.
+//! - [`workload`]: the load generator and its figures.
+
+pub mod etcd;
+pub mod keel;
+pub mod workload;
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("timed out waiting for {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One connection to a store under test.
+#[derive(Clone)]
+pub enum Conn {
+    /// A Keel server's cluster service.
+    Keel(keel_apiserver::raft::Client),
+    /// An etcd server's KV service.
+    Etcd(etcd::EtcdClient),
+}
+
+impl Conn {
+    /// Writes a key; returns once the store acknowledged it.
+    pub async fn put(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), String> {
+        match self {
+            Conn::Keel(c) => c
+                .txn(keel_apiserver::store::Txn::put(key, value))
+                .await
+                .map_err(|e| e.to_string())?
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Conn::Etcd(c) => c.put(key, value).await,
+        }
+    }
+
+    /// Reads a key, linearizably or not.
+    pub async fn get(&self, key: Vec<u8>, linearizable: bool) -> Result<(), String> {
+        match self {
+            Conn::Keel(c) => {
+                use keel_apiserver::raft::Consistency;
+                use keel_apiserver::store::{KeyRange, RangeRequest};
+                let consistency = if linearizable {
+                    Consistency::Linearizable
+                } else {
+                    Consistency::Serializable
+                };
+                c.range(
+                    RangeRequest {
+                        range: Some(KeyRange::Key(key)),
+                        ..RangeRequest::default()
+                    },
+                    consistency,
+                )
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+            }
+            Conn::Etcd(c) => c.get(key, linearizable).await,
+        }
+    }
+}
