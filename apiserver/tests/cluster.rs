@@ -603,3 +603,47 @@ async fn a_removed_state_file_is_rebuilt_from_the_snapshot_and_the_log() {
     assert_eq!(back.store().revisions().current, revs.current);
     back.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_older_than_the_window_is_compacted_on_every_server() {
+    let root = tempfile::tempdir().unwrap();
+    let short_history = Tuning {
+        history_revisions: 20,
+        compaction_interval: Duration::from_millis(100),
+        ..tuning()
+    };
+    let (_slots, servers) = cluster(root.path(), 3, short_history).await;
+    for i in 0..100 {
+        put(&servers[i % 3], &format!("/h/{}", i % 10), &i.to_string()).await;
+    }
+    for server in &servers {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while server.store().revisions().compacted < 80 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no compaction on {server:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let revs = server.store().revisions();
+        let old = server
+            .range(
+                RangeRequest {
+                    range: Some(KeyRange::Prefix(b"/h/".to_vec())),
+                    revision: Some(revs.compacted - 1),
+                    ..RangeRequest::default()
+                },
+                Consistency::Serializable,
+            )
+            .await;
+        assert!(
+            matches!(old, Err(ClusterError::Compacted { .. })),
+            "{old:?}"
+        );
+        // The window itself still reads, and the latest state is whole.
+        assert_eq!(all_keys(server).await.len(), 10);
+    }
+    for s in &servers {
+        s.shutdown().await;
+    }
+}

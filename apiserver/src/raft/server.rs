@@ -262,6 +262,11 @@ impl Server {
             })?;
         let raft_addr = config.advertise.clone().unwrap_or_else(|| {
             let ip = if bound.ip().is_unspecified() {
+                tracing::warn!(
+                    listen = %bound,
+                    "no --advertise address: other servers are told 127.0.0.1, which only \
+                     works when every server runs on this machine"
+                );
                 std::net::Ipv4Addr::LOCALHOST.into()
             } else {
                 bound.ip()
@@ -359,22 +364,18 @@ impl Server {
             raft_addr: core.raft_addr.clone(),
             forwarded: false,
         };
-        let mut client = core
-            .peers
-            .cluster(addr)
-            .map_err(|source| ServerError::Join {
-                addr: addr.to_string(),
-                source,
-            })?;
-        let mut req = tonic::Request::new(call);
-        req.set_timeout(core.tuning.join_timeout + core.tuning.request_timeout);
-        client
-            .add_server(req)
-            .await
-            .map_err(|status| ServerError::Join {
-                addr: addr.to_string(),
-                source: ClusterError::from_status(&status, addr),
-            })?;
+        let patience = core.tuning.join_timeout + core.tuning.request_timeout;
+        retry_join(addr, core.tuning.request_timeout, || async {
+            let mut client = core.peers.cluster(addr)?;
+            let mut req = tonic::Request::new(call.clone());
+            req.set_timeout(patience);
+            client
+                .add_server(req)
+                .await
+                .map(drop)
+                .map_err(|status| ClusterError::from_status(&status, addr))
+        })
+        .await?;
         let joined = Identity {
             joined: true,
             ..identity.clone()
@@ -583,6 +584,25 @@ impl Server {
             .map_err(|_| ClusterError::ShuttingDown)
     }
 
+    /// Resolves if Raft stops by itself (a storage failure, say), with the reason; the server
+    /// cannot serve after that and should be restarted once the cause is fixed.
+    pub async fn failed(&self) -> String {
+        let result = self
+            .shared
+            .core
+            .raft
+            .wait(None)
+            .metrics(|m| m.running_state.is_err(), "raft failure")
+            .await;
+        match result {
+            Ok(m) => match &m.running_state {
+                Err(fatal) => fatal.to_string(),
+                Ok(()) => "raft stopped".into(),
+            },
+            Err(e) => format!("raft stopped: {e}"),
+        }
+    }
+
     /// Stops the server: Raft, the gRPC services and the background tasks. The data dir can
     /// be opened again once this returns.
     pub async fn shutdown(&self) {
@@ -739,23 +759,57 @@ async fn ask_to_join(
     config: &ServerConfig,
     raft_addr: &str,
 ) -> Result<super::wire::JoinReply, ServerError> {
-    let join_err = |source| ServerError::Join {
-        addr: addr.to_string(),
-        source,
-    };
-    let mut client = peers.cluster(addr).map_err(join_err)?;
-    let mut req = tonic::Request::new(JoinCall {
+    let call = JoinCall {
         cluster_id: None,
         node_id: config.node_id,
         raft_addr: raft_addr.to_string(),
         forwarded: false,
-    });
-    req.set_timeout(config.tuning.request_timeout);
-    let reply = client
-        .join(req)
-        .await
-        .map_err(|status| join_err(ClusterError::from_status(&status, addr)))?;
-    Ok(reply.into_inner())
+    };
+    retry_join(addr, config.tuning.request_timeout, || async {
+        let mut client = peers.cluster(addr)?;
+        let mut req = tonic::Request::new(call.clone());
+        req.set_timeout(config.tuning.request_timeout);
+        client
+            .join(req)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| ClusterError::from_status(&status, addr))
+    })
+    .await
+}
+
+/// Runs a join step against the server at `addr`, again while the cluster has no leader to
+/// answer it (an election in progress), until `patience` runs out. A join server that cannot
+/// be reached fails at once.
+async fn retry_join<T, F, Fut>(
+    addr: &str,
+    patience: Duration,
+    mut step: F,
+) -> Result<T, ServerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClusterError>>,
+{
+    let deadline = Instant::now() + patience;
+    loop {
+        let err = match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let leaderless = match &err {
+            ClusterError::NoLeader { .. } | ClusterError::NotLeader { .. } => true,
+            ClusterError::Unreachable { addr: other, .. } => other != addr,
+            _ => false,
+        };
+        if !leaderless || Instant::now() >= deadline {
+            return Err(ServerError::Join {
+                addr: addr.to_string(),
+                source: err,
+            });
+        }
+        tracing::info!(error = %err, "the cluster cannot take the join yet; retrying");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Compacts history older than `history_revisions` from time to time, on the leader.

@@ -216,9 +216,16 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
         server.cluster_id(),
         server.raft_addr()
     );
-    shutdown_signal().await;
-    server.shutdown().await;
-    Ok(())
+    tokio::select! {
+        _ = shutdown_signal() => {
+            server.shutdown().await;
+            Ok(())
+        }
+        reason = server.failed() => {
+            server.shutdown().await;
+            Err(format!("the server stopped: {reason}").into())
+        }
+    }
 }
 
 async fn shutdown_signal() {
