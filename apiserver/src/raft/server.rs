@@ -230,52 +230,10 @@ impl Server {
     /// Starts a server: opens (or creates) its data dir, starts Raft and the gRPC services,
     /// and then starts a new cluster, rejoins its cluster, or joins the one at `join`.
     pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
-        let data_dir = config.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir {
-            path: data_dir.clone(),
-            source,
-        })?;
-        let log = LogStore::open(&data_dir.join("raft-log.redb"))?;
-        let store = Store::open(data_dir.join("state.redb"), StoreOptions::default())?;
-        let snapshots = Arc::new(SnapshotDir::open(&data_dir.join("snapshots")).map_err(
-            |source| ServerError::DataDir {
-                path: data_dir.join("snapshots"),
-                source,
-            },
-        )?);
-        super::state_machine::recover(&store, &snapshots)
-            .await
-            .map_err(|e| ServerError::Raft {
-                reason: format!("cannot rebuild the state from the snapshot: {e}"),
-            })?;
-        let listener = tokio::net::TcpListener::bind(config.raft_listen)
-            .await
-            .map_err(|source| ServerError::Listen {
-                addr: config.raft_listen,
-                source,
-            })?;
-        let bound = listener
-            .local_addr()
-            .map_err(|source| ServerError::Listen {
-                addr: config.raft_listen,
-                source,
-            })?;
-        let raft_addr = config.advertise.clone().unwrap_or_else(|| {
-            let ip = if bound.ip().is_unspecified() {
-                tracing::warn!(
-                    listen = %bound,
-                    "no --advertise address: other servers are told 127.0.0.1, which only \
-                     works when every server runs on this machine"
-                );
-                std::net::Ipv4Addr::LOCALHOST.into()
-            } else {
-                bound.ip()
-            };
-            SocketAddr::new(ip, bound.port()).to_string()
-        });
+        let (log, store, snapshots) = open_data_dir(&config.data_dir).await?;
+        let (listener, raft_addr) = bind(&config).await?;
         let peers = Arc::new(Peers::new(config.tuning.connect_timeout));
         let identity = resolve_identity(&config, &log, &peers, &raft_addr).await?;
-
         let network = Network {
             peers: peers.clone(),
             cluster_id: identity.cluster_id,
@@ -299,7 +257,7 @@ impl Server {
         let core = Arc::new(Core {
             node_id: identity.node_id,
             cluster_id: identity.cluster_id,
-            raft_addr: raft_addr.clone(),
+            raft_addr,
             raft,
             store,
             peers,
@@ -309,12 +267,23 @@ impl Server {
             membership_lock: tokio::sync::Mutex::new(()),
             pending_joins: std::sync::Mutex::new(std::collections::BTreeMap::new()),
         });
+        let server = Server::run(core, listener);
+        if let Err(e) = server.become_member(&config, &identity).await {
+            server.shutdown().await;
+            return Err(e);
+        }
+        tracing::info!(node = identity.node_id, addr = %server.raft_addr(), "server running");
+        Ok(server)
+    }
+
+    /// Starts the background tasks and the gRPC services around a started Raft node.
+    fn run(core: Arc<Core>, listener: tokio::net::TcpListener) -> Server {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (proposer, proposer_task) = Proposer::start(core.clone(), shutdown_rx.clone());
         let (reads, reads_task) = ReadIndex::start(core.clone(), shutdown_rx.clone());
         let server = Server {
             shared: Arc::new(Shared {
-                core: core.clone(),
+                core,
                 proposer,
                 reads,
                 shutdown,
@@ -324,20 +293,25 @@ impl Server {
         };
         server.serve(listener, shutdown_rx.clone());
         server.spawn(compaction_loop(server.clone(), shutdown_rx));
+        server
+    }
 
+    /// Starts the cluster (the first server, once) or finishes joining it.
+    async fn become_member(
+        &self,
+        config: &ServerConfig,
+        identity: &Identity,
+    ) -> Result<(), ServerError> {
+        let core = &self.shared.core;
         if identity.bootstrap && !core.raft.is_initialized().await.unwrap_or(true) {
-            let members = [(
-                identity.node_id,
-                Member {
-                    raft_addr: raft_addr.clone(),
-                },
-            )];
+            let member = Member {
+                raft_addr: core.raft_addr.clone(),
+            };
             core.raft
-                .initialize(
-                    members
-                        .into_iter()
-                        .collect::<std::collections::BTreeMap<_, _>>(),
-                )
+                .initialize(std::collections::BTreeMap::from([(
+                    identity.node_id,
+                    member,
+                )]))
                 .await
                 .map_err(|e| ServerError::Raft {
                     reason: format!("cannot initialize the cluster: {e}"),
@@ -346,13 +320,9 @@ impl Server {
         }
         if !identity.joined {
             let join_addr = config.join.clone().unwrap_or_default();
-            if let Err(e) = server.finish_join(&join_addr, &identity).await {
-                server.shutdown().await;
-                return Err(e);
-            }
+            self.finish_join(&join_addr, identity).await?;
         }
-        tracing::info!(node = identity.node_id, addr = %raft_addr, "server running");
-        Ok(server)
+        Ok(())
     }
 
     /// Asks the cluster to add this (running) server as a voter, and records that it did.
@@ -614,6 +584,11 @@ impl Server {
         if let Err(e) = shared.core.log.flush().await {
             tracing::warn!(error = %e, "the raft log did not flush");
         }
+        // Not needed for safety (the log has everything), but a clean stop restarts faster.
+        let store = shared.core.store.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.sync()).await {
+            tracing::warn!(error = %e, "the state did not sync");
+        }
         let grpc = shared
             .grpc
             .lock()
@@ -658,6 +633,59 @@ impl std::fmt::Debug for Server {
             .field("raft_addr", &self.raft_addr())
             .finish()
     }
+}
+
+/// Opens (or creates) the data dir: the Raft log, the state, and the snapshots — refilling a
+/// removed state file from the current snapshot.
+async fn open_data_dir(
+    data_dir: &Path,
+) -> Result<(LogStore, Store, Arc<SnapshotDir>), ServerError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| ServerError::DataDir {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    let log = LogStore::open(&data_dir.join("raft-log.redb"))?;
+    let store = Store::open(data_dir.join("state.redb"), StoreOptions::default())?;
+    let snapshot_dir = data_dir.join("snapshots");
+    let snapshots =
+        Arc::new(
+            SnapshotDir::open(&snapshot_dir).map_err(|source| ServerError::DataDir {
+                path: snapshot_dir,
+                source,
+            })?,
+        );
+    super::state_machine::recover(&store, &snapshots)
+        .await
+        .map_err(|e| ServerError::Raft {
+            reason: format!("cannot rebuild the state from the snapshot: {e}"),
+        })?;
+    Ok((log, store, snapshots))
+}
+
+/// Binds the listen address and works out the address other servers are to use.
+async fn bind(config: &ServerConfig) -> Result<(tokio::net::TcpListener, String), ServerError> {
+    let listen_err = |source| ServerError::Listen {
+        addr: config.raft_listen,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(config.raft_listen)
+        .await
+        .map_err(listen_err)?;
+    let bound = listener.local_addr().map_err(listen_err)?;
+    let raft_addr = config.advertise.clone().unwrap_or_else(|| {
+        let ip = if bound.ip().is_unspecified() {
+            tracing::warn!(
+                listen = %bound,
+                "no --advertise address: other servers are told 127.0.0.1, which only works \
+                 when every server runs on this machine"
+            );
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            bound.ip()
+        };
+        SocketAddr::new(ip, bound.port()).to_string()
+    });
+    Ok((listener, raft_addr))
 }
 
 /// Decides who this server is: the identity in its data dir, a new cluster's first server, or
@@ -1058,12 +1086,6 @@ impl Core {
             compacted: revs.compacted,
             members,
         }
-    }
-
-    /// The data dir's path, for messages.
-    #[allow(dead_code)]
-    pub(crate) fn data_dir(&self) -> &Path {
-        self.store.path().parent().unwrap_or_else(|| Path::new("."))
     }
 }
 
