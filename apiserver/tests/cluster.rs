@@ -647,3 +647,109 @@ async fn history_older_than_the_window_is_compacted_on_every_server() {
         s.shutdown().await;
     }
 }
+
+/// Sends raw bytes as a gRPC message, for malformed-input tests.
+#[derive(Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct RawDecoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        let mut out = vec![0; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_messages_get_a_clear_error_and_change_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let root = tempfile::tempdir().unwrap();
+    let (slots, servers) = cluster(root.path(), 1, tuning()).await;
+    put(&servers[0], "/before", "x").await;
+    let revision = servers[0].store().revisions().current;
+
+    // Garbage on the TCP port is dropped with the connection.
+    let mut tcp = tokio::net::TcpStream::connect(slots[0].addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\n\r\n\x00\xff garbage")
+        .await
+        .unwrap();
+    drop(tcp);
+
+    // Malformed gRPC messages get InvalidArgument, on the client and on the Raft service.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", slots[0].addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    for path in [
+        "/keel.raft.Cluster/Propose",
+        "/keel.raft.Cluster/Range",
+        "/keel.raft.Raft/AppendEntries",
+        "/keel.raft.Raft/Vote",
+    ] {
+        for body in [
+            vec![],
+            vec![0xff; 7],
+            vec![0xff; 64],
+            b"not bincode at all".to_vec(),
+        ] {
+            grpc.ready().await.unwrap();
+            let status = grpc
+                .unary(
+                    tonic::Request::new(body.clone()),
+                    tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                    RawCodec,
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(
+                status.code(),
+                tonic::Code::InvalidArgument,
+                "{path} {body:?}: {status:?}"
+            );
+            assert!(status.message().contains("cannot decode"), "{status:?}");
+        }
+    }
+    // Nothing changed, and the server still serves.
+    assert_eq!(servers[0].store().revisions().current, revision);
+    put(&servers[0], "/after", "x").await;
+    assert_eq!(all_keys(&servers[0]).await.len(), 2);
+    servers[0].shutdown().await;
+}
