@@ -753,3 +753,74 @@ async fn malformed_messages_get_a_clear_error_and_change_nothing() {
     assert_eq!(all_keys(&servers[0]).await.len(), 2);
     servers[0].shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_over_the_size_limit_are_refused_and_proposals_stay_whole() {
+    let root = tempfile::tempdir().unwrap();
+    let (slots, servers) = cluster(root.path(), 3, tuning()).await;
+    let leader = leader_of(&servers).await;
+    let follower = Client::connect(&slots[(leader + 1) % 3].addr.to_string(), WAIT)
+        .await
+        .unwrap();
+    // One request over the limit: refused before it reaches the log.
+    let limit = tuning().max_request_bytes as usize;
+    let err = follower
+        .txn(Txn::put("/big", vec![b'x'; limit + 1]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClusterError::InvalidRequest { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("larger than the limit"), "{err}");
+    assert_eq!(
+        get(&servers[leader], "/big", Consistency::Linearizable).await,
+        None
+    );
+    // Just under it: fine, and replicated.
+    follower
+        .txn(Txn::put("/big", vec![b'x'; limit - 1024]))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // A proposal of several commands is applied together and in order, even while many
+    // proposals are batched: its revisions are consecutive.
+    let mut tasks = Vec::new();
+    for c in 0..16 {
+        let client = follower.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10 {
+                let key = format!("/pair/{c}/{i}");
+                let results = client
+                    .propose(vec![
+                        keel_apiserver::raft::Command::Txn(Txn::put(key.clone(), "1")),
+                        keel_apiserver::raft::Command::Txn(Txn::put(key, "2")),
+                    ])
+                    .await
+                    .unwrap();
+                let revs: Vec<u64> = results
+                    .iter()
+                    .map(|r| match r {
+                        keel_apiserver::raft::CommandResult::Txn(Ok(t)) => t.revision,
+                        other => panic!("{other:?}"),
+                    })
+                    .collect();
+                assert_eq!(revs[1], revs[0] + 1, "a proposal was split: {revs:?}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let values = all_keys(&servers[leader]).await;
+    assert!(
+        values
+            .iter()
+            .filter(|(k, _)| k.starts_with("/pair/"))
+            .all(|(_, v)| v == "2")
+    );
+    for s in &servers {
+        s.shutdown().await;
+    }
+}

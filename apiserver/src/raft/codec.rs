@@ -27,6 +27,11 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::Error> {
     options().serialize(value)
 }
 
+/// How many bytes [`encode`] would write.
+pub fn encoded_size<T: Serialize>(value: &T) -> Result<u64, bincode::Error> {
+    options().serialized_size(value)
+}
+
 /// Decodes a value that [`encode`] wrote.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
     options().deserialize(bytes)

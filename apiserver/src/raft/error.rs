@@ -30,6 +30,14 @@ pub enum ClusterError {
         /// What the transport said.
         reason: String,
     },
+    /// The connection broke after the request was sent: for a write the outcome is unknown.
+    #[error("the request to {addr} was cut off ({reason}); its outcome is unknown")]
+    Interrupted {
+        /// The server it went to.
+        addr: String,
+        /// What the transport said.
+        reason: String,
+    },
     /// The operation did not finish in time. For a write the outcome is unknown: it may still
     /// commit.
     #[error("{what} did not finish within {millis} ms")]
@@ -104,6 +112,11 @@ impl ClusterError {
         )
     }
 
+    /// Whether a read that failed this way may simply be tried again.
+    pub fn is_retryable_read(&self) -> bool {
+        self.is_retryable() || matches!(self, ClusterError::Interrupted { .. })
+    }
+
     /// The gRPC status carrying this error (the error itself travels in the details).
     pub(crate) fn into_status(self) -> tonic::Status {
         use tonic::Code;
@@ -111,6 +124,7 @@ impl ClusterError {
             ClusterError::NoLeader { .. }
             | ClusterError::NotLeader { .. }
             | ClusterError::Unreachable { .. }
+            | ClusterError::Interrupted { .. }
             | ClusterError::ShuttingDown => Code::Unavailable,
             ClusterError::Timeout { .. } => Code::DeadlineExceeded,
             ClusterError::Compacted { .. } | ClusterError::FutureRevision { .. } => {
@@ -127,26 +141,48 @@ impl ClusterError {
         tonic::Status::with_details(code, self.to_string(), details.into())
     }
 
-    /// The error a gRPC status carries; `addr` is the server it came from.
+    /// The error a gRPC status carries; `addr` is the server it came from. A status without
+    /// Keel's details came from the transport: only a failure to connect proves the request
+    /// was never sent; anything later leaves a write's outcome unknown.
     pub(crate) fn from_status(status: &tonic::Status, addr: &str) -> ClusterError {
         if let Ok(err) = super::codec::decode::<ClusterError>(status.details()) {
             return err;
         }
-        match status.code() {
-            // No details: the status came from the transport, not from a Keel server.
-            tonic::Code::Unavailable | tonic::Code::Cancelled => ClusterError::Unreachable {
+        let reason = transport_reason(status);
+        if never_sent(status) {
+            return ClusterError::Unreachable {
                 addr: addr.to_string(),
-                reason: transport_reason(status),
-            },
-            tonic::Code::DeadlineExceeded => ClusterError::Timeout {
-                what: format!("request to {addr}"),
+                reason,
+            };
+        }
+        match status.code() {
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => ClusterError::Timeout {
+                what: format!("request to {addr} ({reason}; the outcome is unknown)"),
                 millis: 0,
             },
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal => {
+                ClusterError::Interrupted {
+                    addr: addr.to_string(),
+                    reason,
+                }
+            }
             _ => ClusterError::Other {
-                reason: format!("{addr}: {}", transport_reason(status)),
+                reason: format!("{addr}: {reason}"),
             },
         }
     }
+}
+
+/// Whether the status comes from failing to connect (so the request never left).
+fn never_sent(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if err.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// The most specific message of a transport-level status (tonic nests the cause).

@@ -171,6 +171,11 @@ impl LogStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// How many clones of this log exist (the writer thread holds none between writes).
+    pub(crate) fn handles(&self) -> usize {
+        Arc::strong_count(&self.shared)
+    }
+
     /// Queues a write for the writer thread.
     fn send(&self, write: Write) -> store::Result<()> {
         self.shared

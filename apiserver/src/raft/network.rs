@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -143,6 +144,21 @@ impl PeerLink {
     }
 }
 
+/// When entries together exceed `limit` bytes: how many of the first ones fit (at least one).
+fn entries_that_fit(entries: &[super::types::Entry], limit: u64) -> Option<u64> {
+    if entries.len() < 2 {
+        return None;
+    }
+    let mut total = 0u64;
+    for (i, entry) in entries.iter().enumerate() {
+        total += super::codec::encoded_size(entry).unwrap_or(u64::MAX / 4);
+        if total > limit {
+            return Some((i as u64).max(1));
+        }
+    }
+    None
+}
+
 /// A transport failure as openraft wants it: unreachable peers are backed off from.
 fn rpc_error<E: std::error::Error>(status: tonic::Status) -> RPCError<u64, Member, E> {
     match status.code() {
@@ -159,6 +175,12 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
+        if let Some(fit) = entries_that_fit(&rpc.entries, MAX_MESSAGE / 2) {
+            // openraft sends fewer entries next time: every entry fits a message on its own.
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit),
+            ));
+        }
         let req = self.call(rpc, &option);
         let reply = self
             .client()?
@@ -199,5 +221,34 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         reply
             .into_inner()
             .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    use super::*;
+    use crate::raft::types::{Command, Entry, Request};
+    use crate::store::Txn;
+
+    fn entry(index: u64, bytes: usize) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request {
+                commands: vec![Command::Txn(Txn::put("k", vec![0u8; bytes]))],
+            }),
+        }
+    }
+
+    #[test]
+    fn oversized_appends_are_cut_to_what_fits() {
+        let small: Vec<Entry> = (1..=3).map(|i| entry(i, 100)).collect();
+        assert_eq!(entries_that_fit(&small, 10_000), None);
+        let big: Vec<Entry> = (1..=5).map(|i| entry(i, 4_000)).collect();
+        assert_eq!(entries_that_fit(&big, 10_000), Some(2));
+        // A single entry always goes, whatever its size.
+        assert_eq!(entries_that_fit(&big[..1], 10), None);
+        assert_eq!(entries_that_fit(&big, 10), Some(1));
     }
 }

@@ -76,6 +76,10 @@ pub struct Tuning {
     pub compaction_interval: Duration,
     /// Most commands in one Raft entry.
     pub max_batch: usize,
+    /// Most bytes of commands in one Raft entry (a single request may exceed it alone).
+    pub max_batch_bytes: u64,
+    /// The largest single command (a transaction with its keys and values), in bytes.
+    pub max_request_bytes: u64,
     /// Most batches being committed at once.
     pub max_inflight_batches: usize,
 }
@@ -195,6 +199,9 @@ impl Default for Tuning {
             history_revisions: 100_000,
             compaction_interval: Duration::from_secs(60),
             max_batch: 1024,
+            max_batch_bytes: 16 << 20,
+            // etcd's default limit: room for any Kubernetes object (at most 1 MiB).
+            max_request_bytes: 3 << 19,
             // openraft 0.9 appends one entry at a time: more batches in flight only make each
             // smaller. Two let a batch append while the one before is applied.
             max_inflight_batches: 2,
@@ -417,8 +424,8 @@ impl Server {
     /// Commits a transaction through Raft and returns its outcome. A refused transaction (a
     /// duplicate key) is an `Ok(Err(..))`, like a failed compare is an unsucceeded response.
     pub async fn txn(&self, txn: Txn) -> Result<Result<TxnResponse, TxnError>, ClusterError> {
-        match self.shared.proposer.propose(Command::Txn(txn)).await? {
-            CommandResult::Txn(result) => Ok(result),
+        match self.propose(vec![Command::Txn(txn)]).await?.pop() {
+            Some(CommandResult::Txn(result)) => Ok(result),
             other => Err(ClusterError::Other {
                 reason: format!("a transaction was answered with {other:?}"),
             }),
@@ -428,32 +435,24 @@ impl Server {
     /// Compacts history before `revision` on every server.
     pub async fn compact(&self, revision: u64) -> Result<Result<(), CompactError>, ClusterError> {
         match self
-            .shared
-            .proposer
-            .propose(Command::Compact { revision })
+            .propose(vec![Command::Compact { revision }])
             .await?
+            .pop()
         {
-            CommandResult::Compact(result) => Ok(result),
+            Some(CommandResult::Compact(result)) => Ok(result),
             other => Err(ClusterError::Other {
                 reason: format!("a compaction was answered with {other:?}"),
             }),
         }
     }
 
-    /// Commits commands through the batching proposer, one result per command.
-    pub(crate) async fn propose_all(
+    /// Commits commands together and in order (in one Raft entry, batched with other
+    /// proposals), one result per command.
+    pub async fn propose(
         &self,
         commands: Vec<Command>,
-    ) -> Result<Response, ClusterError> {
-        let results = futures::future::join_all(
-            commands
-                .into_iter()
-                .map(|c| self.shared.proposer.propose(c)),
-        )
-        .await;
-        Ok(Response {
-            results: results.into_iter().collect::<Result<_, _>>()?,
-        })
+    ) -> Result<Vec<CommandResult>, ClusterError> {
+        self.shared.proposer.propose(commands).await
     }
 
     /// Reads keys. Linearizable reads see every write acknowledged before they started.
@@ -583,6 +582,14 @@ impl Server {
         }
         if let Err(e) = shared.core.log.flush().await {
             tracing::warn!(error = %e, "the raft log did not flush");
+        }
+        // openraft does not wait for its state-machine worker, nor for a snapshot being built;
+        // both hold the store (and the snapshot dir) until they end.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while (Arc::strong_count(&shared.core.snapshots) > 1 || shared.core.log.handles() > 1)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // Not needed for safety (the log has everything), but a clean stop restarts faster.
         let store = shared.core.store.clone();
@@ -888,10 +895,12 @@ impl Core {
     }
 
     /// Runs `attempt` against the leader until it succeeds, fails for good, or the request
-    /// timeout passes. `attempt` gets the leader and the time left.
+    /// timeout passes. `attempt` gets the leader and the time left. An `idempotent` attempt is
+    /// also retried when its outcome is unknown; a write only when it surely did not happen.
     pub(crate) async fn with_leader<T, F, Fut>(
         &self,
         what: &str,
+        idempotent: bool,
         mut attempt: F,
     ) -> Result<T, ClusterError>
     where
@@ -912,7 +921,7 @@ impl Core {
             let err = match self.leader() {
                 Some((id, addr)) => match attempt(id, addr, remaining).await {
                     Ok(v) => return Ok(v),
-                    Err(e) if e.is_retryable() => e,
+                    Err(e) if e.is_retryable() || (idempotent && e.is_retryable_read()) => e,
                     Err(e) => return Err(e),
                 },
                 None => ClusterError::NoLeader {
@@ -927,7 +936,7 @@ impl Core {
 
     /// Commits commands, forwarding them to the leader when this server is not.
     pub(crate) async fn submit(&self, commands: Vec<Command>) -> Result<Response, ClusterError> {
-        self.with_leader("commit", |leader, addr, remaining| {
+        self.with_leader("commit", false, |leader, addr, remaining| {
             let commands = commands.clone();
             async move {
                 if leader == self.node_id {
@@ -1003,7 +1012,7 @@ impl Core {
 
     /// A read index from the leader, wherever it is.
     pub(crate) async fn read_index(&self) -> Result<u64, ClusterError> {
-        self.with_leader("read index", |leader, addr, remaining| async move {
+        self.with_leader("read index", true, |leader, addr, remaining| async move {
             if leader == self.node_id {
                 return self.read_index_local(remaining).await;
             }

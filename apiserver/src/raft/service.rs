@@ -79,6 +79,37 @@ impl Raft for RaftService {
     }
 }
 
+/// The most event bytes (keys and values) in one watch message.
+const WATCH_REPLY_BYTES: usize = 4 << 20;
+
+/// Splits events into messages of at most [`WATCH_REPLY_BYTES`] (at least one event each),
+/// keeping their order.
+fn chunks(events: Vec<crate::store::Event>) -> Vec<Vec<crate::store::Event>> {
+    let size = |e: &crate::store::Event| {
+        e.kv.key.len()
+            + e.kv.value.len()
+            + e.prev_kv
+                .as_ref()
+                .map_or(0, |p| p.key.len() + p.value.len())
+    };
+    let mut out: Vec<Vec<crate::store::Event>> = Vec::new();
+    let mut bytes = 0;
+    for event in events {
+        let n = size(&event);
+        match out.last_mut() {
+            Some(chunk) if bytes + n <= WATCH_REPLY_BYTES => {
+                bytes += n;
+                chunk.push(event);
+            }
+            _ => {
+                bytes = n;
+                out.push(vec![event]);
+            }
+        }
+    }
+    out
+}
+
 // === impl ClusterService ===
 
 #[tonic::async_trait]
@@ -90,7 +121,16 @@ impl Cluster for ClusterService {
         let call = request.into_inner();
         let core = self.server.core();
         let result = if call.forwarded {
-            // From a follower: commit here, or tell it this server no longer leads.
+            // From a follower: commit here, or tell it this server no longer leads. Its batch
+            // was cut to size by its proposer; anything bigger did not come from one.
+            let limit = core.tuning.max_batch_bytes + core.tuning.max_request_bytes;
+            let size = super::codec::encoded_size(&call.commands).unwrap_or(u64::MAX);
+            if size > limit {
+                return Err(ClusterError::InvalidRequest {
+                    reason: format!("a forwarded batch of {size} bytes exceeds {limit} bytes"),
+                }
+                .into_status());
+            }
             match core.leader() {
                 Some((id, _)) if id == core.node_id => {
                     core.write_local(call.commands, core.tuning.request_timeout)
@@ -102,7 +142,10 @@ impl Cluster for ClusterService {
                 }),
             }
         } else {
-            self.server.propose_all(call.commands).await
+            self.server
+                .propose(call.commands)
+                .await
+                .map(|results| super::types::Response { results })
         };
         result.map(Response::new).map_err(ClusterError::into_status)
     }
@@ -146,8 +189,17 @@ impl Cluster for ClusterService {
                     _ = super::server::stopped(&mut shutdown) => return,
                     next = watch.next() => match next {
                         Ok(events) => {
-                            if tx.send(Ok(WatchReply { events })).await.is_err() {
-                                return;
+                            for events in chunks(events) {
+                                // A client that stops reading must not hold the store open
+                                // past shutdown.
+                                tokio::select! {
+                                    sent = tx.send(Ok(WatchReply { events })) => {
+                                        if sent.is_err() {
+                                            return;
+                                        }
+                                    }
+                                    _ = super::server::stopped(&mut shutdown) => return,
+                                }
                             }
                         }
                         Err(e) => {
@@ -196,5 +248,37 @@ impl Cluster for ClusterService {
 
     async fn status(&self, _request: Request<StatusCall>) -> Result<Response<StatusReply>, Status> {
         Ok(Response::new(self.server.status()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Event, EventKind, KeyValue};
+
+    fn event(n: u8, bytes: usize) -> Event {
+        Event {
+            kind: EventKind::Put,
+            kv: KeyValue {
+                key: vec![n],
+                value: vec![0; bytes],
+                create_revision: 1,
+                mod_revision: u64::from(n),
+                version: 1,
+            },
+            prev_kv: None,
+        }
+    }
+
+    #[test]
+    fn watch_messages_are_cut_by_size_in_order() {
+        let events: Vec<Event> = (1..=10).map(|n| event(n, WATCH_REPLY_BYTES / 4)).collect();
+        let out = chunks(events.clone());
+        assert!(out.len() >= 3, "{}", out.len());
+        assert_eq!(out.concat(), events);
+        // One event bigger than a message still goes, alone.
+        let huge = vec![event(1, WATCH_REPLY_BYTES * 2), event(2, 1)];
+        assert_eq!(chunks(huge).len(), 2);
+        assert!(chunks(vec![]).is_empty());
     }
 }

@@ -138,16 +138,38 @@ fn compare_failures_change_nothing_and_report_current_state() {
         .succeeded
     );
     assert!(apply(&store, cmp(CompareTarget::Version(1), CompareOp::Greater)).succeeded);
-    // An absent key has zero counters and no value.
-    let absent = Txn {
-        compares: vec![Compare {
-            range: KeyRange::Key(b"nope".to_vec()),
-            op: CompareOp::NotEqual,
-            target: CompareTarget::Value(b"x".to_vec()),
-        }],
+    // As in etcd: an absent key, or an empty range, has zero counters, and any value compare
+    // on it fails.
+    let on = |range: KeyRange, op, target| Txn {
+        compares: vec![Compare { range, op, target }],
         ..Txn::default()
     };
-    assert!(apply(&store, absent).succeeded);
+    let nope = || KeyRange::Key(b"nope".to_vec());
+    let none = || KeyRange::Prefix(b"/none/".to_vec());
+    let value = || CompareTarget::Value(b"x".to_vec());
+    assert!(!apply(&store, on(nope(), CompareOp::NotEqual, value())).succeeded);
+    assert!(!apply(&store, on(none(), CompareOp::Equal, value())).succeeded);
+    assert!(
+        apply(
+            &store,
+            on(nope(), CompareOp::Equal, CompareTarget::Version(0))
+        )
+        .succeeded
+    );
+    assert!(
+        apply(
+            &store,
+            on(none(), CompareOp::Equal, CompareTarget::ModRevision(0))
+        )
+        .succeeded
+    );
+    assert!(
+        !apply(
+            &store,
+            on(none(), CompareOp::Greater, CompareTarget::ModRevision(0))
+        )
+        .succeeded
+    );
 }
 
 #[test]

@@ -46,7 +46,7 @@ pub enum CompareTarget {
     CreateRevision(u64),
     /// The key's `version` (0 when the key does not exist).
     Version(u64),
-    /// The key's value (an absent key compares as absent: only `NotEqual` holds).
+    /// The key's value (a value compare on an absent key fails, whatever the operator).
     Value(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
@@ -64,7 +64,8 @@ pub enum CompareOp {
 }
 
 /// A condition of a transaction. For a prefix or range, every key in it must satisfy the
-/// condition (and an empty range satisfies it).
+/// condition. As in etcd, when no key matches, the counters compare as 0 (so
+/// `ModRevision == 0` means "absent") and a value compare fails.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compare {
     /// The keys compared.

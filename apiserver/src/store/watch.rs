@@ -20,6 +20,9 @@ use super::{CHANGES, Commit, HISTORY, Result, Store, StoreError, db_err, read_re
 /// How many revisions one disk replay step reads at most.
 const REPLAY_STEP: u64 = 1024;
 
+/// How many bytes of events one disk replay step gathers at most (it ends at a revision).
+const REPLAY_BYTES: usize = 16 << 20;
+
 /// A running watch; pull events with [`Watch::next`].
 pub struct Watch {
     store: Store,
@@ -166,10 +169,17 @@ fn replay(
     let changes = rtx.open_table(CHANGES).map_err(db_err("open changes"))?;
     let history = rtx.open_table(HISTORY).map_err(db_err("open history"))?;
     let mut events = Vec::new();
+    let mut gathered = 0;
+    let mut upto = upto;
     if from <= upto {
         for item in changes.range(from..=upto).map_err(db_err("scan changes"))? {
             let (rev, list) = item.map_err(db_err("scan changes"))?;
             let rev = rev.value();
+            if gathered > REPLAY_BYTES {
+                // Enough for one step: the rest comes next time, from this revision on.
+                upto = rev - 1;
+                break;
+            }
             for key in codec::decode_keys(list.value(), rev)? {
                 if !range.contains(&key) {
                     continue;
@@ -202,6 +212,8 @@ fn replay(
                         },
                     ),
                 };
+                gathered +=
+                    kv.key.len() + kv.value.len() + prev.as_ref().map_or(0, |p| p.value.len());
                 events.push(Event {
                     kind,
                     kv,

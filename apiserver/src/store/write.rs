@@ -364,11 +364,10 @@ fn collect(index: &Index<'_>, history: &History<'_>, range: &KeyRange) -> Result
 fn compare_holds(index: &Index<'_>, history: &History<'_>, cmp: &Compare) -> Result<bool> {
     let kvs = collect(index, history, &cmp.range)?;
     if kvs.is_empty() {
-        // An absent key compares as zero counters and no value; an empty range holds.
-        return Ok(match (&cmp.range, &cmp.target) {
-            (KeyRange::Key(_), CompareTarget::Value(_)) => cmp.op == CompareOp::NotEqual,
-            (KeyRange::Key(_), target) => relate(&0, cmp.op, &counter_target(target)),
-            _ => true,
+        // etcd's rule: with no key, the counters compare as 0 and a value compare fails.
+        return Ok(match &cmp.target {
+            CompareTarget::Value(_) => false,
+            target => relate(&0, cmp.op, &counter_target(target)),
         });
     }
     Ok(kvs.iter().all(|kv| match &cmp.target {
