@@ -139,20 +139,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })?;
         snapshot.sync_all().await.map_err(|e| io(&e))?;
         drop(snapshot);
-        let store = self.store.clone();
-        let file_path = path.clone();
-        tokio::task::spawn_blocking(move || -> store::Result<()> {
-            let file = std::fs::File::open(&file_path).map_err(|e| StoreError::SnapshotIo {
-                op: "open",
-                source: e,
-            })?;
-            let mut w = store.writer()?;
-            w.restore(BufReader::new(file))?;
-            w.commit(true)
-        })
-        .await
-        .map_err(|e| io(&e))?
-        .map_err(|e| io(&e))?;
+        restore_from(&self.store, &path).await.map_err(|e| io(&e))?;
         self.last_sync = Instant::now();
         self.snapshots
             .publish(&path, meta)
@@ -184,8 +171,18 @@ pub(crate) async fn recover(store: &Store, snapshots: &SnapshotDir) -> Result<bo
     else {
         return Ok(false);
     };
+    restore_from(store, &path)
+        .await
+        .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+    tracing::info!(snapshot = %meta.snapshot_id, "rebuilt the state from the current snapshot");
+    Ok(true)
+}
+
+/// Replaces the store's contents with the snapshot file at `path`, durably.
+async fn restore_from(store: &Store, path: &Path) -> store::Result<()> {
     let store = store.clone();
-    tokio::task::spawn_blocking(move || -> store::Result<()> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
         let file = std::fs::File::open(&path).map_err(|e| StoreError::SnapshotIo {
             op: "open",
             source: e,
@@ -195,10 +192,9 @@ pub(crate) async fn recover(store: &Store, snapshots: &SnapshotDir) -> Result<bo
         w.commit(true)
     })
     .await
-    .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?
-    .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-    tracing::info!(snapshot = %meta.snapshot_id, "rebuilt the state from the current snapshot");
-    Ok(true)
+    .map_err(|e| StoreError::InvalidRequest {
+        reason: format!("snapshot restore task failed: {e}"),
+    })?
 }
 
 /// Applies entries in one store write and answers each.
