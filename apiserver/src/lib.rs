@@ -8,6 +8,16 @@
 //!   compaction, snapshots.
 //! - [`raft`]: the store as an openraft state machine, the redb Raft log, the gRPC transport
 //!   between servers, and [`raft::Server`], one running server of a cluster.
+//! - [`http`]: the Kubernetes-style HTTPS API over the store.
+//! - `admission`: defaulting and validation of every write.
+//! - [`auth`]: the cluster CA and certificates, tokens, the admin kubeconfig.
+//! - [`ApiServer`]: a whole server, store and API together — the way in.
 
+mod admission;
+mod api_server;
+pub mod auth;
+pub mod http;
 pub mod raft;
 pub mod store;
+
+pub use api_server::{ApiConfig, ApiServer, StartError};

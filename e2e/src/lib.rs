@@ -56,6 +56,8 @@ pub struct KeelServer {
     pub data_dir: PathBuf,
     /// Its Raft address.
     pub addr: String,
+    /// Its HTTPS API address.
+    pub api_addr: String,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -66,6 +68,7 @@ impl KeelServer {
         KeelServer {
             data_dir: root.join(name),
             addr: format!("127.0.0.1:{}", free_port()),
+            api_addr: format!("127.0.0.1:{}", free_port()),
             child: None,
             log: root.join(format!("{name}.log")),
         }
@@ -84,6 +87,7 @@ impl KeelServer {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--raft-listen", &self.addr])
+            .args(["--listen", &self.api_addr])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)

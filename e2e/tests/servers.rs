@@ -321,21 +321,21 @@ async fn the_debug_cli_reads_what_it_wrote() {
             .collect()
     };
     let put = json(keel(&["kv", "put", "-s", s, "/cli/a", "one"]));
-    assert_eq!(put[0]["revision"], 1);
+    let first = put[0]["revision"].as_u64().expect("a revision").to_string();
     json(keel(&["kv", "put", "-s", s, "/cli/b", "two"]));
     let got = json(keel(&["kv", "get", "-s", s, "--prefix", "/cli/"]));
     assert_eq!(got.len(), 2);
     assert_eq!(got[1]["value"], "two");
     // A conditional put with a stale revision is a conflict and a non-zero exit.
-    let out = keel(&["kv", "put", "-s", s, "/cli/a", "x", "--if-revision", "7"]);
+    let out = keel(&["kv", "put", "-s", s, "/cli/a", "x", "--if-revision", "1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("conflict"));
-    let old = json(keel(&["kv", "get", "-s", s, "/cli/a", "--rev", "1"]));
+    let old = json(keel(&["kv", "get", "-s", s, "/cli/a", "--rev", &first]));
     assert_eq!(old[0]["value"], "one");
     let del = json(keel(&["kv", "del", "-s", s, "--prefix", "/cli/"]));
     assert_eq!(del[0]["deleted"], 2);
     let watch = keel_e2e::keel_lines(
-        &["kv", "watch", "-s", s, "--prefix", "/cli/", "--rev", "1"],
+        &["kv", "watch", "-s", s, "--prefix", "/cli/", "--rev", &first],
         4,
         WAIT,
     );

@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use keel_apiserver::raft::{Client, Consistency, Server, ServerConfig, Tuning};
+use keel_apiserver::raft::{Client, Consistency, ServerConfig, Tuning};
 use keel_apiserver::store::{EventKind, KeyRange, KeyValue, RangeRequest, Txn, WatchRequest};
+use keel_apiserver::{ApiConfig, ApiServer};
 
 /// Keel: a declarative control plane for a small cloud.
 #[derive(Parser, Debug)]
@@ -46,10 +47,14 @@ struct ServerArgs {
     /// This server's node id (default: 1 for a new cluster, the next free id when joining).
     #[arg(long)]
     node_id: Option<u64>,
+    /// Where the HTTPS API listens.
+    #[arg(long, default_value = "0.0.0.0:6443")]
+    listen: SocketAddr,
     /// Where the Raft and cluster gRPC services listen.
     #[arg(long, default_value = "0.0.0.0:6444")]
     raft_listen: SocketAddr,
-    /// The address other servers reach this one at (default: the listen address).
+    /// The host or IP other servers and clients reach this server at (default: the listen
+    /// address, or 127.0.0.1 when listening on every address).
     #[arg(long)]
     advertise: Option<String>,
     /// The Raft address of a server of the cluster to join.
@@ -194,11 +199,19 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 
 async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
     let heartbeat = Duration::from_millis(args.heartbeat_ms.max(10));
+    let raft_advertise = args.advertise.as_ref().map(|host| {
+        let port = args.raft_listen.port();
+        if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        }
+    });
     let config = ServerConfig {
         data_dir: args.data_dir,
         node_id: args.node_id,
         raft_listen: args.raft_listen,
-        advertise: args.advertise,
+        advertise: raft_advertise,
         join: args.join,
         tuning: Tuning {
             heartbeat_interval: heartbeat,
@@ -209,19 +222,24 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
             ..Tuning::default()
         },
     };
-    let server = Server::start(config).await?;
+    let mut api = ApiConfig::new(config, args.listen);
+    api.advertise_host = args.advertise;
+    let server = ApiServer::start(api).await?;
+    let raft = server.raft();
     println!(
-        "keel server: node {} of cluster {}, raft at {}",
-        server.node_id(),
-        server.cluster_id(),
-        server.raft_addr()
+        "keel server: node {} of cluster {}, API at {}, raft at {}; admin kubeconfig: {}",
+        raft.node_id(),
+        raft.cluster_id(),
+        server.url(),
+        raft.raft_addr(),
+        server.kubeconfig().display(),
     );
     tokio::select! {
         _ = shutdown_signal() => {
             server.shutdown().await;
             Ok(())
         }
-        reason = server.failed() => {
+        reason = raft.failed() => {
             server.shutdown().await;
             Err(format!("the server stopped: {reason}").into())
         }

@@ -1,0 +1,231 @@
+//! [`ApiServer`]: a whole Keel server — the replicated store and the HTTPS API in front of it,
+//! with the cluster's certificates, tokens and admin kubeconfig.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::auth::{self, Certificates, TlsError, Tokens};
+use crate::http::{self, HttpOptions};
+use crate::raft::{Server, ServerConfig, ServerError};
+
+/// How to start a Keel server.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The replicated store's settings (data dir, Raft address, join).
+    pub raft: ServerConfig,
+    /// Where the HTTPS API listens (port 0 picks one).
+    pub listen: SocketAddr,
+    /// The host clients use to reach the API (default: this machine's address for the
+    /// listen IP, or 127.0.0.1 when listening on every address).
+    pub advertise_host: Option<String>,
+    /// How often idle watches get a bookmark.
+    pub bookmark_interval: Duration,
+}
+
+/// Why a server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The replicated store did not start.
+    #[error(transparent)]
+    Raft(#[from] ServerError),
+    /// The certificates could not be loaded or made.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    /// A file in the data dir could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The API's address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running Keel server.
+pub struct ApiServer {
+    raft: Server,
+    https_addr: SocketAddr,
+    url: String,
+    certificates: Certificates,
+    tokens: Tokens,
+    kubeconfig: PathBuf,
+    shutdown: watch::Sender<bool>,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+// === impl ApiConfig ===
+
+impl ApiConfig {
+    /// Settings for a server on `listen` with the store's settings and default timings.
+    pub fn new(raft: ServerConfig, listen: SocketAddr) -> ApiConfig {
+        ApiConfig {
+            raft,
+            listen,
+            advertise_host: None,
+            bookmark_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+// === impl ApiServer ===
+
+impl ApiServer {
+    /// Starts the store, then the HTTPS API. On first start this creates the cluster CA, the
+    /// serving certificate, the admin and join tokens, and `<data-dir>/admin.kubeconfig`.
+    pub async fn start(config: ApiConfig) -> Result<ApiServer, StartError> {
+        let listener = http::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let bound = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let host = config.advertise_host.clone().unwrap_or_else(|| {
+            if bound.ip().is_unspecified() {
+                "127.0.0.1".into()
+            } else {
+                bound.ip().to_string()
+            }
+        });
+        let data_dir = config.raft.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::Io {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let certificates =
+            Certificates::load_or_create(&data_dir.join("tls"), &names(&host, bound.ip()))?;
+        let tokens =
+            Tokens::load_or_create(&data_dir, &certificates.ca_hash()?).map_err(|source| {
+                StartError::Io {
+                    path: data_dir.clone(),
+                    source,
+                }
+            })?;
+        let raft = Server::start(config.raft.clone()).await?;
+        let advertise = if host.contains(':') {
+            format!("[{host}]:{}", bound.port())
+        } else {
+            format!("{host}:{}", bound.port())
+        };
+        let url = format!("https://{advertise}");
+        let kubeconfig = data_dir.join("admin.kubeconfig");
+        auth::write_kubeconfig(
+            &kubeconfig,
+            &url,
+            &certificates.ca_pem,
+            "admin",
+            tokens.admin(),
+        )
+        .map_err(|source| StartError::Io {
+            path: kubeconfig.clone(),
+            source,
+        })?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let options = HttpOptions {
+            server: raft.clone(),
+            tokens: tokens.clone(),
+            tls: certificates.server_config()?,
+            advertise,
+            bookmark_interval: config.bookmark_interval,
+        };
+        tokio::spawn(http::ensure_namespaces(raft.clone(), shutdown_rx.clone()));
+        let task = tokio::spawn(http::serve(listener, options, shutdown_rx));
+        tracing::info!(url = %url, kubeconfig = %kubeconfig.display(), "API serving");
+        Ok(ApiServer {
+            raft,
+            https_addr: bound,
+            url,
+            certificates,
+            tokens,
+            kubeconfig,
+            shutdown,
+            task: std::sync::Mutex::new(Some(task)),
+        })
+    }
+
+    /// The replicated store.
+    pub fn raft(&self) -> &Server {
+        &self.raft
+    }
+
+    /// The address the API listens on.
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https_addr
+    }
+
+    /// The URL clients use.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The cluster CA certificate (PEM).
+    pub fn ca_pem(&self) -> &str {
+        &self.certificates.ca_pem
+    }
+
+    /// The admin bearer token.
+    pub fn admin_token(&self) -> &str {
+        self.tokens.admin()
+    }
+
+    /// The join token.
+    pub fn join_token(&self) -> String {
+        self.tokens.join().to_string()
+    }
+
+    /// Where the admin kubeconfig is.
+    pub fn kubeconfig(&self) -> &std::path::Path {
+        &self.kubeconfig
+    }
+
+    /// Stops the API, then the store.
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        let task = self
+            .task
+            .lock()
+            .expect("invariant: lock never poisoned")
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        self.raft.shutdown().await;
+    }
+}
+
+/// The names the serving certificate covers.
+fn names(host: &str, listen_ip: IpAddr) -> Vec<String> {
+    let mut names = vec![
+        host.to_string(),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    if !listen_ip.is_unspecified() {
+        names.push(listen_ip.to_string());
+    }
+    if let Ok(hostname) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        names.push(hostname.trim().to_string());
+    }
+    names.retain(|n| !n.is_empty());
+    names.sort();
+    names.dedup();
+    names
+}

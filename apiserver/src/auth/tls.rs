@@ -1,0 +1,233 @@
+//! The cluster CA and the HTTPS serving certificate: created once, kept in `<data-dir>/tls`.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::tokens::write_secret;
+
+/// Why certificates could not be loaded or made.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A certificate or key could not be made or parsed.
+    #[error("{what}: {reason}")]
+    Invalid {
+        /// Which certificate or key.
+        what: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// The CA and serving certificate of this server, as PEM.
+#[derive(Clone)]
+pub struct Certificates {
+    /// The cluster CA certificate.
+    pub ca_pem: String,
+    ca_key_pem: String,
+    /// The serving certificate (signed by the CA).
+    pub server_pem: String,
+    server_key_pem: String,
+}
+
+const CA_NAME: &str = "keel-ca";
+
+// === impl Certificates ===
+
+impl Certificates {
+    /// Loads the certificates from `dir`, creating the CA on first use and (re-)issuing the
+    /// serving certificate when it is missing or does not cover `names` (DNS names or IPs).
+    pub fn load_or_create(dir: &Path, names: &[String]) -> Result<Certificates, TlsError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+        let (ca_pem, ca_key_pem) = if ca_crt.exists() {
+            (read(&ca_crt)?, read(&ca_key)?)
+        } else {
+            let key = KeyPair::generate().map_err(invalid("CA key"))?;
+            let cert = ca_params()
+                .self_signed(&key)
+                .map_err(invalid("CA certificate"))?;
+            write_secret(&ca_key, key.serialize_pem().as_bytes()).map_err(io(&ca_key))?;
+            std::fs::write(&ca_crt, cert.pem()).map_err(io(&ca_crt))?;
+            (cert.pem(), key.serialize_pem())
+        };
+        let (srv_crt, srv_key) = (dir.join("server.crt"), dir.join("server.key"));
+        let names_file = dir.join("server.names");
+        let wanted = names.join("\n");
+        let current = std::fs::read_to_string(&names_file).unwrap_or_default();
+        let (server_pem, server_key_pem) = if srv_crt.exists() && current == wanted {
+            (read(&srv_crt)?, read(&srv_key)?)
+        } else {
+            let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(invalid("CA key"))?;
+            let issuer = Issuer::new(ca_params(), ca_key);
+            let key = KeyPair::generate().map_err(invalid("server key"))?;
+            let mut params = CertificateParams::new(Vec::<String>::new())
+                .map_err(invalid("server certificate"))?;
+            params.subject_alt_names = names
+                .iter()
+                .map(|n| match n.parse::<IpAddr>() {
+                    Ok(ip) => Ok(rcgen::SanType::IpAddress(ip)),
+                    Err(_) => n
+                        .clone()
+                        .try_into()
+                        .map(rcgen::SanType::DnsName)
+                        .map_err(invalid(&format!("server name {n:?}"))),
+                })
+                .collect::<Result<_, _>>()?;
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "keel-apiserver");
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let cert = params
+                .signed_by(&key, &issuer)
+                .map_err(invalid("server certificate"))?;
+            write_secret(&srv_key, key.serialize_pem().as_bytes()).map_err(io(&srv_key))?;
+            std::fs::write(&srv_crt, cert.pem()).map_err(io(&srv_crt))?;
+            std::fs::write(&names_file, &wanted).map_err(io(&names_file))?;
+            (cert.pem(), key.serialize_pem())
+        };
+        Ok(Certificates {
+            ca_pem,
+            ca_key_pem,
+            server_pem,
+            server_key_pem,
+        })
+    }
+
+    /// The SHA-256 of the CA certificate (DER), hex: what a join token pins.
+    pub fn ca_hash(&self) -> Result<String, TlsError> {
+        let der = CertificateDer::from_pem_slice(self.ca_pem.as_bytes())
+            .map_err(invalid("CA certificate"))?;
+        Ok(hex(
+            ring::digest::digest(&ring::digest::SHA256, &der).as_ref()
+        ))
+    }
+
+    /// A rustls server configuration with the serving certificate (HTTP/2 and HTTP/1.1).
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let chain = vec![
+            CertificateDer::from_pem_slice(self.server_pem.as_bytes())
+                .map_err(invalid("server certificate"))?,
+        ];
+        let key = PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes())
+            .map_err(invalid("server key"))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(invalid("TLS settings"))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(invalid("server certificate"))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// A rustls client configuration that trusts only this cluster's CA.
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        client_config_for(&self.ca_pem)
+    }
+
+    /// The CA's private key (PEM), for servers that join and must issue their own certificates.
+    pub fn ca_key_pem(&self) -> &str {
+        &self.ca_key_pem
+    }
+}
+
+/// A rustls client configuration that trusts only the CA in `ca_pem`.
+pub fn client_config_for(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca =
+        CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(invalid("CA certificate"))?;
+    roots.add(ca).map_err(invalid("CA certificate"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(invalid("TLS settings"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+fn ca_params() -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, CA_NAME);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
+fn read(path: &Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(io(path))
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> TlsError + '_ {
+    move |source| TlsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn invalid<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> TlsError + '_ {
+    move |e| TlsError::Invalid {
+        what: what.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Lowercase hex of bytes.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ca_is_kept_and_the_server_certificate_follows_its_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        let first = Certificates::load_or_create(dir.path(), &names).unwrap();
+        let again = Certificates::load_or_create(dir.path(), &names).unwrap();
+        assert_eq!(first.ca_pem, again.ca_pem);
+        assert_eq!(first.server_pem, again.server_pem);
+        assert_eq!(first.ca_hash().unwrap().len(), 64);
+        let more = vec!["localhost".to_string(), "10.0.0.5".to_string()];
+        let reissued = Certificates::load_or_create(dir.path(), &more).unwrap();
+        assert_eq!(reissued.ca_pem, first.ca_pem);
+        assert_ne!(reissued.server_pem, first.server_pem);
+        first.server_config().unwrap();
+        first.client_config().unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.path().join("ca.key"))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

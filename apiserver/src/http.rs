@@ -1,0 +1,371 @@
+//! The Kubernetes-style HTTPS API: REST paths, verbs, watch and discovery as kube-apiserver
+//! serves them, so that `kubectl` and kube-rs work against Keel unmodified.
+//!
+//! Requests are parsed into a [`request::Target`] (kind, namespace, name, subresource) and
+//! options early, then run against the replicated store through [`crate::raft::Server`].
+//! Every error is a Kubernetes `Status`.
+//!
+//! Modules: `request` (paths and queries), `selector` (label and field selectors), `meta`
+//! (server-owned metadata), `objects` (one object's verbs), `collection` (list,
+//! delete-collection), `watch`, `discovery`, `status` (errors).
+
+mod collection;
+mod discovery;
+mod meta;
+mod objects;
+mod request;
+mod selector;
+mod status;
+mod watch;
+
+pub use status::{ApiError, ApiResult, Cause};
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use serde_json::Value;
+use tokio::sync::watch as signal;
+
+use crate::auth::Tokens;
+use crate::raft::Server;
+use objects::PatchKind;
+use request::Target;
+
+/// The largest request body, in bytes (bigger bodies get a 413).
+pub const MAX_BODY: usize = 3 << 20;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub(crate) struct Api {
+    pub(crate) server: Server,
+    tokens: Arc<Tokens>,
+    advertise: String,
+    pub(crate) bookmark_interval: Duration,
+}
+
+/// How to serve the API.
+#[derive(Clone)]
+pub struct HttpOptions {
+    /// The replicated store.
+    pub server: Server,
+    /// Accepted tokens.
+    pub tokens: Tokens,
+    /// TLS settings (certificate and ALPN).
+    pub tls: Arc<rustls::ServerConfig>,
+    /// The `host:port` clients are told to use.
+    pub advertise: String,
+    /// How often idle watches get a bookmark.
+    pub bookmark_interval: Duration,
+}
+
+/// Serves the API on `listener` until `shutdown` is set.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    options: HttpOptions,
+    mut shutdown: signal::Receiver<bool>,
+) {
+    let api = Api {
+        server: options.server,
+        tokens: Arc::new(options.tokens),
+        advertise: options.advertise,
+        bookmark_interval: options.bookmark_interval,
+    };
+    let app = router(api);
+    let acceptor = tokio_rustls::TlsAcceptor::from(options.tls);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        connections.spawn(async move {
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let service = TowerToHyperService::new(app);
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+        // Reap finished connections.
+        while connections.try_join_next().is_some() {}
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+}
+
+/// The namespaces every cluster has.
+pub const SYSTEM_NAMESPACES: [&str; 4] =
+    ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// Creates the system namespaces that do not exist yet, retrying while the cluster has no
+/// leader, until done or `shutdown` is set.
+pub async fn ensure_namespaces(server: Server, mut shutdown: signal::Receiver<bool>) {
+    let api = Api {
+        server,
+        tokens: Arc::new(Tokens::empty()),
+        advertise: String::new(),
+        bookmark_interval: Duration::from_secs(60),
+    };
+    let Some(kind) = keel_schemas::lookup("namespaces") else {
+        return;
+    };
+    for name in SYSTEM_NAMESPACES {
+        let target = Target {
+            kind,
+            namespace: None,
+            name: None,
+            status: false,
+        };
+        loop {
+            let object = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+            match api.create(&target, object).await {
+                Ok(_) => break,
+                Err(e) if e.code == 409 => break,
+                Err(e) => {
+                    tracing::debug!(namespace = name, error = %e.message, "cannot create the namespace yet")
+                }
+            }
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+}
+
+/// Binds the API's listener.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+fn router(api: Api) -> Router {
+    let protected = Router::new()
+        .route("/api", get(api_root))
+        .route("/api/v1", get(core_resources))
+        .route("/api/v1/{*rest}", any(core))
+        .route("/apis", get(groups))
+        .route("/apis/{group}/{version}", get(group_resources))
+        .route("/apis/{group}/{version}/{*rest}", any(named))
+        .fallback(not_found)
+        .route_layer(middleware::from_fn_with_state(api.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/livez", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/version", get(version))
+        .merge(protected)
+        .with_state(api)
+}
+
+async fn authenticate(State(api): State<Api>, req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match token.and_then(|t| api.tokens.check(t)) {
+        Some(_) => next.run(req).await,
+        None => ApiError::unauthorized().into_response(),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(api): State<Api>) -> Response {
+    match api.server.status().leader {
+        Some(_) => "ok".into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "no leader").into_response(),
+    }
+}
+
+async fn version() -> Response {
+    axum::Json(discovery::version()).into_response()
+}
+
+async fn api_root(State(api): State<Api>) -> Response {
+    axum::Json(discovery::api_versions(&api.advertise)).into_response()
+}
+
+async fn groups() -> Response {
+    axum::Json(discovery::api_groups()).into_response()
+}
+
+async fn core_resources() -> Response {
+    resources("", "v1")
+}
+
+async fn group_resources(Path((group, version)): Path<(String, String)>) -> Response {
+    resources(&group, &version)
+}
+
+fn resources(group: &str, version: &str) -> Response {
+    match discovery::resources(group, version) {
+        Some(list) => axum::Json(list).into_response(),
+        None => ApiError::no_route(&format!("{group}/{version}")).into_response(),
+    }
+}
+
+async fn not_found(req: Request) -> Response {
+    ApiError::no_route(req.uri().path()).into_response()
+}
+
+async fn core(
+    State(api): State<Api>,
+    Path(rest): Path<String>,
+    method: Method,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    dispatch(&api, "", "v1", &rest, method, query, headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn named(
+    State(api): State<Api>,
+    Path((group, version, rest)): Path<(String, String, String)>,
+    method: Method,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    dispatch(&api, &group, &version, &rest, method, query, headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Routes a resource request to its verb.
+#[allow(clippy::too_many_arguments)]
+async fn dispatch(
+    api: &Api,
+    group: &str,
+    version: &str,
+    rest: &str,
+    method: Method,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let t: Target = request::target(group, version, rest)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let ok = |v: Value| Ok(axum::Json(v).into_response());
+    match (method, t.name.is_some()) {
+        (Method::GET, true) => ok(api.get(&t).await?),
+        (Method::GET, false) => {
+            let options = request::list_options(&query)?;
+            if options.watch {
+                api.watch(&t, options).await
+            } else {
+                ok(api.list(&t, &options).await?)
+            }
+        }
+        (Method::POST, false) => {
+            let object = json_body(body, &content_type).await?;
+            let created = api.create(&t, object).await?;
+            Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+        }
+        (Method::PUT, true) => {
+            let object = json_body(body, &content_type).await?;
+            ok(api.replace(&t, object).await?)
+        }
+        (Method::PATCH, true) => {
+            let kind = match content_type.as_str() {
+                "application/merge-patch+json" => PatchKind::Merge,
+                "application/json-patch+json" => PatchKind::Json,
+                "application/strategic-merge-patch+json" => PatchKind::Strategic,
+                other => {
+                    return Err(ApiError::unsupported_media_type(format!(
+                        "the patch content type {other:?} is not supported: use \
+                         application/merge-patch+json or application/json-patch+json"
+                    )));
+                }
+            };
+            let patch = json_body(body, "application/json").await?;
+            ok(api.patch(&t, kind, patch).await?)
+        }
+        (Method::DELETE, true) => {
+            let options = optional_json_body(body).await?;
+            ok(api.delete(&t, options).await?)
+        }
+        (Method::DELETE, false) => {
+            let options = request::list_options(&query)?;
+            ok(api.delete_collection(&t, &options).await?)
+        }
+        (method, _) => Err(ApiError::method_not_allowed(format!(
+            "{method} is not supported on {rest}"
+        ))),
+    }
+}
+
+async fn read_body(body: Body) -> ApiResult<Bytes> {
+    axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        ApiError::too_large(format!(
+            "the request body is larger than the limit of {MAX_BODY} bytes"
+        ))
+    })
+}
+
+/// A JSON request body; YAML and other encodings are refused with a 415.
+async fn json_body(body: Body, content_type: &str) -> ApiResult<Value> {
+    if content_type != "application/json" && !content_type.is_empty() {
+        return Err(ApiError::unsupported_media_type(format!(
+            "the content type {content_type:?} is not supported: send application/json"
+        )));
+    }
+    let bytes = read_body(body).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
+}
+
+async fn optional_json_body(body: Body) -> ApiResult<Option<Value>> {
+    let bytes = read_body(body).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request(format!("the delete options are not valid JSON: {e}")))
+}

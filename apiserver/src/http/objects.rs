@@ -1,0 +1,566 @@
+//! The verbs on one object: get, create, replace (and its `/status`), patch, delete — with
+//! Kubernetes' rules for resourceVersion, generation, finalizers and status.
+
+use serde_json::{Value, json};
+
+use keel_schemas::{Kind, Scope, lookup, storage_key};
+
+use super::Api;
+use super::meta::{self, finalizers, meta_str, set_resource_version};
+use super::request::{Target, parse_rv};
+use super::status::{ApiError, ApiResult};
+use crate::admission;
+use crate::raft::Consistency;
+use crate::store::{Compare, KeyRange, KeyValue, Op, RangeRequest, Txn};
+
+/// How often a write retries after losing a race it did not ask to detect.
+const RETRIES: usize = 5;
+
+/// The kinds of patch bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PatchKind {
+    /// RFC 7386 JSON merge patch.
+    Merge,
+    /// RFC 6902 JSON patch.
+    Json,
+    /// Kubernetes strategic merge patch, applied as a merge patch (maps merge; lists replace).
+    Strategic,
+}
+
+/// An object as stored, with its revision.
+pub(crate) struct Stored {
+    pub object: Value,
+    pub mod_revision: u64,
+}
+
+// === impl Api ===
+
+impl Api {
+    pub(crate) fn key(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> ApiResult<String> {
+        let ns = match kind.scope {
+            Scope::Namespaced => namespace,
+            Scope::Cluster => None,
+        };
+        storage_key(kind, ns, name)
+            .ok_or_else(|| ApiError::bad_request(format!("invalid name {name:?}")))
+    }
+
+    /// Reads one object, linearizably.
+    pub(crate) async fn read(&self, key: &str) -> ApiResult<Option<Stored>> {
+        let resp = self
+            .server
+            .range(
+                RangeRequest {
+                    range: Some(KeyRange::Key(key.as_bytes().to_vec())),
+                    ..RangeRequest::default()
+                },
+                Consistency::Linearizable,
+            )
+            .await?;
+        resp.kvs.into_iter().next().map(decode).transpose()
+    }
+
+    /// GET of one object.
+    pub(crate) async fn get(&self, t: &Target) -> ApiResult<Value> {
+        let name = t.name.as_deref().unwrap_or_default();
+        let key = self.key(t.kind, t.namespace.as_deref(), name)?;
+        match self.read(&key).await? {
+            Some(s) => Ok(s.object),
+            None => Err(ApiError::not_found(t.kind.group, t.kind.plural, name)),
+        }
+    }
+
+    /// POST to a collection.
+    pub(crate) async fn create(&self, t: &Target, mut object: Value) -> ApiResult<Value> {
+        let kind = t.kind;
+        check_type(kind, &object)?;
+        let namespace = place(kind, t.namespace.as_deref(), &mut object)?;
+        let name = match meta_str(&object, "name") {
+            Some(n) => n.to_string(),
+            None => match meta_str(&object, "generateName") {
+                Some(prefix) => format!("{prefix}{}", &meta::new_uid()[..5]),
+                None => {
+                    return Err(ApiError::invalid(
+                        kind.group,
+                        kind.kind,
+                        "",
+                        vec![admission::cause(
+                            "metadata.name",
+                            "Required value: name or generateName is required",
+                        )],
+                    ));
+                }
+            },
+        };
+        let meta = meta::metadata(&mut object)
+            .ok_or_else(|| ApiError::bad_request("the body is not a JSON object"))?;
+        meta.insert("name".into(), json!(name));
+        meta.insert("uid".into(), json!(meta::new_uid()));
+        meta.insert("creationTimestamp".into(), json!(meta::now_rfc3339()));
+        meta.insert("generation".into(), json!(1));
+        meta.remove("deletionTimestamp");
+        meta.remove("deletionGracePeriodSeconds");
+        if kind.kind != "Event" && kind.kind != "Lease" {
+            // Status is the controllers' to write, through /status.
+            if let Some(obj) = object.as_object_mut() {
+                obj.remove("status");
+            }
+        }
+        if kind.kind == "Namespace" {
+            object["status"] = json!({"phase": "Active"});
+        }
+        admission::admit_create(kind, &mut object)?;
+        let key = self.key(kind, namespace.as_deref(), &name)?;
+        let mut compares = vec![Compare::mod_revision(key.clone(), 0)];
+        if let Some(ns) = &namespace {
+            let ns_key = self.namespace_key(ns)?;
+            match self.read(&ns_key).await? {
+                None => return Err(ApiError::not_found("", "namespaces", ns)),
+                Some(s) if meta_str(&s.object, "deletionTimestamp").is_some() => {
+                    return Err(ApiError::forbidden(format!(
+                        "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                        kind.plural
+                    )));
+                }
+                Some(s) => compares.push(Compare::mod_revision(ns_key, s.mod_revision)),
+            }
+        }
+        let txn = Txn {
+            compares,
+            success: vec![Op::Put {
+                key: key.clone().into_bytes(),
+                value: meta::for_storage(&object),
+            }],
+            failure: vec![],
+        };
+        let resp = self.commit(txn).await?;
+        if !resp.succeeded {
+            // The key exists, or the namespace changed under us.
+            return match self.read(&key).await? {
+                Some(_) => Err(ApiError::already_exists(kind.group, kind.plural, &name)),
+                None => Err(ApiError::conflict(
+                    "",
+                    "namespaces",
+                    namespace.as_deref().unwrap_or_default(),
+                )),
+            };
+        }
+        set_resource_version(&mut object, resp.revision);
+        Ok(object)
+    }
+
+    fn namespace_key(&self, ns: &str) -> ApiResult<String> {
+        let kind = lookup("namespaces")
+            .ok_or_else(|| ApiError::internal("Namespace is not registered"))?;
+        self.key(kind, None, ns)
+    }
+
+    /// PUT of an object (or of its status).
+    pub(crate) async fn replace(&self, t: &Target, mut object: Value) -> ApiResult<Value> {
+        let kind = t.kind;
+        let name = t.name.clone().unwrap_or_default();
+        check_type(kind, &object)?;
+        place(kind, t.namespace.as_deref(), &mut object)?;
+        match meta_str(&object, "name") {
+            Some(n) if n != name => {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
+            }
+            _ => {}
+        }
+        let precondition = parse_rv(meta_str(&object, "resourceVersion"))?;
+        let status = t.status;
+        self.update(t, precondition, move |current| {
+            Ok(if status {
+                merge_status(current, &object)
+            } else {
+                merge_spec(current, &object)
+            })
+        })
+        .await
+    }
+
+    /// PATCH of an object (or of its status).
+    pub(crate) async fn patch(
+        &self,
+        t: &Target,
+        kind_of_patch: PatchKind,
+        body: Value,
+    ) -> ApiResult<Value> {
+        let status = t.status;
+        let precondition = match &body {
+            Value::Object(_) => parse_rv(body["metadata"]["resourceVersion"].as_str())?,
+            _ => None,
+        };
+        self.update(t, precondition, move |current| {
+            let mut patched = current.clone();
+            match kind_of_patch {
+                PatchKind::Merge | PatchKind::Strategic => {
+                    json_patch::merge(&mut patched, &strip_directives(body.clone()));
+                }
+                PatchKind::Json => {
+                    let ops: json_patch::Patch = serde_json::from_value(body.clone())
+                        .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+                    json_patch::patch(&mut patched, &ops).map_err(|e| {
+                        ApiError::invalid(
+                            t.kind.group,
+                            t.kind.kind,
+                            t.name.as_deref().unwrap_or_default(),
+                            vec![admission::cause(
+                                "",
+                                &format!("the JSON patch does not apply: {e}"),
+                            )],
+                        )
+                    })?;
+                }
+            }
+            check_type(t.kind, &patched)?;
+            Ok(if status {
+                merge_status(current, &patched)
+            } else {
+                merge_spec(current, &patched)
+            })
+        })
+        .await
+    }
+
+    /// Reads, changes and writes back an object, compare-and-swap on its revision. With a
+    /// precondition the caller's revision must match; without, a lost race is retried.
+    async fn update(
+        &self,
+        t: &Target,
+        precondition: Option<u64>,
+        change: impl Fn(&Value) -> ApiResult<Value>,
+    ) -> ApiResult<Value> {
+        let kind = t.kind;
+        let name = t.name.clone().unwrap_or_default();
+        let key = self.key(kind, t.namespace.as_deref(), &name)?;
+        for _ in 0..RETRIES {
+            let current = self
+                .read(&key)
+                .await?
+                .ok_or_else(|| ApiError::not_found(kind.group, kind.plural, &name))?;
+            if precondition.is_some_and(|rv| rv != current.mod_revision) {
+                return Err(ApiError::conflict(kind.group, kind.plural, &name));
+            }
+            let mut next = change(&current.object)?;
+            // The server's fields stay the server's.
+            for field in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+            ] {
+                let value = current.object["metadata"].get(field).cloned();
+                if let Some(meta) = meta::metadata(&mut next) {
+                    match value {
+                        Some(v) => meta.insert(field.into(), v),
+                        None => meta.remove(field),
+                    };
+                }
+            }
+            if spec_of(&next) != spec_of(&current.object) {
+                let generation = current.object["metadata"]["generation"]
+                    .as_i64()
+                    .unwrap_or(0)
+                    + 1;
+                if let Some(meta) = meta::metadata(&mut next) {
+                    meta.insert("generation".into(), json!(generation));
+                }
+            }
+            set_resource_version(&mut next, current.mod_revision);
+            if next == current.object {
+                return Ok(next);
+            }
+            admission::admit_update(kind, &current.object, &mut next)?;
+            let terminating = meta_str(&next, "deletionTimestamp").is_some();
+            let success = if terminating && finalizers(&next).is_empty() {
+                // The last finalizer is gone: the object goes.
+                vec![Op::Delete(KeyRange::Key(key.clone().into_bytes()))]
+            } else {
+                vec![Op::Put {
+                    key: key.clone().into_bytes(),
+                    value: meta::for_storage(&next),
+                }]
+            };
+            let resp = self
+                .commit(Txn {
+                    compares: vec![Compare::mod_revision(key.clone(), current.mod_revision)],
+                    success,
+                    failure: vec![],
+                })
+                .await?;
+            if resp.succeeded {
+                set_resource_version(&mut next, resp.revision);
+                return Ok(next);
+            }
+            if precondition.is_some() {
+                return Err(ApiError::conflict(kind.group, kind.plural, &name));
+            }
+        }
+        Err(ApiError::conflict(kind.group, kind.plural, &name))
+    }
+
+    /// DELETE of an object: gone at once without finalizers; marked for deletion with them.
+    pub(crate) async fn delete(&self, t: &Target, options: Option<Value>) -> ApiResult<Value> {
+        let kind = t.kind;
+        let name = t.name.clone().unwrap_or_default();
+        let key = self.key(kind, t.namespace.as_deref(), &name)?;
+        let pre_rv = parse_rv(
+            options
+                .as_ref()
+                .and_then(|o| o["preconditions"]["resourceVersion"].as_str()),
+        )?;
+        let pre_uid = options
+            .as_ref()
+            .and_then(|o| o["preconditions"]["uid"].as_str().map(String::from));
+        for _ in 0..RETRIES {
+            let current = self
+                .read(&key)
+                .await?
+                .ok_or_else(|| ApiError::not_found(kind.group, kind.plural, &name))?;
+            if pre_rv.is_some_and(|rv| rv != current.mod_revision)
+                || pre_uid
+                    .as_deref()
+                    .is_some_and(|u| Some(u) != meta_str(&current.object, "uid"))
+            {
+                return Err(ApiError::conflict(kind.group, kind.plural, &name));
+            }
+            let mut object = current.object.clone();
+            if kind.kind == "Namespace" {
+                return self.delete_namespace(&name, current).await;
+            }
+            let (success, gone) = if finalizers(&object).is_empty() {
+                (
+                    vec![Op::Delete(KeyRange::Key(key.clone().into_bytes()))],
+                    true,
+                )
+            } else {
+                if meta_str(&object, "deletionTimestamp").is_some() {
+                    return Ok(object);
+                }
+                if let Some(meta) = meta::metadata(&mut object) {
+                    meta.insert("deletionTimestamp".into(), json!(meta::now_rfc3339()));
+                    meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+                }
+                (
+                    vec![Op::Put {
+                        key: key.clone().into_bytes(),
+                        value: meta::for_storage(&object),
+                    }],
+                    false,
+                )
+            };
+            let resp = self
+                .commit(Txn {
+                    compares: vec![Compare::mod_revision(key.clone(), current.mod_revision)],
+                    success,
+                    failure: vec![],
+                })
+                .await?;
+            if resp.succeeded {
+                if !gone {
+                    set_resource_version(&mut object, resp.revision);
+                }
+                return Ok(object);
+            }
+        }
+        Err(ApiError::conflict(kind.group, kind.plural, &name))
+    }
+
+    /// Deletes a namespace and what it holds: objects without finalizers go with it; objects
+    /// with finalizers are marked, and the namespace stays `Terminating` until they are gone.
+    async fn delete_namespace(&self, ns: &str, current: Stored) -> ApiResult<Value> {
+        let mut ops = Vec::new();
+        let mut waiting = 0;
+        for kind in keel_schemas::registry()
+            .iter()
+            .filter(|k| k.scope == Scope::Namespaced)
+        {
+            let prefix = format!("{}{ns}/", kind.storage_prefix());
+            let resp = self
+                .server
+                .range(
+                    RangeRequest {
+                        range: Some(KeyRange::Prefix(prefix.into_bytes())),
+                        ..RangeRequest::default()
+                    },
+                    Consistency::Linearizable,
+                )
+                .await?;
+            for kv in resp.kvs {
+                let s = decode(kv.clone())?;
+                if finalizers(&s.object).is_empty() {
+                    ops.push(Op::Delete(KeyRange::Key(kv.key)));
+                } else {
+                    waiting += 1;
+                    if meta_str(&s.object, "deletionTimestamp").is_none() {
+                        let mut marked = s.object;
+                        if let Some(meta) = meta::metadata(&mut marked) {
+                            meta.insert("deletionTimestamp".into(), json!(meta::now_rfc3339()));
+                        }
+                        ops.push(Op::Put {
+                            key: kv.key,
+                            value: meta::for_storage(&marked),
+                        });
+                    }
+                }
+            }
+        }
+        let ns_key = self.namespace_key(ns)?;
+        let mut object = current.object;
+        if waiting == 0 {
+            ops.push(Op::Delete(KeyRange::Key(ns_key.clone().into_bytes())));
+        } else {
+            if let Some(meta) = meta::metadata(&mut object) {
+                meta.entry("deletionTimestamp")
+                    .or_insert_with(|| json!(meta::now_rfc3339()));
+            }
+            object["status"] = json!({"phase": "Terminating"});
+            ops.push(Op::Put {
+                key: ns_key.clone().into_bytes(),
+                value: meta::for_storage(&object),
+            });
+        }
+        let resp = self
+            .commit(Txn {
+                compares: vec![Compare::mod_revision(ns_key, current.mod_revision)],
+                success: ops,
+                failure: vec![],
+            })
+            .await?;
+        if !resp.succeeded {
+            return Err(ApiError::conflict("", "namespaces", ns));
+        }
+        set_resource_version(&mut object, resp.revision);
+        Ok(object)
+    }
+
+    /// Commits a transaction through Raft.
+    pub(crate) async fn commit(&self, txn: Txn) -> ApiResult<crate::store::TxnResponse> {
+        self.server
+            .txn(txn)
+            .await?
+            .map_err(|e| ApiError::bad_request(e.to_string()))
+    }
+}
+
+/// An object from the store, with its resourceVersion set.
+pub(crate) fn decode(kv: KeyValue) -> ApiResult<Stored> {
+    let mut object: Value = serde_json::from_slice(&kv.value).map_err(|e| {
+        ApiError::internal(format!(
+            "stored object {} does not decode: {e}",
+            String::from_utf8_lossy(&kv.key)
+        ))
+    })?;
+    set_resource_version(&mut object, kv.mod_revision);
+    Ok(Stored {
+        object,
+        mod_revision: kv.mod_revision,
+    })
+}
+
+/// Refuses a body that is not an object of the kind the path names.
+fn check_type(kind: &Kind, object: &Value) -> ApiResult<()> {
+    if !object.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    let api_version = kind.api_version();
+    match object["apiVersion"].as_str() {
+        Some(v) if v == api_version => {}
+        None => {}
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "apiVersion {v:?} does not match the path ({api_version})"
+            )));
+        }
+    }
+    match object["kind"].as_str() {
+        Some(k) if k == kind.kind => Ok(()),
+        None => Ok(()),
+        Some(k) => Err(ApiError::bad_request(format!(
+            "kind {k:?} does not match the path ({})",
+            kind.kind
+        ))),
+    }
+}
+
+/// Sets apiVersion, kind and the namespace from the path; refuses a body in another namespace.
+fn place(kind: &Kind, namespace: Option<&str>, object: &mut Value) -> ApiResult<Option<String>> {
+    object["apiVersion"] = json!(kind.api_version());
+    object["kind"] = json!(kind.kind);
+    let in_body = meta_str(object, "namespace").map(String::from);
+    let meta = meta::metadata(object)
+        .ok_or_else(|| ApiError::bad_request("the body is not a JSON object"))?;
+    match (kind.scope, namespace, in_body) {
+        (Scope::Cluster, _, _) => {
+            meta.remove("namespace");
+            Ok(None)
+        }
+        (Scope::Namespaced, Some(ns), Some(body)) if ns != body => {
+            Err(ApiError::bad_request(format!(
+                "the namespace of the provided object ({body}) does not match the namespace sent on the request ({ns})"
+            )))
+        }
+        (Scope::Namespaced, Some(ns), _) => {
+            meta.insert("namespace".into(), json!(ns));
+            Ok(Some(ns.to_string()))
+        }
+        (Scope::Namespaced, None, _) => {
+            Err(ApiError::bad_request("a namespace is required in the path"))
+        }
+    }
+}
+
+/// Everything but metadata and status: what a generation counts.
+fn spec_of(object: &Value) -> Value {
+    let mut spec = object.clone();
+    if let Some(obj) = spec.as_object_mut() {
+        obj.remove("metadata");
+        obj.remove("status");
+    }
+    spec
+}
+
+/// A main-resource write: the new object, with the current status kept.
+fn merge_spec(current: &Value, new: &Value) -> Value {
+    let mut next = new.clone();
+    if let Some(obj) = next.as_object_mut() {
+        match current.get("status") {
+            Some(status) => obj.insert("status".into(), status.clone()),
+            None => obj.remove("status"),
+        };
+    }
+    next
+}
+
+/// A status write: the current object, with the new status (and nothing else).
+fn merge_status(current: &Value, new: &Value) -> Value {
+    let mut next = current.clone();
+    if let Some(obj) = next.as_object_mut() {
+        match new.get("status") {
+            Some(status) => obj.insert("status".into(), status.clone()),
+            None => obj.remove("status"),
+        };
+    }
+    next
+}
+
+/// Drops strategic-merge-patch directives (`$patch`, `$retainKeys`, `$setElementOrder/...`),
+/// which a merge patch would otherwise write into the object.
+fn strip_directives(mut patch: Value) -> Value {
+    if let Some(obj) = patch.as_object_mut() {
+        obj.retain(|k, _| !k.starts_with('$'));
+        for v in obj.values_mut() {
+            *v = strip_directives(v.take());
+        }
+    }
+    patch
+}

@@ -1,0 +1,579 @@
+//! API conformance over real HTTPS: an in-process Keel server, a client that trusts only the
+//! cluster CA, and the Kubernetes REST rules: verbs, conflicts, finalizers, status, selectors,
+//! paging, watches, errors as `Status` objects.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use keel_apiserver::raft::{ServerConfig, Tuning};
+use keel_apiserver::{ApiConfig, ApiServer};
+use keel_client::{Client, ClientError};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start(dir: &std::path::Path) -> ApiServer {
+    let raft = ServerConfig {
+        data_dir: dir.to_path_buf(),
+        node_id: None,
+        raft_listen: SocketAddr::from(([127, 0, 0, 1], port())),
+        advertise: None,
+        join: None,
+        tuning: Tuning {
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout: (Duration::from_millis(200), Duration::from_millis(400)),
+            ..Tuning::default()
+        },
+    };
+    let mut config = ApiConfig::new(raft, SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.bookmark_interval = Duration::from_millis(300);
+    let server = ApiServer::start(config).await.unwrap();
+    server.raft().wait_for_leader(WAIT).await.unwrap();
+    server
+}
+
+fn client(server: &ApiServer) -> Client {
+    Client::new(server.url(), server.ca_pem(), server.admin_token()).unwrap()
+}
+
+/// Waits until the system namespaces exist (kube-node-lease is made last).
+async fn ready(c: &Client) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while c.get("/api/v1/namespaces/kube-node-lease").await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no default namespace"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn code(e: ClientError) -> (u16, String, Value) {
+    match e {
+        ClientError::Api {
+            code,
+            reason,
+            status,
+            ..
+        } => (code, reason, status),
+        other => panic!("expected an API error, got {other}"),
+    }
+}
+
+const CM: &str = "/api/v1/namespaces/default/configmaps";
+const VPC: &str = "/apis/keel.dev/v1alpha1/namespaces/default/vpcs";
+
+fn configmap(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels}, "data": {"k": "v"}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_follow_the_kubernetes_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let c = client(&server);
+    ready(&c).await;
+
+    // No token, or a wrong one: 401. Health needs none.
+    let anonymous = Client::new(server.url(), server.ca_pem(), "").unwrap();
+    assert_eq!(code(anonymous.get(CM).await.unwrap_err()).0, 401);
+    let wrong = Client::new(server.url(), server.ca_pem(), "wrong").unwrap();
+    assert_eq!(code(wrong.get(CM).await.unwrap_err()).1, "Unauthorized");
+    let (status, body) = anonymous
+        .raw(hyper::Method::GET, "/healthz", None, None)
+        .await
+        .unwrap();
+    assert_eq!((status.as_u16(), &body[..]), (200, &b"ok"[..]));
+
+    // Create, then create again.
+    let created = c
+        .post(CM, &configmap("a", json!({"app": "web"})))
+        .await
+        .unwrap();
+    let rv: u64 = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(created["metadata"]["generation"], 1);
+    assert!(created["metadata"]["uid"].as_str().unwrap().len() > 10);
+    assert!(
+        created["metadata"]["creationTimestamp"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    let (code_, reason, status) = code(c.post(CM, &configmap("a", json!({}))).await.unwrap_err());
+    assert_eq!((code_, reason.as_str()), (409, "AlreadyExists"));
+    assert_eq!(status["kind"], "Status");
+    assert_eq!(status["details"]["name"], "a");
+
+    // Update with the read revision; then with the now stale one.
+    let mut update = created.clone();
+    update["data"]["k"] = json!("v2");
+    let updated = c.put(&format!("{CM}/a"), &update).await.unwrap();
+    assert_eq!(updated["data"]["k"], "v2");
+    assert_eq!(updated["metadata"]["uid"], created["metadata"]["uid"]);
+    let (code_, reason, _) = code(c.put(&format!("{CM}/a"), &update).await.unwrap_err());
+    assert_eq!((code_, reason.as_str()), (409, "Conflict"));
+    assert!(
+        c.get(&format!("{CM}/a")).await.unwrap()["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > rv
+    );
+
+    // Patches: merge and JSON patch.
+    let merged = c
+        .patch(
+            &format!("{CM}/a"),
+            "application/merge-patch+json",
+            &json!({"data": {"m": "1"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(merged["data"], json!({"k": "v2", "m": "1"}));
+    let patched = c
+        .patch(
+            &format!("{CM}/a"),
+            "application/json-patch+json",
+            &json!([{"op": "remove", "path": "/data/k"}]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched["data"], json!({"m": "1"}));
+    let (code_, _, _) = code(
+        c.patch(
+            &format!("{CM}/a"),
+            "application/json-patch+json",
+            &json!([{"op": "remove", "path": "/data/absent"}]),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(code_, 422);
+
+    // Generation counts spec changes; status goes through /status only.
+    let vpc = json!({"apiVersion": "keel.dev/v1alpha1", "kind": "VPC", "metadata": {"name": "main"}, "spec": {"cidr": "10.20.0.0/16"}, "status": {"ignored": true}});
+    let created = c.post(VPC, &vpc).await.unwrap();
+    assert!(
+        created.get("status").is_none(),
+        "status is not set on create"
+    );
+    let mut with_status = created.clone();
+    with_status["status"] = json!({"conditions": [{"type": "Ready", "status": "True"}]});
+    with_status["spec"]["cidr"] = json!("10.99.0.0/16");
+    let after = c
+        .put(&format!("{VPC}/main/status"), &with_status)
+        .await
+        .unwrap();
+    assert_eq!(after["status"]["conditions"][0]["type"], "Ready");
+    assert_eq!(
+        after["spec"]["cidr"], "10.20.0.0/16",
+        "a status write leaves the spec alone"
+    );
+    assert_eq!(after["metadata"]["generation"], 1);
+    let mut spec_change = after.clone();
+    spec_change["spec"]["cidr"] = json!("10.21.0.0/16");
+    spec_change["status"] = json!({});
+    let after = c.put(&format!("{VPC}/main"), &spec_change).await.unwrap();
+    assert_eq!(after["metadata"]["generation"], 2);
+    assert_eq!(
+        after["status"]["conditions"][0]["type"], "Ready",
+        "a spec write leaves the status alone"
+    );
+
+    // Finalizers hold a deleted object until they are cleared.
+    let mut held = configmap("held", json!({}));
+    held["metadata"]["finalizers"] = json!(["keel.dev/test"]);
+    c.post(CM, &held).await.unwrap();
+    let deleting = c.delete(&format!("{CM}/held")).await.unwrap();
+    assert!(deleting["metadata"]["deletionTimestamp"].is_string());
+    let still = c.get(&format!("{CM}/held")).await.unwrap();
+    assert!(still["metadata"]["deletionTimestamp"].is_string());
+    c.patch(
+        &format!("{CM}/held"),
+        "application/merge-patch+json",
+        &json!({"metadata": {"finalizers": null}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code(c.get(&format!("{CM}/held")).await.unwrap_err()).0, 404);
+
+    // Delete, then get: 404 with a Status naming the object.
+    c.delete(&format!("{CM}/a")).await.unwrap();
+    let (code_, reason, status) = code(c.get(&format!("{CM}/a")).await.unwrap_err());
+    assert_eq!((code_, reason.as_str()), (404, "NotFound"));
+    assert_eq!(status["message"], "configmaps \"a\" not found");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_select_and_page_at_one_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let c = client(&server);
+    ready(&c).await;
+    c.post(
+        "/api/v1/namespaces",
+        &json!({"metadata": {"name": "other"}}),
+    )
+    .await
+    .unwrap();
+    for i in 0..30 {
+        let tier = if i % 3 == 0 { "db" } else { "web" };
+        c.post(CM, &configmap(&format!("cm-{i:02}"), json!({"tier": tier})))
+            .await
+            .unwrap();
+    }
+    c.post(
+        "/api/v1/namespaces/other/configmaps",
+        &configmap("elsewhere", json!({"tier": "web"})),
+    )
+    .await
+    .unwrap();
+
+    let all = c.get(CM).await.unwrap();
+    assert_eq!(all["kind"], "ConfigMapList");
+    assert_eq!(all["items"].as_array().unwrap().len(), 30);
+    assert!(
+        all["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .is_ok()
+    );
+    let everywhere = c.get("/api/v1/configmaps").await.unwrap();
+    assert_eq!(everywhere["items"].as_array().unwrap().len(), 31);
+    let db = c
+        .get(&format!("{CM}?labelSelector=tier%3Ddb"))
+        .await
+        .unwrap();
+    assert_eq!(db["items"].as_array().unwrap().len(), 10);
+    let not_db = c
+        .get(&format!("{CM}?labelSelector=tier!%3Ddb,tier"))
+        .await
+        .unwrap();
+    assert_eq!(not_db["items"].as_array().unwrap().len(), 20);
+    let one = c
+        .get(&format!("{CM}?fieldSelector=metadata.name%3Dcm-07"))
+        .await
+        .unwrap();
+    assert_eq!(one["items"][0]["metadata"]["name"], "cm-07");
+
+    // Pages of 7 web objects, all at the first page's revision.
+    let mut names = Vec::new();
+    let mut path = format!("{CM}?labelSelector=tier%3Dweb&limit=7");
+    let first_rv = loop {
+        let page = c.get(&path).await.unwrap();
+        let rv = page["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        names.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["metadata"]["name"].as_str().unwrap().to_string()),
+        );
+        if names.len() == 7 {
+            // Changes after the first page do not show in later pages.
+            c.delete(&format!("{CM}/cm-29")).await.unwrap();
+        }
+        match page["metadata"]["continue"].as_str() {
+            Some(token) => path = format!("{CM}?labelSelector=tier%3Dweb&limit=7&continue={token}"),
+            None => break rv,
+        }
+    };
+    assert_eq!(names.len(), 20);
+    assert!(names.contains(&"cm-29".to_string()));
+    assert!(!first_rv.is_empty());
+    let (code_, _, _) = code(c.get(&format!("{CM}?continue=bogus")).await.unwrap_err());
+    assert_eq!(code_, 400);
+    let (code_, _, _) = code(
+        c.get(&format!("{CM}?labelSelector=in%20("))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code_, 400);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_resume_bookmark_and_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let c = client(&server);
+    ready(&c).await;
+    let a = c
+        .post(CM, &configmap("a", json!({"app": "x"})))
+        .await
+        .unwrap();
+    let rv = a["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // From a revision: strictly later events, in order, with bookmarks.
+    let mut w = c
+        .watch(&format!(
+            "{CM}?watch=true&resourceVersion={rv}&allowWatchBookmarks=true"
+        ))
+        .await
+        .unwrap();
+    c.patch(
+        &format!("{CM}/a"),
+        "application/merge-patch+json",
+        &json!({"data": {"k": "2"}}),
+    )
+    .await
+    .unwrap();
+    c.post(CM, &configmap("b", json!({}))).await.unwrap();
+    c.delete(&format!("{CM}/a")).await.unwrap();
+    let mut seen = Vec::new();
+    let mut bookmark = false;
+    while seen.len() < 3 || !bookmark {
+        let e = tokio::time::timeout(WAIT, w.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let kind = e["type"].as_str().unwrap().to_string();
+        if kind == "BOOKMARK" {
+            assert_eq!(e["object"]["kind"], "ConfigMap");
+            assert!(e["object"]["metadata"]["resourceVersion"].is_string());
+            bookmark = true;
+            continue;
+        }
+        seen.push((
+            kind,
+            e["object"]["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        ));
+    }
+    assert_eq!(
+        seen,
+        [
+            ("MODIFIED".into(), "a".into()),
+            ("ADDED".into(), "b".into()),
+            ("DELETED".into(), "a".into())
+        ]
+    );
+
+    // Without a revision: the current state first.
+    let mut w = c.watch(&format!("{CM}?watch=true")).await.unwrap();
+    let e = tokio::time::timeout(WAIT, w.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (e["type"].as_str(), e["object"]["metadata"]["name"].as_str()),
+        (Some("ADDED"), Some("b"))
+    );
+
+    // A label selector turns leaving the selection into DELETED.
+    let mut w = c
+        .watch(&format!(
+            "{CM}?watch=true&resourceVersion=1&labelSelector=app%3Dx"
+        ))
+        .await
+        .unwrap();
+    c.post(CM, &configmap("c", json!({"app": "x"})))
+        .await
+        .unwrap();
+    c.patch(
+        &format!("{CM}/c"),
+        "application/merge-patch+json",
+        &json!({"metadata": {"labels": {"app": "y"}}}),
+    )
+    .await
+    .unwrap();
+    let mut kinds = Vec::new();
+    while kinds.len() < 5 {
+        let e = tokio::time::timeout(WAIT, w.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        kinds.push(format!(
+            "{} {}",
+            e["type"].as_str().unwrap(),
+            e["object"]["metadata"]["name"].as_str().unwrap()
+        ));
+    }
+    assert_eq!(
+        kinds,
+        ["ADDED a", "MODIFIED a", "DELETED a", "ADDED c", "DELETED c"]
+    );
+
+    // After compaction: one ERROR event with a 410 Expired status, on an HTTP 200.
+    let current = server.raft().store().revisions().current;
+    server.raft().compact(current).await.unwrap().unwrap();
+    let mut w = c
+        .watch(&format!("{CM}?watch=true&resourceVersion={rv}"))
+        .await
+        .unwrap();
+    let e = tokio::time::timeout(WAIT, w.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(e["type"], "ERROR");
+    assert_eq!(e["object"]["code"], 410);
+    assert_eq!(e["object"]["reason"], "Expired");
+    assert!(
+        tokio::time::timeout(WAIT, w.next())
+            .await
+            .unwrap()
+            .is_none(),
+        "the watch ends after the error"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_a_status_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let c = client(&server);
+    ready(&c).await;
+    let before = server.raft().store().revisions().current;
+    let raw = |method, path: &str, ct: Option<&'static str>, body: Vec<u8>| {
+        let c = c.clone();
+        let path = path.to_string();
+        async move {
+            let (status, bytes) = c.raw(method, &path, ct, Some(body)).await.unwrap();
+            let value: Value = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| panic!("not a Status: {}", String::from_utf8_lossy(&bytes)));
+            assert_eq!(value["kind"], "Status", "{value}");
+            (
+                status.as_u16(),
+                value["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        }
+    };
+    use hyper::Method;
+    assert_eq!(
+        raw(
+            Method::POST,
+            CM,
+            Some("application/json"),
+            b"{not json".to_vec()
+        )
+        .await,
+        (400, "BadRequest".into())
+    );
+    assert_eq!(
+        raw(Method::POST, CM, Some("application/yaml"), b"a: b".to_vec())
+            .await
+            .0,
+        415
+    );
+    assert_eq!(
+        raw(
+            Method::POST,
+            CM,
+            Some("application/json"),
+            b"[1,2]".to_vec()
+        )
+        .await
+        .0,
+        400
+    );
+    let huge = format!(
+        "{{\"metadata\":{{\"name\":\"x\"}},\"data\":{{\"k\":\"{}\"}}}}",
+        "x".repeat(4 << 20)
+    );
+    assert_eq!(
+        raw(
+            Method::POST,
+            CM,
+            Some("application/json"),
+            huge.into_bytes()
+        )
+        .await
+        .0,
+        413
+    );
+    assert_eq!(
+        raw(
+            Method::GET,
+            "/apis/keel.dev/v1alpha1/namespaces/default/frobnicators",
+            None,
+            vec![]
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        raw(Method::GET, "/apis/nope.dev/v1/things", None, vec![])
+            .await
+            .0,
+        404
+    );
+    let wrong_ns =
+        serde_json::to_vec(&json!({"metadata": {"name": "x", "namespace": "other"}})).unwrap();
+    assert_eq!(
+        raw(Method::POST, CM, Some("application/json"), wrong_ns)
+            .await
+            .0,
+        400
+    );
+    let wrong_kind =
+        serde_json::to_vec(&json!({"kind": "Secret", "metadata": {"name": "x"}})).unwrap();
+    assert_eq!(
+        raw(Method::POST, CM, Some("application/json"), wrong_kind)
+            .await
+            .0,
+        400
+    );
+    let bad_name = serde_json::to_vec(&json!({"metadata": {"name": "Not_A_Name"}})).unwrap();
+    let (code_, reason) = raw(Method::POST, CM, Some("application/json"), bad_name).await;
+    assert_eq!((code_, reason.as_str()), (422, "Invalid"));
+    let no_ns = serde_json::to_vec(&json!({"metadata": {"name": "x"}})).unwrap();
+    assert_eq!(
+        raw(
+            Method::POST,
+            "/api/v1/namespaces/missing/configmaps",
+            Some("application/json"),
+            no_ns
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        raw(
+            Method::PATCH,
+            &format!("{CM}/x"),
+            Some("application/apply-patch+yaml"),
+            b"{}".to_vec()
+        )
+        .await
+        .0,
+        415
+    );
+    assert_eq!(
+        server.raft().store().revisions().current,
+        before,
+        "nothing was stored"
+    );
+    server.shutdown().await;
+}
