@@ -146,6 +146,7 @@ impl ApiServer {
             bookmark_interval: config.bookmark_interval,
         };
         tokio::spawn(http::ensure_namespaces(raft.clone(), shutdown_rx.clone()));
+        tokio::spawn(http::finalize_namespaces(raft.clone(), shutdown_rx.clone()));
         let task = tokio::spawn(http::serve(listener, options, shutdown_rx));
         tracing::info!(url = %url, kubeconfig = %kubeconfig.display(), "API serving");
         Ok(ApiServer {

@@ -7,12 +7,14 @@
 //!
 //! Modules: `request` (paths and queries), `selector` (label and field selectors), `meta`
 //! (server-owned metadata), `objects` (one object's verbs), `collection` (list,
-//! delete-collection), `watch`, `discovery`, `status` (errors).
+//! delete-collection), `watch`, `discovery`, `openapi` (OpenAPI v3 from the schemas), `status`
+//! (errors).
 
 mod collection;
 mod discovery;
 mod meta;
 mod objects;
+mod openapi;
 mod request;
 mod selector;
 mod status;
@@ -164,6 +166,49 @@ pub async fn ensure_namespaces(server: Server, mut shutdown: signal::Receiver<bo
     }
 }
 
+/// Empties and removes terminating namespaces, on the leader, until `shutdown` is set (the
+/// namespace controller of Kubernetes).
+pub async fn finalize_namespaces(server: Server, mut shutdown: signal::Receiver<bool>) {
+    let api = Api {
+        server,
+        tokens: Arc::new(Tokens::empty()),
+        advertise: String::new(),
+        bookmark_interval: Duration::from_secs(60),
+    };
+    let Some(kind) = keel_schemas::lookup("namespaces") else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        if api.server.status().role != crate::raft::RaftRole::Leader {
+            continue;
+        }
+        let target = Target {
+            kind,
+            namespace: None,
+            name: None,
+            status: false,
+        };
+        let Ok(listed) = api
+            .list_objects(&target, &request::ListOptions::default())
+            .await
+        else {
+            continue;
+        };
+        for ns in listed.items {
+            if ns["metadata"]["deletionTimestamp"].is_string()
+                && let Some(name) = ns["metadata"]["name"].as_str()
+                && let Err(e) = api.finalize_namespace(name).await
+            {
+                tracing::debug!(namespace = name, error = %e.message, "namespace not finalized yet");
+            }
+        }
+    }
+}
+
 /// Binds the API's listener.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
@@ -177,6 +222,10 @@ fn router(api: Api) -> Router {
         .route("/apis", get(groups))
         .route("/apis/{group}/{version}", get(group_resources))
         .route("/apis/{group}/{version}/{*rest}", any(named))
+        .route("/keel/v1/cluster", get(cluster))
+        .route("/openapi/v3", get(openapi_index))
+        .route("/openapi/v3/api/{version}", get(openapi_core))
+        .route("/openapi/v3/apis/{group}/{version}", get(openapi_group))
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate));
     Router::new()
@@ -236,6 +285,59 @@ fn resources(group: &str, version: &str) -> Response {
     match discovery::resources(group, version) {
         Some(list) => axum::Json(list).into_response(),
         None => ApiError::no_route(&format!("{group}/{version}")).into_response(),
+    }
+}
+
+/// `/keel/v1/cluster`: every server's role, term and applied index, as each sees itself.
+async fn cluster(State(api): State<Api>) -> Response {
+    let own = api.server.status();
+    let servers: Vec<Value> = api
+        .server
+        .cluster_status(Duration::from_secs(2))
+        .await
+        .into_iter()
+        .map(|(id, member, view)| {
+            let mut entry = serde_json::json!({"nodeId": id, "raftAddress": member.raft_addr, "voter": member.voter});
+            match view {
+                Ok(s) => {
+                    entry["role"] = serde_json::json!(format!("{:?}", s.role));
+                    entry["term"] = serde_json::json!(s.term);
+                    entry["leader"] = serde_json::json!(s.leader);
+                    entry["lastLogIndex"] = serde_json::json!(s.last_log_index);
+                    entry["appliedIndex"] = serde_json::json!(s.applied_index);
+                    entry["snapshotIndex"] = serde_json::json!(s.snapshot_index);
+                    entry["revision"] = serde_json::json!(s.revision);
+                    entry["compacted"] = serde_json::json!(s.compacted);
+                }
+                Err(e) => entry["error"] = serde_json::json!(e.to_string()),
+            }
+            entry
+        })
+        .collect();
+    axum::Json(serde_json::json!({
+        "clusterId": own.cluster_id.to_string(),
+        "leader": own.leader,
+        "servers": servers,
+    }))
+    .into_response()
+}
+
+async fn openapi_index() -> Response {
+    axum::Json(openapi::index()).into_response()
+}
+
+async fn openapi_core(Path(version): Path<String>) -> Response {
+    openapi_document("", &version)
+}
+
+async fn openapi_group(Path((group, version)): Path<(String, String)>) -> Response {
+    openapi_document(&group, &version)
+}
+
+fn openapi_document(group: &str, version: &str) -> Response {
+    match openapi::document(group, version) {
+        Some(doc) => axum::Json(doc).into_response(),
+        None => ApiError::no_route(&format!("/openapi/v3/{group}/{version}")).into_response(),
     }
 }
 

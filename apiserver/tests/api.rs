@@ -72,6 +72,7 @@ fn code(e: ClientError) -> (u16, String, Value) {
 
 const CM: &str = "/api/v1/namespaces/default/configmaps";
 const VPC: &str = "/apis/keel.dev/v1alpha1/namespaces/default/vpcs";
+const SUBNET: &str = "/apis/keel.dev/v1alpha1/namespaces/default/subnets";
 
 fn configmap(name: &str, labels: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels}, "data": {"k": "v"}})
@@ -165,35 +166,56 @@ async fn objects_follow_the_kubernetes_rules() {
     );
     assert_eq!(code_, 422);
 
-    // Generation counts spec changes; status goes through /status only.
-    let vpc = json!({"apiVersion": "keel.dev/v1alpha1", "kind": "VPC", "metadata": {"name": "main"}, "spec": {"cidr": "10.20.0.0/16"}, "status": {"ignored": true}});
-    let created = c.post(VPC, &vpc).await.unwrap();
+    // Generation counts spec changes; status goes through /status only; immutable fields
+    // stay; a Subnet must lie inside its VPC.
+    let vpc = json!({"apiVersion": "keel.dev/v1alpha1", "kind": "VPC", "metadata": {"name": "main"}, "spec": {"cidr": "10.20.0.0/16"}});
+    c.post(VPC, &vpc).await.unwrap();
+    let outside = json!({"apiVersion": "keel.dev/v1alpha1", "kind": "Subnet", "metadata": {"name": "out"}, "spec": {"vpc": "main", "cidr": "10.99.1.0/24"}});
+    let (code_, _, status) = code(c.post(SUBNET, &outside).await.unwrap_err());
+    assert_eq!(code_, 422);
+    assert_eq!(status["details"]["causes"][0]["field"], "spec.cidr");
+    let subnet = json!({"apiVersion": "keel.dev/v1alpha1", "kind": "Subnet", "metadata": {"name": "front"}, "spec": {"vpc": "main", "cidr": "10.20.1.0/24"}, "status": {"usedIPs": 7}});
+    let created = c.post(SUBNET, &subnet).await.unwrap();
     assert!(
         created.get("status").is_none(),
         "status is not set on create"
     );
+    assert_eq!(created["spec"]["gateway"], "10.20.1.1", "defaulted");
+    assert_eq!(created["spec"]["dhcp"]["enabled"], true, "defaulted");
     let mut with_status = created.clone();
-    with_status["status"] = json!({"conditions": [{"type": "Ready", "status": "True"}]});
-    with_status["spec"]["cidr"] = json!("10.99.0.0/16");
+    with_status["status"] = json!({"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-23T00:00:00Z", "reason": "Created", "message": "ok"}]});
+    with_status["spec"]["dhcp"]["enabled"] = json!(false);
     let after = c
-        .put(&format!("{VPC}/main/status"), &with_status)
+        .put(&format!("{SUBNET}/front/status"), &with_status)
         .await
         .unwrap();
     assert_eq!(after["status"]["conditions"][0]["type"], "Ready");
     assert_eq!(
-        after["spec"]["cidr"], "10.20.0.0/16",
+        after["spec"]["dhcp"]["enabled"], true,
         "a status write leaves the spec alone"
     );
     assert_eq!(after["metadata"]["generation"], 1);
     let mut spec_change = after.clone();
-    spec_change["spec"]["cidr"] = json!("10.21.0.0/16");
+    spec_change["spec"]["dhcp"]["enabled"] = json!(false);
     spec_change["status"] = json!({});
-    let after = c.put(&format!("{VPC}/main"), &spec_change).await.unwrap();
+    let after = c
+        .put(&format!("{SUBNET}/front"), &spec_change)
+        .await
+        .unwrap();
     assert_eq!(after["metadata"]["generation"], 2);
     assert_eq!(
         after["status"]["conditions"][0]["type"], "Ready",
         "a spec write leaves the status alone"
     );
+    let mut immutable = after.clone();
+    immutable["spec"]["cidr"] = json!("10.20.2.0/24");
+    let (code_, _, status) = code(
+        c.put(&format!("{SUBNET}/front"), &immutable)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code_, 422);
+    assert_eq!(status["details"]["causes"][0]["field"], "spec.cidr");
 
     // Finalizers hold a deleted object until they are cleared.
     let mut held = configmap("held", json!({}));
@@ -576,4 +598,137 @@ async fn bad_requests_get_a_status_and_store_nothing() {
         "nothing was stored"
     );
     server.shutdown().await;
+}
+
+/// The collection path of an object's kind in its namespace.
+fn collection(object: &Value) -> String {
+    let kind = keel_schemas::lookup(object["kind"].as_str().unwrap()).unwrap();
+    let base = if kind.group.is_empty() {
+        format!("/api/{}", kind.version)
+    } else {
+        format!("/apis/{}/{}", kind.group, kind.version)
+    };
+    match kind.scope {
+        keel_schemas::Scope::Namespaced => {
+            let ns = object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default");
+            format!("{base}/namespaces/{ns}/{}", kind.plural)
+        }
+        keel_schemas::Scope::Cluster => format!("{base}/{}", kind.plural),
+    }
+}
+
+/// The paths an example expects, as the API reports them: a Secret's `stringData` is folded
+/// into `data` before validation, as in Kubernetes.
+fn api_paths(example: &Value, object: &Value) -> Vec<String> {
+    let mut want: Vec<String> = serde_json::from_value(example["errors"].clone()).unwrap();
+    if object["kind"] == "Secret" {
+        for p in &mut want {
+            if let Some(rest) = p.strip_prefix("stringData") {
+                *p = format!("data{rest}");
+            }
+        }
+    }
+    want.sort();
+    want.dedup();
+    want
+}
+
+fn fields(status: &Value) -> Vec<String> {
+    let mut fields: Vec<String> = status["details"]["causes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| c["field"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    fields.sort();
+    fields
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kinds_examples_are_admitted_or_refused_field_by_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let c = client(&server);
+    ready(&c).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/examples");
+    let mut files: Vec<_> = walk(&root);
+    files.sort();
+    let (mut valid, mut invalid, mut updates) = (0, 0, 0);
+    for file in files {
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        let example: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        let object = example
+            .get("object")
+            .or(example.get("old"))
+            .unwrap_or(&example)
+            .clone();
+        if let Some(ns) = object["metadata"]["namespace"].as_str() {
+            let _ = c
+                .post("/api/v1/namespaces", &json!({"metadata": {"name": ns}}))
+                .await;
+        }
+        let path = collection(&object);
+        if name.starts_with("invalid-update-") {
+            let want = api_paths(&example, &object);
+            let created = c
+                .post(&path, &object)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: old: {e}"));
+            let mut new = example["new"].clone();
+            new["metadata"]["resourceVersion"] = created["metadata"]["resourceVersion"].clone();
+            let item = format!("{path}/{}", object["metadata"]["name"].as_str().unwrap());
+            let (code_, _, status) = code(c.put(&item, &new).await.unwrap_err());
+            assert_eq!((code_, fields(&status)), (422, want), "{name}: {status}");
+            c.delete(&item).await.unwrap();
+            updates += 1;
+        } else if name.starts_with("invalid-") {
+            let mut want = api_paths(&example, &object);
+            // A create ignores status (controllers write it through /status), except for the
+            // kinds whose state is their top-level fields.
+            if !matches!(object["kind"].as_str(), Some("Event" | "Lease")) {
+                want.retain(|p| !p.starts_with("status"));
+            }
+            want.sort();
+            if want.is_empty() {
+                continue;
+            }
+            let (code_, _, status) = code(c.post(&path, &object).await.unwrap_err());
+            assert_eq!((code_, fields(&status)), (422, want), "{name}: {status}");
+            invalid += 1;
+        } else {
+            let existing = format!(
+                "{path}/{}",
+                object["metadata"]["name"].as_str().unwrap_or_default()
+            );
+            let _ = c.delete(&existing).await;
+            let created = c
+                .post(&path, &object)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let item = format!("{path}/{}", created["metadata"]["name"].as_str().unwrap());
+            c.delete(&item).await.unwrap();
+            valid += 1;
+        }
+    }
+    eprintln!("{valid} valid, {invalid} invalid, {updates} invalid updates");
+    assert!(valid >= 17 && invalid >= 17 && updates >= 1);
+    assert_eq!(server.raft().store().revisions().compacted, 0);
+    server.shutdown().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else if path.extension().is_some_and(|e| e == "json") {
+            out.push(path);
+        }
+    }
+    out
 }

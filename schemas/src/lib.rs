@@ -1,265 +1,36 @@
-//! Keel's API types, free of I/O: the kind registry and where objects live in the store.
+//! Keel's API types, free of I/O: the kind registry, each kind's JSON Schema and typed
+//! structs, validation and defaulting.
 //!
 //! Every object Keel serves is a Kubernetes-style object of a registered kind. The registry
 //! says, for each kind, its group and version, its plural and short names (what `kubectl`
-//! and `keelctl` accept), and whether it lives in a namespace. The store keeps an object under
-//! [`storage_key`], so that all objects of one kind, or of one kind in one namespace, are one
-//! key prefix: a list is a prefix range and a watch is a prefix watch.
+//! and `keelctl` accept), and whether it lives in a namespace; the store keeps an object under
+//! [`storage_key`], so that a list is a prefix range and a watch is a prefix watch. Each kind
+//! has a JSON Schema file (`schemas/<kind>.schema.json`, embedded at build time) from which
+//! [`schema()`] composes the full object schema and [`openapi_schema`] its OpenAPI form. The API
+//! server runs [`default_object`] and then [`validate()`] (or [`validate_update`]) on every
+//! write and answers 422 with the [`FieldError`]s. Controllers read objects as the typed
+//! structs of [`kinds`].
 //!
-//! The per-kind JSON Schemas, typed structs, validation and defaulting join this crate with
-//! the API.
-//!
-//! Modules: this file only, for now.
+//! Modules:
+//! - [`mod@registry`]: the kinds, their names and storage keys.
+//! - [`mod@schema`]: the embedded schema files, composed per kind.
+//! - [`mod@validate`]: schema and semantic validation, immutable fields.
+//! - [`defaults`]: defaulting from the schemas' `default`s plus computed defaults.
+//! - [`kinds`]: typed structs per kind group.
+//! - [`names`], [`net`], [`quantity`]: syntax of names, addresses, ports and byte sizes.
 
-/// Whether objects of a kind live in a namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// Objects have a namespace (a tenant).
-    Namespaced,
-    /// Objects are cluster-wide (Node, Namespace).
-    Cluster,
-}
+pub mod defaults;
+pub mod kinds;
+pub mod names;
+pub mod net;
+pub mod quantity;
+pub mod registry;
+pub mod schema;
+pub mod validate;
 
-/// One registered kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Kind {
-    /// API group; empty for the Kubernetes core group (`v1`).
-    pub group: &'static str,
-    /// API version within the group.
-    pub version: &'static str,
-    /// The kind, as in `kind:` (`VirtualMachine`).
-    pub kind: &'static str,
-    /// The resource name in URLs (`virtualmachines`).
-    pub plural: &'static str,
-    /// The lowercase singular (`virtualmachine`).
-    pub singular: &'static str,
-    /// Short names accepted on the command line (`vm`).
-    pub short_names: &'static [&'static str],
-    /// Namespaced or cluster-wide.
-    pub scope: Scope,
-}
-
-/// The API group of Keel's own kinds.
-pub const KEEL_GROUP: &str = "keel.dev";
-
-/// The version of Keel's own kinds.
-pub const KEEL_VERSION: &str = "v1alpha1";
-
-const fn keel(
-    kind: &'static str,
-    plural: &'static str,
-    singular: &'static str,
-    short_names: &'static [&'static str],
-) -> Kind {
-    Kind {
-        group: KEEL_GROUP,
-        version: KEEL_VERSION,
-        kind,
-        plural,
-        singular,
-        short_names,
-        scope: Scope::Namespaced,
-    }
-}
-
-const fn core(
-    kind: &'static str,
-    plural: &'static str,
-    singular: &'static str,
-    short_names: &'static [&'static str],
-    scope: Scope,
-) -> Kind {
-    Kind {
-        group: "",
-        version: "v1",
-        kind,
-        plural,
-        singular,
-        short_names,
-        scope,
-    }
-}
-
-static REGISTRY: &[Kind] = &[
-    keel(
-        "VirtualMachine",
-        "virtualmachines",
-        "virtualmachine",
-        &["vm", "vms"],
-    ),
-    keel("VPC", "vpcs", "vpc", &[]),
-    keel("Subnet", "subnets", "subnet", &[]),
-    keel("SecurityGroup", "securitygroups", "securitygroup", &["sg"]),
-    keel("Zone", "zones", "zone", &["dnszone"]),
-    keel("Bucket", "buckets", "bucket", &[]),
-    keel("LoadBalancer", "loadbalancers", "loadbalancer", &["lb"]),
-    keel(
-        "GitRepository",
-        "gitrepositories",
-        "gitrepository",
-        &["gitrepo"],
-    ),
-    keel("Revision", "revisions", "revision", &[]),
-    core(
-        "Namespace",
-        "namespaces",
-        "namespace",
-        &["ns"],
-        Scope::Cluster,
-    ),
-    core("Node", "nodes", "node", &["no"], Scope::Cluster),
-    core("Pod", "pods", "pod", &["po"], Scope::Namespaced),
-    core(
-        "Service",
-        "services",
-        "service",
-        &["svc"],
-        Scope::Namespaced,
-    ),
-    core("Event", "events", "event", &["ev"], Scope::Namespaced),
-    core("Secret", "secrets", "secret", &[], Scope::Namespaced),
-    core(
-        "ConfigMap",
-        "configmaps",
-        "configmap",
-        &["cm"],
-        Scope::Namespaced,
-    ),
-    Kind {
-        group: "coordination.k8s.io",
-        version: "v1",
-        kind: "Lease",
-        plural: "leases",
-        singular: "lease",
-        short_names: &[],
-        scope: Scope::Namespaced,
-    },
-];
-
-/// Every registered kind.
-pub fn registry() -> &'static [Kind] {
-    REGISTRY
-}
-
-/// The kind a user means by `name`: its kind, plural, singular or a short name, in any case,
-/// optionally qualified by group (`vm`, `VirtualMachine`, `virtualmachines.keel.dev`).
-pub fn lookup(name: &str) -> Option<&'static Kind> {
-    let (name, group) = match name.split_once('.') {
-        Some((n, g)) => (n, Some(g)),
-        None => (name, None),
-    };
-    REGISTRY.iter().find(|k| {
-        group.is_none_or(|g| g.eq_ignore_ascii_case(k.group))
-            && (k.kind.eq_ignore_ascii_case(name)
-                || k.plural.eq_ignore_ascii_case(name)
-                || k.singular.eq_ignore_ascii_case(name)
-                || k.short_names.iter().any(|s| s.eq_ignore_ascii_case(name)))
-    })
-}
-
-// === impl Kind ===
-
-impl Kind {
-    /// `apiVersion` as objects carry it: `keel.dev/v1alpha1`, or `v1` for the core group.
-    pub fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.to_string()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
-    }
-
-    /// The store prefix of all objects of this kind (every namespace).
-    pub fn storage_prefix(&self) -> String {
-        let group = if self.group.is_empty() {
-            "core"
-        } else {
-            self.group
-        };
-        format!("/registry/{group}/{}/", self.plural)
-    }
-}
-
-/// Where an object lives in the store: `/registry/{group}/{plural}/{namespace}/{name}`, or
-/// without the namespace for a cluster-wide kind. `None` when the namespace does not fit the
-/// kind's scope, or a name or namespace is empty or contains a `/`.
-pub fn storage_key(kind: &Kind, namespace: Option<&str>, name: &str) -> Option<String> {
-    let valid = |s: &str| !s.is_empty() && !s.contains('/');
-    if !valid(name) {
-        return None;
-    }
-    match (kind.scope, namespace) {
-        (Scope::Namespaced, Some(ns)) if valid(ns) => {
-            Some(format!("{}{ns}/{name}", kind.storage_prefix()))
-        }
-        (Scope::Cluster, None) => Some(format!("{}{name}", kind.storage_prefix())),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_resolve_the_way_kubectl_users_type_them() {
-        for name in [
-            "vm",
-            "VMs",
-            "VirtualMachine",
-            "virtualmachines",
-            "virtualmachines.keel.dev",
-        ] {
-            assert_eq!(
-                lookup(name).map(|k| k.kind),
-                Some("VirtualMachine"),
-                "{name}"
-            );
-        }
-        assert_eq!(lookup("ns").map(|k| k.scope), Some(Scope::Cluster));
-        assert_eq!(
-            lookup("leases").map(|k| k.group),
-            Some("coordination.k8s.io")
-        );
-        assert_eq!(lookup("virtualmachines.example.com"), None);
-        assert_eq!(lookup("frobnicator"), None);
-    }
-
-    #[test]
-    fn every_kind_is_registered_once_under_unique_names() {
-        let mut seen = std::collections::BTreeSet::new();
-        for k in registry() {
-            for n in [
-                k.kind.to_ascii_lowercase(),
-                k.plural.into(),
-                k.singular.into(),
-            ]
-            .into_iter()
-            .chain(k.short_names.iter().map(|s| s.to_string()))
-            {
-                let owner = lookup(&n).map(|o| o.kind);
-                assert_eq!(owner, Some(k.kind), "{n} resolves to another kind");
-            }
-            assert!(seen.insert((k.group, k.kind)), "{} twice", k.kind);
-        }
-    }
-
-    #[test]
-    fn storage_keys_group_objects_by_kind_and_namespace() {
-        let vm = lookup("vm").unwrap();
-        let node = lookup("node").unwrap();
-        assert_eq!(vm.api_version(), "keel.dev/v1alpha1");
-        assert_eq!(node.api_version(), "v1");
-        let key = storage_key(vm, Some("shop"), "web-1").unwrap();
-        assert_eq!(key, "/registry/keel.dev/virtualmachines/shop/web-1");
-        assert!(key.starts_with(&vm.storage_prefix()));
-        assert_eq!(
-            storage_key(node, None, "host-1").unwrap(),
-            "/registry/core/nodes/host-1"
-        );
-        assert_eq!(storage_key(vm, None, "web-1"), None);
-        assert_eq!(storage_key(node, Some("shop"), "host-1"), None);
-        assert_eq!(storage_key(vm, Some("a/b"), "x"), None);
-        assert_eq!(storage_key(vm, Some("shop"), ""), None);
-    }
-}
+pub use defaults::default_object;
+pub use net::cidr_contains;
+pub use quantity::parse_quantity;
+pub use registry::{KEEL_GROUP, KEEL_VERSION, Kind, Scope, lookup, registry, storage_key};
+pub use schema::{openapi_schema, schema};
+pub use validate::{FieldError, validate, validate_update};

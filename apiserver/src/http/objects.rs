@@ -115,6 +115,8 @@ impl Api {
             object["status"] = json!({"phase": "Active"});
         }
         admission::admit_create(kind, &mut object)?;
+        self.check_references(kind, namespace.as_deref(), &object)
+            .await?;
         let key = self.key(kind, namespace.as_deref(), &name)?;
         let mut compares = vec![Compare::mod_revision(key.clone(), 0)];
         if let Some(ns) = &namespace {
@@ -152,6 +154,26 @@ impl Api {
         }
         set_resource_version(&mut object, resp.revision);
         Ok(object)
+    }
+
+    /// The rules that need other objects: a Subnet lies inside its VPC.
+    async fn check_references(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        object: &Value,
+    ) -> ApiResult<()> {
+        if kind.kind != "Subnet" {
+            return Ok(());
+        }
+        let (Some(vpc_name), Some(vpcs)) = (object["spec"]["vpc"].as_str(), lookup("vpcs")) else {
+            return Ok(());
+        };
+        let key = self.key(vpcs, namespace, vpc_name)?;
+        match self.read(&key).await? {
+            Some(vpc) => admission::check_subnet_in_vpc(object, &vpc.object),
+            None => Ok(()),
+        }
     }
 
     fn namespace_key(&self, ns: &str) -> ApiResult<String> {
@@ -276,10 +298,12 @@ impl Api {
                 }
             }
             set_resource_version(&mut next, current.mod_revision);
+            admission::admit_update(kind, &current.object, &mut next)?;
             if next == current.object {
                 return Ok(next);
             }
-            admission::admit_update(kind, &current.object, &mut next)?;
+            self.check_references(kind, t.namespace.as_deref(), &next)
+                .await?;
             let terminating = meta_str(&next, "deletionTimestamp").is_some();
             let success = if terminating && finalizers(&next).is_empty() {
                 // The last finalizer is gone: the object goes.
@@ -375,11 +399,44 @@ impl Api {
         Err(ApiError::conflict(kind.group, kind.plural, &name))
     }
 
-    /// Deletes a namespace and what it holds: objects without finalizers go with it; objects
-    /// with finalizers are marked, and the namespace stays `Terminating` until they are gone.
+    /// DELETE of a namespace, as Kubernetes does it: an empty namespace goes at once; one with
+    /// content turns `Terminating`, and [`Api::finalize_namespace`] empties and removes it.
     async fn delete_namespace(&self, ns: &str, current: Stored) -> ApiResult<Value> {
-        let mut ops = Vec::new();
-        let mut waiting = 0;
+        let ns_key = self.namespace_key(ns)?;
+        let mut object = current.object;
+        let empty = self.namespace_content(ns).await?.is_empty();
+        let op = if empty {
+            Op::Delete(KeyRange::Key(ns_key.clone().into_bytes()))
+        } else {
+            if meta_str(&object, "deletionTimestamp").is_some() {
+                return Ok(object);
+            }
+            if let Some(meta) = meta::metadata(&mut object) {
+                meta.insert("deletionTimestamp".into(), json!(meta::now_rfc3339()));
+            }
+            object["status"] = json!({"phase": "Terminating"});
+            Op::Put {
+                key: ns_key.clone().into_bytes(),
+                value: meta::for_storage(&object),
+            }
+        };
+        let resp = self
+            .commit(Txn {
+                compares: vec![Compare::mod_revision(ns_key, current.mod_revision)],
+                success: vec![op],
+                failure: vec![],
+            })
+            .await?;
+        if !resp.succeeded {
+            return Err(ApiError::conflict("", "namespaces", ns));
+        }
+        set_resource_version(&mut object, resp.revision);
+        Ok(object)
+    }
+
+    /// Every object in a namespace, with its key.
+    async fn namespace_content(&self, ns: &str) -> ApiResult<Vec<KeyValue>> {
+        let mut out = Vec::new();
         for kind in keel_schemas::registry()
             .iter()
             .filter(|k| k.scope == Scope::Namespaced)
@@ -395,52 +452,56 @@ impl Api {
                     Consistency::Linearizable,
                 )
                 .await?;
-            for kv in resp.kvs {
-                let s = decode(kv.clone())?;
-                if finalizers(&s.object).is_empty() {
-                    ops.push(Op::Delete(KeyRange::Key(kv.key)));
-                } else {
-                    waiting += 1;
-                    if meta_str(&s.object, "deletionTimestamp").is_none() {
-                        let mut marked = s.object;
-                        if let Some(meta) = meta::metadata(&mut marked) {
-                            meta.insert("deletionTimestamp".into(), json!(meta::now_rfc3339()));
-                        }
-                        ops.push(Op::Put {
-                            key: kv.key,
-                            value: meta::for_storage(&marked),
-                        });
-                    }
+            out.extend(resp.kvs);
+        }
+        Ok(out)
+    }
+
+    /// One step of emptying a terminating namespace: objects without finalizers are deleted,
+    /// those with finalizers are marked for deletion, and once nothing is left the namespace
+    /// goes. Returns whether the namespace is gone.
+    pub(crate) async fn finalize_namespace(&self, ns: &str) -> ApiResult<bool> {
+        let ns_key = self.namespace_key(ns)?;
+        let Some(current) = self.read(&ns_key).await? else {
+            return Ok(true);
+        };
+        if meta_str(&current.object, "deletionTimestamp").is_none() {
+            return Ok(false);
+        }
+        let content = self.namespace_content(ns).await?;
+        let mut ops = Vec::new();
+        let mut compares = vec![Compare::mod_revision(ns_key.clone(), current.mod_revision)];
+        for kv in &content {
+            let s = decode(kv.clone())?;
+            compares.push(Compare::mod_revision(kv.key.clone(), kv.mod_revision));
+            if finalizers(&s.object).is_empty() {
+                ops.push(Op::Delete(KeyRange::Key(kv.key.clone())));
+            } else if meta_str(&s.object, "deletionTimestamp").is_none() {
+                let mut marked = s.object;
+                if let Some(meta) = meta::metadata(&mut marked) {
+                    meta.insert("deletionTimestamp".into(), json!(meta::now_rfc3339()));
                 }
+                ops.push(Op::Put {
+                    key: kv.key.clone(),
+                    value: meta::for_storage(&marked),
+                });
             }
         }
-        let ns_key = self.namespace_key(ns)?;
-        let mut object = current.object;
+        let waiting = content.len() - ops.iter().filter(|o| matches!(o, Op::Delete(_))).count();
         if waiting == 0 {
-            ops.push(Op::Delete(KeyRange::Key(ns_key.clone().into_bytes())));
-        } else {
-            if let Some(meta) = meta::metadata(&mut object) {
-                meta.entry("deletionTimestamp")
-                    .or_insert_with(|| json!(meta::now_rfc3339()));
-            }
-            object["status"] = json!({"phase": "Terminating"});
-            ops.push(Op::Put {
-                key: ns_key.clone().into_bytes(),
-                value: meta::for_storage(&object),
-            });
+            ops.push(Op::Delete(KeyRange::Key(ns_key.into_bytes())));
+        }
+        if ops.is_empty() {
+            return Ok(false);
         }
         let resp = self
             .commit(Txn {
-                compares: vec![Compare::mod_revision(ns_key, current.mod_revision)],
+                compares,
                 success: ops,
                 failure: vec![],
             })
             .await?;
-        if !resp.succeeded {
-            return Err(ApiError::conflict("", "namespaces", ns));
-        }
-        set_resource_version(&mut object, resp.revision);
-        Ok(object)
+        Ok(resp.succeeded && waiting == 0)
     }
 
     /// Commits a transaction through Raft.

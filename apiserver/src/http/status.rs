@@ -123,10 +123,15 @@ impl ApiError {
             .map(|c| format!("{}: {}", c.field, c.message))
             .collect::<Vec<_>>()
             .join(", ");
+        let qualified = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
         let mut err = ApiError::new(
             422,
             "Invalid",
-            format!("{kind}.{group} \"{name}\" is invalid: {summary}"),
+            format!("{qualified} \"{name}\" is invalid: {summary}"),
         );
         err.details = Some(json!({
             "name": name,

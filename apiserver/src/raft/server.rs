@@ -510,6 +510,42 @@ impl Server {
         self.shared.core.status()
     }
 
+    /// Every member's own view, asked over gRPC (this server answers for itself); a member
+    /// that does not answer within `timeout` comes back as its error.
+    pub async fn cluster_status(
+        &self,
+        timeout: Duration,
+    ) -> Vec<(u64, MemberStatus, Result<StatusReply, ClusterError>)> {
+        let own = self.status();
+        let asks = own.members.iter().map(|(id, member)| {
+            let (id, member, own) = (*id, member.clone(), own.clone());
+            let core = self.shared.core.clone();
+            async move {
+                if id == own.node_id {
+                    return (id, member, Ok(own));
+                }
+                let ask = async {
+                    let mut client = core.peers.cluster(&member.raft_addr)?;
+                    client
+                        .status(super::wire::StatusCall {})
+                        .await
+                        .map(tonic::Response::into_inner)
+                        .map_err(|s| ClusterError::from_status(&s, &member.raft_addr))
+                };
+                let result = tokio::time::timeout(timeout, ask)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ClusterError::Timeout {
+                            what: format!("status of server {id}"),
+                            millis: timeout.as_millis() as u64,
+                        })
+                    });
+                (id, member, result)
+            }
+        });
+        futures::future::join_all(asks).await
+    }
+
     /// Waits until some server is leader, for at most `timeout`; returns its id.
     pub async fn wait_for_leader(&self, timeout: Duration) -> Result<u64, ClusterError> {
         let m = self

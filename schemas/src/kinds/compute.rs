@@ -1,0 +1,241 @@
+//! VirtualMachine.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, Object, Quantity, kind_spec};
+
+/// A virtual machine (`virtualmachine.schema.json`).
+pub type VirtualMachine = Object<VirtualMachineSpec, VirtualMachineStatus>;
+
+kind_spec!(VirtualMachineSpec => "VirtualMachine");
+
+/// Desired state of a virtual machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualMachineSpec {
+    /// Number of virtual CPUs.
+    pub cpu: u32,
+    /// Guest memory.
+    pub memory: Quantity,
+    /// Whether the VM should run (default Always).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_strategy: Option<RunStrategy>,
+    /// Disks, in boot order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<Disk>,
+    /// Kernel for direct kernel boot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// Initial ramdisk for direct kernel boot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    /// Kernel command line for direct kernel boot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    /// Network interfaces, in guest order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<Nic>,
+    /// cloud-init data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud_init: Option<CloudInit>,
+    /// How readiness is decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    /// Health wait of a rollout, in seconds (default 600).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress_deadline_seconds: Option<u32>,
+    /// Labels a node must carry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Node the VM is pinned to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+}
+
+/// Whether a VM should run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunStrategy {
+    /// Keep running; restart whenever it stops.
+    Always,
+    /// Restart only after a failure.
+    RerunOnFailure,
+    /// Start and stop on request only.
+    Manual,
+    /// Keep stopped.
+    Halted,
+}
+
+/// A disk of a VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Disk {
+    /// Name, unique in the VM.
+    pub name: String,
+    /// Image the disk starts from (URL or absolute path); none for a blank disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Size of the disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<Quantity>,
+    /// Bus (default virtio).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus: Option<DiskBus>,
+    /// Whether the content may be thrown away (default false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disposable: Option<bool>,
+}
+
+/// Bus a disk is attached to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskBus {
+    /// virtio-blk.
+    Virtio,
+    /// virtio-scsi.
+    Scsi,
+    /// AHCI SATA.
+    Sata,
+}
+
+/// A network interface of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Nic {
+    /// Subnet the NIC is on.
+    pub subnet: String,
+    /// Security groups applied to the NIC.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<String>,
+    /// Fixed IP address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// Fixed MAC address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// cloud-init data for the guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CloudInit {
+    /// User data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    /// Network configuration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_data: Option<String>,
+}
+
+/// Readiness probe of a VM: exactly one of the fields is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Probe {
+    /// Ready once a TCP port accepts connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpProbe>,
+    /// Ready once the serial console prints some text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial_console: Option<SerialConsoleProbe>,
+    /// Ready once an HTTP GET succeeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpProbe>,
+}
+
+/// TCP readiness probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpProbe {
+    /// Port to connect to.
+    pub port: u16,
+}
+
+/// Serial console readiness probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SerialConsoleProbe {
+    /// Text to wait for.
+    pub contains: String,
+}
+
+/// HTTP readiness probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpProbe {
+    /// Port to request.
+    pub port: u16,
+    /// Path to request (default `/`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// Observed state of a virtual machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualMachineStatus {
+    /// Lifecycle phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<VirtualMachinePhase>,
+    /// Node the VM runs on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// Conditions (Ready, Scheduled, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Interfaces as the guest sees them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<InterfaceStatus>,
+    /// Generation last acted on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// kvm or tcg.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accelerator: Option<Accelerator>,
+}
+
+/// Lifecycle phase of a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VirtualMachinePhase {
+    /// Not scheduled yet.
+    Pending,
+    /// Bound to a node.
+    Scheduled,
+    /// QEMU is starting.
+    Starting,
+    /// The guest runs.
+    Running,
+    /// Shutting down.
+    Stopping,
+    /// Shut down.
+    Stopped,
+    /// QEMU or the guest failed.
+    Failed,
+    /// The node does not report.
+    Unknown,
+}
+
+/// How a guest is virtualized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accelerator {
+    /// Hardware virtualization.
+    Kvm,
+    /// Software emulation.
+    Tcg,
+}
+
+/// One network interface of a running VM.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InterfaceStatus {
+    /// Subnet of the interface.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    /// Assigned IP address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// MAC address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}

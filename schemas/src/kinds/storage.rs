@@ -1,0 +1,98 @@
+//! Bucket.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, Object, Quantity, kind_spec};
+
+/// An S3 bucket (`bucket.schema.json`).
+pub type Bucket = Object<BucketSpec, BucketStatus>;
+
+kind_spec!(BucketSpec => "Bucket");
+
+/// Desired state of a bucket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BucketSpec {
+    /// S3 name (default `<namespace>-<name>`; immutable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket_name: Option<String>,
+    /// Keep object versions (default false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub versioning: Option<bool>,
+    /// Limits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
+    /// Who may read (default private).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access: Option<Access>,
+    /// What deletion does to the data (default Retain).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delete_policy: Option<DeletePolicy>,
+}
+
+/// Limits of a bucket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Quota {
+    /// Maximum total size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<Quantity>,
+    /// Maximum number of objects.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objects: Option<u64>,
+}
+
+/// Who may read a bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    /// Holders of the credentials only.
+    Private,
+    /// Anyone may GET objects.
+    PublicRead,
+}
+
+/// What happens to the data when the Bucket is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeletePolicy {
+    /// Keep it.
+    Retain,
+    /// Remove it.
+    Delete,
+}
+
+/// Observed state of a bucket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BucketStatus {
+    /// Generation last acted on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// S3 endpoint URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// S3 name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket_name: Option<String>,
+    /// Secret with the credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// Current usage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// What a bucket holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Usage {
+    /// Total bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Number of objects.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objects: Option<u64>,
+}

@@ -1,0 +1,262 @@
+//! Keel's own kinds, filled in as their controllers would.
+
+use serde_json::json;
+
+use super::{check, labels, ready};
+use crate::kinds::compute::*;
+use crate::kinds::dns::*;
+use crate::kinds::gitops::*;
+use crate::kinds::network::*;
+use crate::kinds::storage::*;
+use crate::kinds::*;
+
+#[test]
+fn compute_and_network_kinds() {
+    let mut vm = VirtualMachine::new(
+        "web-1",
+        Some("shop"),
+        VirtualMachineSpec {
+            cpu: 2,
+            memory: Quantity::new("1Gi"),
+            run_strategy: Some(RunStrategy::Always),
+            disks: vec![Disk {
+                name: "root".into(),
+                image: Some("https://images.example/d.qcow2".into()),
+                size: Some(Quantity::new("10Gi")),
+                bus: Some(DiskBus::Virtio),
+                disposable: Some(false),
+            }],
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            nics: vec![Nic {
+                subnet: "front".into(),
+                security_groups: vec!["web".into()],
+                ip: None,
+                mac: None,
+            }],
+            cloud_init: Some(CloudInit {
+                user_data: Some("#cloud-config\n".into()),
+                network_data: None,
+            }),
+            readiness_probe: Some(Probe {
+                http: Some(HttpProbe {
+                    port: 80,
+                    path: Some("/".into()),
+                }),
+                ..Probe::default()
+            }),
+            progress_deadline_seconds: Some(120),
+            node_selector: labels(&[("keel.dev/kvm", "true")]),
+            node_name: None,
+        },
+    );
+    vm.metadata.labels = labels(&[("app", "web")]);
+    vm.status = Some(VirtualMachineStatus {
+        phase: Some(VirtualMachinePhase::Running),
+        node_name: Some("host-1".into()),
+        conditions: vec![ready()],
+        interfaces: vec![InterfaceStatus {
+            subnet: Some("front".into()),
+            ip: Some("10.20.1.10".into()),
+            mac: Some("52:54:00:00:00:01".into()),
+        }],
+        observed_generation: Some(1),
+        accelerator: Some(Accelerator::Kvm),
+    });
+    check("vm", &vm);
+    check(
+        "vpc",
+        &Vpc::new(
+            "main",
+            Some("shop"),
+            VpcSpec {
+                cidr: "10.20.0.0/16".into(),
+            },
+        ),
+    );
+    let subnet = Subnet::new(
+        "front",
+        Some("shop"),
+        SubnetSpec {
+            vpc: "main".into(),
+            cidr: "10.20.1.0/24".into(),
+            gateway: Some("10.20.1.1".into()),
+            dhcp: Some(Dhcp {
+                enabled: Some(true),
+                dns_servers: vec!["10.20.1.2".into()],
+                lease_seconds: Some(3600),
+            }),
+            exclude_ips: vec!["10.20.1.200..10.20.1.254".into()],
+        },
+    );
+    check("subnet", &subnet);
+    check(
+        "sg",
+        &SecurityGroup::new(
+            "web",
+            Some("shop"),
+            SecurityGroupSpec {
+                ingress: vec![IngressRule {
+                    protocol: RuleProtocol::Tcp,
+                    ports: Some("80,443".into()),
+                    from: Peer {
+                        cidr: Some("0.0.0.0/0".into()),
+                        security_group: None,
+                    },
+                    description: None,
+                }],
+                egress: vec![EgressRule {
+                    protocol: RuleProtocol::Any,
+                    ports: None,
+                    to: Peer {
+                        cidr: None,
+                        security_group: Some("db".into()),
+                    },
+                    description: Some("db".into()),
+                }],
+            },
+        ),
+    );
+    let mut lb = LoadBalancer::new(
+        "web",
+        Some("shop"),
+        LoadBalancerSpec {
+            vip: None,
+            subnet: Some("front".into()),
+            listeners: vec![Listener {
+                name: Some("http".into()),
+                protocol: ListenerProtocol::Tcp,
+                port: 80,
+                target_port: Some(8080),
+            }],
+            backends: Backends {
+                selector: Some(LabelSelector {
+                    match_labels: labels(&[("app", "web")]),
+                    match_expressions: vec![],
+                }),
+                addresses: vec![],
+            },
+            algorithm: Some(Algorithm::LeastConnections),
+            health_check: Some(HealthCheck {
+                type_: Some(HealthCheckType::Http),
+                path: Some("/healthz".into()),
+                interval_seconds: Some(2),
+                timeout_seconds: Some(1),
+                ..HealthCheck::default()
+            }),
+        },
+    );
+    lb.status = Some(LoadBalancerStatus {
+        vip: Some("10.20.1.100".into()),
+        backends: vec![BackendStatus {
+            address: "10.20.1.10:8080".into(),
+            healthy: Some(true),
+        }],
+        ..LoadBalancerStatus::default()
+    });
+    check("lb", &lb);
+}
+
+#[test]
+fn dns_storage_and_gitops_kinds() {
+    check(
+        "zone",
+        &Zone::new(
+            "shop",
+            Some("shop"),
+            ZoneSpec {
+                domain: "shop.example.".into(),
+                ttl: Some(300),
+                soa: Some(Soa {
+                    admin_email: Some("ops@shop.example".into()),
+                    ..Soa::default()
+                }),
+                records: vec![
+                    Record {
+                        name: "@".into(),
+                        type_: RecordType::Mx,
+                        value: "10 mail".into(),
+                        ttl: None,
+                    },
+                    Record {
+                        name: "mail".into(),
+                        type_: RecordType::Aaaa,
+                        value: "fd00::25".into(),
+                        ttl: Some(60),
+                    },
+                ],
+                auto_records: vec![AutoRecord {
+                    selector: LabelSelector::default(),
+                    kind: AutoRecordKind::VirtualMachine,
+                    ttl: None,
+                }],
+                reverse: Some(Reverse {
+                    subnet: "front".into(),
+                    pattern: "ip-{d}.shop.example.".into(),
+                }),
+            },
+        ),
+    );
+    let mut bucket = Bucket::new(
+        "assets",
+        Some("shop"),
+        BucketSpec {
+            quota: Some(Quota {
+                bytes: Some(Quantity::new("10Gi")),
+                objects: Some(1000),
+            }),
+            access: Some(Access::PublicRead),
+            delete_policy: Some(DeletePolicy::Delete),
+            ..BucketSpec::default()
+        },
+    );
+    bucket.status = Some(BucketStatus {
+        bucket_name: Some("shop-assets".into()),
+        usage: Some(Usage {
+            bytes: Some(0),
+            objects: Some(0),
+        }),
+        ..BucketStatus::default()
+    });
+    check("bucket", &bucket);
+    check(
+        "gitrepo",
+        &GitRepository::new(
+            "config",
+            Some("shop"),
+            GitRepositorySpec {
+                url: "ssh://git@git.example/config.git".into(),
+                ref_: Some(GitRef {
+                    tag: Some("v1.2.0".into()),
+                    ..GitRef::default()
+                }),
+                path: Some("deploy".into()),
+                interval_seconds: Some(300),
+                prune: Some(true),
+                suspend: None,
+                secret_ref: Some(LocalObjectReference { name: "git".into() }),
+            },
+        ),
+    );
+    let mut revision = Revision::new(
+        "web-1-2",
+        Some("shop"),
+        RevisionSpec {
+            target: RevisionTarget {
+                api_version: "keel.dev/v1alpha1".into(),
+                kind: "VirtualMachine".into(),
+                name: "web-1".into(),
+            },
+            revision: 2,
+            spec: json!({"cpu": 4}).as_object().unwrap().clone(),
+            snapshot: Some("rev-1".into()),
+        },
+    );
+    revision.status = Some(RevisionStatus {
+        phase: Some(RevisionPhase::RolledBack),
+        reason: Some("ProgressDeadlineExceeded".into()),
+        ..RevisionStatus::default()
+    });
+    check("revision", &revision);
+}

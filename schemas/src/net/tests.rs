@@ -1,0 +1,91 @@
+//! Tests of CIDR, port list, host:port and MAC parsing.
+
+use super::*;
+
+fn cidr(s: &str) -> Cidr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn cidrs_parse_for_both_families() {
+    let v4 = cidr("10.20.1.0/24");
+    assert_eq!(v4.prefix(), 24);
+    assert!(v4.is_network_address());
+    assert_eq!(v4.first_host(), Some("10.20.1.1".parse().unwrap()));
+    assert_eq!(v4.broadcast(), Some("10.20.1.255".parse().unwrap()));
+    let v6 = cidr("fd00:10::/64");
+    assert!(v6.contains("fd00:10::5".parse().unwrap()));
+    assert_eq!(v6.first_host(), Some("fd00:10::1".parse().unwrap()));
+    assert_eq!(v6.broadcast(), None);
+    let sloppy = cidr("10.20.1.7/16");
+    assert!(!sloppy.is_network_address());
+    assert_eq!(sloppy.network().to_string(), "10.20.0.0");
+    assert_eq!(cidr("0.0.0.0/0").network().to_string(), "0.0.0.0");
+    assert!(cidr("::/0").contains("2001:db8::1".parse().unwrap()));
+    assert_eq!(cidr("10.0.0.5/32").first_host(), None);
+}
+
+#[test]
+fn bad_cidrs_say_why() {
+    for (bad, why) in [
+        ("10.0.0.0", "CIDR notation"),
+        ("10.0.0.0/33", "0 to 32"),
+        ("fd00::/129", "0 to 128"),
+        ("10.0.0/8", "not an IPv4 or IPv6"),
+        ("10.0.0.0/x", "prefix length"),
+        ("10.0.0.0/+8", "prefix length"),
+    ] {
+        let err = bad.parse::<Cidr>().unwrap_err();
+        assert!(err.contains(why), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn containment_of_ranges_and_addresses() {
+    assert!(cidr_contains("10.20.0.0/16", "10.20.1.0/24"));
+    assert!(cidr_contains("10.20.0.0/16", "10.20.0.0/16"));
+    assert!(cidr_contains("10.20.0.0/16", "10.20.255.254"));
+    assert!(!cidr_contains("10.20.0.0/16", "10.0.0.0/8"));
+    assert!(!cidr_contains("10.20.0.0/16", "10.21.0.0/24"));
+    assert!(!cidr_contains("10.20.0.0/16", "fd00::/64"));
+    assert!(cidr_contains("fd00::/48", "fd00:0:0:1::/64"));
+    assert!(cidr_contains("0.0.0.0/0", "192.168.1.1"));
+    assert!(!cidr_contains("garbage", "10.0.0.0/8"));
+    assert!(!cidr_contains("10.0.0.0/8", "garbage"));
+}
+
+#[test]
+fn port_lists_and_ranges() {
+    assert_eq!(parse_port_ranges("80,443"), Ok(vec![(80, 80), (443, 443)]));
+    assert_eq!(parse_port_ranges("1000-2000"), Ok(vec![(1000, 2000)]));
+    assert_eq!(
+        parse_port_ranges("22, 8000-8080"),
+        Ok(vec![(22, 22), (8000, 8080)])
+    );
+    assert_eq!(parse_port_ranges("65535"), Ok(vec![(65535, 65535)]));
+    for bad in ["", "0", "65536", "80,", "2000-1000", "http", "1-2-3", "-5"] {
+        assert!(parse_port_ranges(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn host_ports_and_macs() {
+    assert_eq!(parse_host_port("10.0.0.1:80"), Ok(("10.0.0.1", 80)));
+    assert_eq!(parse_host_port("[fd00::1]:8080"), Ok(("fd00::1", 8080)));
+    assert_eq!(parse_host_port("app.example:443"), Ok(("app.example", 443)));
+    for bad in [
+        "10.0.0.1",
+        "10.0.0.1:0",
+        "fd00::1:80",
+        "[fd00::1]80",
+        "a b:80",
+        ":80",
+    ] {
+        assert!(parse_host_port(bad).is_err(), "{bad:?}");
+    }
+    assert!(is_unicast_mac("52:54:00:12:34:56"));
+    assert!(!is_unicast_mac("01:00:5e:00:00:01"), "multicast");
+    assert!(!is_unicast_mac("52:54:00:12:34"));
+    assert!(!is_unicast_mac("52-54-00-12-34-56"));
+    assert!(!is_unicast_mac("5:54:00:12:34:56:"));
+}
