@@ -24,6 +24,8 @@ pub struct ApiConfig {
     pub advertise_host: Option<String>,
     /// How often idle watches get a bookmark.
     pub bookmark_interval: Duration,
+    /// Join the cluster of the server at this URL (`https://host:6443`) with this join token.
+    pub join: Option<(String, String)>,
 }
 
 /// Why a server did not start.
@@ -43,6 +45,28 @@ pub enum StartError {
         /// The I/O error.
         #[source]
         source: std::io::Error,
+    },
+    /// Joining over HTTPS failed.
+    #[error("cannot join through {url}: {source}")]
+    Join {
+        /// The server contacted.
+        url: String,
+        /// Why.
+        #[source]
+        source: auth::JoinError,
+    },
+    /// The data dir belongs to another cluster than the one joined.
+    #[error(
+        "data dir {data_dir} belongs to a cluster with CA {local}, but the join token is for CA \
+         {pinned}: use an empty data dir to join that cluster"
+    )]
+    OtherCluster {
+        /// The data dir.
+        data_dir: PathBuf,
+        /// The hash of the data dir's CA.
+        local: String,
+        /// The hash the join token pins.
+        pinned: String,
     },
     /// The API's address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
@@ -77,6 +101,7 @@ impl ApiConfig {
             listen,
             advertise_host: None,
             bookmark_interval: Duration::from_secs(60),
+            join: None,
         }
     }
 }
@@ -109,6 +134,7 @@ impl ApiServer {
             path: data_dir.clone(),
             source,
         })?;
+        let raft_join = join(&config, &data_dir).await?;
         let certificates =
             Certificates::load_or_create(&data_dir.join("tls"), &names(&host, bound.ip()))?;
         let tokens =
@@ -118,7 +144,12 @@ impl ApiServer {
                     source,
                 }
             })?;
-        let raft = Server::start(config.raft.clone()).await?;
+        let raft_config = ServerConfig {
+            tls: Some(certificates.peer_tls()),
+            join: raft_join.or(config.raft.join.clone()),
+            ..config.raft.clone()
+        };
+        let raft = Server::start(raft_config).await?;
         let advertise = if host.contains(':') {
             format!("[{host}]:{}", bound.port())
         } else {
@@ -141,6 +172,7 @@ impl ApiServer {
         let options = HttpOptions {
             server: raft.clone(),
             tokens: tokens.clone(),
+            certificates: certificates.clone(),
             tls: certificates.server_config()?,
             advertise,
             bookmark_interval: config.bookmark_interval,
@@ -209,6 +241,47 @@ impl ApiServer {
         }
         self.raft.shutdown().await;
     }
+}
+
+/// With `--join URL --token T`: a fresh data dir receives the cluster's CA and tokens from
+/// that server, and the Raft address to join through; a data dir that already has a CA must
+/// have the one the token pins. Returns the Raft address to join through.
+async fn join(
+    config: &ApiConfig,
+    data_dir: &std::path::Path,
+) -> Result<Option<String>, StartError> {
+    let Some((url, token)) = &config.join else {
+        return Ok(None);
+    };
+    let tls_dir = data_dir.join("tls");
+    let join_err = |source| StartError::Join {
+        url: url.clone(),
+        source,
+    };
+    if let Some(existing) = Certificates::load(&tls_dir)? {
+        let pinned = auth::JoinToken::parse(token)
+            .map(|t| t.ca_hash)
+            .unwrap_or_default();
+        let local = existing.ca_hash()?;
+        if local != pinned {
+            return Err(StartError::OtherCluster {
+                data_dir: data_dir.to_path_buf(),
+                local,
+                pinned,
+            });
+        }
+    }
+    let grant = auth::request_join(url, token).await.map_err(join_err)?;
+    if Certificates::load(&tls_dir)?.is_none() {
+        Certificates::install_ca(&tls_dir, &grant.ca_pem, &grant.ca_key_pem)?;
+        Tokens::install(data_dir, &grant.admin_token, &grant.join_token).map_err(|source| {
+            StartError::Io {
+                path: data_dir.to_path_buf(),
+                source,
+            }
+        })?;
+    }
+    Ok(Some(grant.raft_address))
 }
 
 /// The names the serving certificate covers.

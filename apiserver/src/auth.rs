@@ -10,11 +10,14 @@
 //!   presents to join, and how it checks it reached the right cluster (k3s's format);
 //! - `admin.kubeconfig`: server URL, CA and admin token, for `keelctl` and `kubectl`.
 //!
-//! Modules: `tls` (certificates), `tokens` (tokens and their checks).
+//! Modules: `tls` (certificates), `tokens` (tokens and their checks), `join` (joining a
+//! cluster over HTTPS with a join token).
 
+mod join;
 mod tls;
 mod tokens;
 
+pub use join::{JoinError, JoinGrant, ca_hash, fetch_ca, request_join};
 pub use tls::{Certificates, TlsError};
 pub use tokens::{Caller, JoinToken, Tokens};
 

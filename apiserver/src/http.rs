@@ -39,7 +39,7 @@ use hyper_util::service::TowerToHyperService;
 use serde_json::Value;
 use tokio::sync::watch as signal;
 
-use crate::auth::Tokens;
+use crate::auth::{Certificates, Tokens};
 use crate::raft::Server;
 use objects::PatchKind;
 use request::Target;
@@ -52,6 +52,7 @@ pub const MAX_BODY: usize = 3 << 20;
 pub(crate) struct Api {
     pub(crate) server: Server,
     tokens: Arc<Tokens>,
+    certificates: Option<Arc<Certificates>>,
     advertise: String,
     pub(crate) bookmark_interval: Duration,
 }
@@ -63,6 +64,8 @@ pub struct HttpOptions {
     pub server: Server,
     /// Accepted tokens.
     pub tokens: Tokens,
+    /// The cluster CA (served at `/cacerts`, and to joining servers).
+    pub certificates: Certificates,
     /// TLS settings (certificate and ALPN).
     pub tls: Arc<rustls::ServerConfig>,
     /// The `host:port` clients are told to use.
@@ -80,6 +83,7 @@ pub async fn serve(
     let api = Api {
         server: options.server,
         tokens: Arc::new(options.tokens),
+        certificates: Some(Arc::new(options.certificates)),
         advertise: options.advertise,
         bookmark_interval: options.bookmark_interval,
     };
@@ -136,6 +140,7 @@ pub async fn ensure_namespaces(server: Server, mut shutdown: signal::Receiver<bo
     let api = Api {
         server,
         tokens: Arc::new(Tokens::empty()),
+        certificates: None,
         advertise: String::new(),
         bookmark_interval: Duration::from_secs(60),
     };
@@ -172,6 +177,7 @@ pub async fn finalize_namespaces(server: Server, mut shutdown: signal::Receiver<
     let api = Api {
         server,
         tokens: Arc::new(Tokens::empty()),
+        certificates: None,
         advertise: String::new(),
         bookmark_interval: Duration::from_secs(60),
     };
@@ -233,6 +239,8 @@ fn router(api: Api) -> Router {
         .route("/livez", get(healthz))
         .route("/readyz", get(readyz))
         .route("/version", get(version))
+        .route("/cacerts", get(cacerts))
+        .route("/keel/v1/join", axum::routing::post(join))
         .merge(protected)
         .with_state(api)
 }
@@ -248,6 +256,42 @@ async fn authenticate(State(api): State<Api>, req: Request, next: Next) -> Respo
         Some(_) => next.run(req).await,
         None => ApiError::unauthorized().into_response(),
     }
+}
+
+/// `/cacerts`: the cluster CA, public, so that a joining server can check it against its
+/// token's pin.
+async fn cacerts(State(api): State<Api>) -> Response {
+    match &api.certificates {
+        Some(c) => (
+            [(header::CONTENT_TYPE, "application/x-pem-file")],
+            c.ca_pem.clone(),
+        )
+            .into_response(),
+        None => ApiError::no_route("/cacerts").into_response(),
+    }
+}
+
+/// `/keel/v1/join`: what a server joining with the join token needs.
+async fn join(State(api): State<Api>, headers: HeaderMap) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default();
+    let (true, Some(certificates)) = (api.tokens.check_join(token), &api.certificates) else {
+        return ApiError::unauthorized().into_response();
+    };
+    let status = api.server.status();
+    axum::Json(serde_json::json!({
+        "clusterId": status.cluster_id.to_string(),
+        "raftAddress": api.server.raft_addr(),
+        "caCert": certificates.ca_pem,
+        "caKey": certificates.ca_key_pem(),
+        "adminToken": api.tokens.admin(),
+        "joinToken": api.tokens.join().to_string(),
+    }))
+    .into_response()
 }
 
 async fn healthz() -> &'static str {

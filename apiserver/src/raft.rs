@@ -49,6 +49,7 @@ pub mod wire;
 
 pub use client::{Client, WatchStream};
 pub use error::ClusterError;
+pub use network::{PEER_NAME, PeerTls};
 pub use server::{Server, ServerConfig, ServerError, Tuning};
 pub use types::{Command, CommandResult, Consistency, Member, Request, Response, TypeConfig};
 pub use wire::{MemberStatus, RaftRole, StatusReply as ServerStatus};

@@ -29,6 +29,7 @@ async fn start(dir: &std::path::Path) -> ApiServer {
         raft_listen: SocketAddr::from(([127, 0, 0, 1], port())),
         advertise: None,
         join: None,
+        tls: None,
         tuning: Tuning {
             heartbeat_interval: Duration::from_millis(50),
             election_timeout: (Duration::from_millis(200), Duration::from_millis(400)),

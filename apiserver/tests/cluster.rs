@@ -56,6 +56,7 @@ impl Slot {
             raft_listen: self.addr,
             advertise: None,
             join: join.map(|s| s.addr.to_string()),
+            tls: None,
             tuning,
         }
     }

@@ -28,6 +28,7 @@ async fn start(dir: &std::path::Path) -> ApiServer {
         raft_listen: SocketAddr::from(([127, 0, 0, 1], port())),
         advertise: None,
         join: None,
+        tls: None,
         tuning: Tuning::default(),
     };
     let server = ApiServer::start(ApiConfig::new(raft, SocketAddr::from(([127, 0, 0, 1], 0))))

@@ -43,6 +43,7 @@ fn config(dir: &std::path::Path, addr: SocketAddr) -> ServerConfig {
         raft_listen: addr,
         advertise: None,
         join: None,
+        tls: None,
         tuning: Tuning {
             heartbeat_interval: Duration::from_millis(50),
             election_timeout: (Duration::from_millis(200), Duration::from_millis(400)),

@@ -74,8 +74,8 @@ impl KeelServer {
         }
     }
 
-    /// Starts the process with `extra` flags (`--join ADDR`, say).
-    pub fn start(&mut self, extra: &[&str]) {
+    /// Starts the process with `extra` flags (`--join URL --token T`, say).
+    pub fn start<S: AsRef<std::ffi::OsStr>>(&mut self, extra: &[S]) {
         assert!(self.child.is_none(), "{} is already running", self.addr);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -109,6 +109,32 @@ impl KeelServer {
         self.child
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// The flags that make another server join this one's cluster (its API URL and join
+    /// token, read from its data dir).
+    pub fn join_args(&self) -> Vec<String> {
+        let token = std::fs::read_to_string(self.data_dir.join("join-token"))
+            .expect("the server wrote its join token");
+        vec![
+            "--join".into(),
+            format!("https://{}", self.api_addr),
+            "--token".into(),
+            token.trim().to_string(),
+        ]
+    }
+
+    /// The admin token and CA of this server's cluster, from its data dir.
+    pub fn admin(&self) -> (String, String) {
+        self.try_admin()
+            .expect("the server wrote its admin token and CA")
+    }
+
+    /// The admin token and CA, once the server has written them.
+    pub fn try_admin(&self) -> Option<(String, String)> {
+        let token = std::fs::read_to_string(self.data_dir.join("admin-token")).ok()?;
+        let ca = std::fs::read_to_string(self.data_dir.join("tls/ca.crt")).ok()?;
+        Some((token.trim().to_string(), ca))
     }
 
     /// What the server logged so far.

@@ -12,8 +12,12 @@ use keel_e2e::{KeelServer, eventually, keel};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// A Raft-port client with the server's own certificates (servers speak mutual TLS).
 async fn client(server: &KeelServer) -> Option<Client> {
-    Client::connect(&server.addr, Duration::from_millis(500))
+    let tls = keel_apiserver::auth::Certificates::load(&server.data_dir.join("tls"))
+        .ok()??
+        .peer_tls();
+    Client::connect_tls(&server.addr, Duration::from_millis(500), &tls)
         .await
         .ok()
 }
@@ -57,11 +61,11 @@ async fn three_processes_lose_the_leader_to_sigkill_and_lose_no_acknowledged_wri
     let mut servers: Vec<KeelServer> = (0..3)
         .map(|i| KeelServer::new(root.path(), &format!("s{i}")))
         .collect();
-    servers[0].start(&[]);
+    servers[0].start::<&str>(&[]);
     ready(&servers[0]).await;
-    let seed = servers[0].addr.clone();
+    let join = servers[0].join_args();
     for s in &mut servers[1..] {
-        s.start(&["--join", &seed]);
+        s.start(&join);
     }
     for s in &servers {
         ready(s).await;
@@ -74,12 +78,17 @@ async fn three_processes_lose_the_leader_to_sigkill_and_lose_no_acknowledged_wri
     let mut writers = Vec::new();
     for (w, s) in servers.iter().enumerate() {
         let addr = s.addr.clone();
+        let tls = keel_apiserver::auth::Certificates::load(&s.data_dir.join("tls"))
+            .unwrap()
+            .unwrap()
+            .peer_tls();
         let stop = stop.clone();
         writers.push(tokio::spawn(async move {
             let mut acked = Vec::new();
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let Ok(c) = Client::connect(&addr, Duration::from_millis(300)).await else {
+                let Ok(c) = Client::connect_tls(&addr, Duration::from_millis(300), &tls).await
+                else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
@@ -96,20 +105,10 @@ async fn three_processes_lose_the_leader_to_sigkill_and_lose_no_acknowledged_wri
             acked
         }));
     }
-    let count = |servers: &[KeelServer]| {
-        let addr = servers[0].addr.clone();
-        async move {
-            Client::connect(&addr, Duration::from_millis(300))
-                .await
-                .ok()?
-                .status()
-                .await
-                .ok()
-                .map(|s| s.revision)
-        }
-    };
+
     eventually("some writes", WAIT, || async {
-        count(&servers).await.filter(|&r| r > 30)
+        let revision = client(&servers[0]).await?.status().await.ok()?.revision;
+        (revision > 30).then_some(())
     })
     .await;
 
@@ -144,7 +143,7 @@ async fn three_processes_lose_the_leader_to_sigkill_and_lose_no_acknowledged_wri
     .await;
 
     // The killed server restarts from its disk and rejoins.
-    servers[leader].start(&[]);
+    servers[leader].start::<&str>(&[]);
     ready(&servers[leader]).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut acked = Vec::new();
@@ -168,7 +167,7 @@ async fn three_processes_lose_the_leader_to_sigkill_and_lose_no_acknowledged_wri
         s.kill();
     }
     for s in &mut servers {
-        s.start(&[]);
+        s.start::<&str>(&[]);
     }
     for s in &servers {
         ready(s).await;
@@ -188,12 +187,21 @@ async fn three_processes_lose_the_leader_to_sigkill_and_lose_no_acknowledged_wri
 async fn bad_data_dirs_and_flags_are_refused_with_a_message() {
     let root = tempfile::tempdir().unwrap();
     let mut first = KeelServer::new(root.path(), "first");
-    first.start(&[]);
+    first.start::<&str>(&[]);
     ready(&first).await;
 
+    let port = || format!("127.0.0.1:{}", keel_e2e::free_port());
     let expect_refusal = |args: Vec<String>, needle: &str| {
         let started = Instant::now();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut full: Vec<String> = vec![
+            "server".into(),
+            "--listen".into(),
+            port(),
+            "--raft-listen".into(),
+            port(),
+        ];
+        full.extend(args);
+        let args: Vec<&str> = full.iter().map(String::as_str).collect();
         let out = keel(&args);
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(!out.status.success(), "expected a refusal for {args:?}");
@@ -209,92 +217,60 @@ async fn bad_data_dirs_and_flags_are_refused_with_a_message() {
         );
     };
     let dir = |name: &str| root.path().join(name).display().to_string();
-    let port = || format!("127.0.0.1:{}", keel_e2e::free_port());
+    let data = |d: String| vec!["--data-dir".to_string(), d];
+    let join = first.join_args();
 
     // A second process on a data dir in use.
     expect_refusal(
-        vec![
-            "server".into(),
-            "--data-dir".into(),
-            first.data_dir.display().to_string(),
-            "--raft-listen".into(),
-            port(),
-        ],
+        data(first.data_dir.display().to_string()),
         "another process",
     );
     // A join to an address where nothing listens fails fast.
     let dead = port();
-    expect_refusal(
-        vec![
-            "server".into(),
-            "--data-dir".into(),
-            dir("j"),
-            "--raft-listen".into(),
-            port(),
-            "--join".into(),
-            dead.clone(),
-        ],
-        &dead,
-    );
+    let mut args = data(dir("j"));
+    args.extend([
+        "--join".into(),
+        format!("https://{dead}"),
+        "--token".into(),
+        join[3].clone(),
+    ]);
+    expect_refusal(args, &dead);
+    // A join with a token of another cluster (its pinned CA differs).
+    let mut args = data(dir("t"));
+    args.extend([
+        "--join".into(),
+        join[1].clone(),
+        "--token".into(),
+        format!("K10{}::server:nope", "0".repeat(64)),
+    ]);
+    expect_refusal(args, "the join token pins");
+    // A join with the right CA but a wrong secret.
+    let mut args = data(dir("s"));
+    let wrong = join[3].replace("::server:", "::server:x");
+    args.extend(["--join".into(), join[1].clone(), "--token".into(), wrong]);
+    expect_refusal(args, "401");
     // A node id that collides.
-    expect_refusal(
-        vec![
-            "server".into(),
-            "--data-dir".into(),
-            dir("c"),
-            "--raft-listen".into(),
-            port(),
-            "--join".into(),
-            first.addr.clone(),
-            "--node-id".into(),
-            "1".into(),
-        ],
-        "node id 1 is already taken",
-    );
+    let mut args = data(dir("c"));
+    args.extend(join.iter().cloned());
+    args.extend(["--node-id".into(), "1".into()]);
+    expect_refusal(args, "node id 1 is already taken");
     // A data dir of another cluster.
     let mut other = KeelServer::new(root.path(), "other");
-    other.start(&[]);
+    other.start::<&str>(&[]);
     ready(&other).await;
     other.kill();
-    expect_refusal(
-        vec![
-            "server".into(),
-            "--data-dir".into(),
-            other.data_dir.display().to_string(),
-            "--raft-listen".into(),
-            other.addr.clone(),
-            "--join".into(),
-            first.addr.clone(),
-        ],
-        "belongs to cluster",
-    );
+    let mut args = data(other.data_dir.display().to_string());
+    args.extend(join.iter().cloned());
+    expect_refusal(args, "belongs to a cluster");
     // The wrong node id for a data dir.
-    expect_refusal(
-        vec![
-            "server".into(),
-            "--data-dir".into(),
-            other.data_dir.display().to_string(),
-            "--raft-listen".into(),
-            port(),
-            "--node-id".into(),
-            "9".into(),
-        ],
-        "not node 9",
-    );
+    let mut args = data(other.data_dir.display().to_string());
+    args.extend(["--node-id".into(), "9".into()]);
+    expect_refusal(args, "not node 9");
     // A truncated Raft log.
     let log = other.data_dir.join("raft-log.redb");
     let bytes = std::fs::read(&log).unwrap();
     std::fs::write(&log, &bytes[..bytes.len() / 3]).unwrap();
-    expect_refusal(
-        vec![
-            "server".into(),
-            "--data-dir".into(),
-            other.data_dir.display().to_string(),
-            "--raft-listen".into(),
-            port(),
-        ],
-        "raft-log.redb",
-    );
+    expect_refusal(data(other.data_dir.display().to_string()), "raft-log.redb");
     // Bad flags.
     let out = keel(&["server", "--raft-listen", "not-an-address"]);
     assert!(!out.status.success());
@@ -305,9 +281,11 @@ async fn bad_data_dirs_and_flags_are_refused_with_a_message() {
 async fn the_debug_cli_reads_what_it_wrote() {
     let root = tempfile::tempdir().unwrap();
     let mut server = KeelServer::new(root.path(), "cli");
-    server.start(&[]);
+    server.start::<&str>(&[]);
     ready(&server).await;
     let s = server.addr.as_str();
+    let d = server.data_dir.display().to_string();
+    let d = d.as_str();
     let json = |out: std::process::Output| -> Vec<serde_json::Value> {
         assert!(
             out.status.success(),
@@ -320,22 +298,90 @@ async fn the_debug_cli_reads_what_it_wrote() {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     };
-    let put = json(keel(&["kv", "put", "-s", s, "/cli/a", "one"]));
+    let put = json(keel(&[
+        "kv",
+        "put",
+        "-s",
+        s,
+        "--data-dir",
+        d,
+        "/cli/a",
+        "one",
+    ]));
     let first = put[0]["revision"].as_u64().expect("a revision").to_string();
-    json(keel(&["kv", "put", "-s", s, "/cli/b", "two"]));
-    let got = json(keel(&["kv", "get", "-s", s, "--prefix", "/cli/"]));
+    json(keel(&[
+        "kv",
+        "put",
+        "-s",
+        s,
+        "--data-dir",
+        d,
+        "/cli/b",
+        "two",
+    ]));
+    let got = json(keel(&[
+        "kv",
+        "get",
+        "-s",
+        s,
+        "--data-dir",
+        d,
+        "--prefix",
+        "/cli/",
+    ]));
     assert_eq!(got.len(), 2);
     assert_eq!(got[1]["value"], "two");
     // A conditional put with a stale revision is a conflict and a non-zero exit.
-    let out = keel(&["kv", "put", "-s", s, "/cli/a", "x", "--if-revision", "1"]);
+    let out = keel(&[
+        "kv",
+        "put",
+        "-s",
+        s,
+        "--data-dir",
+        d,
+        "/cli/a",
+        "x",
+        "--if-revision",
+        "999999",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("conflict"));
-    let old = json(keel(&["kv", "get", "-s", s, "/cli/a", "--rev", &first]));
+    let old = json(keel(&[
+        "kv",
+        "get",
+        "-s",
+        s,
+        "--data-dir",
+        d,
+        "/cli/a",
+        "--rev",
+        &first,
+    ]));
     assert_eq!(old[0]["value"], "one");
-    let del = json(keel(&["kv", "del", "-s", s, "--prefix", "/cli/"]));
+    let del = json(keel(&[
+        "kv",
+        "del",
+        "-s",
+        s,
+        "--data-dir",
+        d,
+        "--prefix",
+        "/cli/",
+    ]));
     assert_eq!(del[0]["deleted"], 2);
     let watch = keel_e2e::keel_lines(
-        &["kv", "watch", "-s", s, "--prefix", "/cli/", "--rev", &first],
+        &[
+            "kv",
+            "watch",
+            "-s",
+            s,
+            "--data-dir",
+            d,
+            "--prefix",
+            "/cli/",
+            "--rev",
+            &first,
+        ],
         4,
         WAIT,
     );
@@ -350,7 +396,8 @@ async fn the_debug_cli_reads_what_it_wrote() {
         .collect();
     assert_eq!(types, ["PUT", "PUT", "DELETE", "DELETE"]);
     let status: serde_json::Value =
-        serde_json::from_slice(&keel(&["cluster", "status", "-s", s]).stdout).unwrap();
+        serde_json::from_slice(&keel(&["cluster", "status", "-s", s, "--data-dir", d]).stdout)
+            .unwrap();
     assert_eq!(status["servers"][0]["role"], "Leader");
     // No server at the address: one clear line, non-zero exit.
     let out = keel(&["kv", "get", "-s", "127.0.0.1:1", "/x"]);

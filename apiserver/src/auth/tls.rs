@@ -69,6 +69,8 @@ impl Certificates {
         };
         let (srv_crt, srv_key) = (dir.join("server.crt"), dir.join("server.key"));
         let names_file = dir.join("server.names");
+        let mut names = names.to_vec();
+        names.push(crate::raft::PEER_NAME.to_string());
         let wanted = names.join("\n");
         let current = std::fs::read_to_string(&names_file).unwrap_or_default();
         let (server_pem, server_key_pem) = if srv_crt.exists() && current == wanted {
@@ -113,6 +115,28 @@ impl Certificates {
         })
     }
 
+    /// Puts a cluster's CA (from a join) into `dir`, where [`Certificates::load_or_create`]
+    /// then signs this server's certificate with it.
+    pub fn install_ca(dir: &Path, ca_pem: &str, ca_key_pem: &str) -> Result<(), TlsError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+        write_secret(&ca_key, ca_key_pem.as_bytes()).map_err(io(&ca_key))?;
+        std::fs::write(&ca_crt, ca_pem).map_err(io(&ca_crt))
+    }
+
+    /// The certificates in `dir` if a server made them there, without making any.
+    pub fn load(dir: &Path) -> Result<Option<Certificates>, TlsError> {
+        if !dir.join("server.crt").exists() {
+            return Ok(None);
+        }
+        Ok(Some(Certificates {
+            ca_pem: read(&dir.join("ca.crt"))?,
+            ca_key_pem: read(&dir.join("ca.key"))?,
+            server_pem: read(&dir.join("server.crt"))?,
+            server_key_pem: read(&dir.join("server.key"))?,
+        }))
+    }
+
     /// The SHA-256 of the CA certificate (DER), hex: what a join token pins.
     pub fn ca_hash(&self) -> Result<String, TlsError> {
         let der = CertificateDer::from_pem_slice(self.ca_pem.as_bytes())
@@ -144,6 +168,16 @@ impl Certificates {
     /// A rustls client configuration that trusts only this cluster's CA.
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
         client_config_for(&self.ca_pem)
+    }
+
+    /// This server's identity for mutual TLS with the other servers (the serving certificate
+    /// also names [`crate::raft::PEER_NAME`], which is what peers check).
+    pub fn peer_tls(&self) -> crate::raft::PeerTls {
+        crate::raft::PeerTls {
+            ca_pem: self.ca_pem.clone(),
+            cert_pem: self.server_pem.clone(),
+            key_pem: self.server_key_pem.clone(),
+        }
     }
 
     /// The CA's private key (PEM), for servers that join and must issue their own certificates.

@@ -56,6 +56,12 @@ impl Tokens {
         Ok(Tokens { admin, join })
     }
 
+    /// Puts a cluster's tokens (from a join) into `dir`.
+    pub fn install(dir: &Path, admin: &str, join: &str) -> std::io::Result<()> {
+        write_secret(&dir.join("admin-token"), format!("{admin}\n").as_bytes())?;
+        write_secret(&dir.join("join-token"), format!("{join}\n").as_bytes())
+    }
+
     /// Tokens that accept nobody (for in-process callers that need none).
     pub fn empty() -> Tokens {
         Tokens {

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::codec::MAX_MESSAGE;
 use super::error::ClusterError;
+use super::network::PeerTls;
 use super::proto::cluster_client::ClusterClient;
 use super::types::{Command, CommandResult, Consistency};
 use super::wire::{ProposeCall, RangeCall, RemoveServerCall, StatusCall, StatusReply, WatchReply};
@@ -30,14 +31,30 @@ pub struct WatchStream {
 // === impl Client ===
 
 impl Client {
-    /// Connects to the server at `addr` (`host:port`), failing after `timeout`.
+    /// Connects to the server at `addr` (`host:port`) without TLS, failing after `timeout`.
     pub async fn connect(addr: &str, timeout: Duration) -> Result<Client, ClusterError> {
+        Client::connect_with(addr, timeout, None).await
+    }
+
+    /// Connects to the server at `addr` with mutual TLS (a server's own identity).
+    pub async fn connect_tls(
+        addr: &str,
+        timeout: Duration,
+        tls: &PeerTls,
+    ) -> Result<Client, ClusterError> {
+        Client::connect_with(addr, timeout, Some(tls)).await
+    }
+
+    async fn connect_with(
+        addr: &str,
+        timeout: Duration,
+        tls: Option<&PeerTls>,
+    ) -> Result<Client, ClusterError> {
         let unreachable = |reason: String| ClusterError::Unreachable {
             addr: addr.to_string(),
             reason,
         };
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| unreachable(format!("not a valid host:port address: {e}")))?
+        let endpoint = super::network::endpoint(addr, tls)?
             .connect_timeout(timeout)
             .tcp_nodelay(true);
         let channel = tokio::time::timeout(timeout, endpoint.connect())

@@ -23,11 +23,35 @@ use super::proto::raft_client::RaftClient;
 use super::types::{Member, TypeConfig};
 use super::wire::PeerCall;
 
+/// The TLS identity servers present to each other (mutual TLS): the cluster CA, and this
+/// server's certificate and key, all PEM. Every server certificate names [`PEER_NAME`].
+#[derive(Clone)]
+pub struct PeerTls {
+    /// The cluster CA certificate: the only one peers are trusted by.
+    pub ca_pem: String,
+    /// This server's certificate, signed by the CA.
+    pub cert_pem: String,
+    /// This server's private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.write_str("PeerTls { .. }")
+    }
+}
+
+/// The name every server certificate carries, which peers check instead of an address (servers
+/// are reached by IP as often as by name).
+pub const PEER_NAME: &str = "keel-raft";
+
 /// Lazily connected gRPC channels to other servers, one per address, shared by Raft
 /// replication and by forwarded requests.
 pub(crate) struct Peers {
     channels: Mutex<HashMap<String, Channel>>,
     connect_timeout: Duration,
+    tls: Option<PeerTls>,
 }
 
 /// openraft's network: a [`PeerLink`] per target server.
@@ -48,10 +72,11 @@ pub(crate) struct PeerLink {
 // === impl Peers ===
 
 impl Peers {
-    pub(crate) fn new(connect_timeout: Duration) -> Peers {
+    pub(crate) fn new(connect_timeout: Duration, tls: Option<PeerTls>) -> Peers {
         Peers {
             channels: Mutex::new(HashMap::new()),
             connect_timeout,
+            tls,
         }
     }
 
@@ -65,11 +90,7 @@ impl Peers {
         if let Some(ch) = channels.get(addr) {
             return Ok(ch.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| ClusterError::Unreachable {
-                addr: addr.to_string(),
-                reason: format!("not a valid host:port address: {e}"),
-            })?
+        let endpoint = endpoint(addr, self.tls.as_ref())?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -85,6 +106,31 @@ impl Peers {
         Ok(ClusterClient::new(self.channel(addr)?)
             .max_decoding_message_size(MAX_MESSAGE as usize)
             .max_encoding_message_size(MAX_MESSAGE as usize))
+    }
+}
+
+/// An endpoint for `addr`: `https` with mutual TLS when `tls` is given, plain `http` without.
+pub(crate) fn endpoint(addr: &str, tls: Option<&PeerTls>) -> Result<Endpoint, ClusterError> {
+    let invalid = |reason: String| ClusterError::Unreachable {
+        addr: addr.to_string(),
+        reason,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| invalid(format!("not a valid host:port address: {e}")))?;
+    match tls {
+        None => Ok(endpoint),
+        Some(tls) => endpoint
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem))
+                    .identity(tonic::transport::Identity::from_pem(
+                        &tls.cert_pem,
+                        &tls.key_pem,
+                    ))
+                    .domain_name(PEER_NAME),
+            )
+            .map_err(|e| invalid(format!("TLS settings: {e}"))),
     }
 }
 

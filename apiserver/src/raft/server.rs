@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::codec::MAX_MESSAGE;
 use super::error::ClusterError;
 use super::log_store::{Identity, LogStore};
-use super::network::{Network, Peers};
+use super::network::{Network, PeerTls, Peers};
 use super::proposer::Proposer;
 use super::proto::cluster_server::ClusterServer;
 use super::proto::raft_server::RaftServer;
@@ -46,6 +46,8 @@ pub struct ServerConfig {
     /// The Raft address of a server of the cluster to join. Ignored once this data dir has
     /// joined.
     pub join: Option<String>,
+    /// Mutual TLS between servers; `None` for plain gRPC (tests, benchmarks on one machine).
+    pub tls: Option<PeerTls>,
     /// Timings and limits.
     pub tuning: Tuning,
 }
@@ -239,7 +241,10 @@ impl Server {
     pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
         let (log, store, snapshots) = open_data_dir(&config.data_dir).await?;
         let (listener, raft_addr) = bind(&config).await?;
-        let peers = Arc::new(Peers::new(config.tuning.connect_timeout));
+        let peers = Arc::new(Peers::new(
+            config.tuning.connect_timeout,
+            config.tls.clone(),
+        ));
         let identity = resolve_identity(&config, &log, &peers, &raft_addr).await?;
         let network = Network {
             peers: peers.clone(),
@@ -274,7 +279,7 @@ impl Server {
             membership_lock: tokio::sync::Mutex::new(()),
             pending_joins: std::sync::Mutex::new(std::collections::BTreeMap::new()),
         });
-        let server = Server::run(core, listener);
+        let server = Server::run(core, listener, config.tls.clone())?;
         if let Err(e) = server.become_member(&config, &identity).await {
             server.shutdown().await;
             return Err(e);
@@ -284,7 +289,11 @@ impl Server {
     }
 
     /// Starts the background tasks and the gRPC services around a started Raft node.
-    fn run(core: Arc<Core>, listener: tokio::net::TcpListener) -> Server {
+    fn run(
+        core: Arc<Core>,
+        listener: tokio::net::TcpListener,
+        tls: Option<PeerTls>,
+    ) -> Result<Server, ServerError> {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (proposer, proposer_task) = Proposer::start(core.clone(), shutdown_rx.clone());
         let (reads, reads_task) = ReadIndex::start(core.clone(), shutdown_rx.clone());
@@ -298,9 +307,9 @@ impl Server {
                 grpc: std::sync::Mutex::new(None),
             }),
         };
-        server.serve(listener, shutdown_rx.clone());
+        server.serve(listener, shutdown_rx.clone(), tls)?;
         server.spawn(compaction_loop(server.clone(), shutdown_rx));
-        server
+        Ok(server)
     }
 
     /// Starts the cluster (the first server, once) or finishes joining it.
@@ -362,7 +371,25 @@ impl Server {
         Ok(())
     }
 
-    fn serve(&self, listener: tokio::net::TcpListener, mut shutdown: watch::Receiver<bool>) {
+    fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+        tls: Option<PeerTls>,
+    ) -> Result<(), ServerError> {
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            // Mutual TLS: only servers with a certificate of this cluster's CA get in.
+            let config = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(
+                    &tls.cert_pem,
+                    &tls.key_pem,
+                ))
+                .client_ca_root(tonic::transport::Certificate::from_pem(&tls.ca_pem));
+            builder = builder.tls_config(config).map_err(|e| ServerError::Raft {
+                reason: format!("TLS settings of the Raft transport: {e}"),
+            })?;
+        }
         let core = self.shared.core.clone();
         let raft = RaftServer::new(RaftService { core: core.clone() })
             .max_decoding_message_size(MAX_MESSAGE as usize)
@@ -375,7 +402,7 @@ impl Server {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let task = tokio::spawn(async move {
             let signal = async move { stopped(&mut shutdown).await };
-            let result = tonic::transport::Server::builder()
+            let result = builder
                 .add_service(raft)
                 .add_service(cluster)
                 .serve_with_incoming_shutdown(incoming, signal)
@@ -389,6 +416,7 @@ impl Server {
             .grpc
             .lock()
             .expect("invariant: lock never poisoned") = Some(task);
+        Ok(())
     }
 
     fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {

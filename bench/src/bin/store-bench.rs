@@ -103,6 +103,7 @@ async fn serve(
         raft_listen,
         advertise: None,
         join,
+        tls: None,
         tuning: Tuning::default(),
     })
     .await

@@ -57,9 +57,12 @@ struct ServerArgs {
     /// address, or 127.0.0.1 when listening on every address).
     #[arg(long)]
     advertise: Option<String>,
-    /// The Raft address of a server of the cluster to join.
-    #[arg(long)]
+    /// Join the cluster of this server: its API URL (`https://HOST:6443`).
+    #[arg(long, requires = "token")]
     join: Option<String>,
+    /// The join token (`<data-dir>/join-token` on any server of the cluster).
+    #[arg(long, env = "KEEL_TOKEN")]
+    token: Option<String>,
     /// Seconds a joining server may take to catch up before the join is abandoned.
     #[arg(long, default_value_t = 30)]
     join_timeout: u64,
@@ -76,7 +79,7 @@ struct ServerArgs {
 
 #[derive(Args, Debug)]
 struct Target {
-    /// The server to talk to (its --advertise address).
+    /// The server's Raft address.
     #[arg(
         long,
         short = 's',
@@ -85,6 +88,31 @@ struct Target {
         env = "KEEL_SERVER"
     )]
     server: String,
+    /// A server data dir whose certificates to use (servers only talk to their own cluster).
+    #[arg(
+        long,
+        global = true,
+        default_value = "./keel-data",
+        env = "KEEL_DATA_DIR"
+    )]
+    data_dir: PathBuf,
+}
+
+// === impl Target ===
+
+impl Target {
+    /// Connects with the data dir's certificates, or without TLS when it has none.
+    async fn connect(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<Client, Box<dyn std::error::Error>> {
+        let tls = keel_apiserver::auth::Certificates::load(&self.data_dir.join("tls"))?;
+        Ok(match tls {
+            Some(certs) => Client::connect_tls(addr, timeout, &certs.peer_tls()).await?,
+            None => Client::connect(addr, timeout).await?,
+        })
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -192,8 +220,8 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Server(args) => serve(args).await,
-        Command::Kv { command, target } => kv(command, &target.server).await,
-        Command::Cluster { command, target } => cluster(command, &target.server).await,
+        Command::Kv { command, target } => kv(command, &target).await,
+        Command::Cluster { command, target } => cluster(command, &target).await,
     }
 }
 
@@ -212,7 +240,8 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
         node_id: args.node_id,
         raft_listen: args.raft_listen,
         advertise: raft_advertise,
-        join: args.join,
+        join: None,
+        tls: None,
         tuning: Tuning {
             heartbeat_interval: heartbeat,
             election_timeout: (heartbeat * 10, heartbeat * 20),
@@ -224,6 +253,7 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut api = ApiConfig::new(config, args.listen);
     api.advertise_host = args.advertise;
+    api.join = args.join.zip(args.token);
     let server = ApiServer::start(api).await?;
     let raft = server.raft();
     println!(
@@ -279,8 +309,10 @@ fn kv_json(kv: &KeyValue) -> serde_json::Value {
     })
 }
 
-async fn kv(command: KvCommand, server: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let client = Client::connect(server, Duration::from_secs(5)).await?;
+async fn kv(command: KvCommand, target: &Target) -> Result<(), Box<dyn std::error::Error>> {
+    let client = target
+        .connect(&target.server, Duration::from_secs(5))
+        .await?;
     match command {
         KvCommand::Put {
             key,
@@ -380,8 +412,13 @@ async fn kv(command: KvCommand, server: &str) -> Result<(), Box<dyn std::error::
     Ok(())
 }
 
-async fn cluster(command: ClusterCommand, server: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let client = Client::connect(server, Duration::from_secs(5)).await?;
+async fn cluster(
+    command: ClusterCommand,
+    target: &Target,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let client = target
+        .connect(&target.server, Duration::from_secs(5))
+        .await?;
     match command {
         ClusterCommand::Status => {
             let status = client.status().await?;
@@ -390,9 +427,12 @@ async fn cluster(command: ClusterCommand, server: &str) -> Result<(), Box<dyn st
                 let view = if *id == status.node_id {
                     Ok(status.clone())
                 } else {
-                    match Client::connect(&member.raft_addr, Duration::from_secs(2)).await {
-                        Ok(c) => c.status().await,
-                        Err(e) => Err(e),
+                    match target
+                        .connect(&member.raft_addr, Duration::from_secs(2))
+                        .await
+                    {
+                        Ok(c) => c.status().await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
                     }
                 };
                 servers.push(match view {
