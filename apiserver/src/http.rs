@@ -153,6 +153,7 @@ pub async fn ensure_namespaces(server: Server, mut shutdown: signal::Receiver<bo
             namespace: None,
             name: None,
             status: false,
+            dry_run: false,
         };
         loop {
             let object = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
@@ -197,6 +198,7 @@ pub async fn finalize_namespaces(server: Server, mut shutdown: signal::Receiver<
             namespace: None,
             name: None,
             status: false,
+            dry_run: false,
         };
         let Ok(listed) = api
             .list_objects(&target, &request::ListOptions::default())
@@ -427,7 +429,16 @@ async fn dispatch(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let t: Target = request::target(group, version, rest)?;
+    let mut t: Target = request::target(group, version, rest)?;
+    t.dry_run = match query.get("dryRun").map(String::as_str) {
+        None | Some("") => false,
+        Some("All") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "dryRun={other:?}: only All is supported"
+            )));
+        }
+    };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -4,7 +4,9 @@
 //! token: plain requests that return JSON (an API error comes back as the server's
 //! Kubernetes `Status`), and watches as a stream of events.
 //!
-//! Modules: this file only, for now; kubeconfig loading and typed helpers come with keelctl.
+//! Modules: `kubeconfig` (kubeconfig files and command-line overrides).
+
+pub mod kubeconfig;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -26,6 +26,11 @@ pub fn keel_bin() -> PathBuf {
     bin
 }
 
+/// The `keelctl` binary next to `keel`.
+pub fn keelctl_bin() -> PathBuf {
+    keel_bin().with_file_name("keelctl")
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -154,6 +154,7 @@ impl Api {
                 namespace,
                 name: Some(name),
                 status: false,
+                dry_run: false,
             };
             match self.delete(&target, None).await {
                 Ok(obj) => deleted.push(obj),

@@ -140,6 +140,9 @@ impl Api {
             }],
             failure: vec![],
         };
+        if t.dry_run {
+            return Ok(object);
+        }
         let resp = self.commit(txn).await?;
         if !resp.succeeded {
             // The key exists, or the namespace changed under us.
@@ -304,6 +307,9 @@ impl Api {
             }
             self.check_references(kind, t.namespace.as_deref(), &next)
                 .await?;
+            if t.dry_run {
+                return Ok(next);
+            }
             let terminating = meta_str(&next, "deletionTimestamp").is_some();
             let success = if terminating && finalizers(&next).is_empty() {
                 // The last finalizer is gone: the object goes.
@@ -358,6 +364,9 @@ impl Api {
                 return Err(ApiError::conflict(kind.group, kind.plural, &name));
             }
             let mut object = current.object.clone();
+            if t.dry_run {
+                return Ok(object);
+            }
             if kind.kind == "Namespace" {
                 return self.delete_namespace(&name, current).await;
             }

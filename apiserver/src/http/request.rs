@@ -20,6 +20,8 @@ pub(crate) struct Target {
     pub name: Option<String>,
     /// Whether the path ends in `/status`.
     pub status: bool,
+    /// A dry run (`dryRun=All`): the write is admitted and answered, not stored.
+    pub dry_run: bool,
 }
 
 /// Options of a list or watch.
@@ -65,42 +67,49 @@ pub(crate) fn target(group: &str, version: &str, rest: &str) -> ApiResult<Target
             namespace: None,
             name: owned(name),
             status: true,
+            dry_run: false,
         },
         ["namespaces", ns, plural] => Target {
             kind: find(plural)?,
             namespace: owned(ns),
             name: None,
             status: false,
+            dry_run: false,
         },
         ["namespaces", ns, plural, name] => Target {
             kind: find(plural)?,
             namespace: owned(ns),
             name: owned(name),
             status: false,
+            dry_run: false,
         },
         ["namespaces", ns, plural, name, "status"] => Target {
             kind: find(plural)?,
             namespace: owned(ns),
             name: owned(name),
             status: true,
+            dry_run: false,
         },
         [plural] => Target {
             kind: find(plural)?,
             namespace: None,
             name: None,
             status: false,
+            dry_run: false,
         },
         [plural, name] => Target {
             kind: find(plural)?,
             namespace: None,
             name: owned(name),
             status: false,
+            dry_run: false,
         },
         [plural, name, "status"] => Target {
             kind: find(plural)?,
             namespace: None,
             name: owned(name),
             status: true,
+            dry_run: false,
         },
         _ => return Err(ApiError::no_route(rest)),
     };

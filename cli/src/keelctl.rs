@@ -1,0 +1,245 @@
+//! `keelctl`: kubectl's verbs and habits for Keel — `apply`, `get`, `describe`, `delete`,
+//! `edit`, `diff`, `wait`, `explain`, `cluster status`, `completion` — with kubectl's config
+//! (`--kubeconfig`, `$KUBECONFIG`, `~/.keel/config`) and overrides.
+//!
+//! Modules: `resource` (kind names and paths), `manifest` (YAML/JSON files), `apply` (apply,
+//! diff, delete -f), `get` (get, watch, describe, columns), `explain`, `ops` (edit, wait,
+//! cluster status).
+
+mod apply;
+mod explain;
+mod get;
+mod manifest;
+mod ops;
+mod resource;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use keel_client::kubeconfig::{Kubeconfig, Overrides};
+use keel_client::{Client, ClientError};
+
+/// A failed command, as the one line `keelctl` prints.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CtlError(pub String);
+
+impl From<ClientError> for CtlError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Api { message, code, .. } if !message.is_empty() => {
+                CtlError(format!("{message} ({code})"))
+            }
+            other => CtlError(other.to_string()),
+        }
+    }
+}
+
+/// Manage Keel's objects: kubectl's verbs, for Keel's kinds.
+#[derive(Parser, Debug)]
+#[command(name = "keelctl", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    global: Global,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Global {
+    /// The kubeconfig file (default: $KUBECONFIG, ~/.keel/config, ~/.kube/config).
+    #[arg(long, global = true, env = "KEELCONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// The API server's URL, over the kubeconfig's.
+    #[arg(long, short = 's', global = true)]
+    server: Option<String>,
+    /// A bearer token, over the kubeconfig's.
+    #[arg(long, global = true)]
+    token: Option<String>,
+    /// The CA certificate file to trust, over the kubeconfig's.
+    #[arg(long, global = true)]
+    certificate_authority: Option<PathBuf>,
+    /// The namespace (default: the context's, or `default`).
+    #[arg(long, short = 'n', global = true)]
+    namespace: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create or update objects from files, folders or stdin (`-f -`).
+    Apply {
+        /// Files, folders or `-`.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+    },
+    /// List objects of a kind, or show some by name.
+    Get(get::GetArgs),
+    /// Show an object's spec, status, conditions and recent events.
+    Describe {
+        /// The kind.
+        kind: String,
+        /// The object's name.
+        name: String,
+    },
+    /// Delete objects by file, or by kind and name.
+    Delete {
+        /// Files, folders or `-`.
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<String>,
+        /// The kind, then names (or KIND/NAME).
+        args: Vec<String>,
+        /// Wait until the objects are gone.
+        #[arg(long, default_value_t = false)]
+        wait: bool,
+        /// How long to wait, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Edit an object in $EDITOR, then write it back.
+    Edit {
+        /// The kind (or KIND/NAME).
+        kind: String,
+        /// The object's name.
+        name: Option<String>,
+    },
+    /// Show what `apply` would change, as a unified diff; exits 1 when there are changes.
+    Diff {
+        /// Files, folders or `-`.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+    },
+    /// Wait until an object has a condition (`--for=condition=Ready`) or is gone (`--for=delete`).
+    Wait {
+        /// KIND/NAME.
+        target: String,
+        /// `condition=NAME[=STATUS]` or `delete`.
+        #[arg(long = "for")]
+        condition: String,
+        /// How long to wait, in seconds (or with an `s` suffix).
+        #[arg(long, default_value = "30s")]
+        timeout: String,
+    },
+    /// Describe a kind or a field, from the schemas.
+    Explain {
+        /// KIND or KIND.field.path.
+        target: String,
+    },
+    /// The cluster.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// The kinds the API serves.
+    ApiResources,
+    /// Print a shell completion script.
+    Completion {
+        /// bash, zsh or fish.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Every server's role, term and applied index.
+    Status,
+}
+
+/// What every command works with: a client and the default namespace.
+pub(crate) struct Ctx {
+    pub client: Client,
+    pub namespace: String,
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
+    match &cli.command {
+        Command::Completion { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "keelctl",
+                &mut std::io::stdout(),
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Explain { target } => {
+            print!("{}", explain::explain(target)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::ApiResources => {
+            println!(
+                "{:<18} {:<12} {:<24} {:<11} KIND",
+                "NAME", "SHORTNAMES", "APIVERSION", "NAMESPACED"
+            );
+            for k in keel_schemas::registry() {
+                println!(
+                    "{:<18} {:<12} {:<24} {:<11} {}",
+                    k.plural,
+                    k.short_names.join(","),
+                    k.api_version(),
+                    k.scope == keel_schemas::Scope::Namespaced,
+                    k.kind
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let ctx = connect(&cli.global)?;
+    match cli.command {
+        Command::Apply { files } => apply::apply(&ctx, &files).await.map(|()| ExitCode::SUCCESS),
+        Command::Get(args) => get::get(&ctx, &args).await.map(|()| ExitCode::SUCCESS),
+        Command::Describe { kind, name } => get::describe(&ctx, &kind, &name)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Delete {
+            files,
+            args,
+            wait,
+            timeout,
+        } => apply::delete(&ctx, &files, &args, wait.then_some(timeout))
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Edit { kind, name } => ops::edit(&ctx, &kind, name.as_deref())
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Diff { files } => apply::diff(&ctx, &files).await,
+        Command::Wait {
+            target,
+            condition,
+            timeout,
+        } => ops::wait(&ctx, &target, &condition, &timeout)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Cluster {
+            command: ClusterCommand::Status,
+        } => ops::cluster_status(&ctx).await.map(|()| ExitCode::SUCCESS),
+        Command::Completion { .. } | Command::Explain { .. } | Command::ApiResources => {
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Resolves the kubeconfig and overrides into a client.
+fn connect(global: &Global) -> Result<Ctx, CtlError> {
+    let overrides = Overrides {
+        kubeconfig: global.kubeconfig.clone(),
+        context: global.context.clone(),
+        server: global.server.clone(),
+        token: global.token.clone(),
+        certificate_authority: global.certificate_authority.clone(),
+    };
+    let config = match Kubeconfig::default_path(&overrides) {
+        Some(path) => Kubeconfig::load(&path)?,
+        None => Kubeconfig::default(),
+    };
+    let connection = config.resolve(&overrides)?;
+    Ok(Ctx {
+        client: connection.client()?,
+        namespace: global.namespace.clone().unwrap_or(connection.namespace),
+    })
+}

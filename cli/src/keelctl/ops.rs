@@ -1,0 +1,149 @@
+//! `edit`, `wait` and `cluster status`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::manifest::{self, to_yaml};
+use super::resource;
+use super::{CtlError, Ctx};
+
+/// `keelctl edit KIND NAME`: the object as YAML in `$EDITOR` (`vi` by default), written back
+/// with its resourceVersion, so a change made meanwhile is a conflict, not lost.
+pub async fn edit(ctx: &Ctx, kind: &str, name: Option<&str>) -> Result<(), CtlError> {
+    let (kind, name) = match name {
+        Some(n) => (resource::kind(kind)?, n.to_string()),
+        None => resource::kind_and_name(kind)?,
+    };
+    let path = resource::item(kind, &ctx.namespace, &name);
+    let mut object = ctx.client.get(&path).await?;
+    if let Some(meta) = object["metadata"].as_object_mut() {
+        meta.remove("managedFields");
+    }
+    let before = to_yaml(&object);
+    let file =
+        std::env::temp_dir().join(format!("keelctl-edit-{}-{name}.yaml", std::process::id()));
+    std::fs::write(&file, &before)
+        .map_err(|e| CtlError(format!("cannot write {}: {e}", file.display())))?;
+    let editor = std::env::var("KUBE_EDITOR")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".into());
+    let mut words = editor.split_whitespace();
+    let program = words.next().unwrap_or("vi");
+    let status = tokio::process::Command::new(program)
+        .args(words)
+        .arg(&file)
+        .status()
+        .await
+        .map_err(|e| CtlError(format!("cannot run the editor {editor:?}: {e}")))?;
+    let after = std::fs::read_to_string(&file)
+        .map_err(|e| CtlError(format!("cannot read {}: {e}", file.display())))?;
+    let _ = std::fs::remove_file(&file);
+    if !status.success() {
+        return Err(CtlError(format!("the editor {editor:?} failed: {status}")));
+    }
+    if after == before {
+        println!("Edit cancelled, no changes made.");
+        return Ok(());
+    }
+    let mut parsed = Vec::new();
+    manifest::parse(&after, "the edited object", &mut parsed)?;
+    let [edited] = parsed.as_slice() else {
+        return Err(CtlError(
+            "the edited file must hold exactly one object".into(),
+        ));
+    };
+    ctx.client.put(&path, &edited.object).await?;
+    println!("{} edited", resource::display(kind, &name));
+    Ok(())
+}
+
+/// `keelctl wait --for=condition=Ready[=True] KIND/NAME` or `--for=delete`.
+pub async fn wait(ctx: &Ctx, target: &str, condition: &str, timeout: &str) -> Result<(), CtlError> {
+    let (kind, name) = resource::kind_and_name(target)?;
+    let secs: u64 = timeout
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| CtlError(format!("--timeout {timeout:?}: give seconds, like 30s")))?;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let path = resource::item(kind, &ctx.namespace, &name);
+    let want: Option<(String, String)> = match condition {
+        "delete" => None,
+        c => {
+            let rest = c.strip_prefix("condition=").ok_or_else(|| {
+                CtlError(format!("--for={c}: use condition=NAME[=STATUS] or delete"))
+            })?;
+            let (ty, status) = rest.split_once('=').unwrap_or((rest, "True"));
+            Some((ty.to_string(), status.to_string()))
+        }
+    };
+    loop {
+        let current = ctx.client.get(&path).await;
+        let done = match (&want, &current) {
+            (None, Err(keel_client::ClientError::Api { code: 404, .. })) => true,
+            (None, _) => false,
+            (Some((ty, status)), Ok(o)) => o["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == ty.as_str() && c["status"] == status.as_str())
+            }),
+            (Some(_), Err(keel_client::ClientError::Api { code: 404, .. })) => false,
+            (Some(_), Err(e)) => return Err(CtlError(e.to_string())),
+        };
+        if done {
+            let what = if want.is_some() {
+                "condition met"
+            } else {
+                "deleted"
+            };
+            println!("{} {what}", resource::display(kind, &name));
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(CtlError(format!(
+                "timed out waiting for the condition on {}",
+                resource::display(kind, &name)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `keelctl cluster status`: every server's role, term and applied index.
+pub async fn cluster_status(ctx: &Ctx) -> Result<(), CtlError> {
+    let status = ctx.client.get("/keel/v1/cluster").await?;
+    println!(
+        "CLUSTER {}   LEADER {}",
+        status["clusterId"].as_str().unwrap_or_default(),
+        status["leader"]
+    );
+    println!(
+        "{:<6} {:<22} {:<10} {:<6} {:<9} {:<9} {:<9} VOTER",
+        "NODE", "ADDRESS", "ROLE", "TERM", "LOG", "APPLIED", "REVISION"
+    );
+    for s in status["servers"].as_array().into_iter().flatten() {
+        let field = |k: &str| match &s[k] {
+            Value::Null => "-".to_string(),
+            Value::String(t) => t.clone(),
+            v => v.to_string(),
+        };
+        match s["error"].as_str() {
+            Some(e) => println!(
+                "{:<6} {:<22} unreachable: {e}",
+                field("nodeId"),
+                field("raftAddress")
+            ),
+            None => println!(
+                "{:<6} {:<22} {:<10} {:<6} {:<9} {:<9} {:<9} {}",
+                field("nodeId"),
+                field("raftAddress"),
+                field("role"),
+                field("term"),
+                field("lastLogIndex"),
+                field("appliedIndex"),
+                field("revision"),
+                field("voter")
+            ),
+        }
+    }
+    Ok(())
+}

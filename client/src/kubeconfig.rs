@@ -1,0 +1,269 @@
+//! Kubeconfig files, as kubectl reads them: clusters, users, contexts, the current context,
+//! and the overrides a command line gives (`--server`, `--token`, `--context`, `-n`).
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use serde::Deserialize;
+
+use super::{Client, ClientError};
+
+/// A kubeconfig file (the fields Keel uses).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Kubeconfig {
+    /// Clusters by name.
+    #[serde(default)]
+    pub clusters: Vec<Named<ClusterEntry>>,
+    /// Users by name.
+    #[serde(default)]
+    pub users: Vec<Named<UserEntry>>,
+    /// Contexts by name.
+    #[serde(default)]
+    pub contexts: Vec<Named<ContextEntry>>,
+    /// The context used unless another is named.
+    #[serde(default)]
+    pub current_context: Option<String>,
+}
+
+/// A named entry of a kubeconfig list.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Named<T> {
+    /// Its name.
+    pub name: String,
+    /// The entry (`cluster:`, `user:` or `context:`).
+    #[serde(alias = "cluster", alias = "user", alias = "context")]
+    pub value: T,
+}
+
+/// A cluster: where the server is and which CA it has.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ClusterEntry {
+    /// `https://host:port`.
+    #[serde(default)]
+    pub server: String,
+    /// The CA certificate, base64 of PEM.
+    #[serde(default)]
+    pub certificate_authority_data: Option<String>,
+    /// The CA certificate, as a file.
+    #[serde(default)]
+    pub certificate_authority: Option<PathBuf>,
+}
+
+/// A user: how to authenticate.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct UserEntry {
+    /// A bearer token.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A file holding a bearer token.
+    #[serde(default, alias = "tokenFile")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// A context: a cluster, a user and a default namespace.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ContextEntry {
+    /// The cluster's name.
+    #[serde(default)]
+    pub cluster: String,
+    /// The user's name.
+    #[serde(default)]
+    pub user: String,
+    /// The default namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+/// What the command line says over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--kubeconfig`.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--context`.
+    pub context: Option<String>,
+    /// `--server` / `-s`.
+    pub server: Option<String>,
+    /// `--token`.
+    pub token: Option<String>,
+    /// `--certificate-authority`.
+    pub certificate_authority: Option<PathBuf>,
+}
+
+/// Where to connect, resolved from a kubeconfig and overrides.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// The server URL.
+    pub server: String,
+    /// The CA to trust (PEM).
+    pub ca_pem: String,
+    /// The bearer token.
+    pub token: String,
+    /// The context's default namespace (`default` if none).
+    pub namespace: String,
+}
+
+// === impl Kubeconfig ===
+
+impl Kubeconfig {
+    /// Reads a kubeconfig file; errors name the file and what is wrong.
+    pub fn load(path: &Path) -> Result<Kubeconfig, ClientError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ClientError::Config(format!("cannot read kubeconfig {}: {e}", path.display()))
+        })?;
+        serde_norway::from_str(&text).map_err(|e| {
+            ClientError::Config(format!("kubeconfig {} is not valid: {e}", path.display()))
+        })
+    }
+
+    /// The file kubectl would use: `--kubeconfig`, then `$KUBECONFIG` (its first file), then
+    /// `~/.keel/config`, then `~/.kube/config`.
+    pub fn default_path(overrides: &Overrides) -> Option<PathBuf> {
+        if let Some(p) = &overrides.kubeconfig {
+            return Some(p.clone());
+        }
+        if let Some(env) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
+            return std::env::split_paths(&env).next();
+        }
+        let home = PathBuf::from(std::env::var_os("HOME")?);
+        [home.join(".keel/config"), home.join(".kube/config")]
+            .into_iter()
+            .find(|p| p.exists())
+    }
+
+    /// Resolves the connection: the named or current context, with overrides applied.
+    pub fn resolve(&self, overrides: &Overrides) -> Result<Connection, ClientError> {
+        let context_name = overrides.context.clone().or(self.current_context.clone());
+        let context = match &context_name {
+            Some(name) => Some(
+                self.contexts
+                    .iter()
+                    .find(|c| &c.name == name)
+                    .map(|c| c.value.clone())
+                    .ok_or_else(|| {
+                        ClientError::Config(format!("context {name:?} is not in the kubeconfig"))
+                    })?,
+            ),
+            None => None,
+        };
+        let context = context.unwrap_or_default();
+        let cluster = self
+            .clusters
+            .iter()
+            .find(|c| c.name == context.cluster)
+            .map(|c| c.value.clone())
+            .unwrap_or_default();
+        let user = self
+            .users
+            .iter()
+            .find(|u| u.name == context.user)
+            .map(|u| u.value.clone())
+            .unwrap_or_default();
+        let server = overrides.server.clone().unwrap_or(cluster.server);
+        if server.is_empty() {
+            return Err(ClientError::Config(
+                "no server: give --server, or a kubeconfig (--kubeconfig, $KUBECONFIG, ~/.keel/config; a server writes <data-dir>/admin.kubeconfig)".into(),
+            ));
+        }
+        let ca_pem = match (
+            &overrides.certificate_authority,
+            &cluster.certificate_authority_data,
+            &cluster.certificate_authority,
+        ) {
+            (Some(file), _, _) | (None, None, Some(file)) => std::fs::read_to_string(file)
+                .map_err(|e| {
+                    ClientError::Config(format!("cannot read the CA {}: {e}", file.display()))
+                })?,
+            (None, Some(data), _) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(data.trim())
+                    .map_err(|e| {
+                        ClientError::Config(format!(
+                            "certificate-authority-data is not base64: {e}"
+                        ))
+                    })?;
+                String::from_utf8(bytes).map_err(|_| {
+                    ClientError::Config("certificate-authority-data is not PEM".into())
+                })?
+            }
+            (None, None, None) => {
+                return Err(ClientError::Config(format!(
+                    "no CA for {server}: the kubeconfig's cluster needs certificate-authority-data"
+                )));
+            }
+        };
+        let token = match (&overrides.token, &user.token, &user.token_file) {
+            (Some(t), _, _) | (None, Some(t), _) => t.clone(),
+            (None, None, Some(file)) => std::fs::read_to_string(file)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| {
+                    ClientError::Config(format!(
+                        "cannot read the token file {}: {e}",
+                        file.display()
+                    ))
+                })?,
+            (None, None, None) => String::new(),
+        };
+        Ok(Connection {
+            server,
+            ca_pem,
+            token,
+            namespace: context.namespace.unwrap_or_else(|| "default".into()),
+        })
+    }
+}
+
+// === impl Connection ===
+
+impl Connection {
+    /// A client for this connection.
+    pub fn client(&self) -> Result<Client, ClientError> {
+        Client::new(&self.server, &self.ca_pem, &self.token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: keel\n  cluster:\n    server: https://127.0.0.1:6443\n    certificate-authority-data: LS0tLS1CRUdJTg==\nusers:\n- name: admin\n  user:\n    token: secret\ncontexts:\n- name: keel\n  context:\n    cluster: keel\n    user: admin\n    namespace: shop\ncurrent-context: keel\n";
+
+    #[test]
+    fn contexts_resolve_with_overrides() {
+        let config: Kubeconfig = serde_norway::from_str(CONFIG).unwrap();
+        let c = config.resolve(&Overrides::default()).unwrap();
+        assert_eq!(
+            (c.server.as_str(), c.token.as_str(), c.namespace.as_str()),
+            ("https://127.0.0.1:6443", "secret", "shop")
+        );
+        assert_eq!(c.ca_pem, "-----BEGIN");
+        let o = Overrides {
+            server: Some("https://other:1".into()),
+            token: Some("t2".into()),
+            ..Overrides::default()
+        };
+        let c = config.resolve(&o).unwrap();
+        assert_eq!(
+            (c.server.as_str(), c.token.as_str()),
+            ("https://other:1", "t2")
+        );
+        let missing = Overrides {
+            context: Some("nope".into()),
+            ..Overrides::default()
+        };
+        assert!(
+            config
+                .resolve(&missing)
+                .unwrap_err()
+                .to_string()
+                .contains("nope")
+        );
+        assert!(
+            Kubeconfig::default()
+                .resolve(&Overrides::default())
+                .is_err()
+        );
+    }
+}
