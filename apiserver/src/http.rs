@@ -13,6 +13,7 @@
 mod collection;
 mod discovery;
 mod meta;
+mod metrics;
 mod objects;
 mod openapi;
 mod request;
@@ -55,6 +56,7 @@ pub(crate) struct Api {
     certificates: Option<Arc<Certificates>>,
     advertise: String,
     pub(crate) bookmark_interval: Duration,
+    pub(crate) metrics: Arc<metrics::Metrics>,
 }
 
 /// How to serve the API.
@@ -86,6 +88,7 @@ pub async fn serve(
         certificates: Some(Arc::new(options.certificates)),
         advertise: options.advertise,
         bookmark_interval: options.bookmark_interval,
+        metrics: Arc::default(),
     };
     let app = router(api);
     let acceptor = tokio_rustls::TlsAcceptor::from(options.tls);
@@ -143,6 +146,7 @@ pub async fn ensure_namespaces(server: Server, mut shutdown: signal::Receiver<bo
         certificates: None,
         advertise: String::new(),
         bookmark_interval: Duration::from_secs(60),
+        metrics: Arc::default(),
     };
     let Some(kind) = keel_schemas::lookup("namespaces") else {
         return;
@@ -172,6 +176,10 @@ pub async fn ensure_namespaces(server: Server, mut shutdown: signal::Receiver<bo
     }
 }
 
+/// How long a terminating namespace is left to its clients before it is emptied: `kubectl
+/// delete -f` deletes a namespace and then, one by one, the objects in it.
+const NAMESPACE_GRACE: Duration = Duration::from_secs(3);
+
 /// Empties and removes terminating namespaces, on the leader, until `shutdown` is set (the
 /// namespace controller of Kubernetes).
 pub async fn finalize_namespaces(server: Server, mut shutdown: signal::Receiver<bool>) {
@@ -181,6 +189,7 @@ pub async fn finalize_namespaces(server: Server, mut shutdown: signal::Receiver<
         certificates: None,
         advertise: String::new(),
         bookmark_interval: Duration::from_secs(60),
+        metrics: Arc::default(),
     };
     let Some(kind) = keel_schemas::lookup("namespaces") else {
         return;
@@ -206,8 +215,12 @@ pub async fn finalize_namespaces(server: Server, mut shutdown: signal::Receiver<
         else {
             continue;
         };
+        let now = meta::now_rfc3339();
         for ns in listed.items {
-            if ns["metadata"]["deletionTimestamp"].is_string()
+            let since = ns["metadata"]["deletionTimestamp"]
+                .as_str()
+                .unwrap_or_default();
+            if meta::seconds_between(since, &now).is_some_and(|s| s >= NAMESPACE_GRACE.as_secs())
                 && let Some(name) = ns["metadata"]["name"].as_str()
                 && let Err(e) = api.finalize_namespace(name).await
             {
@@ -231,11 +244,13 @@ fn router(api: Api) -> Router {
         .route("/apis/{group}/{version}", get(group_resources))
         .route("/apis/{group}/{version}/{*rest}", any(named))
         .route("/keel/v1/cluster", get(cluster))
+        .route("/metrics", get(metrics_text))
         .route("/openapi/v3", get(openapi_index))
         .route("/openapi/v3/api/{version}", get(openapi_core))
         .route("/openapi/v3/apis/{group}/{version}", get(openapi_group))
         .fallback(not_found)
-        .route_layer(middleware::from_fn_with_state(api.clone(), authenticate));
+        .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(api.clone(), measure));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/livez", get(healthz))
@@ -294,6 +309,31 @@ async fn join(State(api): State<Api>, headers: HeaderMap) -> Response {
         "joinToken": api.tokens.join().to_string(),
     }))
     .into_response()
+}
+
+/// Counts every request by verb and code, with its latency (a watch counts when it starts).
+async fn measure(State(api): State<Api>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let watch = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.contains("watch=true") || q.contains("watch=1"));
+    let verb = match (req.method().as_str(), watch) {
+        (_, true) => "WATCH".to_string(),
+        (m, false) => m.to_string(),
+    };
+    let response = next.run(req).await;
+    api.metrics
+        .observe(&verb, response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn metrics_text(State(api): State<Api>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        api.metrics.render(&api.server),
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {

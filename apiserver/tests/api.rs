@@ -235,6 +235,27 @@ async fn objects_follow_the_kubernetes_rules() {
     .unwrap();
     assert_eq!(code(c.get(&format!("{CM}/held")).await.unwrap_err()).0, 404);
 
+    // /metrics counts requests by verb and code, and shows the store's position.
+    let (status, body) = c
+        .raw(hyper::Method::GET, "/metrics", None, None)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status.as_u16(), 200);
+    assert!(
+        text.contains("apiserver_request_total{verb=\"POST\",code=\"201\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("apiserver_request_total{verb=\"PUT\",code=\"409\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("keel_raft_leader 1") && text.contains("keel_store_revision "),
+        "{text}"
+    );
+    assert_eq!(code(anonymous.get("/metrics").await.unwrap_err()).0, 401);
+
     // Delete, then get: 404 with a Status naming the object.
     c.delete(&format!("{CM}/a")).await.unwrap();
     let (code_, reason, status) = code(c.get(&format!("{CM}/a")).await.unwrap_err());

@@ -239,6 +239,31 @@ async fn keelctl_does_what_kubectl_users_expect() {
         "127.0.0.1:1",
     );
 
+    // The first tenant of examples/ applies as a new user would apply it.
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let out = ok(keelctl(&kc, &["apply", "-f", examples.to_str().unwrap()]));
+    assert_eq!(
+        out.lines().filter(|l| l.ends_with(" created")).count(),
+        out.lines().count(),
+        "{out}"
+    );
+    assert!(
+        out.contains("virtualmachine.keel.dev/web-1 created")
+            && out.contains("loadbalancer.keel.dev/web created"),
+        "{out}"
+    );
+    let again = ok(keelctl(&kc, &["apply", "-f", examples.to_str().unwrap()]));
+    assert!(again.lines().all(|l| l.ends_with(" unchanged")), "{again}");
+    let vms = ok(keelctl(&kc, &["get", "vm", "-n", "shop"]));
+    assert!(
+        vms.contains("web-1") && vms.contains("web-2") && vms.contains("MEMORY"),
+        "{vms}"
+    );
+    ok(keelctl(
+        &kc,
+        &["delete", "ns", "shop", "--wait", "--timeout", "30"],
+    ));
+
     // delete -f, and wait for it.
     let out = ok(keelctl(&kc, &["delete", "-f", f, "--wait"]));
     assert!(out.contains("vpc.keel.dev \"main\" deleted"), "{out}");

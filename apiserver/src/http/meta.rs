@@ -35,6 +35,24 @@ pub(crate) fn rfc3339(secs: u64) -> String {
     )
 }
 
+/// Seconds from one RFC 3339 UTC timestamp (as [`rfc3339`] writes them) to another.
+pub(crate) fn seconds_between(from: &str, to: &str) -> Option<u64> {
+    Some(parse_rfc3339(to)?.saturating_sub(parse_rfc3339(from)?))
+}
+
+/// Seconds since the epoch of `YYYY-MM-DDTHH:MM:SS` (a trailing zone is ignored: UTC).
+fn parse_rfc3339(t: &str) -> Option<u64> {
+    let n = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    u64::try_from((era * 146_097 + doe - 719_468) * 86_400 + hh * 3600 + mm * 60 + ss).ok()
+}
+
 /// The object's `metadata`, created if missing; `None` if the object is not a JSON object.
 pub(crate) fn metadata(object: &mut Value) -> Option<&mut serde_json::Map<String, Value>> {
     let obj = object.as_object_mut()?;
@@ -96,6 +114,11 @@ mod tests {
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_795_441_509), "2026-11-23T13:45:09Z");
         assert_eq!(now_rfc3339().len(), 20);
+        assert_eq!(
+            seconds_between("2026-11-23T13:45:09Z", &rfc3339(1_795_441_519)),
+            Some(10)
+        );
+        assert_eq!(seconds_between("garbage", "2026-11-23T13:45:09Z"), None);
     }
 
     #[test]

@@ -291,6 +291,9 @@ impl Api {
                     };
                 }
             }
+            set_resource_version(&mut next, current.mod_revision);
+            admission::admit_update(kind, &current.object, &mut next)?;
+            // After defaulting: a write that only leaves out defaulted fields changes nothing.
             if spec_of(&next) != spec_of(&current.object) {
                 let generation = current.object["metadata"]["generation"]
                     .as_i64()
@@ -300,8 +303,6 @@ impl Api {
                     meta.insert("generation".into(), json!(generation));
                 }
             }
-            set_resource_version(&mut next, current.mod_revision);
-            admission::admit_update(kind, &current.object, &mut next)?;
             if next == current.object {
                 return Ok(next);
             }
