@@ -88,6 +88,53 @@ pub struct RangeResponse {
     pub kvs: Vec<KeyValue>,
 }
 
+/// `etcdserverpb.Compare` (create-revision form).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Compare {
+    /// EQUAL = 0.
+    #[prost(int32, tag = "1")]
+    pub result: i32,
+    /// CREATE = 1.
+    #[prost(int32, tag = "2")]
+    pub target: i32,
+    /// The key.
+    #[prost(bytes = "vec", tag = "3")]
+    pub key: Vec<u8>,
+    /// The create revision compared with.
+    #[prost(int64, tag = "5")]
+    pub create_revision: i64,
+}
+
+/// `etcdserverpb.RequestOp` (put form).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RequestOp {
+    /// The put.
+    #[prost(message, optional, tag = "2")]
+    pub request_put: Option<PutRequest>,
+}
+
+/// `etcdserverpb.TxnRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TxnRequest {
+    /// Conditions.
+    #[prost(message, repeated, tag = "1")]
+    pub compare: Vec<Compare>,
+    /// Operations when they hold.
+    #[prost(message, repeated, tag = "2")]
+    pub success: Vec<RequestOp>,
+}
+
+/// `etcdserverpb.TxnResponse` (fields the benchmark reads).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TxnResponse {
+    /// The header.
+    #[prost(message, optional, tag = "1")]
+    pub header: Option<ResponseHeader>,
+    /// Whether the compares held.
+    #[prost(bool, tag = "2")]
+    pub succeeded: bool,
+}
+
 /// A client of one etcd member's KV service.
 #[derive(Clone)]
 pub struct EtcdClient {
@@ -133,6 +180,27 @@ impl EtcdClient {
             .unary("/etcdserverpb.KV/Put", PutRequest { key, value })
             .await?;
         Ok(())
+    }
+
+    /// Creates a key that must not exist, as kube-apiserver creates objects.
+    pub async fn create(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), String> {
+        let txn = TxnRequest {
+            compare: vec![Compare {
+                result: 0,
+                target: 1,
+                key: key.clone(),
+                create_revision: 0,
+            }],
+            success: vec![RequestOp {
+                request_put: Some(PutRequest { key, value }),
+            }],
+        };
+        let resp: TxnResponse = self.unary("/etcdserverpb.KV/Txn", txn).await?;
+        if resp.succeeded {
+            Ok(())
+        } else {
+            Err("the key exists".into())
+        }
     }
 
     /// Reads a key.

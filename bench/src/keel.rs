@@ -81,3 +81,81 @@ impl Drop for KeelCluster {
         }
     }
 }
+
+/// A running Keel cluster with the HTTPS API: whole servers, joined with the join token.
+pub struct ApiCluster {
+    /// API URLs of the servers.
+    pub urls: Vec<String>,
+    /// The admin token.
+    pub token: String,
+    /// The cluster CA (PEM).
+    pub ca_pem: String,
+    children: Vec<Child>,
+}
+
+impl ApiCluster {
+    /// Starts `n` servers with data dirs under `root`.
+    pub async fn start(root: &Path, n: usize) -> Result<ApiCluster, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+        let mut cluster = ApiCluster {
+            urls: Vec::new(),
+            token: String::new(),
+            ca_pem: String::new(),
+            children: Vec::new(),
+        };
+        let mut join_token = String::new();
+        for i in 0..n {
+            let dir = root.join(format!("api-{i}"));
+            let listen = format!("127.0.0.1:{}", free_port());
+            let mut cmd = Command::new(&exe);
+            cmd.arg("serve")
+                .arg("--data-dir")
+                .arg(&dir)
+                .arg("--raft-listen")
+                .arg(format!("127.0.0.1:{}", free_port()))
+                .arg("--listen")
+                .arg(&listen)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if let Some(first) = cluster.urls.first() {
+                cmd.arg("--join-url")
+                    .arg(first)
+                    .arg("--token")
+                    .arg(&join_token);
+            }
+            cluster.children.push(
+                cmd.spawn()
+                    .map_err(|e| format!("cannot start a keel server: {e}"))?,
+            );
+            let url = format!("https://{listen}");
+            let (token, ca) =
+                eventually("a keel server's API", Duration::from_secs(30), || async {
+                    let token = std::fs::read_to_string(dir.join("admin-token")).ok()?;
+                    let ca = std::fs::read_to_string(dir.join("tls/ca.crt")).ok()?;
+                    let client = keel_client::Client::new(&url, &ca, token.trim()).ok()?;
+                    client.get("/api/v1/namespaces/default").await.ok()?;
+                    Some((token.trim().to_string(), ca))
+                })
+                .await?;
+            if i == 0 {
+                join_token = std::fs::read_to_string(dir.join("join-token"))
+                    .map_err(|e| format!("join token: {e}"))?
+                    .trim()
+                    .to_string();
+                cluster.token = token;
+                cluster.ca_pem = ca;
+            }
+            cluster.urls.push(url);
+        }
+        Ok(cluster)
+    }
+}
+
+impl Drop for ApiCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -47,6 +47,8 @@ pub enum Conn {
     Keel(keel_apiserver::raft::Client),
     /// An etcd server's KV service.
     Etcd(etcd::EtcdClient),
+    /// A Keel server's HTTPS API.
+    Api(keel_client::Client),
 }
 
 impl Conn {
@@ -60,6 +62,31 @@ impl Conn {
                 .map(drop)
                 .map_err(|e| e.to_string()),
             Conn::Etcd(c) => c.put(key, value).await,
+            Conn::Api(_) => Err("puts go to the store".into()),
+        }
+    }
+
+    /// Creates an object (a ConfigMap holding `value`) that does not exist yet: through the
+    /// HTTPS API for Keel, as a compare-and-put transaction for etcd.
+    pub async fn create(&self, name: &str, value: &[u8]) -> Result<(), String> {
+        let text = String::from_utf8_lossy(value);
+        let object = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "default"},
+            "data": {"value": text},
+        });
+        match self {
+            Conn::Api(c) => c
+                .post("/api/v1/namespaces/default/configmaps", &object)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Conn::Etcd(c) => {
+                let key = format!("/registry/configmaps/default/{name}").into_bytes();
+                c.create(key, object.to_string().into_bytes()).await
+            }
+            Conn::Keel(_) => Err("creates go through the API".into()),
         }
     }
 
@@ -86,6 +113,7 @@ impl Conn {
                 .map_err(|e| e.to_string())
             }
             Conn::Etcd(c) => c.get(key, linearizable).await,
+            Conn::Api(_) => Err("gets go to the store".into()),
         }
     }
 }

@@ -10,6 +10,9 @@ use rand::Rng;
 
 use crate::Conn;
 
+/// Names of created objects never repeat within a run of the benchmark.
+static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// What the clients do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -19,6 +22,8 @@ pub enum Op {
     LinearizableGet,
     /// Read a key from the member's copy.
     SerializableGet,
+    /// Create a new object (a unique name per request).
+    Create,
 }
 
 /// The figures of one run.
@@ -63,10 +68,12 @@ pub async fn run(conns: &[Conn], op: Op, shape: Shape) -> Figures {
                 let key = format!("/bench/{:08}", rand::rng().random_range(0..shape.key_space))
                     .into_bytes();
                 let started = Instant::now();
+                let unique = format!("obj-{}", NEXT.fetch_add(1, Ordering::Relaxed));
                 let result = match op {
                     Op::Put => conn.put(key, value.clone()).await,
                     Op::LinearizableGet => conn.get(key, true).await,
                     Op::SerializableGet => conn.get(key, false).await,
+                    Op::Create => conn.create(&unique, &value).await,
                 };
                 match result {
                     Ok(()) => {

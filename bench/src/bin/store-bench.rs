@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use keel_apiserver::raft::{Client, Server, ServerConfig, Tuning};
 use keel_bench::Conn;
 use keel_bench::etcd::{EtcdClient, EtcdCluster};
-use keel_bench::keel::KeelCluster;
+use keel_bench::keel::{ApiCluster, KeelCluster};
 use keel_bench::workload::{self, Figures, Op, Shape};
 
 /// Benchmarks Keel's replicated store (and etcd, for comparison).
@@ -43,6 +43,10 @@ struct Cli {
     /// Concurrent clients of the read workloads.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 64])]
     read_clients: Vec<usize>,
+    /// What to measure: `store` (puts and gets on the replicated store) and `api` (object
+    /// creates through the HTTPS API, against etcd transactions).
+    #[arg(long, value_delimiter = ',', default_values_t = ["store".to_string(), "api".to_string()])]
+    suites: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -53,8 +57,18 @@ enum Sub {
         data_dir: PathBuf,
         #[arg(long)]
         raft_listen: SocketAddr,
+        /// A Raft address to join (store only).
         #[arg(long)]
         join: Option<String>,
+        /// Serve the HTTPS API here too (a whole Keel server).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Join through this API URL, with --token.
+        #[arg(long)]
+        join_url: Option<String>,
+        /// The join token.
+        #[arg(long)]
+        token: Option<String>,
     },
 }
 
@@ -80,7 +94,16 @@ fn main() -> ExitCode {
             data_dir,
             raft_listen,
             join,
-        }) => rt.block_on(serve(data_dir, raft_listen, join)),
+            listen,
+            join_url,
+            token,
+        }) => rt.block_on(serve(
+            data_dir,
+            raft_listen,
+            join,
+            listen,
+            join_url.zip(token),
+        )),
         None => rt.block_on(bench(&cli)),
     };
     match result {
@@ -96,8 +119,10 @@ async fn serve(
     data_dir: PathBuf,
     raft_listen: SocketAddr,
     join: Option<String>,
+    listen: Option<SocketAddr>,
+    join_url: Option<(String, String)>,
 ) -> Result<(), String> {
-    let server = Server::start(ServerConfig {
+    let config = ServerConfig {
         data_dir,
         node_id: None,
         raft_listen,
@@ -105,9 +130,18 @@ async fn serve(
         join,
         tls: None,
         tuning: Tuning::default(),
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    };
+    if let Some(listen) = listen {
+        // A whole Keel server: the store with mutual TLS, and the HTTPS API.
+        let mut api = keel_apiserver::ApiConfig::new(config, listen);
+        api.join = join_url;
+        let _server = keel_apiserver::ApiServer::start(api)
+            .await
+            .map_err(|e| e.to_string())?;
+        std::future::pending::<()>().await;
+        return Ok(());
+    }
+    let server = Server::start(config).await.map_err(|e| e.to_string())?;
     // Run until killed.
     std::future::pending::<()>().await;
     server.shutdown().await;
@@ -137,7 +171,9 @@ async fn bench(cli: &Cli) -> Result<(), String> {
             .prefix("keel-bench-")
             .tempdir_in(&base)
             .map_err(|e| e.to_string())?;
-        {
+        let store = cli.suites.iter().any(|s| s == "store");
+        let api = cli.suites.iter().any(|s| s == "api");
+        if store {
             let cluster = KeelCluster::start(root.path(), servers).await?;
             let mut conns = Vec::new();
             for addr in &cluster.addrs {
@@ -150,6 +186,18 @@ async fn bench(cli: &Cli) -> Result<(), String> {
             }
             measure("keel", servers, &conns, shape, cli, &mut rows).await;
         }
+        if api {
+            let cluster = ApiCluster::start(root.path(), servers).await?;
+            let mut conns = Vec::new();
+            for url in &cluster.urls {
+                for _ in 0..2 {
+                    let c = keel_client::Client::new(url, &cluster.ca_pem, &cluster.token)
+                        .map_err(|e| e.to_string())?;
+                    conns.push(Conn::Api(c));
+                }
+            }
+            measure_creates("keel", servers, &conns, shape, cli, &mut rows).await;
+        }
         if let Some(bin) = &etcd {
             let cluster = EtcdCluster::start(bin, root.path(), servers).await?;
             let mut conns = Vec::new();
@@ -158,11 +206,42 @@ async fn bench(cli: &Cli) -> Result<(), String> {
                     conns.push(Conn::Etcd(EtcdClient::connect(addr).await?));
                 }
             }
-            measure("etcd", servers, &conns, shape, cli, &mut rows).await;
+            if store {
+                measure("etcd", servers, &conns, shape, cli, &mut rows).await;
+            }
+            if api {
+                measure_creates("etcd", servers, &conns, shape, cli, &mut rows).await;
+            }
         }
     }
     print_table(&rows);
     Ok(())
+}
+
+/// Object creates: through Keel's HTTPS API (with admission, defaulting and the JSON object),
+/// and as kube-apiserver writes to etcd (a compare-create-revision transaction).
+async fn measure_creates(
+    system: &'static str,
+    servers: usize,
+    conns: &[Conn],
+    shape: impl Fn(usize) -> Shape,
+    cli: &Cli,
+    rows: &mut Vec<Row>,
+) {
+    for &clients in &cli.write_clients {
+        let figures = workload::run(conns, Op::Create, shape(clients)).await;
+        eprintln!(
+            "{system} x{servers} create c={clients}: {:.0}/s ({} errors)",
+            figures.per_second, figures.errors
+        );
+        rows.push(Row {
+            system,
+            servers,
+            workload: "create object".into(),
+            clients,
+            figures,
+        });
+    }
 }
 
 async fn measure(
