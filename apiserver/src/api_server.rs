@@ -271,8 +271,17 @@ async fn join(
             });
         }
     }
-    let grant = auth::request_join(url, token).await.map_err(join_err)?;
-    if Certificates::load(&tls_dir)?.is_none() {
+    let member = Certificates::load(&tls_dir)?.is_some();
+    let grant = match auth::request_join(url, token).await {
+        Ok(grant) => grant,
+        // A member restarting does not need the server it once joined through.
+        Err(e @ auth::JoinError::Unreachable { .. }) if member => {
+            tracing::warn!(error = %e, "cannot reach the join server; starting as a member");
+            return Ok(None);
+        }
+        Err(e) => return Err(join_err(e)),
+    };
+    if !member {
         Certificates::install_ca(&tls_dir, &grant.ca_pem, &grant.ca_key_pem)?;
         Tokens::install(data_dir, &grant.admin_token, &grant.join_token).map_err(|source| {
             StartError::Io {
@@ -282,6 +291,15 @@ async fn join(
         })?;
     }
     Ok(Some(grant.raft_address))
+}
+
+/// The address this machine reaches other networks from (no packet is sent: a UDP socket's
+/// local address after `connect`), so that servers joining by IP find it in the certificate.
+fn primary_ip() -> Option<IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
 }
 
 /// The names the serving certificate covers.
@@ -297,6 +315,9 @@ fn names(host: &str, listen_ip: IpAddr) -> Vec<String> {
     }
     if let Ok(hostname) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
         names.push(hostname.trim().to_string());
+    }
+    if let Some(ip) = primary_ip() {
+        names.push(ip.to_string());
     }
     names.retain(|n| !n.is_empty());
     names.sort();

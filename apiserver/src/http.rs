@@ -16,6 +16,7 @@ mod meta;
 mod metrics;
 mod objects;
 mod openapi;
+mod patch;
 mod request;
 mod selector;
 mod status;
@@ -318,13 +319,19 @@ async fn measure(State(api): State<Api>, req: Request, next: Next) -> Response {
         .uri()
         .query()
         .is_some_and(|q| q.contains("watch=true") || q.contains("watch=1"));
-    let verb = match (req.method().as_str(), watch) {
-        (_, true) => "WATCH".to_string(),
-        (m, false) => m.to_string(),
+    // A fixed set of labels: a client cannot grow the metrics with made-up methods.
+    let verb: &'static str = match (req.method().clone(), watch) {
+        (_, true) => "WATCH",
+        (Method::GET, false) => "GET",
+        (Method::POST, false) => "POST",
+        (Method::PUT, false) => "PUT",
+        (Method::PATCH, false) => "PATCH",
+        (Method::DELETE, false) => "DELETE",
+        _ => "OTHER",
     };
     let response = next.run(req).await;
     api.metrics
-        .observe(&verb, response.status().as_u16(), started.elapsed());
+        .observe(verb, response.status().as_u16(), started.elapsed());
     response
 }
 
@@ -523,6 +530,9 @@ async fn dispatch(
             let patch = json_body(body, "application/json").await?;
             ok(api.patch(&t, kind, patch).await?)
         }
+        (Method::DELETE, true) if t.status => Err(ApiError::method_not_allowed(
+            "DELETE is not supported on the status subresource",
+        )),
         (Method::DELETE, true) => {
             let options = optional_json_body(body).await?;
             ok(api.delete(&t, options).await?)

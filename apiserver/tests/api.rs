@@ -754,3 +754,176 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_runs_patch_limits_and_namespace_rules_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let c = client(&server);
+    ready(&c).await;
+    use hyper::Method;
+
+    // Dry runs change nothing, whether asked in the query or in DeleteOptions.
+    c.post(CM, &configmap("keep", json!({"app": "x"})))
+        .await
+        .unwrap();
+    let before = server.raft().store().revisions().current;
+    let planned = c
+        .post(&format!("{CM}?dryRun=All"), &configmap("ghost", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(planned["metadata"]["name"], "ghost");
+    c.request(
+        Method::DELETE,
+        &format!("{CM}/keep"),
+        None,
+        Some(&json!({"dryRun": ["All"]})),
+    )
+    .await
+    .unwrap();
+    c.request(
+        Method::DELETE,
+        &format!("{CM}?dryRun=All&labelSelector=app%3Dx"),
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    c.patch(
+        &format!("{CM}/keep?dryRun=All"),
+        "application/merge-patch+json",
+        &json!({"data": {"k": "dry"}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        server.raft().store().revisions().current,
+        before,
+        "a dry run stored something"
+    );
+    assert_eq!(
+        c.get(&format!("{CM}/keep")).await.unwrap()["data"]["k"],
+        "v"
+    );
+
+    // A JSON patch that doubles the object again and again is refused, and the server stays up.
+    let bomb: Vec<Value> = (0..40)
+        .map(|i| json!({"op": "copy", "from": "/data", "path": format!("/data/a{i}")}))
+        .collect();
+    let (code_, _, _) = code(
+        c.patch(
+            &format!("{CM}/keep"),
+            "application/json-patch+json",
+            &json!(bomb),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(code_, 422);
+    // A huge watch timeout is clamped, not a crash.
+    let mut w = c
+        .watch(&format!(
+            "{CM}?watch=true&timeoutSeconds=18446744073709551615"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        tokio::time::timeout(WAIT, w.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()["type"],
+        "ADDED"
+    );
+
+    // Strategic merge patches merge keyed lists (kubectl apply on a Service).
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80}, {"name": "https", "port": 443}]}});
+    c.post("/api/v1/namespaces/default/services", &svc)
+        .await
+        .unwrap();
+    let patched = c
+        .patch(
+            "/api/v1/namespaces/default/services/web",
+            "application/strategic-merge-patch+json",
+            &json!({"spec": {"ports": [{"port": 443, "targetPort": 8443}]}}),
+        )
+        .await
+        .unwrap();
+    let ports = patched["spec"]["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 2, "{patched}");
+    assert_eq!(ports[1]["targetPort"], 8443);
+
+    // System namespaces stay; namespaces are not deleted as a collection; DELETE of /status is
+    // not a delete of the object.
+    assert_eq!(
+        code(c.delete("/api/v1/namespaces/default").await.unwrap_err()).0,
+        403
+    );
+    assert_eq!(
+        code(c.delete("/api/v1/namespaces").await.unwrap_err()).0,
+        405
+    );
+    assert_eq!(
+        code(c.delete(&format!("{CM}/keep/status")).await.unwrap_err()).0,
+        405
+    );
+    c.get(&format!("{CM}/keep")).await.unwrap();
+
+    // A terminating namespace survives writes to itself until it is empty, then goes.
+    c.post("/api/v1/namespaces", &json!({"metadata": {"name": "gone"}}))
+        .await
+        .unwrap();
+    let mut held = configmap("held", json!({}));
+    held["metadata"]["finalizers"] = json!(["keel.dev/test"]);
+    c.post("/api/v1/namespaces/gone/configmaps", &held)
+        .await
+        .unwrap();
+    c.delete("/api/v1/namespaces/gone").await.unwrap();
+    c.patch(
+        "/api/v1/namespaces/gone",
+        "application/merge-patch+json",
+        &json!({"metadata": {"labels": {"x": "y"}}}),
+    )
+    .await
+    .unwrap();
+    let ns = c.get("/api/v1/namespaces/gone").await.unwrap();
+    assert_eq!(ns["status"]["phase"], "Terminating");
+    let (code_, _, _) = code(
+        c.post(
+            "/api/v1/namespaces/gone/configmaps",
+            &configmap("late", json!({})),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(code_, 403);
+    c.patch(
+        "/api/v1/namespaces/gone/configmaps/held",
+        "application/merge-patch+json",
+        &json!({"metadata": {"finalizers": null}}),
+    )
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while c.get("/api/v1/namespaces/gone").await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the namespace never went"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Made-up methods are counted under one label.
+    let _ = c
+        .raw(Method::from_bytes(b"FROBNICATE").unwrap(), CM, None, None)
+        .await
+        .unwrap();
+    let (_, body) = c.raw(Method::GET, "/metrics", None, None).await.unwrap();
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("verb=\"OTHER\"") && !text.contains("FROBNICATE"),
+        "{text}"
+    );
+    assert!(text.contains("apiserver_watches 1"), "{text}");
+    server.shutdown().await;
+}

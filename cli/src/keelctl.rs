@@ -207,7 +207,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
         Command::Edit { kind, name } => ops::edit(&ctx, &kind, name.as_deref())
             .await
             .map(|()| ExitCode::SUCCESS),
-        Command::Diff { files } => apply::diff(&ctx, &files).await,
+        // kubectl's convention: 0 the same, 1 different, more for an error.
+        Command::Diff { files } => match apply::diff(&ctx, &files).await {
+            Ok(code) => Ok(code),
+            Err(e) => {
+                eprintln!("error: {e}");
+                Ok(ExitCode::from(2))
+            }
+        },
         Command::Wait {
             target,
             condition,

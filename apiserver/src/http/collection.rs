@@ -130,8 +130,14 @@ impl Api {
         }))
     }
 
-    /// DELETE of a collection: deletes every object the selectors match.
+    /// DELETE of a collection: deletes every object the selectors match (not namespaces:
+    /// each is deleted by name, as in Kubernetes).
     pub(crate) async fn delete_collection(&self, t: &Target, o: &ListOptions) -> ApiResult<Value> {
+        if t.kind.kind == "Namespace" {
+            return Err(ApiError::method_not_allowed(
+                "namespaces are deleted one by one",
+            ));
+        }
         let listed = self
             .list_objects(
                 t,
@@ -154,7 +160,7 @@ impl Api {
                 namespace,
                 name: Some(name),
                 status: false,
-                dry_run: false,
+                dry_run: t.dry_run,
             };
             match self.delete(&target, None).await {
                 Ok(obj) => deleted.push(obj),

@@ -17,7 +17,7 @@ const BUCKETS: [f64; 12] = [
 #[derive(Default)]
 pub(crate) struct Metrics {
     /// Requests by (verb, code).
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     /// Latency histogram: one count per bucket, then the total count and the sum in µs.
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
@@ -30,9 +30,9 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     /// Counts one request.
-    pub(crate) fn observe(&self, verb: &str, code: u16, took: Duration) {
+    pub(crate) fn observe(&self, verb: &'static str, code: u16, took: Duration) {
         if let Ok(mut requests) = self.requests.lock() {
-            *requests.entry((verb.to_string(), code)).or_default() += 1;
+            *requests.entry((verb, code)).or_default() += 1;
         }
         let secs = took.as_secs_f64();
         for (i, bound) in BUCKETS.iter().enumerate() {

@@ -23,7 +23,7 @@ pub(crate) enum PatchKind {
     Merge,
     /// RFC 6902 JSON patch.
     Json,
-    /// Kubernetes strategic merge patch, applied as a merge patch (maps merge; lists replace).
+    /// Kubernetes strategic merge patch (keyed lists merge by key).
     Strategic,
 }
 
@@ -118,45 +118,48 @@ impl Api {
         self.check_references(kind, namespace.as_deref(), &object)
             .await?;
         let key = self.key(kind, namespace.as_deref(), &name)?;
-        let mut compares = vec![Compare::mod_revision(key.clone(), 0)];
-        if let Some(ns) = &namespace {
-            let ns_key = self.namespace_key(ns)?;
-            match self.read(&ns_key).await? {
-                None => return Err(ApiError::not_found("", "namespaces", ns)),
-                Some(s) if meta_str(&s.object, "deletionTimestamp").is_some() => {
-                    return Err(ApiError::forbidden(format!(
-                        "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
-                        kind.plural
-                    )));
-                }
-                Some(s) => compares.push(Compare::mod_revision(ns_key, s.mod_revision)),
-            }
-        }
-        let txn = Txn {
-            compares,
-            success: vec![Op::Put {
-                key: key.clone().into_bytes(),
-                value: meta::for_storage(&object),
-            }],
-            failure: vec![],
-        };
         if t.dry_run {
             return Ok(object);
         }
-        let resp = self.commit(txn).await?;
-        if !resp.succeeded {
-            // The key exists, or the namespace changed under us.
-            return match self.read(&key).await? {
-                Some(_) => Err(ApiError::already_exists(kind.group, kind.plural, &name)),
-                None => Err(ApiError::conflict(
-                    "",
-                    "namespaces",
-                    namespace.as_deref().unwrap_or_default(),
-                )),
+        for _ in 0..RETRIES {
+            let mut compares = vec![Compare::mod_revision(key.clone(), 0)];
+            if let Some(ns) = &namespace {
+                let ns_key = self.namespace_key(ns)?;
+                match self.read(&ns_key).await? {
+                    None => return Err(ApiError::not_found("", "namespaces", ns)),
+                    Some(s) if meta_str(&s.object, "deletionTimestamp").is_some() => {
+                        return Err(ApiError::forbidden(format!(
+                            "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                            kind.plural
+                        )));
+                    }
+                    // The namespace must not change meanwhile (it may start terminating).
+                    Some(s) => compares.push(Compare::mod_revision(ns_key, s.mod_revision)),
+                }
+            }
+            let txn = Txn {
+                compares,
+                success: vec![Op::Put {
+                    key: key.clone().into_bytes(),
+                    value: meta::for_storage(&object),
+                }],
+                failure: vec![],
             };
+            let resp = self.commit(txn).await?;
+            if resp.succeeded {
+                set_resource_version(&mut object, resp.revision);
+                return Ok(object);
+            }
+            if self.read(&key).await?.is_some() {
+                return Err(ApiError::already_exists(kind.group, kind.plural, &name));
+            }
+            // The namespace changed under us (a label, say): look again.
         }
-        set_resource_version(&mut object, resp.revision);
-        Ok(object)
+        Err(ApiError::conflict(
+            "",
+            "namespaces",
+            namespace.as_deref().unwrap_or_default(),
+        ))
     }
 
     /// The rules that need other objects: a Subnet lies inside its VPC.
@@ -226,23 +229,20 @@ impl Api {
         self.update(t, precondition, move |current| {
             let mut patched = current.clone();
             match kind_of_patch {
-                PatchKind::Merge | PatchKind::Strategic => {
-                    json_patch::merge(&mut patched, &strip_directives(body.clone()));
+                PatchKind::Merge => json_patch::merge(&mut patched, &body),
+                PatchKind::Strategic => {
+                    super::patch::strategic_merge(t.kind.kind, &mut patched, &body)
                 }
                 PatchKind::Json => {
-                    let ops: json_patch::Patch = serde_json::from_value(body.clone())
-                        .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
-                    json_patch::patch(&mut patched, &ops).map_err(|e| {
-                        ApiError::invalid(
-                            t.kind.group,
-                            t.kind.kind,
-                            t.name.as_deref().unwrap_or_default(),
-                            vec![admission::cause(
-                                "",
-                                &format!("the JSON patch does not apply: {e}"),
-                            )],
-                        )
-                    })?;
+                    super::patch::json_patch(&mut patched, body.clone(), crate::http::MAX_BODY)
+                        .map_err(|e| {
+                            ApiError::invalid(
+                                t.kind.group,
+                                t.kind.kind,
+                                t.name.as_deref().unwrap_or_default(),
+                                vec![admission::cause("", &e)],
+                            )
+                        })?;
                 }
             }
             check_type(t.kind, &patched)?;
@@ -275,6 +275,22 @@ impl Api {
                 return Err(ApiError::conflict(kind.group, kind.plural, &name));
             }
             let mut next = change(&current.object)?;
+            // The name and namespace are the URL's, whatever a patch says.
+            for (field, value) in [
+                ("name", Some(name.clone())),
+                ("namespace", t.namespace.clone()),
+            ] {
+                if let Some(meta) = meta::metadata(&mut next) {
+                    match value {
+                        Some(v) if kind.scope == Scope::Namespaced || field == "name" => {
+                            meta.insert(field.into(), json!(v));
+                        }
+                        _ => {
+                            meta.remove(field);
+                        }
+                    }
+                }
+            }
             // The server's fields stay the server's.
             for field in [
                 "uid",
@@ -312,7 +328,8 @@ impl Api {
                 return Ok(next);
             }
             let terminating = meta_str(&next, "deletionTimestamp").is_some();
-            let success = if terminating && finalizers(&next).is_empty() {
+            let success = if terminating && finalizers(&next).is_empty() && kind.kind != "Namespace"
+            {
                 // The last finalizer is gone: the object goes.
                 vec![Op::Delete(KeyRange::Key(key.clone().into_bytes()))]
             } else {
@@ -349,6 +366,17 @@ impl Api {
                 .as_ref()
                 .and_then(|o| o["preconditions"]["resourceVersion"].as_str()),
         )?;
+        let dry_run = t.dry_run
+            || options.as_ref().is_some_and(|o| {
+                o["dryRun"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|v| v == "All"))
+            });
+        if kind.kind == "Namespace" && crate::http::SYSTEM_NAMESPACES.contains(&name.as_str()) {
+            return Err(ApiError::forbidden(format!(
+                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+            )));
+        }
         let pre_uid = options
             .as_ref()
             .and_then(|o| o["preconditions"]["uid"].as_str().map(String::from));
@@ -365,7 +393,7 @@ impl Api {
                 return Err(ApiError::conflict(kind.group, kind.plural, &name));
             }
             let mut object = current.object.clone();
-            if t.dry_run {
+            if dry_run {
                 return Ok(object);
             }
             if kind.kind == "Namespace" {
@@ -414,26 +442,35 @@ impl Api {
     async fn delete_namespace(&self, ns: &str, current: Stored) -> ApiResult<Value> {
         let ns_key = self.namespace_key(ns)?;
         let mut object = current.object;
-        let empty = self.namespace_content(ns).await?.is_empty();
-        let op = if empty {
-            Op::Delete(KeyRange::Key(ns_key.clone().into_bytes()))
-        } else {
-            if meta_str(&object, "deletionTimestamp").is_some() {
+        if self.namespace_content(ns).await?.is_empty() {
+            // Gone at once, unless something was created in it meanwhile.
+            let mut compares = self.namespace_empty(ns);
+            compares.push(Compare::mod_revision(ns_key.clone(), current.mod_revision));
+            let resp = self
+                .commit(Txn {
+                    compares,
+                    success: vec![Op::Delete(KeyRange::Key(ns_key.clone().into_bytes()))],
+                    failure: vec![],
+                })
+                .await?;
+            if resp.succeeded {
                 return Ok(object);
             }
-            if let Some(meta) = meta::metadata(&mut object) {
-                meta.insert("deletionTimestamp".into(), json!(meta::now_rfc3339()));
-            }
-            object["status"] = json!({"phase": "Terminating"});
-            Op::Put {
-                key: ns_key.clone().into_bytes(),
-                value: meta::for_storage(&object),
-            }
-        };
+        }
+        if meta_str(&object, "deletionTimestamp").is_some() {
+            return Ok(object);
+        }
+        if let Some(meta) = meta::metadata(&mut object) {
+            meta.insert("deletionTimestamp".into(), json!(meta::now_rfc3339()));
+        }
+        object["status"] = json!({"phase": "Terminating"});
         let resp = self
             .commit(Txn {
-                compares: vec![Compare::mod_revision(ns_key, current.mod_revision)],
-                success: vec![op],
+                compares: vec![Compare::mod_revision(ns_key.clone(), current.mod_revision)],
+                success: vec![Op::Put {
+                    key: ns_key.into_bytes(),
+                    value: meta::for_storage(&object),
+                }],
                 failure: vec![],
             })
             .await?;
@@ -442,6 +479,19 @@ impl Api {
         }
         set_resource_version(&mut object, resp.revision);
         Ok(object)
+    }
+
+    /// Compares that hold only while nothing lives in namespace `ns`.
+    fn namespace_empty(&self, ns: &str) -> Vec<Compare> {
+        keel_schemas::registry()
+            .iter()
+            .filter(|k| k.scope == Scope::Namespaced)
+            .map(|k| Compare {
+                range: KeyRange::Prefix(format!("{}{ns}/", k.storage_prefix()).into_bytes()),
+                op: crate::store::CompareOp::Equal,
+                target: crate::store::CompareTarget::ModRevision(0),
+            })
+            .collect()
     }
 
     /// Every object in a namespace, with its key.
@@ -467,9 +517,10 @@ impl Api {
         Ok(out)
     }
 
-    /// One step of emptying a terminating namespace: objects without finalizers are deleted,
-    /// those with finalizers are marked for deletion, and once nothing is left the namespace
-    /// goes. Returns whether the namespace is gone.
+    /// One step of emptying a terminating namespace: each object without finalizers is
+    /// deleted, each with finalizers is marked for deletion (one transaction per object, so a
+    /// busy object holds up only itself), and once nothing is left the namespace goes.
+    /// Returns whether the namespace is gone.
     pub(crate) async fn finalize_namespace(&self, ns: &str) -> ApiResult<bool> {
         let ns_key = self.namespace_key(ns)?;
         let Some(current) = self.read(&ns_key).await? else {
@@ -478,40 +529,40 @@ impl Api {
         if meta_str(&current.object, "deletionTimestamp").is_none() {
             return Ok(false);
         }
-        let content = self.namespace_content(ns).await?;
-        let mut ops = Vec::new();
-        let mut compares = vec![Compare::mod_revision(ns_key.clone(), current.mod_revision)];
-        for kv in &content {
+        for kv in self.namespace_content(ns).await? {
             let s = decode(kv.clone())?;
-            compares.push(Compare::mod_revision(kv.key.clone(), kv.mod_revision));
-            if finalizers(&s.object).is_empty() {
-                ops.push(Op::Delete(KeyRange::Key(kv.key.clone())));
+            let op = if finalizers(&s.object).is_empty() {
+                Op::Delete(KeyRange::Key(kv.key.clone()))
             } else if meta_str(&s.object, "deletionTimestamp").is_none() {
                 let mut marked = s.object;
                 if let Some(meta) = meta::metadata(&mut marked) {
                     meta.insert("deletionTimestamp".into(), json!(meta::now_rfc3339()));
                 }
-                ops.push(Op::Put {
+                Op::Put {
                     key: kv.key.clone(),
                     value: meta::for_storage(&marked),
-                });
-            }
-        }
-        let waiting = content.len() - ops.iter().filter(|o| matches!(o, Op::Delete(_))).count();
-        if waiting == 0 {
-            ops.push(Op::Delete(KeyRange::Key(ns_key.into_bytes())));
-        }
-        if ops.is_empty() {
-            return Ok(false);
-        }
-        let resp = self
-            .commit(Txn {
-                compares,
-                success: ops,
+                }
+            } else {
+                continue;
+            };
+            // A lost race is fine: the next round looks again.
+            self.commit(Txn {
+                compares: vec![Compare::mod_revision(kv.key, kv.mod_revision)],
+                success: vec![op],
                 failure: vec![],
             })
             .await?;
-        Ok(resp.succeeded && waiting == 0)
+        }
+        let mut compares = self.namespace_empty(ns);
+        compares.push(Compare::mod_revision(ns_key.clone(), current.mod_revision));
+        let resp = self
+            .commit(Txn {
+                compares,
+                success: vec![Op::Delete(KeyRange::Key(ns_key.into_bytes()))],
+                failure: vec![],
+            })
+            .await?;
+        Ok(resp.succeeded)
     }
 
     /// Commits a transaction through Raft.
@@ -622,16 +673,4 @@ fn merge_status(current: &Value, new: &Value) -> Value {
         };
     }
     next
-}
-
-/// Drops strategic-merge-patch directives (`$patch`, `$retainKeys`, `$setElementOrder/...`),
-/// which a merge patch would otherwise write into the object.
-fn strip_directives(mut patch: Value) -> Value {
-    if let Some(obj) = patch.as_object_mut() {
-        obj.retain(|k, _| !k.starts_with('$'));
-        for v in obj.values_mut() {
-            *v = strip_directives(v.take());
-        }
-    }
-    patch
 }

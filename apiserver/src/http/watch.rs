@@ -21,6 +21,9 @@ use crate::store::{EventKind, KeyRange, StoreError, WatchRequest};
 /// Watches that did not ask for a timeout end after this long, and clients re-watch.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
+/// The longest a watch runs, whatever it asks for.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 // === impl Api ===
 
 impl Api {
@@ -47,7 +50,10 @@ impl Api {
                 .collect();
             (lines, listed.revision + 1)
         } else {
-            (Vec::new(), o.resource_version.unwrap_or(0) + 1)
+            (
+                Vec::new(),
+                o.resource_version.unwrap_or(0).saturating_add(1),
+            )
         };
         let prefix = self.collection_prefix(t);
         let kind = t.kind;
@@ -58,9 +64,15 @@ impl Api {
         });
         let timeout = o
             .timeout_seconds
-            .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
+            .map_or(DEFAULT_TIMEOUT, Duration::from_secs)
+            .min(MAX_TIMEOUT);
+        let metrics = self.metrics.clone();
         let bookmark_every = self.bookmark_interval;
         tokio::spawn(async move {
+            metrics
+                .watches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _gauge = WatchGauge(metrics);
             let send = |v: Value| {
                 let tx = tx.clone();
                 async move {
@@ -163,6 +175,17 @@ fn to_line(o: &ListOptions, event: crate::store::Event) -> Option<Value> {
             super::meta::set_resource_version(&mut object, event.kv.mod_revision);
             Some(json!({"type": "DELETED", "object": object}))
         }
+    }
+}
+
+/// Counts a watch out when it ends, however it ends.
+struct WatchGauge(std::sync::Arc<super::metrics::Metrics>);
+
+impl Drop for WatchGauge {
+    fn drop(&mut self) {
+        self.0
+            .watches
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

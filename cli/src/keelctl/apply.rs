@@ -311,14 +311,14 @@ pub async fn delete(
         }
     }
     if let Some(secs) = wait {
-        let deadline = Instant::now() + Duration::from_secs(secs);
+        let deadline = Instant::now() + Duration::from_secs(secs.min(86_400));
         for (kind, ns, name) in &targets {
-            while ctx
-                .client
-                .get(&resource::item(kind, ns, name))
-                .await
-                .is_ok()
-            {
+            loop {
+                match ctx.client.get(&resource::item(kind, ns, name)).await {
+                    Err(keel_client::ClientError::Api { code: 404, .. }) => break,
+                    Err(e) => return Err(e.into()),
+                    Ok(_) => {}
+                }
                 if Instant::now() > deadline {
                     return Err(CtlError(format!(
                         "timed out waiting for {} to be deleted",

@@ -352,11 +352,18 @@ pub async fn get(ctx: &Ctx, args: &GetArgs) -> Result<(), CtlError> {
             objects = list["items"].as_array().cloned().unwrap_or_default();
         } else {
             for n in &names {
-                objects.push(
-                    ctx.client
-                        .get(&resource::item(kind, &ctx.namespace, n))
-                        .await?,
-                );
+                let o = ctx
+                    .client
+                    .get(&resource::item(kind, &ctx.namespace, n))
+                    .await?;
+                // Watch on from the newest of them.
+                let rv = o["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default();
+                if rv.parse::<u64>().unwrap_or(0) > revision.parse::<u64>().unwrap_or(0) {
+                    revision = rv.to_string();
+                }
+                objects.push(o);
             }
         }
         if i > 0 && args.output.is_none() {
@@ -393,6 +400,12 @@ async fn watch(
     use std::io::Write;
     while let Some(event) = w.next().await {
         let event = event?;
+        let name = event["object"]["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default();
+        if !names.is_empty() && !names.iter().any(|n| n == name) {
+            continue;
+        }
         match event["type"].as_str() {
             Some("ERROR") => {
                 return Err(CtlError(format!(

@@ -21,10 +21,7 @@ pub async fn edit(ctx: &Ctx, kind: &str, name: Option<&str>) -> Result<(), CtlEr
         meta.remove("managedFields");
     }
     let before = to_yaml(&object);
-    let file =
-        std::env::temp_dir().join(format!("keelctl-edit-{}-{name}.yaml", std::process::id()));
-    std::fs::write(&file, &before)
-        .map_err(|e| CtlError(format!("cannot write {}: {e}", file.display())))?;
+    let file = private_file(&before)?;
     let editor = std::env::var("KUBE_EDITOR")
         .or_else(|_| std::env::var("EDITOR"))
         .unwrap_or_else(|_| "vi".into());
@@ -38,24 +35,64 @@ pub async fn edit(ctx: &Ctx, kind: &str, name: Option<&str>) -> Result<(), CtlEr
         .map_err(|e| CtlError(format!("cannot run the editor {editor:?}: {e}")))?;
     let after = std::fs::read_to_string(&file)
         .map_err(|e| CtlError(format!("cannot read {}: {e}", file.display())))?;
-    let _ = std::fs::remove_file(&file);
     if !status.success() {
+        let _ = std::fs::remove_file(&file);
         return Err(CtlError(format!("the editor {editor:?} failed: {status}")));
     }
     if after == before {
+        let _ = std::fs::remove_file(&file);
         println!("Edit cancelled, no changes made.");
         return Ok(());
     }
+    // Keep the edit when the write fails (a conflict, an invalid field): it is not lost.
+    let kept = |e: CtlError| CtlError(format!("{e}; your edit is kept in {}", file.display()));
     let mut parsed = Vec::new();
-    manifest::parse(&after, "the edited object", &mut parsed)?;
+    manifest::parse(&after, "the edited object", &mut parsed).map_err(kept)?;
     let [edited] = parsed.as_slice() else {
-        return Err(CtlError(
+        return Err(kept(CtlError(
             "the edited file must hold exactly one object".into(),
-        ));
+        )));
     };
-    ctx.client.put(&path, &edited.object).await?;
+    ctx.client
+        .put(&path, &edited.object)
+        .await
+        .map_err(|e| kept(e.into()))?;
+    let _ = std::fs::remove_file(&file);
     println!("{} edited", resource::display(kind, &name));
     Ok(())
+}
+
+/// A new file only its owner can read, with `text` in it (objects may hold secrets).
+fn private_file(text: &str) -> Result<std::path::PathBuf, CtlError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    for attempt in 0..16u32 {
+        let name = format!(
+            "keelctl-edit-{}-{nanos:x}-{attempt}.yaml",
+            std::process::id()
+        );
+        let path = std::env::temp_dir().join(name);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path);
+        match file {
+            Ok(mut f) => {
+                f.write_all(text.as_bytes())
+                    .map_err(|e| CtlError(format!("cannot write {}: {e}", path.display())))?;
+                return Ok(path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(CtlError(format!("cannot create {}: {e}", path.display()))),
+        }
+    }
+    Err(CtlError(
+        "cannot create a temporary file for the edit".into(),
+    ))
 }
 
 /// `keelctl wait --for=condition=Ready[=True] KIND/NAME` or `--for=delete`.
@@ -65,7 +102,7 @@ pub async fn wait(ctx: &Ctx, target: &str, condition: &str, timeout: &str) -> Re
         .trim_end_matches('s')
         .parse()
         .map_err(|_| CtlError(format!("--timeout {timeout:?}: give seconds, like 30s")))?;
-    let deadline = Instant::now() + Duration::from_secs(secs);
+    let deadline = Instant::now() + Duration::from_secs(secs.min(86_400));
     let path = resource::item(kind, &ctx.namespace, &name);
     let want: Option<(String, String)> = match condition {
         "delete" => None,
