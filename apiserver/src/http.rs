@@ -7,8 +7,9 @@
 //!
 //! Modules: `request` (paths and queries), `selector` (label and field selectors), `meta`
 //! (server-owned metadata), `objects` (one object's verbs), `collection` (list,
-//! delete-collection), `watch`, `discovery`, `openapi` (OpenAPI v3 from the schemas), `status`
-//! (errors).
+//! delete-collection), `watch`, `render` (the forms of a read: objects, a `Table` with each
+//! kind's columns, metadata only), `discovery`, `openapi` (OpenAPI v3 from the schemas),
+//! `status` (errors).
 
 mod collection;
 mod discovery;
@@ -17,6 +18,7 @@ mod metrics;
 mod objects;
 mod openapi;
 mod patch;
+mod render;
 mod request;
 mod selector;
 mod status;
@@ -216,12 +218,13 @@ pub async fn finalize_namespaces(server: Server, mut shutdown: signal::Receiver<
         else {
             continue;
         };
-        let now = meta::now_rfc3339();
+        let now = keel_schemas::time::now_rfc3339();
         for ns in listed.items {
             let since = ns["metadata"]["deletionTimestamp"]
                 .as_str()
                 .unwrap_or_default();
-            if meta::seconds_between(since, &now).is_some_and(|s| s >= NAMESPACE_GRACE.as_secs())
+            if keel_schemas::time::seconds_between(since, &now)
+                .is_some_and(|s| s >= NAMESPACE_GRACE.as_secs())
                 && let Some(name) = ns["metadata"]["name"].as_str()
                 && let Err(e) = api.finalize_namespace(name).await
             {
@@ -496,14 +499,24 @@ async fn dispatch(
         .trim()
         .to_ascii_lowercase();
     let ok = |v: Value| Ok(axum::Json(v).into_response());
+    // Reads answer in the form the client accepts (objects, a Table, metadata only); writes
+    // answer with the object.
+    let form = || {
+        let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+        render::negotiate(accept, &query)
+    };
     match (method, t.name.is_some()) {
-        (Method::GET, true) => ok(api.get(&t).await?),
+        (Method::GET, true) => {
+            let form = form()?;
+            ok(render::object(t.kind, form, api.get(&t).await?))
+        }
         (Method::GET, false) => {
+            let form = form()?;
             let options = request::list_options(&query)?;
             if options.watch {
-                api.watch(&t, options).await
+                api.watch(&t, options, form).await
             } else {
-                ok(api.list(&t, &options).await?)
+                ok(api.list(&t, &options, form).await?)
             }
         }
         (Method::POST, false) => {

@@ -927,3 +927,148 @@ async fn dry_runs_patch_limits_and_namespace_rules_hold() {
     assert!(text.contains("apiserver_watches 1"), "{text}");
     server.shutdown().await;
 }
+
+const TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+const METADATA: &str = "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io";
+
+fn column_names(table: &Value) -> Vec<&str> {
+    table["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_come_as_tables_or_metadata_as_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let c = client(&server);
+    ready(&c).await;
+    let vpc = |name: &str, cidr: &str| json!({"apiVersion": "keel.dev/v1alpha1", "kind": "VPC", "metadata": {"name": name}, "spec": {"cidr": cidr}});
+    // A write answers with the object whatever the client accepts for reads.
+    let tables = c.accepting(TABLE);
+    let created = tables.post(VPC, &vpc("a", "10.1.0.0/16")).await.unwrap();
+    assert_eq!(created["kind"], "VPC");
+    c.post(VPC, &vpc("b", "10.2.0.0/16")).await.unwrap();
+
+    // A list as a Table: the kind's columns, a row per object with its metadata.
+    let t = tables.get(VPC).await.unwrap();
+    assert_eq!(
+        (t["kind"].as_str(), t["apiVersion"].as_str()),
+        (Some("Table"), Some("meta.k8s.io/v1"))
+    );
+    assert_eq!(column_names(&t), ["Name", "CIDR", "Age"]);
+    assert_eq!(t["columnDefinitions"][0]["format"], "name");
+    assert_eq!(
+        t["rows"][0]["cells"].as_array().unwrap()[..2],
+        [json!("a"), json!("10.1.0.0/16")]
+    );
+    assert_eq!(
+        t["rows"][1]["cells"].as_array().unwrap()[..2],
+        [json!("b"), json!("10.2.0.0/16")]
+    );
+    assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    assert_eq!(
+        t["rows"][0]["object"]["metadata"]["uid"],
+        created["metadata"]["uid"]
+    );
+    assert!(t["rows"][0]["object"].get("spec").is_none());
+    assert!(t["metadata"]["resourceVersion"].is_string());
+    let whole = tables
+        .get(&format!("{VPC}?includeObject=Object"))
+        .await
+        .unwrap();
+    assert_eq!(whole["rows"][1]["object"]["spec"]["cidr"], "10.2.0.0/16");
+    let bare = tables
+        .get(&format!("{VPC}?includeObject=None"))
+        .await
+        .unwrap();
+    assert!(bare["rows"][0].get("object").is_none());
+    // Paging carries over.
+    let page = tables.get(&format!("{VPC}?limit=1")).await.unwrap();
+    assert_eq!(page["rows"].as_array().unwrap().len(), 1);
+    assert!(page["metadata"]["continue"].is_string());
+    // One object is a table of one row.
+    let one = tables.get(&format!("{VPC}/b")).await.unwrap();
+    assert_eq!(one["rows"].as_array().unwrap().len(), 1);
+    assert_eq!(one["rows"][0]["cells"][0], "b");
+    // Metadata only.
+    let meta = c.accepting(METADATA).get(VPC).await.unwrap();
+    assert_eq!(meta["kind"], "PartialObjectMetadataList");
+    assert_eq!(meta["items"][1]["metadata"]["name"], "b");
+    assert!(meta["items"][1].get("spec").is_none());
+    // A form Keel does not serve: 406, and the Status says what can be served.
+    let (status, reason, body) = code(c.accepting("application/yaml").get(VPC).await.unwrap_err());
+    assert_eq!((status, reason.as_str()), (406, "NotAcceptable"));
+    assert!(
+        body["message"].as_str().unwrap().contains("as=Table"),
+        "{body}"
+    );
+    let (status, _, _) = code(
+        tables
+            .get(&format!("{VPC}?includeObject=Some"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, 400);
+
+    // A Table watch: every event is a one-row table.
+    let mut w = tables.watch(&format!("{VPC}?watch=true")).await.unwrap();
+    for name in ["a", "b"] {
+        let e = w.next().await.unwrap().unwrap();
+        assert_eq!(
+            (e["type"].as_str(), e["object"]["kind"].as_str()),
+            (Some("ADDED"), Some("Table"))
+        );
+        assert_eq!(e["object"]["rows"][0]["cells"][0], name);
+    }
+    c.post(VPC, &vpc("c", "10.3.0.0/16")).await.unwrap();
+    let e = w.next().await.unwrap().unwrap();
+    assert_eq!(e["type"], "ADDED");
+    assert_eq!(column_names(&e["object"]), ["Name", "CIDR", "Age"]);
+    assert_eq!(
+        e["object"]["rows"][0]["cells"].as_array().unwrap()[..2],
+        [json!("c"), json!("10.3.0.0/16")]
+    );
+    c.delete(&format!("{VPC}/c")).await.unwrap();
+    let e = w.next().await.unwrap().unwrap();
+    assert_eq!(
+        (
+            e["type"].as_str(),
+            e["object"]["rows"][0]["cells"][0].as_str()
+        ),
+        (Some("DELETED"), Some("c"))
+    );
+
+    // A metadata watch, bookmarks included, as kube-rs' metadata watcher reads it.
+    let metas = c.accepting("application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io");
+    let mut w = metas
+        .watch(&format!(
+            "{VPC}?watch=true&sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan"
+        ))
+        .await
+        .unwrap();
+    let mut names = Vec::new();
+    loop {
+        let e = w.next().await.unwrap().unwrap();
+        assert_eq!(e["object"]["kind"], "PartialObjectMetadata", "{e}");
+        assert!(e["object"].get("spec").is_none());
+        if e["type"] == "BOOKMARK" {
+            assert_eq!(
+                e["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+                "true"
+            );
+            break;
+        }
+        names.push(
+            e["object"]["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(names, ["a", "b"]);
+    server.shutdown().await;
+}

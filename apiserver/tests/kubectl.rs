@@ -75,11 +75,40 @@ kind: Subnet
 metadata: {name: front, namespace: shop, labels: {tier: front}}
 spec: {vpc: main, cidr: 10.20.1.0/24}
 ---
+apiVersion: keel.dev/v1alpha1
+kind: Bucket
+metadata: {name: assets, namespace: shop}
+spec: {bucketName: shop-assets}
+---
 apiVersion: v1
 kind: ConfigMap
 metadata: {name: web, namespace: shop}
 data: {color: blue}
 "#;
+
+/// The lines a child writes, as they come.
+fn lines_of(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The cells of a table kubectl printed: one `Vec` per line, split on runs of spaces.
+fn cells(table: &str) -> Vec<Vec<String>> {
+    table
+        .lines()
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_applies_gets_watches_explains_and_deletes() {
@@ -148,6 +177,70 @@ async fn kubectl_applies_gets_watches_explains_and_deletes() {
     .await);
     assert_eq!(selected.trim(), "subnet.keel.dev/front");
 
+    // Tables have each kind's columns (the server's Table form); -o wide adds the wide ones;
+    // --sort-by reads the whole objects in the rows.
+    let table = cells(&ok(
+        &kubectl(&server, &["get", "subnets", "-n", "shop"]).await
+    ));
+    assert_eq!(table[0], ["NAME", "VPC", "CIDR", "GATEWAY", "AGE"]);
+    assert_eq!(
+        table[1][..4],
+        ["front", "main", "10.20.1.0/24", "10.20.1.1"]
+    );
+    let table = cells(&ok(&kubectl(&server, &["get", "buckets", "-A"]).await));
+    assert_eq!(table[0], ["NAMESPACE", "NAME", "BUCKET", "READY", "AGE"]);
+    assert_eq!(table[1][..3], ["shop", "assets", "shop-assets"]);
+    let table = cells(&ok(&kubectl(
+        &server,
+        &["get", "buckets", "-n", "shop", "-o", "wide"],
+    )
+    .await));
+    assert_eq!(table[0], ["NAME", "BUCKET", "READY", "ENDPOINT", "AGE"]);
+    let table = cells(&ok(&kubectl(
+        &server,
+        &["get", "ns", "--sort-by", ".metadata.name"],
+    )
+    .await));
+    let names: Vec<&str> = table[1..].iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "default",
+            "kube-node-lease",
+            "kube-public",
+            "kube-system",
+            "shop"
+        ]
+    );
+    assert!(table[1..].iter().all(|r| r[1] == "Active"), "{table:?}");
+
+    // A table watch prints a row per change, under one header.
+    let mut table_watch = Command::new("kubectl")
+        .env("KUBECONFIG", server.kubeconfig())
+        .env("HOME", std::env::temp_dir())
+        .args(["get", "subnets", "-n", "shop", "-w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rows = lines_of(table_watch.stdout.take().unwrap());
+    assert_eq!(
+        cells(&rows.recv_timeout(WAIT).unwrap())[0],
+        ["NAME", "VPC", "CIDR", "GATEWAY", "AGE"]
+    );
+    assert_eq!(cells(&rows.recv_timeout(WAIT).unwrap())[0][0], "front");
+    ok(&kubectl(
+        &server,
+        &["label", "subnet", "front", "-n", "shop", "zone=a"],
+    )
+    .await);
+    assert_eq!(
+        cells(&rows.recv_timeout(WAIT).unwrap())[0][..3],
+        ["front", "main", "10.20.1.0/24"]
+    );
+    let _ = table_watch.kill();
+    let _ = table_watch.wait();
+
     // get -w sees a change made meanwhile.
     let kubeconfig = server.kubeconfig().to_path_buf();
     let mut watch = Command::new("kubectl")
@@ -167,18 +260,7 @@ async fn kubectl_applies_gets_watches_explains_and_deletes() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = watch.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = lines_of(watch.stdout.take().unwrap());
     assert_eq!(rx.recv_timeout(WAIT).unwrap(), "blue");
     ok(&kubectl(
         &server,

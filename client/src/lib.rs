@@ -63,6 +63,7 @@ pub struct Client {
     http: HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     base: String,
     token: Arc<str>,
+    accept: Arc<str>,
 }
 
 /// The events of a watch.
@@ -104,7 +105,17 @@ impl Client {
             http: HyperClient::builder(TokioExecutor::new()).build(connector),
             base: url.trim_end_matches('/').to_string(),
             token: token.into(),
+            accept: "application/json".into(),
         })
+    }
+
+    /// The same client, sending `accept` as its `Accept` header: `application/json;as=Table;
+    /// v=v1;g=meta.k8s.io` for tables, `...;as=PartialObjectMetadataList;...` for metadata.
+    pub fn accepting(&self, accept: &str) -> Client {
+        Client {
+            accept: accept.into(),
+            ..self.clone()
+        }
     }
 
     /// The server's URL.
@@ -141,7 +152,7 @@ impl Client {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
-            .header("Accept", "application/json");
+            .header("Accept", &*self.accept);
         if !self.token.is_empty() {
             req = req.header("Authorization", format!("Bearer {}", self.token));
         }

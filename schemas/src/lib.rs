@@ -17,8 +17,11 @@
 //! - [`mod@validate`]: schema and semantic validation, immutable fields.
 //! - [`defaults`]: defaulting from the schemas' `default`s plus computed defaults.
 //! - [`kinds`]: typed structs per kind group.
+//! - [`columns`]: the columns of each kind's table (`kubectl get`, `keelctl get`).
 //! - [`names`], [`net`], [`quantity`]: syntax of names, addresses, ports and byte sizes.
+//! - [`time`]: timestamps and ages as Kubernetes writes them.
 
+pub mod columns;
 pub mod defaults;
 pub mod kinds;
 pub mod names;
@@ -26,6 +29,7 @@ pub mod net;
 pub mod quantity;
 pub mod registry;
 pub mod schema;
+pub mod time;
 pub mod validate;
 
 pub use defaults::default_object;

@@ -7,6 +7,7 @@ use keel_schemas::Scope;
 
 use super::Api;
 use super::objects::decode;
+use super::render::{self, Form};
 use super::request::{ListOptions, Target};
 use super::status::{ApiError, ApiResult};
 use crate::raft::{ClusterError, Consistency};
@@ -115,19 +116,14 @@ impl Api {
         }
     }
 
-    /// GET of a collection as a `...List` object.
-    pub(crate) async fn list(&self, t: &Target, o: &ListOptions) -> ApiResult<Value> {
+    /// GET of a collection: a `...List`, or the `form` the client asked for.
+    pub(crate) async fn list(&self, t: &Target, o: &ListOptions, form: Form) -> ApiResult<Value> {
         let listed = self.list_objects(t, o).await?;
         let mut metadata = json!({"resourceVersion": listed.revision.to_string()});
         if let Some(token) = listed.continue_token {
             metadata["continue"] = json!(token);
         }
-        Ok(json!({
-            "apiVersion": t.kind.api_version(),
-            "kind": format!("{}List", t.kind.kind),
-            "metadata": metadata,
-            "items": listed.items,
-        }))
+        Ok(render::list(t.kind, form, listed.items, metadata))
     }
 
     /// DELETE of a collection: deletes every object the selectors match (not namespaces:
@@ -168,12 +164,12 @@ impl Api {
                 Err(e) => return Err(e),
             }
         }
-        Ok(json!({
-            "apiVersion": t.kind.api_version(),
-            "kind": format!("{}List", t.kind.kind),
-            "metadata": {"resourceVersion": listed.revision.to_string()},
-            "items": deleted,
-        }))
+        Ok(render::list(
+            t.kind,
+            Form::Object,
+            deleted,
+            json!({"resourceVersion": listed.revision.to_string()}),
+        ))
     }
 }
 

@@ -101,7 +101,10 @@ impl Api {
             .ok_or_else(|| ApiError::bad_request("the body is not a JSON object"))?;
         meta.insert("name".into(), json!(name));
         meta.insert("uid".into(), json!(meta::new_uid()));
-        meta.insert("creationTimestamp".into(), json!(meta::now_rfc3339()));
+        meta.insert(
+            "creationTimestamp".into(),
+            json!(keel_schemas::time::now_rfc3339()),
+        );
         meta.insert("generation".into(), json!(1));
         meta.remove("deletionTimestamp");
         meta.remove("deletionGracePeriodSeconds");
@@ -409,7 +412,10 @@ impl Api {
                     return Ok(object);
                 }
                 if let Some(meta) = meta::metadata(&mut object) {
-                    meta.insert("deletionTimestamp".into(), json!(meta::now_rfc3339()));
+                    meta.insert(
+                        "deletionTimestamp".into(),
+                        json!(keel_schemas::time::now_rfc3339()),
+                    );
                     meta.insert("deletionGracePeriodSeconds".into(), json!(0));
                 }
                 (
@@ -461,7 +467,10 @@ impl Api {
             return Ok(object);
         }
         if let Some(meta) = meta::metadata(&mut object) {
-            meta.insert("deletionTimestamp".into(), json!(meta::now_rfc3339()));
+            meta.insert(
+                "deletionTimestamp".into(),
+                json!(keel_schemas::time::now_rfc3339()),
+            );
         }
         object["status"] = json!({"phase": "Terminating"});
         let resp = self
@@ -536,7 +545,10 @@ impl Api {
             } else if meta_str(&s.object, "deletionTimestamp").is_none() {
                 let mut marked = s.object;
                 if let Some(meta) = meta::metadata(&mut marked) {
-                    meta.insert("deletionTimestamp".into(), json!(meta::now_rfc3339()));
+                    meta.insert(
+                        "deletionTimestamp".into(),
+                        json!(keel_schemas::time::now_rfc3339()),
+                    );
                 }
                 Op::Put {
                     key: kv.key.clone(),

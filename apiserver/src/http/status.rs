@@ -171,6 +171,11 @@ impl ApiError {
         ApiError::new(415, "UnsupportedMediaType", message)
     }
 
+    /// 406: no representation the client accepts.
+    pub fn not_acceptable(message: impl Into<String>) -> ApiError {
+        ApiError::new(406, "NotAcceptable", message)
+    }
+
     /// 500: the server failed.
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(500, "InternalError", message)

@@ -12,8 +12,11 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use keel_schemas::Kind;
+
 use super::Api;
 use super::objects::decode;
+use super::render::{self, Form};
 use super::request::{ListOptions, Target};
 use super::status::{ApiError, ApiResult};
 use crate::store::{EventKind, KeyRange, StoreError, WatchRequest};
@@ -27,8 +30,13 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 // === impl Api ===
 
 impl Api {
-    /// GET with `watch=true`.
-    pub(crate) async fn watch(&self, t: &Target, o: ListOptions) -> ApiResult<Response> {
+    /// GET with `watch=true`; event objects in `form`.
+    pub(crate) async fn watch(
+        &self,
+        t: &Target,
+        o: ListOptions,
+        form: Form,
+    ) -> ApiResult<Response> {
         let (tx, rx) = mpsc::channel::<Bytes>(64);
         let initial = o.resource_version.is_none() || o.send_initial_events == Some(true);
         let (first, start) = if initial {
@@ -46,7 +54,7 @@ impl Api {
             let lines: Vec<Value> = listed
                 .items
                 .into_iter()
-                .map(|object| json!({"type": "ADDED", "object": object}))
+                .map(|object| json!({"type": "ADDED", "object": render::object(t.kind, form, object)}))
                 .collect();
             (lines, listed.revision + 1)
         } else {
@@ -93,17 +101,12 @@ impl Api {
                     return;
                 }
             }
-            let bookmark = |rv: u64| {
-                json!({"type": "BOOKMARK", "object": {
-                    "apiVersion": kind.api_version(),
-                    "kind": kind.kind,
-                    "metadata": {"resourceVersion": rv.to_string()},
-                }})
-            };
+            let bookmark = |metadata: Value| json!({"type": "BOOKMARK", "object": render::bookmark(kind, form, metadata)});
             if o.bookmarks && o.send_initial_events == Some(true) {
-                let mut b = bookmark(start - 1);
-                b["object"]["metadata"]["annotations"] =
-                    json!({"k8s.io/initial-events-end": "true"});
+                let b = bookmark(json!({
+                    "resourceVersion": (start - 1).to_string(),
+                    "annotations": {"k8s.io/initial-events-end": "true"},
+                }));
                 if !send(b).await {
                     return;
                 }
@@ -116,7 +119,8 @@ impl Api {
                     _ = tx.closed() => return,
                     _ = tokio::time::sleep_until(deadline) => return,
                     _ = ticker.tick() => {
-                        if o.bookmarks && !send(bookmark(watch.next_revision() - 1)).await {
+                        let rv = (watch.next_revision() - 1).to_string();
+                        if o.bookmarks && !send(bookmark(json!({"resourceVersion": rv}))).await {
                             return;
                         }
                     }
@@ -129,7 +133,7 @@ impl Api {
                             }
                         };
                         for event in events {
-                            let Some(line) = to_line(&o, event) else { continue };
+                            let Some(line) = to_line(kind, &o, form, event) else { continue };
                             if !send(line).await {
                                 return;
                             }
@@ -152,7 +156,7 @@ impl Api {
 
 /// The watch event for a store event, as the selectors see it: an object entering the
 /// selection is ADDED, one leaving it is DELETED.
-fn to_line(o: &ListOptions, event: crate::store::Event) -> Option<Value> {
+fn to_line(kind: &Kind, o: &ListOptions, form: Form, event: crate::store::Event) -> Option<Value> {
     let selected = |v: &Value| o.labels.matches(v) && o.fields.matches(v);
     let old = event
         .prev_kv
@@ -162,18 +166,18 @@ fn to_line(o: &ListOptions, event: crate::store::Event) -> Option<Value> {
         EventKind::Put => {
             let new = decode(event.kv).ok()?.object;
             let (was, is) = (old.as_ref().is_some_and(selected), selected(&new));
-            let kind = match (old.is_some() && was, is) {
+            let event_type = match (old.is_some() && was, is) {
                 (false, true) => "ADDED",
                 (true, true) => "MODIFIED",
                 (true, false) => "DELETED",
                 (false, false) => return None,
             };
-            Some(json!({"type": kind, "object": new}))
+            Some(json!({"type": event_type, "object": render::object(kind, form, new)}))
         }
         EventKind::Delete => {
             let mut object = old.filter(selected)?;
             super::meta::set_resource_version(&mut object, event.kv.mod_revision);
-            Some(json!({"type": "DELETED", "object": object}))
+            Some(json!({"type": "DELETED", "object": render::object(kind, form, object)}))
         }
     }
 }

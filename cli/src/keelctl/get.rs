@@ -1,10 +1,9 @@
 //! `get` (tables with columns per kind, `-o yaml|json|wide|name`, `-w`, `-l`, `-A`) and
 //! `describe` (spec, status, conditions and recent events).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use clap::Args;
-use keel_schemas::{Kind, Scope};
+use keel_schemas::time::age;
+use keel_schemas::{Kind, Scope, columns};
 use serde_json::Value;
 
 use super::manifest::to_yaml;
@@ -32,217 +31,33 @@ pub struct GetArgs {
     watch: bool,
 }
 
-/// A column: header and how to read it from an object.
-struct Column {
-    header: &'static str,
-    value: fn(&Value) -> String,
-    wide_only: bool,
-}
-
-const fn col(header: &'static str, value: fn(&Value) -> String) -> Column {
-    Column {
-        header,
-        value,
-        wide_only: false,
-    }
-}
-
-/// The value at a dotted path (`spec.cidr`, `spec.nics.0.subnet`), as text.
+/// The value at a dotted path, as text (`<none>` when not set).
 fn at(object: &Value, path: &str) -> String {
-    let v = path
-        .split('.')
-        .fold(object, |v, seg| match seg.parse::<usize>() {
-            Ok(i) => &v[i],
-            Err(_) => &v[seg],
-        });
-    match v {
-        Value::Null => "<none>".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+    columns::cell_text(&columns::at(object, path))
 }
 
-fn count(object: &Value, path: &str) -> String {
-    let v = path.split('.').fold(object, |v, seg| &v[seg]);
-    match v {
-        Value::Array(a) => a.len().to_string(),
-        Value::Object(o) => o.len().to_string(),
-        _ => "0".into(),
-    }
-}
-
-/// The status of condition `kind` (`True`, `False`, `Unknown`), or `<none>`.
-fn condition(object: &Value, kind: &str) -> String {
-    object["status"]["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
-        .and_then(|c| c["status"].as_str())
-        .unwrap_or("<none>")
-        .to_string()
-}
-
-fn columns(kind: &Kind) -> Vec<Column> {
-    match kind.kind {
-        "VirtualMachine" => vec![
-            col("PHASE", |o| at(o, "status.phase")),
-            col("READY", |o| condition(o, "Ready")),
-            col("NODE", |o| at(o, "status.nodeName")),
-            col("CPU", |o| at(o, "spec.cpu")),
-            col("MEMORY", |o| at(o, "spec.memory")),
-            Column {
-                header: "IP",
-                value: |o| at(o, "status.interfaces.0.ip"),
-                wide_only: true,
-            },
-        ],
-        "VPC" => vec![col("CIDR", |o| at(o, "spec.cidr"))],
-        "Subnet" => vec![
-            col("VPC", |o| at(o, "spec.vpc")),
-            col("CIDR", |o| at(o, "spec.cidr")),
-            col("GATEWAY", |o| at(o, "spec.gateway")),
-        ],
-        "SecurityGroup" => vec![
-            col("INGRESS", |o| count(o, "spec.ingress")),
-            col("EGRESS", |o| count(o, "spec.egress")),
-        ],
-        "Zone" => vec![
-            col("DOMAIN", |o| at(o, "spec.domain")),
-            col("RECORDS", |o| count(o, "spec.records")),
-        ],
-        "Bucket" => vec![
-            col("BUCKET", |o| at(o, "spec.bucketName")),
-            col("READY", |o| condition(o, "Ready")),
-            Column {
-                header: "ENDPOINT",
-                value: |o| at(o, "status.endpoint"),
-                wide_only: true,
-            },
-        ],
-        "LoadBalancer" => vec![
-            col("VIP", |o| at(o, "spec.vip")),
-            col("PORTS", |o| {
-                o["spec"]["listeners"]
-                    .as_array()
-                    .map(|ls| {
-                        ls.iter()
-                            .map(|l| at(l, "port"))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default()
-            }),
-            col("READY", |o| condition(o, "Ready")),
-        ],
-        "GitRepository" => vec![
-            col("URL", |o| at(o, "spec.url")),
-            col("READY", |o| condition(o, "Ready")),
-        ],
-        "Revision" => vec![
-            col("TARGET", |o| {
-                format!(
-                    "{}/{}",
-                    at(o, "spec.target.kind"),
-                    at(o, "spec.target.name")
-                )
-            }),
-            col("REVISION", |o| at(o, "spec.revision")),
-            col("PHASE", |o| at(o, "status.phase")),
-        ],
-        "Namespace" => vec![col("STATUS", |o| at(o, "status.phase"))],
-        "Node" => vec![col("STATUS", |o| match condition(o, "Ready").as_str() {
-            "True" => "Ready".into(),
-            "<none>" => "Unknown".into(),
-            _ => "NotReady".into(),
-        })],
-        "Pod" => vec![
-            col("STATUS", |o| at(o, "status.phase")),
-            col("NODE", |o| at(o, "spec.nodeName")),
-        ],
-        "Service" => vec![
-            col("TYPE", |o| at(o, "spec.type")),
-            col("CLUSTER-IP", |o| at(o, "spec.clusterIP")),
-        ],
-        "Event" => vec![
-            col("TYPE", |o| at(o, "type")),
-            col("REASON", |o| at(o, "reason")),
-            col("OBJECT", |o| {
-                format!(
-                    "{}/{}",
-                    at(o, "involvedObject.kind").to_lowercase(),
-                    at(o, "involvedObject.name")
-                )
-            }),
-            col("MESSAGE", |o| at(o, "message")),
-        ],
-        "Secret" => vec![
-            col("TYPE", |o| at(o, "type")),
-            col("DATA", |o| count(o, "data")),
-        ],
-        "ConfigMap" => vec![col("DATA", |o| count(o, "data"))],
-        "Lease" => vec![col("HOLDER", |o| at(o, "spec.holderIdentity"))],
-        _ => vec![],
-    }
-}
-
-/// How long ago an RFC 3339 timestamp was, kubectl-style (`42s`, `5m`, `3h`, `12d`).
-fn age(timestamp: &str) -> String {
-    let Some(then) = parse_rfc3339(timestamp) else {
-        return "<unknown>".into();
-    };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let secs = now.saturating_sub(then);
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    }
-}
-
-/// Seconds since the epoch of `YYYY-MM-DDTHH:MM:SSZ`.
-fn parse_rfc3339(t: &str) -> Option<u64> {
-    let n = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
-    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
-    // Days from civil (Howard Hinnant).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
-}
-
-/// A table of objects.
+/// A table of objects, with the kind's columns (those of priority 1 only when `wide`).
 fn table(kind: &Kind, objects: &[Value], all_namespaces: bool, wide: bool, header: bool) -> String {
-    let cols: Vec<Column> = columns(kind)
+    let cols: Vec<&columns::Column> = columns::columns(kind)
         .into_iter()
-        .filter(|c| wide || !c.wide_only)
+        .filter(|c| wide || c.priority == 0)
         .collect();
+    let namespaced = all_namespaces && kind.scope == Scope::Namespaced;
     let mut rows: Vec<Vec<String>> = Vec::new();
     if header {
         let mut h = Vec::new();
-        if all_namespaces && kind.scope == Scope::Namespaced {
+        if namespaced {
             h.push("NAMESPACE".to_string());
         }
-        h.push("NAME".into());
-        h.extend(cols.iter().map(|c| c.header.to_string()));
-        h.push("AGE".into());
+        h.extend(cols.iter().map(|c| c.name.to_uppercase()));
         rows.push(h);
     }
     for o in objects {
         let mut r = Vec::new();
-        if all_namespaces && kind.scope == Scope::Namespaced {
+        if namespaced {
             r.push(at(o, "metadata.namespace"));
         }
-        r.push(at(o, "metadata.name"));
-        r.extend(cols.iter().map(|c| (c.value)(o)));
-        r.push(age(o["metadata"]["creationTimestamp"]
-            .as_str()
-            .unwrap_or_default()));
+        r.extend(cols.iter().map(|c| columns::cell_text(&(c.cell)(o))));
         rows.push(r);
     }
     let widths: Vec<usize> = (0..rows.first().map_or(0, Vec::len))
@@ -577,11 +392,9 @@ mod tests {
         assert!(
             lines[1].contains("shop")
                 && lines[1].contains("10.0.0.0/16")
-                && lines[1].ends_with('d'),
+                && lines[1].ends_with('y'),
             "{t}"
         );
-        assert_eq!(parse_rfc3339("1970-01-02T00:00:01Z"), Some(86_401));
-        assert_eq!(parse_rfc3339("2026-11-23T13:45:09Z"), Some(1_795_441_509));
         assert_eq!(encode("app=web,x in (a)"), "app%3Dweb%2Cx%20in%20%28a%29");
     }
 }

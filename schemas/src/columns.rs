@@ -1,0 +1,367 @@
+//! The columns a table of each kind shows: what `kubectl get` prints from the API server's
+//! `Table` responses and what `keelctl get` prints, defined once here (the role of a CRD's
+//! `additionalPrinterColumns`).
+//!
+//! Every table starts with `Name` and ends with `Age`; in between come the kind's own
+//! columns. A column of priority 0 is always shown, one of priority 1 only with `-o wide`.
+//! Cells are JSON values: a string, a number, or null for a field that is not set (printed
+//! `<none>`).
+
+use serde_json::Value;
+
+use crate::Kind;
+use crate::time::age;
+
+/// One column of a kind's table.
+#[derive(Debug)]
+pub struct Column {
+    /// The title (`Phase`; kubectl prints it upper-cased).
+    pub name: &'static str,
+    /// The OpenAPI type of its cells: `string` or `integer`.
+    pub cell_type: &'static str,
+    /// `name` for the column that names the object, else empty.
+    pub format: &'static str,
+    /// What the column shows.
+    pub description: &'static str,
+    /// 0: always shown; 1: only in wide output.
+    pub priority: u8,
+    /// The cell of an object.
+    pub cell: fn(&Value) -> Value,
+}
+
+const fn text(name: &'static str, description: &'static str, cell: fn(&Value) -> Value) -> Column {
+    Column {
+        name,
+        cell_type: "string",
+        format: "",
+        description,
+        priority: 0,
+        cell,
+    }
+}
+
+const fn number(
+    name: &'static str,
+    description: &'static str,
+    cell: fn(&Value) -> Value,
+) -> Column {
+    Column {
+        cell_type: "integer",
+        ..text(name, description, cell)
+    }
+}
+
+const fn wide(column: Column) -> Column {
+    Column {
+        priority: 1,
+        ..column
+    }
+}
+
+/// The column that names the object.
+pub static NAME: Column = Column {
+    format: "name",
+    ..text(
+        "Name",
+        "Name must be unique within a namespace. It is required when creating resources.",
+        |o| at(o, "metadata.name"),
+    )
+};
+
+/// The object's age.
+pub static AGE: Column = text(
+    "Age",
+    "How long ago the object was created (metadata.creationTimestamp).",
+    |o| {
+        Value::String(age(o["metadata"]["creationTimestamp"]
+            .as_str()
+            .unwrap_or_default()))
+    },
+);
+
+static VIRTUAL_MACHINE: &[Column] = &[
+    text("Phase", "The VM's lifecycle phase.", |o| {
+        at(o, "status.phase")
+    }),
+    text("Ready", "The status of the Ready condition.", |o| {
+        condition(o, "Ready")
+    }),
+    text("Node", "The host the VM runs on.", |o| {
+        at(o, "status.nodeName")
+    }),
+    number("CPU", "Virtual CPUs.", |o| at(o, "spec.cpu")),
+    text("Memory", "Guest memory.", |o| at(o, "spec.memory")),
+    wide(text("IP", "The address of the first NIC.", |o| {
+        at(o, "status.interfaces.0.ip")
+    })),
+];
+
+static VPC: &[Column] = &[text("CIDR", "The VPC's address range.", |o| {
+    at(o, "spec.cidr")
+})];
+
+static SUBNET: &[Column] = &[
+    text("VPC", "The VPC the subnet belongs to.", |o| {
+        at(o, "spec.vpc")
+    }),
+    text("CIDR", "The subnet's address range.", |o| {
+        at(o, "spec.cidr")
+    }),
+    text("Gateway", "The subnet's gateway address.", |o| {
+        at(o, "spec.gateway")
+    }),
+];
+
+static SECURITY_GROUP: &[Column] = &[
+    number("Ingress", "Inbound rules.", |o| count(o, "spec.ingress")),
+    number("Egress", "Outbound rules.", |o| count(o, "spec.egress")),
+];
+
+static ZONE: &[Column] = &[
+    text("Domain", "The zone's domain.", |o| at(o, "spec.domain")),
+    number("Records", "Record sets in the zone.", |o| {
+        count(o, "spec.records")
+    }),
+];
+
+static BUCKET: &[Column] = &[
+    text("Bucket", "The S3 bucket name.", |o| {
+        at(o, "spec.bucketName")
+    }),
+    text("Ready", "The status of the Ready condition.", |o| {
+        condition(o, "Ready")
+    }),
+    wide(text(
+        "Endpoint",
+        "The S3 endpoint serving the bucket.",
+        |o| at(o, "status.endpoint"),
+    )),
+];
+
+static LOAD_BALANCER: &[Column] = &[
+    text("VIP", "The virtual IP clients connect to.", |o| {
+        at(o, "spec.vip")
+    }),
+    text("Ports", "The listeners' ports.", |o| {
+        let ports: Vec<String> = o["spec"]["listeners"]
+            .as_array()
+            .map(|ls| ls.iter().map(|l| l["port"].to_string()).collect())
+            .unwrap_or_default();
+        Value::String(ports.join(","))
+    }),
+    text("Ready", "The status of the Ready condition.", |o| {
+        condition(o, "Ready")
+    }),
+];
+
+static GIT_REPOSITORY: &[Column] = &[
+    text("URL", "The repository's URL.", |o| at(o, "spec.url")),
+    text("Ready", "The status of the Ready condition.", |o| {
+        condition(o, "Ready")
+    }),
+];
+
+static REVISION: &[Column] = &[
+    text("Target", "The object this revision belongs to.", |o| {
+        Value::String(format!(
+            "{}/{}",
+            o["spec"]["target"]["kind"].as_str().unwrap_or_default(),
+            o["spec"]["target"]["name"].as_str().unwrap_or_default()
+        ))
+    }),
+    number("Revision", "The revision's number.", |o| {
+        at(o, "spec.revision")
+    }),
+    text(
+        "Phase",
+        "Whether the revision is current, rolled back, ...",
+        |o| at(o, "status.phase"),
+    ),
+];
+
+static NAMESPACE: &[Column] = &[text(
+    "Status",
+    "Active, or Terminating while it is deleted.",
+    |o| at(o, "status.phase"),
+)];
+
+static NODE: &[Column] = &[text("Status", "Ready, NotReady or Unknown.", |o| {
+    Value::String(
+        match o["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+            .and_then(|c| c["status"].as_str())
+        {
+            Some("True") => "Ready",
+            Some(_) => "NotReady",
+            None => "Unknown",
+        }
+        .into(),
+    )
+})];
+
+static POD: &[Column] = &[
+    text("Status", "The pod's phase.", |o| at(o, "status.phase")),
+    text("Node", "The node the pod runs on.", |o| {
+        at(o, "spec.nodeName")
+    }),
+];
+
+static SERVICE: &[Column] = &[
+    text("Type", "ClusterIP, NodePort or LoadBalancer.", |o| {
+        at(o, "spec.type")
+    }),
+    text("Cluster-IP", "The service's cluster IP.", |o| {
+        at(o, "spec.clusterIP")
+    }),
+];
+
+static EVENT: &[Column] = &[
+    text("Type", "Normal or Warning.", |o| at(o, "type")),
+    text("Reason", "Why the event happened, in one word.", |o| {
+        at(o, "reason")
+    }),
+    text("Object", "The object the event is about.", |o| {
+        Value::String(format!(
+            "{}/{}",
+            o["involvedObject"]["kind"]
+                .as_str()
+                .unwrap_or_default()
+                .to_lowercase(),
+            o["involvedObject"]["name"].as_str().unwrap_or_default()
+        ))
+    }),
+    text("Message", "What happened.", |o| at(o, "message")),
+];
+
+static SECRET: &[Column] = &[
+    text("Type", "The secret's type.", |o| at(o, "type")),
+    number("Data", "Keys in the secret.", |o| count(o, "data")),
+];
+
+static CONFIG_MAP: &[Column] = &[number("Data", "Keys in the config map.", |o| {
+    count(o, "data")
+})];
+
+static LEASE: &[Column] = &[text("Holder", "Who holds the lease.", |o| {
+    at(o, "spec.holderIdentity")
+})];
+
+/// The kind's own columns (without `Name` and `Age`).
+pub fn kind_columns(kind: &Kind) -> &'static [Column] {
+    match kind.kind {
+        "VirtualMachine" => VIRTUAL_MACHINE,
+        "VPC" => VPC,
+        "Subnet" => SUBNET,
+        "SecurityGroup" => SECURITY_GROUP,
+        "Zone" => ZONE,
+        "Bucket" => BUCKET,
+        "LoadBalancer" => LOAD_BALANCER,
+        "GitRepository" => GIT_REPOSITORY,
+        "Revision" => REVISION,
+        "Namespace" => NAMESPACE,
+        "Node" => NODE,
+        "Pod" => POD,
+        "Service" => SERVICE,
+        "Event" => EVENT,
+        "Secret" => SECRET,
+        "ConfigMap" => CONFIG_MAP,
+        "Lease" => LEASE,
+        _ => &[],
+    }
+}
+
+/// Every column of the kind's table: `Name`, the kind's own, `Age`.
+pub fn columns(kind: &Kind) -> Vec<&'static Column> {
+    std::iter::once(&NAME)
+        .chain(kind_columns(kind))
+        .chain(std::iter::once(&AGE))
+        .collect()
+}
+
+/// A cell as text, as kubectl prints it: null is `<none>`.
+pub fn cell_text(cell: &Value) -> String {
+    match cell {
+        Value::Null => "<none>".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The value at a dotted path (`spec.cidr`, `status.interfaces.0.ip`), or null.
+pub fn at(object: &Value, path: &str) -> Value {
+    path.split('.')
+        .try_fold(object, |v, seg| match seg.parse::<usize>() {
+            Ok(i) => v.get(i),
+            Err(_) => v.get(seg),
+        })
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// How many entries the list or map at `path` has (0 when it is not set).
+fn count(object: &Value, path: &str) -> Value {
+    let n = match at(object, path) {
+        Value::Array(a) => a.len(),
+        Value::Object(o) => o.len(),
+        _ => 0,
+    };
+    Value::from(n)
+}
+
+/// The status (`True`, `False`, `Unknown`) of the condition of type `kind`, or null.
+fn condition(object: &Value, kind: &str) -> Value {
+    object["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == kind))
+        .map_or(Value::Null, |c| c["status"].clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::{lookup, registry};
+
+    #[test]
+    fn every_kind_has_name_first_and_age_last() {
+        for kind in registry() {
+            let cols = columns(kind);
+            assert_eq!(cols[0].name, "Name", "{}", kind.kind);
+            assert_eq!(cols[0].format, "name");
+            assert_eq!(cols[cols.len() - 1].name, "Age");
+            assert!(cols.len() > 2, "{} has no columns of its own", kind.kind);
+            for c in &cols {
+                assert!(matches!(c.cell_type, "string" | "integer"), "{}", c.name);
+                assert!(!c.description.is_empty(), "{}", c.name);
+                // An empty object gives a cell for every column, never a panic.
+                let _ = (c.cell)(&json!({}));
+            }
+        }
+    }
+
+    #[test]
+    fn cells_read_the_object() {
+        let vm = lookup("vm").unwrap();
+        let o = json!({
+            "metadata": {"name": "web-1", "creationTimestamp": "2000-01-01T00:00:00Z"},
+            "spec": {"cpu": 2, "memory": "2Gi"},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                       "interfaces": [{"ip": "10.0.1.5"}]},
+        });
+        let cells: Vec<String> = columns(vm)
+            .iter()
+            .map(|c| cell_text(&(c.cell)(&o)))
+            .collect();
+        assert_eq!(
+            cells[..7],
+            ["web-1", "Running", "True", "<none>", "2", "2Gi", "10.0.1.5"]
+        );
+        assert!(cells[7].ends_with('y'), "{}", cells[7]);
+        let sg = lookup("sg").unwrap();
+        let o = json!({"spec": {"ingress": [{}, {}], "egress": []}});
+        let cells: Vec<Value> = kind_columns(sg).iter().map(|c| (c.cell)(&o)).collect();
+        assert_eq!(cells, [json!(2), json!(0)]);
+    }
+}
