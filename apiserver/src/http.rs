@@ -8,8 +8,8 @@
 //! Modules: `request` (paths and queries), `selector` (label and field selectors), `meta`
 //! (server-owned metadata), `objects` (one object's verbs), `collection` (list,
 //! delete-collection), `watch`, `render` (the forms of a read: objects, a `Table` with each
-//! kind's columns, metadata only), `discovery`, `openapi` (OpenAPI v3 from the schemas),
-//! `status` (errors).
+//! kind's columns, metadata only), `protobuf` (the bodies kubectl's generators send),
+//! `discovery`, `openapi` (OpenAPI v3 from the schemas), `status` (errors).
 
 mod collection;
 mod discovery;
@@ -18,6 +18,7 @@ mod metrics;
 mod objects;
 mod openapi;
 mod patch;
+mod protobuf;
 mod render;
 mod request;
 mod selector;
@@ -520,12 +521,12 @@ async fn dispatch(
             }
         }
         (Method::POST, false) => {
-            let object = json_body(body, &content_type).await?;
+            let object = object_body(body, &content_type, t.kind).await?;
             let created = api.create(&t, object).await?;
             Ok((StatusCode::CREATED, axum::Json(created)).into_response())
         }
         (Method::PUT, true) => {
-            let object = json_body(body, &content_type).await?;
+            let object = object_body(body, &content_type, t.kind).await?;
             ok(api.replace(&t, object).await?)
         }
         (Method::PATCH, true) => {
@@ -566,6 +567,19 @@ async fn read_body(body: Body) -> ApiResult<Bytes> {
             "the request body is larger than the limit of {MAX_BODY} bytes"
         ))
     })
+}
+
+/// An object in a request body: JSON, or the protobuf kubectl's generators send.
+async fn object_body(
+    body: Body,
+    content_type: &str,
+    kind: &keel_schemas::Kind,
+) -> ApiResult<Value> {
+    if content_type == protobuf::CONTENT_TYPE {
+        let bytes = read_body(body).await?;
+        return protobuf::decode(kind.group, kind.kind, &bytes);
+    }
+    json_body(body, content_type).await
 }
 
 /// A JSON request body; YAML and other encodings are refused with a 415.

@@ -132,15 +132,8 @@ async fn kubectl_applies_gets_watches_explains_and_deletes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // (kubectl's generators, such as `create namespace`, speak protobuf; files are JSON.)
-    let ns_file = dir.path().join("ns.yaml");
-    std::fs::write(
-        &ns_file,
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n",
-    )
-    .unwrap();
-    let ns_file = ns_file.to_str().unwrap().to_string();
-    ok(&kubectl(&server, &["apply", "-f", &ns_file]).await);
+    // kubectl's generators send protobuf.
+    ok(&kubectl(&server, &["create", "namespace", "shop"]).await);
     let applied = ok(&kubectl(&server, &["apply", "-f", &file]).await);
     for line in [
         "vpc.keel.dev/main created",
@@ -176,6 +169,65 @@ async fn kubectl_applies_gets_watches_explains_and_deletes() {
     )
     .await);
     assert_eq!(selected.trim(), "subnet.keel.dev/front");
+
+    // More generators: a config map, a secret and a service, each as kubectl encodes them.
+    ok(&kubectl(
+        &server,
+        &[
+            "create",
+            "configmap",
+            "gen",
+            "-n",
+            "shop",
+            "--from-literal=a=1",
+            "--from-literal=b=2",
+        ],
+    )
+    .await);
+    ok(&kubectl(
+        &server,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "creds",
+            "-n",
+            "shop",
+            "--from-literal=password=p@ss",
+        ],
+    )
+    .await);
+    ok(&kubectl(
+        &server,
+        &[
+            "create",
+            "service",
+            "clusterip",
+            "web",
+            "-n",
+            "shop",
+            "--tcp=80:8080",
+        ],
+    )
+    .await);
+    let get_json = |args: &'static [&'static str]| {
+        let server = &server;
+        async move {
+            serde_json::from_str::<serde_json::Value>(&ok(&kubectl(server, args).await)).unwrap()
+        }
+    };
+    let cm = get_json(&["get", "cm", "gen", "-n", "shop", "-o", "json"]).await;
+    assert_eq!(cm["data"], serde_json::json!({"a": "1", "b": "2"}));
+    let secret = get_json(&["get", "secret", "creds", "-n", "shop", "-o", "json"]).await;
+    assert_eq!(secret["data"]["password"], "cEBzcw==");
+    let svc = get_json(&["get", "svc", "web", "-n", "shop", "-o", "json"]).await;
+    assert_eq!(
+        svc["spec"]["ports"][0],
+        serde_json::json!({"name": "80-8080", "port": 80, "protocol": "TCP", "targetPort": 8080})
+    );
+    assert_eq!(svc["spec"]["selector"]["app"], "web");
+    let again = kubectl(&server, &["create", "namespace", "shop"]).await;
+    assert!(String::from_utf8_lossy(&again.stderr).contains("AlreadyExists"));
 
     // Tables have each kind's columns (the server's Table form); -o wide adds the wide ones;
     // --sort-by reads the whole objects in the rows.
