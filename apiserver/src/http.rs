@@ -63,6 +63,20 @@ pub(crate) struct Api {
     pub(crate) metrics: Arc<metrics::Metrics>,
 }
 
+impl Api {
+    /// The API as the server's own background tasks use it: no listener, no tokens.
+    fn internal(server: Server) -> Api {
+        Api {
+            server,
+            tokens: Arc::new(Tokens::empty()),
+            certificates: None,
+            advertise: String::new(),
+            bookmark_interval: Duration::from_secs(60),
+            metrics: Arc::default(),
+        }
+    }
+}
+
 /// How to serve the API.
 #[derive(Clone)]
 pub struct HttpOptions {
@@ -144,14 +158,7 @@ pub const SYSTEM_NAMESPACES: [&str; 4] =
 /// Creates the system namespaces that do not exist yet, retrying while the cluster has no
 /// leader, until done or `shutdown` is set.
 pub async fn ensure_namespaces(server: Server, mut shutdown: signal::Receiver<bool>) {
-    let api = Api {
-        server,
-        tokens: Arc::new(Tokens::empty()),
-        certificates: None,
-        advertise: String::new(),
-        bookmark_interval: Duration::from_secs(60),
-        metrics: Arc::default(),
-    };
+    let api = Api::internal(server);
     let Some(kind) = keel_schemas::lookup("namespaces") else {
         return;
     };
@@ -187,14 +194,7 @@ const NAMESPACE_GRACE: Duration = Duration::from_secs(3);
 /// Empties and removes terminating namespaces, on the leader, until `shutdown` is set (the
 /// namespace controller of Kubernetes).
 pub async fn finalize_namespaces(server: Server, mut shutdown: signal::Receiver<bool>) {
-    let api = Api {
-        server,
-        tokens: Arc::new(Tokens::empty()),
-        certificates: None,
-        advertise: String::new(),
-        bookmark_interval: Duration::from_secs(60),
-        metrics: Arc::default(),
-    };
+    let api = Api::internal(server);
     let Some(kind) = keel_schemas::lookup("namespaces") else {
         return;
     };

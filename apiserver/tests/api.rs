@@ -4,44 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
+mod common;
+
 use std::time::Duration;
 
-use keel_apiserver::raft::{ServerConfig, Tuning};
-use keel_apiserver::{ApiConfig, ApiServer};
+use keel_apiserver::ApiServer;
+
+use common::{WAIT, start};
 use keel_client::{Client, ClientError};
 use serde_json::{Value, json};
-
-const WAIT: Duration = Duration::from_secs(20);
-
-fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start(dir: &std::path::Path) -> ApiServer {
-    let raft = ServerConfig {
-        data_dir: dir.to_path_buf(),
-        node_id: None,
-        raft_listen: SocketAddr::from(([127, 0, 0, 1], port())),
-        advertise: None,
-        join: None,
-        tls: None,
-        tuning: Tuning {
-            heartbeat_interval: Duration::from_millis(50),
-            election_timeout: (Duration::from_millis(200), Duration::from_millis(400)),
-            ..Tuning::default()
-        },
-    };
-    let mut config = ApiConfig::new(raft, SocketAddr::from(([127, 0, 0, 1], 0)));
-    config.bookmark_interval = Duration::from_millis(300);
-    let server = ApiServer::start(config).await.unwrap();
-    server.raft().wait_for_leader(WAIT).await.unwrap();
-    server
-}
 
 fn client(server: &ApiServer) -> Client {
     Client::new(server.url(), server.ca_pem(), server.admin_token()).unwrap()

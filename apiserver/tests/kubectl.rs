@@ -3,66 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::BufRead;
-use std::net::SocketAddr;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use keel_apiserver::raft::{ServerConfig, Tuning};
-use keel_apiserver::{ApiConfig, ApiServer};
-
-const WAIT: Duration = Duration::from_secs(30);
-
-fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start(dir: &std::path::Path) -> ApiServer {
-    let raft = ServerConfig {
-        data_dir: dir.to_path_buf(),
-        node_id: None,
-        raft_listen: SocketAddr::from(([127, 0, 0, 1], port())),
-        advertise: None,
-        join: None,
-        tls: None,
-        tuning: Tuning::default(),
-    };
-    let server = ApiServer::start(ApiConfig::new(raft, SocketAddr::from(([127, 0, 0, 1], 0))))
-        .await
-        .unwrap();
-    server.raft().wait_for_leader(WAIT).await.unwrap();
-    server
-}
-
-/// Runs kubectl with the server's kubeconfig, off the async runtime.
-async fn kubectl(server: &ApiServer, args: &[&str]) -> Output {
-    let kubeconfig = server.kubeconfig().to_path_buf();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        Command::new("kubectl")
-            .env("KUBECONFIG", kubeconfig)
-            .env("HOME", std::env::temp_dir())
-            .args(&args)
-            .output()
-            .expect("kubectl runs (it is installed on the test machine)")
-    })
-    .await
-    .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "kubectl failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
+use common::{WAIT, kubectl, ok, start};
 
 const TENANT: &str = r#"
 apiVersion: keel.dev/v1alpha1
