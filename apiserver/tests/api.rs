@@ -8,27 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use keel_apiserver::ApiServer;
-
-use common::{WAIT, start};
+use common::{WAIT, client, start};
 use keel_client::{Client, ClientError};
 use serde_json::{Value, json};
-
-fn client(server: &ApiServer) -> Client {
-    Client::new(server.url(), server.ca_pem(), server.admin_token()).unwrap()
-}
-
-/// Waits until the system namespaces exist (kube-node-lease is made last).
-async fn ready(c: &Client) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while c.get("/api/v1/namespaces/kube-node-lease").await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no default namespace"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn code(e: ClientError) -> (u16, String, Value) {
     match e {
@@ -55,7 +37,6 @@ async fn objects_follow_the_kubernetes_rules() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
     let c = client(&server);
-    ready(&c).await;
 
     // No token, or a wrong one: 401. Health needs none.
     let anonymous = Client::new(server.url(), server.ca_pem(), "").unwrap();
@@ -240,7 +221,6 @@ async fn lists_select_and_page_at_one_revision() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
     let c = client(&server);
-    ready(&c).await;
     c.post(
         "/api/v1/namespaces",
         &json!({"metadata": {"name": "other"}}),
@@ -332,7 +312,6 @@ async fn watches_resume_bookmark_and_expire() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
     let c = client(&server);
-    ready(&c).await;
     let a = c
         .post(CM, &configmap("a", json!({"app": "x"})))
         .await
@@ -467,7 +446,6 @@ async fn bad_requests_get_a_status_and_store_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
     let c = client(&server);
-    ready(&c).await;
     let before = server.raft().store().revisions().current;
     let raw = |method, path: &str, ct: Option<&'static str>, body: Vec<u8>| {
         let c = c.clone();
@@ -646,7 +624,6 @@ async fn every_kinds_examples_are_admitted_or_refused_field_by_field() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
     let c = client(&server);
-    ready(&c).await;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/examples");
     let mut files: Vec<_> = walk(&root);
     files.sort();
@@ -731,7 +708,6 @@ async fn dry_runs_patch_limits_and_namespace_rules_hold() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
     let c = client(&server);
-    ready(&c).await;
     use hyper::Method;
 
     // Dry runs change nothing, whether asked in the query or in DeleteOptions.
@@ -916,7 +892,6 @@ async fn reads_come_as_tables_or_metadata_as_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
     let c = client(&server);
-    ready(&c).await;
     let vpc = |name: &str, cidr: &str| json!({"apiVersion": "keel.dev/v1alpha1", "kind": "VPC", "metadata": {"name": name}, "spec": {"cidr": cidr}});
     // A write answers with the object whatever the client accepts for reads.
     let tables = c.accepting(TABLE);

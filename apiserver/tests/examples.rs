@@ -6,9 +6,8 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use common::{WAIT, kubectl, ok, start};
+use common::{kubectl, ok, start};
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -131,20 +130,6 @@ async fn examples_apply_reapply_and_delete_with_kubectl() {
     let server = start(dir.path()).await;
     let examples = examples_dir();
     let examples = examples.to_str().unwrap();
-
-    // The system namespaces are made in the background; wait for them.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !kubectl(&server, &["get", "ns", "default"])
-        .await
-        .status
-        .success()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no default namespace"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     // A first apply creates every object, and nothing else.
     let applied = ok(&kubectl(&server, &["apply", "-f", examples]).await);

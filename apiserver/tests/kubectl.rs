@@ -7,7 +7,6 @@ mod common;
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::{WAIT, kubectl, ok, start};
 
@@ -64,20 +63,6 @@ async fn kubectl_applies_gets_watches_explains_and_deletes() {
     let file = dir.path().join("tenant.yaml");
     std::fs::write(&file, TENANT).unwrap();
     let file = file.to_str().unwrap().to_string();
-
-    // The system namespaces are made in the background; wait for them.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !kubectl(&server, &["get", "ns", "default"])
-        .await
-        .status
-        .success()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no default namespace"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     // kubectl's generators send protobuf.
     ok(&kubectl(&server, &["create", "namespace", "shop"]).await);

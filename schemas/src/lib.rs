@@ -35,6 +35,8 @@ pub mod validate;
 pub use defaults::default_object;
 pub use net::cidr_contains;
 pub use quantity::parse_quantity;
-pub use registry::{KEEL_GROUP, KEEL_VERSION, Kind, Scope, lookup, registry, storage_key};
+pub use registry::{
+    KEEL_GROUP, KEEL_VERSION, Kind, Scope, kinds_in, lookup, registry, storage_key,
+};
 pub use schema::{openapi_schema, schema};
 pub use validate::{FieldError, validate, validate_update};

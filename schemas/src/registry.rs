@@ -130,6 +130,13 @@ pub fn registry() -> &'static [Kind] {
     REGISTRY
 }
 
+/// The kinds served under one group and version (`""`, `"v1"` for the core group).
+pub fn kinds_in(group: &str, version: &str) -> impl Iterator<Item = &'static Kind> {
+    REGISTRY
+        .iter()
+        .filter(move |k| k.group == group && k.version == version)
+}
+
 /// Where `kind` sits in [`registry`], matched by group, version and kind, so that a copy of a
 /// registered kind finds its per-kind data (schema, validator).
 pub(crate) fn position(kind: &Kind) -> Option<usize> {

@@ -35,10 +35,7 @@ pub(crate) fn api_groups() -> Value {
 
 /// `/api/v1` or `/apis/{group}/{version}`: the resources served there; `None` if none.
 pub(crate) fn resources(group: &str, version: &str) -> Option<Value> {
-    let kinds: Vec<&Kind> = registry()
-        .iter()
-        .filter(|k| k.group == group && k.version == version)
-        .collect();
+    let kinds: Vec<&Kind> = keel_schemas::kinds_in(group, version).collect();
     if kinds.is_empty() {
         return None;
     }

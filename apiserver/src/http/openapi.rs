@@ -24,10 +24,7 @@ pub(crate) fn index() -> Value {
 
 /// `/openapi/v3/api/v1` or `/openapi/v3/apis/{group}/{version}`.
 pub(crate) fn document(group: &str, version: &str) -> Option<Value> {
-    let kinds: Vec<&Kind> = registry()
-        .iter()
-        .filter(|k| k.group == group && k.version == version)
-        .collect();
+    let kinds: Vec<&Kind> = keel_schemas::kinds_in(group, version).collect();
     if kinds.is_empty() {
         return None;
     }
@@ -172,10 +169,7 @@ mod tests {
                 "{path}"
             );
             let doc = document(group, version).unwrap();
-            for kind in registry()
-                .iter()
-                .filter(|k| k.group == group && k.version == version)
-            {
+            for kind in keel_schemas::kinds_in(group, version) {
                 let schema = &doc["components"]["schemas"][schema_name(kind)];
                 assert_eq!(
                     schema["x-kubernetes-group-version-kind"][0]["kind"],

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use keel_schemas::{Kind, Scope, registry};
+use keel_schemas::{Kind, Scope};
 
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{ApiError, ApiResult};
@@ -47,9 +47,8 @@ pub(crate) struct ListOptions {
 pub(crate) fn target(group: &str, version: &str, rest: &str) -> ApiResult<Target> {
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let find = |plural: &str| -> ApiResult<&'static Kind> {
-        registry()
-            .iter()
-            .find(|k| k.group == group && k.version == version && k.plural == plural)
+        keel_schemas::kinds_in(group, version)
+            .find(|k| k.plural == plural)
             .ok_or_else(|| {
                 let gv = if group.is_empty() {
                     version.to_string()

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use keel_apiserver::raft::{ServerConfig, Tuning};
 use keel_apiserver::{ApiConfig, ApiServer};
+use keel_client::Client;
 
 /// How long a test waits for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -23,7 +24,7 @@ pub fn port() -> u16 {
 }
 
 /// A one-server cluster with its API on a free loopback port, with short Raft timings and
-/// bookmarks every 300 ms; returns once it has a leader.
+/// bookmarks every 300 ms; returns once it has a leader and its system namespaces.
 pub async fn start(dir: &std::path::Path) -> ApiServer {
     let raft = ServerConfig {
         data_dir: dir.to_path_buf(),
@@ -42,7 +43,22 @@ pub async fn start(dir: &std::path::Path) -> ApiServer {
     config.bookmark_interval = Duration::from_millis(300);
     let server = ApiServer::start(config).await.unwrap();
     server.raft().wait_for_leader(WAIT).await.unwrap();
+    // The system namespaces are made in the background; kube-node-lease is made last.
+    let c = client(&server);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while c.get("/api/v1/namespaces/kube-node-lease").await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no system namespaces"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     server
+}
+
+/// A client of the server with the admin token, trusting only the cluster CA.
+pub fn client(server: &ApiServer) -> Client {
+    Client::new(server.url(), server.ca_pem(), server.admin_token()).unwrap()
 }
 
 /// Runs kubectl with the server's kubeconfig, off the async runtime.
