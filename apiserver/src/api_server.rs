@@ -26,6 +26,8 @@ pub struct ApiConfig {
     pub bookmark_interval: Duration,
     /// Join the cluster of the server at this URL (`https://host:6443`) with this join token.
     pub join: Option<(String, String)>,
+    /// More metrics to serve at `/metrics` (the process's controllers'), in the text format.
+    pub extra_metrics: Option<fn() -> String>,
 }
 
 /// Why a server did not start.
@@ -102,6 +104,7 @@ impl ApiConfig {
             advertise_host: None,
             bookmark_interval: Duration::from_secs(60),
             join: None,
+            extra_metrics: None,
         }
     }
 }
@@ -176,9 +179,15 @@ impl ApiServer {
             tls: certificates.server_config()?,
             advertise,
             bookmark_interval: config.bookmark_interval,
+            extra_metrics: config.extra_metrics,
         };
         tokio::spawn(http::ensure_namespaces(raft.clone(), shutdown_rx.clone()));
         tokio::spawn(http::finalize_namespaces(raft.clone(), shutdown_rx.clone()));
+        tokio::spawn(http::keep_identity_lease(
+            raft.clone(),
+            url.clone(),
+            shutdown_rx.clone(),
+        ));
         let task = tokio::spawn(http::serve(listener, options, shutdown_rx));
         tracing::info!(url = %url, kubeconfig = %kubeconfig.display(), "API serving");
         Ok(ApiServer {

@@ -61,6 +61,7 @@ pub(crate) struct Api {
     advertise: String,
     pub(crate) bookmark_interval: Duration,
     pub(crate) metrics: Arc<metrics::Metrics>,
+    extra_metrics: Option<fn() -> String>,
 }
 
 impl Api {
@@ -73,6 +74,7 @@ impl Api {
             advertise: String::new(),
             bookmark_interval: Duration::from_secs(60),
             metrics: Arc::default(),
+            extra_metrics: None,
         }
     }
 }
@@ -92,6 +94,8 @@ pub struct HttpOptions {
     pub advertise: String,
     /// How often idle watches get a bookmark.
     pub bookmark_interval: Duration,
+    /// More metrics to serve at `/metrics` (the process's controllers'), in the text format.
+    pub extra_metrics: Option<fn() -> String>,
 }
 
 /// Serves the API on `listener` until `shutdown` is set.
@@ -107,6 +111,7 @@ pub async fn serve(
         advertise: options.advertise,
         bookmark_interval: options.bookmark_interval,
         metrics: Arc::default(),
+        extra_metrics: options.extra_metrics,
     };
     let app = router(api);
     let acceptor = tokio_rustls::TlsAcceptor::from(options.tls);
@@ -183,6 +188,54 @@ pub async fn ensure_namespaces(server: Server, mut shutdown: signal::Receiver<bo
                 _ = shutdown.wait_for(|stop| *stop) => return,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
+        }
+    }
+}
+
+/// How often a server renews its identity Lease, and how long the Lease says it lasts.
+const IDENTITY_RENEW: Duration = Duration::from_secs(10);
+const IDENTITY_DURATION_SECS: u64 = 30;
+
+/// Keeps this server's identity Lease (`kube-system/keel-apiserver-<node id>`, labeled
+/// `keel.dev/apiserver`, its API URL in the `keel.dev/url` annotation) renewed until
+/// `shutdown` is set, so that clients can learn every server of the cluster (Kubernetes keeps
+/// `apiserver-*` Leases for the same purpose).
+pub async fn keep_identity_lease(
+    server: Server,
+    url: String,
+    mut shutdown: signal::Receiver<bool>,
+) {
+    let api = Api::internal(server.clone());
+    let Some(kind) = keel_schemas::lookup("leases") else {
+        return;
+    };
+    let name = format!("keel-apiserver-{}", server.node_id());
+    let target = Target {
+        kind,
+        namespace: Some("kube-system".to_string()),
+        name: Some(name.clone()),
+        status: false,
+        dry_run: false,
+    };
+    loop {
+        let lease = serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": name, "namespace": "kube-system",
+                         "labels": {"keel.dev/apiserver": "true"},
+                         "annotations": {"keel.dev/url": url}},
+            "spec": {"holderIdentity": name, "leaseDurationSeconds": IDENTITY_DURATION_SECS,
+                     "renewTime": keel_schemas::time::now_rfc3339_micros()},
+        });
+        let result = match api.replace(&target, lease.clone()).await {
+            Err(e) if e.code == 404 => api.create(&target, lease).await,
+            other => other,
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e.message, "cannot renew the server's identity lease yet");
+        }
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tokio::time::sleep(IDENTITY_RENEW) => {}
         }
     }
 }
@@ -342,7 +395,7 @@ async fn measure(State(api): State<Api>, req: Request, next: Next) -> Response {
 async fn metrics_text(State(api): State<Api>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        api.metrics.render(&api.server),
+        api.metrics.render(&api.server) + &api.extra_metrics.map(|f| f()).unwrap_or_default(),
     )
         .into_response()
 }

@@ -48,7 +48,7 @@ pub enum Conn {
     /// An etcd server's KV service.
     Etcd(etcd::EtcdClient),
     /// A Keel server's HTTPS API.
-    Api(keel_client::Client),
+    Api(Box<keel_client::Client>),
 }
 
 impl Conn {

@@ -4,11 +4,23 @@
 //! token: plain requests that return JSON (an API error comes back as the server's
 //! Kubernetes `Status`), and watches as a stream of events.
 //!
-//! Modules: `kubeconfig` (kubeconfig files and command-line overrides).
+//! A client knows every server of the cluster it has heard of: it starts with one URL, learns
+//! the others from the servers' identity Leases ([`Client::refresh_servers`]), and when the
+//! server it talks to cannot be reached it moves on to the next one. Calls that are safe to
+//! repeat (GET, PUT, PATCH, DELETE, and any request that never reached a server) are retried
+//! with exponential backoff on connection errors and on 503 answers (a server without a
+//! leader), up to [`RetryPolicy::attempts`].
+//!
+//! Modules: `kubeconfig` (kubeconfig files and command-line overrides), `api` (a typed handle
+//! on one kind: get, list, create, update, patch, delete, status, watch).
 
+pub mod api;
 pub mod kubeconfig;
 
-use std::sync::Arc;
+pub use api::{Api, DeleteParams, ListParams, ObjectList, Patch, WatchEvent, WatchParams};
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -57,14 +69,38 @@ pub enum ClientError {
     Config(String),
 }
 
-/// A connection to a Keel server.
+/// A connection to a Keel cluster, through one of its servers at a time.
 #[derive(Clone)]
 pub struct Client {
     http: HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
-    base: String,
+    servers: Arc<Servers>,
     token: Arc<str>,
     accept: Arc<str>,
+    retry: RetryPolicy,
 }
+
+/// How a client retries calls that are safe to repeat.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts in all (1: no retry).
+    pub attempts: u32,
+    /// The first pause; it doubles after each failed attempt.
+    pub base: Duration,
+    /// The longest pause.
+    pub max: Duration,
+}
+
+/// The servers a client knows and the one it talks to.
+struct Servers {
+    urls: RwLock<Vec<String>>,
+    current: AtomicUsize,
+}
+
+/// The label on the servers' identity Leases (in `kube-system`), whose
+/// [`SERVER_URL_ANNOTATION`] says where each server's API is.
+pub const SERVER_LABEL: &str = "keel.dev/apiserver";
+/// The annotation on a server's identity Lease that carries its API URL.
+pub const SERVER_URL_ANNOTATION: &str = "keel.dev/url";
 
 /// The events of a watch.
 pub struct Watch {
@@ -103,10 +139,60 @@ impl Client {
             .wrap_connector(http);
         Ok(Client {
             http: HyperClient::builder(TokioExecutor::new()).build(connector),
-            base: url.trim_end_matches('/').to_string(),
+            servers: Arc::new(Servers {
+                urls: RwLock::new(vec![url.trim_end_matches('/').to_string()]),
+                current: AtomicUsize::new(0),
+            }),
             token: token.into(),
             accept: "application/json".into(),
+            retry: RetryPolicy::default(),
         })
+    }
+
+    /// The same client with another retry policy.
+    pub fn with_retry(&self, retry: RetryPolicy) -> Client {
+        Client {
+            retry,
+            ..self.clone()
+        }
+    }
+
+    /// Adds servers the client may move to when the current one cannot be reached.
+    pub fn add_servers<S: AsRef<str>>(&self, urls: impl IntoIterator<Item = S>) {
+        let mut known = self.servers.urls.write().unwrap_or_else(|e| e.into_inner());
+        for url in urls {
+            let url = url.as_ref().trim_end_matches('/');
+            if !url.is_empty() && !known.iter().any(|k| k == url) {
+                known.push(url.to_string());
+            }
+        }
+    }
+
+    /// Every server the client knows, the current one first.
+    pub fn servers(&self) -> Vec<String> {
+        let known = self.servers.urls.read().unwrap_or_else(|e| e.into_inner());
+        let at = self.servers.current.load(Ordering::Relaxed);
+        (0..known.len())
+            .map(|i| known[(at + i) % known.len()].clone())
+            .collect()
+    }
+
+    /// Learns the cluster's servers from their identity Leases (label [`SERVER_LABEL`] in
+    /// `kube-system`), adding each fresh one's URL; returns how many servers are known.
+    pub async fn refresh_servers(&self) -> Result<usize, ClientError> {
+        let path = format!(
+            "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases?labelSelector={SERVER_LABEL}"
+        );
+        let list = self.get(&path).await?;
+        let urls: Vec<String> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|lease| lease["metadata"]["annotations"][SERVER_URL_ANNOTATION].as_str())
+            .map(str::to_string)
+            .collect();
+        self.add_servers(urls);
+        Ok(self.servers().len())
     }
 
     /// The same client, sending `accept` as its `Accept` header: `application/json;as=Table;
@@ -118,9 +204,34 @@ impl Client {
         }
     }
 
-    /// The server's URL.
-    pub fn url(&self) -> &str {
-        &self.base
+    /// The URL of the server the client talks to now.
+    pub fn url(&self) -> String {
+        let known = self.servers.urls.read().unwrap_or_else(|e| e.into_inner());
+        let at = self.servers.current.load(Ordering::Relaxed);
+        known
+            .get(at % known.len().max(1))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Moves to the next known server after `failed` could not be reached (unless another
+    /// call already moved on).
+    fn fail_over(&self, failed: &str) {
+        let known = self.servers.urls.read().unwrap_or_else(|e| e.into_inner());
+        if known.len() < 2 {
+            return;
+        }
+        let at = self.servers.current.load(Ordering::Relaxed);
+        if known.get(at % known.len()).is_some_and(|u| u == failed) {
+            let next = (at + 1) % known.len();
+            let _ = self.servers.current.compare_exchange(
+                at,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            tracing::info!(from = failed, to = %known[next], "server unreachable, moving to the next one");
+        }
     }
 
     /// Sends a request and returns the status and body without judging them.
@@ -137,11 +248,13 @@ impl Client {
             .into_body()
             .collect()
             .await
-            .map_err(|e| self.transport(e))?
+            .map_err(|e| transport(&self.url(), e))?
             .to_bytes();
         Ok((status, bytes))
     }
 
+    /// Sends a request to the current server, retrying (on the next server) what is safe to
+    /// repeat: any request that could not connect, and idempotent ones that broke or met 503.
     async fn send(
         &self,
         method: Method,
@@ -149,32 +262,46 @@ impl Client {
         content_type: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header("Accept", &*self.accept);
-        if !self.token.is_empty() {
-            req = req.header("Authorization", format!("Bearer {}", self.token));
-        }
-        if let Some(ct) = content_type {
-            req = req.header("Content-Type", ct);
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| ClientError::Config(format!("bad request: {e}")))?;
-        self.http.request(req).await.map_err(|e| self.transport(e))
-    }
-
-    fn transport(&self, e: impl std::error::Error) -> ClientError {
-        let mut reason = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            reason = format!("{reason}: {s}");
-            source = s.source();
-        }
-        ClientError::Transport {
-            url: self.base.clone(),
-            reason,
+        let body = Bytes::from(body.unwrap_or_default());
+        let idempotent = method != Method::POST;
+        let mut pause = self.retry.base;
+        let mut attempt = 1;
+        loop {
+            let base = self.url();
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri(format!("{base}{path}"))
+                .header("Accept", &*self.accept);
+            if !self.token.is_empty() {
+                req = req.header("Authorization", format!("Bearer {}", self.token));
+            }
+            if let Some(ct) = content_type {
+                req = req.header("Content-Type", ct);
+            }
+            let req = req
+                .body(Full::new(body.clone()))
+                .map_err(|e| ClientError::Config(format!("bad request: {e}")))?;
+            let last = attempt >= self.retry.attempts;
+            match self.http.request(req).await {
+                Ok(resp)
+                    if resp.status() == StatusCode::SERVICE_UNAVAILABLE && idempotent && !last =>
+                {
+                    tracing::debug!(url = %base, path, "server unavailable, retrying");
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e) => {
+                    let connect = e.is_connect();
+                    let error = transport(&base, e);
+                    if !(connect || idempotent) || last {
+                        return Err(error);
+                    }
+                    tracing::debug!(error = %error, path, attempt, "request failed, retrying");
+                    self.fail_over(&base);
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(self.retry.max);
+            attempt += 1;
         }
     }
 
@@ -190,7 +317,7 @@ impl Client {
         let ct = content_type.or(body.as_ref().map(|_| "application/json"));
         let (status, bytes) = self.raw(method, path, ct, body).await?;
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-            url: self.base.clone(),
+            url: self.url(),
             reason: format!(
                 "{status}: not JSON ({e}): {}",
                 String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
@@ -243,7 +370,7 @@ impl Client {
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| self.transport(e))?
+                .map_err(|e| transport(&self.url(), e))?
                 .to_bytes();
             let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             return Err(api_error(status, value));
@@ -251,8 +378,35 @@ impl Client {
         Ok(Watch {
             body: resp.into_body(),
             buffer: Vec::new(),
-            url: self.base.clone(),
+            url: self.url(),
         })
+    }
+}
+
+// === impl RetryPolicy ===
+
+impl Default for RetryPolicy {
+    /// Six attempts over about three seconds: long enough for a new Raft leader, short
+    /// enough that a user sees a dead cluster soon.
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 6,
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        }
+    }
+}
+
+fn transport(url: &str, e: impl std::error::Error) -> ClientError {
+    let mut reason = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        reason = format!("{reason}: {s}");
+        source = s.source();
+    }
+    ClientError::Transport {
+        url: url.to_string(),
+        reason,
     }
 }
 

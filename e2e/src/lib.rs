@@ -63,6 +63,8 @@ pub struct KeelServer {
     pub addr: String,
     /// Its HTTPS API address.
     pub api_addr: String,
+    /// Its node name (its local agent's, when it runs one).
+    pub name: String,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -74,6 +76,7 @@ impl KeelServer {
             data_dir: root.join(name),
             addr: format!("127.0.0.1:{}", free_port()),
             api_addr: format!("127.0.0.1:{}", free_port()),
+            name: name.to_string(),
             child: None,
             log: root.join(format!("{name}.log")),
         }
@@ -93,6 +96,7 @@ impl KeelServer {
             .arg(&self.data_dir)
             .args(["--raft-listen", &self.addr])
             .args(["--listen", &self.api_addr])
+            .args(["--node-name", &self.name])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
@@ -196,4 +200,228 @@ pub fn keel_lines(args: &[&str], n: usize, timeout: Duration) -> Vec<String> {
     let _ = child.wait();
     assert_eq!(lines.len(), n, "keel {args:?} printed only {lines:?}");
     lines
+}
+
+/// A network namespace bridged to the host: `ip netns` plus a veth pair whose host end is
+/// on a bridge that carries `<prefix>.1/24`; the namespace end gets `<prefix>.<host>/24`.
+/// Removed when dropped.
+pub struct Netns {
+    /// The namespace's name.
+    pub name: String,
+    /// The host end of its link (set it down to cut the namespace off).
+    pub host_link: String,
+    /// The namespace's address.
+    pub address: String,
+}
+
+/// A bridge in the host namespace that [`Netns`] attach to. Removed when dropped.
+pub struct Bridge {
+    /// The bridge's name.
+    pub name: String,
+    /// The first three octets of its /24.
+    pub prefix: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Bridge {
+    /// A bridge named after `tag` (a few characters unique to the test) on `10.<a>.<b>.0/24`.
+    pub fn new(tag: &str) -> Bridge {
+        let n = std::process::id() % 200 + 20;
+        let prefix = format!("10.251.{n}");
+        let name = format!("kb{tag}{n}");
+        let _ = Command::new("ip").args(["link", "del", &name]).output();
+        ip(&["link", "add", &name, "type", "bridge"]);
+        ip(&["addr", "add", &format!("{prefix}.1/24"), "dev", &name]);
+        ip(&["link", "set", &name, "up"]);
+        Bridge { name, prefix }
+    }
+
+    /// The host's address on the bridge.
+    pub fn address(&self) -> String {
+        format!("{}.1", self.prefix)
+    }
+
+    /// A namespace attached to the bridge as host number `host` (2..254).
+    pub fn netns(&self, host: u8) -> Netns {
+        let name = format!("{}-{host}", self.name);
+        let host_link = format!("{}h{host}", self.name);
+        let inner = format!("{}n{host}", self.name);
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &host_link])
+            .output();
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", &host_link, "type", "veth", "peer", "name", &inner,
+        ]);
+        ip(&["link", "set", &inner, "netns", &name]);
+        ip(&["link", "set", &host_link, "master", &self.name]);
+        ip(&["link", "set", &host_link, "up"]);
+        let address = format!("{}.{host}", self.prefix);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            &inner,
+        ]);
+        ip(&["-n", &name, "link", "set", &inner, "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Netns {
+            name,
+            host_link,
+            address,
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .output();
+    }
+}
+
+impl Netns {
+    /// Cuts (`false`) or restores (`true`) the namespace's link to the host.
+    pub fn set_link(&self, up: bool) {
+        ip(&[
+            "link",
+            "set",
+            &self.host_link,
+            if up { "up" } else { "down" },
+        ]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_link])
+            .output();
+    }
+}
+
+/// One `keel agent` process, in a network namespace or not, killed when dropped (its
+/// workloads are not: they outlive the agent by design, and fence themselves).
+pub struct KeelAgent {
+    /// Its node name.
+    pub name: String,
+    /// Its data dir.
+    pub data_dir: PathBuf,
+    netns: Option<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl KeelAgent {
+    /// An agent slot named `name` under `root`, run inside `netns` if given; not started.
+    pub fn new(root: &Path, name: &str, netns: Option<&Netns>) -> KeelAgent {
+        KeelAgent {
+            name: name.to_string(),
+            data_dir: root.join(name),
+            netns: netns.map(|n| n.name.clone()),
+            child: None,
+            log: root.join(format!("{name}.log")),
+        }
+    }
+
+    /// Starts `keel agent --server URL --token T` with `extra` flags.
+    pub fn start(&mut self, server_url: &str, token: &str, extra: &[&str]) {
+        assert!(
+            self.child.is_none(),
+            "agent {} is already running",
+            self.name
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open the agent log");
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(keel_bin());
+                c
+            }
+            None => Command::new(keel_bin()),
+        };
+        let child = cmd
+            .args(["agent", "--server", server_url, "--token", token])
+            .args(["--node-name", &self.name])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--dns-listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn keel agent");
+        self.child = Some(child);
+    }
+
+    /// Kills the agent with SIGKILL (its workloads keep running).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The pid of the live supervisor of workload `namespace/name`, if any.
+    pub fn workload_pid(&self, namespace: &str, name: &str) -> Option<i32> {
+        let dir = self
+            .data_dir
+            .join("workloads")
+            .join(format!("{namespace}_{name}"));
+        let pid: i32 = std::fs::read_to_string(dir.join("pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        if pid <= 1 {
+            return None;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        (state != 'Z' && cmdline.split(|b| *b == 0).any(|a| a == b"shim")).then_some(pid)
+    }
+
+    /// What the agent logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for KeelAgent {
+    fn drop(&mut self) {
+        self.kill();
+        // Tests must not leave workloads behind: stop the supervisors this agent started.
+        if let Ok(entries) = std::fs::read_dir(self.data_dir.join("workloads")) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if let Some((ns, vm)) = name.split_once('_')
+                    && let Some(pid) = self.workload_pid(ns, vm)
+                {
+                    let group = nix::unistd::Pid::from_raw(pid);
+                    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+    }
 }

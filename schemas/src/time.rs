@@ -15,6 +15,15 @@ pub fn now_rfc3339() -> String {
     rfc3339(now_secs())
 }
 
+/// Now, as RFC 3339 in UTC with microseconds (Kubernetes' `MicroTime`, as Leases carry it).
+pub fn now_rfc3339_micros() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = rfc3339(now.as_secs());
+    format!("{}.{:06}Z", secs.trim_end_matches('Z'), now.subsec_micros())
+}
+
 /// Seconds since the epoch as RFC 3339 in UTC.
 pub fn rfc3339(secs: u64) -> String {
     let days = (secs / 86_400) as i64;

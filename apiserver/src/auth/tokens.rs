@@ -15,6 +15,9 @@ use super::tls::hex;
 pub enum Caller {
     /// The cluster admin: may do everything.
     Admin,
+    /// A host agent, presenting the join token (k3s's model: the token that lets a host join
+    /// is the one it talks with). Until RBAC lands it may do what the admin may.
+    Agent,
 }
 
 /// A join token: `K10<sha256 of the CA certificate>::server:<secret>`. The hash lets a joining
@@ -85,8 +88,13 @@ impl Tokens {
 
     /// Who presents `bearer`, if anyone.
     pub fn check(&self, bearer: &str) -> Option<Caller> {
-        (!self.admin.is_empty() && constant_time_eq(bearer.as_bytes(), self.admin.as_bytes()))
-            .then_some(Caller::Admin)
+        if !self.admin.is_empty() && constant_time_eq(bearer.as_bytes(), self.admin.as_bytes()) {
+            Some(Caller::Admin)
+        } else if self.check_join(bearer) {
+            Some(Caller::Agent)
+        } else {
+            None
+        }
     }
 
     /// Whether `token` is this cluster's join token (whole, or just its secret).
@@ -179,6 +187,10 @@ mod tests {
         assert_eq!(tokens.admin(), again.admin());
         assert_eq!(tokens.check(tokens.admin()), Some(Caller::Admin));
         assert_eq!(tokens.check("nope"), None);
+        assert_eq!(
+            tokens.check(&tokens.join().to_string()),
+            Some(Caller::Agent)
+        );
         assert_eq!(tokens.check(""), None);
         let join = tokens.join().to_string();
         assert!(tokens.check_join(&join));

@@ -193,7 +193,7 @@ async fn bench(cli: &Cli) -> Result<(), String> {
                 for _ in 0..2 {
                     let c = keel_client::Client::new(url, &cluster.ca_pem, &cluster.token)
                         .map_err(|e| e.to_string())?;
-                    conns.push(Conn::Api(c));
+                    conns.push(Conn::Api(Box::new(c)));
                 }
             }
             measure_creates("keel", servers, &conns, shape, cli, &mut rows).await;

@@ -1,5 +1,7 @@
-//! `keel`: runs a Keel server, and (until the HTTPS API lands) a small debug client of the
-//! replicated store: `keel kv` and `keel cluster`.
+//! `keel`: runs a Keel server (`keel server`, with the cluster controllers and a local
+//! agent) or a host agent (`keel agent`); `keel kv` and `keel cluster` are a small debug
+//! client of the replicated store; `keel shim` is the supervisor the agent starts for each
+//! workload.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +25,12 @@ struct Cli {
 enum Command {
     /// Run a server: start a new cluster, restart from the data dir, or join a cluster.
     Server(ServerArgs),
+    /// Run a host agent: register this host as a node of a cluster and run its workloads.
+    Agent(AgentArgs),
+    /// Supervise one workload (started by the agent): run COMMAND, stop it when the agent's
+    /// heartbeat goes stale.
+    #[command(hide = true)]
+    Shim(ShimArgs),
     /// Read and write keys of the replicated store (a debug surface until the HTTPS API).
     Kv {
         #[command(subcommand)]
@@ -75,6 +83,79 @@ struct ServerArgs {
     /// Heartbeat interval in milliseconds (elections time out after 10 to 20 heartbeats).
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
+    /// The name of this server's node (its local agent).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Do not run a local agent: this server is not a node.
+    #[arg(long)]
+    disable_agent: bool,
+    #[command(flatten)]
+    timings: ControllerTimings,
+    /// Seconds the local agent's node Lease lasts (it fences after that long without renewal).
+    #[arg(long, default_value_t = 40.0)]
+    node_lease_duration: f64,
+}
+
+/// Timings of the cluster controllers (seconds, fractions allowed).
+#[derive(Args, Debug)]
+struct ControllerTimings {
+    /// A node whose Lease is not renewed for this long becomes Ready=Unknown.
+    #[arg(long, default_value_t = 40.0)]
+    node_monitor_grace_period: f64,
+    /// How long after that an unreachable node's VMs are moved (the fencing margin).
+    #[arg(long, default_value_t = 20.0)]
+    node_eviction_timeout: f64,
+    /// How long the controllers' Lease lasts without renewal.
+    #[arg(long, default_value_t = 15.0)]
+    leader_elect_lease_duration: f64,
+    /// The controllers' leader gives up when it could not renew for this long.
+    #[arg(long, default_value_t = 10.0)]
+    leader_elect_renew_deadline: f64,
+    /// How often candidates try to take or renew the controllers' Lease.
+    #[arg(long, default_value_t = 2.0)]
+    leader_elect_retry_period: f64,
+}
+
+#[derive(Args, Debug)]
+struct AgentArgs {
+    /// A server's API URL (`https://HOST:6443`).
+    #[arg(long, env = "KEEL_SERVER_URL")]
+    server: String,
+    /// The cluster's join token (`<data-dir>/join-token` on a server).
+    #[arg(long, env = "KEEL_TOKEN")]
+    token: String,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Where the agent keeps its state.
+    #[arg(long, default_value = "./keel-agent", env = "KEEL_AGENT_DIR")]
+    data_dir: PathBuf,
+    /// Seconds the node's Lease lasts: the agent stops its workloads after this long without
+    /// renewing it.
+    #[arg(long, default_value_t = 40.0)]
+    lease_duration: f64,
+    /// A label for the node (`key=value`); repeat for more.
+    #[arg(long = "node-label")]
+    node_labels: Vec<String>,
+    /// The address the DNS server binds (probed as a capability).
+    #[arg(long, default_value = "0.0.0.0:53")]
+    dns_listen: SocketAddr,
+    /// The Open vSwitch database socket (probed as a capability).
+    #[arg(long, default_value = "/var/run/openvswitch/db.sock")]
+    ovs_socket: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct ShimArgs {
+    /// The agent's heartbeat file.
+    #[arg(long)]
+    heartbeat: PathBuf,
+    /// Milliseconds the heartbeat may go untouched before the workload is stopped.
+    #[arg(long)]
+    grace_ms: u64,
+    /// The workload's command.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -183,6 +264,14 @@ enum ClusterCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The supervisor is synchronous and tiny: no async runtime, no tracing.
+    if let Command::Shim(args) = &cli.command {
+        return keel_agent::workload::shim::run(
+            &args.heartbeat,
+            Duration::from_millis(args.grace_ms),
+            &args.command,
+        );
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -220,6 +309,8 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Server(args) => serve(args).await,
+        Command::Agent(args) => agent(args).await,
+        Command::Shim(_) => Ok(()),
         Command::Kv { command, target } => kv(command, &target).await,
         Command::Cluster { command, target } => cluster(command, &target).await,
     }
@@ -251,11 +342,37 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
             ..Tuning::default()
         },
     };
+    let data_dir = config.data_dir.clone();
     let mut api = ApiConfig::new(config, args.listen);
     api.advertise_host = args.advertise;
     api.join = args.join.zip(args.token);
+    api.extra_metrics = Some(keel_controllers::runtime::metrics::render);
     let server = ApiServer::start(api).await?;
     let raft = server.raft();
+    let client = keel_client::Client::new(server.url(), server.ca_pem(), server.admin_token())?;
+    let node_name = args.node_name.unwrap_or_else(hostname);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    let manager = manager_config(&format!("{node_name}-{}", raft.node_id()), &args.timings);
+    tasks.spawn(keel_controllers::run_manager(
+        client.clone(),
+        manager,
+        stopped.clone(),
+    ));
+    if !args.disable_agent {
+        let mut agent = keel_agent::AgentConfig::new(
+            &node_name,
+            data_dir.join("agent"),
+            std::env::current_exe()?,
+        );
+        agent.lease_duration = seconds(args.node_lease_duration);
+        let stopped = stopped.clone();
+        tasks.spawn(async move {
+            if let Err(e) = keel_agent::run(client, agent, stopped).await {
+                tracing::error!(error = %e, "the local agent stopped");
+            }
+        });
+    }
     println!(
         "keel server: node {} of cluster {}, API at {}, raft at {}; admin kubeconfig: {}",
         raft.node_id(),
@@ -264,16 +381,68 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
         raft.raft_addr(),
         server.kubeconfig().display(),
     );
-    tokio::select! {
-        _ = shutdown_signal() => {
-            server.shutdown().await;
-            Ok(())
-        }
-        reason = raft.failed() => {
-            server.shutdown().await;
-            Err(format!("the server stopped: {reason}").into())
-        }
+    let result = tokio::select! {
+        _ = shutdown_signal() => Ok(()),
+        reason = raft.failed() => Err(format!("the server stopped: {reason}").into()),
+    };
+    stop.send_replace(true);
+    while tasks.join_next().await.is_some() {}
+    server.shutdown().await;
+    result
+}
+
+fn manager_config(identity: &str, t: &ControllerTimings) -> keel_controllers::ManagerConfig {
+    let mut config = keel_controllers::ManagerConfig::new(identity);
+    config.lease_duration = seconds(t.leader_elect_lease_duration);
+    config.renew_deadline = seconds(t.leader_elect_renew_deadline);
+    config.retry_period = seconds(t.leader_elect_retry_period);
+    config.nodes.grace_period = seconds(t.node_monitor_grace_period);
+    config.nodes.eviction_timeout = seconds(t.node_eviction_timeout);
+    config
+}
+
+/// A duration from seconds given on the command line (negative or NaN: zero).
+fn seconds(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs).unwrap_or_default()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let token = keel_apiserver::auth::JoinToken::parse(&args.token)
+        .ok_or("--token: not a join token (K10<ca hash>::server:<secret>, from <data-dir>/join-token on a server)")?;
+    // The token pins the cluster CA: fetch the CA and check it before trusting the server.
+    let ca = keel_apiserver::auth::fetch_ca(&args.server, &token.ca_hash).await?;
+    let client = keel_client::Client::new(&args.server, &ca, &args.token)?;
+    match client.refresh_servers().await {
+        Ok(n) => tracing::info!(servers = n, "learned the cluster's servers"),
+        Err(e) => tracing::warn!(error = %e, "cannot list the cluster's servers yet"),
     }
+    let node_name = args.node_name.unwrap_or_else(hostname);
+    let mut config =
+        keel_agent::AgentConfig::new(&node_name, args.data_dir, std::env::current_exe()?);
+    config.lease_duration = seconds(args.lease_duration);
+    config.dns_listen = args.dns_listen;
+    config.ovs_socket = args.ovs_socket;
+    for label in &args.node_labels {
+        let (k, v) = label
+            .split_once('=')
+            .ok_or_else(|| format!("--node-label {label:?}: expected key=value"))?;
+        config.labels.push((k.to_string(), v.to_string()));
+    }
+    println!("keel agent: node {node_name}, server {}", args.server);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(keel_agent::run(client, config, stopped));
+    shutdown_signal().await;
+    stop.send_replace(true);
+    task.await??;
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -33,21 +33,9 @@ pub fn kind_of(object: &Value) -> Result<&'static Kind, CtlError> {
     }
 }
 
-/// The API base of a kind's group version.
-fn base(kind: &Kind) -> String {
-    if kind.group.is_empty() {
-        format!("/api/{}", kind.version)
-    } else {
-        format!("/apis/{}/{}", kind.group, kind.version)
-    }
-}
-
 /// The collection path: one namespace, or all namespaces when `namespace` is `None`.
 pub fn collection(kind: &Kind, namespace: Option<&str>) -> String {
-    match (kind.scope, namespace) {
-        (Scope::Namespaced, Some(ns)) => format!("{}/namespaces/{ns}/{}", base(kind), kind.plural),
-        _ => format!("{}/{}", base(kind), kind.plural),
-    }
+    keel_client::api::collection_path(kind, namespace)
 }
 
 /// An object's path.

@@ -1,10 +1,15 @@
 //! VirtualMachine.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, Object, Quantity, kind_spec};
+use super::{Condition, LabelSelector, Object, Quantity, kind_spec};
+
+/// The node label a [`VmAffinityTerm`] uses when it names no `topologyKey`: every Keel node
+/// carries it with its name, so that the topology domain is one node.
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
 /// A virtual machine (`virtualmachine.schema.json`).
 pub type VirtualMachine = Object<VirtualMachineSpec, VirtualMachineStatus>;
@@ -52,6 +57,9 @@ pub struct VirtualMachineSpec {
     /// Node the VM is pinned to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
+    /// Node affinity and VM (anti-)affinity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
 }
 
 /// Whether a VM should run.
@@ -65,6 +73,97 @@ pub enum RunStrategy {
     Manual,
     /// Keep stopped.
     Halted,
+}
+
+/// Scheduling constraints of a VM, as Kubernetes pod affinity with VMs for pods.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Affinity {
+    /// Constraints on the labels of the node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_affinity: Option<NodeAffinity>,
+    /// VMs of the namespace to run near.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm_affinity: Option<VmAffinity>,
+    /// VMs of the namespace to keep away from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm_anti_affinity: Option<VmAffinity>,
+}
+
+/// Constraints on the labels of a VM's node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeAffinity {
+    /// The nodes the VM may be placed on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required_during_scheduling_ignored_during_execution: Option<NodeSelector>,
+}
+
+/// Selects nodes by label: a node matches when it matches any term.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeSelector {
+    /// Terms, ORed.
+    pub node_selector_terms: Vec<NodeSelectorTerm>,
+}
+
+/// One term of a [`NodeSelector`]: a node matches when it matches every expression.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeSelectorTerm {
+    /// Requirements, ANDed.
+    pub match_expressions: Vec<NodeSelectorRequirement>,
+}
+
+/// A requirement on one node label.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeSelectorRequirement {
+    /// Label key.
+    pub key: String,
+    /// How the label relates to the values.
+    pub operator: NodeSelectorOperator,
+    /// Values for In and NotIn, the one integer for Gt and Lt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+/// Operator of a [`NodeSelectorRequirement`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeSelectorOperator {
+    /// The label's value is one of the values.
+    In,
+    /// The label is absent or its value is none of the values.
+    NotIn,
+    /// The label is present.
+    Exists,
+    /// The label is absent.
+    DoesNotExist,
+    /// The label's value, as an integer, is greater than the one value.
+    Gt,
+    /// The label's value, as an integer, is less than the one value.
+    Lt,
+}
+
+/// VM affinity or anti-affinity rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VmAffinity {
+    /// Terms the placement must satisfy, all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_during_scheduling_ignored_during_execution: Vec<VmAffinityTerm>,
+}
+
+/// VMs of the same namespace selected by labels, and the node label that makes a topology
+/// domain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VmAffinityTerm {
+    /// The VMs the term is about.
+    pub label_selector: LabelSelector,
+    /// Node label defining the domain (default [`HOSTNAME_LABEL`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology_key: Option<String>,
 }
 
 /// A disk of a VM.
@@ -238,4 +337,62 @@ pub struct InterfaceStatus {
     /// MAC address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+}
+
+// === impl NodeSelector ===
+
+impl NodeSelector {
+    /// Whether a node with `labels` matches some term. No terms match no node, as in
+    /// Kubernetes.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.node_selector_terms.iter().any(|t| t.matches(labels))
+    }
+}
+
+// === impl NodeSelectorTerm ===
+
+impl NodeSelectorTerm {
+    /// Whether a node with `labels` matches every expression. A term without expressions
+    /// matches no node, as in Kubernetes.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        !self.match_expressions.is_empty()
+            && self.match_expressions.iter().all(|r| r.matches(labels))
+    }
+}
+
+// === impl NodeSelectorRequirement ===
+
+impl NodeSelectorRequirement {
+    /// Whether a node with `labels` meets the requirement. Gt and Lt hold only when the label
+    /// and the single value are both integers.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let value = labels.get(&self.key);
+        let compare = |wanted: Ordering| {
+            let [bound] = self.values.as_slice() else {
+                return false;
+            };
+            let label = value.and_then(|v| v.parse::<i64>().ok());
+            match (label, bound.parse::<i64>()) {
+                (Some(label), Ok(bound)) => label.cmp(&bound) == wanted,
+                _ => false,
+            }
+        };
+        match self.operator {
+            NodeSelectorOperator::In => value.is_some_and(|v| self.values.contains(v)),
+            NodeSelectorOperator::NotIn => value.is_none_or(|v| !self.values.contains(v)),
+            NodeSelectorOperator::Exists => value.is_some(),
+            NodeSelectorOperator::DoesNotExist => value.is_none(),
+            NodeSelectorOperator::Gt => compare(Ordering::Greater),
+            NodeSelectorOperator::Lt => compare(Ordering::Less),
+        }
+    }
+}
+
+// === impl VmAffinityTerm ===
+
+impl VmAffinityTerm {
+    /// The node label that defines the term's topology domain.
+    pub fn topology_key(&self) -> &str {
+        self.topology_key.as_deref().unwrap_or(HOSTNAME_LABEL)
+    }
 }

@@ -49,6 +49,29 @@ fn compute_and_network_kinds() {
             progress_deadline_seconds: Some(120),
             node_selector: labels(&[("keel.dev/kvm", "true")]),
             node_name: None,
+            affinity: Some(Affinity {
+                node_affinity: Some(NodeAffinity {
+                    required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                        node_selector_terms: vec![NodeSelectorTerm {
+                            match_expressions: vec![NodeSelectorRequirement {
+                                key: "topology.kubernetes.io/zone".into(),
+                                operator: NodeSelectorOperator::In,
+                                values: vec!["a".into(), "b".into()],
+                            }],
+                        }],
+                    }),
+                }),
+                vm_affinity: None,
+                vm_anti_affinity: Some(VmAffinity {
+                    required_during_scheduling_ignored_during_execution: vec![VmAffinityTerm {
+                        label_selector: LabelSelector {
+                            match_labels: labels(&[("app", "web")]),
+                            ..LabelSelector::default()
+                        },
+                        topology_key: Some(HOSTNAME_LABEL.into()),
+                    }],
+                }),
+            }),
         },
     );
     vm.metadata.labels = labels(&[("app", "web")]);
@@ -259,4 +282,55 @@ fn dns_storage_and_gitops_kinds() {
         ..RevisionStatus::default()
     });
     check("revision", &revision);
+}
+
+#[test]
+fn node_selectors_match_like_kubernetes() {
+    let node = labels(&[("zone", "a"), ("cores", "16"), ("kvm", "")]);
+    let req = |key: &str, operator, values: &[&str]| NodeSelectorRequirement {
+        key: key.into(),
+        operator,
+        values: values.iter().map(|v| v.to_string()).collect(),
+    };
+    use NodeSelectorOperator::*;
+    for (requirement, expected) in [
+        (req("zone", In, &["a", "b"]), true),
+        (req("zone", In, &["b"]), false),
+        (req("zone", In, &[]), false),
+        (req("zone", NotIn, &["b"]), true),
+        (req("zone", NotIn, &["a"]), false),
+        (req("rack", NotIn, &["a"]), true),
+        (req("kvm", Exists, &[]), true),
+        (req("rack", Exists, &[]), false),
+        (req("rack", DoesNotExist, &[]), true),
+        (req("cores", Gt, &["8"]), true),
+        (req("cores", Gt, &["16"]), false),
+        (req("cores", Lt, &["32"]), true),
+        (req("zone", Gt, &["1"]), false),
+        (req("cores", Gt, &["1", "2"]), false),
+        (req("cores", Lt, &["many"]), false),
+    ] {
+        assert_eq!(requirement.matches(&node), expected, "{requirement:?}");
+    }
+    let term = |reqs: Vec<NodeSelectorRequirement>| NodeSelectorTerm {
+        match_expressions: reqs,
+    };
+    let selector = NodeSelector {
+        node_selector_terms: vec![
+            term(vec![req("zone", In, &["b"])]),
+            term(vec![req("zone", In, &["a"]), req("kvm", Exists, &[])]),
+        ],
+    };
+    assert!(selector.matches(&node), "terms are ORed");
+    assert!(!term(vec![req("zone", In, &["a"]), req("gpu", Exists, &[])]).matches(&node));
+    assert!(
+        !term(vec![]).matches(&node),
+        "an empty term matches nothing"
+    );
+    assert!(
+        !NodeSelector::default().matches(&node),
+        "no terms match nothing"
+    );
+    let term = VmAffinityTerm::default();
+    assert_eq!(term.topology_key(), "kubernetes.io/hostname");
 }

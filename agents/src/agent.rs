@@ -1,0 +1,307 @@
+//! [`run`]: the agent of one host — registers the Node, renews its Lease, fences the host's
+//! workloads when it cannot, and runs the host reconcilers.
+//!
+//! The agent's health is a small state machine ([`Health`]), stepped only by the heartbeat:
+//! `Starting` until the first renewal, `Healthy` while renewals succeed, `Fenced` once none
+//! has succeeded for the lease duration. Reconcilers start workloads only while `Healthy`;
+//! entering `Fenced` stops them all.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keel_client::{Api, Client, ClientError};
+use keel_controllers::node_lifecycle::NODE_LEASE_NAMESPACE;
+use keel_controllers::runtime::{Condition, set_condition};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::host;
+use crate::probe::{HostFacts, ProbeConfig, probe};
+use crate::workload::Runtime;
+
+/// How an agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The node's name.
+    pub node_name: String,
+    /// Where the agent keeps its state (workloads, heartbeat).
+    pub data_dir: PathBuf,
+    /// How long the node's Lease lasts: the agent fences after this long without renewing.
+    pub lease_duration: Duration,
+    /// Labels for the Node besides the ones the agent sets.
+    pub labels: Vec<(String, String)>,
+    /// The `keel` binary (workload supervisors run `keel shim`).
+    pub exe: PathBuf,
+    /// The address the DNS server binds (probed).
+    pub dns_listen: SocketAddr,
+    /// The Open vSwitch database socket (probed).
+    pub ovs_socket: PathBuf,
+}
+
+/// The agent's standing with the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Not renewed its Lease yet.
+    Starting,
+    /// Renewing its Lease: may run workloads.
+    Healthy,
+    /// Could not renew for the lease duration: has stopped its workloads, starts none.
+    Fenced,
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The workload runtime could not be set up.
+    #[error(transparent)]
+    Workload(#[from] crate::workload::WorkloadError),
+}
+
+/// What the agent's tasks share.
+pub(crate) struct Shared {
+    pub(crate) client: Client,
+    pub(crate) config: AgentConfig,
+    pub(crate) runtime: Runtime,
+    pub(crate) facts: HostFacts,
+}
+
+// === impl AgentConfig ===
+
+impl AgentConfig {
+    /// Kubernetes' kubelet defaults (a 40 s lease) for node `node_name` keeping its state in
+    /// `data_dir`.
+    pub fn new(node_name: &str, data_dir: PathBuf, exe: PathBuf) -> AgentConfig {
+        AgentConfig {
+            node_name: node_name.to_string(),
+            data_dir,
+            lease_duration: Duration::from_secs(40),
+            labels: Vec::new(),
+            exe,
+            dns_listen: SocketAddr::from(([0, 0, 0, 0], 53)),
+            ovs_socket: PathBuf::from("/var/run/openvswitch/db.sock"),
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` turns true. Workloads keep running after it returns.
+pub async fn run(
+    client: Client,
+    config: AgentConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| {
+        crate::workload::WorkloadError::Io {
+            path: config.data_dir.clone(),
+            source,
+        }
+    })?;
+    let runtime = Runtime::new(&config.data_dir, config.lease_duration, config.exe.clone())?;
+    let server = server_addr(&client.url());
+    let facts = probe(&ProbeConfig {
+        data_dir: &config.data_dir,
+        server,
+        dns_listen: config.dns_listen,
+        ovs_socket: &config.ovs_socket,
+    });
+    for c in &facts.capabilities {
+        tracing::info!(node = %config.node_name, capability = c.type_, available = c.available, "{}", c.message);
+    }
+    let shared = Arc::new(Shared {
+        client,
+        config,
+        runtime,
+        facts,
+    });
+    let (health_tx, health) = watch::channel(Health::Starting);
+    let heartbeat = tokio::spawn(heartbeat(shared.clone(), health_tx, shutdown.clone()));
+    let reconciler = tokio::spawn(host::run(shared.clone(), health, shutdown.clone()));
+    let _ = shutdown.wait_for(|s| *s).await;
+    let _ = heartbeat.await;
+    let _ = reconciler.await;
+    Ok(())
+}
+
+/// Renews the node's Lease every quarter of its duration (kubelet's rhythm), keeps the Node
+/// registered and its status current, and steps [`Health`].
+async fn heartbeat(
+    shared: Arc<Shared>,
+    health: watch::Sender<Health>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let config = &shared.config;
+    let interval = config.lease_duration / 4;
+    let mut last_renewal = Instant::now();
+    let mut registered = false;
+    loop {
+        let started = Instant::now();
+        let round = async {
+            if !registered {
+                register(&shared).await?;
+            }
+            renew_lease(&shared).await
+        };
+        match tokio::time::timeout(interval, round).await {
+            Ok(Ok(())) => {
+                registered = true;
+                last_renewal = started;
+                if let Err(e) = shared.runtime.touch_heartbeat() {
+                    tracing::error!(error = %e, "cannot touch the heartbeat file: workloads will fence");
+                }
+                if *health.borrow() != Health::Healthy {
+                    // Back (or first up): say so on the Node before running anything.
+                    match report_ready(&shared).await {
+                        Ok(()) => {
+                            tracing::info!(node = %config.node_name, "lease renewed: healthy");
+                            health.send_replace(Health::Healthy);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot report the node ready"),
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(node = %config.node_name, error = %e, "cannot renew the node's lease");
+                if e.code() == Some(404) {
+                    registered = false;
+                }
+            }
+            Err(_) => {
+                tracing::warn!(node = %config.node_name, "renewing the node's lease timed out")
+            }
+        }
+        if last_renewal.elapsed() >= config.lease_duration && *health.borrow() != Health::Fenced {
+            tracing::error!(
+                node = %config.node_name,
+                since = ?last_renewal.elapsed(),
+                "no lease renewal for the lease duration: fencing, stopping every workload"
+            );
+            health.send_replace(Health::Fenced);
+        }
+        let next = interval.saturating_sub(started.elapsed());
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(next) => {}
+        }
+    }
+}
+
+/// Creates the Node, or brings an existing one's labels up to date.
+async fn register(shared: &Shared) -> Result<(), ClientError> {
+    let Some(kind) = keel_schemas::lookup("nodes") else {
+        return Ok(());
+    };
+    let api: Api<Value> = Api::all(&shared.client, kind);
+    let name = &shared.config.node_name;
+    let mut labels = json!({
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": std::env::consts::ARCH,
+        "keel.dev/kvm": shared.facts.has("KVMAvailable").to_string(),
+    });
+    for (k, v) in &shared.config.labels {
+        labels[k] = Value::String(v.clone());
+    }
+    match api.get_opt(name).await? {
+        None => {
+            let node = json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "labels": labels},
+                "spec": {},
+            });
+            match api.create(&node).await {
+                Ok(_) => tracing::info!(node = %name, "registered the node"),
+                Err(e) if e.code() == Some(409) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Some(_) => {
+            let patch = json!({"metadata": {"labels": labels}});
+            api.patch(name, &keel_client::Patch::Merge(patch)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates or renews the node's Lease in `kube-node-lease`.
+async fn renew_lease(shared: &Shared) -> Result<(), ClientError> {
+    let Some(kind) = keel_schemas::lookup("leases") else {
+        return Ok(());
+    };
+    let api: Api<Value> = Api::namespaced(&shared.client, kind, NODE_LEASE_NAMESPACE);
+    let name = &shared.config.node_name;
+    let now = keel_schemas::time::now_rfc3339_micros();
+    let duration = shared.config.lease_duration.as_secs().max(1);
+    match api.get_opt(name).await? {
+        None => {
+            let lease = json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name, "namespace": NODE_LEASE_NAMESPACE},
+                "spec": {"holderIdentity": name, "leaseDurationSeconds": duration,
+                         "acquireTime": now, "renewTime": now},
+            });
+            api.create(&lease).await?;
+        }
+        Some(mut lease) => {
+            lease["spec"]["holderIdentity"] = json!(name);
+            lease["spec"]["leaseDurationSeconds"] = json!(duration);
+            lease["spec"]["renewTime"] = json!(now);
+            api.update(&lease).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the Node's status: capacity, addresses, `Ready=True` and the capabilities.
+async fn report_ready(shared: &Shared) -> Result<(), ClientError> {
+    let Some(kind) = keel_schemas::lookup("nodes") else {
+        return Ok(());
+    };
+    let api: Api<Value> = Api::all(&shared.client, kind);
+    let mut node = api.get(&shared.config.node_name).await?;
+    let facts = &shared.facts;
+    let now = keel_schemas::time::now_rfc3339();
+    let status = &mut node["status"];
+    if !status.is_object() {
+        *status = json!({});
+    }
+    status["capacity"] = facts.capacity();
+    status["allocatable"] = facts.capacity();
+    status["addresses"] = facts.addresses(&shared.config.node_name);
+    status["nodeInfo"] = json!({
+        "kernelVersion": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "operatingSystem": "linux", "architecture": std::env::consts::ARCH,
+        "kubeletVersion": concat!("keel-agent/", env!("CARGO_PKG_VERSION")),
+    });
+    set_condition(
+        status,
+        &Condition {
+            type_: "Ready",
+            status: "True",
+            reason: "KeelAgentReady",
+            message: "the agent is renewing the node's lease",
+        },
+        &now,
+    );
+    for c in &facts.capabilities {
+        set_condition(
+            status,
+            &Condition {
+                type_: c.type_,
+                status: if c.available { "True" } else { "False" },
+                reason: c.reason,
+                message: &c.message,
+            },
+            &now,
+        );
+    }
+    api.update_status(&node).await?;
+    Ok(())
+}
+
+/// The socket address of a server URL (`https://host:port`), when the host is an IP.
+fn server_addr(url: &str) -> Option<SocketAddr> {
+    let rest = url.strip_prefix("https://")?;
+    let authority = rest.split('/').next()?;
+    authority.parse().ok()
+}

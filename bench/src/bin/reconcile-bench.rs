@@ -1,0 +1,173 @@
+//! `reconcile-bench`: reconcile throughput of Keel's controller runtime. Starts a `keel
+//! server` process, runs a controller with a trivial reconciler (it writes
+//! `status.observedGeneration`) in this process, creates N SecurityGroups, and reports how
+//! fast they reach `observedGeneration == generation`, and this (the controller's) process's
+//! memory.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use keel_client::{Api, Client, ClientError, Patch};
+use keel_controllers::runtime::{Action, Controller, ObjectExt, watcher};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+/// Reconcile throughput of the controller runtime against a real server.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Objects to create.
+    #[arg(long, default_value_t = 10_000)]
+    objects: usize,
+    /// Concurrent creators.
+    #[arg(long, default_value_t = 32)]
+    creators: usize,
+    /// Reconciles at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// The keel binary (default: next to this one).
+    #[arg(long)]
+    keel: Option<PathBuf>,
+}
+
+struct Ctx {
+    api: Api<Value>,
+    observed: Mutex<HashSet<String>>,
+    done: watch::Sender<usize>,
+}
+
+async fn reconcile(sg: Arc<Value>, ctx: Arc<Ctx>) -> Result<Action, ClientError> {
+    if sg["status"]["observedGeneration"].as_i64() != Some(sg.generation()) {
+        let patch = json!({"status": {"observedGeneration": sg.generation()}});
+        ctx.api
+            .patch_status(sg.name(), &Patch::Merge(patch))
+            .await?;
+    } else {
+        let mut seen = ctx.observed.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.insert(sg.name().to_string()) {
+            ctx.done.send_replace(seen.len());
+        }
+    }
+    Ok(Action::await_change())
+}
+
+fn rss_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let keel = match args.keel {
+        Some(k) => k,
+        None => std::env::current_exe()?.with_file_name("keel"),
+    };
+    let dir = tempfile::tempdir()?;
+    let port = |_: ()| -> std::io::Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let (api_port, raft_port) = (port(())?, port(())?);
+    let log = std::fs::File::create(dir.path().join("server.log"))?;
+    let mut server = Command::new(&keel)
+        .args(["server", "--disable-agent", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{api_port}")])
+        .args(["--raft-listen", &format!("127.0.0.1:{raft_port}")])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let data = dir.path().join("data");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = loop {
+        if let (Ok(token), Ok(ca)) = (
+            std::fs::read_to_string(data.join("admin-token")),
+            std::fs::read_to_string(data.join("tls/ca.crt")),
+        ) {
+            let c = Client::new(&format!("https://127.0.0.1:{api_port}"), &ca, token.trim())?;
+            if c.get("/api/v1/namespaces/default").await.is_ok() {
+                break c;
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = server.kill();
+            return Err("the server did not start".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let kind = keel_schemas::lookup("securitygroups").ok_or("SecurityGroup is not registered")?;
+    let api: Api<Value> = Api::namespaced(&client, kind, "default");
+    let (done_tx, mut done) = watch::channel(0usize);
+    let ctx = Arc::new(Ctx {
+        api: api.clone(),
+        observed: Mutex::default(),
+        done: done_tx,
+    });
+    let rss_before = rss_kib("VmRSS:");
+    let (stop, stopped) = watch::channel(false);
+    let controller = Controller::new("bench", api.clone(), watcher::Config::default())
+        .concurrency(args.concurrency);
+    let task = tokio::spawn(controller.run(reconcile, ctx.clone(), stopped));
+
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut creators = Vec::new();
+    for _ in 0..args.creators {
+        let (api, next, n) = (api.clone(), next.clone(), args.objects);
+        creators.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<(), ClientError>(());
+                }
+                let sg = json!({"apiVersion": "keel.dev/v1alpha1", "kind": "SecurityGroup",
+                    "metadata": {"name": format!("sg-{i}")},
+                    "spec": {"ingress": [{"protocol": "TCP", "ports": "80", "from": {"cidr": "0.0.0.0/0"}}]}});
+                api.create(&sg).await?;
+            }
+        }));
+    }
+    for c in creators {
+        c.await??;
+    }
+    let created = started.elapsed();
+    done.wait_for(|n| *n >= args.objects).await?;
+    let observed = started.elapsed();
+    let metrics = keel_controllers::runtime::metrics::controller("bench");
+    println!(
+        "objects={} creators={} concurrency={}",
+        args.objects, args.creators, args.concurrency
+    );
+    println!(
+        "created in {:.2}s ({:.0}/s); all observed (observedGeneration == generation) in {:.2}s: {:.0} objects/s end to end",
+        created.as_secs_f64(),
+        args.objects as f64 / created.as_secs_f64(),
+        observed.as_secs_f64(),
+        args.objects as f64 / observed.as_secs_f64()
+    );
+    println!(
+        "reconciles={} errors={}; controller process memory: RSS {} MiB (peak {} MiB, {} MiB before the controller started)",
+        metrics.reconciles(),
+        metrics.errors(),
+        rss_kib("VmRSS:") / 1024,
+        rss_kib("VmHWM:") / 1024,
+        rss_before / 1024
+    );
+    stop.send_replace(true);
+    let _ = task.await;
+    let _ = server.kill();
+    let _ = server.wait();
+    Ok(())
+}

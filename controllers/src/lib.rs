@@ -1,0 +1,23 @@
+//! Keel's controllers: the runtime every reconciler is built on, and the cluster-wide
+//! controllers that run on the server holding the controllers' Lease.
+//!
+//! The runtime follows kube-runtime's pattern, written here: a [`runtime::watcher`] lists and
+//! watches a kind, a [`runtime::reflector`] keeps what it saw in memory, changes put object
+//! keys on a de-duplicating [`runtime::queue`], and a [`runtime::Controller`] calls
+//! `reconcile(obj, ctx) -> Action` for each key, one at a time per key.
+//!
+//! Modules:
+//! - [`runtime`]: watcher, reflector, work queue, controller loop, finalizers, conditions,
+//!   events, metrics and leader election.
+//! - [`scheduler`]: binds VirtualMachines to nodes.
+//! - [`node_lifecycle`]: notices dead nodes and moves their VMs.
+//! - [`gc`]: deletes dependents whose owners are gone.
+//! - [`manager`]: runs the cluster-wide controllers on the elected server.
+
+pub mod gc;
+pub mod manager;
+pub mod node_lifecycle;
+pub mod runtime;
+pub mod scheduler;
+
+pub use manager::{ManagerConfig, run_manager};

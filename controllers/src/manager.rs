@@ -1,0 +1,101 @@
+//! [`run_manager`]: the cluster-wide controllers (scheduler, node lifecycle, garbage
+//! collector), run by whichever server holds the `kube-system/keel-controllers` Lease. Every
+//! server campaigns; exactly one runs the controllers; when it stops renewing (it died, or
+//! lost the cluster), another takes over within the Lease's duration.
+
+use std::time::Duration;
+
+use keel_client::Client;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::node_lifecycle::{self, NodeLifecycleConfig};
+use crate::runtime::{LeaderConfig, elect};
+use crate::{gc, scheduler};
+
+/// The Lease the controller managers contend for.
+pub const CONTROLLERS_LEASE: &str = "keel-controllers";
+
+/// How the controller manager runs.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// This instance's identity in the Lease (unique per process).
+    pub identity: String,
+    /// Leader election timings.
+    pub lease_duration: Duration,
+    /// The leader steps down when it could not renew for this long.
+    pub renew_deadline: Duration,
+    /// How often candidates try.
+    pub retry_period: Duration,
+    /// Node lifecycle timings.
+    pub nodes: NodeLifecycleConfig,
+}
+
+// === impl ManagerConfig ===
+
+impl ManagerConfig {
+    /// Kubernetes' defaults, for the instance `identity`.
+    pub fn new(identity: &str) -> ManagerConfig {
+        let election = LeaderConfig::new("kube-system", CONTROLLERS_LEASE, identity);
+        ManagerConfig {
+            identity: identity.to_string(),
+            lease_duration: election.lease_duration,
+            renew_deadline: election.renew_deadline,
+            retry_period: election.retry_period,
+            nodes: NodeLifecycleConfig::default(),
+        }
+    }
+}
+
+/// Campaigns for the controllers' Lease and runs the controllers while leading, until
+/// `shutdown` turns true.
+pub async fn run_manager(
+    client: Client,
+    config: ManagerConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (leading_tx, mut leading) = watch::channel(false);
+    let election = LeaderConfig {
+        lease_duration: config.lease_duration,
+        renew_deadline: config.renew_deadline,
+        retry_period: config.retry_period,
+        ..LeaderConfig::new("kube-system", CONTROLLERS_LEASE, &config.identity)
+    };
+    let campaign = tokio::spawn(elect(
+        client.clone(),
+        election,
+        leading_tx,
+        shutdown.clone(),
+    ));
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            r = leading.wait_for(|l| *l) => if r.is_err() { break },
+        }
+        let (stop_tx, stop) = watch::channel(false);
+        let mut controllers = JoinSet::new();
+        controllers.spawn(scheduler::run(
+            client.clone(),
+            config.identity.clone(),
+            stop.clone(),
+        ));
+        controllers.spawn(node_lifecycle::run(
+            client.clone(),
+            config.identity.clone(),
+            config.nodes,
+            stop.clone(),
+        ));
+        controllers.spawn(gc::run(client.clone(), stop));
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => {}
+            _ = leading.wait_for(|l| !*l) => {}
+        }
+        stop_tx.send_replace(true);
+        while controllers.join_next().await.is_some() {}
+        if *shutdown.borrow() {
+            break;
+        }
+        tracing::warn!(identity = %config.identity, "controllers stopped: no longer the leader");
+    }
+    let _ = campaign.await;
+}

@@ -1,0 +1,312 @@
+//! Node lifecycle: notices nodes whose agent stopped renewing its Lease, marks them
+//! `Ready=Unknown`, and after the eviction timeout moves their VMs elsewhere.
+//!
+//! Timing, and why no VM ever runs twice: an agent renews its Lease (in `kube-node-lease`)
+//! every quarter of the grace period. An agent that cannot renew for the grace period stops
+//! its guests itself, and each guest's supervisor stops it too when the agent process is
+//! gone (see the agent's fencing). This controller measures staleness by its own clock, from
+//! when it last saw the Lease's `renewTime` change (which is after the agent sent it), so by
+//! the time a Lease has looked stale for the grace period, the agent has fenced. Only after a
+//! further eviction timeout (the margin for stopping guests) does it unbind VMs, and only
+//! those that may restart elsewhere: run strategy `Always` and every disk disposable. The
+//! others wait for their node, with a `NodeLost` condition saying why. The grace period is
+//! never shorter than the duration the agent declares in its Lease (when it fences). A
+//! controller that has
+//! just taken over has seen nothing change yet: it gives every node a full grace period.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keel_client::{Api, Client, ClientError};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::runtime::{
+    Action, Condition, Controller, EventType, ObjectExt, ObjectRef, Recorder, Store,
+    condition_status, set_condition, watcher,
+};
+
+/// The namespace of the nodes' heartbeat Leases.
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+
+/// The node lifecycle controller's timings.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeLifecycleConfig {
+    /// How long a Lease may go unrenewed before its node is `Ready=Unknown` (and its agent
+    /// has fenced itself).
+    pub grace_period: Duration,
+    /// How long after that a node's VMs are moved: the margin for the fenced guests to stop.
+    pub eviction_timeout: Duration,
+}
+
+/// What the controller's reconciles share.
+struct Context {
+    nodes: Api<Value>,
+    vms: Store,
+    vm_kind: &'static keel_schemas::Kind,
+    leases: Store,
+    config: NodeLifecycleConfig,
+    recorder: Recorder,
+    /// Node -> (the Lease's renewTime, when this controller saw it change).
+    observed: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+// === impl NodeLifecycleConfig ===
+
+impl Default for NodeLifecycleConfig {
+    /// Kubernetes' 40 s grace period, and a 20 s margin after it.
+    fn default() -> NodeLifecycleConfig {
+        NodeLifecycleConfig {
+            grace_period: Duration::from_secs(40),
+            eviction_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Runs the node lifecycle controller until `shutdown` turns true.
+pub async fn run(
+    client: Client,
+    instance: String,
+    config: NodeLifecycleConfig,
+    shutdown: watch::Receiver<bool>,
+) {
+    let (Some(node_kind), Some(lease_kind), Some(vm_kind)) = (
+        keel_schemas::lookup("nodes"),
+        keel_schemas::lookup("leases"),
+        keel_schemas::lookup("virtualmachines"),
+    ) else {
+        return;
+    };
+    let controller = Controller::new(
+        "node-lifecycle",
+        Api::all(&client, node_kind),
+        watcher::Config::default(),
+    )
+    .watches(
+        Api::namespaced(&client, lease_kind, NODE_LEASE_NAMESPACE),
+        watcher::Config::default(),
+        |lease| vec![ObjectRef::new(None, lease.name())],
+    )
+    .watches(
+        Api::all(&client, vm_kind),
+        watcher::Config::default(),
+        |_| Vec::new(),
+    );
+    let (Some(leases), Some(vms)) = (
+        controller.store_of("Lease"),
+        controller.store_of("VirtualMachine"),
+    ) else {
+        return;
+    };
+    let ctx = Arc::new(Context {
+        nodes: Api::all(&client, node_kind),
+        vms,
+        vm_kind,
+        leases,
+        config,
+        recorder: Recorder::new(&client, "keel-node-lifecycle", &instance),
+        observed: Mutex::default(),
+    });
+    controller.run(reconcile, ctx, shutdown).await;
+}
+
+async fn reconcile(node: Arc<Value>, ctx: Arc<Context>) -> Result<Action, ClientError> {
+    let name = node.name().to_string();
+    let lease = ctx
+        .leases
+        .get(&ObjectRef::new(Some(NODE_LEASE_NAMESPACE), &name));
+    let renew_time = lease
+        .as_ref()
+        .and_then(|l| l["spec"]["renewTime"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    // The agent fences after its Lease's duration: never judge a node sooner than that.
+    let declared = lease
+        .as_ref()
+        .and_then(|l| l["spec"]["leaseDurationSeconds"].as_u64())
+        .map_or(Duration::ZERO, Duration::from_secs);
+    let stale_for = {
+        let mut observed = ctx.observed.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = observed
+            .entry(name.clone())
+            .or_insert_with(|| (renew_time.clone(), Instant::now()));
+        if entry.0 != renew_time {
+            *entry = (renew_time.clone(), Instant::now());
+        }
+        entry.1.elapsed()
+    };
+    let grace = ctx.config.grace_period.max(declared);
+    if stale_for < grace {
+        return Ok(Action::requeue(
+            grace - stale_for + Duration::from_millis(100),
+        ));
+    }
+    if condition_status(&node, "Ready") != Some("Unknown") {
+        mark_unknown(&node, &renew_time, &ctx).await?;
+    }
+    let evict_at = grace + ctx.config.eviction_timeout;
+    if stale_for < evict_at {
+        return Ok(Action::requeue(
+            evict_at - stale_for + Duration::from_millis(100),
+        ));
+    }
+    for vm in ctx.vms.on_node(&name) {
+        evict(&vm, &name, &ctx).await?;
+    }
+    // VMs bound to a lost node later (by a pin) are picked up by this periodic look.
+    Ok(Action::requeue(Duration::from_secs(5)))
+}
+
+/// Sets `Ready=Unknown` on a node whose Lease is stale, as Kubernetes does.
+async fn mark_unknown(node: &Value, renew_time: &str, ctx: &Context) -> Result<(), ClientError> {
+    let mut updated = node.clone();
+    let message = if renew_time.is_empty() {
+        "the node's agent has not renewed its lease".to_string()
+    } else {
+        format!("the node's agent stopped renewing its lease (last renewal {renew_time})")
+    };
+    set_condition(
+        &mut updated["status"],
+        &Condition {
+            type_: "Ready",
+            status: "Unknown",
+            reason: "NodeStatusUnknown",
+            message: &message,
+        },
+        &keel_schemas::time::now_rfc3339(),
+    );
+    match ctx.nodes.update_status(&updated).await {
+        Ok(_) => {}
+        Err(e) if e.code() == Some(409) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    tracing::warn!(node = %node.name(), "node is not renewing its lease: Ready=Unknown");
+    ctx.recorder
+        .publish(
+            node,
+            EventType::Warning,
+            "NodeNotReady",
+            "NodeLifecycle",
+            &message,
+        )
+        .await;
+    Ok(())
+}
+
+/// Unbinds a VM of a lost node so that the scheduler places it again, when its spec allows a
+/// restart elsewhere; otherwise says why it waits.
+async fn evict(vm: &Value, node: &str, ctx: &Context) -> Result<(), ClientError> {
+    let api: Api<Value> = Api::namespaced(
+        ctx.nodes.client(),
+        ctx.vm_kind,
+        vm.namespace().unwrap_or("default"),
+    );
+    let now = keel_schemas::time::now_rfc3339();
+    let mut updated = vm.clone();
+    let (type_, reason, message) = match why_not_movable(vm) {
+        None => {
+            if let Some(status) = updated["status"].as_object_mut() {
+                status.remove("nodeName");
+                status.insert("phase".into(), Value::String("Pending".into()));
+            }
+            let message = format!(
+                "node {node} stopped renewing its lease; its agent has fenced the VM, rescheduling"
+            );
+            set_condition(
+                &mut updated["status"],
+                &Condition {
+                    type_: "Scheduled",
+                    status: "False",
+                    reason: "NodeLost",
+                    message: &message,
+                },
+                &now,
+            );
+            ("Evicted", "NodeLost", message)
+        }
+        Some(why) => {
+            let message =
+                format!("node {node} stopped renewing its lease; the VM waits for it: {why}");
+            updated["status"]["phase"] = Value::String("Unknown".into());
+            let changed = set_condition(
+                &mut updated["status"],
+                &Condition {
+                    type_: "NodeLost",
+                    status: "True",
+                    reason: "NotMovable",
+                    message: &message,
+                },
+                &now,
+            );
+            if !changed && vm["status"]["phase"].as_str() == Some("Unknown") {
+                return Ok(());
+            }
+            ("NodeLost", "NotMovable", message)
+        }
+    };
+    match api.update_status(&updated).await {
+        Ok(_) => {}
+        Err(e) if e.code() == Some(409) || e.code() == Some(404) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    tracing::warn!(vm = %vm.object_ref(), node, reason, "{message}");
+    ctx.recorder
+        .publish(vm, EventType::Warning, type_, "Evicting", &message)
+        .await;
+    Ok(())
+}
+
+/// Why a VM of a lost node may not restart elsewhere (`None`: it may).
+pub fn why_not_movable(vm: &Value) -> Option<String> {
+    let strategy = vm["spec"]["runStrategy"].as_str().unwrap_or("Always");
+    if strategy != "Always" {
+        return Some(format!("its runStrategy is {strategy}, not Always"));
+    }
+    if vm["spec"]["nodeName"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty())
+    {
+        return Some("it is pinned to the node by spec.nodeName".to_string());
+    }
+    let kept: Vec<&str> = vm["spec"]["disks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["disposable"].as_bool() != Some(true))
+        .map(|d| d["name"].as_str().unwrap_or("?"))
+        .collect();
+    (!kept.is_empty()).then(|| {
+        format!(
+            "disk(s) {} are not disposable and live only on that node",
+            kept.join(", ")
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_always_vms_with_disposable_disks_move() {
+        let vm = |strategy: &str, disks: Value| json!({"spec": {"runStrategy": strategy, "disks": disks}});
+        assert_eq!(why_not_movable(&vm("Always", json!([]))), None);
+        assert_eq!(
+            why_not_movable(&vm("Always", json!([{"name": "root", "disposable": true}]))),
+            None
+        );
+        let why = why_not_movable(&vm(
+            "Always",
+            json!([{"name": "root", "disposable": true}, {"name": "data"}]),
+        ));
+        assert!(why.unwrap().contains("data"));
+        assert!(
+            why_not_movable(&vm("Manual", json!([])))
+                .unwrap()
+                .contains("Manual")
+        );
+        assert!(why_not_movable(&json!({"spec": {"nodeName": "n1"}})).is_some());
+        assert_eq!(why_not_movable(&json!({"spec": {}})), None);
+    }
+}
