@@ -326,15 +326,15 @@ async fn another_server_takes_over_the_controllers_when_their_leader_dies() {
         .iter()
         .position(|s| first.starts_with(&format!("{}-", s.name)))
         .expect("the holder is one of the servers");
+    // A client of the leader learns every server from their identity Leases, and after
+    // the leader dies moves on to another by itself.
+    let client = clients[leader].clone();
+    eventually("three servers known", WAIT, || async {
+        (client.refresh_servers().await.ok()? == 3).then_some(())
+    })
+    .await;
     servers[leader].kill();
     let alive: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
-    // The client follows the server list: it moves on from the dead server by itself.
-    let client = clients[leader].clone();
-    client.add_servers(
-        alive
-            .iter()
-            .map(|i| format!("https://{}", servers[*i].api_addr)),
-    );
     let next = eventually("another leader", WAIT, || async {
         holder(client.clone()).await.filter(|h| *h != first)
     })
