@@ -225,15 +225,13 @@ async fn nodes_that_die_or_are_cut_off_fence_and_their_vms_move() {
 
     // x comes back: Ready again, resumes the VM still bound to it, not the one that moved.
     x.start(&url, token, &["--lease-duration", LEASE]);
-    eventually("x Ready again and stayer running", WAIT, || async {
+    // The agent starts the workload before it records that the node is back: wait for both.
+    eventually("x Ready again, stayer running and NodeLost=False", WAIT, || async {
         let ready = condition(&nodes, &x.name, "Ready").await.as_deref() == Some("True");
-        (ready && x.workload_pid("default", "stayer").is_some()).then_some(())
+        let back = condition(&vms, "stayer", "NodeLost").await.as_deref() == Some("False");
+        (ready && back && x.workload_pid("default", "stayer").is_some()).then_some(())
     })
     .await;
-    assert_eq!(
-        condition(&vms, "stayer", "NodeLost").await.as_deref(),
-        Some("False")
-    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         x.workload_pid("default", "mover").is_none(),
