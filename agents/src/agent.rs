@@ -17,8 +17,8 @@ use keel_controllers::runtime::{Condition, set_condition};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::host;
 use crate::probe::{HostFacts, ProbeConfig, probe};
+use crate::vm;
 use crate::workload::Runtime;
 
 /// How an agent runs.
@@ -38,6 +38,16 @@ pub struct AgentConfig {
     pub dns_listen: SocketAddr,
     /// The Open vSwitch database socket (probed).
     pub ovs_socket: PathBuf,
+    /// The kernel the KVM probe boots (default: the host's own, if found in /boot).
+    pub kvm_probe_kernel: Option<PathBuf>,
+    /// Virtual CPUs schedulable per core (OpenStack's `cpu_allocation_ratio`, default 4).
+    pub cpu_allocation_ratio: f64,
+    /// Where the agent's HTTPS endpoint listens (port 0: any free port, published in the
+    /// Node).
+    pub listen: SocketAddr,
+    /// The token the API server presents to the endpoint (the cluster's join token); without
+    /// one, every call is refused.
+    pub server_token: Option<String>,
 }
 
 /// The agent's standing with the cluster.
@@ -57,6 +67,9 @@ pub enum AgentError {
     /// The workload runtime could not be set up.
     #[error(transparent)]
     Workload(#[from] crate::workload::WorkloadError),
+    /// The HTTPS endpoint could not start.
+    #[error(transparent)]
+    Server(#[from] crate::server::ServerError),
 }
 
 /// What the agent's tasks share.
@@ -65,6 +78,8 @@ pub(crate) struct Shared {
     pub(crate) config: AgentConfig,
     pub(crate) runtime: Runtime,
     pub(crate) facts: HostFacts,
+    /// The HTTPS endpoint's port and certificate (PEM), published in the Node.
+    pub(crate) endpoint: (u16, String),
 }
 
 // === impl AgentConfig ===
@@ -81,6 +96,10 @@ impl AgentConfig {
             exe,
             dns_listen: SocketAddr::from(([0, 0, 0, 0], 53)),
             ovs_socket: PathBuf::from("/var/run/openvswitch/db.sock"),
+            kvm_probe_kernel: None,
+            cpu_allocation_ratio: 4.0,
+            listen: SocketAddr::from(([0, 0, 0, 0], 10250)),
+            server_token: None,
         }
     }
 }
@@ -99,27 +118,52 @@ pub async fn run(
     })?;
     let runtime = Runtime::new(&config.data_dir, config.lease_duration, config.exe.clone())?;
     let server = server_addr(&client.url());
-    let facts = probe(&ProbeConfig {
-        data_dir: &config.data_dir,
-        server,
-        dns_listen: config.dns_listen,
-        ovs_socket: &config.ovs_socket,
-    });
+    // The KVM probe may boot a kernel for seconds: off the async threads.
+    let probe_config = config.clone();
+    let facts = tokio::task::spawn_blocking(move || {
+        probe(&ProbeConfig {
+            data_dir: &probe_config.data_dir,
+            server,
+            dns_listen: probe_config.dns_listen,
+            ovs_socket: &probe_config.ovs_socket,
+            kvm_probe_kernel: probe_config.kvm_probe_kernel.as_deref(),
+        })
+    })
+    .await
+    .map_err(|e| crate::workload::WorkloadError::Io {
+        path: config.data_dir.clone(),
+        source: std::io::Error::other(e),
+    })?;
     for c in &facts.capabilities {
         tracing::info!(node = %config.node_name, capability = c.type_, available = c.available, "{}", c.message);
     }
+    let mut names = vec![
+        config.node_name.clone(),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+    ];
+    names.extend(facts.internal_ip.map(|ip| ip.to_string()));
+    let endpoint = crate::server::bind(config.listen, names).await?;
+    let published = (endpoint.port, endpoint.certificate_pem.clone());
+    let endpoint_task = tokio::spawn(endpoint.serve(
+        config.server_token.clone().unwrap_or_default(),
+        config.data_dir.join("vms"),
+        shutdown.clone(),
+    ));
     let shared = Arc::new(Shared {
         client,
         config,
         runtime,
         facts,
+        endpoint: published,
     });
     let (health_tx, health) = watch::channel(Health::Starting);
     let heartbeat = tokio::spawn(heartbeat(shared.clone(), health_tx, shutdown.clone()));
-    let reconciler = tokio::spawn(host::run(shared.clone(), health, shutdown.clone()));
+    let reconciler = tokio::spawn(vm::run(shared.clone(), health, shutdown.clone()));
     let _ = shutdown.wait_for(|s| *s).await;
     let _ = heartbeat.await;
     let _ = reconciler.await;
+    let _ = endpoint_task.await;
     Ok(())
 }
 
@@ -202,11 +246,12 @@ async fn register(shared: &Shared) -> Result<(), ClientError> {
     for (k, v) in &shared.config.labels {
         labels[k] = Value::String(v.clone());
     }
+    let annotations = json!({crate::server::CERTIFICATE_ANNOTATION: shared.endpoint.1});
     match api.get_opt(name).await? {
         None => {
             let node = json!({
                 "apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": name, "labels": labels},
+                "metadata": {"name": name, "labels": labels, "annotations": annotations},
                 "spec": {},
             });
             match api.create(&node).await {
@@ -216,7 +261,7 @@ async fn register(shared: &Shared) -> Result<(), ClientError> {
             }
         }
         Some(_) => {
-            let patch = json!({"metadata": {"labels": labels}});
+            let patch = json!({"metadata": {"labels": labels, "annotations": annotations}});
             api.patch(name, &keel_client::Patch::Merge(patch)).await?;
         }
     }
@@ -266,8 +311,9 @@ async fn report_ready(shared: &Shared) -> Result<(), ClientError> {
         *status = json!({});
     }
     status["capacity"] = facts.capacity();
-    status["allocatable"] = facts.capacity();
+    status["allocatable"] = facts.allocatable(shared.config.cpu_allocation_ratio);
     status["addresses"] = facts.addresses(&shared.config.node_name);
+    status["daemonEndpoints"] = json!({"kubeletEndpoint": {"Port": shared.endpoint.0}});
     status["nodeInfo"] = json!({
         "kernelVersion": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         "operatingSystem": "linux", "architecture": std::env::consts::ARCH,

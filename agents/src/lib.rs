@@ -6,13 +6,14 @@
 //! Modules:
 //! - [`agent`]: registration, heartbeat, health and fencing.
 //! - [`probe`]: capacity, addresses and capability conditions of the host.
-//! - [`host`]: the host reconciler framework (objects bound to this node) and its first
-//!   reconciler.
+//! - [`server`]: the agent's HTTPS endpoint, which the API server calls for console logs.
+//! - [`vm`]: the VM reconciler — QEMU guests for the VirtualMachines bound to this node.
 //! - [`workload`]: the workloads of the host under their fencing supervisor (`keel shim`).
 
 pub mod agent;
-pub mod host;
 pub mod probe;
+pub mod server;
+pub mod vm;
 pub mod workload;
 
 pub use agent::{AgentConfig, AgentError, Health, run};

@@ -2,12 +2,25 @@
 //! addresses, and capability conditions — KVM usable or TCG only, QEMU present, OVS/OVN
 //! reachable, the DNS port bindable, the storage dir writable. A host that lacks something
 //! says so in its Node's conditions instead of failing later.
+//!
+//! KVM counts as usable only when a real guest boots under it: on some hosts `/dev/kvm`
+//! opens and even runs a boot sector, but a Linux kernel hangs early. So the probe boots a
+//! kernel (`--kvm-probe-kernel`, else the host's own) under KVM with no root file system and
+//! waits for it to get as far as panicking about that; until one does, guests run under TCG.
+//! The verdict is cached in the data dir, keyed by what it depends on.
 
+use std::io::Read;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::Path;
-use std::process::Command;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
+use keel_schemas::kinds::compute::Accelerator;
 use serde_json::{Value, json};
+
+/// How long the KVM probe's guest gets to boot its kernel.
+const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// One probed capability, as a Node condition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +50,8 @@ pub struct HostFacts {
     pub hostname: String,
     /// The capabilities.
     pub capabilities: Vec<Capability>,
+    /// How guests are virtualized here.
+    pub accelerator: Accelerator,
 }
 
 /// Where the probes look.
@@ -50,11 +65,20 @@ pub struct ProbeConfig<'a> {
     pub dns_listen: SocketAddr,
     /// The OVS database socket.
     pub ovs_socket: &'a Path,
+    /// The kernel the KVM probe boots (else the host's own, if found).
+    pub kvm_probe_kernel: Option<&'a Path>,
 }
 
 /// Probes the host.
 pub fn probe(config: &ProbeConfig<'_>) -> HostFacts {
+    let kvm = kvm(config);
+    let accelerator = if kvm.available {
+        Accelerator::Kvm
+    } else {
+        Accelerator::Tcg
+    };
     HostFacts {
+        accelerator,
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         memory_bytes: mem_total().unwrap_or(0),
         disk_bytes: nix::sys::statvfs::statvfs(config.data_dir)
@@ -65,7 +89,7 @@ pub fn probe(config: &ProbeConfig<'_>) -> HostFacts {
             .map(|h| h.trim().to_string())
             .unwrap_or_default(),
         capabilities: vec![
-            kvm(),
+            kvm,
             qemu(),
             network(config.ovs_socket),
             dns(config.dns_listen),
@@ -77,7 +101,20 @@ pub fn probe(config: &ProbeConfig<'_>) -> HostFacts {
 // === impl HostFacts ===
 
 impl HostFacts {
-    /// Node `status.capacity` (and `allocatable`, the same until reservations exist).
+    /// Node `status.allocatable`: the capacity, with `cpu_ratio` virtual CPUs per core (the
+    /// overcommit OpenStack's `cpu_allocation_ratio` sets; memory is never overcommitted).
+    pub fn allocatable(&self, cpu_ratio: f64) -> Value {
+        let mut out = self.capacity();
+        let milli = (self.cpus as f64 * cpu_ratio.max(0.0) * 1000.0).floor() as u64;
+        out["cpu"] = Value::String(if milli.is_multiple_of(1000) {
+            (milli / 1000).to_string()
+        } else {
+            format!("{milli}m")
+        });
+        out
+    }
+
+    /// Node `status.capacity`.
     pub fn capacity(&self) -> Value {
         json!({
             "cpu": self.cpus.to_string(),
@@ -124,24 +161,177 @@ fn local_ip_towards(server: SocketAddr) -> Option<IpAddr> {
     Some(socket.local_addr().ok()?.ip())
 }
 
-fn kvm() -> Capability {
-    match std::fs::OpenOptions::new()
+fn kvm(config: &ProbeConfig<'_>) -> Capability {
+    let unusable = |reason, message: String| Capability {
+        type_: "KVMAvailable",
+        available: false,
+        reason,
+        message: format!("{message}: guests run under TCG (software emulation, slower)"),
+    };
+    if let Err(e) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
     {
-        Ok(_) => Capability {
+        return unusable("TCGOnly", format!("/dev/kvm: {e}"));
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let kernel = config.kvm_probe_kernel.map(Path::to_path_buf).or_else(|| {
+        [
+            PathBuf::from(format!("/boot/vmlinuz-{}", release.trim())),
+            PathBuf::from("/boot/vmlinuz"),
+        ]
+        .into_iter()
+        .find(|p| p.exists())
+    });
+    let Some(kernel) = kernel else {
+        return unusable(
+            "KVMUnproven",
+            "/dev/kvm opens, but there is no kernel to boot a test guest with (--kvm-probe-kernel)"
+                .into(),
+        );
+    };
+    let Ok(meta) = std::fs::metadata(&kernel) else {
+        return unusable(
+            "KVMUnproven",
+            format!("the probe kernel {} cannot be read", kernel.display()),
+        );
+    };
+    let qemu = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default();
+    let key = format!(
+        "{qemu}|{}|{}|{}|{}",
+        kernel.display(),
+        meta.len(),
+        meta.mtime(),
+        release.trim()
+    );
+    let cache = config.data_dir.join("kvm-probe.json");
+    if let Ok(text) = std::fs::read(&cache)
+        && let Ok(cached) = serde_json::from_slice::<Value>(&text)
+        && cached["key"] == key.as_str()
+    {
+        let message = cached["message"].as_str().unwrap_or("").to_string();
+        return if cached["works"] == true {
+            Capability {
+                type_: "KVMAvailable",
+                available: true,
+                reason: "KVMUsable",
+                message,
+            }
+        } else {
+            unusable("KVMBroken", message)
+        };
+    }
+    let (works, message) = boot_under_kvm(&kernel);
+    let _ = std::fs::write(
+        &cache,
+        json!({"key": key, "works": works, "message": message}).to_string(),
+    );
+    if works {
+        Capability {
             type_: "KVMAvailable",
             available: true,
             reason: "KVMUsable",
-            message: "/dev/kvm opens read-write: guests run with hardware virtualization".into(),
-        },
-        Err(e) => Capability {
-            type_: "KVMAvailable",
-            available: false,
-            reason: "TCGOnly",
-            message: format!("/dev/kvm: {e}: guests run under TCG (software emulation, slower)"),
-        },
+            message,
+        }
+    } else {
+        unusable("KVMBroken", message)
+    }
+}
+
+/// Boots `kernel` under KVM without a root file system; it works when the kernel gets far
+/// enough to panic about that (and QEMU, told not to reboot, exits).
+fn boot_under_kvm(kernel: &Path) -> (bool, String) {
+    let child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-m",
+            "256",
+            "-nodefaults",
+            "-no-user-config",
+        ])
+        .args([
+            "-display",
+            "none",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+            "-kernel",
+        ])
+        .arg(kernel)
+        .args(["-append", "console=ttyS0 panic=-1 root=/dev/keel-kvm-probe"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                false,
+                format!("cannot run qemu-system-x86_64 for the KVM probe: {e}"),
+            );
+        }
+    };
+    let started = Instant::now();
+    let exited = loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break true,
+            Ok(None) if started.elapsed() < KVM_PROBE_TIMEOUT => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            _ => break false,
+        }
+    };
+    if !exited {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_string(&mut err);
+    }
+    let booted = out.contains("Kernel panic") || out.contains("VFS:");
+    let took = started.elapsed().as_secs_f64();
+    match (exited, booted) {
+        (true, true) => (
+            true,
+            format!(
+                "a test kernel ({}) booted under KVM in {took:.1}s",
+                kernel.display()
+            ),
+        ),
+        (true, false) => (
+            false,
+            format!(
+                "/dev/kvm opens, but QEMU failed to boot a test kernel under KVM: {}",
+                err.lines().last().unwrap_or("no message")
+            ),
+        ),
+        (false, _) => (
+            false,
+            format!(
+                "/dev/kvm opens, but a test kernel ({}) did not boot under KVM within {KVM_PROBE_TIMEOUT:?}",
+                kernel.display()
+            ),
+        ),
     }
 }
 
@@ -245,6 +435,7 @@ mod tests {
             server: Some("127.0.0.1:6443".parse().unwrap()),
             dns_listen: "127.0.0.1:0".parse().unwrap(),
             ovs_socket: Path::new("/nonexistent/db.sock"),
+            kvm_probe_kernel: None,
         });
         assert!(facts.cpus >= 1 && facts.memory_bytes > 0 && facts.disk_bytes > 0);
         assert_eq!(facts.internal_ip, Some("127.0.0.1".parse().unwrap()));
@@ -252,6 +443,18 @@ mod tests {
         assert!(facts.has("DNSAvailable"));
         assert!(!facts.has("NetworkAvailable"));
         assert_eq!(facts.capabilities.len(), 5);
+        assert_eq!(
+            facts.accelerator == Accelerator::Kvm,
+            facts.has("KVMAvailable"),
+            "the accelerator follows the KVM condition"
+        );
         assert!(facts.capacity()["memory"].as_str().unwrap().ends_with("Ki"));
+        let cores = facts.cpus;
+        assert_eq!(facts.allocatable(4.0)["cpu"], (cores * 4).to_string());
+        assert_eq!(
+            facts.allocatable(1.5)["cpu"],
+            format!("{}m", cores * 1500).replace("000m", "")
+        );
+        assert_eq!(facts.allocatable(1.0)["memory"], facts.capacity()["memory"]);
     }
 }

@@ -53,6 +53,17 @@ pub struct Workload {
     pub pid: i32,
 }
 
+/// What to run for a workload.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// The command.
+    pub command: Vec<String>,
+    /// Where its standard output goes, rotated (else into the workload's `output.log`).
+    pub console: Option<shim::ConsoleLog>,
+    /// Where its supervisor records how it ended ([`shim::Exit`]).
+    pub exit_file: Option<PathBuf>,
+}
+
 /// The workloads of this host.
 #[derive(Debug, Clone)]
 pub struct Runtime {
@@ -112,8 +123,8 @@ impl Runtime {
         self.read(&self.dir_of(key)).filter(|w| alive(w.pid))
     }
 
-    /// Starts `command` for the object `key` (uid `uid`) under a supervisor.
-    pub async fn start(&self, key: &ObjectRef, uid: &str, command: &[String]) -> Result<Workload> {
+    /// Starts `launch` for the object `key` (uid `uid`) under a supervisor.
+    pub async fn start(&self, key: &ObjectRef, uid: &str, launch: &Launch) -> Result<Workload> {
         let dir = self.dir_of(key);
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -132,9 +143,20 @@ impl Runtime {
             .arg("--heartbeat")
             .arg(&self.heartbeat)
             .arg("--grace-ms")
-            .arg(self.grace.as_millis().to_string())
-            .arg("--")
-            .args(command)
+            .arg(self.grace.as_millis().to_string());
+        if let Some(console) = &launch.console {
+            cmd.arg("--console")
+                .arg(&console.path)
+                .arg("--console-max-bytes")
+                .arg(console.max_bytes.to_string())
+                .arg("--console-keep")
+                .arg(console.keep.to_string());
+        }
+        if let Some(exit) = &launch.exit_file {
+            cmd.arg("--exit-file").arg(exit);
+        }
+        cmd.arg("--")
+            .args(&launch.command)
             .stdin(std::process::Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -183,6 +205,13 @@ impl Runtime {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(WorkloadError::Io { path: dir, source }),
         }
+    }
+
+    /// The last `bytes` bytes the supervisor of `key` and its command wrote to standard
+    /// error (and standard output when no console file takes it).
+    pub fn output_tail(&self, key: &ObjectRef, bytes: usize) -> String {
+        let text = std::fs::read(self.dir_of(key).join("output.log")).unwrap_or_default();
+        String::from_utf8_lossy(&text[text.len().saturating_sub(bytes)..]).into_owned()
     }
 
     fn dir_of(&self, key: &ObjectRef) -> PathBuf {

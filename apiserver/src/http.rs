@@ -13,6 +13,7 @@
 
 mod collection;
 mod discovery;
+mod logs;
 mod meta;
 mod metrics;
 mod objects;
@@ -65,6 +66,11 @@ pub(crate) struct Api {
 }
 
 impl Api {
+    /// The cluster's join token, which the server presents to agents.
+    pub(crate) fn join_token(&self) -> String {
+        self.tokens.join().to_string()
+    }
+
     /// The API as the server's own background tasks use it: no listener, no tokens.
     fn internal(server: Server) -> Api {
         Api {
@@ -173,6 +179,7 @@ pub async fn ensure_namespaces(server: Server, mut shutdown: signal::Receiver<bo
             namespace: None,
             name: None,
             status: false,
+            log: false,
             dry_run: false,
         };
         loop {
@@ -215,6 +222,7 @@ pub async fn keep_identity_lease(
         namespace: Some("kube-system".to_string()),
         name: Some(name.clone()),
         status: false,
+        log: false,
         dry_run: false,
     };
     loop {
@@ -264,6 +272,7 @@ pub async fn finalize_namespaces(server: Server, mut shutdown: signal::Receiver<
             namespace: None,
             name: None,
             status: false,
+            log: false,
             dry_run: false,
         };
         let Ok(listed) = api
@@ -534,6 +543,14 @@ async fn dispatch(
     body: Body,
 ) -> ApiResult<Response> {
     let mut t: Target = request::target(group, version, rest)?;
+    if t.log {
+        return match method {
+            Method::GET => logs::proxy(api, &t, &query).await,
+            other => Err(ApiError::method_not_allowed(format!(
+                "{other} is not supported on the log subresource"
+            ))),
+        };
+    }
     t.dry_run = match query.get("dryRun").map(String::as_str) {
         None | Some("") => false,
         Some("All") => true,

@@ -123,6 +123,20 @@ enum Command {
         #[arg(long, default_value = "30s")]
         timeout: String,
     },
+    /// Print a VM's serial console, read from its node (`logs vm/NAME`).
+    Logs {
+        /// KIND/NAME (a VirtualMachine).
+        target: String,
+        /// Keep printing what the console prints.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines (-1: all).
+        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+        tail: i64,
+        /// At most this many bytes (the last ones).
+        #[arg(long)]
+        limit_bytes: Option<u64>,
+    },
     /// Describe a kind or a field, from the schemas.
     Explain {
         /// KIND or KIND.field.path.
@@ -208,6 +222,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
             .await
             .map(|()| ExitCode::SUCCESS),
         // kubectl's convention: 0 the same, 1 different, more for an error.
+        Command::Logs {
+            target,
+            follow,
+            tail,
+            limit_bytes,
+        } => ops::logs(&ctx, &target, follow, tail, limit_bytes)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Diff { files } => match apply::diff(&ctx, &files).await {
             Ok(code) => Ok(code),
             Err(e) => {

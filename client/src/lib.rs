@@ -361,6 +361,27 @@ impl Client {
         self.request(Method::DELETE, path, None, None).await
     }
 
+    /// GETs `path` and returns the body of a 2xx answer as it arrives (a followed log), or
+    /// the error `Status`.
+    pub async fn stream(&self, path: &str) -> Result<StreamBody, ClientError> {
+        let resp = self.send(Method::GET, path, None, None).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| transport(&self.url(), e))?
+                .to_bytes();
+            let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(api_error(status, value));
+        }
+        Ok(StreamBody {
+            body: resp.into_body(),
+            url: self.url(),
+        })
+    }
+
     /// Starts a watch (`path` carries `?watch=true&...`).
     pub async fn watch(&self, path: &str) -> Result<Watch, ClientError> {
         let resp = self.send(Method::GET, path, None, None).await?;
@@ -416,6 +437,31 @@ fn api_error(status: StatusCode, value: Value) -> ClientError {
         reason: value["reason"].as_str().unwrap_or_default().to_string(),
         message: value["message"].as_str().unwrap_or_default().to_string(),
         status: value,
+    }
+}
+
+/// A response body read as it arrives.
+#[derive(Debug)]
+pub struct StreamBody {
+    body: hyper::body::Incoming,
+    url: String,
+}
+
+// === impl StreamBody ===
+
+impl StreamBody {
+    /// The next chunk; `None` at the end.
+    pub async fn next(&mut self) -> Option<Result<Bytes, ClientError>> {
+        loop {
+            match self.body.frame().await? {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Some(Ok(data));
+                    }
+                }
+                Err(e) => return Some(Err(transport(&self.url, e))),
+            }
+        }
     }
 }
 

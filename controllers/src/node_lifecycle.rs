@@ -29,6 +29,8 @@ use crate::runtime::{
 
 /// The namespace of the nodes' heartbeat Leases.
 pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+/// The finalizer the host of a VM holds until it has removed the VM's guest and files.
+pub const VM_HOST_FINALIZER: &str = "keel.dev/vm-host";
 
 /// The node lifecycle controller's timings.
 #[derive(Debug, Clone, Copy)]
@@ -201,6 +203,9 @@ async fn evict(vm: &Value, node: &str, ctx: &Context) -> Result<(), ClientError>
         ctx.vm_kind,
         vm.namespace().unwrap_or("default"),
     );
+    if vm.is_deleting() {
+        return release_host_finalizer(vm, node, &api).await;
+    }
     let now = keel_schemas::time::now_rfc3339();
     let mut updated = vm.clone();
     let (type_, reason, message) = match why_not_movable(vm) {
@@ -254,6 +259,34 @@ async fn evict(vm: &Value, node: &str, ctx: &Context) -> Result<(), ClientError>
         .publish(vm, EventType::Warning, type_, "Evicting", &message)
         .await;
     Ok(())
+}
+
+/// Lets a VM deleted while its node is lost go: the node's agent has fenced the guest and
+/// removes its files when it returns (they are no longer bound to it), so its finalizer
+/// need not wait for it — as Kubernetes lets pods of a lost node be deleted.
+async fn release_host_finalizer(
+    vm: &Value,
+    node: &str,
+    api: &Api<Value>,
+) -> Result<(), ClientError> {
+    let Some(index) = vm["metadata"]["finalizers"]
+        .as_array()
+        .and_then(|f| f.iter().position(|x| x.as_str() == Some(VM_HOST_FINALIZER)))
+    else {
+        return Ok(());
+    };
+    let ops = serde_json::json!([
+        {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": VM_HOST_FINALIZER},
+        {"op": "remove", "path": format!("/metadata/finalizers/{index}")},
+    ]);
+    match api.patch(vm.name(), &keel_client::Patch::Json(ops)).await {
+        Ok(_) => {
+            tracing::warn!(vm = %vm.object_ref(), node, "deleted while its node is lost: released the node's finalizer");
+            Ok(())
+        }
+        Err(e) if matches!(e.code(), Some(404 | 409 | 422)) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Why a VM of a lost node may not restart elsewhere (`None`: it may).

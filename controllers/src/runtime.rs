@@ -24,7 +24,7 @@ pub mod watcher;
 pub use conditions::{Condition, condition, condition_status, set_condition};
 pub use controller::{Action, Controller, Mapper};
 pub use events::{EventType, Recorder};
-pub use finalizer::{FinalizerEvent, finalizer};
+pub use finalizer::{FinalizerError, FinalizerEvent, finalizer};
 pub use leader::{LeaderConfig, elect};
 pub use object::{ObjectExt, ObjectRef};
 pub use queue::{Backoff, WorkQueue};

@@ -55,6 +55,25 @@ where
     }
 }
 
+/// A registered kind by any of its names.
+pub fn kind(name: &str) -> &'static keel_schemas::Kind {
+    keel_schemas::lookup(name).expect("registered kind")
+}
+
+/// The status (`True`, `False`, `Unknown`) of condition `type_` of object `name`.
+pub async fn condition(
+    api: &keel_client::Api<serde_json::Value>,
+    name: &str,
+    type_: &str,
+) -> Option<String> {
+    let o = api.get(name).await.ok()?;
+    o["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .and_then(|c| c["status"].as_str().map(str::to_string))
+}
+
 /// One `keel server` process with a fixed data dir and address, killed when dropped.
 pub struct KeelServer {
     /// Its data dir.
@@ -103,6 +122,11 @@ impl KeelServer {
             .spawn()
             .expect("spawn keel server");
         self.child = Some(child);
+    }
+
+    /// Its API URL (when it listens on one address).
+    pub fn url(&self) -> String {
+        format!("https://{}", self.api_addr)
     }
 
     /// Kills the process with SIGKILL: no shutdown, no flush.
@@ -365,7 +389,7 @@ impl KeelAgent {
             .args(["--node-name", &self.name])
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--dns-listen", "127.0.0.1:0"])
+            .args(["--dns-listen", "127.0.0.1:0", "--listen", "0.0.0.0:0"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
@@ -406,6 +430,86 @@ impl KeelAgent {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The pids of the QEMU processes running the VM `namespace/name` of this agent (found by
+    /// the VM's QMP socket on their command lines): one while it runs, never two.
+    pub fn qemu_pids(&self, namespace: &str, name: &str) -> Vec<i32> {
+        let socket = self
+            .data_dir
+            .join("vms")
+            .join(format!("{namespace}_{name}"))
+            .join("qmp.sock");
+        qemu_pids_with(&socket.display().to_string())
+    }
+}
+
+/// The pids of the `qemu-system-x86_64` processes whose command line contains `needle`.
+pub fn qemu_pids_with(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline);
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        if text.starts_with("qemu-system-x86_64") && text.contains(needle) && !zombie {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The test guest: Debian's kernel and a busybox initramfs (see `e2e/guest/build.sh`), built
+/// once per machine into `~/.cache/keel/guest` (or `$KEEL_GUEST_DIR`).
+#[derive(Debug, Clone)]
+pub struct Guest {
+    /// The kernel.
+    pub kernel: PathBuf,
+    /// The initramfs.
+    pub initrd: PathBuf,
+}
+
+/// Builds the test guest if needed (once per process; `build.sh` locks across processes).
+pub fn guest() -> Guest {
+    static GUEST: std::sync::OnceLock<Guest> = std::sync::OnceLock::new();
+    GUEST
+        .get_or_init(|| {
+            let dir = std::env::var_os("KEEL_GUEST_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+                    PathBuf::from(home).join(".cache/keel/guest")
+                });
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/build.sh");
+            let out = Command::new("bash")
+                .arg(&script)
+                .arg(&dir)
+                .output()
+                .expect("run e2e/guest/build.sh");
+            assert!(
+                out.status.success(),
+                "building the test guest failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Guest {
+                kernel: dir.join("vmlinuz"),
+                initrd: dir.join("initrd.img"),
+            }
+        })
+        .clone()
 }
 
 impl Drop for KeelAgent {

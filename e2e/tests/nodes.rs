@@ -6,25 +6,12 @@
 use std::time::{Duration, Instant};
 
 use keel_client::{Api, Client};
-use keel_e2e::{Bridge, KeelAgent, KeelServer, eventually};
+use keel_e2e::{Bridge, KeelAgent, KeelServer, condition, eventually, guest, kind};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// The agents' lease duration (they fence after it) and the controllers' grace period.
 const LEASE: &str = "3";
-
-fn kind(name: &str) -> &'static keel_schemas::Kind {
-    keel_schemas::lookup(name).expect("registered kind")
-}
-
-async fn condition(api: &Api<Value>, name: &str, type_: &str) -> Option<String> {
-    let o = api.get(name).await.ok()?;
-    o["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-        .and_then(|c| c["status"].as_str().map(str::to_string))
-}
 
 async fn bound_to(vms: &Api<Value>, name: &str) -> Option<(String, String)> {
     let vm = vms.get(name).await.ok()?;
@@ -37,8 +24,11 @@ async fn bound_to(vms: &Api<Value>, name: &str) -> Option<(String, String)> {
     ))
 }
 
+/// A VM booting the test guest.
 fn vm(name: &str, extra: Value) -> Value {
-    let mut spec = json!({"cpu": 1, "memory": "64Mi", "kernel": "/boot/vmlinuz"});
+    let guest = guest();
+    let mut spec = json!({"cpu": 1, "memory": "128Mi", "kernel": guest.kernel, "initrd": guest.initrd,
+                          "cmdline": "console=ttyS0 quiet", "terminationGracePeriodSeconds": 5});
     if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
         spec.extend(extra.clone());
     }
@@ -226,11 +216,15 @@ async fn nodes_that_die_or_are_cut_off_fence_and_their_vms_move() {
     // x comes back: Ready again, resumes the VM still bound to it, not the one that moved.
     x.start(&url, token, &["--lease-duration", LEASE]);
     // The agent starts the workload before it records that the node is back: wait for both.
-    eventually("x Ready again, stayer running and NodeLost=False", WAIT, || async {
-        let ready = condition(&nodes, &x.name, "Ready").await.as_deref() == Some("True");
-        let back = condition(&vms, "stayer", "NodeLost").await.as_deref() == Some("False");
-        (ready && back && x.workload_pid("default", "stayer").is_some()).then_some(())
-    })
+    eventually(
+        "x Ready again, stayer running and NodeLost=False",
+        WAIT,
+        || async {
+            let ready = condition(&nodes, &x.name, "Ready").await.as_deref() == Some("True");
+            let back = condition(&vms, "stayer", "NodeLost").await.as_deref() == Some("False");
+            (ready && back && x.workload_pid("default", "stayer").is_some()).then_some(())
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(

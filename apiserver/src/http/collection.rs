@@ -156,6 +156,7 @@ impl Api {
                 namespace,
                 name: Some(name),
                 status: false,
+                log: false,
                 dry_run: t.dry_run,
             };
             match self.delete(&target, None).await {

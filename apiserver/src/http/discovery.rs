@@ -67,6 +67,16 @@ pub(crate) fn resources(group: &str, version: &str) -> Option<Value> {
             "kind": k.kind,
             "verbs": ["get", "patch", "update"],
         }));
+        if k.plural == "virtualmachines" {
+            // The guest's serial console, read from its node (see `logs`).
+            resources.push(json!({
+                "name": format!("{}/log", k.plural),
+                "singularName": "",
+                "namespaced": true,
+                "kind": k.kind,
+                "verbs": ["get"],
+            }));
+        }
     }
     let group_version = if group.is_empty() {
         version.to_string()

@@ -20,6 +20,8 @@ pub(crate) struct Target {
     pub name: Option<String>,
     /// Whether the path ends in `/status`.
     pub status: bool,
+    /// Whether the path ends in `/log` (a guest's console, read from its node).
+    pub log: bool,
     /// A dry run (`dryRun=All`): the write is admitted and answered, not stored.
     pub dry_run: bool,
 }
@@ -66,6 +68,7 @@ pub(crate) fn target(group: &str, version: &str, rest: &str) -> ApiResult<Target
             namespace: None,
             name: owned(name),
             status: true,
+            log: false,
             dry_run: false,
         },
         ["namespaces", ns, plural] => Target {
@@ -73,6 +76,7 @@ pub(crate) fn target(group: &str, version: &str, rest: &str) -> ApiResult<Target
             namespace: owned(ns),
             name: None,
             status: false,
+            log: false,
             dry_run: false,
         },
         ["namespaces", ns, plural, name] => Target {
@@ -80,6 +84,7 @@ pub(crate) fn target(group: &str, version: &str, rest: &str) -> ApiResult<Target
             namespace: owned(ns),
             name: owned(name),
             status: false,
+            log: false,
             dry_run: false,
         },
         ["namespaces", ns, plural, name, "status"] => Target {
@@ -87,6 +92,15 @@ pub(crate) fn target(group: &str, version: &str, rest: &str) -> ApiResult<Target
             namespace: owned(ns),
             name: owned(name),
             status: true,
+            log: false,
+            dry_run: false,
+        },
+        ["namespaces", ns, plural, name, "log"] => Target {
+            kind: find(plural)?,
+            namespace: owned(ns),
+            name: owned(name),
+            status: false,
+            log: true,
             dry_run: false,
         },
         [plural] => Target {
@@ -94,6 +108,7 @@ pub(crate) fn target(group: &str, version: &str, rest: &str) -> ApiResult<Target
             namespace: None,
             name: None,
             status: false,
+            log: false,
             dry_run: false,
         },
         [plural, name] => Target {
@@ -101,6 +116,7 @@ pub(crate) fn target(group: &str, version: &str, rest: &str) -> ApiResult<Target
             namespace: None,
             name: owned(name),
             status: false,
+            log: false,
             dry_run: false,
         },
         [plural, name, "status"] => Target {
@@ -108,6 +124,7 @@ pub(crate) fn target(group: &str, version: &str, rest: &str) -> ApiResult<Target
             namespace: None,
             name: owned(name),
             status: true,
+            log: false,
             dry_run: false,
         },
         _ => return Err(ApiError::no_route(rest)),

@@ -94,6 +94,14 @@ struct ServerArgs {
     /// Seconds the local agent's node Lease lasts (it fences after that long without renewal).
     #[arg(long, default_value_t = 40.0)]
     node_lease_duration: f64,
+    /// A kernel the local agent boots under KVM to prove guests run there (default: the
+    /// host's own from /boot).
+    #[arg(long)]
+    kvm_probe_kernel: Option<PathBuf>,
+    /// Where the local agent's HTTPS endpoint listens (default: a free port, published in
+    /// its Node, so that several servers can share a host).
+    #[arg(long, default_value = "0.0.0.0:0")]
+    agent_listen: SocketAddr,
 }
 
 /// Timings of the cluster controllers (seconds, fractions allowed).
@@ -143,6 +151,16 @@ struct AgentArgs {
     /// The Open vSwitch database socket (probed as a capability).
     #[arg(long, default_value = "/var/run/openvswitch/db.sock")]
     ovs_socket: PathBuf,
+    /// A kernel to boot under KVM to prove guests run there (default: the host's own from
+    /// /boot); without one that boots, guests run under TCG.
+    #[arg(long)]
+    kvm_probe_kernel: Option<PathBuf>,
+    /// Virtual CPUs the scheduler may place per core of this host.
+    #[arg(long, default_value_t = 4.0)]
+    cpu_allocation_ratio: f64,
+    /// Where the agent's HTTPS endpoint listens (the API server reads consoles there).
+    #[arg(long, default_value = "0.0.0.0:10250")]
+    listen: SocketAddr,
 }
 
 #[derive(Args, Debug)]
@@ -153,6 +171,18 @@ struct ShimArgs {
     /// Milliseconds the heartbeat may go untouched before the workload is stopped.
     #[arg(long)]
     grace_ms: u64,
+    /// A file for the workload's standard output, rotated by size.
+    #[arg(long)]
+    console: Option<PathBuf>,
+    /// Size at which the console file is rotated.
+    #[arg(long, default_value_t = 1 << 20)]
+    console_max_bytes: u64,
+    /// How many rotated console files are kept.
+    #[arg(long, default_value_t = 2)]
+    console_keep: u32,
+    /// A file where the supervisor records how the workload ended.
+    #[arg(long)]
+    exit_file: Option<PathBuf>,
     /// The workload's command.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -266,11 +296,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The supervisor is synchronous and tiny: no async runtime, no tracing.
     if let Command::Shim(args) = &cli.command {
-        return keel_agent::workload::shim::run(
-            &args.heartbeat,
-            Duration::from_millis(args.grace_ms),
-            &args.command,
-        );
+        use keel_agent::workload::shim;
+        return shim::run(&shim::ShimConfig {
+            heartbeat: args.heartbeat.clone(),
+            grace: Duration::from_millis(args.grace_ms),
+            console: args.console.clone().map(|path| shim::ConsoleLog {
+                path,
+                max_bytes: args.console_max_bytes,
+                keep: args.console_keep,
+            }),
+            exit_file: args.exit_file.clone(),
+            command: args.command.clone(),
+        });
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -366,6 +403,11 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
             std::env::current_exe()?,
         );
         agent.lease_duration = seconds(args.node_lease_duration);
+        agent.kvm_probe_kernel = args.kvm_probe_kernel.clone();
+        agent.listen = args.agent_listen;
+        agent.server_token = std::fs::read_to_string(data_dir.join("join-token"))
+            .ok()
+            .map(|t| t.trim().to_string());
         let stopped = stopped.clone();
         tasks.spawn(async move {
             if let Err(e) = keel_agent::run(client, agent, stopped).await {
@@ -430,6 +472,17 @@ async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
     config.lease_duration = seconds(args.lease_duration);
     config.dns_listen = args.dns_listen;
     config.ovs_socket = args.ovs_socket;
+    config.kvm_probe_kernel = args.kvm_probe_kernel;
+    config.listen = args.listen;
+    if !(args.cpu_allocation_ratio > 0.0 && args.cpu_allocation_ratio <= 64.0) {
+        return Err(format!(
+            "--cpu-allocation-ratio {}: give a ratio above 0 and at most 64",
+            args.cpu_allocation_ratio
+        )
+        .into());
+    }
+    config.cpu_allocation_ratio = args.cpu_allocation_ratio;
+    config.server_token = Some(args.token.clone());
     for label in &args.node_labels {
         let (k, v) = label
             .split_once('=')

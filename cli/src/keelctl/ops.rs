@@ -184,3 +184,36 @@ pub async fn cluster_status(ctx: &Ctx) -> Result<(), CtlError> {
     }
     Ok(())
 }
+
+/// `logs KIND/NAME`: the console, streamed from the object's node through the API server.
+pub async fn logs(
+    ctx: &Ctx,
+    target: &str,
+    follow: bool,
+    tail: i64,
+    limit_bytes: Option<u64>,
+) -> Result<(), CtlError> {
+    use std::io::Write;
+    let (kind, name) = resource::kind_and_name(target)?;
+    let mut query = vec![format!("follow={follow}")];
+    if tail >= 0 {
+        query.push(format!("tailLines={tail}"));
+    }
+    if let Some(limit) = limit_bytes {
+        query.push(format!("limitBytes={limit}"));
+    }
+    let path = format!(
+        "{}/log?{}",
+        resource::item(kind, &ctx.namespace, &name),
+        query.join("&")
+    );
+    let mut body = ctx.client.stream(&path).await?;
+    let mut out = std::io::stdout().lock();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        out.write_all(&chunk)
+            .and_then(|()| out.flush())
+            .map_err(|e| CtlError(format!("cannot write the log: {e}")))?;
+    }
+    Ok(())
+}

@@ -133,6 +133,13 @@ impl Controller {
         self
     }
 
+    /// How failed reconciles back off (client-go's 5 ms doubling to 300 s by default). Set
+    /// before taking [`Controller::queue`].
+    pub fn backoff(mut self, backoff: Backoff) -> Controller {
+        self.queue = WorkQueue::new(backoff);
+        self
+    }
+
     /// At most `n` reconciles at once (of different keys).
     pub fn concurrency(mut self, n: usize) -> Controller {
         self.concurrency = n.max(1);

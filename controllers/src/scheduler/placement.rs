@@ -48,7 +48,9 @@ pub struct Unschedulable {
 ///
 /// A `vm` whose cpu, memory, nodeSelector or affinity cannot be read fits no node. In the
 /// other objects, what cannot be read counts as absent: a node's unreadable capacity is zero,
-/// a placed VM's unreadable size uses nothing.
+/// a placed VM's unreadable size uses nothing. A placed VM that does not run (its
+/// runStrategy is Halted, or its guest is Stopped) uses no cpu or memory, as a Kubernetes pod
+/// that has terminated uses none; it still counts for (anti-)affinity.
 pub fn place(vm: &Value, nodes: &[&Value], placed: &[&Value]) -> Result<String, Unschedulable> {
     let vm = Incoming::of(vm)?;
     let nodes: Vec<Node<'_>> = nodes.iter().map(|n| Node::of(n)).collect();
@@ -338,7 +340,12 @@ impl<'a> Placed<'a> {
     /// The VM, when it is bound to a node.
     fn of(vm: &'a Value) -> Option<Self> {
         let node = str_at(vm, "/status/nodeName").filter(|n| !n.is_empty())?;
-        let cpu = vm.pointer("/spec/cpu").and_then(Value::as_u64);
+        let stopped = str_at(vm, "/spec/runStrategy") == Some("Halted")
+            || str_at(vm, "/status/phase") == Some("Stopped");
+        let cpu = vm
+            .pointer("/spec/cpu")
+            .and_then(Value::as_u64)
+            .filter(|_| !stopped);
         let anti = vm.pointer("/spec/affinity/vmAntiAffinity");
         let anti = anti.and_then(|a| VmAffinity::deserialize(a).ok());
         Some(Self {
@@ -349,7 +356,11 @@ impl<'a> Placed<'a> {
             node,
             owner: controller_uid(vm),
             cpu_milli: cpu.map_or(0, |c| u128::from(c) * MILLI),
-            memory: vm.pointer("/spec/memory").and_then(bytes).unwrap_or(0),
+            memory: vm
+                .pointer("/spec/memory")
+                .and_then(bytes)
+                .filter(|_| !stopped)
+                .unwrap_or(0),
             anti_affinity: anti
                 .map(|a| a.required_during_scheduling_ignored_during_execution)
                 .unwrap_or_default(),

@@ -27,6 +27,8 @@ fn virtual_machines_run_always_on_virtio() {
     );
     assert_eq!(spec["runStrategy"], "Always");
     assert_eq!(spec["progressDeadlineSeconds"], 600);
+    assert_eq!(spec["terminationGracePeriodSeconds"], 60);
+    assert_eq!(spec["paused"], false);
     assert_eq!(
         spec["disks"][0],
         json!({"name": "root", "image": "/i.qcow2", "bus": "virtio", "disposable": false})

@@ -51,6 +51,12 @@ pub struct VirtualMachineSpec {
     /// Health wait of a rollout, in seconds (default 600).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub progress_deadline_seconds: Option<u32>,
+    /// Seconds the guest gets to shut down after an ACPI power-button press (default 60).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub termination_grace_period_seconds: Option<u32>,
+    /// Whether the guest's CPUs are paused (default false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
     /// Labels a node must carry.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
@@ -184,6 +190,9 @@ pub struct Disk {
     /// Whether the content may be thrown away (default false).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disposable: Option<bool>,
+    /// Expected digest of the image (`sha256:<hex>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
 }
 
 /// Bus a disk is attached to.
@@ -291,6 +300,28 @@ pub struct VirtualMachineStatus {
     /// kvm or tcg.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accelerator: Option<Accelerator>,
+    /// Process id of the VM's QEMU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qemu_pid: Option<u32>,
+    /// Generation whose spec the running guest was started with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub booted_generation: Option<i64>,
+    /// Guest ports forwarded from the node (user-mode networking).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_forwards: Vec<PortForward>,
+}
+
+/// A guest port reachable on the node through QEMU user-mode networking.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortForward {
+    /// TCP port in the guest.
+    pub guest_port: u16,
+    /// Address on the node.
+    #[serde(rename = "hostIP", skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+    /// TCP port on the node.
+    pub host_port: u16,
 }
 
 /// Lifecycle phase of a VM.

@@ -600,3 +600,20 @@ fn a_vm_with_an_unreadable_spec_fits_nowhere() {
     odd["spec"]["affinity"] = json!({"vmAntiAffinity": "everyone"});
     assert_eq!(placed_on(&vm("web-1"), &nodes, &[odd]), "a");
 }
+
+#[test]
+fn stopped_and_halted_vms_free_their_cpu_and_memory() {
+    let nodes = [sized(node("a"), "2", "4Gi")];
+    let mut big = on(vm("big"), "a");
+    big["spec"]["cpu"] = json!(2);
+    assert_eq!(
+        refused(&vm("web-1"), &nodes, std::slice::from_ref(&big)),
+        "0/1 nodes are available: 1 Insufficient cpu."
+    );
+    let mut stopped = big.clone();
+    stopped["status"]["phase"] = json!("Stopped");
+    assert_eq!(placed_on(&vm("web-1"), &nodes, &[stopped]), "a");
+    let mut halted = big;
+    halted["spec"]["runStrategy"] = json!("Halted");
+    assert_eq!(placed_on(&vm("web-1"), &nodes, &[halted]), "a");
+}

@@ -25,6 +25,7 @@ fn compute_and_network_kinds() {
                 size: Some(Quantity::new("10Gi")),
                 bus: Some(DiskBus::Virtio),
                 disposable: Some(false),
+                checksum: Some(format!("sha256:{}", "ab".repeat(32))),
             }],
             kernel: None,
             initrd: None,
@@ -47,6 +48,8 @@ fn compute_and_network_kinds() {
                 ..Probe::default()
             }),
             progress_deadline_seconds: Some(120),
+            termination_grace_period_seconds: Some(30),
+            paused: Some(false),
             node_selector: labels(&[("keel.dev/kvm", "true")]),
             node_name: None,
             affinity: Some(Affinity {
@@ -86,6 +89,13 @@ fn compute_and_network_kinds() {
         }],
         observed_generation: Some(1),
         accelerator: Some(Accelerator::Kvm),
+        qemu_pid: Some(4242),
+        booted_generation: Some(1),
+        port_forwards: vec![PortForward {
+            guest_port: 80,
+            host_ip: Some("127.0.0.1".into()),
+            host_port: 40080,
+        }],
     });
     check("vm", &vm);
     check(

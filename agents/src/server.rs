@@ -1,0 +1,277 @@
+//! The agent's HTTPS endpoint, the kubelet's port in Kubernetes: the API server calls it to
+//! read a guest's serial console (`keelctl logs vm/NAME [-f]`).
+//!
+//! The agent makes a fresh self-signed certificate at each start and publishes it in its
+//! Node (annotation [`CERTIFICATE_ANNOTATION`], port in `status.daemonEndpoints`); the API
+//! server pins that exact certificate when it connects. The API server proves itself with
+//! the cluster's join token as a bearer token.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use keel_controllers::runtime::ObjectRef;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::vm::console::Console;
+use crate::vm::qemu::VmDir;
+
+/// The Node annotation that carries the agent's serving certificate (PEM).
+pub const CERTIFICATE_ANNOTATION: &str = "keel.dev/agent-certificate";
+
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The certificate could not be made.
+    #[error("cannot make the agent's certificate: {0}")]
+    Certificate(String),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A bound endpoint, ready to serve.
+pub struct Endpoint {
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    /// The certificate clients pin (PEM).
+    pub certificate_pem: String,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+/// What the handlers read.
+struct State {
+    token: String,
+    vms: PathBuf,
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// Binds `addr` and makes the certificate (valid for `names`: the node name and addresses).
+pub async fn bind(addr: SocketAddr, names: Vec<String>) -> Result<Endpoint, ServerError> {
+    let key = rcgen::KeyPair::generate().map_err(|e| ServerError::Certificate(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+        .map_err(|e| ServerError::Certificate(e.to_string()))?;
+    for name in names {
+        params.subject_alt_names.push(match name.parse() {
+            Ok(ip) => rcgen::SanType::IpAddress(ip),
+            Err(_) => rcgen::SanType::DnsName(
+                name.try_into()
+                    .map_err(|e: rcgen::Error| ServerError::Certificate(e.to_string()))?,
+            ),
+        });
+    }
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "keel-agent");
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| ServerError::Certificate(e.to_string()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ServerError::Certificate(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .map_err(|e| ServerError::Certificate(e.to_string()))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let port = listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })?
+        .port();
+    Ok(Endpoint {
+        listener,
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        certificate_pem: cert.pem(),
+        port,
+    })
+}
+
+// === impl Endpoint ===
+
+impl Endpoint {
+    /// Serves until `shutdown` turns true; `token` is what the API server presents, `vms`
+    /// the VM directories.
+    pub async fn serve(self, token: String, vms: PathBuf, mut shutdown: watch::Receiver<bool>) {
+        let state = Arc::new(State { token, vms });
+        let mut stop = Box::pin(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        });
+        loop {
+            let (tcp, _) = tokio::select! {
+                _ = &mut stop => return,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the agent endpoint cannot accept");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let acceptor = self.acceptor.clone();
+            let state = state.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    }
+}
+
+async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let presented = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !same(presented.as_bytes(), state.token.as_bytes()) {
+        return text(
+            StatusCode::UNAUTHORIZED,
+            "the API server's token is required",
+        );
+    }
+    let path: Vec<&str> = req
+        .uri()
+        .path()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let query = Query::parse(req.uri().query().unwrap_or(""));
+    match (req.method(), path.as_slice()) {
+        (&hyper::Method::GET, ["logs", "virtualmachines", ns, name]) => {
+            let query = match query {
+                Ok(q) => q,
+                Err(message) => return text(StatusCode::BAD_REQUEST, &message),
+            };
+            vm_log(state, ns, name, query).await
+        }
+        _ => text(StatusCode::NOT_FOUND, "no such endpoint on the agent"),
+    }
+}
+
+/// The options of a log request, as kubectl names them.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Query {
+    follow: bool,
+    tail_lines: Option<usize>,
+    limit_bytes: Option<usize>,
+}
+
+// === impl Query ===
+
+impl Query {
+    fn parse(query: &str) -> Result<Query, String> {
+        let mut out = Query::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = || {
+                v.parse::<usize>()
+                    .map_err(|_| format!("{k}: {v:?} is not a non-negative integer"))
+            };
+            match k {
+                "follow" => out.follow = v == "true" || v == "1",
+                "tailLines" => out.tail_lines = Some(number()?),
+                "limitBytes" => out.limit_bytes = Some(number()?),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
+async fn vm_log(state: &State, ns: &str, name: &str, query: Query) -> Response<Body> {
+    let dir = VmDir::new(&state.vms, &ObjectRef::new(Some(ns), name));
+    let console = Console {
+        path: dir.console(),
+        keep: crate::vm::CONSOLE_KEEP,
+    };
+    if !console.path.exists() {
+        return text(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "virtual machine {ns}/{name} has no console log on this node (it has not started here)"
+            ),
+        );
+    }
+    let head = Bytes::from(console.tail(query.tail_lines, query.limit_bytes));
+    if !query.follow {
+        return Response::builder()
+            .header(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(Full::new(head).boxed())
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response"));
+    }
+    let (tx, rx) = mpsc::channel(16);
+    let _ = tx.send(head).await;
+    tokio::spawn(console.follow(tx));
+    let stream = ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b)));
+    Response::builder()
+        .header(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}
+
+fn text(code: StatusCode, message: &str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(message.to_string())).boxed());
+    *response.status_mut() = code;
+    response
+}
+
+/// Compares in time independent of where the inputs differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_options_parse_like_kubectl_sends_them() {
+        assert_eq!(
+            Query::parse("follow=true&tailLines=10&limitBytes=500&timestamps=false").unwrap(),
+            Query {
+                follow: true,
+                tail_lines: Some(10),
+                limit_bytes: Some(500)
+            }
+        );
+        assert!(
+            Query::parse("tailLines=-1")
+                .unwrap_err()
+                .contains("tailLines")
+        );
+        assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"abc", b"ab"));
+    }
+}

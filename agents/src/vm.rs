@@ -1,0 +1,662 @@
+//! The VM reconciler: one `qemu-system-x86_64` per VirtualMachine bound to this node.
+//!
+//! It is a [`Controller`] over the VMs bound here only (a field selector on
+//! `status.nodeName`): a host never sees, or acts on, another host's VMs, and a VM bound
+//! elsewhere leaves the selection. Each pass compares the VM's spec with what runs — found
+//! through the supervisor's pid file, QEMU's pid file and QMP socket, and `boot.json` — and
+//! takes one step: prepare the disks and start QEMU, restart it to apply a change, stop it
+//! gracefully, pause or resume it, probe it, and write the status.
+//!
+//! QEMU runs under the fencing supervisor ([`crate::workload`]), in its own process group, so
+//! it survives an agent restart and is re-adopted from its files; it is never started twice
+//! for one VM (QEMU's own image locks would refuse a second one too). A task per running
+//! guest listens to its QMP events, so that a guest that powers off, crashes or is killed is
+//! seen at once rather than at the next resync.
+//!
+//! Modules: [`qmp`] (the QMP client), [`qemu`] (the command line and the VM's files),
+//! [`images`] (image cache and disks), [`cloudinit`] (the NoCloud seed), [`readiness`]
+//! (probes), [`console`] (the serial log), [`lifecycle`] (starting and stopping).
+
+pub mod cloudinit;
+pub mod console;
+pub mod images;
+mod lifecycle;
+pub mod qemu;
+pub mod qmp;
+pub mod readiness;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keel_client::{Api, ClientError};
+use keel_controllers::runtime::{
+    Action, Backoff, Condition, Controller, EventType, FinalizerError, FinalizerEvent, ObjectExt,
+    ObjectRef, Recorder, Store, WorkQueue, condition_status, finalizer, set_condition, watcher,
+};
+use keel_schemas::kinds::compute::{RunStrategy, VirtualMachineSpec};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::agent::{Health, Shared};
+use crate::workload::WorkloadError;
+use crate::workload::shim::Exit;
+
+pub use self::lifecycle::CONSOLE_KEEP;
+
+use self::console::Console;
+use self::lifecycle::{Observed, Prepared};
+use self::qemu::{Boot, VmDir, changed_fields, restart_fields};
+
+/// The finalizer the host of a VM holds until it has removed the VM's guest and files.
+pub const FINALIZER: &str = keel_controllers::node_lifecycle::VM_HOST_FINALIZER;
+/// How often the sweep compares the host's guests with the bindings.
+const SWEEP: Duration = Duration::from_secs(1);
+/// How often a ready guest is probed again.
+const PROBE_READY: Duration = Duration::from_secs(10);
+/// How often a guest that is not ready yet is probed.
+const PROBE_WAITING: Duration = Duration::from_secs(1);
+/// How many VMs are reconciled at once (a graceful stop can take its grace period).
+const CONCURRENCY: usize = 8;
+
+/// Why a VM reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The API failed.
+    #[error(transparent)]
+    Api(#[from] ClientError),
+    /// The supervisor could not be started or stopped.
+    #[error(transparent)]
+    Workload(#[from] WorkloadError),
+    /// The VM's spec could not be read.
+    #[error("spec: {0}")]
+    Spec(String),
+    /// The guest could not be prepared or started; the status and an Event say why.
+    #[error("{reason}: {message}")]
+    Start {
+        /// A CamelCase reason.
+        reason: &'static str,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// What the reconciles share.
+pub(crate) struct Context {
+    pub(crate) shared: Arc<Shared>,
+    health: watch::Receiver<Health>,
+    recorder: Recorder,
+    images: images::Images,
+    vms: PathBuf,
+    queue: WorkQueue<ObjectRef>,
+    /// The QMP event listener of each running guest.
+    listeners: Mutex<HashMap<ObjectRef, tokio::task::JoinHandle<()>>>,
+}
+
+/// Runs the VM reconciler until `shutdown` turns true.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    health: watch::Receiver<Health>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let Some(vm_kind) = keel_schemas::lookup("virtualmachines") else {
+        return;
+    };
+    let node = shared.config.node_name.clone();
+    let selector = format!("status.nodeName={node}");
+    let controller = Controller::new(
+        &format!("agent-vms-{node}"),
+        Api::all(&shared.client, vm_kind),
+        watcher::Config::default().fields(&selector),
+    )
+    .resync(Duration::from_secs(30))
+    .concurrency(CONCURRENCY)
+    // A VM that cannot start (a missing image, a bad seed) is retried, but not in a loop:
+    // 1 s, 2 s, 4 s ... up to 5 minutes.
+    .backoff(Backoff {
+        base: Duration::from_secs(1),
+        max: Duration::from_secs(300),
+    });
+    let store = controller.store();
+    let data = shared.config.data_dir.clone();
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(&shared.client, "keel-agent", &node),
+        images: images::Images::new(data.join("images")),
+        vms: data.join("vms"),
+        queue: controller.queue(),
+        listeners: Mutex::new(HashMap::new()),
+        shared,
+        health: health.clone(),
+    });
+    let sweeper = tokio::spawn(sweep(ctx.clone(), store, shutdown.clone()));
+    controller.run(reconcile, ctx.clone(), shutdown).await;
+    let _ = sweeper.await;
+    for (_, listener) in ctx
+        .listeners
+        .lock()
+        .map(|mut l| std::mem::take(&mut *l))
+        .unwrap_or_default()
+    {
+        listener.abort();
+    }
+}
+
+async fn reconcile(vm: Arc<Value>, ctx: Arc<Context>) -> Result<Action, VmError> {
+    if *ctx.health.borrow() != Health::Healthy {
+        // Fenced or not yet renewed: touch nothing; look again soon.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let api = vm_api(&ctx, &vm)?;
+    let outcome = finalizer(&api, FINALIZER, &vm, |event| async {
+        match event {
+            FinalizerEvent::Apply(vm) => apply(&vm, &ctx).await,
+            FinalizerEvent::Cleanup(vm) => cleanup(&vm, &ctx).await,
+        }
+    })
+    .await;
+    match outcome {
+        Ok(action) => Ok(action),
+        Err(FinalizerError::Reconcile(e)) => Err(e),
+        Err(FinalizerError::Patch { source, .. }) if source.code() == Some(409) => {
+            Ok(Action::await_change())
+        }
+        Err(FinalizerError::Patch { source, .. }) => Err(VmError::Api(source)),
+    }
+}
+
+/// Brings the guest to what the spec asks, then writes the status.
+async fn apply(vm: &Value, ctx: &Context) -> Result<Action, VmError> {
+    let spec: VirtualMachineSpec =
+        serde_json::from_value(vm["spec"].clone()).map_err(|e| VmError::Spec(e.to_string()))?;
+    let key = vm.object_ref();
+    let dir = VmDir::new(&ctx.vms, &key);
+    let observed = lifecycle::observe(ctx, vm, &dir).await;
+    let strategy = spec.run_strategy.unwrap_or(RunStrategy::Always);
+    let mut report = Report::new(vm, &spec, ctx);
+
+    let Observed::Running { boot, status } = observed else {
+        let exit = lifecycle::last_exit(&dir);
+        if !should_start(strategy, exit.as_ref()) {
+            report.stopped(strategy, exit.as_ref());
+            report.write(vm, ctx).await?;
+            return Ok(Action::await_change());
+        }
+        if let Some(exit) = &exit
+            && vm["status"]["phase"].as_str() == Some("Running")
+        {
+            // It was running and stopped by itself: say so before bringing it back.
+            ctx.recorder
+                .publish(
+                    vm,
+                    EventType::Warning,
+                    "GuestStopped",
+                    "Restarting",
+                    &format!(
+                        "QEMU {}; restarting it (runStrategy {strategy:?})",
+                        exit.describe()
+                    ),
+                )
+                .await;
+        }
+        return start(vm, &spec, &dir, ctx, report).await;
+    };
+
+    // Running (or paused). Halted, or a change that needs a restart, stops it.
+    let fields = restart_fields(&spec);
+    let changed = changed_fields(&boot.fields, &fields);
+    if strategy == RunStrategy::Halted {
+        report.phase("Stopping");
+        report.write(vm, ctx).await?;
+        lifecycle::shutdown(ctx, &key, &dir, &spec).await?;
+        ctx.recorder
+            .publish(
+                vm,
+                EventType::Normal,
+                "Stopped",
+                "Stopping",
+                "runStrategy is Halted: the guest was shut down",
+            )
+            .await;
+        return Ok(Action::requeue(Duration::ZERO));
+    }
+    if !changed.is_empty() && strategy != RunStrategy::Manual {
+        let message = format!(
+            "{} changed: restarting the guest to apply generation {}",
+            changed.join(", "),
+            vm.generation()
+        );
+        report.condition("RestartRequired", "True", "Restarting", &message);
+        report.phase("Stopping");
+        report.write(vm, ctx).await?;
+        ctx.recorder
+            .publish(vm, EventType::Normal, "Restarting", "Restarting", &message)
+            .await;
+        lifecycle::shutdown(ctx, &key, &dir, &spec).await?;
+        return Ok(Action::requeue(Duration::ZERO));
+    }
+    if changed.is_empty() {
+        report.condition(
+            "RestartRequired",
+            "False",
+            "UpToDate",
+            "the guest runs the current spec",
+        );
+    } else {
+        report.condition(
+            "RestartRequired",
+            "True",
+            "ManualRestart",
+            &format!(
+                "{} changed; runStrategy Manual: the change applies when the guest next starts",
+                changed.join(", ")
+            ),
+        );
+    }
+
+    // Pause or resume as the spec says.
+    let mut state = status.state.clone();
+    let want_paused = spec.paused.unwrap_or(false);
+    if want_paused != (state == "paused") && matches!(state.as_str(), "running" | "paused") {
+        lifecycle::set_paused(&dir, want_paused)
+            .await
+            .map_err(|e| VmError::Start {
+                reason: "QMPFailed",
+                message: e.to_string(),
+            })?;
+        state = if want_paused {
+            "paused".into()
+        } else {
+            "running".into()
+        };
+        ctx.recorder
+            .publish(
+                vm,
+                EventType::Normal,
+                if want_paused { "Paused" } else { "Resumed" },
+                "Pausing",
+                if want_paused {
+                    "the guest's CPUs are paused"
+                } else {
+                    "the guest's CPUs run again"
+                },
+            )
+            .await;
+    }
+    lifecycle::listen(ctx, &key, &dir);
+    report.running(&boot, &dir, &state);
+    let ready = if state == "running" {
+        let outcome = match &spec.readiness_probe {
+            Some(probe) => readiness::check(probe, &boot.forwards, &console_of(&dir)).await,
+            None => readiness::Outcome {
+                ready: true,
+                message: "the guest runs (no readiness probe)".into(),
+            },
+        };
+        let reason = if outcome.ready {
+            "ProbeSucceeded"
+        } else {
+            "ProbeFailed"
+        };
+        report.condition(
+            "Ready",
+            if outcome.ready { "True" } else { "False" },
+            reason,
+            &outcome.message,
+        );
+        outcome.ready
+    } else {
+        report.condition(
+            "Ready",
+            "False",
+            "GuestNotRunning",
+            &format!("QEMU's run state is {state}"),
+        );
+        false
+    };
+    report.write(vm, ctx).await?;
+    Ok(Action::requeue(if ready {
+        PROBE_READY
+    } else {
+        PROBE_WAITING
+    }))
+}
+
+/// Prepares the disks and seed, and starts QEMU.
+async fn start(
+    vm: &Value,
+    spec: &VirtualMachineSpec,
+    dir: &VmDir,
+    ctx: &Context,
+    mut report: Report,
+) -> Result<Action, VmError> {
+    report.phase("Starting");
+    let prepared: Result<Prepared, (&'static str, String)> =
+        lifecycle::prepare(ctx, vm, spec, dir).await;
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err((reason, message)) => {
+            report.phase("Failed");
+            report.condition("Ready", "False", reason, &message);
+            report.write(vm, ctx).await?;
+            ctx.recorder
+                .publish(vm, EventType::Warning, reason, "Starting", &message)
+                .await;
+            return Err(VmError::Start { reason, message });
+        }
+    };
+    let boot = match lifecycle::launch(ctx, vm, spec, dir, prepared).await {
+        Ok(boot) => boot,
+        Err((reason, message)) => {
+            report.phase("Failed");
+            report.condition("Ready", "False", reason, &message);
+            report.write(vm, ctx).await?;
+            ctx.recorder
+                .publish(vm, EventType::Warning, reason, "Starting", &message)
+                .await;
+            return Err(VmError::Start { reason, message });
+        }
+    };
+    lifecycle::listen(ctx, &vm.object_ref(), dir);
+    let accelerator = format!("{:?}", boot.accelerator).to_lowercase();
+    ctx.recorder
+        .publish(
+            vm,
+            EventType::Normal,
+            "Started",
+            "Starting",
+            &format!(
+                "QEMU started on node {} ({accelerator}), generation {}",
+                ctx.shared.config.node_name, boot.generation
+            ),
+        )
+        .await;
+    report.running(&boot, dir, "starting");
+    report.phase("Starting");
+    report.condition(
+        "Ready",
+        "False",
+        "Starting",
+        "QEMU started; waiting for the guest to be ready",
+    );
+    report.condition(
+        "RestartRequired",
+        "False",
+        "UpToDate",
+        "the guest runs the current spec",
+    );
+    report.write(vm, ctx).await?;
+    Ok(Action::requeue(PROBE_WAITING))
+}
+
+/// Whether a stopped guest is started, by run strategy and how it last ended on this host.
+fn should_start(strategy: RunStrategy, exit: Option<&Exit>) -> bool {
+    match strategy {
+        RunStrategy::Always => true,
+        RunStrategy::Halted => false,
+        // A clean power-off is the guest's own decision; a failure is restarted.
+        RunStrategy::RerunOnFailure => !exit.is_some_and(Exit::clean),
+        // Started once; a guest that stopped by itself stays stopped.
+        RunStrategy::Manual => exit.is_none(),
+    }
+}
+
+/// Stops the guest gracefully and removes everything made for the VM on this host.
+async fn cleanup(vm: &Value, ctx: &Context) -> Result<Action, VmError> {
+    let key = vm.object_ref();
+    let dir = VmDir::new(&ctx.vms, &key);
+    let spec: Option<VirtualMachineSpec> = serde_json::from_value(vm["spec"].clone()).ok();
+    if let Some(spec) = &spec {
+        lifecycle::shutdown(ctx, &key, &dir, spec).await?;
+    }
+    lifecycle::remove(ctx, &key, &dir).await?;
+    tracing::info!(vm = %key, "deleted: the guest is stopped and its files removed");
+    Ok(Action::await_change())
+}
+
+fn console_of(dir: &VmDir) -> Console {
+    Console {
+        path: dir.console(),
+        keep: lifecycle::CONSOLE_KEEP,
+    }
+}
+
+fn vm_api(ctx: &Context, vm: &Value) -> Result<Api<Value>, VmError> {
+    let kind = keel_schemas::lookup("virtualmachines")
+        .ok_or_else(|| VmError::Spec("VirtualMachine is not registered".into()))?;
+    Ok(Api::namespaced(
+        &ctx.shared.client,
+        kind,
+        vm.namespace().unwrap_or("default"),
+    ))
+}
+
+/// The status a pass writes, built on the VM's current status (the scheduler's fields stay).
+struct Report {
+    status: Value,
+    now: String,
+}
+
+// === impl Report ===
+
+impl Report {
+    fn new(vm: &Value, spec: &VirtualMachineSpec, ctx: &Context) -> Report {
+        let mut status = vm["status"].clone();
+        if !status.is_object() {
+            status = json!({});
+        }
+        let now = keel_schemas::time::now_rfc3339();
+        status["observedGeneration"] = Value::from(vm.generation());
+        if condition_status(vm, "NodeLost") == Some("True") {
+            set_condition(
+                &mut status,
+                &Condition {
+                    type_: "NodeLost",
+                    status: "False",
+                    reason: "NodeBack",
+                    message: "the node renews its lease again",
+                },
+                &now,
+            );
+        }
+        let _ = (spec, ctx);
+        Report { status, now }
+    }
+
+    fn phase(&mut self, phase: &str) {
+        self.status["phase"] = Value::String(phase.to_string());
+    }
+
+    fn condition(&mut self, type_: &str, status: &str, reason: &str, message: &str) {
+        set_condition(
+            &mut self.status,
+            &Condition {
+                type_,
+                status,
+                reason,
+                message,
+            },
+            &self.now,
+        );
+    }
+
+    /// A guest that runs (or is paused, or starting) from `boot`.
+    fn running(&mut self, boot: &Boot, dir: &VmDir, state: &str) {
+        self.phase("Running");
+        self.status["accelerator"] = json!(boot.accelerator);
+        self.status["bootedGeneration"] = Value::from(boot.generation);
+        match dir.qemu_pid() {
+            Some(pid) => self.status["qemuPid"] = Value::from(pid),
+            None => {
+                if let Some(s) = self.status.as_object_mut() {
+                    s.remove("qemuPid");
+                }
+            }
+        }
+        self.status["portForwards"] = json!(boot.forwards);
+        let nics = boot.fields["nics"].as_array().cloned().unwrap_or_default();
+        let interfaces: Vec<Value> = (0..nics.len().max(1))
+            .map(|i| {
+                let mac = nics
+                    .get(i)
+                    .and_then(|n| n["mac"].as_str().map(String::from))
+                    .unwrap_or_else(|| qemu::mac(&boot.uid, i));
+                let mut iface = json!({"ip": lifecycle::USER_NET_GUEST_IP, "mac": mac});
+                if let Some(subnet) = nics.get(i).and_then(|n| n["subnet"].as_str()) {
+                    iface["subnet"] = Value::String(subnet.to_string());
+                }
+                iface
+            })
+            .collect();
+        self.status["interfaces"] = Value::Array(interfaces);
+        let paused = state == "paused";
+        self.condition(
+            "Paused",
+            if paused { "True" } else { "False" },
+            if paused { "PausedByUser" } else { "NotPaused" },
+            if paused {
+                "the guest's CPUs are paused"
+            } else {
+                "the guest's CPUs run"
+            },
+        );
+    }
+
+    /// A guest that does not run.
+    fn stopped(&mut self, strategy: RunStrategy, exit: Option<&Exit>) {
+        let (phase, reason, message) = match (strategy, exit) {
+            (RunStrategy::Halted, _) => ("Stopped", "Halted", "runStrategy is Halted".to_string()),
+            (_, Some(exit)) if exit.clean() => (
+                "Stopped",
+                "GuestShutdown",
+                format!("the guest powered off; runStrategy {strategy:?} leaves it stopped"),
+            ),
+            (_, Some(exit)) => (
+                if strategy == RunStrategy::Manual {
+                    "Stopped"
+                } else {
+                    "Failed"
+                },
+                "GuestFailed",
+                format!(
+                    "QEMU {} at {}; runStrategy {strategy:?} leaves it stopped",
+                    exit.describe(),
+                    exit.at
+                ),
+            ),
+            (_, None) => ("Stopped", "NotStarted", format!("runStrategy {strategy:?}")),
+        };
+        self.phase(phase);
+        if let Some(s) = self.status.as_object_mut() {
+            s.remove("qemuPid");
+            s.remove("portForwards");
+        }
+        self.condition("Ready", "False", reason, &message);
+        self.condition("Paused", "False", "NotRunning", "the guest does not run");
+    }
+
+    /// Writes the status when it changed.
+    async fn write(&self, vm: &Value, ctx: &Context) -> Result<(), ClientError> {
+        if vm["status"] == self.status {
+            return Ok(());
+        }
+        let mut updated = vm.clone();
+        updated["status"] = self.status.clone();
+        let api = vm_api(ctx, vm).map_err(|e| ClientError::Config(e.to_string()))?;
+        match api.update_status(&updated).await {
+            // Changed meanwhile (or gone): the watch brings the new version.
+            Err(e) if matches!(e.code(), Some(404 | 409)) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+}
+
+/// Stops guests this host must not run: all of them while fenced, and, once the cache of
+/// bindings is filled, any whose VM is not bound here (moved while this host was away, or
+/// deleted), removing their files. When the host becomes healthy again, puts every bound VM
+/// back on the queue (a failing one keeps its backoff otherwise).
+async fn sweep(ctx: Arc<Context>, store: Store, mut shutdown: watch::Receiver<bool>) {
+    let mut health = ctx.health.clone();
+    let mut previous = Health::Starting;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            _ = health.changed() => {}
+            _ = tokio::time::sleep(SWEEP) => {}
+        }
+        let runtime = &ctx.shared.runtime;
+        let state = *health.borrow();
+        let recovered = state == Health::Healthy && previous != Health::Healthy;
+        match state {
+            Health::Fenced => {
+                previous = Health::Fenced;
+                for w in runtime.list() {
+                    tracing::warn!(vm = %w.key, "fenced: stopping the guest");
+                    if let Err(e) = runtime.stop(&w.key, lifecycle::KILL_PATIENCE).await {
+                        tracing::error!(vm = %w.key, error = %e, "cannot stop the guest");
+                    }
+                }
+            }
+            Health::Healthy if store.is_ready() => {
+                previous = Health::Healthy;
+                for key in lifecycle::local_vms(&ctx) {
+                    let bound = store.get(&key).map(|vm| vm.uid().to_string());
+                    let local_uid = runtime
+                        .get(&key)
+                        .map(|w| w.uid)
+                        .or_else(|| VmDir::new(&ctx.vms, &key).read_boot().map(|b| b.uid));
+                    let bound_here = match (&bound, &local_uid) {
+                        (Some(b), Some(l)) => b == l,
+                        (Some(_), None) => true,
+                        (None, _) => false,
+                    };
+                    if !bound_here {
+                        tracing::warn!(vm = %key, "the VM is not bound to this node: removing its guest and files");
+                        let dir = VmDir::new(&ctx.vms, &key);
+                        if let Err(e) = lifecycle::remove(&ctx, &key, &dir).await {
+                            tracing::error!(vm = %key, error = %e, "cannot remove the guest");
+                        }
+                    }
+                }
+                if recovered {
+                    // Back from a fence (or just up): start what should run.
+                    for vm in store.list() {
+                        ctx.queue.add(vm.object_ref());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exit(code: Option<i32>, signal: Option<i32>) -> Exit {
+        Exit {
+            code,
+            signal,
+            fenced: false,
+            at: String::new(),
+        }
+    }
+
+    #[test]
+    fn run_strategies_decide_what_a_stopped_guest_does() {
+        let clean = exit(Some(0), None);
+        let killed = exit(None, Some(9));
+        use RunStrategy::*;
+        assert!(
+            should_start(Always, None)
+                && should_start(Always, Some(&clean))
+                && should_start(Always, Some(&killed))
+        );
+        assert!(!should_start(Halted, None));
+        assert!(should_start(RerunOnFailure, None) && should_start(RerunOnFailure, Some(&killed)));
+        assert!(!should_start(RerunOnFailure, Some(&clean)));
+        assert!(should_start(Manual, None));
+        assert!(!should_start(Manual, Some(&killed)) && !should_start(Manual, Some(&clean)));
+    }
+}

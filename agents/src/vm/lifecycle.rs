@@ -1,0 +1,449 @@
+//! Starting, observing and stopping one VM's guest on this host.
+
+use std::time::{Duration, Instant};
+
+use keel_controllers::runtime::{ObjectExt, ObjectRef};
+use keel_schemas::kinds::compute::{PortForward, VirtualMachineSpec};
+use serde_json::Value;
+
+use super::console::Console;
+use super::qemu::{AttachedDisk, Boot, Machine, VmDir, probe_port, restart_fields};
+use super::qmp::{Qmp, QmpError, Status};
+use super::{Context, VmError, cloudinit};
+use crate::workload::shim::{ConsoleLog, Exit};
+use crate::workload::{Launch, alive};
+
+/// How many rotated console files are kept besides the current one.
+pub const CONSOLE_KEEP: u32 = 2;
+/// Size at which the console log is rotated.
+pub const CONSOLE_MAX_BYTES: u64 = 1 << 20;
+/// How long a stopping supervisor gets between SIGTERM and SIGKILL.
+pub const KILL_PATIENCE: Duration = Duration::from_secs(5);
+/// The address QEMU's user-mode network gives the guest.
+pub const USER_NET_GUEST_IP: &str = "10.0.2.15";
+/// How long a new QEMU gets to open its QMP socket.
+const QMP_WAIT: Duration = Duration::from_secs(10);
+/// How long QEMU gets to exit after `quit`.
+const QUIT_PATIENCE: Duration = Duration::from_secs(5);
+
+/// What runs for a VM on this host.
+#[derive(Debug)]
+pub enum Observed {
+    /// A supervised QEMU runs (or is paused, or starting).
+    Running {
+        /// What it was started with.
+        boot: Boot,
+        /// Its run state (`starting` until QMP answers).
+        status: Status,
+    },
+    /// Nothing runs.
+    Stopped,
+}
+
+/// What [`prepare`] made ready for a start.
+#[derive(Debug)]
+pub struct Prepared {
+    disks: Vec<AttachedDisk>,
+    seed: Option<std::path::PathBuf>,
+    forwards: Vec<PortForward>,
+}
+
+/// What runs for `vm`: an adopted or started guest of this very object, or nothing. A guest
+/// left by an earlier object of the same name is removed.
+pub async fn observe(ctx: &Context, vm: &Value, dir: &VmDir) -> Observed {
+    let key = vm.object_ref();
+    let Some(workload) = ctx.shared.runtime.get(&key) else {
+        return Observed::Stopped;
+    };
+    let boot = dir.read_boot();
+    let Some(boot) = boot.filter(|b| b.uid == vm.uid() && workload.uid == vm.uid()) else {
+        tracing::warn!(vm = %key, "a guest of an earlier object of this name runs: removing it");
+        let _ = remove(ctx, &key, dir).await;
+        return Observed::Stopped;
+    };
+    let status = match Qmp::connect(&dir.qmp()).await {
+        Ok(mut qmp) => qmp.status().await.unwrap_or(Status {
+            running: false,
+            state: "unknown".into(),
+        }),
+        Err(_) => Status {
+            running: false,
+            state: "starting".into(),
+        },
+    };
+    Observed::Running { boot, status }
+}
+
+/// How the guest last ended on this host, if it did by itself since the agent last started
+/// or stopped it.
+pub fn last_exit(dir: &VmDir) -> Option<Exit> {
+    serde_json::from_slice(&std::fs::read(dir.exit()).ok()?).ok()
+}
+
+/// Makes the disks, the seed and the port forwards of a start. Errors carry a condition
+/// reason and a message.
+pub async fn prepare(
+    ctx: &Context,
+    vm: &Value,
+    spec: &VirtualMachineSpec,
+    dir: &VmDir,
+) -> Result<Prepared, (&'static str, String)> {
+    dir.check_socket_path().map_err(|m| ("DataDirTooLong", m))?;
+    std::fs::create_dir_all(&dir.root)
+        .map_err(|e| ("DiskCreateFailed", format!("{}: {e}", dir.root.display())))?;
+    for (field, path) in [("kernel", &spec.kernel), ("initrd", &spec.initrd)] {
+        if let Some(path) = path
+            && let Err(e) = std::fs::metadata(path)
+        {
+            return Err(("BootFileNotFound", format!("spec.{field} {path}: {e}")));
+        }
+    }
+    let mut disks = Vec::new();
+    for disk in &spec.disks {
+        let path = dir.disk(&disk.name);
+        let size = disk.size.as_ref().and_then(|q| q.bytes()).map(|b| b as u64);
+        let origin =
+            serde_json::json!({"image": disk.image, "checksum": disk.checksum}).to_string();
+        let recorded = std::fs::read_to_string(dir.disk_origin(&disk.name)).ok();
+        let reimage = path.exists() && recorded.as_deref().is_some_and(|r| r != origin);
+        if reimage {
+            if disk.disposable != Some(true) {
+                return Err((
+                    "DiskImageChanged",
+                    format!(
+                        "disk {}: its image changed but the disk is not disposable: add a disk with a new name instead",
+                        disk.name
+                    ),
+                ));
+            }
+            tracing::info!(vm = %vm.object_ref(), disk = %disk.name, "the image of a disposable disk changed: recreating it");
+            let _ = std::fs::remove_file(&path);
+        }
+        if path.exists() {
+            if let Some(size) = size {
+                super::images::grow_disk(&path, size)
+                    .await
+                    .map_err(|e| (e.reason(), format!("disk {}: {e}", disk.name)))?;
+            }
+        } else {
+            let image = match &disk.image {
+                Some(reference) => Some(
+                    ctx.images
+                        .get(reference, disk.checksum.as_deref())
+                        .await
+                        .map_err(|e| (e.reason(), format!("disk {}: {e}", disk.name)))?,
+                ),
+                None => None,
+            };
+            super::images::create_disk(&path, image.as_ref(), size)
+                .await
+                .map_err(|e| (e.reason(), format!("disk {}: {e}", disk.name)))?;
+            std::fs::write(dir.disk_origin(&disk.name), &origin)
+                .map_err(|e| ("DiskCreateFailed", e.to_string()))?;
+        }
+        disks.push(AttachedDisk {
+            name: disk.name.clone(),
+            path,
+            bus: disk
+                .bus
+                .unwrap_or(keel_schemas::kinds::compute::DiskBus::Virtio),
+        });
+    }
+    remove_unlisted_disks(dir, spec);
+    let seed = match &spec.cloud_init {
+        Some(data) => {
+            cloudinit::write_seed(&dir.seed(), data, vm.uid(), vm.name())
+                .await
+                .map_err(|e| (e.reason(), e.to_string()))?;
+            Some(dir.seed())
+        }
+        None => {
+            let _ = std::fs::remove_file(dir.seed());
+            None
+        }
+    };
+    let mut forwards = Vec::new();
+    if let Some(port) = probe_port(spec) {
+        let host_port = free_port().map_err(|e| ("PortForwardFailed", e.to_string()))?;
+        forwards.push(PortForward {
+            guest_port: port,
+            host_ip: Some("127.0.0.1".into()),
+            host_port,
+        });
+    }
+    Ok(Prepared {
+        disks,
+        seed,
+        forwards,
+    })
+}
+
+/// Starts QEMU for `vm` under its supervisor and waits for its QMP socket.
+pub async fn launch(
+    ctx: &Context,
+    vm: &Value,
+    spec: &VirtualMachineSpec,
+    dir: &VmDir,
+    prepared: Prepared,
+) -> Result<Boot, (&'static str, String)> {
+    let key = vm.object_ref();
+    kill_orphan(dir);
+    for stale in [dir.qmp(), dir.events(), dir.exit(), dir.pid()] {
+        let _ = std::fs::remove_file(stale);
+    }
+    let accelerator = ctx.shared.facts.accelerator;
+    let command = Machine {
+        key: &key,
+        uid: vm.uid(),
+        spec,
+        dir,
+        accelerator,
+        disks: &prepared.disks,
+        seed: prepared.seed.as_deref(),
+        forwards: &prepared.forwards,
+    }
+    .command();
+    let boot = Boot {
+        uid: vm.uid().to_string(),
+        generation: vm.generation(),
+        fields: restart_fields(spec),
+        accelerator,
+        forwards: prepared.forwards,
+        started_at: keel_schemas::time::now_rfc3339(),
+    };
+    let failed = |e: String| ("QEMUFailed", e);
+    std::fs::write(
+        dir.boot(),
+        serde_json::to_vec(&boot).map_err(|e| failed(e.to_string()))?,
+    )
+    .map_err(|e| failed(format!("{}: {e}", dir.boot().display())))?;
+    let console = Console {
+        path: dir.console(),
+        keep: CONSOLE_KEEP,
+    };
+    console
+        .mark_boot(&format!("generation {}", boot.generation))
+        .map_err(|e| failed(format!("{}: {e}", dir.console().display())))?;
+    let launch = Launch {
+        command,
+        console: Some(ConsoleLog {
+            path: dir.console(),
+            max_bytes: CONSOLE_MAX_BYTES,
+            keep: CONSOLE_KEEP,
+        }),
+        exit_file: Some(dir.exit()),
+    };
+    let runtime = &ctx.shared.runtime;
+    let workload = runtime
+        .start(&key, vm.uid(), &launch)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    tracing::info!(vm = %key, pid = workload.pid, accelerator = ?accelerator, "started QEMU");
+    let deadline = Instant::now() + QMP_WAIT;
+    loop {
+        if dir.qmp().exists() && dir.qemu_pid().is_some() {
+            return Ok(boot);
+        }
+        if !alive(workload.pid) || Instant::now() > deadline {
+            let said = runtime.output_tail(&key, 2000);
+            let exit = last_exit(dir)
+                .map(|e| e.describe())
+                .unwrap_or_else(|| "did not open its QMP socket".into());
+            let _ = runtime.stop(&key, KILL_PATIENCE).await;
+            let _ = std::fs::remove_file(dir.exit());
+            return Err(failed(format!("QEMU {exit}: {}", last_lines(&said, 5))));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Stops the guest: the ACPI power button, then `quit` after the grace period, then the
+/// supervisor's process group. Forgets how it ended: the agent stopped it.
+pub async fn shutdown(
+    ctx: &Context,
+    key: &ObjectRef,
+    dir: &VmDir,
+    spec: &VirtualMachineSpec,
+) -> Result<(), VmError> {
+    let runtime = &ctx.shared.runtime;
+    if let Some(workload) = runtime.get(key) {
+        let grace = Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(60).into());
+        let gone = |patience: Duration| async move {
+            let deadline = Instant::now() + patience;
+            while alive(workload.pid) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            !alive(workload.pid)
+        };
+        let pressed = match Qmp::connect(&dir.qmp()).await {
+            Ok(mut qmp) => qmp.powerdown().await.is_ok(),
+            Err(_) => false,
+        };
+        if pressed && gone(grace).await {
+            tracing::info!(vm = %key, "the guest shut down after the power button");
+        } else {
+            tracing::warn!(vm = %key, ?grace, "the guest did not shut down in its grace period: quitting QEMU");
+            if let Ok(mut qmp) = Qmp::connect(&dir.qmp()).await {
+                let _ = qmp.quit().await;
+            }
+            gone(QUIT_PATIENCE).await;
+        }
+    }
+    runtime.stop(key, KILL_PATIENCE).await?;
+    kill_orphan(dir);
+    let _ = std::fs::remove_file(dir.exit());
+    stop_listening(ctx, key);
+    Ok(())
+}
+
+/// Pauses or resumes the guest's CPUs.
+pub async fn set_paused(dir: &VmDir, paused: bool) -> Result<(), QmpError> {
+    let mut qmp = Qmp::connect(&dir.qmp()).await?;
+    if paused {
+        qmp.stop().await
+    } else {
+        qmp.cont().await
+    }
+}
+
+/// Makes sure a task listens to the guest's QMP events and puts the VM on the queue when
+/// one arrives or QEMU exits.
+pub fn listen(ctx: &Context, key: &ObjectRef, dir: &VmDir) {
+    let Ok(mut listeners) = ctx.listeners.lock() else {
+        return;
+    };
+    if listeners.get(key).is_some_and(|l| !l.is_finished()) {
+        return;
+    }
+    let queue = ctx.queue.clone();
+    let socket = dir.events();
+    let key_ = key.clone();
+    let task = tokio::spawn(async move {
+        let deadline = Instant::now() + QMP_WAIT;
+        let mut qmp = loop {
+            match Qmp::connect(&socket).await {
+                Ok(q) => break q,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(_) => {
+                    queue.add(key_);
+                    return;
+                }
+            }
+        };
+        loop {
+            match qmp.next_event().await {
+                Ok(event) => {
+                    tracing::debug!(vm = %key_, event = %event.name, "QMP event");
+                    if matches!(
+                        event.name.as_str(),
+                        "SHUTDOWN" | "STOP" | "RESUME" | "RESET" | "GUEST_PANICKED" | "POWERDOWN"
+                    ) {
+                        queue.add(key_.clone());
+                    }
+                }
+                Err(_) => {
+                    // QEMU exited: look at the VM now.
+                    queue.add(key_);
+                    return;
+                }
+            }
+        }
+    });
+    listeners.insert(key.clone(), task);
+}
+
+fn stop_listening(ctx: &Context, key: &ObjectRef) {
+    if let Ok(mut listeners) = ctx.listeners.lock()
+        && let Some(task) = listeners.remove(key)
+    {
+        task.abort();
+    }
+}
+
+/// Stops whatever runs for `key` and removes its files.
+pub async fn remove(ctx: &Context, key: &ObjectRef, dir: &VmDir) -> Result<(), VmError> {
+    stop_listening(ctx, key);
+    ctx.shared.runtime.stop(key, KILL_PATIENCE).await?;
+    kill_orphan(dir);
+    match std::fs::remove_dir_all(&dir.root) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(VmError::Start {
+            reason: "CleanupFailed",
+            message: format!("{}: {e}", dir.root.display()),
+        }),
+    }
+}
+
+/// The VMs this host has anything of: a supervised guest or a directory.
+pub fn local_vms(ctx: &Context) -> Vec<ObjectRef> {
+    let mut keys: Vec<ObjectRef> = ctx
+        .shared
+        .runtime
+        .list()
+        .into_iter()
+        .map(|w| w.key)
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(&ctx.vms) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if let Some((ns, name)) = name.to_str().and_then(|n| n.split_once('_')) {
+                keys.push(ObjectRef::new((!ns.is_empty()).then_some(ns), name));
+            }
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Kills a QEMU whose supervisor is gone (it would hold the disks' locks).
+fn kill_orphan(dir: &VmDir) {
+    let Some(pid) = dir.qemu_pid() else {
+        return;
+    };
+    // Only the QEMU of this VM: its command line names this VM's QMP socket.
+    let socket = dir.qmp().display().to_string();
+    let is_qemu = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains(&socket))
+        .unwrap_or(false);
+    if is_qemu && pid > 1 {
+        tracing::warn!(pid, "killing a QEMU left without its supervisor");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+fn remove_unlisted_disks(dir: &VmDir, spec: &VirtualMachineSpec) {
+    let Ok(entries) = std::fs::read_dir(&dir.root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(name) = file.to_str() else { continue };
+        let disk = name
+            .strip_prefix("disk-")
+            .and_then(|n| n.strip_suffix(".qcow2").or(n.strip_suffix(".origin")));
+        if let Some(disk) = disk
+            && !spec.disks.iter().any(|d| d.name == disk)
+        {
+            tracing::info!(disk, "removing a disk no longer in the spec");
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
+}

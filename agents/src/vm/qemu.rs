@@ -1,0 +1,465 @@
+//! The `qemu-system-x86_64` command line of a VM, and the files it uses.
+//!
+//! Each VM has a directory, `<data-dir>/vms/<namespace>_<name>/`, holding its disks, its
+//! cloud-init seed, its QMP socket, the pid file QEMU writes, its console log (rotated by the
+//! supervisor) and `boot.json`: what the running guest was started with, so that a restarted
+//! agent re-adopts it and knows whether a spec change needs a restart.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use keel_controllers::runtime::ObjectRef;
+use keel_schemas::kinds::compute::{Accelerator, DiskBus, PortForward, VirtualMachineSpec};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The longest path a unix socket can have (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// The files of one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmDir {
+    /// The directory.
+    pub root: PathBuf,
+}
+
+/// What a running guest was started with (`boot.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Boot {
+    /// The object's uid.
+    pub uid: String,
+    /// The generation whose spec it runs.
+    pub generation: i64,
+    /// The fields of that spec that need a restart to change ([`restart_fields`]).
+    pub fields: Value,
+    /// kvm or tcg.
+    pub accelerator: Accelerator,
+    /// The guest ports forwarded from the host.
+    pub forwards: Vec<PortForward>,
+    /// When (RFC 3339).
+    pub started_at: String,
+}
+
+/// Where a VM's disks are, in the order of the spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedDisk {
+    /// The disk's name in the spec.
+    pub name: String,
+    /// Its file.
+    pub path: PathBuf,
+    /// Its bus.
+    pub bus: DiskBus,
+}
+
+/// Everything the command line is made of.
+#[derive(Debug, Clone)]
+pub struct Machine<'a> {
+    /// The VM.
+    pub key: &'a ObjectRef,
+    /// Its uid (MAC addresses derive from it).
+    pub uid: &'a str,
+    /// Its spec.
+    pub spec: &'a VirtualMachineSpec,
+    /// Its files.
+    pub dir: &'a VmDir,
+    /// How to virtualize.
+    pub accelerator: Accelerator,
+    /// Its disks, ready.
+    pub disks: &'a [AttachedDisk],
+    /// The cloud-init seed image, if any.
+    pub seed: Option<&'a Path>,
+    /// Guest ports to forward from the host (on the first NIC).
+    pub forwards: &'a [PortForward],
+}
+
+// === impl VmDir ===
+
+impl VmDir {
+    /// The directory of `key` under `vms`.
+    pub fn new(vms: &Path, key: &ObjectRef) -> VmDir {
+        VmDir {
+            root: vms.join(format!(
+                "{}_{}",
+                key.namespace.as_deref().unwrap_or(""),
+                key.name
+            )),
+        }
+    }
+
+    /// The QMP socket.
+    pub fn qmp(&self) -> PathBuf {
+        self.root.join("qmp.sock")
+    }
+
+    /// The second QMP socket, where the agent listens for events.
+    pub fn events(&self) -> PathBuf {
+        self.root.join("events.sock")
+    }
+
+    /// The serial console log (the newest of its rotated files).
+    pub fn console(&self) -> PathBuf {
+        self.root.join("console.log")
+    }
+
+    /// Where the supervisor records how QEMU ended.
+    pub fn exit(&self) -> PathBuf {
+        self.root.join("exit.json")
+    }
+
+    /// QEMU's pid file.
+    pub fn pid(&self) -> PathBuf {
+        self.root.join("qemu.pid")
+    }
+
+    /// What the running guest was started with.
+    pub fn boot(&self) -> PathBuf {
+        self.root.join("boot.json")
+    }
+
+    /// The file of the disk `name`.
+    pub fn disk(&self, name: &str) -> PathBuf {
+        self.root.join(format!("disk-{name}.qcow2"))
+    }
+
+    /// The record of the image a disk was made from.
+    pub fn disk_origin(&self, name: &str) -> PathBuf {
+        self.root.join(format!("disk-{name}.origin"))
+    }
+
+    /// The cloud-init seed image.
+    pub fn seed(&self) -> PathBuf {
+        self.root.join("cidata.iso")
+    }
+
+    /// QEMU's pid, from its pid file.
+    pub fn qemu_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.pid())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// The running guest's boot record.
+    pub fn read_boot(&self) -> Option<Boot> {
+        serde_json::from_slice(&std::fs::read(self.boot()).ok()?).ok()
+    }
+
+    /// Whether the QMP socket's path fits a unix socket address.
+    pub fn check_socket_path(&self) -> Result<(), String> {
+        let len = self
+            .qmp()
+            .as_os_str()
+            .len()
+            .max(self.events().as_os_str().len());
+        if len > MAX_SOCKET_PATH {
+            return Err(format!(
+                "the QMP socket path {} is {len} bytes, longer than a unix socket allows ({MAX_SOCKET_PATH}): use a shorter --data-dir",
+                self.qmp().display()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The fields of a spec whose change needs the guest restarted.
+pub fn restart_fields(spec: &VirtualMachineSpec) -> Value {
+    let mut fields = BTreeMap::new();
+    let value = serde_json::to_value(spec).unwrap_or_default();
+    for key in [
+        "cpu",
+        "memory",
+        "disks",
+        "kernel",
+        "initrd",
+        "cmdline",
+        "nics",
+        "cloudInit",
+    ] {
+        if let Some(v) = value.get(key) {
+            fields.insert(key.to_string(), v.clone());
+        }
+    }
+    // The forwarded port follows the probe's port.
+    if let Some(port) = probe_port(spec) {
+        fields.insert("probePort".into(), Value::from(port));
+    }
+    serde_json::to_value(fields).unwrap_or_default()
+}
+
+/// The guest port a TCP or HTTP readiness probe reaches.
+pub fn probe_port(spec: &VirtualMachineSpec) -> Option<u16> {
+    let probe = spec.readiness_probe.as_ref()?;
+    probe
+        .tcp
+        .as_ref()
+        .map(|t| t.port)
+        .or(probe.http.as_ref().map(|h| h.port))
+}
+
+/// The names of the fields that differ between two [`restart_fields`].
+pub fn changed_fields(old: &Value, new: &Value) -> Vec<String> {
+    let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else {
+        return vec!["spec".into()];
+    };
+    let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| old.get(*k) != new.get(*k))
+        .cloned()
+        .collect()
+}
+
+/// The MAC address of NIC `index` of the VM with `uid`, unless the spec fixes one: QEMU's
+/// locally administered prefix and three bytes of a digest of the uid and index, stable across
+/// restarts and hosts.
+pub fn mac(uid: &str, index: usize) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, format!("{uid}/{index}").as_bytes());
+    let b = digest.as_ref();
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
+}
+
+// === impl Machine ===
+
+impl Machine<'_> {
+    /// The command line.
+    pub fn command(&self) -> Vec<String> {
+        let spec = self.spec;
+        let dir = self.dir;
+        let mut args: Vec<String> = vec!["qemu-system-x86_64".into()];
+        let mut push = |items: &[&str]| args.extend(items.iter().map(|s| s.to_string()));
+        let name = format!(
+            "{}_{},debug-threads=on",
+            self.key.namespace.as_deref().unwrap_or(""),
+            self.key.name
+        );
+        push(&["-name", &name, "-machine", "q35"]);
+        match self.accelerator {
+            Accelerator::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+            Accelerator::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
+        }
+        let memory_mib = spec
+            .memory
+            .bytes()
+            .map(|b| b.div_ceil(1 << 20))
+            .unwrap_or(128);
+        push(&[
+            "-smp",
+            &spec.cpu.max(1).to_string(),
+            "-m",
+            &memory_mib.to_string(),
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-msg",
+            "timestamp=on",
+        ]);
+        push(&[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", dir.qmp().display()),
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", dir.events().display()),
+            "-pidfile",
+            &dir.pid().display().to_string(),
+        ]);
+        // The serial console goes to QEMU's standard output, which the supervisor logs.
+        push(&[
+            "-chardev",
+            "stdio,id=console,signal=off",
+            "-serial",
+            "chardev:console",
+        ]);
+        if let Some(kernel) = &spec.kernel {
+            push(&["-kernel", kernel]);
+            if let Some(initrd) = &spec.initrd {
+                push(&["-initrd", initrd]);
+            }
+            if let Some(cmdline) = &spec.cmdline {
+                push(&["-append", cmdline]);
+            }
+        }
+        let mut scsi = false;
+        for (i, disk) in self.disks.iter().enumerate() {
+            let id = format!("drive-{}", disk.name);
+            push(&[
+                "-drive",
+                &format!(
+                    "if=none,id={id},file={},format=qcow2,cache=writeback,discard=unmap",
+                    disk.path.display()
+                ),
+            ]);
+            let boot = if i == 0 && spec.kernel.is_none() {
+                ",bootindex=1"
+            } else {
+                ""
+            };
+            let device = match disk.bus {
+                DiskBus::Virtio => {
+                    format!("virtio-blk-pci,drive={id},serial={}{boot}", disk.name)
+                }
+                DiskBus::Scsi => {
+                    if !scsi {
+                        push(&["-device", "virtio-scsi-pci,id=scsi0"]);
+                        scsi = true;
+                    }
+                    format!("scsi-hd,drive={id},bus=scsi0.0,serial={}{boot}", disk.name)
+                }
+                DiskBus::Sata => {
+                    format!("ide-hd,drive={id},bus=ide.{i},serial={}{boot}", disk.name)
+                }
+            };
+            push(&["-device", &device]);
+        }
+        if let Some(seed) = self.seed {
+            push(&[
+                "-drive",
+                &format!(
+                    "if=none,id=drive-cidata,file={},format=raw,readonly=on",
+                    seed.display()
+                ),
+                "-device",
+                "virtio-blk-pci,drive=drive-cidata,serial=cidata",
+            ]);
+        }
+        // User-mode networking until the VM's subnet is on OVN: one NIC per spec NIC (or one
+        // when the spec has none), the forwarded ports on the first.
+        let nics = spec.nics.len().max(1);
+        for i in 0..nics {
+            let mut netdev = format!("user,id=net{i}");
+            if i == 0 {
+                for f in self.forwards {
+                    netdev.push_str(&format!(
+                        ",hostfwd=tcp:{}:{}-:{}",
+                        f.host_ip.as_deref().unwrap_or("127.0.0.1"),
+                        f.host_port,
+                        f.guest_port
+                    ));
+                }
+            }
+            let mac = spec
+                .nics
+                .get(i)
+                .and_then(|n| n.mac.clone())
+                .unwrap_or_else(|| mac(self.uid, i));
+            push(&[
+                "-netdev",
+                &netdev,
+                "-device",
+                &format!("virtio-net-pci,netdev=net{i},mac={mac}"),
+            ]);
+        }
+        args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(v: Value) -> VirtualMachineSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn the_command_line_follows_the_spec() {
+        let key = ObjectRef::new(Some("shop"), "web-1");
+        let dir = VmDir::new(Path::new("/d/vms"), &key);
+        let spec = spec(json!({
+            "cpu": 2, "memory": "1Gi", "kernel": "/k", "initrd": "/i", "cmdline": "console=ttyS0",
+            "disks": [{"name": "root", "image": "/x.qcow2"}, {"name": "data", "size": "1Gi", "bus": "scsi"}],
+            "nics": [{"subnet": "a", "mac": "52:54:00:00:00:01"}, {"subnet": "b"}],
+        }));
+        let disks = vec![
+            AttachedDisk {
+                name: "root".into(),
+                path: dir.disk("root"),
+                bus: DiskBus::Virtio,
+            },
+            AttachedDisk {
+                name: "data".into(),
+                path: dir.disk("data"),
+                bus: DiskBus::Scsi,
+            },
+        ];
+        let forwards = [PortForward {
+            guest_port: 80,
+            host_ip: Some("127.0.0.1".into()),
+            host_port: 40000,
+        }];
+        let cmd = Machine {
+            key: &key,
+            uid: "u-1",
+            spec: &spec,
+            dir: &dir,
+            accelerator: Accelerator::Tcg,
+            disks: &disks,
+            seed: Some(&dir.seed()),
+            forwards: &forwards,
+        }
+        .command()
+        .join(" ");
+        for part in [
+            "-accel tcg -cpu max",
+            "-smp 2 -m 1024",
+            "-qmp unix:/d/vms/shop_web-1/qmp.sock,server=on,wait=off",
+            "-pidfile /d/vms/shop_web-1/qemu.pid",
+            "-kernel /k -initrd /i -append console=ttyS0",
+            "file=/d/vms/shop_web-1/disk-root.qcow2,format=qcow2",
+            "virtio-blk-pci,drive=drive-root,serial=root ",
+            "virtio-scsi-pci,id=scsi0",
+            "scsi-hd,drive=drive-data,bus=scsi0.0,serial=data",
+            "file=/d/vms/shop_web-1/cidata.iso,format=raw,readonly=on",
+            "user,id=net0,hostfwd=tcp:127.0.0.1:40000-:80 ",
+            "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01",
+            &format!("virtio-net-pci,netdev=net1,mac={}", mac("u-1", 1)),
+        ] {
+            assert!(cmd.contains(part), "{part:?} in {cmd}");
+        }
+        assert!(
+            !cmd.contains("bootindex"),
+            "a kernel boots, not a disk: {cmd}"
+        );
+    }
+
+    #[test]
+    fn restart_fields_see_what_needs_a_restart_and_nothing_else() {
+        let a = spec(json!({"cpu": 1, "memory": "128Mi", "kernel": "/k", "runStrategy": "Always"}));
+        let mut b = a.clone();
+        b.run_strategy = Some(keel_schemas::kinds::compute::RunStrategy::Manual);
+        b.paused = Some(true);
+        assert_eq!(restart_fields(&a), restart_fields(&b));
+        b.cpu = 2;
+        b.cmdline = Some("quiet".into());
+        assert_eq!(
+            changed_fields(&restart_fields(&a), &restart_fields(&b)),
+            vec!["cmdline".to_string(), "cpu".to_string()]
+        );
+    }
+
+    #[test]
+    fn macs_are_stable_and_locally_administered() {
+        assert_eq!(mac("u", 0), mac("u", 0));
+        assert_ne!(mac("u", 0), mac("u", 1));
+        assert!(mac("u", 0).starts_with("52:54:00:"));
+        assert_eq!(mac("u", 0).len(), 17);
+    }
+
+    #[test]
+    fn long_data_dirs_are_refused_before_qemu_fails() {
+        let key = ObjectRef::new(Some("ns"), "vm");
+        assert!(
+            VmDir::new(Path::new("/d"), &key)
+                .check_socket_path()
+                .is_ok()
+        );
+        let long = "/x".repeat(60);
+        let err = VmDir::new(Path::new(&long), &key)
+            .check_socket_path()
+            .unwrap_err();
+        assert!(err.contains("longer than a unix socket allows"), "{err}");
+    }
+}

@@ -1,0 +1,240 @@
+//! The `log` subresource: a guest's console, which only its node has. The server proxies the
+//! request to that node's agent over TLS, as kube-apiserver does to the kubelet for
+//! `kubectl logs`.
+//!
+//! The agent's address is the Node's `InternalIP`, its port `status.daemonEndpoints`, and its
+//! certificate the one it published in the Node (annotation `keel.dev/agent-certificate`):
+//! the server trusts exactly that certificate. It presents the cluster's join token.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use hyper::header;
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use serde_json::Value;
+
+use super::Api;
+use super::request::Target;
+use super::status::{ApiError, ApiResult};
+
+/// The Node annotation with the agent's certificate.
+const CERTIFICATE_ANNOTATION: &str = "keel.dev/agent-certificate";
+/// How long connecting to an agent may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The kinds whose objects run on a node and have a console there.
+const WITH_LOGS: [&str; 1] = ["virtualmachines"];
+
+/// `GET .../{plural}/{name}/log?follow=&tailLines=&limitBytes=`.
+pub(crate) async fn proxy(
+    api: &Api,
+    t: &Target,
+    query: &HashMap<String, String>,
+) -> ApiResult<Response> {
+    if !WITH_LOGS.contains(&t.kind.plural) {
+        return Err(ApiError::no_route(&format!(
+            "{} have no log subresource",
+            t.kind.plural
+        )));
+    }
+    let mut forwarded = Vec::new();
+    for name in ["follow", "tailLines", "limitBytes"] {
+        if let Some(v) = query.get(name) {
+            if name != "follow" && v.parse::<u64>().is_err() {
+                return Err(ApiError::bad_request(format!(
+                    "{name}: {v:?} is not a non-negative integer"
+                )));
+            }
+            forwarded.push(format!("{name}={v}"));
+        }
+    }
+    let object = api.get(t).await?;
+    let name = t.name.as_deref().unwrap_or_default();
+    let namespace = t.namespace.as_deref().unwrap_or_default();
+    let node_name = object["status"]["nodeName"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{} {namespace}/{name} is not bound to a node yet: it has no console",
+                t.kind.kind
+            ))
+        })?;
+    let node_kind = keel_schemas::lookup("nodes")
+        .ok_or_else(|| ApiError::internal("Node is not registered"))?;
+    let node = api
+        .get(&Target {
+            kind: node_kind,
+            namespace: None,
+            name: Some(node_name.to_string()),
+            status: false,
+            log: false,
+            dry_run: false,
+        })
+        .await?;
+    let (addr, pem) = agent_of(&node)?;
+    let path = format!(
+        "/logs/{}/{namespace}/{name}?{}",
+        t.kind.plural,
+        forwarded.join("&")
+    );
+    let token = api.join_token();
+    fetch(&addr, &pem, &path, &token).await.map_err(|e| {
+        ApiError::internal(format!(
+            "cannot read the console from the agent of node {node_name} at {addr}: {e}"
+        ))
+    })?
+}
+
+/// The agent's `host:port` and certificate, from its Node.
+fn agent_of(node: &Value) -> ApiResult<(String, String)> {
+    let name = node["metadata"]["name"].as_str().unwrap_or_default();
+    let ip = node["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["type"] == "InternalIP")
+        .and_then(|a| a["address"].as_str())
+        .ok_or_else(|| ApiError::bad_request(format!("node {name} reports no InternalIP")))?;
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_u64()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| ApiError::bad_request(format!("node {name} reports no agent port")))?;
+    let pem = node["metadata"]["annotations"][CERTIFICATE_ANNOTATION]
+        .as_str()
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "node {name} has not published its agent's certificate"
+            ))
+        })?;
+    let host = match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+        _ => ip.to_string(),
+    };
+    Ok((format!("{host}:{port}"), pem.to_string()))
+}
+
+/// GETs `path` from the agent at `addr` whose certificate is `pem`, and answers with what
+/// it sends, streamed.
+async fn fetch(
+    addr: &str,
+    pem: &str,
+    path: &str,
+    token: &str,
+) -> Result<ApiResult<Response>, String> {
+    let pinned = rustls_pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+        .map_err(|e| format!("the published certificate does not parse: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Pinned { pinned, provider }))
+        .with_no_client_auth();
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+    let server_name = ServerName::try_from("keel-agent").map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header(header::HOST, addr)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        return Ok(Err(match status.as_u16() {
+            404 => ApiError::bad_request(body),
+            _ => ApiError::internal(format!("the agent answered {status}: {body}")),
+        }));
+    }
+    Ok(Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::new(response.into_body()),
+    )
+        .into_response()))
+}
+
+/// Trusts exactly one certificate (the agent's, as its Node published it).
+#[derive(Debug)]
+struct Pinned {
+    pinned: CertificateDer<'static>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.pinned.as_ref() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "the agent's certificate is not the one its Node published".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

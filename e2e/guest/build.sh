@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Builds the test guest into DIR (default ~/.cache/keel/guest): Debian's kernel
+# (linux-image-amd64, unpacked, not installed) and a busybox initramfs whose init prints a
+# marker on the serial console, lists its disks, powers off on the ACPI power button and
+# serves HTTP on port 8080. Idempotent and safe to run concurrently (flock).
+#
+# Kernel command line switches the init understands:
+#   keel.marker=TEXT   printed as "KEEL-GUEST up marker=TEXT"
+#   keel.serve=no      do not serve port 8080 (a guest that never becomes ready)
+set -euo pipefail
+dir="${1:-${XDG_CACHE_HOME:-$HOME/.cache}/keel/guest}"
+mkdir -p "$dir"
+exec 9>"$dir/.lock"
+flock 9
+[ -s "$dir/vmlinuz" ] && [ -s "$dir/initrd.img" ] && exit 0
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+# The versioned package the meta package points at.
+image="$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')"
+[ -n "$image" ] || { echo "build.sh: cannot resolve linux-image-amd64" >&2; exit 1; }
+apt-get download "$image" >/dev/null 2>&1 || { apt-get update -qq && apt-get download "$image"; }
+dpkg-deb -x ./*.deb x
+modules="$(echo x/lib/modules/*/kernel)"
+
+root="$work/root"
+mkdir -p "$root"/{bin,proc,sys,dev,tmp,www,var/log,lib/modules,etc/acpi/PWRF}
+cp /bin/busybox "$root/bin/busybox"
+for applet in sh mount insmod ip echo cat httpd acpid poweroff sleep ls hostname; do
+  ln -s busybox "$root/bin/$applet"
+done
+for m in net/core/failover drivers/net/net_failover drivers/virtio/virtio_ring \
+         drivers/virtio/virtio drivers/virtio/virtio_pci_modern_dev \
+         drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci drivers/net/virtio_net \
+         drivers/block/virtio_blk drivers/acpi/button drivers/input/evdev; do
+  cp "$modules/$m.ko" "$root/lib/modules/"
+done
+cat > "$root/init" <<'INIT'
+#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in failover net_failover virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev \
+         virtio_pci virtio_net virtio_blk button evdev; do
+  insmod /lib/modules/$m.ko 2>/dev/null
+done
+marker=
+serve=yes
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    keel.marker=*) marker="${arg#keel.marker=}" ;;
+    keel.serve=*) serve="${arg#keel.serve=}" ;;
+  esac
+done
+echo "KEEL-GUEST up marker=$marker"
+for d in /sys/block/vd*; do
+  [ -e "$d" ] && echo "KEEL-GUEST disk $(cat $d/serial 2>/dev/null) sectors=$(cat $d/size)"
+done
+printf '#!/bin/sh\necho "KEEL-GUEST power button: powering off"\npoweroff -f\n' > /etc/acpi/PWRF/00000080
+chmod +x /etc/acpi/PWRF/00000080
+# acpid logs to /var/log/acpid.log; in the foreground so that it dies with init.
+acpid -f -c /etc/acpi &
+ip link set lo up
+if ip link set eth0 up 2>/dev/null; then
+  ip addr add 10.0.2.15/24 dev eth0
+  ip route add default via 10.0.2.2
+fi
+echo "guest $marker" > /www/index.html
+if [ "$serve" = yes ]; then
+  httpd -p 8080 -h /www && echo "KEEL-GUEST serving 8080"
+fi
+while true; do sleep 3600; done
+INIT
+chmod +x "$root/init"
+# An uncompressed newc archive: the kernel takes it as is.
+(cd "$root" && find . | cpio -o -H newc --quiet) > "$work/initrd.img"
+cp x/boot/vmlinuz-* "$work/vmlinuz"
+mv "$work/initrd.img" "$dir/initrd.img.tmp" && mv "$work/vmlinuz" "$dir/vmlinuz.tmp"
+mv "$dir/vmlinuz.tmp" "$dir/vmlinuz" && mv "$dir/initrd.img.tmp" "$dir/initrd.img"
+echo "build.sh: the test guest is in $dir"

@@ -1,0 +1,496 @@
+//! VirtualMachines on real QEMU: one `keel server` and one `keel agent` on loopback, booting
+//! the test guest (Debian's kernel and a busybox initramfs, `e2e/guest/build.sh`) under the
+//! accelerator the agent's probe chose. Apply, console logs through the API server, the
+//! readiness probe, run strategies against killed guests, Halted and back, an agent restart
+//! that adopts its guests, a spec change applied by a controlled restart, pause, delete
+//! without leftovers, and bad specs that end in a condition and an Event.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use keel_client::api::ListParams;
+use keel_client::{Api, Client, Patch};
+use keel_e2e::{KeelAgent, KeelServer, condition, eventually, guest, keelctl_bin, kind};
+use serde_json::{Value, json};
+
+/// Generous: a guest boots in a few seconds under TCG, but CI machines are slow and shared.
+const WAIT: Duration = Duration::from_secs(120);
+
+fn keelctl(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(keelctl_bin())
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .output()
+        .expect("run keelctl")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "keelctl failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A VM of the test guest printing `marker`, probed on its HTTP port, as YAML for keelctl.
+fn vm_yaml(name: &str, marker: &str, extra: &str) -> String {
+    let g = guest();
+    format!(
+        "apiVersion: keel.dev/v1alpha1
+kind: VirtualMachine
+metadata: {{name: {name}, labels: {{app: test}}}}
+spec:
+  cpu: 1
+  memory: 128Mi
+  kernel: {}
+  initrd: {}
+  cmdline: console=ttyS0 quiet keel.marker={marker}
+  terminationGracePeriodSeconds: 20
+{extra}",
+        g.kernel.display(),
+        g.initrd.display()
+    )
+}
+
+fn status<'a>(vm: &'a Value, field: &str) -> &'a Value {
+    &vm["status"][field]
+}
+
+async fn events_for(client: &Client, name: &str) -> Vec<Value> {
+    let events: Api<Value> = Api::namespaced(client, kind("events"), "default");
+    events
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["involvedObject"]["name"] == name)
+        .collect()
+}
+
+async fn wait_ready(vms: &Api<Value>, name: &str) -> Value {
+    eventually(&format!("{name} Ready"), WAIT, || async {
+        let vm = vms.get(name).await.ok()?;
+        (condition(vms, name, "Ready").await.as_deref() == Some("True")).then_some(vm)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vms_boot_run_restart_pause_and_go_away_on_qemu() {
+    let root = tempfile::tempdir().unwrap();
+    let mut server = KeelServer::new(root.path(), "server");
+    server.start(&["--disable-agent"]);
+    let (admin, ca) = eventually("credentials", WAIT, || async { server.try_admin() }).await;
+    let token = eventually("join token", WAIT, || async {
+        std::fs::read_to_string(server.data_dir.join("join-token")).ok()
+    })
+    .await;
+    let url = server.url();
+    let client = Client::new(&url, &ca, &admin).unwrap();
+    let kubeconfig = server.data_dir.join("admin.kubeconfig");
+    let g = guest();
+    let kernel = g.kernel.display().to_string();
+    let agent_args = [
+        "--lease-duration",
+        "6",
+        "--kvm-probe-kernel",
+        kernel.as_str(),
+    ];
+    let mut agent = KeelAgent::new(root.path(), "host-1", None);
+    agent.start(&url, token.trim(), &agent_args);
+
+    // The node says which accelerator guests get, from a real boot under KVM.
+    let nodes: Api<Value> = Api::all(&client, kind("nodes"));
+    eventually("host-1 Ready", WAIT, || async {
+        (condition(&nodes, "host-1", "Ready").await.as_deref() == Some("True")).then_some(())
+    })
+    .await;
+    let kvm = condition(&nodes, "host-1", "KVMAvailable").await.unwrap();
+    let accelerator = if kvm == "True" { "kvm" } else { "tcg" };
+
+    // Apply: scheduled, QEMU runs, the marker is in `keelctl logs`, Ready through the probe.
+    let web = vm_yaml(
+        "web",
+        "hello-web",
+        "  readinessProbe: {http: {port: 8080, path: /}}
+  disks: [{name: data, size: 64Mi}]
+  cloudInit: {userData: \"#cloud-config\\nhostname: web\\n\"}
+",
+    );
+    std::fs::write(root.path().join("web.yaml"), &web).unwrap();
+    ok(keelctl(
+        &kubeconfig,
+        &[
+            "apply",
+            "-f",
+            root.path().join("web.yaml").to_str().unwrap(),
+        ],
+    ));
+    let vms: Api<Value> = Api::namespaced(&client, kind("vm"), "default");
+    let vm = wait_ready(&vms, "web").await;
+    assert_eq!(status(&vm, "phase"), "Running", "{vm}");
+    assert_eq!(status(&vm, "nodeName"), "host-1");
+    assert_eq!(status(&vm, "accelerator"), accelerator, "{vm}");
+    assert_eq!(
+        condition(&vms, "web", "Scheduled").await.as_deref(),
+        Some("True")
+    );
+    let first_pid = status(&vm, "qemuPid").as_i64().unwrap() as i32;
+    assert_eq!(agent.qemu_pids("default", "web"), vec![first_pid]);
+    let logs = ok(keelctl(&kubeconfig, &["logs", "vm/web"]));
+    assert!(logs.contains("KEEL-GUEST up marker=hello-web"), "{logs}");
+    assert!(
+        logs.contains("KEEL-GUEST disk data"),
+        "the blank disk is attached: {logs}"
+    );
+    assert!(
+        logs.contains("KEEL-GUEST disk cidata"),
+        "the cloud-init seed is attached: {logs}"
+    );
+    let tail = ok(keelctl(&kubeconfig, &["logs", "vm/web", "--tail", "1"]));
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+    // The guest's port is reachable on the node through the forward the status names.
+    let forward = &status(&vm, "portForwards")[0];
+    assert_eq!(forward["guestPort"], 8080);
+    let body = http_get(forward["hostPort"].as_u64().unwrap() as u16).await;
+    assert!(body.contains("guest hello-web"), "{body}");
+    let no_node = keelctl(&kubeconfig, &["logs", "vm/nothing"]);
+    assert!(!no_node.status.success());
+
+    // Kill QEMU under Always: it comes back.
+    kill(first_pid);
+    let vm = eventually("web restarted", WAIT, || async {
+        let vm = vms.get("web").await.ok()?;
+        let pid = status(&vm, "qemuPid").as_i64()? as i32;
+        (pid != first_pid && condition(&vms, "web", "Ready").await.as_deref() == Some("True"))
+            .then_some(vm)
+    })
+    .await;
+    assert!(
+        events_for(&client, "web")
+            .await
+            .iter()
+            .any(|e| e["reason"] == "GuestStopped"),
+        "the restart is an Event"
+    );
+    let second_pid = status(&vm, "qemuPid").as_i64().unwrap() as i32;
+
+    // Manual: a guest killed stays stopped, and the status says so.
+    let manual = vm_yaml(
+        "manual",
+        "hello-manual",
+        "  runStrategy: Manual\n  readinessProbe: {serialConsole: {contains: KEEL-GUEST serving}}\n",
+    );
+    std::fs::write(root.path().join("manual.yaml"), &manual).unwrap();
+    ok(keelctl(
+        &kubeconfig,
+        &[
+            "apply",
+            "-f",
+            root.path().join("manual.yaml").to_str().unwrap(),
+        ],
+    ));
+    let m = wait_ready(&vms, "manual").await;
+    kill(status(&m, "qemuPid").as_i64().unwrap() as i32);
+    eventually("manual Stopped", WAIT, || async {
+        let vm = vms.get("manual").await.ok()?;
+        (status(&vm, "phase") == "Stopped").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        agent.qemu_pids("default", "manual").is_empty(),
+        "Manual does not restart"
+    );
+    let m = vms.get("manual").await.unwrap();
+    let ready = m["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(ready["reason"], "GuestFailed", "{m}");
+    assert!(
+        ready["message"].as_str().unwrap().contains("signal 9"),
+        "{ready}"
+    );
+
+    // Halted shuts the guest down through the power button; Always starts it again.
+    vms.patch(
+        "web",
+        &Patch::Merge(json!({"spec": {"runStrategy": "Halted"}})),
+    )
+    .await
+    .unwrap();
+    eventually("web Stopped", WAIT, || async {
+        let vm = vms.get("web").await.ok()?;
+        (status(&vm, "phase") == "Stopped" && agent.qemu_pids("default", "web").is_empty())
+            .then_some(())
+    })
+    .await;
+    let logs = ok(keelctl(&kubeconfig, &["logs", "vm/web"]));
+    assert!(
+        logs.contains("reboot: Power down"),
+        "the guest powered itself off: {logs}"
+    );
+    vms.patch(
+        "web",
+        &Patch::Merge(json!({"spec": {"runStrategy": "Always"}})),
+    )
+    .await
+    .unwrap();
+    let vm = wait_ready(&vms, "web").await;
+    let third_pid = status(&vm, "qemuPid").as_i64().unwrap() as i32;
+    assert_ne!(third_pid, second_pid);
+
+    // Restart the agent while the guest runs: the same QEMU is adopted, none is doubled.
+    agent.kill();
+    agent.start(&url, token.trim(), &agent_args);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let vm = wait_ready(&vms, "web").await;
+    assert_eq!(
+        status(&vm, "qemuPid").as_i64().unwrap() as i32,
+        third_pid,
+        "adopted, not restarted"
+    );
+    assert_eq!(
+        agent.qemu_pids("default", "web"),
+        vec![third_pid],
+        "exactly one QEMU"
+    );
+
+    // A change that needs a restart is applied by a controlled restart; `logs -f` follows the
+    // console into the new boot.
+    let mut follower = Command::new(keelctl_bin())
+        .env("KUBECONFIG", &kubeconfig)
+        .args(["logs", "-f", "vm/web", "--tail", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    vms.patch(
+        "web",
+        &Patch::Merge(
+            json!({"spec": {"cpu": 2, "cmdline": "console=ttyS0 quiet keel.marker=second-boot"}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let vm = eventually("web restarted with generation 2's spec", WAIT, || async {
+        let vm = vms.get("web").await.ok()?;
+        let booted = status(&vm, "bootedGeneration").as_i64()?;
+        (booted == vm["metadata"]["generation"].as_i64()?
+            && condition(&vms, "web", "Ready").await.as_deref() == Some("True"))
+        .then_some(vm)
+    })
+    .await;
+    assert_ne!(status(&vm, "qemuPid").as_i64().unwrap() as i32, third_pid);
+    let mut followed = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !followed
+        .iter()
+        .any(|l: &String| l.contains("marker=second-boot"))
+        && std::time::Instant::now() < deadline
+    {
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
+            followed.push(line);
+        }
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(
+        followed
+            .iter()
+            .any(|l| l.contains("KEEL-GUEST up marker=second-boot")),
+        "logs -f shows the new boot: {followed:?}"
+    );
+    assert!(
+        !followed.iter().any(|l| l.contains("marker=hello-web")),
+        "--tail 0 starts at the end: {followed:?}"
+    );
+    assert_eq!(
+        condition(&vms, "web", "RestartRequired").await.as_deref(),
+        Some("False")
+    );
+    let logs = ok(keelctl(&kubeconfig, &["logs", "vm/web"]));
+    assert!(
+        logs.contains("marker=second-boot") && logs.contains("marker=hello-web"),
+        "{logs}"
+    );
+    assert!(
+        events_for(&client, "web")
+            .await
+            .iter()
+            .any(|e| e["reason"] == "Restarting"
+                && e["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("cmdline, cpu changed")),
+        "the restart says why"
+    );
+
+    // Pause and resume.
+    vms.patch("web", &Patch::Merge(json!({"spec": {"paused": true}})))
+        .await
+        .unwrap();
+    eventually("web Paused", WAIT, || async {
+        (condition(&vms, "web", "Paused").await.as_deref() == Some("True")).then_some(())
+    })
+    .await;
+    vms.patch("web", &Patch::Merge(json!({"spec": {"paused": false}})))
+        .await
+        .unwrap();
+    eventually("web resumed and Ready", WAIT, || async {
+        let resumed = condition(&vms, "web", "Paused").await.as_deref() == Some("False");
+        (resumed && condition(&vms, "web", "Ready").await.as_deref() == Some("True")).then_some(())
+    })
+    .await;
+
+    // Bad specs end in a condition and an Event, and the agent keeps working.
+    let closed = keel_e2e::free_port();
+    let bad = [
+        (
+            "no-image",
+            "ImageNotFound",
+            "  disks: [{name: root, image: /nonexistent/disk.qcow2}]\n".to_string(),
+        ),
+        (
+            "bad-url",
+            "ImageFetchFailed",
+            format!("  disks: [{{name: root, image: \"http://127.0.0.1:{closed}/disk.qcow2\"}}]\n"),
+        ),
+        (
+            "bad-seed",
+            "InvalidCloudInit",
+            "  cloudInit: {userData: \"#cloud-config\\npackages: [nginx\\n\"}\n".to_string(),
+        ),
+    ];
+    for (name, _, extra) in &bad {
+        let file = root.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, vm_yaml(name, name, extra)).unwrap();
+        ok(keelctl(
+            &kubeconfig,
+            &["apply", "-f", file.to_str().unwrap()],
+        ));
+    }
+    for (name, reason, _) in &bad {
+        eventually(&format!("{name} failed with {reason}"), WAIT, || async {
+            let vm = vms.get(name).await.ok()?;
+            let ready = vm["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Ready")?
+                .clone();
+            (status(&vm, "phase") == "Failed" && ready["reason"] == *reason).then_some(())
+        })
+        .await;
+        assert!(
+            events_for(&client, name)
+                .await
+                .iter()
+                .any(|e| e["reason"] == *reason && e["type"] == "Warning"),
+            "{name}: a Warning Event with reason {reason}"
+        );
+    }
+    let huge = root.path().join("huge.yaml");
+    std::fs::write(
+        &huge,
+        vm_yaml("huge", "huge", "").replace("memory: 128Mi", "memory: 64Ti"),
+    )
+    .unwrap();
+    ok(keelctl(
+        &kubeconfig,
+        &["apply", "-f", huge.to_str().unwrap()],
+    ));
+    eventually("huge unschedulable", WAIT, || async {
+        let vm = vms.get("huge").await.ok()?;
+        let c = vm["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Scheduled")?
+            .clone();
+        (c["status"] == "False" && c["message"].as_str()?.contains("Insufficient memory"))
+            .then_some(())
+    })
+    .await;
+    // Retried with backoff, not in a loop: at most two more attempts in the next 8 seconds.
+    let attempts = || async {
+        events_for(&client, "no-image")
+            .await
+            .iter()
+            .filter(|e| e["reason"] == "ImageNotFound")
+            .map(|e| e["count"].as_i64().unwrap_or(1))
+            .sum::<i64>()
+    };
+    let before = attempts().await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after = attempts().await;
+    assert!(
+        after - before <= 2,
+        "{before} then {after} attempts: the agent backs off"
+    );
+    assert_eq!(
+        condition(&vms, "web", "Ready").await.as_deref(),
+        Some("True"),
+        "web unaffected"
+    );
+
+    // Delete: no QEMU, disk, seed or socket is left on the host.
+    for name in ["web", "manual", "no-image", "bad-url", "bad-seed", "huge"] {
+        ok(keelctl(
+            &kubeconfig,
+            &["delete", "vm", name, "--wait", "--timeout", "90"],
+        ));
+    }
+    assert!(agent.qemu_pids("default", "web").is_empty());
+    let left: Vec<String> = std::fs::read_dir(agent.data_dir.join("vms"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "VM directories left: {left:?}");
+    assert!(keel_e2e::qemu_pids_with(&agent.data_dir.display().to_string()).is_empty());
+}
+
+fn kill(pid: i32) {
+    assert!(pid > 1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill QEMU");
+}
+
+async fn http_get(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: guest\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out)).await;
+    out
+}
