@@ -56,7 +56,7 @@ const SWEEP: Duration = Duration::from_secs(1);
 /// How often a ready guest is probed again.
 const PROBE_READY: Duration = Duration::from_secs(10);
 /// How often a guest that is not ready yet is probed.
-const PROBE_WAITING: Duration = Duration::from_secs(1);
+const PROBE_WAITING: Duration = Duration::from_millis(250);
 /// How many VMs are reconciled at once (a graceful stop can take its grace period).
 const CONCURRENCY: usize = 8;
 
@@ -173,7 +173,7 @@ async fn apply(vm: &Value, ctx: &Context) -> Result<Action, VmError> {
     let dir = VmDir::new(&ctx.vms, &key);
     let observed = lifecycle::observe(ctx, vm, &dir).await;
     let strategy = spec.run_strategy.unwrap_or(RunStrategy::Always);
-    let mut report = Report::new(vm, &spec, ctx);
+    let mut report = Report::new(vm);
 
     let Observed::Running { boot, status } = observed else {
         let exit = lifecycle::last_exit(&dir);
@@ -202,13 +202,28 @@ async fn apply(vm: &Value, ctx: &Context) -> Result<Action, VmError> {
         return start(vm, &spec, &dir, ctx, report).await;
     };
 
-    // Running (or paused). Halted, or a change that needs a restart, stops it.
-    let fields = restart_fields(&spec);
+    running(vm, &spec, &dir, ctx, report, boot, status).await
+}
+
+/// A pass over a guest that runs (or is paused, or starting): Halted, or a change that needs
+/// a restart, stops it; otherwise pause or resume it as asked, probe it, report.
+async fn running(
+    vm: &Value,
+    spec: &VirtualMachineSpec,
+    dir: &VmDir,
+    ctx: &Context,
+    mut report: Report,
+    boot: Boot,
+    status: qmp::Status,
+) -> Result<Action, VmError> {
+    let key = vm.object_ref();
+    let strategy = spec.run_strategy.unwrap_or(RunStrategy::Always);
+    let fields = restart_fields(spec);
     let changed = changed_fields(&boot.fields, &fields);
     if strategy == RunStrategy::Halted {
         report.phase("Stopping");
         report.write(vm, ctx).await?;
-        lifecycle::shutdown(ctx, &key, &dir, &spec).await?;
+        lifecycle::shutdown(ctx, &key, dir, spec).await?;
         ctx.recorder
             .publish(
                 vm,
@@ -232,7 +247,7 @@ async fn apply(vm: &Value, ctx: &Context) -> Result<Action, VmError> {
         ctx.recorder
             .publish(vm, EventType::Normal, "Restarting", "Restarting", &message)
             .await;
-        lifecycle::shutdown(ctx, &key, &dir, &spec).await?;
+        lifecycle::shutdown(ctx, &key, dir, spec).await?;
         return Ok(Action::requeue(Duration::ZERO));
     }
     if changed.is_empty() {
@@ -258,7 +273,7 @@ async fn apply(vm: &Value, ctx: &Context) -> Result<Action, VmError> {
     let mut state = status.state.clone();
     let want_paused = spec.paused.unwrap_or(false);
     if want_paused != (state == "paused") && matches!(state.as_str(), "running" | "paused") {
-        lifecycle::set_paused(&dir, want_paused)
+        lifecycle::set_paused(dir, want_paused)
             .await
             .map_err(|e| VmError::Start {
                 reason: "QMPFailed",
@@ -283,11 +298,11 @@ async fn apply(vm: &Value, ctx: &Context) -> Result<Action, VmError> {
             )
             .await;
     }
-    lifecycle::listen(ctx, &key, &dir);
-    report.running(&boot, &dir, &state);
+    lifecycle::listen(ctx, &key, dir);
+    report.running(&boot, dir, &state);
     let ready = if state == "running" {
         let outcome = match &spec.readiness_probe {
-            Some(probe) => readiness::check(probe, &boot.forwards, &console_of(&dir)).await,
+            Some(probe) => readiness::check(probe, &boot.forwards, &console_of(dir)).await,
             None => readiness::Outcome {
                 ready: true,
                 message: "the guest runs (no readiness probe)".into(),
@@ -396,8 +411,9 @@ fn should_start(strategy: RunStrategy, exit: Option<&Exit>) -> bool {
         RunStrategy::Halted => false,
         // A clean power-off is the guest's own decision; a failure is restarted.
         RunStrategy::RerunOnFailure => !exit.is_some_and(Exit::clean),
-        // Started once; a guest that stopped by itself stays stopped.
-        RunStrategy::Manual => exit.is_none(),
+        // Started once; a guest that stopped by itself stays stopped (one its supervisor
+        // fenced did not stop by itself: it runs again once the host is back).
+        RunStrategy::Manual => exit.is_none_or(|e| e.fenced),
     }
 }
 
@@ -440,7 +456,7 @@ struct Report {
 // === impl Report ===
 
 impl Report {
-    fn new(vm: &Value, spec: &VirtualMachineSpec, ctx: &Context) -> Report {
+    fn new(vm: &Value) -> Report {
         let mut status = vm["status"].clone();
         if !status.is_object() {
             status = json!({});
@@ -459,7 +475,6 @@ impl Report {
                 &now,
             );
         }
-        let _ = (spec, ctx);
         Report { status, now }
     }
 
@@ -658,5 +673,10 @@ mod tests {
         assert!(!should_start(RerunOnFailure, Some(&clean)));
         assert!(should_start(Manual, None));
         assert!(!should_start(Manual, Some(&killed)) && !should_start(Manual, Some(&clean)));
+        let fenced = Exit {
+            fenced: true,
+            ..clean
+        };
+        assert!(should_start(Manual, Some(&fenced)) && should_start(RerunOnFailure, Some(&fenced)));
     }
 }
