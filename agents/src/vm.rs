@@ -302,7 +302,10 @@ async fn running(
     report.running(&boot, dir, &state);
     let ready = if state == "running" {
         let outcome = match &spec.readiness_probe {
-            Some(probe) => readiness::check(probe, &boot.forwards, &console_of(dir)).await,
+            Some(probe) => {
+                let qmp = dir.qmp();
+                readiness::check(probe, &boot.forwards, Some(&qmp), &console_of(dir)).await
+            }
             None => readiness::Outcome {
                 ready: true,
                 message: "the guest runs (no readiness probe)".into(),

@@ -116,7 +116,9 @@ async fn nodes_that_die_or_are_cut_off_fence_and_their_vms_move() {
 
     // A movable VM (no disks) and, on the same node, one whose disk must stay.
     let vms: Api<Value> = Api::namespaced(&client, kind("vm"), "default");
-    vms.create(&vm("mover", json!({}))).await.unwrap();
+    let serial_probe =
+        json!({"readinessProbe": {"serialConsole": {"contains": "KEEL-GUEST serving"}}});
+    vms.create(&vm("mover", serial_probe)).await.unwrap();
     let (first, _) = eventually("mover running", WAIT, || async {
         bound_to(&vms, "mover")
             .await
@@ -201,6 +203,23 @@ async fn nodes_that_die_or_are_cut_off_fence_and_their_vms_move() {
         x.workload_pid("default", "stayer").is_none(),
         "stayer fenced too"
     );
+    assert!(
+        x.qemu_pids("default", "mover").is_empty() && x.qemu_pids("default", "stayer").is_empty(),
+        "no QEMU of the dead host's guests survives the fence"
+    );
+    assert_eq!(
+        y.qemu_pids("default", "mover").len(),
+        1,
+        "mover's one QEMU runs on y"
+    );
+    eventually(
+        "mover Ready on y (its serial console says so)",
+        WAIT,
+        || async {
+            (condition(&vms, "mover", "Ready").await.as_deref() == Some("True")).then_some(())
+        },
+    )
+    .await;
     let stayer = vms.get("stayer").await.unwrap();
     assert_eq!(
         stayer["status"]["nodeName"],

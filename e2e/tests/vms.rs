@@ -185,7 +185,7 @@ async fn vms_boot_run_restart_pause_and_go_away_on_qemu() {
     let manual = vm_yaml(
         "manual",
         "hello-manual",
-        "  runStrategy: Manual\n  readinessProbe: {serialConsole: {contains: KEEL-GUEST serving}}\n",
+        "  runStrategy: Manual\n  readinessProbe: {tcp: {port: 8080}}\n",
     );
     std::fs::write(root.path().join("manual.yaml"), &manual).unwrap();
     ok(keelctl(
@@ -194,6 +194,19 @@ async fn vms_boot_run_restart_pause_and_go_away_on_qemu() {
             "apply",
             "-f",
             root.path().join("manual.yaml").to_str().unwrap(),
+        ],
+    ));
+    // A guest that listens on nothing is not Ready through QEMU's forward, which accepts
+    // connections itself.
+    let deaf = vm_yaml("deaf", "deaf", "  readinessProbe: {tcp: {port: 8080}}\n")
+        .replace("keel.marker=deaf", "keel.marker=deaf keel.serve=no");
+    std::fs::write(root.path().join("deaf.yaml"), &deaf).unwrap();
+    ok(keelctl(
+        &kubeconfig,
+        &[
+            "apply",
+            "-f",
+            root.path().join("deaf.yaml").to_str().unwrap(),
         ],
     ));
     let m = wait_ready(&vms, "manual").await;
@@ -219,6 +232,31 @@ async fn vms_boot_run_restart_pause_and_go_away_on_qemu() {
     assert_eq!(ready["reason"], "GuestFailed", "{m}");
     assert!(
         ready["message"].as_str().unwrap().contains("signal 9"),
+        "{ready}"
+    );
+
+    eventually("deaf booted", WAIT, || async {
+        let logs = keelctl(&kubeconfig, &["logs", "vm/deaf"]);
+        String::from_utf8_lossy(&logs.stdout)
+            .contains("KEEL-GUEST up")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let d = vms.get("deaf").await.unwrap();
+    let ready = d["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(ready["status"], "False", "{d}");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing listens"),
         "{ready}"
     );
 
@@ -455,7 +493,9 @@ async fn vms_boot_run_restart_pause_and_go_away_on_qemu() {
     );
 
     // Delete: no QEMU, disk, seed or socket is left on the host.
-    for name in ["web", "manual", "no-image", "bad-url", "bad-seed", "huge"] {
+    for name in [
+        "web", "manual", "deaf", "no-image", "bad-url", "bad-seed", "huge",
+    ] {
         ok(keelctl(
             &kubeconfig,
             &["delete", "vm", name, "--wait", "--timeout", "90"],

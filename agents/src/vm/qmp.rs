@@ -175,6 +175,17 @@ impl Qmp {
         })
     }
 
+    /// Runs a human monitor command (`info usernet`) and returns what it prints.
+    pub async fn human(&mut self, command_line: &str) -> Result<String> {
+        let value = self
+            .execute(
+                "human-monitor-command",
+                Some(json!({"command-line": command_line})),
+            )
+            .await?;
+        Ok(value.as_str().unwrap_or_default().to_string())
+    }
+
     /// Presses the ACPI power button.
     pub async fn powerdown(&mut self) -> Result<()> {
         self.execute("system_powerdown", None).await.map(drop)

@@ -2,11 +2,14 @@
 //! console.
 //!
 //! Under user-mode networking the guest's port is reached through QEMU's forward on the host.
-//! QEMU accepts a forwarded connection itself and then connects to the guest, closing the
-//! host side if the guest refuses: so a TCP probe counts only a connection that stays open
-//! (or gets data) for a moment, not one that is accepted and dropped.
+//! QEMU accepts a forwarded connection itself and then connects to the guest: it keeps the
+//! host side open while the guest does not answer at all (still booting) and closes it when
+//! the guest refuses. So a TCP probe through a forward asks QEMU (`info usernet`) whether its
+//! own connection to the guest is ESTABLISHED; a direct one counts a connection that stays
+//! open (or gets data) for a moment.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use keel_schemas::kinds::compute::{PortForward, Probe};
@@ -14,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::console::Console;
+use super::qmp::Qmp;
 
 /// How long a probe connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -31,9 +35,15 @@ pub struct Outcome {
     pub message: String,
 }
 
-/// Runs `probe` once against a guest whose ports are forwarded as `forwards` and whose
-/// console is `console`.
-pub async fn check(probe: &Probe, forwards: &[PortForward], console: &Console) -> Outcome {
+/// Runs `probe` once against a guest whose ports are forwarded as `forwards` by the QEMU whose
+/// QMP socket is `qmp` (none: the ports are reached directly), and whose console is
+/// `console`.
+pub async fn check(
+    probe: &Probe,
+    forwards: &[PortForward],
+    qmp: Option<&Path>,
+    console: &Console,
+) -> Outcome {
     if let Some(serial) = &probe.serial_console {
         let seen = console.since_boot().contains(&serial.contains);
         return Outcome {
@@ -64,9 +74,10 @@ pub async fn check(probe: &Probe, forwards: &[PortForward], console: &Console) -
             message: format!("guest port {port} is not forwarded to the host"),
         };
     };
-    match http_path {
-        None => tcp(addr, port).await,
-        Some(path) => http(addr, port, path).await,
+    match (http_path, qmp) {
+        (None, Some(qmp)) => tcp_forwarded(addr, port, qmp).await,
+        (None, None) => tcp(addr, port).await,
+        (Some(path), _) => http(addr, port, path).await,
     }
 }
 
@@ -96,6 +107,74 @@ async fn tcp(addr: SocketAddr, port: u16) -> Outcome {
         Ok(Ok(0)) => not("the connection was closed: nothing listens in the guest".into()),
         Ok(Err(e)) => not(e.to_string()),
     }
+}
+
+/// A TCP probe through QEMU's forward: connect, then see whether QEMU's connection to the
+/// guest port got through.
+async fn tcp_forwarded(addr: SocketAddr, port: u16, qmp: &Path) -> Outcome {
+    let not = |why: String| Outcome {
+        ready: false,
+        message: format!("TCP port {port}: {why}"),
+    };
+    let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return not(e.to_string()),
+        Err(_) => return not("connect timed out".into()),
+    };
+    let accepted = || Outcome {
+        ready: true,
+        message: format!("TCP port {port} accepts connections"),
+    };
+    let mut state = None;
+    for _ in 0..3 {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(HOLD / 3, stream.read(&mut byte)).await {
+            // QEMU closed our side: the guest refused its connection.
+            Ok(Ok(0) | Err(_)) => {
+                return not("the guest refused the connection: nothing listens".into());
+            }
+            Ok(Ok(_)) => return accepted(),
+            Err(_) => {}
+        }
+        let table = match Qmp::connect(qmp).await {
+            Ok(mut q) => q.human("info usernet").await.unwrap_or_default(),
+            Err(e) => return not(format!("cannot ask QEMU: {e}")),
+        };
+        state = forwarded_state(&table, addr.port(), port);
+        if state.as_deref() == Some("ESTABLISHED") {
+            return accepted();
+        }
+    }
+    not(format!(
+        "the guest does not answer yet (QEMU's connection is {})",
+        state.as_deref().unwrap_or("gone")
+    ))
+}
+
+/// The state of QEMU's connections from forward `host_port` to `guest_port`, in the table
+/// `info usernet` prints: ESTABLISHED if any is, else the first other (SYN_SENT, ...).
+fn forwarded_state(table: &str, host_port: u16, guest_port: u16) -> Option<String> {
+    let mut found = None;
+    for line in table.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let [proto, _fd, _src, src_port, _dst, dst_port, ..] = cols.as_slice() else {
+            continue;
+        };
+        let Some(state) = proto.strip_prefix("TCP[").and_then(|s| s.strip_suffix(']')) else {
+            continue;
+        };
+        if state == "HOST_FORWARD"
+            || src_port.parse() != Ok(host_port)
+            || dst_port.parse() != Ok(guest_port)
+        {
+            continue;
+        }
+        if state == "ESTABLISHED" {
+            return Some(state.to_string());
+        }
+        found.get_or_insert_with(|| state.to_string());
+    }
+    found
 }
 
 async fn http(addr: SocketAddr, port: u16, path: &str) -> Outcome {
@@ -179,7 +258,7 @@ mod tests {
                 let _ = dropper.accept().await;
             }
         });
-        let out = check(&probe, &forward(port), &console).await;
+        let out = check(&probe, &forward(port), None, &console).await;
         assert!(!out.ready, "{out:?}");
         // Accepts and keeps the connection.
         let keeper = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -190,10 +269,38 @@ mod tests {
                 held.push(s);
             }
         });
-        let out = check(&probe, &forward(port), &console).await;
+        let out = check(&probe, &forward(port), None, &console).await;
         assert!(out.ready, "{out:?}");
-        let out = check(&probe, &[], &console).await;
+        let out = check(&probe, &[], None, &console).await;
         assert!(out.message.contains("not forwarded"), "{out:?}");
+    }
+
+    #[test]
+    fn qemu_s_connection_table_tells_a_booting_guest_from_a_listening_one() {
+        let booting = "Hub -1 (net0):
+  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ
+  TCP[SYN_SENT]      11       127.0.0.1 18091       10.0.2.15  8080     0     0
+  TCP[HOST_FORWARD]   9       127.0.0.1 18091       10.0.2.15  8080     0     0
+  TCP[HOST_FORWARD]   8       127.0.0.1 18092       10.0.2.15    22     0     0
+";
+        assert_eq!(
+            forwarded_state(booting, 18091, 8080).as_deref(),
+            Some("SYN_SENT")
+        );
+        assert_eq!(
+            forwarded_state(booting, 18092, 22),
+            None,
+            "only the forward itself"
+        );
+        let up = booting.replace("TCP[SYN_SENT]  ", "TCP[ESTABLISHED]");
+        let up = format!(
+            "{up}  TCP[SYN_SENT]      12       127.0.0.1 18091       10.0.2.15  8080     0     0\n"
+        );
+        assert_eq!(
+            forwarded_state(&up, 18091, 8080).as_deref(),
+            Some("ESTABLISHED")
+        );
+        assert_eq!(forwarded_state("garbage\n\n", 1, 2), None);
     }
 
     #[tokio::test]
@@ -221,9 +328,9 @@ mod tests {
             }),
             ..Probe::default()
         };
-        let ok = check(&probe("/healthz"), &forward(port), &console).await;
+        let ok = check(&probe("/healthz"), &forward(port), None, &console).await;
         assert!(ok.ready, "{ok:?}");
-        let bad = check(&probe("/other"), &forward(port), &console).await;
+        let bad = check(&probe("/other"), &forward(port), None, &console).await;
         assert!(
             !bad.ready && bad.message.contains("answered 503"),
             "{bad:?}"
