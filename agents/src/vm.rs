@@ -512,21 +512,15 @@ impl Report {
             }
         }
         self.status["portForwards"] = json!(boot.forwards);
+        // A VM without NICs gets one user-mode NIC, reported here; NICs on subnets are the
+        // network controller's to report (their addresses come from IPAM).
         let nics = boot.fields["nics"].as_array().cloned().unwrap_or_default();
-        let interfaces: Vec<Value> = (0..nics.len().max(1))
-            .map(|i| {
-                let mac = nics
-                    .get(i)
-                    .and_then(|n| n["mac"].as_str().map(String::from))
-                    .unwrap_or_else(|| qemu::mac(&boot.uid, i));
-                let mut iface = json!({"ip": lifecycle::USER_NET_GUEST_IP, "mac": mac});
-                if let Some(subnet) = nics.get(i).and_then(|n| n["subnet"].as_str()) {
-                    iface["subnet"] = Value::String(subnet.to_string());
-                }
-                iface
-            })
-            .collect();
-        self.status["interfaces"] = Value::Array(interfaces);
+        if nics.is_empty() {
+            self.status["interfaces"] = json!([{
+                "ip": lifecycle::USER_NET_GUEST_IP,
+                "mac": qemu::mac(&boot.uid, 0),
+            }]);
+        }
         let paused = state == "paused";
         self.condition(
             "Paused",

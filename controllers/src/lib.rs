@@ -12,11 +12,13 @@
 //! - [`scheduler`]: binds VirtualMachines to nodes.
 //! - [`node_lifecycle`]: notices dead nodes and moves their VMs.
 //! - [`gc`]: deletes dependents whose owners are gone.
+//! - [`network`]: VPCs, subnets, security groups and NIC addresses as OVN northbound rows.
 //! - [`ovsdb`]: an OVSDB (RFC 7047) client for OVN's northbound database.
 //! - [`manager`]: runs the cluster-wide controllers on the elected server.
 
 pub mod gc;
 pub mod manager;
+pub mod network;
 pub mod node_lifecycle;
 pub mod ovsdb;
 pub mod runtime;

@@ -29,6 +29,9 @@ pub struct ManagerConfig {
     pub retry_period: Duration,
     /// Node lifecycle timings.
     pub nodes: NodeLifecycleConfig,
+    /// The OVN northbound database (`tcp:HOST:PORT` or `unix:PATH`); none: no network
+    /// controller.
+    pub ovn_nb: Option<String>,
 }
 
 // === impl ManagerConfig ===
@@ -43,6 +46,7 @@ impl ManagerConfig {
             renew_deadline: election.renew_deadline,
             retry_period: election.retry_period,
             nodes: NodeLifecycleConfig::default(),
+            ovn_nb: None,
         }
     }
 }
@@ -85,6 +89,16 @@ pub async fn run_manager(
             config.nodes,
             stop.clone(),
         ));
+        if let Some(nb) = &config.ovn_nb {
+            controllers.spawn(crate::network::run(
+                client.clone(),
+                crate::network::NetworkConfig {
+                    nb: nb.clone(),
+                    resync: std::time::Duration::from_secs(60),
+                },
+                stop.clone(),
+            ));
+        }
         controllers.spawn(gc::run(client.clone(), stop));
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => {}

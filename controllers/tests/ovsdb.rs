@@ -3,98 +3,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
+
+use common::ovn::Ovn;
 
 use keel_controllers::ovsdb::data::{Replica, named, set, strings, uuid};
 use keel_controllers::ovsdb::{Ovsdb, OvsdbError};
 use serde_json::json;
 
-/// An `ovsdb-server` with an empty OVN_Northbound database on a unix socket.
-struct NbServer {
-    child: Child,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl NbServer {
-    fn start() -> NbServer {
-        let dir = tempfile::Builder::new()
-            .prefix("nb")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let db = dir.path().join("nb.db");
-        let out = Command::new("ovsdb-tool")
-            .arg("create")
-            .arg(&db)
-            .arg("/usr/share/ovn/ovn-nb.ovsschema")
-            .output()
-            .expect("ovsdb-tool (Debian's openvswitch-common)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let socket = dir.path().join("nb.sock");
-        let child = Command::new("ovsdb-server")
-            .arg(&db)
-            .arg(format!("--remote=punix:{}", socket.display()))
-            .arg(format!("--unixctl={}", dir.path().join("nb.ctl").display()))
-            .arg(format!(
-                "--log-file={}",
-                dir.path().join("nb.log").display()
-            ))
-            .arg("--no-chdir")
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("ovsdb-server");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "ovsdb-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        NbServer {
-            child,
-            socket,
-            _dir: dir,
-        }
-    }
-
-    fn addr(&self) -> String {
-        format!("unix:{}", self.socket.display())
-    }
-
-    fn nbctl(&self, args: &[&str]) -> String {
-        nbctl(&self.socket, args)
-    }
-}
-
-impl Drop for NbServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn nbctl(socket: &Path, args: &[&str]) -> String {
-    let out = Command::new("ovn-nbctl")
-        .arg(format!("--db=unix:{}", socket.display()))
-        .args(args)
-        .output()
-        .expect("ovn-nbctl");
-    assert!(
-        out.status.success(),
-        "ovn-nbctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
 #[tokio::test]
 async fn transactions_and_monitors_against_a_real_ovsdb_server() {
-    let nb = NbServer::start();
-    let db = Ovsdb::connect(&nb.addr()).await.unwrap();
+    let nb = Ovn::nb_only();
+    let db = Ovsdb::connect(&nb.nb()).await.unwrap();
     assert!(
         db.list_dbs()
             .await

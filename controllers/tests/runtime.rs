@@ -6,12 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keel_apiserver::raft::{ServerConfig, Tuning};
-use keel_apiserver::{ApiConfig, ApiServer};
 use keel_client::{Api, Client, DeleteParams, Patch};
 use keel_controllers::runtime::{
     Action, Controller, Event, EventType, FinalizerEvent, LeaderConfig, ObjectExt, Recorder, elect,
@@ -20,57 +17,9 @@ use keel_controllers::runtime::{
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-const WAIT: Duration = Duration::from_secs(30);
+mod common;
 
-async fn start(dir: &std::path::Path) -> ApiServer {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let raft = ServerConfig {
-        data_dir: dir.to_path_buf(),
-        node_id: None,
-        raft_listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        advertise: None,
-        join: None,
-        tls: None,
-        tuning: Tuning {
-            heartbeat_interval: Duration::from_millis(50),
-            election_timeout: (Duration::from_millis(200), Duration::from_millis(400)),
-            ..Tuning::default()
-        },
-    };
-    let mut config = ApiConfig::new(raft, SocketAddr::from(([127, 0, 0, 1], 0)));
-    config.bookmark_interval = Duration::from_millis(300);
-    let server = ApiServer::start(config).await.unwrap();
-    server.raft().wait_for_leader(WAIT).await.unwrap();
-    let c = client(&server);
-    until("system namespaces", || async {
-        c.get("/api/v1/namespaces/kube-node-lease").await.is_ok()
-    })
-    .await;
-    server
-}
-
-fn client(server: &ApiServer) -> Client {
-    Client::new(server.url(), server.ca_pem(), server.admin_token()).unwrap()
-}
-
-async fn until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use common::{WAIT, client, start, until};
 
 fn configmaps(c: &Client) -> Api<Value> {
     Api::namespaced(c, keel_schemas::lookup("configmaps").unwrap(), "default")

@@ -33,7 +33,7 @@ pub mod time;
 pub mod validate;
 
 pub use defaults::default_object;
-pub use net::cidr_contains;
+pub use net::{Cidr, cidr_contains, parse_port_ranges};
 pub use quantity::parse_quantity;
 pub use registry::{
     KEEL_GROUP, KEEL_VERSION, Kind, Scope, kinds_in, lookup, registry, storage_key,

@@ -212,13 +212,11 @@ pub fn changed_fields(old: &Value, new: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The MAC address of NIC `index` of the VM with `uid`, unless the spec fixes one: QEMU's
-/// locally administered prefix and three bytes of a digest of the uid and index, stable across
-/// restarts and hosts.
+/// The MAC address of NIC `index` of the VM with `uid`, unless the spec fixes one: the same
+/// one the network controller puts on the NIC's OVN port (QEMU's locally administered prefix
+/// and three bytes of a hash of the uid and index), stable across restarts and hosts.
 pub fn mac(uid: &str, index: usize) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, format!("{uid}/{index}").as_bytes());
-    let b = digest.as_ref();
-    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2])
+    keel_controllers::network::topology::nic_mac(uid, index)
 }
 
 // === impl Machine ===

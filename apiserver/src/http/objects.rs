@@ -313,7 +313,8 @@ impl Api {
             set_resource_version(&mut next, current.mod_revision);
             admission::admit_update(kind, &current.object, &mut next)?;
             // After defaulting: a write that only leaves out defaulted fields changes nothing.
-            if spec_of(&next) != spec_of(&current.object) {
+            let spec_changed = spec_of(&next) != spec_of(&current.object);
+            if spec_changed {
                 let generation = current.object["metadata"]["generation"]
                     .as_i64()
                     .unwrap_or(0)
@@ -325,8 +326,12 @@ impl Api {
             if next == current.object {
                 return Ok(next);
             }
-            self.check_references(kind, t.namespace.as_deref(), &next)
-                .await?;
+            // Rules that read other objects judge a spec; a status or metadata write leaves
+            // it as it was admitted (a VPC that came later does not lock its Subnets' status).
+            if spec_changed {
+                self.check_references(kind, t.namespace.as_deref(), &next)
+                    .await?;
+            }
             if t.dry_run {
                 return Ok(next);
             }

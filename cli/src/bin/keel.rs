@@ -98,6 +98,10 @@ struct ServerArgs {
     /// host's own from /boot).
     #[arg(long)]
     kvm_probe_kernel: Option<PathBuf>,
+    /// The OVN northbound database the network controller programs (`tcp:HOST:PORT` or
+    /// `unix:PATH`); without it VPCs are not programmed.
+    #[arg(long)]
+    ovn_nb: Option<String>,
     /// Where the local agent's HTTPS endpoint listens (default: a free port, published in
     /// its Node, so that several servers can share a host).
     #[arg(long, default_value = "0.0.0.0:0")]
@@ -390,7 +394,8 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
     let node_name = args.node_name.unwrap_or_else(hostname);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    let manager = manager_config(&format!("{node_name}-{}", raft.node_id()), &args.timings);
+    let mut manager = manager_config(&format!("{node_name}-{}", raft.node_id()), &args.timings);
+    manager.ovn_nb = args.ovn_nb.clone();
     tasks.spawn(keel_controllers::run_manager(
         client.clone(),
         manager,

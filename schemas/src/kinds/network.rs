@@ -1,5 +1,7 @@
 //! VPC, Subnet, SecurityGroup and LoadBalancer.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::{Condition, LabelSelector, Object, kind_spec};
@@ -78,6 +80,9 @@ pub struct Dhcp {
     /// Lease time in seconds (default 3600).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_seconds: Option<u32>,
+    /// DNS search domain handed out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain_name: Option<String>,
 }
 
 /// Observed state of a subnet.
@@ -99,6 +104,9 @@ pub struct SubnetStatus {
     /// OVN logical switch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub switch: Option<String>,
+    /// Allocated addresses: address to owner (`<VM uid>/<NIC index>`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub allocations: BTreeMap<String, String>,
 }
 
 /// Desired rules of a security group.

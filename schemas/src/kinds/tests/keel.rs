@@ -119,10 +119,19 @@ fn compute_and_network_kinds() {
                 enabled: Some(true),
                 dns_servers: vec!["10.20.1.2".into()],
                 lease_seconds: Some(3600),
+                domain_name: Some("shop.example".into()),
             }),
             exclude_ips: vec!["10.20.1.200..10.20.1.254".into()],
         },
     );
+    let mut subnet = subnet;
+    subnet.status = Some(SubnetStatus {
+        available_ips: Some(197),
+        used_ips: Some(57),
+        switch: Some("keel/shop/front".into()),
+        allocations: [("10.20.1.10".to_string(), "uid-1/0".to_string())].into(),
+        ..SubnetStatus::default()
+    });
     check("subnet", &subnet);
     check(
         "sg",

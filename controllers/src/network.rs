@@ -1,0 +1,635 @@
+//! The network controller: VPCs, Subnets, SecurityGroups and VM NICs as OVN's northbound
+//! database, over the OVSDB protocol ([`crate::ovsdb`]).
+//!
+//! It is level-triggered over the whole network: any change of a VPC, Subnet, SecurityGroup
+//! or VM — or of the northbound rows, which it monitors — starts a pass (debounced), and so
+//! does a periodic resync. A pass:
+//! 1. checks each Subnet against its VPC and siblings (reasons in its status);
+//! 2. allocates NIC addresses ([`ipam`]) and records them in each Subnet's status with its
+//!    resourceVersion — a stale writer gets a conflict, never a duplicate address;
+//! 3. computes the rows Keel wants ([`topology`]) and the operations that make the database
+//!    hold them ([`sync`]), run as one transaction; when nothing differs it reads only;
+//! 4. writes VPC, Subnet, SecurityGroup and VM statuses that changed.
+//!
+//! Deleting an object removes its rows on the next pass: they are orphans then.
+
+pub mod ipam;
+pub mod sync;
+pub mod topology;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_client::{Api, Client, ClientError};
+use keel_schemas::kinds::compute::VirtualMachineSpec;
+use keel_schemas::kinds::network::{SecurityGroupSpec, SubnetSpec, VpcSpec};
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, Notify, watch};
+
+use crate::ovsdb::data::Replica;
+use crate::ovsdb::{Ovsdb, OvsdbError};
+use crate::runtime::{Condition, ObjectExt, Store, set_condition, watcher};
+
+use self::topology::{DhcpRows, GroupRows, NicRows, SubnetRows, World};
+
+/// The northbound database's name.
+pub const NB_DB: &str = "OVN_Northbound";
+/// How long changes are gathered before a pass.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// How the network controller runs.
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    /// The northbound database (`tcp:HOST:PORT` or `unix:PATH`).
+    pub nb: String,
+    /// A full pass at least this often.
+    pub resync: Duration,
+}
+
+/// Why a pass failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// The API failed.
+    #[error(transparent)]
+    Api(#[from] ClientError),
+    /// The northbound database failed.
+    #[error(transparent)]
+    Ovsdb(#[from] OvsdbError),
+    /// A Subnet's allocations changed under this pass: the next one starts from them.
+    #[error("subnet {0}'s allocations changed meanwhile")]
+    Conflict(String),
+}
+
+/// What a pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Operations sent to the database (0: it held what Keel wants).
+    pub operations: usize,
+    /// Status writes.
+    pub status_writes: usize,
+}
+
+/// The caches a pass reads.
+#[derive(Clone)]
+pub struct Caches {
+    vpcs: Store,
+    subnets: Store,
+    groups: Store,
+    vms: Store,
+    replica: Arc<Mutex<Replica>>,
+}
+
+/// Runs the controller until `shutdown` turns true.
+pub async fn run(client: Client, config: NetworkConfig, mut shutdown: watch::Receiver<bool>) {
+    let notify = Arc::new(Notify::new());
+    let caches = Caches {
+        vpcs: Store::new(),
+        subnets: Store::new(),
+        groups: Store::new(),
+        vms: Store::new(),
+        replica: Arc::new(Mutex::new(Replica::default())),
+    };
+    let mut feeds = tokio::task::JoinSet::new();
+    for (plural, store) in [
+        ("vpcs", &caches.vpcs),
+        ("subnets", &caches.subnets),
+        ("securitygroups", &caches.groups),
+        ("virtualmachines", &caches.vms),
+    ] {
+        let Some(kind) = keel_schemas::lookup(plural) else {
+            continue;
+        };
+        let mut w = watcher(Api::all(&client, kind), watcher::Config::default());
+        let (store, notify) = (store.clone(), notify.clone());
+        feeds.spawn(async move {
+            loop {
+                store.apply(w.next().await);
+                notify.notify_one();
+            }
+        });
+    }
+    let metrics = crate::runtime::metrics::controller("network");
+    let mut backoff = Duration::from_millis(100);
+    // A failing pass is retried soon, then less and less often.
+    let mut retry = Duration::from_millis(100);
+    'connect: loop {
+        let nb = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break 'connect,
+            nb = connect(&config.nb, &caches.replica, notify.clone()) => nb,
+        };
+        let nb = match nb {
+            Ok(nb) => nb,
+            Err(e) => {
+                tracing::warn!(nb = %config.nb, error = %e, "cannot reach the OVN northbound database");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        for store in [&caches.vpcs, &caches.subnets, &caches.groups, &caches.vms] {
+            store.wait_ready().await;
+        }
+        tracing::info!(nb = %config.nb, "network controller: caches synced, reconciling");
+        loop {
+            let started = std::time::Instant::now();
+            let failed = match pass(&client, &nb, &caches).await {
+                Ok(report) => {
+                    metrics.reconciled(started.elapsed(), false);
+                    if report.operations > 0 {
+                        tracing::info!(
+                            operations = report.operations,
+                            status_writes = report.status_writes,
+                            "network pass"
+                        );
+                    }
+                    false
+                }
+                Err(NetworkError::Ovsdb(e)) => {
+                    metrics.reconciled(started.elapsed(), true);
+                    tracing::warn!(error = %e, "network pass failed");
+                    if matches!(e, OvsdbError::Closed(_) | OvsdbError::Io { .. }) {
+                        continue 'connect;
+                    }
+                    true
+                }
+                Err(e) => {
+                    metrics.reconciled(started.elapsed(), true);
+                    tracing::debug!(error = %e, ?retry, "network pass will be retried");
+                    true
+                }
+            };
+            // After a failure, wait the retry delay (growing); otherwise for a change.
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => break 'connect,
+                _ = notify.notified(), if !failed => {}
+                _ = tokio::time::sleep(if failed { retry } else { config.resync }) => {}
+            }
+            retry = if failed {
+                (retry * 2).min(Duration::from_secs(10))
+            } else {
+                Duration::from_millis(100)
+            };
+            tokio::time::sleep(DEBOUNCE).await;
+        }
+    }
+    feeds.abort_all();
+}
+
+/// Connects to the database and keeps `replica` current through a monitor.
+async fn connect(
+    addr: &str,
+    replica: &Arc<Mutex<Replica>>,
+    notify: Arc<Notify>,
+) -> Result<Ovsdb, OvsdbError> {
+    let nb = Ovsdb::connect(addr).await?;
+    let mut monitor = nb.monitor(NB_DB, &sync::TABLES).await?;
+    {
+        let mut r = replica.lock().await;
+        *r = Replica::default();
+        r.apply(&monitor.initial);
+    }
+    let replica = replica.clone();
+    tokio::spawn(async move {
+        while let Some(update) = monitor.next().await {
+            replica.lock().await.apply(&update);
+            // A change nobody asked for (a row deleted by hand) is drift to repair.
+            notify.notify_one();
+        }
+        notify.notify_one();
+    });
+    Ok(nb)
+}
+
+/// One pass over the whole network.
+pub async fn pass(
+    client: &Client,
+    nb: &Ovsdb,
+    caches: &Caches,
+) -> Result<PassReport, NetworkError> {
+    let mut report = PassReport::default();
+    let live = |store: &Store| -> Vec<Arc<Value>> {
+        let mut v: Vec<Arc<Value>> = store
+            .list()
+            .into_iter()
+            .filter(|o| !o.is_deleting())
+            .collect();
+        v.sort_by(|a, b| {
+            (
+                a["metadata"]["creationTimestamp"].as_str(),
+                a.namespace(),
+                a.name(),
+            )
+                .cmp(&(
+                    b["metadata"]["creationTimestamp"].as_str(),
+                    b.namespace(),
+                    b.name(),
+                ))
+        });
+        v
+    };
+    let (vpcs, subnets, groups, vms) = (
+        live(&caches.vpcs),
+        live(&caches.subnets),
+        live(&caches.groups),
+        live(&caches.vms),
+    );
+    let vpc_specs: BTreeMap<(&str, &str), (&Value, VpcSpec)> = vpcs
+        .iter()
+        .filter_map(|v| {
+            let spec = serde_json::from_value(v["spec"].clone()).ok()?;
+            Some(((v.namespace().unwrap_or(""), v.name()), (v.as_ref(), spec)))
+        })
+        .collect();
+
+    // 1. Subnets that can be programmed, and why the others cannot.
+    let mut verdicts: BTreeMap<(String, String), Verdict> = BTreeMap::new();
+    let mut accepted: Vec<(&Value, SubnetSpec, String)> = Vec::new();
+    for s in &subnets {
+        let ns = s.namespace().unwrap_or("");
+        let key = (ns.to_string(), s.name().to_string());
+        let Ok(spec) = serde_json::from_value::<SubnetSpec>(s["spec"].clone()) else {
+            verdicts.insert(key, Err(("InvalidSpec", "the spec cannot be read".into())));
+            continue;
+        };
+        let verdict = check_subnet(
+            &spec,
+            vpc_specs.get(&(ns, spec.vpc.as_str())).map(|(_, v)| v),
+            &accepted,
+            ns,
+        );
+        if verdict.is_ok() {
+            let vpc_uid = vpc_specs[&(ns, spec.vpc.as_str())].0.uid().to_string();
+            accepted.push((s.as_ref(), spec, vpc_uid));
+        }
+        verdicts.insert(key, verdict);
+    }
+
+    // 2. Addresses.
+    let vm_specs: Vec<(&Value, VirtualMachineSpec)> = vms
+        .iter()
+        .filter_map(|v| Some((v.as_ref(), serde_json::from_value(v["spec"].clone()).ok()?)))
+        .collect();
+    let mut addresses: BTreeMap<String, String> = BTreeMap::new();
+    let mut nic_failures: BTreeMap<String, String> = BTreeMap::new();
+    let mut subnet_status: BTreeMap<String, Value> = BTreeMap::new();
+    for (s, spec, _) in &accepted {
+        let ns = s.namespace().unwrap_or("");
+        let claims: Vec<ipam::Claim> = vm_specs
+            .iter()
+            .filter(|(v, _)| v.namespace() == Some(ns))
+            .flat_map(|(v, vspec)| {
+                vspec
+                    .nics
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| n.subnet == s.name())
+                    .map(|(i, n)| ipam::Claim {
+                        owner: format!("{}/{i}", v.uid()),
+                        fixed: n.ip.as_deref().and_then(|ip| ip.parse().ok()),
+                    })
+            })
+            .collect();
+        let pool = ipam::Pool::new(&spec.cidr, spec.gateway.as_deref(), &spec.exclude_ips);
+        let Ok(pool) = pool else { continue };
+        let current: BTreeMap<String, String> = s["status"]["allocations"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let outcome = ipam::allocate(&pool, &current, &claims);
+        for (ip, owner) in &outcome.allocations {
+            addresses.insert(owner.clone(), ip.clone());
+        }
+        nic_failures.extend(outcome.failed.clone());
+        let mut status = s["status"].clone();
+        if !status.is_object() {
+            status = json!({});
+        }
+        status["allocations"] = json!(outcome.allocations);
+        status["usedIPs"] = json!(outcome.used);
+        status["availableIPs"] = json!(outcome.available);
+        status["switch"] = json!(topology::name(ns, s.name()));
+        subnet_status.insert(s.uid().to_string(), status);
+    }
+    // Allocations are recorded before anything uses them.
+    for (s, _, _) in &accepted {
+        let Some(status) = subnet_status.get(s.uid()) else {
+            continue;
+        };
+        if s["status"]["allocations"] != status["allocations"] {
+            let mut updated = (*s).clone();
+            updated["status"] = status.clone();
+            write_status(client, "subnets", &updated, &mut report)
+                .await
+                .map_err(|e| match e.code() {
+                    Some(409) => NetworkError::Conflict(s.name().to_string()),
+                    _ => NetworkError::Api(e),
+                })?;
+        }
+    }
+
+    // 3. The rows.
+    let group_specs: Vec<(&Value, SecurityGroupSpec)> = groups
+        .iter()
+        .filter_map(|g| Some((g.as_ref(), serde_json::from_value(g["spec"].clone()).ok()?)))
+        .collect();
+    let group_uid: BTreeMap<(&str, &str), &str> = group_specs
+        .iter()
+        .map(|(g, _)| ((g.namespace().unwrap_or(""), g.name()), g.uid()))
+        .collect();
+    let subnet_uid: BTreeMap<(&str, &str), &str> = accepted
+        .iter()
+        .map(|(s, _, _)| ((s.namespace().unwrap_or(""), s.name()), s.uid()))
+        .collect();
+    let mut world = World::default();
+    for (v, _) in vpc_specs.values() {
+        world
+            .vpcs
+            .push((v.namespace().unwrap_or(""), v.name(), v.uid()));
+    }
+    for (s, spec, vpc_uid) in &accepted {
+        let dhcp = spec.dhcp.clone().unwrap_or_default();
+        world.subnets.push(SubnetRows {
+            namespace: s.namespace().unwrap_or(""),
+            name: s.name(),
+            uid: s.uid(),
+            vpc_uid,
+            cidr: &spec.cidr,
+            gateway: spec.gateway.clone().unwrap_or_default(),
+            dhcp: (dhcp.enabled != Some(false)).then(|| DhcpRows {
+                lease_seconds: dhcp.lease_seconds.unwrap_or(3600),
+                dns_servers: dhcp.dns_servers.clone(),
+                domain_name: dhcp.domain_name.clone(),
+            }),
+        });
+    }
+    for (v, spec) in &vm_specs {
+        let ns = v.namespace().unwrap_or("");
+        for (i, nic) in spec.nics.iter().enumerate() {
+            let (Some(subnet), Some(ip)) = (
+                subnet_uid.get(&(ns, nic.subnet.as_str())),
+                addresses.get(&format!("{}/{i}", v.uid())),
+            ) else {
+                continue;
+            };
+            world.nics.push(NicRows {
+                namespace: ns,
+                vm: v.name(),
+                vm_uid: v.uid(),
+                index: i,
+                subnet_uid: subnet,
+                mac: nic
+                    .mac
+                    .clone()
+                    .unwrap_or_else(|| topology::nic_mac(v.uid(), i)),
+                ip: ip.clone(),
+                groups: nic
+                    .security_groups
+                    .iter()
+                    .filter_map(|g| group_uid.get(&(ns, g.as_str())).map(|u| u.to_string()))
+                    .collect(),
+            });
+        }
+    }
+    for (g, spec) in &group_specs {
+        world.groups.push(GroupRows {
+            namespace: g.namespace().unwrap_or(""),
+            name: g.name(),
+            uid: g.uid(),
+            spec,
+        });
+    }
+    let desired = topology::rows(&world);
+    let ops = sync::operations(&*caches.replica.lock().await, &desired);
+    report.operations = ops.len();
+    if !ops.is_empty() {
+        nb.transact(NB_DB, &ops).await?;
+    }
+
+    // 4. Statuses.
+    let now = keel_schemas::time::now_rfc3339();
+    for (v, _) in vpc_specs.values() {
+        let mut status = v["status"].clone();
+        if !status.is_object() {
+            status = json!({});
+        }
+        let ns = v.namespace().unwrap_or("");
+        status["router"] = json!(topology::name(ns, v.name()));
+        status["subnets"] = json!(
+            accepted
+                .iter()
+                .filter(|(s, spec, _)| s.namespace() == Some(ns) && spec.vpc == v.name())
+                .map(|(s, _, _)| s.name())
+                .collect::<Vec<_>>()
+        );
+        status["observedGeneration"] = json!(v.generation());
+        set_condition(
+            &mut status,
+            &Condition {
+                type_: "Ready",
+                status: "True",
+                reason: "Programmed",
+                message: "the VPC's logical router is in OVN",
+            },
+            &now,
+        );
+        write_if_changed(client, "vpcs", v, status, &mut report).await?;
+    }
+    for s in &subnets {
+        let key = (
+            s.namespace().unwrap_or("").to_string(),
+            s.name().to_string(),
+        );
+        let mut status = subnet_status.get(s.uid()).cloned().unwrap_or_else(|| {
+            let mut st = s["status"].clone();
+            if !st.is_object() {
+                st = json!({});
+            }
+            st
+        });
+        status["observedGeneration"] = json!(s.generation());
+        let c = match verdicts.get(&key) {
+            Some(Ok(()))
+                if status["availableIPs"] == json!(0)
+                    && nic_failures.values().any(|f| f.contains("exhausted")) =>
+            {
+                Condition {
+                    type_: "Ready",
+                    status: "True",
+                    reason: "Exhausted",
+                    message: "the subnet has no free address left",
+                }
+            }
+            Some(Ok(())) => Condition {
+                type_: "Ready",
+                status: "True",
+                reason: "Programmed",
+                message: "the subnet's logical switch, router port and DHCP are in OVN",
+            },
+            Some(Err((reason, message))) => Condition {
+                type_: "Ready",
+                status: "False",
+                reason,
+                message,
+            },
+            None => continue,
+        };
+        set_condition(&mut status, &c, &now);
+        write_if_changed(client, "subnets", s, status, &mut report).await?;
+    }
+    for (g, _) in &group_specs {
+        let mut status = g["status"].clone();
+        if !status.is_object() {
+            status = json!({});
+        }
+        status["observedGeneration"] = json!(g.generation());
+        set_condition(
+            &mut status,
+            &Condition {
+                type_: "Ready",
+                status: "True",
+                reason: "Programmed",
+                message: "the group's port group and ACLs are in OVN",
+            },
+            &now,
+        );
+        write_if_changed(client, "securitygroups", g, status, &mut report).await?;
+    }
+    for (v, spec) in &vm_specs {
+        if spec.nics.is_empty() {
+            continue;
+        }
+        let ns = v.namespace().unwrap_or("");
+        let mut problems = Vec::new();
+        let interfaces: Vec<Value> = spec
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(i, nic)| {
+                let owner = format!("{}/{i}", v.uid());
+                let mut iface = json!({"subnet": nic.subnet, "mac": nic.mac.clone().unwrap_or_else(|| topology::nic_mac(v.uid(), i))});
+                match addresses.get(&owner) {
+                    Some(ip) => iface["ip"] = json!(ip),
+                    None => problems.push(match (nic_failures.get(&owner), verdicts.get(&(ns.to_string(), nic.subnet.clone()))) {
+                        (Some(why), _) => format!("nic {i}: {why}"),
+                        (None, Some(Err((_, why)))) => format!("nic {i}: subnet {}: {why}", nic.subnet),
+                        _ => format!("nic {i}: subnet {} does not exist", nic.subnet),
+                    }),
+                }
+                iface
+            })
+            .collect();
+        let mut status = v["status"].clone();
+        if !status.is_object() {
+            status = json!({});
+        }
+        status["interfaces"] = json!(interfaces);
+        let message = problems.join("; ");
+        let c = if problems.is_empty() {
+            Condition {
+                type_: "NetworkReady",
+                status: "True",
+                reason: "AddressesAllocated",
+                message: "every NIC has an address and a port in OVN",
+            }
+        } else {
+            Condition {
+                type_: "NetworkReady",
+                status: "False",
+                reason: "AddressUnavailable",
+                message: &message,
+            }
+        };
+        set_condition(&mut status, &c, &now);
+        write_if_changed(client, "virtualmachines", v, status, &mut report).await?;
+    }
+    Ok(report)
+}
+
+/// Whether a subnet can be programmed: `Err((reason, message))` when not.
+type Verdict = Result<(), (&'static str, String)>;
+
+/// Why a subnet cannot be programmed, or `Ok`.
+fn check_subnet(
+    spec: &SubnetSpec,
+    vpc: Option<&VpcSpec>,
+    accepted: &[(&Value, SubnetSpec, String)],
+    namespace: &str,
+) -> Verdict {
+    let Some(vpc) = vpc else {
+        return Err((
+            "VPCNotFound",
+            format!("VPC {} does not exist in namespace {namespace}", spec.vpc),
+        ));
+    };
+    if !keel_schemas::cidr_contains(&vpc.cidr, &spec.cidr) {
+        return Err((
+            "CIDROutsideVPC",
+            format!(
+                "{} is not inside VPC {}'s {}",
+                spec.cidr, spec.vpc, vpc.cidr
+            ),
+        ));
+    }
+    for (other, other_spec, _) in accepted {
+        if other.namespace() == Some(namespace)
+            && other_spec.vpc == spec.vpc
+            && (keel_schemas::cidr_contains(&other_spec.cidr, &spec.cidr)
+                || keel_schemas::cidr_contains(&spec.cidr, &other_spec.cidr))
+        {
+            return Err((
+                "CIDROverlap",
+                format!(
+                    "{} overlaps subnet {} ({})",
+                    spec.cidr,
+                    other.name(),
+                    other_spec.cidr
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn write_if_changed(
+    client: &Client,
+    plural: &str,
+    object: &Value,
+    status: Value,
+    report: &mut PassReport,
+) -> Result<(), NetworkError> {
+    if object["status"] == status {
+        return Ok(());
+    }
+    let mut updated = object.clone();
+    updated["status"] = status;
+    match write_status(client, plural, &updated, report).await {
+        // Changed meanwhile: the watch brings it, and the next pass writes again.
+        Err(e) if matches!(e.code(), Some(404 | 409)) => Ok(()),
+        // One object's refusal must not stop the others' statuses.
+        Err(e) if e.code().is_some() => {
+            tracing::warn!(object = %format!("{plural}/{}/{}", object.namespace().unwrap_or(""), object.name()), error = %e, "cannot write the status");
+            Ok(())
+        }
+        other => other.map_err(NetworkError::Api),
+    }
+}
+
+async fn write_status(
+    client: &Client,
+    plural: &str,
+    object: &Value,
+    report: &mut PassReport,
+) -> Result<(), ClientError> {
+    let kind = keel_schemas::lookup(plural)
+        .ok_or_else(|| ClientError::Config(format!("{plural} is not registered")))?;
+    let api: Api<Value> = Api::namespaced(client, kind, object.namespace().unwrap_or("default"));
+    api.update_status(object).await?;
+    report.status_writes += 1;
+    Ok(())
+}

@@ -1,0 +1,504 @@
+//! The OVN northbound rows that Keel's network objects ask for — a pure function of the
+//! VPCs, Subnets, SecurityGroups and VM NICs (with their allocated addresses).
+//!
+//! | Keel | OVN northbound |
+//! |---|---|
+//! | VPC | Logical_Router `keel/<ns>/<vpc>` |
+//! | Subnet | Logical_Switch `keel/<ns>/<subnet>`, a router port (`…/gw`) with the gateway address and its switch-side peer (`…/rp`), DHCP_Options |
+//! | VM NIC | Logical_Switch_Port `keel/<ns>/<vm>/nic<i>`: MAC + IP, port security, DHCP |
+//! | SecurityGroup | Port_Group `pg_<uid>` with one ACL per rule (allow-related) |
+//! | any NIC with groups | Port_Group `keel_drop`: drop what no group allows (Neutron's default deny inbound) |
+//!
+//! Every row carries `external_ids:keel-key` (unique, stable) and `keel-owner` (the object).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use keel_schemas::kinds::network::{RuleProtocol, SecurityGroupSpec};
+use serde_json::{Value, json};
+
+use crate::ovsdb::data::{map, set};
+
+/// The external id that names a row Keel owns.
+pub const KEY: &str = "keel-key";
+/// The external id that names the Keel object a row is for.
+pub const OWNER: &str = "keel-owner";
+/// The port group of every NIC that has security groups: what no group allows is dropped.
+pub const DROP_GROUP: &str = "keel_drop";
+/// ACL priorities: allows above the default drop.
+const ALLOW_PRIORITY: i64 = 1002;
+const DROP_PRIORITY: i64 = 1001;
+
+/// A row Keel wants in the northbound database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredRow {
+    /// Its table.
+    pub table: &'static str,
+    /// Its `keel-key`.
+    pub key: String,
+    /// The columns Keel sets (OVSDB-encoded), references excluded.
+    pub columns: serde_json::Map<String, Value>,
+    /// Reference columns: column, then the keys of the rows referred to.
+    pub refs: Vec<(&'static str, Vec<String>)>,
+}
+
+/// A subnet ready to be programmed.
+#[derive(Debug, Clone)]
+pub struct SubnetRows<'a> {
+    /// Namespace.
+    pub namespace: &'a str,
+    /// Name.
+    pub name: &'a str,
+    /// uid.
+    pub uid: &'a str,
+    /// The VPC's uid.
+    pub vpc_uid: &'a str,
+    /// CIDR.
+    pub cidr: &'a str,
+    /// Gateway address.
+    pub gateway: String,
+    /// DHCP options (`None`: DHCP off).
+    pub dhcp: Option<DhcpRows>,
+}
+
+/// DHCP of a subnet.
+#[derive(Debug, Clone)]
+pub struct DhcpRows {
+    /// Lease time.
+    pub lease_seconds: u32,
+    /// DNS servers.
+    pub dns_servers: Vec<String>,
+    /// Search domain.
+    pub domain_name: Option<String>,
+}
+
+/// A VM NIC with its address.
+#[derive(Debug, Clone)]
+pub struct NicRows<'a> {
+    /// The VM's namespace.
+    pub namespace: &'a str,
+    /// The VM's name.
+    pub vm: &'a str,
+    /// The VM's uid.
+    pub vm_uid: &'a str,
+    /// Index among the VM's NICs.
+    pub index: usize,
+    /// Its subnet's uid.
+    pub subnet_uid: &'a str,
+    /// MAC.
+    pub mac: String,
+    /// IP.
+    pub ip: String,
+    /// The uids of its security groups.
+    pub groups: Vec<String>,
+}
+
+/// A security group.
+#[derive(Debug, Clone)]
+pub struct GroupRows<'a> {
+    /// Namespace.
+    pub namespace: &'a str,
+    /// Name.
+    pub name: &'a str,
+    /// uid.
+    pub uid: &'a str,
+    /// Rules.
+    pub spec: &'a SecurityGroupSpec,
+}
+
+/// Everything to program.
+#[derive(Debug, Clone, Default)]
+pub struct World<'a> {
+    /// VPCs: namespace, name, uid.
+    pub vpcs: Vec<(&'a str, &'a str, &'a str)>,
+    /// Subnets.
+    pub subnets: Vec<SubnetRows<'a>>,
+    /// NICs.
+    pub nics: Vec<NicRows<'a>>,
+    /// Security groups (a name to uid map per namespace resolves remote groups).
+    pub groups: Vec<GroupRows<'a>>,
+}
+
+/// The OVN name of an object's row.
+pub fn name(namespace: &str, object: &str) -> String {
+    format!("keel/{namespace}/{object}")
+}
+
+/// The port group name of a security group (an identifier: OVN makes `$<name>_ip4` of it).
+pub fn group_name(uid: &str) -> String {
+    format!("pg_{}", uid.replace('-', "_"))
+}
+
+/// The name of a NIC's logical switch port (the agent sets it as the tap's `iface-id`).
+pub fn nic_port(namespace: &str, vm: &str, index: usize) -> String {
+    format!("keel/{namespace}/{vm}/nic{index}")
+}
+
+/// A locally administered MAC from `seed` (FNV-1a), with `prefix` as its first bytes.
+pub fn mac(seed: &str, prefix: [u8; 3]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in seed.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = h.to_be_bytes();
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        prefix[0], prefix[1], prefix[2], b[0], b[1], b[2]
+    )
+}
+
+/// The MAC of NIC `index` of the VM with `uid` (QEMU's 52:54:00 prefix).
+pub fn nic_mac(uid: &str, index: usize) -> String {
+    mac(&format!("{uid}/{index}"), [0x52, 0x54, 0x00])
+}
+
+/// The rows `world` asks for, in the order a transaction may insert them (rows referred to
+/// first).
+pub fn rows(world: &World<'_>) -> Vec<DesiredRow> {
+    let mut out = Vec::new();
+    let subnets_of: BTreeMap<&str, Vec<&SubnetRows<'_>>> =
+        world.subnets.iter().fold(BTreeMap::new(), |mut m, s| {
+            m.entry(s.vpc_uid).or_insert_with(Vec::new).push(s);
+            m
+        });
+    let nics_of: BTreeMap<&str, Vec<&NicRows<'_>>> =
+        world.nics.iter().fold(BTreeMap::new(), |mut m, n| {
+            m.entry(n.subnet_uid).or_insert_with(Vec::new).push(n);
+            m
+        });
+    // DHCP options, then ACLs, router ports, switch ports; then switches, routers, groups.
+    for s in &world.subnets {
+        if let Some(dhcp) = &s.dhcp {
+            out.push(dhcp_row(s, dhcp));
+        }
+    }
+    let acls = acl_rows(world);
+    out.extend(acls.iter().cloned());
+    for s in &world.subnets {
+        out.push(row(
+            "Logical_Router_Port",
+            format!("subnet/{}/gw", s.uid),
+            &format!("Subnet/{}/{}", s.namespace, s.name),
+            json!({
+                "name": format!("{}/gw", name(s.namespace, s.name)),
+                "mac": router_mac(s.uid),
+                "networks": set([json!(format!("{}/{}", s.gateway, prefix(s.cidr)))]),
+            }),
+            vec![],
+        ));
+        out.push(row(
+            "Logical_Switch_Port",
+            format!("subnet/{}/rp", s.uid),
+            &format!("Subnet/{}/{}", s.namespace, s.name),
+            json!({
+                "name": format!("{}/rp", name(s.namespace, s.name)),
+                "type": "router",
+                "addresses": set([json!("router")]),
+                "options": map([(&"router-port".to_string(), &format!("{}/gw", name(s.namespace, s.name)))]),
+            }),
+            vec![],
+        ));
+    }
+    for n in &world.nics {
+        let address = format!("{} {}", n.mac, n.ip);
+        let dhcp = world
+            .subnets
+            .iter()
+            .find(|s| s.uid == n.subnet_uid)
+            .filter(|s| s.dhcp.is_some())
+            .map(|s| vec![format!("subnet/{}/dhcp", s.uid)])
+            .unwrap_or_default();
+        out.push(row(
+            "Logical_Switch_Port",
+            format!("nic/{}/{}", n.vm_uid, n.index),
+            &format!("VirtualMachine/{}/{}", n.namespace, n.vm),
+            json!({
+                "name": nic_port(n.namespace, n.vm, n.index),
+                "addresses": set([json!(address)]),
+                "port_security": set([json!(address)]),
+            }),
+            vec![("dhcpv4_options", dhcp)],
+        ));
+    }
+    for s in &world.subnets {
+        let mut ports = vec![format!("subnet/{}/rp", s.uid)];
+        ports.extend(
+            nics_of
+                .get(s.uid)
+                .into_iter()
+                .flatten()
+                .map(|n| format!("nic/{}/{}", n.vm_uid, n.index)),
+        );
+        out.push(row(
+            "Logical_Switch",
+            format!("subnet/{}", s.uid),
+            &format!("Subnet/{}/{}", s.namespace, s.name),
+            json!({"name": name(s.namespace, s.name)}),
+            vec![("ports", ports)],
+        ));
+    }
+    for (ns, vpc, uid) in &world.vpcs {
+        let ports = subnets_of
+            .get(uid)
+            .into_iter()
+            .flatten()
+            .map(|s| format!("subnet/{}/gw", s.uid))
+            .collect();
+        out.push(row(
+            "Logical_Router",
+            format!("vpc/{uid}"),
+            &format!("VPC/{ns}/{vpc}"),
+            json!({"name": name(ns, vpc)}),
+            vec![("ports", ports)],
+        ));
+    }
+    out.extend(group_rows(world, &acls));
+    out
+}
+
+fn row(
+    table: &'static str,
+    key: String,
+    owner: &str,
+    columns: Value,
+    refs: Vec<(&'static str, Vec<String>)>,
+) -> DesiredRow {
+    let mut columns = columns.as_object().cloned().unwrap_or_default();
+    let ids: BTreeMap<String, String> = [
+        (KEY.to_string(), key.clone()),
+        (OWNER.to_string(), owner.to_string()),
+    ]
+    .into();
+    columns.insert("external_ids".into(), map(&ids));
+    DesiredRow {
+        table,
+        key,
+        columns,
+        refs,
+    }
+}
+
+fn dhcp_row(s: &SubnetRows<'_>, dhcp: &DhcpRows) -> DesiredRow {
+    let mut options: BTreeMap<String, String> = [
+        ("server_id".to_string(), s.gateway.clone()),
+        ("server_mac".to_string(), router_mac(s.uid)),
+        ("router".to_string(), s.gateway.clone()),
+        ("lease_time".to_string(), dhcp.lease_seconds.to_string()),
+    ]
+    .into();
+    if !dhcp.dns_servers.is_empty() {
+        options.insert(
+            "dns_server".into(),
+            format!("{{{}}}", dhcp.dns_servers.join(", ")),
+        );
+    }
+    if let Some(domain) = &dhcp.domain_name {
+        options.insert("domain_name".into(), format!("\"{domain}\""));
+    }
+    row(
+        "DHCP_Options",
+        format!("subnet/{}/dhcp", s.uid),
+        &format!("Subnet/{}/{}", s.namespace, s.name),
+        json!({"cidr": s.cidr, "options": map(&options)}),
+        vec![],
+    )
+}
+
+/// The router port's MAC on a subnet.
+fn router_mac(subnet_uid: &str) -> String {
+    mac(subnet_uid, [0x0a, 0x58, 0x00])
+}
+
+fn prefix(cidr: &str) -> &str {
+    cidr.split_once('/').map(|(_, p)| p).unwrap_or("32")
+}
+
+/// One ACL per rule and port range, plus the default-drop group's.
+fn acl_rows(world: &World<'_>) -> Vec<DesiredRow> {
+    let mut out = Vec::new();
+    let by_name: BTreeMap<(&str, &str), &str> = world
+        .groups
+        .iter()
+        .map(|g| ((g.namespace, g.name), g.uid))
+        .collect();
+    for g in &world.groups {
+        let pg = group_name(g.uid);
+        let owner = format!("SecurityGroup/{}/{}", g.namespace, g.name);
+        let mut n = 0;
+        let mut push = |direction: &str, m: String| {
+            out.push(row(
+                "ACL",
+                format!("sg/{}/{n}", g.uid),
+                &owner,
+                json!({"priority": ALLOW_PRIORITY, "direction": direction, "match": m, "action": "allow-related"}),
+                vec![],
+            ));
+            n += 1;
+        };
+        for rule in &g.spec.ingress {
+            for m in rule_matches(
+                &format!("outport == @{pg}"),
+                "src",
+                &rule.protocol,
+                rule.ports.as_deref(),
+                rule.from.cidr.as_deref(),
+                rule.from
+                    .security_group
+                    .as_deref()
+                    .map(|s| by_name.get(&(g.namespace, s)).copied()),
+            ) {
+                push("to-lport", m);
+            }
+        }
+        if g.spec.egress.is_empty() {
+            // Neutron's default: everything out.
+            push("from-lport", format!("inport == @{pg} && ip"));
+        }
+        for rule in &g.spec.egress {
+            for m in rule_matches(
+                &format!("inport == @{pg}"),
+                "dst",
+                &rule.protocol,
+                rule.ports.as_deref(),
+                rule.to.cidr.as_deref(),
+                rule.to
+                    .security_group
+                    .as_deref()
+                    .map(|s| by_name.get(&(g.namespace, s)).copied()),
+            ) {
+                push("from-lport", m);
+            }
+        }
+    }
+    if !world.groups.is_empty() {
+        let owner = "keel";
+        for (i, (direction, priority, m, action)) in [
+            (
+                "to-lport",
+                DROP_PRIORITY,
+                format!("outport == @{DROP_GROUP} && ip"),
+                "drop",
+            ),
+            (
+                "from-lport",
+                DROP_PRIORITY,
+                format!("inport == @{DROP_GROUP} && ip"),
+                "drop",
+            ),
+            // DHCP answers come from OVN itself, after the ACL stage.
+            (
+                "from-lport",
+                ALLOW_PRIORITY,
+                format!("inport == @{DROP_GROUP} && ip4 && udp.dst == 67"),
+                "allow",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            out.push(row(
+                "ACL",
+                format!("pg/{DROP_GROUP}/{i}"),
+                owner,
+                json!({"priority": priority, "direction": direction, "match": m, "action": action}),
+                vec![],
+            ));
+        }
+    }
+    out
+}
+
+/// The matches of one rule: one per port range (all ports when none).
+fn rule_matches(
+    port: &str,
+    side: &str,
+    protocol: &RuleProtocol,
+    ports: Option<&str>,
+    cidr: Option<&str>,
+    group: Option<Option<&str>>,
+) -> Vec<String> {
+    let v6 = cidr.is_some_and(|c| c.contains(':'));
+    let family = if v6 { "ip6" } else { "ip4" };
+    let mut base = format!("{port} && {family}");
+    match (cidr, group) {
+        (Some(c), _) => base.push_str(&format!(" && {family}.{side} == {c}")),
+        (None, Some(Some(uid))) => base.push_str(&format!(
+            " && {family}.{side} == ${}_{family}",
+            group_name(uid)
+        )),
+        // A group that does not exist matches nothing.
+        (None, Some(None)) => return Vec::new(),
+        (None, None) => {}
+    }
+    let l4 = match protocol {
+        RuleProtocol::Tcp => "tcp",
+        RuleProtocol::Udp => "udp",
+        RuleProtocol::Icmp => {
+            return vec![format!("{base} && {}", if v6 { "icmp6" } else { "icmp4" })];
+        }
+        RuleProtocol::Any => return vec![base],
+    };
+    let ranges = ports
+        .map(keel_schemas::parse_port_ranges)
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    if ranges.is_empty() {
+        return vec![format!("{base} && {l4}")];
+    }
+    ranges
+        .into_iter()
+        .map(|(a, b)| {
+            if a == b {
+                format!("{base} && {l4}.dst == {a}")
+            } else {
+                format!("{base} && {l4}.dst >= {a} && {l4}.dst <= {b}")
+            }
+        })
+        .collect()
+}
+
+fn group_rows(world: &World<'_>, acls: &[DesiredRow]) -> Vec<DesiredRow> {
+    let mut out = Vec::new();
+    let mut guarded = BTreeSet::new();
+    for g in &world.groups {
+        let members: Vec<String> = world
+            .nics
+            .iter()
+            .filter(|n| n.groups.iter().any(|u| u == g.uid))
+            .map(|n| format!("nic/{}/{}", n.vm_uid, n.index))
+            .collect();
+        guarded.extend(members.iter().cloned());
+        let prefix = format!("sg/{}/", g.uid);
+        let own_acls = acls
+            .iter()
+            .filter(|a| a.key.starts_with(&prefix))
+            .map(|a| a.key.clone())
+            .collect();
+        out.push(row(
+            "Port_Group",
+            format!("sg/{}", g.uid),
+            &format!("SecurityGroup/{}/{}", g.namespace, g.name),
+            json!({"name": group_name(g.uid)}),
+            vec![("ports", members), ("acls", own_acls)],
+        ));
+    }
+    if !world.groups.is_empty() {
+        let prefix = format!("pg/{DROP_GROUP}/");
+        let drop_acls = acls
+            .iter()
+            .filter(|a| a.key.starts_with(&prefix))
+            .map(|a| a.key.clone())
+            .collect();
+        out.push(row(
+            "Port_Group",
+            format!("pg/{DROP_GROUP}"),
+            "keel",
+            json!({"name": DROP_GROUP}),
+            vec![
+                ("ports", guarded.into_iter().collect()),
+                ("acls", drop_acls),
+            ],
+        ));
+    }
+    out
+}
