@@ -85,6 +85,11 @@ pub(crate) struct Shared {
 // === impl AgentConfig ===
 
 impl AgentConfig {
+    /// The Open vSwitch database's OVSDB address.
+    pub fn ovs_addr(&self) -> String {
+        format!("unix:{}", self.ovs_socket.display())
+    }
+
     /// Kubernetes' kubelet defaults (a 40 s lease) for node `node_name` keeping its state in
     /// `data_dir`.
     pub fn new(node_name: &str, data_dir: PathBuf, exe: PathBuf) -> AgentConfig {
@@ -125,7 +130,6 @@ pub async fn run(
             data_dir: &probe_config.data_dir,
             server,
             dns_listen: probe_config.dns_listen,
-            ovs_socket: &probe_config.ovs_socket,
             kvm_probe_kernel: probe_config.kvm_probe_kernel.as_deref(),
         })
     })
@@ -134,6 +138,10 @@ pub async fn run(
         path: config.data_dir.clone(),
         source: std::io::Error::other(e),
     })?;
+    let mut facts = facts;
+    facts
+        .capabilities
+        .push(crate::vm::ovs::probe(&config.ovs_addr()).await);
     for c in &facts.capabilities {
         tracing::info!(node = %config.node_name, capability = c.type_, available = c.available, "{}", c.message);
     }

@@ -1,6 +1,6 @@
 //! What this host has and can do, probed when the agent starts: capacity (CPU, memory, disk),
-//! addresses, and capability conditions — KVM usable or TCG only, QEMU present, OVS/OVN
-//! reachable, the DNS port bindable, the storage dir writable. A host that lacks something
+//! addresses, and capability conditions — KVM usable or TCG only, QEMU present, the DNS port
+//! bindable, the storage dir writable (OVS/OVN: [`crate::vm::ovs::probe`]). A host that lacks something
 //! says so in its Node's conditions instead of failing later.
 //!
 //! KVM counts as usable only when a real guest boots under it: on some hosts `/dev/kvm`
@@ -63,8 +63,6 @@ pub struct ProbeConfig<'a> {
     pub server: Option<SocketAddr>,
     /// The address the DNS server will bind.
     pub dns_listen: SocketAddr,
-    /// The OVS database socket.
-    pub ovs_socket: &'a Path,
     /// The kernel the KVM probe boots (else the host's own, if found).
     pub kvm_probe_kernel: Option<&'a Path>,
 }
@@ -91,7 +89,6 @@ pub fn probe(config: &ProbeConfig<'_>) -> HostFacts {
         capabilities: vec![
             kvm,
             qemu(),
-            network(config.ovs_socket),
             dns(config.dns_listen),
             storage(config.data_dir),
         ],
@@ -362,29 +359,6 @@ fn qemu() -> Capability {
     }
 }
 
-fn network(ovs_socket: &Path) -> Capability {
-    match std::os::unix::net::UnixStream::connect(ovs_socket) {
-        Ok(_) => Capability {
-            type_: "NetworkAvailable",
-            available: true,
-            reason: "OVSReachable",
-            message: format!(
-                "the Open vSwitch database answers at {}",
-                ovs_socket.display()
-            ),
-        },
-        Err(e) => Capability {
-            type_: "NetworkAvailable",
-            available: false,
-            reason: "OVSUnreachable",
-            message: format!(
-                "cannot reach the Open vSwitch database at {}: {e}; VMs get no VPC networking here",
-                ovs_socket.display()
-            ),
-        },
-    }
-}
-
 fn dns(listen: SocketAddr) -> Capability {
     let udp = UdpSocket::bind(listen);
     let tcp = std::net::TcpListener::bind(listen);
@@ -434,15 +408,17 @@ mod tests {
             data_dir: dir.path(),
             server: Some("127.0.0.1:6443".parse().unwrap()),
             dns_listen: "127.0.0.1:0".parse().unwrap(),
-            ovs_socket: Path::new("/nonexistent/db.sock"),
             kvm_probe_kernel: None,
         });
         assert!(facts.cpus >= 1 && facts.memory_bytes > 0 && facts.disk_bytes > 0);
         assert_eq!(facts.internal_ip, Some("127.0.0.1".parse().unwrap()));
         assert!(facts.has("StorageAvailable"));
         assert!(facts.has("DNSAvailable"));
-        assert!(!facts.has("NetworkAvailable"));
-        assert_eq!(facts.capabilities.len(), 5);
+        assert_eq!(
+            facts.capabilities.len(),
+            4,
+            "NetworkAvailable is vm::ovs::probe's"
+        );
         assert_eq!(
             facts.accelerator == Accelerator::Kvm,
             facts.has("KVMAvailable"),

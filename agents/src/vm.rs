@@ -21,6 +21,7 @@ pub mod cloudinit;
 pub mod console;
 pub mod images;
 mod lifecycle;
+pub mod ovs;
 pub mod qemu;
 pub mod qmp;
 pub mod readiness;
@@ -353,6 +354,13 @@ async fn start(
         lifecycle::prepare(ctx, vm, spec, dir).await;
     let prepared = match prepared {
         Ok(p) => p,
+        Err((lifecycle::WAITING_FOR_ADDRESS, message)) => {
+            // Not a failure: the network controller's write of the address brings it back.
+            report.phase("Scheduled");
+            report.condition("Ready", "False", lifecycle::WAITING_FOR_ADDRESS, &message);
+            report.write(vm, ctx).await?;
+            return Ok(Action::requeue(Duration::from_secs(5)));
+        }
         Err((reason, message)) => {
             report.phase("Failed");
             report.condition("Ready", "False", reason, &message);

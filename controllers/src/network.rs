@@ -35,6 +35,8 @@ use self::topology::{DhcpRows, GroupRows, NicRows, SubnetRows, World};
 
 /// The northbound database's name.
 pub const NB_DB: &str = "OVN_Northbound";
+/// How many status writes a pass has in flight at once.
+const STATUS_WRITERS: usize = 16;
 /// How long changes are gathered before a pass.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
@@ -70,8 +72,8 @@ pub struct PassReport {
     pub status_writes: usize,
 }
 
-/// The caches a pass reads.
-#[derive(Clone)]
+/// The caches a pass reads: the four kinds, and the northbound tables.
+#[derive(Clone, Default)]
 pub struct Caches {
     vpcs: Store,
     subnets: Store,
@@ -80,35 +82,51 @@ pub struct Caches {
     replica: Arc<Mutex<Replica>>,
 }
 
+// === impl Caches ===
+
+impl Caches {
+    /// Empty caches.
+    pub fn new() -> Caches {
+        Caches::default()
+    }
+
+    /// Watches the four kinds into the caches; `notify` hears of every change.
+    pub fn watch(&self, client: &Client, notify: Arc<Notify>) -> tokio::task::JoinSet<()> {
+        let mut feeds = tokio::task::JoinSet::new();
+        for (plural, store) in [
+            ("vpcs", &self.vpcs),
+            ("subnets", &self.subnets),
+            ("securitygroups", &self.groups),
+            ("virtualmachines", &self.vms),
+        ] {
+            let Some(kind) = keel_schemas::lookup(plural) else {
+                continue;
+            };
+            let mut w = watcher(Api::all(client, kind), watcher::Config::default());
+            let (store, notify) = (store.clone(), notify.clone());
+            feeds.spawn(async move {
+                loop {
+                    store.apply(w.next().await);
+                    notify.notify_one();
+                }
+            });
+        }
+        feeds
+    }
+
+    /// Waits until every kind has been listed.
+    pub async fn wait_ready(&self) {
+        for store in [&self.vpcs, &self.subnets, &self.groups, &self.vms] {
+            store.wait_ready().await;
+        }
+    }
+}
+
 /// Runs the controller until `shutdown` turns true.
 pub async fn run(client: Client, config: NetworkConfig, mut shutdown: watch::Receiver<bool>) {
     let notify = Arc::new(Notify::new());
-    let caches = Caches {
-        vpcs: Store::new(),
-        subnets: Store::new(),
-        groups: Store::new(),
-        vms: Store::new(),
-        replica: Arc::new(Mutex::new(Replica::default())),
-    };
-    let mut feeds = tokio::task::JoinSet::new();
-    for (plural, store) in [
-        ("vpcs", &caches.vpcs),
-        ("subnets", &caches.subnets),
-        ("securitygroups", &caches.groups),
-        ("virtualmachines", &caches.vms),
-    ] {
-        let Some(kind) = keel_schemas::lookup(plural) else {
-            continue;
-        };
-        let mut w = watcher(Api::all(&client, kind), watcher::Config::default());
-        let (store, notify) = (store.clone(), notify.clone());
-        feeds.spawn(async move {
-            loop {
-                store.apply(w.next().await);
-                notify.notify_one();
-            }
-        });
-    }
+    let caches = Caches::new();
+    let mut feeds = caches.watch(&client, notify.clone());
     let metrics = crate::runtime::metrics::controller("network");
     let mut backoff = Duration::from_millis(100);
     // A failing pass is retried soon, then less and less often.
@@ -116,7 +134,7 @@ pub async fn run(client: Client, config: NetworkConfig, mut shutdown: watch::Rec
     'connect: loop {
         let nb = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break 'connect,
-            nb = connect(&config.nb, &caches.replica, notify.clone()) => nb,
+            nb = connect(&config.nb, &caches, notify.clone()) => nb,
         };
         let nb = match nb {
             Ok(nb) => nb,
@@ -128,9 +146,7 @@ pub async fn run(client: Client, config: NetworkConfig, mut shutdown: watch::Rec
             }
         };
         backoff = Duration::from_millis(100);
-        for store in [&caches.vpcs, &caches.subnets, &caches.groups, &caches.vms] {
-            store.wait_ready().await;
-        }
+        caches.wait_ready().await;
         tracing::info!(nb = %config.nb, "network controller: caches synced, reconciling");
         loop {
             let started = std::time::Instant::now();
@@ -177,12 +193,14 @@ pub async fn run(client: Client, config: NetworkConfig, mut shutdown: watch::Rec
     feeds.abort_all();
 }
 
-/// Connects to the database and keeps `replica` current through a monitor.
-async fn connect(
+/// Connects to the northbound database and keeps the caches' replica of Keel's tables current
+/// through a monitor; `notify` hears of every change.
+pub async fn connect(
     addr: &str,
-    replica: &Arc<Mutex<Replica>>,
+    caches: &Caches,
     notify: Arc<Notify>,
 ) -> Result<Ovsdb, OvsdbError> {
+    let replica = &caches.replica;
     let nb = Ovsdb::connect(addr).await?;
     let mut monitor = nb.monitor(NB_DB, &sync::TABLES).await?;
     {
@@ -333,6 +351,17 @@ pub async fn pass(
         }
     }
 
+    // MACs: unique on each subnet (its L2 domain); a derived one that collides is derived
+    // again, a fixed one that collides is refused.
+    let macs = assign_macs(&vm_specs, &subnet_uid_of(&accepted));
+    for (owner, why) in macs
+        .iter()
+        .filter_map(|(o, m)| Some((o, m.as_ref().err()?)))
+    {
+        nic_failures.insert(owner.clone(), why.clone());
+        addresses.remove(owner);
+    }
+
     // 3. The rows.
     let group_specs: Vec<(&Value, SecurityGroupSpec)> = groups
         .iter()
@@ -342,10 +371,7 @@ pub async fn pass(
         .iter()
         .map(|(g, _)| ((g.namespace().unwrap_or(""), g.name()), g.uid()))
         .collect();
-    let subnet_uid: BTreeMap<(&str, &str), &str> = accepted
-        .iter()
-        .map(|(s, _, _)| ((s.namespace().unwrap_or(""), s.name()), s.uid()))
-        .collect();
+    let subnet_uid = subnet_uid_of(&accepted);
     let mut world = World::default();
     for (v, _) in vpc_specs.values() {
         world
@@ -383,10 +409,10 @@ pub async fn pass(
                 vm_uid: v.uid(),
                 index: i,
                 subnet_uid: subnet,
-                mac: nic
-                    .mac
-                    .clone()
-                    .unwrap_or_else(|| topology::nic_mac(v.uid(), i)),
+                mac: match macs.get(&format!("{}/{i}", v.uid())) {
+                    Some(Ok(mac)) => mac.clone(),
+                    _ => continue,
+                },
                 ip: ip.clone(),
                 groups: nic
                     .security_groups
@@ -411,8 +437,9 @@ pub async fn pass(
         nb.transact(NB_DB, &ops).await?;
     }
 
-    // 4. Statuses.
+    // 4. Statuses, written a few at a time.
     let now = keel_schemas::time::now_rfc3339();
+    let mut writes: Vec<(&'static str, Value)> = Vec::new();
     for (v, _) in vpc_specs.values() {
         let mut status = v["status"].clone();
         if !status.is_object() {
@@ -438,7 +465,7 @@ pub async fn pass(
             },
             &now,
         );
-        write_if_changed(client, "vpcs", v, status, &mut report).await?;
+        stage(&mut writes, "vpcs", v, status);
     }
     for s in &subnets {
         let key = (
@@ -480,7 +507,7 @@ pub async fn pass(
             None => continue,
         };
         set_condition(&mut status, &c, &now);
-        write_if_changed(client, "subnets", s, status, &mut report).await?;
+        stage(&mut writes, "subnets", s, status);
     }
     for (g, _) in &group_specs {
         let mut status = g["status"].clone();
@@ -498,7 +525,7 @@ pub async fn pass(
             },
             &now,
         );
-        write_if_changed(client, "securitygroups", g, status, &mut report).await?;
+        stage(&mut writes, "securitygroups", g, status);
     }
     for (v, spec) in &vm_specs {
         if spec.nics.is_empty() {
@@ -512,14 +539,28 @@ pub async fn pass(
             .enumerate()
             .map(|(i, nic)| {
                 let owner = format!("{}/{i}", v.uid());
-                let mut iface = json!({"subnet": nic.subnet, "mac": nic.mac.clone().unwrap_or_else(|| topology::nic_mac(v.uid(), i))});
+                let mac = match macs.get(&owner) {
+                    Some(Ok(mac)) => mac.clone(),
+                    _ => nic
+                        .mac
+                        .clone()
+                        .unwrap_or_else(|| topology::nic_mac(v.uid(), i)),
+                };
+                let mut iface = json!({"subnet": nic.subnet, "mac": mac});
                 match addresses.get(&owner) {
                     Some(ip) => iface["ip"] = json!(ip),
-                    None => problems.push(match (nic_failures.get(&owner), verdicts.get(&(ns.to_string(), nic.subnet.clone()))) {
-                        (Some(why), _) => format!("nic {i}: {why}"),
-                        (None, Some(Err((_, why)))) => format!("nic {i}: subnet {}: {why}", nic.subnet),
-                        _ => format!("nic {i}: subnet {} does not exist", nic.subnet),
-                    }),
+                    None => problems.push(
+                        match (
+                            nic_failures.get(&owner),
+                            verdicts.get(&(ns.to_string(), nic.subnet.clone())),
+                        ) {
+                            (Some(why), _) => format!("nic {i}: {why}"),
+                            (None, Some(Err((_, why)))) => {
+                                format!("nic {i}: subnet {}: {why}", nic.subnet)
+                            }
+                            _ => format!("nic {i}: subnet {} does not exist", nic.subnet),
+                        },
+                    ),
                 }
                 iface
             })
@@ -546,9 +587,69 @@ pub async fn pass(
             }
         };
         set_condition(&mut status, &c, &now);
-        write_if_changed(client, "virtualmachines", v, status, &mut report).await?;
+        stage(&mut writes, "virtualmachines", v, status);
     }
+    report.status_writes += write_statuses(client, writes).await?;
     Ok(report)
+}
+
+/// Subnet uid by (namespace, name), of the subnets that are programmed.
+fn subnet_uid_of<'a>(
+    accepted: &'a [(&'a Value, SubnetSpec, String)],
+) -> BTreeMap<(&'a str, &'a str), &'a str> {
+    accepted
+        .iter()
+        .map(|(s, _, _)| ((s.namespace().unwrap_or(""), s.name()), s.uid()))
+        .collect()
+}
+
+/// The MAC of each NIC (`<VM uid>/<index>`) on a programmed subnet, in the VMs' order (oldest
+/// first): the spec's, else derived from the uid — derived again when a MAC earlier in the
+/// order has it — or why there is none (a fixed MAC already taken).
+fn assign_macs(
+    vms: &[(&Value, VirtualMachineSpec)],
+    subnets: &BTreeMap<(&str, &str), &str>,
+) -> BTreeMap<String, Result<String, String>> {
+    let mut used: BTreeMap<(&str, String), String> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for (v, spec) in vms {
+        let ns = v.namespace().unwrap_or("");
+        for (i, nic) in spec.nics.iter().enumerate() {
+            let Some(subnet) = subnets.get(&(ns, nic.subnet.as_str())) else {
+                continue;
+            };
+            let owner = format!("{}/{i}", v.uid());
+            let mac = match &nic.mac {
+                Some(fixed) => {
+                    let fixed = fixed.to_lowercase();
+                    if let Some(holder) = used.get(&(*subnet, fixed.clone())) {
+                        out.insert(
+                            owner,
+                            Err(format!(
+                                "MAC {fixed} is already used by {holder} on subnet {}",
+                                nic.subnet
+                            )),
+                        );
+                        continue;
+                    }
+                    fixed
+                }
+                None => {
+                    let mut mac = topology::nic_mac(v.uid(), i);
+                    let mut round = 1;
+                    while used.contains_key(&(*subnet, mac.clone())) {
+                        mac =
+                            topology::mac(&format!("{}/{i}/{round}", v.uid()), [0x52, 0x54, 0x00]);
+                        round += 1;
+                    }
+                    mac
+                }
+            };
+            used.insert((*subnet, mac.clone()), format!("{}/{}", ns, v.name()));
+            out.insert(owner, Ok(mac));
+        }
+    }
+    out
 }
 
 /// Whether a subnet can be programmed: `Err((reason, message))` when not.
@@ -596,28 +697,59 @@ fn check_subnet(
     Ok(())
 }
 
-async fn write_if_changed(
-    client: &Client,
-    plural: &str,
+/// Queues `object` with `status` for writing, when that changes it.
+fn stage(
+    writes: &mut Vec<(&'static str, Value)>,
+    plural: &'static str,
     object: &Value,
     status: Value,
-    report: &mut PassReport,
-) -> Result<(), NetworkError> {
-    if object["status"] == status {
-        return Ok(());
+) {
+    if object["status"] != status {
+        let mut updated = object.clone();
+        updated["status"] = status;
+        writes.push((plural, updated));
     }
-    let mut updated = object.clone();
-    updated["status"] = status;
-    match write_status(client, plural, &updated, report).await {
-        // Changed meanwhile: the watch brings it, and the next pass writes again.
-        Err(e) if matches!(e.code(), Some(404 | 409)) => Ok(()),
-        // One object's refusal must not stop the others' statuses.
-        Err(e) if e.code().is_some() => {
-            tracing::warn!(object = %format!("{plural}/{}/{}", object.namespace().unwrap_or(""), object.name()), error = %e, "cannot write the status");
-            Ok(())
+}
+
+/// Writes the staged statuses, [`STATUS_WRITERS`] at a time; returns how many were written.
+/// One object's refusal does not stop the others; a conflict is left to the next pass.
+async fn write_statuses(
+    client: &Client,
+    writes: Vec<(&'static str, Value)>,
+) -> Result<usize, NetworkError> {
+    let mut written = 0;
+    let mut pending = writes.into_iter().peekable();
+    while pending.peek().is_some() {
+        let mut batch = tokio::task::JoinSet::new();
+        for (plural, object) in pending.by_ref().take(STATUS_WRITERS) {
+            let client = client.clone();
+            batch.spawn(async move {
+                let what = format!(
+                    "{plural}/{}/{}",
+                    object.namespace().unwrap_or(""),
+                    object.name()
+                );
+                let mut report = PassReport::default();
+                (
+                    what,
+                    write_status(&client, plural, &object, &mut report).await,
+                )
+            });
         }
-        other => other.map_err(NetworkError::Api),
+        while let Some(joined) = batch.join_next().await {
+            let Ok((what, result)) = joined else { continue };
+            match result {
+                Ok(()) => written += 1,
+                // Changed meanwhile: the watch brings it, and the next pass writes again.
+                Err(e) if matches!(e.code(), Some(404 | 409)) => {}
+                Err(e) if e.code().is_some() => {
+                    tracing::warn!(object = %what, error = %e, "cannot write the status");
+                }
+                Err(e) => return Err(NetworkError::Api(e)),
+            }
+        }
     }
+    Ok(written)
 }
 
 async fn write_status(
@@ -632,4 +764,47 @@ async fn write_status(
     api.update_status(object).await?;
     report.status_writes += 1;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(uid: &str, nics: Value) -> (Value, VirtualMachineSpec) {
+        let v = json!({"metadata": {"name": uid, "namespace": "ns", "uid": uid}});
+        let spec = serde_json::from_value(json!({"cpu": 1, "memory": "1Gi", "nics": nics}))
+            .unwrap_or_else(|e| panic!("{e}"));
+        (v, spec)
+    }
+
+    #[test]
+    fn macs_are_unique_per_subnet() {
+        let a = vm("a", json!([{"subnet": "s", "mac": "52:54:00:00:00:01"}]));
+        let b = vm("b", json!([{"subnet": "s", "mac": "52:54:00:00:00:01"}]));
+        let c = vm(
+            "c",
+            json!([{"subnet": "t", "mac": "52:54:00:00:00:01"}, {"subnet": "s"}]),
+        );
+        let vms = [
+            (&a.0, a.1.clone()),
+            (&b.0, b.1.clone()),
+            (&c.0, c.1.clone()),
+        ];
+        let subnets: BTreeMap<(&str, &str), &str> =
+            [(("ns", "s"), "uid-s"), (("ns", "t"), "uid-t")].into();
+        let macs = assign_macs(&vms, &subnets);
+        assert_eq!(macs["a/0"], Ok("52:54:00:00:00:01".to_string()));
+        assert!(
+            macs["b/0"]
+                .as_ref()
+                .unwrap_err()
+                .contains("already used by ns/a")
+        );
+        assert_eq!(
+            macs["c/0"],
+            Ok("52:54:00:00:00:01".to_string()),
+            "another subnet, another L2 domain"
+        );
+        assert_eq!(macs["c/1"], Ok(topology::nic_mac("c", 1)));
+    }
 }

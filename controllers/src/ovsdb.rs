@@ -95,6 +95,7 @@ struct Inner {
     pending: Mutex<HashMap<u64, oneshot::Sender<Value>>>,
     monitors: Mutex<HashMap<String, mpsc::UnboundedSender<TableUpdates>>>,
     next_id: AtomicU64,
+    requests: AtomicU64,
 }
 
 /// A stream of changes to monitored tables.
@@ -138,6 +139,7 @@ impl Ovsdb {
             pending: Mutex::new(HashMap::new()),
             monitors: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            requests: AtomicU64::new(0),
         });
         tokio::spawn(write_loop(writer, queue));
         tokio::spawn(read_loop(addr.to_string(), reader, inner.clone()));
@@ -152,8 +154,14 @@ impl Ovsdb {
         &self.addr
     }
 
+    /// How many requests this connection has sent.
+    pub fn requests(&self) -> u64 {
+        self.inner.requests.load(Ordering::Relaxed)
+    }
+
     /// Calls `method` with `params` and returns its `result`.
     pub async fn call(&self, method: &str, params: Value) -> Result<Value> {
+        self.inner.requests.fetch_add(1, Ordering::Relaxed);
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.inner.pending.lock().await.insert(id, tx);

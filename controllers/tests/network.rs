@@ -10,10 +10,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::ovn::{Chassis, Ovn};
 use common::{WAIT, client, start};
 use keel_client::{Api, Client, DeleteParams, Patch};
 use keel_controllers::network::{NetworkConfig, run};
+use keel_e2e::ovn::{Chassis, Ovn};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 

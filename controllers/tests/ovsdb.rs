@@ -3,11 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::ovn::Ovn;
+use keel_e2e::ovn::Ovn;
 
 use keel_controllers::ovsdb::data::{Replica, named, set, strings, uuid};
 use keel_controllers::ovsdb::{Ovsdb, OvsdbError};

@@ -7,12 +7,17 @@
 # Kernel command line switches the init understands:
 #   keel.marker=TEXT   printed as "KEEL-GUEST up marker=TEXT"
 #   keel.serve=no      do not serve port 8080 (a guest that never becomes ready)
+#   keel.net=dhcp      configure eth0 by DHCP (a VPC network) instead of QEMU's user network;
+#                      prints "KEEL-GUEST ip ADDRESS"
+#   keel.ping=ADDRESS  ping ADDRESS every second, printing "KEEL-GUEST ping ADDRESS ok|fail"
 set -euo pipefail
 dir="${1:-${XDG_CACHE_HOME:-$HOME/.cache}/keel/guest}"
 mkdir -p "$dir"
 exec 9>"$dir/.lock"
 flock 9
-[ -s "$dir/vmlinuz" ] && [ -s "$dir/initrd.img" ] && exit 0
+# Bump when the guest changes: a cached older guest is rebuilt.
+version=4
+[ -s "$dir/vmlinuz" ] && [ -s "$dir/initrd.img" ] && [ "$(cat "$dir/version" 2>/dev/null)" = "$version" ] && exit 0
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -25,9 +30,22 @@ dpkg-deb -x ./*.deb x
 modules="$(echo x/lib/modules/*/kernel)"
 
 root="$work/root"
-mkdir -p "$root"/{bin,proc,sys,dev,tmp,www,var/log,lib/modules,etc/acpi/PWRF}
+mkdir -p "$root"/{bin,proc,sys,dev,tmp,www,var/log,lib/modules,etc/acpi/PWRF,usr/share/udhcpc}
+cat > "$root/usr/share/udhcpc/default.script" <<'SCRIPT'
+#!/bin/sh
+# busybox udhcpc's hook: apply the lease.
+case "$1" in
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    [ -n "$router" ] && ip route add default via "${router%% *}" dev "$interface"
+    echo "KEEL-GUEST ip $ip"
+    ;;
+esac
+SCRIPT
+chmod +x "$root/usr/share/udhcpc/default.script"
 cp /bin/busybox "$root/bin/busybox"
-for applet in sh mount insmod ip echo cat httpd acpid poweroff sleep ls hostname; do
+for applet in sh mount insmod ip echo cat httpd acpid poweroff sleep ls hostname udhcpc ping; do
   ln -s busybox "$root/bin/$applet"
 done
 for m in net/core/failover drivers/net/net_failover drivers/virtio/virtio_ring \
@@ -47,10 +65,14 @@ for m in failover net_failover virtio_ring virtio virtio_pci_modern_dev virtio_p
 done
 marker=
 serve=yes
+net=user
+target=
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     keel.marker=*) marker="${arg#keel.marker=}" ;;
     keel.serve=*) serve="${arg#keel.serve=}" ;;
+    keel.net=*) net="${arg#keel.net=}" ;;
+    keel.ping=*) target="${arg#keel.ping=}" ;;
   esac
 done
 echo "KEEL-GUEST up marker=$marker"
@@ -63,8 +85,18 @@ chmod +x /etc/acpi/PWRF/00000080
 acpid -f -c /etc/acpi &
 ip link set lo up
 if ip link set eth0 up 2>/dev/null; then
-  ip addr add 10.0.2.15/24 dev eth0
-  ip route add default via 10.0.2.2
+  if [ "$net" = dhcp ]; then
+    udhcpc -i eth0 -n -q -t 60 -T 1 -s /usr/share/udhcpc/default.script || echo "KEEL-GUEST dhcp failed"
+  else
+    ip addr add 10.0.2.15/24 dev eth0
+    ip route add default via 10.0.2.2
+  fi
+fi
+if [ -n "$target" ]; then
+  (while true; do
+     if ping -c 1 -W 1 "$target" >/dev/null 2>&1; then echo "KEEL-GUEST ping $target ok"; else echo "KEEL-GUEST ping $target fail"; fi
+     sleep 1
+   done) &
 fi
 echo "guest $marker" > /www/index.html
 if [ "$serve" = yes ]; then
@@ -78,4 +110,5 @@ chmod +x "$root/init"
 cp x/boot/vmlinuz-* "$work/vmlinuz"
 mv "$work/initrd.img" "$dir/initrd.img.tmp" && mv "$work/vmlinuz" "$dir/vmlinuz.tmp"
 mv "$dir/vmlinuz.tmp" "$dir/vmlinuz" && mv "$dir/initrd.img.tmp" "$dir/initrd.img"
+echo "$version" > "$dir/version"
 echo "build.sh: the test guest is in $dir"

@@ -1,6 +1,8 @@
 //! Helpers for Keel's end-to-end tests: start real `keel` processes, find free ports, wait
 //! for conditions with deadlines.
 
+pub mod ovn;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -23,6 +23,8 @@ pub const KILL_PATIENCE: Duration = Duration::from_secs(5);
 pub const USER_NET_GUEST_IP: &str = "10.0.2.15";
 /// How long a new QEMU gets to open its QMP socket.
 const QMP_WAIT: Duration = Duration::from_secs(10);
+/// The reason a start waits for the network controller (not a failure).
+pub const WAITING_FOR_ADDRESS: &str = "WaitingForAddress";
 /// How long QEMU gets to exit after `quit`.
 const QUIT_PATIENCE: Duration = Duration::from_secs(5);
 
@@ -46,6 +48,10 @@ pub struct Prepared {
     disks: Vec<AttachedDisk>,
     seed: Option<std::path::PathBuf>,
     forwards: Vec<PortForward>,
+    /// Per NIC, its tap on the integration bridge (`None`: user networking).
+    taps: Vec<Option<String>>,
+    /// Per NIC, the MAC the network controller gave it.
+    macs: Vec<Option<String>>,
 }
 
 /// What runs for `vm`: an adopted or started guest of this very object, or nothing. A guest
@@ -162,8 +168,26 @@ pub async fn prepare(
             None
         }
     };
+    // On a host with OVN, each NIC is a tap on its subnet's logical port, once the network
+    // controller has given it an address; elsewhere QEMU's user network stands in.
+    let ovn = ctx.shared.facts.has("NetworkAvailable");
+    let mut taps = Vec::new();
+    for (i, nic) in spec.nics.iter().enumerate() {
+        if !ovn {
+            taps.push(None);
+            continue;
+        }
+        if vm["status"]["interfaces"][i]["ip"].as_str().is_none() {
+            return Err((
+                WAITING_FOR_ADDRESS,
+                format!("nic {i} (subnet {}) has no address yet", nic.subnet),
+            ));
+        }
+        taps.push(Some(super::ovs::tap_name(vm.uid(), i)));
+    }
     let mut forwards = Vec::new();
-    if let Some(port) = probe_port(spec) {
+    let first_is_user = taps.first().is_none_or(Option::is_none);
+    if let Some(port) = probe_port(spec).filter(|_| first_is_user) {
         let host_port = free_port().map_err(|e| ("PortForwardFailed", e.to_string()))?;
         forwards.push(PortForward {
             guest_port: port,
@@ -171,10 +195,19 @@ pub async fn prepare(
             host_port,
         });
     }
+    let macs = (0..spec.nics.len())
+        .map(|i| {
+            vm["status"]["interfaces"][i]["mac"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
     Ok(Prepared {
         disks,
         seed,
         forwards,
+        taps,
+        macs,
     })
 }
 
@@ -201,6 +234,8 @@ pub async fn launch(
         disks: &prepared.disks,
         seed: prepared.seed.as_deref(),
         forwards: &prepared.forwards,
+        taps: &prepared.taps,
+        macs: &prepared.macs,
     }
     .command();
     let boot = Boot {
@@ -209,6 +244,7 @@ pub async fn launch(
         fields: restart_fields(spec),
         accelerator,
         forwards: prepared.forwards,
+        taps: prepared.taps.iter().flatten().cloned().collect(),
         started_at: keel_schemas::time::now_rfc3339(),
     };
     let failed = |e: String| ("QEMUFailed", e);
@@ -242,7 +278,7 @@ pub async fn launch(
     let deadline = Instant::now() + QMP_WAIT;
     loop {
         if dir.qmp().exists() && dir.qemu_pid().is_some() {
-            return Ok(boot);
+            break;
         }
         if !alive(workload.pid) || Instant::now() > deadline {
             let said = runtime.output_tail(&key, 2000);
@@ -255,6 +291,32 @@ pub async fn launch(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // QEMU made the taps: put them on their logical ports.
+    let ovs = ctx.shared.config.ovs_addr();
+    for (i, tap) in prepared_taps(&boot) {
+        let port = keel_controllers::network::topology::nic_port(
+            key.namespace.as_deref().unwrap_or(""),
+            &key.name,
+            i,
+        );
+        if let Err(e) = super::ovs::plug(&ovs, &tap, &port, vm.uid()).await {
+            let _ = runtime.stop(&key, KILL_PATIENCE).await;
+            return Err((
+                "NetworkPlugFailed",
+                format!("cannot plug {tap} into {}: {e}", super::ovs::BRIDGE),
+            ));
+        }
+        tracing::info!(vm = %key, tap, port, "plugged the NIC into the integration bridge");
+    }
+    Ok(boot)
+}
+
+/// The taps of a boot with the index of their NIC (a tap's name ends in its index).
+fn prepared_taps(boot: &Boot) -> Vec<(usize, String)> {
+    boot.taps
+        .iter()
+        .filter_map(|t| Some((t.get(10..)?.parse().ok()?, t.clone())))
+        .collect()
 }
 
 /// Stops the guest: the ACPI power button, then `quit` after the grace period, then the
@@ -291,9 +353,20 @@ pub async fn shutdown(
     }
     runtime.stop(key, KILL_PATIENCE).await?;
     kill_orphan(dir);
+    unplug(ctx, dir).await;
     let _ = std::fs::remove_file(dir.exit());
     stop_listening(ctx, key);
     Ok(())
+}
+
+/// Takes the VM's taps off the integration bridge (its QEMU, which owned them, is gone).
+async fn unplug(ctx: &Context, dir: &VmDir) {
+    let Some(boot) = dir.read_boot().filter(|b| !b.taps.is_empty()) else {
+        return;
+    };
+    if let Err(e) = super::ovs::unplug(&ctx.shared.config.ovs_addr(), &boot.uid).await {
+        tracing::warn!(error = %e, "cannot unplug the VM's ports from the integration bridge");
+    }
 }
 
 /// Pauses or resumes the guest's CPUs.
@@ -367,6 +440,7 @@ pub async fn remove(ctx: &Context, key: &ObjectRef, dir: &VmDir) -> Result<(), V
     stop_listening(ctx, key);
     ctx.shared.runtime.stop(key, KILL_PATIENCE).await?;
     kill_orphan(dir);
+    unplug(ctx, dir).await;
     match std::fs::remove_dir_all(&dir.root) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -37,6 +37,9 @@ pub struct Boot {
     pub accelerator: Accelerator,
     /// The guest ports forwarded from the host.
     pub forwards: Vec<PortForward>,
+    /// The tap devices plugged into the host's integration bridge.
+    #[serde(default)]
+    pub taps: Vec<String>,
     /// When (RFC 3339).
     pub started_at: String,
 }
@@ -69,8 +72,13 @@ pub struct Machine<'a> {
     pub disks: &'a [AttachedDisk],
     /// The cloud-init seed image, if any.
     pub seed: Option<&'a Path>,
-    /// Guest ports to forward from the host (on the first NIC).
+    /// Guest ports to forward from the host (on the first NIC, when it is user-mode).
     pub forwards: &'a [PortForward],
+    /// Per NIC, the tap device plugged into the host's OVN integration bridge (`None`: QEMU
+    /// user networking).
+    pub taps: &'a [Option<String>],
+    /// Per NIC, the MAC the network controller gave it (`None`: the spec's or the derived one).
+    pub macs: &'a [Option<String>],
 }
 
 // === impl VmDir ===
@@ -322,25 +330,32 @@ impl Machine<'_> {
                 "virtio-blk-pci,drive=drive-cidata,serial=cidata",
             ]);
         }
-        // User-mode networking until the VM's subnet is on OVN: one NIC per spec NIC (or one
-        // when the spec has none), the forwarded ports on the first.
+        // A NIC on a VPC network is a tap device that the agent plugs into br-int; the others
+        // (and a VM without NICs) get QEMU's user network, the forwarded ports on the first.
         let nics = spec.nics.len().max(1);
         for i in 0..nics {
-            let mut netdev = format!("user,id=net{i}");
-            if i == 0 {
-                for f in self.forwards {
-                    netdev.push_str(&format!(
-                        ",hostfwd=tcp:{}:{}-:{}",
-                        f.host_ip.as_deref().unwrap_or("127.0.0.1"),
-                        f.host_port,
-                        f.guest_port
-                    ));
+            let netdev = match self.taps.get(i).cloned().flatten() {
+                Some(tap) => format!("tap,id=net{i},ifname={tap},script=no,downscript=no"),
+                None => {
+                    let mut user = format!("user,id=net{i}");
+                    if i == 0 {
+                        for f in self.forwards {
+                            user.push_str(&format!(
+                                ",hostfwd=tcp:{}:{}-:{}",
+                                f.host_ip.as_deref().unwrap_or("127.0.0.1"),
+                                f.host_port,
+                                f.guest_port
+                            ));
+                        }
+                    }
+                    user
                 }
-            }
+            };
             let mac = spec
                 .nics
                 .get(i)
                 .and_then(|n| n.mac.clone())
+                .or_else(|| self.macs.get(i).cloned().flatten())
                 .unwrap_or_else(|| mac(self.uid, i));
             push(&[
                 "-netdev",
@@ -397,6 +412,8 @@ mod tests {
             disks: &disks,
             seed: Some(&dir.seed()),
             forwards: &forwards,
+            taps: &[None, Some("kt0000000a1".into())],
+            macs: &[],
         }
         .command()
         .join(" ");
@@ -414,6 +431,7 @@ mod tests {
             "user,id=net0,hostfwd=tcp:127.0.0.1:40000-:80 ",
             "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01",
             &format!("virtio-net-pci,netdev=net1,mac={}", mac("u-1", 1)),
+            "tap,id=net1,ifname=kt0000000a1,script=no,downscript=no",
         ] {
             assert!(cmd.contains(part), "{part:?} in {cmd}");
         }

@@ -1,9 +1,7 @@
-//! What the controllers' component tests share: an in-process Keel server, and an OVN
-//! northbound and southbound database with `ovn-northd`, all started by the tests.
+//! What the controllers' component tests share: an in-process Keel server (OVN comes from
+//! `keel_e2e::ovn`).
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
-
-pub mod ovn;
 
 use std::net::SocketAddr;
 use std::time::Duration;

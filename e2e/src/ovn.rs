@@ -1,4 +1,4 @@
-//! OVN for the tests: `ovsdb-server`s for the northbound and southbound databases on unix
+//! OVN for the tests (the controllers' component tests and the e2e tests): `ovsdb-server`s for the northbound and southbound databases on unix
 //! sockets and `ovn-northd` between them (Debian's packages), and the real clients to check
 //! what Keel wrote (`ovn-nbctl`, `ovn-trace`).
 
@@ -18,7 +18,7 @@ impl Ovn {
         let dir = tempfile::Builder::new()
             .prefix("ovn")
             .tempdir_in("/tmp")
-            .unwrap();
+            .expect("a temporary dir in /tmp");
         let mut ovn = Ovn {
             children: Vec::new(),
             dir,
@@ -174,7 +174,7 @@ impl Chassis {
         let dir = tempfile::Builder::new()
             .prefix("hv")
             .tempdir_in("/tmp")
-            .unwrap();
+            .expect("a temporary dir in /tmp");
         let d = dir.path().to_path_buf();
         let out = Command::new("ovsdb-tool")
             .arg("create")
@@ -271,6 +271,11 @@ impl Chassis {
             std::thread::sleep(Duration::from_millis(50));
         }
         chassis
+    }
+
+    /// This chassis's Open vSwitch database socket (what an agent's `--ovs-socket` names).
+    pub fn db_socket(&self) -> PathBuf {
+        self.dir.path().join("db.sock")
     }
 
     /// Runs `ovs-vsctl` against this chassis's database.
