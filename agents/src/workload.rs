@@ -255,7 +255,12 @@ pub fn alive(pid: i32) -> bool {
     if matches!(state, Some('Z' | 'X') | None) {
         return false;
     }
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| c.split(|b| *b == 0).any(|arg| arg == b"shim"))
-        .unwrap_or(false)
+    // A reused pid would run something else. A process that is just starting may show an
+    // empty command line for a moment, but its name (`keel`) already.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if cmdline.split(|b| *b == 0).any(|arg| arg == b"shim") {
+        return true;
+    }
+    cmdline.is_empty()
+        && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "keel")
 }

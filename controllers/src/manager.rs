@@ -32,6 +32,8 @@ pub struct ManagerConfig {
     /// The OVN northbound database (`tcp:HOST:PORT` or `unix:PATH`); none: no network
     /// controller.
     pub ovn_nb: Option<String>,
+    /// The external network of VPCs' source NAT.
+    pub ovn_external: Option<crate::network::External>,
 }
 
 // === impl ManagerConfig ===
@@ -47,6 +49,7 @@ impl ManagerConfig {
             retry_period: election.retry_period,
             nodes: NodeLifecycleConfig::default(),
             ovn_nb: None,
+            ovn_external: None,
         }
     }
 }
@@ -95,6 +98,7 @@ pub async fn run_manager(
                 crate::network::NetworkConfig {
                     nb: nb.clone(),
                     resync: std::time::Duration::from_secs(60),
+                    external: config.ovn_external.clone(),
                 },
                 stop.clone(),
             ));

@@ -31,7 +31,8 @@ use crate::ovsdb::data::Replica;
 use crate::ovsdb::{Ovsdb, OvsdbError};
 use crate::runtime::{Condition, ObjectExt, Store, set_condition, watcher};
 
-use self::topology::{DhcpRows, GroupRows, NicRows, SubnetRows, World};
+pub use self::topology::External;
+use self::topology::{DhcpRows, GroupRows, NicRows, SubnetRows, VpcRows, World};
 
 /// The northbound database's name.
 pub const NB_DB: &str = "OVN_Northbound";
@@ -47,6 +48,8 @@ pub struct NetworkConfig {
     pub nb: String,
     /// A full pass at least this often.
     pub resync: Duration,
+    /// The external network VPCs' source NAT leads to (none: VPCs asking for it say so).
+    pub external: Option<External>,
 }
 
 /// Why a pass failed.
@@ -150,7 +153,7 @@ pub async fn run(client: Client, config: NetworkConfig, mut shutdown: watch::Rec
         tracing::info!(nb = %config.nb, "network controller: caches synced, reconciling");
         loop {
             let started = std::time::Instant::now();
-            let failed = match pass(&client, &nb, &caches).await {
+            let failed = match pass(&client, &nb, &caches, config.external.as_ref()).await {
                 Ok(report) => {
                     metrics.reconciled(started.elapsed(), false);
                     if report.operations > 0 {
@@ -225,6 +228,7 @@ pub async fn pass(
     client: &Client,
     nb: &Ovsdb,
     caches: &Caches,
+    external: Option<&External>,
 ) -> Result<PassReport, NetworkError> {
     let mut report = PassReport::default();
     let live = |store: &Store| -> Vec<Arc<Value>> {
@@ -372,11 +376,19 @@ pub async fn pass(
         .map(|(g, _)| ((g.namespace().unwrap_or(""), g.name()), g.uid()))
         .collect();
     let subnet_uid = subnet_uid_of(&accepted);
-    let mut world = World::default();
-    for (v, _) in vpc_specs.values() {
-        world
-            .vpcs
-            .push((v.namespace().unwrap_or(""), v.name(), v.uid()));
+    let snat = snat_addresses(&vpc_specs, external);
+    let mut world = World {
+        external,
+        ..World::default()
+    };
+    for (v, spec) in vpc_specs.values() {
+        world.vpcs.push(VpcRows {
+            namespace: v.namespace().unwrap_or(""),
+            name: v.name(),
+            uid: v.uid(),
+            cidr: &spec.cidr,
+            snat_ip: snat.get(v.uid()).and_then(|r| r.as_ref().ok()).cloned(),
+        });
     }
     for (s, spec, vpc_uid) in &accepted {
         let dhcp = spec.dhcp.clone().unwrap_or_default();
@@ -455,13 +467,34 @@ pub async fn pass(
                 .collect::<Vec<_>>()
         );
         status["observedGeneration"] = json!(v.generation());
+        let (ready, reason, message) = match snat.get(v.uid()) {
+            None => (
+                "True",
+                "Programmed",
+                "the VPC's logical router is in OVN".to_string(),
+            ),
+            Some(Ok(ip)) => {
+                status["externalIP"] = json!(ip);
+                (
+                    "True",
+                    "Programmed",
+                    format!("the VPC's logical router is in OVN; its source NAT leaves from {ip}"),
+                )
+            }
+            Some(Err(why)) => ("False", "SNATUnavailable", why.clone()),
+        };
+        if snat.get(v.uid()).is_none_or(|r| r.is_err())
+            && let Some(st) = status.as_object_mut()
+        {
+            st.remove("externalIP");
+        }
         set_condition(
             &mut status,
             &Condition {
                 type_: "Ready",
-                status: "True",
-                reason: "Programmed",
-                message: "the VPC's logical router is in OVN",
+                status: ready,
+                reason,
+                message: &message,
             },
             &now,
         );
@@ -591,6 +624,61 @@ pub async fn pass(
     }
     report.status_writes += write_statuses(client, writes).await?;
     Ok(report)
+}
+
+/// The external address of each VPC asking for source NAT (by uid), in the VPCs' order:
+/// the one it has (status) or asks for (spec) when free, else the lowest free one — or why
+/// it has none.
+fn snat_addresses(
+    vpcs: &BTreeMap<(&str, &str), (&Value, VpcSpec)>,
+    external: Option<&External>,
+) -> BTreeMap<String, Result<String, String>> {
+    let mut out = BTreeMap::new();
+    let mut ordered: Vec<&(&Value, VpcSpec)> =
+        vpcs.values().filter(|(_, s)| s.snat.is_some()).collect();
+    ordered.sort_by_key(|(v, _)| {
+        (
+            v["metadata"]["creationTimestamp"].as_str().unwrap_or(""),
+            v.uid().to_string(),
+        )
+    });
+    let Some(ext) = external else {
+        for (v, _) in ordered {
+            out.insert(
+                v.uid().to_string(),
+                Err(
+                    "the cluster has no external network (keel server --ovn-external-network)"
+                        .to_string(),
+                ),
+            );
+        }
+        return out;
+    };
+    let Ok(pool) = ipam::Pool::new(&ext.cidr, Some(&ext.gateway), &[]) else {
+        return out;
+    };
+    let mut current = BTreeMap::new();
+    let mut claims = Vec::new();
+    for (v, spec) in &ordered {
+        let owner = v.uid().to_string();
+        if let Some(ip) = v["status"]["externalIP"].as_str() {
+            current.insert(ip.to_string(), owner.clone());
+        }
+        let fixed = spec
+            .snat
+            .as_ref()
+            .and_then(|s| s.external_ip.as_deref())
+            .and_then(|ip| ip.parse().ok());
+        claims.push(ipam::Claim { owner, fixed });
+    }
+    let outcome = ipam::allocate(&pool, &current, &claims);
+    for (ip, owner) in outcome.allocations {
+        out.insert(owner, Ok(ip));
+    }
+    for (owner, why) in outcome.failed {
+        out.insert(owner, Err(format!("no external address: {why}")));
+    }
+    out
 }
 
 /// Subnet uid by (namespace, name), of the subnets that are programmed.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{WAIT, client, start};
 use keel_client::{Api, Client, DeleteParams, Patch};
-use keel_controllers::network::{NetworkConfig, run};
+use keel_controllers::network::{External, NetworkConfig, run};
 use keel_e2e::ovn::{Chassis, Ovn};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -117,6 +117,12 @@ async fn vpcs_become_ovn_topologies_that_isolate_tenants() {
         NetworkConfig {
             nb: ovn.nb(),
             resync: Duration::from_secs(5),
+            external: Some(External {
+                cidr: "172.16.0.0/24".into(),
+                gateway: "172.16.0.1".into(),
+                chassis: "hv1".into(),
+                physnet: "external".into(),
+            }),
         },
         stop,
     ));
@@ -255,6 +261,74 @@ async fn vpcs_become_ovn_topologies_that_isolate_tenants() {
     );
     assert_eq!(delivered(&spoofed), None);
 
+    // Source NAT to the external network: a gateway port, a NAT row and a default route.
+    let a_vpcs = api(&c, "vpcs", "a");
+    a_vpcs
+        .patch("main", &Patch::Merge(json!({"spec": {"snat": {}}})))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while a_vpcs.get("main").await.unwrap()["status"]["externalIP"] != "172.16.0.2" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a's VPC got no external address"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for(
+        || {
+            ovn.try_nbctl(&["lr-nat-list", "keel/a/main"])
+                .contains("172.16.0.2")
+        },
+        "the NAT row",
+    )
+    .await;
+    let nat = ovn.nbctl(&["lr-nat-list", "keel/a/main"]);
+    assert!(nat.contains("snat") && nat.contains("10.1.0.0/16"), "{nat}");
+    assert!(
+        ovn.nbctl(&["lr-route-list", "keel/a/main"])
+            .contains("172.16.0.1")
+    );
+    assert!(
+        ovn.nbctl(&["lsp-list", "keel/external"])
+            .contains("keel/external/localnet")
+    );
+    // A packet to the internet leaves a's router through the localnet port, resolving the
+    // upstream router from a's external address; northd's flows rewrite the VPC's sources.
+    ovn.sync();
+    let out = web(&gw_mac, "8.8.8.8", 443);
+    assert_eq!(
+        delivered(&out),
+        Some("keel/external/localnet".into()),
+        "{out}"
+    );
+    assert!(
+        out.contains("arp.spa = 0xac100002"),
+        "from 172.16.0.2: {out}"
+    );
+    let flows = ovn.sbctl(&["lflow-list", "keel/a/main"]);
+    assert!(
+        flows
+            .lines()
+            .any(|l| l.contains("ip4.src == 10.1.0.0/16") && l.contains("ct_snat(172.16.0.2)")),
+        "a source NAT flow"
+    );
+    assert_eq!(
+        delivered(&ovn.trace(
+            "keel/b/front",
+            &tcp(
+                "keel/b/web/nic0",
+                &address(&b_vms, "web").await.1,
+                &web_ip,
+                &gw_mac,
+                "8.8.8.8",
+                443
+            )
+        )),
+        None,
+        "b has no way out"
+    );
+
     // A security group opening TCP 22 from the back subnet, on web's NIC.
     let groups = api(&c, "securitygroups", "a");
     groups
@@ -333,6 +407,66 @@ async fn vpcs_become_ovn_topologies_that_isolate_tenants() {
         ),
     );
     assert_eq!(delivered(&out_of_web), Some("keel/a/web2/nic0".into()));
+
+    // A group that lets its own members in (Neutron's remote group): web2 and db are
+    // members; db takes 5432 from web2, not from web.
+    groups
+        .create(&json!({"apiVersion": "keel.dev/v1alpha1", "kind": "SecurityGroup", "metadata": {"name": "peers"},
+                        "spec": {"ingress": [{"protocol": "TCP", "ports": "5432", "from": {"securityGroup": "peers"}}]}}))
+        .await
+        .unwrap();
+    for (vm, subnet) in [("web2", "front"), ("db", "back")] {
+        a_vms
+            .patch(
+                vm,
+                &Patch::Merge(
+                    json!({"spec": {"nics": [{"subnet": subnet, "securityGroups": ["peers"]}]}}),
+                ),
+            )
+            .await
+            .unwrap();
+    }
+    let peers = groups.get("peers").await.unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .replace('-', "_");
+    wait_for(
+        || {
+            ovn.try_nbctl(&["acl-list", &format!("pg_{peers}")])
+                .contains(&format!("$pg_{peers}_ip4"))
+        },
+        "the peers ACL",
+    )
+    .await;
+    wait_for(
+        || {
+            ovn.try_nbctl(&[
+                "--columns=ports",
+                "list",
+                "Port_Group",
+                &format!("pg_{peers}"),
+            ])
+            .matches('-')
+            .count()
+                >= 8
+        },
+        "two members in peers",
+    )
+    .await;
+    ovn.sync();
+    let to_db = |port: &str, mac: &str, ip: &str| {
+        ovn.trace("keel/a/front", &tcp(port, mac, ip, &gw_mac, &db_ip, 5432))
+    };
+    assert_eq!(
+        delivered(&to_db("keel/a/web2/nic0", &web2_mac, &web2_ip)),
+        Some("keel/a/db/nic0".into()),
+        "a member reaches a member"
+    );
+    assert_eq!(
+        delivered(&to_db("keel/a/web/nic0", &web_mac, &web_ip)),
+        None,
+        "a non-member does not"
+    );
 
     // Drift: rows deleted by hand come back; rows Keel does not own stay.
     ovn.nbctl(&["ls-add", "admins-switch"]);
@@ -554,6 +688,7 @@ async fn guests_exchange_real_packets_across_subnets_and_other_tenants_cannot_re
         NetworkConfig {
             nb: ovn.nb(),
             resync: Duration::from_secs(5),
+            external: None,
         },
         stop,
     ));
@@ -602,6 +737,23 @@ async fn guests_exchange_real_packets_across_subnets_and_other_tenants_cannot_re
     // b's guest, with a/web's very address, reaches nothing of a.
     for _ in 0..3 {
         assert!(!Chassis::ping(&b_web, &db_ip), "tenant b reached tenant a");
+    }
+    // Without an external network, a VPC asking for source NAT says so.
+    let b_vpcs = api(&c, "vpcs", "b");
+    b_vpcs
+        .patch("main", &Patch::Merge(json!({"spec": {"snat": {}}})))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let c = condition(&b_vpcs, "main", "Ready").await;
+        if c.as_ref()
+            .is_some_and(|c| c["reason"] == "SNATUnavailable" && c["status"] == "False")
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{c:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // While b's network itself works: its router answers on b's gateway address.
     wait_for(

@@ -16,7 +16,7 @@ mkdir -p "$dir"
 exec 9>"$dir/.lock"
 flock 9
 # Bump when the guest changes: a cached older guest is rebuilt.
-version=4
+version=5
 [ -s "$dir/vmlinuz" ] && [ -s "$dir/initrd.img" ] && [ "$(cat "$dir/version" 2>/dev/null)" = "$version" ] && exit 0
 
 work="$(mktemp -d)"
@@ -86,7 +86,7 @@ acpid -f -c /etc/acpi &
 ip link set lo up
 if ip link set eth0 up 2>/dev/null; then
   if [ "$net" = dhcp ]; then
-    udhcpc -i eth0 -n -q -t 60 -T 1 -s /usr/share/udhcpc/default.script || echo "KEEL-GUEST dhcp failed"
+    udhcpc -i eth0 -n -q -t 120 -T 1 -s /usr/share/udhcpc/default.script || echo "KEEL-GUEST dhcp failed"
   else
     ip addr add 10.0.2.15/24 dev eth0
     ip route add default via 10.0.2.2

@@ -123,6 +123,24 @@ impl Ovn {
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
+    /// Runs `ovn-sbctl` against the southbound database (panics when it fails).
+    pub fn sbctl(&self, args: &[&str]) -> String {
+        let out = Command::new("ovn-sbctl")
+            .arg(format!(
+                "--db=unix:{}",
+                self.dir.path().join("sb.sock").display()
+            ))
+            .args(args)
+            .output()
+            .expect("ovn-sbctl");
+        assert!(
+            out.status.success(),
+            "ovn-sbctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
     /// Waits until `ovn-northd` has turned the northbound state into logical flows.
     pub fn sync(&self) {
         self.nbctl(&["--wait=sb", "--timeout=30", "sync"]);

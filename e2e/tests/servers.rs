@@ -145,6 +145,12 @@ async fn three_processes_lose_the_leader_to_sigkill_and_lose_no_acknowledged_wri
     // The killed server restarts from its disk and rejoins.
     servers[leader].start::<&str>(&[]);
     ready(&servers[leader]).await;
+    // Enough writes for the check to mean something, however busy the machine is.
+    eventually("writes after the restart", WAIT, || async {
+        let st = client(&servers[survivor]).await?.status().await.ok()?;
+        (st.revision > before + 90).then_some(())
+    })
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut acked = Vec::new();
     for w in writers {

@@ -15,7 +15,7 @@ use keel_e2e::ovn::{Chassis, Ovn};
 use keel_e2e::{KeelAgent, KeelServer, condition, eventually, guest, keelctl_bin, kind};
 use serde_json::{Value, json};
 
-const WAIT: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(120);
 
 fn keelctl(kubeconfig: &Path, args: &[&str]) -> Output {
     Command::new(keelctl_bin())

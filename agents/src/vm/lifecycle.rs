@@ -280,7 +280,9 @@ pub async fn launch(
         if dir.qmp().exists() && dir.qemu_pid().is_some() {
             break;
         }
-        if !alive(workload.pid) || Instant::now() > deadline {
+        // The supervisor's own process, not `alive`'s look at its command line: a process
+        // just started may not show it yet.
+        if !exists(workload.pid) || Instant::now() > deadline {
             let said = runtime.output_tail(&key, 2000);
             let exit = last_exit(dir)
                 .map(|e| e.describe())
@@ -509,6 +511,18 @@ fn remove_unlisted_disks(dir: &VmDir, spec: &VirtualMachineSpec) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+}
+
+/// Whether `pid` is a live (not zombie) process.
+fn exists(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().chars().next())
+        })
+        .flatten()
+        .is_some_and(|state| !matches!(state, 'Z' | 'X'))
 }
 
 fn free_port() -> std::io::Result<u16> {

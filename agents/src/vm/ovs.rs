@@ -91,7 +91,17 @@ pub fn tap_name(uid: &str, index: usize) -> String {
 /// Plugs the tap `tap` into `br-int` as the OVN logical port `port` (nothing when it is
 /// plugged already).
 pub async fn plug(addr: &str, tap: &str, port: &str, vm_uid: &str) -> Result<(), OvsdbError> {
-    // QEMU makes the tap (`script=no`) but leaves it down.
+    // QEMU makes the tap (`script=no`), maybe after its QMP socket, and leaves it down.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::path::Path::new("/sys/class/net").join(tap).exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(OvsdbError::Protocol {
+                addr: addr.to_string(),
+                message: format!("the tap {tap} did not appear"),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let up = tokio::process::Command::new("ip")
         .args(["link", "set", "dev", tap, "up"])
         .output()

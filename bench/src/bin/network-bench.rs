@@ -168,7 +168,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut passes = Vec::new();
     loop {
         let t = Instant::now();
-        let report = match pass(&client, &nb, &caches).await {
+        let report = match pass(&client, &nb, &caches, None).await {
             Ok(r) => r,
             Err(e) => {
                 // A conflict on a subnet's allocations: the next pass starts from its new state.
@@ -214,7 +214,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..5 {
         let before = nb.requests();
         let t = Instant::now();
-        let report = pass(&client, &nb, &caches).await?;
+        let report = pass(&client, &nb, &caches, None).await?;
         quiet.push((t.elapsed(), report, nb.requests() - before));
     }
     quiet.sort_by_key(|(d, _, _)| *d);

@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a server: start a new cluster, restart from the data dir, or join a cluster.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run a host agent: register this host as a node of a cluster and run its workloads.
     Agent(AgentArgs),
     /// Supervise one workload (started by the agent): run COMMAND, stop it when the agent's
@@ -102,6 +102,18 @@ struct ServerArgs {
     /// `unix:PATH`); without it VPCs are not programmed.
     #[arg(long)]
     ovn_nb: Option<String>,
+    /// The external network VPCs' source NAT leads to (`172.16.0.0/24`).
+    #[arg(long, requires_all = ["ovn_nb", "ovn_gateway_chassis"])]
+    ovn_external_network: Option<String>,
+    /// The upstream router on the external network (default: its first address).
+    #[arg(long)]
+    ovn_external_gateway: Option<String>,
+    /// The chassis (ovn-controller's system-id) that hosts the VPCs' gateway ports.
+    #[arg(long)]
+    ovn_gateway_chassis: Option<String>,
+    /// The physical network name the chassis maps to a bridge (`ovn-bridge-mappings`).
+    #[arg(long, default_value = "external")]
+    ovn_external_physnet: String,
     /// Where the local agent's HTTPS endpoint listens (default: a free port, published in
     /// its Node, so that several servers can share a host).
     #[arg(long, default_value = "0.0.0.0:0")]
@@ -349,7 +361,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
-        Command::Server(args) => serve(args).await,
+        Command::Server(args) => serve(*args).await,
         Command::Agent(args) => agent(args).await,
         Command::Shim(_) => Ok(()),
         Command::Kv { command, target } => kv(command, &target).await,
@@ -396,6 +408,31 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut tasks = tokio::task::JoinSet::new();
     let mut manager = manager_config(&format!("{node_name}-{}", raft.node_id()), &args.timings);
     manager.ovn_nb = args.ovn_nb.clone();
+    if let Some(cidr) = &args.ovn_external_network {
+        let parsed: keel_schemas::Cidr = cidr
+            .parse()
+            .map_err(|e| format!("--ovn-external-network {cidr:?}: {e}"))?;
+        let gateway = match &args.ovn_external_gateway {
+            Some(g) => g.clone(),
+            None => parsed
+                .first_host()
+                .ok_or_else(|| format!("--ovn-external-network {cidr:?} has no host address"))?
+                .to_string(),
+        };
+        if !parsed.contains(
+            gateway
+                .parse()
+                .map_err(|_| format!("--ovn-external-gateway {gateway:?} is not an address"))?,
+        ) {
+            return Err(format!("--ovn-external-gateway {gateway} is not inside {cidr}").into());
+        }
+        manager.ovn_external = Some(keel_controllers::network::External {
+            cidr: cidr.clone(),
+            gateway,
+            chassis: args.ovn_gateway_chassis.clone().unwrap_or_default(),
+            physnet: args.ovn_external_physnet.clone(),
+        });
+    }
     tasks.spawn(keel_controllers::run_manager(
         client.clone(),
         manager,

@@ -15,9 +15,12 @@ use super::topology::{DesiredRow, KEY};
 use crate::ovsdb::data::{Replica, Row, atoms, named, set, string_map, uuid, uuids};
 
 /// The northbound tables Keel writes, in the order rows may be inserted.
-pub const TABLES: [&str; 7] = [
+pub const TABLES: [&str; 10] = [
     "DHCP_Options",
     "ACL",
+    "Gateway_Chassis",
+    "NAT",
+    "Logical_Router_Static_Route",
     "Logical_Router_Port",
     "Logical_Switch_Port",
     "Logical_Switch",

@@ -8,6 +8,7 @@
 //! | VM NIC | Logical_Switch_Port `keel/<ns>/<vm>/nic<i>`: MAC + IP, port security, DHCP |
 //! | SecurityGroup | Port_Group `pg_<uid>` with one ACL per rule (allow-related) |
 //! | any NIC with groups | Port_Group `keel_drop`: drop what no group allows (Neutron's default deny inbound) |
+//! | VPC with `snat` | a gateway router port (`…/ext`, on the gateway chassis) on the shared switch `keel/external` (a localnet port to the physical network), a NAT row (snat VPC cidr → external address) and a default route to the external gateway |
 //!
 //! Every row carries `external_ids:keel-key` (unique, stable) and `keel-owner` (the object).
 
@@ -105,11 +106,41 @@ pub struct GroupRows<'a> {
     pub spec: &'a SecurityGroupSpec,
 }
 
+/// A VPC.
+#[derive(Debug, Clone)]
+pub struct VpcRows<'a> {
+    /// Namespace.
+    pub namespace: &'a str,
+    /// Name.
+    pub name: &'a str,
+    /// uid.
+    pub uid: &'a str,
+    /// Its range.
+    pub cidr: &'a str,
+    /// The external address of its source NAT, when it has one.
+    pub snat_ip: Option<String>,
+}
+
+/// The cluster's external network, where VPCs' source NAT leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct External {
+    /// Its range (`172.16.0.0/24`).
+    pub cidr: String,
+    /// The upstream router's address on it.
+    pub gateway: String,
+    /// The chassis that hosts the VPCs' gateway ports.
+    pub chassis: String,
+    /// The physical network name `ovn-bridge-mappings` maps to a bridge.
+    pub physnet: String,
+}
+
 /// Everything to program.
 #[derive(Debug, Clone, Default)]
 pub struct World<'a> {
-    /// VPCs: namespace, name, uid.
-    pub vpcs: Vec<(&'a str, &'a str, &'a str)>,
+    /// VPCs.
+    pub vpcs: Vec<VpcRows<'a>>,
+    /// The external network, if the cluster has one.
+    pub external: Option<&'a External>,
     /// Subnets.
     pub subnets: Vec<SubnetRows<'a>>,
     /// NICs.
@@ -237,19 +268,86 @@ pub fn rows(world: &World<'_>) -> Vec<DesiredRow> {
             vec![("ports", ports)],
         ));
     }
-    for (ns, vpc, uid) in &world.vpcs {
-        let ports = subnets_of
-            .get(uid)
+    let mut external_ports = Vec::new();
+    for v in &world.vpcs {
+        let mut ports: Vec<String> = subnets_of
+            .get(v.uid)
             .into_iter()
             .flatten()
             .map(|s| format!("subnet/{}/gw", s.uid))
             .collect();
+        let (mut nat, mut routes) = (Vec::new(), Vec::new());
+        if let (Some(ip), Some(ext)) = (&v.snat_ip, world.external) {
+            let owner = format!("VPC/{}/{}", v.namespace, v.name);
+            let lrp = format!("{}/ext", name(v.namespace, v.name));
+            out.push(row(
+                "Gateway_Chassis",
+                format!("vpc/{}/gwc", v.uid),
+                &owner,
+                json!({"name": format!("{lrp}-{}", ext.chassis), "chassis_name": ext.chassis, "priority": 10}),
+                vec![],
+            ));
+            out.push(row(
+                "NAT",
+                format!("vpc/{}/snat", v.uid),
+                &owner,
+                json!({"type": "snat", "external_ip": ip, "logical_ip": v.cidr}),
+                vec![],
+            ));
+            out.push(row(
+                "Logical_Router_Static_Route",
+                format!("vpc/{}/default", v.uid),
+                &owner,
+                json!({"ip_prefix": "0.0.0.0/0", "nexthop": ext.gateway}),
+                vec![],
+            ));
+            out.push(row(
+                "Logical_Router_Port",
+                format!("vpc/{}/ext", v.uid),
+                &owner,
+                json!({"name": lrp, "mac": mac(&format!("{}/ext", v.uid), [0x0a, 0x58, 0x01]),
+                       "networks": set([json!(format!("{ip}/{}", prefix(&ext.cidr)))])}),
+                vec![("gateway_chassis", vec![format!("vpc/{}/gwc", v.uid)])],
+            ));
+            out.push(row(
+                "Logical_Switch_Port",
+                format!("vpc/{}/ext-rp", v.uid),
+                &owner,
+                json!({"name": format!("{}/ext-rp", name(v.namespace, v.name)), "type": "router",
+                       "addresses": set([json!("router")]),
+                       "options": map([(&"router-port".to_string(), &lrp)])}),
+                vec![],
+            ));
+            ports.push(format!("vpc/{}/ext", v.uid));
+            nat.push(format!("vpc/{}/snat", v.uid));
+            routes.push(format!("vpc/{}/default", v.uid));
+            external_ports.push(format!("vpc/{}/ext-rp", v.uid));
+        }
         out.push(row(
             "Logical_Router",
-            format!("vpc/{uid}"),
-            &format!("VPC/{ns}/{vpc}"),
-            json!({"name": name(ns, vpc)}),
-            vec![("ports", ports)],
+            format!("vpc/{}", v.uid),
+            &format!("VPC/{}/{}", v.namespace, v.name),
+            json!({"name": name(v.namespace, v.name)}),
+            vec![("ports", ports), ("nat", nat), ("static_routes", routes)],
+        ));
+    }
+    if let Some(ext) = world.external.filter(|_| !external_ports.is_empty()) {
+        out.push(row(
+            "Logical_Switch_Port",
+            "external/localnet".to_string(),
+            "keel",
+            json!({"name": "keel/external/localnet", "type": "localnet",
+                   "addresses": set([json!("unknown")]),
+                   "options": map([(&"network_name".to_string(), &ext.physnet)])}),
+            vec![],
+        ));
+        external_ports.push("external/localnet".to_string());
+        out.push(row(
+            "Logical_Switch",
+            "external".to_string(),
+            "keel",
+            json!({"name": "keel/external"}),
+            vec![("ports", external_ports)],
         ));
     }
     out.extend(group_rows(world, &acls));

@@ -28,6 +28,18 @@ kind_spec!(
 pub struct VpcSpec {
     /// Address range (immutable).
     pub cidr: String,
+    /// Source NAT to the external network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snat: Option<Snat>,
+}
+
+/// Source NAT of a VPC.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Snat {
+    /// The external address (allocated when absent).
+    #[serde(rename = "externalIP", skip_serializing_if = "Option::is_none")]
+    pub external_ip: Option<String>,
 }
 
 /// Observed state of a VPC.
@@ -46,6 +58,9 @@ pub struct VpcStatus {
     /// Attached subnets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subnets: Vec<String>,
+    /// The external address of the source NAT.
+    #[serde(rename = "externalIP", skip_serializing_if = "Option::is_none")]
+    pub external_ip: Option<String>,
 }
 
 /// Desired state of a subnet.

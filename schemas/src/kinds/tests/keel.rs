@@ -105,6 +105,9 @@ fn compute_and_network_kinds() {
             Some("shop"),
             VpcSpec {
                 cidr: "10.20.0.0/16".into(),
+                snat: Some(Snat {
+                    external_ip: Some("172.16.0.10".into()),
+                }),
             },
         ),
     );
