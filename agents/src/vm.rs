@@ -47,7 +47,7 @@ use crate::workload::shim::Exit;
 pub use self::lifecycle::CONSOLE_KEEP;
 
 use self::console::Console;
-use self::lifecycle::{Observed, Prepared};
+use self::lifecycle::{Observed, Prepared, Request};
 use self::qemu::{Boot, VmDir, changed_fields, restart_fields};
 
 /// The finalizer the host of a VM holds until it has removed the VM's guest and files.
@@ -178,6 +178,27 @@ async fn apply(vm: &Value, ctx: &Context) -> Result<Action, VmError> {
 
     let Observed::Running { boot, status } = observed else {
         let exit = lifecycle::last_exit(&dir);
+        // A start (or restart) request starts a Manual guest that stopped.
+        let requested = [Request::Start, Request::Restart]
+            .into_iter()
+            .filter(|r| lifecycle::pending(vm, &dir, *r))
+            .collect::<Vec<_>>();
+        if !requested.is_empty() && strategy != RunStrategy::Halted {
+            let _ = std::fs::remove_file(dir.exit());
+            for r in requested {
+                lifecycle::handled(vm, &dir, r);
+            }
+            ctx.recorder
+                .publish(
+                    vm,
+                    EventType::Normal,
+                    "StartRequested",
+                    "Starting",
+                    "started on request",
+                )
+                .await;
+            return start(vm, &spec, &dir, ctx, report).await;
+        }
         if !should_start(strategy, exit.as_ref()) {
             report.stopped(strategy, exit.as_ref());
             report.write(vm, ctx).await?;
@@ -221,6 +242,27 @@ async fn running(
     let strategy = spec.run_strategy.unwrap_or(RunStrategy::Always);
     let fields = restart_fields(spec);
     let changed = changed_fields(&boot.fields, &fields);
+    for request in [Request::Stop, Request::Restart] {
+        if !lifecycle::pending(vm, dir, request) {
+            continue;
+        }
+        report.phase("Stopping");
+        report.write(vm, ctx).await?;
+        lifecycle::shutdown(ctx, &key, dir, spec).await?;
+        lifecycle::handled(vm, dir, request);
+        let message = match request {
+            Request::Stop => {
+                // Under Manual it stays stopped; other strategies start it again.
+                lifecycle::stopped_on_request(dir);
+                "the guest was shut down on request"
+            }
+            _ => "the guest was shut down on request, to start again",
+        };
+        ctx.recorder
+            .publish(vm, EventType::Normal, "StopRequested", "Stopping", message)
+            .await;
+        return Ok(Action::requeue(Duration::ZERO));
+    }
     if strategy == RunStrategy::Halted {
         report.phase("Stopping");
         report.write(vm, ctx).await?;

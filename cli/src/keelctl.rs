@@ -123,6 +123,22 @@ enum Command {
         #[arg(long, default_value = "30s")]
         timeout: String,
     },
+    /// Start a VM (KubeVirt's `virtctl start`): a Halted VM runs Always again; a Manual one
+    /// is started once.
+    Start {
+        /// vm/NAME.
+        target: String,
+    },
+    /// Stop a VM: an Always or RerunOnFailure VM becomes Halted; a Manual one is shut down.
+    Stop {
+        /// vm/NAME.
+        target: String,
+    },
+    /// Restart a VM's guest (shut down, then started again).
+    Restart {
+        /// vm/NAME.
+        target: String,
+    },
     /// Print a VM's serial console, read from its node (`logs vm/NAME`).
     Logs {
         /// KIND/NAME (a VirtualMachine).
@@ -222,6 +238,15 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
             .await
             .map(|()| ExitCode::SUCCESS),
         // kubectl's convention: 0 the same, 1 different, more for an error.
+        Command::Start { target } => ops::power(&ctx, &target, ops::Power::Start)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Stop { target } => ops::power(&ctx, &target, ops::Power::Stop)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Restart { target } => ops::power(&ctx, &target, ops::Power::Restart)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Logs {
             target,
             follow,

@@ -234,6 +234,28 @@ async fn vms_boot_run_restart_pause_and_go_away_on_qemu() {
         ready["message"].as_str().unwrap().contains("signal 9"),
         "{ready}"
     );
+    // Manual means start and stop on request: keelctl start, then stop.
+    let said = ok(keelctl(&kubeconfig, &["start", "vm/manual"]));
+    assert!(said.contains("start requested"), "{said}");
+    let m = wait_ready(&vms, "manual").await;
+    assert_eq!(agent.qemu_pids("default", "manual").len(), 1, "{m}");
+    ok(keelctl(&kubeconfig, &["stop", "vm/manual"]));
+    eventually("manual stopped on request", WAIT, || async {
+        let vm = vms.get("manual").await.ok()?;
+        (status(&vm, "phase") == "Stopped" && agent.qemu_pids("default", "manual").is_empty())
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        agent.qemu_pids("default", "manual").is_empty(),
+        "stays stopped"
+    );
+    let logs = ok(keelctl(&kubeconfig, &["logs", "vm/manual"]));
+    assert!(
+        logs.contains("reboot: Power down"),
+        "a graceful stop: {logs}"
+    );
 
     eventually("deaf booted", WAIT, || async {
         let logs = keelctl(&kubeconfig, &["logs", "vm/deaf"]);
@@ -400,6 +422,19 @@ async fn vms_boot_run_restart_pause_and_go_away_on_qemu() {
     eventually("web resumed and Ready", WAIT, || async {
         let resumed = condition(&vms, "web", "Paused").await.as_deref() == Some("False");
         (resumed && condition(&vms, "web", "Ready").await.as_deref() == Some("True")).then_some(())
+    })
+    .await;
+
+    // keelctl restart: the guest is shut down and started again.
+    let before = status(&vms.get("web").await.unwrap(), "qemuPid")
+        .as_i64()
+        .unwrap();
+    ok(keelctl(&kubeconfig, &["restart", "vm/web"]));
+    eventually("web restarted on request", WAIT, || async {
+        let vm = vms.get("web").await.ok()?;
+        let pid = status(&vm, "qemuPid").as_i64()?;
+        (pid != before && condition(&vms, "web", "Ready").await.as_deref() == Some("True"))
+            .then_some(())
     })
     .await;
 

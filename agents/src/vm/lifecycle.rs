@@ -513,6 +513,71 @@ fn remove_unlisted_disks(dir: &VmDir, spec: &VirtualMachineSpec) {
     }
 }
 
+/// The annotations `keelctl start|stop|restart` set (a timestamp each); a request is
+/// pending while its value differs from the one last acted on (`<vm-dir>/requests.json`).
+pub const REQUESTS: [(&str, Request); 3] = [
+    ("keel.dev/start-requested", Request::Start),
+    ("keel.dev/stop-requested", Request::Stop),
+    ("keel.dev/restart-requested", Request::Restart),
+];
+
+/// A user's request for a running state change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Start a stopped guest (runStrategy Manual).
+    Start,
+    /// Stop a running guest (runStrategy Manual).
+    Stop,
+    /// Stop and start again.
+    Restart,
+}
+
+/// Whether `request` is pending for `vm`.
+pub fn pending(vm: &Value, dir: &VmDir, request: Request) -> bool {
+    let Some((annotation, _)) = REQUESTS.iter().find(|(_, r)| *r == request) else {
+        return false;
+    };
+    let Some(asked) = vm["metadata"]["annotations"][annotation].as_str() else {
+        return false;
+    };
+    let handled: serde_json::Map<String, Value> = std::fs::read(dir.root.join("requests.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    handled.get(*annotation).and_then(Value::as_str) != Some(asked)
+}
+
+/// Records that `request` of `vm` has been acted on.
+pub fn handled(vm: &Value, dir: &VmDir, request: Request) {
+    let Some((annotation, _)) = REQUESTS.iter().find(|(_, r)| *r == request) else {
+        return;
+    };
+    let path = dir.root.join("requests.json");
+    let mut handled: serde_json::Map<String, Value> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    handled.insert(
+        annotation.to_string(),
+        vm["metadata"]["annotations"][annotation].clone(),
+    );
+    let _ = std::fs::create_dir_all(&dir.root);
+    if let Err(e) = std::fs::write(&path, Value::Object(handled).to_string()) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot record a handled request");
+    }
+}
+
+/// Records that the guest was stopped on request, so that a Manual VM stays stopped.
+pub fn stopped_on_request(dir: &VmDir) {
+    let exit = Exit {
+        code: Some(0),
+        signal: None,
+        fenced: false,
+        at: keel_schemas::time::now_rfc3339(),
+    };
+    let _ = std::fs::write(dir.exit(), serde_json::to_vec(&exit).unwrap_or_default());
+}
+
 /// Whether `pid` is a live (not zombie) process.
 fn exists(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

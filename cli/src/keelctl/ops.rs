@@ -217,3 +217,63 @@ pub async fn logs(
     }
     Ok(())
 }
+
+/// What `start`, `stop` and `restart` ask of a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Power {
+    /// Run it.
+    Start,
+    /// Shut it down.
+    Stop,
+    /// Shut it down and run it again.
+    Restart,
+}
+
+/// `start|stop|restart vm/NAME`: through the run strategy where it says what should run
+/// (Always, RerunOnFailure, Halted), through a request annotation the VM's agent acts on
+/// once otherwise (Manual, and every restart).
+pub async fn power(ctx: &Ctx, target: &str, what: Power) -> Result<(), CtlError> {
+    let (kind, name) = resource::kind_and_name(target)?;
+    if kind.kind != "VirtualMachine" {
+        return Err(CtlError(format!(
+            "{target}: only VirtualMachines start and stop"
+        )));
+    }
+    let path = resource::item(kind, &ctx.namespace, &name);
+    let vm = ctx.client.get(&path).await?;
+    let strategy = vm["spec"]["runStrategy"].as_str().unwrap_or("Always");
+    let now = keel_schemas::time::now_rfc3339_micros();
+    let request =
+        |annotation: &str| serde_json::json!({"metadata": {"annotations": {annotation: now}}});
+    let (patch, said) = match (what, strategy) {
+        (Power::Start, "Halted") => (
+            serde_json::json!({"spec": {"runStrategy": "Always"}}),
+            "started",
+        ),
+        (Power::Start, _) => (request("keel.dev/start-requested"), "start requested"),
+        (Power::Stop, "Halted") => {
+            println!(
+                "{} is already stopped (runStrategy Halted)",
+                resource::display(kind, &name)
+            );
+            return Ok(());
+        }
+        (Power::Stop, "Manual") => (request("keel.dev/stop-requested"), "stop requested"),
+        (Power::Stop, _) => (
+            serde_json::json!({"spec": {"runStrategy": "Halted"}}),
+            "stopped",
+        ),
+        (Power::Restart, "Halted") => {
+            return Err(CtlError(format!(
+                "{} is stopped (runStrategy Halted): start it instead",
+                resource::display(kind, &name)
+            )));
+        }
+        (Power::Restart, _) => (request("keel.dev/restart-requested"), "restart requested"),
+    };
+    ctx.client
+        .patch(&path, "application/merge-patch+json", &patch)
+        .await?;
+    println!("{} {said}", resource::display(kind, &name));
+    Ok(())
+}
