@@ -5,10 +5,12 @@
 //! - [`etcd`]: etcd processes and a minimal etcd v3 KV client (hand-written protobuf
 //!   messages, so no protoc is needed).
 //! - [`keel`]: Keel server processes (this binary run as `serve`) and their clients.
+//! - [`server`]: a whole `keel server` process (controllers included).
 //! - [`workload`]: the load generator and its figures.
 
 pub mod etcd;
 pub mod keel;
+pub mod server;
 pub mod workload;
 
 use std::net::TcpListener;

@@ -364,40 +364,33 @@ impl Client {
     /// GETs `path` and returns the body of a 2xx answer as it arrives (a followed log), or
     /// the error `Status`.
     pub async fn stream(&self, path: &str) -> Result<StreamBody, ClientError> {
-        let resp = self.send(Method::GET, path, None, None).await?;
-        let status = resp.status();
-        if !status.is_success() {
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| transport(&self.url(), e))?
-                .to_bytes();
-            let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            return Err(api_error(status, value));
-        }
         Ok(StreamBody {
-            body: resp.into_body(),
+            body: self.streaming(path).await?,
             url: self.url(),
         })
     }
 
-    /// Starts a watch (`path` carries `?watch=true&...`).
-    pub async fn watch(&self, path: &str) -> Result<Watch, ClientError> {
+    /// GETs `path`: the body of a 2xx answer, unread; the error `Status` otherwise.
+    async fn streaming(&self, path: &str) -> Result<hyper::body::Incoming, ClientError> {
         let resp = self.send(Method::GET, path, None, None).await?;
         let status = resp.status();
-        if !status.is_success() {
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| transport(&self.url(), e))?
-                .to_bytes();
-            let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            return Err(api_error(status, value));
+        if status.is_success() {
+            return Ok(resp.into_body());
         }
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| transport(&self.url(), e))?
+            .to_bytes();
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Err(api_error(status, value))
+    }
+
+    /// Starts a watch (`path` carries `?watch=true&...`).
+    pub async fn watch(&self, path: &str) -> Result<Watch, ClientError> {
         Ok(Watch {
-            body: resp.into_body(),
+            body: self.streaming(path).await?,
             buffer: Vec::new(),
             url: self.url(),
         })

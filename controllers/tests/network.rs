@@ -28,6 +28,26 @@ async fn namespace(c: &Client, name: &str) {
         .unwrap();
 }
 
+/// A tenant `ns` with the same plan as every other: VPC main (10.1.0.0/16), subnets front
+/// (10.1.1.0/24) and back (10.1.2.0/24), and a VM web on front.
+async fn tenant(c: &Client, ns: &str) {
+    namespace(c, ns).await;
+    api(c, "vpcs", ns)
+        .create(&vpc("main", "10.1.0.0/16"))
+        .await
+        .unwrap();
+    for (name, cidr) in [("front", "10.1.1.0/24"), ("back", "10.1.2.0/24")] {
+        api(c, "subnets", ns)
+            .create(&subnet(name, "main", cidr))
+            .await
+            .unwrap();
+    }
+    api(c, "virtualmachines", ns)
+        .create(&vm("web", json!([{"subnet": "front"}])))
+        .await
+        .unwrap();
+}
+
 fn vpc(name: &str, cidr: &str) -> Value {
     json!({"apiVersion": "keel.dev/v1alpha1", "kind": "VPC", "metadata": {"name": name}, "spec": {"cidr": cidr}})
 }
@@ -129,23 +149,7 @@ async fn vpcs_become_ovn_topologies_that_isolate_tenants() {
 
     // Two tenants; b uses the same addresses as a for its web VM.
     for ns in ["a", "b"] {
-        namespace(&c, ns).await;
-        api(&c, "vpcs", ns)
-            .create(&vpc("main", "10.1.0.0/16"))
-            .await
-            .unwrap();
-        api(&c, "subnets", ns)
-            .create(&subnet("front", "main", "10.1.1.0/24"))
-            .await
-            .unwrap();
-        api(&c, "subnets", ns)
-            .create(&subnet("back", "main", "10.1.2.0/24"))
-            .await
-            .unwrap();
-        api(&c, "virtualmachines", ns)
-            .create(&vm("web", json!([{"subnet": "front"}])))
-            .await
-            .unwrap();
+        tenant(&c, ns).await;
     }
     let (a_vms, b_vms) = (
         api(&c, "virtualmachines", "a"),
@@ -693,23 +697,7 @@ async fn guests_exchange_real_packets_across_subnets_and_other_tenants_cannot_re
         stop,
     ));
     for ns in ["a", "b"] {
-        namespace(&c, ns).await;
-        api(&c, "vpcs", ns)
-            .create(&vpc("main", "10.1.0.0/16"))
-            .await
-            .unwrap();
-        api(&c, "subnets", ns)
-            .create(&subnet("front", "main", "10.1.1.0/24"))
-            .await
-            .unwrap();
-        api(&c, "subnets", ns)
-            .create(&subnet("back", "main", "10.1.2.0/24"))
-            .await
-            .unwrap();
-        api(&c, "virtualmachines", ns)
-            .create(&vm("web", json!([{"subnet": "front"}])))
-            .await
-            .unwrap();
+        tenant(&c, ns).await;
     }
     let (a_vms, b_vms) = (
         api(&c, "virtualmachines", "a"),

@@ -57,6 +57,26 @@ where
     }
 }
 
+/// Runs `keelctl ARGS` with `kubeconfig`.
+pub fn keelctl(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(keelctl_bin())
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .output()
+        .expect("run keelctl")
+}
+
+/// The standard output of a command that must have succeeded (its output otherwise).
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "keelctl failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 /// A registered kind by any of its names.
 pub fn kind(name: &str) -> &'static keel_schemas::Kind {
     keel_schemas::lookup(name).expect("registered kind")

@@ -5,32 +5,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::BufRead;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use keel_e2e::{KeelServer, eventually, keelctl_bin};
+use keel_e2e::{KeelServer, eventually, keelctl, keelctl_bin, ok};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn keelctl(kubeconfig: &Path, args: &[&str]) -> Output {
-    Command::new(keelctl_bin())
-        .env("KUBECONFIG", kubeconfig)
-        .args(args)
-        .output()
-        .expect("run keelctl")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "keelctl failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
 
 fn fails(out: Output, needle: &str) -> String {
     let err = String::from_utf8_lossy(&out.stderr).to_string();

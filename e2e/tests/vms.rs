@@ -7,35 +7,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use keel_client::api::ListParams;
 use keel_client::{Api, Client, Patch};
-use keel_e2e::{KeelAgent, KeelServer, condition, eventually, guest, keelctl_bin, kind};
+use keel_e2e::{
+    KeelAgent, KeelServer, condition, eventually, guest, keelctl, keelctl_bin, kind, ok,
+};
 use serde_json::{Value, json};
 
 /// Generous: a guest boots in a few seconds under TCG, but CI machines are slow and shared.
 const WAIT: Duration = Duration::from_secs(120);
-
-fn keelctl(kubeconfig: &Path, args: &[&str]) -> Output {
-    Command::new(keelctl_bin())
-        .env("KUBECONFIG", kubeconfig)
-        .args(args)
-        .output()
-        .expect("run keelctl")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "keelctl failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
 
 /// A VM of the test guest printing `marker`, probed on its HTTP port, as YAML for keelctl.
 fn vm_yaml(name: &str, marker: &str, extra: &str) -> String {

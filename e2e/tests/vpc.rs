@@ -6,24 +6,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use keel_client::{Api, Client, DeleteParams};
 use keel_e2e::ovn::{Chassis, Ovn};
-use keel_e2e::{KeelAgent, KeelServer, condition, eventually, guest, keelctl_bin, kind};
+use keel_e2e::{KeelAgent, KeelServer, condition, eventually, guest, keelctl, kind};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn keelctl(kubeconfig: &Path, args: &[&str]) -> Output {
-    Command::new(keelctl_bin())
-        .env("KUBECONFIG", kubeconfig)
-        .args(args)
-        .output()
-        .expect("run keelctl")
-}
 
 fn vm(name: &str, subnet: &str, cmdline: &str) -> Value {
     let g = guest();

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use keel_client::{Api, Client, ClientError};
+use keel_client::{Api, ClientError};
 use keel_controllers::network::{Caches, connect, pass};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -32,12 +32,6 @@ struct Args {
     /// The keel binary (default: next to this one).
     #[arg(long)]
     keel: Option<PathBuf>,
-}
-
-fn port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 async fn create_all(
@@ -69,10 +63,7 @@ async fn create_all(
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let keel = match args.keel {
-        Some(k) => k,
-        None => std::env::current_exe()?.with_file_name("keel"),
-    };
+    let keel = keel_bench::server::keel_binary(args.keel.clone())?;
     let dir = tempfile::Builder::new().prefix("nwb").tempdir_in("/tmp")?;
     // The northbound database.
     let db = dir.path().join("nb.db");
@@ -93,34 +84,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .stderr(Stdio::null())
         .spawn()?;
     // The API server.
-    let (api_port, raft_port) = (port()?, port()?);
-    let mut server = Command::new(&keel)
-        .args(["server", "--disable-agent", "--data-dir"])
-        .arg(dir.path().join("s"))
-        .args(["--listen", &format!("127.0.0.1:{api_port}")])
-        .args(["--raft-listen", &format!("127.0.0.1:{raft_port}")])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("server.log"))?)
-        .spawn()?;
-    let data = dir.path().join("s");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let client = loop {
-        if let (Ok(token), Ok(ca)) = (
-            std::fs::read_to_string(data.join("admin-token")),
-            std::fs::read_to_string(data.join("tls/ca.crt")),
-        ) {
-            let c = Client::new(&format!("https://127.0.0.1:{api_port}"), &ca, token.trim())?;
-            if c.get("/api/v1/namespaces/default").await.is_ok() && socket.exists() {
-                break c;
-            }
-        }
+    let server = keel_bench::server::start_server(&keel, dir.path(), &[]).await?;
+    let client = server.client.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
         if Instant::now() > deadline {
-            let _ = server.kill();
             let _ = nb_server.kill();
-            return Err("the server or ovsdb-server did not start".into());
+            return Err("ovsdb-server did not start".into());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let kind = |p: &str| keel_schemas::lookup(p).ok_or(format!("{p} is not registered"));
     let started = Instant::now();
     Api::<Value>::namespaced(&client, kind("vpcs")?, "default")
@@ -227,8 +200,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         requests,
         report.status_writes
     );
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let _ = nb_server.kill();
     let _ = nb_server.wait();
     Ok(())

@@ -6,12 +6,11 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Parser;
-use keel_client::{Api, Client, ClientError, Patch};
+use keel_client::{Api, ClientError, Patch};
 use keel_controllers::runtime::{Action, Controller, ObjectExt, watcher};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -69,44 +68,10 @@ fn rss_kib(field: &str) -> u64 {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let keel = match args.keel {
-        Some(k) => k,
-        None => std::env::current_exe()?.with_file_name("keel"),
-    };
+    let keel = keel_bench::server::keel_binary(args.keel.clone())?;
     let dir = tempfile::tempdir()?;
-    let port = |_: ()| -> std::io::Result<u16> {
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port())
-    };
-    let (api_port, raft_port) = (port(())?, port(())?);
-    let log = std::fs::File::create(dir.path().join("server.log"))?;
-    let mut server = Command::new(&keel)
-        .args(["server", "--disable-agent", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args(["--listen", &format!("127.0.0.1:{api_port}")])
-        .args(["--raft-listen", &format!("127.0.0.1:{raft_port}")])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()?;
-    let data = dir.path().join("data");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let client = loop {
-        if let (Ok(token), Ok(ca)) = (
-            std::fs::read_to_string(data.join("admin-token")),
-            std::fs::read_to_string(data.join("tls/ca.crt")),
-        ) {
-            let c = Client::new(&format!("https://127.0.0.1:{api_port}"), &ca, token.trim())?;
-            if c.get("/api/v1/namespaces/default").await.is_ok() {
-                break c;
-            }
-        }
-        if Instant::now() > deadline {
-            let _ = server.kill();
-            return Err("the server did not start".into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let server = keel_bench::server::start_server(&keel, dir.path(), &[]).await?;
+    let client = server.client.clone();
     let kind = keel_schemas::lookup("securitygroups").ok_or("SecurityGroup is not registered")?;
     let api: Api<Value> = Api::namespaced(&client, kind, "default");
     let (done_tx, mut done) = watch::channel(0usize);
@@ -167,7 +132,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     stop.send_replace(true);
     let _ = task.await;
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use keel_client::{Api, Client, DeleteParams};
+use keel_client::{Api, DeleteParams};
 use serde_json::{Value, json};
 
 /// apply-to-Ready of VMs on one host, against QEMU started by hand.
@@ -32,12 +32,6 @@ struct Args {
     /// Seconds over which the agent's CPU is sampled while the guests run.
     #[arg(long, default_value_t = 10)]
     sample_seconds: u64,
-}
-
-fn port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// The agent process's CPU seconds (user + system) and RSS in KiB.
@@ -137,7 +131,7 @@ async fn by_hand(
     for i in 0..n {
         let own = dir.join(format!("hand-{i}"));
         std::fs::create_dir_all(&own)?;
-        let host_port = port()?;
+        let host_port = keel_bench::free_port();
         let args: Vec<String> = command[1..]
             .iter()
             .map(|a| {
@@ -216,10 +210,7 @@ async fn delete_all(vms: &Api<Value>, names: &[String]) -> Result<(), Box<dyn st
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let keel = match args.keel {
-        Some(k) => k,
-        None => std::env::current_exe()?.with_file_name("keel"),
-    };
+    let keel = keel_bench::server::keel_binary(args.keel.clone())?;
     let guest = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
         .join(".cache/keel/guest");
     let kernel = args.kernel.unwrap_or_else(|| guest.join("vmlinuz"));
@@ -229,42 +220,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // Short paths: QMP socket paths are limited to 107 bytes.
     let dir = tempfile::Builder::new().prefix("vmb").tempdir_in("/tmp")?;
-    let (api_port, raft_port) = (port()?, port()?);
-    let mut server = Command::new(&keel)
-        .args(["server", "--disable-agent", "--data-dir"])
-        .arg(dir.path().join("s"))
-        .args(["--listen", &format!("127.0.0.1:{api_port}")])
-        .args(["--raft-listen", &format!("127.0.0.1:{raft_port}")])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("server.log"))?)
-        .spawn()?;
-    let data = dir.path().join("s");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let client = loop {
-        if let (Ok(token), Ok(ca)) = (
-            std::fs::read_to_string(data.join("admin-token")),
-            std::fs::read_to_string(data.join("tls/ca.crt")),
-        ) {
-            let c = Client::new(&format!("https://127.0.0.1:{api_port}"), &ca, token.trim())?;
-            if c.get("/api/v1/namespaces/default").await.is_ok() {
-                break c;
-            }
-        }
-        if Instant::now() > deadline {
-            let _ = server.kill();
-            return Err("the server did not start".into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let server = keel_bench::server::start_server(&keel, dir.path(), &[]).await?;
+    let client = server.client.clone();
+    let data = server.data.clone();
+    let api_url = server.url.clone();
     let join = std::fs::read_to_string(data.join("join-token"))?;
     let mut agent = Command::new(&keel)
-        .args([
-            "agent",
-            "--server",
-            &format!("https://127.0.0.1:{api_port}"),
-            "--token",
-            join.trim(),
-        ])
+        .args(["agent", "--server", &api_url, "--token", join.trim()])
         .args(["--node-name", "bench", "--data-dir"])
         .arg(dir.path().join("a"))
         .args([
@@ -358,8 +320,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let _ = agent.kill();
     let _ = agent.wait();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     // The agent's guests outlive it by design: stop any left.
     let _ = Command::new("pkill")
         .args(["-f", &dir.path().join("a").display().to_string()])

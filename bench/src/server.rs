@@ -1,0 +1,79 @@
+//! A whole `keel server` process (the `keel` binary, controllers included) for the benchmarks
+//! that measure more than the store: reconciles, VMs, the network controller.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keel_client::Client;
+
+/// A `keel server` started by a benchmark, killed when dropped.
+pub struct Server {
+    /// The process.
+    pub child: Child,
+    /// An admin client of its API.
+    pub client: Client,
+    /// Its data dir.
+    pub data: PathBuf,
+    /// Its API URL.
+    pub url: String,
+}
+
+/// The `keel` binary: `given`, else the one next to this benchmark.
+pub fn keel_binary(given: Option<PathBuf>) -> std::io::Result<PathBuf> {
+    match given {
+        Some(k) => Ok(k),
+        None => Ok(std::env::current_exe()?.with_file_name("keel")),
+    }
+}
+
+/// Starts `keel server --disable-agent` with its data in `dir/s` (and `extra` flags), and
+/// waits until its API answers.
+pub async fn start_server(
+    keel: &Path,
+    dir: &Path,
+    extra: &[&str],
+) -> Result<Server, Box<dyn std::error::Error>> {
+    let (api_port, raft_port) = (crate::free_port(), crate::free_port());
+    let data = dir.join("s");
+    let mut child = Command::new(keel)
+        .args(["server", "--disable-agent", "--data-dir"])
+        .arg(&data)
+        .args(["--listen", &format!("127.0.0.1:{api_port}")])
+        .args(["--raft-listen", &format!("127.0.0.1:{raft_port}")])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("server.log"))?)
+        .spawn()?;
+    let url = format!("https://127.0.0.1:{api_port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let (Ok(token), Ok(ca)) = (
+            std::fs::read_to_string(data.join("admin-token")),
+            std::fs::read_to_string(data.join("tls/ca.crt")),
+        ) {
+            let client = Client::new(&url, &ca, token.trim())?;
+            if client.get("/api/v1/namespaces/default").await.is_ok() {
+                return Ok(Server {
+                    child,
+                    client,
+                    data,
+                    url,
+                });
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("the server did not start".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
