@@ -48,6 +48,22 @@ async fn tenant(c: &Client, ns: &str) {
         .unwrap();
 }
 
+/// Tenants a and b (see [`tenant`]), and a VM db on a's back subnet; their VM APIs.
+async fn two_tenants(c: &Client) -> (Api<Value>, Api<Value>) {
+    for ns in ["a", "b"] {
+        tenant(c, ns).await;
+    }
+    let (a_vms, b_vms) = (
+        api(c, "virtualmachines", "a"),
+        api(c, "virtualmachines", "b"),
+    );
+    a_vms
+        .create(&vm("db", json!([{"subnet": "back"}])))
+        .await
+        .unwrap();
+    (a_vms, b_vms)
+}
+
 fn vpc(name: &str, cidr: &str) -> Value {
     json!({"apiVersion": "keel.dev/v1alpha1", "kind": "VPC", "metadata": {"name": name}, "spec": {"cidr": cidr}})
 }
@@ -80,12 +96,7 @@ async fn address(vms: &Api<Value>, name: &str) -> (String, String) {
 }
 
 async fn condition(api: &Api<Value>, name: &str, type_: &str) -> Option<Value> {
-    let o = api.get(name).await.ok()?;
-    o["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-        .cloned()
+    keel_e2e::condition_of(&api.get(name).await.ok()?, type_)
 }
 
 /// A TCP packet from one NIC to an address, as `ovn-trace` flow text.
@@ -148,17 +159,7 @@ async fn vpcs_become_ovn_topologies_that_isolate_tenants() {
     ));
 
     // Two tenants; b uses the same addresses as a for its web VM.
-    for ns in ["a", "b"] {
-        tenant(&c, ns).await;
-    }
-    let (a_vms, b_vms) = (
-        api(&c, "virtualmachines", "a"),
-        api(&c, "virtualmachines", "b"),
-    );
-    a_vms
-        .create(&vm("db", json!([{"subnet": "back"}])))
-        .await
-        .unwrap();
+    let (a_vms, b_vms) = two_tenants(&c).await;
     a_vms
         .create(&vm("web2", json!([{"subnet": "front"}])))
         .await
@@ -696,17 +697,7 @@ async fn guests_exchange_real_packets_across_subnets_and_other_tenants_cannot_re
         },
         stop,
     ));
-    for ns in ["a", "b"] {
-        tenant(&c, ns).await;
-    }
-    let (a_vms, b_vms) = (
-        api(&c, "virtualmachines", "a"),
-        api(&c, "virtualmachines", "b"),
-    );
-    a_vms
-        .create(&vm("db", json!([{"subnet": "back"}])))
-        .await
-        .unwrap();
+    let (a_vms, b_vms) = two_tenants(&c).await;
     let (web_ip, web_mac) = address(&a_vms, "web").await;
     let (db_ip, db_mac) = address(&a_vms, "db").await;
     let (b_ip, b_mac) = address(&b_vms, "web").await;

@@ -88,12 +88,34 @@ pub async fn condition(
     name: &str,
     type_: &str,
 ) -> Option<String> {
-    let o = api.get(name).await.ok()?;
-    o["status"]["conditions"]
+    let c = condition_of(&api.get(name).await.ok()?, type_)?;
+    c["status"].as_str().map(str::to_string)
+}
+
+/// Checks that `holds` stays true for all of `window` (polled every 100 ms): for what must
+/// *not* happen (a guest restarted, a second QEMU), which needs a time to watch in.
+pub async fn stays<F, Fut>(what: &str, window: Duration, mut holds: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + window;
+    loop {
+        assert!(holds().await, "{what}: broken within {window:?}");
+        if Instant::now() >= end {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The whole condition `type_` of an object (`reason`, `message` ...), if it has one.
+pub fn condition_of(object: &serde_json::Value, type_: &str) -> Option<serde_json::Value> {
+    object["status"]["conditions"]
         .as_array()?
         .iter()
         .find(|c| c["type"] == type_)
-        .and_then(|c| c["status"].as_str().map(str::to_string))
+        .cloned()
 }
 
 /// One `keel server` process with a fixed data dir and address, killed when dropped.

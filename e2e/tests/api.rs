@@ -84,10 +84,11 @@ async fn three_servers_serve_the_api_and_survive_the_leader() {
         .unwrap()
         .to_string();
     let stop = Arc::new(AtomicBool::new(false));
+    let acked_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let seen = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
     let writer = {
         let client = api(&servers[writer_idx]);
-        let stop = stop.clone();
+        let (stop, acked_count) = (stop.clone(), acked_count.clone());
         tokio::spawn(async move {
             let mut acked = Vec::new();
             let mut i = 0;
@@ -95,6 +96,7 @@ async fn three_servers_serve_the_api_and_survive_the_leader() {
                 let name = format!("w-{i:05}");
                 if client.post(CM, &configmap(&name)).await.is_ok() {
                     acked.push(name);
+                    acked_count.fetch_add(1, Ordering::Relaxed);
                 }
                 i += 1;
             }
@@ -140,6 +142,11 @@ async fn three_servers_serve_the_api_and_survive_the_leader() {
     let before = count().await.unwrap_or(0);
     eventually("writes after the kill", WAIT, || async {
         count().await.filter(|&n| n > before + 10)
+    })
+    .await;
+    // Enough acknowledged writes for the checks to mean something, however busy the machine.
+    eventually("30 acknowledged writes", WAIT, || async {
+        (acked_count.load(Ordering::Relaxed) > 30).then_some(())
     })
     .await;
     stop.store(true, Ordering::Relaxed);

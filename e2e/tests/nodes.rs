@@ -6,7 +6,9 @@
 use std::time::{Duration, Instant};
 
 use keel_client::{Api, Client};
-use keel_e2e::{Bridge, KeelAgent, KeelServer, condition, eventually, guest, kind};
+use keel_e2e::{
+    Bridge, KeelAgent, KeelServer, condition, condition_of, eventually, guest, kind, stays,
+};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -108,6 +110,10 @@ async fn nodes_that_die_or_are_cut_off_fence_and_their_vms_move() {
             "node-a has {c}: {node_a}"
         );
     }
+    // These hosts run no Open vSwitch: the Node says VPC networking is missing, and why.
+    let network = condition_of(&node_a, "NetworkAvailable").unwrap();
+    assert_eq!(network["status"], "False", "{network}");
+    assert_eq!(network["reason"], "OVSUnreachable", "{network}");
     let leases: Api<Value> = Api::namespaced(&client, kind("leases"), "kube-node-lease");
     assert_eq!(
         leases.get("node-b").await.unwrap()["spec"]["holderIdentity"],
@@ -154,11 +160,7 @@ async fn nodes_that_die_or_are_cut_off_fence_and_their_vms_move() {
     vms.create(&vm("huge", json!({"cpu": 256}))).await.unwrap();
     eventually("huge FailedScheduling", WAIT, || async {
         let v = vms.get("huge").await.ok()?;
-        let c = v["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .find(|c| c["type"] == "Scheduled")?
-            .clone();
+        let c = condition_of(&v, "Scheduled")?;
         (c["status"] == "False" && c["message"].as_str()?.contains("2 Insufficient cpu"))
             .then_some(())
     })
@@ -245,11 +247,12 @@ async fn nodes_that_die_or_are_cut_off_fence_and_their_vms_move() {
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        x.workload_pid("default", "mover").is_none(),
-        "x does not resume the VM that moved"
-    );
+    stays(
+        "x does not resume the VM that moved",
+        Duration::from_secs(2),
+        || async { x.workload_pid("default", "mover").is_none() },
+    )
+    .await;
 
     // Cut y off the network: it fences, mover goes back to x; after the link is back, y
     // does not resume it.
@@ -272,11 +275,12 @@ async fn nodes_that_die_or_are_cut_off_fence_and_their_vms_move() {
         (condition(&nodes, &y.name, "Ready").await.as_deref() == Some("True")).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        y.workload_pid("default", "mover").is_none(),
-        "y does not resume the VM that moved"
-    );
+    stays(
+        "y does not resume the VM that moved",
+        Duration::from_secs(2),
+        || async { y.workload_pid("default", "mover").is_none() },
+    )
+    .await;
     assert_eq!(bound_to(&vms, "mover").await.unwrap().0, x.name);
 }
 

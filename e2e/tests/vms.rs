@@ -13,7 +13,8 @@ use std::time::Duration;
 use keel_client::api::ListParams;
 use keel_client::{Api, Client, Patch};
 use keel_e2e::{
-    KeelAgent, KeelServer, condition, eventually, guest, keelctl, keelctl_bin, kind, ok,
+    KeelAgent, KeelServer, condition, condition_of, eventually, guest, keelctl, keelctl_bin, kind,
+    ok, stays,
 };
 use serde_json::{Value, json};
 
@@ -199,19 +200,14 @@ async fn vms_boot_run_restart_pause_and_go_away_on_qemu() {
         (status(&vm, "phase") == "Stopped").then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(
-        agent.qemu_pids("default", "manual").is_empty(),
-        "Manual does not restart"
-    );
+    stays(
+        "Manual does not restart",
+        Duration::from_secs(3),
+        || async { agent.qemu_pids("default", "manual").is_empty() },
+    )
+    .await;
     let m = vms.get("manual").await.unwrap();
-    let ready = m["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .unwrap()
-        .clone();
+    let ready = condition_of(&m, "Ready").unwrap();
     assert_eq!(ready["reason"], "GuestFailed", "{m}");
     assert!(
         ready["message"].as_str().unwrap().contains("signal 9"),
@@ -229,11 +225,10 @@ async fn vms_boot_run_restart_pause_and_go_away_on_qemu() {
             .then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        agent.qemu_pids("default", "manual").is_empty(),
-        "stays stopped"
-    );
+    stays("manual stays stopped", Duration::from_secs(2), || async {
+        agent.qemu_pids("default", "manual").is_empty()
+    })
+    .await;
     let logs = ok(keelctl(&kubeconfig, &["logs", "vm/manual"]));
     assert!(
         logs.contains("reboot: Power down"),
@@ -247,15 +242,12 @@ async fn vms_boot_run_restart_pause_and_go_away_on_qemu() {
             .then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    stays("deaf stays not Ready", Duration::from_secs(2), || async {
+        condition(&vms, "deaf", "Ready").await.as_deref() != Some("True")
+    })
+    .await;
     let d = vms.get("deaf").await.unwrap();
-    let ready = d["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .unwrap()
-        .clone();
+    let ready = condition_of(&d, "Ready").unwrap();
     assert_eq!(ready["status"], "False", "{d}");
     assert!(
         ready["message"]
@@ -296,7 +288,12 @@ async fn vms_boot_run_restart_pause_and_go_away_on_qemu() {
     // Restart the agent while the guest runs: the same QEMU is adopted, none is doubled.
     agent.kill();
     agent.start(&url, token.trim(), &agent_args);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    stays(
+        "one QEMU while the agent restarts",
+        Duration::from_secs(4),
+        || async { agent.qemu_pids("default", "web") == vec![third_pid] },
+    )
+    .await;
     let vm = wait_ready(&vms, "web").await;
     assert_eq!(
         status(&vm, "qemuPid").as_i64().unwrap() as i32,
@@ -440,6 +437,7 @@ async fn vms_boot_run_restart_pause_and_go_away_on_qemu() {
             "  cloudInit: {userData: \"#cloud-config\\npackages: [nginx\\n\"}\n".to_string(),
         ),
     ];
+    let applied = std::time::Instant::now();
     for (name, _, extra) in &bad {
         let file = root.path().join(format!("{name}.yaml"));
         std::fs::write(&file, vm_yaml(name, name, extra)).unwrap();
@@ -451,11 +449,7 @@ async fn vms_boot_run_restart_pause_and_go_away_on_qemu() {
     for (name, reason, _) in &bad {
         eventually(&format!("{name} failed with {reason}"), WAIT, || async {
             let vm = vms.get(name).await.ok()?;
-            let ready = vm["status"]["conditions"]
-                .as_array()?
-                .iter()
-                .find(|c| c["type"] == "Ready")?
-                .clone();
+            let ready = condition_of(&vm, "Ready")?;
             (status(&vm, "phase") == "Failed" && ready["reason"] == *reason).then_some(())
         })
         .await;
@@ -479,16 +473,13 @@ async fn vms_boot_run_restart_pause_and_go_away_on_qemu() {
     ));
     eventually("huge unschedulable", WAIT, || async {
         let vm = vms.get("huge").await.ok()?;
-        let c = vm["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .find(|c| c["type"] == "Scheduled")?
-            .clone();
+        let c = condition_of(&vm, "Scheduled")?;
         (c["status"] == "False" && c["message"].as_str()?.contains("Insufficient memory"))
             .then_some(())
     })
     .await;
-    // Retried with backoff, not in a loop: at most two more attempts in the next 8 seconds.
+    // Retried with backoff (1 s, 2 s, 4 s ...), not in a loop: over the first 15 seconds after
+    // the apply, a handful of attempts (a loop would make thousands).
     let attempts = || async {
         events_for(&client, "no-image")
             .await
@@ -497,13 +488,13 @@ async fn vms_boot_run_restart_pause_and_go_away_on_qemu() {
             .map(|e| e["count"].as_i64().unwrap_or(1))
             .sum::<i64>()
     };
-    let before = attempts().await;
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    let after = attempts().await;
-    assert!(
-        after - before <= 2,
-        "{before} then {after} attempts: the agent backs off"
-    );
+    let window = Duration::from_secs(15).saturating_sub(applied.elapsed());
+    stays(
+        "at most 8 attempts in 15 s: the agent backs off",
+        window,
+        || async { attempts().await <= 8 },
+    )
+    .await;
     assert_eq!(
         condition(&vms, "web", "Ready").await.as_deref(),
         Some("True"),
