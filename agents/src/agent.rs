@@ -34,8 +34,9 @@ pub struct AgentConfig {
     pub labels: Vec<(String, String)>,
     /// The `keel` binary (workload supervisors run `keel shim`).
     pub exe: PathBuf,
-    /// The address the DNS server binds (probed).
-    pub dns_listen: SocketAddr,
+    /// Where the DNS server answers (port 0: any free port, published in the Node); none:
+    /// this host has no DNS role.
+    pub dns_listen: Option<SocketAddr>,
     /// The Open vSwitch database socket (probed).
     pub ovs_socket: PathBuf,
     /// The kernel the KVM probe boots (default: the host's own, if found in /boot).
@@ -80,6 +81,8 @@ pub(crate) struct Shared {
     pub(crate) facts: HostFacts,
     /// The HTTPS endpoint's port and certificate (PEM), published in the Node.
     pub(crate) endpoint: (u16, String),
+    /// The DNS server's address, published in the Node (none: no DNS role).
+    pub(crate) dns_endpoint: Option<String>,
 }
 
 // === impl AgentConfig ===
@@ -99,7 +102,7 @@ impl AgentConfig {
             lease_duration: Duration::from_secs(40),
             labels: Vec::new(),
             exe,
-            dns_listen: SocketAddr::from(([0, 0, 0, 0], 53)),
+            dns_listen: None,
             ovs_socket: PathBuf::from("/var/run/openvswitch/db.sock"),
             kvm_probe_kernel: None,
             cpu_allocation_ratio: 4.0,
@@ -129,7 +132,6 @@ pub async fn run(
         probe(&ProbeConfig {
             data_dir: &probe_config.data_dir,
             server,
-            dns_listen: probe_config.dns_listen,
             kvm_probe_kernel: probe_config.kvm_probe_kernel.as_deref(),
         })
     })
@@ -142,6 +144,12 @@ pub async fn run(
     facts
         .capabilities
         .push(crate::vm::ovs::probe(&config.ovs_addr()).await);
+    let (dns_sockets, dns_capability) = bind_dns(config.dns_listen).await;
+    facts.capabilities.push(dns_capability);
+    let dns_endpoint = dns_sockets
+        .as_ref()
+        .and_then(|s| s.local_addr().ok())
+        .map(|a| a.to_string());
     for c in &facts.capabilities {
         tracing::info!(node = %config.node_name, capability = c.type_, available = c.available, "{}", c.message);
     }
@@ -164,13 +172,25 @@ pub async fn run(
         runtime,
         facts,
         endpoint: published,
+        dns_endpoint,
     });
     let (health_tx, health) = watch::channel(Health::Starting);
     let heartbeat = tokio::spawn(heartbeat(shared.clone(), health_tx, shutdown.clone()));
+    let dns = dns_sockets.map(|sockets| {
+        tokio::spawn(crate::dns::run(
+            shared.clone(),
+            sockets,
+            health.clone(),
+            shutdown.clone(),
+        ))
+    });
     let reconciler = tokio::spawn(vm::run(shared.clone(), health, shutdown.clone()));
     let _ = shutdown.wait_for(|s| *s).await;
     let _ = heartbeat.await;
     let _ = reconciler.await;
+    if let Some(dns) = dns {
+        let _ = dns.await;
+    }
     let _ = endpoint_task.await;
     Ok(())
 }
@@ -254,7 +274,9 @@ async fn register(shared: &Shared) -> Result<(), ClientError> {
     for (k, v) in &shared.config.labels {
         labels[k] = Value::String(v.clone());
     }
-    let annotations = json!({crate::server::CERTIFICATE_ANNOTATION: shared.endpoint.1});
+    let mut annotations = json!({crate::server::CERTIFICATE_ANNOTATION: shared.endpoint.1});
+    // A host that lost the DNS role stops advertising it (null removes the annotation).
+    annotations[crate::dns::ENDPOINT_ANNOTATION] = json!(shared.dns_endpoint);
     match api.get_opt(name).await? {
         None => {
             let node = json!({
@@ -351,6 +373,42 @@ async fn report_ready(shared: &Shared) -> Result<(), ClientError> {
     }
     api.update_status(&node).await?;
     Ok(())
+}
+
+/// Binds the DNS server's sockets, and says how that went as the `DNSAvailable` capability.
+async fn bind_dns(
+    listen: Option<SocketAddr>,
+) -> (Option<crate::dns::Sockets>, crate::probe::Capability) {
+    let Some(listen) = listen else {
+        let capability = crate::probe::Capability {
+            type_: "DNSAvailable",
+            available: false,
+            reason: "NotConfigured",
+            message: "this host has no DNS role (no --dns-listen)".into(),
+        };
+        return (None, capability);
+    };
+    match crate::dns::Sockets::bind(listen).await {
+        Ok(sockets) => {
+            let at = sockets.local_addr().map_or(listen, |a| a);
+            let capability = crate::probe::Capability {
+                type_: "DNSAvailable",
+                available: true,
+                reason: "Serving",
+                message: format!("the DNS server answers on {at} (UDP and TCP)"),
+            };
+            (Some(sockets), capability)
+        }
+        Err(e) => {
+            let capability = crate::probe::Capability {
+                type_: "DNSAvailable",
+                available: false,
+                reason: "PortUnavailable",
+                message: format!("cannot bind {listen} (UDP and TCP) for the DNS server: {e}"),
+            };
+            (None, capability)
+        }
+    }
 }
 
 /// The socket address of a server URL (`https://host:port`), when the host is an IP.

@@ -1,6 +1,6 @@
 //! What this host has and can do, probed when the agent starts: capacity (CPU, memory, disk),
-//! addresses, and capability conditions — KVM usable or TCG only, QEMU present, the DNS port
-//! bindable, the storage dir writable (OVS/OVN: [`crate::vm::ovs::probe`]). A host that lacks something
+//! addresses, and capability conditions — KVM usable or TCG only, QEMU present, the storage
+//! dir writable (OVS/OVN: [`crate::vm::ovs::probe`]; DNS: the DNS server's own bind). A host that lacks something
 //! says so in its Node's conditions instead of failing later.
 //!
 //! KVM counts as usable only when a real guest boots under it: on some hosts `/dev/kvm`
@@ -61,8 +61,6 @@ pub struct ProbeConfig<'a> {
     pub data_dir: &'a Path,
     /// A server address, to find the local address used to reach it.
     pub server: Option<SocketAddr>,
-    /// The address the DNS server will bind.
-    pub dns_listen: SocketAddr,
     /// The kernel the KVM probe boots (else the host's own, if found).
     pub kvm_probe_kernel: Option<&'a Path>,
 }
@@ -86,12 +84,7 @@ pub fn probe(config: &ProbeConfig<'_>) -> HostFacts {
         hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_default(),
-        capabilities: vec![
-            kvm,
-            qemu(),
-            dns(config.dns_listen),
-            storage(config.data_dir),
-        ],
+        capabilities: vec![kvm, qemu(), storage(config.data_dir)],
     }
 }
 
@@ -359,25 +352,6 @@ fn qemu() -> Capability {
     }
 }
 
-fn dns(listen: SocketAddr) -> Capability {
-    let udp = UdpSocket::bind(listen);
-    let tcp = std::net::TcpListener::bind(listen);
-    match (udp, tcp) {
-        (Ok(_), Ok(_)) => Capability {
-            type_: "DNSAvailable",
-            available: true,
-            reason: "PortFree",
-            message: format!("{listen} can be bound (UDP and TCP) for the DNS server"),
-        },
-        (Err(e), _) | (_, Err(e)) => Capability {
-            type_: "DNSAvailable",
-            available: false,
-            reason: "PortUnavailable",
-            message: format!("cannot bind {listen} for the DNS server: {e}"),
-        },
-    }
-}
-
 fn storage(dir: &Path) -> Capability {
     let probe = dir.join(".write-probe");
     let result = std::fs::write(&probe, b"keel").and_then(|()| std::fs::remove_file(&probe));
@@ -407,17 +381,15 @@ mod tests {
         let facts = probe(&ProbeConfig {
             data_dir: dir.path(),
             server: Some("127.0.0.1:6443".parse().unwrap()),
-            dns_listen: "127.0.0.1:0".parse().unwrap(),
             kvm_probe_kernel: None,
         });
         assert!(facts.cpus >= 1 && facts.memory_bytes > 0 && facts.disk_bytes > 0);
         assert_eq!(facts.internal_ip, Some("127.0.0.1".parse().unwrap()));
         assert!(facts.has("StorageAvailable"));
-        assert!(facts.has("DNSAvailable"));
         assert_eq!(
             facts.capabilities.len(),
-            4,
-            "NetworkAvailable is vm::ovs::probe's"
+            3,
+            "NetworkAvailable is vm::ovs::probe's, DNSAvailable the DNS server's"
         );
         assert_eq!(
             facts.accelerator == Accelerator::Kvm,

@@ -14,6 +14,7 @@
 //! - [`gc`]: deletes dependents whose owners are gone.
 //! - [`network`]: VPCs, subnets, security groups and NIC addresses as OVN northbound rows.
 //! - [`ovsdb`]: an OVSDB (RFC 7047) client for OVN's northbound database.
+//! - [`zones`]: each Zone's serial and generated records, and which DNS servers serve it.
 //! - [`manager`]: runs the cluster-wide controllers on the elected server.
 
 pub mod gc;
@@ -23,5 +24,6 @@ pub mod node_lifecycle;
 pub mod ovsdb;
 pub mod runtime;
 pub mod scheduler;
+pub mod zones;
 
 pub use manager::{ManagerConfig, run_manager};

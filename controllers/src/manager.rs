@@ -103,6 +103,11 @@ pub async fn run_manager(
                 stop.clone(),
             ));
         }
+        controllers.spawn(crate::zones::run(
+            client.clone(),
+            config.identity.clone(),
+            stop.clone(),
+        ));
         controllers.spawn(gc::run(client.clone(), stop));
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => {}

@@ -159,7 +159,11 @@ async fn reconcile(node: Arc<Value>, ctx: Arc<Context>) -> Result<Action, Client
     Ok(Action::requeue(Duration::from_secs(5)))
 }
 
-/// Sets `Ready=Unknown` on a node whose Lease is stale, as Kubernetes does.
+/// The Node condition a DNS server keeps True while its zone data is current.
+pub const DNS_SYNCED: &str = "DNSZonesSynced";
+
+/// Sets `Ready=Unknown` on a node whose Lease is stale, as Kubernetes does, and
+/// `DNSZonesSynced=Unknown` on a DNS server's.
 async fn mark_unknown(node: &Value, renew_time: &str, ctx: &Context) -> Result<(), ClientError> {
     let mut updated = node.clone();
     let message = if renew_time.is_empty() {
@@ -177,6 +181,27 @@ async fn mark_unknown(node: &Value, renew_time: &str, ctx: &Context) -> Result<(
         },
         &keel_schemas::time::now_rfc3339(),
     );
+    // A DNS server cut off from the API answers from the zone data it last had: say that
+    // its data may be stale (the agent says Synced again once it is back).
+    if condition_status(node, DNS_SYNCED).is_some() {
+        let since = if renew_time.is_empty() {
+            "its start"
+        } else {
+            renew_time
+        };
+        set_condition(
+            &mut updated["status"],
+            &Condition {
+                type_: DNS_SYNCED,
+                status: "Unknown",
+                reason: "Stale",
+                message: &format!(
+                    "the node's agent has not reached the API since {since}: its DNS server answers from the zone data it had then"
+                ),
+            },
+            &keel_schemas::time::now_rfc3339(),
+        );
+    }
     match ctx.nodes.update_status(&updated).await {
         Ok(_) => {}
         Err(e) if e.code() == Some(409) => return Ok(()),

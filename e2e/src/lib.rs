@@ -153,13 +153,20 @@ impl KeelServer {
             .append(true)
             .open(&self.log)
             .expect("open the server log");
-        let child = Command::new(keel_bin())
+        let mut command = Command::new(keel_bin());
+        command
             .args(["server", "--heartbeat-ms", "50", "--join-timeout", "10"])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--raft-listen", &self.addr])
             .args(["--listen", &self.api_addr])
-            .args(["--node-name", &self.name])
+            .args(["--node-name", &self.name]);
+        // The local agent's DNS server on a free port unless the test says (several servers
+        // share the host; the port is in the Node's keel.dev/dns-endpoint).
+        if !extra.iter().any(|a| a.as_ref() == "--dns-listen") {
+            command.args(["--dns-listen", "127.0.0.1:0"]);
+        }
+        let child = command
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)

@@ -119,9 +119,27 @@ static SECURITY_GROUP: &[Column] = &[
 
 static ZONE: &[Column] = &[
     text("Domain", "The zone's domain.", |o| at(o, "spec.domain")),
-    number("Records", "Record sets in the zone.", |o| {
-        count(o, "spec.records")
+    number("Serial", "The SOA serial served.", |o| {
+        at(o, "status.serial")
     }),
+    number("Records", "Records served, generated ones included.", |o| {
+        at(o, "status.recordCount")
+    }),
+    text("Ready", "The status of the Ready condition.", |o| {
+        condition(o, "Ready")
+    }),
+    wide(text(
+        "Served-By",
+        "The nodes answering at the current serial.",
+        |o| {
+            let nodes = o["status"]["servedBy"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let names: Vec<&str> = nodes.iter().filter_map(Value::as_str).collect();
+            Value::String(names.join(","))
+        },
+    )),
 ];
 
 static BUCKET: &[Column] = &[

@@ -14,6 +14,7 @@
 //! | LoadBalancer | `spec.healthCheck.path` | `/` for HTTP checks |
 //! | Zone | `spec.soa.primaryNameServer` | `ns1.<domain>` |
 //! | Zone | `spec.soa.adminEmail` | `hostmaster@<domain without the final dot>` |
+//! | Zone | `spec.nameServers` | `[spec.soa.primaryNameServer]` |
 //! | Bucket | `spec.bucketName` | `<namespace>-<name>`, when that is a valid bucket name |
 //! | GitRepository | `spec.ref` | `{branch: main}` when no branch, tag or commit is set |
 //! | Service | `spec.ports[*].targetPort` | the port's `port` |
@@ -112,6 +113,10 @@ fn computed(kind: &Kind, object: &mut Value) {
                 set_missing(soa, "primaryNameServer", json!(format!("ns1.{domain}")));
                 let bare = domain.trim_end_matches('.');
                 set_missing(soa, "adminEmail", json!(format!("hostmaster@{bare}")));
+                let primary = soa.get("primaryNameServer").cloned();
+                if let Some(primary) = primary {
+                    set_missing(spec, "nameServers", json!([primary]));
+                }
             }
         }
         (KEEL_GROUP, "Bucket") => {

@@ -118,6 +118,11 @@ struct ServerArgs {
     /// its Node, so that several servers can share a host).
     #[arg(long, default_value = "0.0.0.0:0")]
     agent_listen: SocketAddr,
+    /// Where the local agent's authoritative DNS server answers for the cluster's Zones
+    /// (UDP and TCP; port 0: a free port, published in its Node; `off`: no DNS role).
+    /// Use port 53 in production.
+    #[arg(long, default_value = "0.0.0.0:5353", value_parser = listen_or_off)]
+    dns_listen: Listen,
 }
 
 /// Timings of the cluster controllers (seconds, fractions allowed).
@@ -161,9 +166,11 @@ struct AgentArgs {
     /// A label for the node (`key=value`); repeat for more.
     #[arg(long = "node-label")]
     node_labels: Vec<String>,
-    /// The address the DNS server binds (probed as a capability).
-    #[arg(long, default_value = "0.0.0.0:53")]
-    dns_listen: SocketAddr,
+    /// Give this host the DNS role: its authoritative DNS server answers for the cluster's
+    /// Zones here (UDP and TCP; port 0: a free port, published in the Node; `off`: no DNS
+    /// role, the default).
+    #[arg(long, default_value = "off", value_parser = listen_or_off)]
+    dns_listen: Listen,
     /// The Open vSwitch database socket (probed as a capability).
     #[arg(long, default_value = "/var/run/openvswitch/db.sock")]
     ovs_socket: PathBuf,
@@ -447,6 +454,7 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
         agent.lease_duration = seconds(args.node_lease_duration);
         agent.kvm_probe_kernel = args.kvm_probe_kernel.clone();
         agent.listen = args.agent_listen;
+        agent.dns_listen = args.dns_listen.0;
         agent.server_token = std::fs::read_to_string(data_dir.join("join-token"))
             .ok()
             .map(|t| t.trim().to_string());
@@ -485,6 +493,19 @@ fn manager_config(identity: &str, t: &ControllerTimings) -> keel_controllers::Ma
     config
 }
 
+/// A listen address, or none (`off`).
+#[derive(Debug, Clone)]
+struct Listen(Option<SocketAddr>);
+
+fn listen_or_off(s: &str) -> Result<Listen, String> {
+    if s == "off" {
+        return Ok(Listen(None));
+    }
+    s.parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|_| format!("{s:?} is neither an address (0.0.0.0:53) nor off"))
+}
+
 /// A duration from seconds given on the command line (negative or NaN: zero).
 fn seconds(secs: f64) -> Duration {
     Duration::try_from_secs_f64(secs).unwrap_or_default()
@@ -512,7 +533,7 @@ async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut config =
         keel_agent::AgentConfig::new(&node_name, args.data_dir, std::env::current_exe()?);
     config.lease_duration = seconds(args.lease_duration);
-    config.dns_listen = args.dns_listen;
+    config.dns_listen = args.dns_listen.0;
     config.ovs_socket = args.ovs_socket;
     config.kvm_probe_kernel = args.kvm_probe_kernel;
     config.listen = args.listen;

@@ -92,6 +92,7 @@ fn zones_get_soa_data_from_their_domain() {
         json!({"primaryNameServer": "ns1.shop.example.", "adminEmail": "hostmaster@shop.example",
                "refresh": 7200, "retry": 900, "expire": 1209600, "minimum": 300})
     );
+    assert_eq!(spec["nameServers"], json!(["ns1.shop.example."]));
     let spec = defaulted("zone", json!({"domain": "no-dot"}));
     assert_eq!(
         spec["soa"].get("primaryNameServer"),

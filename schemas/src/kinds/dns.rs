@@ -30,6 +30,12 @@ pub struct ZoneSpec {
     /// PTR records for a subnet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reverse: Option<Reverse>,
+    /// Name servers (NS at the apex; default: the SOA's primary name server).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub name_servers: Vec<String>,
+    /// Source CIDRs allowed to AXFR the zone (default: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_transfer: Vec<String>,
 }
 
 /// SOA data of a zone (the serial is in status).
@@ -100,8 +106,12 @@ pub enum RecordType {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AutoRecord {
-    /// Which objects.
-    pub selector: LabelSelector,
+    /// Only objects whose labels match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// Only VMs with a NIC in this VPC (and only those NICs' addresses).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vpc: Option<String>,
     /// Of which kind.
     pub kind: AutoRecordKind,
     /// TTL (default: the zone's).
@@ -144,7 +154,26 @@ pub struct ZoneStatus {
     /// Records served.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record_count: Option<u64>,
-    /// Servers answering for the zone.
+    /// Addresses (ip:port) of the servers answering at the current serial.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub name_servers: Vec<String>,
+    /// Nodes answering at the current serial.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub served_by: Vec<String>,
+    /// Generated records, with fully qualified names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub records: Vec<Record>,
+    /// The reverse zone served for `spec.reverse`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reverse: Option<ReverseStatus>,
+}
+
+/// The reverse zone of a subnet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReverseStatus {
+    /// Its origin (`1.20.10.in-addr.arpa.`).
+    pub domain: String,
+    /// The subnet's CIDR.
+    pub cidr: String,
 }

@@ -232,7 +232,8 @@ fn dns_storage_and_gitops_kinds() {
                     },
                 ],
                 auto_records: vec![AutoRecord {
-                    selector: LabelSelector::default(),
+                    selector: Some(LabelSelector::default()),
+                    vpc: Some("main".into()),
                     kind: AutoRecordKind::VirtualMachine,
                     ttl: None,
                 }],
@@ -240,6 +241,8 @@ fn dns_storage_and_gitops_kinds() {
                     subnet: "front".into(),
                     pattern: "ip-{d}.shop.example.".into(),
                 }),
+                name_servers: vec!["ns1.shop.example.".into()],
+                allow_transfer: vec!["10.0.0.0/8".into()],
             },
         ),
     );

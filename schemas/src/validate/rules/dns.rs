@@ -4,6 +4,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{Field, label_selector, object_ref};
 use crate::names::{is_domain_name, is_fqdn, is_host_label};
+use crate::net::Cidr;
 use crate::validate::FieldError;
 
 const FQDN_RULE: &str = "must be a fully qualified domain name ending with '.' (shop.example.)";
@@ -38,6 +39,17 @@ pub(super) fn zone(spec: Option<&Field<'_>>, errors: &mut Vec<FieldError>) {
     cname_rules(&owners, errors);
     for auto in spec.items_of("autoRecords") {
         label_selector(auto.get("selector"), errors);
+        object_ref(auto.get("vpc"), errors);
+    }
+    for ns in spec.items_of("nameServers") {
+        if ns.str().is_some_and(|s| !is_fqdn(s)) {
+            errors.push(ns.invalid(FQDN_RULE));
+        }
+    }
+    for cidr in spec.items_of("allowTransfer") {
+        if cidr.str().is_some_and(|s| s.parse::<Cidr>().is_err()) {
+            errors.push(cidr.invalid("must be a CIDR (10.0.0.0/8, fd00::/8 or 192.0.2.7/32)"));
+        }
     }
     if let Some(reverse) = spec.get("reverse") {
         object_ref(reverse.get("subnet"), errors);
@@ -105,6 +117,10 @@ fn owner_name(
 
 fn record_value(kind: &str, value: &Field<'_>, errors: &mut Vec<FieldError>) {
     let Some(s) = value.str() else { return };
+    if s.chars().any(char::is_control) {
+        errors.push(value.invalid("must be one line without control characters"));
+        return;
+    }
     let fields: Vec<&str> = s.split_whitespace().collect();
     let host = |h: &str| is_domain_name(h) || h == ".";
     let num = |n: &str| n.parse::<u16>().is_ok();

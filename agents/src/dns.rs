@@ -1,0 +1,158 @@
+//! The DNS server of a host with the DNS role (`--dns-listen`): authoritative answers for
+//! every Zone, over UDP and TCP, built on hickory-proto's message types; the server loop,
+//! zone storage and answer logic are Keel's.
+//!
+//! Level-triggered: a watcher keeps every Zone in a cache, and each change rebuilds the
+//! whole [`Catalog`] from the cache and swaps it in at once, so a query sees either the old
+//! data or the new, never half of each. The zone controller gives each Zone its serial and
+//! its generated records (auto records, PTRs); this server compiles what it is given and
+//! reports, in its Node's `keel.dev/dns-zones` annotation, the serial it serves for each
+//! zone or why it cannot. The cache outlives the API: when the server is unreachable the
+//! last data keeps being served.
+//!
+//! Modules: [`zone`] (a Zone compiled for answering), [`catalog`] (all of them),
+//! [`answer`] (one request to its responses), [`server`] (the sockets).
+
+pub mod answer;
+pub mod catalog;
+pub mod server;
+pub mod zone;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_client::{Api, ClientError, Patch};
+use keel_controllers::runtime::{Condition, Store, set_condition, watcher};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::agent::{Health, Shared};
+
+pub use self::catalog::{Catalog, ZoneReport};
+pub use self::server::Sockets;
+
+pub use keel_controllers::zones::{ENDPOINT_ANNOTATION, ZONES_ANNOTATION};
+/// The Node condition saying whether the zone data is current.
+pub const SYNCED_CONDITION: &str = keel_controllers::node_lifecycle::DNS_SYNCED;
+
+/// Changes closer together than this are built once.
+const SETTLE: Duration = Duration::from_millis(20);
+/// How soon a report that failed is tried again.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Serves DNS on `sockets` from the cluster's Zones until `shutdown` turns true.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    sockets: Sockets,
+    mut health: watch::Receiver<Health>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let (catalog_tx, catalog_rx) = watch::channel(Arc::new(Catalog::default()));
+    let server = tokio::spawn(sockets.serve(catalog_rx, shutdown.clone()));
+    let Some(kind) = keel_schemas::lookup("zones") else {
+        return;
+    };
+    let store = Store::new();
+    let (changed_tx, mut changed) = watch::channel(());
+    let feed = {
+        let store = store.clone();
+        let mut w = watcher(Api::all(&shared.client, kind), watcher::Config::default());
+        tokio::spawn(async move {
+            loop {
+                store.apply(w.next().await);
+                changed_tx.send_replace(());
+            }
+        })
+    };
+    let mut compiled = catalog::Compiled::default();
+    let mut reported: Option<BTreeMap<String, ZoneReport>> = None;
+    let mut synced_reported = false;
+    let mut retry = false;
+    let mut shutdown = shutdown;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            r = changed.changed() => if r.is_err() { break },
+            r = health.changed() => {
+                if r.is_err() { break }
+                // Back from a fence or a restart of the heartbeat: say so again.
+                synced_reported = false;
+            }
+            _ = tokio::time::sleep(RETRY), if retry => {}
+        }
+        tokio::time::sleep(SETTLE).await;
+        changed.borrow_and_update();
+        if !store.is_ready() {
+            continue;
+        }
+        let (catalog, reports) = Catalog::build(&store.list(), &mut compiled);
+        let zones = reports.values().filter(|r| r.serial.is_some()).count();
+        tracing::debug!(zones, origins = catalog.len(), "DNS data rebuilt");
+        catalog_tx.send_replace(Arc::new(catalog));
+        let healthy = *health.borrow() == Health::Healthy;
+        if reported.as_ref() != Some(&reports) && healthy {
+            match report_zones(&shared, &reports).await {
+                Ok(()) => reported = Some(reports.clone()),
+                Err(e) => tracing::warn!(error = %e, "cannot report the zones served"),
+            }
+        }
+        if !synced_reported && healthy {
+            match report_synced(&shared).await {
+                Ok(()) => synced_reported = true,
+                Err(e) => tracing::warn!(error = %e, "cannot report the DNS data synced"),
+            }
+        }
+        // A report that could not be written is tried again without waiting for a change.
+        retry = reported.as_ref() != Some(&reports) || !synced_reported;
+    }
+    feed.abort();
+    let _ = server.await;
+}
+
+/// Writes the zones served (and their serials) into the Node's annotation.
+async fn report_zones(
+    shared: &Shared,
+    reports: &BTreeMap<String, ZoneReport>,
+) -> Result<(), ClientError> {
+    let Some(kind) = keel_schemas::lookup("nodes") else {
+        return Ok(());
+    };
+    let api: Api<Value> = Api::all(&shared.client, kind);
+    let value = serde_json::to_string(reports).unwrap_or_else(|_| "{}".into());
+    let patch = json!({"metadata": {"annotations": {ZONES_ANNOTATION: value}}});
+    api.patch(&shared.config.node_name, &Patch::Merge(patch))
+        .await
+        .map(|_| ())
+}
+
+/// Sets `DNSZonesSynced=True` on the Node.
+async fn report_synced(shared: &Shared) -> Result<(), ClientError> {
+    let Some(kind) = keel_schemas::lookup("nodes") else {
+        return Ok(());
+    };
+    let api: Api<Value> = Api::all(&shared.client, kind);
+    let message = "the DNS server answers from the cluster's current zone data";
+    for _ in 0..5 {
+        let mut node = api.get(&shared.config.node_name).await?;
+        let changed = set_condition(
+            &mut node["status"],
+            &Condition {
+                type_: SYNCED_CONDITION,
+                status: "True",
+                reason: "Synced",
+                message,
+            },
+            &keel_schemas::time::now_rfc3339(),
+        );
+        if !changed {
+            return Ok(());
+        }
+        match api.update_status(&node).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.code() == Some(409) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

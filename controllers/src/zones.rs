@@ -1,0 +1,581 @@
+//! The zone controller: gives each Zone what its DNS servers serve besides its spec — the
+//! records generated for VMs and load balancers (`spec.autoRecords`), the PTR records of
+//! the named addresses of its reverse subnet, addresses for in-zone name servers — and the
+//! SOA serial, which it bumps whenever any of that or the spec changes. It also reads back
+//! what every DNS server reports serving (the Node annotation `keel.dev/dns-zones`) and
+//! says in the status which nodes serve the current serial, and why any cannot.
+//!
+//! It is the one writer of a zone's content beyond the spec, as Kubernetes' EndpointSlice
+//! controller is for Services: every DNS server compiles the same records at the same
+//! serial, so secondaries and clients see one zone whichever server they ask.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_client::{Api, Client, ClientError};
+use keel_schemas::Cidr;
+use keel_schemas::kinds::dns::{
+    AutoRecord, AutoRecordKind, Record, RecordType, ReverseStatus, ZoneSpec,
+};
+use keel_schemas::kinds::meta::LabelSelector;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::runtime::{
+    Action, Condition, Controller, EventType, ObjectExt, ObjectRef, Recorder, Store,
+    condition_status, set_condition, watcher,
+};
+
+/// The Node annotation with the DNS server's address.
+pub const ENDPOINT_ANNOTATION: &str = "keel.dev/dns-endpoint";
+/// The Node annotation with what its DNS server serves: `{"ns/zone": {"serial": N, "error": ".."}}`.
+pub const ZONES_ANNOTATION: &str = "keel.dev/dns-zones";
+
+/// What the reconciles share.
+struct Context {
+    client: Client,
+    vms: Store,
+    lbs: Store,
+    subnets: Store,
+    nodes: Store,
+    recorder: Recorder,
+}
+
+/// A DNS server as its Node describes it.
+struct DnsServer {
+    node: String,
+    /// `ip:port` clients reach it at.
+    endpoint: String,
+    /// The node's own address (for name server records).
+    address: Option<IpAddr>,
+    ready: bool,
+    /// What it reports serving, by `namespace/name`.
+    zones: BTreeMap<String, Value>,
+}
+
+/// Runs the zone controller until `shutdown` turns true.
+pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<bool>) {
+    let kinds = [
+        "zones",
+        "virtualmachines",
+        "loadbalancers",
+        "subnets",
+        "nodes",
+    ]
+    .map(keel_schemas::lookup);
+    let [Some(zone), Some(vm), Some(lb), Some(subnet), Some(node)] = kinds else {
+        return;
+    };
+    let controller = Controller::new("zones", Api::all(&client, zone), watcher::Config::default())
+        .resync(Duration::from_secs(60));
+    let zones = controller.store();
+    let in_namespace = move |o: &Value| -> Vec<ObjectRef> {
+        let namespace = o.namespace();
+        zones
+            .list()
+            .iter()
+            .filter(|z| z.namespace() == namespace)
+            .map(|z| z.object_ref())
+            .collect()
+    };
+    let all = {
+        let zones = controller.store();
+        move |_: &Value| zones.keys()
+    };
+    let controller = controller
+        .watches(
+            Api::all(&client, vm),
+            watcher::Config::default(),
+            in_namespace.clone(),
+        )
+        .watches(
+            Api::all(&client, lb),
+            watcher::Config::default(),
+            in_namespace.clone(),
+        )
+        .watches(
+            Api::all(&client, subnet),
+            watcher::Config::default(),
+            in_namespace,
+        )
+        .watches(Api::all(&client, node), watcher::Config::default(), all);
+    let store = |kind: &str| controller.store_of(kind).unwrap_or_default();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        vms: store("VirtualMachine"),
+        lbs: store("LoadBalancer"),
+        subnets: store("Subnet"),
+        nodes: store("Node"),
+        recorder: Recorder::new(&client, "keel-zones", &instance),
+    });
+    controller.run(reconcile, ctx, shutdown).await;
+}
+
+async fn reconcile(zone: Arc<Value>, ctx: Arc<Context>) -> Result<Action, ClientError> {
+    if zone.is_deleting() {
+        return Ok(Action::await_change());
+    }
+    let Some(kind) = keel_schemas::lookup("zones") else {
+        return Ok(Action::await_change());
+    };
+    let namespace = zone.namespace().unwrap_or("default").to_string();
+    let api: Api<Value> = Api::namespaced(&ctx.client, kind, &namespace);
+    let now = keel_schemas::time::now_rfc3339();
+    let mut status = zone["status"].clone();
+    if !status.is_object() {
+        status = json!({});
+    }
+    let spec: ZoneSpec = match serde_json::from_value(zone["spec"].clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            let message = format!("the spec cannot be read: {e}");
+            let c = condition("False", "InvalidSpec", &message);
+            return write(&api, &zone, status, &c, &now).await;
+        }
+    };
+    let servers = dns_servers(&ctx.nodes);
+    let content = generate(&spec, &namespace, &ctx, &servers);
+    let key = format!("{namespace}/{}", zone.name());
+    let generation = zone["metadata"]["generation"].as_i64();
+    let records = serde_json::to_value(&content.records).unwrap_or_default();
+    let reverse = serde_json::to_value(&content.reverse).unwrap_or_default();
+    let absent = json!([]);
+    let old_serial = status["serial"]
+        .as_u64()
+        .and_then(|s| u32::try_from(s).ok());
+    let changed = status["observedGeneration"].as_i64() != generation
+        || status.get("records").unwrap_or(&absent) != &records
+        || status.get("reverse").unwrap_or(&Value::Null) != &reverse;
+    let serial = match old_serial {
+        Some(old) if !changed => old,
+        old => next_serial(old),
+    };
+    status["observedGeneration"] = json!(generation);
+    status["serial"] = json!(serial);
+    set_or_remove(&mut status, "records", records, &absent);
+    set_or_remove(&mut status, "reverse", reverse, &Value::Null);
+    status["recordCount"] = json!(content.count);
+    let ready: Vec<&DnsServer> = servers.iter().filter(|s| s.ready).collect();
+    let serving: Vec<&&DnsServer> = ready
+        .iter()
+        .filter(|s| {
+            s.zones
+                .get(&key)
+                .and_then(|r| r["serial"].as_u64())
+                .is_some_and(|s| s == u64::from(serial))
+        })
+        .collect();
+    status["servedBy"] = json!(serving.iter().map(|s| &s.node).collect::<Vec<_>>());
+    status["nameServers"] = json!(serving.iter().map(|s| &s.endpoint).collect::<Vec<_>>());
+    let failures: Vec<String> = ready
+        .iter()
+        .filter_map(|s| {
+            let error = s.zones.get(&key)?.get("error")?.as_str()?;
+            Some(format!("{}: {error}", s.node))
+        })
+        .collect();
+    let notes = content.notes.join("; ");
+    let with_notes = |m: String| {
+        if notes.is_empty() {
+            m
+        } else {
+            format!("{m}; {notes}")
+        }
+    };
+    let c = if !failures.is_empty() {
+        let message = failures.join("; ");
+        // An Event once per failure, not per pass.
+        let said = crate::runtime::condition(&zone, "Ready")
+            .is_some_and(|c| c["message"].as_str() == Some(message.as_str()));
+        if !said {
+            ctx.recorder
+                .publish(&zone, EventType::Warning, "LoadFailed", "Serve", &message)
+                .await;
+        }
+        condition("False", "LoadFailed", &message)
+    } else if ready.is_empty() {
+        condition(
+            "False",
+            "NoDNSServers",
+            &with_notes("no ready node has the DNS role (keel agent --dns-listen)".into()),
+        )
+    } else if serving.len() < ready.len() {
+        condition(
+            "False",
+            "Propagating",
+            &with_notes(format!(
+                "serial {serial} is served by {} of {} DNS servers",
+                serving.len(),
+                ready.len()
+            )),
+        )
+    } else {
+        condition(
+            "True",
+            "Served",
+            &with_notes(format!(
+                "serial {serial} is served by all {} DNS servers",
+                ready.len()
+            )),
+        )
+    };
+    write(&api, &zone, status, &c, &now).await
+}
+
+/// Sets `status[key]`, or removes it when `value` is `empty` (the schema has no nulls).
+fn set_or_remove(status: &mut Value, key: &str, value: Value, empty: &Value) {
+    if let Some(map) = status.as_object_mut() {
+        if value == *empty {
+            map.remove(key);
+        } else {
+            map.insert(key.to_string(), value);
+        }
+    }
+}
+
+/// The owned form of a condition.
+struct OwnedCondition {
+    status: &'static str,
+    reason: &'static str,
+    message: String,
+}
+
+fn condition(status: &'static str, reason: &'static str, message: &str) -> OwnedCondition {
+    OwnedCondition {
+        status,
+        reason,
+        message: message.to_string(),
+    }
+}
+
+/// Writes `status` with the `Ready` condition, when anything changed.
+async fn write(
+    api: &Api<Value>,
+    zone: &Value,
+    mut status: Value,
+    c: &OwnedCondition,
+    now: &str,
+) -> Result<Action, ClientError> {
+    set_condition(
+        &mut status,
+        &Condition {
+            type_: "Ready",
+            status: c.status,
+            reason: c.reason,
+            message: &c.message,
+        },
+        now,
+    );
+    if status == zone["status"] {
+        return Ok(Action::await_change());
+    }
+    let mut updated = zone.clone();
+    updated["status"] = status;
+    match api.update_status(&updated).await {
+        Ok(_) => Ok(Action::await_change()),
+        // A newer version is on its way through the watch: decide again then.
+        Err(e) if e.code() == Some(409) || e.code() == Some(404) => Ok(Action::await_change()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The next serial: one more than the last, and at least the time now (so a zone deleted
+/// and made again does not go back); RFC 1982 arithmetic past 2^32.
+fn next_serial(old: Option<u32>) -> u32 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as u32);
+    match old {
+        Some(old) => {
+            let next = old.wrapping_add(1);
+            // `now` is "greater" than `next` in serial arithmetic: jump to it.
+            if now.wrapping_sub(next) as i32 > 0 {
+                now
+            } else {
+                next
+            }
+        }
+        None => now.max(1),
+    }
+}
+
+/// What a zone serves besides its spec.
+struct Content {
+    records: Vec<Record>,
+    reverse: Option<ReverseStatus>,
+    count: usize,
+    /// Generated records left out, and why.
+    notes: Vec<String>,
+}
+
+/// The generated records of a zone, and its reverse zone.
+fn generate(spec: &ZoneSpec, namespace: &str, ctx: &Context, servers: &[DnsServer]) -> Content {
+    let domain = spec.domain.to_ascii_lowercase();
+    let mut notes = Vec::new();
+    // Owner names (absolute) with a CNAME in the spec take no other records.
+    let fqdn = |name: &str| -> String {
+        let name = name.to_ascii_lowercase();
+        if name == "@" {
+            domain.clone()
+        } else if name.ends_with('.') {
+            name
+        } else {
+            format!("{name}.{domain}")
+        }
+    };
+    let cnames: BTreeSet<String> = spec
+        .records
+        .iter()
+        .filter(|r| r.type_ == RecordType::Cname)
+        .map(|r| fqdn(&r.name))
+        .collect();
+    let mut generated: BTreeSet<(String, &'static str, String, Option<u32>)> = BTreeSet::new();
+    for auto in &spec.auto_records {
+        for (name, ip) in auto_addresses(auto, namespace, ctx) {
+            let owner = format!("{}.{domain}", name.to_ascii_lowercase());
+            if cnames.contains(&owner) {
+                notes.push(format!(
+                    "{owner} has a CNAME in the spec: no address record generated"
+                ));
+                continue;
+            }
+            generated.insert((
+                owner,
+                address_type(ip),
+                ip.to_string(),
+                auto.ttl.or(spec.ttl),
+            ));
+        }
+    }
+    // In-zone name servers without an address get the DNS servers' addresses.
+    let name_servers: Vec<String> = if spec.name_servers.is_empty() {
+        vec![
+            spec.soa
+                .as_ref()
+                .and_then(|s| s.primary_name_server.clone())
+                .unwrap_or_else(|| format!("ns1.{domain}")),
+        ]
+    } else {
+        spec.name_servers.clone()
+    };
+    for ns in name_servers.iter().map(|n| fqdn(n)) {
+        let inside = ns == domain || ns.ends_with(&format!(".{domain}"));
+        let has_address = spec.records.iter().any(|r| {
+            fqdn(&r.name) == ns
+                && matches!(
+                    r.type_,
+                    RecordType::A | RecordType::Aaaa | RecordType::Cname
+                )
+        }) || generated.iter().any(|g| g.0 == ns);
+        if inside && !has_address {
+            for ip in servers.iter().filter(|s| s.ready).filter_map(|s| s.address) {
+                generated.insert((ns.clone(), address_type(ip), ip.to_string(), spec.ttl));
+            }
+        }
+    }
+    let mut reverse = None;
+    if let Some(r) = &spec.reverse {
+        match reverse_zone(&r.subnet, namespace, ctx) {
+            Ok((cidr, origin)) => {
+                // A PTR for each named IPv4 address of the subnet: spec records first.
+                let named = spec
+                    .records
+                    .iter()
+                    .filter(|r| r.type_ == RecordType::A)
+                    .map(|r| (fqdn(&r.name), r.value.trim().to_string()))
+                    .chain(
+                        generated
+                            .iter()
+                            .filter(|g| g.1 == "A")
+                            .map(|g| (g.0.clone(), g.2.clone())),
+                    )
+                    .collect::<Vec<_>>();
+                let mut pointers = BTreeMap::new();
+                for (name, value) in named {
+                    let Ok(ip) = value.parse::<Ipv4Addr>() else {
+                        continue;
+                    };
+                    if name.starts_with('*') || !cidr.contains(IpAddr::V4(ip)) {
+                        continue;
+                    }
+                    pointers.entry(ip).or_insert(name);
+                }
+                for (ip, name) in pointers {
+                    let [a, b, c, d] = ip.octets();
+                    let owner = format!("{d}.{c}.{b}.{a}.in-addr.arpa.");
+                    generated.insert((owner, "PTR", name, spec.ttl));
+                }
+                reverse = Some(ReverseStatus {
+                    domain: origin,
+                    cidr: cidr.to_string(),
+                });
+            }
+            Err(why) => notes.push(why),
+        }
+    }
+    let origins = if reverse.is_some() { 2 } else { 1 };
+    let count = spec.records.len() + generated.len() + origins * (1 + name_servers.len());
+    let records = generated
+        .into_iter()
+        .map(|(name, kind, value, ttl)| Record {
+            name,
+            type_: match kind {
+                "A" => RecordType::A,
+                "AAAA" => RecordType::Aaaa,
+                _ => RecordType::Ptr,
+            },
+            value,
+            ttl,
+        })
+        .collect();
+    Content {
+        records,
+        reverse,
+        count,
+        notes,
+    }
+}
+
+fn address_type(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() { "A" } else { "AAAA" }
+}
+
+/// The (name, address) pairs an auto record selects.
+fn auto_addresses(auto: &AutoRecord, namespace: &str, ctx: &Context) -> Vec<(String, IpAddr)> {
+    let selected = |o: &Value| {
+        o.namespace() == Some(namespace)
+            && !o.is_deleting()
+            && auto.selector.as_ref().is_none_or(|s| selects(s, o))
+    };
+    let vpc_subnets: Option<BTreeMap<String, Option<Cidr>>> = auto.vpc.as_ref().map(|vpc| {
+        ctx.subnets
+            .list()
+            .iter()
+            .filter(|s| s.namespace() == Some(namespace) && s["spec"]["vpc"].as_str() == Some(vpc))
+            .map(|s| {
+                (
+                    s.name().to_string(),
+                    s["spec"]["cidr"].as_str().and_then(|c| c.parse().ok()),
+                )
+            })
+            .collect()
+    });
+    let mut out = Vec::new();
+    match auto.kind {
+        AutoRecordKind::VirtualMachine => {
+            for vm in ctx.vms.list().iter().filter(|v| selected(v)) {
+                let interfaces = vm["status"]["interfaces"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                for iface in interfaces {
+                    // Only addresses from a subnet: a user-mode NIC's is the same in every VM.
+                    let (Some(subnet), Some(ip)) = (iface["subnet"].as_str(), iface["ip"].as_str())
+                    else {
+                        continue;
+                    };
+                    if vpc_subnets
+                        .as_ref()
+                        .is_some_and(|s| !s.contains_key(subnet))
+                    {
+                        continue;
+                    }
+                    if let Ok(ip) = ip.parse::<IpAddr>() {
+                        out.push((vm.name().to_string(), ip));
+                    }
+                }
+            }
+        }
+        AutoRecordKind::LoadBalancer => {
+            for lb in ctx.lbs.list().iter().filter(|l| selected(l)) {
+                let Some(Ok(vip)) = lb["status"]["vip"].as_str().map(str::parse::<IpAddr>) else {
+                    continue;
+                };
+                let in_vpc = vpc_subnets
+                    .as_ref()
+                    .is_none_or(|s| s.values().flatten().any(|c| c.contains(vip)));
+                if in_vpc {
+                    out.push((lb.name().to_string(), vip));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn selects(selector: &LabelSelector, object: &Value) -> bool {
+    let labels: BTreeMap<String, String> = object["metadata"]["labels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    selector.matches(&labels)
+}
+
+/// The CIDR and reverse origin of a zone's reverse subnet, or why there is none.
+fn reverse_zone(subnet: &str, namespace: &str, ctx: &Context) -> Result<(Cidr, String), String> {
+    let Some(s) = ctx.subnets.get(&ObjectRef::new(Some(namespace), subnet)) else {
+        return Err(format!("reverse zone: subnet {subnet} does not exist"));
+    };
+    let Some(Ok(cidr)) = s["spec"]["cidr"].as_str().map(str::parse::<Cidr>) else {
+        return Err(format!("reverse zone: subnet {subnet} has no valid CIDR"));
+    };
+    let IpAddr::V4(network) = cidr.network() else {
+        return Err(format!(
+            "reverse zone: subnet {subnet} ({cidr}) is not IPv4"
+        ));
+    };
+    if cidr.prefix() < 8 {
+        return Err(format!(
+            "reverse zone: subnet {subnet} ({cidr}) is wider than a /8"
+        ));
+    }
+    let whole = usize::from(cidr.prefix() / 8).min(3);
+    let labels: Vec<String> = network.octets()[..whole]
+        .iter()
+        .rev()
+        .map(u8::to_string)
+        .collect();
+    Ok((cidr, format!("{}.in-addr.arpa.", labels.join("."))))
+}
+
+/// The nodes with a DNS server.
+fn dns_servers(nodes: &Store) -> Vec<DnsServer> {
+    nodes
+        .list()
+        .iter()
+        .filter_map(|n| {
+            let annotations = &n["metadata"]["annotations"];
+            let endpoint: std::net::SocketAddr =
+                annotations[ENDPOINT_ANNOTATION].as_str()?.parse().ok()?;
+            let address = n["status"]["addresses"]
+                .as_array()
+                .and_then(|a| a.iter().find(|a| a["type"] == "InternalIP"))
+                .and_then(|a| a["address"].as_str()?.parse::<IpAddr>().ok());
+            let reachable = match (endpoint.ip().is_unspecified(), address) {
+                (true, Some(ip)) => std::net::SocketAddr::new(ip, endpoint.port()).to_string(),
+                _ => endpoint.to_string(),
+            };
+            let zones = annotations[ZONES_ANNOTATION]
+                .as_str()
+                .and_then(|z| serde_json::from_str::<BTreeMap<String, Value>>(z).ok())
+                .unwrap_or_default();
+            Some(DnsServer {
+                node: n.name().to_string(),
+                endpoint: reachable,
+                address,
+                ready: condition_status(n, "Ready") == Some("True")
+                    && condition_status(n, "DNSAvailable") == Some("True"),
+                zones,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,724 @@
+//! DNS end to end: Zones applied to a `keel server`, answered by its agent's DNS server and
+//! checked with the real `dig` over UDP and TCP — every record type, negative answers,
+//! wildcards, truncation, reverse names from a pattern, zone transfers, malformed packets;
+//! records that follow VMs as IPAM gives them addresses; and a host cut off from the API
+//! that keeps answering from its last data while its Node says the data is stale.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use keel_client::{Api, Client, DeleteParams, Patch};
+use keel_e2e::ovn::Ovn;
+use keel_e2e::{
+    Bridge, KeelAgent, KeelServer, condition, condition_of, eventually, guest, keelctl, kind, ok,
+};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+const ZONE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: keel.dev/v1alpha1
+kind: VPC
+metadata: {name: main, namespace: shop}
+spec: {cidr: 10.20.0.0/16}
+---
+apiVersion: keel.dev/v1alpha1
+kind: Subnet
+metadata: {name: front, namespace: shop}
+spec: {vpc: main, cidr: 10.20.1.0/24}
+---
+apiVersion: keel.dev/v1alpha1
+kind: Zone
+metadata: {name: shop, namespace: shop}
+spec:
+  domain: shop.example.
+  ttl: 300
+  soa: {minimum: 60}
+  allowTransfer: [127.0.0.1/32]
+  records:
+  - {name: www, type: A, value: 10.20.1.10, ttl: 60}
+  - {name: www, type: AAAA, value: "fd00::10", ttl: 120}
+  - {name: "@", type: MX, value: "10 mail"}
+  - {name: mail, type: A, value: 10.20.1.25}
+  - {name: web, type: CNAME, value: www}
+  - {name: "*.apps", type: A, value: 10.20.1.50}
+  - {name: txt, type: TXT, value: "v=spf1 -all"}
+  - {name: _sip._tcp, type: SRV, value: "10 5 5060 sip"}
+  - {name: sip, type: A, value: 10.20.1.60}
+  - {name: _http._tcp, type: PTR, value: web._http._tcp}
+  - {name: "@", type: CAA, value: '0 issue "letsencrypt.org"'}
+  - {name: deep.sub, type: A, value: 10.20.1.70}
+  reverse: {subnet: front, pattern: "ip-{a}-{b}-{c}-{d}.shop.example."}
+"#;
+
+/// A running server with its DNS server's port.
+struct Cluster {
+    _root: tempfile::TempDir,
+    server: KeelServer,
+    client: Client,
+    port: u16,
+}
+
+async fn cluster(extra: &[&str]) -> Cluster {
+    let root = tempfile::tempdir().unwrap();
+    let mut server = KeelServer::new(root.path(), "dns-1");
+    server.start(extra);
+    let (admin, ca) = eventually("credentials", WAIT, || async { server.try_admin() }).await;
+    let client = Client::new(&server.url(), &ca, &admin).unwrap();
+    let nodes: Api<Value> = Api::all(&client, kind("nodes"));
+    let port = eventually("the DNS server's address on the Node", WAIT, || async {
+        let node = nodes.get("dns-1").await.ok()?;
+        let endpoint = node["metadata"]["annotations"]["keel.dev/dns-endpoint"].as_str()?;
+        endpoint.rsplit(':').next()?.parse::<u16>().ok()
+    })
+    .await;
+    Cluster {
+        _root: root,
+        server,
+        client,
+        port,
+    }
+}
+
+/// `dig @127.0.0.1 -p PORT ARGS` (no recursion asked, one try): its whole output.
+fn dig(port: u16, args: &[&str]) -> String {
+    dig_in(None, port, args)
+}
+
+fn dig_in(netns: Option<&str>, port: u16, args: &[&str]) -> String {
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "dig"]);
+            c
+        }
+        None => Command::new("dig"),
+    };
+    let out = command
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "+norec",
+            "+time=2",
+            "+tries=1",
+        ])
+        .args(args)
+        .output()
+        .expect("run dig (bind9-dnsutils)");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The records of a section of dig's output (`ANSWER`, `AUTHORITY`, `ADDITIONAL`), with
+/// whitespace made single spaces.
+fn section(out: &str, name: &str) -> Vec<String> {
+    let header = format!(";; {name} SECTION:");
+    out.lines()
+        .skip_while(|l| !l.starts_with(&header))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+/// The response code dig printed.
+fn status(out: &str) -> String {
+    out.split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("no response")
+        .to_string()
+}
+
+/// The header flags dig printed (`qr aa`).
+fn flags(out: &str) -> Vec<String> {
+    out.lines()
+        .find_map(|l| l.strip_prefix(";; flags: "))
+        .and_then(|l| l.split(';').next())
+        .map(|f| f.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+async fn zone_status(zones: &Api<Value>, name: &str) -> Value {
+    zones
+        .get(name)
+        .await
+        .map(|z| z["status"].clone())
+        .unwrap_or_default()
+}
+
+/// Waits until the zone is Ready (served by every DNS server) and returns its serial.
+async fn served_serial(zones: &Api<Value>, name: &str, above: u64) -> u64 {
+    eventually(
+        &format!("zone {name} served above serial {above}"),
+        WAIT,
+        || async {
+            let z = zones.get(name).await.ok()?;
+            let ready = condition_of(&z, "Ready")?["status"] == "True";
+            let serial = z["status"]["serial"].as_u64()?;
+            (ready && serial > above).then_some(serial)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zones_are_answered_to_dig_over_udp_and_tcp() {
+    let c = cluster(&[]).await;
+    let kubeconfig = c.server.data_dir.join("admin.kubeconfig");
+    let file = c._root.path().join("zone.yaml");
+    std::fs::write(&file, ZONE).unwrap();
+    ok(keelctl(
+        &kubeconfig,
+        &["apply", "-f", file.to_str().unwrap()],
+    ));
+    let zones: Api<Value> = Api::namespaced(&c.client, kind("zones"), "shop");
+    let serial = served_serial(&zones, "shop", 0).await;
+    let served = zone_status(&zones, "shop").await;
+    assert_eq!(served["servedBy"], json!(["dns-1"]), "{served}");
+    assert_eq!(
+        served["nameServers"],
+        json!([format!("127.0.0.1:{}", c.port)]),
+        "{served}"
+    );
+    assert_eq!(
+        served["reverse"]["domain"], "1.20.10.in-addr.arpa.",
+        "{served}"
+    );
+
+    let soa = format!(
+        "shop.example. 60 IN SOA ns1.shop.example. hostmaster.shop.example. {serial} 3600 900 1209600 60"
+    );
+    for transport in ["+notcp", "+tcp"] {
+        let ask = |name: &str, kind: &str| dig(c.port, &[transport, name, kind]);
+        let out = ask("www.shop.example", "A");
+        assert_eq!(status(&out), "NOERROR", "{out}");
+        assert!(
+            flags(&out).contains(&"aa".to_string()),
+            "authoritative: {out}"
+        );
+        assert!(
+            !flags(&out).contains(&"ra".to_string()),
+            "no recursion offered: {out}"
+        );
+        assert_eq!(
+            section(&out, "ANSWER"),
+            ["www.shop.example. 60 IN A 10.20.1.10"]
+        );
+        let expect = [
+            (
+                "www.shop.example",
+                "AAAA",
+                vec!["www.shop.example. 120 IN AAAA fd00::10"],
+            ),
+            (
+                "shop.example",
+                "MX",
+                vec!["shop.example. 300 IN MX 10 mail.shop.example."],
+            ),
+            (
+                "txt.shop.example",
+                "TXT",
+                vec!["txt.shop.example. 300 IN TXT \"v=spf1 -all\""],
+            ),
+            (
+                "_sip._tcp.shop.example",
+                "SRV",
+                vec!["_sip._tcp.shop.example. 300 IN SRV 10 5 5060 sip.shop.example."],
+            ),
+            (
+                "_http._tcp.shop.example",
+                "PTR",
+                vec!["_http._tcp.shop.example. 300 IN PTR web._http._tcp.shop.example."],
+            ),
+            (
+                "shop.example",
+                "CAA",
+                vec!["shop.example. 300 IN CAA 0 issue \"letsencrypt.org\""],
+            ),
+            (
+                "shop.example",
+                "NS",
+                vec!["shop.example. 300 IN NS ns1.shop.example."],
+            ),
+            (
+                "web.shop.example",
+                "A",
+                vec![
+                    "web.shop.example. 300 IN CNAME www.shop.example.",
+                    "www.shop.example. 60 IN A 10.20.1.10",
+                ],
+            ),
+            (
+                "anything.apps.shop.example",
+                "A",
+                vec!["anything.apps.shop.example. 300 IN A 10.20.1.50"],
+            ),
+        ];
+        for (name, kind, answer) in expect {
+            let out = ask(name, kind);
+            assert_eq!(
+                section(&out, "ANSWER"),
+                answer,
+                "{transport} {name} {kind}: {out}"
+            );
+            assert!(flags(&out).contains(&"aa".to_string()), "{out}");
+        }
+        let out = ask("shop.example", "MX");
+        assert_eq!(
+            section(&out, "ADDITIONAL"),
+            ["mail.shop.example. 300 IN A 10.20.1.25"]
+        );
+        let out = ask("shop.example", "SOA");
+        assert_eq!(
+            section(&out, "ANSWER"),
+            [soa.replace(" 60 IN SOA", " 300 IN SOA")]
+        );
+        // Negative answers: the SOA in the authority section, with the negative TTL.
+        let out = ask("nope.shop.example", "A");
+        assert_eq!(status(&out), "NXDOMAIN", "{out}");
+        assert!(flags(&out).contains(&"aa".to_string()), "{out}");
+        assert_eq!(section(&out, "AUTHORITY"), [soa.as_str()], "{out}");
+        for (name, kind) in [("www.shop.example", "MX"), ("sub.shop.example", "A")] {
+            let out = ask(name, kind);
+            assert_eq!(status(&out), "NOERROR", "NODATA for {name} {kind}: {out}");
+            assert!(section(&out, "ANSWER").is_empty(), "{out}");
+            assert_eq!(section(&out, "AUTHORITY"), [soa.as_str()], "{out}");
+        }
+        let out = ask("www.other.example", "A");
+        assert_eq!(status(&out), "REFUSED", "a zone not served: {out}");
+        assert!(!flags(&out).contains(&"aa".to_string()), "{out}");
+    }
+
+    // Reverse names: from the A records, else from the pattern; pattern names resolve too.
+    let out = dig(c.port, &["-x", "10.20.1.10"]);
+    assert_eq!(
+        section(&out, "ANSWER"),
+        ["10.1.20.10.in-addr.arpa. 300 IN PTR www.shop.example."]
+    );
+    let out = dig(c.port, &["-x", "10.20.1.77"]);
+    assert_eq!(
+        section(&out, "ANSWER"),
+        ["77.1.20.10.in-addr.arpa. 300 IN PTR ip-10-20-1-77.shop.example."],
+        "{out}"
+    );
+    let out = dig(c.port, &["ip-10-20-1-77.shop.example", "A"]);
+    assert_eq!(
+        section(&out, "ANSWER"),
+        ["ip-10-20-1-77.shop.example. 300 IN A 10.20.1.77"]
+    );
+    assert_eq!(
+        status(&dig(c.port, &["-x", "10.20.2.77"])),
+        "REFUSED",
+        "outside the subnet's zone"
+    );
+
+    // Zone transfers: the whole zone to an allowed address, refused to another.
+    let out = dig(c.port, &["shop.example", "AXFR"]);
+    let records: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+        .collect();
+    assert!(records.first().is_some_and(|l| l.contains("SOA")), "{out}");
+    assert!(records.last().is_some_and(|l| l.contains("SOA")), "{out}");
+    assert_eq!(
+        records.len(),
+        2 + 1 + 12 + 1 + 254,
+        "SOA, NS, 12 records, ns1's address, the subnet's 254 pattern names, SOA: {out}"
+    );
+    let out = dig(c.port, &["-b", "127.0.0.2", "shop.example", "AXFR"]);
+    assert!(
+        out.contains("Transfer failed"),
+        "refused to 127.0.0.2: {out}"
+    );
+
+    // Truncation: an answer over the UDP size sets TC; over TCP it comes whole.
+    let big: Vec<Value> = (0..30)
+        .map(|i| json!({"name": "big", "type": "TXT", "value": format!("record {i} {}", "x".repeat(40))}))
+        .collect();
+    let mut records = zones.get("shop").await.unwrap()["spec"]["records"]
+        .as_array()
+        .unwrap()
+        .clone();
+    records.extend(big);
+    zones
+        .patch("shop", &Patch::Merge(json!({"spec": {"records": records}})))
+        .await
+        .unwrap();
+    let serial_2 = served_serial(&zones, "shop", serial).await;
+    for args in [
+        &["+notcp", "+ignore", "+bufsize=512"][..],
+        &["+notcp", "+ignore", "+noedns"],
+    ] {
+        let out = dig(c.port, &[args, &["big.shop.example", "TXT"]].concat());
+        assert!(flags(&out).contains(&"tc".to_string()), "{args:?}: {out}");
+        assert!(section(&out, "ANSWER").is_empty(), "{out}");
+    }
+    let out = dig(c.port, &["+tcp", "big.shop.example", "TXT"]);
+    assert_eq!(section(&out, "ANSWER").len(), 30, "{out}");
+
+    // A change: the new data and a higher serial, from the same server.
+    zones
+        .patch("shop", &Patch::Merge(json!({"spec": {"ttl": 600}})))
+        .await
+        .unwrap();
+    let serial_3 = served_serial(&zones, "shop", serial_2).await;
+    let out = dig(c.port, &["shop.example", "SOA"]);
+    assert!(
+        section(&out, "ANSWER")[0].contains(&format!(" {serial_3} ")),
+        "{out}"
+    );
+    assert!(
+        section(&out, "ANSWER")[0].starts_with("shop.example. 600 "),
+        "{out}"
+    );
+
+    // Bad input through the API changes nothing.
+    let bad = zones
+        .patch(
+            "shop",
+            &Patch::Merge(
+                json!({"spec": {"records": [{"name": "x", "type": "A", "value": "10.20.1.300"}]}}),
+            ),
+        )
+        .await;
+    assert_eq!(bad.err().and_then(|e| e.code()), Some(422));
+    // A zone of another namespace for the same domain is not served; the first one is.
+    let nss: Api<Value> = Api::all(&c.client, kind("namespaces"));
+    nss.create(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "rival"}}))
+        .await
+        .unwrap();
+    let rivals: Api<Value> = Api::namespaced(&c.client, kind("zones"), "rival");
+    rivals
+        .create(&json!({"apiVersion": "keel.dev/v1alpha1", "kind": "Zone", "metadata": {"name": "shop"},
+                        "spec": {"domain": "shop.example.", "records": [{"name": "www", "type": "A", "value": "192.0.2.66"}]}}))
+        .await
+        .unwrap();
+    let why = eventually("the rival zone refused", WAIT, || async {
+        let z = rivals.get("shop").await.ok()?;
+        let c = condition_of(&z, "Ready")?;
+        (c["reason"] == "LoadFailed").then(|| c["message"].as_str().unwrap_or("").to_string())
+    })
+    .await;
+    assert!(
+        why.contains("already served by the older zone shop/shop"),
+        "{why}"
+    );
+    let out = dig(c.port, &["www.shop.example", "A"]);
+    assert_eq!(
+        section(&out, "ANSWER"),
+        ["www.shop.example. 60 IN A 10.20.1.10"]
+    );
+
+    // Malformed packets: FORMERR (or another error) or silence, and the server goes on.
+    malformed_packets_get_errors_or_silence(c.port);
+    let out = dig(c.port, &["+tcp", "www.shop.example", "A"]);
+    assert_eq!(
+        section(&out, "ANSWER"),
+        ["www.shop.example. 60 IN A 10.20.1.10"]
+    );
+    let out = dig(c.port, &["www.shop.example", "A"]);
+    assert_eq!(
+        section(&out, "ANSWER"),
+        ["www.shop.example. 60 IN A 10.20.1.10"]
+    );
+}
+
+/// Sends every packet of the corpus over UDP and TCP.
+fn malformed_packets_get_errors_or_silence(port: u16) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../agents/tests/dns-corpus");
+    let mut sent = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".hex"))
+        else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text.trim();
+        let packet: Vec<u8> = (0..text.len() / 2)
+            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        let valid = name.starts_with("valid-");
+        // A zone transfer over UDP is an error (FORMERR); over TCP it is answered.
+        let answered_over_udp = valid && !name.contains("axfr");
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        udp.send_to(&packet, ("127.0.0.1", port)).unwrap();
+        let mut buf = [0u8; 4096];
+        match udp.recv(&mut buf) {
+            Ok(n) => check_reply(name, &packet, &buf[..n], answered_over_udp),
+            Err(e) => assert!(!answered_over_udp, "{name} over UDP: no answer ({e})"),
+        }
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut framed = (packet.len() as u16).to_be_bytes().to_vec();
+        framed.extend(&packet);
+        tcp.write_all(&framed).unwrap();
+        let mut len = [0u8; 2];
+        match tcp.read_exact(&mut len) {
+            Ok(()) => {
+                let mut reply = vec![0u8; u16::from_be_bytes(len).into()];
+                tcp.read_exact(&mut reply).unwrap();
+                check_reply(name, &packet, &reply, valid);
+            }
+            Err(e) => assert!(!valid, "{name} over TCP: no answer ({e})"),
+        }
+        sent += 1;
+    }
+    assert!(sent >= 30, "the corpus was sent ({sent})");
+}
+
+fn check_reply(name: &str, request: &[u8], reply: &[u8], valid: bool) {
+    assert!(reply.len() >= 12, "{name}: a header");
+    assert_eq!(reply[..2], request[..2], "{name}: the request's id");
+    assert!(reply[2] & 0x80 != 0, "{name}: QR set");
+    let code = reply[3] & 0x0f;
+    let extended =
+        reply.len() > 12 && code == 0 && request.len() > 12 && name.contains("edns-version");
+    if valid {
+        assert!(code == 0 || code == 3, "{name}: answered (rcode {code})");
+    } else {
+        assert!(
+            code != 0 || extended,
+            "{name}: an error, not an answer (rcode {code})"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_records_follow_the_vms_addresses() {
+    let ovn = Ovn::nb_only();
+    let c = cluster(&["--ovn-nb", &ovn.nb()]).await;
+    let kubeconfig = c.server.data_dir.join("admin.kubeconfig");
+    let file = c._root.path().join("zone.yaml");
+    let zone = ZONE.replace(
+        "  reverse: {subnet: front",
+        "  autoRecords:\n  - {kind: VirtualMachine, selector: {matchLabels: {app: web}}, ttl: 30}\n  - {kind: LoadBalancer, selector: {matchLabels: {tier: front}}}\n  reverse: {subnet: front",
+    );
+    // Every VM with a NIC in the VPC, in a zone of its own.
+    let internal = "---\napiVersion: keel.dev/v1alpha1\nkind: Zone\nmetadata: {name: internal, namespace: shop}\nspec:\n  domain: main.internal.\n  autoRecords: [{kind: VirtualMachine, vpc: main}]\n";
+    std::fs::write(&file, format!("{zone}{internal}")).unwrap();
+    ok(keelctl(
+        &kubeconfig,
+        &["apply", "-f", file.to_str().unwrap()],
+    ));
+    let zones: Api<Value> = Api::namespaced(&c.client, kind("zones"), "shop");
+    let first = served_serial(&zones, "shop", 0).await;
+    let vms: Api<Value> = Api::namespaced(&c.client, kind("vm"), "shop");
+    let g = guest();
+    let vm = |name: &str, labels: Value| {
+        json!({"apiVersion": "keel.dev/v1alpha1", "kind": "VirtualMachine",
+               "metadata": {"name": name, "labels": labels},
+               "spec": {"cpu": 1, "memory": "64Mi", "kernel": g.kernel, "initrd": g.initrd,
+                        "runStrategy": "Halted", "nics": [{"subnet": "front"}]}})
+    };
+    vms.create(&vm("web-1", json!({"app": "web"})))
+        .await
+        .unwrap();
+    vms.create(&vm("db-1", json!({"app": "db"}))).await.unwrap();
+    let (ip, addressed) = eventually("web-1 has an address from IPAM", WAIT, || async {
+        let v = vms.get("web-1").await.ok()?;
+        Some((
+            v["status"]["interfaces"][0]["ip"].as_str()?.to_string(),
+            Instant::now(),
+        ))
+    })
+    .await;
+    let answer = format!("web-1.shop.example. 30 IN A {ip}");
+    eventually("web-1.shop.example answered", WAIT, || async {
+        (section(&dig(c.port, &["web-1.shop.example", "A"]), "ANSWER") == [answer.clone()])
+            .then_some(())
+    })
+    .await;
+    eprintln!(
+        "web-1's address {ip} was answered {:?} after IPAM gave it",
+        addressed.elapsed()
+    );
+    let with_vm = served_serial(&zones, "shop", first).await;
+    let out = dig(c.port, &["-x", &ip]);
+    assert!(
+        section(&out, "ANSWER")[0].ends_with("PTR web-1.shop.example."),
+        "{out}"
+    );
+    let db_ip = eventually("db-1 has an address", WAIT, || async {
+        let v = vms.get("db-1").await.ok()?;
+        v["status"]["interfaces"][0]["ip"]
+            .as_str()
+            .map(str::to_string)
+    })
+    .await;
+    assert_eq!(
+        status(&dig(c.port, &["db-1.shop.example", "A"])),
+        "NXDOMAIN",
+        "not selected"
+    );
+    for (name, ip) in [("web-1", &ip), ("db-1", &db_ip)] {
+        let answer = format!("{name}.main.internal. 3600 IN A {ip}");
+        eventually(&format!("{name} in the VPC's zone"), WAIT, || async {
+            (section(
+                &dig(c.port, &[&format!("{name}.main.internal"), "A"]),
+                "ANSWER",
+            ) == [answer.clone()])
+            .then_some(())
+        })
+        .await;
+    }
+    let [a, b, cc, d] = db_ip.split('.').collect::<Vec<_>>()[..] else {
+        panic!("{db_ip}")
+    };
+    let out = dig(c.port, &["-x", &db_ip]);
+    assert_eq!(
+        section(&out, "ANSWER"),
+        [format!(
+            "{d}.{cc}.{b}.{a}.in-addr.arpa. 300 IN PTR ip-{a}-{b}-{cc}-{d}.shop.example."
+        )],
+        "an unnamed address answers from the pattern"
+    );
+
+    // A load balancer's VIP, once it has one.
+    let lbs: Api<Value> = Api::namespaced(&c.client, kind("lb"), "shop");
+    let lb = lbs
+        .create(
+            &json!({"apiVersion": "keel.dev/v1alpha1", "kind": "LoadBalancer",
+                        "metadata": {"name": "front", "labels": {"tier": "front"}},
+                        "spec": {"listeners": [{"protocol": "TCP", "port": 80}],
+                                 "backends": {"selector": {"matchLabels": {"app": "web"}}}}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        status(&dig(c.port, &["front.shop.example", "A"])),
+        "NXDOMAIN",
+        "no VIP yet"
+    );
+    let mut with_vip = lb.clone();
+    with_vip["status"] = json!({"vip": "10.20.1.100"});
+    lbs.update_status(&with_vip).await.unwrap();
+    eventually("the load balancer's VIP answered", WAIT, || async {
+        (section(&dig(c.port, &["front.shop.example", "A"]), "ANSWER")
+            == ["front.shop.example. 300 IN A 10.20.1.100"])
+        .then_some(())
+    })
+    .await;
+    let with_lb = served_serial(&zones, "shop", with_vm).await;
+
+    vms.delete("web-1", &DeleteParams::default()).await.unwrap();
+    eventually("web-1's record gone", WAIT, || async {
+        (status(&dig(c.port, &["web-1.shop.example", "A"])) == "NXDOMAIN").then_some(())
+    })
+    .await;
+    let without_vm = served_serial(&zones, "shop", with_lb).await;
+    assert!(
+        first < with_vm && with_vm < with_lb && with_lb < without_vm,
+        "the serial rises with each change: {first} < {with_vm} < {with_lb} < {without_vm}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cut_off_from_the_api_answers_from_its_last_data() {
+    let root = tempfile::tempdir().unwrap();
+    let bridge = Bridge::new("d");
+    let net = bridge.netns(2);
+    let mut server = KeelServer::new(root.path(), "server");
+    server.api_addr = format!("0.0.0.0:{}", keel_e2e::free_port());
+    let port = server.api_addr.rsplit(':').next().unwrap().to_string();
+    server.start(&[
+        "--advertise",
+        &bridge.address(),
+        "--disable-agent",
+        "--node-monitor-grace-period",
+        "3",
+    ]);
+    let url = format!("https://{}:{port}", bridge.address());
+    let (admin, ca) = eventually("credentials", WAIT, || async { server.try_admin() }).await;
+    let client = Client::new(&url, &ca, &admin).unwrap();
+    let token = eventually("join token", WAIT, || async {
+        std::fs::read_to_string(server.data_dir.join("join-token")).ok()
+    })
+    .await;
+    let mut agent = KeelAgent::new(root.path(), "dns-host", Some(&net));
+    agent.start(&url, token.trim(), &["--lease-duration", "3"]);
+    let nodes: Api<Value> = Api::all(&client, kind("nodes"));
+    let dns_port = eventually("the agent's DNS server", WAIT, || async {
+        let node = nodes.get("dns-host").await.ok()?;
+        let synced = condition_of(&node, "DNSZonesSynced")?["status"] == "True";
+        let endpoint = node["metadata"]["annotations"]["keel.dev/dns-endpoint"].as_str()?;
+        synced
+            .then(|| endpoint.rsplit(':').next()?.parse::<u16>().ok())
+            .flatten()
+    })
+    .await;
+    let nss: Api<Value> = Api::all(&client, kind("namespaces"));
+    nss.create(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}))
+        .await
+        .unwrap();
+    let zones: Api<Value> = Api::namespaced(&client, kind("zones"), "shop");
+    zones
+        .create(&json!({"apiVersion": "keel.dev/v1alpha1", "kind": "Zone", "metadata": {"name": "shop"},
+                        "spec": {"domain": "shop.example.", "records": [{"name": "www", "type": "A", "value": "10.20.1.10"}]}}))
+        .await
+        .unwrap();
+    served_serial(&zones, "shop", 0).await;
+    let ns = net.name.clone();
+    let www = |ns: &str| {
+        section(
+            &dig_in(Some(ns), dns_port, &["www.shop.example", "A"]),
+            "ANSWER",
+        )
+    };
+    assert_eq!(www(&ns), ["www.shop.example. 3600 IN A 10.20.1.10"]);
+
+    net.set_link(false);
+    let stale = eventually("the Node says the DNS data is stale", WAIT, || async {
+        let node = nodes.get("dns-host").await.ok()?;
+        let c = condition_of(&node, "DNSZonesSynced")?;
+        (c["status"] == "Unknown").then(|| c.clone())
+    })
+    .await;
+    assert_eq!(stale["reason"], "Stale", "{stale}");
+    zones
+        .patch(
+            "shop",
+            &Patch::Merge(
+                json!({"spec": {"records": [{"name": "www", "type": "A", "value": "10.20.1.11"}]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        www(&ns),
+        ["www.shop.example. 3600 IN A 10.20.1.10"],
+        "cut off, the host answers from the data it had"
+    );
+    assert_eq!(
+        condition(&nodes, "dns-host", "Ready").await.as_deref(),
+        Some("Unknown")
+    );
+
+    net.set_link(true);
+    eventually("the new data once the host is back", WAIT, || async {
+        (www(&ns) == ["www.shop.example. 3600 IN A 10.20.1.11"]).then_some(())
+    })
+    .await;
+    eventually("the Node says the data is current again", WAIT, || async {
+        (condition(&nodes, "dns-host", "DNSZonesSynced")
+            .await
+            .as_deref()
+            == Some("True"))
+        .then_some(())
+    })
+    .await;
+    drop(agent);
+}
