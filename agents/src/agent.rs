@@ -37,6 +37,9 @@ pub struct AgentConfig {
     /// Where the DNS server answers (port 0: any free port, published in the Node); none:
     /// this host has no DNS role.
     pub dns_listen: Option<SocketAddr>,
+    /// Where the S3 endpoint listens (port 0: any free port, published in the Node); none:
+    /// this host has no storage role.
+    pub s3_listen: Option<SocketAddr>,
     /// The Open vSwitch database socket (probed).
     pub ovs_socket: PathBuf,
     /// The kernel the KVM probe boots (default: the host's own, if found in /boot).
@@ -83,6 +86,8 @@ pub(crate) struct Shared {
     pub(crate) endpoint: (u16, String),
     /// The DNS server's address, published in the Node (none: no DNS role).
     pub(crate) dns_endpoint: Option<String>,
+    /// The S3 endpoint's URL, published in the Node (none: no storage role).
+    pub(crate) s3_endpoint: Option<String>,
 }
 
 // === impl AgentConfig ===
@@ -103,6 +108,7 @@ impl AgentConfig {
             labels: Vec::new(),
             exe,
             dns_listen: None,
+            s3_listen: None,
             ovs_socket: PathBuf::from("/var/run/openvswitch/db.sock"),
             kvm_probe_kernel: None,
             cpu_allocation_ratio: 4.0,
@@ -150,6 +156,26 @@ pub async fn run(
         .as_ref()
         .and_then(|s| s.local_addr().ok())
         .map(|a| a.to_string());
+    let s3_listener = bind_s3(config.s3_listen).await;
+    let s3_endpoint = s3_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| s3_url(a, facts.internal_ip));
+    if s3_endpoint.is_none()
+        && let Some(c) = facts
+            .capabilities
+            .iter_mut()
+            .find(|c| c.type_ == "StorageAvailable")
+        && c.available
+    {
+        // The disk would do, but nothing serves it.
+        c.available = false;
+        c.reason = "NotConfigured";
+        c.message = match config.s3_listen {
+            None => "this host has no storage role (no --s3-listen)".into(),
+            Some(a) => format!("cannot listen on {a} for the S3 endpoint"),
+        };
+    }
     for c in &facts.capabilities {
         tracing::info!(node = %config.node_name, capability = c.type_, available = c.available, "{}", c.message);
     }
@@ -173,6 +199,7 @@ pub async fn run(
         facts,
         endpoint: published,
         dns_endpoint,
+        s3_endpoint: s3_endpoint.clone(),
     });
     let (health_tx, health) = watch::channel(Health::Starting);
     let heartbeat = tokio::spawn(heartbeat(shared.clone(), health_tx, shutdown.clone()));
@@ -184,12 +211,24 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
+    let storage = s3_listener.zip(s3_endpoint).map(|(listener, url)| {
+        tracing::info!(endpoint = %url, "serving S3");
+        tokio::spawn(crate::storage::run(
+            shared.clone(),
+            listener,
+            url,
+            shutdown.clone(),
+        ))
+    });
     let reconciler = tokio::spawn(vm::run(shared.clone(), health, shutdown.clone()));
     let _ = shutdown.wait_for(|s| *s).await;
     let _ = heartbeat.await;
     let _ = reconciler.await;
     if let Some(dns) = dns {
         let _ = dns.await;
+    }
+    if let Some(storage) = storage {
+        let _ = storage.await;
     }
     let _ = endpoint_task.await;
     Ok(())
@@ -277,8 +316,13 @@ async fn register(shared: &Shared) -> Result<(), ClientError> {
     let mut annotations = json!({crate::server::CERTIFICATE_ANNOTATION: shared.endpoint.1});
     // A host that lost the DNS role stops advertising it (null removes the annotation).
     annotations[crate::dns::ENDPOINT_ANNOTATION] = json!(shared.dns_endpoint);
+    annotations[crate::storage::ENDPOINT_ANNOTATION] = json!(shared.s3_endpoint);
     match api.get_opt(name).await? {
         None => {
+            // A new object takes no nulls: they only mean "remove" in a merge patch.
+            if let Some(map) = annotations.as_object_mut() {
+                map.retain(|_, v| !v.is_null());
+            }
             let node = json!({
                 "apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": name, "labels": labels, "annotations": annotations},
@@ -376,6 +420,27 @@ async fn report_ready(shared: &Shared) -> Result<(), ClientError> {
 }
 
 /// Binds the DNS server's sockets, and says how that went as the `DNSAvailable` capability.
+/// The S3 endpoint's listener, if this host has the storage role and the address is free.
+async fn bind_s3(listen: Option<SocketAddr>) -> Option<tokio::net::TcpListener> {
+    let listen = listen?;
+    match crate::storage::bind(listen).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::error!(%listen, error = %e, "cannot listen for the S3 endpoint: no storage role");
+            None
+        }
+    }
+}
+
+/// The URL clients reach `bound` at: the host's address when bound to all of them.
+fn s3_url(bound: SocketAddr, internal_ip: Option<std::net::IpAddr>) -> String {
+    let ip = match internal_ip {
+        Some(ip) if bound.ip().is_unspecified() => ip,
+        _ => bound.ip(),
+    };
+    format!("http://{}", SocketAddr::new(ip, bound.port()))
+}
+
 async fn bind_dns(
     listen: Option<SocketAddr>,
 ) -> (Option<crate::dns::Sockets>, crate::probe::Capability) {

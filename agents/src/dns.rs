@@ -40,6 +40,8 @@ pub const SYNCED_CONDITION: &str = keel_controllers::node_lifecycle::DNS_SYNCED;
 const SETTLE: Duration = Duration::from_millis(20);
 /// How soon a report that failed is tried again.
 const RETRY: Duration = Duration::from_millis(500);
+/// Writes of the Node's status tried in a row when another writer changed it in between.
+const CONFLICT_RETRIES: usize = 5;
 
 /// Serves DNS on `sockets` from the cluster's Zones until `shutdown` turns true.
 pub(crate) async fn run(
@@ -54,20 +56,15 @@ pub(crate) async fn run(
         return;
     };
     let store = Store::new();
-    let (changed_tx, mut changed) = watch::channel(());
-    let feed = {
-        let store = store.clone();
-        let mut w = watcher(Api::all(&shared.client, kind), watcher::Config::default());
-        tokio::spawn(async move {
-            loop {
-                store.apply(w.next().await);
-                changed_tx.send_replace(());
-            }
-        })
-    };
+    let (changed_tx, mut changed) = watch::channel(0u64);
+    let changed_tx = Arc::new(changed_tx);
+    let api = Api::all(&shared.client, kind);
+    let mut feed = spawn_feed(api.clone(), store.clone(), changed_tx.clone());
     let mut compiled = catalog::Compiled::default();
     let mut reported: Option<BTreeMap<String, ZoneReport>> = None;
     let mut synced_reported = false;
+    // "Synced" is said only from a list made after the host was last cut off.
+    let mut synced_after = 0u64;
     let mut retry = false;
     let mut shutdown = shutdown;
     loop {
@@ -76,13 +73,20 @@ pub(crate) async fn run(
             r = changed.changed() => if r.is_err() { break },
             r = health.changed() => {
                 if r.is_err() { break }
-                // Back from a fence or a restart of the heartbeat: say so again.
+                // Back from a fence or a restart of the heartbeat: list afresh (the watch may
+                // have missed changes) and say it all again once that list is in.
                 synced_reported = false;
+                reported = None;
+                if *health.borrow_and_update() == Health::Healthy {
+                    feed.abort();
+                    synced_after = *changed.borrow() >> 32;
+                    feed = spawn_feed(api.clone(), store.clone(), changed_tx.clone());
+                }
             }
             _ = tokio::time::sleep(RETRY), if retry => {}
         }
         tokio::time::sleep(SETTLE).await;
-        changed.borrow_and_update();
+        let lists = *changed.borrow_and_update() >> 32;
         if !store.is_ready() {
             continue;
         }
@@ -97,9 +101,9 @@ pub(crate) async fn run(
                 Err(e) => tracing::warn!(error = %e, "cannot report the zones served"),
             }
         }
-        if !synced_reported && healthy {
+        if !synced_reported && healthy && lists > synced_after {
             match report_synced(&shared).await {
-                Ok(()) => synced_reported = true,
+                Ok(done) => synced_reported = done,
                 Err(e) => tracing::warn!(error = %e, "cannot report the DNS data synced"),
             }
         }
@@ -108,6 +112,30 @@ pub(crate) async fn run(
     }
     feed.abort();
     let _ = server.await;
+}
+
+/// Feeds `store` from a watch of every Zone. `changed` counts the lists done in its upper 32
+/// bits and the changes in the lower, so a waiter knows whether a list came since.
+fn spawn_feed(
+    api: Api<Value>,
+    store: Store,
+    changed: Arc<watch::Sender<u64>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut w = watcher(api, watcher::Config::default());
+        loop {
+            let event = w.next().await;
+            let listed = matches!(event, watcher::Event::Restarted(_));
+            store.apply(event);
+            changed.send_modify(|n| {
+                *n = if listed {
+                    ((*n >> 32) + 1) << 32
+                } else {
+                    (*n & !0xffff_ffff) | ((*n + 1) & 0xffff_ffff)
+                }
+            });
+        }
+    })
 }
 
 /// Writes the zones served (and their serials) into the Node's annotation.
@@ -126,14 +154,14 @@ async fn report_zones(
         .map(|_| ())
 }
 
-/// Sets `DNSZonesSynced=True` on the Node.
-async fn report_synced(shared: &Shared) -> Result<(), ClientError> {
+/// Sets `DNSZonesSynced=True` on the Node; false when other writers kept getting in first.
+async fn report_synced(shared: &Shared) -> Result<bool, ClientError> {
     let Some(kind) = keel_schemas::lookup("nodes") else {
-        return Ok(());
+        return Ok(true);
     };
     let api: Api<Value> = Api::all(&shared.client, kind);
     let message = "the DNS server answers from the cluster's current zone data";
-    for _ in 0..5 {
+    for _ in 0..CONFLICT_RETRIES {
         let mut node = api.get(&shared.config.node_name).await?;
         let changed = set_condition(
             &mut node["status"],
@@ -146,13 +174,14 @@ async fn report_synced(shared: &Shared) -> Result<(), ClientError> {
             &keel_schemas::time::now_rfc3339(),
         );
         if !changed {
-            return Ok(());
+            return Ok(true);
         }
         match api.update_status(&node).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(true),
             Err(e) if e.code() == Some(409) => continue,
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    tracing::debug!("the Node changed under {CONFLICT_RETRIES} status writes in a row");
+    Ok(false)
 }

@@ -8,6 +8,7 @@
 //! - [`dns`]: the authoritative DNS server for the cluster's Zones (hosts with the DNS role).
 //! - [`probe`]: capacity, addresses and capability conditions of the host.
 //! - [`server`]: the agent's HTTPS endpoint, which the API server calls for console logs.
+//! - [`storage`]: the buckets of a storage host.
 //! - [`vm`]: the VM reconciler — QEMU guests for the VirtualMachines bound to this node.
 //! - [`workload`]: the workloads of the host under their fencing supervisor (`keel shim`).
 
@@ -15,6 +16,7 @@ pub mod agent;
 pub mod dns;
 pub mod probe;
 pub mod server;
+pub mod storage;
 pub mod vm;
 pub mod workload;
 

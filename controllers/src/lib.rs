@@ -12,11 +12,13 @@
 //! - [`scheduler`]: binds VirtualMachines to nodes.
 //! - [`node_lifecycle`]: notices dead nodes and moves their VMs.
 //! - [`gc`]: deletes dependents whose owners are gone.
+//! - [`buckets`]: binds Buckets to storage nodes and keeps their credentials.
 //! - [`network`]: VPCs, subnets, security groups and NIC addresses as OVN northbound rows.
 //! - [`ovsdb`]: an OVSDB (RFC 7047) client for OVN's northbound database.
 //! - [`zones`]: each Zone's serial and generated records, and which DNS servers serve it.
 //! - [`manager`]: runs the cluster-wide controllers on the elected server.
 
+pub mod buckets;
 pub mod gc;
 pub mod manager;
 pub mod network;

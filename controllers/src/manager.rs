@@ -103,6 +103,11 @@ pub async fn run_manager(
                 stop.clone(),
             ));
         }
+        controllers.spawn(crate::buckets::run(
+            client.clone(),
+            config.identity.clone(),
+            stop.clone(),
+        ));
         controllers.spawn(crate::zones::run(
             client.clone(),
             config.identity.clone(),

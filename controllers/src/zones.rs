@@ -378,7 +378,7 @@ fn generate(spec: &ZoneSpec, namespace: &str, ctx: &Context, servers: &[DnsServe
     let mut reverse = None;
     if let Some(r) = &spec.reverse {
         match reverse_zone(&r.subnet, namespace, ctx) {
-            Ok((cidr, origin)) => {
+            Ok((cidr, origins)) => {
                 // A PTR for each named IPv4 address of the subnet: spec records first.
                 let named = spec
                     .records
@@ -408,14 +408,14 @@ fn generate(spec: &ZoneSpec, namespace: &str, ctx: &Context, servers: &[DnsServe
                     generated.insert((owner, "PTR", name, spec.ttl));
                 }
                 reverse = Some(ReverseStatus {
-                    domain: origin,
+                    domains: origins,
                     cidr: cidr.to_string(),
                 });
             }
             Err(why) => notes.push(why),
         }
     }
-    let origins = if reverse.is_some() { 2 } else { 1 };
+    let origins = 1 + reverse.as_ref().map_or(0, |r| r.domains.len());
     let count = spec.records.len() + generated.len() + origins * (1 + name_servers.len());
     let records = generated
         .into_iter()
@@ -517,8 +517,12 @@ fn selects(selector: &LabelSelector, object: &Value) -> bool {
     selector.matches(&labels)
 }
 
-/// The CIDR and reverse origin of a zone's reverse subnet, or why there is none.
-fn reverse_zone(subnet: &str, namespace: &str, ctx: &Context) -> Result<(Cidr, String), String> {
+/// The CIDR and reverse origins of a zone's reverse subnet, or why there is none.
+fn reverse_zone(
+    subnet: &str,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<(Cidr, Vec<String>), String> {
     let Some(s) = ctx.subnets.get(&ObjectRef::new(Some(namespace), subnet)) else {
         return Err(format!("reverse zone: subnet {subnet} does not exist"));
     };
@@ -535,13 +539,28 @@ fn reverse_zone(subnet: &str, namespace: &str, ctx: &Context) -> Result<(Cidr, S
             "reverse zone: subnet {subnet} ({cidr}) is wider than a /8"
         ));
     }
-    let whole = usize::from(cidr.prefix() / 8).min(3);
-    let labels: Vec<String> = network.octets()[..whole]
-        .iter()
-        .rev()
-        .map(u8::to_string)
-        .collect();
-    Ok((cidr, format!("{}.in-addr.arpa.", labels.join("."))))
+    Ok((cidr, reverse_origins(network, cidr.prefix())))
+}
+
+/// The in-addr.arpa origins of `network/prefix`: the prefix rounded up to whole octets (at
+/// most 24), one origin per block — a /20 is 16 /24 zones, a /24 or longer one.
+pub fn reverse_origins(network: std::net::Ipv4Addr, prefix: u8) -> Vec<String> {
+    let octets = prefix.div_ceil(8).clamp(1, 3);
+    let block_prefix = octets * 8;
+    let blocks = 1u32 << (block_prefix.saturating_sub(prefix));
+    let step = 1u32 << (32 - u32::from(block_prefix));
+    let base = u32::from(network);
+    (0..blocks)
+        .map(|i| {
+            let block = std::net::Ipv4Addr::from(base + i * step).octets();
+            let labels: Vec<String> = block[..usize::from(octets)]
+                .iter()
+                .rev()
+                .map(u8::to_string)
+                .collect();
+            format!("{}.in-addr.arpa.", labels.join("."))
+        })
+        .collect()
 }
 
 /// The nodes with a DNS server.

@@ -166,6 +166,10 @@ impl KeelServer {
         if !extra.iter().any(|a| a.as_ref() == "--dns-listen") {
             command.args(["--dns-listen", "127.0.0.1:0"]);
         }
+        // Its S3 endpoint likewise (keel.dev/s3-endpoint).
+        if !extra.iter().any(|a| a.as_ref() == "--s3-listen") {
+            command.args(["--s3-listen", "127.0.0.1:0"]);
+        }
         let child = command
             .args(extra)
             .stdout(Stdio::null())

@@ -88,12 +88,24 @@ pub fn respond(
         return vec![error(response, ResponseCode::Refused)];
     };
     response.metadata.authoritative = true;
-    resolve(authority, query.name(), query.query_type(), &mut response);
+    resolve(
+        catalog,
+        authority,
+        query.name(),
+        query.query_type(),
+        &mut response,
+    );
     vec![encode(response, limit)]
 }
 
 /// Fills the answer, authority and additional sections for `qname`/`qtype` from one zone.
-fn resolve(authority: &Authority, qname: &Name, qtype: RecordType, out: &mut Message) {
+fn resolve(
+    catalog: &Catalog,
+    authority: &Authority,
+    qname: &Name,
+    qtype: RecordType,
+    out: &mut Message,
+) {
     let mut name = qname.clone();
     let mut seen: Vec<Name> = Vec::new();
     loop {
@@ -125,8 +137,12 @@ fn resolve(authority: &Authority, qname: &Name, qtype: RecordType, out: &mut Mes
                 if let Some(set) = node.get(RecordType::CNAME) {
                     push(&mut out.answers, &name, RecordType::CNAME, set);
                 }
-                if !authority.origin.zone_of(&target.to_lowercase()) {
-                    // Outside the zone: the resolver follows it.
+                let lower = target.to_lowercase();
+                let ours = catalog
+                    .find(&lower)
+                    .is_some_and(|a| a.origin == authority.origin);
+                if !authority.origin.zone_of(&lower) || !ours {
+                    // Outside the zone (or in a zone nested in it): the resolver follows it.
                     return;
                 }
                 name = target;
@@ -263,7 +279,16 @@ fn transfer_batch(
         message.edns = template.edns.clone();
     }
     message.answers = records.to_vec();
-    match message.to_vec() {
+    // hickory encodes what fits 64 KiB and sets TC rather than failing: a transfer message
+    // must be whole, so a truncated one is split like one that does not encode.
+    let encoded = message.to_vec().and_then(|bytes| {
+        if bytes.len() > 2 && bytes[2] & 0x02 == 0 {
+            Ok(bytes)
+        } else {
+            Err("the records do not fit one message".into())
+        }
+    });
+    match encoded {
         Ok(bytes) => {
             *first = false;
             out.push(bytes);

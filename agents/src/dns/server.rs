@@ -19,6 +19,9 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 /// TCP connections served at once; more wait for a slot.
 const TCP_CONNECTIONS: usize = 512;
 
+/// The longest a TCP connection is kept, however busy: a slot is never held for ever.
+const TCP_LIFETIME: Duration = Duration::from_secs(120);
+
 /// The bound sockets, before serving.
 pub struct Sockets {
     udp: UdpSocket,
@@ -104,8 +107,10 @@ async fn tcp_loop(listener: TcpListener, catalog: watch::Receiver<Arc<Catalog>>)
         };
         let catalog = catalog.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(stream, peer, catalog).await {
-                tracing::debug!(%peer, error = %e, "DNS TCP connection ended");
+            match tokio::time::timeout(TCP_LIFETIME, connection(stream, peer, catalog)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "DNS TCP connection ended"),
+                Err(_) => tracing::debug!(%peer, "DNS TCP connection closed: open too long"),
             }
             drop(permit);
         });
@@ -140,9 +145,19 @@ async fn connection(
             return Ok(());
         }
         for reply in replies {
-            let prefix = u16::try_from(reply.len()).unwrap_or(u16::MAX).to_be_bytes();
-            stream.write_all(&prefix).await?;
-            stream.write_all(&reply).await?;
+            // Every response is encoded within 64 KiB (answer::encode, transfer_batch).
+            let Ok(len) = u16::try_from(reply.len()) else {
+                return Err(std::io::Error::other("a response longer than 64 KiB"));
+            };
+            let mut framed = Vec::with_capacity(reply.len() + 2);
+            framed.extend_from_slice(&len.to_be_bytes());
+            framed.extend_from_slice(&reply);
+            // A client that does not read its answers does not hold the slot.
+            tokio::time::timeout(TCP_IDLE, stream.write_all(&framed))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "the client does not read")
+                })??;
         }
     }
 }

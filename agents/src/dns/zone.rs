@@ -142,6 +142,10 @@ impl Authority {
         if let Some(node) = self.synthesize(name) {
             return Lookup::Found(std::borrow::Cow::Owned(node));
         }
+        // An ancestor of pattern names exists, empty (RFC 8020: NXDOMAIN would deny them).
+        if self.pattern.as_ref().is_some_and(|s| s.encloses(name)) {
+            return Lookup::Empty;
+        }
         // RFC 4592: the wildcard at the closest encloser, if any.
         let mut encloser = name.base_name();
         while self.origin.zone_of(&encloser) {
@@ -213,6 +217,8 @@ impl Authority {
 
     /// Whether `source` may transfer the zone.
     pub fn may_transfer(&self, source: IpAddr) -> bool {
+        // A v4-mapped IPv6 source (a dual-stack socket) is the IPv4 address it maps.
+        let source = source.to_canonical();
         self.allow_transfer.iter().any(|c| c.contains(source))
     }
 
@@ -275,6 +281,47 @@ impl Node {
 // === impl Synthesis ===
 
 impl Synthesis {
+    /// Whether `name` is a proper ancestor of names the pattern answers for: a partial
+    /// reverse name over the subnet (`2.20.10.in-addr.arpa.` of a /16), or the fixed labels
+    /// a pattern's names end with (`hosts.example.` of `ip-{a}-{b}-{c}-{d}.hosts.example.`).
+    fn encloses(&self, name: &Name) -> bool {
+        match self {
+            Synthesis::Pointers(p) => {
+                let text = name.to_ascii().to_ascii_lowercase();
+                let Some(labels) = text.strip_suffix(".in-addr.arpa.") else {
+                    return false;
+                };
+                let octets: Option<Vec<u8>> = labels
+                    .split('.')
+                    .rev()
+                    .map(|s| s.parse::<u8>().ok().filter(|v| v.to_string() == s))
+                    .collect();
+                let Some(octets) = octets.filter(|o| (1..4).contains(&o.len())) else {
+                    return false;
+                };
+                // The block these octets name overlaps the subnet.
+                let mut block = [0u8; 4];
+                block[..octets.len()].copy_from_slice(&octets);
+                let bits = (octets.len() * 8) as u8;
+                let shared = bits.min(p.prefix);
+                let mask = u32::MAX.checked_shl(32 - u32::from(shared)).unwrap_or(0);
+                u32::from(Ipv4Addr::from(block)) & mask == u32::from(p.network) & mask
+            }
+            Synthesis::Addresses(p) => {
+                let Some(Piece::Text(tail)) = p.pieces.last() else {
+                    return false;
+                };
+                // The labels after the last placeholder's label.
+                let Some((_, fixed)) = tail.split_once('.') else {
+                    return false;
+                };
+                Name::from_ascii(fixed).is_ok_and(|fixed| {
+                    name.zone_of(&fixed) && name.num_labels() <= fixed.num_labels()
+                })
+            }
+        }
+    }
+
     fn pattern(&self) -> &Pattern {
         match self {
             Synthesis::Pointers(p) | Synthesis::Addresses(p) => p,
@@ -491,7 +538,9 @@ pub fn compile(object: &serde_json::Value) -> Result<Vec<Authority>> {
             .cidr
             .parse()
             .map_err(|e| ZoneError::Reverse(format!("{}: {e}", served.cidr)))?;
-        origins.push(name("status.reverse.domain", &served.domain, None)?);
+        for (i, domain) in served.domains.iter().enumerate() {
+            origins.push(name(&format!("status.reverse.domains[{i}]"), domain, None)?);
+        }
         pattern = Some(Arc::new(Pattern::new(&reverse.pattern, &cidr, ttl)?));
     }
     let mut builders: Vec<Builder> = origins.iter().map(|o| Builder::new(o.clone())).collect();
@@ -528,7 +577,7 @@ pub fn compile(object: &serde_json::Value) -> Result<Vec<Authority>> {
     let mut authorities = Vec::new();
     for (i, b) in builders.into_iter().enumerate() {
         let synthesis = pattern.clone().and_then(|p| {
-            if i == 1 {
+            if i >= 1 {
                 Some(Synthesis::Pointers(p))
             } else {
                 let sample = p.name_of(p.network);

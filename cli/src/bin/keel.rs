@@ -123,6 +123,10 @@ struct ServerArgs {
     /// Use port 53 in production.
     #[arg(long, default_value = "0.0.0.0:5353", value_parser = listen_or_off)]
     dns_listen: Listen,
+    /// Where the local agent's S3 endpoint serves the Buckets bound to this node (port 0: a
+    /// free port, published in its Node; `off`: no storage role).
+    #[arg(long, default_value = "0.0.0.0:9000", value_parser = listen_or_off)]
+    s3_listen: Listen,
 }
 
 /// Timings of the cluster controllers (seconds, fractions allowed).
@@ -171,6 +175,11 @@ struct AgentArgs {
     /// role, the default).
     #[arg(long, default_value = "off", value_parser = listen_or_off)]
     dns_listen: Listen,
+    /// Give this host the storage role: its S3 endpoint serves the Buckets bound to it,
+    /// with their data under the data directory (port 0: a free port, published in the
+    /// Node; `off`: no storage role, the default).
+    #[arg(long, default_value = "off", value_parser = listen_or_off)]
+    s3_listen: Listen,
     /// The Open vSwitch database socket (probed as a capability).
     #[arg(long, default_value = "/var/run/openvswitch/db.sock")]
     ovs_socket: PathBuf,
@@ -455,6 +464,7 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
         agent.kvm_probe_kernel = args.kvm_probe_kernel.clone();
         agent.listen = args.agent_listen;
         agent.dns_listen = args.dns_listen.0;
+        agent.s3_listen = args.s3_listen.0;
         agent.server_token = std::fs::read_to_string(data_dir.join("join-token"))
             .ok()
             .map(|t| t.trim().to_string());
@@ -534,6 +544,7 @@ async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
         keel_agent::AgentConfig::new(&node_name, args.data_dir, std::env::current_exe()?);
     config.lease_duration = seconds(args.lease_duration);
     config.dns_listen = args.dns_listen.0;
+    config.s3_listen = args.s3_listen.0;
     config.ovs_socket = args.ovs_socket;
     config.kvm_probe_kernel = args.kvm_probe_kernel;
     config.listen = args.listen;

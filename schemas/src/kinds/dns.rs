@@ -172,8 +172,9 @@ pub struct ZoneStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReverseStatus {
-    /// Its origin (`1.20.10.in-addr.arpa.`).
-    pub domain: String,
+    /// Its origins: one per /24 (/16, /8) block the subnet covers, so that a /20 is 16
+    /// zones such as `16.20.10.in-addr.arpa.` and claims no address outside it.
+    pub domains: Vec<String>,
     /// The subnet's CIDR.
     pub cidr: String,
 }

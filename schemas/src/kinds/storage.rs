@@ -28,6 +28,24 @@ pub struct BucketSpec {
     /// What deletion does to the data (default Retain).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delete_policy: Option<DeletePolicy>,
+    /// Lifecycle rules.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<Lifecycle>,
+    /// The storage node (default: one the controller picks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// Labels the storage node must have.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub node_selector: std::collections::BTreeMap<String, String>,
+}
+
+/// Lifecycle rules of a bucket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Lifecycle {
+    /// Days after its last write an object expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiration_days: Option<u32>,
 }
 
 /// Limits of a bucket.
@@ -83,6 +101,9 @@ pub struct BucketStatus {
     /// Current usage.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// The storage node holding the bucket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
 }
 
 /// What a bucket holds.

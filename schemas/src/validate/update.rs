@@ -6,7 +6,7 @@
 //! | VPC | `spec.cidr` |
 //! | Subnet | `spec.vpc`, `spec.cidr` |
 //! | Zone | `spec.domain` |
-//! | Bucket | `spec.bucketName` once set |
+//! | Bucket | `spec.bucketName` and `spec.nodeName` once set |
 //! | LoadBalancer | `spec.vip` and `spec.subnet` once set |
 //! | VirtualMachine | a disk's `image` (matched by disk name) unless the disk is disposable; a disk's `size` never shrinks |
 //! | Revision | all of `spec`, except that `spec.snapshot` may be set once |
@@ -51,7 +51,7 @@ pub(super) fn check(kind: &Kind, old: &Value, new: &Value, errors: &mut Vec<Fiel
         }
     }
     let once: &[&str] = match (kind.group, kind.kind) {
-        (KEEL_GROUP, "Bucket") => &["bucketName"],
+        (KEEL_GROUP, "Bucket") => &["bucketName", "nodeName"],
         (KEEL_GROUP, "LoadBalancer") => &["vip", "subnet"],
         (KEEL_GROUP, "Revision") => &["snapshot"],
         ("", "Pod") => &["nodeName"],

@@ -53,7 +53,7 @@ fn shop() -> Value {
                 {"name": "ns1.shop.example.", "type": "A", "value": "127.0.0.1"},
                 {"name": "10.1.20.10.in-addr.arpa.", "type": "PTR", "value": "www.shop.example."},
             ],
-            "reverse": {"domain": "1.20.10.in-addr.arpa.", "cidr": "10.20.1.0/24"},
+            "reverse": {"domains": ["1.20.10.in-addr.arpa."], "cidr": "10.20.1.0/24"},
         },
     })
 }

@@ -144,7 +144,7 @@ fn the_reverse_zone_is_its_own_authority() {
         "metadata": {"name": "z", "namespace": "n", "uid": "u", "generation": 1},
         "spec": {"domain": "shop.example.", "reverse": {"subnet": "front", "pattern": "ip-{d}.shop.example."}},
         "status": {"observedGeneration": 1, "serial": 3,
-                   "reverse": {"domain": "1.20.10.in-addr.arpa.", "cidr": "10.20.1.0/24"},
+                   "reverse": {"domains": ["1.20.10.in-addr.arpa."], "cidr": "10.20.1.0/24"},
                    "records": [{"name": "5.1.20.10.in-addr.arpa.", "type": "PTR", "value": "web.shop.example."}]},
     });
     let authorities = compile(&z).unwrap();
@@ -168,4 +168,44 @@ fn the_reverse_zone_is_its_own_authority() {
     );
     // SOA, NS, PTR, and 253 pattern PTRs (the named one is listed once).
     assert_eq!(reverse.records().len(), 3 + 253);
+}
+
+#[test]
+fn ancestors_of_pattern_names_exist_and_wide_subnets_get_one_origin_per_block() {
+    let z = json!({
+        "apiVersion": "keel.dev/v1alpha1", "kind": "Zone",
+        "metadata": {"name": "z", "namespace": "n", "uid": "u", "generation": 1},
+        "spec": {"domain": "shop.example.", "reverse": {"subnet": "wide", "pattern": "ip-{a}-{b}-{c}-{d}.hosts.shop.example."}},
+        "status": {"observedGeneration": 1, "serial": 3,
+                   "reverse": {"domains": ["20.10.in-addr.arpa."], "cidr": "10.20.0.0/16"}},
+    });
+    let authorities = compile(&z).unwrap();
+    let (forward, reverse) = (&authorities[0], &authorities[1]);
+    let look = |a: &Authority, n: &str| match a.lookup(&Name::from_ascii(n).unwrap()) {
+        Lookup::Found(_) => "found",
+        Lookup::Empty => "empty",
+        Lookup::Missing => "missing",
+        Lookup::Delegated(_) => "delegated",
+    };
+    assert_eq!(look(reverse, "9.7.20.10.in-addr.arpa."), "found");
+    assert_eq!(look(reverse, "7.20.10.in-addr.arpa."), "empty");
+    assert_eq!(look(reverse, "300.20.10.in-addr.arpa."), "missing");
+    assert_eq!(look(reverse, "x.7.20.10.in-addr.arpa."), "missing");
+    assert_eq!(look(forward, "ip-10-20-7-9.hosts.shop.example."), "found");
+    assert_eq!(look(forward, "hosts.shop.example."), "empty");
+    assert_eq!(look(forward, "other.shop.example."), "missing");
+    assert_eq!(look(forward, "a.hosts.shop.example."), "missing");
+
+    // A /20 is served as its sixteen /24s: nothing outside it is claimed.
+    let mut z = z;
+    z["status"]["reverse"] = json!({"cidr": "10.20.16.0/20",
+        "domains": (16..32).map(|c| format!("{c}.20.10.in-addr.arpa.")).collect::<Vec<_>>()});
+    let authorities = compile(&z).unwrap();
+    assert_eq!(authorities.len(), 17);
+    assert_eq!(look(&authorities[16], "1.31.20.10.in-addr.arpa."), "found");
+    assert!(
+        authorities
+            .iter()
+            .all(|a| a.origin.to_ascii() != "20.10.in-addr.arpa.")
+    );
 }

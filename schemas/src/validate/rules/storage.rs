@@ -1,6 +1,6 @@
 //! Rules for Buckets.
 
-use super::{Field, quantity};
+use super::{Field, label_map, quantity};
 use crate::names::bucket_name_problem;
 use crate::validate::FieldError;
 
@@ -17,6 +17,7 @@ pub(super) fn bucket(root: &Field<'_>, errors: &mut Vec<FieldError>) {
     if let Some(quota) = spec.get("quota") {
         quantity(quota.get("bytes"), 1, errors);
     }
+    label_map(spec.get("nodeSelector"), errors);
 }
 
 /// Without spec.bucketName, the bucket is named `<namespace>-<name>`, which must then be a

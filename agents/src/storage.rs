@@ -1,0 +1,155 @@
+//! The storage role of a host (`--s3-listen`): an S3-compatible endpoint serving the Buckets
+//! bound to this node, over a local object store.
+//!
+//! - [`store`]: objects on local disk (temp file, fsync, rename; an index in redb), usage,
+//!   quotas, versions, multipart uploads, lifecycle expiry. Keel's own.
+//! - [`s3`]: the S3 protocol. s3s parses requests, checks SigV4 and writes responses; the
+//!   operations over the store are Keel's.
+//! - [`access`]: which key opens which bucket, and the public-read policy.
+//! - [`buckets`]: the reconciler of the Buckets bound here (`status.nodeName`): it makes
+//!   each exist in the store, publishes its policy, runs its lifecycle, reports usage, and
+//!   holds a finalizer until its data is dealt with.
+//!
+//! The cluster's bucket controller (keel-controllers `buckets`) binds a Bucket to a node
+//! with the `keel.dev/s3-endpoint` annotation and writes its access keys into a Secret;
+//! this host reads every such Secret (label `keel.dev/bucket`) to learn the keys.
+
+pub mod access;
+pub mod buckets;
+pub mod s3;
+pub mod store;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use keel_client::Api;
+use keel_controllers::buckets::{ACCESS_KEY, CREDENTIALS_LABEL, SECRET_KEY};
+use keel_controllers::runtime::queue::Backoff;
+use keel_controllers::runtime::{Controller, Recorder, Store as Cache, watcher};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::agent::Shared;
+
+pub use keel_controllers::buckets::ENDPOINT_ANNOTATION;
+
+/// Binds the S3 endpoint's listener.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves S3 on `listener` (published as `endpoint`) and reconciles the Buckets bound to
+/// this node until `shutdown` turns true.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    endpoint: String,
+    shutdown: watch::Receiver<bool>,
+) {
+    let root = shared.config.data_dir.join("storage");
+    let store = match tokio::task::spawn_blocking(move || store::Store::open(&root)).await {
+        Ok(Ok(store)) => store,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot open the object store: no S3 endpoint");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the object store: no S3 endpoint");
+            return;
+        }
+    };
+    let registry = Arc::new(access::Registry::default());
+    let server = tokio::spawn(s3::serve(
+        listener,
+        store.clone(),
+        registry.clone(),
+        shutdown.clone(),
+    ));
+    let keys = tokio::spawn(watch_keys(
+        shared.clone(),
+        registry.clone(),
+        shutdown.clone(),
+    ));
+    let (Some(bucket_kind), node) = (
+        keel_schemas::lookup("buckets"),
+        shared.config.node_name.clone(),
+    ) else {
+        return;
+    };
+    let controller = Controller::new(
+        &format!("agent-buckets-{node}"),
+        Api::all(&shared.client, bucket_kind),
+        watcher::Config::default().fields(&format!("status.nodeName={node}")),
+    )
+    .resync(Duration::from_secs(30))
+    // A bucket whose deletion waits for it to be emptied is looked at again soon.
+    .backoff(Backoff {
+        base: Duration::from_secs(1),
+        max: Duration::from_secs(10),
+    });
+    let ctx = Arc::new(buckets::Context {
+        client: shared.client.clone(),
+        store: Arc::new(store),
+        registry,
+        endpoint,
+        recorder: Recorder::new(&shared.client, "keel-agent", &node),
+    });
+    controller.run(buckets::reconcile, ctx, shutdown).await;
+    let _ = keys.await;
+    let _ = server.await;
+}
+
+/// Keeps the registry's access keys equal to the cluster's bucket credential Secrets.
+async fn watch_keys(
+    shared: Arc<Shared>,
+    registry: Arc<access::Registry>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Some(kind) = keel_schemas::lookup("secrets") else {
+        return;
+    };
+    let cache = Cache::new();
+    let mut w = watcher(
+        Api::all(&shared.client, kind),
+        watcher::Config::default().labels(CREDENTIALS_LABEL),
+    );
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            event = w.next() => { cache.apply(event); }
+        }
+        if cache.is_ready() {
+            registry.set_keys(keys_of(&cache.list()));
+        }
+    }
+}
+
+/// The access keys in credential Secrets: access key -> (secret, bucket).
+fn keys_of(secrets: &[Arc<Value>]) -> HashMap<String, access::Key> {
+    let decode = |s: &Value, key: &str| {
+        let text = s["data"][key].as_str()?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .ok()?;
+        String::from_utf8(bytes).ok()
+    };
+    secrets
+        .iter()
+        .filter_map(|s| {
+            let bucket = s["metadata"]["labels"][CREDENTIALS_LABEL].as_str()?;
+            let access_key = decode(s, ACCESS_KEY)?;
+            let secret = decode(s, SECRET_KEY)?;
+            Some((
+                access_key,
+                access::Key {
+                    secret,
+                    bucket: bucket.to_string(),
+                },
+            ))
+        })
+        .collect()
+}

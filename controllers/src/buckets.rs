@@ -1,0 +1,322 @@
+//! The bucket controller: binds each Bucket to a storage node (a node whose agent serves S3,
+//! `keel agent --s3-listen`), and keeps its credentials — an access key pair in a Secret of
+//! the bucket's namespace, owned by the Bucket. Deleting the Secret rotates the keys: a new
+//! pair is made at once, and the old one stops working as soon as the storage agents see it
+//! gone. The storage agent of the bound node does the rest (the data, usage, lifecycle, and
+//! deletion through its finalizer).
+//!
+//! S3 bucket names are one name space for the whole cluster: when two Buckets ask for the
+//! same name, the older keeps it and the newer says so in its `Ready` condition.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_client::{Api, Client, ClientError};
+use rand::Rng;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::runtime::{
+    Action, Condition, Controller, EventType, ObjectExt, Recorder, Store, condition_status,
+    set_condition, watcher,
+};
+
+/// The Node annotation with the S3 endpoint of its storage agent (`http://ip:port`).
+pub const ENDPOINT_ANNOTATION: &str = "keel.dev/s3-endpoint";
+/// The label on a bucket's credentials Secret: the bucket's S3 name.
+pub const CREDENTIALS_LABEL: &str = "keel.dev/bucket";
+/// The Secret keys of the access key pair (the AWS CLI's environment names).
+pub const ACCESS_KEY: &str = "AWS_ACCESS_KEY_ID";
+/// See [`ACCESS_KEY`].
+pub const SECRET_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+
+/// What the reconciles share.
+struct Context {
+    client: Client,
+    buckets: Store,
+    secrets: Store,
+    nodes: Store,
+    recorder: Recorder,
+}
+
+/// Runs the bucket controller until `shutdown` turns true.
+pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<bool>) {
+    let kinds = ["buckets", "secrets", "nodes"].map(keel_schemas::lookup);
+    let [Some(bucket), Some(secret), Some(node)] = kinds else {
+        return;
+    };
+    let controller = Controller::new(
+        "buckets",
+        Api::all(&client, bucket),
+        watcher::Config::default(),
+    )
+    .resync(Duration::from_secs(60));
+    let buckets = controller.store();
+    // A storage node coming or going may let an unbound bucket be placed.
+    let unbound = buckets.clone();
+    let controller = controller
+        .owns(
+            Api::all(&client, secret),
+            watcher::Config::default().labels(CREDENTIALS_LABEL),
+        )
+        .watches(
+            Api::all(&client, node),
+            watcher::Config::default(),
+            move |_| {
+                unbound
+                    .list()
+                    .iter()
+                    .filter(|b| b["status"]["nodeName"].as_str().is_none())
+                    .map(|b| b.object_ref())
+                    .collect()
+            },
+        );
+    let store = |kind: &str| controller.store_of(kind).unwrap_or_default();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        buckets: controller.store(),
+        secrets: store("Secret"),
+        nodes: store("Node"),
+        recorder: Recorder::new(&client, "keel-buckets", &instance),
+    });
+    controller.run(reconcile, ctx, shutdown).await;
+}
+
+async fn reconcile(bucket: Arc<Value>, ctx: Arc<Context>) -> Result<Action, ClientError> {
+    if bucket.is_deleting() {
+        return Ok(Action::await_change());
+    }
+    let namespace = bucket.namespace().unwrap_or("default").to_string();
+    let name = bucket.name().to_string();
+    let s3_name = bucket["spec"]["bucketName"]
+        .as_str()
+        .map_or_else(|| format!("{namespace}-{name}"), str::to_string);
+    let mut status = bucket["status"].clone();
+    if !status.is_object() {
+        status = json!({});
+    }
+    status["bucketName"] = json!(s3_name);
+    if let Some(owner) = older_owner(&bucket, &s3_name, &ctx.buckets) {
+        let message = format!("the bucket name {s3_name} is taken by Bucket {owner}");
+        return write(&ctx, &bucket, status, "False", "BucketNameTaken", &message).await;
+    }
+    let secret_name = format!("{name}-credentials");
+    ensure_credentials(&ctx, &bucket, &namespace, &secret_name, &s3_name).await?;
+    status["secretName"] = json!(secret_name);
+    if status["nodeName"].as_str().is_none() {
+        match place(&bucket, &ctx) {
+            Ok(node) => {
+                status["nodeName"] = json!(node);
+                ctx.recorder
+                    .publish(
+                        &bucket,
+                        EventType::Normal,
+                        "Bound",
+                        "Bind",
+                        &format!("bucket {s3_name} is kept on node {node}"),
+                    )
+                    .await;
+            }
+            Err(why) => {
+                return write(&ctx, &bucket, status, "False", "NoStorageNode", &why).await;
+            }
+        }
+    }
+    if condition_status(&bucket, "Ready").is_some() {
+        // The storage agent owns Ready from here on.
+        return write_status(&ctx, &bucket, status).await;
+    }
+    let node = status["nodeName"].as_str().unwrap_or_default().to_string();
+    let message = format!("bound to node {node}; waiting for its storage agent");
+    write(&ctx, &bucket, status, "False", "Binding", &message).await
+}
+
+/// The Bucket that holds `s3_name` and was created before this one, if any.
+fn older_owner(bucket: &Value, s3_name: &str, buckets: &Store) -> Option<String> {
+    let key = |b: &Value| {
+        (
+            b["metadata"]["creationTimestamp"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            b.uid().to_string(),
+        )
+    };
+    buckets
+        .list()
+        .iter()
+        .filter(|b| b.uid() != bucket.uid())
+        .filter(|b| {
+            let name = b["spec"]["bucketName"].as_str().map_or_else(
+                || format!("{}-{}", b.namespace().unwrap_or("default"), b.name()),
+                str::to_string,
+            );
+            name == s3_name
+        })
+        .find(|b| key(b) < key(bucket))
+        .map(|b| format!("{}/{}", b.namespace().unwrap_or(""), b.name()))
+}
+
+/// Makes the credentials Secret when it is missing (first time, or deleted to rotate).
+async fn ensure_credentials(
+    ctx: &Context,
+    bucket: &Value,
+    namespace: &str,
+    secret_name: &str,
+    s3_name: &str,
+) -> Result<(), ClientError> {
+    let key = crate::runtime::ObjectRef::new(Some(namespace), secret_name);
+    if ctx.secrets.get(&key).is_some() {
+        return Ok(());
+    }
+    let Some(kind) = keel_schemas::lookup("secrets") else {
+        return Ok(());
+    };
+    let api: Api<Value> = Api::namespaced(&ctx.client, kind, namespace);
+    let (access, secret) = new_key_pair();
+    let object = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {
+            "name": secret_name,
+            "labels": {CREDENTIALS_LABEL: s3_name},
+            "ownerReferences": [{
+                "apiVersion": "keel.dev/v1alpha1", "kind": "Bucket", "name": bucket.name(),
+                "uid": bucket.uid(), "controller": true, "blockOwnerDeletion": true,
+            }],
+        },
+        "type": "Opaque",
+        "stringData": {ACCESS_KEY: access, SECRET_KEY: secret, "BUCKET": s3_name},
+    });
+    match api.create(&object).await {
+        Ok(_) => {
+            ctx.recorder
+                .publish(
+                    bucket,
+                    EventType::Normal,
+                    "CredentialsIssued",
+                    "Issue",
+                    &format!("access key {access} written to Secret {secret_name}"),
+                )
+                .await;
+            Ok(())
+        }
+        // Made by an earlier pass the cache has not shown yet.
+        Err(e) if e.code() == Some(409) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A new access key id (20 upper-case letters and digits, as AWS's) and secret (40 chars).
+fn new_key_pair() -> (String, String) {
+    const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    const ANY: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut rng = rand::rng();
+    let mut pick = |set: &[u8], n: usize| -> String {
+        (0..n)
+            .map(|_| char::from(set[rng.random_range(0..set.len())]))
+            .collect()
+    };
+    let access = format!("KEEL{}", pick(UPPER, 16));
+    let secret = pick(ANY, 40);
+    (access, secret)
+}
+
+/// The storage node for an unbound bucket: the one it names, else the ready storage node
+/// matching its selector that holds the fewest buckets.
+fn place(bucket: &Value, ctx: &Context) -> Result<String, String> {
+    let storage = |n: &Value| {
+        n["metadata"]["annotations"][ENDPOINT_ANNOTATION].is_string()
+            && condition_status(n, "Ready") == Some("True")
+            && condition_status(n, "StorageAvailable") == Some("True")
+    };
+    if let Some(node) = bucket["spec"]["nodeName"].as_str() {
+        return Ok(node.to_string());
+    }
+    let selector: BTreeMap<String, String> =
+        serde_json::from_value(bucket["spec"]["nodeSelector"].clone()).unwrap_or_default();
+    let mut load: BTreeMap<String, usize> = BTreeMap::new();
+    for b in ctx.buckets.list() {
+        if let Some(n) = b["status"]["nodeName"].as_str() {
+            *load.entry(n.to_string()).or_default() += 1;
+        }
+    }
+    ctx.nodes
+        .list()
+        .iter()
+        .filter(|n| storage(n))
+        .filter(|n| {
+            selector
+                .iter()
+                .all(|(k, v)| n["metadata"]["labels"][k].as_str() == Some(v.as_str()))
+        })
+        .min_by_key(|n| {
+            (
+                load.get(n.name()).copied().unwrap_or(0),
+                n.name().to_string(),
+            )
+        })
+        .map(|n| n.name().to_string())
+        .ok_or_else(|| {
+            if selector.is_empty() {
+                "no ready node has the storage role (keel agent --s3-listen)".to_string()
+            } else {
+                format!("no ready storage node has the labels {selector:?}")
+            }
+        })
+}
+
+/// Writes `status` with a `Ready` condition.
+async fn write(
+    ctx: &Context,
+    bucket: &Value,
+    mut status: Value,
+    ready: &str,
+    reason: &str,
+    message: &str,
+) -> Result<Action, ClientError> {
+    set_condition(
+        &mut status,
+        &Condition {
+            type_: "Ready",
+            status: ready,
+            reason,
+            message,
+        },
+        &keel_schemas::time::now_rfc3339(),
+    );
+    write_status(ctx, bucket, status).await
+}
+
+async fn write_status(ctx: &Context, bucket: &Value, status: Value) -> Result<Action, ClientError> {
+    if status == bucket["status"] {
+        return Ok(Action::await_change());
+    }
+    let Some(kind) = keel_schemas::lookup("buckets") else {
+        return Ok(Action::await_change());
+    };
+    let api: Api<Value> =
+        Api::namespaced(&ctx.client, kind, bucket.namespace().unwrap_or("default"));
+    let mut updated = bucket.clone();
+    updated["status"] = status;
+    match api.update_status(&updated).await {
+        Ok(_) => Ok(Action::await_change()),
+        Err(e) if e.code() == Some(409) || e.code() == Some(404) => Ok(Action::await_change()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_pairs_look_like_aws_keys_and_differ() {
+        let (a1, s1) = new_key_pair();
+        let (a2, s2) = new_key_pair();
+        assert_eq!(a1.len(), 20);
+        assert!(a1.starts_with("KEEL") && a1.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_eq!(s1.len(), 40);
+        assert!(a1 != a2 && s1 != s2);
+    }
+}

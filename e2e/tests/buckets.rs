@@ -1,0 +1,800 @@
+//! Buckets end to end: Bucket objects applied to a `keel server` become S3 buckets on its
+//! storage agent, used unmodified by Debian's `aws` CLI and boto3 — small, empty and 50 MiB
+//! (multipart) objects up and down, listing, sync, presigned and range GETs, deletion;
+//! wrong secrets, other tenants' keys and expired URLs denied with S3's error codes; quotas,
+//! malformed requests, key rotation, deletion policies; and a server killed in the middle of
+//! uploads, after which every object is whole or absent.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use keel_client::{Api, Client, DeleteParams};
+use keel_e2e::{KeelServer, condition_of, eventually, kind};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A running server with a storage role, and a tenant's bucket.
+struct Cluster {
+    root: tempfile::TempDir,
+    server: KeelServer,
+    client: Client,
+}
+
+async fn cluster() -> Cluster {
+    let root = tempfile::tempdir().unwrap();
+    let mut server = KeelServer::new(root.path(), "store-1");
+    server.start::<&str>(&[]);
+    let (admin, ca) = eventually("credentials", WAIT, || async { server.try_admin() }).await;
+    let client = Client::new(&server.url(), &ca, &admin).unwrap();
+    Cluster {
+        root,
+        server,
+        client,
+    }
+}
+
+/// The credentials and endpoint of a Ready bucket.
+#[derive(Clone, Debug)]
+struct Creds {
+    endpoint: String,
+    bucket: String,
+    access: String,
+    secret: String,
+}
+
+async fn namespace(c: &Client, name: &str) {
+    let nss: Api<Value> = Api::all(c, kind("namespaces"));
+    nss.create(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
+        .await
+        .unwrap();
+}
+
+async fn bucket(c: &Client, ns: &str, name: &str, spec: Value) -> Creds {
+    let buckets: Api<Value> = Api::namespaced(c, kind("buckets"), ns);
+    buckets
+        .create(&json!({"apiVersion": "keel.dev/v1alpha1", "kind": "Bucket",
+                        "metadata": {"name": name}, "spec": spec}))
+        .await
+        .unwrap();
+    ready(c, ns, name).await
+}
+
+async fn ready(c: &Client, ns: &str, name: &str) -> Creds {
+    let buckets: Api<Value> = Api::namespaced(c, kind("buckets"), ns);
+    let secrets: Api<Value> = Api::namespaced(c, kind("secrets"), ns);
+    eventually(
+        &format!("bucket {ns}/{name} Ready with credentials"),
+        WAIT,
+        || async {
+            let b = buckets.get(name).await.ok()?;
+            (condition_of(&b, "Ready")?["status"] == "True").then_some(())?;
+            let secret = secrets
+                .get(b["status"]["secretName"].as_str()?)
+                .await
+                .ok()?;
+            Some(Creds {
+                endpoint: b["status"]["endpoint"].as_str()?.to_string(),
+                bucket: b["status"]["bucketName"].as_str()?.to_string(),
+                access: decode(&secret["data"]["AWS_ACCESS_KEY_ID"])?,
+                secret: decode(&secret["data"]["AWS_SECRET_ACCESS_KEY"])?,
+            })
+        },
+    )
+    .await
+}
+
+fn decode(v: &Value) -> Option<String> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(v.as_str()?)
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// Debian's `aws` (v2) with these credentials and nothing from the environment's config.
+fn aws(creds: &Creds, args: &[&str]) -> Output {
+    let aws = if Path::new("/usr/bin/aws").exists() {
+        "/usr/bin/aws"
+    } else {
+        "aws"
+    };
+    Command::new(aws)
+        .args(["--endpoint-url", &creds.endpoint])
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", &creds.access)
+        .env("AWS_SECRET_ACCESS_KEY", &creds.secret)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_PAGER", "")
+        .output()
+        .expect("run the aws CLI (awscli)")
+}
+
+/// `aws` that must succeed: its standard output.
+fn aws_ok(creds: &Creds, args: &[&str]) -> String {
+    let out = aws(creds, args);
+    assert!(
+        out.status.success(),
+        "aws {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// `aws` that must fail with S3 error `code`.
+fn aws_err(creds: &Creds, args: &[&str], code: &str) {
+    let out = aws(creds, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains(code),
+        "aws {args:?}: expected {code}, got: {stderr}"
+    );
+}
+
+/// Runs a boto3 script (`/usr/bin/python3`) with the credentials in its environment.
+fn boto3(creds: &Creds, script: &str) -> String {
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .env("ENDPOINT", &creds.endpoint)
+        .env("BUCKET", &creds.bucket)
+        .env("AWS_ACCESS_KEY_ID", &creds.access)
+        .env("AWS_SECRET_ACCESS_KEY", &creds.secret)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .output()
+        .expect("run python3 (python3-boto3)");
+    assert!(
+        out.status.success(),
+        "boto3 script failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+const BOTO3_PRELUDE: &str = r#"
+import os, sys, hashlib, boto3, botocore
+from botocore.config import Config
+s3 = boto3.client("s3", endpoint_url=os.environ["ENDPOINT"], config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+B = os.environ["BUCKET"]
+def code(f):
+    try:
+        f()
+        return "OK"
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+"#;
+
+/// A file of `size` pseudo-random bytes.
+fn file(dir: &Path, name: &str, size: usize) -> PathBuf {
+    let path = dir.join(name);
+    let mut x: u64 = size as u64 ^ 0x9e37_79b9_7f4a_7c15;
+    let bytes: Vec<u8> = (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn same(a: &Path, b: &Path) -> bool {
+    std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buckets_work_with_the_aws_cli_and_boto3() {
+    let c = cluster().await;
+    namespace(&c.client, "shop").await;
+    let creds = bucket(&c.client, "shop", "assets", json!({})).await;
+    assert_eq!(creds.bucket, "shop-assets");
+    let dir = c.root.path().join("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let s3 = |key: &str| format!("s3://{}/{key}", creds.bucket);
+
+    // Small, empty, and 50 MiB (the CLI sends that as a multipart upload).
+    for (name, size) in [("small.txt", 1000), ("empty", 0), ("big.bin", 50 << 20)] {
+        let local = file(&dir, name, size);
+        aws_ok(&creds, &["s3", "cp", local.to_str().unwrap(), &s3(name)]);
+        let back = dir.join(format!("{name}.back"));
+        aws_ok(&creds, &["s3", "cp", &s3(name), back.to_str().unwrap()]);
+        assert!(same(&local, &back), "{name} comes back byte for byte");
+    }
+    let head: Value = serde_json::from_str(&aws_ok(
+        &creds,
+        &[
+            "s3api",
+            "head-object",
+            "--bucket",
+            &creds.bucket,
+            "--key",
+            "big.bin",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(head["ContentLength"], 50 << 20);
+    assert!(
+        head["ETag"].as_str().unwrap().ends_with("-7\""),
+        "a multipart ETag (50 MiB in 8 MiB parts): {head}"
+    );
+    let small: Value = serde_json::from_str(&aws_ok(
+        &creds,
+        &[
+            "s3api",
+            "head-object",
+            "--bucket",
+            &creds.bucket,
+            "--key",
+            "small.txt",
+        ],
+    ))
+    .unwrap();
+    let md5 = format!(
+        "\"{:x}\"",
+        md5_of(&std::fs::read(dir.join("small.txt")).unwrap())
+    );
+    assert_eq!(
+        small["ETag"], md5,
+        "a single PUT's ETag is the MD5 of its bytes"
+    );
+    let listing = aws_ok(&creds, &["s3", "ls", &s3("")]);
+    for name in ["small.txt", "empty", "big.bin"] {
+        assert!(listing.contains(name), "{listing}");
+    }
+
+    // sync up a tree, then down into another: the same files.
+    let tree = dir.join("tree");
+    for (i, sub) in ["a", "a/b", "c"].iter().enumerate() {
+        std::fs::create_dir_all(tree.join(sub)).unwrap();
+        file(&tree.join(sub), &format!("f{i}.dat"), 1000 * (i + 1));
+    }
+    aws_ok(
+        &creds,
+        &["s3", "sync", tree.to_str().unwrap(), &s3("tree/")],
+    );
+    let copy = dir.join("copy");
+    aws_ok(
+        &creds,
+        &["s3", "sync", &s3("tree/"), copy.to_str().unwrap()],
+    );
+    for (i, sub) in ["a", "a/b", "c"].iter().enumerate() {
+        let f = format!("{sub}/f{i}.dat");
+        assert!(same(&tree.join(&f), &copy.join(&f)), "{f} synced");
+    }
+    let top = aws_ok(&creds, &["s3", "ls", &s3("tree/")]);
+    assert!(
+        top.contains("PRE a/") && top.contains("PRE c/"),
+        "common prefixes: {top}"
+    );
+
+    // A presigned GET with curl; a range GET.
+    let url = aws_ok(
+        &creds,
+        &["s3", "presign", &s3("small.txt"), "--expires-in", "300"],
+    );
+    let fetched = dir.join("presigned");
+    let out = Command::new("curl")
+        .args(["-sS", "-f", "-o", fetched.to_str().unwrap(), url.trim()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(same(&fetched, &dir.join("small.txt")));
+    let part = dir.join("range");
+    aws_ok(
+        &creds,
+        &[
+            "s3api",
+            "get-object",
+            "--bucket",
+            &creds.bucket,
+            "--key",
+            "big.bin",
+            "--range",
+            "bytes=100-199",
+            part.to_str().unwrap(),
+        ],
+    );
+    let all = std::fs::read(dir.join("big.bin")).unwrap();
+    assert_eq!(std::fs::read(&part).unwrap(), all[100..200]);
+
+    // boto3: puts with metadata, copy, a multipart upload by hand, delete_objects.
+    let out = boto3(
+        &creds,
+        &format!(
+            "{BOTO3_PRELUDE}
+s3.put_object(Bucket=B, Key='meta.txt', Body=b'hello', ContentType='text/plain', Metadata={{'owner': 'shop'}})
+h = s3.head_object(Bucket=B, Key='meta.txt')
+print('meta', h['ContentType'], h['Metadata']['owner'], h['ContentLength'])
+s3.copy_object(Bucket=B, Key='copy.txt', CopySource={{'Bucket': B, 'Key': 'meta.txt'}})
+print('copy', s3.get_object(Bucket=B, Key='copy.txt')['Body'].read().decode())
+up = s3.create_multipart_upload(Bucket=B, Key='parts.bin')['UploadId']
+p1 = b'a' * (5 << 20); p2 = b'b' * 1000
+e1 = s3.upload_part(Bucket=B, Key='parts.bin', UploadId=up, PartNumber=1, Body=p1)['ETag']
+e2 = s3.upload_part(Bucket=B, Key='parts.bin', UploadId=up, PartNumber=2, Body=p2)['ETag']
+print('parts', len(s3.list_parts(Bucket=B, Key='parts.bin', UploadId=up)['Parts']))
+r = s3.complete_multipart_upload(Bucket=B, Key='parts.bin', UploadId=up, MultipartUpload={{'Parts': [{{'ETag': e1, 'PartNumber': 1}}, {{'ETag': e2, 'PartNumber': 2}}]}})
+want = hashlib.md5(hashlib.md5(p1).digest() + hashlib.md5(p2).digest()).hexdigest() + '-2'
+print('etag', r['ETag'].strip('\"') == want)
+print('whole', s3.get_object(Bucket=B, Key='parts.bin')['Body'].read() == p1 + p2)
+d = s3.delete_objects(Bucket=B, Delete={{'Objects': [{{'Key': 'meta.txt'}}, {{'Key': 'copy.txt'}}]}})
+print('deleted', len(d['Deleted']))
+print('gone', code(lambda: s3.head_object(Bucket=B, Key='meta.txt')))
+keys = [o['Key'] for o in s3.list_objects_v2(Bucket=B, Prefix='tree/', MaxKeys=2)['Contents']]
+print('page', len(keys))
+pages = s3.get_paginator('list_objects_v2').paginate(Bucket=B, PaginationConfig={{'PageSize': 2}})
+print('all', sum(len(p.get('Contents', [])) for p in pages))
+"
+        ),
+    );
+    for line in [
+        "meta text/plain shop 5",
+        "copy hello",
+        "parts 2",
+        "etag True",
+        "whole True",
+        "deleted 2",
+        "gone 404",
+        "page 2",
+        "all 7",
+    ] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "boto3 printed {line:?}: {out}"
+        );
+    }
+
+    // Delete with the CLI.
+    aws_ok(&creds, &["s3", "rm", &s3("small.txt")]);
+    aws_err(
+        &creds,
+        &[
+            "s3api",
+            "head-object",
+            "--bucket",
+            &creds.bucket,
+            "--key",
+            "small.txt",
+        ],
+        "404",
+    );
+
+    // Buckets are Keel objects: S3 cannot make or remove them.
+    aws_err(
+        &creds,
+        &["s3api", "create-bucket", "--bucket", "shop-other"],
+        "AccessDenied",
+    );
+    aws_err(
+        &creds,
+        &["s3api", "delete-bucket", "--bucket", &creds.bucket],
+        "AccessDenied",
+    );
+}
+
+fn md5_of(bytes: &[u8]) -> u128 {
+    // A tiny MD5 (RFC 1321), so the test checks the server's ETag independently.
+    let s: [u32; 64] = [
+        7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 5, 9, 14, 20, 5, 9, 14, 20, 5,
+        9, 14, 20, 5, 9, 14, 20, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 6, 10,
+        15, 21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21,
+    ];
+    let k: Vec<u32> = (0..64)
+        .map(|i| ((i as f64 + 1.0).sin().abs() * 4_294_967_296.0) as u32)
+        .collect();
+    let mut msg = bytes.to_vec();
+    let bits = (bytes.len() as u64).wrapping_mul(8);
+    msg.push(0x80);
+    while msg.len() % 64 != 56 {
+        msg.push(0);
+    }
+    msg.extend(bits.to_le_bytes());
+    let (mut a0, mut b0, mut c0, mut d0) = (
+        0x6745_2301u32,
+        0xefcd_ab89u32,
+        0x98ba_dcfeu32,
+        0x1032_5476u32,
+    );
+    for chunk in msg.chunks(64) {
+        let m: Vec<u32> = chunk
+            .chunks(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect();
+        let (mut a, mut b, mut c, mut d) = (a0, b0, c0, d0);
+        for i in 0..64 {
+            let (f, g) = match i / 16 {
+                0 => ((b & c) | (!b & d), i),
+                1 => ((d & b) | (!d & c), (5 * i + 1) % 16),
+                2 => (b ^ c ^ d, (3 * i + 5) % 16),
+                _ => (c ^ (b | !d), (7 * i) % 16),
+            };
+            let f = f.wrapping_add(a).wrapping_add(k[i]).wrapping_add(m[g]);
+            a = d;
+            d = c;
+            c = b;
+            b = b.wrapping_add(f.rotate_left(s[i]));
+        }
+        a0 = a0.wrapping_add(a);
+        b0 = b0.wrapping_add(b);
+        c0 = c0.wrapping_add(c);
+        d0 = d0.wrapping_add(d);
+    }
+    let digest: Vec<u8> = [a0, b0, c0, d0]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    u128::from_be_bytes(digest.try_into().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_keys_quotas_bad_requests_rotation_and_deletion_policies() {
+    let c = cluster().await;
+    namespace(&c.client, "shop").await;
+    namespace(&c.client, "rival").await;
+    let creds = bucket(
+        &c.client,
+        "shop",
+        "assets",
+        json!({"quota": {"bytes": "1Mi", "objects": 3}}),
+    )
+    .await;
+    let rival = bucket(&c.client, "rival", "data", json!({})).await;
+    let dir = c.root.path().join("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let small = file(&dir, "small", 1000);
+    let s3 = |key: &str| format!("s3://{}/{key}", creds.bucket);
+    aws_ok(&creds, &["s3", "cp", small.to_str().unwrap(), &s3("one")]);
+
+    // Auth: a wrong secret, an unknown key, another tenant's key, an expired URL.
+    let wrong = Creds {
+        secret: "x".repeat(40),
+        ..creds.clone()
+    };
+    aws_err(&wrong, &["s3", "ls", &s3("")], "SignatureDoesNotMatch");
+    let unknown = Creds {
+        access: "KEELUNKNOWNKEY000000".into(),
+        ..creds.clone()
+    };
+    aws_err(&unknown, &["s3", "ls", &s3("")], "InvalidAccessKeyId");
+    let other = Creds {
+        bucket: creds.bucket.clone(),
+        ..rival.clone()
+    };
+    aws_err(&other, &["s3", "ls", &s3("")], "AccessDenied");
+    aws_err(&other, &["s3", "cp", &s3("one"), "-"], "403");
+    let url = aws_ok(&creds, &["s3", "presign", &s3("one"), "--expires-in", "1"]);
+    eventually("the presigned URL expires", WAIT, || async {
+        let out = Command::new("curl")
+            .args(["-sS", url.trim()])
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout).to_string();
+        (body.contains("<Code>AccessDenied</Code>") && body.contains("Request has expired"))
+            .then_some(())
+    })
+    .await;
+    // A client whose clock is an hour behind: its signed requests are refused as skewed.
+    let skewed = boto3(
+        &creds,
+        &format!(
+            "{BOTO3_PRELUDE}
+import datetime
+class Behind(datetime.datetime):
+    @classmethod
+    def utcnow(cls): return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None) - datetime.timedelta(hours=1)
+botocore.auth.datetime.datetime = Behind
+print(code(lambda: s3.head_object(Bucket=B, Key='one')), code(lambda: s3.list_objects_v2(Bucket=B)))
+"
+        ),
+    );
+    assert_eq!(
+        skewed.trim(),
+        "403 RequestTimeTooSkewed",
+        "a HEAD's error has no body, so boto3 names its status"
+    );
+    let anonymous = Command::new("curl")
+        .args(["-sS", &format!("{}/{}/one", creds.endpoint, creds.bucket)])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&anonymous.stdout).contains("AccessDenied"),
+        "a private bucket"
+    );
+
+    // Quotas: bytes and objects.
+    let big = file(&dir, "big", 2 << 20);
+    aws_err(
+        &creds,
+        &[
+            "s3api",
+            "put-object",
+            "--bucket",
+            &creds.bucket,
+            "--key",
+            "big",
+            "--body",
+            big.to_str().unwrap(),
+        ],
+        "QuotaExceeded",
+    );
+    aws_ok(&creds, &["s3", "cp", small.to_str().unwrap(), &s3("two")]);
+    aws_ok(&creds, &["s3", "cp", small.to_str().unwrap(), &s3("three")]);
+    aws_err(
+        &creds,
+        &[
+            "s3api",
+            "put-object",
+            "--bucket",
+            &creds.bucket,
+            "--key",
+            "four",
+            "--body",
+            small.to_str().unwrap(),
+        ],
+        "QuotaExceeded",
+    );
+    let buckets: Api<Value> = Api::namespaced(&c.client, kind("buckets"), "shop");
+    eventually("usage in the status", WAIT, || async {
+        let b = buckets.get("assets").await.ok()?;
+        (b["status"]["usage"] == json!({"bytes": 3000, "objects": 3})).then_some(())
+    })
+    .await;
+
+    // Malformed requests: S3 errors, and the endpoint goes on.
+    let out = boto3(
+        &creds,
+        &format!(
+            "{BOTO3_PRELUDE}
+from botocore.awsrequest import AWSRequest
+from botocore.auth import S3SigV4Auth
+import urllib.request
+def raw(method, path, body=b''):
+    url = os.environ['ENDPOINT'] + path
+    req = AWSRequest(method=method, url=url, data=body)
+    S3SigV4Auth(boto3.Session().get_credentials(), 's3', 'us-east-1').add_auth(req)
+    r = urllib.request.Request(url, data=body or None, method=method, headers=dict(req.headers))
+    try:
+        return urllib.request.urlopen(r).read().decode()
+    except urllib.error.HTTPError as e:
+        return e.read().decode()
+up = s3.create_multipart_upload(Bucket=B, Key='m')['UploadId']
+print('badxml', 'MalformedXML' in raw('POST', '/' + B + '/m?uploadId=' + up, b'<CompleteMultipartUpload><Part>'))
+print('badpart', code(lambda: s3.complete_multipart_upload(Bucket=B, Key='m', UploadId=up, MultipartUpload={{'Parts': [{{'ETag': '\"00\"', 'PartNumber': 1}}]}})))
+print('nosuchupload', code(lambda: s3.upload_part(Bucket=B, Key='m', UploadId='nope', PartNumber=1, Body=b'x')))
+print('range', code(lambda: s3.get_object(Bucket=B, Key='one', Range='bytes=5000-6000')))
+print('longkey', code(lambda: s3.put_object(Bucket=B, Key='k' * 1100, Body=b'x')))
+print('nosuchkey', code(lambda: s3.get_object(Bucket=B, Key='missing')))
+print('nosuchbucket', code(lambda: s3.list_objects_v2(Bucket='no-such-bucket')))
+print('ifnonematch', code(lambda: s3.get_object(Bucket=B, Key='one', IfNoneMatch=s3.head_object(Bucket=B, Key='one')['ETag'])))
+print('still', s3.get_object(Bucket=B, Key='one')['ContentLength'])
+"
+        ),
+    );
+    for line in [
+        "badxml True",
+        "badpart InvalidPart",
+        "nosuchupload NoSuchUpload",
+        "range InvalidRange",
+        "longkey KeyTooLongError",
+        "nosuchkey NoSuchKey",
+        "nosuchbucket NoSuchBucket",
+        "ifnonematch 304",
+        "still 1000",
+    ] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "boto3 printed {line:?}: {out}"
+        );
+    }
+
+    // Rotation: deleting the Secret issues new keys; the old ones stop working.
+    let secrets: Api<Value> = Api::namespaced(&c.client, kind("secrets"), "shop");
+    secrets
+        .delete("assets-credentials", &DeleteParams::default())
+        .await
+        .unwrap();
+    let rotated = eventually("new keys", WAIT, || async {
+        let s = secrets.get("assets-credentials").await.ok()?;
+        let access = decode(&s["data"]["AWS_ACCESS_KEY_ID"])?;
+        (access != creds.access).then(|| Creds {
+            access,
+            secret: decode(&s["data"]["AWS_SECRET_ACCESS_KEY"]).unwrap_or_default(),
+            ..creds.clone()
+        })
+    })
+    .await;
+    eventually("the old key refused", WAIT, || async {
+        let out = aws(&creds, &["s3", "ls", &s3("")]);
+        String::from_utf8_lossy(&out.stderr)
+            .contains("InvalidAccessKeyId")
+            .then_some(())
+    })
+    .await;
+    eventually("the new key works", WAIT, || async {
+        aws(&rotated, &["s3", "ls", &s3("")])
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+
+    // Deletion: refused while objects remain under Retain; a Delete bucket goes with them.
+    buckets
+        .delete("assets", &DeleteParams::default())
+        .await
+        .unwrap();
+    let blocked = eventually("deletion blocked", WAIT, || async {
+        let b = buckets.get("assets").await.ok()?;
+        let c = condition_of(&b, "Ready")?;
+        (c["reason"] == "DeletionBlocked").then(|| c["message"].as_str().unwrap_or("").to_string())
+    })
+    .await;
+    assert!(blocked.contains("still holds objects"), "{blocked}");
+    assert!(
+        aws(&rotated, &["s3", "ls", &s3("")]).status.success(),
+        "still served meanwhile"
+    );
+    aws_ok(&rotated, &["s3", "rm", "--recursive", &s3("")]);
+    eventually("the emptied bucket goes", WAIT, || async {
+        buckets
+            .get_opt("assets")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let rivals: Api<Value> = Api::namespaced(&c.client, kind("buckets"), "rival");
+    aws_ok(
+        &rival,
+        &[
+            "s3",
+            "cp",
+            small.to_str().unwrap(),
+            &format!("s3://{}/x", rival.bucket),
+        ],
+    );
+    rivals
+        .patch(
+            "data",
+            &keel_client::Patch::Merge(json!({"spec": {"deletePolicy": "Delete"}})),
+        )
+        .await
+        .unwrap();
+    rivals
+        .delete("data", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("a Delete bucket goes with its objects", WAIT, || async {
+        rivals.get_opt("data").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let _ = &c.server;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_upload_leaves_objects_whole_or_absent() {
+    let mut c = cluster().await;
+    namespace(&c.client, "shop").await;
+    let creds = bucket(&c.client, "shop", "assets", json!({})).await;
+    let dir = c.root.path().join("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let big = file(&dir, "big", 120 << 20);
+    // A single PUT and a multipart upload, both large, killed while they stream.
+    let script = format!(
+        "{BOTO3_PRELUDE}
+import threading
+from boto3.s3.transfer import TransferConfig
+data = open(sys.argv[1], 'rb').read()
+def single():
+    try: s3.put_object(Bucket=B, Key='single', Body=data)
+    except Exception as e: pass
+def multi():
+    try: s3.upload_file(sys.argv[1], B, 'multi', Config=TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=2))
+    except Exception as e: pass
+ts = [threading.Thread(target=single), threading.Thread(target=multi)]
+for t in ts: t.start()
+for t in ts: t.join()
+"
+    );
+    let mut upload = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(&script)
+        .arg(&big)
+        .env("ENDPOINT", &creds.endpoint)
+        .env("BUCKET", &creds.bucket)
+        .env("AWS_ACCESS_KEY_ID", &creds.access)
+        .env("AWS_SECRET_ACCESS_KEY", &creds.secret)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .spawn()
+        .unwrap();
+    let storage = c.server.data_dir.join("agent/storage");
+    eventually("bytes arriving on disk", WAIT, || async {
+        (dir_bytes(&storage) > 20 << 20).then_some(())
+    })
+    .await;
+    c.server.kill();
+    let _ = upload.kill();
+    let _ = upload.wait();
+    // Back on the same port: the endpoint the bucket's status names.
+    let listen = creds.endpoint.trim_start_matches("http://").to_string();
+    c.server.start(&["--s3-listen", &listen]);
+    let creds = ready(&c.client, "shop", "assets").await;
+    let out = boto3(
+        &creds,
+        &format!(
+            "{BOTO3_PRELUDE}
+data = open(sys.argv[1], 'rb').read() if len(sys.argv) > 1 else None
+for key in ['single', 'multi']:
+    try:
+        body = s3.get_object(Bucket=B, Key=key)['Body'].read()
+        print(key, 'whole' if len(body) == {size} else 'torn', len(body))
+    except botocore.exceptions.ClientError as e:
+        print(key, 'absent', e.response['Error']['Code'])
+",
+            size = 120 << 20
+        ),
+    );
+    for key in ["single", "multi"] {
+        let line = out.lines().find(|l| l.starts_with(key)).unwrap_or_default();
+        assert!(
+            line.contains("whole") || line.contains("absent"),
+            "{key}: {out}"
+        );
+    }
+    // And the store works on: a new upload of the same keys succeeds.
+    aws_ok(
+        &creds,
+        &[
+            "s3",
+            "cp",
+            big.to_str().unwrap(),
+            &format!("s3://{}/single", creds.bucket),
+        ],
+    );
+    let back = dir.join("back");
+    aws_ok(
+        &creds,
+        &[
+            "s3",
+            "cp",
+            &format!("s3://{}/single", creds.bucket),
+            back.to_str().unwrap(),
+        ],
+    );
+    assert!(same(&big, &back));
+}
+
+/// Bytes in the files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                dir_bytes(&path)
+            } else {
+                e.metadata().map_or(0, |m| m.len())
+            }
+        })
+        .sum()
+}
