@@ -40,6 +40,9 @@ pub struct AgentConfig {
     /// Where the S3 endpoint listens (port 0: any free port, published in the Node); none:
     /// this host has no storage role.
     pub s3_listen: Option<SocketAddr>,
+    /// The S3 endpoint's certificate chain and private key (PEM files): HTTPS instead of
+    /// HTTP.
+    pub s3_tls: Option<(PathBuf, PathBuf)>,
     /// The Open vSwitch database socket (probed).
     pub ovs_socket: PathBuf,
     /// The kernel the KVM probe boots (default: the host's own, if found in /boot).
@@ -74,6 +77,9 @@ pub enum AgentError {
     /// The HTTPS endpoint could not start.
     #[error(transparent)]
     Server(#[from] crate::server::ServerError),
+    /// The S3 endpoint's TLS certificate or key is unusable.
+    #[error("{0}")]
+    Storage(String),
 }
 
 /// What the agent's tasks share.
@@ -109,6 +115,7 @@ impl AgentConfig {
             exe,
             dns_listen: None,
             s3_listen: None,
+            s3_tls: None,
             ovs_socket: PathBuf::from("/var/run/openvswitch/db.sock"),
             kvm_probe_kernel: None,
             cpu_allocation_ratio: 4.0,
@@ -156,11 +163,17 @@ pub async fn run(
         .as_ref()
         .and_then(|s| s.local_addr().ok())
         .map(|a| a.to_string());
+    let s3_tls = match &config.s3_tls {
+        Some((cert, key)) => {
+            Some(crate::storage::tls_acceptor(cert, key).map_err(AgentError::Storage)?)
+        }
+        None => None,
+    };
     let s3_listener = bind_s3(config.s3_listen).await;
     let s3_endpoint = s3_listener
         .as_ref()
         .and_then(|l| l.local_addr().ok())
-        .map(|a| s3_url(a, facts.internal_ip));
+        .map(|a| s3_url(a, facts.internal_ip, s3_tls.is_some()));
     if s3_endpoint.is_none()
         && let Some(c) = facts
             .capabilities
@@ -216,6 +229,7 @@ pub async fn run(
         tokio::spawn(crate::storage::run(
             shared.clone(),
             listener,
+            s3_tls,
             url,
             shutdown.clone(),
         ))
@@ -433,12 +447,13 @@ async fn bind_s3(listen: Option<SocketAddr>) -> Option<tokio::net::TcpListener> 
 }
 
 /// The URL clients reach `bound` at: the host's address when bound to all of them.
-fn s3_url(bound: SocketAddr, internal_ip: Option<std::net::IpAddr>) -> String {
+fn s3_url(bound: SocketAddr, internal_ip: Option<std::net::IpAddr>, tls: bool) -> String {
     let ip = match internal_ip {
         Some(ip) if bound.ip().is_unspecified() => ip,
         _ => bound.ip(),
     };
-    format!("http://{}", SocketAddr::new(ip, bound.port()))
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}", SocketAddr::new(ip, bound.port()))
 }
 
 async fn bind_dns(

@@ -798,3 +798,90 @@ fn dir_bytes(dir: &Path) -> u64 {
         })
         .sum()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_serves_https_with_the_operators_certificate() {
+    let root = tempfile::tempdir().unwrap();
+    let (cert, key) = (root.path().join("s3.crt"), root.path().join("s3.key"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=keel-s3"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let mut server = KeelServer::new(root.path(), "store-tls");
+    server.start(&[
+        "--s3-tls-cert",
+        cert.to_str().unwrap(),
+        "--s3-tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let (admin, ca) = eventually("credentials", WAIT, || async { server.try_admin() }).await;
+    let client = Client::new(&server.url(), &ca, &admin).unwrap();
+    namespace(&client, "shop").await;
+    let creds = bucket(&client, "shop", "secure", json!({})).await;
+    assert!(
+        creds.endpoint.starts_with("https://127.0.0.1:"),
+        "{creds:?}"
+    );
+    let small = file(root.path(), "small", 5000);
+    let target = format!("s3://{}/small", creds.bucket);
+    let ca_bundle = cert.to_str().unwrap();
+    aws_ok(
+        &creds,
+        &[
+            "--ca-bundle",
+            ca_bundle,
+            "s3",
+            "cp",
+            small.to_str().unwrap(),
+            &target,
+        ],
+    );
+    let back = root.path().join("back");
+    aws_ok(
+        &creds,
+        &[
+            "--ca-bundle",
+            ca_bundle,
+            "s3",
+            "cp",
+            &target,
+            back.to_str().unwrap(),
+        ],
+    );
+    assert!(same(&small, &back));
+    // Without the operator's CA the certificate is not trusted; plain HTTP gets no S3.
+    let untrusted = aws(&creds, &["s3", "ls", &format!("s3://{}", creds.bucket)]);
+    assert!(!untrusted.status.success());
+    let plain = Command::new("curl")
+        .args([
+            "-sS",
+            "-m",
+            "5",
+            &creds.endpoint.replace("https://", "http://"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&plain.stdout).contains("<Code>"),
+        "no S3 over HTTP"
+    );
+    drop(server);
+}

@@ -52,9 +52,10 @@ pub struct Gateway {
     registry: Arc<Registry>,
 }
 
-/// Serves S3 on `listener` until `shutdown` turns true.
+/// Serves S3 on `listener` (over TLS with `tls`) until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     store: Store,
     registry: Arc<Registry>,
     mut shutdown: watch::Receiver<bool>,
@@ -83,10 +84,29 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let conn = http.serve_connection(TokioIo::new(stream), service.clone());
-        let conn = graceful.watch(conn.into_owned());
+        let Some(tls) = &tls else {
+            let conn = http.serve_connection(TokioIo::new(stream), service.clone());
+            let conn = graceful.watch(conn.into_owned());
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "S3 connection ended");
+                }
+            });
+            continue;
+        };
+        // The handshake runs in the connection's task: a slow client holds up no other.
+        let (tls, http, service) = (tls.clone(), http.clone(), service.clone());
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let stream = match tls.accept(stream).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "S3 TLS handshake failed");
+                    return;
+                }
+            };
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "S3 connection ended");
             }
         });

@@ -26,7 +26,7 @@ enum Command {
     /// Run a server: start a new cluster, restart from the data dir, or join a cluster.
     Server(Box<ServerArgs>),
     /// Run a host agent: register this host as a node of a cluster and run its workloads.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Supervise one workload (started by the agent): run COMMAND, stop it when the agent's
     /// heartbeat goes stale.
     #[command(hide = true)]
@@ -127,6 +127,25 @@ struct ServerArgs {
     /// free port, published in its Node; `off`: no storage role).
     #[arg(long, default_value = "0.0.0.0:9000", value_parser = listen_or_off)]
     s3_listen: Listen,
+    #[command(flatten)]
+    s3_tls: S3Tls,
+}
+
+/// HTTPS for the S3 endpoint.
+#[derive(Args, Debug)]
+struct S3Tls {
+    /// The S3 endpoint's certificate chain (PEM): it serves HTTPS instead of HTTP.
+    #[arg(long, requires = "s3_tls_key")]
+    s3_tls_cert: Option<PathBuf>,
+    /// The private key of `--s3-tls-cert` (PEM).
+    #[arg(long, requires = "s3_tls_cert")]
+    s3_tls_key: Option<PathBuf>,
+}
+
+impl S3Tls {
+    fn pair(&self) -> Option<(PathBuf, PathBuf)> {
+        self.s3_tls_cert.clone().zip(self.s3_tls_key.clone())
+    }
 }
 
 /// Timings of the cluster controllers (seconds, fractions allowed).
@@ -180,6 +199,8 @@ struct AgentArgs {
     /// Node; `off`: no storage role, the default).
     #[arg(long, default_value = "off", value_parser = listen_or_off)]
     s3_listen: Listen,
+    #[command(flatten)]
+    s3_tls: S3Tls,
     /// The Open vSwitch database socket (probed as a capability).
     #[arg(long, default_value = "/var/run/openvswitch/db.sock")]
     ovs_socket: PathBuf,
@@ -378,7 +399,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Server(args) => serve(*args).await,
-        Command::Agent(args) => agent(args).await,
+        Command::Agent(args) => agent(*args).await,
         Command::Shim(_) => Ok(()),
         Command::Kv { command, target } => kv(command, &target).await,
         Command::Cluster { command, target } => cluster(command, &target).await,
@@ -465,6 +486,7 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
         agent.listen = args.agent_listen;
         agent.dns_listen = args.dns_listen.0;
         agent.s3_listen = args.s3_listen.0;
+        agent.s3_tls = args.s3_tls.pair();
         agent.server_token = std::fs::read_to_string(data_dir.join("join-token"))
             .ok()
             .map(|t| t.trim().to_string());
@@ -545,6 +567,7 @@ async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
     config.lease_duration = seconds(args.lease_duration);
     config.dns_listen = args.dns_listen.0;
     config.s3_listen = args.s3_listen.0;
+    config.s3_tls = args.s3_tls.pair();
     config.ovs_socket = args.ovs_socket;
     config.kvm_probe_kernel = args.kvm_probe_kernel;
     config.listen = args.listen;
