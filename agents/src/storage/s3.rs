@@ -310,11 +310,11 @@ impl S3 for Gateway {
             input.if_modified_since.as_ref(),
             input.if_unmodified_since.as_ref(),
         )?;
-        let o = GetObjectOutput {
+        // The same headers as a GET's, without the body.
+        let mut full = GetObjectOutput {
             content_length: Some(info.size as i64),
             ..Default::default()
         };
-        let mut full = o;
         fill_object_output(&info, &mut full);
         Ok(S3Response::new(HeadObjectOutput {
             accept_ranges: Some("bytes".into()),
