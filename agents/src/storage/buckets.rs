@@ -94,7 +94,13 @@ async fn apply(bucket: &Value, api: &Api<Value>, ctx: &Context) -> Result<Action
     let versioning = spec.versioning.unwrap_or(false);
     let store = ctx.store.clone();
     let bucket_name = name.clone();
-    blocking(move || store.create_bucket(&bucket_name, versioning)).await?;
+    // A write (an index commit, fsynced) only when the bucket is missing or changed: this
+    // pass runs every REFRESH for every bucket.
+    blocking(move || match store.bucket(&bucket_name) {
+        Ok(info) if info.versioning == versioning => Ok(()),
+        _ => store.create_bucket(&bucket_name, versioning),
+    })
+    .await?;
     let quota = spec.quota.clone().unwrap_or_default();
     ctx.registry.set_bucket(
         &name,
