@@ -43,6 +43,8 @@ pub struct AgentConfig {
     /// The S3 endpoint's certificate chain and private key (PEM files): HTTPS instead of
     /// HTTP.
     pub s3_tls: Option<(PathBuf, PathBuf)>,
+    /// Whether this host's L4 proxy serves the LoadBalancers the cluster places here.
+    pub load_balancer: bool,
     /// The Open vSwitch database socket (probed).
     pub ovs_socket: PathBuf,
     /// The kernel the KVM probe boots (default: the host's own, if found in /boot).
@@ -116,6 +118,7 @@ impl AgentConfig {
             dns_listen: None,
             s3_listen: None,
             s3_tls: None,
+            load_balancer: true,
             ovs_socket: PathBuf::from("/var/run/openvswitch/db.sock"),
             kvm_probe_kernel: None,
             cpu_allocation_ratio: 4.0,
@@ -234,6 +237,10 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
+    let balancer = shared
+        .config
+        .load_balancer
+        .then(|| tokio::spawn(crate::lb::run(shared.clone(), shutdown.clone())));
     let reconciler = tokio::spawn(vm::run(shared.clone(), health, shutdown.clone()));
     let _ = shutdown.wait_for(|s| *s).await;
     let _ = heartbeat.await;
@@ -243,6 +250,9 @@ pub async fn run(
     }
     if let Some(storage) = storage {
         let _ = storage.await;
+    }
+    if let Some(balancer) = balancer {
+        let _ = balancer.await;
     }
     let _ = endpoint_task.await;
     Ok(())
@@ -331,6 +341,7 @@ async fn register(shared: &Shared) -> Result<(), ClientError> {
     // A host that lost the DNS role stops advertising it (null removes the annotation).
     annotations[crate::dns::ENDPOINT_ANNOTATION] = json!(shared.dns_endpoint);
     annotations[crate::storage::ENDPOINT_ANNOTATION] = json!(shared.s3_endpoint);
+    annotations[crate::lb::AGENT_ANNOTATION] = json!(shared.config.load_balancer.then_some("true"));
     match api.get_opt(name).await? {
         None => {
             // A new object takes no nulls: they only mean "remove" in a merge patch.

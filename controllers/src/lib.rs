@@ -15,11 +15,13 @@
 //! - [`buckets`]: binds Buckets to storage nodes and keeps their credentials.
 //! - [`network`]: VPCs, subnets, security groups and NIC addresses as OVN northbound rows.
 //! - [`ovsdb`]: an OVSDB (RFC 7047) client for OVN's northbound database.
+//! - [`loadbalancers`]: VIPs and serving nodes of the LoadBalancers host proxies serve.
 //! - [`zones`]: each Zone's serial and generated records, and which DNS servers serve it.
 //! - [`manager`]: runs the cluster-wide controllers on the elected server.
 
 pub mod buckets;
 pub mod gc;
+pub mod loadbalancers;
 pub mod manager;
 pub mod network;
 pub mod node_lifecycle;

@@ -34,6 +34,8 @@ pub struct ManagerConfig {
     pub ovn_nb: Option<String>,
     /// The external network of VPCs' source NAT.
     pub ovn_external: Option<crate::network::External>,
+    /// The load balancer controller's settings (the VIP pool).
+    pub load_balancers: crate::loadbalancers::LoadBalancerConfig,
 }
 
 // === impl ManagerConfig ===
@@ -50,6 +52,7 @@ impl ManagerConfig {
             nodes: NodeLifecycleConfig::default(),
             ovn_nb: None,
             ovn_external: None,
+            load_balancers: Default::default(),
         }
     }
 }
@@ -106,6 +109,12 @@ pub async fn run_manager(
         controllers.spawn(crate::buckets::run(
             client.clone(),
             config.identity.clone(),
+            stop.clone(),
+        ));
+        controllers.spawn(crate::loadbalancers::run(
+            client.clone(),
+            config.identity.clone(),
+            config.load_balancers.clone(),
             stop.clone(),
         ));
         controllers.spawn(crate::zones::run(

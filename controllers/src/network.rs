@@ -1,18 +1,23 @@
-//! The network controller: VPCs, Subnets, SecurityGroups and VM NICs as OVN's northbound
-//! database, over the OVSDB protocol ([`crate::ovsdb`]).
+//! The network controller: VPCs, Subnets, SecurityGroups, VM NICs and the LoadBalancers on
+//! Subnets as OVN's northbound database, over the OVSDB protocol ([`crate::ovsdb`]).
 //!
-//! It is level-triggered over the whole network: any change of a VPC, Subnet, SecurityGroup
-//! or VM — or of the northbound rows, which it monitors — starts a pass (debounced), and so
-//! does a periodic resync. A pass:
+//! It is level-triggered over the whole network: any change of a VPC, Subnet, SecurityGroup,
+//! VM or LoadBalancer — or of the northbound rows, which it monitors — starts a pass
+//! (debounced), and so does a periodic resync. A pass:
 //! 1. checks each Subnet against its VPC and siblings (reasons in its status);
-//! 2. allocates NIC addresses ([`ipam`]) and records them in each Subnet's status with its
-//!    resourceVersion — a stale writer gets a conflict, never a duplicate address;
+//! 2. allocates NIC addresses and the VIPs of LoadBalancers on Subnets ([`ipam`],
+//!    [`balancers`]) and records them in each Subnet's status with its resourceVersion — a
+//!    stale writer gets a conflict, never a duplicate address;
 //! 3. computes the rows Keel wants ([`topology`]) and the operations that make the database
 //!    hold them ([`sync`]), run as one transaction; when nothing differs it reads only;
-//! 4. writes VPC, Subnet, SecurityGroup and VM statuses that changed.
+//! 4. writes VPC, Subnet, SecurityGroup, VM and LoadBalancer statuses that changed.
+//!
+//! A LoadBalancer with `spec.subnet` is this controller's alone (its whole status); one
+//! without is an agent's L4 proxy's, and the pass never reads or writes it.
 //!
 //! Deleting an object removes its rows on the next pass: they are orphans then.
 
+pub mod balancers;
 pub mod ipam;
 pub mod sync;
 pub mod topology;
@@ -23,7 +28,7 @@ use std::time::Duration;
 
 use keel_client::{Api, Client, ClientError};
 use keel_schemas::kinds::compute::VirtualMachineSpec;
-use keel_schemas::kinds::network::{SecurityGroupSpec, SubnetSpec, VpcSpec};
+use keel_schemas::kinds::network::{LoadBalancerSpec, SecurityGroupSpec, SubnetSpec, VpcSpec};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, Notify, watch};
 
@@ -75,13 +80,14 @@ pub struct PassReport {
     pub status_writes: usize,
 }
 
-/// The caches a pass reads: the four kinds, and the northbound tables.
+/// The caches a pass reads: the five kinds, and the northbound tables.
 #[derive(Clone, Default)]
 pub struct Caches {
     vpcs: Store,
     subnets: Store,
     groups: Store,
     vms: Store,
+    balancers: Store,
     replica: Arc<Mutex<Replica>>,
 }
 
@@ -93,7 +99,7 @@ impl Caches {
         Caches::default()
     }
 
-    /// Watches the four kinds into the caches; `notify` hears of every change.
+    /// Watches the five kinds into the caches; `notify` hears of every change.
     pub fn watch(&self, client: &Client, notify: Arc<Notify>) -> tokio::task::JoinSet<()> {
         let mut feeds = tokio::task::JoinSet::new();
         for (plural, store) in [
@@ -101,6 +107,7 @@ impl Caches {
             ("subnets", &self.subnets),
             ("securitygroups", &self.groups),
             ("virtualmachines", &self.vms),
+            ("loadbalancers", &self.balancers),
         ] {
             let Some(kind) = keel_schemas::lookup(plural) else {
                 continue;
@@ -119,7 +126,13 @@ impl Caches {
 
     /// Waits until every kind has been listed.
     pub async fn wait_ready(&self) {
-        for store in [&self.vpcs, &self.subnets, &self.groups, &self.vms] {
+        for store in [
+            &self.vpcs,
+            &self.subnets,
+            &self.groups,
+            &self.vms,
+            &self.balancers,
+        ] {
             store.wait_ready().await;
         }
     }
@@ -251,11 +264,12 @@ pub async fn pass(
         });
         v
     };
-    let (vpcs, subnets, groups, vms) = (
+    let (vpcs, subnets, groups, vms, lbs) = (
         live(&caches.vpcs),
         live(&caches.subnets),
         live(&caches.groups),
         live(&caches.vms),
+        live(&caches.balancers),
     );
     let vpc_specs: BTreeMap<(&str, &str), (&Value, VpcSpec)> = vpcs
         .iter()
@@ -288,17 +302,35 @@ pub async fn pass(
         verdicts.insert(key, verdict);
     }
 
-    // 2. Addresses.
+    // 2. Addresses: NICs', and LoadBalancers' on subnets.
     let vm_specs: Vec<(&Value, VirtualMachineSpec)> = vms
         .iter()
         .filter_map(|v| Some((v.as_ref(), serde_json::from_value(v["spec"].clone()).ok()?)))
         .collect();
+    // Only LoadBalancers on a subnet are this controller's; one that cannot be read says so.
+    let (lb_specs, unreadable_lbs) = subnet_balancers(&lbs);
+    let on_subnets: Vec<balancers::Balancer<'_>> = lb_specs
+        .iter()
+        .filter_map(|(lb, spec)| {
+            Some(balancers::Balancer {
+                namespace: lb.namespace().unwrap_or(""),
+                name: lb.name(),
+                uid: lb.uid(),
+                subnet: spec.subnet.as_deref()?,
+                spec,
+                created: lb["metadata"]["creationTimestamp"].as_str().unwrap_or(""),
+                programmed: crate::runtime::condition(lb, "Ready")
+                    .is_some_and(|c| c["reason"] == "Programmed"),
+            })
+        })
+        .collect();
     let mut addresses: BTreeMap<String, String> = BTreeMap::new();
-    let mut nic_failures: BTreeMap<String, String> = BTreeMap::new();
+    let mut failures: BTreeMap<String, String> = BTreeMap::new();
+    let mut shares: BTreeMap<String, String> = BTreeMap::new();
     let mut subnet_status: BTreeMap<String, Value> = BTreeMap::new();
     for (s, spec, _) in &accepted {
         let ns = s.namespace().unwrap_or("");
-        let claims: Vec<ipam::Claim> = vm_specs
+        let mut claims: Vec<ipam::Claim> = vm_specs
             .iter()
             .filter(|(v, _)| v.namespace() == Some(ns))
             .flat_map(|(v, vspec)| {
@@ -323,11 +355,14 @@ pub async fn pass(
                     .collect()
             })
             .unwrap_or_default();
+        let (lb_claims, lb_shares) = balancers::claims(&on_subnets, ns, s.name(), &current);
+        claims.extend(lb_claims);
+        shares.extend(lb_shares);
         let outcome = ipam::allocate(&pool, &current, &claims);
         for (ip, owner) in &outcome.allocations {
             addresses.insert(owner.clone(), ip.clone());
         }
-        nic_failures.extend(outcome.failed.clone());
+        failures.extend(outcome.failed.clone());
         let mut status = s["status"].clone();
         if !status.is_object() {
             status = json!({});
@@ -362,7 +397,7 @@ pub async fn pass(
         .iter()
         .filter_map(|(o, m)| Some((o, m.as_ref().err()?)))
     {
-        nic_failures.insert(owner.clone(), why.clone());
+        failures.insert(owner.clone(), why.clone());
         addresses.remove(owner);
     }
 
@@ -442,6 +477,20 @@ pub async fn pass(
             spec,
         });
     }
+    let lb_plan = plan_balancers(
+        &on_subnets,
+        &accepted,
+        &verdicts,
+        &vpc_specs,
+        &vm_specs,
+        &world.nics,
+        Allocated {
+            addresses: &addresses,
+            failures: &failures,
+            shares: &shares,
+        },
+    );
+    world.balancers = lb_plan.rows;
     let desired = topology::rows(&world);
     let ops = sync::operations(&*caches.replica.lock().await, &desired);
     report.operations = ops.len();
@@ -516,7 +565,7 @@ pub async fn pass(
         let c = match verdicts.get(&key) {
             Some(Ok(()))
                 if status["availableIPs"] == json!(0)
-                    && nic_failures.values().any(|f| f.contains("exhausted")) =>
+                    && failures.values().any(|f| f.contains("exhausted")) =>
             {
                 Condition {
                     type_: "Ready",
@@ -584,7 +633,7 @@ pub async fn pass(
                     Some(ip) => iface["ip"] = json!(ip),
                     None => problems.push(
                         match (
-                            nic_failures.get(&owner),
+                            failures.get(&owner),
                             verdicts.get(&(ns.to_string(), nic.subnet.clone())),
                         ) {
                             (Some(why), _) => format!("nic {i}: {why}"),
@@ -621,6 +670,31 @@ pub async fn pass(
         };
         set_condition(&mut status, &c, &now);
         stage(&mut writes, "virtualmachines", v, status);
+    }
+    for (lb, _) in &lb_specs {
+        if let Some(outcome) = lb_plan.outcomes.get(lb.uid()) {
+            stage(
+                &mut writes,
+                "loadbalancers",
+                lb,
+                balancer_status(lb, outcome, &now),
+            );
+        }
+    }
+    for lb in unreadable_lbs {
+        let mut status = object_status(lb);
+        status["observedGeneration"] = json!(lb.generation());
+        set_condition(
+            &mut status,
+            &Condition {
+                type_: "Ready",
+                status: "False",
+                reason: "InvalidSpec",
+                message: "the spec cannot be read",
+            },
+            &now,
+        );
+        stage(&mut writes, "loadbalancers", lb, status);
     }
     report.status_writes += write_statuses(client, writes).await?;
     Ok(report)
@@ -679,6 +753,135 @@ fn snat_addresses(
         out.insert(owner, Err(format!("no external address: {why}")));
     }
     out
+}
+
+/// The LoadBalancers on a subnet (`spec.subnet` set) with their specs, and those of them whose
+/// spec cannot be read. The others are an agent's L4 proxy's: not even looked at.
+fn subnet_balancers(lbs: &[Arc<Value>]) -> (Vec<(&Value, LoadBalancerSpec)>, Vec<&Value>) {
+    let mut readable = Vec::new();
+    let mut unreadable = Vec::new();
+    for lb in lbs.iter().filter(|lb| lb["spec"]["subnet"].is_string()) {
+        match serde_json::from_value::<LoadBalancerSpec>(lb["spec"].clone()) {
+            Ok(spec) => readable.push((lb.as_ref(), spec)),
+            Err(e) => {
+                tracing::debug!(lb = %lb.name(), error = %e, "a LoadBalancer's spec cannot be read");
+                unreadable.push(lb.as_ref());
+            }
+        }
+    }
+    (readable, unreadable)
+}
+
+/// What step 2 of a pass allocated.
+struct Allocated<'w> {
+    /// Address by owner.
+    addresses: &'w BTreeMap<String, String>,
+    /// Why an owner has none.
+    failures: &'w BTreeMap<String, String>,
+    /// LoadBalancers sharing another's VIP: uid to the holder's uid.
+    shares: &'w BTreeMap<String, String>,
+}
+
+/// The LoadBalancers' rows and outcomes ([`balancers::plan`]) from what the pass found.
+fn plan_balancers<'a>(
+    on_subnets: &[balancers::Balancer<'a>],
+    accepted: &'a [(&'a Value, SubnetSpec, String)],
+    verdicts: &'a BTreeMap<(String, String), Verdict>,
+    vpcs: &BTreeMap<(&'a str, &'a str), (&'a Value, VpcSpec)>,
+    vms: &'a [(&'a Value, VirtualMachineSpec)],
+    nics: &[NicRows<'a>],
+    allocated: Allocated<'_>,
+) -> balancers::Plan<'a> {
+    let subnets = accepted
+        .iter()
+        .filter_map(|(s, spec, vpc_uid)| {
+            let ns = s.namespace().unwrap_or("");
+            let (vpc, _) = vpcs.get(&(ns, spec.vpc.as_str()))?;
+            Some((
+                (ns, s.name()),
+                balancers::Site {
+                    uid: s.uid(),
+                    vpc: vpc.name(),
+                    vpc_uid: vpc_uid.as_str(),
+                },
+            ))
+        })
+        .collect();
+    let refused = verdicts
+        .iter()
+        .filter_map(|((ns, name), v)| {
+            Some(((ns.as_str(), name.as_str()), v.as_ref().err()?.1.clone()))
+        })
+        .collect();
+    let vms: Vec<balancers::Vm<'a>> = vms
+        .iter()
+        .map(|(v, _)| balancers::Vm {
+            namespace: v.namespace().unwrap_or(""),
+            name: v.name(),
+            uid: v.uid(),
+            labels: serde_json::from_value(v["metadata"]["labels"].clone()).unwrap_or_default(),
+        })
+        .collect();
+    balancers::plan(
+        on_subnets,
+        &balancers::Network {
+            subnets,
+            refused,
+            addresses: allocated.addresses,
+            failures: allocated.failures,
+            shares: allocated.shares,
+            vms: &vms,
+            nics,
+        },
+    )
+}
+
+/// A LoadBalancer's status from its outcome: every field but the proxy's `nodeName` is ours.
+fn balancer_status(lb: &Value, outcome: &balancers::Outcome, now: &str) -> Value {
+    let mut status = object_status(lb);
+    if let Some(st) = status.as_object_mut() {
+        st.remove("vip");
+        st.remove("backends");
+    }
+    if let Some(vip) = &outcome.vip {
+        status["vip"] = json!(vip);
+    }
+    if !outcome.backends.is_empty() {
+        status["backends"] = outcome
+            .backends
+            .iter()
+            .map(|b| match &b.vm {
+                Some(vm) => json!({"address": b.address, "virtualMachine": vm}),
+                None => json!({"address": b.address}),
+            })
+            .collect();
+    }
+    status["observedGeneration"] = json!(lb.generation());
+    let (ready, reason, message) = match &outcome.ready {
+        Ok(message) => ("True", "Programmed", message.as_str()),
+        Err((reason, message)) => ("False", *reason, message.as_str()),
+    };
+    set_condition(
+        &mut status,
+        &Condition {
+            type_: "Ready",
+            status: ready,
+            reason,
+            message,
+        },
+        now,
+    );
+    status
+}
+
+/// An object's status, or an empty one.
+fn object_status(object: &Value) -> Value {
+    let status = &object["status"];
+    if status.is_object() {
+        status.clone()
+    } else {
+        json!({})
+    }
 }
 
 /// Subnet uid by (namespace, name), of the subnets that are programmed.

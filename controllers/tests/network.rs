@@ -2,7 +2,8 @@
 //! (`ovsdb-server` for NB and SB, `ovn-northd`): tenants' VPCs as logical topologies checked
 //! with `ovn-nbctl`, reachability and isolation proven by `ovn-trace`, security groups as
 //! ACLs, drift repaired, foreign rows left alone, addresses allocated without duplicates,
-//! and bad subnets reported.
+//! and bad subnets reported; LoadBalancers on a Subnet as OVN load balancers with OVN's
+//! health checks, down to real HTTP through the VIP from guests on an OVN chassis.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -116,6 +117,81 @@ fn delivered(trace: &str) -> Option<String> {
             .trim_start_matches("output(\"")
             .trim_end_matches("\");")
             .to_string(),
+    )
+}
+
+/// A LoadBalancer manifest.
+fn load_balancer(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "keel.dev/v1alpha1", "kind": "LoadBalancer", "metadata": {"name": name}, "spec": spec})
+}
+
+/// A tenant `ns` for load balancing: VPC main (10.1.0.0/16), subnets front (10.1.1.0/24) and
+/// back (10.1.2.0/24); VMs web1 and web2 (`app: web`) and client on front, far on back. Its
+/// VM API.
+async fn web_tenant(c: &Client, ns: &str) -> Api<Value> {
+    namespace(c, ns).await;
+    api(c, "vpcs", ns)
+        .create(&vpc("main", "10.1.0.0/16"))
+        .await
+        .unwrap();
+    for (name, cidr) in [("front", "10.1.1.0/24"), ("back", "10.1.2.0/24")] {
+        api(c, "subnets", ns)
+            .create(&subnet(name, "main", cidr))
+            .await
+            .unwrap();
+    }
+    let vms = api(c, "virtualmachines", ns);
+    for (name, subnet, app) in [
+        ("web1", "front", Some("web")),
+        ("web2", "front", Some("web")),
+        ("client", "front", None),
+        ("far", "back", None),
+    ] {
+        let mut v = vm(name, json!([{"subnet": subnet}]));
+        if let Some(app) = app {
+            v["metadata"]["labels"] = json!({"app": app});
+        }
+        vms.create(&v).await.unwrap();
+    }
+    vms
+}
+
+/// Waits until the object's `Ready` condition has `status` and `reason`; the object then.
+async fn ready(api: &Api<Value>, name: &str, status: &str, reason: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let object = api.get(name).await.unwrap();
+        if keel_e2e::condition_of(&object, "Ready")
+            .is_some_and(|c| c["status"] == status && c["reason"] == reason)
+        {
+            return object;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} not Ready={status} ({reason}): {}",
+            object["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `Ready` condition's message of an object.
+fn ready_message(object: &Value) -> String {
+    keel_e2e::condition_of(object, "Ready")
+        .and_then(|c| c["message"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// A MAC as `ovn-trace` prints a rewritten one (`0a:58:00:00:00:01` -> `0xa5800000001`).
+fn mac_as_number(mac: &str) -> String {
+    let n = u64::from_str_radix(&mac.replace(':', ""), 16).unwrap();
+    format!("{n:#x}")
+}
+
+/// An ARP request from a NIC for `target`, as `ovn-trace` flow text.
+fn arp(port: &str, mac: &str, src: &str, target: &str) -> String {
+    format!(
+        "inport == \"{port}\" && eth.src == {mac} && eth.dst == ff:ff:ff:ff:ff:ff && arp.op == 1 && arp.sha == {mac} && arp.spa == {src} && arp.tpa == {target} && arp.tha == 00:00:00:00:00:00"
     )
 }
 
@@ -740,6 +816,487 @@ async fn guests_exchange_real_packets_across_subnets_and_other_tenants_cannot_re
         "b/web pings its own gateway",
     )
     .await;
+    stop_tx.send_replace(true);
+    let _ = controller.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_balancers_on_a_subnet_become_ovn_load_balancers() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("keel_controllers=debug"))
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let c = client(&server);
+    let ovn = Ovn::start();
+    let (stop_tx, stop) = watch::channel(false);
+    let controller = tokio::spawn(run(
+        c.clone(),
+        NetworkConfig {
+            nb: ovn.nb(),
+            resync: Duration::from_secs(5),
+            external: None,
+        },
+        stop,
+    ));
+    let vms = web_tenant(&c, "shop").await;
+    let (web1_ip, _) = address(&vms, "web1").await;
+    let (web2_ip, _) = address(&vms, "web2").await;
+    let (client_ip, client_mac) = address(&vms, "client").await;
+    let lbs = api(&c, "loadbalancers", "shop");
+    let subnets = api(&c, "subnets", "shop");
+    lbs.create(&load_balancer(
+        "web",
+        json!({"subnet": "front", "listeners": [{"protocol": "TCP", "port": 80, "targetPort": 8080}],
+               "backends": {"selector": {"matchLabels": {"app": "web"}}},
+               "healthCheck": {"type": "TCP", "intervalSeconds": 1, "timeoutSeconds": 1}}),
+    ))
+    .await
+    .unwrap();
+
+    // The status: the VIP, the two backends, Ready.
+    let web = ready(&lbs, "web", "True", "Programmed").await;
+    let vip = web["status"]["vip"].as_str().unwrap().to_string();
+    let uid = web["metadata"]["uid"].as_str().unwrap().to_string();
+    assert_eq!(
+        web["status"]["backends"],
+        json!([{"address": format!("{web1_ip}:8080"), "virtualMachine": "web1"},
+               {"address": format!("{web2_ip}:8080"), "virtualMachine": "web2"}])
+    );
+    assert_eq!(
+        web["status"]["observedGeneration"],
+        web["metadata"]["generation"]
+    );
+    let message = ready_message(&web);
+    assert!(
+        message.contains("VPC main on 2 switches") && message.contains("OVN checks 2 backends"),
+        "{message}"
+    );
+    // The VIP and the health checks' source are the LoadBalancer's in the subnet's allocations.
+    let front = subnets.get("front").await.unwrap();
+    let allocations = front["status"]["allocations"].as_object().unwrap();
+    assert_eq!(allocations[&vip], format!("lb/{uid}"));
+    let (source, _) = allocations
+        .iter()
+        .find(|(_, owner)| **owner == format!("lb/{uid}/health"))
+        .expect("a health-check source address");
+    let source = source.clone();
+    assert_ne!(source, vip);
+
+    // The rows, as ovn-nbctl reads them.
+    let backends = format!("{web1_ip}:8080,{web2_ip}:8080");
+    let rows = ovn.nbctl(&[
+        "--format=csv",
+        "--data=bare",
+        "--no-headings",
+        "--columns=protocol,vips,selection_fields",
+        "find",
+        "Load_Balancer",
+        "name=keel/shop/web/tcp",
+    ]);
+    assert_eq!(rows.trim(), format!("tcp,\"{vip}:80={backends}\","));
+    let row = ovn.nbctl(&["get", "Load_Balancer", "keel/shop/web/tcp", "_uuid"]);
+    for (table, datapath) in [
+        ("Logical_Switch", "keel/shop/front"),
+        ("Logical_Switch", "keel/shop/back"),
+        ("Logical_Router", "keel/shop/main"),
+    ] {
+        let attached = ovn.nbctl(&["get", table, datapath, "load_balancer"]);
+        assert_eq!(attached.trim(), format!("[{}]", row.trim()), "{datapath}");
+    }
+    let checks = ovn.nbctl(&[
+        "--format=csv",
+        "--data=bare",
+        "--no-headings",
+        "--columns=vip,options",
+        "list",
+        "Load_Balancer_Health_Check",
+    ]);
+    assert_eq!(
+        checks.trim(),
+        format!("{vip}:80,failure_count=3 interval=1 success_count=2 timeout=1")
+    );
+    let mappings = ovn.nbctl(&[
+        "get",
+        "Load_Balancer",
+        "keel/shop/web/tcp",
+        "ip_port_mappings",
+    ]);
+    for (ip, vm) in [(&web1_ip, "web1"), (&web2_ip, "web2")] {
+        assert!(
+            mappings.contains(&format!("\"{ip}\"=\"keel/shop/{vm}/nic0:{source}\"")),
+            "{mappings}"
+        );
+    }
+    assert_eq!(
+        ovn.nbctl(&[
+            "get",
+            "Load_Balancer",
+            "keel/shop/web/tcp",
+            "external_ids:keel-owner"
+        ])
+        .trim(),
+        "\"LoadBalancer/shop/web\""
+    );
+    // ovn-northd made a service monitor of each backend, probing from the source.
+    wait_for(
+        || {
+            let monitors = ovn.sbctl(&["--columns=ip,port,src_ip", "list", "Service_Monitor"]);
+            [&web1_ip, &web2_ip]
+                .iter()
+                .all(|ip| monitors.contains(&format!("\"{ip}\"")))
+                && monitors.matches(&format!("\"{source}\"")).count() == 2
+        },
+        "a service monitor per backend",
+    )
+    .await;
+
+    // ovn-trace: the client's ARP for the VIP is answered by the router (not with OVN's
+    // service-monitor MAC, which would swallow the client's packets); a TCP packet to VIP:80
+    // goes through ct_lb_mark to the backend it picks (--lb-dst), rewritten to port 8080.
+    ovn.sync();
+    let gw_mac = ovn.nbctl(&["get", "Logical_Router_Port", "keel/shop/front/gw", "mac"]);
+    let gw_mac = gw_mac.trim().trim_matches('"').to_string();
+    let answer = ovn.trace(
+        "keel/shop/front",
+        &arp("keel/shop/client/nic0", &client_mac, &client_ip, &vip),
+    );
+    assert!(
+        answer.contains(&format!("arp.sha = {}", mac_as_number(&gw_mac)))
+            && answer.contains(&format!("arp.spa = {vip}")),
+        "the router answers for the VIP: {answer}"
+    );
+    let to_vip = tcp(
+        "keel/shop/client/nic0",
+        &client_mac,
+        &client_ip,
+        &gw_mac,
+        &vip,
+        80,
+    );
+    for (ip, port) in [
+        (&web1_ip, "keel/shop/web1/nic0"),
+        (&web2_ip, "keel/shop/web2/nic0"),
+    ] {
+        let trace = ovn.trace_with(
+            &[&format!("--lb-dst={ip}:8080")],
+            "keel/shop/front",
+            &to_vip,
+        );
+        assert!(trace.contains("ct_lb_mark"), "{trace}");
+        assert_eq!(delivered(&trace), Some(port.to_string()), "{trace}");
+    }
+    let lb_flows = ovn.sbctl(&["lflow-list", "keel/shop/front"]);
+    assert!(
+        lb_flows.contains(&format!("ct_lb_mark(backends={backends})")),
+        "the switch balances to both backends"
+    );
+
+    // Another LoadBalancer on the same VIP, other port: shares it. Same port: the older
+    // (web) keeps it. Nothing selected: no backends. No such subnet, a VIP outside the subnet.
+    let share = |name: &str, port: u16| {
+        load_balancer(
+            name,
+            json!({"subnet": "front", "vip": vip, "listeners": [{"protocol": "TCP", "port": port}],
+                   "backends": {"addresses": [format!("{web1_ip}:{port}"), "app.example:80"]}}),
+        )
+    };
+    lbs.create(&share("tls", 443)).await.unwrap();
+    lbs.create(&share("clash", 80)).await.unwrap();
+    lbs.create(&load_balancer(
+        "nobody",
+        json!({"subnet": "front", "listeners": [{"protocol": "UDP", "port": 53}],
+               "backends": {"selector": {"matchLabels": {"app": "dns"}}}}),
+    ))
+    .await
+    .unwrap();
+    lbs.create(&load_balancer(
+        "lost",
+        json!({"subnet": "nope", "listeners": [{"protocol": "TCP", "port": 80}],
+               "backends": {"addresses": ["10.1.1.9:80"]}}),
+    ))
+    .await
+    .unwrap();
+    lbs.create(&load_balancer(
+        "outside",
+        json!({"subnet": "front", "vip": "10.9.9.9", "listeners": [{"protocol": "TCP", "port": 80}],
+               "backends": {"addresses": ["10.1.1.9:80"]}}),
+    ))
+    .await
+    .unwrap();
+    // And one without a subnet: the host proxy's, never the network controller's.
+    lbs.create(&load_balancer(
+        "proxied",
+        json!({"listeners": [{"protocol": "TCP", "port": 80}],
+               "backends": {"addresses": ["10.1.1.9:80"]}}),
+    ))
+    .await
+    .unwrap();
+    let tls = ready(&lbs, "tls", "True", "Programmed").await;
+    assert_eq!(tls["status"]["vip"], json!(vip));
+    assert!(
+        ready_message(&tls).contains("app.example:80"),
+        "the hostname is skipped, and said: {}",
+        ready_message(&tls)
+    );
+    let clash = ready(&lbs, "clash", "False", "PortConflict").await;
+    assert!(
+        ready_message(&clash).contains(&format!(
+            "{vip}:80/TCP is already balanced by LoadBalancer web"
+        )),
+        "{}",
+        ready_message(&clash)
+    );
+    let nobody = ready(&lbs, "nobody", "False", "NoBackends").await;
+    assert!(ready_message(&nobody).contains("matches no VirtualMachine"));
+    ready(&lbs, "lost", "False", "SubnetNotFound").await;
+    let outside = ready(&lbs, "outside", "False", "VIPUnavailable").await;
+    assert!(
+        ready_message(&outside).contains("10.9.9.9 is outside 10.1.1.0/24"),
+        "{}",
+        ready_message(&outside)
+    );
+    wait_for(
+        || balancer_rows(&ovn).contains("keel/shop/tls/tcp"),
+        "tls's row",
+    )
+    .await;
+    let all = balancer_rows(&ovn);
+    assert!(
+        !all.contains("keel/shop/clash") && !all.contains("keel/shop/nobody"),
+        "{all}"
+    );
+    assert!(all.contains(&format!("{vip}:443")) && all.contains(&format!("{web1_ip}:443")));
+    let allocations = subnets.get("front").await.unwrap()["status"]["allocations"].clone();
+    assert_eq!(
+        allocations[&vip],
+        format!("lb/{uid}"),
+        "one allocation for the shared VIP"
+    );
+    // The proxy's LoadBalancer: its status is not the network controller's to write.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let proxied = lbs.get("proxied").await.unwrap();
+    assert!(proxied["status"].get("conditions").is_none(), "{proxied}");
+
+    // Deleting the LoadBalancer removes its rows and frees its addresses; the packet to the
+    // VIP reaches no web port any more.
+    for name in ["web", "tls", "clash"] {
+        lbs.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    wait_for(
+        || !balancer_rows(&ovn).contains("keel/shop/"),
+        "the load balancers gone",
+    )
+    .await;
+    wait_for(
+        || {
+            ovn.try_nbctl(&["list", "Load_Balancer_Health_Check"])
+                .trim()
+                .is_empty()
+        },
+        "the health checks gone",
+    )
+    .await;
+    assert_eq!(
+        ovn.nbctl(&["get", "Logical_Switch", "keel/shop/front", "load_balancer"])
+            .trim(),
+        "[]"
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let allocations = subnets.get("front").await.unwrap()["status"]["allocations"].clone();
+        let owners: Vec<&str> = allocations
+            .as_object()
+            .unwrap()
+            .values()
+            .filter_map(Value::as_str)
+            .collect();
+        if !owners.iter().any(|o| o.starts_with(&format!("lb/{uid}"))) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{allocations}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ovn.sync();
+    let trace = ovn.trace_with(
+        &[&format!("--lb-dst={web1_ip}:8080")],
+        "keel/shop/front",
+        &to_vip,
+    );
+    assert!(
+        !delivered(&trace).is_some_and(|p| p.starts_with("keel/shop/web")),
+        "without the load balancer the VIP leads nowhere: {trace}"
+    );
+    stop_tx.send_replace(true);
+    let _ = controller.await;
+}
+
+/// The Load_Balancer rows' names and VIPs (`lb-list` cuts names at 16 characters).
+fn balancer_rows(ovn: &Ovn) -> String {
+    ovn.try_nbctl(&[
+        "--format=csv",
+        "--data=bare",
+        "--no-headings",
+        "--columns=name,vips",
+        "list",
+        "Load_Balancer",
+    ])
+}
+
+/// A busybox HTTP server on port 8080 in namespace `ns`, serving `/name` with `name`; killed
+/// when dropped.
+struct Httpd {
+    child: std::process::Child,
+    _root: tempfile::TempDir,
+}
+
+impl Httpd {
+    fn start(ns: &str, name: &str) -> Httpd {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("name"), name).unwrap();
+        let child = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", ns, "busybox", "httpd", "-f", "-p", "8080", "-h",
+            ])
+            .arg(root.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Httpd { child, _root: root }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Httpd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `GET http://<url>/name` from namespace `ns` (3 s at most): the body, or empty.
+fn get_name(ns: &str, url: &str) -> String {
+    std::process::Command::new("timeout")
+        .args([
+            "3", "ip", "netns", "exec", ns, "busybox", "wget", "-q", "-O", "-",
+        ])
+        .arg(format!("http://{url}/name"))
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The southbound service monitors' `ip,port,status` rows.
+fn monitors(ovn: &Ovn) -> String {
+    ovn.sbctl(&[
+        "--format=csv",
+        "--data=bare",
+        "--no-headings",
+        "--columns=ip,port,status",
+        "list",
+        "Service_Monitor",
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_reach_a_load_balancer_and_a_dead_backend_is_taken_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let c = client(&server);
+    let ovn = Ovn::start();
+    let mut hv = Chassis::start(&ovn, "hv1");
+    let (stop_tx, stop) = watch::channel(false);
+    let controller = tokio::spawn(run(
+        c.clone(),
+        NetworkConfig {
+            nb: ovn.nb(),
+            resync: Duration::from_secs(5),
+            external: None,
+        },
+        stop,
+    ));
+    let vms = web_tenant(&c, "shop").await;
+    let mut guests = std::collections::BTreeMap::new();
+    for (name, gateway) in [
+        ("web1", "10.1.1.1"),
+        ("web2", "10.1.1.1"),
+        ("client", "10.1.1.1"),
+        ("far", "10.1.2.1"),
+    ] {
+        let (ip, mac) = address(&vms, name).await;
+        let ns = hv.tcp_guest(&format!("keel/shop/{name}/nic0"), &mac, &ip, 24, gateway);
+        guests.insert(name, (ns, ip));
+    }
+    let mut web1 = Httpd::start(&guests["web1"].0, "web1");
+    let _web2 = Httpd::start(&guests["web2"].0, "web2");
+    let lbs = api(&c, "loadbalancers", "shop");
+    lbs.create(&load_balancer(
+        "web",
+        json!({"subnet": "front", "listeners": [{"protocol": "TCP", "port": 80, "targetPort": 8080}],
+               "backends": {"selector": {"matchLabels": {"app": "web"}}},
+               "healthCheck": {"type": "HTTP", "intervalSeconds": 1, "timeoutSeconds": 1,
+                               "healthyThreshold": 1, "unhealthyThreshold": 2}}),
+    ))
+    .await
+    .unwrap();
+    let web = ready(&lbs, "web", "True", "Programmed").await;
+    let vip = web["status"]["vip"].as_str().unwrap().to_string();
+    ovn.nbctl(&["--wait=hv", "--timeout=30", "sync"]);
+
+    // From the VIP's own subnet and from the other one, requests reach both backends.
+    for from in ["client", "far"] {
+        let ns = guests[from].0.clone();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut seen = std::collections::BTreeSet::new();
+        while seen.len() < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{from} reached only {seen:?} through {vip}:80"
+            );
+            for _ in 0..20 {
+                let got = get_name(&ns, &format!("{vip}:80"));
+                if !got.is_empty() {
+                    seen.insert(got);
+                }
+            }
+        }
+        assert_eq!(
+            seen,
+            ["web1".to_string(), "web2".to_string()].into(),
+            "{from}"
+        );
+    }
+    // OVN's monitors find both backends up ...
+    let (web1_ip, web2_ip) = (guests["web1"].1.clone(), guests["web2"].1.clone());
+    wait_for(
+        || {
+            let m = monitors(&ovn);
+            m.contains(&format!("{web1_ip},8080,online"))
+                && m.contains(&format!("{web2_ip},8080,online"))
+        },
+        "both backends online",
+    )
+    .await;
+    // ... then web1 down once its server is gone, and every request goes to web2.
+    web1.stop();
+    wait_for(
+        || monitors(&ovn).contains(&format!("{web1_ip},8080,offline")),
+        "web1 offline in Service_Monitor",
+    )
+    .await;
+    ovn.nbctl(&["--wait=hv", "--timeout=30", "sync"]);
+    for from in ["client", "far"] {
+        let ns = &guests[from].0;
+        for _ in 0..20 {
+            assert_eq!(get_name(ns, &format!("{vip}:80")), "web2", "from {from}");
+        }
+    }
     stop_tx.send_replace(true);
     let _ = controller.await;
 }

@@ -148,12 +148,19 @@ impl Ovn {
 
     /// `ovn-trace` of `flow` entering `datapath`; the final actions (`--minimal`).
     pub fn trace(&self, datapath: &str, flow: &str) -> String {
+        self.trace_with(&[], datapath, flow)
+    }
+
+    /// [`Ovn::trace`] with more options, e.g. `--lb-dst=IP:PORT` (the backend a load
+    /// balancer's `ct_lb` picks: without it, the trace goes on to the VIP unchanged).
+    pub fn trace_with(&self, options: &[&str], datapath: &str, flow: &str) -> String {
         let out = Command::new("ovn-trace")
             .arg(format!(
                 "--db=unix:{}",
                 self.dir.path().join("sb.sock").display()
             ))
             .arg("--minimal")
+            .args(options)
             .arg(datapath)
             .arg(flow)
             .output()
@@ -179,16 +186,33 @@ impl Drop for Ovn {
 /// A hypervisor of the OVN deployment: its own Open vSwitch database, `ovs-vswitchd` with the
 /// userspace datapath (no kernel module needed) and `ovn-controller` bound to the southbound
 /// database; guests stand in as network namespaces plugged into `br-int`.
+///
+/// One chassis runs on a host at a time (a lock on [`CHASSIS_LOCK`], held until it is
+/// dropped): the userspace datapath's own devices are tap devices with fixed names
+/// (`ovs-netdev`, `br-int`) in the host's namespace, which a second `ovs-vswitchd` cannot
+/// open while the first holds them.
 pub struct Chassis {
     children: Vec<Child>,
     dir: tempfile::TempDir,
     namespaces: Vec<String>,
     tag: String,
+    /// The host-wide turn; released (closed) after the processes are gone.
+    _turn: std::fs::File,
 }
 
+/// The file whose lock a [`Chassis`] holds while it runs.
+pub const CHASSIS_LOCK: &str = "/tmp/keel-ovn-chassis.lock";
+
 impl Chassis {
-    /// Starts a chassis of `ovn` named `name`.
+    /// Starts a chassis of `ovn` named `name`, once no other chassis runs on this host.
     pub fn start(ovn: &Ovn, name: &str) -> Chassis {
+        let turn = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(CHASSIS_LOCK)
+            .expect("the chassis lock file");
+        turn.lock().expect("the chassis lock");
         let dir = tempfile::Builder::new()
             .prefix("hv")
             .tempdir_in("/tmp")
@@ -239,6 +263,7 @@ impl Chassis {
                 let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 format!("{:x}{n}", std::process::id() % 0xffff)
             },
+            _turn: turn,
         };
         chassis.vsctl(&["--no-wait", "init"]);
         let mut vswitchd = Command::new("ovs-vswitchd");
@@ -355,6 +380,68 @@ impl Chassis {
             &host,
             &format!("external_ids:iface-id={port}"),
         ]);
+        ns
+    }
+
+    /// A guest like [`Chassis::guest`] that carries TCP and UDP too: its interface is an Open
+    /// vSwitch internal port (a tap device, whose checksums the kernel completes before OVS
+    /// reads them) moved into the namespace. A veth's checksum offload is never completed by
+    /// the userspace datapath, so through a veth only ICMP arrives intact. Returns the
+    /// namespace's name.
+    pub fn tcp_guest(
+        &mut self,
+        port: &str,
+        mac: &str,
+        ip: &str,
+        prefix: u8,
+        gateway: &str,
+    ) -> String {
+        let n = self.namespaces.len();
+        let ns = format!("kg{}{n}", self.tag);
+        let tap = format!("kt{}{n}", self.tag);
+        let run = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&["netns", "add", &ns]);
+        self.namespaces.push(ns.clone());
+        self.vsctl(&[
+            "add-port",
+            "br-int",
+            &tap,
+            "--",
+            "set",
+            "Interface",
+            &tap,
+            "type=internal",
+            &format!("external_ids:iface-id={port}"),
+        ]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !Command::new("ip")
+            .args(["link", "show", &tap])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            assert!(Instant::now() < deadline, "ovs-vswitchd made no {tap}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        run(&["link", "set", &tap, "netns", &ns]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", ns.as_str(), "ip"];
+            all.extend_from_slice(args);
+            run(&all);
+        };
+        inside(&["link", "set", &tap, "address", mac]);
+        inside(&["addr", "add", &format!("{ip}/{prefix}"), "dev", &tap]);
+        inside(&["link", "set", &tap, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        inside(&["route", "add", "default", "via", gateway]);
         ns
     }
 

@@ -151,9 +151,48 @@ pub fn parse_port_ranges(s: &str) -> Result<Vec<(u16, u16)>, String> {
         .collect()
 }
 
+/// Parses HTTP status codes that count as healthy: a comma-separated list of codes and
+/// ranges (`200`, `200,204`, `200-399`), each from 100 to 599.
+pub fn parse_status_codes(s: &str) -> Result<Vec<(u16, u16)>, String> {
+    let code = |c: &str| {
+        c.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+            .ok_or_else(|| format!("{:?} is not an HTTP status code from 100 to 599", c.trim()))
+    };
+    s.split(',')
+        .map(|entry| match entry.split_once('-') {
+            Some((first, last)) => {
+                let (first, last) = (code(first)?, code(last)?);
+                if first > last {
+                    return Err(format!("range {:?} ends before it starts", entry.trim()));
+                }
+                Ok((first, last))
+            }
+            None => code(entry).map(|c| (c, c)),
+        })
+        .collect()
+}
+
+/// Why `path` cannot be the path of an HTTP request line (`None`: it can): it must start
+/// with `/`, be at most 1024 bytes, and hold only visible ASCII (no spaces, no control
+/// characters — they would end or split the request line).
+pub fn http_path_problem(path: &str) -> Option<String> {
+    if !path.starts_with('/') {
+        return Some("must start with '/'".into());
+    }
+    if path.len() > 1024 {
+        return Some(format!("is {} bytes long, at most 1024", path.len()));
+    }
+    path.chars()
+        .find(|c| !c.is_ascii_graphic())
+        .map(|c| format!("contains {c:?}: only visible ASCII is allowed (percent-encode the rest)"))
+}
+
 /// Splits `host:port` (`10.0.0.1:80`, `[fd00::1]:80`, `app.example:80`) and checks both
 /// parts: the host is an IP address or a DNS name, the port from 1 to 65535.
-pub(crate) fn parse_host_port(s: &str) -> Result<(&str, u16), String> {
+pub fn parse_host_port(s: &str) -> Result<(&str, u16), String> {
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let (host, port) = rest
             .split_once("]:")

@@ -127,6 +127,13 @@ struct ServerArgs {
     /// free port, published in its Node; `off`: no storage role).
     #[arg(long, default_value = "0.0.0.0:9000", value_parser = listen_or_off)]
     s3_listen: Listen,
+    /// The range LoadBalancers without spec.vip or spec.subnet get their VIP from
+    /// (`192.0.2.0/28`); the addresses must reach the node serving them.
+    #[arg(long)]
+    lb_vip_pool: Option<String>,
+    /// The local agent serves no LoadBalancer.
+    #[arg(long)]
+    disable_load_balancer: bool,
     #[command(flatten)]
     s3_tls: S3Tls,
 }
@@ -201,6 +208,10 @@ struct AgentArgs {
     s3_listen: Listen,
     #[command(flatten)]
     s3_tls: S3Tls,
+    /// This host serves no LoadBalancer (by default its agent's L4 proxy serves the VIPs the
+    /// cluster places here).
+    #[arg(long)]
+    disable_load_balancer: bool,
     /// The Open vSwitch database socket (probed as a capability).
     #[arg(long, default_value = "/var/run/openvswitch/db.sock")]
     ovs_socket: PathBuf,
@@ -445,6 +456,11 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut tasks = tokio::task::JoinSet::new();
     let mut manager = manager_config(&format!("{node_name}-{}", raft.node_id()), &args.timings);
     manager.ovn_nb = args.ovn_nb.clone();
+    if let Some(pool) = &args.lb_vip_pool {
+        pool.parse::<keel_schemas::Cidr>()
+            .map_err(|e| format!("--lb-vip-pool {pool:?}: {e}"))?;
+        manager.load_balancers.vip_pool = Some(pool.clone());
+    }
     if let Some(cidr) = &args.ovn_external_network {
         let parsed: keel_schemas::Cidr = cidr
             .parse()
@@ -487,6 +503,7 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
         agent.dns_listen = args.dns_listen.0;
         agent.s3_listen = args.s3_listen.0;
         agent.s3_tls = args.s3_tls.pair();
+        agent.load_balancer = !args.disable_load_balancer;
         agent.server_token = std::fs::read_to_string(data_dir.join("join-token"))
             .ok()
             .map(|t| t.trim().to_string());
@@ -568,6 +585,7 @@ async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
     config.dns_listen = args.dns_listen.0;
     config.s3_listen = args.s3_listen.0;
     config.s3_tls = args.s3_tls.pair();
+    config.load_balancer = !args.disable_load_balancer;
     config.ovs_socket = args.ovs_socket;
     config.kvm_probe_kernel = args.kvm_probe_kernel;
     config.listen = args.listen;

@@ -1,6 +1,7 @@
-//! IP address management for one subnet: which NIC has which address.
+//! IP address management for one subnet: which NIC (or LoadBalancer) has which address.
 //!
-//! The allocations live in the Subnet's status (address to `<VM uid>/<NIC index>`), written
+//! The allocations live in the Subnet's status (address to `<VM uid>/<NIC index>`, or to a
+//! LoadBalancer's `lb/<uid>` and `lb/<uid>/health`, see [`super::balancers`]), written
 //! with the Subnet's resourceVersion, so a second writer with a stale view gets a conflict
 //! instead of handing out an address twice. [`allocate`] is the pure step: from the current
 //! allocations and the NICs that want an address now, the next allocations.
@@ -10,10 +11,10 @@ use std::net::IpAddr;
 
 use keel_schemas::Cidr;
 
-/// A NIC that wants an address.
+/// A NIC (or a LoadBalancer) that wants an address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
-    /// `<VM uid>/<NIC index>`.
+    /// `<VM uid>/<NIC index>`, `lb/<uid>` or `lb/<uid>/health`.
     pub owner: String,
     /// The address the spec fixes, if any.
     pub fixed: Option<IpAddr>,

@@ -15,7 +15,7 @@ use super::topology::{DesiredRow, KEY};
 use crate::ovsdb::data::{Replica, Row, atoms, named, set, string_map, uuid, uuids};
 
 /// The northbound tables Keel writes, in the order rows may be inserted.
-pub const TABLES: [&str; 10] = [
+pub const TABLES: [&str; 12] = [
     "DHCP_Options",
     "ACL",
     "Gateway_Chassis",
@@ -23,13 +23,17 @@ pub const TABLES: [&str; 10] = [
     "Logical_Router_Static_Route",
     "Logical_Router_Port",
     "Logical_Switch_Port",
+    "Load_Balancer_Health_Check",
+    "Load_Balancer",
     "Logical_Switch",
     "Logical_Router",
     "Port_Group",
 ];
-/// The tables whose rows live without a parent (deleted explicitly).
-const ROOTS: [&str; 4] = [
+/// The tables whose rows live without a parent (deleted explicitly). Switches and routers
+/// refer to load balancers weakly: a deleted Load_Balancer leaves them by itself.
+const ROOTS: [&str; 5] = [
     "DHCP_Options",
+    "Load_Balancer",
     "Logical_Switch",
     "Logical_Router",
     "Port_Group",

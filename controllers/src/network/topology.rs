@@ -9,8 +9,23 @@
 //! | SecurityGroup | Port_Group `pg_<uid>` with one ACL per rule (allow-related) |
 //! | any NIC with groups | Port_Group `keel_drop`: drop what no group allows (Neutron's default deny inbound) |
 //! | VPC with `snat` | a gateway router port (`…/ext`, on the gateway chassis) on the shared switch `keel/external` (a localnet port to the physical network), a NAT row (snat VPC cidr → external address) and a default route to the external gateway |
+//! | LoadBalancer with `spec.subnet` | per protocol of its listeners a Load_Balancer `keel/<ns>/<lb>/<tcp\|udp>` (`vips`: `VIP:port` → `ip:targetPort,…`; `selection_fields: ip_src` for source-hash), on every switch of the VPC and on its router; per `VIP:port` a Load_Balancer_Health_Check, and `ip_port_mappings` for the backends on the VIP's own switch |
 //!
 //! Every row carries `external_ids:keel-key` (unique, stable) and `keel-owner` (the object).
+//!
+//! Load balancing, as OVN does it: the switch a client's packet enters rewrites it to a
+//! backend (`ct_lb_mark`), so every switch of the VPC carries the VPC's load balancers; the
+//! router carries them too, and answers ARP for a VIP inside one of its subnets. OVN picks a
+//! backend by a hash of the packet (`dp_hash`): round-robin and least-connections both get
+//! that (OVN has no connection counting); source-hash hashes the client address only.
+//!
+//! Health checks are OVN's own (`ovn-controller` probes each backend from an address on the
+//! backend's switch and `ovn-northd` drops the backends its `Service_Monitor` rows call
+//! offline). OVN checks TCP and UDP only, on the backend's own port: an HTTP check is done as
+//! a TCP connect, and `healthCheck.port` is not used. The probes leave from the LB's
+//! health-check address (see [`super::balancers`]), which lives on the VIP's subnet, so only
+//! backends on that subnet are checked; backends on other subnets of the VPC are balanced to
+//! without a check.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -121,6 +136,55 @@ pub struct VpcRows<'a> {
     pub snat_ip: Option<String>,
 }
 
+/// A LoadBalancer on a Subnet, with its VIP and backends resolved.
+#[derive(Debug, Clone)]
+pub struct BalancerRows<'a> {
+    /// Namespace.
+    pub namespace: &'a str,
+    /// Name.
+    pub name: &'a str,
+    /// uid.
+    pub uid: &'a str,
+    /// The uid of the VPC it balances in.
+    pub vpc_uid: &'a str,
+    /// The VIP.
+    pub vip: String,
+    /// Its listeners, each with its backends.
+    pub listeners: Vec<ListenerRows>,
+    /// Whether the client address alone picks the backend (source-hash).
+    pub source_hash: bool,
+    /// OVN's health checks, when some backend can be checked.
+    pub health: Option<HealthRows>,
+}
+
+/// One listener of a load balancer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerRows {
+    /// `tcp` or `udp`.
+    pub protocol: &'static str,
+    /// The port on the VIP.
+    pub port: u16,
+    /// The backends, `ip:port`.
+    pub backends: Vec<String>,
+}
+
+/// OVN's health checks of a load balancer's backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthRows {
+    /// The address the probes leave from (an address of the backends' switch nothing else uses).
+    pub source: String,
+    /// Seconds between probes.
+    pub interval: u32,
+    /// Seconds a probe may take.
+    pub timeout: u32,
+    /// Successes before a backend is online again.
+    pub success_count: u32,
+    /// Failures before a backend is offline.
+    pub failure_count: u32,
+    /// The checked backends: address to the logical switch port it is behind.
+    pub ports: BTreeMap<String, String>,
+}
+
 /// The cluster's external network, where VPCs' source NAT leads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct External {
@@ -147,6 +211,8 @@ pub struct World<'a> {
     pub nics: Vec<NicRows<'a>>,
     /// Security groups (a name to uid map per namespace resolves remote groups).
     pub groups: Vec<GroupRows<'a>>,
+    /// Load balancers on subnets.
+    pub balancers: Vec<BalancerRows<'a>>,
 }
 
 /// The OVN name of an object's row.
@@ -197,12 +263,26 @@ pub fn rows(world: &World<'_>) -> Vec<DesiredRow> {
             m.entry(n.subnet_uid).or_insert_with(Vec::new).push(n);
             m
         });
-    // DHCP options, then ACLs, router ports, switch ports; then switches, routers, groups.
+    // DHCP options, load balancers, ACLs, router ports, switch ports; then switches, routers,
+    // groups.
     for s in &world.subnets {
         if let Some(dhcp) = &s.dhcp {
             out.push(dhcp_row(s, dhcp));
         }
     }
+    let mut balancers_of: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for b in &world.balancers {
+        for r in balancer_rows(b) {
+            if r.table == "Load_Balancer" {
+                balancers_of
+                    .entry(b.vpc_uid)
+                    .or_default()
+                    .push(r.key.clone());
+            }
+            out.push(r);
+        }
+    }
+    let balancers_in = |vpc: &str| balancers_of.get(vpc).cloned().unwrap_or_default();
     let acls = acl_rows(world);
     out.extend(acls.iter().cloned());
     for s in &world.subnets {
@@ -265,7 +345,7 @@ pub fn rows(world: &World<'_>) -> Vec<DesiredRow> {
             format!("subnet/{}", s.uid),
             &format!("Subnet/{}/{}", s.namespace, s.name),
             json!({"name": name(s.namespace, s.name)}),
-            vec![("ports", ports)],
+            vec![("ports", ports), ("load_balancer", balancers_in(s.vpc_uid))],
         ));
     }
     let mut external_ports = Vec::new();
@@ -328,7 +408,12 @@ pub fn rows(world: &World<'_>) -> Vec<DesiredRow> {
             format!("vpc/{}", v.uid),
             &format!("VPC/{}/{}", v.namespace, v.name),
             json!({"name": name(v.namespace, v.name)}),
-            vec![("ports", ports), ("nat", nat), ("static_routes", routes)],
+            vec![
+                ("ports", ports),
+                ("nat", nat),
+                ("static_routes", routes),
+                ("load_balancer", balancers_in(v.uid)),
+            ],
         ));
     }
     if let Some(ext) = world.external.filter(|_| !external_ports.is_empty()) {
@@ -352,6 +437,89 @@ pub fn rows(world: &World<'_>) -> Vec<DesiredRow> {
     }
     out.extend(group_rows(world, &acls));
     out
+}
+
+/// The rows of one load balancer: per protocol its health checks, then its Load_Balancer.
+fn balancer_rows(b: &BalancerRows<'_>) -> Vec<DesiredRow> {
+    let mut out = Vec::new();
+    let owner = format!("LoadBalancer/{}/{}", b.namespace, b.name);
+    let vip_port = |port: u16| host_port(&b.vip, port);
+    for protocol in ["tcp", "udp"] {
+        let listeners: Vec<&ListenerRows> = b
+            .listeners
+            .iter()
+            .filter(|l| l.protocol == protocol && !l.backends.is_empty())
+            .collect();
+        if listeners.is_empty() {
+            continue;
+        }
+        let key = format!("lb/{}/{protocol}", b.uid);
+        let vips: BTreeMap<String, String> = listeners
+            .iter()
+            .map(|l| (vip_port(l.port), l.backends.join(",")))
+            .collect();
+        let mut checks = Vec::new();
+        let mut mappings = BTreeMap::new();
+        if let Some(h) = b.health.as_ref().filter(|h| !h.ports.is_empty()) {
+            let options: BTreeMap<String, String> = [
+                ("interval", h.interval),
+                ("timeout", h.timeout),
+                ("success_count", h.success_count),
+                ("failure_count", h.failure_count),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            for l in &listeners {
+                let check = format!("{key}/{}/health", l.port);
+                out.push(row(
+                    "Load_Balancer_Health_Check",
+                    check.clone(),
+                    &owner,
+                    json!({"vip": vip_port(l.port), "options": map(&options)}),
+                    vec![],
+                ));
+                checks.push(check);
+            }
+            let source = bracketed(&h.source);
+            for (ip, port) in &h.ports {
+                mappings.insert(bracketed(ip), format!("{port}:{source}"));
+            }
+        }
+        let fields: Vec<Value> = if b.source_hash {
+            vec![json!("ip_src")]
+        } else {
+            Vec::new()
+        };
+        out.push(row(
+            "Load_Balancer",
+            key,
+            &owner,
+            json!({
+                "name": format!("{}/{protocol}", name(b.namespace, b.name)),
+                "protocol": protocol,
+                "vips": map(&vips),
+                "selection_fields": set(fields),
+                "ip_port_mappings": map(&mappings),
+            }),
+            vec![("health_check", checks)],
+        ));
+    }
+    out
+}
+
+/// `ip:port`, with an IPv6 address in brackets (how OVN writes VIPs and backends).
+pub fn host_port(ip: &str, port: u16) -> String {
+    format!("{}:{port}", bracketed(ip))
+}
+
+/// An address as OVN writes it next to a port or a name: IPv6 in brackets.
+fn bracketed(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    }
 }
 
 fn row(
@@ -599,4 +767,129 @@ fn group_rows(world: &World<'_>, acls: &[DesiredRow]) -> Vec<DesiredRow> {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subnet<'a>(name: &'a str, uid: &'a str, cidr: &'a str, gateway: &str) -> SubnetRows<'a> {
+        SubnetRows {
+            namespace: "ns",
+            name,
+            uid,
+            vpc_uid: "v",
+            cidr,
+            gateway: gateway.into(),
+            dhcp: None,
+        }
+    }
+
+    fn balancer(health: Option<HealthRows>) -> BalancerRows<'static> {
+        BalancerRows {
+            namespace: "ns",
+            name: "web",
+            uid: "lb",
+            vpc_uid: "v",
+            vip: "10.1.1.100".into(),
+            listeners: vec![
+                ListenerRows {
+                    protocol: "tcp",
+                    port: 80,
+                    backends: vec!["10.1.1.2:8080".into(), "10.1.2.3:8080".into()],
+                },
+                ListenerRows {
+                    protocol: "udp",
+                    port: 53,
+                    backends: vec!["10.1.1.2:53".into()],
+                },
+            ],
+            source_hash: true,
+            health,
+        }
+    }
+
+    fn find<'a>(rows: &'a [DesiredRow], key: &str) -> &'a DesiredRow {
+        rows.iter()
+            .find(|r| r.key == key)
+            .unwrap_or_else(|| panic!("no row {key}"))
+    }
+
+    #[test]
+    fn a_load_balancer_is_a_row_per_protocol_on_every_switch_and_the_router() {
+        let world = World {
+            vpcs: vec![VpcRows {
+                namespace: "ns",
+                name: "main",
+                uid: "v",
+                cidr: "10.1.0.0/16",
+                snat_ip: None,
+            }],
+            subnets: vec![
+                subnet("front", "f", "10.1.1.0/24", "10.1.1.1"),
+                subnet("back", "b", "10.1.2.0/24", "10.1.2.1"),
+            ],
+            balancers: vec![balancer(Some(HealthRows {
+                source: "10.1.1.101".into(),
+                interval: 1,
+                timeout: 1,
+                success_count: 2,
+                failure_count: 3,
+                ports: [("10.1.1.2".to_string(), "keel/ns/web1/nic0".to_string())].into(),
+            }))],
+            ..World::default()
+        };
+        let rows = rows(&world);
+        let tcp = find(&rows, "lb/lb/tcp");
+        assert_eq!(tcp.table, "Load_Balancer");
+        assert_eq!(tcp.columns["name"], "keel/ns/web/tcp");
+        assert_eq!(tcp.columns["protocol"], "tcp");
+        assert_eq!(
+            tcp.columns["vips"],
+            json!(["map", [["10.1.1.100:80", "10.1.1.2:8080,10.1.2.3:8080"]]])
+        );
+        assert_eq!(tcp.columns["selection_fields"], json!(["set", ["ip_src"]]));
+        assert_eq!(
+            tcp.columns["ip_port_mappings"],
+            json!(["map", [["10.1.1.2", "keel/ns/web1/nic0:10.1.1.101"]]])
+        );
+        assert_eq!(
+            tcp.refs,
+            vec![("health_check", vec!["lb/lb/tcp/80/health".to_string()])]
+        );
+        let check = find(&rows, "lb/lb/tcp/80/health");
+        assert_eq!(check.columns["vip"], "10.1.1.100:80");
+        assert_eq!(
+            check.columns["options"],
+            json!([
+                "map",
+                [
+                    ["failure_count", "3"],
+                    ["interval", "1"],
+                    ["success_count", "2"],
+                    ["timeout", "1"]
+                ]
+            ])
+        );
+        assert_eq!(find(&rows, "lb/lb/udp").columns["protocol"], "udp");
+        // Both switches and the router carry both rows, which come first in the transaction.
+        let both = vec!["lb/lb/tcp".to_string(), "lb/lb/udp".to_string()];
+        for key in ["subnet/f", "subnet/b", "vpc/v"] {
+            let r = find(&rows, key);
+            assert!(r.refs.contains(&("load_balancer", both.clone())), "{key}");
+        }
+        let at = |key: &str| rows.iter().position(|r| r.key == key).unwrap();
+        assert!(at("lb/lb/tcp/80/health") < at("lb/lb/tcp") && at("lb/lb/tcp") < at("subnet/f"));
+
+        // Without a backend to check: no health check row and no mapping.
+        let world = World {
+            balancers: vec![balancer(None)],
+            ..world
+        };
+        let rows = super::rows(&world);
+        let tcp = find(&rows, "lb/lb/tcp");
+        assert_eq!(tcp.refs, vec![("health_check", vec![])]);
+        assert_eq!(tcp.columns["ip_port_mappings"], json!(["map", []]));
+        assert!(!rows.iter().any(|r| r.table == "Load_Balancer_Health_Check"));
+    }
 }

@@ -245,7 +245,7 @@ pub struct Listener {
 }
 
 /// Protocol of a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum ListenerProtocol {
     /// TCP.
@@ -288,6 +288,9 @@ pub struct HealthCheck {
     /// HTTP path (default `/`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// HTTP codes that count as healthy (default `200-399`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_codes: Option<String>,
     /// Port to check (default: the backend's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
@@ -342,7 +345,22 @@ pub struct LoadBalancerStatus {
 pub struct BackendStatus {
     /// host:port.
     pub address: String,
-    /// Whether the last checks passed.
+    /// The VM it is, for backends chosen by selector.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virtual_machine: Option<String>,
+    /// Whether it gets new connections (unset until checked).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub healthy: Option<bool>,
+    /// When it was last checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_check_time: Option<String>,
+    /// What the last check saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_check_result: Option<String>,
+    /// Connections open to it now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u64>,
+    /// Left the spec; open connections drain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draining: Option<bool>,
 }

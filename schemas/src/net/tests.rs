@@ -89,3 +89,28 @@ fn host_ports_and_macs() {
     assert!(!is_unicast_mac("52-54-00-12-34-56"));
     assert!(!is_unicast_mac("5:54:00:12:34:56:"));
 }
+
+#[test]
+fn status_codes_and_http_paths() {
+    assert_eq!(parse_status_codes("200"), Ok(vec![(200, 200)]));
+    assert_eq!(
+        parse_status_codes("200-299, 301"),
+        Ok(vec![(200, 299), (301, 301)])
+    );
+    assert!(parse_status_codes("99").is_err());
+    assert!(
+        parse_status_codes("300-200")
+            .unwrap_err()
+            .contains("ends before")
+    );
+    assert!(parse_status_codes("ok").is_err());
+    assert_eq!(http_path_problem("/healthz?full=1"), None);
+    assert!(
+        http_path_problem("healthz")
+            .unwrap()
+            .contains("start with '/'")
+    );
+    assert!(http_path_problem("/a b").unwrap().contains("' '"));
+    assert!(http_path_problem("/a\r\nHost: x").is_some());
+    assert!(http_path_problem(&format!("/{}", "a".repeat(1024))).is_some());
+}

@@ -196,7 +196,12 @@ fn compute_and_network_kinds() {
         vip: Some("10.20.1.100".into()),
         backends: vec![BackendStatus {
             address: "10.20.1.10:8080".into(),
+            virtual_machine: Some("web-1".into()),
             healthy: Some(true),
+            last_check_time: Some("2026-12-02T10:00:00Z".into()),
+            last_check_result: Some("HTTP 200".into()),
+            connections: Some(3),
+            draining: None,
         }],
         ..LoadBalancerStatus::default()
     });

@@ -178,8 +178,16 @@ fn health_check_rules(check: &Field<'_>, errors: &mut Vec<FieldError>) {
         if check.str_at("type") != Some("HTTP") {
             let why = "path applies to HTTP health checks only";
             errors.push(FieldError::forbidden(path.path.clone(), why));
-        } else if path.str().is_some_and(|s| !s.starts_with('/')) {
-            errors.push(path.invalid("must start with '/'"));
+        } else if let Some(why) = path.str().and_then(crate::net::http_path_problem) {
+            errors.push(path.invalid(&why));
+        }
+    }
+    if let Some(codes) = check.get("expectedCodes") {
+        if check.str_at("type") != Some("HTTP") {
+            let why = "expectedCodes applies to HTTP health checks only";
+            errors.push(FieldError::forbidden(codes.path.clone(), why));
+        } else if let Some(Err(why)) = codes.str().map(crate::net::parse_status_codes) {
+            errors.push(codes.invalid(&why));
         }
     }
     let seconds = |name| check.value.get(name).and_then(Value::as_u64);

@@ -1,0 +1,493 @@
+//! The load balancer role of a host: an L4 proxy serving the LoadBalancers the cluster placed
+//! on this node (`status.nodeName`, given by keel-controllers' `loadbalancers`).
+//!
+//! - [`config`]: what a LoadBalancer asks of this host, from its object and the VMs it
+//!   selects (pure).
+//! - [`balancer`]: backends (health, open connections) and the choice of one per connection.
+//! - [`health`]: TCP and HTTP checks and the rise/fall health state.
+//! - [`tcp`], [`udp`]: the listeners on the VIP and the relaying of bytes and datagrams.
+//!
+//! One loop owns every served LoadBalancer: on any change of them or of the VMs, and every
+//! second, it compares what each asks with what runs and makes the difference — binds
+//! listeners (retrying those that failed), swaps backend pools, starts and stops checks.
+//! Listeners that stay are not touched, so a spec change drops no connection; a backend
+//! that leaves keeps its open connections until they close, and shows as draining. The
+//! same loop writes each LoadBalancer's `status.backends` and `Ready` condition when they
+//! change (and the figures that move — connections, check times — at most every
+//! [`FIGURES_EVERY`]).
+
+pub mod balancer;
+pub mod config;
+pub mod health;
+pub mod tcp;
+pub mod udp;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use keel_client::Api;
+use keel_controllers::runtime::{Condition, ObjectExt, Store as Cache, set_condition, watcher};
+use keel_schemas::kinds::network::ListenerProtocol;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use self::balancer::{Backend, Pool};
+use self::config::{CheckConfig, Desired};
+use crate::agent::Shared;
+
+pub use keel_controllers::loadbalancers::AGENT_ANNOTATION;
+
+/// Status figures that change all the time (connections, check times) are written at most
+/// this often; health and backend changes at once.
+pub const FIGURES_EVERY: Duration = Duration::from_secs(30);
+
+/// A LoadBalancer being served.
+struct Served {
+    desired: Desired,
+    /// The spec's backends by address.
+    backends: BTreeMap<String, Arc<Backend>>,
+    /// Backends that left the spec with connections still open.
+    draining: Vec<Arc<Backend>>,
+    listeners: BTreeMap<(ListenerProtocol, u16), Listening>,
+    checks: BTreeMap<String, JoinHandle<()>>,
+    check: Option<CheckConfig>,
+    /// What was last written: the status without its moving figures, the whole status, when.
+    written: Option<(Value, Value, Instant)>,
+}
+
+/// One listener: its pool (swapped on changes) and its task, or why it could not bind.
+struct Listening {
+    vip: IpAddr,
+    pool: Arc<RwLock<Arc<Pool>>>,
+    task: Option<JoinHandle<()>>,
+    error: Option<String>,
+}
+
+/// Serves the LoadBalancers placed on this node until `shutdown` turns true.
+pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let [Some(lb_kind), Some(vm_kind)] =
+        ["loadbalancers", "virtualmachines"].map(keel_schemas::lookup)
+    else {
+        return;
+    };
+    let node = shared.config.node_name.clone();
+    let (lbs, vms) = (Cache::new(), Cache::new());
+    let changed = Arc::new(Notify::new());
+    let mut feeds = tokio::task::JoinSet::new();
+    for (api, config, cache) in [
+        (
+            Api::all(&shared.client, lb_kind),
+            watcher::Config::default().fields(&format!("status.nodeName={node}")),
+            lbs.clone(),
+        ),
+        (
+            Api::all(&shared.client, vm_kind),
+            watcher::Config::default(),
+            vms.clone(),
+        ),
+    ] {
+        let mut w = watcher(api, config);
+        let changed = changed.clone();
+        feeds.spawn(async move {
+            loop {
+                cache.apply(w.next().await);
+                changed.notify_one();
+            }
+        });
+    }
+    let mut served: BTreeMap<String, Served> = BTreeMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            _ = changed.notified() => {}
+            _ = tick.tick() => {}
+        }
+        if !(lbs.is_ready() && vms.is_ready()) {
+            continue;
+        }
+        let objects = lbs.list();
+        let all_vms = vms.list();
+        let mut wanted: BTreeMap<String, (Arc<Value>, Desired)> = BTreeMap::new();
+        for lb in &objects {
+            if lb.is_deleting() || lb["status"]["nodeName"].as_str() != Some(node.as_str()) {
+                continue;
+            }
+            match config::desired(lb, &all_vms) {
+                Ok(d) => {
+                    wanted.insert(lb.uid().to_string(), (lb.clone(), d));
+                }
+                Err(why) => tracing::debug!(lb = %lb.name(), %why, "not served"),
+            }
+        }
+        served.retain(|uid, s| {
+            let keep = wanted.contains_key(uid);
+            if !keep {
+                tracing::info!(lb = %s.desired.key, "no longer served here: listeners closed, open connections drain");
+                s.stop();
+            }
+            keep
+        });
+        for (uid, (lb, desired)) in wanted {
+            let s = served
+                .entry(uid)
+                .or_insert_with(|| Served::new(desired.clone()));
+            s.apply(desired, changed.clone());
+            s.write_status(&shared, &lb).await;
+        }
+    }
+    for s in served.values_mut() {
+        s.stop();
+    }
+    feeds.abort_all();
+}
+
+// === impl Served ===
+
+impl Served {
+    fn new(desired: Desired) -> Served {
+        tracing::info!(lb = %desired.key, vip = %desired.vip, "serving a load balancer");
+        Served {
+            desired,
+            backends: BTreeMap::new(),
+            draining: Vec::new(),
+            listeners: BTreeMap::new(),
+            checks: BTreeMap::new(),
+            check: None,
+            written: None,
+        }
+    }
+
+    /// Makes what runs match `desired`; `changed` hears of health changes.
+    fn apply(&mut self, desired: Desired, changed: Arc<Notify>) {
+        // Backends: kept by address (with their health and connections), added, or drained.
+        let mut backends = BTreeMap::new();
+        for t in &desired.targets {
+            let b = self
+                .backends
+                .remove(&t.address)
+                .unwrap_or_else(|| Arc::new(Backend::new(&t.address, t.vm.clone(), t.checked)));
+            backends.insert(t.address.clone(), b);
+        }
+        for (address, gone) in std::mem::take(&mut self.backends) {
+            if let Some(task) = self.checks.remove(&address) {
+                task.abort();
+            }
+            if gone.active() > 0 {
+                tracing::info!(lb = %desired.key, backend = %address, connections = gone.active(), "backend removed: draining its connections");
+                self.draining.push(gone);
+            }
+        }
+        self.draining
+            .retain(|b| b.active() > 0 && !backends.contains_key(&b.address));
+        self.backends = backends;
+        // Checks: restarted when their settings change, started for new backends.
+        if self.check.as_ref() != Some(&desired.check) {
+            for (_, task) in std::mem::take(&mut self.checks) {
+                task.abort();
+            }
+            self.check = Some(desired.check.clone());
+        }
+        for t in desired.targets.iter().filter(|t| t.checked) {
+            if !self.checks.contains_key(&t.address)
+                && let Some(b) = self.backends.get(&t.address)
+            {
+                let task = tokio::spawn(check_loop(
+                    b.clone(),
+                    desired.check.clone(),
+                    changed.clone(),
+                ));
+                self.checks.insert(t.address.clone(), task);
+            }
+        }
+        // Listeners: pools swapped in place; new ones bound (failed ones again); gone ones closed.
+        let timeout = desired.check.timeout;
+        let mut listeners = BTreeMap::new();
+        for l in &desired.listeners {
+            let pool = Arc::new(Pool::new(
+                l.backends
+                    .iter()
+                    .filter_map(|a| self.backends.get(a).cloned())
+                    .collect(),
+                desired.algorithm,
+            ));
+            let key = (l.protocol, l.port);
+            let mut listening = match self.listeners.remove(&key) {
+                Some(old) if old.vip == desired.vip && old.task.is_some() => {
+                    if let Ok(mut p) = old.pool.write() {
+                        *p = pool;
+                    }
+                    old
+                }
+                other => {
+                    if let Some(task) = other.and_then(|o| o.task) {
+                        task.abort();
+                    }
+                    Listening {
+                        vip: desired.vip,
+                        pool: Arc::new(RwLock::new(pool)),
+                        task: None,
+                        error: None,
+                    }
+                }
+            };
+            if listening.task.is_none() {
+                let addr = SocketAddr::new(desired.vip, l.port);
+                let pool = listening.pool.clone();
+                let bound = match l.protocol {
+                    ListenerProtocol::Tcp => {
+                        tcp::bind(addr).map(|s| tokio::spawn(tcp::serve(s, pool, timeout)))
+                    }
+                    ListenerProtocol::Udp => {
+                        udp::bind(addr).map(|s| tokio::spawn(udp::serve(s, pool)))
+                    }
+                };
+                match bound {
+                    Ok(task) => {
+                        tracing::info!(lb = %desired.key, listener = %addr, protocol = ?l.protocol, "listening");
+                        listening.task = Some(task);
+                        listening.error = None;
+                    }
+                    Err(e) => {
+                        let why = format!("cannot listen on {addr}/{}: {e}", protocol(l.protocol));
+                        if listening.error.as_deref() != Some(why.as_str()) {
+                            tracing::warn!(lb = %desired.key, "{why}");
+                        }
+                        listening.error = Some(why);
+                    }
+                }
+            }
+            listeners.insert(key, listening);
+        }
+        for (_, gone) in std::mem::take(&mut self.listeners) {
+            if let Some(task) = gone.task {
+                task.abort();
+            }
+        }
+        self.listeners = listeners;
+        self.desired = desired;
+    }
+
+    /// Closes the listeners and stops the checks; open connections run on.
+    fn stop(&mut self) {
+        for (_, l) in std::mem::take(&mut self.listeners) {
+            if let Some(task) = l.task {
+                task.abort();
+            }
+        }
+        for (_, task) in std::mem::take(&mut self.checks) {
+            task.abort();
+        }
+    }
+
+    /// The backends as the status lists them, and the `Ready` condition.
+    fn report(&self) -> (Vec<Value>, (&'static str, &'static str, String)) {
+        let mut backends = Vec::new();
+        let listed = self
+            .desired
+            .targets
+            .iter()
+            .filter_map(|t| self.backends.get(&t.address));
+        for (b, draining) in listed
+            .map(|b| (b, false))
+            .chain(self.draining.iter().map(|b| (b, true)))
+        {
+            let mut entry = json!({"address": b.address, "connections": b.active()});
+            if let Some(vm) = &b.vm {
+                entry["virtualMachine"] = json!(vm);
+            }
+            if let Some(h) = b.health().reported() {
+                entry["healthy"] = json!(h);
+            }
+            if let Some((when, result)) = b.last_check() {
+                entry["lastCheckTime"] = json!(keel_schemas::time::rfc3339(
+                    when.duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs())
+                ));
+                entry["lastCheckResult"] = json!(result);
+            }
+            if draining {
+                entry["draining"] = json!(true);
+            }
+            backends.push(entry);
+        }
+        let failed: Vec<&str> = self
+            .listeners
+            .values()
+            .filter_map(|l| l.error.as_deref())
+            .collect();
+        let total = self.backends.len();
+        let up: Vec<&Arc<Backend>> = self.backends.values().filter(|b| b.is_up()).collect();
+        let confirmed = self
+            .backends
+            .values()
+            .filter(|b| b.health().reported() == Some(true))
+            .count();
+        let ready = if !failed.is_empty() {
+            ("False", "ListenFailed", failed.join("; "))
+        } else if total == 0 {
+            let why = self
+                .desired
+                .no_backends
+                .clone()
+                .unwrap_or_else(|| "no backends".into());
+            ("False", "NoBackends", why)
+        } else if up.is_empty() {
+            let why: Vec<String> = self
+                .backends
+                .values()
+                .map(|b| match b.last_check() {
+                    Some((_, r)) => format!("{}: {r}", b.address),
+                    None => b.address.clone(),
+                })
+                .collect();
+            (
+                "False",
+                "NoHealthyBackends",
+                format!("no backend passes its health check ({})", why.join("; ")),
+            )
+        } else if confirmed == 0 {
+            let why = format!("waiting for the first health checks of {total} backends");
+            ("Unknown", "Checking", why)
+        } else {
+            let ports: Vec<String> = self
+                .desired
+                .listeners
+                .iter()
+                .map(|l| format!("{}/{}", protocol(l.protocol), l.port))
+                .collect();
+            (
+                "True",
+                "Serving",
+                format!(
+                    "{confirmed} of {total} backends healthy; serving {} on {}",
+                    self.desired.vip,
+                    ports.join(", ")
+                ),
+            )
+        };
+        (backends, ready)
+    }
+
+    /// Writes the status when it changed (the moving figures at most every
+    /// [`FIGURES_EVERY`]).
+    async fn write_status(&mut self, shared: &Shared, lb: &Value) {
+        let (backends, (status, reason, message)) = self.report();
+        let mut next = lb["status"].clone();
+        if !next.is_object() {
+            next = json!({});
+        }
+        next["backends"] = json!(backends);
+        next["observedGeneration"] = json!(self.desired.generation);
+        set_condition(
+            &mut next,
+            &Condition {
+                type_: "Ready",
+                status,
+                reason,
+                message: &message,
+            },
+            &keel_schemas::time::now_rfc3339(),
+        );
+        let steady = without_figures(&next);
+        if let Some((written_steady, written, at)) = &self.written
+            && *written_steady == steady
+            && (at.elapsed() < FIGURES_EVERY || *written == next)
+        {
+            return;
+        }
+        if without_figures(&lb["status"]) == steady && self.written.is_none() {
+            // Already as it should be (a restart of the agent): only the figures differ.
+            self.written = Some((steady, next, Instant::now()));
+            return;
+        }
+        let Some(kind) = keel_schemas::lookup("loadbalancers") else {
+            return;
+        };
+        let api: Api<Value> =
+            Api::namespaced(&shared.client, kind, lb.namespace().unwrap_or("default"));
+        let mut updated = lb.clone();
+        updated["status"] = next.clone();
+        match api.update_status(&updated).await {
+            Ok(_) => self.written = Some((steady, next, Instant::now())),
+            // Changed meanwhile: written again from the newer object on the next round.
+            Err(e) if matches!(e.code(), Some(404 | 409)) => {}
+            Err(e) => {
+                tracing::warn!(lb = %self.desired.key, error = %e, "cannot write the load balancer's status")
+            }
+        }
+    }
+}
+
+/// A status without what moves all the time: connections, check times, condition times.
+fn without_figures(status: &Value) -> Value {
+    let mut s = status.clone();
+    if let Some(backends) = s["backends"].as_array_mut() {
+        for b in backends {
+            if let Some(b) = b.as_object_mut() {
+                b.remove("connections");
+                b.remove("lastCheckTime");
+            }
+        }
+    }
+    if let Some(conditions) = s["conditions"].as_array_mut() {
+        for c in conditions {
+            if let Some(c) = c.as_object_mut() {
+                c.remove("lastTransitionTime");
+            }
+        }
+    }
+    s
+}
+
+/// Checks `backend` every interval and steps its health; `changed` hears when it flips.
+async fn check_loop(backend: Arc<Backend>, check: CheckConfig, changed: Arc<Notify>) {
+    let host = backend
+        .address
+        .rsplit_once(':')
+        .map_or(backend.address.as_str(), |(h, _)| h)
+        .to_string();
+    loop {
+        let started = Instant::now();
+        let (ok, result) = match resolve(&backend).await {
+            Ok(addr) => {
+                let addr = SocketAddr::new(addr.ip(), check.port.unwrap_or(addr.port()));
+                match health::check(addr, &check.kind, &host, check.timeout).await {
+                    Ok(r) => (true, r),
+                    Err(r) => (false, r),
+                }
+            }
+            Err(why) => (false, why),
+        };
+        let was = backend.is_up();
+        if backend.record(ok, result.clone(), check.rise, check.fall) {
+            if was != backend.is_up() {
+                tracing::info!(backend = %backend.address, healthy = backend.is_up(), %result, "backend health changed");
+            }
+            changed.notify_one();
+        }
+        tokio::time::sleep(check.interval.saturating_sub(started.elapsed())).await;
+    }
+}
+
+/// The backend's socket address: its literal, or a fresh resolution of its host name.
+async fn resolve(backend: &Backend) -> Result<SocketAddr, String> {
+    if let Ok(addr) = backend.address.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let found = tokio::net::lookup_host(backend.address.as_str())
+        .await
+        .map_err(|e| format!("cannot resolve {}: {e}", backend.address))?
+        .next()
+        .ok_or_else(|| format!("{} resolves to no address", backend.address))?;
+    backend.set_addr(found);
+    Ok(found)
+}
+
+fn protocol(p: ListenerProtocol) -> &'static str {
+    keel_controllers::loadbalancers::protocol_name(p)
+}

@@ -1,0 +1,402 @@
+//! The load balancer controller: gives each LoadBalancer served by a host proxy (one without
+//! `spec.subnet`) its VIP and the node whose agent serves it.
+//!
+//! - **VIP**: `spec.vip`, else an address of the cluster's VIP pool (`keel server
+//!   --lb-vip-pool`). Pool addresses are handed out in the LoadBalancers' creation order —
+//!   each keeps the one it has while no older one holds it — so every pass computes the same
+//!   answer from the same objects, however stale its cache.
+//! - **Conflicts**: LoadBalancers may share a VIP on different ports; when two want the same
+//!   protocol and port on one VIP, the older keeps it and the newer is not served
+//!   (`Accepted=False`, `PortConflict`, naming the older).
+//! - **Node**: a Ready node whose agent serves load balancers (the Node annotation
+//!   [`AGENT_ANNOTATION`]); the one it has while it stays Ready, else the one holding the
+//!   fewest. All LoadBalancers on one VIP go to the node of the oldest, since one host owns
+//!   an address. When the node stops being Ready its LoadBalancers move: the VIP must then
+//!   reach the new node (a loopback address, or one the network routes to any node).
+//!
+//! The agent of that node does the rest (`keel-agent` `lb`): listeners, health checks, and
+//! the `Ready` condition and backends in the status. A LoadBalancer on a Subnet is the
+//! network controller's: OVN balances it inside its VPC.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_client::{Api, Client, ClientError};
+use keel_schemas::kinds::network::{ListenerProtocol, LoadBalancerSpec};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::network::ipam;
+use crate::runtime::{
+    Action, Condition, Controller, EventType, ObjectExt, Recorder, Store, condition_status,
+    set_condition, watcher,
+};
+
+/// The Node annotation of an agent that serves load balancers (`"true"`).
+pub const AGENT_ANNOTATION: &str = "keel.dev/load-balancer";
+
+/// How the controller runs.
+#[derive(Debug, Clone, Default)]
+pub struct LoadBalancerConfig {
+    /// The range VIPs are allocated from when a LoadBalancer names none (none: it must).
+    pub vip_pool: Option<String>,
+}
+
+/// Where a LoadBalancer stands: served at `vip` by `node`, or why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// Served.
+    Placed {
+        /// Its VIP.
+        vip: IpAddr,
+        /// The node serving it.
+        node: String,
+    },
+    /// Not served: a VIP (when it has one), the reason and the message.
+    Refused {
+        /// The VIP it has or asked for, if any.
+        vip: Option<IpAddr>,
+        /// The condition's reason.
+        reason: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// What the reconciles share.
+struct Context {
+    client: Client,
+    balancers: Store,
+    nodes: Store,
+    recorder: Recorder,
+    config: LoadBalancerConfig,
+}
+
+/// Runs the controller until `shutdown` turns true.
+pub async fn run(
+    client: Client,
+    instance: String,
+    config: LoadBalancerConfig,
+    shutdown: watch::Receiver<bool>,
+) {
+    let [Some(lb), Some(node)] = ["loadbalancers", "nodes"].map(keel_schemas::lookup) else {
+        return;
+    };
+    let controller = Controller::new(
+        "loadbalancers",
+        Api::all(&client, lb),
+        watcher::Config::default(),
+    )
+    .resync(Duration::from_secs(60));
+    // One LoadBalancer's change (a deletion freeing a port, a VIP) or a node's may move any
+    // other: all are looked at again. There are few.
+    let all = controller.store();
+    let all_too = all.clone();
+    let controller = controller
+        .watches(
+            Api::all(&client, node),
+            watcher::Config::default(),
+            move |_| all.list().iter().map(|o| o.object_ref()).collect(),
+        )
+        .watches(
+            Api::all(&client, lb),
+            watcher::Config::default(),
+            move |_| all_too.list().iter().map(|o| o.object_ref()).collect(),
+        );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        balancers: controller.store(),
+        nodes: controller.store_of("Node").unwrap_or_default(),
+        recorder: Recorder::new(&client, "keel-loadbalancers", &instance),
+        config,
+    });
+    controller.run(reconcile, ctx, shutdown).await;
+}
+
+async fn reconcile(lb: Arc<Value>, ctx: Arc<Context>) -> Result<Action, ClientError> {
+    if lb.is_deleting() || lb["spec"]["subnet"].is_string() {
+        return Ok(Action::await_change());
+    }
+    let nodes = ctx.nodes.list();
+    let placements = place(
+        &ctx.balancers.list(),
+        &nodes,
+        ctx.config.vip_pool.as_deref(),
+    );
+    let Some(placement) = placements.get(lb.uid()) else {
+        return Ok(Action::await_change());
+    };
+    let mut status = lb["status"].clone();
+    if !status.is_object() {
+        status = json!({});
+    }
+    let now = keel_schemas::time::now_rfc3339();
+    let (condition, event) = match placement {
+        Placement::Placed { vip, node } => {
+            status["vip"] = json!(vip.to_string());
+            let moved = status["nodeName"].as_str() != Some(node.as_str());
+            status["nodeName"] = json!(node);
+            let message = format!("served at {vip} by node {node}");
+            let event = moved.then(|| (EventType::Normal, "Scheduled", message.clone()));
+            (("True", "Scheduled", message), event)
+        }
+        Placement::Refused {
+            vip,
+            reason,
+            message,
+        } => {
+            match vip {
+                Some(vip) => status["vip"] = json!(vip.to_string()),
+                None => remove(&mut status, "vip"),
+            }
+            remove(&mut status, "nodeName");
+            let was = condition_status(&lb, "Accepted") != Some("False")
+                || lb["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Accepted" && c["reason"] != *reason);
+            let event = was.then(|| (EventType::Warning, *reason, message.clone()));
+            (("False", *reason, message.clone()), event)
+        }
+    };
+    set_condition(
+        &mut status,
+        &Condition {
+            type_: "Accepted",
+            status: condition.0,
+            reason: condition.1,
+            message: &condition.2,
+        },
+        &now,
+    );
+    // A refusal depends on other objects, whose changes this pass may not have seen yet
+    // (another watch delivers them): looked at again soon.
+    let next = match placement {
+        Placement::Placed { .. } => Action::await_change(),
+        Placement::Refused { .. } => Action::requeue(Duration::from_secs(2)),
+    };
+    if status == lb["status"] {
+        return Ok(next);
+    }
+    let Some(kind) = keel_schemas::lookup("loadbalancers") else {
+        return Ok(Action::await_change());
+    };
+    let api: Api<Value> = Api::namespaced(&ctx.client, kind, lb.namespace().unwrap_or("default"));
+    let mut updated = (*lb).clone();
+    updated["status"] = status;
+    match api.update_status(&updated).await {
+        Ok(_) => {}
+        // Changed meanwhile: the watch brings the new version and another pass.
+        Err(e) if matches!(e.code(), Some(404 | 409)) => return Ok(next),
+        Err(e) => return Err(e),
+    }
+    if let Some((type_, reason, message)) = event {
+        ctx.recorder
+            .publish(&lb, type_, reason, "Place", &message)
+            .await;
+    }
+    Ok(next)
+}
+
+fn remove(status: &mut Value, field: &str) {
+    if let Some(s) = status.as_object_mut() {
+        s.remove(field);
+    }
+}
+
+/// Where every proxy-served LoadBalancer of `balancers` stands, by uid: a pure function of
+/// the objects, the nodes and the VIP pool.
+pub fn place(
+    balancers: &[Arc<Value>],
+    nodes: &[Arc<Value>],
+    pool: Option<&str>,
+) -> BTreeMap<String, Placement> {
+    let mut out = BTreeMap::new();
+    let mut live: Vec<(&Value, LoadBalancerSpec)> = Vec::new();
+    for lb in balancers {
+        if lb.is_deleting() || lb["spec"]["subnet"].is_string() {
+            continue;
+        }
+        match serde_json::from_value::<LoadBalancerSpec>(lb["spec"].clone()) {
+            Ok(spec) => live.push((lb.as_ref(), spec)),
+            Err(e) => {
+                out.insert(
+                    lb.uid().to_string(),
+                    Placement::Refused {
+                        vip: None,
+                        reason: "InvalidSpec",
+                        message: format!("the spec cannot be read: {e}"),
+                    },
+                );
+            }
+        }
+    }
+    live.sort_by(|(a, _), (b, _)| {
+        (a["metadata"]["creationTimestamp"].as_str(), a.uid())
+            .cmp(&(b["metadata"]["creationTimestamp"].as_str(), b.uid()))
+    });
+    let vips = vips(&live, pool);
+    // Ports taken on each VIP, and the node of each VIP, in creation order.
+    let mut ports: BTreeMap<(IpAddr, ListenerProtocol, u16), String> = BTreeMap::new();
+    let mut vip_nodes: BTreeMap<IpAddr, String> = BTreeMap::new();
+    let mut load: BTreeMap<String, usize> = BTreeMap::new();
+    let eligible = |n: &Value| {
+        n["metadata"]["annotations"][AGENT_ANNOTATION].as_str() == Some("true")
+            && condition_status(n, "Ready") == Some("True")
+    };
+    for (lb, spec) in &live {
+        let vip = match vips.get(lb.uid()) {
+            Some(Ok(vip)) => *vip,
+            Some(Err((reason, message))) => {
+                out.insert(
+                    lb.uid().to_string(),
+                    Placement::Refused {
+                        vip: None,
+                        reason,
+                        message: message.clone(),
+                    },
+                );
+                continue;
+            }
+            None => continue,
+        };
+        let me = format!("{}/{}", lb.namespace().unwrap_or(""), lb.name());
+        let clash = spec.listeners.iter().find_map(|l| {
+            let holder = ports.get(&(vip, l.protocol, l.port))?;
+            Some(format!(
+                "{}/{} on {vip} is already served for LoadBalancer {holder}",
+                protocol_name(l.protocol),
+                l.port
+            ))
+        });
+        if let Some(message) = clash {
+            out.insert(
+                lb.uid().to_string(),
+                Placement::Refused {
+                    vip: Some(vip),
+                    reason: "PortConflict",
+                    message,
+                },
+            );
+            continue;
+        }
+        let node = match vip_nodes.get(&vip) {
+            Some(node) => node.clone(),
+            None => {
+                let current = lb["status"]["nodeName"]
+                    .as_str()
+                    .filter(|c| nodes.iter().any(|n| n.name() == *c && eligible(n)));
+                let chosen = current.map(str::to_string).or_else(|| {
+                    nodes
+                        .iter()
+                        .filter(|n| eligible(n))
+                        .min_by_key(|n| (load.get(n.name()).copied().unwrap_or(0), n.name()))
+                        .map(|n| n.name().to_string())
+                });
+                let Some(node) = chosen else {
+                    out.insert(
+                        lb.uid().to_string(),
+                        Placement::Refused {
+                            vip: Some(vip),
+                            reason: "NoNodes",
+                            message: "no Ready node serves load balancers".into(),
+                        },
+                    );
+                    continue;
+                };
+                vip_nodes.insert(vip, node.clone());
+                node
+            }
+        };
+        for l in &spec.listeners {
+            ports.insert((vip, l.protocol, l.port), me.clone());
+        }
+        *load.entry(node.clone()).or_default() += 1;
+        out.insert(lb.uid().to_string(), Placement::Placed { vip, node });
+    }
+    out
+}
+
+/// The VIP of each LoadBalancer (in creation order): its own, or one of the pool's.
+fn vips(
+    live: &[(&Value, LoadBalancerSpec)],
+    pool: Option<&str>,
+) -> BTreeMap<String, Result<IpAddr, (&'static str, String)>> {
+    let mut out = BTreeMap::new();
+    let mut wanting = Vec::new();
+    let mut fixed = Vec::new();
+    for (lb, spec) in live {
+        match spec.vip.as_deref().map(str::parse::<IpAddr>) {
+            Some(Ok(vip)) => {
+                fixed.push(vip.to_string());
+                out.insert(lb.uid().to_string(), Ok(vip));
+            }
+            Some(Err(_)) => {
+                let why = format!("spec.vip {:?} is not an IP address", spec.vip);
+                out.insert(lb.uid().to_string(), Err(("InvalidSpec", why)));
+            }
+            None => wanting.push(*lb),
+        }
+    }
+    if wanting.is_empty() {
+        return out;
+    }
+    let Some(cidr) = pool else {
+        for lb in wanting {
+            let why = "set spec.vip or spec.subnet: the cluster has no VIP pool (keel server --lb-vip-pool)";
+            out.insert(lb.uid().to_string(), Err(("NoVIPPool", why.to_string())));
+        }
+        return out;
+    };
+    let pool = match ipam::Pool::new(cidr, None, &fixed) {
+        Ok(pool) => pool,
+        Err(e) => {
+            for lb in wanting {
+                let why = format!("the VIP pool {cidr} is unusable: {e}");
+                out.insert(lb.uid().to_string(), Err(("NoVIPPool", why)));
+            }
+            return out;
+        }
+    };
+    let current: BTreeMap<String, String> = wanting
+        .iter()
+        .filter_map(|lb| {
+            Some((
+                lb["status"]["vip"].as_str()?.to_string(),
+                lb.uid().to_string(),
+            ))
+        })
+        .filter(|(ip, _)| !fixed.contains(ip))
+        .collect();
+    let claims: Vec<ipam::Claim> = wanting
+        .iter()
+        .map(|lb| ipam::Claim {
+            owner: lb.uid().to_string(),
+            fixed: None,
+        })
+        .collect();
+    let outcome = ipam::allocate(&pool, &current, &claims);
+    for (ip, owner) in outcome.allocations {
+        if let Ok(ip) = ip.parse() {
+            out.insert(owner, Ok(ip));
+        }
+    }
+    for (owner, why) in outcome.failed {
+        out.insert(owner, Err(("PoolExhausted", format!("no VIP: {why}"))));
+    }
+    out
+}
+
+/// `TCP` or `UDP`.
+pub fn protocol_name(p: ListenerProtocol) -> &'static str {
+    match p {
+        ListenerProtocol::Tcp => "TCP",
+        ListenerProtocol::Udp => "UDP",
+    }
+}
+
+#[cfg(test)]
+mod tests;
