@@ -28,7 +28,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use keel_client::Api;
-use keel_controllers::runtime::{Condition, ObjectExt, Store as Cache, set_condition, watcher};
+use keel_controllers::runtime::{
+    Condition, EventType, ObjectExt, Recorder, Store as Cache, set_condition, watcher,
+};
 use keel_schemas::kinds::network::ListenerProtocol;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
@@ -56,6 +58,8 @@ struct Served {
     check: Option<CheckConfig>,
     /// What was last written: the status without its moving figures, the whole status, when.
     written: Option<(Value, Value, Instant)>,
+    /// Each backend's health as last told in an Event.
+    told: BTreeMap<String, bool>,
 }
 
 /// One listener: its pool (swapped on changes) and its task, or why it could not bind.
@@ -98,6 +102,8 @@ pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
             }
         });
     }
+    let recorder = Recorder::new(&shared.client, "keel-lb", &node);
+    let metrics = keel_controllers::runtime::metrics::controller("agent-lb");
     let mut served: BTreeMap<String, Served> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -110,6 +116,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
         if !(lbs.is_ready() && vms.is_ready()) {
             continue;
         }
+        let started = Instant::now();
         let objects = lbs.list();
         let all_vms = vms.list();
         let mut wanted: BTreeMap<String, (Arc<Value>, Desired)> = BTreeMap::new();
@@ -138,7 +145,9 @@ pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
                 .or_insert_with(|| Served::new(desired.clone()));
             s.apply(desired, changed.clone());
             s.write_status(&shared, &lb).await;
+            s.publish_health(&recorder, &lb).await;
         }
+        metrics.reconciled(started.elapsed(), false);
     }
     for s in served.values_mut() {
         s.stop();
@@ -159,6 +168,7 @@ impl Served {
             checks: BTreeMap::new(),
             check: None,
             written: None,
+            told: BTreeMap::new(),
         }
     }
 
@@ -208,17 +218,19 @@ impl Served {
         let timeout = desired.check.timeout;
         let mut listeners = BTreeMap::new();
         for l in &desired.listeners {
-            let pool = Arc::new(Pool::new(
-                l.backends
-                    .iter()
-                    .filter_map(|a| self.backends.get(a).cloned())
-                    .collect(),
-                desired.algorithm,
-            ));
+            let members: Vec<Arc<Backend>> = l
+                .backends
+                .iter()
+                .filter_map(|a| self.backends.get(a).cloned())
+                .collect();
+            let pool = Arc::new(Pool::new(members.clone(), desired.algorithm));
             let key = (l.protocol, l.port);
             let mut listening = match self.listeners.remove(&key) {
                 Some(old) if old.vip == desired.vip && old.task.is_some() => {
-                    if let Ok(mut p) = old.pool.write() {
+                    // A pool is replaced only when it changes: round-robin keeps its turn.
+                    if let Ok(mut p) = old.pool.write()
+                        && !p.same(&members, desired.algorithm)
+                    {
                         *p = pool;
                     }
                     old
@@ -270,6 +282,45 @@ impl Served {
         }
         self.listeners = listeners;
         self.desired = desired;
+    }
+
+    /// Emits an Event for each backend whose health flipped since the last one.
+    async fn publish_health(&mut self, recorder: &Recorder, lb: &Value) {
+        let mut flips = Vec::new();
+        for (address, b) in &self.backends {
+            let Some(up) = b.health().reported() else {
+                continue;
+            };
+            let before = self.told.insert(address.clone(), up);
+            // A backend healthy from its first check is no news; any other change is.
+            if before.is_some_and(|was| was != up) || (before.is_none() && !up) {
+                let result = b.last_check().map(|(_, r)| r).unwrap_or_default();
+                flips.push((address.clone(), up, result));
+            }
+        }
+        self.told.retain(|a, _| self.backends.contains_key(a));
+        for (address, up, result) in flips {
+            let (type_, reason, message) = if up {
+                (
+                    EventType::Normal,
+                    "BackendHealthy",
+                    format!(
+                        "backend {address} passes its health check again ({result}): it gets new connections"
+                    ),
+                )
+            } else {
+                (
+                    EventType::Warning,
+                    "BackendUnhealthy",
+                    format!(
+                        "backend {address} fails its health check ({result}): it gets no new connections"
+                    ),
+                )
+            };
+            recorder
+                .publish(lb, type_, reason, "HealthCheck", &message)
+                .await;
+        }
     }
 
     /// Closes the listeners and stops the checks; open connections run on.

@@ -234,10 +234,19 @@ pub fn place(
             }
         }
     }
-    live.sort_by(|(a, _), (b, _)| {
-        (a["metadata"]["creationTimestamp"].as_str(), a.uid())
-            .cmp(&(b["metadata"]["creationTimestamp"].as_str(), b.uid()))
-    });
+    // Oldest first. Creation times have whole seconds: within one, the one already served
+    // keeps what it has, so that a newcomer never takes its port.
+    let order = |o: &Value| {
+        (
+            o["metadata"]["creationTimestamp"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            condition_status(o, "Accepted") != Some("True"),
+            o.uid().to_string(),
+        )
+    };
+    live.sort_by_key(|(o, _)| order(o));
     let vips = vips(&live, pool);
     // Ports taken on each VIP, and the node of each VIP, in creation order.
     let mut ports: BTreeMap<(IpAddr, ListenerProtocol, u16), String> = BTreeMap::new();

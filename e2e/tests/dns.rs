@@ -620,24 +620,27 @@ async fn vm_records_follow_the_vms_addresses() {
 
     // A load balancer's VIP, once it has one.
     let lbs: Api<Value> = Api::namespaced(&c.client, kind("lb"), "shop");
-    let lb = lbs
-        .create(
-            &json!({"apiVersion": "keel.dev/v1alpha1", "kind": "LoadBalancer",
+    lbs.create(
+        &json!({"apiVersion": "keel.dev/v1alpha1", "kind": "LoadBalancer",
                         "metadata": {"name": "front", "labels": {"tier": "front"}},
                         "spec": {"listeners": [{"protocol": "TCP", "port": 80}],
                                  "backends": {"selector": {"matchLabels": {"app": "web"}}}}}),
-        )
-        .await
-        .unwrap();
+    )
+    .await
+    .unwrap();
     stays(
         "no record for a load balancer without a VIP",
         Duration::from_secs(2),
         || async { status(&dig(c.port, &["+tcp", "front.shop.example", "A"])) == "NXDOMAIN" },
     )
     .await;
-    let mut with_vip = lb.clone();
-    with_vip["status"] = json!({"vip": "10.20.1.100"});
-    lbs.update_status(&with_vip).await.unwrap();
+    // The load balancer controller gives it the VIP it asks for.
+    lbs.patch(
+        "front",
+        &Patch::Merge(json!({"spec": {"vip": "10.20.1.100"}})),
+    )
+    .await
+    .unwrap();
     eventually("the load balancer's VIP answered", WAIT, || async {
         (section(&dig(c.port, &["front.shop.example", "A"]), "ANSWER")
             == ["front.shop.example. 300 IN A 10.20.1.100"])

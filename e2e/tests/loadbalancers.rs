@@ -223,6 +223,11 @@ async fn http_spreads_round_robin_and_a_killed_backend_costs_no_request() {
     assert_eq!(b["healthy"], false, "{lb}");
     assert_eq!(b["lastCheckResult"], "connection refused", "{b}");
     assert!(during.await.unwrap() > 10);
+    eventually("a Warning Event naming the dead backend", WAIT, || async {
+        let events = keel_e2e::ok(keelctl(&c.kubeconfig, &["get", "events", "-o", "json"]));
+        (events.contains("BackendUnhealthy") && events.contains(&dead)).then_some(())
+    })
+    .await;
     let counts = tokio::task::spawn_blocking(move || spread(addr, 100))
         .await
         .unwrap();

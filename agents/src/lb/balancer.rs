@@ -183,6 +183,17 @@ impl Pool {
             .collect()
     }
 
+    /// Whether this pool is `backends` (the very same) chosen among by `algorithm`.
+    pub fn same(&self, backends: &[Arc<Backend>], algorithm: Algorithm) -> bool {
+        self.algorithm == algorithm
+            && self.backends.len() == backends.len()
+            && self
+                .backends
+                .iter()
+                .zip(backends)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+
     /// The backends.
     pub fn backends(&self) -> &[Arc<Backend>] {
         &self.backends

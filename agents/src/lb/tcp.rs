@@ -1,6 +1,8 @@
 //! The TCP side of the proxy: a listener on VIP:port whose connections are joined to a
-//! backend, byte for byte, with `splice(2)` through a pipe (the bytes never enter user
-//! space) and tokio's copy where a pipe cannot be had.
+//! backend, byte for byte. Each direction starts by copying through a small buffer, which
+//! is cheapest for the short exchanges most connections are; once it sees a bulk transfer
+//! (reads that fill the buffer, [`BULK_READS`] in a row) it switches to `splice(2)` through
+//! a pipe, so that the bytes no longer enter user space (HAProxy's `splice-auto`).
 //!
 //! A connection picks its backend once, from the pool current when it arrives; a backend
 //! that refuses is skipped for the next candidate, so a backend that died between two
@@ -23,6 +25,10 @@ use super::balancer::{Lease, Pool};
 const ATTEMPTS: usize = 3;
 /// Bytes moved per splice call (a pipe's default capacity).
 const CHUNK: usize = 64 * 1024;
+/// The copy buffer of each direction.
+const BUFFER: usize = 16 * 1024;
+/// Full reads in a row that make a direction switch to splice.
+pub const BULK_READS: u32 = 4;
 
 /// Binds VIP:port for TCP. The VIP need not be on an interface yet (`IP_FREEBIND`), so that
 /// it can be moved to this host after the listener is up.
@@ -99,18 +105,40 @@ async fn connect(pool: &Pool, peer: SocketAddr, timeout: Duration) -> Option<(Tc
 /// Moves bytes both ways until both sides are done; each direction's end is passed on as
 /// a half-close.
 async fn join(a: TcpStream, b: TcpStream) -> io::Result<()> {
-    match (pipe(), pipe()) {
-        (Ok(ab), Ok(ba)) => {
-            tokio::try_join!(splice_one_way(&a, &b, ab), splice_one_way(&b, &a, ba))?;
-            Ok(())
+    tokio::try_join!(one_way(&a, &b), one_way(&b, &a))?;
+    Ok(())
+}
+
+/// Copies what `from` receives to `to` until `from` ends, then half-closes `to`; switches to
+/// splice for the rest when the traffic is bulk.
+async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+    let mut buf = vec![0u8; BUFFER];
+    let mut total = 0u64;
+    let mut full = 0;
+    loop {
+        let n = from
+            .async_io(Interest::READABLE, || from.try_read(&mut buf))
+            .await?;
+        if n == 0 {
+            break;
         }
-        _ => {
-            let (mut a, mut b) = (a, b);
-            tokio::io::copy_bidirectional(&mut a, &mut b)
-                .await
-                .map(|_| ())
+        let mut sent = 0;
+        while sent < n {
+            sent += to
+                .async_io(Interest::WRITABLE, || to.try_write(&buf[sent..n]))
+                .await?;
+        }
+        total += n as u64;
+        full = if n == buf.len() { full + 1 } else { 0 };
+        if full >= BULK_READS
+            && let Ok(pipe) = pipe()
+        {
+            drop(buf);
+            return Ok(total + splice_one_way(from, to, pipe).await?);
         }
     }
+    let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+    Ok(total)
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -151,4 +179,49 @@ async fn splice_one_way(
     }
     let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Two connected TCP streams on loopback.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        (c, s)
+    }
+
+    fn pattern(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn bytes_cross_whole_both_ways_small_and_bulk_with_half_closes() {
+        for size in [100, 8 * 1024 * 1024 + 7] {
+            let (mut client, proxy_a) = pair().await;
+            let (proxy_b, mut server) = pair().await;
+            let joined = tokio::spawn(join(proxy_a, proxy_b));
+            let up = pattern(size, 1);
+            let down = pattern(size / 2 + 3, 2);
+            let (up2, down2) = (up.clone(), down.clone());
+            let server_side = tokio::spawn(async move {
+                let mut got = Vec::new();
+                server.read_to_end(&mut got).await.unwrap();
+                assert!(got == up2, "{size} bytes up arrived whole");
+                server.write_all(&down2).await.unwrap();
+            });
+            client.write_all(&up).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            assert!(got == down, "{} bytes down arrived whole", down.len());
+            server_side.await.unwrap();
+            joined.await.unwrap().unwrap();
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! The UDP side of the proxy: datagrams to VIP:port are relayed to a backend chosen per
 //! client address (a session), and the backend's answers go back to the client from the
-//! VIP. A session ends after [`IDLE`] without traffic; until then it keeps its backend,
-//! also across spec changes (draining, as for TCP).
+//! VIP. A session ends after [`IDLE`] without an answer from its backend; until then it
+//! keeps its backend, also across spec changes (draining, as for TCP).
 
 use std::collections::HashMap;
 use std::io;
@@ -13,7 +13,7 @@ use tokio::net::UdpSocket;
 
 use super::balancer::{Lease, Pool};
 
-/// A session without a datagram either way for this long ends.
+/// A session whose backend has not answered for this long ends.
 pub const IDLE: Duration = Duration::from_secs(60);
 /// The largest datagram relayed.
 const MAX_DATAGRAM: usize = 65_536;

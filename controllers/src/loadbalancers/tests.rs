@@ -196,3 +196,31 @@ fn subnet_load_balancers_are_left_to_the_network_controller() {
     );
     assert!(out.is_empty());
 }
+
+#[test]
+fn within_one_second_the_served_one_keeps_its_port() {
+    let nodes = [node("n1", true, true)];
+    let served = json!({"nodeName": "n1", "conditions": [{"type": "Accepted", "status": "True"}]});
+    // uids that would put the newcomer first.
+    let old = lb(
+        "zzz",
+        "2026-01-01T00:00:01Z",
+        spec(Some("10.0.0.9"), &[80]),
+        served,
+    );
+    let new = lb(
+        "aaa",
+        "2026-01-01T00:00:01Z",
+        spec(Some("10.0.0.9"), &[80]),
+        json!({}),
+    );
+    let out = place(&[new, old], &nodes, None);
+    assert!(matches!(&out["zzz"], Placement::Placed { .. }));
+    assert!(matches!(
+        &out["aaa"],
+        Placement::Refused {
+            reason: "PortConflict",
+            ..
+        }
+    ));
+}
