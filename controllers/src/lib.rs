@@ -17,6 +17,8 @@
 //! - [`ovsdb`]: an OVSDB (RFC 7047) client for OVN's northbound database.
 //! - [`loadbalancers`]: VIPs and serving nodes of the LoadBalancers host proxies serve.
 //! - [`zones`]: each Zone's serial and generated records, and which DNS servers serve it.
+//! - [`rollout`]: Revisions of LoadBalancers, Zones and VMs, and automatic rollback of a
+//!   change that is not healthy in time.
 //! - [`manager`]: runs the cluster-wide controllers on the elected server.
 
 pub mod buckets;
@@ -26,6 +28,7 @@ pub mod manager;
 pub mod network;
 pub mod node_lifecycle;
 pub mod ovsdb;
+pub mod rollout;
 pub mod runtime;
 pub mod scheduler;
 pub mod zones;

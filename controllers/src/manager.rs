@@ -1,5 +1,5 @@
 //! [`run_manager`]: the cluster-wide controllers (scheduler, node lifecycle, garbage
-//! collector), run by whichever server holds the `kube-system/keel-controllers` Lease. Every
+//! collector, rollouts, ...), run by whichever server holds the `kube-system/keel-controllers` Lease. Every
 //! server campaigns; exactly one runs the controllers; when it stops renewing (it died, or
 //! lost the cluster), another takes over within the Lease's duration.
 
@@ -118,6 +118,11 @@ pub async fn run_manager(
             stop.clone(),
         ));
         controllers.spawn(crate::zones::run(
+            client.clone(),
+            config.identity.clone(),
+            stop.clone(),
+        ));
+        controllers.spawn(crate::rollout::run(
             client.clone(),
             config.identity.clone(),
             stop.clone(),

@@ -51,6 +51,9 @@ pub struct VirtualMachineSpec {
     /// Health wait of a rollout, in seconds (default 600).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub progress_deadline_seconds: Option<u32>,
+    /// Revisions kept (default 10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision_history_limit: Option<u32>,
     /// Seconds the guest gets to shut down after an ACPI power-button press (default 60).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub termination_grace_period_seconds: Option<u32>,

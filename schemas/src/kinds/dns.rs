@@ -36,6 +36,12 @@ pub struct ZoneSpec {
     /// Source CIDRs allowed to AXFR the zone (default: none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_transfer: Vec<String>,
+    /// Health wait of a rollout, in seconds (default 60).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress_deadline_seconds: Option<u32>,
+    /// Revisions kept (default 10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision_history_limit: Option<u32>,
 }
 
 /// SOA data of a zone (the serial is in status).

@@ -98,6 +98,9 @@ pub struct RevisionSpec {
     pub revision: u64,
     /// The target's spec as applied.
     pub spec: serde_json::Map<String, serde_json::Value>,
+    /// The earlier revision whose spec this one restores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<u64>,
     /// Snapshot taken before applying.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
@@ -148,6 +151,8 @@ pub enum RevisionPhase {
     Healthy,
     /// Not healthy in time; rolled back.
     RolledBack,
+    /// Not healthy in time, with no earlier good revision to return to.
+    Failed,
     /// Replaced by a newer change.
     Superseded,
 }

@@ -226,6 +226,12 @@ pub struct LoadBalancerSpec {
     /// Active health check (default TCP every 5 s).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    /// Health wait of a rollout, in seconds (default 120).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress_deadline_seconds: Option<u32>,
+    /// Revisions kept (default 10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision_history_limit: Option<u32>,
 }
 
 /// A port on the VIP.

@@ -41,7 +41,7 @@ pub(super) fn check(kind: &Kind, old: &Value, new: &Value, errors: &mut Vec<Fiel
         (KEEL_GROUP, "VPC") => &["cidr"],
         (KEEL_GROUP, "Subnet") => &["vpc", "cidr"],
         (KEEL_GROUP, "Zone") => &["domain"],
-        (KEEL_GROUP, "Revision") => &["target", "revision", "spec"],
+        (KEEL_GROUP, "Revision") => &["target", "revision", "spec", "rollbackOf"],
         _ => &[],
     };
     for field in fixed {

@@ -48,6 +48,7 @@ fn compute_and_network_kinds() {
                 ..Probe::default()
             }),
             progress_deadline_seconds: Some(120),
+            revision_history_limit: Some(5),
             termination_grace_period_seconds: Some(30),
             paused: Some(false),
             node_selector: labels(&[("keel.dev/kvm", "true")]),
@@ -190,6 +191,8 @@ fn compute_and_network_kinds() {
                 timeout_seconds: Some(1),
                 ..HealthCheck::default()
             }),
+            progress_deadline_seconds: Some(30),
+            revision_history_limit: None,
         },
     );
     lb.status = Some(LoadBalancerStatus {
@@ -248,6 +251,8 @@ fn dns_storage_and_gitops_kinds() {
                 }),
                 name_servers: vec!["ns1.shop.example.".into()],
                 allow_transfer: vec!["10.0.0.0/8".into()],
+                progress_deadline_seconds: None,
+                revision_history_limit: Some(3),
             },
         ),
     );
@@ -293,7 +298,7 @@ fn dns_storage_and_gitops_kinds() {
         ),
     );
     let mut revision = Revision::new(
-        "web-1-2",
+        "web-1-3",
         Some("shop"),
         RevisionSpec {
             target: RevisionTarget {
@@ -301,8 +306,9 @@ fn dns_storage_and_gitops_kinds() {
                 kind: "VirtualMachine".into(),
                 name: "web-1".into(),
             },
-            revision: 2,
+            revision: 3,
             spec: json!({"cpu": 4}).as_object().unwrap().clone(),
+            rollback_of: Some(1),
             snapshot: Some("rev-1".into()),
         },
     );

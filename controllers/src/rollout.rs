@@ -1,0 +1,642 @@
+//! The rollout controller: records every spec change of a rollable object (a LoadBalancer,
+//! a Zone, a VirtualMachine) as a `Revision`, waits up to the object's
+//! `spec.progressDeadlineSeconds` for it to be healthy, and when it is not, restores the spec
+//! of the last healthy revision by itself, says so in the object's `RolledBack` condition and
+//! in a Warning Event, and never applies the failing spec again.
+//!
+//! One controller runs per rollable kind ([`ROLLABLES`]); they share [`reconcile`], which
+//! reads the object and its revisions, asks the pure [`step`] what to do next, and does it.
+//! A rollback changes the object's spec, which the next pass records as a new revision with
+//! `rollbackOf` naming the revision it restores: history only grows, as a Deployment's
+//! ReplicaSets do.
+//!
+//! `RolledBack` stays `True` (it tells the story) while the restored spec rolls out and after;
+//! it turns `False` (reason `RolloutSucceeded`) once a later change that is not a rollback
+//! becomes healthy — Kubernetes keeps conditions with a status rather than removing them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_client::{Api, Client, ClientError, DeleteParams};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::runtime::{
+    Action, Condition, Controller, EventType, ObjectExt, Recorder, Store, condition,
+    condition_status, set_condition, watcher,
+};
+
+/// The annotation that stops automatic rollbacks of an object while it is `"true"`.
+pub const PAUSED_ANNOTATION: &str = "keel.dev/rollout-paused";
+/// The object condition a rollback sets.
+pub const ROLLED_BACK: &str = "RolledBack";
+/// The reason of a revision that was not healthy in time.
+pub const DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
+
+/// A kind whose spec changes roll out with a health gate.
+#[derive(Debug)]
+pub struct Rollable {
+    /// The resource (`loadbalancers`).
+    pub plural: &'static str,
+    /// The kind (`LoadBalancer`).
+    pub kind: &'static str,
+    /// `spec.progressDeadlineSeconds` when unset.
+    pub default_deadline: u64,
+    /// Whether the object is healthy, and what its `Ready` condition says.
+    pub health: fn(&Value) -> Health,
+    /// Seconds after a change before a healthy reading counts: long enough for what reports
+    /// health to have judged the new spec rather than the old one.
+    pub settle: fn(&Value) -> u64,
+}
+
+/// An object's health as the rollout controller reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Healthy at its current generation.
+    pub healthy: bool,
+    /// Why not, or what its `Ready` condition says.
+    pub message: String,
+}
+
+/// The rollable kinds.
+pub const ROLLABLES: [Rollable; 3] = [
+    Rollable {
+        plural: "loadbalancers",
+        kind: "LoadBalancer",
+        default_deadline: 120,
+        health: ready_at_generation,
+        settle: load_balancer_settle,
+    },
+    Rollable {
+        plural: "zones",
+        kind: "Zone",
+        default_deadline: 60,
+        health: ready_at_generation,
+        settle: no_settle,
+    },
+    Rollable {
+        plural: "virtualmachines",
+        kind: "VirtualMachine",
+        default_deadline: 600,
+        health: ready_at_generation,
+        settle: no_settle,
+    },
+];
+
+/// What one pass does: the next step of an object's rollout.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// The spec differs from the newest revision's (or there is none): record it as revision
+    /// `number`, after marking the newest one `Superseded` if it was still progressing.
+    Record {
+        /// The new revision's number.
+        number: u64,
+        /// The newest earlier revision with the same spec.
+        rollback_of: Option<u64>,
+        /// A progressing revision the change replaces (its name).
+        supersede: Option<String>,
+        /// When the new revision's health wait ends (seconds since the epoch).
+        deadline: u64,
+    },
+    /// The newest revision is healthy.
+    Healthy {
+        /// Its name.
+        revision: String,
+        /// Its number.
+        number: u64,
+        /// Whether to turn the object's `RolledBack` condition `False`.
+        clear_rolled_back: bool,
+    },
+    /// The newest revision was not healthy in time: restore the spec of revision `to`.
+    RollBack {
+        /// The failing revision's name.
+        revision: String,
+        /// Its number.
+        number: u64,
+        /// The restored revision's number.
+        to: u64,
+        /// The restored spec.
+        spec: Value,
+        /// What the object's condition, its Event and the revision say.
+        message: String,
+    },
+    /// The newest revision was not healthy in time and none before it was.
+    Fail {
+        /// The failing revision's name.
+        revision: String,
+        /// What it says.
+        message: String,
+    },
+    /// Look again after this many seconds (or sooner, on a change).
+    Wait(u64),
+    /// Nothing to do until something changes.
+    Idle,
+}
+
+/// What reconciles share.
+struct Context {
+    client: Client,
+    rollable: &'static Rollable,
+    revisions: Store,
+    recorder: Recorder,
+}
+
+/// Runs one rollout controller per rollable kind until `shutdown` turns true.
+pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<bool>) {
+    let mut controllers = tokio::task::JoinSet::new();
+    for rollable in &ROLLABLES {
+        controllers.spawn(run_kind(
+            client.clone(),
+            instance.clone(),
+            rollable,
+            shutdown.clone(),
+        ));
+    }
+    while controllers.join_next().await.is_some() {}
+}
+
+async fn run_kind(
+    client: Client,
+    instance: String,
+    rollable: &'static Rollable,
+    shutdown: watch::Receiver<bool>,
+) {
+    let (Some(kind), Some(revision)) = (
+        keel_schemas::lookup(rollable.plural),
+        keel_schemas::lookup("revisions"),
+    ) else {
+        return;
+    };
+    let controller = Controller::new(
+        &format!("rollout-{}", rollable.plural),
+        Api::all(&client, kind),
+        watcher::Config::default(),
+    )
+    .owns(Api::all(&client, revision), watcher::Config::default())
+    .resync(Duration::from_secs(60));
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        rollable,
+        revisions: controller.store_of("Revision").unwrap_or_default(),
+        recorder: Recorder::new(&client, "keel-rollout", &instance),
+    });
+    controller.run(reconcile, ctx, shutdown).await;
+}
+
+async fn reconcile(object: Arc<Value>, ctx: Arc<Context>) -> Result<Action, ClientError> {
+    if object.is_deleting() {
+        return Ok(Action::await_change());
+    }
+    let mut revisions: Vec<Value> = ctx
+        .revisions
+        .owned_by(object.uid())
+        .iter()
+        .map(|r| (**r).clone())
+        .filter(|r| r.namespace() == object.namespace())
+        .collect();
+    revisions.sort_by_key(number);
+    let now = keel_schemas::time::now_secs();
+    let step = step(ctx.rollable, &object, &revisions, now);
+    tracing::debug!(kind = ctx.rollable.kind, object = %object.object_ref(), ?step, "rollout step");
+    let action = act(&ctx, &object, &revisions, step).await?;
+    trim(&ctx, &object, &revisions).await?;
+    Ok(action)
+}
+
+/// The next step of `object`'s rollout, given its `revisions` (ordered by number) at `now`
+/// (seconds since the epoch).
+pub fn step(rollable: &Rollable, object: &Value, revisions: &[Value], now: u64) -> Step {
+    let spec = &object["spec"];
+    let deadline_secs = object["spec"]["progressDeadlineSeconds"]
+        .as_u64()
+        .unwrap_or(rollable.default_deadline);
+    let Some(newest) = revisions.last() else {
+        return Step::Record {
+            number: 1,
+            rollback_of: None,
+            supersede: None,
+            deadline: now + deadline_secs,
+        };
+    };
+    let progressing = phase(newest) == Some("Progressing") || phase(newest).is_none();
+    if newest["spec"]["spec"] != *spec {
+        return Step::Record {
+            number: number(newest) + 1,
+            rollback_of: revisions
+                .iter()
+                .rev()
+                .find(|r| r["spec"]["spec"] == *spec)
+                .map(number),
+            supersede: progressing.then(|| newest.name().to_string()),
+            deadline: now + deadline_secs,
+        };
+    }
+    if !progressing {
+        return Step::Idle;
+    }
+    let created = created(newest);
+    let health = (rollable.health)(object);
+    let deadline = newest["status"]["deadline"]
+        .as_str()
+        .and_then(keel_schemas::time::parse_rfc3339)
+        .unwrap_or(created + deadline_secs);
+    let settled = (created + (rollable.settle)(spec)).min(deadline);
+    if health.healthy && now >= settled {
+        let clears = newest["spec"]["rollbackOf"].is_null()
+            && condition_status(object, ROLLED_BACK) == Some("True");
+        return Step::Healthy {
+            revision: newest.name().to_string(),
+            number: number(newest),
+            clear_rolled_back: clears,
+        };
+    }
+    if now < deadline {
+        let until = if health.healthy { settled } else { deadline };
+        return Step::Wait(until.saturating_sub(now).max(1));
+    }
+    if object["metadata"]["annotations"][PAUSED_ANNOTATION].as_str() == Some("true") {
+        return Step::Idle;
+    }
+    let waited = deadline.saturating_sub(created);
+    let n = number(newest);
+    let good = revisions
+        .iter()
+        .rev()
+        .skip(1)
+        .find(|r| phase(r) == Some("Healthy") && r["spec"]["spec"] != *spec);
+    match good {
+        Some(good) => Step::RollBack {
+            revision: newest.name().to_string(),
+            number: n,
+            to: number(good),
+            spec: good["spec"]["spec"].clone(),
+            message: format!(
+                "revision {n} was not healthy within {waited}s ({}); restored revision {}",
+                health.message,
+                number(good)
+            ),
+        },
+        None => Step::Fail {
+            revision: newest.name().to_string(),
+            message: format!(
+                "revision {n} was not healthy within {waited}s ({}); no earlier revision was healthy",
+                health.message
+            ),
+        },
+    }
+}
+
+/// The revisions to delete: the oldest beyond `limit`, never the newest nor the newest
+/// healthy one. `revisions` are ordered by number.
+pub fn to_trim(revisions: &[Value], limit: usize) -> Vec<String> {
+    let newest = revisions.last().map(ObjectExt::name);
+    let good = revisions
+        .iter()
+        .rev()
+        .find(|r| phase(r) == Some("Healthy"))
+        .map(ObjectExt::name);
+    let mut excess = revisions.len().saturating_sub(limit.max(1));
+    let mut out = Vec::new();
+    for r in revisions {
+        if excess == 0 {
+            break;
+        }
+        if Some(r.name()) != newest && Some(r.name()) != good {
+            out.push(r.name().to_string());
+            excess -= 1;
+        }
+    }
+    out
+}
+
+/// Health for kinds whose `Ready` condition speaks for the current generation.
+fn ready_at_generation(object: &Value) -> Health {
+    let generation = object.generation();
+    let observed = object["status"]["observedGeneration"].as_i64();
+    let ready = condition(object, "Ready");
+    let message = ready
+        .and_then(|c| {
+            let reason = c["reason"].as_str().unwrap_or_default();
+            let message = c["message"].as_str().unwrap_or_default();
+            Some(match (reason, message) {
+                ("", "") => return None,
+                (r, "") => format!("Ready={}: {r}", c["status"].as_str()?),
+                (_, m) => m.to_string(),
+            })
+        })
+        .unwrap_or_else(|| "no Ready condition".to_string());
+    if observed != Some(generation) {
+        return Health {
+            healthy: false,
+            message: format!("generation {generation} not observed yet; last: {message}"),
+        };
+    }
+    Health {
+        healthy: ready.is_some_and(|c| c["status"] == "True"),
+        message,
+    }
+}
+
+/// A load balancer's backends keep their health across a change of the health check, so a
+/// new check must have run long enough to take a passing backend down: `unhealthyThreshold`
+/// intervals and a timeout.
+fn load_balancer_settle(spec: &Value) -> u64 {
+    let check = &spec["healthCheck"];
+    let interval = check["intervalSeconds"].as_u64().unwrap_or(5);
+    let timeout = check["timeoutSeconds"].as_u64().unwrap_or(2);
+    let fall = check["unhealthyThreshold"].as_u64().unwrap_or(3);
+    interval * fall + timeout + 1
+}
+
+/// For kinds whose status writer resets `Ready` when it observes a new generation (the zone
+/// controller gives a new spec a new serial, `Propagating` until every DNS server serves it).
+fn no_settle(_: &Value) -> u64 {
+    0
+}
+
+fn number(revision: &Value) -> u64 {
+    revision["spec"]["revision"].as_u64().unwrap_or(0)
+}
+
+fn phase(revision: &Value) -> Option<&str> {
+    revision["status"]["phase"].as_str()
+}
+
+fn created(revision: &Value) -> u64 {
+    revision["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(keel_schemas::time::parse_rfc3339)
+        .unwrap_or(0)
+}
+
+/// Does `step`.
+async fn act(
+    ctx: &Context,
+    object: &Value,
+    revisions: &[Value],
+    step: Step,
+) -> Result<Action, ClientError> {
+    let again = Action::requeue(Duration::from_secs(1));
+    match step {
+        Step::Record {
+            number,
+            rollback_of,
+            supersede,
+            deadline,
+        } => {
+            if let Some(name) = supersede {
+                let message = format!("revision {number} replaced it before it was healthy");
+                let status = finished("Superseded", "NewerRevision", &message);
+                set_revision_status(ctx, object, revisions, &name, status).await?;
+            }
+            record(ctx, object, number, rollback_of, deadline).await?;
+            Ok(again)
+        }
+        Step::Healthy {
+            revision,
+            number,
+            clear_rolled_back,
+        } => {
+            let message = format!("revision {number} is healthy");
+            let status = finished("Healthy", "Ready", &message);
+            set_revision_status(ctx, object, revisions, &revision, status).await?;
+            if clear_rolled_back {
+                let c = Condition {
+                    type_: ROLLED_BACK,
+                    status: "False",
+                    reason: "RolloutSucceeded",
+                    message: &message,
+                };
+                set_object_condition(ctx, object, &c).await?;
+            }
+            Ok(Action::await_change())
+        }
+        Step::RollBack {
+            revision,
+            number,
+            to,
+            spec,
+            message,
+        } => {
+            let api = object_api(ctx, object);
+            let mut restored = object.clone();
+            restored["spec"] = spec;
+            let restored = match api.update(&restored).await {
+                Ok(o) => o,
+                Err(e) if matches!(e.code(), Some(404 | 409)) => return Ok(again),
+                Err(e) => return Err(e),
+            };
+            tracing::warn!(kind = ctx.rollable.kind, object = %object.object_ref(), failing = number, restored = to, "rolled back");
+            let status = finished("RolledBack", DEADLINE_EXCEEDED, &message);
+            set_revision_status(ctx, object, revisions, &revision, status).await?;
+            let c = Condition {
+                type_: ROLLED_BACK,
+                status: "True",
+                reason: DEADLINE_EXCEEDED,
+                message: &message,
+            };
+            set_object_condition(ctx, &restored, &c).await?;
+            ctx.recorder
+                .publish(
+                    object,
+                    EventType::Warning,
+                    ROLLED_BACK,
+                    "RollBack",
+                    &message,
+                )
+                .await;
+            Ok(again)
+        }
+        Step::Fail { revision, message } => {
+            let status = finished("Failed", DEADLINE_EXCEEDED, &message);
+            set_revision_status(ctx, object, revisions, &revision, status).await?;
+            ctx.recorder
+                .publish(
+                    object,
+                    EventType::Warning,
+                    "RolloutFailed",
+                    "RollBack",
+                    &message,
+                )
+                .await;
+            Ok(Action::await_change())
+        }
+        Step::Wait(secs) => Ok(Action::requeue(Duration::from_secs(secs))),
+        Step::Idle => Ok(Action::await_change()),
+    }
+}
+
+/// A revision status that leaves `Progressing`.
+fn finished(phase: &str, reason: &str, message: &str) -> Value {
+    json!({
+        "phase": phase, "reason": reason, "message": message,
+        "completionTime": keel_schemas::time::now_rfc3339(),
+    })
+}
+
+fn object_api(ctx: &Context, object: &Value) -> Api<Value> {
+    let kind = keel_schemas::lookup(ctx.rollable.plural)
+        .unwrap_or_else(|| unreachable!("rollables are registered kinds"));
+    Api::namespaced(&ctx.client, kind, object.namespace().unwrap_or("default"))
+}
+
+fn revision_api(ctx: &Context, object: &Value) -> Option<Api<Value>> {
+    let kind = keel_schemas::lookup("revisions")?;
+    Some(Api::namespaced(
+        &ctx.client,
+        kind,
+        object.namespace().unwrap_or("default"),
+    ))
+}
+
+/// Creates revision `number` of `object` with its current spec, `Progressing`.
+async fn record(
+    ctx: &Context,
+    object: &Value,
+    number: u64,
+    rollback_of: Option<u64>,
+    deadline: u64,
+) -> Result<(), ClientError> {
+    let Some(api) = revision_api(ctx, object) else {
+        return Ok(());
+    };
+    let kind = ctx.rollable.kind;
+    let api_version = object["apiVersion"].as_str().unwrap_or("keel.dev/v1alpha1");
+    let mut revision = json!({
+        "apiVersion": "keel.dev/v1alpha1", "kind": "Revision",
+        "metadata": {
+            "name": format!("{}-{number}", object.name()),
+            "ownerReferences": [{
+                "apiVersion": api_version, "kind": kind, "name": object.name(),
+                "uid": object.uid(), "controller": true,
+            }],
+        },
+        "spec": {
+            "target": {"apiVersion": api_version, "kind": kind, "name": object.name()},
+            "revision": number,
+            "spec": object["spec"],
+        },
+    });
+    if let Some(n) = rollback_of {
+        revision["spec"]["rollbackOf"] = json!(n);
+    }
+    let mut created = match api.create(&revision).await {
+        Ok(r) => r,
+        // Made by an earlier pass the cache has not shown yet.
+        Err(e) if e.code() == Some(409) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    // Create drops a status: it goes through /status.
+    created["status"] = json!({
+        "phase": "Progressing", "reason": "Applied",
+        "message": format!("waiting for {kind} {} to be healthy", object.name()),
+        "deadline": keel_schemas::time::rfc3339(deadline),
+    });
+    match api.update_status(&created).await {
+        Ok(_) => {}
+        Err(e) if matches!(e.code(), Some(404 | 409)) => {}
+        Err(e) => return Err(e),
+    }
+    let message = match rollback_of {
+        Some(n) => format!("revision {number} records the spec of revision {n}"),
+        None => format!("revision {number} records a spec change"),
+    };
+    ctx.recorder
+        .publish(
+            object,
+            EventType::Normal,
+            "RevisionCreated",
+            "Record",
+            &message,
+        )
+        .await;
+    Ok(())
+}
+
+/// Moves the revision `name` out of `Progressing` with `status`: written over the cached
+/// revision with its resourceVersion, and on a conflict read again and written only if it is
+/// still progressing. The revision cache may lag behind the object's (a rollback's spec
+/// change seen before the revision it marked `RolledBack`): a phase is decided once.
+async fn set_revision_status(
+    ctx: &Context,
+    object: &Value,
+    revisions: &[Value],
+    name: &str,
+    mut status: Value,
+) -> Result<(), ClientError> {
+    let (Some(api), Some(revision)) = (
+        revision_api(ctx, object),
+        revisions.iter().find(|r| r.name() == name),
+    ) else {
+        return Ok(());
+    };
+    if let Some(deadline) = revision["status"].get("deadline") {
+        status["deadline"] = deadline.clone();
+    }
+    let mut updated = revision.clone();
+    for attempt in 0.. {
+        if !matches!(phase(&updated), None | Some("Progressing")) {
+            return Ok(());
+        }
+        updated["status"] = status.clone();
+        match api.update_status(&updated).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.code() == Some(404) => return Ok(()),
+            Err(e) if e.code() == Some(409) && attempt < 5 => updated = api.get(name).await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Sets condition `c` in the object's status. A conflict (the agent or another controller
+/// wrote the status meanwhile) reads the object again and retries: the next pass would not
+/// know to set it.
+async fn set_object_condition(
+    ctx: &Context,
+    object: &Value,
+    c: &Condition<'_>,
+) -> Result<(), ClientError> {
+    let api = object_api(ctx, object);
+    let mut current = object.clone();
+    for attempt in 0.. {
+        if !set_condition(
+            &mut current["status"],
+            c,
+            &keel_schemas::time::now_rfc3339(),
+        ) {
+            return Ok(());
+        }
+        match api.update_status(&current).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.code() == Some(404) => return Ok(()),
+            Err(e) if e.code() == Some(409) && attempt < 5 => {
+                current = api.get(object.name()).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the revisions beyond the object's `spec.revisionHistoryLimit`.
+async fn trim(ctx: &Context, object: &Value, revisions: &[Value]) -> Result<(), ClientError> {
+    let limit = object["spec"]["revisionHistoryLimit"]
+        .as_u64()
+        .map_or(10, |l| usize::try_from(l).unwrap_or(usize::MAX));
+    let doomed = to_trim(revisions, limit);
+    let Some(api) = revision_api(ctx, object) else {
+        return Ok(());
+    };
+    for name in doomed {
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Some(404) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

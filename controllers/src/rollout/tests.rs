@@ -1,0 +1,216 @@
+//! The rollout decision: recording, health, deadlines, pause, supersession and trimming.
+
+use serde_json::{Value, json};
+
+use super::*;
+
+const T0: u64 = 1_800_000_000;
+const LB: &Rollable = &ROLLABLES[0];
+const ZONE: &Rollable = &ROLLABLES[1];
+
+/// A LoadBalancer at generation `generation` with `path` as its check path, its Ready
+/// condition `ready` at generation `observed`.
+fn lb(path: &str, generation: i64, observed: i64, ready: &str) -> Value {
+    json!({
+        "apiVersion": "keel.dev/v1alpha1", "kind": "LoadBalancer",
+        "metadata": {"name": "web", "namespace": "default", "uid": "u1", "generation": generation},
+        "spec": spec(path),
+        "status": {
+            "observedGeneration": observed,
+            "conditions": [{"type": "Ready", "status": ready, "reason": "X", "message": format!("ready {ready}")}],
+        },
+    })
+}
+
+fn spec(path: &str) -> Value {
+    json!({"progressDeadlineSeconds": 10, "revisionHistoryLimit": 3,
+           "healthCheck": {"path": path, "intervalSeconds": 1, "timeoutSeconds": 1, "unhealthyThreshold": 2}})
+}
+
+fn revision(n: u64, path: &str, phase: &str, created: u64) -> Value {
+    json!({
+        "metadata": {"name": format!("web-{n}"), "creationTimestamp": keel_schemas::time::rfc3339(created)},
+        "spec": {"revision": n, "spec": spec(path)},
+        "status": {"phase": phase, "deadline": keel_schemas::time::rfc3339(created + 10)},
+    })
+}
+
+#[test]
+fn the_first_spec_and_every_change_are_recorded() {
+    let obj = lb("/a", 1, 1, "True");
+    assert_eq!(
+        step(LB, &obj, &[], T0),
+        Step::Record {
+            number: 1,
+            rollback_of: None,
+            supersede: None,
+            deadline: T0 + 10
+        }
+    );
+    let history = [
+        revision(1, "/a", "Healthy", T0),
+        revision(2, "/b", "Healthy", T0 + 20),
+    ];
+    // Back to /a: a rollback of revision 1.
+    assert_eq!(
+        step(LB, &obj, &history, T0 + 40),
+        Step::Record {
+            number: 3,
+            rollback_of: Some(1),
+            supersede: None,
+            deadline: T0 + 50
+        }
+    );
+}
+
+#[test]
+fn a_change_while_progressing_supersedes_it() {
+    let obj = lb("/c", 3, 2, "True");
+    let history = [
+        revision(1, "/a", "Healthy", T0),
+        revision(2, "/b", "Progressing", T0 + 20),
+    ];
+    assert_eq!(
+        step(LB, &obj, &history, T0 + 22),
+        Step::Record {
+            number: 3,
+            rollback_of: None,
+            supersede: Some("web-2".into()),
+            deadline: T0 + 32
+        }
+    );
+}
+
+#[test]
+fn healthy_counts_only_at_the_current_generation_and_after_the_settle_time() {
+    let history = [revision(1, "/a", "Progressing", T0)];
+    // The agent has not seen generation 2 yet.
+    let stale = lb("/a", 2, 1, "True");
+    assert_eq!(step(LB, &stale, &history, T0 + 5), Step::Wait(5));
+    // Ready from before the change: the new check has not had time to fail (2 x 1 s + 1 + 1).
+    let fresh = lb("/a", 2, 2, "True");
+    assert_eq!(step(LB, &fresh, &history, T0 + 1), Step::Wait(3));
+    assert_eq!(
+        step(LB, &fresh, &history, T0 + 4),
+        Step::Healthy {
+            revision: "web-1".into(),
+            number: 1,
+            clear_rolled_back: false
+        }
+    );
+    // A zone's Ready is reset by its controller on a new generation: no settle time.
+    let mut zone = lb("/a", 2, 2, "True");
+    zone["kind"] = json!("Zone");
+    assert!(matches!(
+        step(ZONE, &zone, &history, T0),
+        Step::Healthy { .. }
+    ));
+}
+
+#[test]
+fn a_deadline_passed_returns_to_the_last_good_revision_not_the_first() {
+    let obj = lb("/missing", 3, 3, "False");
+    let history = [
+        revision(1, "/a", "Healthy", T0),
+        revision(2, "/b", "Healthy", T0 + 20),
+        revision(3, "/missing", "Progressing", T0 + 40),
+    ];
+    assert_eq!(step(LB, &obj, &history, T0 + 45), Step::Wait(5));
+    match step(LB, &obj, &history, T0 + 50) {
+        Step::RollBack {
+            revision,
+            number,
+            to,
+            spec: restored,
+            message,
+        } => {
+            assert_eq!((revision.as_str(), number, to), ("web-3", 3, 2));
+            assert_eq!(restored, spec("/b"));
+            assert_eq!(
+                message,
+                "revision 3 was not healthy within 10s (ready False); restored revision 2"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn without_a_good_revision_the_rollout_fails_and_a_paused_object_is_left_alone() {
+    let obj = lb("/missing", 1, 1, "False");
+    let history = [revision(1, "/missing", "Progressing", T0)];
+    assert!(matches!(
+        step(LB, &obj, &history, T0 + 11),
+        Step::Fail { revision, .. } if revision == "web-1"
+    ));
+    // A healthy revision with the same spec is no way back either.
+    let history = [
+        revision(1, "/missing", "Healthy", T0),
+        revision(2, "/missing", "Progressing", T0 + 20),
+    ];
+    assert!(matches!(
+        step(LB, &obj, &history, T0 + 31),
+        Step::Fail { .. }
+    ));
+    let mut paused = lb("/missing", 2, 2, "False");
+    paused["metadata"]["annotations"] = json!({PAUSED_ANNOTATION: "true"});
+    let history = [
+        revision(1, "/a", "Healthy", T0),
+        revision(2, "/missing", "Progressing", T0 + 20),
+    ];
+    assert_eq!(step(LB, &paused, &history, T0 + 60), Step::Idle);
+}
+
+#[test]
+fn rolled_back_clears_when_a_new_change_that_is_not_a_rollback_is_healthy() {
+    let mut obj = lb("/a", 4, 4, "True");
+    obj["status"]["conditions"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "RolledBack", "status": "True"}));
+    let mut restored = revision(3, "/a", "Progressing", T0 + 40);
+    restored["spec"]["rollbackOf"] = json!(1);
+    let history = [
+        revision(1, "/a", "Healthy", T0),
+        revision(2, "/bad", "RolledBack", T0 + 20),
+        restored,
+    ];
+    assert!(matches!(
+        step(LB, &obj, &history, T0 + 45),
+        Step::Healthy {
+            clear_rolled_back: false,
+            ..
+        }
+    ));
+    let history = [
+        revision(1, "/a", "Healthy", T0),
+        revision(2, "/a", "Progressing", T0 + 20),
+    ];
+    assert!(matches!(
+        step(LB, &obj, &history, T0 + 45),
+        Step::Healthy {
+            clear_rolled_back: true,
+            ..
+        }
+    ));
+    // Nothing to do once the newest is settled.
+    let history = [revision(1, "/a", "Healthy", T0)];
+    assert_eq!(step(LB, &obj, &history, T0 + 45), Step::Idle);
+}
+
+#[test]
+fn trimming_keeps_the_newest_and_the_last_good() {
+    let history: Vec<Value> = [
+        (1, "Healthy"),
+        (2, "Healthy"),
+        (3, "RolledBack"),
+        (4, "RolledBack"),
+        (5, "Progressing"),
+    ]
+    .iter()
+    .map(|(n, p)| revision(*n, "/x", p, T0))
+    .collect();
+    assert_eq!(to_trim(&history, 3), ["web-1", "web-3"]);
+    assert_eq!(to_trim(&history, 1), ["web-1", "web-3", "web-4"]);
+    assert!(to_trim(&history, 10).is_empty());
+}

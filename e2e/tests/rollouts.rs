@@ -1,0 +1,377 @@
+//! Health-gated rollouts end to end: a `keel server` with its local agent records every spec
+//! change of a LoadBalancer or a Zone as a Revision, and a change that is not healthy within
+//! `progressDeadlineSeconds` is undone by the rollout controller — back to the last good
+//! revision, not the first — with `RolledBack` set and a Warning Event; a paused object is
+//! left alone; a zone that cannot load is rolled back while `dig` keeps getting the old answer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use keel_client::{Api, Client, Patch};
+use keel_e2e::{KeelServer, condition_of, eventually, free_port, kind, stays};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A server whose local agent serves load balancers and DNS.
+struct Cluster {
+    root: tempfile::TempDir,
+    _server: KeelServer,
+    client: Client,
+}
+
+async fn cluster(name: &str) -> Cluster {
+    let root = tempfile::tempdir().unwrap();
+    let mut server = KeelServer::new(root.path(), name);
+    server.start(&["--lb-vip-pool", "127.0.79.0/28"]);
+    let (admin, ca) = eventually("credentials", WAIT, || async { server.try_admin() }).await;
+    let client = Client::new(&server.url(), &ca, &admin).unwrap();
+    let nss: Api<Value> = Api::all(&client, kind("namespaces"));
+    eventually("namespace default", WAIT, || async {
+        nss.get("default").await.ok()
+    })
+    .await;
+    Cluster {
+        root,
+        _server: server,
+        client,
+    }
+}
+
+fn api(c: &Client, plural: &str) -> Api<Value> {
+    Api::namespaced(c, kind(plural), "default")
+}
+
+/// `busybox httpd` on 127.0.0.1:`port` answering `/` with `name`, and `/healthz` and
+/// `/ok-too` with ok.
+struct Httpd {
+    child: Child,
+}
+
+impl Httpd {
+    fn start(root: &Path, name: &str, port: u16) -> Httpd {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("index.html"), name).unwrap();
+        std::fs::write(dir.join("healthz"), "ok").unwrap();
+        std::fs::write(dir.join("ok-too"), "ok").unwrap();
+        let child = Command::new("busybox")
+            .args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("busybox httpd");
+        let deadline = std::time::Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "httpd {name} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Httpd { child }
+    }
+}
+
+impl Drop for Httpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.0 GET / on a new connection: the body, or why there is none.
+fn get(addr: SocketAddr) -> Result<String, String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    match answer.split_once("\r\n\r\n") {
+        Some((head, body)) if head.contains(" 200 ") => Ok(body.to_string()),
+        _ => Err(format!("not a 200 answer: {answer:?}")),
+    }
+}
+
+/// Revision `n` of `target` once its phase is `phase`.
+async fn revision_in(revisions: &Api<Value>, target: &str, n: u64, phase: &str) -> Value {
+    let name = format!("{target}-{n}");
+    eventually(&format!("revision {name} {phase}"), WAIT, || async {
+        let r = revisions.get(&name).await.ok()?;
+        (r["status"]["phase"] == phase).then_some(r)
+    })
+    .await
+}
+
+async fn patch(api: &Api<Value>, name: &str, patch: Value) {
+    api.patch(name, &Patch::Merge(patch)).await.unwrap();
+}
+
+/// A load balancer over two httpd backends checking `/healthz` every second.
+async fn web_lb(c: &Cluster, vip: &str) -> (Vec<Httpd>, SocketAddr) {
+    let ports = [free_port(), free_port()];
+    let web: Vec<Httpd> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Httpd::start(c.root.path(), &format!("web-{i}"), *p))
+        .collect();
+    api(&c.client, "loadbalancers")
+        .create(&json!({
+            "apiVersion": "keel.dev/v1alpha1", "kind": "LoadBalancer",
+            "metadata": {"name": "web"},
+            "spec": {
+                "vip": vip,
+                "listeners": [{"protocol": "TCP", "port": 8080}],
+                "backends": {"addresses": ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>()},
+                "healthCheck": {"type": "HTTP", "path": "/healthz", "intervalSeconds": 1,
+                                "timeoutSeconds": 1, "healthyThreshold": 1, "unhealthyThreshold": 2},
+                "progressDeadlineSeconds": 10,
+            },
+        }))
+        .await
+        .unwrap();
+    (web, format!("{vip}:8080").parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_health_check_change_returns_to_the_last_good_revision() {
+    let c = cluster("roll-1").await;
+    let (_web, addr) = web_lb(&c, "127.0.79.1").await;
+    let lbs = api(&c.client, "loadbalancers");
+    let revisions = api(&c.client, "revisions");
+    revision_in(&revisions, "web", 1, "Healthy").await;
+
+    // A good change becomes the last good revision.
+    patch(
+        &lbs,
+        "web",
+        json!({"spec": {"healthCheck": {"path": "/ok-too"}}}),
+    )
+    .await;
+    let r2 = revision_in(&revisions, "web", 2, "Healthy").await;
+    assert_eq!(r2["spec"]["spec"]["healthCheck"]["path"], "/ok-too");
+    assert!(r2["spec"]["rollbackOf"].is_null(), "{r2}");
+    let owner = &r2["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (&owner["kind"], &owner["controller"]),
+        (&json!("LoadBalancer"), &json!(true))
+    );
+
+    // A change every backend fails: rolled back to revision 2, not 1.
+    patch(
+        &lbs,
+        "web",
+        json!({"spec": {"healthCheck": {"path": "/missing"}}}),
+    )
+    .await;
+    let r3 = revision_in(&revisions, "web", 3, "RolledBack").await;
+    assert_eq!(r3["status"]["reason"], "ProgressDeadlineExceeded", "{r3}");
+    let lb = eventually("the spec restored", Duration::from_secs(30), || async {
+        let lb = lbs.get("web").await.ok()?;
+        (lb["spec"]["healthCheck"]["path"] == "/ok-too").then_some(lb)
+    })
+    .await;
+    let rolled = eventually("RolledBack=True", WAIT, || async {
+        let lb = lbs.get("web").await.ok()?;
+        condition_of(&lb, "RolledBack").filter(|c| c["status"] == "True")
+    })
+    .await;
+    assert_eq!(rolled["reason"], "ProgressDeadlineExceeded", "{lb}");
+    let message = rolled["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("revision 3 was not healthy within 10s")
+            && message.contains("no backend passes its health check")
+            && message.ends_with("restored revision 2"),
+        "{message}"
+    );
+    let events: Api<Value> = api(&c.client, "events");
+    eventually("a Warning Event RolledBack", WAIT, || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .iter()
+            .find(|e| {
+                e["reason"] == "RolledBack"
+                    && e["type"] == "Warning"
+                    && e["involvedObject"]["name"] == "web"
+                    && e["message"].as_str() == Some(message)
+            })
+            .cloned()
+    })
+    .await;
+    // The restored spec is recorded as a rollback of 2 and rolls out normally.
+    let r4 = revision_in(&revisions, "web", 4, "Healthy").await;
+    assert_eq!(r4["spec"]["rollbackOf"], 2, "{r4}");
+    assert_eq!(r4["spec"]["spec"], r2["spec"]["spec"]);
+    let body = eventually("traffic through the VIP", WAIT, || async {
+        tokio::task::spawn_blocking(move || get(addr))
+            .await
+            .unwrap()
+            .ok()
+    })
+    .await;
+    assert!(body.starts_with("web-"), "{body}");
+    // The failing spec is not applied again.
+    stays(
+        "the spec stays restored",
+        Duration::from_secs(3),
+        || async { lbs.get("web").await.unwrap()["spec"]["healthCheck"]["path"] == "/ok-too" },
+    )
+    .await;
+    assert!(revisions.get("web-5").await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_object_is_left_alone() {
+    let c = cluster("roll-2").await;
+    let (_web, _) = web_lb(&c, "127.0.79.2").await;
+    let lbs = api(&c.client, "loadbalancers");
+    let revisions = api(&c.client, "revisions");
+    revision_in(&revisions, "web", 1, "Healthy").await;
+    patch(
+        &lbs,
+        "web",
+        json!({"metadata": {"annotations": {"keel.dev/rollout-paused": "true"}},
+               "spec": {"healthCheck": {"path": "/missing"}}}),
+    )
+    .await;
+    let r2 = revision_in(&revisions, "web", 2, "Progressing").await;
+    let deadline =
+        keel_schemas::time::parse_rfc3339(r2["status"]["deadline"].as_str().unwrap()).unwrap();
+    // Past the deadline, and some seconds more: nothing undone.
+    let left = deadline.saturating_sub(keel_schemas::time::now_secs()) + 5;
+    stays(
+        "the bad spec stays while paused",
+        Duration::from_secs(left),
+        || async {
+            let lb = lbs.get("web").await.unwrap();
+            lb["spec"]["healthCheck"]["path"] == "/missing"
+                && condition_of(&lb, "RolledBack").is_none()
+        },
+    )
+    .await;
+    assert_eq!(
+        revisions.get("web-2").await.unwrap()["status"]["phase"],
+        "Progressing"
+    );
+    // Resumed: the overdue rollout is rolled back at once.
+    patch(
+        &lbs,
+        "web",
+        json!({"metadata": {"annotations": {"keel.dev/rollout-paused": null}}}),
+    )
+    .await;
+    revision_in(&revisions, "web", 2, "RolledBack").await;
+}
+
+/// `dig @127.0.0.1 -p PORT name type +short`.
+fn dig_short(port: u16, name: &str, type_: &str) -> String {
+    let out = Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "+norec",
+            "+time=2",
+            "+tries=1",
+        ])
+        .args(["+short", name, type_])
+        .output()
+        .expect("run dig (bind9-dnsutils)");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_that_cannot_load_is_rolled_back_and_keeps_answering() {
+    let c = cluster("roll-3").await;
+    let nodes: Api<Value> = Api::all(&c.client, kind("nodes"));
+    let port = eventually("the DNS server's address on the Node", WAIT, || async {
+        let node = nodes.get("roll-3").await.ok()?;
+        let endpoint = node["metadata"]["annotations"]["keel.dev/dns-endpoint"].as_str()?;
+        endpoint.rsplit(':').next()?.parse::<u16>().ok()
+    })
+    .await;
+    let zones = api(&c.client, "zones");
+    let revisions = api(&c.client, "revisions");
+    zones
+        .create(&json!({
+            "apiVersion": "keel.dev/v1alpha1", "kind": "Zone",
+            "metadata": {"name": "shop"},
+            "spec": {"domain": "shop.example.", "progressDeadlineSeconds": 8,
+                     "records": [{"name": "www", "type": "A", "value": "10.0.0.1"}]},
+        }))
+        .await
+        .unwrap();
+    revision_in(&revisions, "shop", 1, "Healthy").await;
+    eventually("www answered", WAIT, || async {
+        (dig_short(port, "www.shop.example.", "A") == "10.0.0.1").then_some(())
+    })
+    .await;
+    // Admission takes any TXT text; the DNS server cannot compile an unclosed quote.
+    patch(
+        &zones,
+        "shop",
+        json!({"spec": {"records": [
+            {"name": "www", "type": "A", "value": "10.0.0.2"},
+            {"name": "txt", "type": "TXT", "value": "\"unclosed"},
+        ]}}),
+    )
+    .await;
+    let ready = eventually("Ready=False LoadFailed", WAIT, || async {
+        let z = zones.get("shop").await.ok()?;
+        condition_of(&z, "Ready").filter(|c| c["reason"] == "LoadFailed")
+    })
+    .await;
+    assert!(
+        ready["message"].as_str().unwrap().contains("not closed"),
+        "{ready}"
+    );
+    assert_eq!(dig_short(port, "www.shop.example.", "A"), "10.0.0.1");
+    let r2 = revision_in(&revisions, "shop", 2, "RolledBack").await;
+    assert!(
+        r2["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not closed"),
+        "{r2}"
+    );
+    let zone = eventually("RolledBack=True", WAIT, || async {
+        let z = zones.get("shop").await.ok()?;
+        let rolled = condition_of(&z, "RolledBack")?;
+        (rolled["status"] == "True").then_some(z)
+    })
+    .await;
+    assert_eq!(
+        zone["spec"]["records"],
+        json!([{"name": "www", "type": "A", "value": "10.0.0.1"}])
+    );
+    let r3 = revision_in(&revisions, "shop", 3, "Healthy").await;
+    assert_eq!(r3["spec"]["rollbackOf"], 1);
+    assert_eq!(dig_short(port, "www.shop.example.", "A"), "10.0.0.1");
+
+    // A later good change clears RolledBack.
+    patch(
+        &zones,
+        "shop",
+        json!({"spec": {"records": [{"name": "www", "type": "A", "value": "10.0.0.3"}]}}),
+    )
+    .await;
+    revision_in(&revisions, "shop", 4, "Healthy").await;
+    let cleared = eventually("RolledBack=False", WAIT, || async {
+        let z = zones.get("shop").await.ok()?;
+        condition_of(&z, "RolledBack").filter(|c| c["status"] == "False")
+    })
+    .await;
+    assert_eq!(cleared["reason"], "RolloutSucceeded");
+    eventually("the new answer", WAIT, || async {
+        (dig_short(port, "www.shop.example.", "A") == "10.0.0.3").then_some(())
+    })
+    .await;
+}
