@@ -12,6 +12,7 @@ mod get;
 mod manifest;
 mod ops;
 mod resource;
+mod rollout;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -139,6 +140,11 @@ enum Command {
         /// vm/NAME.
         target: String,
     },
+    /// An object's rollouts: its Revisions, and undo, pause and resume.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
     /// Print a VM's serial console, read from its node (`logs vm/NAME`).
     Logs {
         /// KIND/NAME (a VirtualMachine).
@@ -169,6 +175,50 @@ enum Command {
     Completion {
         /// bash, zsh or fish.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RolloutCommand {
+    /// List the revisions of KIND/NAME (their phase and outcome), or print one's spec.
+    History {
+        /// KIND/NAME (vm, lb, dnszone).
+        target: String,
+        /// Print this revision's spec.
+        #[arg(long)]
+        revision: Option<u64>,
+    },
+    /// Show the newest revision of KIND/NAME and wait until it is healthy (exit 0) or rolled
+    /// back or failed (exit 1).
+    Status {
+        /// KIND/NAME.
+        target: String,
+        /// Wait for an outcome (`--watch=false`: print and return).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        watch: bool,
+        /// How long to wait, in seconds (or with an `s` suffix).
+        #[arg(long, default_value = "600s")]
+        timeout: String,
+    },
+    /// Write an earlier revision's spec back: the last good one before the current spec, or
+    /// --to-revision N.
+    Undo {
+        /// KIND/NAME.
+        target: String,
+        /// The revision to return to.
+        #[arg(long)]
+        to_revision: Option<u64>,
+    },
+    /// Stop automatic rollbacks of KIND/NAME (revisions are still recorded).
+    Pause {
+        /// KIND/NAME.
+        target: String,
+    },
+    /// Allow automatic rollbacks of KIND/NAME again; an overdue unhealthy change is rolled
+    /// back at once.
+    Resume {
+        /// KIND/NAME.
+        target: String,
     },
 }
 
@@ -247,6 +297,37 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
         Command::Restart { target } => ops::power(&ctx, &target, ops::Power::Restart)
             .await
             .map(|()| ExitCode::SUCCESS),
+        Command::Rollout { command } => {
+            let (target, what) = match command {
+                RolloutCommand::History { target, revision } => {
+                    (target, rollout::Rollout::History { revision })
+                }
+                RolloutCommand::Status {
+                    target,
+                    watch,
+                    timeout,
+                } => {
+                    let secs: u64 = timeout.trim_end_matches('s').parse().map_err(|_| {
+                        CtlError(format!("--timeout {timeout:?}: give seconds, like 600s"))
+                    })?;
+                    let timeout = std::time::Duration::from_secs(secs.min(86_400));
+                    (target, rollout::Rollout::Status { watch, timeout })
+                }
+                RolloutCommand::Undo {
+                    target,
+                    to_revision,
+                } => (target, rollout::Rollout::Undo { to: to_revision }),
+                RolloutCommand::Pause { target } => (target, rollout::Rollout::Pause),
+                RolloutCommand::Resume { target } => (target, rollout::Rollout::Resume),
+            };
+            rollout::rollout(&ctx, &target, what).await.map(|ok| {
+                if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            })
+        }
         Command::Logs {
             target,
             follow,

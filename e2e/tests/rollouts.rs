@@ -23,6 +23,7 @@ struct Cluster {
     root: tempfile::TempDir,
     _server: KeelServer,
     client: Client,
+    kubeconfig: std::path::PathBuf,
 }
 
 async fn cluster(name: &str) -> Cluster {
@@ -36,10 +37,12 @@ async fn cluster(name: &str) -> Cluster {
         nss.get("default").await.ok()
     })
     .await;
+    let kubeconfig = server.data_dir.join("admin.kubeconfig");
     Cluster {
         root,
         _server: server,
         client,
+        kubeconfig,
     }
 }
 
@@ -226,6 +229,51 @@ async fn a_failing_health_check_change_returns_to_the_last_good_revision() {
     )
     .await;
     assert!(revisions.get("web-5").await.is_err());
+
+    // keelctl shows the history and steers it.
+    let history = keel_e2e::ok(keel_e2e::keelctl(
+        &c.kubeconfig,
+        &["rollout", "history", "lb/web"],
+    ));
+    let rows: Vec<Vec<&str>> = history
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 4, "{history}");
+    assert_eq!(
+        rows[2][..3],
+        ["3", "RolledBack", "ProgressDeadlineExceeded"],
+        "{history}"
+    );
+    assert_eq!(rows[3][..4], ["4", "Healthy", "Ready", "2"], "{history}");
+    let spec3 = keel_e2e::ok(keel_e2e::keelctl(
+        &c.kubeconfig,
+        &["rollout", "history", "lb/web", "--revision", "3"],
+    ));
+    assert!(spec3.contains("path: /missing"), "{spec3}");
+    let status = keel_e2e::ok(keel_e2e::keelctl(
+        &c.kubeconfig,
+        &["rollout", "status", "lb/web"],
+    ));
+    assert!(status.contains("revision 4 Healthy"), "{status}");
+    let undo = keel_e2e::ok(keel_e2e::keelctl(
+        &c.kubeconfig,
+        &["rollout", "undo", "lb/web", "--to-revision", "1"],
+    ));
+    assert!(undo.contains("rolled back to revision 1"), "{undo}");
+    let r5 = revision_in(&revisions, "web", 5, "Healthy").await;
+    assert_eq!(r5["spec"]["rollbackOf"], 1, "{r5}");
+    assert_eq!(
+        lbs.get("web").await.unwrap()["spec"]["healthCheck"]["path"],
+        "/healthz"
+    );
+    let missing = keel_e2e::keelctl(
+        &c.kubeconfig,
+        &["rollout", "undo", "lb/web", "--to-revision", "9"],
+    );
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no revision 9"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,11 +283,15 @@ async fn a_paused_object_is_left_alone() {
     let lbs = api(&c.client, "loadbalancers");
     let revisions = api(&c.client, "revisions");
     revision_in(&revisions, "web", 1, "Healthy").await;
+    let paused = keel_e2e::ok(keel_e2e::keelctl(
+        &c.kubeconfig,
+        &["rollout", "pause", "lb/web"],
+    ));
+    assert!(paused.contains("paused"), "{paused}");
     patch(
         &lbs,
         "web",
-        json!({"metadata": {"annotations": {"keel.dev/rollout-paused": "true"}},
-               "spec": {"healthCheck": {"path": "/missing"}}}),
+        json!({"spec": {"healthCheck": {"path": "/missing"}}}),
     )
     .await;
     let r2 = revision_in(&revisions, "web", 2, "Progressing").await;
@@ -262,12 +314,18 @@ async fn a_paused_object_is_left_alone() {
         "Progressing"
     );
     // Resumed: the overdue rollout is rolled back at once.
-    patch(
-        &lbs,
-        "web",
-        json!({"metadata": {"annotations": {"keel.dev/rollout-paused": null}}}),
-    )
-    .await;
+    let status = keel_e2e::ok(keel_e2e::keelctl(
+        &c.kubeconfig,
+        &["rollout", "status", "lb/web", "--watch=false"],
+    ));
+    assert!(
+        status.contains("revision 2 Progressing") && status.contains("paused"),
+        "{status}"
+    );
+    keel_e2e::ok(keel_e2e::keelctl(
+        &c.kubeconfig,
+        &["rollout", "resume", "lb/web"],
+    ));
     revision_in(&revisions, "web", 2, "RolledBack").await;
 }
 
@@ -294,6 +352,8 @@ async fn a_zone_that_cannot_load_is_rolled_back_and_keeps_answering() {
     let nodes: Api<Value> = Api::all(&c.client, kind("nodes"));
     let port = eventually("the DNS server's address on the Node", WAIT, || async {
         let node = nodes.get("roll-3").await.ok()?;
+        // Serving zones already: the first revision's deadline is not spent waiting for it.
+        condition_of(&node, "DNSZonesSynced").filter(|c| c["status"] == "True")?;
         let endpoint = node["metadata"]["annotations"]["keel.dev/dns-endpoint"].as_str()?;
         endpoint.rsplit(':').next()?.parse::<u16>().ok()
     })
@@ -304,7 +364,7 @@ async fn a_zone_that_cannot_load_is_rolled_back_and_keeps_answering() {
         .create(&json!({
             "apiVersion": "keel.dev/v1alpha1", "kind": "Zone",
             "metadata": {"name": "shop"},
-            "spec": {"domain": "shop.example.", "progressDeadlineSeconds": 8,
+            "spec": {"domain": "shop.example.", "progressDeadlineSeconds": 20,
                      "records": [{"name": "www", "type": "A", "value": "10.0.0.1"}]},
         }))
         .await
