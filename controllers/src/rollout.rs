@@ -78,7 +78,7 @@ pub const ROLLABLES: [Rollable; 3] = [
         plural: "virtualmachines",
         kind: "VirtualMachine",
         default_deadline: 600,
-        health: ready_at_generation,
+        health: vm_health,
         settle: no_settle,
     },
 ];
@@ -334,6 +334,23 @@ fn ready_at_generation(object: &Value) -> Health {
     Health {
         healthy: ready.is_some_and(|c| c["status"] == "True"),
         message,
+    }
+}
+
+/// A VM is healthy at its generation when, besides [`ready_at_generation`], the guest runs
+/// that spec: while the agent restarts it to apply a change (`RestartRequired=True`), the
+/// Ready condition still describes the old guest.
+fn vm_health(object: &Value) -> Health {
+    let health = ready_at_generation(object);
+    match condition(object, "RestartRequired") {
+        Some(c) if c["status"] == "True" => Health {
+            healthy: false,
+            message: c["message"]
+                .as_str()
+                .unwrap_or("the guest has not restarted with the change yet")
+                .to_string(),
+        },
+        _ => health,
     }
 }
 

@@ -435,3 +435,85 @@ async fn a_zone_that_cannot_load_is_rolled_back_and_keeps_answering() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_change_that_never_gets_ready_is_rolled_back_and_the_guest_is_ready_again() {
+    let root = tempfile::tempdir().unwrap();
+    let g = keel_e2e::guest();
+    let kernel = g.kernel.display().to_string();
+    let mut server = KeelServer::new(root.path(), "roll-4");
+    server.start(&["--kvm-probe-kernel", &kernel]);
+    let (admin, ca) = eventually("credentials", WAIT, || async { server.try_admin() }).await;
+    let client = Client::new(&server.url(), &ca, &admin).unwrap();
+    let kubeconfig = server.data_dir.join("admin.kubeconfig");
+    let nss: Api<Value> = Api::all(&client, kind("namespaces"));
+    eventually("namespace default", WAIT, || async {
+        nss.get("default").await.ok()
+    })
+    .await;
+    let vms = api(&client, "virtualmachines");
+    let revisions = api(&client, "revisions");
+    let good = "console=ttyS0 quiet keel.marker=good";
+    vms.create(&json!({
+        "apiVersion": "keel.dev/v1alpha1", "kind": "VirtualMachine", "metadata": {"name": "app"},
+        "spec": {"cpu": 1, "memory": "128Mi", "kernel": g.kernel, "initrd": g.initrd,
+                 "cmdline": good, "terminationGracePeriodSeconds": 5,
+                 "readinessProbe": {"tcp": {"port": 8080}}, "progressDeadlineSeconds": 60},
+    }))
+    .await
+    .unwrap();
+    let vm_wait = Duration::from_secs(180);
+    eventually("revision app-1 Healthy", vm_wait, || async {
+        let r = revisions.get("app-1").await.ok()?;
+        (r["status"]["phase"] == "Healthy").then_some(())
+    })
+    .await;
+    // A command line whose guest never serves: not Ready, so rolled back.
+    let bad = format!("{good} keel.serve=no");
+    vms.patch("app", &Patch::Merge(json!({"spec": {"cmdline": bad}})))
+        .await
+        .unwrap();
+    let r2 = eventually("revision app-2 RolledBack", vm_wait, || async {
+        let r = revisions.get("app-2").await.ok()?;
+        (r["status"]["phase"] == "RolledBack").then_some(r)
+    })
+    .await;
+    assert_eq!(r2["status"]["reason"], "ProgressDeadlineExceeded", "{r2}");
+    let vm = eventually(
+        "the guest Ready again on the good spec",
+        vm_wait,
+        || async {
+            let vm = vms.get("app").await.ok()?;
+            let ready = condition_of(&vm, "Ready")?["status"] == "True";
+            let current = vm["status"]["observedGeneration"] == vm["metadata"]["generation"];
+            (ready && current && vm["spec"]["cmdline"] == good).then_some(vm)
+        },
+    )
+    .await;
+    let rolled = condition_of(&vm, "RolledBack").unwrap();
+    assert_eq!(rolled["status"], "True", "{vm}");
+    assert!(
+        rolled["message"]
+            .as_str()
+            .unwrap()
+            .contains("restored revision 1"),
+        "{rolled}"
+    );
+    let events = keel_e2e::ok(keel_e2e::keelctl(
+        &kubeconfig,
+        &["get", "events", "-o", "json"],
+    ));
+    assert!(events.contains("\"RolledBack\""), "a RolledBack Event");
+    let history = keel_e2e::ok(keel_e2e::keelctl(
+        &kubeconfig,
+        &["rollout", "history", "vm/app"],
+    ));
+    let phases: Vec<&str> = history
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(phases[..2], ["Healthy", "RolledBack"], "{history}");
+    let logs = keel_e2e::ok(keel_e2e::keelctl(&kubeconfig, &["logs", "vm/app"]));
+    assert!(logs.contains("marker=good"), "{logs}");
+}

@@ -214,3 +214,16 @@ fn trimming_keeps_the_newest_and_the_last_good() {
     assert_eq!(to_trim(&history, 1), ["web-1", "web-3", "web-4"]);
     assert!(to_trim(&history, 10).is_empty());
 }
+
+#[test]
+fn a_vm_restarting_to_apply_a_change_is_not_healthy_yet() {
+    let vm = |restart: &str| {
+        json!({"metadata": {"name": "app", "generation": 2},
+               "status": {"observedGeneration": 2, "conditions": [
+                   {"type": "Ready", "status": "True", "reason": "ProbeSucceeded", "message": "ok"},
+                   {"type": "RestartRequired", "status": restart, "reason": "Restarting", "message": "cmdline changed"}]}})
+    };
+    assert!(!vm_health(&vm("True")).healthy);
+    assert_eq!(vm_health(&vm("True")).message, "cmdline changed");
+    assert!(vm_health(&vm("False")).healthy);
+}
