@@ -1075,9 +1075,16 @@ async fn load_balancers_on_a_subnet_become_ovn_load_balancers() {
         "one allocation for the shared VIP"
     );
     // The proxy's LoadBalancer: its status is not the network controller's to write.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let proxied = lbs.get("proxied").await.unwrap();
-    assert!(proxied["status"].get("conditions").is_none(), "{proxied}");
+    keel_e2e::stays(
+        "the proxy's LoadBalancer keeps a status the controller did not write",
+        Duration::from_secs(1),
+        || async {
+            lbs.get("proxied").await.unwrap()["status"]
+                .get("conditions")
+                .is_none()
+        },
+    )
+    .await;
 
     // Deleting the LoadBalancer removes its rows and frees its addresses; the packet to the
     // VIP reaches no web port any more.
