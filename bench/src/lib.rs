@@ -2,12 +2,14 @@
 //! machine) with concurrent clients and print throughput and latency, side by side.
 //!
 //! Modules:
+//! - [`cpus`]: pinning a load generator and the servers to CPUs, and CPU time used.
 //! - [`etcd`]: etcd processes and a minimal etcd v3 KV client (hand-written protobuf
 //!   messages, so no protoc is needed).
 //! - [`keel`]: Keel server processes (this binary run as `serve`) and their clients.
 //! - [`server`]: a whole `keel server` process (controllers included).
 //! - [`workload`]: the load generator and its figures.
 
+pub mod cpus;
 pub mod etcd;
 pub mod keel;
 pub mod server;

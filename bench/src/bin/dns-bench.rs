@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
+use keel_bench::cpus::{Cpus, cpu_seconds};
 use keel_bench::server::{Server, keel_binary, start_server};
 use keel_client::{Api, ListParams, Patch};
 use rand::rngs::StdRng;
@@ -80,16 +81,6 @@ const NAMESPACE: &str = "bench";
 const ENDPOINT_ANNOTATION: &str = "keel.dev/dns-endpoint";
 /// Lines of the dnsperf query file (dnsperf loops over it).
 const QUERY_LINES: usize = 20_000;
-
-/// Which CPUs dnsperf and the servers run on (`taskset -c` lists), when pinned apart.
-struct Cpus {
-    /// dnsperf's CPU.
-    loadgen: Option<String>,
-    /// The servers' CPUs.
-    servers: Option<String>,
-    /// How many CPUs the servers have.
-    server_cores: usize,
-}
 
 /// The Keel processes under test and the address their DNS server answers on.
 struct Keel {
@@ -151,7 +142,7 @@ struct Change {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let keel_path = keel_binary(args.keel.clone())?;
-    let cpus = split_cpus(!args.no_pin);
+    let cpus = Cpus::split(!args.no_pin);
     let dir = tempfile::Builder::new().prefix("dnsb").tempdir_in("/tmp")?;
 
     let keel = start_keel(&keel_path, dir.path(), &cpus).await?;
@@ -813,42 +804,6 @@ async fn wait_soa(server: SocketAddr, serial: u32, timeout: Duration) -> Result<
     Ok(())
 }
 
-/// The CPUs this process may use, split: the first for dnsperf, the others for the servers.
-fn split_cpus(pin: bool) -> Cpus {
-    let allowed: Vec<String> = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                .map(cpu_list)
-        })
-        .unwrap_or_default();
-    match allowed.split_first() {
-        Some((first, rest)) if pin && !rest.is_empty() => Cpus {
-            loadgen: Some(first.clone()),
-            servers: Some(rest.join(",")),
-            server_cores: rest.len(),
-        },
-        _ => Cpus {
-            loadgen: None,
-            servers: None,
-            server_cores: allowed.len().max(1),
-        },
-    }
-}
-
-/// "0-2,5" -> ["0", "1", "2", "5"].
-fn cpu_list(list: &str) -> Vec<String> {
-    let mut cpus = Vec::new();
-    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
-        let (from, to) = part.split_once('-').unwrap_or((part, part));
-        if let (Ok(from), Ok(to)) = (from.parse::<u32>(), to.parse::<u32>()) {
-            cpus.extend((from..=to).map(|c| c.to_string()));
-        }
-    }
-    cpus
-}
-
 fn pinning(cpus: &Cpus) -> String {
     match (&cpus.loadgen, &cpus.servers) {
         (Some(l), Some(s)) => format!("dnsperf on CPU {l}, the servers on CPU {s}"),
@@ -866,18 +821,6 @@ fn pinned(cpus: Option<&str>, program: &str) -> Command {
         }
         None => Command::new(program),
     }
-}
-
-/// CPU seconds (user + system) `pids` have used; `None` once one is gone.
-fn cpu_seconds(pids: &[u32]) -> Option<f64> {
-    let ticks_per_second = 100.0; // USER_HZ on Linux
-    pids.iter().try_fold(0.0, |sum, pid| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command name (which may hold spaces); utime and stime are 14 and 15.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-        Some(sum + ticks / ticks_per_second)
-    })
 }
 
 /// The last `n` lines of a log file.
@@ -959,12 +902,6 @@ Statistics:
         assert_eq!(percentile(&v, 0.5), Some(50));
         assert_eq!(percentile(&[7u32], 0.99), Some(7));
         assert_eq!(percentile::<u32>(&[], 0.99), None);
-    }
-
-    #[test]
-    fn cpu_lists_expand() {
-        assert_eq!(cpu_list("0-2,5\n"), ["0", "1", "2", "5"]);
-        assert_eq!(cpu_list("0"), ["0"]);
     }
 
     #[test]

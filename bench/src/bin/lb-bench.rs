@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use keel_bench::cpus::{Cpus, cpu_list, cpu_seconds};
 use keel_bench::server::{Server, keel_binary, start_server};
 use keel_client::Api;
 use serde_json::{Value, json};
@@ -84,16 +85,6 @@ const CHECK_RISE: u32 = 2;
 const CHECK_FALL: u32 = 3;
 /// How long the LoadBalancer may take to be Ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Which CPUs wrk and the servers run on (`taskset -c` lists), when pinned apart.
-struct Cpus {
-    /// wrk's CPU.
-    loadgen: Option<String>,
-    /// The servers' CPUs (this process, its backends, Keel, HAProxy).
-    servers: Option<String>,
-    /// How many CPUs the servers have.
-    server_cores: usize,
-}
 
 /// A child process killed when dropped.
 struct Guard(Child);
@@ -168,7 +159,7 @@ fn bench(args: Args) -> Result<()> {
     let wrk = find_program("wrk").ok_or("wrk is not installed: apt-get install wrk")?;
     let haproxy =
         find_program("haproxy").ok_or("haproxy is not installed: apt-get install haproxy")?;
-    let cpus = split_cpus(!args.no_pin);
+    let cpus = Cpus::split(!args.no_pin);
     if let Some(list) = &cpus.servers {
         // Before any thread exists: the backends' runtime, the Keel processes and HAProxy
         // inherit the servers' CPUs, and size their thread pools for them.
@@ -900,42 +891,6 @@ fn pin_self(cpus: &str) -> Result<()> {
     Ok(())
 }
 
-/// The CPUs this process may use, split: the first for wrk, the others for the servers.
-fn split_cpus(pin: bool) -> Cpus {
-    let allowed: Vec<String> = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-                .map(cpu_list)
-        })
-        .unwrap_or_default();
-    match allowed.split_first() {
-        Some((first, rest)) if pin && !rest.is_empty() => Cpus {
-            loadgen: Some(first.clone()),
-            servers: Some(rest.join(",")),
-            server_cores: rest.len(),
-        },
-        _ => Cpus {
-            loadgen: None,
-            servers: None,
-            server_cores: allowed.len().max(1),
-        },
-    }
-}
-
-/// "0-2,5" -> ["0", "1", "2", "5"].
-fn cpu_list(list: &str) -> Vec<String> {
-    let mut cpus = Vec::new();
-    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
-        let (from, to) = part.split_once('-').unwrap_or((part, part));
-        if let (Ok(from), Ok(to)) = (from.parse::<u32>(), to.parse::<u32>()) {
-            cpus.extend((from..=to).map(|c| c.to_string()));
-        }
-    }
-    cpus
-}
-
 fn pinning(cpus: &Cpus) -> String {
     match (&cpus.loadgen, &cpus.servers) {
         (Some(l), Some(s)) => format!(
@@ -958,18 +913,6 @@ fn pinned(cpus: Option<&str>, program: &Path) -> Command {
         }
         None => Command::new(program),
     }
-}
-
-/// CPU seconds (user + system) `pids` have used; `None` once one is gone.
-fn cpu_seconds(pids: &[u32]) -> Option<f64> {
-    let ticks_per_second = 100.0; // USER_HZ on Linux
-    pids.iter().try_fold(0.0, |sum, pid| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command name (which may hold spaces); utime and stime are 14 and 15.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-        Some(sum + ticks / ticks_per_second)
-    })
 }
 
 /// The jiffies of `cpus` so far (`cpuN user nice system idle iowait irq softirq steal ...`
