@@ -1,6 +1,7 @@
 //! Helpers for Keel's end-to-end tests: start real `keel` processes, find free ports, wait
 //! for conditions with deadlines.
 
+pub mod httpd;
 pub mod ovn;
 
 use std::net::TcpListener;

@@ -6,13 +6,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::time::Duration;
 
 use keel_client::{Api, Client, Patch};
+use keel_e2e::httpd::{Httpd, get};
 use keel_e2e::{KeelServer, condition_of, eventually, free_port, kind, stays};
 use serde_json::{Value, json};
 
@@ -48,60 +47,6 @@ async fn cluster(name: &str) -> Cluster {
 
 fn api(c: &Client, plural: &str) -> Api<Value> {
     Api::namespaced(c, kind(plural), "default")
-}
-
-/// `busybox httpd` on 127.0.0.1:`port` answering `/` with `name`, and `/healthz` and
-/// `/ok-too` with ok.
-struct Httpd {
-    child: Child,
-}
-
-impl Httpd {
-    fn start(root: &Path, name: &str, port: u16) -> Httpd {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("index.html"), name).unwrap();
-        std::fs::write(dir.join("healthz"), "ok").unwrap();
-        std::fs::write(dir.join("ok-too"), "ok").unwrap();
-        let child = Command::new("busybox")
-            .args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("busybox httpd");
-        let deadline = std::time::Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "httpd {name} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Httpd { child }
-    }
-}
-
-impl Drop for Httpd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One HTTP/1.0 GET / on a new connection: the body, or why there is none.
-fn get(addr: SocketAddr) -> Result<String, String> {
-    let mut s =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
-    match answer.split_once("\r\n\r\n") {
-        Some((head, body)) if head.contains(" 200 ") => Ok(body.to_string()),
-        _ => Err(format!("not a 200 answer: {answer:?}")),
-    }
 }
 
 /// Revision `n` of `target` once its phase is `phase`.
