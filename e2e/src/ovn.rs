@@ -359,16 +359,7 @@ impl Chassis {
         self.namespaces.push(ns.clone());
         run(&["link", "add", &host, "type", "veth", "peer", "name", &inner]);
         run(&["link", "set", &inner, "netns", &ns]);
-        let inside = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", ns.as_str(), "ip"];
-            all.extend_from_slice(args);
-            run(&all);
-        };
-        inside(&["link", "set", &inner, "address", mac]);
-        inside(&["addr", "add", &format!("{ip}/{prefix}"), "dev", &inner]);
-        inside(&["link", "set", &inner, "up"]);
-        inside(&["link", "set", "lo", "up"]);
-        inside(&["route", "add", "default", "via", gateway]);
+        configure(&run, &ns, &inner, mac, &format!("{ip}/{prefix}"), gateway);
         run(&["link", "set", &host, "up"]);
         self.vsctl(&[
             "add-port",
@@ -432,16 +423,7 @@ impl Chassis {
             std::thread::sleep(Duration::from_millis(20));
         }
         run(&["link", "set", &tap, "netns", &ns]);
-        let inside = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", ns.as_str(), "ip"];
-            all.extend_from_slice(args);
-            run(&all);
-        };
-        inside(&["link", "set", &tap, "address", mac]);
-        inside(&["addr", "add", &format!("{ip}/{prefix}"), "dev", &tap]);
-        inside(&["link", "set", &tap, "up"]);
-        inside(&["link", "set", "lo", "up"]);
-        inside(&["route", "add", "default", "via", gateway]);
+        configure(&run, &ns, &tap, mac, &format!("{ip}/{prefix}"), gateway);
         ns
     }
 
@@ -475,4 +457,19 @@ impl Drop for Chassis {
             let _ = c.wait();
         }
     }
+}
+
+/// Gives `dev` inside namespace `ns` its MAC, `address` (ip/prefix) and a default route via
+/// `gateway`, and brings it and `lo` up; `run` runs `ip` with its arguments.
+fn configure(run: &dyn Fn(&[&str]), ns: &str, dev: &str, mac: &str, address: &str, gateway: &str) {
+    let inside = |args: &[&str]| {
+        let mut all = vec!["netns", "exec", ns, "ip"];
+        all.extend_from_slice(args);
+        run(&all);
+    };
+    inside(&["link", "set", dev, "address", mac]);
+    inside(&["addr", "add", address, "dev", dev]);
+    inside(&["link", "set", dev, "up"]);
+    inside(&["link", "set", "lo", "up"]);
+    inside(&["route", "add", "default", "via", gateway]);
 }
