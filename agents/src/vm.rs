@@ -15,7 +15,8 @@
 //!
 //! Modules: [`qmp`] (the QMP client), [`qemu`] (the command line and the VM's files),
 //! [`images`] (image cache and disks), [`cloudinit`] (the NoCloud seed), [`readiness`]
-//! (probes), [`console`] (the serial log), [`lifecycle`] (starting and stopping).
+//! (probes), [`console`] (the serial log), [`lifecycle`] (starting and stopping),
+//! [`snapshots`] (the disks' rollback point).
 
 pub mod cloudinit;
 pub mod console;
@@ -25,6 +26,7 @@ pub mod ovs;
 pub mod qemu;
 pub mod qmp;
 pub mod readiness;
+mod snapshots;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -174,7 +176,7 @@ async fn apply(vm: &Value, ctx: &Context) -> Result<Action, VmError> {
     let dir = VmDir::new(&ctx.vms, &key);
     let observed = lifecycle::observe(ctx, vm, &dir).await;
     let strategy = spec.run_strategy.unwrap_or(RunStrategy::Always);
-    let mut report = Report::new(vm);
+    let mut report = Report::new(vm, &dir);
 
     let Observed::Running { boot, status } = observed else {
         let exit = lifecycle::last_exit(&dir);
@@ -242,6 +244,10 @@ async fn running(
     let strategy = spec.run_strategy.unwrap_or(RunStrategy::Always);
     let fields = restart_fields(spec);
     let changed = changed_fields(&boot.fields, &fields);
+    // A rollback that restores the disks restarts the guest even when the spec it restores
+    // needs no restart.
+    let restore = snapshots::restore_asked(vm, dir)
+        .filter(|asked| snapshots::current(dir).is_some_and(|s| s.name == *asked));
     for request in [Request::Stop, Request::Restart] {
         if !lifecycle::pending(vm, dir, request) {
             continue;
@@ -278,12 +284,18 @@ async fn running(
             .await;
         return Ok(Action::requeue(Duration::ZERO));
     }
-    if !changed.is_empty() && strategy != RunStrategy::Manual {
-        let message = format!(
-            "{} changed: restarting the guest to apply generation {}",
-            changed.join(", "),
-            vm.generation()
-        );
+    if (!changed.is_empty() || restore.is_some()) && strategy != RunStrategy::Manual {
+        let message = match restore {
+            Some(snapshot) if changed.is_empty() => format!(
+                "restarting the guest to restore its disks to snapshot {snapshot} (generation {})",
+                vm.generation()
+            ),
+            _ => format!(
+                "{} changed: restarting the guest to apply generation {}",
+                changed.join(", "),
+                vm.generation()
+            ),
+        };
         report.condition("RestartRequired", "True", "Restarting", &message);
         report.phase("Stopping");
         report.write(vm, ctx).await?;
@@ -300,6 +312,14 @@ async fn running(
             "UpToDate",
             "the guest runs the current spec",
         );
+        if boot.applied < vm.generation() {
+            // A change that needs no restart: the guest runs this generation now (what its
+            // disks hold when a later change snapshots them).
+            let mut boot = boot.clone();
+            boot.applied = vm.generation();
+            dir.write_boot(&boot);
+        }
+        snapshots::prune_running(ctx, vm, dir).await;
     } else {
         report.condition(
             "RestartRequired",
@@ -392,6 +412,7 @@ async fn start(
     mut report: Report,
 ) -> Result<Action, VmError> {
     report.phase("Starting");
+    snapshots::before_start(ctx, vm, spec, dir).await;
     let prepared: Result<Prepared, (&'static str, String)> =
         lifecycle::prepare(ctx, vm, spec, dir).await;
     let prepared = match prepared {
@@ -504,12 +525,14 @@ fn vm_api(ctx: &Context, vm: &Value) -> Result<Api<Value>, VmError> {
 struct Report {
     status: Value,
     now: String,
+    /// Where the disks' rollback point is recorded (read when the status is written).
+    dir: VmDir,
 }
 
 // === impl Report ===
 
 impl Report {
-    fn new(vm: &Value) -> Report {
+    fn new(vm: &Value, dir: &VmDir) -> Report {
         let mut status = vm["status"].clone();
         if !status.is_object() {
             status = json!({});
@@ -528,7 +551,11 @@ impl Report {
                 &now,
             );
         }
-        Report { status, now }
+        Report {
+            status,
+            now,
+            dir: dir.clone(),
+        }
     }
 
     fn phase(&mut self, phase: &str) {
@@ -619,11 +646,20 @@ impl Report {
 
     /// Writes the status when it changed.
     async fn write(&self, vm: &Value, ctx: &Context) -> Result<(), ClientError> {
-        if vm["status"] == self.status {
+        let mut status = self.status.clone();
+        match snapshots::current(&self.dir) {
+            Some(snapshot) => status["snapshot"] = json!(snapshot),
+            None => {
+                if let Some(s) = status.as_object_mut() {
+                    s.remove("snapshot");
+                }
+            }
+        }
+        if vm["status"] == status {
             return Ok(());
         }
         let mut updated = vm.clone();
-        updated["status"] = self.status.clone();
+        updated["status"] = status;
         let api = vm_api(ctx, vm).map_err(|e| ClientError::Config(e.to_string()))?;
         match api.update_status(&updated).await {
             // Changed meanwhile (or gone): the watch brings the new version.

@@ -201,7 +201,8 @@ enum RolloutCommand {
         timeout: String,
     },
     /// Write an earlier revision's spec back: the last good one before the current spec, or
-    /// --to-revision N.
+    /// --to-revision N. Only the spec: a VM's disks keep their data (an automatic rollback
+    /// restores the snapshot taken before the failing change).
     Undo {
         /// KIND/NAME.
         target: String,

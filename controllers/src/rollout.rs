@@ -10,6 +10,14 @@
 //! `rollbackOf` naming the revision it restores: history only grows, as a Deployment's
 //! ReplicaSets do.
 //!
+//! Stateful kinds (a VirtualMachine's disks) also roll their data back. The object's node keeps
+//! a rollback point — `status.snapshot`, the disks as the guest left them before a change
+//! restarted it — which the controller notes in the revision it precedes. A rollback restores
+//! it when it holds the last good revision's state: the controller sets
+//! [`RESTORE_SNAPSHOT_ANNOTATION`] in the same write that restores the spec, and the node
+//! reverts the disks before it boots the restored spec. When a revision becomes healthy the
+//! controller sets [`LAST_GOOD_ANNOTATION`], and the node deletes the older rollback point.
+//!
 //! `RolledBack` stays `True` (it tells the story) while the restored spec rolls out and after;
 //! it turns `False` (reason `RolloutSucceeded`) once a later change that is not a rollback
 //! becomes healthy — Kubernetes keeps conditions with a status rather than removing them.
@@ -17,7 +25,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_client::{Api, Client, ClientError, DeleteParams};
+use keel_client::{Api, Client, ClientError, DeleteParams, Patch};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -28,6 +36,12 @@ use crate::runtime::{
 
 /// The annotation that stops automatic rollbacks of an object while it is `"true"`.
 pub const PAUSED_ANNOTATION: &str = "keel.dev/rollout-paused";
+/// The annotation a rollback sets on a stateful object: the snapshot (its
+/// `status.snapshot.name`) its node restores before it applies the restored spec.
+pub const RESTORE_SNAPSHOT_ANNOTATION: &str = "keel.dev/restore-snapshot";
+/// The annotation naming the generation of a stateful object's newest healthy revision: its
+/// node keeps no rollback point older than that.
+pub const LAST_GOOD_ANNOTATION: &str = "keel.dev/last-good-generation";
 /// The object condition a rollback sets.
 pub const ROLLED_BACK: &str = "RolledBack";
 /// The reason of a revision that was not healthy in time.
@@ -47,6 +61,8 @@ pub struct Rollable {
     /// Seconds after a change before a healthy reading counts: long enough for what reports
     /// health to have judged the new spec rather than the old one.
     pub settle: fn(&Value) -> u64,
+    /// Whether its node keeps a rollback point of its data (`status.snapshot`).
+    pub snapshots: bool,
 }
 
 /// An object's health as the rollout controller reads it.
@@ -66,6 +82,7 @@ pub const ROLLABLES: [Rollable; 3] = [
         default_deadline: 120,
         health: ready_at_generation,
         settle: load_balancer_settle,
+        snapshots: false,
     },
     Rollable {
         plural: "zones",
@@ -73,6 +90,7 @@ pub const ROLLABLES: [Rollable; 3] = [
         default_deadline: 60,
         health: ready_at_generation,
         settle: no_settle,
+        snapshots: false,
     },
     Rollable {
         plural: "virtualmachines",
@@ -80,6 +98,7 @@ pub const ROLLABLES: [Rollable; 3] = [
         default_deadline: 600,
         health: vm_health,
         settle: no_settle,
+        snapshots: true,
     },
 ];
 
@@ -117,6 +136,8 @@ pub enum Step {
         to: u64,
         /// The restored spec.
         spec: Value,
+        /// The rollback point to restore with it (stateful kinds).
+        snapshot: Option<String>,
         /// What the object's condition, its Event and the revision say.
         message: String,
     },
@@ -195,6 +216,9 @@ async fn reconcile(object: Arc<Value>, ctx: Arc<Context>) -> Result<Action, Clie
         .filter(|r| r.namespace() == object.namespace())
         .collect();
     revisions.sort_by_key(number);
+    if ctx.rollable.snapshots {
+        note_snapshot(&ctx, &object, &mut revisions).await?;
+    }
     let now = keel_schemas::time::now_secs();
     let step = step(ctx.rollable, &object, &revisions, now);
     tracing::debug!(kind = ctx.rollable.kind, object = %object.object_ref(), ?step, "rollout step");
@@ -259,23 +283,33 @@ pub fn step(rollable: &Rollable, object: &Value, revisions: &[Value], now: u64) 
     }
     let waited = deadline.saturating_sub(created);
     let n = number(newest);
-    let good = revisions
-        .iter()
-        .rev()
-        .skip(1)
-        .find(|r| phase(r) == Some("Healthy") && r["spec"]["spec"] != *spec);
-    match good {
-        Some(good) => Step::RollBack {
-            revision: newest.name().to_string(),
-            number: n,
-            to: number(good),
-            spec: good["spec"]["spec"].clone(),
-            message: format!(
-                "revision {n} was not healthy within {waited}s ({}); restored revision {}",
-                health.message,
-                number(good)
-            ),
-        },
+    match last_good(revisions, newest) {
+        Some(good) => {
+            let snapshot = rollable
+                .snapshots
+                .then(|| rollback_point(object, newest, good))
+                .flatten();
+            let data = match (&snapshot, rollable.snapshots) {
+                (Some(name), _) => format!("; the disks are restored to snapshot {name}"),
+                (None, true) => format!(
+                    "; the disks keep their data: no snapshot holds revision {}'s state",
+                    number(good)
+                ),
+                (None, false) => String::new(),
+            };
+            Step::RollBack {
+                revision: newest.name().to_string(),
+                number: n,
+                to: number(good),
+                spec: good["spec"]["spec"].clone(),
+                snapshot,
+                message: format!(
+                    "revision {n} was not healthy within {waited}s ({}); restored revision {}{data}",
+                    health.message,
+                    number(good)
+                ),
+            }
+        }
         None => Step::Fail {
             revision: newest.name().to_string(),
             message: format!(
@@ -284,6 +318,28 @@ pub fn step(rollable: &Rollable, object: &Value, revisions: &[Value], now: u64) 
             ),
         },
     }
+}
+
+/// The newest healthy revision before `newest` with another spec: what a rollback returns to.
+fn last_good<'a>(revisions: &'a [Value], newest: &Value) -> Option<&'a Value> {
+    revisions
+        .iter()
+        .rev()
+        .filter(|r| number(r) < number(newest))
+        .find(|r| phase(r) == Some("Healthy") && r["spec"]["spec"] != newest["spec"]["spec"])
+}
+
+/// The object's rollback point (`status.snapshot`) when it may stand for revision `good`'s
+/// state under revision `newest`: taken while the guest ran `good`'s generation or a later
+/// one, and before `newest` was applied. An older one would lose what `good` wrote.
+pub fn rollback_point(object: &Value, newest: &Value, good: &Value) -> Option<String> {
+    let snapshot = &object["status"]["snapshot"];
+    let taken = snapshot["generation"].as_i64()?;
+    let good_generation = good["spec"]["generation"].as_i64()?;
+    let newest_generation = newest["spec"]["generation"].as_i64()?;
+    (good_generation <= taken && taken < newest_generation)
+        .then(|| snapshot["name"].as_str().map(String::from))
+        .flatten()
 }
 
 /// The revisions to delete: the oldest beyond `limit`, never the newest nor the newest
@@ -417,6 +473,19 @@ async fn act(
             let message = format!("revision {number} is healthy");
             let status = finished("Healthy", "Ready", &message);
             set_revision_status(ctx, object, revisions, &revision, status).await?;
+            if ctx.rollable.snapshots {
+                let generation = object.generation().to_string();
+                let patch =
+                    json!({"metadata": {"annotations": {LAST_GOOD_ANNOTATION: generation}}});
+                match object_api(ctx, object)
+                    .patch(object.name(), &Patch::Merge(patch))
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) if e.code() == Some(404) => {}
+                    Err(e) => return Err(e),
+                }
+            }
             if clear_rolled_back {
                 let c = Condition {
                     type_: ROLLED_BACK,
@@ -433,11 +502,16 @@ async fn act(
             number,
             to,
             spec,
+            snapshot,
             message,
         } => {
             let api = object_api(ctx, object);
             let mut restored = object.clone();
             restored["spec"] = spec;
+            if let Some(name) = snapshot {
+                // In the same write as the spec: the node sees both at once.
+                restored["metadata"]["annotations"][RESTORE_SNAPSHOT_ANNOTATION] = json!(name);
+            }
             let restored = match api.update(&restored).await {
                 Ok(o) => o,
                 Err(e) if matches!(e.code(), Some(404 | 409)) => return Ok(again),
@@ -531,6 +605,7 @@ async fn record(
         "spec": {
             "target": {"apiVersion": api_version, "kind": kind, "name": object.name()},
             "revision": number,
+            "generation": object.generation(),
             "spec": object["spec"],
         },
     });
@@ -568,6 +643,42 @@ async fn record(
         )
         .await;
     Ok(())
+}
+
+/// Notes the object's rollback point in the progressing newest revision it precedes
+/// (`spec.snapshot`, set once), replacing the revision in `revisions` with the written one.
+async fn note_snapshot(
+    ctx: &Context,
+    object: &Value,
+    revisions: &mut [Value],
+) -> Result<(), ClientError> {
+    let Some(newest) = revisions.last() else {
+        return Ok(());
+    };
+    if !matches!(phase(newest), None | Some("Progressing")) || !newest["spec"]["snapshot"].is_null()
+    {
+        return Ok(());
+    }
+    let Some(name) =
+        last_good(revisions, newest).and_then(|good| rollback_point(object, newest, good))
+    else {
+        return Ok(());
+    };
+    let Some(api) = revision_api(ctx, object) else {
+        return Ok(());
+    };
+    let mut noted = newest.clone();
+    noted["spec"]["snapshot"] = json!(name);
+    match api.update(&noted).await {
+        Ok(written) => {
+            if let Some(last) = revisions.last_mut() {
+                *last = written;
+            }
+            Ok(())
+        }
+        Err(e) if matches!(e.code(), Some(404 | 409)) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Moves the revision `name` out of `Progressing` with `status`: written over the cached

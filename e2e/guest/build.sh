@@ -10,13 +10,17 @@
 #   keel.net=dhcp      configure eth0 by DHCP (a VPC network) instead of QEMU's user network;
 #                      prints "KEEL-GUEST ip ADDRESS"
 #   keel.ping=ADDRESS  ping ADDRESS every second, printing "KEEL-GUEST ping ADDRESS ok|fail"
+#   keel.data=TEXT     write the file "marker" holding TEXT to the disk whose serial is "data"
+#                      (a tar archive on the raw disk) unless it holds one already
+#   keel.clobber=TEXT  write it even if it does
+# With a disk "data", every boot prints "KEEL-GUEST data file=TEXT" (or "file=none").
 set -euo pipefail
 dir="${1:-${XDG_CACHE_HOME:-$HOME/.cache}/keel/guest}"
 mkdir -p "$dir"
 exec 9>"$dir/.lock"
 flock 9
 # Bump when the guest changes: a cached older guest is rebuilt.
-version=5
+version=6
 [ -s "$dir/vmlinuz" ] && [ -s "$dir/initrd.img" ] && [ "$(cat "$dir/version" 2>/dev/null)" = "$version" ] && exit 0
 
 work="$(mktemp -d)"
@@ -45,7 +49,7 @@ esac
 SCRIPT
 chmod +x "$root/usr/share/udhcpc/default.script"
 cp /bin/busybox "$root/bin/busybox"
-for applet in sh mount insmod ip echo cat httpd acpid poweroff sleep ls hostname udhcpc ping; do
+for applet in sh mount insmod ip echo cat httpd acpid poweroff sleep ls hostname udhcpc ping tar sync; do
   ln -s busybox "$root/bin/$applet"
 done
 for m in net/core/failover drivers/net/net_failover drivers/virtio/virtio_ring \
@@ -67,18 +71,36 @@ marker=
 serve=yes
 net=user
 target=
+keep=
+clobber=
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     keel.marker=*) marker="${arg#keel.marker=}" ;;
     keel.serve=*) serve="${arg#keel.serve=}" ;;
     keel.net=*) net="${arg#keel.net=}" ;;
     keel.ping=*) target="${arg#keel.ping=}" ;;
+    keel.data=*) keep="${arg#keel.data=}" ;;
+    keel.clobber=*) clobber="${arg#keel.clobber=}" ;;
   esac
 done
 echo "KEEL-GUEST up marker=$marker"
 for d in /sys/block/vd*; do
   [ -e "$d" ] && echo "KEEL-GUEST disk $(cat $d/serial 2>/dev/null) sectors=$(cat $d/size)"
 done
+data=
+for d in /sys/block/vd*; do
+  [ -e "$d" ] && [ "$(cat $d/serial 2>/dev/null)" = data ] && data="/dev/${d##*/}"
+done
+if [ -n "$data" ]; then
+  have="$(tar -xOf "$data" marker 2>/dev/null)"
+  text="${clobber:-}"
+  [ -z "$text" ] && [ -z "$have" ] && text="$keep"
+  if [ -n "$text" ]; then
+    (cd /tmp && echo "$text" > marker && tar -cf "$data" marker) && sync && have="$text" \
+      && echo "KEEL-GUEST data wrote $text"
+  fi
+  echo "KEEL-GUEST data file=${have:-none}"
+fi
 printf '#!/bin/sh\necho "KEEL-GUEST power button: powering off"\npoweroff -f\n' > /etc/acpi/PWRF/00000080
 chmod +x /etc/acpi/PWRF/00000080
 # acpid logs to /var/log/acpid.log; in the foreground so that it dies with init.

@@ -1,8 +1,10 @@
 //! Health-gated rollouts end to end: a `keel server` with its local agent records every spec
-//! change of a LoadBalancer or a Zone as a Revision, and a change that is not healthy within
-//! `progressDeadlineSeconds` is undone by the rollout controller — back to the last good
-//! revision, not the first — with `RolledBack` set and a Warning Event; a paused object is
-//! left alone; a zone that cannot load is rolled back while `dig` keeps getting the old answer.
+//! change of a LoadBalancer, a Zone or a VirtualMachine as a Revision, and a change that is
+//! not healthy within `progressDeadlineSeconds` is undone by the rollout controller — back to
+//! the last good revision, not the first — with `RolledBack` set and a Warning Event; a paused
+//! object is left alone; a zone that cannot load is rolled back while `dig` keeps getting the
+//! old answer; a VM on QEMU is rolled back with its data disk restored from the snapshot its
+//! node took before the change.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -381,8 +383,52 @@ async fn a_zone_that_cannot_load_is_rolled_back_and_keeps_answering() {
     .await;
 }
 
+/// The internal snapshots of a qcow2 file (read while QEMU holds it).
+fn snapshots_of(disk: &std::path::Path) -> Vec<String> {
+    let out = Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(disk)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    info["snapshots"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// What the guest printed since QEMU last started (`keelctl logs`).
+fn last_boot(kubeconfig: &std::path::Path) -> String {
+    let logs = keel_e2e::ok(keel_e2e::keelctl(kubeconfig, &["logs", "vm/app"]));
+    let at = logs.rfind("[keel] starting QEMU").unwrap_or(0);
+    logs[at..].to_string()
+}
+
+/// Events of the VM with `reason`, their messages.
+fn events(kubeconfig: &std::path::Path, reason: &str) -> Vec<String> {
+    let list: Value = serde_json::from_str(&keel_e2e::ok(keel_e2e::keelctl(
+        kubeconfig,
+        &["get", "events", "-o", "json"],
+    )))
+    .unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == reason && e["involvedObject"]["name"] == "app")
+        .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The VM story on real QEMU: a guest wrote a file to its data disk; a healthy change
+/// snapshots the disk first and drops the snapshot once healthy; a bad change (a command line
+/// whose guest never serves, and overwrites the file) is rolled back to the last good
+/// revision with the disk restored from the snapshot taken before it — the file is intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_vm_change_that_never_gets_ready_is_rolled_back_and_the_guest_is_ready_again() {
+async fn a_vm_change_that_never_gets_ready_is_rolled_back_with_its_disk() {
     let root = tempfile::tempdir().unwrap();
     let g = keel_e2e::guest();
     let kernel = g.kernel.display().to_string();
@@ -398,57 +444,140 @@ async fn a_vm_change_that_never_gets_ready_is_rolled_back_and_the_guest_is_ready
     .await;
     let vms = api(&client, "virtualmachines");
     let revisions = api(&client, "revisions");
-    let good = "console=ttyS0 quiet keel.marker=good";
+    let disk = server
+        .data_dir
+        .join("agent/vms/default_app/disk-data.qcow2");
+    let cmdline = |marker: &str, extra: &str| {
+        format!("console=ttyS0 quiet keel.marker={marker} keel.data=precious{extra}")
+    };
     vms.create(&json!({
         "apiVersion": "keel.dev/v1alpha1", "kind": "VirtualMachine", "metadata": {"name": "app"},
         "spec": {"cpu": 1, "memory": "128Mi", "kernel": g.kernel, "initrd": g.initrd,
-                 "cmdline": good, "terminationGracePeriodSeconds": 5,
+                 "cmdline": cmdline("v1", ""), "terminationGracePeriodSeconds": 5,
+                 "disks": [{"name": "data", "size": "16Mi"}],
                  "readinessProbe": {"tcp": {"port": 8080}}, "progressDeadlineSeconds": 60},
     }))
     .await
     .unwrap();
     let vm_wait = Duration::from_secs(180);
-    eventually("revision app-1 Healthy", vm_wait, || async {
-        let r = revisions.get("app-1").await.ok()?;
-        (r["status"]["phase"] == "Healthy").then_some(())
+    let healthy = |name: &'static str| {
+        let revisions = revisions.clone();
+        async move {
+            eventually(&format!("revision {name} Healthy"), vm_wait, || async {
+                let r = revisions.get(name).await.ok()?;
+                (r["status"]["phase"] == "Healthy").then_some(r)
+            })
+            .await
+        }
+    };
+    healthy("app-1").await;
+    assert!(
+        last_boot(&kubeconfig).contains("KEEL-GUEST data wrote precious"),
+        "the first guest writes the file"
+    );
+
+    // A healthy change: the disk is snapshotted before the guest restarts, and the snapshot
+    // is deleted once the change is healthy (the guest running: through QMP).
+    vms.patch(
+        "app",
+        &Patch::Merge(json!({"spec": {"cmdline": cmdline("v2", "")}})),
+    )
+    .await
+    .unwrap();
+    let r2 = healthy("app-2").await;
+    assert_eq!(r2["spec"]["snapshot"], "keel-g1", "{r2}");
+    assert_eq!(r2["spec"]["generation"], 2, "{r2}");
+    eventually("the snapshot of generation 1 deleted", WAIT, || async {
+        let vm = vms.get("app").await.ok()?;
+        let gone = vm["status"]["snapshot"].is_null() && snapshots_of(&disk).is_empty();
+        (gone && vm["metadata"]["annotations"]["keel.dev/last-good-generation"] == "2")
+            .then_some(())
     })
     .await;
-    // A command line whose guest never serves: not Ready, so rolled back.
-    let bad = format!("{good} keel.serve=no");
-    vms.patch("app", &Patch::Merge(json!({"spec": {"cmdline": bad}})))
-        .await
-        .unwrap();
-    let r2 = eventually("revision app-2 RolledBack", vm_wait, || async {
-        let r = revisions.get("app-2").await.ok()?;
+    assert_eq!(events(&kubeconfig, "SnapshotTaken").len(), 1);
+    assert!(
+        events(&kubeconfig, "SnapshotDeleted")[0].contains("generation 2 is healthy"),
+        "{:?}",
+        events(&kubeconfig, "SnapshotDeleted")
+    );
+
+    // A bad change: its guest never serves and overwrites the file.
+    vms.patch(
+        "app",
+        &Patch::Merge(
+            json!({"spec": {"cmdline": cmdline("v3", " keel.serve=no keel.clobber=garbage")}}),
+        ),
+    )
+    .await
+    .unwrap();
+    eventually("the bad guest overwrote the file", vm_wait, || async {
+        let boot = last_boot(&kubeconfig);
+        (boot.contains("marker=v3") && boot.contains("KEEL-GUEST data file=garbage")).then_some(())
+    })
+    .await;
+    let vm = vms.get("app").await.unwrap();
+    assert_eq!(vm["status"]["snapshot"]["name"], "keel-g2", "{vm}");
+    assert_eq!(vm["status"]["snapshot"]["disks"], json!(["data"]), "{vm}");
+    assert_eq!(snapshots_of(&disk), ["keel-g2"]);
+    let r3 = eventually("revision app-3 RolledBack", vm_wait, || async {
+        let r = revisions.get("app-3").await.ok()?;
         (r["status"]["phase"] == "RolledBack").then_some(r)
     })
     .await;
-    assert_eq!(r2["status"]["reason"], "ProgressDeadlineExceeded", "{r2}");
+    assert_eq!(r3["status"]["reason"], "ProgressDeadlineExceeded", "{r3}");
+    assert_eq!(r3["spec"]["snapshot"], "keel-g2", "{r3}");
     let vm = eventually(
-        "the guest Ready again on the good spec",
+        "the guest Ready again on revision 2's spec",
         vm_wait,
         || async {
             let vm = vms.get("app").await.ok()?;
             let ready = condition_of(&vm, "Ready")?["status"] == "True";
             let current = vm["status"]["observedGeneration"] == vm["metadata"]["generation"];
-            (ready && current && vm["spec"]["cmdline"] == good).then_some(vm)
+            (ready && current && vm["spec"]["cmdline"] == cmdline("v2", "")).then_some(vm)
         },
     )
     .await;
+    let boot = last_boot(&kubeconfig);
+    assert!(boot.contains("marker=v2"), "{boot}");
+    assert!(
+        boot.contains("KEEL-GUEST data file=precious") && !boot.contains("wrote"),
+        "the file as it was before the bad change: {boot}"
+    );
+    assert!(
+        vm["status"]["snapshot"].is_null(),
+        "restored, then deleted: {vm}"
+    );
+    assert!(snapshots_of(&disk).is_empty());
+    assert_eq!(
+        vm["metadata"]["annotations"]["keel.dev/restore-snapshot"], "keel-g2",
+        "{vm}"
+    );
     let rolled = condition_of(&vm, "RolledBack").unwrap();
     assert_eq!(rolled["status"], "True", "{vm}");
+    let message = rolled["message"].as_str().unwrap();
     assert!(
-        rolled["message"]
-            .as_str()
-            .unwrap()
-            .contains("restored revision 1"),
+        message.contains("restored revision 2; the disks are restored to snapshot keel-g2"),
         "{rolled}"
     );
-    let events = keel_e2e::ok(keel_e2e::keelctl(
+    assert!(
+        !events(&kubeconfig, "RolledBack").is_empty(),
+        "a RolledBack Event"
+    );
+    let restored = events(&kubeconfig, "SnapshotRestored");
+    assert!(
+        restored.len() == 1 && restored[0].contains("restored disks data to snapshot keel-g2"),
+        "{restored:?}"
+    );
+    healthy("app-4").await;
+    let third = keel_e2e::ok(keel_e2e::keelctl(
         &kubeconfig,
-        &["get", "events", "-o", "json"],
+        &["rollout", "history", "vm/app", "--revision", "3"],
     ));
-    assert!(events.contains("\"RolledBack\""), "a RolledBack Event");
+    assert!(
+        third.starts_with("# disk snapshot taken before revision 3: keel-g2\n")
+            && third.contains("keel.clobber=garbage"),
+        "{third}"
+    );
     let history = keel_e2e::ok(keel_e2e::keelctl(
         &kubeconfig,
         &["rollout", "history", "vm/app"],
@@ -458,7 +587,9 @@ async fn a_vm_change_that_never_gets_ready_is_rolled_back_and_the_guest_is_ready
         .skip(1)
         .filter_map(|l| l.split_whitespace().nth(1))
         .collect();
-    assert_eq!(phases[..2], ["Healthy", "RolledBack"], "{history}");
-    let logs = keel_e2e::ok(keel_e2e::keelctl(&kubeconfig, &["logs", "vm/app"]));
-    assert!(logs.contains("marker=good"), "{logs}");
+    assert_eq!(
+        phases,
+        ["Healthy", "Healthy", "RolledBack", "Healthy"],
+        "{history}"
+    );
 }

@@ -276,7 +276,7 @@ async fn qemu_img_info(path: &Path) -> Result<(String, u64)> {
     ))
 }
 
-async fn qemu_img(args: &[String]) -> Result<Vec<u8>> {
+pub(crate) async fn qemu_img(args: &[String]) -> Result<Vec<u8>> {
     let out = tokio::process::Command::new("qemu-img")
         .args(args)
         .output()

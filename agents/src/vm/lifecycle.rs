@@ -123,7 +123,9 @@ pub async fn prepare(
                 ));
             }
             tracing::info!(vm = %vm.object_ref(), disk = %disk.name, "the image of a disposable disk changed: recreating it");
-            let _ = std::fs::remove_file(&path);
+            if !super::snapshots::set_aside(dir, &disk.name) {
+                let _ = std::fs::remove_file(&path);
+            }
         }
         if path.exists() {
             if let Some(size) = size {
@@ -241,6 +243,7 @@ pub async fn launch(
     let boot = Boot {
         uid: vm.uid().to_string(),
         generation: vm.generation(),
+        applied: vm.generation(),
         fields: restart_fields(spec),
         accelerator,
         forwards: prepared.forwards,
@@ -494,22 +497,32 @@ fn kill_orphan(dir: &VmDir) {
     }
 }
 
+/// Deletes the disks the spec no longer has, or sets them aside while the rollback point
+/// covers them.
 fn remove_unlisted_disks(dir: &VmDir, spec: &VirtualMachineSpec) {
     let Ok(entries) = std::fs::read_dir(&dir.root) else {
         return;
     };
-    for entry in entries.flatten() {
-        let file = entry.file_name();
-        let Some(name) = file.to_str() else { continue };
-        let disk = name
-            .strip_prefix("disk-")
-            .and_then(|n| n.strip_suffix(".qcow2").or(n.strip_suffix(".origin")));
-        if let Some(disk) = disk
-            && !spec.disks.iter().any(|d| d.name == disk)
-        {
-            tracing::info!(disk, "removing a disk no longer in the spec");
-            let _ = std::fs::remove_file(entry.path());
+    let mut unlisted: Vec<String> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let file = entry.file_name();
+            let name = file.to_str()?.strip_prefix("disk-")?;
+            let disk = name
+                .strip_suffix(".qcow2")
+                .or(name.strip_suffix(".origin"))?;
+            (!spec.disks.iter().any(|d| d.name == disk)).then(|| disk.to_string())
+        })
+        .collect();
+    unlisted.sort();
+    unlisted.dedup();
+    for disk in unlisted {
+        if super::snapshots::set_aside(dir, &disk) {
+            continue;
         }
+        tracing::info!(disk, "removing a disk no longer in the spec");
+        let _ = std::fs::remove_file(dir.disk(&disk));
+        let _ = std::fs::remove_file(dir.disk_origin(&disk));
     }
 }
 
@@ -534,24 +547,31 @@ pub enum Request {
 
 /// Whether `request` is pending for `vm`.
 pub fn pending(vm: &Value, dir: &VmDir, request: Request) -> bool {
-    let Some((annotation, _)) = REQUESTS.iter().find(|(_, r)| *r == request) else {
-        return false;
-    };
-    let Some(asked) = vm["metadata"]["annotations"][annotation].as_str() else {
-        return false;
-    };
-    let handled: serde_json::Map<String, Value> = std::fs::read(dir.root.join("requests.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    handled.get(*annotation).and_then(Value::as_str) != Some(asked)
+    REQUESTS
+        .iter()
+        .find(|(_, r)| *r == request)
+        .is_some_and(|(annotation, _)| asked(vm, dir, annotation).is_some())
 }
 
 /// Records that `request` of `vm` has been acted on.
 pub fn handled(vm: &Value, dir: &VmDir, request: Request) {
-    let Some((annotation, _)) = REQUESTS.iter().find(|(_, r)| *r == request) else {
-        return;
-    };
+    if let Some((annotation, _)) = REQUESTS.iter().find(|(_, r)| *r == request) {
+        answered(vm, dir, annotation);
+    }
+}
+
+/// The value of a request `annotation` of `vm` while it is not acted on yet.
+pub fn asked<'a>(vm: &'a Value, dir: &VmDir, annotation: &str) -> Option<&'a str> {
+    let asked = vm["metadata"]["annotations"][annotation].as_str()?;
+    let handled: serde_json::Map<String, Value> = std::fs::read(dir.root.join("requests.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    (handled.get(annotation).and_then(Value::as_str) != Some(asked)).then_some(asked)
+}
+
+/// Records that the request `annotation` of `vm` has been acted on.
+pub fn answered(vm: &Value, dir: &VmDir, annotation: &str) {
     let path = dir.root.join("requests.json");
     let mut handled: serde_json::Map<String, Value> = std::fs::read(&path)
         .ok()

@@ -29,8 +29,12 @@ pub struct VmDir {
 pub struct Boot {
     /// The object's uid.
     pub uid: String,
-    /// The generation whose spec it runs.
+    /// The generation whose spec it was started with.
     pub generation: i64,
+    /// The newest generation whose spec it runs: a change that needs no restart applies
+    /// while it runs (0: as `generation`).
+    #[serde(default)]
+    pub applied: i64,
     /// The fields of that spec that need a restart to change ([`restart_fields`]).
     pub fields: Value,
     /// kvm or tcg.
@@ -130,6 +134,22 @@ impl VmDir {
         self.root.join(format!("disk-{name}.qcow2"))
     }
 
+    /// Where the disk `name` is set aside while a rollback point covers it and the spec
+    /// no longer has it (or recreated it).
+    pub fn retired_disk(&self, name: &str) -> PathBuf {
+        self.root.join(format!("retired-{name}.qcow2"))
+    }
+
+    /// The origin record of a disk set aside.
+    pub fn retired_origin(&self, name: &str) -> PathBuf {
+        self.root.join(format!("retired-{name}.origin"))
+    }
+
+    /// The record of the disks' rollback point ([`super::snapshots`]).
+    pub fn snapshot_record(&self) -> PathBuf {
+        self.root.join("snapshot.json")
+    }
+
     /// The record of the image a disk was made from.
     pub fn disk_origin(&self, name: &str) -> PathBuf {
         self.root.join(format!("disk-{name}.origin"))
@@ -147,6 +167,18 @@ impl VmDir {
             .trim()
             .parse()
             .ok()
+    }
+
+    /// Rewrites the boot record (replaced whole: a reader never sees half of it).
+    pub fn write_boot(&self, boot: &Boot) {
+        let tmp = self.root.join("boot.json.tmp");
+        let written = serde_json::to_vec(boot)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, self.boot()));
+        if let Err(e) = written {
+            tracing::warn!(path = %self.boot().display(), error = %e, "cannot write the boot record");
+        }
     }
 
     /// The running guest's boot record.

@@ -64,6 +64,9 @@ pub async fn rollout(ctx: &Ctx, target: &str, what: Rollout) -> Result<bool, Ctl
             let revisions = revisions(ctx, &object).await?;
             if let Some(n) = revision {
                 let r = find(&revisions, n, &shown)?;
+                if let Some(snapshot) = r["spec"]["snapshot"].as_str() {
+                    println!("# disk snapshot taken before revision {n}: {snapshot}");
+                }
                 print!(
                     "{}",
                     serde_norway::to_string(&r["spec"]["spec"])

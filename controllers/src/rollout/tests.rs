@@ -7,6 +7,7 @@ use super::*;
 const T0: u64 = 1_800_000_000;
 const LB: &Rollable = &ROLLABLES[0];
 const ZONE: &Rollable = &ROLLABLES[1];
+const VM: &Rollable = &ROLLABLES[2];
 
 /// A LoadBalancer at generation `generation` with `path` as its check path, its Ready
 /// condition `ready` at generation `observed`.
@@ -122,9 +123,11 @@ fn a_deadline_passed_returns_to_the_last_good_revision_not_the_first() {
             number,
             to,
             spec: restored,
+            snapshot,
             message,
         } => {
             assert_eq!((revision.as_str(), number, to), ("web-3", 3, 2));
+            assert_eq!(snapshot, None, "a load balancer has no data to restore");
             assert_eq!(restored, spec("/b"));
             assert_eq!(
                 message,
@@ -226,4 +229,86 @@ fn a_vm_restarting_to_apply_a_change_is_not_healthy_yet() {
     assert!(!vm_health(&vm("True")).healthy);
     assert_eq!(vm_health(&vm("True")).message, "cmdline changed");
     assert!(vm_health(&vm("False")).healthy);
+}
+
+/// A VM at generation 7 running a command line that never gets ready, its node's rollback
+/// point taken while the guest ran generation `taken` (none: no rollback point).
+fn failing_vm(taken: Option<i64>) -> Value {
+    let mut vm = json!({
+        "metadata": {"name": "app", "namespace": "default", "uid": "u1", "generation": 7},
+        "spec": {"cmdline": "bad", "progressDeadlineSeconds": 10},
+        "status": {"observedGeneration": 7, "conditions": [
+            {"type": "Ready", "status": "False", "reason": "ProbeFailed", "message": "no answer on 8080"}]},
+    });
+    if let Some(g) = taken {
+        vm["status"]["snapshot"] = json!({"name": format!("keel-g{g}"), "generation": g,
+                                          "disks": ["data"], "takenAt": "2026-12-02T10:00:00Z"});
+    }
+    vm
+}
+
+fn vm_revision(n: u64, cmdline: &str, generation: Option<i64>, phase: &str, created: u64) -> Value {
+    let mut r = json!({
+        "metadata": {"name": format!("app-{n}"), "creationTimestamp": keel_schemas::time::rfc3339(created)},
+        "spec": {"revision": n, "spec": {"cmdline": cmdline, "progressDeadlineSeconds": 10}},
+        "status": {"phase": phase, "deadline": keel_schemas::time::rfc3339(created + 10)},
+    });
+    if let Some(g) = generation {
+        r["spec"]["generation"] = json!(g);
+    }
+    r
+}
+
+#[test]
+fn a_vm_rollback_restores_the_snapshot_that_holds_the_last_good_state() {
+    let history = |generations: bool| {
+        let g = |n| generations.then_some(n);
+        vec![
+            vm_revision(1, "first", g(1), "Healthy", T0),
+            vm_revision(2, "good", g(4), "Healthy", T0 + 20),
+            vm_revision(3, "bad", g(7), "Progressing", T0 + 40),
+        ]
+    };
+    let rollback = |vm: &Value, history: &[Value]| match step(VM, vm, history, T0 + 50) {
+        Step::RollBack {
+            to,
+            snapshot,
+            message,
+            ..
+        } => {
+            assert_eq!(to, 2, "back to the last good revision");
+            (snapshot, message)
+        }
+        other => panic!("{other:?}"),
+    };
+    // Taken while the guest ran revision 2's generation, or a later one before revision 3.
+    for taken in [4, 5, 6] {
+        let (snapshot, message) = rollback(&failing_vm(Some(taken)), &history(true));
+        assert_eq!(snapshot, Some(format!("keel-g{taken}")));
+        assert!(
+            message.ends_with(&format!(
+                "restored revision 2; the disks are restored to snapshot keel-g{taken}"
+            )),
+            "{message}"
+        );
+    }
+    // Older than revision 2 (it would lose what revision 2 wrote), of the failing revision
+    // itself, none, or revisions that do not say their generation: the spec alone.
+    for (vm, generations) in [
+        (failing_vm(Some(3)), true),
+        (failing_vm(Some(7)), true),
+        (failing_vm(None), true),
+        (failing_vm(Some(5)), false),
+    ] {
+        let (snapshot, message) = rollback(&vm, &history(generations));
+        assert_eq!(snapshot, None, "{vm}");
+        assert!(
+            message.ends_with("the disks keep their data: no snapshot holds revision 2's state"),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        rollback_point(&failing_vm(Some(5)), &history(true)[2], &history(true)[1]),
+        Some("keel-g5".into())
+    );
 }

@@ -309,9 +309,26 @@ pub struct VirtualMachineStatus {
     /// Generation whose spec the running guest was started with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub booted_generation: Option<i64>,
+    /// The rollback point of the disks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<DiskSnapshot>,
     /// Guest ports forwarded from the node (user-mode networking).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub port_forwards: Vec<PortForward>,
+}
+
+/// The internal qcow2 snapshot of a VM's disks taken before a change restarted its guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DiskSnapshot {
+    /// Its name in each disk.
+    pub name: String,
+    /// The generation the guest ran when it was taken.
+    pub generation: i64,
+    /// The disks it covers, by name.
+    pub disks: Vec<String>,
+    /// When (RFC 3339).
+    pub taken_at: String,
 }
 
 /// A guest port reachable on the node through QEMU user-mode networking.

@@ -96,12 +96,15 @@ pub struct RevisionSpec {
     pub target: RevisionTarget,
     /// Sequence number, from 1.
     pub revision: u64,
+    /// The target's generation when the spec was recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
     /// The target's spec as applied.
     pub spec: serde_json::Map<String, serde_json::Value>,
     /// The earlier revision whose spec this one restores.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollback_of: Option<u64>,
-    /// Snapshot taken before applying.
+    /// The snapshot of the last good state taken before applying.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
 }

@@ -92,6 +92,12 @@ fn compute_and_network_kinds() {
         accelerator: Some(Accelerator::Kvm),
         qemu_pid: Some(4242),
         booted_generation: Some(1),
+        snapshot: Some(DiskSnapshot {
+            name: "keel-g1".into(),
+            generation: 1,
+            disks: vec!["root".into()],
+            taken_at: "2026-12-02T10:00:00Z".into(),
+        }),
         port_forwards: vec![PortForward {
             guest_port: 80,
             host_ip: Some("127.0.0.1".into()),
@@ -307,9 +313,10 @@ fn dns_storage_and_gitops_kinds() {
                 name: "web-1".into(),
             },
             revision: 3,
+            generation: Some(5),
             spec: json!({"cpu": 4}).as_object().unwrap().clone(),
             rollback_of: Some(1),
-            snapshot: Some("rev-1".into()),
+            snapshot: Some("keel-g4".into()),
         },
     );
     revision.status = Some(RevisionStatus {

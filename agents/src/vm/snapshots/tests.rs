@@ -1,0 +1,132 @@
+//! Rollback points on real qcow2 files (`qemu-img`, `qemu-io`), the guest stopped.
+
+use std::process::Command;
+
+use keel_controllers::runtime::ObjectRef;
+
+use super::*;
+
+fn vm_dir(root: &std::path::Path) -> VmDir {
+    let dir = VmDir::new(root, &ObjectRef::new(Some("default"), "app"));
+    std::fs::create_dir_all(&dir.root).unwrap();
+    dir
+}
+
+fn create(dir: &VmDir, disk: &str) {
+    let path = dir.disk(disk).display().to_string();
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", &path, "1M"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(dir.disk_origin(disk), "{}").unwrap();
+}
+
+/// Runs a `qemu-io` command on the disk; whether it succeeded.
+fn io(dir: &VmDir, disk: &str, command: &str) -> bool {
+    let path = dir.disk(disk).display().to_string();
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", command, &path])
+        .output()
+        .unwrap();
+    // qemu-io exits 0 even when a pattern does not match; it says so.
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    out.status.success()
+        && !said.contains("Pattern verification failed")
+        && !said.contains("failed")
+}
+
+#[tokio::test]
+async fn a_restore_returns_the_disks_to_the_point_and_deletes_it() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = vm_dir(root.path());
+    create(&dir, "root");
+    create(&dir, "data");
+    assert!(io(&dir, "data", "write -P 0x41 0 4k"));
+    assert!(io(&dir, "root", "write -P 0x52 0 4k"));
+    let snapshot = take(&dir, 4, &["root".into(), "data".into()])
+        .await
+        .unwrap();
+    assert_eq!(snapshot.name, "keel-g4");
+    assert_eq!(current(&dir), Some(snapshot.clone()));
+
+    // The change: data overwritten, root dropped from the spec, a disk added.
+    assert!(io(&dir, "data", "write -P 0x42 0 4k"));
+    assert!(io(&dir, "data", "read -P 0x42 0 4k"));
+    assert!(set_aside(&dir, "root"), "covered by the point");
+    assert!(!dir.disk("root").exists() && dir.retired_disk("root").exists());
+    create(&dir, "extra");
+    assert!(!set_aside(&dir, "extra"), "not covered: deleted as before");
+
+    restore(&dir, &snapshot).await.unwrap();
+    assert!(
+        io(&dir, "data", "read -P 0x41 0 4k"),
+        "the data written before the change"
+    );
+    assert!(
+        io(&dir, "root", "read -P 0x52 0 4k"),
+        "the disk set aside is back"
+    );
+    assert!(!dir.retired_disk("root").exists());
+    assert!(
+        !dir.disk("extra").exists(),
+        "a disk made after the point goes"
+    );
+    assert_eq!(current(&dir), None);
+    for disk in ["root", "data"] {
+        assert!(
+            !has(&dir.disk(disk).display().to_string(), "keel-g4").await,
+            "{disk}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_discarded_point_leaves_the_disks_as_they_are() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = vm_dir(root.path());
+    create(&dir, "data");
+    assert!(io(&dir, "data", "write -P 0x41 0 4k"));
+    let snapshot = take(&dir, 2, &["data".into()]).await.unwrap();
+    assert!(io(&dir, "data", "write -P 0x43 0 4k"));
+    assert!(set_aside(&dir, "data"));
+    create(&dir, "data");
+    discard(&dir, &snapshot, false).await.unwrap();
+    assert_eq!(current(&dir), None);
+    assert!(
+        !dir.retired_disk("data").exists(),
+        "the set-aside disk goes with the point"
+    );
+    assert!(!has(&dir.disk("data").display().to_string(), "keel-g2").await);
+    assert!(
+        io(&dir, "data", "read -P 0x00 0 4k"),
+        "the new disk is untouched"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_take_leaves_no_snapshot() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = vm_dir(root.path());
+    create(&dir, "data");
+    let missing = take(&dir, 3, &["data".into(), "gone".into()]).await;
+    assert!(missing.unwrap_err().starts_with("disk gone: "));
+    assert_eq!(current(&dir), None);
+    assert!(!has(&dir.disk("data").display().to_string(), "keel-g3").await);
+}
+
+#[test]
+fn a_point_is_outlived_by_a_newer_healthy_generation() {
+    let snapshot = DiskSnapshot {
+        name: name(4),
+        generation: 4,
+        disks: vec!["data".into()],
+        taken_at: String::new(),
+    };
+    let vm = |good: &str| json!({"metadata": {"annotations": {LAST_GOOD_ANNOTATION: good}}});
+    assert!(!outlived(&vm("4"), &snapshot));
+    assert!(outlived(&vm("5"), &snapshot));
+    assert!(!outlived(&vm("x"), &snapshot));
+    assert!(!outlived(&json!({}), &snapshot));
+}
