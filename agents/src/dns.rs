@@ -10,11 +10,16 @@
 //! zone or why it cannot. The cache outlives the API: when the server is unreachable the
 //! last data keeps being served.
 //!
+//! A zone counts as served at a serial only once the server, asked over UDP like any
+//! resolver, answers its SOA with that serial ([`selfcheck`]).
+//!
 //! Modules: [`zone`] (a Zone compiled for answering), [`catalog`] (all of them),
-//! [`answer`] (one request to its responses), [`server`] (the sockets).
+//! [`answer`] (one request to its responses), [`server`] (the sockets), [`selfcheck`] (the
+//! self-query).
 
 pub mod answer;
 pub mod catalog;
+pub mod selfcheck;
 pub mod server;
 pub mod zone;
 
@@ -23,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_client::{Api, ClientError, Patch};
-use keel_controllers::runtime::{Condition, Store, set_condition, watcher};
+use keel_controllers::runtime::{Condition, ObjectExt, Store, set_condition, watcher};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -51,6 +56,8 @@ pub(crate) async fn run(
     shutdown: watch::Receiver<bool>,
 ) {
     let (catalog_tx, catalog_rx) = watch::channel(Arc::new(Catalog::default()));
+    let ask = sockets.local_addr().ok().map(selfcheck::target);
+    let mut verified = std::collections::HashMap::new();
     let server = tokio::spawn(sockets.serve(catalog_rx, shutdown.clone()));
     let Some(kind) = keel_schemas::lookup("zones") else {
         return;
@@ -90,10 +97,24 @@ pub(crate) async fn run(
         if !store.is_ready() {
             continue;
         }
-        let (catalog, reports) = Catalog::build(&store.list(), &mut compiled);
+        let list = store.list();
+        let (catalog, mut reports) = Catalog::build(&list, &mut compiled);
         let zones = reports.values().filter(|r| r.serial.is_some()).count();
         tracing::debug!(zones, origins = catalog.len(), "DNS data rebuilt");
         catalog_tx.send_replace(Arc::new(catalog));
+        let answered = match ask {
+            Some(server) => {
+                let domains = list
+                    .iter()
+                    .filter_map(|z| {
+                        let key = format!("{}/{}", z.namespace().unwrap_or(""), z.name());
+                        Some((key, z["spec"]["domain"].as_str()?.to_string()))
+                    })
+                    .collect();
+                selfcheck::verify(server, &domains, &mut reports, &mut verified).await
+            }
+            None => true,
+        };
         let healthy = *health.borrow() == Health::Healthy;
         if reported.as_ref() != Some(&reports) && healthy {
             match report_zones(&shared, &reports).await {
@@ -108,7 +129,7 @@ pub(crate) async fn run(
             }
         }
         // A report that could not be written is tried again without waiting for a change.
-        retry = reported.as_ref() != Some(&reports) || !synced_reported;
+        retry = reported.as_ref() != Some(&reports) || !synced_reported || !answered;
     }
     feed.abort();
     let _ = server.await;

@@ -1,0 +1,219 @@
+//! The self-query: after a rebuild, the server asks itself over UDP, as any resolver would,
+//! for the SOA of each zone whose serial changed, and a zone counts as served at a serial only
+//! once that answer carries it. A zone that compiles but is not answered (a socket that no
+//! longer serves, data that does not reach the answering tasks) is reported with the reason
+//! instead, and its Zone goes `LoadFailed` — which a rollout rolls back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use tokio::net::UdpSocket;
+
+use super::ZoneReport;
+
+/// How long one attempt waits for the answer.
+const ATTEMPT: Duration = Duration::from_millis(500);
+/// Attempts per zone (UDP may drop a datagram).
+const ATTEMPTS: usize = 3;
+/// How the error of a server that did not answer starts.
+const NO_ANSWER: &str = "no answer";
+
+/// Where the server answers itself: its own address, loopback for a wildcard bind.
+pub fn target(bound: SocketAddr) -> SocketAddr {
+    let ip = match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, bound.port())
+}
+
+/// Checks every report whose serial `verified` does not hold yet by asking `server` for its
+/// zone's SOA (`domains` by report key). A confirmed serial is remembered; one not answered
+/// becomes the report's error (its serial is withheld). Whether every check passed.
+pub async fn verify(
+    server: SocketAddr,
+    domains: &HashMap<String, String>,
+    reports: &mut BTreeMap<String, ZoneReport>,
+    verified: &mut HashMap<String, u32>,
+) -> bool {
+    verified.retain(|key, _| reports.contains_key(key));
+    let mut all = true;
+    // A server that does not answer at all is not asked again for every zone.
+    let mut silent: Option<String> = None;
+    for (key, report) in reports.iter_mut() {
+        let (Some(serial), Some(domain)) = (report.serial, domains.get(key)) else {
+            continue;
+        };
+        if verified.get(key) == Some(&serial) {
+            continue;
+        }
+        let outcome = match &silent {
+            Some(e) => Err(e.clone()),
+            None => soa_serial(server, domain).await,
+        };
+        match outcome {
+            Ok(answered) if answered == serial => {
+                verified.insert(key.clone(), serial);
+            }
+            outcome => {
+                let why = match outcome {
+                    Ok(answered) => format!("answers serial {answered}, not {serial}"),
+                    Err(e) => {
+                        if e.starts_with(NO_ANSWER) {
+                            silent = Some(e.clone());
+                        }
+                        e
+                    }
+                };
+                report.serial = None;
+                report.error = Some(format!("self-query of {domain} SOA at {server}: {why}"));
+                all = false;
+            }
+        }
+    }
+    all
+}
+
+/// The serial in `server`'s authoritative SOA answer for `domain`.
+pub async fn soa_serial(server: SocketAddr, domain: &str) -> Result<u32, String> {
+    let name = Name::from_ascii(domain)
+        .map_err(|e| format!("not a domain name: {e}"))?
+        .append_domain(&Name::root())
+        .map_err(|e| format!("not a domain name: {e}"))?;
+    let local: SocketAddr = if server.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(local).await.map_err(|e| e.to_string())?;
+    socket.connect(server).await.map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 4096];
+    for attempt in 0..ATTEMPTS {
+        let id: u16 = rand::random();
+        let mut query = Message::new(id, MessageType::Query, OpCode::Query);
+        query.add_query(Query::query(name.clone(), RecordType::SOA));
+        let packet = query.to_vec().map_err(|e| e.to_string())?;
+        socket
+            .send(&packet)
+            .await
+            .map_err(|e| format!("{NO_ANSWER} ({e})"))?;
+        let deadline = tokio::time::Instant::now() + ATTEMPT;
+        loop {
+            let n = match tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                // Refused: nothing listens there any more.
+                Ok(Err(e)) => return Err(format!("{NO_ANSWER} ({e})")),
+                Err(_) if attempt + 1 < ATTEMPTS => break,
+                Err(_) => {
+                    return Err(format!("{NO_ANSWER} in {ATTEMPTS} tries of {ATTEMPT:?}"));
+                }
+            };
+            let Ok(answer) = Message::from_vec(&buf[..n]) else {
+                return Err("an answer that does not parse".into());
+            };
+            if answer.metadata.id != id {
+                continue;
+            }
+            if answer.metadata.response_code != ResponseCode::NoError {
+                return Err(format!("answers {}", answer.metadata.response_code));
+            }
+            if !answer.metadata.authoritative {
+                return Err("the answer is not authoritative".into());
+            }
+            return answer
+                .answers
+                .iter()
+                .find_map(|r| match &r.data {
+                    RData::SOA(soa) if r.name == name => Some(soa.serial),
+                    _ => None,
+                })
+                .ok_or_else(|| "the answer has no SOA".to_string());
+        }
+    }
+    Err(format!("{NO_ANSWER} in {ATTEMPTS} tries"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_bind_is_asked_on_loopback() {
+        let t = |s: &str| target(s.parse().unwrap()).to_string();
+        assert_eq!(t("0.0.0.0:53"), "127.0.0.1:53");
+        assert_eq!(t("[::]:5353"), "[::1]:5353");
+        assert_eq!(t("10.1.2.3:53"), "10.1.2.3:53");
+    }
+
+    fn zone(serial: u32) -> std::sync::Arc<serde_json::Value> {
+        std::sync::Arc::new(serde_json::json!({
+            "apiVersion": "keel.dev/v1alpha1", "kind": "Zone",
+            "metadata": {"name": "shop", "namespace": "shop", "uid": "u1", "generation": 1,
+                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"domain": "shop.example.",
+                     "records": [{"name": "www", "type": "A", "value": "10.20.1.10"}]},
+            "status": {"observedGeneration": 1, "serial": serial},
+        }))
+    }
+
+    /// The real server on loopback: a serial it answers is confirmed (once), one it does not
+    /// answer yet is withheld with the reason, and a server that stopped is reported.
+    #[tokio::test]
+    async fn the_server_confirms_what_it_answers() {
+        use crate::dns::catalog::{Catalog, Compiled};
+        let sockets = crate::dns::Sockets::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let server = target(sockets.local_addr().unwrap());
+        let mut compiled = Compiled::default();
+        let (catalog, mut reports) = Catalog::build(&[zone(7)], &mut compiled);
+        assert_eq!(reports["shop/shop"].serial, Some(7));
+        let (catalog_tx, catalog_rx) = tokio::sync::watch::channel(std::sync::Arc::new(catalog));
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let serving = tokio::spawn(sockets.serve(catalog_rx, stop));
+        let domains: HashMap<String, String> =
+            [("shop/shop".to_string(), "shop.example".to_string())].into();
+        let mut verified = HashMap::new();
+        assert!(verify(server, &domains, &mut reports, &mut verified).await);
+        assert_eq!(verified.get("shop/shop"), Some(&7));
+
+        // Serial 8 compiled, but the answering side still has 7.
+        let (newer, mut reports) = Catalog::build(&[zone(8)], &mut compiled);
+        assert!(!verify(server, &domains, &mut reports, &mut verified).await);
+        let report = &reports["shop/shop"];
+        assert_eq!(report.serial, None);
+        assert_eq!(
+            report.error.as_deref(),
+            Some(
+                format!("self-query of shop.example SOA at {server}: answers serial 7, not 8")
+                    .as_str()
+            )
+        );
+        catalog_tx.send_replace(std::sync::Arc::new(newer));
+        let (_, mut reports) = Catalog::build(&[zone(8)], &mut compiled);
+        assert!(verify(server, &domains, &mut reports, &mut verified).await);
+        assert_eq!(reports["shop/shop"].serial, Some(8));
+
+        // The server gone: nothing answers.
+        stop_tx.send_replace(true);
+        serving.await.unwrap();
+        let (_, mut reports) = Catalog::build(&[zone(9)], &mut compiled);
+        assert!(!verify(server, &domains, &mut reports, &mut verified).await);
+        let error = reports["shop/shop"].error.clone().unwrap();
+        assert!(error.contains(": no answer"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_is_reported() {
+        // A bound socket that never answers.
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let e = soa_serial(silent.local_addr().unwrap(), "shop.example")
+            .await
+            .unwrap_err();
+        assert!(e.starts_with("no answer in 3 tries"), "{e}");
+    }
+}
