@@ -305,7 +305,7 @@ async fn running(
         lifecycle::shutdown(ctx, &key, dir, spec).await?;
         return Ok(Action::requeue(Duration::ZERO));
     }
-    if changed.is_empty() {
+    if changed.is_empty() && restore.is_none() {
         report.condition(
             "RestartRequired",
             "False",
@@ -317,18 +317,25 @@ async fn running(
             // disks hold when a later change snapshots them).
             let mut boot = boot.clone();
             boot.applied = vm.generation();
-            dir.write_boot(&boot);
+            if let Err(e) = dir.write_boot(&boot) {
+                tracing::warn!(vm = %key, error = %e, "cannot write the boot record");
+            }
         }
-        snapshots::prune_running(ctx, vm, dir).await;
+        if matches!(status.state.as_str(), "running" | "paused") {
+            snapshots::prune_running(ctx, vm, dir).await;
+        }
     } else {
+        let what = match restore {
+            Some(snapshot) if changed.is_empty() => {
+                format!("the disks are to be restored to snapshot {snapshot}")
+            }
+            _ => format!("{} changed", changed.join(", ")),
+        };
         report.condition(
             "RestartRequired",
             "True",
             "ManualRestart",
-            &format!(
-                "{} changed; runStrategy Manual: the change applies when the guest next starts",
-                changed.join(", ")
-            ),
+            &format!("{what}; runStrategy Manual: the change applies when the guest next starts"),
         );
     }
 
@@ -412,7 +419,11 @@ async fn start(
     mut report: Report,
 ) -> Result<Action, VmError> {
     report.phase("Starting");
-    snapshots::before_start(ctx, vm, spec, dir).await;
+    if snapshots::before_start(ctx, vm, spec, dir).await {
+        // The new rollback point is in the status before the start goes on (an image
+        // download may take long): a rollback meanwhile can restore it.
+        report.write(vm, ctx).await?;
+    }
     let prepared: Result<Prepared, (&'static str, String)> =
         lifecycle::prepare(ctx, vm, spec, dir).await;
     let prepared = match prepared {

@@ -216,8 +216,11 @@ async fn reconcile(object: Arc<Value>, ctx: Arc<Context>) -> Result<Action, Clie
         .filter(|r| r.namespace() == object.namespace())
         .collect();
     revisions.sort_by_key(number);
-    if ctx.rollable.snapshots {
-        note_snapshot(&ctx, &object, &mut revisions).await?;
+    if ctx.rollable.snapshots
+        && let Err(e) = note_snapshot(&ctx, &object, &mut revisions).await
+    {
+        // A note for the history: it never holds up a rollback.
+        tracing::warn!(object = %object.object_ref(), error = %e, "cannot note the rollback point in the revision");
     }
     let now = keel_schemas::time::now_secs();
     let step = step(ctx.rollable, &object, &revisions, now);
@@ -471,8 +474,8 @@ async fn act(
             clear_rolled_back,
         } => {
             let message = format!("revision {number} is healthy");
-            let status = finished("Healthy", "Ready", &message);
-            set_revision_status(ctx, object, revisions, &revision, status).await?;
+            // The node's cue first: once the revision is Healthy, no later pass comes back
+            // here to write it.
             if ctx.rollable.snapshots {
                 let generation = object.generation().to_string();
                 let patch =
@@ -486,6 +489,8 @@ async fn act(
                     Err(e) => return Err(e),
                 }
             }
+            let status = finished("Healthy", "Ready", &message);
+            set_revision_status(ctx, object, revisions, &revision, status).await?;
             if clear_rolled_back {
                 let c = Condition {
                     type_: ROLLED_BACK,

@@ -1,8 +1,9 @@
-//! The self-query: after a rebuild, the server asks itself over UDP, as any resolver would,
-//! for the SOA of each zone whose serial changed, and a zone counts as served at a serial only
-//! once that answer carries it. A zone that compiles but is not answered (a socket that no
-//! longer serves, data that does not reach the answering tasks) is reported with the reason
-//! instead, and its Zone goes `LoadFailed` — which a rollout rolls back.
+//! The self-query: after a rebuild, the server asks itself, as any resolver would (UDP, and
+//! TCP when UDP gets no answer), for the SOA of each zone whose serial changed, and a zone
+//! counts as served at a serial only once that answer carries it. A serial that compiles but
+//! is not answered — the answering side not having the new data, or not answering at all —
+//! is reported with the reason instead, and its Zone goes `LoadFailed`, which a rollout
+//! rolls back. Each serial is checked once, when it appears.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -78,63 +79,116 @@ pub async fn verify(
     all
 }
 
-/// The serial in `server`'s authoritative SOA answer for `domain`.
+/// The serial in `server`'s authoritative SOA answer for `domain`: asked over UDP, and over
+/// TCP when UDP gets no answer (a datagram lost under load is not a zone that is not served).
 pub async fn soa_serial(server: SocketAddr, domain: &str) -> Result<u32, String> {
     let name = Name::from_ascii(domain)
         .map_err(|e| format!("not a domain name: {e}"))?
         .append_domain(&Name::root())
         .map_err(|e| format!("not a domain name: {e}"))?;
+    match over_udp(server, &name).await {
+        Err(Asked::Silent(udp)) => over_tcp(server, &name).await.map_err(|tcp| match tcp {
+            Asked::Silent(tcp) => format!("{NO_ANSWER} over UDP ({udp}) nor TCP ({tcp})"),
+            Asked::Wrong(e) => e,
+        }),
+        Err(Asked::Wrong(e)) => Err(e),
+        Ok(serial) => Ok(serial),
+    }
+}
+
+/// Why a query got no serial.
+enum Asked {
+    /// Nothing answered.
+    Silent(String),
+    /// What answered is not an authoritative SOA.
+    Wrong(String),
+}
+
+fn query(name: &Name) -> (u16, Result<Vec<u8>, Asked>) {
+    let id: u16 = rand::random();
+    let mut query = Message::new(id, MessageType::Query, OpCode::Query);
+    query.add_query(Query::query(name.clone(), RecordType::SOA));
+    (id, query.to_vec().map_err(|e| Asked::Wrong(e.to_string())))
+}
+
+/// The serial in an answer to query `id`; `None` for an answer to another query.
+fn serial_in(packet: &[u8], id: u16, name: &Name) -> Result<Option<u32>, Asked> {
+    let answer = Message::from_vec(packet)
+        .map_err(|e| Asked::Wrong(format!("an answer that does not parse: {e}")))?;
+    if answer.metadata.id != id {
+        return Ok(None);
+    }
+    if answer.metadata.response_code != ResponseCode::NoError {
+        return Err(Asked::Wrong(format!(
+            "answers {}",
+            answer.metadata.response_code
+        )));
+    }
+    if !answer.metadata.authoritative {
+        return Err(Asked::Wrong("the answer is not authoritative".into()));
+    }
+    answer
+        .answers
+        .iter()
+        .find_map(|r| match &r.data {
+            RData::SOA(soa) if r.name == *name => Some(Some(soa.serial)),
+            _ => None,
+        })
+        .ok_or_else(|| Asked::Wrong("the answer has no SOA".into()))
+}
+
+async fn over_udp(server: SocketAddr, name: &Name) -> Result<u32, Asked> {
+    let silent = |e: std::io::Error| Asked::Silent(e.to_string());
     let local: SocketAddr = if server.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
         (Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let socket = UdpSocket::bind(local).await.map_err(|e| e.to_string())?;
-    socket.connect(server).await.map_err(|e| e.to_string())?;
+    let socket = UdpSocket::bind(local).await.map_err(silent)?;
+    socket.connect(server).await.map_err(silent)?;
     let mut buf = vec![0u8; 4096];
-    for attempt in 0..ATTEMPTS {
-        let id: u16 = rand::random();
-        let mut query = Message::new(id, MessageType::Query, OpCode::Query);
-        query.add_query(Query::query(name.clone(), RecordType::SOA));
-        let packet = query.to_vec().map_err(|e| e.to_string())?;
-        socket
-            .send(&packet)
-            .await
-            .map_err(|e| format!("{NO_ANSWER} ({e})"))?;
+    for _ in 0..ATTEMPTS {
+        let (id, packet) = query(name);
+        socket.send(&packet?).await.map_err(silent)?;
         let deadline = tokio::time::Instant::now() + ATTEMPT;
-        loop {
-            let n = match tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                // Refused: nothing listens there any more.
-                Ok(Err(e)) => return Err(format!("{NO_ANSWER} ({e})")),
-                Err(_) if attempt + 1 < ATTEMPTS => break,
-                Err(_) => {
-                    return Err(format!("{NO_ANSWER} in {ATTEMPTS} tries of {ATTEMPT:?}"));
-                }
-            };
-            let Ok(answer) = Message::from_vec(&buf[..n]) else {
-                return Err("an answer that does not parse".into());
-            };
-            if answer.metadata.id != id {
-                continue;
+        while let Ok(received) = tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
+            // Refused: nothing listens there.
+            let n = received.map_err(silent)?;
+            if let Some(serial) = serial_in(&buf[..n], id, name)? {
+                return Ok(serial);
             }
-            if answer.metadata.response_code != ResponseCode::NoError {
-                return Err(format!("answers {}", answer.metadata.response_code));
-            }
-            if !answer.metadata.authoritative {
-                return Err("the answer is not authoritative".into());
-            }
-            return answer
-                .answers
-                .iter()
-                .find_map(|r| match &r.data {
-                    RData::SOA(soa) if r.name == name => Some(soa.serial),
-                    _ => None,
-                })
-                .ok_or_else(|| "the answer has no SOA".to_string());
         }
     }
-    Err(format!("{NO_ANSWER} in {ATTEMPTS} tries"))
+    Err(Asked::Silent(format!("{ATTEMPTS} tries of {ATTEMPT:?}")))
+}
+
+async fn over_tcp(server: SocketAddr, name: &Name) -> Result<u32, Asked> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(server).await?;
+        let (id, packet) = query(name);
+        let packet = match packet {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        let len = u16::try_from(packet.len()).unwrap_or(u16::MAX);
+        stream.write_all(&len.to_be_bytes()).await?;
+        stream.write_all(&packet).await?;
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).await?;
+        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut answer).await?;
+        Ok::<_, std::io::Error>(match serial_in(&answer, id, name) {
+            Ok(Some(serial)) => Ok(serial),
+            Ok(None) => Err(Asked::Wrong("an answer to another query".into())),
+            Err(e) => Err(e),
+        })
+    };
+    match tokio::time::timeout(ATTEMPT * 2, exchange).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => Err(Asked::Silent(e.to_string())),
+        Err(_) => Err(Asked::Silent(format!("no answer in {:?}", ATTEMPT * 2))),
+    }
 }
 
 #[cfg(test)]
@@ -214,6 +268,9 @@ mod tests {
         let e = soa_serial(silent.local_addr().unwrap(), "shop.example")
             .await
             .unwrap_err();
-        assert!(e.starts_with("no answer in 3 tries"), "{e}");
+        assert!(
+            e.starts_with("no answer over UDP (3 tries of 500ms) nor TCP ("),
+            "{e}"
+        );
     }
 }

@@ -256,8 +256,8 @@ pub async fn grow_disk(path: &Path, size: u64) -> Result<bool> {
     Ok(true)
 }
 
-/// The format and virtual size of an image file.
-async fn qemu_img_info(path: &Path) -> Result<(String, u64)> {
+/// What `qemu-img info` says of an image file (read while QEMU may hold it).
+pub(crate) async fn qemu_img_json(path: &Path) -> Result<serde_json::Value> {
     let out = qemu_img(&[
         "info".into(),
         "-U".into(),
@@ -265,11 +265,15 @@ async fn qemu_img_info(path: &Path) -> Result<(String, u64)> {
         path.display().to_string(),
     ])
     .await?;
-    let info: serde_json::Value =
-        serde_json::from_slice(&out).map_err(|e| ImageError::QemuImg {
-            args: format!("info {}", path.display()),
-            message: format!("unreadable answer: {e}"),
-        })?;
+    serde_json::from_slice(&out).map_err(|e| ImageError::QemuImg {
+        args: format!("info {}", path.display()),
+        message: format!("unreadable answer: {e}"),
+    })
+}
+
+/// The format and virtual size of an image file.
+async fn qemu_img_info(path: &Path) -> Result<(String, u64)> {
+    let info = qemu_img_json(path).await?;
     Ok((
         info["format"].as_str().unwrap_or("raw").to_string(),
         info["virtual-size"].as_u64().unwrap_or(0),

@@ -251,11 +251,8 @@ pub async fn launch(
         started_at: keel_schemas::time::now_rfc3339(),
     };
     let failed = |e: String| ("QEMUFailed", e);
-    std::fs::write(
-        dir.boot(),
-        serde_json::to_vec(&boot).map_err(|e| failed(e.to_string()))?,
-    )
-    .map_err(|e| failed(format!("{}: {e}", dir.boot().display())))?;
+    dir.write_boot(&boot)
+        .map_err(|e| failed(format!("{}: {e}", dir.boot().display())))?;
     let console = Console {
         path: dir.console(),
         keep: CONSOLE_KEEP,
@@ -500,22 +497,10 @@ fn kill_orphan(dir: &VmDir) {
 /// Deletes the disks the spec no longer has, or sets them aside while the rollback point
 /// covers them.
 fn remove_unlisted_disks(dir: &VmDir, spec: &VirtualMachineSpec) {
-    let Ok(entries) = std::fs::read_dir(&dir.root) else {
-        return;
-    };
-    let mut unlisted: Vec<String> = entries
-        .flatten()
-        .filter_map(|entry| {
-            let file = entry.file_name();
-            let name = file.to_str()?.strip_prefix("disk-")?;
-            let disk = name
-                .strip_suffix(".qcow2")
-                .or(name.strip_suffix(".origin"))?;
-            (!spec.disks.iter().any(|d| d.name == disk)).then(|| disk.to_string())
-        })
-        .collect();
-    unlisted.sort();
-    unlisted.dedup();
+    let unlisted = dir
+        .disk_names()
+        .into_iter()
+        .filter(|disk| !spec.disks.iter().any(|d| d.name == *disk));
     for disk in unlisted {
         if super::snapshots::set_aside(dir, &disk) {
             continue;

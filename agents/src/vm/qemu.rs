@@ -169,16 +169,29 @@ impl VmDir {
             .ok()
     }
 
-    /// Rewrites the boot record (replaced whole: a reader never sees half of it).
-    pub fn write_boot(&self, boot: &Boot) {
-        let tmp = self.root.join("boot.json.tmp");
-        let written = serde_json::to_vec(boot)
-            .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, self.boot()));
-        if let Err(e) = written {
-            tracing::warn!(path = %self.boot().display(), error = %e, "cannot write the boot record");
-        }
+    /// Writes the boot record.
+    pub fn write_boot(&self, boot: &Boot) -> std::io::Result<()> {
+        write_whole(&self.boot(), &serde_json::to_vec(boot)?)
+    }
+
+    /// The names of the disks in the directory (a disk file or its origin record).
+    pub fn disk_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let file = entry.file_name();
+                let name = file.to_str()?.strip_prefix("disk-")?;
+                let disk = name
+                    .strip_suffix(".qcow2")
+                    .or(name.strip_suffix(".origin"))?;
+                Some(disk.to_string())
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// The running guest's boot record.
@@ -236,6 +249,15 @@ pub fn probe_port(spec: &VirtualMachineSpec) -> Option<u16> {
         .as_ref()
         .map(|t| t.port)
         .or(probe.http.as_ref().map(|h| h.port))
+}
+
+/// Writes `bytes` to `path` whole: through a temporary file renamed over it, so that a
+/// reader (or an agent restarted halfway) never sees half of it.
+pub fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// The names of the fields that differ between two [`restart_fields`].

@@ -22,8 +22,8 @@ use keel_controllers::runtime::{EventType, ObjectExt};
 use keel_schemas::kinds::compute::{DiskSnapshot, VirtualMachineSpec};
 use serde_json::{Value, json};
 
-use super::images::qemu_img;
-use super::qemu::{VmDir, changed_fields, restart_fields};
+use super::images::{qemu_img, qemu_img_json};
+use super::qemu::{VmDir, changed_fields, restart_fields, write_whole};
 use super::qmp::Qmp;
 use super::{Context, lifecycle};
 
@@ -42,67 +42,89 @@ pub fn restore_asked<'a>(vm: &'a Value, dir: &VmDir) -> Option<&'a str> {
     lifecycle::asked(vm, dir, RESTORE_SNAPSHOT_ANNOTATION)
 }
 
-/// Whether a healthy generation newer than the rollback point makes it useless.
+/// Whether a healthy generation newer than the rollback point makes it useless. A value
+/// beyond the object's own generation was not written for this object (a manifest copied
+/// with its annotations) and counts for nothing.
 pub fn outlived(vm: &Value, snapshot: &DiskSnapshot) -> bool {
     vm["metadata"]["annotations"][LAST_GOOD_ANNOTATION]
         .as_str()
         .and_then(|g| g.parse::<i64>().ok())
-        .is_some_and(|good| good > snapshot.generation)
+        .is_some_and(|good| good > snapshot.generation && good <= vm.generation())
 }
 
 /// Before a start: restores the rollback point a rollback asks for; otherwise deletes an
 /// outlived one, and takes one when the guest is about to run a changed spec and there is
 /// none. The guest is stopped. Failures are Warning Events: the start goes on (a missing
-/// rollback point costs the data of a rollback, not the guest).
-pub async fn before_start(ctx: &Context, vm: &Value, spec: &VirtualMachineSpec, dir: &VmDir) {
-    let key = vm.object_ref();
+/// rollback point costs the data of a rollback, not the guest). Whether it took one.
+pub async fn before_start(
+    ctx: &Context,
+    vm: &Value,
+    spec: &VirtualMachineSpec,
+    dir: &VmDir,
+) -> bool {
     let record = current(dir);
     if let Some(asked) = restore_asked(vm, dir).map(String::from) {
         let (kind, reason, message) = match record.filter(|s| s.name == asked) {
-            Some(snapshot) => match restore(dir, &snapshot).await {
-                Ok(()) => (
-                    EventType::Normal,
-                    "SnapshotRestored",
-                    format!(
-                        "restored disks {} to snapshot {asked}, taken at {} as generation {} left them",
-                        snapshot.disks.join(", "),
-                        snapshot.taken_at,
-                        snapshot.generation
-                    ),
-                ),
-                Err(e) => (
-                    EventType::Warning,
-                    "SnapshotRestoreFailed",
-                    format!("cannot restore snapshot {asked}: {e}"),
-                ),
+            Some(snapshot) => match revert(dir, &snapshot).await {
+                Ok(()) => {
+                    // No guest has run on the disks since the point: a start tried again
+                    // has nothing to snapshot. Answered before the point is deleted, so that
+                    // an agent stopped in between does not look for it again.
+                    let _ = std::fs::remove_file(dir.boot());
+                    lifecycle::answered(vm, dir, RESTORE_SNAPSHOT_ANNOTATION);
+                    if let Err(e) = discard(dir, &snapshot, false).await {
+                        tracing::warn!(vm = %vm.object_ref(), error = e, "cannot delete a restored snapshot");
+                    }
+                    (
+                        EventType::Normal,
+                        "SnapshotRestored",
+                        format!(
+                            "restored disks {} to snapshot {asked}, taken at {} as generation {} left them",
+                            snapshot.disks.join(", "),
+                            snapshot.taken_at,
+                            snapshot.generation
+                        ),
+                    )
+                }
+                Err(e) => {
+                    // Answered: a restore that cannot be done is not tried in a loop.
+                    lifecycle::answered(vm, dir, RESTORE_SNAPSHOT_ANNOTATION);
+                    (
+                        EventType::Warning,
+                        "SnapshotRestoreFailed",
+                        format!(
+                            "cannot restore snapshot {asked}, the disks are left as they are: {e}"
+                        ),
+                    )
+                }
             },
-            None => (
-                EventType::Warning,
-                "SnapshotNotFound",
-                format!("a rollback asked for snapshot {asked}, which this node does not hold"),
-            ),
+            None => {
+                lifecycle::answered(vm, dir, RESTORE_SNAPSHOT_ANNOTATION);
+                (
+                    EventType::Warning,
+                    "SnapshotNotFound",
+                    format!("a rollback asked for snapshot {asked}, which this node does not hold"),
+                )
+            }
         };
-        // Answered whatever the outcome (a restore that fails is not tried in a loop); an
-        // agent stopped halfway tries again (reverting to a snapshot can be repeated).
-        lifecycle::answered(vm, dir, RESTORE_SNAPSHOT_ANNOTATION);
-        tracing::info!(vm = %key, reason, message, "rollback point");
-        ctx.recorder
-            .publish(vm, kind, reason, "Restore", &message)
-            .await;
-        return;
+        tell(ctx, vm, kind, reason, "Restore", &message).await;
+        return false;
     }
     let mut record = record;
     if let Some(snapshot) = record.as_ref().filter(|s| outlived(vm, s)) {
-        discard_and_tell(ctx, vm, dir, snapshot, false).await;
+        if !discard_and_tell(ctx, vm, dir, snapshot, false).await {
+            // Still recorded: tried again at the next start, and no second point is taken.
+            return false;
+        }
         record = None;
     }
     let Some(previous) = dir.read_boot().filter(|b| b.uid == vm.uid()) else {
-        return;
+        return false;
     };
     let changed = changed_fields(&previous.fields, &restart_fields(spec));
     if changed.is_empty() || record.is_some() {
         // A plain restart, or the point of the last good state is kept.
-        return;
+        return false;
     }
     let disks: Vec<String> = previous.fields["disks"]
         .as_array()
@@ -113,10 +135,12 @@ pub async fn before_start(ctx: &Context, vm: &Value, spec: &VirtualMachineSpec, 
         .map(String::from)
         .collect();
     if disks.is_empty() {
-        return;
+        return false;
     }
     let generation = previous.generation.max(previous.applied);
-    let (kind, reason, message) = match take(dir, generation, &disks).await {
+    let taken = take(dir, generation, &disks).await;
+    let took = taken.is_ok();
+    let (kind, reason, message) = match taken {
         Ok(snapshot) => (
             EventType::Normal,
             "SnapshotTaken",
@@ -137,10 +161,8 @@ pub async fn before_start(ctx: &Context, vm: &Value, spec: &VirtualMachineSpec, 
             ),
         ),
     };
-    tracing::info!(vm = %key, reason, message, "rollback point");
-    ctx.recorder
-        .publish(vm, kind, reason, "Snapshot", &message)
-        .await;
+    tell(ctx, vm, kind, reason, "Snapshot", &message).await;
+    took
 }
 
 /// While the guest runs: deletes an outlived rollback point through QMP.
@@ -150,13 +172,14 @@ pub async fn prune_running(ctx: &Context, vm: &Value, dir: &VmDir) {
     }
 }
 
+/// Deletes an outlived point and says so; whether it is gone.
 async fn discard_and_tell(
     ctx: &Context,
     vm: &Value,
     dir: &VmDir,
     snapshot: &DiskSnapshot,
     running: bool,
-) {
+) -> bool {
     let good = &vm["metadata"]["annotations"][LAST_GOOD_ANNOTATION];
     match discard(dir, snapshot, running).await {
         Ok(()) => {
@@ -165,20 +188,37 @@ async fn discard_and_tell(
                 snapshot.name,
                 good.as_str().unwrap_or("?")
             );
-            ctx.recorder
-                .publish(
-                    vm,
-                    EventType::Normal,
-                    "SnapshotDeleted",
-                    "Snapshot",
-                    &message,
-                )
-                .await;
+            tell(
+                ctx,
+                vm,
+                EventType::Normal,
+                "SnapshotDeleted",
+                "Snapshot",
+                &message,
+            )
+            .await;
+            true
         }
         Err(e) => {
+            // Kept on record and tried again at the next pass: no Event per pass.
             tracing::warn!(vm = %vm.object_ref(), snapshot = snapshot.name, error = e, "cannot delete the rollback point");
+            false
         }
     }
+}
+
+async fn tell(
+    ctx: &Context,
+    vm: &Value,
+    kind: EventType,
+    reason: &str,
+    action: &str,
+    message: &str,
+) {
+    tracing::info!(vm = %vm.object_ref(), reason, message, "rollback point");
+    ctx.recorder
+        .publish(vm, kind, reason, action, message)
+        .await;
 }
 
 /// Takes snapshot [`name`]`(generation)` of `disks` (the guest stopped) and records it. A
@@ -194,54 +234,79 @@ pub async fn take(dir: &VmDir, generation: i64, disks: &[String]) -> Result<Disk
     for disk in disks {
         let path = dir.disk(disk).display().to_string();
         // Left by a take that was interrupted.
-        if has(&path, &snapshot.name).await {
+        if has(&path, &snapshot.name).await == Ok(true) {
             let _ = img(&["snapshot", "-d", &snapshot.name, &path]).await;
         }
         if let Err(e) = img(&["snapshot", "-c", &snapshot.name, &path]).await {
-            for d in done {
-                let _ = img(&[
-                    "snapshot",
-                    "-d",
-                    &snapshot.name,
-                    &dir.disk(d).display().to_string(),
-                ])
-                .await;
-            }
+            forget(dir, &snapshot.name, &done).await;
             return Err(format!("disk {disk}: {e}"));
         }
         done.push(disk);
     }
-    write_record(dir, Some(&snapshot)).map_err(|e| e.to_string())?;
+    if let Err(e) = write_record(dir, Some(&snapshot)) {
+        forget(dir, &snapshot.name, &done).await;
+        return Err(format!("{}: {e}", dir.snapshot_record().display()));
+    }
     Ok(snapshot)
 }
 
+/// Deletes the snapshot `name` of a take that failed from `disks`.
+async fn forget(dir: &VmDir, name: &str, disks: &[&String]) {
+    for disk in disks {
+        let path = dir.disk(disk).display().to_string();
+        let _ = img(&["snapshot", "-d", name, &path]).await;
+    }
+}
+
 /// Reverts the disks to `snapshot` (the guest stopped): the disks it covers come back (from
-/// where they were set aside, if they were), disks made since go, then it is deleted.
-pub async fn restore(dir: &VmDir, snapshot: &DiskSnapshot) -> Result<(), String> {
+/// where they were set aside, if they were), and disks made since go. Every disk is checked
+/// to hold the snapshot before any is touched.
+pub async fn revert(dir: &VmDir, snapshot: &DiskSnapshot) -> Result<(), String> {
+    let mut files = Vec::new();
     for disk in &snapshot.disks {
-        let path = dir.disk(disk);
+        // The copy set aside for this very point, else the disk in place.
         let retired = dir.retired_disk(disk);
-        if retired.exists() {
-            std::fs::rename(&retired, &path).map_err(|e| format!("{}: {e}", retired.display()))?;
+        let candidates = [(retired.clone(), true), (dir.disk(disk), false)];
+        let mut found = None;
+        for (path, aside) in candidates {
+            if path.exists() && has(&path.display().to_string(), &snapshot.name).await? {
+                found = Some((path, aside));
+                break;
+            }
+        }
+        let Some(found) = found else {
+            return Err(format!("disk {disk} no longer holds it"));
+        };
+        files.push((disk, found));
+    }
+    for (disk, (path, aside)) in files {
+        if aside {
+            std::fs::rename(&path, dir.disk(disk))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             let _ = std::fs::rename(dir.retired_origin(disk), dir.disk_origin(disk));
         }
-        let path = path.display().to_string();
+        let path = dir.disk(disk).display().to_string();
         img(&["snapshot", "-a", &snapshot.name, &path])
             .await
             .map_err(|e| format!("disk {disk}: {e}"))?;
     }
-    for disk in disks_in(dir) {
+    for disk in dir.disk_names() {
         if !snapshot.disks.contains(&disk) {
             let _ = std::fs::remove_file(dir.disk(&disk));
             let _ = std::fs::remove_file(dir.disk_origin(&disk));
         }
     }
-    discard(dir, snapshot, false).await
+    Ok(())
 }
 
-/// Deletes `snapshot` from the disks (through QMP when the guest runs), the disks set aside
-/// for it, and its record.
+/// Deletes `snapshot`: the disks set aside for it, then the snapshot in each disk (through
+/// QMP when the guest runs), then its record — which stays when a disk's could not be
+/// deleted, so that it is tried again.
 pub async fn discard(dir: &VmDir, snapshot: &DiskSnapshot, running: bool) -> Result<(), String> {
+    for disk in &snapshot.disks {
+        let _ = std::fs::remove_file(dir.retired_disk(disk));
+        let _ = std::fs::remove_file(dir.retired_origin(disk));
+    }
     let mut qmp = if running {
         Some(Qmp::connect(&dir.qmp()).await.map_err(|e| e.to_string())?)
     } else {
@@ -250,7 +315,7 @@ pub async fn discard(dir: &VmDir, snapshot: &DiskSnapshot, running: bool) -> Res
     for disk in &snapshot.disks {
         let path = dir.disk(disk).display().to_string();
         // A disk recreated, or added, since does not have it.
-        if !dir.disk(disk).exists() || !has(&path, &snapshot.name).await {
+        if !dir.disk(disk).exists() || !has(&path, &snapshot.name).await? {
             continue;
         }
         match qmp.as_mut() {
@@ -267,15 +332,12 @@ pub async fn discard(dir: &VmDir, snapshot: &DiskSnapshot, running: bool) -> Res
             }
         }
     }
-    for disk in &snapshot.disks {
-        let _ = std::fs::remove_file(dir.retired_disk(disk));
-        let _ = std::fs::remove_file(dir.retired_origin(disk));
-    }
     write_record(dir, None).map_err(|e| e.to_string())
 }
 
-/// Sets the disk `disk` aside instead of deleting it, when the rollback point covers it and
-/// none is set aside yet (that one holds the point). Whether it did.
+/// Sets the disk `disk` aside instead of deleting it, when the rollback point covers it (a
+/// disk set aside earlier is kept: set-aside disks go with the point they were set aside
+/// for, so that one holds it). Whether it did.
 pub fn set_aside(dir: &VmDir, disk: &str) -> bool {
     let covered = current(dir).is_some_and(|s| s.disks.iter().any(|d| d == disk));
     if !covered || dir.retired_disk(disk).exists() || !dir.disk(disk).exists() {
@@ -289,33 +351,14 @@ pub fn set_aside(dir: &VmDir, disk: &str) -> bool {
     true
 }
 
-/// The names of the disks in `dir`.
-fn disks_in(dir: &VmDir) -> Vec<String> {
-    std::fs::read_dir(&dir.root)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_str()?.to_string();
-            Some(
-                name.strip_prefix("disk-")?
-                    .strip_suffix(".qcow2")?
-                    .to_string(),
-            )
-        })
-        .collect()
-}
-
 /// Whether the qcow2 file at `path` holds a snapshot `name` (read while QEMU may hold it).
-async fn has(path: &str, name: &str) -> bool {
-    let Ok(out) = img(&["info", "-U", "--output=json", path]).await else {
-        return false;
-    };
-    serde_json::from_slice::<Value>(&out).is_ok_and(|info| {
-        info["snapshots"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|s| s["name"] == name))
-    })
+async fn has(path: &str, name: &str) -> Result<bool, String> {
+    let info = qemu_img_json(std::path::Path::new(path))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(info["snapshots"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|s| s["name"] == name)))
 }
 
 async fn img(args: &[&str]) -> Result<Vec<u8>, String> {
@@ -325,15 +368,13 @@ async fn img(args: &[&str]) -> Result<Vec<u8>, String> {
 
 fn write_record(dir: &VmDir, snapshot: Option<&DiskSnapshot>) -> std::io::Result<()> {
     let path = dir.snapshot_record();
-    let Some(snapshot) = snapshot else {
-        return match std::fs::remove_file(&path) {
+    match snapshot {
+        Some(snapshot) => write_whole(&path, &serde_json::to_vec(snapshot)?),
+        None => match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
-        };
-    };
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(snapshot).unwrap_or_default())?;
-    std::fs::rename(&tmp, &path)
+        },
+    }
 }
 
 #[cfg(test)]

@@ -59,7 +59,8 @@ async fn a_restore_returns_the_disks_to_the_point_and_deletes_it() {
     create(&dir, "extra");
     assert!(!set_aside(&dir, "extra"), "not covered: deleted as before");
 
-    restore(&dir, &snapshot).await.unwrap();
+    revert(&dir, &snapshot).await.unwrap();
+    discard(&dir, &snapshot, false).await.unwrap();
     assert!(
         io(&dir, "data", "read -P 0x41 0 4k"),
         "the data written before the change"
@@ -76,7 +77,9 @@ async fn a_restore_returns_the_disks_to_the_point_and_deletes_it() {
     assert_eq!(current(&dir), None);
     for disk in ["root", "data"] {
         assert!(
-            !has(&dir.disk(disk).display().to_string(), "keel-g4").await,
+            !has(&dir.disk(disk).display().to_string(), "keel-g4")
+                .await
+                .unwrap(),
             "{disk}"
         );
     }
@@ -98,7 +101,11 @@ async fn a_discarded_point_leaves_the_disks_as_they_are() {
         !dir.retired_disk("data").exists(),
         "the set-aside disk goes with the point"
     );
-    assert!(!has(&dir.disk("data").display().to_string(), "keel-g2").await);
+    assert!(
+        !has(&dir.disk("data").display().to_string(), "keel-g2")
+            .await
+            .unwrap()
+    );
     assert!(
         io(&dir, "data", "read -P 0x00 0 4k"),
         "the new disk is untouched"
@@ -113,7 +120,11 @@ async fn a_failed_take_leaves_no_snapshot() {
     let missing = take(&dir, 3, &["data".into(), "gone".into()]).await;
     assert!(missing.unwrap_err().starts_with("disk gone: "));
     assert_eq!(current(&dir), None);
-    assert!(!has(&dir.disk("data").display().to_string(), "keel-g3").await);
+    assert!(
+        !has(&dir.disk("data").display().to_string(), "keel-g3")
+            .await
+            .unwrap()
+    );
 }
 
 #[test]
@@ -124,9 +135,33 @@ fn a_point_is_outlived_by_a_newer_healthy_generation() {
         disks: vec!["data".into()],
         taken_at: String::new(),
     };
-    let vm = |good: &str| json!({"metadata": {"annotations": {LAST_GOOD_ANNOTATION: good}}});
+    let vm = |good: &str| json!({"metadata": {"generation": 6, "annotations": {LAST_GOOD_ANNOTATION: good}}});
     assert!(!outlived(&vm("4"), &snapshot));
     assert!(outlived(&vm("5"), &snapshot));
+    assert!(outlived(&vm("6"), &snapshot));
+    assert!(
+        !outlived(&vm("7"), &snapshot),
+        "not written for this object"
+    );
     assert!(!outlived(&vm("x"), &snapshot));
     assert!(!outlived(&json!({}), &snapshot));
+}
+
+#[tokio::test]
+async fn a_revert_touches_nothing_unless_every_disk_holds_the_point() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = vm_dir(root.path());
+    create(&dir, "root");
+    create(&dir, "data");
+    let snapshot = take(&dir, 5, &["root".into(), "data".into()])
+        .await
+        .unwrap();
+    assert!(io(&dir, "root", "write -P 0x52 0 4k"));
+    // "data" recreated since (a disposable disk's new image): it does not hold the point.
+    std::fs::remove_file(dir.disk("data")).unwrap();
+    create(&dir, "data");
+    let e = revert(&dir, &snapshot).await.unwrap_err();
+    assert_eq!(e, "disk data no longer holds it");
+    assert!(io(&dir, "root", "read -P 0x52 0 4k"), "root not reverted");
+    assert_eq!(current(&dir), Some(snapshot));
 }
