@@ -453,13 +453,19 @@ async fn vms_boot_run_restart_pause_and_go_away_on_qemu() {
             (status(&vm, "phase") == "Failed" && ready["reason"] == *reason).then_some(())
         })
         .await;
-        assert!(
-            events_for(&client, name)
-                .await
-                .iter()
-                .any(|e| e["reason"] == *reason && e["type"] == "Warning"),
-            "{name}: a Warning Event with reason {reason}"
-        );
+        // The agent publishes the Event after it writes the status.
+        eventually(
+            &format!("{name}: a Warning Event with reason {reason}"),
+            WAIT,
+            || async {
+                events_for(&client, name)
+                    .await
+                    .iter()
+                    .any(|e| e["reason"] == *reason && e["type"] == "Warning")
+                    .then_some(())
+            },
+        )
+        .await;
     }
     let huge = root.path().join("huge.yaml");
     std::fs::write(
