@@ -41,6 +41,18 @@ impl Cpus {
     }
 }
 
+/// `program`, under `taskset -c cpus` when given.
+pub fn pinned(cpus: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    match cpus {
+        Some(list) => {
+            let mut cmd = std::process::Command::new("taskset");
+            cmd.args(["-c", list]).arg(program);
+            cmd
+        }
+        None => std::process::Command::new(program),
+    }
+}
+
 /// "0-2,5" -> ["0", "1", "2", "5"].
 pub fn cpu_list(list: &str) -> Vec<String> {
     let mut cpus = Vec::new();

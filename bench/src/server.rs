@@ -1,5 +1,6 @@
 //! A whole `keel server` process (the `keel` binary, controllers included) for the benchmarks
-//! that measure more than the store: reconciles, VMs, the network controller.
+//! that measure more than the store: reconciles, VMs, the network controller; a `keel agent`
+//! joined to it, and the other processes a benchmark starts.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -76,4 +77,46 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A child process killed when dropped.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `keel agent` as node `node` joined to `server`, with its data in `dir/a`, its log
+/// in `dir/agent.log` and `extra` flags (the roles under test).
+pub fn start_agent(
+    keel: &Path,
+    dir: &Path,
+    server: &Server,
+    node: &str,
+    extra: &[&str],
+) -> Result<Guard, String> {
+    let join = std::fs::read_to_string(server.data.join("join-token"))
+        .map_err(|e| format!("cannot read the server's join token: {e}"))?;
+    let log = std::fs::File::create(dir.join("agent.log")).map_err(|e| e.to_string())?;
+    let child = Command::new(keel)
+        .args(["agent", "--server", &server.url, "--token", join.trim()])
+        .args(["--node-name", node, "--data-dir"])
+        .arg(dir.join("a"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start `keel agent`: {e}"))?;
+    Ok(Guard(child))
+}
+
+/// The last `n` lines of a log file.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -195,6 +195,30 @@ fn arp(port: &str, mac: &str, src: &str, target: &str) -> String {
     )
 }
 
+/// The network controller, running against `ovn` until [`Controller::stop`].
+struct Controller {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Controller {
+    fn start(c: &Client, ovn: &Ovn, external: Option<External>) -> Controller {
+        let (stop, stopped) = watch::channel(false);
+        let config = NetworkConfig {
+            nb: ovn.nb(),
+            resync: Duration::from_secs(5),
+            external,
+        };
+        let task = tokio::spawn(run(c.clone(), config, stopped));
+        Controller { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.send_replace(true);
+        let _ = self.task.await;
+    }
+}
+
 /// Waits until `check` holds.
 async fn wait_for(check: impl Fn() -> bool, what: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -218,21 +242,16 @@ async fn vpcs_become_ovn_topologies_that_isolate_tenants() {
     let server = start(dir.path()).await;
     let c = client(&server);
     let ovn = Ovn::start();
-    let (stop_tx, stop) = watch::channel(false);
-    let controller = tokio::spawn(run(
-        c.clone(),
-        NetworkConfig {
-            nb: ovn.nb(),
-            resync: Duration::from_secs(5),
-            external: Some(External {
-                cidr: "172.16.0.0/24".into(),
-                gateway: "172.16.0.1".into(),
-                chassis: "hv1".into(),
-                physnet: "external".into(),
-            }),
-        },
-        stop,
-    ));
+    let controller = Controller::start(
+        &c,
+        &ovn,
+        Some(External {
+            cidr: "172.16.0.0/24".into(),
+            gateway: "172.16.0.1".into(),
+            chassis: "hv1".into(),
+            physnet: "external".into(),
+        }),
+    );
 
     // Two tenants; b uses the same addresses as a for its web VM.
     let (a_vms, b_vms) = two_tenants(&c).await;
@@ -752,8 +771,7 @@ async fn vpcs_become_ovn_topologies_that_isolate_tenants() {
             .contains("subnet 10.1.3.0/30 is exhausted")
     );
 
-    stop_tx.send_replace(true);
-    let _ = controller.await;
+    controller.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -763,16 +781,7 @@ async fn guests_exchange_real_packets_across_subnets_and_other_tenants_cannot_re
     let c = client(&server);
     let ovn = Ovn::start();
     let mut hv = Chassis::start(&ovn, "hv1");
-    let (stop_tx, stop) = watch::channel(false);
-    let controller = tokio::spawn(run(
-        c.clone(),
-        NetworkConfig {
-            nb: ovn.nb(),
-            resync: Duration::from_secs(5),
-            external: None,
-        },
-        stop,
-    ));
+    let controller = Controller::start(&c, &ovn, None);
     let (a_vms, b_vms) = two_tenants(&c).await;
     let (web_ip, web_mac) = address(&a_vms, "web").await;
     let (db_ip, db_mac) = address(&a_vms, "db").await;
@@ -816,8 +825,7 @@ async fn guests_exchange_real_packets_across_subnets_and_other_tenants_cannot_re
         "b/web pings its own gateway",
     )
     .await;
-    stop_tx.send_replace(true);
-    let _ = controller.await;
+    controller.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -830,16 +838,7 @@ async fn load_balancers_on_a_subnet_become_ovn_load_balancers() {
     let server = start(dir.path()).await;
     let c = client(&server);
     let ovn = Ovn::start();
-    let (stop_tx, stop) = watch::channel(false);
-    let controller = tokio::spawn(run(
-        c.clone(),
-        NetworkConfig {
-            nb: ovn.nb(),
-            resync: Duration::from_secs(5),
-            external: None,
-        },
-        stop,
-    ));
+    let controller = Controller::start(&c, &ovn, None);
     let vms = web_tenant(&c, "shop").await;
     let (web1_ip, _) = address(&vms, "web1").await;
     let (web2_ip, _) = address(&vms, "web2").await;
@@ -1135,8 +1134,7 @@ async fn load_balancers_on_a_subnet_become_ovn_load_balancers() {
         !delivered(&trace).is_some_and(|p| p.starts_with("keel/shop/web")),
         "without the load balancer the VIP leads nowhere: {trace}"
     );
-    stop_tx.send_replace(true);
-    let _ = controller.await;
+    controller.stop().await;
 }
 
 /// The Load_Balancer rows' names and VIPs (`lb-list` cuts names at 16 characters).
@@ -1218,16 +1216,7 @@ async fn guests_reach_a_load_balancer_and_a_dead_backend_is_taken_out() {
     let c = client(&server);
     let ovn = Ovn::start();
     let mut hv = Chassis::start(&ovn, "hv1");
-    let (stop_tx, stop) = watch::channel(false);
-    let controller = tokio::spawn(run(
-        c.clone(),
-        NetworkConfig {
-            nb: ovn.nb(),
-            resync: Duration::from_secs(5),
-            external: None,
-        },
-        stop,
-    ));
+    let controller = Controller::start(&c, &ovn, None);
     let vms = web_tenant(&c, "shop").await;
     let mut guests = std::collections::BTreeMap::new();
     for (name, gateway) in [
@@ -1304,6 +1293,5 @@ async fn guests_reach_a_load_balancer_and_a_dead_backend_is_taken_out() {
             assert_eq!(get_name(ns, &format!("{vip}:80")), "web2", "from {from}");
         }
     }
-    stop_tx.send_replace(true);
-    let _ = controller.await;
+    controller.stop().await;
 }

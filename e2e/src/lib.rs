@@ -58,6 +58,32 @@ where
     }
 }
 
+/// `dig @127.0.0.1 -p PORT ARGS` (no recursion asked, one try of 2 s), inside network
+/// namespace `netns` when given: its whole output.
+pub fn dig(netns: Option<&str>, port: u16, args: &[&str]) -> String {
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "dig"]);
+            c
+        }
+        None => Command::new("dig"),
+    };
+    let out = command
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "+norec",
+            "+time=2",
+            "+tries=1",
+        ])
+        .args(args)
+        .output()
+        .expect("run dig (bind9-dnsutils)");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 /// Runs `keelctl ARGS` with `kubeconfig`.
 pub fn keelctl(kubeconfig: &Path, args: &[&str]) -> Output {
     Command::new(keelctl_bin())
@@ -229,6 +255,27 @@ impl KeelServer {
     /// What the server logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// An admin client, once the server has written its credentials and serves namespace
+    /// `default` (a started cluster); fails with the server's log after `timeout`.
+    pub async fn ready_client(&self, timeout: Duration) -> keel_client::Client {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some((admin, ca)) = self.try_admin() {
+                let client = keel_client::Client::new(&self.url(), &ca, &admin)
+                    .expect("the server's CA and token make a client");
+                if client.get("/api/v1/namespaces/default").await.is_ok() {
+                    return client;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server serves no namespace default after {timeout:?}; its log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

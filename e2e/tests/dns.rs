@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use keel_client::{Api, Client, DeleteParams, Patch};
@@ -90,31 +89,7 @@ async fn cluster(extra: &[&str]) -> Cluster {
 
 /// `dig @127.0.0.1 -p PORT ARGS` (no recursion asked, one try): its whole output.
 fn dig(port: u16, args: &[&str]) -> String {
-    dig_in(None, port, args)
-}
-
-fn dig_in(netns: Option<&str>, port: u16, args: &[&str]) -> String {
-    let mut command = match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, "dig"]);
-            c
-        }
-        None => Command::new("dig"),
-    };
-    let out = command
-        .args([
-            "@127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "+norec",
-            "+time=2",
-            "+tries=1",
-        ])
-        .args(args)
-        .output()
-        .expect("run dig (bind9-dnsutils)");
-    String::from_utf8_lossy(&out.stdout).to_string()
+    keel_e2e::dig(None, port, args)
 }
 
 /// The serial of the SOA the server answers for `zone` (over TCP: no lost datagram).
@@ -715,7 +690,7 @@ async fn a_host_cut_off_from_the_api_answers_from_its_last_data() {
     let ns = net.name.clone();
     let www = |ns: &str| {
         section(
-            &dig_in(Some(ns), dns_port, &["www.shop.example", "A"]),
+            &keel_e2e::dig(Some(ns), dns_port, &["www.shop.example", "A"]),
             "ANSWER",
         )
     };

@@ -35,19 +35,8 @@ async fn cluster() -> Cluster {
     let root = tempfile::tempdir().unwrap();
     let mut server = KeelServer::new(root.path(), "lb-1");
     server.start(&["--lb-vip-pool", "127.0.77.0/28"]);
-    let (admin, ca) = eventually("credentials", WAIT, || async { server.try_admin() }).await;
-    let client = Client::new(&server.url(), &ca, &admin).unwrap();
+    let client = server.ready_client(WAIT).await;
     let kubeconfig = server.data_dir.join("admin.kubeconfig");
-    let nss: Api<Value> = Api::all(&client, kind("namespaces"));
-    let deadline = std::time::Instant::now() + WAIT;
-    while nss.get("default").await.is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no namespace default; server log:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     Cluster {
         root,
         _server: server,

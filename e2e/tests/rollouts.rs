@@ -31,13 +31,7 @@ async fn cluster(name: &str) -> Cluster {
     let root = tempfile::tempdir().unwrap();
     let mut server = KeelServer::new(root.path(), name);
     server.start(&["--lb-vip-pool", "127.0.79.0/28"]);
-    let (admin, ca) = eventually("credentials", WAIT, || async { server.try_admin() }).await;
-    let client = Client::new(&server.url(), &ca, &admin).unwrap();
-    let nss: Api<Value> = Api::all(&client, kind("namespaces"));
-    eventually("namespace default", WAIT, || async {
-        nss.get("default").await.ok()
-    })
-    .await;
+    let client = server.ready_client(WAIT).await;
     let kubeconfig = server.data_dir.join("admin.kubeconfig");
     Cluster {
         root,
@@ -278,19 +272,9 @@ async fn a_paused_object_is_left_alone() {
 
 /// `dig @127.0.0.1 -p PORT name type +short`.
 fn dig_short(port: u16, name: &str, type_: &str) -> String {
-    let out = Command::new("dig")
-        .args([
-            "@127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "+norec",
-            "+time=2",
-            "+tries=1",
-        ])
-        .args(["+short", name, type_])
-        .output()
-        .expect("run dig (bind9-dnsutils)");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    keel_e2e::dig(None, port, &["+short", name, type_])
+        .trim()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,14 +418,8 @@ async fn a_vm_change_that_never_gets_ready_is_rolled_back_with_its_disk() {
     let kernel = g.kernel.display().to_string();
     let mut server = KeelServer::new(root.path(), "roll-4");
     server.start(&["--kvm-probe-kernel", &kernel]);
-    let (admin, ca) = eventually("credentials", WAIT, || async { server.try_admin() }).await;
-    let client = Client::new(&server.url(), &ca, &admin).unwrap();
+    let client = server.ready_client(WAIT).await;
     let kubeconfig = server.data_dir.join("admin.kubeconfig");
-    let nss: Api<Value> = Api::all(&client, kind("namespaces"));
-    eventually("namespace default", WAIT, || async {
-        nss.get("default").await.ok()
-    })
-    .await;
     let vms = api(&client, "virtualmachines");
     let revisions = api(&client, "revisions");
     let disk = server

@@ -27,14 +27,14 @@ use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
-use keel_bench::cpus::{Cpus, cpu_seconds};
-use keel_bench::server::{Server, keel_binary, start_server};
+use keel_bench::cpus::{Cpus, cpu_seconds, pinned};
+use keel_bench::server::{Guard, Server, keel_binary, start_agent, start_server, tail};
 use keel_client::{Api, ListParams, Patch};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -96,9 +96,6 @@ struct Target {
     /// Its processes, whose CPU is measured.
     pids: Vec<u32>,
 }
-
-/// A child process killed when dropped (named, a `keel agent`).
-struct Guard(Child);
 
 /// How dnsperf loads a server.
 #[derive(Debug, Clone, Copy)]
@@ -206,7 +203,13 @@ async fn start_keel(keel: &Path, dir: &Path, cpus: &Cpus) -> Result<Keel> {
         let log = tail(&dir.join("server.log"), 10);
         format!("cannot start `keel server`: {e}; server.log ends with:\n{log}")
     })?;
-    let agent = start_agent(&binary, dir, &server)?;
+    let agent = start_agent(
+        &binary,
+        dir,
+        &server,
+        "bench-dns",
+        &["--dns-listen", "127.0.0.1:0"],
+    )?;
     let dns = dns_endpoint(&server.client).await.map_err(|e| {
         let log = tail(&dir.join("agent.log"), 10);
         format!("{e}; agent.log ends with:\n{log}")
@@ -225,22 +228,6 @@ fn pinned_wrapper(keel: &Path, dir: &Path, cpus: &str) -> Result<PathBuf> {
         .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(path)
-}
-
-/// Starts `keel agent` (node `bench-dns`) serving DNS on a free loopback port.
-fn start_agent(keel: &Path, dir: &Path, server: &Server) -> Result<Guard> {
-    let join = std::fs::read_to_string(server.data.join("join-token"))
-        .map_err(|e| format!("cannot read the server's join token: {e}"))?;
-    let child = Command::new(keel)
-        .args(["agent", "--server", &server.url, "--token", join.trim()])
-        .args(["--node-name", "bench-dns", "--data-dir"])
-        .arg(dir.join("a"))
-        .args(["--dns-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(File::create(dir.join("agent.log"))?)
-        .spawn()
-        .map_err(|e| format!("cannot start `keel agent`: {e}"))?;
-    Ok(Guard(child))
 }
 
 /// The address in the first Node's `keel.dev/dns-endpoint` annotation (the agent's Node).
@@ -808,34 +795,6 @@ fn pinning(cpus: &Cpus) -> String {
     match (&cpus.loadgen, &cpus.servers) {
         (Some(l), Some(s)) => format!("dnsperf on CPU {l}, the servers on CPU {s}"),
         _ => "dnsperf and the servers share the CPUs".into(),
-    }
-}
-
-/// `program`, under `taskset -c cpus` when given.
-fn pinned(cpus: Option<&str>, program: &str) -> Command {
-    match cpus {
-        Some(list) => {
-            let mut cmd = Command::new("taskset");
-            cmd.args(["-c", list, program]);
-            cmd
-        }
-        None => Command::new(program),
-    }
-}
-
-/// The last `n` lines of a log file.
-fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-// === impl Guard ===
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

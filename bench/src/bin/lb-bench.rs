@@ -29,13 +29,13 @@ use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use keel_bench::cpus::{Cpus, cpu_list, cpu_seconds};
-use keel_bench::server::{Server, keel_binary, start_server};
+use keel_bench::cpus::{Cpus, cpu_list, cpu_seconds, pinned};
+use keel_bench::server::{Guard, Server, keel_binary, start_agent, start_server, tail};
 use keel_client::Api;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -85,9 +85,6 @@ const CHECK_RISE: u32 = 2;
 const CHECK_FALL: u32 = 3;
 /// How long the LoadBalancer may take to be Ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// A child process killed when dropped.
-struct Guard(Child);
 
 /// The Keel processes under test.
 struct Keel {
@@ -318,24 +315,8 @@ async fn start_keel(keel: &Path, dir: &Path) -> Result<Keel> {
         let log = tail(&dir.join("server.log"), 10);
         format!("cannot start `keel server`: {e}; server.log ends with:\n{log}")
     })?;
-    let agent = start_agent(keel, dir, &server)?;
+    let agent = start_agent(keel, dir, &server, "bench-lb", &[])?;
     Ok(Keel { server, agent })
-}
-
-/// Starts `keel agent` (node `bench-lb`); its load balancer role is on by default.
-fn start_agent(keel: &Path, dir: &Path, server: &Server) -> Result<Guard> {
-    let join = std::fs::read_to_string(server.data.join("join-token"))
-        .map_err(|e| format!("cannot read the server's join token: {e}"))?;
-    let child = Command::new(keel)
-        .args(["agent", "--server", &server.url, "--token", join.trim()])
-        .args(["--node-name", "bench-lb", "--data-dir"])
-        .arg(dir.join("a"))
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(File::create(dir.join("agent.log"))?)
-        .spawn()
-        .map_err(|e| format!("cannot start `keel agent`: {e}"))?;
-    Ok(Guard(child))
 }
 
 /// Creates the LoadBalancer and returns it once Ready with every backend healthy.
@@ -903,18 +884,6 @@ fn pinning(cpus: &Cpus) -> String {
     }
 }
 
-/// `program`, under `taskset -c cpus` when given.
-fn pinned(cpus: Option<&str>, program: &Path) -> Command {
-    match cpus {
-        Some(list) => {
-            let mut cmd = Command::new("taskset");
-            cmd.args(["-c", list]).arg(program);
-            cmd
-        }
-        None => Command::new(program),
-    }
-}
-
 /// The jiffies of `cpus` so far (`cpuN user nice system idle iowait irq softirq steal ...`
 /// lines of /proc/stat; guest time is inside user time).
 fn cpu_times(cpus: &[String]) -> Option<CpuTimes> {
@@ -939,20 +908,6 @@ fn cpu_times(cpus: &[String]) -> Option<CpuTimes> {
         sum.total += user + nice + system + idle + iowait + irq + softirq + steal;
     }
     Some(sum)
-}
-
-/// The last `n` lines of a log file.
-fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[cfg(test)]

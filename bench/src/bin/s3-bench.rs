@@ -12,9 +12,8 @@
 //! reads it back: from the page cache (as the GETs, which follow the PUTs, read) and, when
 //! the kernel lets it drop its caches, from the disk.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +21,7 @@ use bytes::Bytes;
 use clap::Parser;
 use hmac::{KeyInit, Mac};
 use http_body_util::{BodyExt, Full};
-use keel_bench::server::{Server, keel_binary, start_server};
+use keel_bench::server::{Server, keel_binary, start_agent, start_server};
 use keel_client::Api;
 use rand::RngCore;
 use serde_json::{Value, json};
@@ -72,16 +71,6 @@ struct Phase {
     p99_ms: f64,
 }
 
-/// A child process killed when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -98,7 +87,13 @@ async fn run(args: Args) -> Result<()> {
     let server = start_server(&keel, dir.path(), &[])
         .await
         .map_err(|e| format!("cannot start `keel server`: {e}"))?;
-    let _agent = start_agent(&keel, dir.path(), &server)?;
+    let _agent = start_agent(
+        &keel,
+        dir.path(),
+        &server,
+        "bench-s3",
+        &["--s3-listen", "127.0.0.1:0"],
+    )?;
     let target = make_bucket(&server).await?;
     println!(
         "s3-bench: {} connections, objects under {}",
@@ -142,23 +137,6 @@ async fn run(args: Args) -> Result<()> {
     }
     drop(server);
     Ok(())
-}
-
-/// Starts `keel agent` (node `bench-s3`) with the storage role on a free loopback port.
-fn start_agent(keel: &Path, dir: &Path, server: &Server) -> Result<Guard> {
-    let join = std::fs::read_to_string(server.data.join("join-token"))
-        .map_err(|e| format!("cannot read the server's join token: {e}"))?;
-    let log = File::create(dir.join("agent.log")).map_err(|e| e.to_string())?;
-    let child = Command::new(keel)
-        .args(["agent", "--server", &server.url, "--token", join.trim()])
-        .args(["--node-name", "bench-s3", "--data-dir"])
-        .arg(dir.join("a"))
-        .args(["--s3-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("cannot start `keel agent`: {e}"))?;
-    Ok(Guard(child))
 }
 
 /// Creates namespace `bench` and Bucket `data`, and returns it once Ready with its keys.
