@@ -54,9 +54,12 @@ pub struct AgentConfig {
     /// Where the agent's HTTPS endpoint listens (port 0: any free port, published in the
     /// Node).
     pub listen: SocketAddr,
-    /// The token the API server presents to the endpoint (the cluster's join token); without
-    /// one, every call is refused.
-    pub server_token: Option<String>,
+    /// The cluster CA (PEM): the endpoint accepts only the API server's client certificate
+    /// signed by it.
+    pub ca_pem: String,
+    /// The node's certificate, which the agent renews before it expires (none: the client's
+    /// credentials are someone else's to keep).
+    pub identity: Option<crate::identity::NodeIdentity>,
 }
 
 /// The agent's standing with the cluster.
@@ -123,7 +126,8 @@ impl AgentConfig {
             kvm_probe_kernel: None,
             cpu_allocation_ratio: 4.0,
             listen: SocketAddr::from(([0, 0, 0, 0], 10250)),
-            server_token: None,
+            ca_pem: String::new(),
+            identity: None,
         }
     }
 }
@@ -201,13 +205,13 @@ pub async fn run(
         "127.0.0.1".to_string(),
     ];
     names.extend(facts.internal_ip.map(|ip| ip.to_string()));
-    let endpoint = crate::server::bind(config.listen, names).await?;
+    let endpoint = crate::server::bind(config.listen, names, &config.ca_pem).await?;
     let published = (endpoint.port, endpoint.certificate_pem.clone());
-    let endpoint_task = tokio::spawn(endpoint.serve(
-        config.server_token.clone().unwrap_or_default(),
-        config.data_dir.join("vms"),
-        shutdown.clone(),
-    ));
+    let endpoint_task = tokio::spawn(endpoint.serve(config.data_dir.join("vms"), shutdown.clone()));
+    let renewal = config
+        .identity
+        .clone()
+        .map(|identity| tokio::spawn(identity.keep_renewed(client.clone(), shutdown.clone())));
     let shared = Arc::new(Shared {
         client,
         config,
@@ -255,6 +259,9 @@ pub async fn run(
         let _ = balancer.await;
     }
     let _ = endpoint_task.await;
+    if let Some(renewal) = renewal {
+        let _ = renewal.await;
+    }
     Ok(())
 }
 

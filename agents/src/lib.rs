@@ -6,6 +6,7 @@
 //! Modules:
 //! - [`agent`]: registration, heartbeat, health and fencing.
 //! - [`dns`]: the authoritative DNS server for the cluster's Zones (hosts with the DNS role).
+//! - [`identity`]: the node's client certificate: got with the agent token, renewed by itself.
 //! - [`lb`]: the L4 proxy serving the LoadBalancers placed on this node, with health checks.
 //! - [`probe`]: capacity, addresses and capability conditions of the host.
 //! - [`server`]: the agent's HTTPS endpoint, which the API server calls for console logs.
@@ -15,6 +16,7 @@
 
 pub mod agent;
 pub mod dns;
+pub mod identity;
 pub mod lb;
 pub mod probe;
 pub mod server;

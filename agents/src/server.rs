@@ -3,8 +3,9 @@
 //!
 //! The agent makes a fresh self-signed certificate at each start and publishes it in its
 //! Node (annotation [`CERTIFICATE_ANNOTATION`], port in `status.daemonEndpoints`); the API
-//! server pins that exact certificate when it connects. The API server proves itself with
-//! the cluster's join token as a bearer token.
+//! server pins that exact certificate when it connects. The API server proves itself with a
+//! client certificate the cluster CA signed for `system:keel-apiserver`; a connection
+//! without one is refused in the handshake, and any other user gets 403.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -57,14 +58,18 @@ pub struct Endpoint {
 
 /// What the handlers read.
 struct State {
-    token: String,
     vms: PathBuf,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
 
-/// Binds `addr` and makes the certificate (valid for `names`: the node name and addresses).
-pub async fn bind(addr: SocketAddr, names: Vec<String>) -> Result<Endpoint, ServerError> {
+/// Binds `addr` and makes the certificate (valid for `names`: the node name and addresses);
+/// clients must present a certificate the CA in `ca_pem` signed.
+pub async fn bind(
+    addr: SocketAddr,
+    names: Vec<String>,
+    ca_pem: &str,
+) -> Result<Endpoint, ServerError> {
     let key = rcgen::KeyPair::generate().map_err(|e| ServerError::Certificate(e.to_string()))?;
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
         .map_err(|e| ServerError::Certificate(e.to_string()))?;
@@ -83,17 +88,31 @@ pub async fn bind(addr: SocketAddr, names: Vec<String>) -> Result<Endpoint, Serv
     let cert = params
         .self_signed(&key)
         .map_err(|e| ServerError::Certificate(e.to_string()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| ServerError::Certificate(e.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::pem_slice_iter(
+        ca_pem.as_bytes(),
+    ) {
+        let ca = ca.map_err(|e| ServerError::Certificate(format!("the cluster CA: {e}")))?;
+        roots
+            .add(ca)
+            .map_err(|e| ServerError::Certificate(format!("the cluster CA: {e}")))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
     )
+    .build()
     .map_err(|e| ServerError::Certificate(e.to_string()))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServerError::Certificate(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .map_err(|e| ServerError::Certificate(e.to_string()))?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServerError::Bind { addr, source })?;
@@ -112,10 +131,9 @@ pub async fn bind(addr: SocketAddr, names: Vec<String>) -> Result<Endpoint, Serv
 // === impl Endpoint ===
 
 impl Endpoint {
-    /// Serves until `shutdown` turns true; `token` is what the API server presents, `vms`
-    /// the VM directories.
-    pub async fn serve(self, token: String, vms: PathBuf, mut shutdown: watch::Receiver<bool>) {
-        let state = Arc::new(State { token, vms });
+    /// Serves until `shutdown` turns true; `vms` are the VM directories.
+    pub async fn serve(self, vms: PathBuf, mut shutdown: watch::Receiver<bool>) {
+        let state = Arc::new(State { vms });
         let mut stop = Box::pin(async move {
             let _ = shutdown.wait_for(|s| *s).await;
         });
@@ -137,9 +155,16 @@ impl Endpoint {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
+                let caller = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|cert| common_name(cert));
                 let service = hyper::service::service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                    let caller = caller.clone();
+                    async move { Ok::<_, Infallible>(handle(&state, caller.as_deref(), req).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), service)
@@ -149,17 +174,14 @@ impl Endpoint {
     }
 }
 
-async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
-    let presented = req
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if !same(presented.as_bytes(), state.token.as_bytes()) {
+async fn handle(state: &State, caller: Option<&str>, req: Request<Incoming>) -> Response<Body> {
+    if caller != Some(keel_schemas::identity::APISERVER) {
         return text(
-            StatusCode::UNAUTHORIZED,
-            "the API server's token is required",
+            StatusCode::FORBIDDEN,
+            &format!(
+                "only the API server ({}) may call the agent, not {caller:?}",
+                keel_schemas::identity::APISERVER
+            ),
         );
     }
     let path: Vec<&str> = req
@@ -248,9 +270,17 @@ fn text(code: StatusCode, message: &str) -> Response<Body> {
     response
 }
 
-/// Compares in time independent of where the inputs differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The CN of a certificate (rustls checked it against the cluster CA).
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    Some(cn)
 }
 
 #[cfg(test)]
@@ -272,6 +302,5 @@ mod tests {
                 .unwrap_err()
                 .contains("tailLines")
         );
-        assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"abc", b"ab"));
     }
 }

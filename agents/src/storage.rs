@@ -10,26 +10,26 @@
 //!   each exist in the store, publishes its policy, runs its lifecycle, reports usage, and
 //!   holds a finalizer until its data is dealt with.
 //!
+//! - [`keys`]: the access keys, from the Secret each bound Bucket names.
+//!
 //! The cluster's bucket controller (keel-controllers `buckets`) binds a Bucket to a node
-//! with the `keel.dev/s3-endpoint` annotation and writes its access keys into a Secret;
-//! this host reads every such Secret (label `keel.dev/bucket`) to learn the keys.
+//! with the `keel.dev/s3-endpoint` annotation and writes its access keys into a Secret it
+//! names in the Bucket's status; this host watches exactly those Secrets (all the node
+//! authorizer lets it read) to learn the keys.
 
 pub mod access;
 pub mod buckets;
+pub mod keys;
 pub mod s3;
 pub mod store;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use keel_client::Api;
-use keel_controllers::buckets::{ACCESS_KEY, CREDENTIALS_LABEL, SECRET_KEY};
 use keel_controllers::runtime::queue::Backoff;
-use keel_controllers::runtime::{Controller, Recorder, Store as Cache, watcher};
-use serde_json::Value;
+use keel_controllers::runtime::{Controller, Recorder, watcher};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -100,7 +100,7 @@ pub(crate) async fn run(
         registry.clone(),
         shutdown.clone(),
     ));
-    let keys = tokio::spawn(watch_keys(
+    let keys = tokio::spawn(keys::run(
         shared.clone(),
         registry.clone(),
         shutdown.clone(),
@@ -132,55 +132,4 @@ pub(crate) async fn run(
     controller.run(buckets::reconcile, ctx, shutdown).await;
     let _ = keys.await;
     let _ = server.await;
-}
-
-/// Keeps the registry's access keys equal to the cluster's bucket credential Secrets.
-async fn watch_keys(
-    shared: Arc<Shared>,
-    registry: Arc<access::Registry>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let Some(kind) = keel_schemas::lookup("secrets") else {
-        return;
-    };
-    let cache = Cache::new();
-    let mut w = watcher(
-        Api::all(&shared.client, kind),
-        watcher::Config::default().labels(CREDENTIALS_LABEL),
-    );
-    loop {
-        tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return,
-            event = w.next() => { cache.apply(event); }
-        }
-        if cache.is_ready() {
-            registry.set_keys(keys_of(&cache.list()));
-        }
-    }
-}
-
-/// The access keys in credential Secrets: access key -> (secret, bucket).
-fn keys_of(secrets: &[Arc<Value>]) -> HashMap<String, access::Key> {
-    let decode = |s: &Value, key: &str| {
-        let text = s["data"][key].as_str()?;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .ok()?;
-        String::from_utf8(bytes).ok()
-    };
-    secrets
-        .iter()
-        .filter_map(|s| {
-            let bucket = s["metadata"]["labels"][CREDENTIALS_LABEL].as_str()?;
-            let access_key = decode(s, ACCESS_KEY)?;
-            let secret = decode(s, SECRET_KEY)?;
-            Some((
-                access_key,
-                access::Key {
-                    secret,
-                    bucket: bucket.to_string(),
-                },
-            ))
-        })
-        .collect()
 }

@@ -1,16 +1,30 @@
 //! [`ApiServer`]: a whole Keel server — the replicated store and the HTTPS API in front of it,
-//! with the cluster's certificates, tokens and admin kubeconfig.
+//! with the cluster's certificates, keys, tokens, audit log and admin kubeconfig.
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use keel_schemas::identity;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::auth::{self, Certificates, TlsError, Tokens};
+use crate::auth::audit::{AuditConfig, AuditLog};
+use crate::auth::cache::AuthCache;
+use crate::auth::encryption::{self, Encryption, EncryptionConfig};
+use crate::auth::jwt::ServiceAccountKeys;
+use crate::auth::{self, Auth, Certificates, Credential, Issued, TlsError, Tokens};
 use crate::http::{self, HttpOptions};
 use crate::raft::{Server, ServerConfig, ServerError};
+
+/// The issuer of service-account tokens unless configured (kubeadm's default).
+pub const DEFAULT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// How long the certificates a server issues to its own components (the admin, the
+/// controllers, its identity towards agents) last.
+const OWN_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// How to start a Keel server.
 #[derive(Debug, Clone)]
@@ -28,6 +42,15 @@ pub struct ApiConfig {
     pub join: Option<(String, String)>,
     /// More metrics to serve at `/metrics` (the process's controllers'), in the text format.
     pub extra_metrics: Option<fn() -> String>,
+    /// The issuer named in service-account tokens (also their default audience).
+    pub issuer: String,
+    /// How long the node certificates this server signs last.
+    pub node_certificate_lifetime: Duration,
+    /// The audit log: where, its size before rotation and how many rotated files are kept
+    /// (`None`: no audit log).
+    pub audit: Option<AuditConfig>,
+    /// Whether requests without credentials are served as `system:anonymous`.
+    pub anonymous: bool,
 }
 
 /// Why a server did not start.
@@ -70,6 +93,9 @@ pub enum StartError {
         /// The hash the join token pins.
         pinned: String,
     },
+    /// The encryption configuration is unusable.
+    #[error(transparent)]
+    Encryption(#[from] encryption::EncryptionError),
     /// The API's address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -88,6 +114,7 @@ pub struct ApiServer {
     url: String,
     certificates: Certificates,
     tokens: Tokens,
+    node_certificate_lifetime: Duration,
     kubeconfig: PathBuf,
     shutdown: watch::Sender<bool>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
@@ -99,12 +126,20 @@ impl ApiConfig {
     /// Settings for a server on `listen` with the store's settings and default timings.
     pub fn new(raft: ServerConfig, listen: SocketAddr) -> ApiConfig {
         ApiConfig {
-            raft,
             listen,
             advertise_host: None,
             bookmark_interval: Duration::from_secs(60),
             join: None,
             extra_metrics: None,
+            issuer: DEFAULT_ISSUER.to_string(),
+            node_certificate_lifetime: Duration::from_secs(30 * 24 * 3600),
+            audit: Some(AuditConfig {
+                path: raft.data_dir.join("audit").join("audit.log"),
+                max_bytes: 100 << 20,
+                max_backups: 5,
+            }),
+            anonymous: true,
+            raft,
         }
     }
 }
@@ -133,20 +168,22 @@ impl ApiServer {
             }
         });
         let data_dir = config.raft.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::Io {
-            path: data_dir.clone(),
-            source,
-        })?;
+        let io = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| StartError::Io { path, source }
+        };
+        private_dir(&data_dir).map_err(io(&data_dir))?;
         let raft_join = join(&config, &data_dir).await?;
         let certificates =
             Certificates::load_or_create(&data_dir.join("tls"), &names(&host, bound.ip()))?;
         let tokens =
-            Tokens::load_or_create(&data_dir, &certificates.ca_hash()?).map_err(|source| {
-                StartError::Io {
-                    path: data_dir.clone(),
-                    source,
-                }
-            })?;
+            Tokens::load_or_create(&data_dir, &certificates.ca_hash()?).map_err(io(&data_dir))?;
+        let sa_key = data_dir.join("tls").join("service-account.key");
+        let service_accounts =
+            ServiceAccountKeys::load_or_create(&sa_key, &config.issuer).map_err(io(&sa_key))?;
+        let encryption_file = data_dir.join(encryption::CONFIG_FILE);
+        let encryption_config = EncryptionConfig::load_or_create(&encryption_file)?;
+        let encryption = Arc::new(Encryption::new(&encryption_config)?);
         let raft_config = ServerConfig {
             tls: Some(certificates.peer_tls()),
             join: raft_join.or(config.raft.join.clone()),
@@ -160,31 +197,81 @@ impl ApiServer {
         };
         let url = format!("https://{advertise}");
         let kubeconfig = data_dir.join("admin.kubeconfig");
+        let admin = certificates.issue_client(
+            identity::ADMIN,
+            Some(identity::MASTERS),
+            OWN_CERTIFICATE_LIFETIME,
+        )?;
         auth::write_kubeconfig(
             &kubeconfig,
             &url,
             &certificates.ca_pem,
-            "admin",
-            tokens.admin(),
+            identity::ADMIN,
+            Credential::Certificate {
+                cert_pem: &admin.cert_pem,
+                key_pem: &admin.key_pem,
+            },
         )
-        .map_err(|source| StartError::Io {
-            path: kubeconfig.clone(),
-            source,
-        })?;
+        .map_err(io(&kubeconfig))?;
+        let audit = match &config.audit {
+            Some(audit) => AuditLog::start(audit.clone()).map_err(io(&audit.path))?,
+            None => AuditLog::disabled(),
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let options = HttpOptions {
-            server: raft.clone(),
+        let cache = AuthCache::new(raft.store().clone(), encryption.clone());
+        tokio::spawn(cache.clone().run(shutdown_rx.clone()));
+        let auth = Arc::new(Auth {
             tokens: tokens.clone(),
             certificates: certificates.clone(),
+            service_accounts,
+            audiences: vec![config.issuer.clone()],
+            cache,
+            audit,
+            node_certificate_lifetime: config.node_certificate_lifetime,
+            anonymous: config.anonymous,
+            encryption_config: serde_json::to_string(&encryption_config).unwrap_or_default(),
+        });
+        let bootstrap = Arc::new(http::Bootstrap::default());
+        let options = HttpOptions {
+            server: raft.clone(),
+            auth,
+            encryption: encryption.clone(),
+            agent_client: Arc::new(certificates.issue_client(
+                identity::APISERVER,
+                None,
+                OWN_CERTIFICATE_LIFETIME,
+            )?),
+            bootstrap: bootstrap.clone(),
             tls: certificates.server_config()?,
             advertise,
             bookmark_interval: config.bookmark_interval,
             extra_metrics: config.extra_metrics,
         };
-        tokio::spawn(http::ensure_namespaces(raft.clone(), shutdown_rx.clone()));
-        tokio::spawn(http::finalize_namespaces(raft.clone(), shutdown_rx.clone()));
+        tokio::spawn(http::ensure_namespaces(
+            raft.clone(),
+            encryption.clone(),
+            bootstrap.clone(),
+            shutdown_rx.clone(),
+        ));
+        tokio::spawn(http::finalize_namespaces(
+            raft.clone(),
+            encryption.clone(),
+            shutdown_rx.clone(),
+        ));
+        tokio::spawn(http::ensure_policy(
+            raft.clone(),
+            encryption.clone(),
+            bootstrap.clone(),
+            shutdown_rx.clone(),
+        ));
+        tokio::spawn(http::reencrypt_secrets(
+            raft.clone(),
+            encryption.clone(),
+            shutdown_rx.clone(),
+        ));
         tokio::spawn(http::keep_identity_lease(
             raft.clone(),
+            encryption.clone(),
             url.clone(),
             shutdown_rx.clone(),
         ));
@@ -196,6 +283,7 @@ impl ApiServer {
             url,
             certificates,
             tokens,
+            node_certificate_lifetime: config.node_certificate_lifetime,
             kubeconfig,
             shutdown,
             task: std::sync::Mutex::new(Some(task)),
@@ -227,9 +315,30 @@ impl ApiServer {
         self.tokens.admin()
     }
 
-    /// The join token.
+    /// The server join token.
     pub fn join_token(&self) -> String {
-        self.tokens.join().to_string()
+        self.tokens.server().to_string()
+    }
+
+    /// The agent join token.
+    pub fn agent_token(&self) -> String {
+        self.tokens.agent().to_string()
+    }
+
+    /// Issues a client certificate for one of the server's own components (a controller,
+    /// its local agent): `user`, in `group`, valid for `lifetime`.
+    pub fn issue_client(
+        &self,
+        user: &str,
+        group: Option<&str>,
+        lifetime: Duration,
+    ) -> Result<Issued, TlsError> {
+        self.certificates.issue_client(user, group, lifetime)
+    }
+
+    /// How long the node certificates this server signs last.
+    pub fn node_certificate_lifetime(&self) -> Duration {
+        self.node_certificate_lifetime
     }
 
     /// Where the admin kubeconfig is.
@@ -291,15 +400,32 @@ async fn join(
         Err(e) => return Err(join_err(e)),
     };
     if !member {
+        let io = |path: PathBuf| move |source| StartError::Io { path, source };
         Certificates::install_ca(&tls_dir, &grant.ca_pem, &grant.ca_key_pem)?;
-        Tokens::install(data_dir, &grant.admin_token, &grant.join_token).map_err(|source| {
-            StartError::Io {
-                path: data_dir.to_path_buf(),
-                source,
-            }
-        })?;
+        Tokens::install(
+            data_dir,
+            &grant.admin_token,
+            &grant.join_token,
+            &grant.agent_token,
+        )
+        .map_err(io(data_dir.to_path_buf()))?;
+        let sa_key = tls_dir.join("service-account.key");
+        crate::auth::tokens::write_secret(&sa_key, grant.service_account_key.as_bytes())
+            .map_err(io(sa_key.clone()))?;
+        let config: EncryptionConfig = serde_json::from_str(&grant.encryption_config)
+            .map_err(|e| encryption::EncryptionError::Config(format!("the join grant's: {e}")))?;
+        config.save(&data_dir.join(encryption::CONFIG_FILE))?;
     }
     Ok(Some(grant.raft_address))
+}
+
+/// Creates `dir` owner-only (0700), or makes it so if it exists.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 /// The address this machine reaches other networks from (no packet is sent: a UDP socket's

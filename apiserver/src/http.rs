@@ -5,14 +5,26 @@
 //! options early, then run against the replicated store through [`crate::raft::Server`].
 //! Every error is a Kubernetes `Status`.
 //!
-//! Modules: `request` (paths and queries), `selector` (label and field selectors), `meta`
-//! (server-owned metadata), `objects` (one object's verbs), `collection` (list,
-//! delete-collection), `watch`, `render` (the forms of a read: objects, a `Table` with each
-//! kind's columns, metadata only), `protobuf` (the bodies kubectl's generators send),
-//! `discovery`, `openapi` (OpenAPI v3 from the schemas), `status` (errors).
+//! Every request first passes the access layer (`access`: authentication, impersonation,
+//! authorization, audit); handlers know who asks from the [`access::Requester`] it leaves.
+//!
+//! Modules: `access` (the access layer), `attributes` (what a request asks to do), `guard`
+//! (access rules on what a write contains), `request` (paths and queries), `selector` (label
+//! and field selectors), `meta` (server-owned metadata), `objects` (one object's verbs),
+//! `collection` (list, delete-collection), `watch`, `render` (the forms of a read: objects, a
+//! `Table` with each kind's columns, metadata only), `protobuf` (the bodies kubectl's
+//! generators send), `reviews` (access and token reviews), `credentials` (join, node
+//! certificates, TokenRequest, OpenID discovery), `bootstrap` (the default RBAC policy and
+//! re-encryption of Secrets), `discovery`, `openapi` (OpenAPI v3 from the schemas), `status`
+//! (errors).
 
+mod access;
+mod attributes;
+mod bootstrap;
 mod collection;
+mod credentials;
 mod discovery;
+mod guard;
 mod logs;
 mod meta;
 mod metrics;
@@ -22,10 +34,12 @@ mod patch;
 mod protobuf;
 mod render;
 mod request;
+mod reviews;
 mod selector;
 mod status;
 mod watch;
 
+pub use bootstrap::{ensure_policy, reencrypt_secrets};
 pub use status::{ApiError, ApiResult, Cause};
 
 use std::collections::HashMap;
@@ -45,20 +59,38 @@ use hyper_util::service::TowerToHyperService;
 use serde_json::Value;
 use tokio::sync::watch as signal;
 
-use crate::auth::{Certificates, Tokens};
+use crate::auth::encryption::Encryption;
+use crate::auth::{Auth, Issued};
 use crate::raft::Server;
+use access::{Peer, Requester};
 use objects::PatchKind;
 use request::Target;
 
 /// The largest request body, in bytes (bigger bodies get a 413).
 pub const MAX_BODY: usize = 3 << 20;
 
+/// The server's start-up work that `/readyz` waits for (kube-apiserver's post-start
+/// hooks).
+#[derive(Debug, Default)]
+pub struct Bootstrap {
+    /// The system namespaces exist.
+    pub namespaces: std::sync::atomic::AtomicBool,
+    /// The default RBAC policy is in place.
+    pub policy: std::sync::atomic::AtomicBool,
+}
+
 /// What the handlers share.
 #[derive(Clone)]
 pub(crate) struct Api {
     pub(crate) server: Server,
-    tokens: Arc<Tokens>,
-    certificates: Option<Arc<Certificates>>,
+    /// Authentication and authorization; `None` for the server's own tasks.
+    pub(crate) auth: Option<Arc<Auth>>,
+    /// How stored values are encrypted.
+    pub(crate) encryption: Arc<Encryption>,
+    /// The client certificate this server presents to the agents it calls.
+    pub(crate) agent_client: Option<Arc<Issued>>,
+    /// What start-up work is done.
+    pub(crate) bootstrap: Arc<Bootstrap>,
     advertise: String,
     pub(crate) bookmark_interval: Duration,
     pub(crate) metrics: Arc<metrics::Metrics>,
@@ -66,17 +98,14 @@ pub(crate) struct Api {
 }
 
 impl Api {
-    /// The cluster's join token, which the server presents to agents.
-    pub(crate) fn join_token(&self) -> String {
-        self.tokens.join().to_string()
-    }
-
-    /// The API as the server's own background tasks use it: no listener, no tokens.
-    fn internal(server: Server) -> Api {
+    /// The API as the server's own background tasks use it: no listener, no access checks.
+    pub(crate) fn internal(server: Server, encryption: Arc<Encryption>) -> Api {
         Api {
             server,
-            tokens: Arc::new(Tokens::empty()),
-            certificates: None,
+            auth: None,
+            encryption,
+            agent_client: None,
+            bootstrap: Arc::default(),
             advertise: String::new(),
             bookmark_interval: Duration::from_secs(60),
             metrics: Arc::default(),
@@ -90,10 +119,14 @@ impl Api {
 pub struct HttpOptions {
     /// The replicated store.
     pub server: Server,
-    /// Accepted tokens.
-    pub tokens: Tokens,
-    /// The cluster CA (served at `/cacerts`, and to joining servers).
-    pub certificates: Certificates,
+    /// Authentication, authorization, the cluster's keys and the audit log.
+    pub auth: Arc<Auth>,
+    /// How stored values are encrypted.
+    pub encryption: Arc<Encryption>,
+    /// The client certificate this server presents to agents.
+    pub agent_client: Arc<Issued>,
+    /// What start-up work is done (for `/readyz`).
+    pub bootstrap: Arc<Bootstrap>,
     /// TLS settings (certificate and ALPN).
     pub tls: Arc<rustls::ServerConfig>,
     /// The `host:port` clients are told to use.
@@ -112,8 +145,10 @@ pub async fn serve(
 ) {
     let api = Api {
         server: options.server,
-        tokens: Arc::new(options.tokens),
-        certificates: Some(Arc::new(options.certificates)),
+        auth: Some(options.auth),
+        encryption: options.encryption,
+        agent_client: Some(options.agent_client),
+        bootstrap: options.bootstrap,
         advertise: options.advertise,
         bookmark_interval: options.bookmark_interval,
         metrics: Arc::default(),
@@ -146,6 +181,25 @@ pub async fn serve(
                     }
                     Err(_) => return,
                 };
+            // The user a client certificate names (rustls checked it against the CA).
+            let user = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|cert| crate::auth::identity_of(cert))
+                .map(Arc::new);
+            let connection = Peer {
+                user,
+                addr: Some(peer),
+            };
+            let app = tower::ServiceExt::map_request(
+                app,
+                move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(connection.clone());
+                    req
+                },
+            );
             let service = TowerToHyperService::new(app);
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder
@@ -168,20 +222,18 @@ pub const SYSTEM_NAMESPACES: [&str; 4] =
 
 /// Creates the system namespaces that do not exist yet, retrying while the cluster has no
 /// leader, until done or `shutdown` is set.
-pub async fn ensure_namespaces(server: Server, mut shutdown: signal::Receiver<bool>) {
-    let api = Api::internal(server);
+pub async fn ensure_namespaces(
+    server: Server,
+    encryption: Arc<Encryption>,
+    bootstrap: Arc<Bootstrap>,
+    mut shutdown: signal::Receiver<bool>,
+) {
+    let api = Api::internal(server, encryption);
     let Some(kind) = keel_schemas::lookup("namespaces") else {
         return;
     };
     for name in SYSTEM_NAMESPACES {
-        let target = Target {
-            kind,
-            namespace: None,
-            name: None,
-            status: false,
-            log: false,
-            dry_run: false,
-        };
+        let target = Target::internal(kind, None, None);
         loop {
             let object = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
             match api.create(&target, object).await {
@@ -197,6 +249,9 @@ pub async fn ensure_namespaces(server: Server, mut shutdown: signal::Receiver<bo
             }
         }
     }
+    bootstrap
+        .namespaces
+        .store(true, std::sync::atomic::Ordering::Release);
 }
 
 /// How often a server renews its identity Lease, and how long the Lease says it lasts.
@@ -209,22 +264,16 @@ const IDENTITY_DURATION_SECS: u64 = 30;
 /// `apiserver-*` Leases for the same purpose).
 pub async fn keep_identity_lease(
     server: Server,
+    encryption: Arc<Encryption>,
     url: String,
     mut shutdown: signal::Receiver<bool>,
 ) {
-    let api = Api::internal(server.clone());
+    let api = Api::internal(server.clone(), encryption);
     let Some(kind) = keel_schemas::lookup("leases") else {
         return;
     };
     let name = format!("keel-apiserver-{}", server.node_id());
-    let target = Target {
-        kind,
-        namespace: Some("kube-system".to_string()),
-        name: Some(name.clone()),
-        status: false,
-        log: false,
-        dry_run: false,
-    };
+    let target = Target::internal(kind, Some("kube-system"), Some(&name));
     loop {
         let lease = serde_json::json!({
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -254,8 +303,12 @@ const NAMESPACE_GRACE: Duration = Duration::from_secs(3);
 
 /// Empties and removes terminating namespaces, on the leader, until `shutdown` is set (the
 /// namespace controller of Kubernetes).
-pub async fn finalize_namespaces(server: Server, mut shutdown: signal::Receiver<bool>) {
-    let api = Api::internal(server);
+pub async fn finalize_namespaces(
+    server: Server,
+    encryption: Arc<Encryption>,
+    mut shutdown: signal::Receiver<bool>,
+) {
+    let api = Api::internal(server, encryption);
     let Some(kind) = keel_schemas::lookup("namespaces") else {
         return;
     };
@@ -267,14 +320,7 @@ pub async fn finalize_namespaces(server: Server, mut shutdown: signal::Receiver<
         if api.server.status().role != crate::raft::RaftRole::Leader {
             continue;
         }
-        let target = Target {
-            kind,
-            namespace: None,
-            name: None,
-            status: false,
-            log: false,
-            dry_run: false,
-        };
+        let target = Target::internal(kind, None, None);
         let Ok(listed) = api
             .list_objects(&target, &request::ListOptions::default())
             .await
@@ -303,7 +349,22 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 }
 
 fn router(api: Api) -> Router {
-    let protected = Router::new()
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/livez", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/version", get(version))
+        .route("/cacerts", get(cacerts))
+        .route("/keel/v1/join", axum::routing::post(join))
+        .route(
+            "/keel/v1/node-certificate",
+            axum::routing::post(node_certificate),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            get(openid_configuration),
+        )
+        .route("/openid/v1/jwks", get(jwks))
         .route("/api", get(api_root))
         .route("/api/v1", get(core_resources))
         .route("/api/v1/{*rest}", any(core))
@@ -316,66 +377,62 @@ fn router(api: Api) -> Router {
         .route("/openapi/v3/api/{version}", get(openapi_core))
         .route("/openapi/v3/apis/{group}/{version}", get(openapi_group))
         .fallback(not_found)
-        .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))
-        .layer(middleware::from_fn_with_state(api.clone(), measure));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/livez", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/version", get(version))
-        .route("/cacerts", get(cacerts))
-        .route("/keel/v1/join", axum::routing::post(join))
-        .merge(protected)
+        .layer(middleware::from_fn_with_state(api.clone(), access::access))
+        .layer(middleware::from_fn_with_state(api.clone(), measure))
         .with_state(api)
 }
 
-async fn authenticate(State(api): State<Api>, req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match token.and_then(|t| api.tokens.check(t)) {
-        Some(_) => next.run(req).await,
-        None => ApiError::unauthorized().into_response(),
-    }
-}
-
-/// `/cacerts`: the cluster CA, public, so that a joining server can check it against its
-/// token's pin.
+/// `/cacerts`: the cluster CA, public, so that a joiner can check it against its token's
+/// pin.
 async fn cacerts(State(api): State<Api>) -> Response {
-    match &api.certificates {
-        Some(c) => (
+    match &api.auth {
+        Some(auth) => (
             [(header::CONTENT_TYPE, "application/x-pem-file")],
-            c.ca_pem.clone(),
+            auth.certificates.ca_pem.clone(),
         )
             .into_response(),
         None => ApiError::no_route("/cacerts").into_response(),
     }
 }
 
-/// `/keel/v1/join`: what a server joining with the join token needs.
+/// `/keel/v1/join`: what a server joining with the server token needs.
 async fn join(State(api): State<Api>, headers: HeaderMap) -> Response {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or_default();
-    let (true, Some(certificates)) = (api.tokens.check_join(token), &api.certificates) else {
-        return ApiError::unauthorized().into_response();
+    credentials::join(&api, &headers).await
+}
+
+/// `/keel/v1/node-certificate`: a host's node certificate.
+async fn node_certificate(
+    State(api): State<Api>,
+    axum::Extension(requester): axum::Extension<Requester>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        let body = json_body(body, "application/json").await?;
+        credentials::node_certificate(&api, &requester, &headers, body).await
     };
-    let status = api.server.status();
-    axum::Json(serde_json::json!({
-        "clusterId": status.cluster_id.to_string(),
-        "raftAddress": api.server.raft_addr(),
-        "caCert": certificates.ca_pem,
-        "caKey": certificates.ca_key_pem(),
-        "adminToken": api.tokens.admin(),
-        "joinToken": api.tokens.join().to_string(),
-    }))
-    .into_response()
+    match result.await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn openid_configuration(State(api): State<Api>) -> Response {
+    credentials::openid_configuration(&api)
+        .map(|v| axum::Json(v).into_response())
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn jwks(State(api): State<Api>) -> Response {
+    credentials::jwks(&api)
+        .map(|v| {
+            (
+                [(header::CONTENT_TYPE, "application/jwk-set+json")],
+                axum::Json(v),
+            )
+                .into_response()
+        })
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Counts every request by verb and code, with its latency (a watch counts when it starts).
@@ -413,11 +470,36 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
+/// `/readyz`: ready once the cluster has a leader and this server's start-up work is done,
+/// with kube-apiserver's verbose form of each check.
 async fn readyz(State(api): State<Api>) -> Response {
-    match api.server.status().leader {
-        Some(_) => "ok".into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "no leader").into_response(),
+    use std::sync::atomic::Ordering::Acquire;
+    let checks = [
+        ("raft-leader", api.server.status().leader.is_some()),
+        (
+            "poststarthook/system-namespaces",
+            api.bootstrap.namespaces.load(Acquire),
+        ),
+        (
+            "poststarthook/rbac/bootstrap-roles",
+            api.bootstrap.policy.load(Acquire),
+        ),
+    ];
+    if checks.iter().all(|(_, ok)| *ok) {
+        return "ok".into_response();
     }
+    let mut text: String = checks
+        .iter()
+        .map(|(name, ok)| {
+            if *ok {
+                format!("[+]{name} ok\n")
+            } else {
+                format!("[-]{name} failed: not finished\n")
+            }
+        })
+        .collect();
+    text.push_str("readyz check failed\n");
+    (StatusCode::SERVICE_UNAVAILABLE, text).into_response()
 }
 
 async fn version() -> Response {
@@ -504,15 +586,36 @@ async fn not_found(req: Request) -> Response {
     ApiError::no_route(req.uri().path()).into_response()
 }
 
+/// A resource request: its group, version, the rest of its path, and how it came.
+struct Call {
+    group: String,
+    version: String,
+    rest: String,
+    method: Method,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+    requester: Option<Requester>,
+}
+
 async fn core(
     State(api): State<Api>,
     Path(rest): Path<String>,
     method: Method,
     Query(query): Query<HashMap<String, String>>,
+    requester: Option<axum::Extension<Requester>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    dispatch(&api, "", "v1", &rest, method, query, headers, body)
+    let call = Call {
+        group: String::new(),
+        version: "v1".into(),
+        rest,
+        method,
+        query,
+        headers,
+        requester: requester.map(|r| r.0),
+    };
+    dispatch(&api, call, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
@@ -522,27 +625,117 @@ async fn named(
     Path((group, version, rest)): Path<(String, String, String)>,
     method: Method,
     Query(query): Query<HashMap<String, String>>,
+    requester: Option<axum::Extension<Requester>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    dispatch(&api, &group, &version, &rest, method, query, headers, body)
+    let call = Call {
+        group,
+        version,
+        rest,
+        method,
+        query,
+        headers,
+        requester: requester.map(|r| r.0),
+    };
+    dispatch(&api, call, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
+/// The content type of a request, lowercase, without parameters.
+fn content_type_of(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// A request that creates something not stored.
+enum Virtual {
+    /// An access or token review.
+    Review {
+        kind: &'static str,
+        namespace: Option<String>,
+    },
+    /// A TokenRequest for a service account.
+    Token { namespace: String, name: String },
+}
+
+/// Whether a call is a review or a service-account token request.
+fn virtual_route(call: &Call) -> Option<Virtual> {
+    if let Some((kind, namespace)) = reviews::route(&call.group, &call.version, &call.rest) {
+        return Some(Virtual::Review { kind, namespace });
+    }
+    let segments: Vec<&str> = call.rest.split('/').filter(|s| !s.is_empty()).collect();
+    match segments.as_slice() {
+        ["namespaces", ns, "serviceaccounts", name, "token"] if call.group.is_empty() => {
+            Some(Virtual::Token {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Answers a review or a TokenRequest.
+async fn virtual_create(api: &Api, call: &Call, route: Virtual, body: Body) -> ApiResult<Response> {
+    if call.method != Method::POST {
+        return Err(ApiError::method_not_allowed(format!(
+            "{} is only created, with POST",
+            call.rest
+        )));
+    }
+    let requester = call.requester.clone().unwrap_or(Requester {
+        user: Arc::new(crate::auth::UserInfo::server()),
+    });
+    let content_type = content_type_of(&call.headers);
+    let answer = match route {
+        Virtual::Review { kind, namespace } => {
+            let body = review_body(body, &content_type, &call.group, kind).await?;
+            reviews::review(api, &requester, kind, namespace, body).await?
+        }
+        Virtual::Token { namespace, name } => {
+            let body =
+                review_body(body, &content_type, "authentication.k8s.io", "TokenRequest").await?;
+            credentials::token_request(api, &namespace, &name, body).await?
+        }
+    };
+    Ok((StatusCode::CREATED, axum::Json(answer)).into_response())
+}
+
+/// The body of a review or TokenRequest: JSON or protobuf.
+async fn review_body(body: Body, content_type: &str, group: &str, kind: &str) -> ApiResult<Value> {
+    if content_type == protobuf::CONTENT_TYPE {
+        let bytes = read_body(body).await?;
+        return protobuf::decode(group, kind, &bytes);
+    }
+    json_body(body, content_type).await
+}
+
 /// Routes a resource request to its verb.
-#[allow(clippy::too_many_arguments)]
-async fn dispatch(
-    api: &Api,
-    group: &str,
-    version: &str,
-    rest: &str,
-    method: Method,
-    query: HashMap<String, String>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
+async fn dispatch(api: &Api, call: Call, body: Body) -> ApiResult<Response> {
+    if let Some(route) = virtual_route(&call) {
+        return virtual_create(api, &call, route, body).await;
+    }
+    let Call {
+        group,
+        version,
+        rest,
+        method,
+        query,
+        headers,
+        requester,
+    } = call;
+    let (group, version, rest) = (group.as_str(), version.as_str(), rest.as_str());
     let mut t: Target = request::target(group, version, rest)?;
+    t.user = requester.map(|r| r.user);
     if t.log {
         return match method {
             Method::GET => logs::proxy(api, &t, &query).await,
@@ -560,15 +753,7 @@ async fn dispatch(
             )));
         }
     };
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json")
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let content_type = content_type_of(&headers);
     let ok = |v: Value| Ok(axum::Json(v).into_response());
     // Reads answer in the form the client accepts (objects, a Table, metadata only); writes
     // answer with the object.

@@ -20,4 +20,4 @@ pub mod http;
 pub mod raft;
 pub mod store;
 
-pub use api_server::{ApiConfig, ApiServer, StartError};
+pub use api_server::{ApiConfig, ApiServer, DEFAULT_ISSUER, StartError};

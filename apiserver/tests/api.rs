@@ -38,11 +38,13 @@ async fn objects_follow_the_kubernetes_rules() {
     let server = start(dir.path()).await;
     let c = client(&server);
 
-    // No token, or a wrong one: 401. Health needs none.
+    // No credentials: system:anonymous, who may read no object (403). A wrong token: 401,
+    // never anonymous. Health needs nothing.
     let anonymous = Client::new(server.url(), server.ca_pem(), "").unwrap();
-    assert_eq!(code(anonymous.get(CM).await.unwrap_err()).0, 401);
+    assert_eq!(code(anonymous.get(CM).await.unwrap_err()).0, 403);
     let wrong = Client::new(server.url(), server.ca_pem(), "wrong").unwrap();
-    assert_eq!(code(wrong.get(CM).await.unwrap_err()).1, "Unauthorized");
+    let (status, reason, _) = code(wrong.get(CM).await.unwrap_err());
+    assert_eq!((status, reason.as_str()), (401, "Unauthorized"));
     let (status, body) = anonymous
         .raw(hyper::Method::GET, "/healthz", None, None)
         .await
@@ -206,7 +208,7 @@ async fn objects_follow_the_kubernetes_rules() {
         text.contains("keel_raft_leader 1") && text.contains("keel_store_revision "),
         "{text}"
     );
-    assert_eq!(code(anonymous.get("/metrics").await.unwrap_err()).0, 401);
+    assert_eq!(code(anonymous.get("/metrics").await.unwrap_err()).0, 403);
 
     // Delete, then get: 404 with a Status naming the object.
     c.delete(&format!("{CM}/a")).await.unwrap();

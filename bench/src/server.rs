@@ -98,8 +98,8 @@ pub fn start_agent(
     node: &str,
     extra: &[&str],
 ) -> Result<Guard, String> {
-    let join = std::fs::read_to_string(server.data.join("join-token"))
-        .map_err(|e| format!("cannot read the server's join token: {e}"))?;
+    let join = std::fs::read_to_string(server.data.join("agent-token"))
+        .map_err(|e| format!("cannot read the server's agent token: {e}"))?;
     let log = std::fs::File::create(dir.join("agent.log")).map_err(|e| e.to_string())?;
     let child = Command::new(keel)
         .args(["agent", "--server", &server.url, "--token", join.trim()])

@@ -4,8 +4,9 @@
 //!
 //! Modules: `resource` (kind names and paths), `manifest` (YAML/JSON files), `apply` (apply,
 //! diff, delete -f), `get` (get, watch, describe, columns), `explain`, `ops` (edit, wait,
-//! cluster status).
+//! cluster status), `access` (auth can-i and whoami, tokens, service accounts, kubeconfigs).
 
+mod access;
 mod apply;
 mod explain;
 mod get;
@@ -67,6 +68,12 @@ struct Global {
     /// The namespace (default: the context's, or `default`).
     #[arg(long, short = 'n', global = true)]
     namespace: Option<String>,
+    /// Act as this user (impersonation; the requester must be allowed to impersonate).
+    #[arg(long = "as", global = true)]
+    impersonate: Option<String>,
+    /// Act in this group too (with --as); repeat for more.
+    #[arg(long = "as-group", global = true, requires = "impersonate")]
+    impersonate_groups: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -171,6 +178,21 @@ enum Command {
     },
     /// The kinds the API serves.
     ApiResources,
+    /// What the requester may do, and who it is.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
+    /// Make a token or a service account.
+    Create {
+        #[command(subcommand)]
+        command: CreateCommand,
+    },
+    /// Kubeconfig files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Print a shell completion script.
     Completion {
         /// bash, zsh or fish.
@@ -224,15 +246,101 @@ enum RolloutCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum AuthCommand {
+    /// Whether the requester may do VERB on RESOURCE (prints yes or no; exits 0 or 1), or
+    /// with --list every rule it holds in the namespace.
+    CanI {
+        /// The verb (get, list, create, *...); with --list, nothing.
+        verb: Option<String>,
+        /// RESOURCE[.GROUP][/SUBRESOURCE] (vm, virtualmachines/log, secrets), or a path
+        /// such as /metrics.
+        resource: Option<String>,
+        /// The object's name.
+        name: Option<String>,
+        /// List every rule instead.
+        #[arg(long)]
+        list: bool,
+        /// In every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
+    /// Who the server says the requester is.
+    Whoami,
+}
+
+#[derive(Subcommand, Debug)]
+enum CreateCommand {
+    /// Print a bearer token: a service account's (`create token NAME`, through TokenRequest)
+    /// or a user's (`create token --user NAME`, a UserToken).
+    Token {
+        /// The service account.
+        #[arg(required_unless_present = "user", conflicts_with = "user")]
+        serviceaccount: Option<String>,
+        /// Make a user token for this user instead.
+        #[arg(long)]
+        user: Option<String>,
+        /// A group of the user; repeat for more.
+        #[arg(long = "group", requires = "user")]
+        groups: Vec<String>,
+        /// How long a user token works (720h, 30d; default: until revoked).
+        #[arg(long, requires = "user")]
+        ttl: Option<String>,
+        /// What a user token is for.
+        #[arg(long, requires = "user")]
+        description: Option<String>,
+        /// How long a service account token works (default 1h, at least 10m).
+        #[arg(long, conflicts_with = "user")]
+        duration: Option<String>,
+        /// An audience of a service account token; repeat for more.
+        #[arg(long = "audience", conflicts_with = "user")]
+        audiences: Vec<String>,
+    },
+    /// A ServiceAccount in the namespace.
+    Serviceaccount {
+        /// Its name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Write a kubeconfig for a user (a new UserToken) or a service account (a token from
+    /// TokenRequest), against this cluster and namespace.
+    CreateKubeconfig {
+        /// For this user.
+        #[arg(
+            long,
+            required_unless_present = "serviceaccount",
+            conflicts_with = "serviceaccount"
+        )]
+        user: Option<String>,
+        /// A group of the user; repeat for more.
+        #[arg(long = "group", requires = "user")]
+        groups: Vec<String>,
+        /// For this service account of the namespace.
+        #[arg(long)]
+        serviceaccount: Option<String>,
+        /// How long the token works (a user's: until revoked by default; a service
+        /// account's: 1h by default).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// The file to write.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum ClusterCommand {
     /// Every server's role, term and applied index.
     Status,
 }
 
-/// What every command works with: a client and the default namespace.
+/// What every command works with: a client, the default namespace and the cluster's CA.
 pub(crate) struct Ctx {
     pub client: Client,
     pub namespace: String,
+    pub ca_pem: String,
 }
 
 /// Runs a parsed command line.
@@ -354,9 +462,105 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
         Command::Cluster {
             command: ClusterCommand::Status,
         } => ops::cluster_status(&ctx).await.map(|()| ExitCode::SUCCESS),
+        Command::Auth { command } => auth(&ctx, command).await,
+        Command::Create { command } => create(&ctx, command).await.map(|()| ExitCode::SUCCESS),
+        Command::Config {
+            command:
+                ConfigCommand::CreateKubeconfig {
+                    user,
+                    groups,
+                    serviceaccount,
+                    ttl,
+                    output,
+                },
+        } => {
+            let (name, token) = match (user, serviceaccount) {
+                (Some(user), _) => {
+                    let (_, token) =
+                        access::user_token(&ctx, &user, &groups, ttl.as_deref(), None).await?;
+                    (user, token)
+                }
+                (None, Some(sa)) => {
+                    let token =
+                        access::service_account_token(&ctx, &sa, ttl.as_deref(), &[]).await?;
+                    (
+                        keel_schemas::identity::service_account_user(&ctx.namespace, &sa),
+                        token,
+                    )
+                }
+                (None, None) => return Err(CtlError("give --user or --serviceaccount".into())),
+            };
+            access::write_kubeconfig(&ctx, &ctx.ca_pem, &output, &name, &token)?;
+            println!("wrote {} for {name}", output.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completion { .. } | Command::Explain { .. } | Command::ApiResources => {
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+async fn auth(ctx: &Ctx, command: AuthCommand) -> Result<ExitCode, CtlError> {
+    match command {
+        AuthCommand::CanI { list: true, .. } => {
+            access::can_i_list(ctx).await.map(|()| ExitCode::SUCCESS)
+        }
+        AuthCommand::CanI {
+            verb: Some(verb),
+            resource: Some(resource),
+            name,
+            all_namespaces,
+            list: false,
+        } => {
+            let ask = access::CanI {
+                verb,
+                resource,
+                name,
+                all_namespaces,
+            };
+            access::can_i(ctx, &ask).await.map(|yes| {
+                if yes {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            })
+        }
+        AuthCommand::CanI { .. } => Err(CtlError("give VERB and RESOURCE, or --list".into())),
+        AuthCommand::Whoami => access::whoami(ctx).await.map(|()| ExitCode::SUCCESS),
+    }
+}
+
+async fn create(ctx: &Ctx, command: CreateCommand) -> Result<(), CtlError> {
+    match command {
+        CreateCommand::Token {
+            user: Some(user),
+            groups,
+            ttl,
+            description,
+            ..
+        } => {
+            let (name, token) =
+                access::user_token(ctx, &user, &groups, ttl.as_deref(), description.as_deref())
+                    .await?;
+            eprintln!("usertoken.keel.dev/{name} created (delete it to revoke the token)");
+            println!("{token}");
+            Ok(())
+        }
+        CreateCommand::Token {
+            serviceaccount: Some(sa),
+            duration,
+            audiences,
+            ..
+        } => {
+            println!(
+                "{}",
+                access::service_account_token(ctx, &sa, duration.as_deref(), &audiences).await?
+            );
+            Ok(())
+        }
+        CreateCommand::Token { .. } => Err(CtlError("give a service account, or --user".into())),
+        CreateCommand::Serviceaccount { name } => access::create_service_account(ctx, &name).await,
     }
 }
 
@@ -368,6 +572,8 @@ fn connect(global: &Global) -> Result<Ctx, CtlError> {
         server: global.server.clone(),
         token: global.token.clone(),
         certificate_authority: global.certificate_authority.clone(),
+        impersonate: global.impersonate.clone(),
+        impersonate_groups: global.impersonate_groups.clone(),
     };
     let config = match Kubeconfig::default_path(&overrides) {
         Some(path) => Kubeconfig::load(&path)?,
@@ -377,5 +583,6 @@ fn connect(global: &Global) -> Result<Ctx, CtlError> {
     Ok(Ctx {
         client: connection.client()?,
         namespace: global.namespace.clone().unwrap_or(connection.namespace),
+        ca_pem: connection.ca_pem,
     })
 }

@@ -61,6 +61,18 @@ pub struct UserEntry {
     /// A file holding a bearer token.
     #[serde(default, alias = "tokenFile")]
     pub token_file: Option<PathBuf>,
+    /// A client certificate, base64 of PEM.
+    #[serde(default)]
+    pub client_certificate_data: Option<String>,
+    /// A client certificate, as a file.
+    #[serde(default)]
+    pub client_certificate: Option<PathBuf>,
+    /// The client certificate's key, base64 of PEM.
+    #[serde(default)]
+    pub client_key_data: Option<String>,
+    /// The client certificate's key, as a file.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }
 
 /// A context: a cluster, a user and a default namespace.
@@ -90,6 +102,10 @@ pub struct Overrides {
     pub token: Option<String>,
     /// `--certificate-authority`.
     pub certificate_authority: Option<PathBuf>,
+    /// `--as`: act as this user.
+    pub impersonate: Option<String>,
+    /// `--as-group`: act in these groups.
+    pub impersonate_groups: Vec<String>,
 }
 
 /// Where to connect, resolved from a kubeconfig and overrides.
@@ -99,8 +115,12 @@ pub struct Connection {
     pub server: String,
     /// The CA to trust (PEM).
     pub ca_pem: String,
-    /// The bearer token.
+    /// The bearer token (empty: none).
     pub token: String,
+    /// The client certificate and its key (PEM), if the user has one.
+    pub certificate: Option<(String, String)>,
+    /// Whom to impersonate, and in which groups.
+    pub impersonate: Option<(String, Vec<String>)>,
     /// The context's default namespace (`default` if none).
     pub namespace: String,
 }
@@ -206,10 +226,51 @@ impl Kubeconfig {
                 })?,
             (None, None, None) => String::new(),
         };
+        let pem = |data: &Option<String>,
+                   file: &Option<PathBuf>,
+                   what: &str|
+         -> Result<Option<String>, ClientError> {
+            match (data, file) {
+                (Some(data), _) => {
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(data.trim())
+                        .map_err(|e| {
+                            ClientError::Config(format!("{what}-data is not base64: {e}"))
+                        })?;
+                    String::from_utf8(bytes)
+                        .map(Some)
+                        .map_err(|_| ClientError::Config(format!("{what}-data is not PEM")))
+                }
+                (None, Some(file)) => std::fs::read_to_string(file).map(Some).map_err(|e| {
+                    ClientError::Config(format!("cannot read the {what} {}: {e}", file.display()))
+                }),
+                (None, None) => Ok(None),
+            }
+        };
+        let cert = pem(
+            &user.client_certificate_data,
+            &user.client_certificate,
+            "client-certificate",
+        )?;
+        let key = pem(&user.client_key_data, &user.client_key, "client-key")?;
+        let certificate = match (cert, key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(ClientError::Config(
+                    "the kubeconfig's user has a client certificate without its key, or a key without its certificate".into(),
+                ));
+            }
+        };
         Ok(Connection {
             server,
             ca_pem,
             token,
+            certificate,
+            impersonate: overrides
+                .impersonate
+                .clone()
+                .map(|u| (u, overrides.impersonate_groups.clone())),
             namespace: context.namespace.unwrap_or_else(|| "default".into()),
         })
     }
@@ -220,7 +281,14 @@ impl Kubeconfig {
 impl Connection {
     /// A client for this connection.
     pub fn client(&self) -> Result<Client, ClientError> {
-        Client::new(&self.server, &self.ca_pem, &self.token)
+        let client = Client::new(&self.server, &self.ca_pem, &self.token)?;
+        if let Some((cert, key)) = &self.certificate {
+            client.set_identity(cert, key)?;
+        }
+        Ok(match &self.impersonate {
+            Some((user, groups)) => client.impersonating(user, groups),
+            None => client,
+        })
     }
 }
 

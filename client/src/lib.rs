@@ -1,8 +1,10 @@
 //! A client of Keel's HTTPS API.
 //!
-//! [`Client`] talks to one server over HTTPS, trusting only the cluster's CA, with a bearer
-//! token: plain requests that return JSON (an API error comes back as the server's
-//! Kubernetes `Status`), and watches as a stream of events.
+//! [`Client`] talks to one server over HTTPS, trusting only the cluster's CA, as a client
+//! certificate's user or with a bearer token: plain requests that return JSON (an API error
+//! comes back as the server's Kubernetes `Status`), and watches as a stream of events. A
+//! client's certificate can be replaced while it runs ([`Client::set_identity`], for
+//! rotation), and a client can act as another user ([`Client::impersonating`]).
 //!
 //! A client knows every server of the cluster it has heard of: it starts with one URL, learns
 //! the others from the servers' identity Leases ([`Client::refresh_servers`]), and when the
@@ -22,6 +24,10 @@ pub use api::{Api, DeleteParams, ListParams, ObjectList, Patch, WatchEvent, Watc
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+use rustls::client::ResolvesClientCert;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::PrivateKeyDer;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -69,14 +75,43 @@ pub enum ClientError {
     Config(String),
 }
 
+type Http = HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
 /// A connection to a Keel cluster, through one of its servers at a time.
 #[derive(Clone)]
 pub struct Client {
-    http: HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// The connection pool; replaced (with a new certificate) on [`Client::set_identity`].
+    http: Arc<RwLock<Http>>,
+    tls: Arc<Tls>,
     servers: Arc<Servers>,
     token: Arc<str>,
     accept: Arc<str>,
+    impersonate: Option<Arc<(String, Vec<String>)>>,
     retry: RetryPolicy,
+}
+
+/// What a client's TLS connections are made with.
+struct Tls {
+    roots: rustls::RootCertStore,
+    identity: Arc<Identity>,
+}
+
+/// The client certificate a client presents, if any; replaceable.
+#[derive(Debug, Default)]
+struct Identity(RwLock<Option<Arc<CertifiedKey>>>);
+
+impl ResolvesClientCert for Identity {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
 }
 
 /// How a client retries calls that are safe to repeat.
@@ -112,7 +147,8 @@ pub struct Watch {
 // === impl Client ===
 
 impl Client {
-    /// A client of the server at `url` (`https://host:port`) that trusts the CA in `ca_pem`.
+    /// A client of the server at `url` (`https://host:port`) that trusts the CA in `ca_pem`
+    /// and sends `token` as its bearer token (none when empty).
     pub fn new(url: &str, ca_pem: &str, token: &str) -> Result<Client, ClientError> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -121,32 +157,73 @@ impl Client {
                 .add(cert)
                 .map_err(|e| ClientError::Config(format!("bad CA certificate: {e}")))?;
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ClientError::Config(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+        let tls = Arc::new(Tls {
+            roots,
+            identity: Arc::default(),
+        });
         Ok(Client {
-            http: HyperClient::builder(TokioExecutor::new()).build(connector),
+            http: Arc::new(RwLock::new(tls.http()?)),
+            tls,
             servers: Arc::new(Servers {
                 urls: RwLock::new(vec![url.trim_end_matches('/').to_string()]),
                 current: AtomicUsize::new(0),
             }),
             token: token.into(),
             accept: "application/json".into(),
+            impersonate: None,
             retry: RetryPolicy::default(),
         })
+    }
+
+    /// A client that authenticates with the client certificate `cert_pem` and its key.
+    pub fn with_certificate(
+        url: &str,
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<Client, ClientError> {
+        let client = Client::new(url, ca_pem, "")?;
+        client.set_identity(cert_pem, key_pem)?;
+        Ok(client)
+    }
+
+    /// Replaces the client certificate (a renewed one) for this client and its clones. New
+    /// connections present it; the old connections are closed once their requests end, as
+    /// kubelet does when it rotates its certificate.
+    pub fn set_identity(&self, cert_pem: &str, key_pem: &str) -> Result<(), ClientError> {
+        let bad = |e: String| ClientError::Config(format!("bad client certificate: {e}"));
+        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        if chain.is_empty() {
+            return Err(bad("no certificate in the PEM".into()));
+        }
+        let key =
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+        let provider = rustls::crypto::ring::default_provider();
+        let signer = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| bad(e.to_string()))?;
+        let certified = Arc::new(CertifiedKey::new(chain, signer));
+        *self
+            .tls
+            .identity
+            .0
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(certified);
+        let fresh = self.tls.http()?;
+        *self.http.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+
+    /// The same client acting as `user` in `groups` (`Impersonate-User` and
+    /// `Impersonate-Group`, as `kubectl --as --as-group`).
+    pub fn impersonating(&self, user: &str, groups: &[String]) -> Client {
+        Client {
+            impersonate: Some(Arc::new((user.to_string(), groups.to_vec()))),
+            ..self.clone()
+        }
     }
 
     /// The same client with another retry policy.
@@ -275,6 +352,12 @@ impl Client {
             if !self.token.is_empty() {
                 req = req.header("Authorization", format!("Bearer {}", self.token));
             }
+            if let Some(acting) = &self.impersonate {
+                req = req.header("Impersonate-User", &acting.0);
+                for group in &acting.1 {
+                    req = req.header("Impersonate-Group", group);
+                }
+            }
             if let Some(ct) = content_type {
                 req = req.header("Content-Type", ct);
             }
@@ -282,7 +365,8 @@ impl Client {
                 .body(Full::new(body.clone()))
                 .map_err(|e| ClientError::Config(format!("bad request: {e}")))?;
             let last = attempt >= self.retry.attempts;
-            match self.http.request(req).await {
+            let http = self.http.read().unwrap_or_else(|e| e.into_inner()).clone();
+            match http.request(req).await {
                 Ok(resp)
                     if resp.status() == StatusCode::SERVICE_UNAVAILABLE && idempotent && !last =>
                 {
@@ -394,6 +478,31 @@ impl Client {
             buffer: Vec::new(),
             url: self.url(),
         })
+    }
+}
+
+// === impl Tls ===
+
+impl Tls {
+    /// A connection pool whose connections trust the roots and present the identity.
+    fn http(&self) -> Result<Http, ClientError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Config(e.to_string()))?
+            .with_root_certificates(self.roots.clone())
+            .with_client_cert_resolver(self.identity.clone());
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        Ok(HyperClient::builder(TokioExecutor::new()).build(connector))
     }
 }
 

@@ -19,7 +19,8 @@
 //! - [`zones`]: each Zone's serial and generated records, and which DNS servers serve it.
 //! - [`rollout`]: Revisions of LoadBalancers, Zones and VMs, and automatic rollback of a
 //!   change that is not healthy in time.
-//! - [`manager`]: runs the cluster-wide controllers on the elected server.
+//! - [`serviceaccounts`]: the `default` ServiceAccount of every namespace.
+//! - [`manager`]: runs the cluster-wide controllers on the elected server, each as itself.
 
 pub mod buckets;
 pub mod gc;
@@ -31,6 +32,7 @@ pub mod ovsdb;
 pub mod rollout;
 pub mod runtime;
 pub mod scheduler;
+pub mod serviceaccounts;
 pub mod zones;
 
-pub use manager::{ManagerConfig, run_manager};
+pub use manager::{Clients, ManagerConfig, run_manager};

@@ -2,7 +2,13 @@
 //! collector, rollouts, ...), run by whichever server holds the `kube-system/keel-controllers` Lease. Every
 //! server campaigns; exactly one runs the controllers; when it stops renewing (it died, or
 //! lost the cluster), another takes over within the Lease's duration.
+//!
+//! Each controller talks to the API as itself (`system:keel-controller:NAME`, with the
+//! ClusterRole `system:controller:NAME` that grants exactly what it reads and writes), as
+//! kube-controller-manager does with `--use-service-account-credentials`; the election
+//! itself runs as `system:keel-controller-manager`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_client::Client;
@@ -15,6 +21,10 @@ use crate::{gc, scheduler};
 
 /// The Lease the controller managers contend for.
 pub const CONTROLLERS_LEASE: &str = "keel-controllers";
+
+/// The client each controller talks with, by controller name (`scheduler`,
+/// `garbage-collector`, ...): one that authenticates as that controller.
+pub type Clients = Arc<dyn Fn(&str) -> Client + Send + Sync>;
 
 /// How the controller manager runs.
 #[derive(Debug, Clone)]
@@ -57,10 +67,11 @@ impl ManagerConfig {
     }
 }
 
-/// Campaigns for the controllers' Lease and runs the controllers while leading, until
-/// `shutdown` turns true.
+/// Campaigns for the controllers' Lease (as `client`) and runs the controllers while
+/// leading, each with its own client from `clients`, until `shutdown` turns true.
 pub async fn run_manager(
     client: Client,
+    clients: Clients,
     config: ManagerConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -85,19 +96,19 @@ pub async fn run_manager(
         let (stop_tx, stop) = watch::channel(false);
         let mut controllers = JoinSet::new();
         controllers.spawn(scheduler::run(
-            client.clone(),
+            clients("scheduler"),
             config.identity.clone(),
             stop.clone(),
         ));
         controllers.spawn(node_lifecycle::run(
-            client.clone(),
+            clients("node-lifecycle"),
             config.identity.clone(),
             config.nodes,
             stop.clone(),
         ));
         if let Some(nb) = &config.ovn_nb {
             controllers.spawn(crate::network::run(
-                client.clone(),
+                clients("network"),
                 crate::network::NetworkConfig {
                     nb: nb.clone(),
                     resync: std::time::Duration::from_secs(60),
@@ -107,27 +118,31 @@ pub async fn run_manager(
             ));
         }
         controllers.spawn(crate::buckets::run(
-            client.clone(),
+            clients("buckets"),
             config.identity.clone(),
             stop.clone(),
         ));
         controllers.spawn(crate::loadbalancers::run(
-            client.clone(),
+            clients("loadbalancers"),
             config.identity.clone(),
             config.load_balancers.clone(),
             stop.clone(),
         ));
         controllers.spawn(crate::zones::run(
-            client.clone(),
+            clients("zones"),
             config.identity.clone(),
             stop.clone(),
         ));
         controllers.spawn(crate::rollout::run(
-            client.clone(),
+            clients("rollout"),
             config.identity.clone(),
             stop.clone(),
         ));
-        controllers.spawn(gc::run(client.clone(), stop));
+        controllers.spawn(crate::serviceaccounts::run(
+            clients("serviceaccounts"),
+            stop.clone(),
+        ));
+        controllers.spawn(gc::run(clients("garbage-collector"), stop));
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => {}
             _ = leading.wait_for(|l| !*l) => {}

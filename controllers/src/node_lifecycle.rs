@@ -28,9 +28,9 @@ use crate::runtime::{
 };
 
 /// The namespace of the nodes' heartbeat Leases.
-pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+pub const NODE_LEASE_NAMESPACE: &str = keel_schemas::identity::NODE_LEASE_NAMESPACE;
 /// The finalizer the host of a VM holds until it has removed the VM's guest and files.
-pub const VM_HOST_FINALIZER: &str = "keel.dev/vm-host";
+pub const VM_HOST_FINALIZER: &str = keel_schemas::identity::VM_HOST_FINALIZER;
 
 /// The node lifecycle controller's timings.
 #[derive(Debug, Clone, Copy)]

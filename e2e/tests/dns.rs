@@ -661,7 +661,7 @@ async fn a_host_cut_off_from_the_api_answers_from_its_last_data() {
     let (admin, ca) = eventually("credentials", WAIT, || async { server.try_admin() }).await;
     let client = Client::new(&url, &ca, &admin).unwrap();
     let token = eventually("join token", WAIT, || async {
-        std::fs::read_to_string(server.data_dir.join("join-token")).ok()
+        std::fs::read_to_string(server.data_dir.join("agent-token")).ok()
     })
     .await;
     let mut agent = KeelAgent::new(root.path(), "dns-host", Some(&net));

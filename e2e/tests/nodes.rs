@@ -68,7 +68,7 @@ async fn nodes_that_die_or_are_cut_off_fence_and_their_vms_move() {
     .await;
     let client = Client::new(&url, &ca, &admin).unwrap();
     let token = eventually("the join token", WAIT, || async {
-        std::fs::read_to_string(server.data_dir.join("join-token")).ok()
+        std::fs::read_to_string(server.data_dir.join("agent-token")).ok()
     })
     .await;
     let token = token.trim();
@@ -311,7 +311,7 @@ async fn another_server_takes_over_the_controllers_when_their_leader_dies() {
     })
     .await;
     eventually("s1 serving", WAIT, || async {
-        std::fs::read_to_string(servers[0].data_dir.join("join-token")).ok()
+        std::fs::read_to_string(servers[0].data_dir.join("agent-token")).ok()
     })
     .await;
     let join = servers[0].join_args();

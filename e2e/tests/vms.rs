@@ -72,7 +72,7 @@ async fn vms_boot_run_restart_pause_and_go_away_on_qemu() {
     server.start(&["--disable-agent"]);
     let (admin, ca) = eventually("credentials", WAIT, || async { server.try_admin() }).await;
     let token = eventually("join token", WAIT, || async {
-        std::fs::read_to_string(server.data_dir.join("join-token")).ok()
+        std::fs::read_to_string(server.data_dir.join("agent-token")).ok()
     })
     .await;
     let url = server.url();

@@ -43,7 +43,7 @@ async fn guests_get_addresses_from_ovn_and_reach_each_other_but_not_other_tenant
     server.start(&["--disable-agent", "--ovn-nb", &ovn.nb()]);
     let (admin, ca) = eventually("credentials", WAIT, || async { server.try_admin() }).await;
     let token = eventually("join token", WAIT, || async {
-        std::fs::read_to_string(server.data_dir.join("join-token")).ok()
+        std::fs::read_to_string(server.data_dir.join("agent-token")).ok()
     })
     .await;
     let url = server.url();

@@ -265,6 +265,51 @@ static LEASE: &[Column] = &[text("Holder", "Who holds the lease.", |o| {
     at(o, "spec.holderIdentity")
 })];
 
+static SERVICE_ACCOUNT: &[Column] = &[number("Secrets", "Secrets the account lists.", |o| {
+    count(o, "secrets")
+})];
+
+static ROLE: &[Column] = &[number("Rules", "The role's own rules.", |o| {
+    count(o, "rules")
+})];
+
+static BINDING: &[Column] = &[
+    text("Role", "The role granted.", |o| {
+        Value::String(format!(
+            "{}/{}",
+            o["roleRef"]["kind"].as_str().unwrap_or_default(),
+            o["roleRef"]["name"].as_str().unwrap_or_default()
+        ))
+    }),
+    wide(text("Users", "Users granted the role.", |o| {
+        subjects(o, "User")
+    })),
+    wide(text("Groups", "Groups granted the role.", |o| {
+        subjects(o, "Group")
+    })),
+    wide(text(
+        "ServiceAccounts",
+        "Service accounts granted the role.",
+        |o| subjects(o, "ServiceAccount"),
+    )),
+];
+
+static USER_TOKEN: &[Column] = &[
+    text("User", "The user the token authenticates.", |o| {
+        at(o, "spec.user")
+    }),
+    text("Groups", "The user's groups.", |o| {
+        let groups: Vec<&str> = o["spec"]["groups"]
+            .as_array()
+            .map(|gs| gs.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        Value::String(groups.join(","))
+    }),
+    text("Expires", "When the token stops working.", |o| {
+        at(o, "spec.expirationTimestamp")
+    }),
+];
+
 /// The kind's own columns (without `Name` and `Age`).
 pub fn kind_columns(kind: &Kind) -> &'static [Column] {
     match kind.kind {
@@ -285,6 +330,10 @@ pub fn kind_columns(kind: &Kind) -> &'static [Column] {
         "Secret" => SECRET,
         "ConfigMap" => CONFIG_MAP,
         "Lease" => LEASE,
+        "ServiceAccount" => SERVICE_ACCOUNT,
+        "Role" | "ClusterRole" => ROLE,
+        "RoleBinding" | "ClusterRoleBinding" => BINDING,
+        "UserToken" => USER_TOKEN,
         _ => &[],
     }
 }
@@ -325,6 +374,23 @@ fn count(object: &Value, path: &str) -> Value {
         _ => 0,
     };
     Value::from(n)
+}
+
+/// The names of a binding's subjects of `kind` (service accounts as `NAMESPACE/NAME`).
+fn subjects(object: &Value, kind: &str) -> Value {
+    let names: Vec<String> = object["subjects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["kind"] == kind)
+        .map(|s| match s["namespace"].as_str() {
+            Some(ns) if kind == "ServiceAccount" => {
+                format!("{ns}/{}", s["name"].as_str().unwrap_or_default())
+            }
+            _ => s["name"].as_str().unwrap_or_default().to_string(),
+        })
+        .collect();
+    Value::String(names.join(","))
 }
 
 /// The status (`True`, `False`, `Unknown`) of the condition of type `kind`, or null.

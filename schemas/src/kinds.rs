@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::registry::{Kind, registry};
 
+pub mod access;
 pub mod compute;
 pub mod core;
 pub mod dns;

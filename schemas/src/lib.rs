@@ -18,11 +18,13 @@
 //! - [`defaults`]: defaulting from the schemas' `default`s plus computed defaults.
 //! - [`kinds`]: typed structs per kind group.
 //! - [`columns`]: the columns of each kind's table (`kubectl get`, `keelctl get`).
+//! - [`identity`]: the user and group names authentication and RBAC give meaning to.
 //! - [`names`], [`net`], [`quantity`]: syntax of names, addresses, ports and byte sizes.
 //! - [`time`]: timestamps and ages as Kubernetes writes them.
 
 pub mod columns;
 pub mod defaults;
+pub mod identity;
 pub mod kinds;
 pub mod names;
 pub mod net;
@@ -36,7 +38,7 @@ pub use defaults::default_object;
 pub use net::{Cidr, cidr_contains, parse_port_ranges};
 pub use quantity::parse_quantity;
 pub use registry::{
-    KEEL_GROUP, KEEL_VERSION, Kind, Scope, kinds_in, lookup, registry, storage_key,
+    KEEL_GROUP, KEEL_VERSION, Kind, RBAC_GROUP, Scope, kinds_in, lookup, registry, storage_key,
 };
 pub use schema::{openapi_schema, schema};
 pub use validate::{FieldError, validate, validate_update};

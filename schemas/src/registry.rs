@@ -34,6 +34,9 @@ pub const KEEL_GROUP: &str = "keel.dev";
 /// The version of Keel's own kinds.
 pub const KEEL_VERSION: &str = "v1alpha1";
 
+/// The API group of Kubernetes' RBAC kinds (Role, ClusterRole and their bindings).
+pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
 const fn keel(
     kind: &'static str,
     plural: &'static str,
@@ -48,6 +51,23 @@ const fn keel(
         singular,
         short_names,
         scope: Scope::Namespaced,
+    }
+}
+
+const fn rbac(
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    scope: Scope,
+) -> Kind {
+    Kind {
+        group: RBAC_GROUP,
+        version: "v1",
+        kind,
+        plural,
+        singular,
+        short_names: &[],
+        scope,
     }
 }
 
@@ -89,6 +109,10 @@ static REGISTRY: &[Kind] = &[
         &["gitrepo"],
     ),
     keel("Revision", "revisions", "revision", &[]),
+    Kind {
+        scope: Scope::Cluster,
+        ..keel("UserToken", "usertokens", "usertoken", &[])
+    },
     core(
         "Namespace",
         "namespaces",
@@ -108,6 +132,13 @@ static REGISTRY: &[Kind] = &[
     core("Event", "events", "event", &["ev"], Scope::Namespaced),
     core("Secret", "secrets", "secret", &[], Scope::Namespaced),
     core(
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+        &["sa"],
+        Scope::Namespaced,
+    ),
+    core(
         "ConfigMap",
         "configmaps",
         "configmap",
@@ -123,6 +154,20 @@ static REGISTRY: &[Kind] = &[
         short_names: &[],
         scope: Scope::Namespaced,
     },
+    rbac("Role", "roles", "role", Scope::Namespaced),
+    rbac("ClusterRole", "clusterroles", "clusterrole", Scope::Cluster),
+    rbac(
+        "RoleBinding",
+        "rolebindings",
+        "rolebinding",
+        Scope::Namespaced,
+    ),
+    rbac(
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        Scope::Cluster,
+    ),
 ];
 
 /// Every registered kind.

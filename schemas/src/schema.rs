@@ -64,6 +64,7 @@ static SOURCES: &[Source] = &[
         include_str!("../gitrepository.schema.json"),
     ),
     keel("Revision", include_str!("../revision.schema.json")),
+    keel("UserToken", include_str!("../usertoken.schema.json")),
     k8s(
         "",
         "Namespace",
@@ -75,6 +76,36 @@ static SOURCES: &[Source] = &[
     k8s("", "Service", include_str!("../service.schema.json"), false),
     k8s("", "Event", include_str!("../event.schema.json"), true),
     k8s("", "Secret", include_str!("../secret.schema.json"), true),
+    k8s(
+        "",
+        "ServiceAccount",
+        include_str!("../serviceaccount.schema.json"),
+        true,
+    ),
+    k8s(
+        registry::RBAC_GROUP,
+        "Role",
+        include_str!("../role.schema.json"),
+        true,
+    ),
+    k8s(
+        registry::RBAC_GROUP,
+        "ClusterRole",
+        include_str!("../clusterrole.schema.json"),
+        true,
+    ),
+    k8s(
+        registry::RBAC_GROUP,
+        "RoleBinding",
+        include_str!("../rolebinding.schema.json"),
+        true,
+    ),
+    k8s(
+        registry::RBAC_GROUP,
+        "ClusterRoleBinding",
+        include_str!("../clusterrolebinding.schema.json"),
+        true,
+    ),
     k8s(
         "",
         "ConfigMap",

@@ -68,6 +68,41 @@ pub fn seconds_between(from: &str, to: &str) -> Option<u64> {
     Some(parse_rfc3339(to)?.saturating_sub(parse_rfc3339(from)?))
 }
 
+/// A duration as Go and kubectl write them (`720h`, `1h30m`, `90s`, `500ms`), plus days
+/// (`30d`); a bare number is seconds. `None` for anything else.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(secs));
+    }
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86_400.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += std::time::Duration::try_from_secs_f64(number * seconds).ok()?;
+    }
+    Some(total)
+}
+
 /// A duration as kubectl prints ages: two units while the first is small (`5m3s`, `3h20m`,
 /// `2d5h`), one after.
 pub fn human_duration(secs: u64) -> String {
@@ -105,6 +140,20 @@ pub fn age(timestamp: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_parse_as_go_writes_them() {
+        let d = |s: &str| parse_duration(s).map(|d| d.as_secs_f64());
+        assert_eq!(d("720h"), Some(2_592_000.0));
+        assert_eq!(d("1h30m"), Some(5400.0));
+        assert_eq!(d("90"), Some(90.0));
+        assert_eq!(d("30d"), Some(2_592_000.0));
+        assert_eq!(d("1.5s"), Some(1.5));
+        assert_eq!(d("250ms"), Some(0.25));
+        for bad in ["", "h", "10x", "-5s", "1h-2m"] {
+            assert_eq!(d(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn timestamps_round_trip() {

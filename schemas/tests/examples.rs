@@ -8,7 +8,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use keel_schemas::kinds::{compute, core, dns, gitops, network, storage};
+use keel_schemas::kinds::{access, compute, core, dns, gitops, network, storage};
 use keel_schemas::{Kind, default_object, lookup, validate, validate_update};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -163,6 +163,11 @@ fn round_trip(kind: &Kind, value: &Value) -> Value {
         "Secret" => via::<core::Secret>(value),
         "ConfigMap" => via::<core::ConfigMap>(value),
         "Lease" => via::<core::Lease>(value),
+        "ServiceAccount" => via::<core::ServiceAccount>(value),
+        "Role" => via::<access::Role>(value),
+        "ClusterRole" => via::<access::ClusterRole>(value),
+        "RoleBinding" | "ClusterRoleBinding" => via::<access::RoleBinding>(value),
+        "UserToken" => via::<access::UserToken>(value),
         other => panic!("no typed struct for {other}"),
     }
 }

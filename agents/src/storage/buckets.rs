@@ -20,7 +20,7 @@ use super::access::{Policy, Registry};
 use super::store::{Limits, StorageError, Store};
 
 /// The finalizer the storage host holds until the bucket's data is dealt with.
-pub const FINALIZER: &str = "keel.dev/bucket-storage";
+pub const FINALIZER: &str = keel_schemas::identity::BUCKET_STORAGE_FINALIZER;
 /// How often usage is written back and lifecycle rules run.
 const REFRESH: Duration = Duration::from_secs(10);
 

@@ -1,6 +1,11 @@
 //! Joining a cluster over HTTPS with a join token: the joiner fetches the cluster CA, checks it
-//! against the hash the token pins, then asks (with the token's secret) for what a server of
-//! the cluster needs — the CA and its key, the tokens, and a Raft address to join through.
+//! against the hash the token pins, then asks (with the token's secret):
+//! - a server, with the server token, for what a server of the cluster needs — the CA and its
+//!   key, the tokens, the service-account key, the encryption keys, and a Raft address to
+//!   join through ([`request_join`]);
+//!
+//! A host sends the agent token (the first time) with a certificate signing request to
+//! `/keel/v1/node-certificate` and gets a node certificate back: see keel-agent's `identity`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +19,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use serde_json::Value;
 
 use super::tls::{client_config_for, hex};
-use super::tokens::JoinToken;
+use super::tokens::{JoinRole, JoinToken};
 
 /// Why a join over HTTPS failed.
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +69,14 @@ pub struct JoinGrant {
     pub ca_key_pem: String,
     /// The admin token.
     pub admin_token: String,
-    /// The join token.
+    /// The server join token.
     pub join_token: String,
+    /// The agent join token.
+    pub agent_token: String,
+    /// The service-account signing key (PEM).
+    pub service_account_key: String,
+    /// The encryption configuration (JSON).
+    pub encryption_config: String,
     /// A Raft address of the cluster to join through.
     pub raft_address: String,
 }
@@ -81,7 +92,7 @@ pub async fn fetch_ca(url: &str, pin: &str) -> Result<String, JoinError> {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
         .with_no_client_auth();
-    let (status, body) = request(url, "/cacerts", None, Arc::new(insecure)).await?;
+    let (status, body) = request(url, "/cacerts", None, None, Arc::new(insecure)).await?;
     if status != 200 {
         return Err(JoinError::Refused {
             url: url.to_string(),
@@ -104,12 +115,14 @@ pub async fn fetch_ca(url: &str, pin: &str) -> Result<String, JoinError> {
 
 /// Joins through the server at `url` with `token`: checks its CA, then asks for the grant.
 pub async fn request_join(url: &str, token: &str) -> Result<JoinGrant, JoinError> {
-    let parsed = JoinToken::parse(token).ok_or_else(|| {
-        JoinError::Invalid("the join token must look like K10<hash>::server:<secret> (see <data-dir>/join-token on a server)".into())
-    })?;
+    let parsed = JoinToken::parse(token)
+        .filter(|t| t.role == JoinRole::Server)
+        .ok_or_else(|| {
+            JoinError::Invalid("a server joins with the server token, K10<hash>::server:<secret> (<data-dir>/join-token on a server; the agent token only registers hosts)".into())
+        })?;
     let ca = fetch_ca(url, &parsed.ca_hash).await?;
     let tls = client_config_for(&ca).map_err(|e| JoinError::Invalid(e.to_string()))?;
-    let (status, body) = request(url, "/keel/v1/join", Some(&parsed.secret), tls).await?;
+    let (status, body) = request(url, "/keel/v1/join", Some(&parsed.secret), None, tls).await?;
     let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if status != 200 {
         return Err(JoinError::Refused {
@@ -129,6 +142,9 @@ pub async fn request_join(url: &str, token: &str) -> Result<JoinGrant, JoinError
         ca_key_pem: field("caKey")?,
         admin_token: field("adminToken")?,
         join_token: field("joinToken")?,
+        agent_token: field("agentToken")?,
+        service_account_key: field("serviceAccountKey")?,
+        encryption_config: field("encryptionConfig")?,
         raft_address: field("raftAddress")?,
     })
 }
@@ -141,11 +157,13 @@ pub fn ca_hash(pem: &str) -> Option<String> {
     ))
 }
 
-/// One HTTPS request (POST with a bearer token when `bearer` is set, GET otherwise).
+/// One HTTPS request: a POST (of `body`, with a bearer token when `bearer` is set) when
+/// either is given, a GET otherwise.
 async fn request(
     url: &str,
     path: &str,
     bearer: Option<&str>,
+    body: Option<Vec<u8>>,
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<(u16, Bytes), JoinError> {
     let unreachable = |reason: String| JoinError::Unreachable {
@@ -184,15 +202,17 @@ async fn request(
         .await
         .map_err(|e| unreachable(e.to_string()))?;
     tokio::spawn(conn);
+    let post = bearer.is_some() || body.is_some();
     let mut req = hyper::Request::builder()
         .uri(path)
         .header("Host", authority)
-        .method(if bearer.is_some() { "POST" } else { "GET" });
+        .header("Content-Type", "application/json")
+        .method(if post { "POST" } else { "GET" });
     if let Some(token) = bearer {
         req = req.header("Authorization", format!("Bearer {token}"));
     }
     let req = req
-        .body(Full::new(Bytes::new()))
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| JoinError::Invalid(e.to_string()))?;
     let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
         .await

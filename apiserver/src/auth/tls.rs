@@ -1,8 +1,12 @@
-//! The cluster CA and the HTTPS serving certificate: created once, kept in `<data-dir>/tls`.
+//! The cluster CA and the certificates it signs: the HTTPS serving certificate (created once,
+//! kept in `<data-dir>/tls`), and client certificates — a user's identity is its certificate's
+//! CN and its groups the O entries, as in Kubernetes. The API server asks clients for a
+//! certificate and accepts requests without one (they may carry a token instead).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -46,7 +50,21 @@ pub struct Certificates {
     server_key_pem: String,
 }
 
+/// A client certificate (and its key) the CA issued.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM (PKCS#8).
+    pub key_pem: String,
+    /// When it expires.
+    pub not_after: SystemTime,
+}
+
 const CA_NAME: &str = "keel-ca";
+
+/// How far back a new certificate's validity starts, for clocks a little behind.
+const BACKDATE: Duration = Duration::from_secs(300);
 
 // === impl Certificates ===
 
@@ -146,7 +164,8 @@ impl Certificates {
         ))
     }
 
-    /// A rustls server configuration with the serving certificate (HTTP/2 and HTTP/1.1).
+    /// A rustls server configuration with the serving certificate (HTTP/2 and HTTP/1.1) that
+    /// asks for a client certificate signed by the CA, and accepts connections without one.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let chain = vec![
             CertificateDer::from_pem_slice(self.server_pem.as_bytes())
@@ -155,10 +174,17 @@ impl Certificates {
         let key = PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes())
             .map_err(invalid("server key"))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots(&self.ca_pem)?),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(invalid("client certificate verifier"))?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(invalid("TLS settings"))?
-            .with_no_client_auth()
+            .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)
             .map_err(invalid("server certificate"))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -184,14 +210,117 @@ impl Certificates {
     pub fn ca_key_pem(&self) -> &str {
         &self.ca_key_pem
     }
+
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, TlsError> {
+        let ca_key = KeyPair::from_pem(&self.ca_key_pem).map_err(invalid("CA key"))?;
+        Ok(Issuer::new(ca_params(), ca_key))
+    }
+
+    /// Issues a client certificate (and a new key) for `user` in `group` (at most one: the
+    /// certificate's O), valid for `lifetime`.
+    pub fn issue_client(
+        &self,
+        user: &str,
+        group: Option<&str>,
+        lifetime: Duration,
+    ) -> Result<Issued, TlsError> {
+        let key = KeyPair::generate().map_err(invalid("client key"))?;
+        let (params, not_after) = client_params(user, group, lifetime)?;
+        let cert = params
+            .signed_by(&key, &self.issuer()?)
+            .map_err(invalid("client certificate"))?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            not_after,
+        })
+    }
+
+    /// Signs the public key of a certificate signing request (PEM) as a client certificate
+    /// for `user` in `group`, whatever names the request asked for; returns it as PEM.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        user: &str,
+        group: Option<&str>,
+        lifetime: Duration,
+    ) -> Result<Issued, TlsError> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(invalid("certificate signing request"))?;
+        let (params, not_after) = client_params(user, group, lifetime)?;
+        csr.params = params;
+        let cert = csr
+            .signed_by(&self.issuer()?)
+            .map_err(invalid("client certificate"))?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: String::new(),
+            not_after,
+        })
+    }
 }
 
-/// A rustls client configuration that trusts only the CA in `ca_pem`.
-pub fn client_config_for(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+fn client_params(
+    user: &str,
+    group: Option<&str>,
+    lifetime: Duration,
+) -> Result<(CertificateParams, SystemTime), TlsError> {
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(invalid("client certificate"))?;
+    params.distinguished_name.push(DnType::CommonName, user);
+    if let Some(group) = group {
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, group);
+    }
+    let now = SystemTime::now();
+    let not_after = now + lifetime;
+    params.not_before = (now - BACKDATE).into();
+    params.not_after = not_after.into();
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    Ok((params, not_after))
+}
+
+/// The user a client certificate names: its CN, with its O entries as groups.
+pub fn identity_of(der: &[u8]) -> Option<super::UserInfo> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let name = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    if name.is_empty() {
+        return None;
+    }
+    let groups: Vec<String> = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(String::from))
+        .collect();
+    Some(super::UserInfo::authenticated(name, "", groups))
+}
+
+/// When the first certificate in `pem` expires.
+pub fn not_after(pem: &str) -> Option<SystemTime> {
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let secs = cert.validity().not_after.timestamp();
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+}
+
+fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     let ca =
         CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(invalid("CA certificate"))?;
     roots.add(ca).map_err(invalid("CA certificate"))?;
+    Ok(roots)
+}
+
+/// A rustls client configuration that trusts only the CA in `ca_pem`.
+pub fn client_config_for(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let roots = roots(ca_pem)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -257,6 +386,49 @@ mod tests {
         assert_ne!(reissued.server_pem, first.server_pem);
         first.server_config().unwrap();
         first.client_config().unwrap();
+        // Client certificates name their user and group.
+        let issued = first
+            .issue_client("alice", Some("shop-admins"), Duration::from_secs(3600))
+            .unwrap();
+        let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+        let who = identity_of(&der).unwrap();
+        assert_eq!(who.name, "alice");
+        assert_eq!(who.groups, ["shop-admins", "system:authenticated"]);
+        let expiry = not_after(&issued.cert_pem).unwrap();
+        let left = expiry.duration_since(SystemTime::now()).unwrap();
+        assert!(
+            left > Duration::from_secs(3500) && left <= Duration::from_secs(3600),
+            "{left:?}"
+        );
+        // A request's own names are ignored: the signer decides.
+        let key = KeyPair::generate().unwrap();
+        let mut asked = CertificateParams::new(Vec::<String>::new()).unwrap();
+        asked
+            .distinguished_name
+            .push(DnType::CommonName, "system:admin");
+        asked
+            .distinguished_name
+            .push(DnType::OrganizationName, "system:masters");
+        let csr = asked.serialize_request(&key).unwrap().pem().unwrap();
+        let signed = first
+            .sign_csr(
+                &csr,
+                "system:node:h1",
+                Some("system:nodes"),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let der = CertificateDer::from_pem_slice(signed.cert_pem.as_bytes()).unwrap();
+        let who = identity_of(&der).unwrap();
+        assert_eq!(
+            (who.name.as_str(), who.groups[0].as_str()),
+            ("system:node:h1", "system:nodes")
+        );
+        assert!(
+            first
+                .sign_csr("garbage", "x", None, Duration::from_secs(60))
+                .is_err()
+        );
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(dir.path().join("ca.key"))
                 .unwrap()

@@ -1,5 +1,13 @@
-//! Bearer tokens: the admin token and the join token, random, kept in the data dir with
-//! owner-only permissions, and checked in constant time.
+//! Static tokens, random, kept in the data dir with owner-only permissions and checked in
+//! constant time: the admin's bearer token, and the two join tokens, as k3s has them:
+//!
+//! - the server token (`join-token`, `K10<CA hash>::server:<secret>`) joins servers: only
+//!   with it does a server hand over the CA key and the cluster's keys;
+//! - the agent token (`agent-token`, `K10<CA hash>::node:<secret>`) registers hosts: it gets
+//!   a host its own node certificate, nothing more.
+//!
+//! Both pin the cluster CA by its hash, so the joiner checks it reached the right cluster.
+//! Neither is a bearer token for the API.
 
 use std::fmt;
 use std::io::Write;
@@ -10,69 +18,83 @@ use ring::rand::SecureRandom;
 
 use super::tls::hex;
 
-/// Who a request comes from, by its token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
-    /// The cluster admin: may do everything.
-    Admin,
-    /// A host agent, presenting the join token (k3s's model: the token that lets a host join
-    /// is the one it talks with). Until RBAC lands it may do what the admin may.
+/// What a join token lets its holder do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinRole {
+    /// Join as a server (receives the CA key and the cluster's keys).
+    Server,
+    /// Register a host (receives a node certificate).
     Agent,
 }
 
-/// A join token: `K10<sha256 of the CA certificate>::server:<secret>`. The hash lets a joining
-/// server check the CA of the server it contacts before trusting it.
+/// A join token: `K10<sha256 of the CA certificate>::<server|node>:<secret>`. The hash lets a
+/// joiner check the CA of the server it contacts before trusting it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct JoinToken {
     /// SHA-256 of the cluster CA certificate (DER), hex.
     pub ca_hash: String,
+    /// Which kind of token.
+    pub role: JoinRole,
     /// The shared secret.
     pub secret: String,
 }
 
-/// The tokens this server accepts.
+/// The static tokens this server accepts.
 #[derive(Clone)]
 pub struct Tokens {
     admin: String,
-    join: JoinToken,
+    server: JoinToken,
+    agent: JoinToken,
 }
 
 // === impl Tokens ===
 
 impl Tokens {
-    /// Loads `admin-token` and `join-token` from `dir`, creating them on first use.
+    /// Loads `admin-token`, `join-token` and `agent-token` from `dir`, creating them on first
+    /// use.
     pub fn load_or_create(dir: &Path, ca_hash: &str) -> std::io::Result<Tokens> {
         let admin = load_or_create(&dir.join("admin-token"), random_hex)?;
-        let join_text = load_or_create(&dir.join("join-token"), || {
-            JoinToken {
-                ca_hash: ca_hash.to_string(),
-                secret: random_hex(),
-            }
-            .to_string()
-        })?;
-        let join = JoinToken::parse(&join_text).ok_or_else(|| {
-            std::io::Error::other(format!(
-                "{}: not a join token",
-                dir.join("join-token").display()
-            ))
-        })?;
-        Ok(Tokens { admin, join })
+        let join = |file: &str, role| -> std::io::Result<JoinToken> {
+            let path = dir.join(file);
+            let text = load_or_create(&path, || {
+                JoinToken {
+                    ca_hash: ca_hash.to_string(),
+                    role,
+                    secret: random_hex(),
+                }
+                .to_string()
+            })?;
+            JoinToken::parse(&text)
+                .filter(|t| t.role == role)
+                .ok_or_else(|| {
+                    std::io::Error::other(format!("{}: not a {role:?} join token", path.display()))
+                })
+        };
+        Ok(Tokens {
+            admin,
+            server: join("join-token", JoinRole::Server)?,
+            agent: join("agent-token", JoinRole::Agent)?,
+        })
     }
 
-    /// Puts a cluster's tokens (from a join) into `dir`.
-    pub fn install(dir: &Path, admin: &str, join: &str) -> std::io::Result<()> {
+    /// Puts a cluster's tokens (from a server join) into `dir`.
+    pub fn install(dir: &Path, admin: &str, server: &str, agent: &str) -> std::io::Result<()> {
         write_secret(&dir.join("admin-token"), format!("{admin}\n").as_bytes())?;
-        write_secret(&dir.join("join-token"), format!("{join}\n").as_bytes())
+        write_secret(&dir.join("join-token"), format!("{server}\n").as_bytes())?;
+        write_secret(&dir.join("agent-token"), format!("{agent}\n").as_bytes())
     }
 
     /// Tokens that accept nobody (for in-process callers that need none).
     pub fn empty() -> Tokens {
+        let none = |role| JoinToken {
+            ca_hash: String::new(),
+            role,
+            secret: String::new(),
+        };
         Tokens {
             admin: String::new(),
-            join: JoinToken {
-                ca_hash: String::new(),
-                secret: String::new(),
-            },
+            server: none(JoinRole::Server),
+            agent: none(JoinRole::Agent),
         }
     }
 
@@ -81,54 +103,81 @@ impl Tokens {
         &self.admin
     }
 
-    /// The join token.
-    pub fn join(&self) -> &JoinToken {
-        &self.join
+    /// The server join token.
+    pub fn server(&self) -> &JoinToken {
+        &self.server
     }
 
-    /// Who presents `bearer`, if anyone.
-    pub fn check(&self, bearer: &str) -> Option<Caller> {
-        if !self.admin.is_empty() && constant_time_eq(bearer.as_bytes(), self.admin.as_bytes()) {
-            Some(Caller::Admin)
-        } else if self.check_join(bearer) {
-            Some(Caller::Agent)
-        } else {
-            None
-        }
+    /// The agent join token.
+    pub fn agent(&self) -> &JoinToken {
+        &self.agent
     }
 
-    /// Whether `token` is this cluster's join token (whole, or just its secret).
-    pub fn check_join(&self, token: &str) -> bool {
+    /// Whether `bearer` is the admin token.
+    pub fn is_admin(&self, bearer: &str) -> bool {
+        !self.admin.is_empty() && constant_time_eq(bearer.as_bytes(), self.admin.as_bytes())
+    }
+
+    /// Which join token `token` is (whole, or just its secret), if either.
+    pub fn check_join(&self, token: &str) -> Option<JoinRole> {
         let secret = JoinToken::parse(token).map_or_else(|| token.to_string(), |t| t.secret);
-        !self.join.secret.is_empty()
-            && constant_time_eq(secret.as_bytes(), self.join.secret.as_bytes())
+        [&self.server, &self.agent]
+            .into_iter()
+            .find(|t| {
+                !t.secret.is_empty() && constant_time_eq(secret.as_bytes(), t.secret.as_bytes())
+            })
+            .map(|t| t.role)
     }
 }
 
 // === impl JoinToken ===
 
 impl JoinToken {
-    /// Parses `K10<hash>::server:<secret>`.
+    /// Parses `K10<hash>::server:<secret>` or `K10<hash>::node:<secret>`.
     pub fn parse(text: &str) -> Option<JoinToken> {
         let rest = text.trim().strip_prefix("K10")?;
-        let (hash, secret) = rest.split_once("::server:")?;
+        let (hash, rest) = rest.split_once("::")?;
+        let (role, secret) = match rest.split_once(':')? {
+            ("server", s) => (JoinRole::Server, s),
+            ("node", s) => (JoinRole::Agent, s),
+            _ => return None,
+        };
         let hex_ok = |s: &str, len| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
         (hex_ok(hash, 64) && !secret.is_empty()).then(|| JoinToken {
             ca_hash: hash.to_ascii_lowercase(),
+            role,
             secret: secret.to_string(),
         })
+    }
+
+    fn role_name(&self) -> &'static str {
+        match self.role {
+            JoinRole::Server => "server",
+            JoinRole::Agent => "node",
+        }
     }
 }
 
 impl fmt::Display for JoinToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "K10{}::server:{}", self.ca_hash, self.secret)
+        write!(
+            f,
+            "K10{}::{}:{}",
+            self.ca_hash,
+            self.role_name(),
+            self.secret
+        )
     }
 }
 
 impl fmt::Debug for JoinToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "JoinToken(K10{}::server:***)", self.ca_hash)
+        write!(
+            f,
+            "JoinToken(K10{}::{}:***)",
+            self.ca_hash,
+            self.role_name()
+        )
     }
 }
 
@@ -154,7 +203,7 @@ fn random_hex() -> String {
     hex(&bytes)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -174,6 +223,11 @@ pub(crate) fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// 32 random bytes, hex (a token's secret).
+pub fn random_secret() -> String {
+    random_hex()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,19 +239,26 @@ mod tests {
         let tokens = Tokens::load_or_create(dir.path(), &hash).unwrap();
         let again = Tokens::load_or_create(dir.path(), &hash).unwrap();
         assert_eq!(tokens.admin(), again.admin());
-        assert_eq!(tokens.check(tokens.admin()), Some(Caller::Admin));
-        assert_eq!(tokens.check("nope"), None);
+        assert!(tokens.is_admin(tokens.admin()));
+        assert!(!tokens.is_admin("nope") && !tokens.is_admin(""));
+        let server = tokens.server().to_string();
+        let agent = tokens.agent().to_string();
+        assert!(server.contains("::server:") && agent.contains("::node:"));
+        assert_eq!(tokens.check_join(&server), Some(JoinRole::Server));
         assert_eq!(
-            tokens.check(&tokens.join().to_string()),
-            Some(Caller::Agent)
+            tokens.check_join(&tokens.server().secret),
+            Some(JoinRole::Server)
         );
-        assert_eq!(tokens.check(""), None);
-        let join = tokens.join().to_string();
-        assert!(tokens.check_join(&join));
-        assert!(tokens.check_join(&tokens.join().secret));
-        assert!(!tokens.check_join("K10xyz::server:wrong"));
-        assert_eq!(JoinToken::parse(&join).unwrap().ca_hash, hash);
+        assert_eq!(tokens.check_join(&agent), Some(JoinRole::Agent));
+        assert_eq!(tokens.check_join(tokens.admin()), None);
+        assert_eq!(tokens.check_join("K10xyz::server:wrong"), None);
+        assert_eq!(JoinToken::parse(&agent).unwrap().ca_hash, hash);
+        assert_eq!(JoinToken::parse(&agent).unwrap().role, JoinRole::Agent);
         assert!(JoinToken::parse("garbage").is_none());
-        assert!(!format!("{:?}", tokens.join()).contains(&tokens.join().secret));
+        assert!(JoinToken::parse(&format!("K10{hash}::root:x")).is_none());
+        assert!(!format!("{:?}", tokens.server()).contains(&tokens.server().secret));
+        // A file of the wrong kind is refused.
+        std::fs::write(dir.path().join("agent-token"), &server).unwrap();
+        assert!(Tokens::load_or_create(dir.path(), &hash).is_err());
     }
 }

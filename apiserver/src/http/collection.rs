@@ -6,7 +6,6 @@ use serde_json::{Value, json};
 use keel_schemas::Scope;
 
 use super::Api;
-use super::objects::decode;
 use super::render::{self, Form};
 use super::request::{ListOptions, Target};
 use super::status::{ApiError, ApiResult};
@@ -84,7 +83,7 @@ impl Api {
             let mut last_key = None;
             for (i, kv) in resp.kvs.into_iter().enumerate() {
                 let key = kv.key.clone();
-                let object = decode(kv)?.object;
+                let object = self.decode(kv)?.object;
                 last_key = Some(key.clone());
                 if !(o.labels.matches(&object) && o.fields.matches(&object)) {
                     continue;
@@ -158,6 +157,7 @@ impl Api {
                 status: false,
                 log: false,
                 dry_run: t.dry_run,
+                user: t.user.clone(),
             };
             match self.delete(&target, None).await {
                 Ok(obj) => deleted.push(obj),

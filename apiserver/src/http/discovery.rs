@@ -20,6 +20,7 @@ pub(crate) fn api_groups() -> Value {
         .iter()
         .filter(|k| !k.group.is_empty())
         .map(|k| (k.group, k.version))
+        .chain(super::reviews::REVIEWS.iter().map(|r| (r.0, "v1")))
         .collect();
     groups.sort();
     groups.dedup();
@@ -36,7 +37,11 @@ pub(crate) fn api_groups() -> Value {
 /// `/api/v1` or `/apis/{group}/{version}`: the resources served there; `None` if none.
 pub(crate) fn resources(group: &str, version: &str) -> Option<Value> {
     let kinds: Vec<&Kind> = keel_schemas::kinds_in(group, version).collect();
-    if kinds.is_empty() {
+    let reviews: Vec<_> = super::reviews::REVIEWS
+        .iter()
+        .filter(|r| r.0 == group && version == "v1")
+        .collect();
+    if kinds.is_empty() && reviews.is_empty() {
         return None;
     }
     let verbs = [
@@ -67,6 +72,18 @@ pub(crate) fn resources(group: &str, version: &str) -> Option<Value> {
             "kind": k.kind,
             "verbs": ["get", "patch", "update"],
         }));
+        if k.plural == "serviceaccounts" {
+            // TokenRequest: `kubectl create token NAME`.
+            resources.push(json!({
+                "name": "serviceaccounts/token",
+                "singularName": "",
+                "namespaced": true,
+                "group": "authentication.k8s.io",
+                "version": "v1",
+                "kind": "TokenRequest",
+                "verbs": ["create"],
+            }));
+        }
         if k.plural == "virtualmachines" {
             // The guest's serial console, read from its node (see `logs`).
             resources.push(json!({
@@ -77,6 +94,15 @@ pub(crate) fn resources(group: &str, version: &str) -> Option<Value> {
                 "verbs": ["get"],
             }));
         }
+    }
+    for (_, plural, kind, namespaced) in reviews {
+        resources.push(json!({
+            "name": plural,
+            "singularName": "",
+            "namespaced": namespaced,
+            "kind": kind,
+            "verbs": ["create"],
+        }));
     }
     let group_version = if group.is_empty() {
         version.to_string()

@@ -4,7 +4,8 @@
 //!
 //! The agent's address is the Node's `InternalIP`, its port `status.daemonEndpoints`, and its
 //! certificate the one it published in the Node (annotation `keel.dev/agent-certificate`):
-//! the server trusts exactly that certificate. It presents the cluster's join token.
+//! the server trusts exactly that certificate. It presents its own client certificate
+//! (`system:keel-apiserver`, signed by the cluster CA), never a token an agent could reuse.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -68,14 +69,7 @@ pub(crate) async fn proxy(
     let node_kind = keel_schemas::lookup("nodes")
         .ok_or_else(|| ApiError::internal("Node is not registered"))?;
     let node = api
-        .get(&Target {
-            kind: node_kind,
-            namespace: None,
-            name: Some(node_name.to_string()),
-            status: false,
-            log: false,
-            dry_run: false,
-        })
+        .get(&Target::internal(node_kind, None, Some(node_name)))
         .await?;
     let (addr, pem) = agent_of(&node)?;
     let path = format!(
@@ -83,8 +77,11 @@ pub(crate) async fn proxy(
         t.kind.plural,
         forwarded.join("&")
     );
-    let token = api.join_token();
-    fetch(&addr, &pem, &path, &token).await.map_err(|e| {
+    let identity = api
+        .agent_client
+        .clone()
+        .ok_or_else(|| ApiError::internal("this server has no identity to call agents with"))?;
+    fetch(&addr, &pem, &path, &identity).await.map_err(|e| {
         ApiError::internal(format!(
             "cannot read the console from the agent of node {node_name} at {addr}: {e}"
         ))
@@ -125,8 +122,14 @@ async fn fetch(
     addr: &str,
     pem: &str,
     path: &str,
-    token: &str,
+    identity: &crate::auth::Issued,
 ) -> Result<ApiResult<Response>, String> {
+    use rustls_pki_types::pem::PemObject as _;
+    let chain = CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("this server's client certificate does not parse: {e}"))?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())
+        .map_err(|e| format!("this server's client key does not parse: {e}"))?;
     let pinned = rustls_pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
         .map_err(|e| format!("the published certificate does not parse: {e}"))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -135,7 +138,8 @@ async fn fetch(
         .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(Pinned { pinned, provider }))
-        .with_no_client_auth();
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| e.to_string())?;
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
@@ -152,7 +156,6 @@ async fn fetch(
     tokio::spawn(connection);
     let request = hyper::Request::get(path)
         .header(header::HOST, addr)
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .map_err(|e| e.to_string())?;
     let response = sender

@@ -62,7 +62,38 @@ impl Api {
                 Consistency::Linearizable,
             )
             .await?;
-        resp.kvs.into_iter().next().map(decode).transpose()
+        resp.kvs
+            .into_iter()
+            .next()
+            .map(|kv| self.decode(kv))
+            .transpose()
+    }
+
+    /// An object from the store (decrypted when it is stored encrypted), with its
+    /// resourceVersion set.
+    pub(crate) fn decode(&self, kv: KeyValue) -> ApiResult<Stored> {
+        let plain = self
+            .encryption
+            .open(&kv.key, &kv.value)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let mut object: Value = serde_json::from_slice(&plain).map_err(|e| {
+            ApiError::internal(format!(
+                "stored object {} does not decode: {e}",
+                String::from_utf8_lossy(&kv.key)
+            ))
+        })?;
+        set_resource_version(&mut object, kv.mod_revision);
+        Ok(Stored {
+            object,
+            mod_revision: kv.mod_revision,
+        })
+    }
+
+    /// What the store keeps for `object` under `key`: without the server's per-read fields,
+    /// and encrypted when its resource is.
+    pub(crate) fn encode(&self, key: &str, object: &Value) -> Vec<u8> {
+        self.encryption
+            .seal(key.as_bytes(), meta::for_storage(object))
     }
 
     /// GET of one object.
@@ -121,6 +152,13 @@ impl Api {
         self.check_references(kind, namespace.as_deref(), &object)
             .await?;
         let key = self.key(kind, namespace.as_deref(), &name)?;
+        let token = match kind.kind {
+            "UserToken" => {
+                super::credentials::mint_user_token(self, t.user.as_deref(), &mut object).await?
+            }
+            _ => None,
+        };
+        self.guard(t, None, &object).await?;
         if t.dry_run {
             return Ok(object);
         }
@@ -144,13 +182,17 @@ impl Api {
                 compares,
                 success: vec![Op::Put {
                     key: key.clone().into_bytes(),
-                    value: meta::for_storage(&object),
+                    value: self.encode(&key, &object),
                 }],
                 failure: vec![],
             };
             let resp = self.commit(txn).await?;
             if resp.succeeded {
                 set_resource_version(&mut object, resp.revision);
+                if let Some(token) = token {
+                    // Shown once, in this answer; never stored.
+                    object["status"] = json!({"token": token});
+                }
                 return Ok(object);
             }
             if self.read(&key).await?.is_some() {
@@ -332,6 +374,7 @@ impl Api {
                 self.check_references(kind, t.namespace.as_deref(), &next)
                     .await?;
             }
+            self.guard(t, Some(&current.object), &next).await?;
             if t.dry_run {
                 return Ok(next);
             }
@@ -343,7 +386,7 @@ impl Api {
             } else {
                 vec![Op::Put {
                     key: key.clone().into_bytes(),
-                    value: meta::for_storage(&next),
+                    value: self.encode(&key, &next),
                 }]
             };
             let resp = self
@@ -426,7 +469,7 @@ impl Api {
                 (
                     vec![Op::Put {
                         key: key.clone().into_bytes(),
-                        value: meta::for_storage(&object),
+                        value: self.encode(&key, &object),
                     }],
                     false,
                 )
@@ -482,8 +525,8 @@ impl Api {
             .commit(Txn {
                 compares: vec![Compare::mod_revision(ns_key.clone(), current.mod_revision)],
                 success: vec![Op::Put {
+                    value: self.encode(&ns_key, &object),
                     key: ns_key.into_bytes(),
-                    value: meta::for_storage(&object),
                 }],
                 failure: vec![],
             })
@@ -544,7 +587,7 @@ impl Api {
             return Ok(false);
         }
         for kv in self.namespace_content(ns).await? {
-            let s = decode(kv.clone())?;
+            let s = self.decode(kv.clone())?;
             let op = if finalizers(&s.object).is_empty() {
                 Op::Delete(KeyRange::Key(kv.key.clone()))
             } else if meta_str(&s.object, "deletionTimestamp").is_none() {
@@ -557,7 +600,7 @@ impl Api {
                 }
                 Op::Put {
                     key: kv.key.clone(),
-                    value: meta::for_storage(&marked),
+                    value: self.encryption.seal(&kv.key, meta::for_storage(&marked)),
                 }
             } else {
                 continue;
@@ -589,21 +632,6 @@ impl Api {
             .await?
             .map_err(|e| ApiError::bad_request(e.to_string()))
     }
-}
-
-/// An object from the store, with its resourceVersion set.
-pub(crate) fn decode(kv: KeyValue) -> ApiResult<Stored> {
-    let mut object: Value = serde_json::from_slice(&kv.value).map_err(|e| {
-        ApiError::internal(format!(
-            "stored object {} does not decode: {e}",
-            String::from_utf8_lossy(&kv.key)
-        ))
-    })?;
-    set_resource_version(&mut object, kv.mod_revision);
-    Ok(Stored {
-        object,
-        mod_revision: kv.mod_revision,
-    })
 }
 
 /// Refuses a body that is not an object of the kind the path names.

@@ -210,6 +210,243 @@ static CLIENT_IP_CONFIG: Message = Message {
     fields: &[f(1, "timeoutSeconds", Ty::Int)],
 };
 
+static OBJECT_REFERENCE: Message = Message {
+    name: "ObjectReference",
+    fields: &[
+        f(1, "kind", Ty::Str),
+        f(2, "namespace", Ty::Str),
+        f(3, "name", Ty::Str),
+        f(4, "uid", Ty::Str),
+        f(5, "apiVersion", Ty::Str),
+        f(6, "resourceVersion", Ty::Str),
+        f(7, "fieldPath", Ty::Str),
+    ],
+};
+
+static LOCAL_OBJECT_REFERENCE: Message = Message {
+    name: "LocalObjectReference",
+    fields: &[f(1, "name", Ty::Str)],
+};
+
+static SERVICE_ACCOUNT: Message = Message {
+    name: "ServiceAccount",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        list(2, "secrets", Ty::Msg(&OBJECT_REFERENCE)),
+        list(3, "imagePullSecrets", Ty::Msg(&LOCAL_OBJECT_REFERENCE)),
+        f(4, "automountServiceAccountToken", Ty::Bool),
+    ],
+};
+
+static POLICY_RULE: Message = Message {
+    name: "PolicyRule",
+    fields: &[
+        list(1, "verbs", Ty::Str),
+        list(2, "apiGroups", Ty::Str),
+        list(3, "resources", Ty::Str),
+        list(4, "resourceNames", Ty::Str),
+        list(5, "nonResourceURLs", Ty::Str),
+    ],
+};
+
+static LABEL_SELECTOR_REQUIREMENT: Message = Message {
+    name: "LabelSelectorRequirement",
+    fields: &[
+        f(1, "key", Ty::Str),
+        f(2, "operator", Ty::Str),
+        list(3, "values", Ty::Str),
+    ],
+};
+
+static LABEL_SELECTOR: Message = Message {
+    name: "LabelSelector",
+    fields: &[
+        f(1, "matchLabels", STRING_MAP),
+        list(2, "matchExpressions", Ty::Msg(&LABEL_SELECTOR_REQUIREMENT)),
+    ],
+};
+
+static AGGREGATION_RULE: Message = Message {
+    name: "AggregationRule",
+    fields: &[list(1, "clusterRoleSelectors", Ty::Msg(&LABEL_SELECTOR))],
+};
+
+static ROLE: Message = Message {
+    name: "Role",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        list(2, "rules", Ty::Msg(&POLICY_RULE)),
+    ],
+};
+
+static CLUSTER_ROLE: Message = Message {
+    name: "ClusterRole",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        list(2, "rules", Ty::Msg(&POLICY_RULE)),
+        f(3, "aggregationRule", Ty::Msg(&AGGREGATION_RULE)),
+    ],
+};
+
+static SUBJECT: Message = Message {
+    name: "Subject",
+    fields: &[
+        f(1, "kind", Ty::Str),
+        f(2, "apiGroup", Ty::Str),
+        f(3, "name", Ty::Str),
+        f(4, "namespace", Ty::Str),
+    ],
+};
+
+static ROLE_REF: Message = Message {
+    name: "RoleRef",
+    fields: &[
+        f(1, "apiGroup", Ty::Str),
+        f(2, "kind", Ty::Str),
+        f(3, "name", Ty::Str),
+    ],
+};
+
+static ROLE_BINDING: Message = Message {
+    name: "RoleBinding",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        list(2, "subjects", Ty::Msg(&SUBJECT)),
+        f(3, "roleRef", Ty::Msg(&ROLE_REF)),
+    ],
+};
+
+static RESOURCE_ATTRIBUTES: Message = Message {
+    name: "ResourceAttributes",
+    fields: &[
+        f(1, "namespace", Ty::Str),
+        f(2, "verb", Ty::Str),
+        f(3, "group", Ty::Str),
+        f(4, "version", Ty::Str),
+        f(5, "resource", Ty::Str),
+        f(6, "subresource", Ty::Str),
+        f(7, "name", Ty::Str),
+        f(8, "fieldSelector", Ty::Ignore),
+        f(9, "labelSelector", Ty::Ignore),
+    ],
+};
+
+static NON_RESOURCE_ATTRIBUTES: Message = Message {
+    name: "NonResourceAttributes",
+    fields: &[f(1, "path", Ty::Str), f(2, "verb", Ty::Str)],
+};
+
+static SELF_SUBJECT_ACCESS_REVIEW_SPEC: Message = Message {
+    name: "SelfSubjectAccessReviewSpec",
+    fields: &[
+        f(1, "resourceAttributes", Ty::Msg(&RESOURCE_ATTRIBUTES)),
+        f(
+            2,
+            "nonResourceAttributes",
+            Ty::Msg(&NON_RESOURCE_ATTRIBUTES),
+        ),
+    ],
+};
+
+static SELF_SUBJECT_ACCESS_REVIEW: Message = Message {
+    name: "SelfSubjectAccessReview",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&SELF_SUBJECT_ACCESS_REVIEW_SPEC)),
+        f(3, "status", Ty::Ignore),
+    ],
+};
+
+static SUBJECT_ACCESS_REVIEW_SPEC: Message = Message {
+    name: "SubjectAccessReviewSpec",
+    fields: &[
+        f(1, "resourceAttributes", Ty::Msg(&RESOURCE_ATTRIBUTES)),
+        f(
+            2,
+            "nonResourceAttributes",
+            Ty::Msg(&NON_RESOURCE_ATTRIBUTES),
+        ),
+        f(3, "user", Ty::Str),
+        list(4, "groups", Ty::Str),
+        f(5, "extra", Ty::Ignore),
+        f(6, "uid", Ty::Str),
+    ],
+};
+
+static SUBJECT_ACCESS_REVIEW: Message = Message {
+    name: "SubjectAccessReview",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&SUBJECT_ACCESS_REVIEW_SPEC)),
+        f(3, "status", Ty::Ignore),
+    ],
+};
+
+static SELF_SUBJECT_RULES_REVIEW_SPEC: Message = Message {
+    name: "SelfSubjectRulesReviewSpec",
+    fields: &[f(1, "namespace", Ty::Str)],
+};
+
+static SELF_SUBJECT_RULES_REVIEW: Message = Message {
+    name: "SelfSubjectRulesReview",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&SELF_SUBJECT_RULES_REVIEW_SPEC)),
+        f(3, "status", Ty::Ignore),
+    ],
+};
+
+static BOUND_OBJECT_REFERENCE: Message = Message {
+    name: "BoundObjectReference",
+    fields: &[
+        f(1, "kind", Ty::Str),
+        f(2, "apiVersion", Ty::Str),
+        f(3, "name", Ty::Str),
+        f(4, "uid", Ty::Str),
+    ],
+};
+
+static TOKEN_REQUEST_SPEC: Message = Message {
+    name: "TokenRequestSpec",
+    fields: &[
+        list(1, "audiences", Ty::Str),
+        f(3, "boundObjectRef", Ty::Msg(&BOUND_OBJECT_REFERENCE)),
+        f(4, "expirationSeconds", Ty::Int),
+        f(5, "attestations", Ty::Ignore),
+    ],
+};
+
+static TOKEN_REQUEST: Message = Message {
+    name: "TokenRequest",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&TOKEN_REQUEST_SPEC)),
+        f(3, "status", Ty::Ignore),
+    ],
+};
+
+static TOKEN_REVIEW_SPEC: Message = Message {
+    name: "TokenReviewSpec",
+    fields: &[f(1, "token", Ty::Str), list(2, "audiences", Ty::Str)],
+};
+
+static TOKEN_REVIEW: Message = Message {
+    name: "TokenReview",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&TOKEN_REVIEW_SPEC)),
+        f(3, "status", Ty::Ignore),
+    ],
+};
+
+static SELF_SUBJECT_REVIEW: Message = Message {
+    name: "SelfSubjectReview",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "status", Ty::Ignore),
+    ],
+};
+
 static TYPE_META: Message = Message {
     name: "TypeMeta",
     fields: &[f(1, "apiVersion", Ty::Str), f(2, "kind", Ty::Str)],
@@ -232,6 +469,18 @@ fn message_of(group: &str, kind: &str) -> Option<&'static Message> {
         ("", "ConfigMap") => Some(&CONFIG_MAP),
         ("", "Secret") => Some(&SECRET),
         ("", "Service") => Some(&SERVICE),
+        ("", "ServiceAccount") => Some(&SERVICE_ACCOUNT),
+        ("rbac.authorization.k8s.io", "Role") => Some(&ROLE),
+        ("rbac.authorization.k8s.io", "ClusterRole") => Some(&CLUSTER_ROLE),
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => Some(&ROLE_BINDING),
+        ("authorization.k8s.io", "SelfSubjectAccessReview") => Some(&SELF_SUBJECT_ACCESS_REVIEW),
+        ("authorization.k8s.io", "SubjectAccessReview" | "LocalSubjectAccessReview") => {
+            Some(&SUBJECT_ACCESS_REVIEW)
+        }
+        ("authorization.k8s.io", "SelfSubjectRulesReview") => Some(&SELF_SUBJECT_RULES_REVIEW),
+        ("authentication.k8s.io", "TokenRequest") => Some(&TOKEN_REQUEST),
+        ("authentication.k8s.io", "TokenReview") => Some(&TOKEN_REVIEW),
+        ("authentication.k8s.io", "SelfSubjectReview") => Some(&SELF_SUBJECT_REVIEW),
         _ => None,
     }
 }
@@ -241,9 +490,9 @@ fn message_of(group: &str, kind: &str) -> Option<&'static Message> {
 pub(crate) fn decode(group: &str, kind: &str, body: &[u8]) -> ApiResult<Value> {
     let unsupported = || {
         ApiError::unsupported_media_type(format!(
-            "{CONTENT_TYPE} is decoded for Namespace, ConfigMap, Secret and Service only \
-             (what kubectl create makes): send {kind} as application/json, for example with \
-             kubectl apply -f"
+            "{CONTENT_TYPE} is decoded for the kinds kubectl create and kubectl auth make \
+             (Namespace, ConfigMap, Secret, Service, ServiceAccount, the RBAC kinds, reviews and \
+             TokenRequest): send {kind} as application/json, for example with kubectl apply -f"
         ))
     };
     let message = message_of(group, kind).ok_or_else(unsupported)?;

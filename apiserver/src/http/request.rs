@@ -2,8 +2,11 @@
 //! query carries.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use keel_schemas::{Kind, Scope};
+
+use crate::auth::UserInfo;
 
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{ApiError, ApiResult};
@@ -24,6 +27,29 @@ pub(crate) struct Target {
     pub log: bool,
     /// A dry run (`dryRun=All`): the write is admitted and answered, not stored.
     pub dry_run: bool,
+    /// Who asks (after impersonation); `None` for the server itself.
+    pub user: Option<Arc<UserInfo>>,
+}
+
+// === impl Target ===
+
+impl Target {
+    /// The server's own request for object `name` (or the collection) of `kind`.
+    pub(crate) fn internal(
+        kind: &'static Kind,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> Target {
+        Target {
+            kind,
+            namespace: namespace.map(String::from),
+            name: name.map(String::from),
+            status: false,
+            log: false,
+            dry_run: false,
+            user: None,
+        }
+    }
 }
 
 /// Options of a list or watch.
@@ -70,6 +96,7 @@ pub(crate) fn target(group: &str, version: &str, rest: &str) -> ApiResult<Target
             status: true,
             log: false,
             dry_run: false,
+            user: None,
         },
         ["namespaces", ns, plural] => Target {
             kind: find(plural)?,
@@ -78,6 +105,7 @@ pub(crate) fn target(group: &str, version: &str, rest: &str) -> ApiResult<Target
             status: false,
             log: false,
             dry_run: false,
+            user: None,
         },
         ["namespaces", ns, plural, name] => Target {
             kind: find(plural)?,
@@ -86,6 +114,7 @@ pub(crate) fn target(group: &str, version: &str, rest: &str) -> ApiResult<Target
             status: false,
             log: false,
             dry_run: false,
+            user: None,
         },
         ["namespaces", ns, plural, name, "status"] => Target {
             kind: find(plural)?,
@@ -94,6 +123,7 @@ pub(crate) fn target(group: &str, version: &str, rest: &str) -> ApiResult<Target
             status: true,
             log: false,
             dry_run: false,
+            user: None,
         },
         ["namespaces", ns, plural, name, "log"] => Target {
             kind: find(plural)?,
@@ -102,6 +132,7 @@ pub(crate) fn target(group: &str, version: &str, rest: &str) -> ApiResult<Target
             status: false,
             log: true,
             dry_run: false,
+            user: None,
         },
         [plural] => Target {
             kind: find(plural)?,
@@ -110,6 +141,7 @@ pub(crate) fn target(group: &str, version: &str, rest: &str) -> ApiResult<Target
             status: false,
             log: false,
             dry_run: false,
+            user: None,
         },
         [plural, name] => Target {
             kind: find(plural)?,
@@ -118,6 +150,7 @@ pub(crate) fn target(group: &str, version: &str, rest: &str) -> ApiResult<Target
             status: false,
             log: false,
             dry_run: false,
+            user: None,
         },
         [plural, name, "status"] => Target {
             kind: find(plural)?,
@@ -126,6 +159,7 @@ pub(crate) fn target(group: &str, version: &str, rest: &str) -> ApiResult<Target
             status: true,
             log: false,
             dry_run: false,
+            user: None,
         },
         _ => return Err(ApiError::no_route(rest)),
     };

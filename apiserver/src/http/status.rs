@@ -56,11 +56,7 @@ impl ApiError {
 
     /// 401: no valid token.
     pub fn unauthorized() -> ApiError {
-        ApiError::new(
-            401,
-            "Unauthorized",
-            "Unauthorized: a valid bearer token is required",
-        )
+        ApiError::new(401, "Unauthorized", "Unauthorized")
     }
 
     /// 404 for a path that names nothing.
@@ -149,6 +145,22 @@ impl ApiError {
     /// 403: not allowed in this state.
     pub fn forbidden(message: impl Into<String>) -> ApiError {
         ApiError::new(403, "Forbidden", message)
+    }
+
+    /// 403 for a request authorization refused, worded as Kubernetes words it:
+    /// `virtualmachines.keel.dev "web" is forbidden: User "alice" cannot ...`.
+    pub fn forbidden_for(group: &str, resource: &str, name: &str, why: &str) -> ApiError {
+        let qualified = if group.is_empty() {
+            resource.to_string()
+        } else {
+            format!("{resource}.{group}")
+        };
+        let message = if name.is_empty() {
+            format!("{qualified} is forbidden: {why}")
+        } else {
+            format!("{qualified} {name:?} is forbidden: {why}")
+        };
+        ApiError::new(403, "Forbidden", message).with_details(group, resource, name)
     }
 
     /// 405: the verb does not apply here.

@@ -15,7 +15,6 @@ use tokio::sync::mpsc;
 use keel_schemas::Kind;
 
 use super::Api;
-use super::objects::decode;
 use super::render::{self, Form};
 use super::request::{ListOptions, Target};
 use super::status::{ApiError, ApiResult};
@@ -75,6 +74,7 @@ impl Api {
             .map_or(DEFAULT_TIMEOUT, Duration::from_secs)
             .min(MAX_TIMEOUT);
         let metrics = self.metrics.clone();
+        let api = self.clone();
         let bookmark_every = self.bookmark_interval;
         tokio::spawn(async move {
             metrics
@@ -133,7 +133,7 @@ impl Api {
                             }
                         };
                         for event in events {
-                            let Some(line) = to_line(kind, &o, form, event) else { continue };
+                            let Some(line) = to_line(&api, kind, &o, form, event) else { continue };
                             if !send(line).await {
                                 return;
                             }
@@ -156,15 +156,21 @@ impl Api {
 
 /// The watch event for a store event, as the selectors see it: an object entering the
 /// selection is ADDED, one leaving it is DELETED.
-fn to_line(kind: &Kind, o: &ListOptions, form: Form, event: crate::store::Event) -> Option<Value> {
+fn to_line(
+    api: &Api,
+    kind: &Kind,
+    o: &ListOptions,
+    form: Form,
+    event: crate::store::Event,
+) -> Option<Value> {
     let selected = |v: &Value| o.labels.matches(v) && o.fields.matches(v);
     let old = event
         .prev_kv
-        .and_then(|kv| decode(kv).ok())
+        .and_then(|kv| api.decode(kv).ok())
         .map(|s| s.object);
     match event.kind {
         EventKind::Put => {
-            let new = decode(event.kv).ok()?.object;
+            let new = api.decode(event.kv).ok()?.object;
             let (was, is) = (old.as_ref().is_some_and(selected), selected(&new));
             let event_type = match (old.is_some() && was, is) {
                 (false, true) => "ADDED",

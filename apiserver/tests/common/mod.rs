@@ -43,13 +43,18 @@ pub async fn start(dir: &std::path::Path) -> ApiServer {
     config.bookmark_interval = Duration::from_millis(300);
     let server = ApiServer::start(config).await.unwrap();
     server.raft().wait_for_leader(WAIT).await.unwrap();
-    // The system namespaces are made in the background; kube-node-lease is made last.
+    // The system namespaces and the default RBAC policy are made in the background:
+    // /readyz says when they are in place.
     let c = client(&server);
     let deadline = tokio::time::Instant::now() + WAIT;
-    while c.get("/api/v1/namespaces/kube-node-lease").await.is_err() {
+    loop {
+        let ready = c.raw(hyper::Method::GET, "/readyz", None, None).await;
+        if ready.is_ok_and(|(status, _)| status.is_success()) {
+            break;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no system namespaces"
+            "the server is not ready"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

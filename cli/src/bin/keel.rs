@@ -45,6 +45,30 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// The keys Secrets are encrypted with at rest.
+    SecretsEncrypt {
+        #[command(subcommand)]
+        command: SecretsEncryptCommand,
+        /// The server's data dir.
+        #[arg(
+            long,
+            global = true,
+            default_value = "./keel-data",
+            env = "KEEL_DATA_DIR"
+        )]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SecretsEncryptCommand {
+    /// Put a new key first (the old ones stay, to read): after a restart the server writes
+    /// with it, and its leader rewrites every Secret stored under an older key. In a
+    /// cluster, give every server the same file (`encryption-config.json`) before restarting
+    /// them.
+    Rotate,
+    /// The keys, newest first, and which one writes.
+    Status,
 }
 
 #[derive(Args, Debug)]
@@ -136,6 +160,40 @@ struct ServerArgs {
     disable_load_balancer: bool,
     #[command(flatten)]
     s3_tls: S3Tls,
+    #[command(flatten)]
+    access: AccessArgs,
+}
+
+/// Authentication, certificates and the audit log of a server.
+#[derive(Args, Debug)]
+struct AccessArgs {
+    /// How long the client certificates the server signs for nodes (and its own
+    /// controllers) last; nodes renew theirs after two thirds of it (720h, 30d, 90s).
+    #[arg(long, default_value = "720h", value_parser = duration)]
+    node_cert_lifetime: Duration,
+    /// The issuer named in service-account tokens, and their default audience.
+    #[arg(long, default_value = keel_apiserver::DEFAULT_ISSUER)]
+    service_account_issuer: String,
+    /// Serve requests without credentials as system:anonymous (which RBAC allows only
+    /// health, version and discovery).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    anonymous_auth: bool,
+    /// The audit log (default: <data-dir>/audit/audit.log; `off`: none).
+    #[arg(long)]
+    audit_log_path: Option<String>,
+    /// The audit log's size in MiB before it is rotated.
+    #[arg(long, default_value_t = 100)]
+    audit_log_maxsize: u64,
+    /// How many rotated audit logs are kept.
+    #[arg(long, default_value_t = 5)]
+    audit_log_maxbackup: usize,
+}
+
+/// A duration from the command line (`720h`, `30d`, `90s`).
+fn duration(text: &str) -> Result<Duration, String> {
+    keel_schemas::time::parse_duration(text)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?}: give a duration like 720h, 30d or 90s"))
 }
 
 /// HTTPS for the S3 endpoint.
@@ -180,9 +238,10 @@ struct AgentArgs {
     /// A server's API URL (`https://HOST:6443`).
     #[arg(long, env = "KEEL_SERVER_URL")]
     server: String,
-    /// The cluster's join token (`<data-dir>/join-token` on a server).
+    /// The agent token (`<data-dir>/agent-token` on a server) to register with; once the
+    /// host has its node certificate it is not needed (nor used) again.
     #[arg(long, env = "KEEL_TOKEN")]
-    token: String,
+    token: Option<String>,
     /// This node's name (default: the host name).
     #[arg(long)]
     node_name: Option<String>,
@@ -358,6 +417,8 @@ enum ClusterCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Everything Keel writes (keys, tokens, the store, disks) is its owner's alone.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     // The supervisor is synchronous and tiny: no async runtime, no tracing.
     if let Command::Shim(args) = &cli.command {
         use keel_agent::workload::shim;
@@ -414,7 +475,52 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Shim(_) => Ok(()),
         Command::Kv { command, target } => kv(command, &target).await,
         Command::Cluster { command, target } => cluster(command, &target).await,
+        Command::SecretsEncrypt { command, data_dir } => secrets_encrypt(command, &data_dir),
     }
+}
+
+fn secrets_encrypt(
+    command: SecretsEncryptCommand,
+    data_dir: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use keel_apiserver::auth::encryption::{CONFIG_FILE, EncryptionConfig};
+    let path = data_dir.join(CONFIG_FILE);
+    if !path.exists() {
+        return Err(format!(
+            "{} does not exist: is {} a server's data dir?",
+            path.display(),
+            data_dir.display()
+        )
+        .into());
+    }
+    let mut config = EncryptionConfig::load_or_create(&path)?;
+    if let SecretsEncryptCommand::Rotate = command {
+        let name = config.rotate();
+        config.save(&path)?;
+        println!(
+            "{name} now writes (the older keys still read). Copy {} to every server, then restart them: the leader rewrites every Secret with {name}.",
+            path.display()
+        );
+        return Ok(());
+    }
+    for entry in &config.resources {
+        for provider in &entry.providers {
+            match &provider.aesgcm {
+                Some(list) => {
+                    for (i, key) in list.keys.iter().enumerate() {
+                        let role = if i == 0 { "writes and reads" } else { "reads" };
+                        println!(
+                            "{}: aesgcm key {} ({role})",
+                            entry.resources.join(","),
+                            key.name
+                        );
+                    }
+                }
+                None => println!("{}: identity (reads plaintext)", entry.resources.join(",")),
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -448,9 +554,23 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
     api.advertise_host = args.advertise;
     api.join = args.join.zip(args.token);
     api.extra_metrics = Some(keel_controllers::runtime::metrics::render);
-    let server = ApiServer::start(api).await?;
+    api.issuer = args.access.service_account_issuer.clone();
+    api.node_certificate_lifetime = args.access.node_cert_lifetime;
+    api.anonymous = args.access.anonymous_auth;
+    match args.access.audit_log_path.as_deref() {
+        Some("off") => api.audit = None,
+        other => {
+            if let (Some(path), Some(audit)) = (other, api.audit.as_mut()) {
+                audit.path = PathBuf::from(path);
+            }
+            if let Some(audit) = api.audit.as_mut() {
+                audit.max_bytes = args.access.audit_log_maxsize.max(1) << 20;
+                audit.max_backups = args.access.audit_log_maxbackup;
+            }
+        }
+    }
+    let server = std::sync::Arc::new(ApiServer::start(api).await?);
     let raft = server.raft();
-    let client = keel_client::Client::new(server.url(), server.ca_pem(), server.admin_token())?;
     let node_name = args.node_name.unwrap_or_else(hostname);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -486,8 +606,14 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
             physnet: args.ovn_external_physnet.clone(),
         });
     }
+    let identities = OwnIdentities::new(server.clone(), args.access.node_cert_lifetime)?;
+    tasks.spawn(identities.clone().keep_renewed(stopped.clone()));
+    let clients = identities.clone();
     tasks.spawn(keel_controllers::run_manager(
-        client.clone(),
+        identities.client(keel_schemas::identity::CONTROLLER_MANAGER),
+        std::sync::Arc::new(move |name: &str| {
+            clients.client(&keel_schemas::identity::controller_user(name))
+        }),
         manager,
         stopped.clone(),
     ));
@@ -504,9 +630,17 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
         agent.s3_listen = args.s3_listen.0;
         agent.s3_tls = args.s3_tls.pair();
         agent.load_balancer = !args.disable_load_balancer;
-        agent.server_token = std::fs::read_to_string(data_dir.join("join-token"))
-            .ok()
-            .map(|t| t.trim().to_string());
+        agent.ca_pem = server.ca_pem().to_string();
+        // The local agent is a node like any other: it registers with the agent token and
+        // talks as system:node:NAME.
+        let identity = keel_agent::identity::NodeIdentity::new(
+            &node_name,
+            server.url(),
+            server.ca_pem(),
+            &data_dir.join("agent"),
+        );
+        let client = identity.client(Some(&server.agent_token())).await?;
+        agent.identity = Some(identity);
         let stopped = stopped.clone();
         tasks.spawn(async move {
             if let Err(e) = keel_agent::run(client, agent, stopped).await {
@@ -569,16 +703,31 @@ fn hostname() -> String {
 }
 
 async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let token = keel_apiserver::auth::JoinToken::parse(&args.token)
-        .ok_or("--token: not a join token (K10<ca hash>::server:<secret>, from <data-dir>/join-token on a server)")?;
-    // The token pins the cluster CA: fetch the CA and check it before trusting the server.
-    let ca = keel_apiserver::auth::fetch_ca(&args.server, &token.ca_hash).await?;
-    let client = keel_client::Client::new(&args.server, &ca, &args.token)?;
+    let node_name = args.node_name.clone().unwrap_or_else(hostname);
+    let ca_file = args.data_dir.join("pki").join("ca.crt");
+    let ca = match &args.token {
+        Some(text) => {
+            let token = keel_apiserver::auth::JoinToken::parse(text).ok_or(
+                "--token: not a join token (K10<ca hash>::node:<secret>, from <data-dir>/agent-token on a server)",
+            )?;
+            // The token pins the cluster CA: fetch the CA and check it before trusting the
+            // server.
+            let ca = keel_apiserver::auth::fetch_ca(&args.server, &token.ca_hash).await?;
+            std::fs::create_dir_all(ca_file.parent().unwrap_or(&args.data_dir))?;
+            std::fs::write(&ca_file, &ca)?;
+            ca
+        }
+        None => std::fs::read_to_string(&ca_file).map_err(|e| {
+            format!("{}: {e}: a host that never registered needs --token (<data-dir>/agent-token on a server)", ca_file.display())
+        })?,
+    };
+    let identity =
+        keel_agent::identity::NodeIdentity::new(&node_name, &args.server, &ca, &args.data_dir);
+    let client = identity.client(args.token.as_deref()).await?;
     match client.refresh_servers().await {
         Ok(n) => tracing::info!(servers = n, "learned the cluster's servers"),
         Err(e) => tracing::warn!(error = %e, "cannot list the cluster's servers yet"),
     }
-    let node_name = args.node_name.unwrap_or_else(hostname);
     let mut config =
         keel_agent::AgentConfig::new(&node_name, args.data_dir, std::env::current_exe()?);
     config.lease_duration = seconds(args.lease_duration);
@@ -597,7 +746,8 @@ async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
         .into());
     }
     config.cpu_allocation_ratio = args.cpu_allocation_ratio;
-    config.server_token = Some(args.token.clone());
+    config.ca_pem = ca;
+    config.identity = Some(identity);
     for label in &args.node_labels {
         let (k, v) = label
             .split_once('=')
@@ -611,6 +761,89 @@ async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
     stop.send_replace(true);
     task.await??;
     Ok(())
+}
+
+/// The client certificates of the server's own components (its controllers), issued by
+/// the server itself and re-issued before they expire.
+#[derive(Clone)]
+struct OwnIdentities {
+    server: std::sync::Arc<ApiServer>,
+    lifetime: Duration,
+    clients:
+        std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, keel_client::Client>>>,
+}
+
+impl OwnIdentities {
+    fn new(
+        server: std::sync::Arc<ApiServer>,
+        lifetime: Duration,
+    ) -> Result<OwnIdentities, Box<dyn std::error::Error>> {
+        let identities = OwnIdentities {
+            server,
+            lifetime,
+            clients: Default::default(),
+        };
+        let users = std::iter::once(keel_schemas::identity::CONTROLLER_MANAGER.to_string()).chain(
+            keel_apiserver::auth::policy::CONTROLLERS
+                .iter()
+                .map(|c| keel_schemas::identity::controller_user(c)),
+        );
+        for user in users {
+            let issued = identities.server.issue_client(&user, None, lifetime)?;
+            let client = keel_client::Client::with_certificate(
+                identities.server.url(),
+                identities.server.ca_pem(),
+                &issued.cert_pem,
+                &issued.key_pem,
+            )?;
+            identities.lock().insert(user, client);
+        }
+        Ok(identities)
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, keel_client::Client>> {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The client of `user` (one of the server's components).
+    fn client(&self, user: &str) -> keel_client::Client {
+        match self.lock().get(user) {
+            Some(client) => client.clone(),
+            // Invariant: every controller the manager runs is in policy::CONTROLLERS.
+            None => panic!("invariant: {user} is one of the server's own identities"),
+        }
+    }
+
+    /// Re-issues every certificate two thirds into its life, until `stop`.
+    async fn keep_renewed(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(self.lifetime * 2 / 3) => {}
+            }
+            let clients: Vec<(String, keel_client::Client)> = self
+                .lock()
+                .iter()
+                .map(|(u, c)| (u.clone(), c.clone()))
+                .collect();
+            for (user, client) in clients {
+                let renewed = self
+                    .server
+                    .issue_client(&user, None, self.lifetime)
+                    .map_err(|e| e.to_string())
+                    .and_then(|i| {
+                        client
+                            .set_identity(&i.cert_pem, &i.key_pem)
+                            .map_err(|e| e.to_string())
+                    });
+                if let Err(e) = renewed {
+                    tracing::warn!(%user, error = %e, "cannot renew a controller's certificate");
+                }
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -483,6 +483,27 @@ pub struct Secret {
     pub immutable: Option<bool>,
 }
 
+/// A service account (`serviceaccount.schema.json`): an identity for programs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccount {
+    /// `v1`.
+    pub api_version: String,
+    /// `ServiceAccount`.
+    pub kind: String,
+    /// Standard object metadata.
+    pub metadata: ObjectMeta,
+    /// Secrets it may use (legacy).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<Value>,
+    /// Registry credentials for its pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<super::LocalObjectReference>,
+    /// Whether its pods get a token by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub automount_service_account_token: Option<bool>,
+}
+
 /// A config map (`configmap.schema.json`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -537,6 +558,21 @@ impl Secret {
     /// A new, empty secret named `name` in `namespace`.
     pub fn new(name: &str, namespace: &str) -> Self {
         let (api_version, kind, metadata) = header("Secret", name, namespace);
+        Self {
+            api_version,
+            kind,
+            metadata,
+            ..Self::default()
+        }
+    }
+}
+
+// === impl ServiceAccount ===
+
+impl ServiceAccount {
+    /// A new service account named `name` in `namespace`.
+    pub fn new(name: &str, namespace: &str) -> Self {
+        let (api_version, kind, metadata) = header("ServiceAccount", name, namespace);
         Self {
             api_version,
             kind,

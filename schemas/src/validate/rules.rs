@@ -8,8 +8,9 @@ use super::FieldError;
 use super::schema_errors::child;
 use crate::names;
 use crate::quantity::quantity_of;
-use crate::registry::{KEEL_GROUP, Kind};
+use crate::registry::{KEEL_GROUP, Kind, RBAC_GROUP};
 
+mod access;
 mod compute;
 mod core;
 mod dns;
@@ -29,6 +30,8 @@ enum NameRule {
     Label,
     Label1035,
     Subdomain,
+    /// Any name that can be one segment of a path (RBAC's `system:controller:x`).
+    PathSegment,
 }
 
 /// Runs the rules of `kind` on `object`.
@@ -52,6 +55,10 @@ pub(super) fn check(kind: &Kind, object: &Value, errors: &mut Vec<FieldError>) {
         ("", "Secret") => core::secret(&root, errors),
         ("", "ConfigMap") => core::config_map(&root, errors),
         ("", "Node") => core::node(spec, errors),
+        (RBAC_GROUP, "Role") => access::role(&root, true, errors),
+        (RBAC_GROUP, "ClusterRole") => access::role(&root, false, errors),
+        (RBAC_GROUP, "RoleBinding") => access::binding(&root, true, errors),
+        (RBAC_GROUP, "ClusterRoleBinding") => access::binding(&root, false, errors),
         _ => {}
     }
 }
@@ -60,6 +67,7 @@ fn name_rule(kind: &Kind) -> NameRule {
     match (kind.group, kind.kind) {
         (KEEL_GROUP, _) | ("", "Namespace") => NameRule::Label,
         ("", "Service") => NameRule::Label1035,
+        (RBAC_GROUP, _) => NameRule::PathSegment,
         _ => NameRule::Subdomain,
     }
 }
@@ -75,6 +83,7 @@ fn metadata(kind: &Kind, root: &Field<'_>, errors: &mut Vec<FieldError>) {
                     NameRule::Label if !names::is_dns_label(s) => Some(LABEL_RULE),
                     NameRule::Label1035 if !names::is_dns1035_label(s) => Some(LABEL1035_RULE),
                     NameRule::Subdomain if !names::is_dns_subdomain(s) => Some(SUBDOMAIN_RULE),
+                    NameRule::PathSegment if !is_path_segment(s) => Some(PATH_SEGMENT_RULE),
                     _ => None,
                 };
                 if let Some(rule) = problem {
@@ -108,6 +117,19 @@ fn metadata(kind: &Kind, root: &Field<'_>, errors: &mut Vec<FieldError>) {
 
 pub(super) const LABEL_RULE: &str = "must be a DNS-1123 label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit";
 pub(super) const LABEL1035_RULE: &str = "must be a DNS-1035 label: at most 63 lowercase letters, digits and '-', starting with a letter and ending with a letter or digit";
+pub(super) const PATH_SEGMENT_RULE: &str =
+    "may not be '.' or '..', contain '/' or '%', or be longer than 253 characters";
+
+/// A name usable as one segment of an API path, as Kubernetes allows for RBAC objects.
+fn is_path_segment(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '%'])
+        && !name.chars().any(char::is_control)
+}
+
 pub(super) const SUBDOMAIN_RULE: &str = "must be a DNS-1123 subdomain: at most 253 lowercase letters, digits, '-' and '.', each part starting and ending with a letter or digit";
 
 /// A reference by name to another object of a Keel kind: a DNS-1123 label.

@@ -14,12 +14,14 @@
 //! | Service | `spec.clusterIP` once set |
 //! | Secret | `type`; with `immutable: true`, the data and `immutable` itself |
 //! | ConfigMap | with `immutable: true`, the data and `immutable` itself |
+//! | RoleBinding, ClusterRoleBinding | `roleRef` |
+//! | UserToken | all of `spec` except `description` |
 
 use serde_json::Value;
 
 use super::FieldError;
 use crate::quantity::quantity_of;
-use crate::registry::{KEEL_GROUP, Kind};
+use crate::registry::{KEEL_GROUP, Kind, RBAC_GROUP};
 
 /// Appends an error for every field that changed and may not.
 pub(super) fn check(kind: &Kind, old: &Value, new: &Value, errors: &mut Vec<FieldError>) {
@@ -42,6 +44,9 @@ pub(super) fn check(kind: &Kind, old: &Value, new: &Value, errors: &mut Vec<Fiel
         (KEEL_GROUP, "Subnet") => &["vpc", "cidr"],
         (KEEL_GROUP, "Zone") => &["domain"],
         (KEEL_GROUP, "Revision") => &["target", "revision", "spec", "rollbackOf"],
+        (KEEL_GROUP, "UserToken") => {
+            &["user", "uid", "groups", "expirationTimestamp", "secretHash"]
+        }
         _ => &[],
     };
     for field in fixed {
@@ -74,6 +79,11 @@ pub(super) fn check(kind: &Kind, old: &Value, new: &Value, errors: &mut Vec<Fiel
             frozen_data(old, new, &["data", "stringData"], errors);
         }
         ("", "ConfigMap") => frozen_data(old, new, &["data", "binaryData"], errors),
+        (RBAC_GROUP, "RoleBinding" | "ClusterRoleBinding")
+            if old.get("roleRef") != new.get("roleRef") =>
+        {
+            errors.push(immutable("roleRef", new.get("roleRef"), old.get("roleRef")));
+        }
         _ => {}
     }
 }
