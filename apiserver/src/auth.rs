@@ -145,11 +145,10 @@ impl Auth {
             .verify(token, audiences, now)
             .map_err(|e| Unauthenticated(format!("service account token: {e}")))?;
         let k = &claims.kubernetes;
-        let current = self.cache.read(|s| {
-            s.service_accounts
-                .get(&(k.namespace.clone(), k.serviceaccount.name.clone()))
-                .cloned()
-        });
+        // Read from the store now: a deleted account's tokens stop on its next request.
+        let current = self
+            .cache
+            .uid_of("serviceaccounts", &k.namespace, &k.serviceaccount.name);
         if current.as_deref() != Some(k.serviceaccount.uid.as_str()) {
             return Err(Unauthenticated(format!(
                 "service account {}/{} (uid {}) no longer exists: its tokens are revoked",
@@ -158,9 +157,11 @@ impl Auth {
         }
         for (kind, bound) in [("pods", &k.pod), ("secrets", &k.secret)] {
             if let Some(object) = bound
-                && !self
+                && self
                     .cache
-                    .exists(kind, &k.namespace, &object.name, &object.uid)
+                    .uid_of(kind, &k.namespace, &object.name)
+                    .as_deref()
+                    != Some(object.uid.as_str())
             {
                 return Err(Unauthenticated(format!(
                     "the token is bound to {kind} {}/{} (uid {}), which no longer exists",
@@ -195,10 +196,8 @@ impl Auth {
         let unknown =
             || Unauthenticated("the token is not known (unknown, revoked or malformed)".into());
         let (name, secret) = token.rsplit_once('.').ok_or_else(unknown)?;
-        let entry = self
-            .cache
-            .read(|s| s.tokens.get(name).cloned())
-            .ok_or_else(unknown)?;
+        // Read from the store now: a deleted token fails on its next request.
+        let entry = self.cache.token(name).ok_or_else(unknown)?;
         let hash = secret_hash(secret);
         if !tokens::constant_time_eq(hash.as_bytes(), entry.hash.as_bytes()) {
             return Err(unknown());

@@ -10,7 +10,9 @@
 //!   between servers, and [`raft::Server`], one running server of a cluster.
 //! - [`http`]: the Kubernetes-style HTTPS API over the store.
 //! - `admission`: defaulting and validation of every write.
-//! - [`auth`]: the cluster CA and certificates, tokens, the admin kubeconfig.
+//! - [`auth`]: who may talk to Keel and what they may do: the cluster CA and certificates,
+//!   tokens, service-account JWTs, RBAC and the node authorizer, the audit log, and the
+//!   encryption of Secrets at rest.
 //! - [`ApiServer`]: a whole server, store and API together — the way in.
 
 mod admission;

@@ -108,6 +108,8 @@ async fn examples_apply_reapply_and_delete_with_kubectl() {
         "zone.keel.dev/",
         "bucket.keel.dev/",
         "loadbalancer.keel.dev/",
+        "rolebinding.rbac.authorization.k8s.io/",
+        "serviceaccount/",
     ] {
         assert!(
             ids.iter().any(|id| id.starts_with(kind)),

@@ -90,6 +90,8 @@ pub struct ApiCluster {
     pub token: String,
     /// The cluster CA (PEM).
     pub ca_pem: String,
+    /// The servers' data dirs.
+    pub data_dirs: Vec<std::path::PathBuf>,
     children: Vec<Child>,
 }
 
@@ -101,6 +103,7 @@ impl ApiCluster {
             urls: Vec::new(),
             token: String::new(),
             ca_pem: String::new(),
+            data_dirs: Vec::new(),
             children: Vec::new(),
         };
         let mut join_token = String::new();
@@ -146,6 +149,7 @@ impl ApiCluster {
                 cluster.ca_pem = ca;
             }
             cluster.urls.push(url);
+            cluster.data_dirs.push(dir);
         }
         Ok(cluster)
     }

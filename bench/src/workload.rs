@@ -39,6 +39,18 @@ pub struct Figures {
     pub errors: u64,
 }
 
+/// The mean of several runs' figures (errors summed).
+pub fn mean(runs: &[Figures]) -> Figures {
+    let n = runs.len().max(1) as f64;
+    let avg = |f: fn(&Figures) -> f64| runs.iter().map(f).sum::<f64>() / n;
+    Figures {
+        per_second: avg(|f| f.per_second),
+        p50_ms: avg(|f| f.p50_ms),
+        p99_ms: avg(|f| f.p99_ms),
+        errors: runs.iter().map(|f| f.errors).sum(),
+    }
+}
+
 /// Shape of a run.
 #[derive(Debug, Clone, Copy)]
 pub struct Shape {

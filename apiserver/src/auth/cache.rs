@@ -1,12 +1,14 @@
-//! [`AuthCache`]: what authentication and authorization read on every request, kept in
-//! memory from the local store by a watch (Kubernetes' authorizers read informers the same
-//! way): the RBAC objects and the [`RbacIndex`] built from them, UserTokens, service
-//! accounts' uids, and the node graph — which workloads are bound to which node, and the
-//! Secrets and ConfigMaps they reference.
+//! [`AuthCache`]: what authorization reads on every request, kept in memory from the local
+//! store by a watch (Kubernetes' authorizers read informers the same way): the RBAC objects
+//! and the [`RbacIndex`] built from them, and the node graph — which workloads are bound to
+//! which node, and the Secrets and ConfigMaps they reference. Credentials that can be
+//! revoked (UserTokens, service accounts) are read from the local store itself on each use
+//! ([`AuthCache::token`], [`AuthCache::uid_of`]), so a revocation holds from the next
+//! request on.
 //!
 //! The cache follows the store by revision. [`AuthCache::fresh`] waits until it has seen
-//! every write this server has applied, so a decision that depends on a recent write (a
-//! token just revoked, a binding just made) can be made on current data.
+//! every write this server has applied, so a refusal that may depend on a recent write (a
+//! binding just made) can be looked at again on current data.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -61,10 +63,6 @@ struct Bound {
 pub struct State {
     /// The RBAC objects.
     pub rbac: RbacObjects,
-    /// UserTokens by name.
-    pub tokens: HashMap<String, TokenEntry>,
-    /// Service accounts' uids by (namespace, name).
-    pub service_accounts: HashMap<(String, String), String>,
     /// The node graph.
     pub graph: Graph,
 }
@@ -85,8 +83,6 @@ enum Tracked {
     Role,
     ClusterRoleBinding,
     RoleBinding,
-    UserToken,
-    ServiceAccount,
     /// A kind whose objects are bound to nodes (its plural).
     Workload(&'static str),
 }
@@ -251,26 +247,42 @@ impl AuthCache {
         index
     }
 
-    /// Whether object `namespace/name` of `resource` exists with `uid` (a read of this
-    /// server's store).
-    pub fn exists(&self, resource: &str, namespace: &str, name: &str, uid: &str) -> bool {
-        let Some(key) = keel_schemas::lookup(resource)
-            .and_then(|k| keel_schemas::storage_key(k, Some(namespace), name))
-        else {
-            return false;
-        };
-        let Ok(resp) = self.store.range(&RangeRequest {
-            range: Some(KeyRange::Key(key.clone().into_bytes())),
-            ..RangeRequest::default()
-        }) else {
-            return false;
-        };
-        resp.kvs.first().is_some_and(|kv| {
-            self.encryption
-                .open(&kv.key, &kv.value)
-                .ok()
-                .and_then(|plain| serde_json::from_slice::<Value>(&plain).ok())
-                .is_some_and(|o| uid.is_empty() || o["metadata"]["uid"] == uid)
+    /// Object `name` (in `namespace`, for a namespaced kind) of `resource` as this server's
+    /// store holds it now.
+    fn object(&self, resource: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+        let kind = keel_schemas::lookup(resource)?;
+        let key = keel_schemas::storage_key(kind, namespace, name)?;
+        let resp = self
+            .store
+            .range(&RangeRequest {
+                range: Some(KeyRange::Key(key.into_bytes())),
+                ..RangeRequest::default()
+            })
+            .ok()?;
+        let kv = resp.kvs.into_iter().next()?;
+        let plain = self.encryption.open(&kv.key, &kv.value).ok()?;
+        serde_json::from_slice(&plain).ok()
+    }
+
+    /// The uid of object `namespace/name` of `resource`, if it exists.
+    pub fn uid_of(&self, resource: &str, namespace: &str, name: &str) -> Option<String> {
+        let object = self.object(resource, Some(namespace), name)?;
+        object["metadata"]["uid"].as_str().map(String::from)
+    }
+
+    /// The UserToken called `name`, as authentication needs it.
+    pub fn token(&self, name: &str) -> Option<TokenEntry> {
+        let token: UserToken =
+            serde_json::from_value(self.object("usertokens", None, name)?).ok()?;
+        Some(TokenEntry {
+            user: token.spec.user,
+            uid: token.spec.uid.or(token.metadata.uid).unwrap_or_default(),
+            groups: token.spec.groups,
+            expires: match token.spec.expiration_timestamp {
+                Some(ts) => Some(keel_schemas::time::parse_rfc3339(&ts)?),
+                None => None,
+            },
+            hash: token.spec.secret_hash?,
         })
     }
 
@@ -410,30 +422,6 @@ impl AuthCache {
                         parse::<RoleBinding>(object),
                     );
                 }
-                Tracked::UserToken => {
-                    let entry = parse::<UserToken>(object).and_then(|t| {
-                        Some(TokenEntry {
-                            user: t.spec.user,
-                            uid: t.spec.uid.or(t.metadata.uid).unwrap_or_default(),
-                            groups: t.spec.groups,
-                            expires: match t.spec.expiration_timestamp {
-                                Some(ts) => Some(keel_schemas::time::parse_rfc3339(&ts)?),
-                                None => None,
-                            },
-                            hash: t.spec.secret_hash?,
-                        })
-                    });
-                    match entry {
-                        Some(e) => state.tokens.insert(name, e),
-                        None => state.tokens.remove(&name),
-                    };
-                }
-                Tracked::ServiceAccount => {
-                    match object.as_ref().and_then(|o| o["metadata"]["uid"].as_str()) {
-                        Some(uid) => state.service_accounts.insert(key, uid.to_string()),
-                        None => state.service_accounts.remove(&key),
-                    };
-                }
                 Tracked::Workload(resource) => {
                     state
                         .graph
@@ -494,8 +482,6 @@ fn classify(key: &[u8]) -> Option<(Tracked, String, String)> {
         ("rbac.authorization.k8s.io", "roles") => Tracked::Role,
         ("rbac.authorization.k8s.io", "clusterrolebindings") => Tracked::ClusterRoleBinding,
         ("rbac.authorization.k8s.io", "rolebindings") => Tracked::RoleBinding,
-        ("keel.dev", "usertokens") => Tracked::UserToken,
-        ("core", "serviceaccounts") => Tracked::ServiceAccount,
         ("keel.dev", w @ ("virtualmachines" | "loadbalancers" | "buckets"))
         | ("core", w @ "pods") => Tracked::Workload(WORKLOADS.iter().find(|x| **x == w).copied()?),
         _ => return None,
@@ -533,7 +519,7 @@ mod tests {
         );
         assert_eq!(classify(b"/registry/core/configmaps/shop/x"), None);
         assert_eq!(classify(b"/other"), None);
-        assert_eq!(tracked_prefixes().len(), 10);
+        assert_eq!(tracked_prefixes().len(), 8);
     }
 
     #[test]

@@ -62,6 +62,13 @@ enum SubjectKey {
     Group(String),
 }
 
+/// Grants by subject, users and groups apart (so that a lookup borrows the name).
+#[derive(Debug, Default)]
+struct Grants {
+    users: HashMap<String, Vec<Grant>>,
+    groups: HashMap<String, Vec<Grant>>,
+}
+
 /// What one binding grants: its role's rules, and a description for reasons.
 #[derive(Debug, Clone)]
 struct Grant {
@@ -86,8 +93,8 @@ pub struct RbacObjects {
 /// Every binding's grants, by subject: what [`RbacIndex::authorize`] looks up.
 #[derive(Debug, Default)]
 pub struct RbacIndex {
-    cluster: HashMap<SubjectKey, Vec<Grant>>,
-    namespaced: HashMap<(String, SubjectKey), Vec<Grant>>,
+    cluster: Grants,
+    namespaced: HashMap<String, Grants>,
     /// Bindings whose role does not exist, by namespace ("" for cluster-wide), with the
     /// message a rules review reports.
     missing: BTreeMap<String, Vec<String>>,
@@ -355,7 +362,7 @@ impl RbacObjects {
                 source: format!("ClusterRoleBinding {name:?} of ClusterRole {role:?}").into(),
             };
             for key in subject_keys(binding, None) {
-                index.cluster.entry(key).or_default().push(grant.clone());
+                index.cluster.add(key, grant.clone());
             }
         }
         for ((ns, name), binding) in &self.role_bindings {
@@ -379,12 +386,9 @@ impl RbacObjects {
                 rules,
                 source: format!("RoleBinding \"{name}/{ns}\" of {kind} {role:?}").into(),
             };
+            let grants = index.namespaced.entry(ns.clone()).or_default();
             for key in subject_keys(binding, Some(ns)) {
-                index
-                    .namespaced
-                    .entry((ns.clone(), key))
-                    .or_default()
-                    .push(grant.clone());
+                grants.add(key, grant.clone());
             }
         }
         index
@@ -405,33 +409,58 @@ fn subject_keys(binding: &RoleBinding, namespace: Option<&str>) -> Vec<SubjectKe
         .collect()
 }
 
+// === impl Grants ===
+
+impl Grants {
+    fn add(&mut self, key: SubjectKey, grant: Grant) {
+        match key {
+            SubjectKey::User(name) => self.users.entry(name).or_default().push(grant),
+            SubjectKey::Group(name) => self.groups.entry(name).or_default().push(grant),
+        }
+    }
+
+    /// The grants of `user` and its groups, with the subject each was found by.
+    fn of<'a>(&'a self, user: &'a UserInfo) -> impl Iterator<Item = (Subject<'a>, &'a Grant)> + 'a {
+        let own = self
+            .users
+            .get(&user.name)
+            .into_iter()
+            .flatten()
+            .map(move |g| (Subject::User(&user.name), g));
+        let groups = user.groups.iter().flat_map(move |group| {
+            self.groups
+                .get(group)
+                .into_iter()
+                .flatten()
+                .map(move |g| (Subject::Group(group), g))
+        });
+        own.chain(groups)
+    }
+}
+
+/// The subject a grant was found by, for reasons.
+#[derive(Debug, Clone, Copy)]
+enum Subject<'a> {
+    User(&'a str),
+    Group(&'a str),
+}
+
 // === impl RbacIndex ===
 
 impl RbacIndex {
-    fn keys(user: &UserInfo) -> Vec<SubjectKey> {
-        std::iter::once(SubjectKey::User(user.name.clone()))
-            .chain(user.groups.iter().cloned().map(SubjectKey::Group))
-            .collect()
-    }
-
     /// The grants that apply to `user` in `namespace` (cluster-wide ones, plus the
-    /// namespace's when it is not empty), with the key they were found by.
+    /// namespace's when it is not empty), with the subject they were found by.
     fn grants<'a>(
         &'a self,
-        user: &UserInfo,
+        user: &'a UserInfo,
         namespace: &str,
-    ) -> impl Iterator<Item = (SubjectKey, &'a Grant)> + 'a {
-        let keys = Self::keys(user);
-        let namespace = namespace.to_string();
-        keys.into_iter().flat_map(move |key| {
-            let cluster = self.cluster.get(&key).into_iter().flatten();
-            let local = (!namespace.is_empty())
-                .then(|| self.namespaced.get(&(namespace.clone(), key.clone())))
-                .flatten()
-                .into_iter()
-                .flatten();
-            cluster.chain(local).map(move |g| (key.clone(), g))
-        })
+    ) -> impl Iterator<Item = (Subject<'a>, &'a Grant)> + 'a {
+        let local = (!namespace.is_empty())
+            .then(|| self.namespaced.get(namespace))
+            .flatten();
+        self.cluster
+            .of(user)
+            .chain(local.into_iter().flat_map(move |g| g.of(user)))
     }
 
     /// Whether a binding allows `a` to `user`.
@@ -440,8 +469,8 @@ impl RbacIndex {
         for (key, grant) in self.grants(user, namespace) {
             if grant.rules.iter().any(|r| rule_allows(r, a)) {
                 let subject = match key {
-                    SubjectKey::User(n) => format!("User {n:?}"),
-                    SubjectKey::Group(n) => format!("Group {n:?}"),
+                    Subject::User(n) => format!("User {n:?}"),
+                    Subject::Group(n) => format!("Group {n:?}"),
                 };
                 return Decision::Allow(format!("RBAC: allowed by {} to {subject}", grant.source));
             }
@@ -470,8 +499,14 @@ impl RbacIndex {
 
     /// How many grants the index holds (for metrics and tests).
     pub fn len(&self) -> usize {
-        self.cluster.values().map(Vec::len).sum::<usize>()
-            + self.namespaced.values().map(Vec::len).sum::<usize>()
+        let count = |g: &Grants| {
+            g.users
+                .values()
+                .chain(g.groups.values())
+                .map(Vec::len)
+                .sum::<usize>()
+        };
+        count(&self.cluster) + self.namespaced.values().map(count).sum::<usize>()
     }
 
     /// Whether the index holds no grant.

@@ -77,7 +77,8 @@ impl Api {
                 },
             )
         };
-        let (servant, exempt, what) = match t.kind.kind {
+        let rules_and = |rules: Vec<PolicyRule>, exempt: Attributes| (rules, exempt);
+        let (servant, exempt) = match t.kind.kind {
             "Role" | "ClusterRole" => {
                 if old.is_some_and(|o| {
                     o.get("rules") == new.get("rules")
@@ -102,7 +103,7 @@ impl Api {
                         )
                         .await;
                 }
-                (rules, exempt, "grant")
+                rules_and(rules, exempt)
             }
             "RoleBinding" | "ClusterRoleBinding" => {
                 let role_kind = new["roleRef"]["kind"].as_str().unwrap_or_default();
@@ -135,7 +136,7 @@ impl Api {
                         ),
                     ));
                 };
-                (rules, exempt, "bind")
+                rules_and(rules, exempt)
             }
             _ => return Ok(()),
         };
@@ -169,7 +170,7 @@ impl Api {
             t.kind.plural,
             &name,
             &format!(
-                "user {:?} (groups={:?}) is attempting to {what} RBAC permissions not currently held:\n{}{more}",
+                "user {:?} (groups={:?}) is attempting to grant RBAC permissions not currently held:\n{}{more}",
                 user.name,
                 user.groups,
                 shown.join("\n")

@@ -43,8 +43,10 @@ struct Cli {
     /// Concurrent clients of the read workloads.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 64])]
     read_clients: Vec<usize>,
-    /// What to measure: `store` (puts and gets on the replicated store) and `api` (object
-    /// creates through the HTTPS API, against etcd transactions).
+    /// What to measure: `store` (puts and gets on the replicated store), `api` (object
+    /// creates through the HTTPS API, against etcd transactions), and `rbac` (creates through
+    /// the API by a user RBAC authorizes, among 200 Roles and 1,000 RoleBindings, against the
+    /// admin's certificate, which skips authorization).
     #[arg(long, value_delimiter = ',', default_values_t = ["store".to_string(), "api".to_string()])]
     suites: Vec<String>,
 }
@@ -166,6 +168,7 @@ async fn bench(cli: &Cli) -> Result<(), String> {
         value_size: cli.value_size,
     };
     let mut rows = Vec::new();
+    let mut rbac_rows = Vec::new();
     for &servers in &cli.servers {
         let root = tempfile::Builder::new()
             .prefix("keel-bench-")
@@ -198,6 +201,10 @@ async fn bench(cli: &Cli) -> Result<(), String> {
             }
             measure_creates("keel", servers, &conns, shape, cli, &mut rows).await;
         }
+        if cli.suites.iter().any(|s| s == "rbac") {
+            let cluster = ApiCluster::start(root.path(), servers).await?;
+            measure_rbac(&cluster, servers, shape, cli, &mut rbac_rows).await?;
+        }
         if let Some(bin) = &etcd {
             let cluster = EtcdCluster::start(bin, root.path(), servers).await?;
             let mut conns = Vec::new();
@@ -214,8 +221,192 @@ async fn bench(cli: &Cli) -> Result<(), String> {
             }
         }
     }
-    print_table(&rows);
+    if !rows.is_empty() {
+        print_table(&rows);
+    }
+    if !rbac_rows.is_empty() {
+        print_rbac(&rbac_rows);
+    }
     Ok(())
+}
+
+/// How many Roles and RoleBindings the RBAC suite makes first.
+const ROLES: usize = 200;
+const BINDINGS: usize = 1000;
+
+/// Creates through the API as three requesters: the admin's client certificate (a member of
+/// system:masters, which authorization does not consult), and a user authorized by RBAC among
+/// ROLES Roles and BINDINGS RoleBindings — once by a client certificate, once by a
+/// UserToken (which adds the token's lookup).
+async fn measure_rbac(
+    cluster: &ApiCluster,
+    servers: usize,
+    shape: impl Fn(usize) -> Shape,
+    cli: &Cli,
+    rows: &mut Vec<Row>,
+) -> Result<(), String> {
+    let dir = cluster.data_dirs.first().ok_or("no server")?;
+    let certificates = keel_apiserver::auth::Certificates::load(&dir.join("tls"))
+        .map_err(|e| e.to_string())?
+        .ok_or("the first server has no certificates")?;
+    let lifetime = Duration::from_secs(3600);
+    let issue = |user: &str, group: Option<&str>| certificates.issue_client(user, group, lifetime);
+    let admin_id = issue("system:admin", Some("system:masters")).map_err(|e| e.to_string())?;
+    let admin = keel_client::Client::with_certificate(
+        &cluster.urls[0],
+        &cluster.ca_pem,
+        &admin_id.cert_pem,
+        &admin_id.key_pem,
+    )
+    .map_err(|e| e.to_string())?;
+    // 200 Roles over Keel's kinds, 1,000 RoleBindings of users and of 100 groups; the
+    // benchmark's user is in two of the groups (so 20 bindings apply to it, none of which
+    // allows ConfigMaps) and gets `edit` by a binding of its own.
+    let kinds = ["virtualmachines", "vpcs", "subnets", "zones", "buckets"];
+    let rbac = "/apis/rbac.authorization.k8s.io/v1/namespaces/default";
+    for i in 0..ROLES {
+        let rules: Vec<serde_json::Value> = kinds
+            .iter()
+            .map(|k| serde_json::json!({"apiGroups": ["keel.dev"], "resources": [k], "verbs": ["get", "list", "watch"], "resourceNames": [format!("r{i}")]}))
+            .collect();
+        admin
+            .post(
+                &format!("{rbac}/roles"),
+                &serde_json::json!({"metadata": {"name": format!("role-{i}")}, "rules": rules}),
+            )
+            .await
+            .map_err(|e| format!("role {i}: {e}"))?;
+    }
+    for i in 0..BINDINGS {
+        let binding = serde_json::json!({
+            "metadata": {"name": format!("binding-{i}")},
+            "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": format!("user-{i}")},
+                         {"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": format!("team-{}", i % 100)}],
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": format!("role-{}", i % ROLES)},
+        });
+        admin
+            .post(&format!("{rbac}/rolebindings"), &binding)
+            .await
+            .map_err(|e| format!("binding {i}: {e}"))?;
+    }
+    admin
+        .post(
+            &format!("{rbac}/rolebindings"),
+            &serde_json::json!({
+                "metadata": {"name": "zz-bencher-edit"},
+                "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "bencher"}],
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+            }),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let token = admin
+        .post(
+            "/apis/keel.dev/v1alpha1/usertokens",
+            &serde_json::json!({"metadata": {"name": "bencher"}, "spec": {"user": "bencher", "groups": ["team-7", "team-42"]}}),
+        )
+        .await
+        .map_err(|e| e.to_string())?["status"]["token"]
+        .as_str()
+        .ok_or("no token")?
+        .to_string();
+    let bencher_id = issue("bencher", Some("team-7")).map_err(|e| e.to_string())?;
+    let clients = |make: &dyn Fn(&str) -> Result<keel_client::Client, keel_client::ClientError>| -> Result<Vec<Conn>, String> {
+        let mut conns = Vec::new();
+        for url in &cluster.urls {
+            for _ in 0..2 {
+                conns.push(Conn::Api(Box::new(make(url).map_err(|e| e.to_string())?)));
+            }
+        }
+        Ok(conns)
+    };
+    let ca = &cluster.ca_pem;
+    let cases: [(&str, Vec<Conn>); 3] = [
+        (
+            "admin cert",
+            clients(&|u| {
+                keel_client::Client::with_certificate(u, ca, &admin_id.cert_pem, &admin_id.key_pem)
+            })?,
+        ),
+        (
+            "rbac cert",
+            clients(&|u| {
+                keel_client::Client::with_certificate(
+                    u,
+                    ca,
+                    &bencher_id.cert_pem,
+                    &bencher_id.key_pem,
+                )
+            })?,
+        ),
+        (
+            "rbac token",
+            clients(&|u| keel_client::Client::new(u, ca, &token))?,
+        ),
+    ];
+    // The store grows with every create, and a bigger store writes a little slower: each
+    // client count runs every case three times, in a rotating order (ABC, BCA, CAB), and
+    // the figures are the rounds' means.
+    const ROUNDS: usize = 3;
+    for &clients in &cli.write_clients {
+        let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); cases.len()];
+        for round in 0..ROUNDS {
+            for i in 0..cases.len() {
+                let case = (i + round) % cases.len();
+                let (name, conns) = &cases[case];
+                let figures = workload::run(conns, Op::Create, shape(clients)).await;
+                eprintln!(
+                    "keel x{servers} create ({name}) c={clients} round {round}: {:.0}/s ({} errors)",
+                    figures.per_second, figures.errors
+                );
+                runs[case].push(figures);
+            }
+        }
+        for ((name, _), figures) in cases.iter().zip(runs) {
+            rows.push(Row {
+                system: "keel",
+                servers,
+                workload: name.to_string(),
+                clients,
+                figures: workload::mean(&figures),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn print_rbac(rows: &[Row]) {
+    println!("\ncreates through the API with {ROLES} Roles and {BINDINGS} RoleBindings present");
+    println!(
+        "{:<12} {:>7} {:>7} | {:>10} {:>8} {:>8} | {:>10}",
+        "requester", "servers", "clients", "op/s", "p50 ms", "p99 ms", "vs admin"
+    );
+    for r in rows {
+        let base = rows
+            .iter()
+            .find(|b| {
+                b.workload == "admin cert" && b.servers == r.servers && b.clients == r.clients
+            })
+            .map_or(f64::NAN, |b| b.figures.per_second);
+        println!(
+            "{:<12} {:>7} {:>7} | {:>10.0} {:>8.2} {:>8.2} | {:>9.1}%{}",
+            r.workload,
+            r.servers,
+            r.clients,
+            r.figures.per_second,
+            r.figures.p50_ms,
+            r.figures.p99_ms,
+            (r.figures.per_second / base - 1.0) * 100.0,
+            if r.figures.errors > 0 {
+                format!("  ({} errors)", r.figures.errors)
+            } else {
+                String::new()
+            }
+        );
+    }
+    println!(
+        "admin cert: a member of system:masters, not authorized further; rbac: authorized by RBAC (cert: client certificate; token: a UserToken, looked up and hashed per request)"
+    );
 }
 
 /// Object creates: through Keel's HTTPS API (with admission, defaulting and the JSON object),
