@@ -145,7 +145,11 @@ impl NodeIdentity {
         let key_pem = std::fs::read_to_string(self.path("node.key")).ok()?;
         let info = inspect(&cert_pem, &self.ca_pem)?;
         let ours = info.user == keel_schemas::identity::node_user(&self.node);
-        (ours && info.signed && info.not_after > SystemTime::now())
+        // The key and the certificate are written one after the other: a crash between the
+        // two leaves a pair that does not match, which is no identity (register again).
+        let key = rcgen::KeyPair::from_pem(&key_pem).ok()?;
+        let matches = rcgen::PublicKeyData::subject_public_key_info(&key) == info.public_key;
+        (ours && matches && info.signed && info.not_after > SystemTime::now())
             .then_some(Credentials { cert_pem, key_pem })
     }
 
@@ -259,11 +263,13 @@ fn token_secret(token: &str) -> String {
         )
 }
 
-/// What a certificate says: its user, whether the CA signed it, when it expires.
+/// What a certificate says: its user, whether the CA signed it, when it expires, its key.
 struct Inspected {
     user: String,
     signed: bool,
     not_after: SystemTime,
+    /// The SubjectPublicKeyInfo, DER.
+    public_key: Vec<u8>,
 }
 
 fn inspect(cert_pem: &str, ca_pem: &str) -> Option<Inspected> {
@@ -285,6 +291,7 @@ fn inspect(cert_pem: &str, ca_pem: &str) -> Option<Inspected> {
         user,
         signed: cert.verify_signature(Some(ca.public_key())).is_ok(),
         not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+        public_key: cert.public_key().raw.to_vec(),
     })
 }
 

@@ -236,9 +236,8 @@ impl ApiServer {
             server: raft.clone(),
             auth,
             encryption: encryption.clone(),
-            agent_client: Arc::new(certificates.issue_client(
-                identity::APISERVER,
-                None,
+            agent_client: Arc::new(http::AgentClient::new(
+                certificates.clone(),
                 OWN_CERTIFICATE_LIFETIME,
             )?),
             bootstrap: bootstrap.clone(),

@@ -95,41 +95,53 @@ impl std::fmt::Debug for Auth {
 // === impl Auth ===
 
 impl Auth {
-    /// Who presents `bearer` (a token) or, without one, the client certificate's `peer`.
+    /// Who makes a request: the user of its client certificate (`peer`) if it presented
+    /// one — the certificate wins over a token, as in Kubernetes — else of its bearer token,
+    /// else `system:anonymous`.
     pub async fn authenticate(
         &self,
         bearer: Option<&str>,
         peer: Option<&UserInfo>,
     ) -> Result<UserInfo, Unauthenticated> {
-        let Some(token) = bearer.filter(|t| !t.is_empty()) else {
-            return match peer {
-                Some(user) => Ok(user.clone()),
-                None if self.anonymous => Ok(UserInfo::anonymous()),
-                None => Err(Unauthenticated("credentials are required".into())),
-            };
-        };
-        self.authenticate_token(token, &self.audiences).await
+        if let Some(user) = peer {
+            return Ok(user.clone());
+        }
+        match bearer.filter(|t| !t.is_empty()) {
+            Some(token) => self
+                .authenticate_token(token, &self.audiences)
+                .map(|(user, _)| user),
+            None if self.anonymous => Ok(UserInfo::anonymous()),
+            None => Err(Unauthenticated("credentials are required".into())),
+        }
     }
 
-    /// Who presents bearer `token`, accepting service-account tokens for `audiences`.
-    pub async fn authenticate_token(
+    /// Who presents bearer `token` to a recipient known by `audiences`, and which of them
+    /// the token is good for: a service-account token's own audiences among them; the other
+    /// tokens, which name no audience, only the API server's own.
+    pub fn authenticate_token(
         &self,
         token: &str,
         audiences: &[String],
-    ) -> Result<UserInfo, Unauthenticated> {
-        if self.tokens.is_admin(token) {
-            return Ok(UserInfo::authenticated(
-                identity::ADMIN,
-                "",
-                [identity::MASTERS.to_string()],
-            ));
-        }
-        // A token just revoked must not work on this server's next request.
-        self.cache.fresh().await;
+    ) -> Result<(UserInfo, Vec<String>), Unauthenticated> {
         if token.starts_with("eyJ") && token.matches('.').count() == 2 {
             return self.service_account(token, audiences);
         }
-        self.user_token(token)
+        let ours: Vec<String> = audiences
+            .iter()
+            .filter(|a| self.audiences.contains(a))
+            .cloned()
+            .collect();
+        if ours.is_empty() {
+            return Err(Unauthenticated(format!(
+                "the token is not valid for {audiences:?}: only service-account tokens name other audiences"
+            )));
+        }
+        if self.tokens.is_admin(token) {
+            let admin =
+                UserInfo::authenticated(identity::ADMIN, "", [identity::MASTERS.to_string()]);
+            return Ok((admin, ours));
+        }
+        self.user_token(token).map(|user| (user, ours))
     }
 
     /// A service-account JWT: signed by the cluster, for an accepted audience, in time, and
@@ -138,7 +150,7 @@ impl Auth {
         &self,
         token: &str,
         audiences: &[String],
-    ) -> Result<UserInfo, Unauthenticated> {
+    ) -> Result<(UserInfo, Vec<String>), Unauthenticated> {
         let now = keel_schemas::time::now_secs();
         let claims = self
             .service_accounts
@@ -188,7 +200,13 @@ impl Auth {
             "authentication.kubernetes.io/credential-id".into(),
             vec![format!("JTI={}", claims.jti)],
         );
-        Ok(user)
+        let matched = claims
+            .aud
+            .iter()
+            .filter(|a| audiences.contains(a))
+            .cloned()
+            .collect();
+        Ok((user, matched))
     }
 
     /// A UserToken `NAME.SECRET`.

@@ -40,6 +40,7 @@ mod status;
 mod watch;
 
 pub use bootstrap::{ensure_policy, reencrypt_secrets};
+pub use logs::AgentClient;
 pub use status::{ApiError, ApiResult, Cause};
 
 use std::collections::HashMap;
@@ -59,8 +60,8 @@ use hyper_util::service::TowerToHyperService;
 use serde_json::Value;
 use tokio::sync::watch as signal;
 
+use crate::auth::Auth;
 use crate::auth::encryption::Encryption;
-use crate::auth::{Auth, Issued};
 use crate::raft::Server;
 use access::{Peer, Requester};
 use objects::PatchKind;
@@ -88,7 +89,7 @@ pub(crate) struct Api {
     /// How stored values are encrypted.
     pub(crate) encryption: Arc<Encryption>,
     /// The client certificate this server presents to the agents it calls.
-    pub(crate) agent_client: Option<Arc<Issued>>,
+    pub(crate) agent_client: Option<Arc<logs::AgentClient>>,
     /// What start-up work is done.
     pub(crate) bootstrap: Arc<Bootstrap>,
     advertise: String,
@@ -124,7 +125,7 @@ pub struct HttpOptions {
     /// How stored values are encrypted.
     pub encryption: Arc<Encryption>,
     /// The client certificate this server presents to agents.
-    pub agent_client: Arc<Issued>,
+    pub agent_client: Arc<logs::AgentClient>,
     /// What start-up work is done (for `/readyz`).
     pub bootstrap: Arc<Bootstrap>,
     /// TLS settings (certificate and ALPN).

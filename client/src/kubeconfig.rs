@@ -24,6 +24,10 @@ pub struct Kubeconfig {
     /// The context used unless another is named.
     #[serde(default)]
     pub current_context: Option<String>,
+    /// The directory of the file, which relative paths in it are relative to (as kubectl
+    /// reads them).
+    #[serde(skip)]
+    pub base: Option<PathBuf>,
 }
 
 /// A named entry of a kubeconfig list.
@@ -133,9 +137,11 @@ impl Kubeconfig {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ClientError::Config(format!("cannot read kubeconfig {}: {e}", path.display()))
         })?;
-        serde_norway::from_str(&text).map_err(|e| {
+        let mut config: Kubeconfig = serde_norway::from_str(&text).map_err(|e| {
             ClientError::Config(format!("kubeconfig {} is not valid: {e}", path.display()))
-        })
+        })?;
+        config.base = path.parent().map(Path::to_path_buf);
+        Ok(config)
     }
 
     /// The file kubectl would use: `--kubeconfig`, then `$KUBECONFIG` (its first file), then
@@ -181,6 +187,23 @@ impl Kubeconfig {
             .find(|u| u.name == context.user)
             .map(|u| u.value.clone())
             .unwrap_or_default();
+        // Paths in the file are relative to it; on the command line, to the current dir.
+        let in_file = |p: &Option<PathBuf>| {
+            p.as_ref().map(|p| match &self.base {
+                Some(base) if p.is_relative() => base.join(p),
+                _ => p.clone(),
+            })
+        };
+        let cluster = ClusterEntry {
+            certificate_authority: in_file(&cluster.certificate_authority),
+            ..cluster
+        };
+        let user = UserEntry {
+            token_file: in_file(&user.token_file),
+            client_certificate: in_file(&user.client_certificate),
+            client_key: in_file(&user.client_key),
+            ..user
+        };
         let server = overrides.server.clone().unwrap_or(cluster.server);
         if server.is_empty() {
             return Err(ClientError::Config(
@@ -333,5 +356,51 @@ mod tests {
                 .resolve(&Overrides::default())
                 .is_err()
         );
+    }
+
+    #[test]
+    fn client_certificates_come_from_data_or_files_relative_to_the_kubeconfig() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.crt"), "CA").unwrap();
+        std::fs::write(dir.path().join("me.crt"), "CERT").unwrap();
+        std::fs::write(dir.path().join("me.key"), "KEY").unwrap();
+        let text = "clusters:\n- name: k\n  cluster:\n    server: https://h:6443\n    certificate-authority: ca.crt\nusers:\n- name: me\n  user:\n    client-certificate: me.crt\n    client-key: me.key\ncontexts:\n- name: k\n  context: {cluster: k, user: me}\ncurrent-context: k\n";
+        let path = dir.path().join("config");
+        std::fs::write(&path, text).unwrap();
+        let c = Kubeconfig::load(&path)
+            .unwrap()
+            .resolve(&Overrides::default())
+            .unwrap();
+        assert_eq!(c.ca_pem, "CA");
+        assert_eq!(c.certificate, Some(("CERT".to_string(), "KEY".to_string())));
+        assert_eq!(c.token, "");
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let inline = text
+            .replace(
+                "certificate-authority: ca.crt",
+                &format!("certificate-authority-data: {}", b64("CA2")),
+            )
+            .replace(
+                "client-certificate: me.crt",
+                &format!("client-certificate-data: {}", b64("C2")),
+            )
+            .replace(
+                "client-key: me.key",
+                &format!("client-key-data: {}", b64("K2")),
+            );
+        let config: Kubeconfig = serde_norway::from_str(&inline).unwrap();
+        let c = config.resolve(&Overrides::default()).unwrap();
+        assert_eq!(
+            (c.ca_pem.as_str(), c.certificate),
+            ("CA2", Some(("C2".to_string(), "K2".to_string())))
+        );
+        let lonely = text.replace("    client-key: me.key\n", "");
+        let path = dir.path().join("lonely");
+        std::fs::write(&path, lonely).unwrap();
+        let err = Kubeconfig::load(&path)
+            .unwrap()
+            .resolve(&Overrides::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("without its key"), "{err}");
     }
 }

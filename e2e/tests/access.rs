@@ -478,6 +478,43 @@ async fn kubectl_users_get_what_their_roles_allow_and_nothing_more() {
         "{err}"
     );
 
+    // A path that hides a '/' in a segment is refused before it is authorized: with the
+    // right to read namespaces, `namespaces/shop%2Fsecrets` must not list shop's Secrets.
+    yes(kubectl(
+        &admin,
+        &[
+            "create",
+            "clusterrole",
+            "ns-reader",
+            "--verb=get,list",
+            "--resource=namespaces",
+        ],
+    ));
+    yes(kubectl(
+        &admin,
+        &[
+            "create",
+            "clusterrolebinding",
+            "vic-ns",
+            "--clusterrole=ns-reader",
+            "--user=vic",
+        ],
+    ));
+    let vic_token = std::fs::read_to_string(&viewer)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: ").map(String::from))
+        .unwrap();
+    let vic = Client::new(&server.url(), &server.admin().1, &vic_token).unwrap();
+    match vic.get("/api/v1/namespaces/shop%2Fsecrets").await {
+        Err(ClientError::Api { code, .. }) => assert_eq!(code, 400),
+        other => panic!("an encoded slash passed: {other:?}"),
+    }
+    assert_eq!(
+        refused(vic.get("/api/v1/namespaces/shop/secrets").await).0,
+        403
+    );
+
     // A revoked token gets 401 on its next request.
     let tokens = yes(kubectl(&admin, &["get", "usertokens", "-o", "json"]));
     let tokens: Value = serde_json::from_str(&tokens).unwrap();
@@ -913,6 +950,35 @@ async fn host_agents_have_their_nodes_rights_only_and_renew_their_certificates()
         403
     );
 
+    // A node's certificate is signed by the cluster CA, but it is no server's: the Raft
+    // port (where writes skip the API's checks) refuses it; a server's certificate gets in.
+    let node_peer = keel_apiserver::raft::PeerTls {
+        ca_pem: ca.clone(),
+        cert_pem: std::fs::read_to_string(a.data_dir.join("pki/node.crt")).unwrap(),
+        key_pem: std::fs::read_to_string(a.data_dir.join("pki/node.key")).unwrap(),
+    };
+    let attempt =
+        keel_apiserver::raft::Client::connect_tls(&server.addr, Duration::from_secs(2), &node_peer)
+            .await;
+    let refused_raft = match attempt {
+        Ok(c) => c.status().await.err().map(|e| e.to_string()),
+        Err(e) => Some(e.to_string()),
+    };
+    assert!(refused_raft.is_some(), "a node spoke Raft");
+    let server_peer = keel_apiserver::raft::PeerTls {
+        ca_pem: ca.clone(),
+        cert_pem: std::fs::read_to_string(server.data_dir.join("tls/server.crt")).unwrap(),
+        key_pem: std::fs::read_to_string(server.data_dir.join("tls/server.key")).unwrap(),
+    };
+    let peer = keel_apiserver::raft::Client::connect_tls(
+        &server.addr,
+        Duration::from_secs(2),
+        &server_peer,
+    )
+    .await
+    .unwrap();
+    peer.status().await.unwrap();
+
     // Renewal: node-a's certificate is replaced before it expires, the old one lapses, and
     // the node stays Ready with its guest untouched.
     let cert_path = a.data_dir.join("pki/node.crt");
@@ -1046,21 +1112,60 @@ async fn secrets_are_ciphertext_on_disk_and_keys_rotate() {
         assert_eq!(mode(&file), 0o600, "{}", file.display());
     }
 
-    // Rotation: a new key writes after a restart, and the leader rewrites what the old one
-    // wrote; the Secret reads the same.
+    // Rotation in two steps: a prepared key reads but does not write (what a cluster's
+    // servers get first); once rotated it writes after a restart, and the leader rewrites
+    // what the old one wrote; the Secret reads the same.
+    let data_dir = server.data_dir.clone();
+    let secrets_encrypt = |command: &str| {
+        let out = keel(&[
+            "secrets-encrypt",
+            command,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
     server.kill();
+    assert!(secrets_encrypt("prepare").contains("key2 added"));
+    server.start(&["--disable-agent"]);
+    eventually("the server back", WAIT, || async {
+        kubectl(&admin, &["get", "--raw", "/readyz"])
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+    yes(kubectl(
+        &admin,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "after-prepare",
+            "--from-literal=a=b",
+        ],
+    ));
     let out = keel(&[
-        "secrets-encrypt",
-        "rotate",
+        "kv",
+        "get",
+        "/registry/core/secrets/default/after-prepare",
         "--data-dir",
         server.data_dir.to_str().unwrap(),
+        "-s",
+        &server.addr,
     ]);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stdout).contains("k8s:enc:aesgcm:v1:key1:"),
+        "a prepared key does not write yet"
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("key2 now writes"));
+    assert!(stored(&server).starts_with("k8s:enc:aesgcm:v1:key1:"));
+    server.kill();
+    assert!(secrets_encrypt("rotate").contains("key2 now writes"));
     server.start(&["--disable-agent"]);
     eventually("the Secret rewritten with key2", WAIT, || async {
         let out = keel(&[

@@ -137,7 +137,9 @@ fn sources(buckets: &[Arc<Value>]) -> HashMap<Source, String> {
         .collect()
 }
 
-/// The access keys in the Secrets: access key -> (secret key, bucket).
+/// The access keys in the Secrets: access key -> (secret key, bucket). An access key two
+/// Secrets hold opens neither bucket: access key ids are not secret, and a tenant who copied
+/// another's into their own Secret must not take (or make ambiguous) the other's bucket.
 fn keys(
     sources: &HashMap<Source, String>,
     secrets: &HashMap<Source, Value>,
@@ -149,19 +151,32 @@ fn keys(
             .ok()?;
         String::from_utf8(bytes).ok()
     };
-    sources
-        .iter()
-        .filter_map(|(source, bucket)| {
-            let s = secrets.get(source)?;
-            Some((
-                decode(s, ACCESS_KEY)?,
-                access::Key {
-                    secret: decode(s, SECRET_KEY)?,
-                    bucket: bucket.clone(),
-                },
-            ))
-        })
-        .collect()
+    let mut out: HashMap<String, access::Key> = HashMap::new();
+    let mut taken_twice = Vec::new();
+    for (source, bucket) in sources {
+        let Some(s) = secrets.get(source) else {
+            continue;
+        };
+        let (Some(access_key), Some(secret)) = (decode(s, ACCESS_KEY), decode(s, SECRET_KEY))
+        else {
+            continue;
+        };
+        let key = access::Key {
+            secret,
+            bucket: bucket.clone(),
+        };
+        if out.insert(access_key.clone(), key).is_some() {
+            taken_twice.push(access_key);
+        }
+    }
+    for access_key in taken_twice {
+        tracing::warn!(
+            access_key,
+            "two buckets' Secrets hold this access key: it opens neither"
+        );
+        out.remove(&access_key);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -187,11 +202,28 @@ mod tests {
         // The Secret's own label claims another tenant's bucket: the Bucket decides.
         let secret = json!({"metadata": {"labels": {"keel.dev/bucket": "other-tenant"}},
             "data": {ACCESS_KEY: b64("AK1"), SECRET_KEY: b64("s3cr3t")}});
-        let keys = keys(&wanted, &HashMap::from([(source, secret)]));
+        let found = keys(&wanted, &HashMap::from([(source, secret)]));
         assert_eq!(
-            keys.get("AK1").map(|k| k.bucket.as_str()),
+            found.get("AK1").map(|k| k.bucket.as_str()),
             Some("shop-assets")
         );
-        assert_eq!(keys.get("AK1").map(|k| k.secret.as_str()), Some("s3cr3t"));
+        assert_eq!(found.get("AK1").map(|k| k.secret.as_str()), Some("s3cr3t"));
+        // Another tenant copies the access key id into its own bucket's Secret: neither opens.
+        let theirs = Source {
+            namespace: "evil".into(),
+            secret: "loot-credentials".into(),
+        };
+        let mut both = wanted.clone();
+        both.insert(theirs.clone(), "evil-loot".into());
+        let copied = json!({"data": {ACCESS_KEY: b64("AK1"), SECRET_KEY: b64("mine")}});
+        let mut secrets = HashMap::from([(theirs, copied)]);
+        secrets.insert(
+            Source {
+                namespace: "shop".into(),
+                secret: "assets-credentials".into(),
+            },
+            json!({"data": {ACCESS_KEY: b64("AK1"), SECRET_KEY: b64("s3cr3t")}}),
+        );
+        assert!(!keys(&both, &secrets).contains_key("AK1"));
     }
 }

@@ -461,8 +461,6 @@ fn tracked_prefixes() -> Vec<String> {
         "roles",
         "clusterrolebindings",
         "rolebindings",
-        "usertokens",
-        "serviceaccounts",
     ]
     .into_iter()
     .chain(WORKLOADS)

@@ -13,13 +13,21 @@
 //!                               {"identity": {}}]}]}
 //! ```
 //!
-//! The first provider writes: its first key encrypts every new value. Every key reads, and
-//! `identity` reads values stored before encryption was on. A value is
+//! For each entry, the first provider writes: its first key encrypts every new value of the
+//! entry's resources (`identity` first: plaintext). Every key reads, and `identity` reads
+//! values stored before encryption was on. A value is
 //! `k8s:enc:aesgcm:v1:<key name>:<12-byte nonce><ciphertext and tag>`, authenticated with the
-//! key it is stored under, so a value cannot be moved to another key. To rotate: put a new
-//! key first on every server (`keel secrets-encrypt rotate`), restart them; the leader
-//! rewrites every value stored under an older key ([`Encryption::stale`]), after which the
-//! old key may go.
+//! key it is stored under, so a value cannot be moved to another key.
+//!
+//! Rotation takes two steps when there are several servers, so that no server meets a value
+//! under a key it does not have: `keel secrets-encrypt prepare` adds a new key that reads
+//! but does not write; once every server has it (copy the file, restart them), `keel
+//! secrets-encrypt rotate` makes it write (again on every server). The leader then rewrites
+//! every value stored under an older key ([`Encryption::stale`]), after which the old key
+//! may go. On one server, `rotate` alone does both.
+//!
+//! What was stored before encryption was turned on stays in the store's history (older
+//! revisions, Raft log entries not yet purged, snapshots) until compaction drops it.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -118,21 +126,16 @@ pub struct NamedKey {
 
 /// The transformer of stored values.
 pub struct Encryption {
-    /// Store key prefixes of the encrypted resources.
-    prefixes: Vec<String>,
-    /// The writing key's name (none: values are written in plaintext).
-    write: Option<String>,
+    /// For each configured resource, its store key prefix and the key that writes its values
+    /// (none: plaintext).
+    writers: Vec<(String, Option<String>)>,
     keys: Vec<(String, LessSafeKey)>,
     rng: ring::rand::SystemRandom,
 }
 
 impl std::fmt::Debug for Encryption {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Encryption(prefixes {:?}, write {:?})",
-            self.prefixes, self.write
-        )
+        write!(f, "Encryption(writers {:?})", self.writers)
     }
 }
 
@@ -193,17 +196,20 @@ impl EncryptionConfig {
         })
     }
 
-    /// Puts a new random key first in every `aesgcm` provider (the old keys stay, to read),
-    /// and returns its name.
-    pub fn rotate(&mut self) -> String {
-        let mut taken: Vec<String> = Vec::new();
-        for r in &self.resources {
-            for p in &r.providers {
-                if let Some(list) = &p.aesgcm {
-                    taken.extend(list.keys.iter().map(|k| k.name.clone()));
-                }
-            }
-        }
+    /// The names of every key, in every `aesgcm` provider.
+    fn key_names(&self) -> Vec<String> {
+        self.resources
+            .iter()
+            .flat_map(|r| &r.providers)
+            .filter_map(|p| p.aesgcm.as_ref())
+            .flat_map(|l| l.keys.iter().map(|k| k.name.clone()))
+            .collect()
+    }
+
+    /// Adds a new random key second in every `aesgcm` provider: it reads, the first key still
+    /// writes. Returns its name.
+    pub fn prepare(&mut self) -> String {
+        let taken = self.key_names();
         let name = (1..)
             .map(|n| format!("key{n}"))
             .find(|n| !taken.contains(n))
@@ -211,7 +217,30 @@ impl EncryptionConfig {
         let key = new_key(&name);
         for r in &mut self.resources {
             if let Some(list) = r.providers.iter_mut().find_map(|p| p.aesgcm.as_mut()) {
-                list.keys.insert(0, key.clone());
+                let at = list.keys.len().min(1);
+                list.keys.insert(at, key.clone());
+            }
+        }
+        name
+    }
+
+    /// Makes a key prepared before write (moves it first); without one, prepares one and
+    /// makes it write at once (enough for a single server). The old keys stay, to read.
+    /// Returns the name of the key that now writes.
+    pub fn rotate(&mut self) -> String {
+        let number = |n: &str| n.strip_prefix("key").and_then(|d| d.parse::<u64>().ok());
+        let prepared = self.resources.iter().find_map(|r| {
+            let list = r.providers.iter().find_map(|p| p.aesgcm.as_ref())?;
+            let (first, second) = (list.keys.first()?, list.keys.get(1)?);
+            (number(&second.name) > number(&first.name)).then(|| second.name.clone())
+        });
+        let name = prepared.unwrap_or_else(|| self.prepare());
+        for r in &mut self.resources {
+            if let Some(list) = r.providers.iter_mut().find_map(|p| p.aesgcm.as_mut())
+                && let Some(at) = list.keys.iter().position(|k| k.name == name)
+            {
+                let key = list.keys.remove(at);
+                list.keys.insert(0, key);
             }
         }
         name
@@ -241,8 +270,7 @@ impl Encryption {
     /// Values stored as given: no encryption.
     pub fn none() -> Encryption {
         Encryption {
-            prefixes: Vec::new(),
-            write: None,
+            writers: Vec::new(),
             keys: Vec::new(),
             rng: ring::rand::SystemRandom::new(),
         }
@@ -252,12 +280,6 @@ impl Encryption {
     pub fn new(config: &EncryptionConfig) -> Result<Encryption, EncryptionError> {
         let mut out = Encryption::none();
         for entry in &config.resources {
-            for resource in &entry.resources {
-                let kind = keel_schemas::lookup(resource).ok_or_else(|| {
-                    EncryptionError::Config(format!("{resource:?} is not a resource"))
-                })?;
-                out.prefixes.push(kind.storage_prefix());
-            }
             let first = entry.providers.first().ok_or_else(|| {
                 EncryptionError::Config("a resource entry needs at least one provider".into())
             })?;
@@ -265,7 +287,9 @@ impl Encryption {
                 match (&provider.aesgcm, &provider.identity) {
                     (Some(list), None) => {
                         for key in &list.keys {
-                            out.keys.push((key.name.clone(), parse_key(key)?));
+                            if !out.keys.iter().any(|(n, _)| *n == key.name) {
+                                out.keys.push((key.name.clone(), parse_key(key)?));
+                            }
                         }
                     }
                     (None, Some(_)) => {}
@@ -276,29 +300,40 @@ impl Encryption {
                     }
                 }
             }
-            let writer = first.aesgcm.as_ref().map(|l| l.keys.first());
-            match writer {
-                Some(Some(key)) => out.write = Some(key.name.clone()),
-                Some(None) => {
-                    return Err(EncryptionError::Config(
-                        "the aesgcm provider has no key".into(),
-                    ));
-                }
-                None => {}
+            let writer = match &first.aesgcm {
+                Some(list) => Some(
+                    list.keys
+                        .first()
+                        .ok_or_else(|| {
+                            EncryptionError::Config("an aesgcm provider has no key".into())
+                        })?
+                        .name
+                        .clone(),
+                ),
+                None => None,
+            };
+            for resource in &entry.resources {
+                let kind = keel_schemas::lookup(resource).ok_or_else(|| {
+                    EncryptionError::Config(format!("{resource:?} is not a resource"))
+                })?;
+                out.writers.push((kind.storage_prefix(), writer.clone()));
             }
         }
         Ok(out)
     }
 
-    fn covers(&self, store_key: &[u8]) -> bool {
-        self.prefixes
+    /// The writer of the resource a store key belongs to: `None` when the resource is not
+    /// configured, `Some(None)` when it is written in plaintext.
+    fn writer(&self, store_key: &[u8]) -> Option<Option<&str>> {
+        self.writers
             .iter()
-            .any(|p| store_key.starts_with(p.as_bytes()))
+            .find(|(prefix, _)| store_key.starts_with(prefix.as_bytes()))
+            .map(|(_, w)| w.as_deref())
     }
 
     /// The value to store under `store_key`: encrypted when its resource is configured.
     pub fn seal(&self, store_key: &[u8], value: Vec<u8>) -> Vec<u8> {
-        let Some(name) = self.write.as_deref().filter(|_| self.covers(store_key)) else {
+        let Some(Some(name)) = self.writer(store_key) else {
             return value;
         };
         let Some((_, key)) = self.keys.iter().find(|(n, _)| n == name) else {
@@ -366,10 +401,10 @@ impl Encryption {
     /// Whether a value should be rewritten: its resource is configured and it is stored in
     /// plaintext or under another key than the writing one.
     pub fn stale(&self, store_key: &[u8], value: &[u8]) -> bool {
-        if !self.covers(store_key) {
+        let Some(writer) = self.writer(store_key) else {
             return false;
-        }
-        match (&self.write, value.strip_prefix(PREFIX.as_bytes())) {
+        };
+        match (writer, value.strip_prefix(PREFIX.as_bytes())) {
             (None, rest) => rest.is_some(),
             (Some(_), None) => true,
             (Some(name), Some(rest)) => !rest.starts_with(format!("{name}:").as_bytes()),
@@ -377,8 +412,8 @@ impl Encryption {
     }
 
     /// The store key prefixes of the configured resources.
-    pub fn prefixes(&self) -> &[String] {
-        &self.prefixes
+    pub fn prefixes(&self) -> Vec<String> {
+        self.writers.iter().map(|(p, _)| p.clone()).collect()
     }
 }
 
@@ -451,6 +486,52 @@ mod tests {
             &std::fs::metadata(&path).unwrap().permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_prepared_key_reads_before_it_writes() {
+        let mut config = EncryptionConfig::new();
+        let before = Encryption::new(&config).unwrap();
+        assert_eq!(config.prepare(), "key2");
+        let prepared = Encryption::new(&config).unwrap();
+        // Still written with key1, so that servers without key2 read it.
+        let sealed = prepared.seal(SECRET, b"{}".to_vec());
+        assert!(sealed.starts_with(b"k8s:enc:aesgcm:v1:key1:"));
+        assert_eq!(before.open(SECRET, &sealed).unwrap(), b"{}".as_slice());
+        // Rotating promotes the prepared key, no new one.
+        assert_eq!(config.rotate(), "key2");
+        let rotated = Encryption::new(&config).unwrap();
+        assert!(
+            rotated
+                .seal(SECRET, b"{}".to_vec())
+                .starts_with(b"k8s:enc:aesgcm:v1:key2:")
+        );
+        assert!(rotated.stale(SECRET, &sealed));
+        assert_eq!(
+            config.resources[0].providers[0]
+                .aesgcm
+                .as_ref()
+                .unwrap()
+                .keys
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn each_resource_has_its_own_writer() {
+        let mut config = EncryptionConfig::new();
+        config.resources.push(ResourceConfig {
+            resources: vec!["configmaps".into()],
+            providers: vec![Provider {
+                aesgcm: None,
+                identity: Some(serde_json::json!({})),
+            }],
+        });
+        let enc = Encryption::new(&config).unwrap();
+        assert!(enc.seal(SECRET, b"{}".to_vec()).starts_with(b"k8s:enc:"));
+        assert_eq!(enc.seal(MAP, b"{}".to_vec()), b"{}");
+        assert!(!enc.stale(MAP, b"{}"));
     }
 
     #[test]

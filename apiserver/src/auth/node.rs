@@ -74,7 +74,11 @@ pub fn authorize(graph: &Graph, node: &str, a: &Attributes) -> Decision {
         (("", "events"), "") if matches!(verb, "create" | "patch" | "update") => allow("events"),
         (("", "nodes"), "") if read => allow("reads nodes"),
         (("", "nodes"), "") if verb == "create" => allow("registers itself"),
-        (("", "nodes"), "" | "status") if r.name == node => allow("its own Node"),
+        // Not delete: a node that deleted itself would come back without the spec (cordon,
+        // taints) its admin gave it.
+        (("", "nodes"), "" | "status") if r.name == node && verb != "delete" => {
+            allow("its own Node")
+        }
         (("", "nodes"), _) => no("may only change its own Node".into()),
         (("coordination.k8s.io", "leases"), "") => {
             if r.namespace == NODE_LEASE_NAMESPACE && (verb == "create" || r.name == node) {
@@ -170,6 +174,7 @@ pub fn restrict(
         ("events", _) => Ok(()),
         (kind, "status") => {
             let Some(old) = old else { return Ok(()) };
+            bound_here(node, kind, old, name)?;
             let (fields, conditions) = pinned(kind);
             for field in fields {
                 if old["status"].get(*field) != new["status"].get(*field) {
@@ -201,6 +206,7 @@ pub fn restrict(
             let Some(old) = old else {
                 return Err(format!("node {node:?} may not create {kind}"));
             };
+            bound_here(node, kind, old, name)?;
             let own = own_finalizer(kind).unwrap_or_default();
             let mut a = old.clone();
             let mut b = new.clone();
@@ -226,6 +232,20 @@ pub fn restrict(
             Ok(())
         }
         (kind, sub) => Err(format!("node {node:?} may not write {kind}/{sub}")),
+    }
+}
+
+/// The stored object (read as the write commits, not the cache authorization used) must
+/// still be bound to `node`.
+fn bound_here(node: &str, kind: &str, old: &Value, name: &str) -> Result<(), String> {
+    let binding = match kind {
+        "pods" => &old["spec"]["nodeName"],
+        _ => &old["status"]["nodeName"],
+    };
+    if binding.as_str() == Some(node) {
+        Ok(())
+    } else {
+        Err(format!("{kind} {name:?} is not bound to node {node:?}"))
     }
 }
 

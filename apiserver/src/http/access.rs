@@ -58,6 +58,12 @@ pub(crate) async fn access(State(api): State<Api>, mut req: Request, next: Next)
         addr: None,
     });
     let path = req.uri().path().to_string();
+    if attributes::hides_a_slash(&path) {
+        return ApiError::bad_request(format!(
+            "the path {path:?} holds an encoded '/': object names cannot contain one"
+        ))
+        .into_response();
+    }
     let query: HashMap<String, String> = axum::extract::Query::try_from_uri(req.uri())
         .map(|q| q.0)
         .unwrap_or_default();
@@ -79,11 +85,24 @@ pub(crate) async fn access(State(api): State<Api>, mut req: Request, next: Next)
             .unwrap_or_default()
             .to_string(),
     };
-    let bearer: Option<String> = headers
+    // `Authorization: Bearer TOKEN` (the scheme in any case); any other scheme is a
+    // credential this server does not take: 401, never anonymous.
+    let authorization = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string());
+        .map(|v| v.to_str().unwrap_or_default().trim().to_string());
+    let bearer: Option<String> = match authorization.as_deref() {
+        None => None,
+        Some(value) => match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                Some(token.trim().to_string())
+            }
+            _ if bootstrap(&path) => None,
+            _ => {
+                audit.write(&UserInfo::anonymous(), None, 401, None);
+                return ApiError::unauthorized().into_response();
+            }
+        },
+    };
     let bearer = bearer.as_deref();
     if bootstrap(&path) {
         // The handler judges the join token; the audit names the certificate's user or the
@@ -174,7 +193,13 @@ async fn impersonate(
             .map(str::to_string)
             .collect()
     };
-    let name = values("impersonate-user").into_iter().next();
+    let names = values("impersonate-user");
+    if names.len() > 1 {
+        return Err(ApiError::bad_request(
+            "only one Impersonate-User may be given",
+        ));
+    }
+    let name = names.into_iter().next();
     let groups = values("impersonate-group");
     let uid = values("impersonate-uid").into_iter().next();
     let extras: Vec<(String, String)> = headers

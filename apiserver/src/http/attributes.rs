@@ -11,10 +11,49 @@ use crate::auth::rbac::{Attributes, ResourceAttributes};
 /// The namespace paths whose third segment is a subresource of the namespace itself.
 const NAMESPACE_SUBRESOURCES: [&str; 2] = ["status", "finalize"];
 
-/// The attributes of `method` on `path` with `query`.
+/// Whether a raw request path hides a `/` in a segment (`%2F`): routing decodes segments, so
+/// such a path would name one thing to authorization and another to the handler. Refused.
+pub(crate) fn hides_a_slash(raw_path: &str) -> bool {
+    raw_path.to_ascii_lowercase().contains("%2f")
+}
+
+/// A path segment with its percent-escapes decoded, as routing decodes it.
+fn decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).and_then(|b| hex(*b)),
+                bytes.get(i + 2).and_then(|b| hex(*b)),
+            )
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The attributes of `method` on the raw `path` with `query`.
 pub(crate) fn of(method: &Method, path: &str, query: &HashMap<String, String>) -> Attributes {
-    let non_resource = || Attributes::non_resource(&method.as_str().to_ascii_lowercase(), path);
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let decoded: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(decode)
+        .collect();
+    let non_resource = || {
+        Attributes::non_resource(
+            &method.as_str().to_ascii_lowercase(),
+            &format!("/{}", decoded.join("/")),
+        )
+    };
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let (group, version, parts) = match segments.as_slice() {
         ["api", version, rest @ ..] if !rest.is_empty() => ("", *version, rest),
         ["apis", group, version, rest @ ..] if !rest.is_empty() => (*group, *version, rest),
@@ -42,17 +81,23 @@ pub(crate) fn of(method: &Method, path: &str, query: &HashMap<String, String>) -
     let flag = |name: &str| query.get(name).is_some_and(|v| v == "true" || v == "1");
     let verb = match *method {
         Method::GET | Method::HEAD if r.name.is_empty() => {
-            // A list or watch of one name (kubelet's way to follow one Secret) names it.
-            if let Some(name) = query
+            // A list or watch of one name (kubelet's way to follow one Secret) names it, as
+            // the list handler reads the selector.
+            let selector = query
                 .get("fieldSelector")
-                .and_then(|s| s.split(',').find_map(|t| t.strip_prefix("metadata.name=")))
-                .filter(|n| !n.is_empty() && !n.contains('/'))
+                .map(String::as_str)
+                .unwrap_or_default();
+            if let Some(name) = super::selector::FieldSelector::parse(selector)
+                .ok()
+                .as_ref()
+                .and_then(|s| s.single_name())
+                .filter(|n| !n.contains('/'))
             {
                 r.name = name.to_string();
             }
             if flag("watch") { "watch" } else { "list" }
         }
-        Method::GET | Method::HEAD if flag("watch") => "watch",
+        // A named GET is a get, whatever its query says (the handler serves a get).
         Method::GET | Method::HEAD => "get",
         Method::POST => "create",
         Method::PUT => "update",
@@ -153,6 +198,26 @@ mod tests {
             &[("watch", "1"), ("fieldSelector", "metadata.name=db")],
         );
         assert_eq!((verb.as_str(), r.name.as_str()), ("watch", "db"));
+        // Only exactly one equality on metadata.name names an object.
+        for selector in [
+            "metadata.name=x!=y",
+            "metadata.name=db,spec.x=1",
+            "metadata.name!=db",
+            "metadata.name=",
+        ] {
+            let (_, r) = attrs(
+                Method::GET,
+                "/api/v1/namespaces/shop/secrets",
+                &[("fieldSelector", selector)],
+            );
+            assert_eq!(r.name, "", "{selector}");
+        }
+        let (verb, _) = attrs(
+            Method::GET,
+            "/api/v1/namespaces/shop/secrets/db",
+            &[("watch", "true")],
+        );
+        assert_eq!(verb, "get", "the handler serves a named GET as a get");
         // Discovery and the rest are paths.
         for path in [
             "/apis",

@@ -112,7 +112,7 @@ pub async fn reencrypt_secrets(
 /// meanwhile was written with the current key anyway). Returns how many were rewritten.
 async fn rewrite_stale(api: &Api) -> super::ApiResult<usize> {
     let mut rewritten = 0;
-    for prefix in api.encryption.prefixes().to_vec() {
+    for prefix in api.encryption.prefixes() {
         let resp = api
             .server
             .range(
@@ -128,7 +128,14 @@ async fn rewrite_stale(api: &Api) -> super::ApiResult<usize> {
                 continue;
             }
             let (key, revision) = (kv.key.clone(), kv.mod_revision);
-            let stored = api.decode(kv)?;
+            // One value this server cannot read (a key it lacks, damage) holds up no other.
+            let stored = match api.decode(kv) {
+                Ok(stored) => stored,
+                Err(e) => {
+                    tracing::warn!(key = %String::from_utf8_lossy(&key), error = %e.message, "cannot re-encrypt a stored value");
+                    continue;
+                }
+            };
             let value = api.encode(&String::from_utf8_lossy(&key), &stored.object);
             let resp = api
                 .commit(Txn {

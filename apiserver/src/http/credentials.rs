@@ -90,20 +90,20 @@ pub(crate) async fn node_certificate(
             "csr (a PEM certificate signing request) is required",
         ));
     }
+    let password = body["nodePassword"].as_str().unwrap_or_default();
     match (
         requester.user.node(),
         auth.tokens.check_join(bearer(headers)),
     ) {
-        (Some(own), None) if own == node => {}
+        // Renewal: the node's own certificate, and its registration still on record (an
+        // admin revokes a host by deleting its password Secret: its certificate then lapses).
+        (Some(own), None) if own == node => check_node_password(api, node, password, false).await?,
         (Some(own), None) => {
             return Err(ApiError::forbidden(format!(
                 "node {own:?} may renew only its own certificate, not {node:?}'s"
             )));
         }
-        (_, Some(_)) => {
-            let password = body["nodePassword"].as_str().unwrap_or_default();
-            check_node_password(api, node, password).await?;
-        }
+        (_, Some(_)) => check_node_password(api, node, password, true).await?,
         (None, None) => return Err(ApiError::unauthorized()),
     }
     let issued = auth
@@ -126,8 +126,14 @@ pub(crate) async fn node_certificate(
 }
 
 /// The first registration of `node` records a hash of its password (a Secret in
-/// kube-system, as k3s keeps node passwords); later ones must match it.
-async fn check_node_password(api: &Api, node: &str, password: &str) -> ApiResult<()> {
+/// kube-system, as k3s keeps node passwords); later ones must match it, and so must every
+/// renewal (`register` false: a node whose record is gone may not renew).
+async fn check_node_password(
+    api: &Api,
+    node: &str,
+    password: &str,
+    register: bool,
+) -> ApiResult<()> {
     if password.len() < 16 {
         return Err(ApiError::bad_request(
             "nodePassword must have at least 16 characters",
@@ -140,6 +146,11 @@ async fn check_node_password(api: &Api, node: &str, password: &str) -> ApiResult
     let hash = secret_hash(password);
     let stored = match api.get(&target).await {
         Ok(secret) => secret,
+        Err(e) if e.code == 404 && !register => {
+            return Err(ApiError::forbidden(format!(
+                "node {node:?} is no longer registered (Secret kube-system/{name} is gone): register it again with the agent token"
+            )));
+        }
         Err(e) if e.code == 404 => {
             let secret = json!({
                 "apiVersion": "v1", "kind": "Secret", "type": "keel.dev/node-password",

@@ -80,15 +80,20 @@ impl Api {
         let rules_and = |rules: Vec<PolicyRule>, exempt: Attributes| (rules, exempt);
         let (servant, exempt) = match t.kind.kind {
             "Role" | "ClusterRole" => {
+                // Labels too: they decide which aggregated roles gather this one's rules.
                 if old.is_some_and(|o| {
                     o.get("rules") == new.get("rules")
                         && o.get("aggregationRule") == new.get("aggregationRule")
+                        && o["metadata"].get("labels") == new["metadata"].get("labels")
                 }) {
                     return Ok(());
                 }
-                let rules: Vec<PolicyRule> =
-                    serde_json::from_value(new.get("rules").cloned().unwrap_or(Value::Null))
-                        .unwrap_or_default();
+                // Fail closed: rules that do not read as rules grant nothing here.
+                let rules: Vec<PolicyRule> = match new.get("rules") {
+                    None | Some(Value::Null) => Vec::new(),
+                    Some(v) => serde_json::from_value(v.clone())
+                        .map_err(|e| ApiError::bad_request(format!("rules: {e}")))?,
+                };
                 let aggregated = new["aggregationRule"].is_object();
                 let exempt = may("escalate", t.kind.plural, &name);
                 if aggregated {

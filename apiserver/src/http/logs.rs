@@ -31,6 +31,50 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The kinds whose objects run on a node and have a console there.
 const WITH_LOGS: [&str; 1] = ["virtualmachines"];
 
+/// The client certificate a server presents to agents (`system:keel-apiserver`), issued by
+/// the server itself and issued again two thirds into its life.
+pub struct AgentClient {
+    certificates: crate::auth::Certificates,
+    lifetime: Duration,
+    current: std::sync::RwLock<(std::time::SystemTime, Arc<crate::auth::Issued>)>,
+}
+
+impl AgentClient {
+    /// A client certificate signed with `certificates`' CA, valid for `lifetime`.
+    pub fn new(
+        certificates: crate::auth::Certificates,
+        lifetime: Duration,
+    ) -> Result<AgentClient, crate::auth::TlsError> {
+        let issued =
+            certificates.issue_client(keel_schemas::identity::APISERVER, None, lifetime)?;
+        Ok(AgentClient {
+            certificates,
+            lifetime,
+            current: std::sync::RwLock::new((std::time::SystemTime::now(), Arc::new(issued))),
+        })
+    }
+
+    /// The certificate to present now.
+    fn current(&self) -> Result<Arc<crate::auth::Issued>, crate::auth::TlsError> {
+        let (issued_at, current) = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if issued_at.elapsed().unwrap_or_default() < self.lifetime * 2 / 3 {
+            return Ok(current);
+        }
+        let fresh = Arc::new(self.certificates.issue_client(
+            keel_schemas::identity::APISERVER,
+            None,
+            self.lifetime,
+        )?);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) =
+            (std::time::SystemTime::now(), fresh.clone());
+        Ok(fresh)
+    }
+}
+
 /// `GET .../{plural}/{name}/log?follow=&tailLines=&limitBytes=`.
 pub(crate) async fn proxy(
     api: &Api,
@@ -46,6 +90,11 @@ pub(crate) async fn proxy(
     let mut forwarded = Vec::new();
     for name in ["follow", "tailLines", "limitBytes"] {
         if let Some(v) = query.get(name) {
+            if name == "follow" && !matches!(v.as_str(), "true" | "false" | "1" | "0" | "") {
+                return Err(ApiError::bad_request(format!(
+                    "follow: {v:?} is not true or false"
+                )));
+            }
             if name != "follow" && v.parse::<u64>().is_err() {
                 return Err(ApiError::bad_request(format!(
                     "{name}: {v:?} is not a non-negative integer"
@@ -79,8 +128,14 @@ pub(crate) async fn proxy(
     );
     let identity = api
         .agent_client
-        .clone()
-        .ok_or_else(|| ApiError::internal("this server has no identity to call agents with"))?;
+        .as_ref()
+        .ok_or_else(|| ApiError::internal("this server has no identity to call agents with"))?
+        .current()
+        .map_err(|e| {
+            ApiError::internal(format!(
+                "cannot renew this server's client certificate: {e}"
+            ))
+        })?;
     fetch(&addr, &pem, &path, &identity).await.map_err(|e| {
         ApiError::internal(format!(
             "cannot read the console from the agent of node {node_name} at {addr}: {e}"

@@ -254,8 +254,10 @@ async fn token_review(auth: &crate::auth::Auth, spec: &Value) -> Value {
     } else {
         asked
     };
-    match auth.authenticate_token(token, &audiences).await {
-        Ok(user) => json!({"authenticated": true, "user": user.to_json(), "audiences": audiences}),
+    match auth.authenticate_token(token, &audiences) {
+        Ok((user, matched)) => {
+            json!({"authenticated": true, "user": user.to_json(), "audiences": matched})
+        }
         Err(e) => json!({"authenticated": false, "error": e.0}),
     }
 }

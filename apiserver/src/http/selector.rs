@@ -146,7 +146,12 @@ impl FieldSelector {
                 )));
             };
             let path = path.trim();
-            if path.is_empty() || !path.split('.').all(|s| !s.is_empty()) {
+            let field_path = |s: &str| {
+                !s.is_empty()
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+            };
+            if !path.split('.').all(field_path) {
                 return Err(ApiError::bad_request(format!(
                     "invalid field path {path:?} in field selector"
                 )));
@@ -154,6 +159,15 @@ impl FieldSelector {
             out.push((path.to_string(), equal, value.trim().to_string()));
         }
         Ok(FieldSelector(out))
+    }
+
+    /// The one name the selector asks for, when it is exactly `metadata.name=NAME` (what a
+    /// kubelet-style watch of a single object sends): authorization treats it as that name.
+    pub(crate) fn single_name(&self) -> Option<&str> {
+        match self.0.as_slice() {
+            [(path, true, value)] if path == "metadata.name" && !value.is_empty() => Some(value),
+            _ => None,
+        }
     }
 
     /// Whether the object's fields satisfy every term (a missing field is the empty string).

@@ -23,8 +23,10 @@ use crate::store::{EventKind, KeyRange, StoreError, WatchRequest};
 /// Watches that did not ask for a timeout end after this long, and clients re-watch.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-/// The longest a watch runs, whatever it asks for.
-const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// The longest a watch runs, whatever it asks for: a watch is authorized when it starts,
+/// so it must end (and the client come back, and be authorized again) before a revoked
+/// token or binding would go on being served for long.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
 // === impl Api ===
 

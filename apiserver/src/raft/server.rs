@@ -378,6 +378,7 @@ impl Server {
         tls: Option<PeerTls>,
     ) -> Result<(), ServerError> {
         let mut builder = tonic::transport::Server::builder();
+        let peers_only = tls.is_some();
         if let Some(tls) = tls {
             // Mutual TLS: only servers with a certificate of this cluster's CA get in.
             let config = tonic::transport::ServerTlsConfig::new()
@@ -399,6 +400,19 @@ impl Server {
         })
         .max_decoding_message_size(MAX_MESSAGE as usize)
         .max_encoding_message_size(MAX_MESSAGE as usize);
+        // The CA also signs the certificates of users, nodes and controllers: only a server's
+        // own (the one naming PEER_NAME) may speak Raft or the cluster service.
+        let check = move |req: tonic::Request<()>| {
+            if !peers_only || req.peer_certs().is_some_and(|c| names_peer(&c)) {
+                Ok(req)
+            } else {
+                Err(tonic::Status::permission_denied(
+                    "only the cluster's servers may use the Raft port",
+                ))
+            }
+        };
+        let raft = tonic::service::interceptor::InterceptedService::new(raft, check);
+        let cluster = tonic::service::interceptor::InterceptedService::new(cluster, check);
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let task = tokio::spawn(async move {
             let signal = async move { stopped(&mut shutdown).await };
@@ -1175,4 +1189,21 @@ pub(crate) fn fatal(e: openraft::error::Fatal<u64>) -> ClusterError {
             reason: other.to_string(),
         },
     }
+}
+
+/// Whether a peer's certificate (the first of its chain) is a server's: it names
+/// [`super::PEER_NAME`] among its DNS names, which no client certificate the CA signs does.
+fn names_peer(chain: &[rustls_pki_types::CertificateDer<'static>]) -> bool {
+    let Some(first) = chain.first() else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(first) else {
+        return false;
+    };
+    let Ok(Some(names)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    names.value.general_names.iter().any(
+        |n| matches!(n, x509_parser::extensions::GeneralName::DNSName(d) if *d == super::PEER_NAME),
+    )
 }

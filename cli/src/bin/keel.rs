@@ -62,10 +62,13 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum SecretsEncryptCommand {
-    /// Put a new key first (the old ones stay, to read): after a restart the server writes
-    /// with it, and its leader rewrites every Secret stored under an older key. In a
-    /// cluster, give every server the same file (`encryption-config.json`) before restarting
-    /// them.
+    /// Add a new key that reads but does not write yet. In a cluster, do this first, give
+    /// every server the file (`encryption-config.json`) and restart them, then rotate.
+    Prepare,
+    /// Make the prepared key write (or, with none prepared, a new one: enough on a single
+    /// server); the old keys stay, to read. After a restart the server writes with it, and
+    /// its leader rewrites every Secret stored under an older key. In a cluster, give every
+    /// server the file before restarting them.
     Rotate,
     /// The keys, newest first, and which one writes.
     Status,
@@ -494,14 +497,26 @@ fn secrets_encrypt(
         .into());
     }
     let mut config = EncryptionConfig::load_or_create(&path)?;
-    if let SecretsEncryptCommand::Rotate = command {
-        let name = config.rotate();
-        config.save(&path)?;
-        println!(
-            "{name} now writes (the older keys still read). Copy {} to every server, then restart them: the leader rewrites every Secret with {name}.",
-            path.display()
-        );
-        return Ok(());
+    match command {
+        SecretsEncryptCommand::Prepare => {
+            let name = config.prepare();
+            config.save(&path)?;
+            println!(
+                "{name} added: it reads, and does not write yet. Copy {} to every server and restart them, then run rotate.",
+                path.display()
+            );
+            return Ok(());
+        }
+        SecretsEncryptCommand::Rotate => {
+            let name = config.rotate();
+            config.save(&path)?;
+            println!(
+                "{name} now writes (the older keys still read). Copy {} to every server, then restart them: the leader rewrites every Secret with {name}.",
+                path.display()
+            );
+            return Ok(());
+        }
+        SecretsEncryptCommand::Status => {}
     }
     for entry in &config.resources {
         for provider in &entry.providers {
@@ -639,10 +654,28 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
             server.ca_pem(),
             &data_dir.join("agent"),
         );
-        let client = identity.client(Some(&server.agent_token())).await?;
-        agent.identity = Some(identity);
-        let stopped = stopped.clone();
+        let token = server.agent_token();
+        agent.identity = Some(identity.clone());
+        let mut stopped = stopped.clone();
+        // Registering waits for the cluster (a quorum, kube-system): in the background, so
+        // that the server serves meanwhile; a refusal stops the local agent only.
         tasks.spawn(async move {
+            let client = loop {
+                let attempt = tokio::select! {
+                    _ = stopped.wait_for(|s| *s) => return,
+                    attempt = identity.client(Some(&token)) => attempt,
+                };
+                match attempt {
+                    Ok(client) => break client,
+                    Err(keel_agent::identity::IdentityError::Server(e)) if !refusal(&e) => {
+                        tracing::warn!(error = %e, "the local agent cannot register yet");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "the local agent cannot register: it does not run");
+                        return;
+                    }
+                }
+            };
             if let Err(e) = keel_agent::run(client, agent, stopped).await {
                 tracing::error!(error = %e, "the local agent stopped");
             }
@@ -761,6 +794,17 @@ async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
     stop.send_replace(true);
     task.await??;
     Ok(())
+}
+
+/// Whether the API refused (rather than could not yet answer).
+fn refusal(e: &keel_client::ClientError) -> bool {
+    matches!(
+        e,
+        keel_client::ClientError::Api {
+            code: 400 | 401 | 403 | 422,
+            ..
+        }
+    )
 }
 
 /// The client certificates of the server's own components (its controllers), issued by

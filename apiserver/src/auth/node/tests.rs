@@ -59,6 +59,10 @@ fn a_node_may_touch_its_own_things_and_read_workloads() {
     assert!(allowed(&req("list", "", "nodes", "", "")));
     assert!(!allowed(&req("update", "", "nodes/status", "", "h2")));
     assert!(!allowed(&req("delete", "", "nodes", "", "h2")));
+    assert!(
+        !allowed(&req("delete", "", "nodes", "", "h1")),
+        "deleting itself would drop its cordon"
+    );
     assert!(allowed(&req(
         "update",
         "coordination.k8s.io",
@@ -279,4 +283,10 @@ fn node_writes_keep_what_controllers_own() {
     respec["spec"]["cpu"] = json!(64);
     assert!(restrict("h1", "virtualmachines", "", Some(&vm), &respec).is_err());
     assert!(restrict("h1", "virtualmachines", "", None, &vm).is_err());
+    // The stored object decides, not the cache authorization read: moved away meanwhile.
+    let mut moved = vm.clone();
+    moved["status"]["nodeName"] = json!("h2");
+    let err = restrict("h1", "virtualmachines", "status", Some(&moved), &moved).unwrap_err();
+    assert!(err.contains("not bound to node"), "{err}");
+    assert!(restrict("h1", "virtualmachines", "", Some(&moved), &moved).is_err());
 }
