@@ -979,6 +979,30 @@ async fn host_agents_have_their_nodes_rights_only_and_renew_their_certificates()
     .unwrap();
     peer.status().await.unwrap();
 
+    // Deleting a host's registration revokes it: its certificate is no longer renewed.
+    let password = std::fs::read_to_string(b.data_dir.join("pki/node-password")).unwrap();
+    let renew = || async {
+        let body =
+            json!({"nodeName": "node-b", "nodePassword": password.trim(), "csr": "not a CSR"});
+        refused(node_b.post("/keel/v1/node-certificate", &body).await)
+    };
+    let (code, message) = renew().await;
+    assert_eq!(
+        code, 400,
+        "registered: only the bad request is refused: {message}"
+    );
+    let system_secrets: Api<Value> = Api::namespaced(&admin, kind("secrets"), "kube-system");
+    system_secrets
+        .delete(
+            "node-b.node-password.keel",
+            &keel_client::DeleteParams::default(),
+        )
+        .await
+        .unwrap();
+    let (code, message) = renew().await;
+    assert_eq!(code, 403, "{message}");
+    assert!(message.contains("no longer registered"), "{message}");
+
     // Renewal: node-a's certificate is replaced before it expires, the old one lapses, and
     // the node stays Ready with its guest untouched.
     let cert_path = a.data_dir.join("pki/node.crt");

@@ -172,7 +172,13 @@ fn to_line(
         .map(|s| s.object);
     match event.kind {
         EventKind::Put => {
-            let new = api.decode(event.kv).ok()?.object;
+            let new = match api.decode(event.kv) {
+                Ok(stored) => stored.object,
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "a watched value cannot be read: its event is left out");
+                    return None;
+                }
+            };
             let (was, is) = (old.as_ref().is_some_and(selected), selected(&new));
             let event_type = match (old.is_some() && was, is) {
                 (false, true) => "ADDED",
