@@ -279,13 +279,7 @@ fn inspect(cert_pem: &str, ca_pem: &str) -> Option<Inspected> {
     let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes()).ok()?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
     let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).ok()?;
-    let user = cert
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
+    let user = common_name(&cert)?;
     let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
     Some(Inspected {
         user,
@@ -293,6 +287,12 @@ fn inspect(cert_pem: &str, ca_pem: &str) -> Option<Inspected> {
         not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
         public_key: cert.public_key().raw.to_vec(),
     })
+}
+
+/// The CN of a certificate: whom it names.
+pub(crate) fn common_name(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<String> {
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> IdentityError + '_ {

@@ -273,14 +273,7 @@ fn text(code: StatusCode, message: &str) -> Response<Body> {
 /// The CN of a certificate (rustls checked it against the cluster CA).
 fn common_name(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
-    Some(cn)
+    crate::identity::common_name(&cert)
 }
 
 #[cfg(test)]

@@ -460,9 +460,23 @@ async fn measure(State(api): State<Api>, req: Request, next: Next) -> Response {
 }
 
 async fn metrics_text(State(api): State<Api>) -> Response {
+    let access = api.auth.as_ref().map_or_else(String::new, |auth| {
+        format!(
+            "# HELP keel_audit_events_dropped_total Audit events dropped because the log could not keep up.\n\
+             # TYPE keel_audit_events_dropped_total counter\n\
+             keel_audit_events_dropped_total {}\n\
+             # HELP keel_rbac_grants The grants RBAC bindings give, as indexed.\n\
+             # TYPE keel_rbac_grants gauge\n\
+             keel_rbac_grants {}\n",
+            auth.audit.dropped(),
+            auth.cache.index().len()
+        )
+    });
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        api.metrics.render(&api.server) + &api.extra_metrics.map(|f| f()).unwrap_or_default(),
+        api.metrics.render(&api.server)
+            + &access
+            + &api.extra_metrics.map(|f| f()).unwrap_or_default(),
     )
         .into_response()
 }

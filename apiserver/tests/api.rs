@@ -205,7 +205,9 @@ async fn objects_follow_the_kubernetes_rules() {
         "{text}"
     );
     assert!(
-        text.contains("keel_raft_leader 1") && text.contains("keel_store_revision "),
+        text.contains("keel_raft_leader 1")
+            && text.contains("keel_store_revision ")
+            && text.contains("keel_audit_events_dropped_total 0"),
         "{text}"
     );
     assert_eq!(code(anonymous.get("/metrics").await.unwrap_err()).0, 403);

@@ -515,6 +515,61 @@ async fn kubectl_users_get_what_their_roles_allow_and_nothing_more() {
         403
     );
 
+    // An admin asks about someone else (SubjectAccessReview, as a webhook or dashboard
+    // would); a token past its time is refused like an unknown one.
+    let admin_client = Client::new(&server.url(), &server.admin().1, &server.admin().0).unwrap();
+    let review = |verb: &str| {
+        json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+               "spec": {"user": "vic", "resourceAttributes": {"namespace": "shop", "verb": verb, "group": "keel.dev", "resource": "vpcs"}}})
+    };
+    let answer = admin_client
+        .post(
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            &review("list"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer["status"]["allowed"], true, "{answer}");
+    let answer = admin_client
+        .post(
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            &review("delete"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer["status"]["allowed"], false, "{answer}");
+    assert_eq!(
+        refused(
+            vic.post(
+                "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                &review("list")
+            )
+            .await
+        )
+        .0,
+        403,
+        "asking about others needs the right to"
+    );
+    let short = ok(keelctl(
+        &admin,
+        &["create", "token", "--user", "vic", "--ttl", "2s"],
+    ));
+    let short = Client::new(&server.url(), &server.admin().1, short.trim()).unwrap();
+    short
+        .get("/apis/keel.dev/v1alpha1/namespaces/shop/vpcs")
+        .await
+        .unwrap();
+    eventually("the short token expired", WAIT, || async {
+        matches!(
+            short
+                .get("/apis/keel.dev/v1alpha1/namespaces/shop/vpcs")
+                .await,
+            Err(ClientError::Api { code: 401, .. })
+        )
+        .then_some(())
+    })
+    .await;
+
     // A revoked token gets 401 on its next request.
     let tokens = yes(kubectl(&admin, &["get", "usertokens", "-o", "json"]));
     let tokens: Value = serde_json::from_str(&tokens).unwrap();
@@ -1087,25 +1142,7 @@ async fn secrets_are_ciphertext_on_disk_and_keys_rotate() {
     let encoded = base64::engine::general_purpose::STANDARD.encode(&marker);
     assert_eq!(got.trim(), encoded);
     // ... and nowhere in the server's files: not the value, not its base64.
-    let stored = |server: &KeelServer| {
-        let out = keel(&[
-            "kv",
-            "get",
-            "/registry/core/secrets/default/db",
-            "--data-dir",
-            server.data_dir.to_str().unwrap(),
-            "-s",
-            &server.addr,
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let line: Value =
-            serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
-        line["value"].as_str().unwrap().to_string()
-    };
+    let stored = |server: &KeelServer| stored_value(server, "db").expect("the Secret is stored");
     assert!(
         stored(&server).starts_with("k8s:enc:aesgcm:v1:key1:"),
         "{}",
@@ -1174,17 +1211,10 @@ async fn secrets_are_ciphertext_on_disk_and_keys_rotate() {
             "--from-literal=a=b",
         ],
     ));
-    let out = keel(&[
-        "kv",
-        "get",
-        "/registry/core/secrets/default/after-prepare",
-        "--data-dir",
-        server.data_dir.to_str().unwrap(),
-        "-s",
-        &server.addr,
-    ]);
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("k8s:enc:aesgcm:v1:key1:"),
+        stored_value(&server, "after-prepare")
+            .unwrap_or_default()
+            .starts_with("k8s:enc:aesgcm:v1:key1:"),
         "a prepared key does not write yet"
     );
     assert!(stored(&server).starts_with("k8s:enc:aesgcm:v1:key1:"));
@@ -1192,17 +1222,8 @@ async fn secrets_are_ciphertext_on_disk_and_keys_rotate() {
     assert!(secrets_encrypt("rotate").contains("key2 now writes"));
     server.start(&["--disable-agent"]);
     eventually("the Secret rewritten with key2", WAIT, || async {
-        let out = keel(&[
-            "kv",
-            "get",
-            "/registry/core/secrets/default/db",
-            "--data-dir",
-            server.data_dir.to_str().unwrap(),
-            "-s",
-            &server.addr,
-        ]);
-        String::from_utf8_lossy(&out.stdout)
-            .contains("k8s:enc:aesgcm:v1:key2:")
+        stored_value(&server, "db")?
+            .starts_with("k8s:enc:aesgcm:v1:key2:")
             .then_some(())
     })
     .await;
@@ -1222,6 +1243,23 @@ async fn secrets_are_ciphertext_on_disk_and_keys_rotate() {
         status.contains("key2 (writes and reads)") && status.contains("key1 (reads)"),
         "{status}"
     );
+}
+
+/// Secret `default/NAME` as the store of `server` holds it (`keel kv get`), if readable.
+fn stored_value(server: &KeelServer, name: &str) -> Option<String> {
+    let key = format!("/registry/core/secrets/default/{name}");
+    let out = keel(&[
+        "kv",
+        "get",
+        &key,
+        "--data-dir",
+        server.data_dir.to_str()?,
+        "-s",
+        &server.addr,
+    ]);
+    let first = out.stdout.split(|b| *b == b'\n').next()?;
+    let line: Value = serde_json::from_slice(first).ok()?;
+    line["value"].as_str().map(String::from)
 }
 
 /// Every file under `dir`.

@@ -12,8 +12,8 @@ use super::Api;
 use super::request::Target;
 use crate::auth::encryption::Encryption;
 use crate::auth::policy;
-use crate::raft::{Consistency, RaftRole, Server};
-use crate::store::{Compare, KeyRange, Op, RangeRequest, Txn};
+use crate::raft::{RaftRole, Server};
+use crate::store::{Compare, Op, Txn};
 
 /// Creates the default ClusterRoles and ClusterRoleBindings and adds what they lack (unless
 /// an admin set their autoupdate annotation to "false"), retrying until done or `shutdown`.
@@ -113,17 +113,7 @@ pub async fn reencrypt_secrets(
 async fn rewrite_stale(api: &Api) -> super::ApiResult<usize> {
     let mut rewritten = 0;
     for prefix in api.encryption.prefixes() {
-        let resp = api
-            .server
-            .range(
-                RangeRequest {
-                    range: Some(KeyRange::Prefix(prefix.into_bytes())),
-                    ..RangeRequest::default()
-                },
-                Consistency::Linearizable,
-            )
-            .await?;
-        for kv in resp.kvs {
+        for kv in api.keys_under(&prefix).await? {
             if !api.encryption.stale(&kv.key, &kv.value) {
                 continue;
             }

@@ -558,20 +558,27 @@ impl Api {
             .iter()
             .filter(|k| k.scope == Scope::Namespaced)
         {
-            let prefix = format!("{}{ns}/", kind.storage_prefix());
-            let resp = self
-                .server
-                .range(
-                    RangeRequest {
-                        range: Some(KeyRange::Prefix(prefix.into_bytes())),
-                        ..RangeRequest::default()
-                    },
-                    Consistency::Linearizable,
-                )
-                .await?;
-            out.extend(resp.kvs);
+            out.extend(
+                self.keys_under(&format!("{}{ns}/", kind.storage_prefix()))
+                    .await?,
+            );
         }
         Ok(out)
+    }
+
+    /// Every key under `prefix` as stored (values still sealed), linearizably.
+    pub(crate) async fn keys_under(&self, prefix: &str) -> ApiResult<Vec<KeyValue>> {
+        let resp = self
+            .server
+            .range(
+                RangeRequest {
+                    range: Some(KeyRange::Prefix(prefix.as_bytes().to_vec())),
+                    ..RangeRequest::default()
+                },
+                Consistency::Linearizable,
+            )
+            .await?;
+        Ok(resp.kvs)
     }
 
     /// One step of emptying a terminating namespace: each object without finalizers is
