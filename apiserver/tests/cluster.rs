@@ -26,15 +26,6 @@ fn tuning() -> Tuning {
     }
 }
 
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One server's fixed place: data dir and address survive restarts.
 struct Slot {
     dir: PathBuf,
@@ -45,7 +36,7 @@ impl Slot {
     fn new(root: &Path, name: &str) -> Slot {
         Slot {
             dir: root.join(name),
-            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            addr: SocketAddr::from(([127, 0, 0, 1], keel_e2e::free_port())),
         }
     }
 
@@ -389,7 +380,7 @@ async fn a_server_the_leader_cannot_reach_is_not_added() {
     // The joiner advertises an address where nothing listens: the leader cannot replicate.
     let joiner = Slot::new(root.path(), "joiner");
     let mut config = joiner.config(Some(&slots[0]), quick);
-    config.advertise = Some(format!("127.0.0.1:{}", free_port()));
+    config.advertise = Some(format!("127.0.0.1:{}", keel_e2e::free_port()));
     let result = tokio::time::timeout(WAIT, Server::start(config))
         .await
         .expect("an unreachable joiner must not hang the join");

@@ -16,11 +16,7 @@ pub const WAIT: Duration = Duration::from_secs(30);
 
 /// A free loopback port.
 pub fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    keel_e2e::free_port()
 }
 
 /// A one-server cluster with its API on a free loopback port, with short Raft timings and

@@ -14,11 +14,7 @@ use keel_client::Client;
 pub const WAIT: Duration = Duration::from_secs(30);
 
 pub async fn start(dir: &std::path::Path) -> ApiServer {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = keel_e2e::free_port();
     let raft = ServerConfig {
         data_dir: dir.to_path_buf(),
         node_id: None,
