@@ -17,29 +17,9 @@ pub mod workload;
 
 use std::time::{Duration, Instant};
 
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    // Below the kernel's ephemeral range (32768 and up on Linux), which outgoing
-    // connections take their ports from: a port picked there and bound later can be taken
-    // meanwhile by any client socket. Here only another test's pick can collide, and the
-    // starting point is random per process and the picks distinct within one.
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id().wrapping_mul(2_654_435_761).wrapping_add(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos()),
-    );
-    let _ = NEXT.compare_exchange(0, seed % 12_000 + 1, Ordering::Relaxed, Ordering::Relaxed);
-    loop {
-        let port = 20_000 + (NEXT.fetch_add(1, Ordering::Relaxed) % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
-        {
-            return port;
-        }
-    }
-}
+/// A loopback port nobody listens on right now (below the ephemeral range, as the tests
+/// pick theirs).
+pub use keel_e2e::free_port;
 
 /// Polls `check` until it returns `Some`, or fails after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T, String>

@@ -433,7 +433,7 @@ mod tests {
 
     use super::*;
     use crate::auth::UserInfo;
-    use crate::auth::rbac::{Attributes, Decision, RbacObjects, ResourceAttributes};
+    use crate::auth::rbac::{Attributes, Decision, RbacObjects};
 
     fn defaults() -> RbacObjects {
         let mut o = RbacObjects::default();
@@ -455,17 +455,7 @@ mod tests {
     }
 
     fn res(verb: &str, group: &str, resource: &str, ns: &str) -> Attributes {
-        let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
-        Attributes::resource(
-            verb,
-            ResourceAttributes {
-                group: group.into(),
-                resource: resource.into(),
-                subresource: subresource.into(),
-                namespace: ns.into(),
-                ..ResourceAttributes::default()
-            },
-        )
+        crate::auth::rbac::request(verb, group, resource, ns, "")
     }
 
     #[test]

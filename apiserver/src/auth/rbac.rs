@@ -151,6 +151,23 @@ impl Attributes {
     }
 }
 
+/// A resource request for tests: `resource` may be `RESOURCE/SUBRESOURCE`.
+#[cfg(test)]
+pub(crate) fn request(verb: &str, group: &str, resource: &str, ns: &str, name: &str) -> Attributes {
+    let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+    Attributes::resource(
+        verb,
+        ResourceAttributes {
+            group: group.into(),
+            version: "v1".into(),
+            resource: resource.into(),
+            subresource: subresource.into(),
+            namespace: ns.into(),
+            name: name.into(),
+        },
+    )
+}
+
 /// Whether `rule` allows the request `a` (Kubernetes' `RuleAllows`).
 pub fn rule_allows(rule: &PolicyRule, a: &Attributes) -> bool {
     if !has(&rule.verbs, &a.verb) {

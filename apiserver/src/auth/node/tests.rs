@@ -1,7 +1,6 @@
 use serde_json::json;
 
 use super::*;
-use crate::auth::rbac::ResourceAttributes;
 
 fn graph() -> Graph {
     let mut g = Graph::default();
@@ -33,18 +32,7 @@ fn graph() -> Graph {
 }
 
 fn req(verb: &str, group: &str, resource: &str, ns: &str, name: &str) -> Attributes {
-    let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
-    Attributes::resource(
-        verb,
-        ResourceAttributes {
-            group: group.into(),
-            resource: resource.into(),
-            subresource: subresource.into(),
-            namespace: ns.into(),
-            name: name.into(),
-            ..ResourceAttributes::default()
-        },
-    )
+    super::super::rbac::request(verb, group, resource, ns, name)
 }
 
 fn allowed(a: &Attributes) -> bool {

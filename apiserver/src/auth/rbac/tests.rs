@@ -14,18 +14,7 @@ fn rule(verbs: &[&str], groups: &[&str], resources: &[&str]) -> PolicyRule {
 }
 
 fn res(verb: &str, group: &str, resource: &str, ns: &str, name: &str) -> Attributes {
-    let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
-    Attributes::resource(
-        verb,
-        ResourceAttributes {
-            group: group.into(),
-            version: "v1".into(),
-            resource: resource.into(),
-            subresource: subresource.into(),
-            namespace: ns.into(),
-            name: name.into(),
-        },
-    )
+    super::super::rbac::request(verb, group, resource, ns, name)
 }
 
 fn user(name: &str, groups: &[&str]) -> UserInfo {
