@@ -612,27 +612,18 @@ struct Call {
     requester: Option<Requester>,
 }
 
+/// A resource under `/api/v1`: the core group, served as the named groups are.
 async fn core(
     State(api): State<Api>,
     Path(rest): Path<String>,
     method: Method,
-    Query(query): Query<HashMap<String, String>>,
+    query: Query<HashMap<String, String>>,
     requester: Option<axum::Extension<Requester>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let call = Call {
-        group: String::new(),
-        version: "v1".into(),
-        rest,
-        method,
-        query,
-        headers,
-        requester: requester.map(|r| r.0),
-    };
-    dispatch(&api, call, body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    let path = Path((String::new(), "v1".to_string(), rest));
+    named(State(api), path, method, query, requester, headers, body).await
 }
 
 async fn named(

@@ -77,7 +77,8 @@ impl Api {
                 },
             )
         };
-        let rules_and = |rules: Vec<PolicyRule>, exempt: Attributes| (rules, exempt);
+        // The rules to be granted, and the right that lets the writer grant them anyway
+        // (none: already asked).
         let (servant, exempt) = match t.kind.kind {
             "Role" | "ClusterRole" => {
                 // Labels too: they decide which aggregated roles gather this one's rules.
@@ -108,7 +109,7 @@ impl Api {
                         )
                         .await;
                 }
-                rules_and(rules, exempt)
+                (rules, Some(exempt))
             }
             "RoleBinding" | "ClusterRoleBinding" => {
                 let role_kind = new["roleRef"]["kind"].as_str().unwrap_or_default();
@@ -125,7 +126,7 @@ impl Api {
                 ) {
                     return Ok(());
                 }
-                auth.cache.fresh().await;
+                // The refusal above waited for the cache: the role is as current as it gets.
                 let Some(rules) = auth
                     .cache
                     .read(|s| s.rbac.role_rules(role_kind, &namespace, role_name))
@@ -141,14 +142,13 @@ impl Api {
                         ),
                     ));
                 };
-                rules_and(rules, exempt)
+                (rules, None)
             }
             _ => return Ok(()),
         };
-        if matches!(
-            auth.authorize_fresh(user, &exempt).await,
-            Decision::Allow(_)
-        ) {
+        if let Some(exempt) = &exempt
+            && matches!(auth.authorize_fresh(user, exempt).await, Decision::Allow(_))
+        {
             return Ok(());
         }
         let scope = if t.kind.kind.starts_with("Cluster") {
