@@ -8,6 +8,7 @@
 //! - [`dns`]: the authoritative DNS server for the cluster's Zones (hosts with the DNS role).
 //! - [`identity`]: the node's client certificate: got with the agent token, renewed by itself.
 //! - [`lb`]: the L4 proxy serving the LoadBalancers placed on this node, with health checks.
+//! - [`listen`]: connection caps and timeouts every TCP listener of the agent shares.
 //! - [`probe`]: capacity, addresses and capability conditions of the host.
 //! - [`server`]: the agent's HTTPS endpoint, which the API server calls for console logs.
 //! - [`storage`]: the buckets of a storage host.
@@ -18,6 +19,7 @@ pub mod agent;
 pub mod dns;
 pub mod identity;
 pub mod lb;
+pub mod listen;
 pub mod probe;
 pub mod server;
 pub mod storage;
