@@ -57,6 +57,8 @@ pub struct AgentConfig {
     /// The cluster CA (PEM): the endpoint accepts only the API server's client certificate
     /// signed by it.
     pub ca_pem: String,
+    /// What image downloads may do (size, time, networks a tenant's URL may reach).
+    pub images: crate::vm::images::FetchPolicy,
     /// The node's certificate, which the agent renews before it expires (none: the client's
     /// credentials are someone else's to keep).
     pub identity: Option<crate::identity::NodeIdentity>,
@@ -127,6 +129,7 @@ impl AgentConfig {
             cpu_allocation_ratio: 4.0,
             listen: SocketAddr::from(([0, 0, 0, 0], 10250)),
             ca_pem: String::new(),
+            images: crate::vm::images::FetchPolicy::default(),
             identity: None,
         }
     }

@@ -19,6 +19,7 @@
 //! [`snapshots`] (the disks' rollback point).
 
 pub mod cloudinit;
+pub mod confine;
 pub mod console;
 pub mod images;
 mod lifecycle;
@@ -91,6 +92,7 @@ pub(crate) struct Context {
     health: watch::Receiver<Health>,
     recorder: Recorder,
     images: images::Images,
+    confinement: confine::Confinement,
     vms: PathBuf,
     queue: WorkQueue<ObjectRef>,
     /// The QMP event listener of each running guest.
@@ -125,7 +127,8 @@ pub(crate) async fn run(
     let data = shared.config.data_dir.clone();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(&shared.client, "keel-agent", &node),
-        images: images::Images::new(data.join("images")),
+        images: images::Images::new(data.join("images"), shared.config.images.clone()),
+        confinement: confine::Confinement::probe(),
         vms: data.join("vms"),
         queue: controller.queue(),
         listeners: Mutex::new(HashMap::new()),

@@ -62,6 +62,8 @@ pub struct Launch {
     pub console: Option<shim::ConsoleLog>,
     /// Where its supervisor records how it ended ([`shim::Exit`]).
     pub exit_file: Option<PathBuf>,
+    /// The cgroups its supervisor joins before it starts the command.
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// The workloads of this host.
@@ -154,6 +156,9 @@ impl Runtime {
         }
         if let Some(exit) = &launch.exit_file {
             cmd.arg("--exit-file").arg(exit);
+        }
+        for cgroup in &launch.cgroups {
+            cmd.arg("--cgroup").arg(cgroup);
         }
         cmd.arg("--")
             .args(&launch.command)

@@ -591,13 +591,48 @@ pub fn qemu_pids_with(needle: &str) -> Vec<i32> {
 }
 
 /// The test guest: Debian's kernel and a busybox initramfs (see `e2e/guest/build.sh`), built
-/// once per machine into `~/.cache/keel/guest` (or `$KEEL_GUEST_DIR`).
+/// once per machine into `~/.cache/keel/guest` (or `$KEEL_GUEST_DIR`). VMs name them by the
+/// ClusterImages [`Guest::publish`] makes, as tenants do: a VM never names a host path.
 #[derive(Debug, Clone)]
 pub struct Guest {
-    /// The kernel.
-    pub kernel: PathBuf,
-    /// The initramfs.
-    pub initrd: PathBuf,
+    /// The kernel's ClusterImage.
+    pub kernel: String,
+    /// The initramfs' ClusterImage.
+    pub initrd: String,
+    /// The kernel's file.
+    pub kernel_file: PathBuf,
+    /// The initramfs' file.
+    pub initrd_file: PathBuf,
+}
+
+impl Guest {
+    /// Puts the guest's kernel and initramfs in the cluster's image catalogue (an admin's
+    /// `client`); a second call finds them there.
+    pub async fn publish(&self, client: &keel_client::Client) {
+        let images: keel_client::Api<serde_json::Value> =
+            keel_client::Api::all(client, kind("clusterimages"));
+        for (name, file) in [
+            (&self.kernel, &self.kernel_file),
+            (&self.initrd, &self.initrd_file),
+        ] {
+            let image = serde_json::json!({"apiVersion": "keel.dev/v1alpha1", "kind": "ClusterImage",
+                "metadata": {"name": name},
+                "spec": {"path": file, "format": "raw", "description": "the e2e test guest"}});
+            // The server may still be electing or making its namespaces: try until it answers.
+            eventually(
+                &format!("ClusterImage {name}"),
+                Duration::from_secs(60),
+                || async {
+                    match images.create(&image).await {
+                        Ok(_) => Some(()),
+                        Err(e) if e.code() == Some(409) => Some(()),
+                        Err(_) => None,
+                    }
+                },
+            )
+            .await;
+        }
+    }
 }
 
 /// Builds the test guest if needed (once per process; `build.sh` locks across processes).
@@ -623,8 +658,10 @@ pub fn guest() -> Guest {
                 String::from_utf8_lossy(&out.stderr)
             );
             Guest {
-                kernel: dir.join("vmlinuz"),
-                initrd: dir.join("initrd.img"),
+                kernel: "test-guest-kernel".into(),
+                initrd: "test-guest-initrd".into(),
+                kernel_file: dir.join("vmlinuz"),
+                initrd_file: dir.join("initrd.img"),
             }
         })
         .clone()

@@ -795,7 +795,8 @@ async fn host_agents_have_their_nodes_rights_only_and_renew_their_certificates()
     let agent_token = std::fs::read_to_string(server.data_dir.join("agent-token")).unwrap();
     let agent_token = agent_token.trim();
     let g = guest();
-    let kernel = g.kernel.display().to_string();
+    g.publish(&admin).await;
+    let kernel = g.kernel_file.display().to_string();
     let mut a = KeelAgent::new(root.path(), "node-a", None);
     let mut b = KeelAgent::new(root.path(), "node-b", None);
     for agent in [&mut a, &mut b] {

@@ -517,6 +517,7 @@ async fn vm_records_follow_the_vms_addresses() {
     assert_eq!(soa_serial(c.port, "shop.example"), first);
     let vms: Api<Value> = Api::namespaced(&c.client, kind("vm"), "shop");
     let g = guest();
+    g.publish(&c.client).await;
     let vm = |name: &str, labels: Value| {
         json!({"apiVersion": "keel.dev/v1alpha1", "kind": "VirtualMachine",
                "metadata": {"name": name, "labels": labels},

@@ -67,6 +67,7 @@ async fn nodes_that_die_or_are_cut_off_fence_and_their_vms_move() {
     })
     .await;
     let client = Client::new(&url, &ca, &admin).unwrap();
+    guest().publish(&client).await;
     let token = eventually("the join token", WAIT, || async {
         std::fs::read_to_string(server.data_dir.join("agent-token")).ok()
     })
@@ -324,6 +325,7 @@ async fn another_server_takes_over_the_controllers_when_their_leader_dies() {
         .iter()
         .map(|s| Client::new(&format!("https://{}", s.api_addr), &ca, &admin).unwrap())
         .collect();
+    guest().publish(&clients[0]).await;
     let nodes: Api<Value> = Api::all(&clients[0], kind("nodes"));
     for n in ["s1", "s2", "s3"] {
         eventually(&format!("{n} Ready"), WAIT, || async {

@@ -415,10 +415,11 @@ fn events(kubeconfig: &std::path::Path, reason: &str) -> Vec<String> {
 async fn a_vm_change_that_never_gets_ready_is_rolled_back_with_its_disk() {
     let root = tempfile::tempdir().unwrap();
     let g = keel_e2e::guest();
-    let kernel = g.kernel.display().to_string();
+    let kernel = g.kernel_file.display().to_string();
     let mut server = KeelServer::new(root.path(), "roll-4");
     server.start(&["--kvm-probe-kernel", &kernel]);
     let client = server.ready_client(WAIT).await;
+    g.publish(&client).await;
     let kubeconfig = server.data_dir.join("admin.kubeconfig");
     let vms = api(&client, "virtualmachines");
     let revisions = api(&client, "revisions");

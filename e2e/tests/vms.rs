@@ -36,8 +36,7 @@ spec:
   cmdline: console=ttyS0 quiet keel.marker={marker}
   terminationGracePeriodSeconds: 20
 {extra}",
-        g.kernel.display(),
-        g.initrd.display()
+        g.kernel, g.initrd
     )
 }
 
@@ -79,8 +78,12 @@ async fn vms_boot_run_restart_pause_and_go_away_on_qemu() {
     let client = Client::new(&url, &ca, &admin).unwrap();
     let kubeconfig = server.data_dir.join("admin.kubeconfig");
     let g = guest();
-    let kernel = g.kernel.display().to_string();
+    g.publish(&client).await;
+    let kernel = g.kernel_file.display().to_string();
+    // Image URLs on loopback (the bad-url case below) are an admin's grant, not a tenant's.
     let agent_args = [
+        "--image-allowed-network",
+        "127.0.0.1/32",
         "--lease-duration",
         "6",
         "--kvm-probe-kernel",
@@ -127,6 +130,11 @@ async fn vms_boot_run_restart_pause_and_go_away_on_qemu() {
     );
     let first_pid = status(&vm, "qemuPid").as_i64().unwrap() as i32;
     assert_eq!(agent.qemu_pids("default", "web"), vec![first_pid]);
+    assert_confined(
+        first_pid,
+        "default_web",
+        &agent.data_dir.join("vms/default_web"),
+    );
     let logs = ok(keelctl(&kubeconfig, &["logs", "vm/web"]));
     assert!(logs.contains("KEEL-GUEST up marker=hello-web"), "{logs}");
     assert!(
@@ -424,7 +432,7 @@ async fn vms_boot_run_restart_pause_and_go_away_on_qemu() {
         (
             "no-image",
             "ImageNotFound",
-            "  disks: [{name: root, image: /nonexistent/disk.qcow2}]\n".to_string(),
+            "  disks: [{name: root, image: no-such-image}]\n".to_string(),
         ),
         (
             "bad-url",
@@ -535,6 +543,65 @@ fn kill(pid: i32) {
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill QEMU");
+}
+
+/// The guest's QEMU runs as an unprivileged id of its own with no capabilities, under
+/// seccomp, in the guest's cgroup (128Mi of guest memory: a bounded limit), and its files are
+/// that id's.
+fn assert_confined(pid: i32, name: &str, dir: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |key: &str| {
+        proc_status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.split_whitespace().next().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    let uid: u32 = field("Uid:").parse().unwrap();
+    assert!(uid >= 900_000_000, "QEMU runs as {uid}: {proc_status}");
+    assert_eq!(field("Gid:"), uid.to_string(), "{proc_status}");
+    assert_eq!(field("Seccomp:"), "2", "a seccomp filter: {proc_status}");
+    assert_eq!(field("CapEff:"), "0000000000000000", "{proc_status}");
+    assert_eq!(field("NoNewPrivs:"), "1", "{proc_status}");
+    let disk = dir.join("disk-data.qcow2");
+    for file in [dir, disk.as_path()] {
+        assert_eq!(
+            std::fs::metadata(file).unwrap().uid(),
+            uid,
+            "{}",
+            file.display()
+        );
+    }
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let memory = cgroups
+        .lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once(':')?;
+            let (controllers, path) = rest.split_once(':')?;
+            (controllers.split(',').any(|c| c == "memory") || controllers.is_empty())
+                .then(|| path.to_string())
+        })
+        .unwrap_or_default();
+    assert!(
+        memory.ends_with(&format!("keel.guests/{name}")),
+        "QEMU is in its guest's cgroup: {cgroups}"
+    );
+    let v1 = std::path::Path::new("/sys/fs/cgroup/memory").join(memory.trim_start_matches('/'));
+    let limit = std::fs::read_to_string(v1.join("memory.limit_in_bytes"))
+        .or_else(|_| {
+            std::fs::read_to_string(
+                std::path::Path::new("/sys/fs/cgroup")
+                    .join(memory.trim_start_matches('/'))
+                    .join("memory.max"),
+            )
+        })
+        .unwrap();
+    let limit: u64 = limit.trim().parse().unwrap();
+    assert!(
+        limit < 2 << 30,
+        "a memory limit near the guest's 128Mi: {limit}"
+    );
 }
 
 async fn http_get(port: u16) -> String {

@@ -48,6 +48,7 @@ async fn guests_get_addresses_from_ovn_and_reach_each_other_but_not_other_tenant
     .await;
     let url = server.url();
     let c = Client::new(&url, &ca, &admin).unwrap();
+    guest().publish(&c).await;
     let kubeconfig = server.data_dir.join("admin.kubeconfig");
     let socket = chassis.db_socket().display().to_string();
     let mut agent = KeelAgent::new(root.path(), "host-1", None);

@@ -294,6 +294,19 @@ static BINDING: &[Column] = &[
     )),
 ];
 
+static CLUSTER_IMAGE: &[Column] = &[
+    text("Source", "Where the image is: a host path or a URL.", |o| {
+        let spec = &o["spec"];
+        spec["path"]
+            .as_str()
+            .or(spec["url"].as_str())
+            .map_or(Value::Null, |s| Value::String(s.to_string()))
+    }),
+    text("Format", "The format the image must have.", |o| {
+        at(o, "spec.format")
+    }),
+];
+
 static USER_TOKEN: &[Column] = &[
     text("User", "The user the token authenticates.", |o| {
         at(o, "spec.user")
@@ -334,6 +347,7 @@ pub fn kind_columns(kind: &Kind) -> &'static [Column] {
         "Role" | "ClusterRole" => ROLE,
         "RoleBinding" | "ClusterRoleBinding" => BINDING,
         "UserToken" => USER_TOKEN,
+        "ClusterImage" => CLUSTER_IMAGE,
         _ => &[],
     }
 }

@@ -126,6 +126,102 @@ pub fn cidr_contains(outer: &str, inner: &str) -> bool {
     }
 }
 
+/// What kind of address an IP is, for the rules that keep a tenant's traffic away from the
+/// host and the cluster's own networks. The first match of the list wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressClass {
+    /// `0.0.0.0`, `::`: every address of the host.
+    Unspecified,
+    /// `127.0.0.0/8`, `::1`: the host itself.
+    Loopback,
+    /// `169.254.0.0/16`, `fe80::/10`: the link, where cloud metadata services answer.
+    LinkLocal,
+    /// Multicast and the IPv4 broadcast address.
+    Multicast,
+    /// RFC 1918, `100.64.0.0/10` (carrier-grade NAT), `fc00::/7`: private networks.
+    Private,
+    /// `0.0.0.0/8`, `192.0.0.0/24`, documentation ranges, `198.18.0.0/15`, `240.0.0.0/4`,
+    /// `64:ff9b:1::/48`, `100::/64`, `2001:db8::/32`: not for traffic on the internet.
+    Reserved,
+    /// Anything else: an address of the internet.
+    Public,
+}
+
+// === impl AddressClass ===
+
+impl AddressClass {
+    /// The class of `ip` (an IPv4 address mapped into IPv6 counts as itself).
+    pub fn of(ip: IpAddr) -> AddressClass {
+        match ip {
+            IpAddr::V4(v4) => class_v4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => class_v4(v4),
+                None => class_v6(v6),
+            },
+        }
+    }
+
+    /// How a message names the class.
+    pub fn describe(self) -> &'static str {
+        match self {
+            AddressClass::Unspecified => "an unspecified address",
+            AddressClass::Loopback => "a loopback address",
+            AddressClass::LinkLocal => "a link-local address",
+            AddressClass::Multicast => "a multicast or broadcast address",
+            AddressClass::Private => "a private address",
+            AddressClass::Reserved => "a reserved address",
+            AddressClass::Public => "a public address",
+        }
+    }
+}
+
+fn class_v4(ip: Ipv4Addr) -> AddressClass {
+    let [a, b, c, _] = ip.octets();
+    if ip.is_unspecified() {
+        AddressClass::Unspecified
+    } else if ip.is_loopback() {
+        AddressClass::Loopback
+    } else if ip.is_link_local() {
+        AddressClass::LinkLocal
+    } else if ip.is_multicast() || ip.is_broadcast() {
+        AddressClass::Multicast
+    } else if ip.is_private() || (a == 100 && (64..128).contains(&b)) {
+        AddressClass::Private
+    } else if a == 0
+        || a >= 240
+        || (a == 192 && b == 0 && c == 0)
+        || (a == 198 && (18..20).contains(&b))
+        || ip.is_documentation()
+    {
+        AddressClass::Reserved
+    } else {
+        AddressClass::Public
+    }
+}
+
+fn class_v6(ip: Ipv6Addr) -> AddressClass {
+    let s = ip.segments();
+    if ip.is_unspecified() {
+        AddressClass::Unspecified
+    } else if ip.is_loopback() {
+        AddressClass::Loopback
+    } else if s[0] & 0xffc0 == 0xfe80 {
+        AddressClass::LinkLocal
+    } else if ip.is_multicast() {
+        AddressClass::Multicast
+    } else if s[0] & 0xfe00 == 0xfc00 {
+        AddressClass::Private
+    } else if (s[0] == 0x2001 && s[1] == 0x0db8)
+        || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
+        || (s[0] == 0x100 && s[1..4] == [0, 0, 0])
+        || (s[0] == 0 && ip.to_ipv4_mapped().is_none())
+    {
+        AddressClass::Reserved
+    } else {
+        AddressClass::Public
+    }
+}
+
 /// Parses a port list as security group rules write it: ports and inclusive ranges separated
 /// by commas (`80,443`, `1000-2000`, `22, 8000-8080`), each port from 1 to 65535. The error
 /// says which entry is wrong.

@@ -113,6 +113,10 @@ static REGISTRY: &[Kind] = &[
         scope: Scope::Cluster,
         ..keel("UserToken", "usertokens", "usertoken", &[])
     },
+    Kind {
+        scope: Scope::Cluster,
+        ..keel("ClusterImage", "clusterimages", "clusterimage", &["cimg"])
+    },
     core(
         "Namespace",
         "namespaces",

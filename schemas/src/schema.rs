@@ -65,6 +65,7 @@ static SOURCES: &[Source] = &[
     ),
     keel("Revision", include_str!("../revision.schema.json")),
     keel("UserToken", include_str!("../usertoken.schema.json")),
+    keel("ClusterImage", include_str!("../clusterimage.schema.json")),
     k8s(
         "",
         "Namespace",

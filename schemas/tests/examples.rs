@@ -168,6 +168,7 @@ fn round_trip(kind: &Kind, value: &Value) -> Value {
         "ClusterRole" => via::<access::ClusterRole>(value),
         "RoleBinding" | "ClusterRoleBinding" => via::<access::RoleBinding>(value),
         "UserToken" => via::<access::UserToken>(value),
+        "ClusterImage" => via::<compute::ClusterImage>(value),
         other => panic!("no typed struct for {other}"),
     }
 }

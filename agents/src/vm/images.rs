@@ -1,26 +1,45 @@
 //! Images and disks: the host's image cache and the VM disks made from it with `qemu-img`.
 //!
-//! An image named by an `http(s)` URL is fetched once per host into
-//! `<data-dir>/images/<digest of the URL>.img` (written to a temporary file, hashed while it
-//! streams, checked against the spec's checksum, synced and renamed, so that a half-fetched
-//! image is never used). An image named by a path is used in place. Each disk of a VM is a
-//! qcow2 file in the VM's directory: an overlay whose backing file is the image, or a blank
-//! disk of its size.
+//! A VM names an image by URL or by [ClusterImage](keel_schemas::kinds::compute::ClusterImage)
+//! (the admins' catalogue); [`Source`] is what either resolves to. An image at a URL is
+//! fetched once per host into `<data-dir>/images/<digest of the URL>.img`: written to a
+//! temporary file, hashed while it streams, checked against its checksum, synced and renamed,
+//! so that a half-fetched image is never used. A fetch is bounded ([`FetchPolicy`]): http(s)
+//! only, a size cap, timeouts, and — for a URL a tenant wrote — only public addresses, also
+//! after redirects and DNS (the checked addresses are the ones connected to).
+//!
+//! Every image is untrusted input: [`inspect`] reads its header itself (a qcow2 with a
+//! backing file or an external data file, or any format but raw and qcow2, is refused before
+//! `qemu-img` opens it, the CVE-2024-32498 class), then asks `qemu-img info` under CPU and
+//! memory limits with the format fixed. Each disk of a VM is a qcow2 file in the VM's
+//! directory: an overlay whose backing file is the image, with its format explicit, or a
+//! blank disk of its size.
 
 use std::collections::HashMap;
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
+use keel_schemas::Cidr;
+use keel_schemas::net::AddressClass;
 use ring::digest::{Context as Digest, SHA256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
 /// How many redirects a fetch follows.
 const MAX_REDIRECTS: usize = 5;
-/// How long a fetch may wait for the server's first answer.
+/// How long a fetch may wait for the server's first answer (name lookup included).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a download may stall between two pieces.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// `qemu-img info` limits (OpenStack's): address space and CPU seconds.
+const INSPECT_MEMORY: u64 = 1 << 30;
+const INSPECT_CPU_SECONDS: u64 = 30;
+/// The formats a guest's disk may start from.
+const FORMATS: [&str; 2] = ["raw", "qcow2"];
 
 /// Why an image or disk could not be prepared. Each variant is also a condition reason.
 #[derive(Debug, thiserror::Error)]
@@ -34,9 +53,19 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
-    /// The image is neither an absolute path nor an http(s) URL.
-    #[error("image {0:?}: not an absolute path nor an http(s) URL")]
-    BadReference(String),
+    /// The image catalogue has no ClusterImage of this name.
+    #[error(
+        "image {0:?}: no ClusterImage of this name (kubectl get clusterimages lists the catalogue)"
+    )]
+    NotCatalogued(String),
+    /// The reference names nothing usable: not a ClusterImage name nor a URL.
+    #[error("image {image:?}: {why}")]
+    BadReference {
+        /// The reference.
+        image: String,
+        /// Why.
+        why: String,
+    },
     /// The image could not be downloaded.
     #[error("image {url}: {message}")]
     Fetch {
@@ -44,6 +73,22 @@ pub enum ImageError {
         url: String,
         /// What went wrong.
         message: String,
+    },
+    /// The URL (or a redirect) leads somewhere a tenant's image may not come from.
+    #[error("image {url}: {why}")]
+    Forbidden {
+        /// The URL.
+        url: String,
+        /// Which rule it breaks.
+        why: String,
+    },
+    /// The image is bigger than the host accepts.
+    #[error("image {url}: larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// The limit.
+        limit: u64,
     },
     /// The image's digest is not the one the spec gives.
     #[error("image {image}: sha256 is {actual}, the spec says {expected}")]
@@ -54,6 +99,14 @@ pub enum ImageError {
         expected: String,
         /// The image's digest.
         actual: String,
+    },
+    /// The image is not one a guest may use: another format, a backing file, a data file.
+    #[error("image {image}: refused: {why}")]
+    Refused {
+        /// The image.
+        image: String,
+        /// Why.
+        why: String,
     },
     /// `qemu-img` failed.
     #[error("qemu-img {args}: {message}")]
@@ -82,12 +135,57 @@ impl ImageError {
     /// The reason a VM condition gives for this error.
     pub fn reason(&self) -> &'static str {
         match self {
-            ImageError::Missing { .. } => "ImageNotFound",
-            ImageError::BadReference(_) => "ImageInvalid",
+            ImageError::Missing { .. } | ImageError::NotCatalogued(_) => "ImageNotFound",
+            ImageError::BadReference { .. } => "ImageInvalid",
             ImageError::Fetch { .. } => "ImageFetchFailed",
+            ImageError::Forbidden { .. } => "ImageSourceForbidden",
+            ImageError::TooLarge { .. } => "ImageTooLarge",
             ImageError::Checksum { .. } => "ImageChecksumMismatch",
+            ImageError::Refused { .. } => "ImageRefused",
             ImageError::QemuImg { .. } => "DiskCreateFailed",
             ImageError::Io { .. } => "DiskCreateFailed",
+        }
+    }
+}
+
+/// Where an image comes from, once its reference is resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A URL to download.
+    Url {
+        /// The URL.
+        url: String,
+        /// `sha256:<hex>` it must have.
+        checksum: Option<String>,
+        /// Whether an admin wrote it (a ClusterImage): it may lead to private addresses.
+        trusted: bool,
+    },
+    /// A file on the host: only ever from a ClusterImage.
+    Path {
+        /// The file.
+        path: PathBuf,
+        /// `sha256:<hex>` it must have.
+        checksum: Option<String>,
+    },
+}
+
+/// What a host's downloads may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchPolicy {
+    /// The largest image accepted, in bytes.
+    pub max_bytes: u64,
+    /// How long one download may take in all.
+    pub timeout: Duration,
+    /// Networks a tenant's URL may reach besides public addresses (an admin's mirror).
+    pub allowed_networks: Vec<Cidr>,
+}
+
+impl Default for FetchPolicy {
+    fn default() -> FetchPolicy {
+        FetchPolicy {
+            max_bytes: 64 << 30,
+            timeout: Duration::from_secs(3600),
+            allowed_networks: Vec::new(),
         }
     }
 }
@@ -97,7 +195,7 @@ impl ImageError {
 pub struct Image {
     /// The file.
     pub path: PathBuf,
-    /// Its format as `qemu-img` sees it (`qcow2`, `raw`).
+    /// Its format as inspected (`qcow2`, `raw`).
     pub format: String,
     /// Its virtual size in bytes.
     pub virtual_size: u64,
@@ -107,55 +205,78 @@ pub struct Image {
 #[derive(Debug)]
 pub struct Images {
     dir: PathBuf,
+    policy: FetchPolicy,
     /// One lock per image, so that two VMs never fetch the same image at once.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+// === impl Source ===
+
+impl Source {
+    /// How messages name it.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Url { url, .. } => url.clone(),
+            Source::Path { path, .. } => path.display().to_string(),
+        }
+    }
 }
 
 // === impl Images ===
 
 impl Images {
-    /// The cache under `dir`.
-    pub fn new(dir: PathBuf) -> Images {
+    /// The cache under `dir`, fetching under `policy`.
+    pub fn new(dir: PathBuf, policy: FetchPolicy) -> Images {
         Images {
             dir,
+            policy,
             locks: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The image `reference` (a URL or an absolute path), fetched and verified against
-    /// `checksum` (`sha256:<hex>`) if needed.
-    pub async fn get(&self, reference: &str, checksum: Option<&str>) -> Result<Image> {
+    /// The image at `source`, fetched, verified and inspected; `format` is the one it must
+    /// have, if its ClusterImage says.
+    pub async fn get(&self, source: &Source, format: Option<&str>) -> Result<Image> {
+        let name = source.describe();
         let lock = {
             let mut locks = self.locks.lock().await;
-            locks.entry(reference.to_string()).or_default().clone()
+            locks.entry(name.clone()).or_default().clone()
         };
         let _held = lock.lock().await;
-        let path = if reference.starts_with("http://") || reference.starts_with("https://") {
-            self.fetch(reference, checksum).await?
-        } else if reference.starts_with('/') {
-            let path = PathBuf::from(reference);
-            std::fs::metadata(&path).map_err(|source| ImageError::Missing {
-                image: reference.to_string(),
-                source,
-            })?;
-            if let Some(expected) = checksum {
-                let actual = sha256_file(&path).await?;
-                check(reference, expected, &actual)?;
+        let path = match source {
+            Source::Url {
+                url,
+                checksum,
+                trusted,
+            } => {
+                let path = self.fetch(url, checksum.as_deref(), *trusted).await?;
+                // An image refused is not kept: nothing of it stays on the host.
+                return match inspect(&path, &name, format).await {
+                    Err(e @ ImageError::Refused { .. }) => {
+                        let _ = std::fs::remove_file(&path);
+                        let _ = std::fs::remove_file(path.with_extension("sha256"));
+                        Err(e)
+                    }
+                    other => other,
+                };
             }
-            path
-        } else {
-            return Err(ImageError::BadReference(reference.to_string()));
+            Source::Path { path, checksum } => {
+                std::fs::metadata(path).map_err(|source| ImageError::Missing {
+                    image: name.clone(),
+                    source,
+                })?;
+                if let Some(expected) = checksum {
+                    let actual = sha256_file(path).await?;
+                    check(&name, expected, &actual)?;
+                }
+                path.clone()
+            }
         };
-        let info = qemu_img_info(&path).await?;
-        Ok(Image {
-            path,
-            format: info.0,
-            virtual_size: info.1,
-        })
+        inspect(&path, &name, format).await
     }
 
     /// The cached copy of `url`, fetched first if it is not there.
-    async fn fetch(&self, url: &str, checksum: Option<&str>) -> Result<PathBuf> {
+    async fn fetch(&self, url: &str, checksum: Option<&str>, trusted: bool) -> Result<PathBuf> {
         let name = hex(&ring::digest::digest(&SHA256, url.as_bytes()).as_ref()[..16]);
         let path = self.dir.join(format!("{name}.img"));
         let sum_file = self.dir.join(format!("{name}.sha256"));
@@ -177,8 +298,18 @@ impl Images {
             .await
             .map_err(io(&self.dir))?;
         let part = self.dir.join(format!("{name}.part"));
-        let actual = download(url, &part).await;
-        let actual = match actual {
+        let fetched = tokio::time::timeout(
+            self.policy.timeout,
+            download(url, &part, &self.policy, trusted),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(ImageError::Fetch {
+                url: url.to_string(),
+                message: format!("not done within {:?}", self.policy.timeout),
+            })
+        });
+        let actual = match fetched {
             Ok(a) => a,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&part).await;
@@ -191,12 +322,18 @@ impl Images {
             let _ = tokio::fs::remove_file(&part).await;
             return Err(e);
         }
-        tokio::fs::write(&sum_file, &actual)
-            .await
-            .map_err(io(&sum_file))?;
+        super::qemu::write_whole(&sum_file, actual.as_bytes()).map_err(io(&sum_file))?;
         tokio::fs::rename(&part, &path).await.map_err(io(&path))?;
+        sync_dir(&self.dir);
         tracing::info!(url, path = %path.display(), sha256 = %actual, "cached the image");
         Ok(path)
+    }
+}
+
+/// Syncs a directory, so that a rename in it survives a crash.
+pub(crate) fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
     }
 }
 
@@ -256,11 +393,14 @@ pub async fn grow_disk(path: &Path, size: u64) -> Result<bool> {
     Ok(true)
 }
 
-/// What `qemu-img info` says of an image file (read while QEMU may hold it).
+/// What `qemu-img info` says of a disk file of a VM (one the agent made; read while QEMU may
+/// hold it). Never for an image from outside: [`inspect`] is for those.
 pub(crate) async fn qemu_img_json(path: &Path) -> Result<serde_json::Value> {
     let out = qemu_img(&[
         "info".into(),
         "-U".into(),
+        "-f".into(),
+        "qcow2".into(),
         "--output=json".into(),
         path.display().to_string(),
     ])
@@ -271,18 +411,22 @@ pub(crate) async fn qemu_img_json(path: &Path) -> Result<serde_json::Value> {
     })
 }
 
-/// The format and virtual size of an image file.
+/// The format and virtual size of a disk file of a VM.
 async fn qemu_img_info(path: &Path) -> Result<(String, u64)> {
     let info = qemu_img_json(path).await?;
     Ok((
-        info["format"].as_str().unwrap_or("raw").to_string(),
+        info["format"].as_str().unwrap_or("qcow2").to_string(),
         info["virtual-size"].as_u64().unwrap_or(0),
     ))
 }
 
 pub(crate) async fn qemu_img(args: &[String]) -> Result<Vec<u8>> {
-    let out = tokio::process::Command::new("qemu-img")
-        .args(args)
+    run_qemu_img(tokio::process::Command::new("qemu-img").args(args), args).await
+}
+
+async fn run_qemu_img(command: &mut tokio::process::Command, args: &[String]) -> Result<Vec<u8>> {
+    let out = command
+        .kill_on_drop(true)
         .output()
         .await
         .map_err(|e| ImageError::QemuImg {
@@ -298,27 +442,193 @@ pub(crate) async fn qemu_img(args: &[String]) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
-/// Downloads `url` into `to`, following redirects; returns the content's sha256 (hex).
-async fn download(url: &str, to: &Path) -> Result<String> {
+/// Inspects an image from outside (called `name` in messages): its header first, by this
+/// code, then `qemu-img info` with the format fixed and under CPU and memory limits. Only a
+/// standalone raw or qcow2 image passes; `declared` is the format its ClusterImage demands.
+pub async fn inspect(path: &Path, name: &str, declared: Option<&str>) -> Result<Image> {
+    let refused = |why: String| ImageError::Refused {
+        image: name.to_string(),
+        why,
+    };
+    let header = read_header(path).map_err(|source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let format = sniff(&header).map_err(refused)?;
+    if let Some(declared) = declared
+        && declared != format
+    {
+        return Err(refused(format!(
+            "it is a {format} image, its ClusterImage says {declared}"
+        )));
+    }
+    let args: Vec<String> = [
+        "info",
+        "-U",
+        "-f",
+        format,
+        "--output=json",
+        &path.display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut command = tokio::process::Command::new("prlimit");
+    command
+        .arg(format!("--as={INSPECT_MEMORY}"))
+        .arg(format!("--cpu={INSPECT_CPU_SECONDS}"))
+        .arg("--")
+        .arg("qemu-img")
+        .args(&args);
+    let out = run_qemu_img(&mut command, &args).await?;
+    let info: serde_json::Value =
+        serde_json::from_slice(&out).map_err(|e| ImageError::QemuImg {
+            args: args.join(" "),
+            message: format!("unreadable answer: {e}"),
+        })?;
+    if let Some(backing) = info["backing-filename"].as_str() {
+        return Err(refused(format!(
+            "it has a backing file ({backing:?}): an image must stand alone"
+        )));
+    }
+    if let Some(data) = info["format-specific"]["data"]["data-file"].as_str() {
+        return Err(refused(format!(
+            "it has an external data file ({data:?}): an image must stand alone"
+        )));
+    }
+    if info["format"].as_str() != Some(format) {
+        return Err(refused(format!(
+            "qemu-img reads it as {}, not {format}",
+            info["format"]
+        )));
+    }
+    let virtual_size = info["virtual-size"]
+        .as_u64()
+        .ok_or_else(|| refused("qemu-img gives no virtual size".into()))?;
+    Ok(Image {
+        path: path.to_path_buf(),
+        format: format.to_string(),
+        virtual_size,
+    })
+}
+
+/// The first 64 KiB of a file (a qcow2 header and its extensions fit in its first cluster).
+fn read_header(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut header = Vec::with_capacity(64 << 10);
+    std::fs::File::open(path)?
+        .take(64 << 10)
+        .read_to_end(&mut header)?;
+    Ok(header)
+}
+
+/// The format of an image from its header: `qcow2` (without a backing file or an external
+/// data file) or `raw`; any other format qemu knows is refused by name.
+fn sniff(header: &[u8]) -> Result<&'static str, String> {
+    const OTHERS: [(&[u8], &str); 8] = [
+        (b"KDMV", "vmdk"),
+        (b"COWD", "vmdk"),
+        (b"# Disk DescriptorFile", "vmdk"),
+        (b"vhdxfile", "vhdx"),
+        (b"conectix", "vpc"),
+        (b"QED\0", "qed"),
+        (b"LUKS\xba\xbe", "luks"),
+        (b"WithoutFreeSpace", "parallels"),
+    ];
+    if let Some((_, format)) = OTHERS.iter().find(|(magic, _)| header.starts_with(magic)) {
+        return Err(format!(
+            "it is a {format} image: only {} images are used",
+            FORMATS.join(" and ")
+        ));
+    }
+    if header.get(64..68) == Some(&0xbeda107f_u32.to_le_bytes()[..]) {
+        return Err("it is a vdi image: only raw and qcow2 images are used".into());
+    }
+    if !header.starts_with(b"QFI\xfb") {
+        return Ok("raw");
+    }
+    let be32 = |at: usize| {
+        header
+            .get(at..at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let be64 = |at: usize| {
+        header
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+    };
+    let version = be32(4).ok_or("its qcow2 header is cut short")?;
+    if version < 2 {
+        return Err("it is a qcow (version 1) image: only raw and qcow2 images are used".into());
+    }
+    if be64(8).ok_or("its qcow2 header is cut short")? != 0 {
+        return Err("it has a backing file: an image must stand alone".into());
+    }
+    // Version 3 headers say whether the data lives in an external file (incompatible
+    // feature bit 2) and how long they are; extensions follow.
+    let extensions = if version >= 3 {
+        let incompatible = be64(72).ok_or("its qcow2 header is cut short")?;
+        if incompatible & 0b100 != 0 {
+            return Err("it has an external data file: an image must stand alone".into());
+        }
+        be32(100).ok_or("its qcow2 header is cut short")? as usize
+    } else {
+        72
+    };
+    let mut at = extensions;
+    while let (Some(kind), Some(len)) = (be32(at), be32(at + 4)) {
+        match kind {
+            0 => break,
+            0x4441_5441 => {
+                return Err("it names an external data file: an image must stand alone".into());
+            }
+            _ => at += 8 + (len as usize).div_ceil(8) * 8,
+        }
+    }
+    Ok("qcow2")
+}
+
+/// Downloads `url` into `to` under `policy`, following redirects; returns the content's
+/// sha256 (hex). A URL a tenant wrote (`trusted` false) and every redirect from it must
+/// lead to public addresses or the policy's allowed networks, and the addresses checked are
+/// the ones connected to (a name that resolves anew cannot slip past).
+async fn download(url: &str, to: &Path, policy: &FetchPolicy, trusted: bool) -> Result<String> {
     let fail = |message: String| ImageError::Fetch {
         url: url.to_string(),
         message,
     };
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .map_err(|e| fail(format!("no trusted roots: {e}")))?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(https);
     let mut current = url.to_string();
     let mut response = None;
     for _ in 0..=MAX_REDIRECTS {
         let uri: hyper::Uri = current
             .parse()
-            .map_err(|e| fail(format!("not a valid URL: {e}")))?;
+            .map_err(|e| fail(format!("{current:?} is not a valid URL: {e}")))?;
+        let scheme = uri.scheme_str().unwrap_or_default().to_ascii_lowercase();
+        if scheme != "http" && scheme != "https" {
+            return Err(ImageError::Forbidden {
+                url: url.to_string(),
+                why: format!("{current:?} is not an http(s) URL"),
+            });
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| fail(format!("{current:?} has no host")))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        let addrs = tokio::time::timeout(CONNECT_TIMEOUT, resolve(&host, port))
+            .await
+            .map_err(|_| fail(format!("{host} did not resolve within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| fail(format!("{host} does not resolve: {e}")))?;
+        if !trusted {
+            allowed(&addrs, policy).map_err(|why| ImageError::Forbidden {
+                url: url.to_string(),
+                why: format!("{host} is {why}: an image URL in a VM's spec must lead to a public address (an admin may add it to the catalogue as a ClusterImage)"),
+            })?;
+        }
+        let client = pinned_client(addrs).map_err(fail)?;
         let r = tokio::time::timeout(CONNECT_TIMEOUT, client.get(uri.clone()))
             .await
             .map_err(|_| fail(format!("no answer within {CONNECT_TIMEOUT:?}")))?
@@ -331,8 +641,7 @@ async fn download(url: &str, to: &Path) -> Result<String> {
                 .ok_or_else(|| fail(format!("{} without a Location", r.status())))?;
             current = if location.starts_with('/') {
                 format!(
-                    "{}://{}{location}",
-                    uri.scheme_str().unwrap_or("http"),
+                    "{scheme}://{}{location}",
                     uri.authority().map(|a| a.as_str()).unwrap_or_default()
                 )
             } else {
@@ -347,6 +656,17 @@ async fn download(url: &str, to: &Path) -> Result<String> {
     if !response.status().is_success() {
         return Err(fail(format!("the server answered {}", response.status())));
     }
+    let too_large = || ImageError::TooLarge {
+        url: url.to_string(),
+        limit: policy.max_bytes,
+    };
+    let announced = response
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > policy.max_bytes) {
+        return Err(too_large());
+    }
     let io = |source| ImageError::Io {
         path: to.to_path_buf(),
         source,
@@ -354,15 +674,102 @@ async fn download(url: &str, to: &Path) -> Result<String> {
     let mut file = tokio::fs::File::create(to).await.map_err(io)?;
     let mut digest = Digest::new(&SHA256);
     let mut body = response.into_body();
-    while let Some(frame) = body.frame().await {
+    let mut written = 0u64;
+    let started = Instant::now();
+    loop {
+        let frame = tokio::time::timeout(READ_TIMEOUT, body.frame())
+            .await
+            .map_err(|_| {
+                fail(format!(
+                    "the download stalled for {READ_TIMEOUT:?} after {written} bytes"
+                ))
+            })?;
+        let Some(frame) = frame else { break };
         let frame = frame.map_err(|e| fail(format!("the download broke: {e}")))?;
         if let Some(data) = frame.data_ref() {
+            written += data.len() as u64;
+            if written > policy.max_bytes {
+                return Err(too_large());
+            }
             digest.update(data);
             file.write_all(data).await.map_err(io)?;
         }
     }
     file.sync_all().await.map_err(io)?;
+    tracing::debug!(url, bytes = written, elapsed = ?started.elapsed(), "downloaded");
     Ok(hex(digest.finish().as_ref()))
+}
+
+/// The addresses of `host` (an IP literal is its own).
+async fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    if addrs.is_empty() {
+        return Err(std::io::Error::other("no addresses"));
+    }
+    Ok(addrs)
+}
+
+/// Whether every address is public or in an allowed network; else which one is not.
+fn allowed(addrs: &[SocketAddr], policy: &FetchPolicy) -> Result<(), String> {
+    for addr in addrs {
+        let ip = addr.ip();
+        let class = AddressClass::of(ip);
+        let granted = policy.allowed_networks.iter().any(|n| n.contains(ip));
+        if class != AddressClass::Public && !granted {
+            return Err(format!("{ip}, {}", class.describe()));
+        }
+    }
+    Ok(())
+}
+
+type Pinned = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<
+        hyper_util::client::legacy::connect::HttpConnector<PinnedResolver>,
+    >,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
+/// A resolver that answers every name with the addresses already checked.
+#[derive(Debug, Clone)]
+struct PinnedResolver(Arc<Vec<SocketAddr>>);
+
+impl tower::Service<hyper_util::client::legacy::connect::dns::Name> for PinnedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<std::io::Result<Self::Response>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
+        std::future::ready(Ok(self.0.as_ref().clone().into_iter()))
+    }
+}
+
+/// A client that connects only to `addrs`, whatever name the URL has.
+fn pinned_client(addrs: Vec<SocketAddr>) -> std::result::Result<Pinned, String> {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new_with_resolver(
+        PinnedResolver(Arc::new(addrs)),
+    );
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(|e| format!("no trusted roots: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https),
+    )
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -425,15 +832,30 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    fn path(p: &Path, checksum: Option<String>) -> Source {
+        Source::Path {
+            path: p.to_path_buf(),
+            checksum,
+        }
+    }
+
+    fn url(u: String, checksum: Option<String>, trusted: bool) -> Source {
+        Source::Url {
+            url: u,
+            checksum,
+            trusted,
+        }
+    }
+
     #[tokio::test]
     async fn path_images_are_verified_and_back_overlays_and_blank_disks_get_their_size() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("base.raw");
         std::fs::write(&base, vec![7u8; 1 << 20]).unwrap();
-        let images = Images::new(dir.path().join("cache"));
+        let images = Images::new(dir.path().join("cache"), FetchPolicy::default());
         let digest = hex(ring::digest::digest(&SHA256, &vec![7u8; 1 << 20]).as_ref());
         let image = images
-            .get(base.to_str().unwrap(), Some(&format!("sha256:{digest}")))
+            .get(&path(&base, Some(format!("sha256:{digest}"))), None)
             .await
             .unwrap();
         assert_eq!(
@@ -442,18 +864,22 @@ mod tests {
         );
         let wrong = images
             .get(
-                base.to_str().unwrap(),
-                Some(&format!("sha256:{}", "0".repeat(64))),
+                &path(&base, Some(format!("sha256:{}", "0".repeat(64)))),
+                None,
             )
             .await
             .unwrap_err();
         assert_eq!(wrong.reason(), "ImageChecksumMismatch", "{wrong}");
-        let missing = images.get("/nonexistent/x.qcow2", None).await.unwrap_err();
+        let declared = images
+            .get(&path(&base, None), Some("qcow2"))
+            .await
+            .unwrap_err();
+        assert_eq!(declared.reason(), "ImageRefused", "{declared}");
+        let missing = images
+            .get(&path(Path::new("/nonexistent/x.qcow2"), None), None)
+            .await
+            .unwrap_err();
         assert_eq!(missing.reason(), "ImageNotFound", "{missing}");
-        assert_eq!(
-            images.get("relative.img", None).await.unwrap_err().reason(),
-            "ImageInvalid"
-        );
 
         let overlay = dir.path().join("root.qcow2");
         create_disk(&overlay, Some(&image), Some(4 << 20))
@@ -463,6 +889,8 @@ mod tests {
             qemu_img_info(&overlay).await.unwrap(),
             ("qcow2".into(), 4 << 20)
         );
+        let info = qemu_img_json(&overlay).await.unwrap();
+        assert_eq!(info["backing-filename-format"], "raw", "explicit: {info}");
         let small = create_disk(&dir.path().join("x.qcow2"), Some(&image), Some(1024))
             .await
             .unwrap_err();
@@ -475,69 +903,215 @@ mod tests {
         assert!(grow_disk(&blank, 16 << 20).await.unwrap());
         assert!(!grow_disk(&blank, 1 << 20).await.unwrap(), "never shrinks");
         assert_eq!(qemu_img_info(&blank).await.unwrap().1, 16 << 20);
+        // A standalone qcow2 image passes and keeps its format.
+        let q = inspect(&blank, "data", None).await.unwrap();
+        assert_eq!((q.format.as_str(), q.virtual_size), ("qcow2", 16 << 20));
     }
 
     #[tokio::test]
-    async fn url_images_are_fetched_once_verified_and_follow_redirects() {
+    async fn images_that_reach_for_host_files_or_other_formats_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("host-secret");
+        std::fs::write(&secret, vec![1u8; 1 << 20]).unwrap();
+        let img = |args: &[&str]| {
+            let out = std::process::Command::new("qemu-img")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        };
+        let s = secret.to_str().unwrap();
+        // The CVE-2024-32498 class: a qcow2 whose backing file or data file is a host file.
+        let backed = dir.path().join("backed.qcow2");
+        img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            s,
+            backed.to_str().unwrap(),
+        ]);
+        let data = dir.path().join("data-file.qcow2");
+        let opts = format!("data_file={s},data_file_raw=on");
+        img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            &opts,
+            data.to_str().unwrap(),
+            "1M",
+        ]);
+        let vmdk = dir.path().join("x.vmdk");
+        img(&["create", "-q", "-f", "vmdk", vmdk.to_str().unwrap(), "1M"]);
+        for (file, why) in [
+            (&backed, "backing file"),
+            (&data, "external data file"),
+            (&vmdk, "vmdk image"),
+        ] {
+            let e = inspect(file, "x", None).await.unwrap_err();
+            assert_eq!(e.reason(), "ImageRefused", "{e}");
+            assert!(e.to_string().contains(why), "{e}");
+        }
+        // A cut-short qcow2 header is refused, not trusted.
+        let short = dir.path().join("short.qcow2");
+        std::fs::write(&short, b"QFI\xfb\0\0").unwrap();
+        let e = inspect(&short, "x", None).await.unwrap_err();
+        assert!(e.to_string().contains("cut short"), "{e}");
+    }
+
+    /// An HTTP server on loopback: `/old.img` redirects to `/disk.img`, `/away.img` to
+    /// `target`; counts the downloads of `/disk.img`.
+    async fn serve(
+        body: Vec<u8>,
+        target: Option<String>,
+    ) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
         use std::sync::atomic::{AtomicUsize, Ordering};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        let digest = hex(ring::digest::digest(&SHA256, &content).as_ref());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let served = Arc::new(AtomicUsize::new(0));
         let counter = served.clone();
-        let body = content.clone();
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
                 let mut buf = [0u8; 2048];
                 let n = s.read(&mut buf).await.unwrap_or(0);
                 let request = String::from_utf8_lossy(&buf[..n]).to_string();
-                if request.starts_with("GET /old.img ") {
-                    let _ = s
-                        .write_all(b"HTTP/1.1 302 Found\r\nLocation: /disk.img\r\nContent-Length: 0\r\n\r\n")
-                        .await;
+                let reply = if request.starts_with("GET /old.img ") {
+                    "HTTP/1.1 302 Found\r\nLocation: /disk.img\r\nContent-Length: 0\r\n\r\n"
+                        .to_string()
+                } else if request.starts_with("GET /away.img ") {
+                    let to = target.clone().unwrap_or_default();
+                    format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\n\r\n")
                 } else if request.starts_with("GET /disk.img ") {
                     counter.fetch_add(1, Ordering::SeqCst);
                     let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
                     let _ = s.write_all(head.as_bytes()).await;
                     let _ = s.write_all(&body).await;
+                    continue;
                 } else {
-                    let _ = s
-                        .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
-                        .await;
-                }
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string()
+                };
+                let _ = s.write_all(reply.as_bytes()).await;
             }
         });
+        (port, served)
+    }
+
+    #[tokio::test]
+    async fn url_images_are_fetched_once_verified_and_follow_redirects() {
+        use std::sync::atomic::Ordering;
+        let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let digest = hex(ring::digest::digest(&SHA256, &content).as_ref());
+        let (port, served) = serve(content.clone(), None).await;
         let dir = tempfile::tempdir().unwrap();
-        let images = Images::new(dir.path().join("cache"));
-        let url = format!("http://127.0.0.1:{port}/old.img");
-        let sum = format!("sha256:{digest}");
-        let image = images.get(&url, Some(&sum)).await.unwrap();
+        let images = Images::new(dir.path().join("cache"), FetchPolicy::default());
+        let sum = Some(format!("sha256:{digest}"));
+        let old = url(
+            format!("http://127.0.0.1:{port}/old.img"),
+            sum.clone(),
+            true,
+        );
+        let image = images.get(&old, None).await.unwrap();
         assert_eq!(std::fs::read(&image.path).unwrap(), content);
         assert_eq!(image.format, "raw");
-        let again = images.get(&url, Some(&sum)).await.unwrap();
+        let again = images.get(&old, None).await.unwrap();
         assert_eq!(again.path, image.path);
         assert_eq!(served.load(Ordering::SeqCst), 1, "fetched once per host");
         let wrong = images
             .get(
-                &format!("http://127.0.0.1:{port}/disk.img"),
-                Some(&format!("sha256:{}", "0".repeat(64))),
+                &url(
+                    format!("http://127.0.0.1:{port}/disk.img"),
+                    Some(format!("sha256:{}", "0".repeat(64))),
+                    true,
+                ),
+                None,
             )
             .await
             .unwrap_err();
         assert_eq!(wrong.reason(), "ImageChecksumMismatch", "{wrong}");
         let missing = images
-            .get(&format!("http://127.0.0.1:{port}/nope.img"), None)
+            .get(
+                &url(format!("http://127.0.0.1:{port}/nope.img"), None, true),
+                None,
+            )
             .await
             .unwrap_err();
         assert!(missing.to_string().contains("404"), "{missing}");
     }
 
     #[tokio::test]
+    async fn a_tenants_url_reaches_only_public_or_granted_addresses_and_is_size_capped() {
+        let content = vec![3u8; 100_000];
+        let (port, _) = serve(
+            content,
+            Some("http://169.254.169.254/latest/meta-data".into()),
+        )
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let images = Images::new(dir.path().join("cache"), FetchPolicy::default());
+        for (u, what) in [
+            (
+                format!("http://127.0.0.1:{port}/disk.img"),
+                "127.0.0.1, a loopback address",
+            ),
+            (
+                format!("http://localhost:{port}/disk.img"),
+                "a loopback address",
+            ),
+            (
+                "http://169.254.169.254/latest/meta-data".into(),
+                "a link-local address",
+            ),
+            ("http://[::1]:1/x".into(), "::1, a loopback address"),
+        ] {
+            let e = images
+                .get(&url(u.clone(), None, false), None)
+                .await
+                .unwrap_err();
+            assert_eq!(e.reason(), "ImageSourceForbidden", "{u}: {e}");
+            assert!(e.to_string().contains(what), "{u}: {e}");
+        }
+        // A network the admin grants is reachable, and a redirect from it is checked again.
+        let granted = Images::new(
+            dir.path().join("granted"),
+            FetchPolicy {
+                allowed_networks: vec!["127.0.0.0/8".parse().unwrap()],
+                max_bytes: 50_000,
+                ..FetchPolicy::default()
+            },
+        );
+        let away = url(format!("http://127.0.0.1:{port}/away.img"), None, false);
+        let e = granted.get(&away, None).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("169.254.169.254, a link-local address"),
+            "{e}"
+        );
+        let big = url(format!("http://127.0.0.1:{port}/disk.img"), None, false);
+        let e = granted.get(&big, None).await.unwrap_err();
+        assert_eq!(e.reason(), "ImageTooLarge", "{e}");
+        let ftp = url("ftp://127.0.0.1/x".into(), None, true);
+        let e = granted.get(&ftp, None).await.unwrap_err();
+        assert_eq!(e.reason(), "ImageSourceForbidden", "{e}");
+        assert!(
+            !dir.path()
+                .join("granted")
+                .read_dir()
+                .unwrap()
+                .any(|e| e.is_ok()),
+            "nothing is left in the cache"
+        );
+    }
+
+    #[tokio::test]
     async fn unreachable_urls_fail_with_a_reason() {
         let dir = tempfile::tempdir().unwrap();
-        let images = Images::new(dir.path().join("cache"));
+        let images = Images::new(dir.path().join("cache"), FetchPolicy::default());
         // A port nothing listens on.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -545,7 +1119,10 @@ mod tests {
             .unwrap()
             .port();
         let err = images
-            .get(&format!("http://127.0.0.1:{port}/img.qcow2"), None)
+            .get(
+                &url(format!("http://127.0.0.1:{port}/img.qcow2"), None, true),
+                None,
+            )
             .await
             .unwrap_err();
         assert_eq!(err.reason(), "ImageFetchFailed", "{err}");

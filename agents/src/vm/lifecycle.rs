@@ -2,11 +2,13 @@
 
 use std::time::{Duration, Instant};
 
+use keel_client::Api;
 use keel_controllers::runtime::{ObjectExt, ObjectRef};
-use keel_schemas::kinds::compute::{PortForward, VirtualMachineSpec};
+use keel_schemas::kinds::compute::{ClusterImage, ImageRef, PortForward, VirtualMachineSpec};
 use serde_json::Value;
 
 use super::console::Console;
+use super::images::{Image, ImageError, Source};
 use super::qemu::{AttachedDisk, Boot, Machine, VmDir, probe_port, restart_fields};
 use super::qmp::{Qmp, QmpError, Status};
 use super::{Context, VmError, cloudinit};
@@ -45,6 +47,9 @@ pub enum Observed {
 /// What [`prepare`] made ready for a start.
 #[derive(Debug)]
 pub struct Prepared {
+    /// The kernel and initrd of a direct kernel boot, from the image cache or catalogue.
+    kernel: Option<std::path::PathBuf>,
+    initrd: Option<std::path::PathBuf>,
     disks: Vec<AttachedDisk>,
     seed: Option<std::path::PathBuf>,
     forwards: Vec<PortForward>,
@@ -97,13 +102,19 @@ pub async fn prepare(
     dir.check_socket_path().map_err(|m| ("DataDirTooLong", m))?;
     std::fs::create_dir_all(&dir.root)
         .map_err(|e| ("DiskCreateFailed", format!("{}: {e}", dir.root.display())))?;
-    for (field, path) in [("kernel", &spec.kernel), ("initrd", &spec.initrd)] {
-        if let Some(path) = path
-            && let Err(e) = std::fs::metadata(path)
-        {
-            return Err(("BootFileNotFound", format!("spec.{field} {path}: {e}")));
+    let mut boot_files = [None, None];
+    for (slot, (field, reference)) in boot_files
+        .iter_mut()
+        .zip([("kernel", &spec.kernel), ("initrd", &spec.initrd)])
+    {
+        if let Some(reference) = reference {
+            let image = image(ctx, reference, None)
+                .await
+                .map_err(|e| (e.reason(), format!("spec.{field}: {e}")))?;
+            *slot = Some(image.path);
         }
     }
+    let [kernel, initrd] = boot_files;
     let mut disks = Vec::new();
     for disk in &spec.disks {
         let path = dir.disk(&disk.name);
@@ -136,8 +147,7 @@ pub async fn prepare(
         } else {
             let image = match &disk.image {
                 Some(reference) => Some(
-                    ctx.images
-                        .get(reference, disk.checksum.as_deref())
+                    image(ctx, reference, disk.checksum.as_deref())
                         .await
                         .map_err(|e| (e.reason(), format!("disk {}: {e}", disk.name)))?,
                 ),
@@ -205,12 +215,76 @@ pub async fn prepare(
         })
         .collect();
     Ok(Prepared {
+        kernel,
+        initrd,
         disks,
         seed,
         forwards,
         taps,
         macs,
     })
+}
+
+/// The image a VM's `reference` names (a URL, or a ClusterImage of the admins' catalogue),
+/// ready on this host. `checksum` is the one the VM's disk gives, if any.
+async fn image(
+    ctx: &Context,
+    reference: &str,
+    checksum: Option<&str>,
+) -> Result<Image, ImageError> {
+    let invalid = |why: String| ImageError::BadReference {
+        image: reference.to_string(),
+        why,
+    };
+    let (source, format) = match ImageRef::parse(reference) {
+        ImageRef::Url(url) => (
+            Source::Url {
+                url: url.to_string(),
+                checksum: checksum.map(str::to_string),
+                trusted: false,
+            },
+            None,
+        ),
+        // Admission refuses host paths; one stored before that rule never reaches the host.
+        ImageRef::Catalogue(name) if !keel_schemas::names::is_dns_label(name) => {
+            return Err(invalid(
+                "not a ClusterImage name nor an http(s) URL (host paths are not allowed)".into(),
+            ));
+        }
+        ImageRef::Catalogue(name) => {
+            let Some(kind) = keel_schemas::lookup("clusterimages") else {
+                return Err(invalid("this cluster has no ClusterImage kind".into()));
+            };
+            let entry: ClusterImage = Api::all(&ctx.shared.client, kind)
+                .get_opt(name)
+                .await
+                .map_err(|e| invalid(format!("reading its ClusterImage: {e}")))?
+                .ok_or_else(|| ImageError::NotCatalogued(name.to_string()))?;
+            let spec = entry.spec;
+            let checksum = match (checksum, spec.checksum) {
+                (Some(mine), Some(theirs)) if mine != theirs => {
+                    return Err(invalid(format!(
+                        "the disk's checksum {mine} is not its ClusterImage's {theirs}"
+                    )));
+                }
+                (mine, theirs) => theirs.or(mine.map(str::to_string)),
+            };
+            let source = match (spec.path, spec.url) {
+                (Some(path), None) => Source::Path {
+                    path: path.into(),
+                    checksum,
+                },
+                (None, Some(url)) => Source::Url {
+                    url,
+                    checksum,
+                    trusted: true,
+                },
+                _ => return Err(invalid("its ClusterImage has no single path or url".into())),
+            };
+            (source, spec.format)
+        }
+    };
+    ctx.images.get(&source, format.as_deref()).await
 }
 
 /// Starts QEMU for `vm` under its supervisor and waits for its QMP socket.
@@ -227,12 +301,29 @@ pub async fn launch(
         let _ = std::fs::remove_file(stale);
     }
     let accelerator = ctx.shared.facts.accelerator;
-    let command = Machine {
+    let memory = spec
+        .memory
+        .bytes()
+        .and_then(|b| u64::try_from(b).ok())
+        .unwrap_or(128 << 20);
+    let confined = ctx
+        .confinement
+        .confine(
+            &ctx.vms,
+            dir,
+            spec.cpu,
+            memory,
+            accelerator == keel_schemas::kinds::compute::Accelerator::Tcg,
+        )
+        .map_err(|e| ("ConfinementFailed", e))?;
+    let mut command = Machine {
         key: &key,
         uid: vm.uid(),
         spec,
         dir,
         accelerator,
+        kernel: prepared.kernel.as_deref(),
+        initrd: prepared.initrd.as_deref(),
         disks: &prepared.disks,
         seed: prepared.seed.as_deref(),
         forwards: &prepared.forwards,
@@ -240,6 +331,7 @@ pub async fn launch(
         macs: &prepared.macs,
     }
     .command();
+    command.extend(confined.args);
     let boot = Boot {
         uid: vm.uid().to_string(),
         generation: vm.generation(),
@@ -268,6 +360,7 @@ pub async fn launch(
             keep: CONSOLE_KEEP,
         }),
         exit_file: Some(dir.exit()),
+        cgroups: confined.cgroups,
     };
     let runtime = &ctx.shared.runtime;
     let workload = runtime
@@ -443,6 +536,7 @@ pub async fn remove(ctx: &Context, key: &ObjectRef, dir: &VmDir) -> Result<(), V
     ctx.shared.runtime.stop(key, KILL_PATIENCE).await?;
     kill_orphan(dir);
     unplug(ctx, dir).await;
+    ctx.confinement.release(dir);
     match std::fs::remove_dir_all(&dir.root) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

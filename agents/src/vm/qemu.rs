@@ -72,6 +72,10 @@ pub struct Machine<'a> {
     pub dir: &'a VmDir,
     /// How to virtualize.
     pub accelerator: Accelerator,
+    /// The kernel of a direct kernel boot, resolved to a file on this host.
+    pub kernel: Option<&'a Path>,
+    /// Its initrd.
+    pub initrd: Option<&'a Path>,
     /// Its disks, ready.
     pub disks: &'a [AttachedDisk],
     /// The cloud-init seed image, if any.
@@ -332,10 +336,10 @@ impl Machine<'_> {
             "-serial",
             "chardev:console",
         ]);
-        if let Some(kernel) = &spec.kernel {
-            push(&["-kernel", kernel]);
-            if let Some(initrd) = &spec.initrd {
-                push(&["-initrd", initrd]);
+        if let Some(kernel) = self.kernel {
+            push(&["-kernel", &kernel.display().to_string()]);
+            if let Some(initrd) = self.initrd {
+                push(&["-initrd", &initrd.display().to_string()]);
             }
             if let Some(cmdline) = &spec.cmdline {
                 push(&["-append", cmdline]);
@@ -463,6 +467,8 @@ mod tests {
             spec: &spec,
             dir: &dir,
             accelerator: Accelerator::Tcg,
+            kernel: Some(Path::new("/k")),
+            initrd: Some(Path::new("/i")),
             disks: &disks,
             seed: Some(&dir.seed()),
             forwards: &forwards,

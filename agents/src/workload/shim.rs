@@ -31,6 +31,8 @@ pub struct ShimConfig {
     pub console: Option<ConsoleLog>,
     /// Where the supervisor records how the child ended ([`Exit`] as JSON).
     pub exit_file: Option<PathBuf>,
+    /// The cgroups the supervisor joins before it starts the child (which inherits them).
+    pub cgroups: Vec<PathBuf>,
     /// The child's command.
     pub command: Vec<String>,
 }
@@ -101,6 +103,17 @@ pub fn run(config: &ShimConfig) -> ExitCode {
         eprintln!("keel shim: no command to run");
         return ExitCode::from(2);
     };
+    // Joined before the child starts, so that none of its life escapes the limits.
+    for cgroup in &config.cgroups {
+        let procs = cgroup.join("cgroup.procs");
+        if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
+            eprintln!(
+                "keel shim: cannot join the cgroup {}: {e}",
+                cgroup.display()
+            );
+            return ExitCode::from(126);
+        }
+    }
     let mut command = Command::new(program);
     command.args(args);
     if config.console.is_some() {

@@ -24,7 +24,7 @@ use super::cache::Graph;
 use super::rbac::{Attributes, Decision};
 
 /// The kinds every node may read, by (group, resource).
-const READABLE: [(&str, &str); 11] = [
+const READABLE: [(&str, &str); 12] = [
     ("", "nodes"),
     ("", "namespaces"),
     ("", "pods"),
@@ -36,6 +36,7 @@ const READABLE: [(&str, &str); 11] = [
     ("keel.dev", "vpcs"),
     ("keel.dev", "subnets"),
     ("keel.dev", "securitygroups"),
+    ("keel.dev", "clusterimages"),
 ];
 
 /// Status fields of bound objects that their controllers own, by resource: a node's status

@@ -218,6 +218,8 @@ fn public_roles() -> Vec<Value> {
                     &["authentication.k8s.io"],
                     &["selfsubjectreviews"],
                 ),
+                // The image catalogue is what every tenant's VMs may boot from.
+                rule(&["get", "list", "watch"], &["keel.dev"], &["clusterimages"]),
             ],
             None,
         ),

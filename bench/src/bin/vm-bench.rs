@@ -76,10 +76,33 @@ async fn http_ok(port: u16) -> bool {
         .unwrap_or(false)
 }
 
-fn vm(name: &str, kernel: &Path, initrd: &Path) -> Value {
+/// The ClusterImages the bench's VMs boot (VMs name images by catalogue entry, never by path).
+const KERNEL_IMAGE: &str = "bench-kernel";
+const INITRD_IMAGE: &str = "bench-initrd";
+
+/// Puts the guest's kernel and initrd in the image catalogue.
+async fn publish(
+    client: &keel_client::Client,
+    kernel: &Path,
+    initrd: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let kind = keel_schemas::lookup("clusterimages").ok_or("no ClusterImage kind")?;
+    let images: Api<Value> = Api::all(client, kind);
+    for (name, path) in [(KERNEL_IMAGE, kernel), (INITRD_IMAGE, initrd)] {
+        images
+            .create(
+                &json!({"apiVersion": "keel.dev/v1alpha1", "kind": "ClusterImage",
+                "metadata": {"name": name}, "spec": {"path": path, "format": "raw"}}),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+fn vm(name: &str) -> Value {
     json!({"apiVersion": "keel.dev/v1alpha1", "kind": "VirtualMachine",
         "metadata": {"name": name, "namespace": "default"},
-        "spec": {"cpu": 1, "memory": "128Mi", "kernel": kernel, "initrd": initrd,
+        "spec": {"cpu": 1, "memory": "128Mi", "kernel": KERNEL_IMAGE, "initrd": INITRD_IMAGE,
                  "cmdline": "console=ttyS0 quiet", "terminationGracePeriodSeconds": 5,
                  "readinessProbe": {"http": {"port": 8080, "path": "/"}}}})
 }
@@ -92,15 +115,10 @@ fn ready(vm: &Value) -> bool {
 }
 
 /// Applies `names` at once and returns each one's seconds to Ready.
-async fn round(
-    vms: &Api<Value>,
-    names: &[String],
-    kernel: &Path,
-    initrd: &Path,
-) -> Result<Vec<f64>, Box<dyn std::error::Error>> {
+async fn round(vms: &Api<Value>, names: &[String]) -> Result<Vec<f64>, Box<dyn std::error::Error>> {
     let started = Instant::now();
     for name in names {
-        vms.create(&vm(name, kernel, initrd)).await?;
+        vms.create(&vm(name)).await?;
     }
     let mut times = vec![0.0; names.len()];
     let deadline = started + Duration::from_secs(600);
@@ -222,6 +240,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::Builder::new().prefix("vmb").tempdir_in("/tmp")?;
     let server = keel_bench::server::start_server(&keel, dir.path(), &[]).await?;
     let client = server.client.clone();
+    publish(&client, &kernel, &initrd).await?;
     let data = server.data.clone();
     let api_url = server.url.clone();
     let join = std::fs::read_to_string(data.join("agent-token"))?;
@@ -266,7 +285,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // One VM: Keel, then the very command Keel ran, by hand.
     let one = vec!["one".to_string()];
-    let keel_one = round(&vms, &one, &kernel, &initrd).await?;
+    let keel_one = round(&vms, &one).await?;
     let pid = vms.get("one").await?["status"]["qemuPid"]
         .as_u64()
         .ok_or("no qemuPid")?;
@@ -290,7 +309,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // N VMs at once.
     let names: Vec<String> = (0..args.vms).map(|i| format!("vm-{i}")).collect();
-    let keel_n = round(&vms, &names, &kernel, &initrd).await?;
+    let keel_n = round(&vms, &names).await?;
     let agent_pid = agent.id();
     let (cpu0, _) = usage(agent_pid);
     tokio::time::sleep(Duration::from_secs(args.sample_seconds)).await;

@@ -164,7 +164,48 @@ struct ServerArgs {
     #[command(flatten)]
     s3_tls: S3Tls,
     #[command(flatten)]
+    guests: GuestArgs,
+    #[command(flatten)]
     access: AccessArgs,
+}
+
+/// What guests of a host may reach: image downloads, QEMU's confinement.
+#[derive(Args, Debug)]
+struct GuestArgs {
+    /// The largest image a host downloads (bytes or a quantity: 64Gi).
+    #[arg(long, default_value = "64Gi", value_parser = bytes)]
+    image_max_size: u64,
+    /// How long one image download may take.
+    #[arg(long, default_value = "1h", value_parser = duration)]
+    image_fetch_timeout: Duration,
+    /// A network (CIDR) that image URLs in VMs' specs may reach besides public addresses,
+    /// such as an internal mirror; repeatable. ClusterImages may reach any address.
+    #[arg(long = "image-allowed-network", value_parser = cidr)]
+    image_allowed_networks: Vec<keel_schemas::Cidr>,
+}
+
+impl GuestArgs {
+    fn apply(&self, config: &mut keel_agent::AgentConfig) {
+        config.images = keel_agent::vm::images::FetchPolicy {
+            max_bytes: self.image_max_size,
+            timeout: self.image_fetch_timeout,
+            allowed_networks: self.image_allowed_networks.clone(),
+        };
+    }
+}
+
+/// A size from the command line (`64Gi`, `1000000`).
+fn bytes(text: &str) -> Result<u64, String> {
+    keel_schemas::parse_quantity(text)
+        .and_then(|b| u64::try_from(b).ok())
+        .filter(|b| *b > 0)
+        .ok_or_else(|| format!("{text:?}: give a size like 64Gi or 1000000"))
+}
+
+/// A network from the command line (`10.0.0.0/8`).
+fn cidr(text: &str) -> Result<keel_schemas::Cidr, String> {
+    text.parse()
+        .map_err(|e| format!("{text:?}: give a network like 10.0.0.0/8: {e}"))
 }
 
 /// Authentication, certificates and the audit log of a server.
@@ -270,6 +311,8 @@ struct AgentArgs {
     s3_listen: Listen,
     #[command(flatten)]
     s3_tls: S3Tls,
+    #[command(flatten)]
+    guests: GuestArgs,
     /// This host serves no LoadBalancer (by default its agent's L4 proxy serves the VIPs the
     /// cluster places here).
     #[arg(long)]
@@ -309,6 +352,9 @@ struct ShimArgs {
     /// A file where the supervisor records how the workload ended.
     #[arg(long)]
     exit_file: Option<PathBuf>,
+    /// A cgroup directory the supervisor joins before it starts the workload; repeatable.
+    #[arg(long = "cgroup")]
+    cgroups: Vec<PathBuf>,
     /// The workload's command.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -434,6 +480,7 @@ fn main() -> ExitCode {
                 keep: args.console_keep,
             }),
             exit_file: args.exit_file.clone(),
+            cgroups: args.cgroups.clone(),
             command: args.command.clone(),
         });
     }
@@ -645,6 +692,7 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
         agent.s3_listen = args.s3_listen.0;
         agent.s3_tls = args.s3_tls.pair();
         agent.load_balancer = !args.disable_load_balancer;
+        args.guests.apply(&mut agent);
         agent.ca_pem = server.ca_pem().to_string();
         // The local agent is a node like any other: it registers with the agent token and
         // talks as system:node:NAME.
@@ -768,6 +816,7 @@ async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
     config.s3_listen = args.s3_listen.0;
     config.s3_tls = args.s3_tls.pair();
     config.load_balancer = !args.disable_load_balancer;
+    args.guests.apply(&mut config);
     config.ovs_socket = args.ovs_socket;
     config.kvm_probe_kernel = args.kvm_probe_kernel;
     config.listen = args.listen;

@@ -22,7 +22,7 @@ fn defaulted(kind: &str, spec: Value) -> Value {
 fn virtual_machines_run_always_on_virtio() {
     let spec = defaulted(
         "vm",
-        json!({"cpu": 1, "memory": "1Gi", "disks": [{"name": "root", "image": "/i.qcow2"}],
+        json!({"cpu": 1, "memory": "1Gi", "disks": [{"name": "root", "image": "i"}],
                "readinessProbe": {"http": {"port": 80}}}),
     );
     assert_eq!(spec["runStrategy"], "Always");
@@ -31,7 +31,7 @@ fn virtual_machines_run_always_on_virtio() {
     assert_eq!(spec["paused"], false);
     assert_eq!(
         spec["disks"][0],
-        json!({"name": "root", "image": "/i.qcow2", "bus": "virtio", "disposable": false})
+        json!({"name": "root", "image": "i", "bus": "virtio", "disposable": false})
     );
     assert_eq!(spec["readinessProbe"]["http"]["path"], "/");
     assert_eq!(spec.get("cloudInit"), None, "no default, nothing added");

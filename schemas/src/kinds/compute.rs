@@ -14,7 +14,69 @@ pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 /// A virtual machine (`virtualmachine.schema.json`).
 pub type VirtualMachine = Object<VirtualMachineSpec, VirtualMachineStatus>;
 
-kind_spec!(VirtualMachineSpec => "VirtualMachine");
+kind_spec!(VirtualMachineSpec => "VirtualMachine", ClusterImageSpec => "ClusterImage");
+
+/// An entry of the cluster's image catalogue (`clusterimage.schema.json`): how a host file or
+/// an admin's mirror becomes an image VMs may name.
+pub type ClusterImage = Object<ClusterImageSpec, ClusterImageStatus>;
+
+/// Where a catalogued image is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterImageSpec {
+    /// An absolute path on the hosts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// An http(s) URL the hosts download it from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// `sha256:<hex>` of the image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    /// The format it must have (`raw`, `qcow2`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// What it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A ClusterImage's status: empty (hosts report on the VMs that use the image).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterImageStatus {}
+
+/// How a VM names an image (a disk's `image`, `kernel`, `initrd`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageRef<'a> {
+    /// An http(s) URL.
+    Url(&'a str),
+    /// The name of a [`ClusterImage`].
+    Catalogue(&'a str),
+}
+
+// === impl ImageRef ===
+
+impl<'a> ImageRef<'a> {
+    /// What `reference` names: a URL when it has an http(s) scheme, otherwise a catalogue
+    /// entry (validation refuses anything that is not a DNS label, such as a host path).
+    pub fn parse(reference: &'a str) -> ImageRef<'a> {
+        if is_http_url(reference) {
+            ImageRef::Url(reference)
+        } else {
+            ImageRef::Catalogue(reference)
+        }
+    }
+}
+
+/// Whether `s` is an http(s) URL with something after the scheme.
+pub fn is_http_url(s: &str) -> bool {
+    ["http://", "https://"].iter().any(|scheme| {
+        s.get(..scheme.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(scheme))
+            && s.len() > scheme.len()
+    })
+}
 
 /// Desired state of a virtual machine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

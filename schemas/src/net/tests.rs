@@ -114,3 +114,39 @@ fn status_codes_and_http_paths() {
     assert!(http_path_problem("/a\r\nHost: x").is_some());
     assert!(http_path_problem(&format!("/{}", "a".repeat(1024))).is_some());
 }
+
+#[test]
+fn addresses_are_classed_as_the_host_the_link_private_or_public() {
+    use super::AddressClass::*;
+    for (ip, class) in [
+        ("0.0.0.0", Unspecified),
+        ("::", Unspecified),
+        ("127.0.0.1", Loopback),
+        ("127.255.0.9", Loopback),
+        ("::1", Loopback),
+        ("::ffff:127.0.0.1", Loopback),
+        ("169.254.169.254", LinkLocal),
+        ("fe80::1", LinkLocal),
+        ("224.0.0.1", Multicast),
+        ("255.255.255.255", Multicast),
+        ("ff02::1", Multicast),
+        ("10.1.2.3", Private),
+        ("172.16.0.1", Private),
+        ("192.168.1.1", Private),
+        ("100.64.0.1", Private),
+        ("fd00::1", Private),
+        ("0.1.2.3", Reserved),
+        ("192.0.2.1", Reserved),
+        ("198.18.0.1", Reserved),
+        ("240.0.0.1", Reserved),
+        ("2001:db8::1", Reserved),
+        ("8.8.8.8", Public),
+        ("100.128.0.1", Public),
+        ("172.32.0.1", Public),
+        ("2a00:1450::1", Public),
+        ("::ffff:8.8.8.8", Public),
+    ] {
+        let parsed: IpAddr = ip.parse().unwrap();
+        assert_eq!(super::AddressClass::of(parsed), class, "{ip}");
+    }
+}

@@ -42,6 +42,7 @@ pub(super) fn check(kind: &Kind, object: &Value, errors: &mut Vec<FieldError>) {
     let spec = spec.as_ref();
     match (kind.group, kind.kind) {
         (KEEL_GROUP, "VirtualMachine") => compute::virtual_machine(spec, errors),
+        (KEEL_GROUP, "ClusterImage") => compute::cluster_image(spec, errors),
         (KEEL_GROUP, "VPC") => network::vpc(spec, errors),
         (KEEL_GROUP, "Subnet") => network::subnet(spec, errors),
         (KEEL_GROUP, "SecurityGroup") => network::security_group(spec, errors),

@@ -2,6 +2,7 @@
 
 use super::network::ip_address;
 use super::{Field, label_map, object_ref, quantity, unique};
+use crate::kinds::compute::is_http_url;
 use crate::names;
 use crate::net::is_unicast_mac;
 use crate::validate::FieldError;
@@ -61,15 +62,67 @@ pub(super) fn virtual_machine(spec: Option<&Field<'_>>, errors: &mut Vec<FieldEr
     }
 }
 
-/// An image, kernel or initrd: an http(s) URL or an absolute path on the node.
+/// The rule a VM's image, kernel and initrd follow.
+const IMAGE_RULE: &str =
+    "must name a ClusterImage (the cluster's image catalogue) or be an http(s) URL";
+
+/// An image, kernel or initrd of a VM: a ClusterImage's name or an http(s) URL, never a
+/// host path (a tenant must not make `/dev/sda` or another VM's disk a guest's disk).
 fn image_location(field: &Field<'_>, errors: &mut Vec<FieldError>) {
     let Some(s) = field.str() else { return };
-    let url = ["http://", "https://"]
-        .iter()
-        .any(|scheme| s.strip_prefix(scheme).is_some_and(|rest| !rest.is_empty()));
-    let path = s.starts_with('/') && s.len() > 1;
-    if !url && !path {
-        errors.push(field.invalid("must be an http(s) URL or an absolute path on the node"));
+    if is_http_url(s) {
+        if let Err(why) = url_host(s) {
+            errors.push(field.invalid(&format!("{IMAGE_RULE}: {why}")));
+        }
+    } else if s.starts_with('/') || s.contains('/') {
+        errors.push(field.invalid(&format!(
+            "a host path is not allowed: {IMAGE_RULE} (an admin makes a host file a ClusterImage)"
+        )));
+    } else if !names::is_dns_label(s) {
+        errors.push(field.invalid(IMAGE_RULE));
+    }
+}
+
+/// The host of an http(s) URL, or why there is none.
+fn url_host(url: &str) -> Result<&str, String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err("a URL may not carry credentials".into());
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    if host.is_empty() {
+        return Err("the URL has no host".into());
+    }
+    Ok(host)
+}
+
+/// A ClusterImage: exactly one of an absolute path and an http(s) URL.
+pub(super) fn cluster_image(spec: Option<&Field<'_>>, errors: &mut Vec<FieldError>) {
+    let Some(spec) = spec.filter(|s| s.value.is_object()) else {
+        return;
+    };
+    let (path, url) = (spec.get("path"), spec.get("url"));
+    if path.is_some() == url.is_some() {
+        errors.push(spec.invalid("give exactly one of path and url"));
+    }
+    if let Some(path) = path
+        && let Some(p) = path.str()
+        && (!p.starts_with('/') || p.split('/').any(|segment| segment == ".."))
+    {
+        errors.push(path.invalid("must be an absolute path without `..`"));
+    }
+    if let Some(url) = url
+        && let Some(u) = url.str()
+    {
+        if !is_http_url(u) {
+            errors.push(url.invalid("must be an http(s) URL"));
+        } else if let Err(why) = url_host(u) {
+            errors.push(url.invalid(&why));
+        }
     }
 }
 

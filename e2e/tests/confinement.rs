@@ -1,0 +1,249 @@
+//! Tenant confinement, tried as a hostile tenant would: a namespace editor (kubectl with a
+//! token an admin made) tries to make host files and private addresses the images of their
+//! VMs, and to write the image catalogue. Admission refuses what it can see in the spec,
+//! naming the field and the rule; the host refuses what only a download shows (a redirect to
+//! the metadata address, a qcow2 whose backing file is a host file), and nothing of those
+//! images is left on the host.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use keel_client::Api;
+use keel_e2e::{KeelServer, condition_of, eventually, guest, keelctl, kind, ok};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut command = Command::new("kubectl");
+    command
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOME", std::env::temp_dir())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("kubectl runs");
+    if let Some(text) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+fn vm(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: keel.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  cpu: 1\n  memory: 64Mi\n  runStrategy: Always\n{spec}"
+    )
+}
+
+/// An HTTP server on `ip` serving `/backed.qcow2` (`body`) and redirecting `/meta` to the
+/// cloud metadata address.
+async fn image_server(ip: &str, body: Vec<u8>) -> u16 {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 2048];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]).to_string();
+            if request.starts_with("GET /backed.qcow2 ") {
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&body).await;
+            } else {
+                let _ = s
+                    .write_all(b"HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/latest/meta-data/\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+            }
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_make_host_files_or_private_addresses_its_vms_images() {
+    let root = tempfile::tempdir().unwrap();
+    let g = guest();
+    let kernel = g.kernel_file.display().to_string();
+    // The admin grants one loopback address as an image mirror; the tenant's web server sits
+    // there (a tenant's URL may only reach public addresses and what an admin grants).
+    let mut server = KeelServer::new(root.path(), "conf");
+    server.start(&[
+        "--kvm-probe-kernel",
+        &kernel,
+        "--image-allowed-network",
+        "127.0.0.2/32",
+    ]);
+    let client = server.ready_client(WAIT).await;
+    g.publish(&client).await;
+    let admin = server.data_dir.join("admin.kubeconfig");
+    let editor = root.path().join("editor.kubeconfig");
+    let out = kubectl(&admin, &["create", "namespace", "shop"], None);
+    assert!(out.status.success(), "{out:?}");
+    ok(keelctl(
+        &admin,
+        &[
+            "config",
+            "create-kubeconfig",
+            "--user",
+            "mallory",
+            "-n",
+            "shop",
+            "-o",
+            editor.to_str().unwrap(),
+        ],
+    ));
+    let out = kubectl(
+        &admin,
+        &[
+            "create",
+            "rolebinding",
+            "ed",
+            "--clusterrole=edit",
+            "--user=mallory",
+            "-n",
+            "shop",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+
+    // Host paths are refused at admission, each at its field, with the rule.
+    let secret_disk = server.data_dir.join("agent/vms/default_x/disk-root.qcow2");
+    for (name, spec, field) in [
+        (
+            "sda",
+            "  disks: [{name: root, image: /dev/sda}]\n".to_string(),
+            "spec.disks[0].image",
+        ),
+        (
+            "steal",
+            format!(
+                "  disks: [{{name: root, image: \"{}\"}}]\n",
+                secret_disk.display()
+            ),
+            "spec.disks[0].image",
+        ),
+        (
+            "kern",
+            "  kernel: /boot/vmlinuz\n".to_string(),
+            "spec.kernel",
+        ),
+        (
+            "rel",
+            "  kernel: test-guest-kernel\n  initrd: ../../s3/bucket/object\n".to_string(),
+            "spec.initrd",
+        ),
+    ] {
+        let out = kubectl(&editor, &["apply", "-f", "-"], Some(&vm(name, &spec)));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name} was admitted");
+        assert!(err.contains(field), "{name}: {err}");
+        assert!(
+            err.contains("host path is not allowed") && err.contains("ClusterImage"),
+            "{name}: {err}"
+        );
+    }
+    // The catalogue is the admins': a tenant reads it and cannot write it.
+    let listed = kubectl(&editor, &["get", "clusterimages", "-o", "name"], None);
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        listed.contains("clusterimage.keel.dev/test-guest-kernel"),
+        "{listed}"
+    );
+    let image = "apiVersion: keel.dev/v1alpha1\nkind: ClusterImage\nmetadata: {name: disk}\nspec: {path: /dev/sda}\n";
+    let out = kubectl(&editor, &["apply", "-f", "-"], Some(image));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("clusterimages.keel.dev") && err.contains("forbidden"),
+        "{err}"
+    );
+
+    // What only a download shows is refused on the host: the metadata address (directly, by
+    // a redirect from the granted mirror), the API server on loopback, and a qcow2 whose
+    // backing file is a host file (the CVE-2024-32498 class).
+    let host_file = root.path().join("host-secret");
+    std::fs::write(&host_file, vec![0x5a; 1 << 20]).unwrap();
+    let crafted = root.path().join("backed.qcow2");
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&host_file)
+        .arg(&crafted)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let port = image_server("127.0.0.2", std::fs::read(&crafted).unwrap()).await;
+    let api_port = server.api_addr.rsplit(':').next().unwrap().to_string();
+    let downloads = [
+        (
+            "metadata",
+            "http://169.254.169.254/latest/meta-data/".to_string(),
+            "ImageSourceForbidden",
+            "169.254.169.254, a link-local address",
+        ),
+        (
+            "redirect",
+            format!("http://127.0.0.2:{port}/meta"),
+            "ImageSourceForbidden",
+            "169.254.169.254, a link-local address",
+        ),
+        (
+            "api",
+            format!("https://127.0.0.1:{api_port}/api"),
+            "ImageSourceForbidden",
+            "127.0.0.1, a loopback address",
+        ),
+        (
+            "backed",
+            format!("http://127.0.0.2:{port}/backed.qcow2"),
+            "ImageRefused",
+            "it has a backing file",
+        ),
+    ];
+    for (name, url, _, _) in &downloads {
+        let spec = format!("  disks: [{{name: root, image: \"{url}\"}}]\n");
+        let out = kubectl(&editor, &["apply", "-f", "-"], Some(&vm(name, &spec)));
+        assert!(out.status.success(), "{name}: {out:?}");
+    }
+    let vms: Api<Value> = Api::namespaced(&client, kind("vm"), "shop");
+    for (name, _, reason, message) in &downloads {
+        let vm = eventually(&format!("{name} refused with {reason}"), WAIT, || async {
+            let vm = vms.get(name).await.ok()?;
+            let ready = condition_of(&vm, "Ready")?;
+            (ready["reason"] == *reason).then_some(vm)
+        })
+        .await;
+        let ready = condition_of(&vm, "Ready").unwrap();
+        let said = ready["message"].as_str().unwrap_or_default();
+        assert!(said.contains(message), "{name}: {said}");
+        // No disk of it, and nothing of its image in the host's cache.
+        let dir = server.data_dir.join(format!("agent/vms/shop_{name}"));
+        assert!(
+            !dir.join("disk-root.qcow2").exists(),
+            "{name}: a disk was made"
+        );
+    }
+    let cache = server.data_dir.join("agent/images");
+    let cached: Vec<String> = std::fs::read_dir(&cache)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        cached.is_empty(),
+        "nothing of the refused images is kept: {cached:?}"
+    );
+}
