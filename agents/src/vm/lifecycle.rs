@@ -156,7 +156,7 @@ pub async fn prepare(
             super::images::create_disk(&path, image.as_ref(), size)
                 .await
                 .map_err(|e| (e.reason(), format!("disk {}: {e}", disk.name)))?;
-            std::fs::write(dir.disk_origin(&disk.name), &origin)
+            super::qemu::write_whole(&dir.disk_origin(&disk.name), origin.as_bytes())
                 .map_err(|e| ("DiskCreateFailed", e.to_string()))?;
         }
         disks.push(AttachedDisk {

@@ -255,13 +255,23 @@ pub fn probe_port(spec: &VirtualMachineSpec) -> Option<u16> {
         .or(probe.http.as_ref().map(|h| h.port))
 }
 
-/// Writes `bytes` to `path` whole: through a temporary file renamed over it, so that a
-/// reader (or an agent restarted halfway) never sees half of it.
+/// Writes `bytes` to `path` whole: through a temporary file, synced, renamed over it, and
+/// the directory synced, so that a reader (or an agent restarted halfway, or a host that
+/// lost power) never sees half of it.
 pub fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// The names of the fields that differ between two [`restart_fields`].

@@ -284,6 +284,7 @@ pub async fn revert(dir: &VmDir, snapshot: &DiskSnapshot) -> Result<(), String> 
             std::fs::rename(&path, dir.disk(disk))
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             let _ = std::fs::rename(dir.retired_origin(disk), dir.disk_origin(disk));
+            super::images::sync_dir(&dir.root);
         }
         let path = dir.disk(disk).display().to_string();
         img(&["snapshot", "-a", &snapshot.name, &path])
@@ -347,6 +348,7 @@ pub fn set_aside(dir: &VmDir, disk: &str) -> bool {
         return false;
     }
     let _ = std::fs::rename(dir.disk_origin(disk), dir.retired_origin(disk));
+    super::images::sync_dir(&dir.root);
     tracing::info!(disk, "set a disk aside for the rollback point");
     true
 }

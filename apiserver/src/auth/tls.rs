@@ -15,7 +15,7 @@ use rcgen::{
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::tokens::write_secret;
+use super::tokens::{write_atomic, write_secret};
 
 /// Why certificates could not be loaded or made.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +63,35 @@ pub struct Issued {
 
 const CA_NAME: &str = "keel-ca";
 
+/// Writes the CA's key and certificate together: each durably and atomically, the key first
+/// and the certificate last, since a CA is loaded only when its certificate exists (a crash
+/// between the two leaves no certificate, and the next start makes the pair again).
+fn write_ca(dir: &Path, ca_pem: &str, ca_key_pem: &str) -> Result<(), TlsError> {
+    let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    // An old certificate must not outlive its key being replaced.
+    match std::fs::remove_file(&ca_crt) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&ca_crt)(e)),
+        _ => {}
+    }
+    write_secret(&ca_key, ca_key_pem.as_bytes()).map_err(io(&ca_key))?;
+    write_atomic(&ca_crt, ca_pem.as_bytes(), 0o644).map_err(io(&ca_crt))
+}
+
+/// Whether the CA certificate is the key's: a pair torn apart is refused, not used.
+fn check_ca_pair(ca_pem: &str, ca_key_pem: &str) -> Result<(), TlsError> {
+    let key = KeyPair::from_pem(ca_key_pem).map_err(invalid("CA key"))?;
+    let der =
+        CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(invalid("CA certificate"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(invalid("CA certificate"))?;
+    if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        return Err(TlsError::Invalid {
+            what: "CA certificate".into(),
+            reason: "ca.crt is not the certificate of ca.key".into(),
+        });
+    }
+    Ok(())
+}
+
 /// How far back a new certificate's validity starts, for clocks a little behind.
 const BACKDATE: Duration = Duration::from_secs(300);
 
@@ -74,24 +103,26 @@ impl Certificates {
     pub fn load_or_create(dir: &Path, names: &[String]) -> Result<Certificates, TlsError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
-        let (ca_pem, ca_key_pem) = if ca_crt.exists() {
+        let fresh_ca = !ca_crt.exists();
+        let (ca_pem, ca_key_pem) = if !fresh_ca {
             (read(&ca_crt)?, read(&ca_key)?)
         } else {
             let key = KeyPair::generate().map_err(invalid("CA key"))?;
             let cert = ca_params()
                 .self_signed(&key)
                 .map_err(invalid("CA certificate"))?;
-            write_secret(&ca_key, key.serialize_pem().as_bytes()).map_err(io(&ca_key))?;
-            std::fs::write(&ca_crt, cert.pem()).map_err(io(&ca_crt))?;
+            write_ca(dir, &cert.pem(), &key.serialize_pem())?;
             (cert.pem(), key.serialize_pem())
         };
+        check_ca_pair(&ca_pem, &ca_key_pem)?;
         let (srv_crt, srv_key) = (dir.join("server.crt"), dir.join("server.key"));
         let names_file = dir.join("server.names");
         let mut names = names.to_vec();
         names.push(crate::raft::PEER_NAME.to_string());
         let wanted = names.join("\n");
         let current = std::fs::read_to_string(&names_file).unwrap_or_default();
-        let (server_pem, server_key_pem) = if srv_crt.exists() && current == wanted {
+        // A new CA (first start, or one whose write a crash cut short) reissues it too.
+        let (server_pem, server_key_pem) = if srv_crt.exists() && current == wanted && !fresh_ca {
             (read(&srv_crt)?, read(&srv_key)?)
         } else {
             let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(invalid("CA key"))?;
@@ -120,9 +151,10 @@ impl Certificates {
             let cert = params
                 .signed_by(&key, &issuer)
                 .map_err(invalid("server certificate"))?;
+            // The names file last: until it is written, the next start issues anew.
             write_secret(&srv_key, key.serialize_pem().as_bytes()).map_err(io(&srv_key))?;
-            std::fs::write(&srv_crt, cert.pem()).map_err(io(&srv_crt))?;
-            std::fs::write(&names_file, &wanted).map_err(io(&names_file))?;
+            write_atomic(&srv_crt, cert.pem().as_bytes(), 0o644).map_err(io(&srv_crt))?;
+            write_atomic(&names_file, wanted.as_bytes(), 0o644).map_err(io(&names_file))?;
             (cert.pem(), key.serialize_pem())
         };
         Ok(Certificates {
@@ -137,9 +169,8 @@ impl Certificates {
     /// then signs this server's certificate with it.
     pub fn install_ca(dir: &Path, ca_pem: &str, ca_key_pem: &str) -> Result<(), TlsError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
-        write_secret(&ca_key, ca_key_pem.as_bytes()).map_err(io(&ca_key))?;
-        std::fs::write(&ca_crt, ca_pem).map_err(io(&ca_crt))
+        check_ca_pair(ca_pem, ca_key_pem)?;
+        write_ca(dir, ca_pem, ca_key_pem)
     }
 
     /// The certificates in `dir` if a server made them there, without making any.
@@ -370,6 +401,30 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_torn_ca_is_made_again_or_refused_never_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["localhost".to_string()];
+        let first = Certificates::load_or_create(dir.path(), &names).unwrap();
+        // A crash between the key and the certificate leaves no certificate: a new pair.
+        std::fs::remove_file(dir.path().join("ca.crt")).unwrap();
+        let second = Certificates::load_or_create(dir.path(), &names).unwrap();
+        assert_ne!(second.ca_pem, first.ca_pem);
+        assert_ne!(second.server_pem, first.server_pem, "signed by the new CA");
+        // A certificate that is not the key's is refused, naming the files.
+        std::fs::write(dir.path().join("ca.crt"), &first.ca_pem).unwrap();
+        let Err(e) = Certificates::load_or_create(dir.path(), &names) else {
+            panic!("a torn CA pair was used");
+        };
+        assert!(
+            e.to_string()
+                .contains("ca.crt is not the certificate of ca.key"),
+            "{e}"
+        );
+        assert!(Certificates::install_ca(dir.path(), &first.ca_pem, &second.ca_key_pem).is_err());
+        assert!(!dir.path().join("ca.tmp").exists());
+    }
 
     #[test]
     fn the_ca_is_kept_and_the_server_certificate_follows_its_names() {
