@@ -32,6 +32,7 @@ mod objects;
 mod openapi;
 mod patch;
 mod protobuf;
+mod quota;
 mod render;
 mod request;
 mod reviews;

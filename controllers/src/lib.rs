@@ -19,6 +19,7 @@
 //! - [`zones`]: each Zone's serial and generated records, and which DNS servers serve it.
 //! - [`rollout`]: Revisions of LoadBalancers, Zones and VMs, and automatic rollback of a
 //!   change that is not healthy in time.
+//! - [`resourcequotas`]: each ResourceQuota's `status.used`, counted from its namespace.
 //! - [`serviceaccounts`]: the `default` ServiceAccount of every namespace.
 //! - [`manager`]: runs the cluster-wide controllers on the elected server, each as itself.
 
@@ -29,6 +30,7 @@ pub mod manager;
 pub mod network;
 pub mod node_lifecycle;
 pub mod ovsdb;
+pub mod resourcequotas;
 pub mod rollout;
 pub mod runtime;
 pub mod scheduler;

@@ -142,6 +142,10 @@ pub async fn run_manager(
             clients("serviceaccounts"),
             stop.clone(),
         ));
+        controllers.spawn(crate::resourcequotas::run(
+            clients("resourcequotas"),
+            stop.clone(),
+        ));
         controllers.spawn(gc::run(clients("garbage-collector"), stop));
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => {}

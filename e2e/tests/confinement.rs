@@ -247,3 +247,112 @@ async fn a_tenant_cannot_make_host_files_or_private_addresses_its_vms_images() {
         "nothing of the refused images is kept: {cached:?}"
     );
 }
+
+/// ResourceQuota: an admin caps a namespace at two VMs and three CPUs; the tenant's third
+/// VM is refused with the quota named, so is a change that takes the CPUs over, and once a
+/// VM is deleted the third one is let in. The quota's status follows what the namespace
+/// holds. The tenant cannot raise its own quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_quota_caps_vms_and_cpus_and_frees_with_a_delete() {
+    let root = tempfile::tempdir().unwrap();
+    let mut server = KeelServer::new(root.path(), "quota");
+    server.start(&["--disable-agent"]);
+    let client = server.ready_client(WAIT).await;
+    let admin = server.data_dir.join("admin.kubeconfig");
+    let editor = root.path().join("editor.kubeconfig");
+    let out = kubectl(&admin, &["create", "namespace", "shop"], None);
+    assert!(out.status.success(), "{out:?}");
+    ok(keelctl(
+        &admin,
+        &[
+            "config",
+            "create-kubeconfig",
+            "--user",
+            "ed",
+            "-n",
+            "shop",
+            "-o",
+            editor.to_str().unwrap(),
+        ],
+    ));
+    let out = kubectl(
+        &admin,
+        &[
+            "create",
+            "rolebinding",
+            "ed",
+            "--clusterrole=edit",
+            "--user=ed",
+            "-n",
+            "shop",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let quota = "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: compute, namespace: shop}\nspec:\n  hard: {count/virtualmachines.keel.dev: \"2\", requests.cpu: \"3\", requests.memory: 1Gi}\n";
+    let out = kubectl(&admin, &["apply", "-f", "-"], Some(quota));
+    assert!(out.status.success(), "{out:?}");
+    let raise = quota.replace("\"2\"", "\"20\"");
+    let out = kubectl(&editor, &["apply", "-f", "-"], Some(&raise));
+    assert!(!out.status.success(), "a tenant raised its own quota");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("forbidden"),
+        "{out:?}"
+    );
+
+    let spec =
+        |cpu: u32| format!("  kernel: test-guest-kernel\n  runStrategy: Halted\n  cpu: {cpu}\n");
+    let vm = |name: &str, cpu: u32| {
+        format!(
+            "apiVersion: keel.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  memory: 64Mi\n{}",
+            spec(cpu)
+        )
+    };
+    for name in ["vm-1", "vm-2"] {
+        let out = kubectl(&editor, &["apply", "-f", "-"], Some(&vm(name, 1)));
+        assert!(out.status.success(), "{name}: {out:?}");
+    }
+    let out = kubectl(&editor, &["apply", "-f", "-"], Some(&vm("vm-3", 1)));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "the third VM was admitted");
+    assert!(
+        err.contains("virtualmachines.keel.dev \"vm-3\" is forbidden: exceeded quota: compute, requested: count/virtualmachines.keel.dev=1, used: count/virtualmachines.keel.dev=2, limited: count/virtualmachines.keel.dev=2"),
+        "{err}"
+    );
+    // A change that takes the namespace's CPUs over is refused too.
+    let out = kubectl(&editor, &["apply", "-f", "-"], Some(&vm("vm-2", 3)));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "vm-2 grew past the CPUs");
+    assert!(
+        err.contains("requested: requests.cpu=2, used: requests.cpu=2, limited: requests.cpu=3"),
+        "{err}"
+    );
+    let quotas: Api<Value> = Api::namespaced(&client, kind("resourcequotas"), "shop");
+    let q = quotas.get("compute").await.unwrap();
+    assert_eq!(
+        q["status"]["used"]["count/virtualmachines.keel.dev"], "2",
+        "{q}"
+    );
+    assert_eq!(q["status"]["used"]["requests.memory"], "128Mi", "{q}");
+
+    // A delete makes room; the quota's status follows.
+    let out = kubectl(&editor, &["delete", "vm", "vm-1", "-n", "shop"], None);
+    assert!(out.status.success(), "{out:?}");
+    eventually("the quota counts one VM", WAIT, || async {
+        let q = quotas.get("compute").await.ok()?;
+        (q["status"]["used"]["count/virtualmachines.keel.dev"] == "1").then_some(())
+    })
+    .await;
+    let out = kubectl(&editor, &["apply", "-f", "-"], Some(&vm("vm-3", 1)));
+    assert!(out.status.success(), "vm-3 after a delete: {out:?}");
+    let out = kubectl(
+        &editor,
+        &["get", "resourcequota", "compute", "-n", "shop"],
+        None,
+    );
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        table.contains("count/virtualmachines.keel.dev: 2/2"),
+        "{table}"
+    );
+}

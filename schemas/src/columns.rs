@@ -307,6 +307,28 @@ static CLUSTER_IMAGE: &[Column] = &[
     }),
 ];
 
+static RESOURCE_QUOTA: &[Column] = &[text(
+    "Request",
+    "What the namespace uses of each limit, as used/hard.",
+    |o| {
+        let hard = o["status"]["hard"]
+            .as_object()
+            .or(o["spec"]["hard"].as_object());
+        let cells: Vec<String> = hard
+            .into_iter()
+            .flatten()
+            .map(|(k, h)| {
+                let used = o["status"]["used"][k].as_str().unwrap_or("0");
+                format!(
+                    "{k}: {used}/{}",
+                    h.as_str().map_or(h.to_string(), str::to_string)
+                )
+            })
+            .collect();
+        Value::String(cells.join(", "))
+    },
+)];
+
 static USER_TOKEN: &[Column] = &[
     text("User", "The user the token authenticates.", |o| {
         at(o, "spec.user")
@@ -347,6 +369,7 @@ pub fn kind_columns(kind: &Kind) -> &'static [Column] {
         "Role" | "ClusterRole" => ROLE,
         "RoleBinding" | "ClusterRoleBinding" => BINDING,
         "UserToken" => USER_TOKEN,
+        "ResourceQuota" => RESOURCE_QUOTA,
         "ClusterImage" => CLUSTER_IMAGE,
         _ => &[],
     }

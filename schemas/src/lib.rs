@@ -29,6 +29,7 @@ pub mod kinds;
 pub mod names;
 pub mod net;
 pub mod quantity;
+pub mod quota;
 pub mod registry;
 pub mod schema;
 pub mod time;

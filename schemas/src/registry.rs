@@ -136,6 +136,13 @@ static REGISTRY: &[Kind] = &[
     core("Event", "events", "event", &["ev"], Scope::Namespaced),
     core("Secret", "secrets", "secret", &[], Scope::Namespaced),
     core(
+        "ResourceQuota",
+        "resourcequotas",
+        "resourcequota",
+        &["quota"],
+        Scope::Namespaced,
+    ),
+    core(
         "ServiceAccount",
         "serviceaccounts",
         "serviceaccount",

@@ -79,6 +79,12 @@ static SOURCES: &[Source] = &[
     k8s("", "Secret", include_str!("../secret.schema.json"), true),
     k8s(
         "",
+        "ResourceQuota",
+        include_str!("../resourcequota.schema.json"),
+        false,
+    ),
+    k8s(
+        "",
         "ServiceAccount",
         include_str!("../serviceaccount.schema.json"),
         true,

@@ -163,6 +163,7 @@ fn round_trip(kind: &Kind, value: &Value) -> Value {
         "Secret" => via::<core::Secret>(value),
         "ConfigMap" => via::<core::ConfigMap>(value),
         "Lease" => via::<core::Lease>(value),
+        "ResourceQuota" => via::<core::ResourceQuota>(value),
         "ServiceAccount" => via::<core::ServiceAccount>(value),
         "Role" => via::<access::Role>(value),
         "ClusterRole" => via::<access::ClusterRole>(value),

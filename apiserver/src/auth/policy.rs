@@ -26,7 +26,7 @@ const BOOTSTRAPPING: &str = "kubernetes.io/bootstrapping";
 
 /// The cluster controllers with roles of their own (`system:controller:NAME`, granted to
 /// the user `system:keel-controller:NAME`).
-pub const CONTROLLERS: [&str; 9] = [
+pub const CONTROLLERS: [&str; 10] = [
     "scheduler",
     "node-lifecycle",
     "garbage-collector",
@@ -36,6 +36,7 @@ pub const CONTROLLERS: [&str; 9] = [
     "network",
     "rollout",
     "serviceaccounts",
+    "resourcequotas",
 ];
 
 const READ: [&str; 3] = ["get", "list", "watch"];
@@ -123,13 +124,14 @@ fn tenant_roles() -> Vec<Value> {
         &["events", "namespaces", "namespaces/status"],
     ));
     // edit: write every tenant kind (Secrets included) but Revisions, which the rollout
-    // controller keeps; act as the namespace's service accounts.
+    // controller keeps, and ResourceQuotas, which cluster admins set; act as the namespace's
+    // service accounts.
     let mut edit = Vec::new();
     for (g, resources) in tenant_resources(true) {
         let writable: Vec<&str> = resources
             .iter()
             .copied()
-            .filter(|r| *r != "revisions")
+            .filter(|r| !matches!(*r, "revisions" | "resourcequotas"))
             .collect();
         edit.push(rule(&WRITE, &[g], &writable));
     }
@@ -327,6 +329,12 @@ fn controller_rules(name: &str) -> Vec<Value> {
         "serviceaccounts" => vec![
             rule(&READ, &[""], &["namespaces", "serviceaccounts"]),
             rule(&["create"], &[""], &["serviceaccounts"]),
+        ],
+        // It counts (lists) any kind a quota may name.
+        "resourcequotas" => vec![
+            rule(&READ, &[""], &["resourcequotas"]),
+            rule(&["list"], &["*"], &["*"]),
+            rule(&["update"], &[""], &["resourcequotas/status"]),
         ],
         _ => Vec::new(),
     }

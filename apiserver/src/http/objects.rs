@@ -178,12 +178,18 @@ impl Api {
                     Some(s) => compares.push(Compare::mod_revision(ns_key, s.mod_revision)),
                 }
             }
+            let mut success = vec![Op::Put {
+                key: key.clone().into_bytes(),
+                value: self.encode(&key, &object),
+            }];
+            if let Some(ns) = &namespace {
+                let charges = self.quota_charges(kind, ns, &name, None, &object).await?;
+                compares.extend(charges.compares);
+                success.extend(charges.puts);
+            }
             let txn = Txn {
                 compares,
-                success: vec![Op::Put {
-                    key: key.clone().into_bytes(),
-                    value: self.encode(&key, &object),
-                }],
+                success,
                 failure: vec![],
             };
             let resp = self.commit(txn).await?;
@@ -379,19 +385,32 @@ impl Api {
                 return Ok(next);
             }
             let terminating = meta_str(&next, "deletionTimestamp").is_some();
-            let success = if terminating && finalizers(&next).is_empty() && kind.kind != "Namespace"
+            let mut compares = vec![Compare::mod_revision(key.clone(), current.mod_revision)];
+            let mut charged = Vec::new();
+            if spec_changed
+                && !terminating
+                && let Some(ns) = t.namespace.as_deref()
             {
-                // The last finalizer is gone: the object goes.
-                vec![Op::Delete(KeyRange::Key(key.clone().into_bytes()))]
-            } else {
-                vec![Op::Put {
-                    key: key.clone().into_bytes(),
-                    value: self.encode(&key, &next),
-                }]
-            };
+                let charges = self
+                    .quota_charges(kind, ns, &name, Some(&current.object), &next)
+                    .await?;
+                compares.extend(charges.compares);
+                charged = charges.puts;
+            }
+            let mut success =
+                if terminating && finalizers(&next).is_empty() && kind.kind != "Namespace" {
+                    // The last finalizer is gone: the object goes.
+                    vec![Op::Delete(KeyRange::Key(key.clone().into_bytes()))]
+                } else {
+                    vec![Op::Put {
+                        key: key.clone().into_bytes(),
+                        value: self.encode(&key, &next),
+                    }]
+                };
+            success.extend(charged);
             let resp = self
                 .commit(Txn {
-                    compares: vec![Compare::mod_revision(key.clone(), current.mod_revision)],
+                    compares,
                     success,
                     failure: vec![],
                 })
@@ -400,7 +419,13 @@ impl Api {
                 set_resource_version(&mut next, resp.revision);
                 return Ok(next);
             }
-            if precondition.is_some() {
+            // A caller's precondition fails only on the object's own revision (a quota that
+            // changed meanwhile is counted again).
+            let moved = self
+                .read(&key)
+                .await?
+                .is_none_or(|s| s.mod_revision != current.mod_revision);
+            if precondition.is_some() && moved {
                 return Err(ApiError::conflict(kind.group, kind.plural, &name));
             }
         }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Object, ObjectMeta, kind_spec, registered};
+use super::{Object, ObjectMeta, Quantity, kind_spec, registered};
 
 /// A namespace (`namespace.schema.json`); its spec is optional.
 pub type Namespace = Object<Option<NamespaceSpec>, NamespaceStatus>;
@@ -17,6 +17,8 @@ pub type Node = Object<Option<NodeSpec>, NodeStatus>;
 pub type Pod = Object<PodSpec, PodStatus>;
 /// A service (`service.schema.json`).
 pub type Service = Object<ServiceSpec, ServiceStatus>;
+/// A namespace's quota (`resourcequota.schema.json`).
+pub type ResourceQuota = Object<ResourceQuotaSpec, ResourceQuotaStatus>;
 /// A lease (`lease.schema.json`); it has no status, and its spec is optional.
 pub type Lease = Object<Option<LeaseSpec>, Value>;
 
@@ -26,7 +28,29 @@ kind_spec!(
     PodSpec => "Pod",
     ServiceSpec => "Service",
     Option<LeaseSpec> => "Lease",
+    ResourceQuotaSpec => "ResourceQuota",
 );
+
+/// A quota's limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceQuotaSpec {
+    /// The most of each resource ([`crate::quota`]) the namespace may use.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hard: BTreeMap<String, Quantity>,
+}
+
+/// A quota's limits in force and the namespace's use.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceQuotaStatus {
+    /// The limits.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hard: BTreeMap<String, Quantity>,
+    /// The use.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub used: BTreeMap<String, Quantity>,
+}
 
 /// Desired state of a namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

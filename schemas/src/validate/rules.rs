@@ -56,6 +56,7 @@ pub(super) fn check(kind: &Kind, object: &Value, errors: &mut Vec<FieldError>) {
         ("", "Secret") => core::secret(&root, errors),
         ("", "ConfigMap") => core::config_map(&root, errors),
         ("", "Node") => core::node(spec, errors),
+        ("", "ResourceQuota") => core::resource_quota(spec, errors),
         (RBAC_GROUP, "Role") => access::role(&root, true, errors),
         (RBAC_GROUP, "ClusterRole") => access::role(&root, false, errors),
         (RBAC_GROUP, "RoleBinding") => access::binding(&root, true, errors),

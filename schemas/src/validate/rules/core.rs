@@ -124,3 +124,24 @@ fn is_base64(s: &str) -> bool {
             .bytes()
             .all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
 }
+
+/// A ResourceQuota: each limit names a resource Keel counts, with an amount.
+pub(super) fn resource_quota(spec: Option<&Field<'_>>, errors: &mut Vec<FieldError>) {
+    let Some(hard) = spec.and_then(|s| s.get("hard")) else {
+        return;
+    };
+    for (resource, amount) in hard.entries() {
+        if let Err(why) = crate::quota::check_resource(resource) {
+            errors.push(amount.invalid(&why));
+            continue;
+        }
+        let text = match amount.value {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => continue,
+        };
+        if crate::quota::parse_amount(resource, &text).is_none() {
+            errors.push(amount.invalid("must be a quantity (2, 500m, 10Gi)"));
+        }
+    }
+}

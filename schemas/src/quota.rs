@@ -1,0 +1,283 @@
+//! ResourceQuota arithmetic, as Kubernetes defines it: what an object uses of each quota
+//! resource, and whether a namespace's use plus a new object stays within a quota's `hard`.
+//!
+//! Resources, by name:
+//! - `count/<plural>.<group>` (`count/virtualmachines.keel.dev`) or `count/<plural>` for the
+//!   core group, and the legacy `pods`, `services`, `secrets`, `configmaps`: objects of a kind;
+//! - `requests.cpu` (or `cpu`, `limits.cpu`): a VM's virtual CPUs (in millicores, as
+//!   Kubernetes counts them: `2`, `500m`);
+//! - `requests.memory` (or `memory`, `limits.memory`): a VM's memory, in bytes;
+//! - `requests.storage`: the sizes of a VM's disks, in bytes;
+//! - `keel.dev/disks`: a VM's disks;
+//! - `keel.dev/bucket-bytes`: a Bucket's byte quota (`spec.quota.bytes`).
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::quantity::{parse_quantity, quantity_of};
+use crate::registry::{Kind, registry};
+
+/// The resources a namespace's quota may name besides `count/...`.
+pub const RESOURCES: [&str; 9] = [
+    "requests.cpu",
+    "cpu",
+    "limits.cpu",
+    "requests.memory",
+    "memory",
+    "limits.memory",
+    "requests.storage",
+    "keel.dev/disks",
+    "keel.dev/bucket-bytes",
+];
+
+/// Legacy object counts Kubernetes still accepts, and the resource each stands for.
+const LEGACY: [(&str, &str); 4] = [
+    ("pods", "pods"),
+    ("services", "services"),
+    ("secrets", "secrets"),
+    ("configmaps", "configmaps"),
+];
+
+/// A quota a new object would exceed: what Kubernetes' 403 says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exceeded {
+    /// The resources over, each as `name=amount`.
+    pub requested: Vec<String>,
+    /// What the namespace uses of them.
+    pub used: Vec<String>,
+    /// The quota's limits of them.
+    pub limited: Vec<String>,
+}
+
+/// Whether `name` is a resource a quota may limit; else why not.
+pub fn check_resource(name: &str) -> Result<(), String> {
+    if let Some(resource) = name.strip_prefix("count/") {
+        return match counted_kind(resource) {
+            Some(_) => Ok(()),
+            None => Err(format!(
+                "count/{resource}: no namespaced kind has this resource (write count/PLURAL.GROUP, such as count/virtualmachines.keel.dev)"
+            )),
+        };
+    }
+    if RESOURCES.contains(&name) || LEGACY.iter().any(|(n, _)| *n == name) {
+        return Ok(());
+    }
+    Err(format!(
+        "supported: count/PLURAL.GROUP, {}, pods, services, secrets, configmaps",
+        RESOURCES.join(", ")
+    ))
+}
+
+/// The amount of `resource` a quantity text stands for: millicores for CPU, else bytes or
+/// a count.
+pub fn parse_amount(resource: &str, text: &str) -> Option<u128> {
+    if is_cpu(resource) {
+        return match text.strip_suffix('m') {
+            Some(milli) => milli.parse().ok(),
+            None => parse_quantity(text)?.checked_mul(1000),
+        };
+    }
+    parse_quantity(text)
+}
+
+/// An amount as a quantity text (CPU in cores or millicores, bytes with a binary suffix
+/// when exact).
+pub fn format_amount(resource: &str, amount: u128) -> String {
+    if is_cpu(resource) {
+        return if amount.is_multiple_of(1000) {
+            (amount / 1000).to_string()
+        } else {
+            format!("{amount}m")
+        };
+    }
+    for (suffix, unit) in [
+        ("Ti", 1u128 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ] {
+        if amount >= unit && amount.is_multiple_of(unit) && is_bytes(resource) {
+            return format!("{}{suffix}", amount / unit);
+        }
+    }
+    amount.to_string()
+}
+
+/// What `object` (of `kind`) uses of the resources in `hard`.
+pub fn usage(
+    kind: &Kind,
+    object: &Value,
+    hard: &BTreeMap<String, String>,
+) -> BTreeMap<String, u128> {
+    let mut used = BTreeMap::new();
+    for resource in hard.keys() {
+        let amount = amount_of(kind, object, resource);
+        if amount > 0 {
+            used.insert(resource.clone(), amount);
+        }
+    }
+    used
+}
+
+/// Whether `used` (the namespace's objects) plus `requested` (a new object's) stays within
+/// `hard`; resources the object does not use are not checked (a namespace already over a
+/// lowered quota may still make what does not add to it).
+pub fn check(
+    hard: &BTreeMap<String, String>,
+    used: &BTreeMap<String, u128>,
+    requested: &BTreeMap<String, u128>,
+) -> Result<(), Exceeded> {
+    let mut over = Exceeded {
+        requested: Vec::new(),
+        used: Vec::new(),
+        limited: Vec::new(),
+    };
+    for (resource, amount) in requested {
+        let Some(limit) = hard.get(resource).and_then(|h| parse_amount(resource, h)) else {
+            continue;
+        };
+        let current = used.get(resource).copied().unwrap_or(0);
+        if current.saturating_add(*amount) > limit {
+            over.requested
+                .push(format!("{resource}={}", format_amount(resource, *amount)));
+            over.used
+                .push(format!("{resource}={}", format_amount(resource, current)));
+            over.limited
+                .push(format!("{resource}={}", format_amount(resource, limit)));
+        }
+    }
+    if over.requested.is_empty() {
+        Ok(())
+    } else {
+        Err(over)
+    }
+}
+
+/// The kinds whose objects use some of `resource`.
+pub fn kinds_using(resource: &str) -> Vec<&'static Kind> {
+    if let Some(r) = resource.strip_prefix("count/") {
+        return counted_kind(r).into_iter().collect();
+    }
+    if let Some((_, plural)) = LEGACY.iter().find(|(n, _)| *n == resource) {
+        return counted_kind(plural).into_iter().collect();
+    }
+    let vms = registry().iter().filter(|k| k.kind == "VirtualMachine");
+    match resource {
+        "keel.dev/bucket-bytes" => registry().iter().filter(|k| k.kind == "Bucket").collect(),
+        _ if is_cpu(resource) || is_memory(resource) => vms.collect(),
+        "requests.storage" | "keel.dev/disks" => vms.collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// What one object of `kind` uses of `resource`.
+fn amount_of(kind: &Kind, object: &Value, resource: &str) -> u128 {
+    if kinds_using(resource)
+        .iter()
+        .all(|k| k.kind != kind.kind || k.group != kind.group)
+    {
+        return 0;
+    }
+    if resource.starts_with("count/") || LEGACY.iter().any(|(n, _)| *n == resource) {
+        return 1;
+    }
+    let spec = &object["spec"];
+    match resource {
+        _ if is_cpu(resource) => spec["cpu"].as_u64().map_or(0, |c| u128::from(c) * 1000),
+        _ if is_memory(resource) => quantity_of(&spec["memory"]).unwrap_or(0),
+        "requests.storage" => spec["disks"]
+            .as_array()
+            .map(|disks| disks.iter().filter_map(|d| quantity_of(&d["size"])).sum())
+            .unwrap_or(0),
+        "keel.dev/disks" => spec["disks"].as_array().map_or(0, |d| d.len() as u128),
+        // A bucket without a byte quota would be unbounded: it counts as over any limit.
+        "keel.dev/bucket-bytes" => quantity_of(&spec["quota"]["bytes"]).unwrap_or(u128::MAX / 2),
+        _ => 0,
+    }
+}
+
+/// The namespaced kind `PLURAL.GROUP` (or `PLURAL` for the core group) names.
+fn counted_kind(resource: &str) -> Option<&'static Kind> {
+    let (plural, group) = resource.split_once('.').unwrap_or((resource, ""));
+    registry().iter().find(|k| {
+        k.plural == plural && k.group == group && k.scope == crate::registry::Scope::Namespaced
+    })
+}
+
+fn is_cpu(resource: &str) -> bool {
+    matches!(resource, "cpu" | "requests.cpu" | "limits.cpu")
+}
+
+fn is_memory(resource: &str) -> bool {
+    matches!(resource, "memory" | "requests.memory" | "limits.memory")
+}
+
+fn is_bytes(resource: &str) -> bool {
+    is_memory(resource) || matches!(resource, "requests.storage" | "keel.dev/bucket-bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn hard(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn vms_use_a_count_cpus_memory_and_disks() {
+        let vm = registry()
+            .iter()
+            .find(|k| k.kind == "VirtualMachine")
+            .unwrap();
+        let h = hard(&[
+            ("count/virtualmachines.keel.dev", "2"),
+            ("requests.cpu", "3"),
+            ("requests.memory", "1Gi"),
+            ("requests.storage", "10Gi"),
+            ("keel.dev/disks", "4"),
+            ("count/buckets.keel.dev", "1"),
+        ]);
+        let object = json!({"spec": {"cpu": 2, "memory": "512Mi",
+            "disks": [{"name": "a", "size": "1Gi"}, {"name": "b", "image": "x"}]}});
+        let used = usage(vm, &object, &h);
+        assert_eq!(used["count/virtualmachines.keel.dev"], 1);
+        assert_eq!(used["requests.cpu"], 2000);
+        assert_eq!(used["requests.memory"], 512 << 20);
+        assert_eq!(used["requests.storage"], 1 << 30);
+        assert_eq!(used["keel.dev/disks"], 2);
+        assert!(!used.contains_key("count/buckets.keel.dev"));
+        // Two such VMs fit the CPUs of none more: the third is over, and says by how much.
+        let mut total = BTreeMap::new();
+        for (k, v) in &used {
+            total.insert(k.clone(), *v);
+        }
+        let e = check(&h, &total, &used).unwrap_err();
+        assert_eq!(e.requested, ["requests.cpu=2"]);
+        assert_eq!(e.used, ["requests.cpu=2"]);
+        assert_eq!(e.limited, ["requests.cpu=3"]);
+        assert!(check(&h, &BTreeMap::new(), &used).is_ok());
+    }
+
+    #[test]
+    fn amounts_read_and_print_like_kubernetes() {
+        assert_eq!(parse_amount("requests.cpu", "500m"), Some(500));
+        assert_eq!(parse_amount("cpu", "2"), Some(2000));
+        assert_eq!(parse_amount("requests.memory", "1Gi"), Some(1 << 30));
+        assert_eq!(format_amount("cpu", 1500), "1500m");
+        assert_eq!(format_amount("requests.memory", 3 << 29), "1536Mi");
+        assert_eq!(
+            format_amount("count/virtualmachines.keel.dev", 1024),
+            "1024"
+        );
+        assert!(check_resource("count/virtualmachines.keel.dev").is_ok());
+        assert!(check_resource("count/secrets").is_ok());
+        assert!(check_resource("count/nodes").is_err(), "cluster-scoped");
+        assert!(check_resource("requests.gpu").is_err());
+    }
+}
