@@ -657,7 +657,7 @@ impl S3 for Gateway {
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
         let input = req.input;
-        self.policy(&input.bucket)?;
+        let policy = self.policy(&input.bucket)?;
         let part_number = u32::try_from(input.part_number).map_err(|_| {
             s3_error!(
                 InvalidArgument,
@@ -667,7 +667,13 @@ impl S3 for Gateway {
         let body = request_body(input.body, input.content_length, input.content_md5)?;
         let part = self
             .store
-            .put_part(&input.bucket, &input.upload_id, part_number, body)
+            .put_part(
+                &input.bucket,
+                &input.upload_id,
+                part_number,
+                body,
+                policy.quota,
+            )
             .await
             .map_err(s3)?;
         Ok(S3Response::new(UploadPartOutput {
@@ -787,14 +793,19 @@ impl S3 for Gateway {
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         let input = req.input;
-        self.policy(&input.bucket)?;
+        let policy = self.policy(&input.bucket)?;
         let max = usize::try_from(input.max_uploads.unwrap_or(1000))
             .unwrap_or(0)
             .min(1000);
         let prefix = input.prefix.clone().unwrap_or_default();
         let mut uploads = self.store.list_uploads(&input.bucket).await.map_err(s3)?;
+        // Expired uploads are gone for the client before the lifecycle's next pass aborts them.
+        let expired = (!policy.abort_uploads_after.is_zero())
+            .then(|| std::time::SystemTime::now().checked_sub(policy.abort_uploads_after))
+            .flatten();
         uploads.retain(|u| {
-            u.key.starts_with(&prefix)
+            expired.is_none_or(|cutoff| u.initiated >= cutoff)
+                && u.key.starts_with(&prefix)
                 && input
                     .key_marker
                     .as_ref()
@@ -1096,6 +1107,13 @@ fn s3(e: StorageError) -> S3Error {
             let mut err =
                 S3Error::with_message(S3ErrorCode::Custom("QuotaExceeded".into()), message);
             err.set_status_code(hyper::StatusCode::FORBIDDEN);
+            return err;
+        }
+        StorageError::InsufficientStorage { .. } => {
+            // MinIO answers its free-space floor the same way (507, XMinioStorageFull).
+            let mut err =
+                S3Error::with_message(S3ErrorCode::Custom("InsufficientStorage".into()), message);
+            err.set_status_code(hyper::StatusCode::INSUFFICIENT_STORAGE);
             return err;
         }
         StorageError::InvalidPart { .. } => S3ErrorCode::InvalidPart,

@@ -46,6 +46,15 @@ pub struct Lifecycle {
     /// Days after its last write an object expires.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expiration_days: Option<u32>,
+    /// Days after its initiation an incomplete multipart upload is aborted, its parts
+    /// deleted (default [`Lifecycle::DEFAULT_ABORT_INCOMPLETE_UPLOAD_DAYS`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abort_incomplete_multipart_upload_days: Option<u32>,
+}
+
+impl Lifecycle {
+    /// How many days an incomplete multipart upload is kept when the Bucket does not say.
+    pub const DEFAULT_ABORT_INCOMPLETE_UPLOAD_DAYS: u32 = 7;
 }
 
 /// Limits of a bucket.
