@@ -107,6 +107,10 @@ pub struct BucketStatus {
     /// Secret with the credentials.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
+    /// Further Secrets with access keys to the bucket: the tenant's, each owned by the
+    /// Bucket (listed by the bucket controller).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_secrets: Vec<String>,
     /// Current usage.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
