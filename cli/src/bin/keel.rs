@@ -808,6 +808,11 @@ fn hostname() -> String {
 
 async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
     let node_name = args.node_name.clone().unwrap_or_else(hostname);
+    let mut config =
+        keel_agent::AgentConfig::new(&node_name, args.data_dir.clone(), std::env::current_exe()?);
+    // Checked before anything talks to the cluster.
+    config.s3_listen = args.s3_listen.0;
+    args.s3.apply(&mut config, None)?;
     let ca_file = args.data_dir.join("pki").join("ca.crt");
     let ca = match &args.token {
         Some(text) => {
@@ -832,12 +837,8 @@ async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
         Ok(n) => tracing::info!(servers = n, "learned the cluster's servers"),
         Err(e) => tracing::warn!(error = %e, "cannot list the cluster's servers yet"),
     }
-    let mut config =
-        keel_agent::AgentConfig::new(&node_name, args.data_dir, std::env::current_exe()?);
     config.lease_duration = seconds(args.lease_duration);
     config.dns_listen = args.dns_listen.0;
-    config.s3_listen = args.s3_listen.0;
-    args.s3.apply(&mut config, None)?;
     config.load_balancer = !args.disable_load_balancer;
     config.ovs_socket = args.ovs_socket;
     config.kvm_probe_kernel = args.kvm_probe_kernel;
