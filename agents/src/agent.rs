@@ -40,9 +40,15 @@ pub struct AgentConfig {
     /// Where the S3 endpoint listens (port 0: any free port, published in the Node); none:
     /// this host has no storage role.
     pub s3_listen: Option<SocketAddr>,
-    /// The S3 endpoint's certificate chain and private key (PEM files): HTTPS instead of
-    /// HTTP.
-    pub s3_tls: Option<(PathBuf, PathBuf)>,
+    /// How the S3 endpoint speaks: HTTPS (the operator's certificate, or one the cluster CA
+    /// signs), or plain HTTP when asked.
+    pub s3_tls: crate::storage::S3Tls,
+    /// The S3 endpoint's connection limits (total, per source, handshake and header
+    /// timeouts).
+    pub s3_limits: crate::listen::Limits,
+    /// The free space the object store keeps on its file system: S3 writes are refused
+    /// below it.
+    pub storage_min_free: crate::storage::store::FreeSpaceFloor,
     /// Whether this host's L4 proxy serves the LoadBalancers the cluster places here.
     pub load_balancer: bool,
     /// The Open vSwitch database socket (probed).
@@ -122,7 +128,9 @@ impl AgentConfig {
             exe,
             dns_listen: None,
             s3_listen: None,
-            s3_tls: None,
+            s3_tls: crate::storage::S3Tls::PlainHttp,
+            s3_limits: crate::listen::Limits::default(),
+            storage_min_free: crate::storage::store::FreeSpaceFloor::Bytes(1 << 30),
             load_balancer: true,
             ovs_socket: PathBuf::from("/var/run/openvswitch/db.sock"),
             kvm_probe_kernel: None,
@@ -173,13 +181,25 @@ pub async fn run(
         .as_ref()
         .and_then(|s| s.local_addr().ok())
         .map(|a| a.to_string());
-    let s3_tls = match &config.s3_tls {
-        Some((cert, key)) => {
-            Some(crate::storage::tls_acceptor(cert, key).map_err(AgentError::Storage)?)
+    let s3_listener = bind_s3(config.s3_listen).await;
+    let s3_tls = match &s3_listener {
+        Some(listener) => {
+            let mut names = vec![
+                config.node_name.clone(),
+                "localhost".to_string(),
+                "127.0.0.1".to_string(),
+            ];
+            names.extend(facts.internal_ip.map(|ip| ip.to_string()));
+            if let Ok(bound) = listener.local_addr()
+                && !bound.ip().is_unspecified()
+                && !names.contains(&bound.ip().to_string())
+            {
+                names.push(bound.ip().to_string());
+            }
+            crate::storage::acceptor(&config.s3_tls, &names).map_err(AgentError::Storage)?
         }
         None => None,
     };
-    let s3_listener = bind_s3(config.s3_listen).await;
     let s3_endpoint = s3_listener
         .as_ref()
         .and_then(|l| l.local_addr().ok())

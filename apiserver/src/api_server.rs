@@ -335,6 +335,12 @@ impl ApiServer {
         self.certificates.issue_client(user, group, lifetime)
     }
 
+    /// Issues a serving certificate for one of the server's own components (its local
+    /// agent's S3 endpoint): valid for `names` (DNS names or IPs) and `lifetime`.
+    pub fn issue_server(&self, names: &[String], lifetime: Duration) -> Result<Issued, TlsError> {
+        self.certificates.issue_server(names, lifetime)
+    }
+
     /// How long the node certificates this server signs last.
     pub fn node_certificate_lifetime(&self) -> Duration {
         self.node_certificate_lifetime

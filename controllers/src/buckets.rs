@@ -1,9 +1,16 @@
 //! The bucket controller: binds each Bucket to a storage node (a node whose agent serves S3,
 //! `keel agent --s3-listen`), and keeps its credentials — an access key pair in a Secret of
-//! the bucket's namespace, owned by the Bucket. Deleting the Secret rotates the keys: a new
-//! pair is made at once, and the old one stops working as soon as the storage agents see it
-//! gone. The storage agent of the bound node does the rest (the data, usage, lifecycle, and
-//! deletion through its finalizer).
+//! the bucket's namespace, owned by the Bucket (an `ownerReferences` entry with the Bucket's
+//! name and uid, without which the storage agents ignore the Secret). Deleting the Secret
+//! rotates the keys: a new pair is made at once, and the old one stops working as soon as
+//! the storage agents see it gone. A Secret of that name the Bucket does not own (made before
+//! it, or left by an earlier Bucket of the same name) is not overwritten: a Warning Event
+//! says its keys open nothing and how to get working ones. The storage agent of the bound node
+//! does the rest (the data, usage, lifecycle, and deletion through its finalizer).
+//!
+//! A tenant makes further keys with Secrets of their own in the bucket's namespace, labelled
+//! [`CREDENTIALS_LABEL`] and owned by the Bucket; the controller lists them in
+//! `status.keySecrets`, which is what lets the storage agents read them.
 //!
 //! S3 bucket names are one name space for the whole cluster: when two Buckets ask for the
 //! same name, the older keeps it and the newer says so in its `Ready` condition.
@@ -104,6 +111,13 @@ async fn reconcile(bucket: Arc<Value>, ctx: Arc<Context>) -> Result<Action, Clie
     let secret_name = format!("{name}-credentials");
     ensure_credentials(&ctx, &bucket, &namespace, &secret_name, &s3_name).await?;
     status["secretName"] = json!(secret_name);
+    let extra = key_secrets(&ctx.secrets, &bucket, &namespace, &secret_name);
+    match status.as_object_mut() {
+        Some(map) if extra.is_empty() => {
+            map.remove("keySecrets");
+        }
+        _ => status["keySecrets"] = json!(extra),
+    }
     if status["nodeName"].as_str().is_none() {
         match place(&bucket, &ctx) {
             Ok(node) => {
@@ -167,7 +181,22 @@ async fn ensure_credentials(
     s3_name: &str,
 ) -> Result<(), ClientError> {
     let key = crate::runtime::ObjectRef::new(Some(namespace), secret_name);
-    if ctx.secrets.get(&key).is_some() {
+    if let Some(existing) = ctx.secrets.get(&key) {
+        if !owned_by(&existing, bucket) {
+            let message = format!(
+                "Secret {secret_name} is not owned by this Bucket (no ownerReference with its uid {}): its keys do not open bucket {s3_name}; delete the Secret to get new keys",
+                bucket.uid()
+            );
+            ctx.recorder
+                .publish(
+                    bucket,
+                    EventType::Warning,
+                    "CredentialsNotOwned",
+                    "Issue",
+                    &message,
+                )
+                .await;
+        }
         return Ok(());
     }
     let Some(kind) = keel_schemas::lookup("secrets") else {
@@ -205,6 +234,35 @@ async fn ensure_credentials(
         Err(e) if e.code() == Some(409) => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// The tenant's further key Secrets of `bucket`: in its namespace, labelled
+/// [`CREDENTIALS_LABEL`], owned by it (the storage agents read exactly these), by name.
+fn key_secrets(secrets: &Store, bucket: &Value, namespace: &str, own: &str) -> Vec<String> {
+    let mut names: Vec<String> = secrets
+        .list()
+        .iter()
+        .filter(|s| s.namespace() == Some(namespace) && s.name() != own)
+        .filter(|s| s["metadata"]["labels"][CREDENTIALS_LABEL].is_string())
+        .filter(|s| owned_by(s, bucket))
+        .map(|s| s.name().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Whether `secret` has an owner reference to `bucket` (kind Bucket, its name and uid): what
+/// the storage agents require of a credentials Secret.
+fn owned_by(secret: &Value, bucket: &Value) -> bool {
+    secret["metadata"]["ownerReferences"]
+        .as_array()
+        .is_some_and(|refs| {
+            refs.iter().any(|r| {
+                r["kind"] == "Bucket"
+                    && r["name"].as_str() == Some(bucket.name())
+                    && r["uid"].as_str() == Some(bucket.uid())
+            })
+        })
 }
 
 /// A new access key id (20 upper-case letters and digits, as AWS's) and secret (40 chars).

@@ -806,6 +806,7 @@ async fn host_agents_have_their_nodes_rights_only_and_renew_their_certificates()
             &[
                 "--s3-listen",
                 "127.0.0.1:0",
+                "--s3-plain-http",
                 "--lease-duration",
                 "10",
                 "--kvm-probe-kernel",

@@ -22,24 +22,35 @@ struct Cluster {
     root: tempfile::TempDir,
     server: KeelServer,
     client: Client,
+    /// The cluster CA (PEM file): the S3 endpoint's certificate is signed by it.
+    ca: PathBuf,
 }
 
 async fn cluster() -> Cluster {
+    cluster_with(&[]).await
+}
+
+async fn cluster_with(args: &[&str]) -> Cluster {
     let root = tempfile::tempdir().unwrap();
     let mut server = KeelServer::new(root.path(), "store-1");
-    server.start::<&str>(&[]);
+    server.start(args);
     let (admin, ca) = eventually("credentials", WAIT, || async { server.try_admin() }).await;
     let client = Client::new(&server.url(), &ca, &admin).unwrap();
+    let ca_file = root.path().join("cluster-ca.crt");
+    std::fs::write(&ca_file, &ca).unwrap();
     Cluster {
         root,
         server,
         client,
+        ca: ca_file,
     }
 }
 
-/// The credentials and endpoint of a Ready bucket.
+/// The credentials and endpoint of a Ready bucket, and the CA its endpoint's certificate
+/// is checked with.
 #[derive(Clone, Debug)]
 struct Creds {
+    ca: PathBuf,
     endpoint: String,
     bucket: String,
     access: String,
@@ -53,17 +64,17 @@ async fn namespace(c: &Client, name: &str) {
         .unwrap();
 }
 
-async fn bucket(c: &Client, ns: &str, name: &str, spec: Value) -> Creds {
+async fn bucket(c: &Client, ca: &Path, ns: &str, name: &str, spec: Value) -> Creds {
     let buckets: Api<Value> = Api::namespaced(c, kind("buckets"), ns);
     buckets
         .create(&json!({"apiVersion": "keel.dev/v1alpha1", "kind": "Bucket",
                         "metadata": {"name": name}, "spec": spec}))
         .await
         .unwrap();
-    ready(c, ns, name).await
+    ready(c, ca, ns, name).await
 }
 
-async fn ready(c: &Client, ns: &str, name: &str) -> Creds {
+async fn ready(c: &Client, ca: &Path, ns: &str, name: &str) -> Creds {
     let buckets: Api<Value> = Api::namespaced(c, kind("buckets"), ns);
     let secrets: Api<Value> = Api::namespaced(c, kind("secrets"), ns);
     eventually(
@@ -77,6 +88,7 @@ async fn ready(c: &Client, ns: &str, name: &str) -> Creds {
                 .await
                 .ok()?;
             Some(Creds {
+                ca: ca.to_path_buf(),
                 endpoint: b["status"]["endpoint"].as_str()?.to_string(),
                 bucket: b["status"]["bucketName"].as_str()?.to_string(),
                 access: decode(&secret["data"]["AWS_ACCESS_KEY_ID"])?,
@@ -104,6 +116,7 @@ fn aws(creds: &Creds, args: &[&str]) -> Output {
     };
     Command::new(aws)
         .args(["--endpoint-url", &creds.endpoint])
+        .args(["--ca-bundle", creds.ca.to_str().unwrap()])
         .args(args)
         .env("AWS_ACCESS_KEY_ID", &creds.access)
         .env("AWS_SECRET_ACCESS_KEY", &creds.secret)
@@ -144,6 +157,7 @@ fn boto3(creds: &Creds, script: &str) -> String {
         .arg("-c")
         .arg(script)
         .env("ENDPOINT", &creds.endpoint)
+        .env("CA_BUNDLE", &creds.ca)
         .env("BUCKET", &creds.bucket)
         .env("AWS_ACCESS_KEY_ID", &creds.access)
         .env("AWS_SECRET_ACCESS_KEY", &creds.secret)
@@ -164,7 +178,7 @@ fn boto3(creds: &Creds, script: &str) -> String {
 const BOTO3_PRELUDE: &str = r#"
 import os, sys, hashlib, boto3, botocore
 from botocore.config import Config
-s3 = boto3.client("s3", endpoint_url=os.environ["ENDPOINT"], config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+s3 = boto3.client("s3", endpoint_url=os.environ["ENDPOINT"], verify=os.environ["CA_BUNDLE"], config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
 B = os.environ["BUCKET"]
 def code(f):
     try:
@@ -198,7 +212,7 @@ fn same(a: &Path, b: &Path) -> bool {
 async fn buckets_work_with_the_aws_cli_and_boto3() {
     let c = cluster().await;
     namespace(&c.client, "shop").await;
-    let creds = bucket(&c.client, "shop", "assets", json!({})).await;
+    let creds = bucket(&c.client, &c.ca, "shop", "assets", json!({})).await;
     assert_eq!(creds.bucket, "shop-assets");
     let dir = c.root.path().join("files");
     std::fs::create_dir_all(&dir).unwrap();
@@ -286,7 +300,8 @@ async fn buckets_work_with_the_aws_cli_and_boto3() {
     );
     let fetched = dir.join("presigned");
     let out = Command::new("curl")
-        .args(["-sS", "-f", "-o", fetched.to_str().unwrap(), url.trim()])
+        .args(["-sS", "-f", "--cacert", creds.ca.to_str().unwrap()])
+        .args(["-o", fetched.to_str().unwrap(), url.trim()])
         .output()
         .unwrap();
     assert!(
@@ -448,12 +463,13 @@ async fn wrong_keys_quotas_bad_requests_rotation_and_deletion_policies() {
     namespace(&c.client, "rival").await;
     let creds = bucket(
         &c.client,
+        &c.ca,
         "shop",
         "assets",
         json!({"quota": {"bytes": "1Mi", "objects": 3}}),
     )
     .await;
-    let rival = bucket(&c.client, "rival", "data", json!({})).await;
+    let rival = bucket(&c.client, &c.ca, "rival", "data", json!({})).await;
     let dir = c.root.path().join("files");
     std::fs::create_dir_all(&dir).unwrap();
     let small = file(&dir, "small", 1000);
@@ -480,7 +496,7 @@ async fn wrong_keys_quotas_bad_requests_rotation_and_deletion_policies() {
     let url = aws_ok(&creds, &["s3", "presign", &s3("one"), "--expires-in", "1"]);
     eventually("the presigned URL expires", WAIT, || async {
         let out = Command::new("curl")
-            .args(["-sS", url.trim()])
+            .args(["-sS", "--cacert", creds.ca.to_str().unwrap(), url.trim()])
             .output()
             .unwrap();
         let body = String::from_utf8_lossy(&out.stdout).to_string();
@@ -508,7 +524,8 @@ print(code(lambda: s3.head_object(Bucket=B, Key='one')), code(lambda: s3.list_ob
         "a HEAD's error has no body, so boto3 names its status"
     );
     let anonymous = Command::new("curl")
-        .args(["-sS", &format!("{}/{}/one", creds.endpoint, creds.bucket)])
+        .args(["-sS", "--cacert", creds.ca.to_str().unwrap()])
+        .arg(format!("{}/{}/one", creds.endpoint, creds.bucket))
         .output()
         .unwrap();
     assert!(
@@ -562,14 +579,14 @@ print(code(lambda: s3.head_object(Bucket=B, Key='one')), code(lambda: s3.list_ob
             "{BOTO3_PRELUDE}
 from botocore.awsrequest import AWSRequest
 from botocore.auth import S3SigV4Auth
-import urllib.request
+import ssl, urllib.request
 def raw(method, path, body=b''):
     url = os.environ['ENDPOINT'] + path
     req = AWSRequest(method=method, url=url, data=body)
     S3SigV4Auth(boto3.Session().get_credentials(), 's3', 'us-east-1').add_auth(req)
     r = urllib.request.Request(url, data=body or None, method=method, headers=dict(req.headers))
     try:
-        return urllib.request.urlopen(r).read().decode()
+        return urllib.request.urlopen(r, context=ssl.create_default_context(cafile=os.environ['CA_BUNDLE'])).read().decode()
     except urllib.error.HTTPError as e:
         return e.read().decode()
 up = s3.create_multipart_upload(Bucket=B, Key='m')['UploadId']
@@ -691,7 +708,7 @@ print('still', s3.get_object(Bucket=B, Key='one')['ContentLength'])
 async fn a_server_killed_mid_upload_leaves_objects_whole_or_absent() {
     let mut c = cluster().await;
     namespace(&c.client, "shop").await;
-    let creds = bucket(&c.client, "shop", "assets", json!({})).await;
+    let creds = bucket(&c.client, &c.ca, "shop", "assets", json!({})).await;
     let dir = c.root.path().join("files");
     std::fs::create_dir_all(&dir).unwrap();
     let big = file(&dir, "big", 120 << 20);
@@ -717,6 +734,7 @@ for t in ts: t.join()
         .arg(&script)
         .arg(&big)
         .env("ENDPOINT", &creds.endpoint)
+        .env("CA_BUNDLE", &creds.ca)
         .env("BUCKET", &creds.bucket)
         .env("AWS_ACCESS_KEY_ID", &creds.access)
         .env("AWS_SECRET_ACCESS_KEY", &creds.secret)
@@ -733,9 +751,9 @@ for t in ts: t.join()
     let _ = upload.kill();
     let _ = upload.wait();
     // Back on the same port: the endpoint the bucket's status names.
-    let listen = creds.endpoint.trim_start_matches("http://").to_string();
+    let listen = creds.endpoint.trim_start_matches("https://").to_string();
     c.server.start(&["--s3-listen", &listen]);
-    let creds = ready(&c.client, "shop", "assets").await;
+    let creds = ready(&c.client, &c.ca, "shop", "assets").await;
     let out = boto3(
         &creds,
         &format!(
@@ -835,41 +853,27 @@ async fn the_endpoint_serves_https_with_the_operators_certificate() {
     let (admin, ca) = eventually("credentials", WAIT, || async { server.try_admin() }).await;
     let client = Client::new(&server.url(), &ca, &admin).unwrap();
     namespace(&client, "shop").await;
-    let creds = bucket(&client, "shop", "secure", json!({})).await;
+    let creds = bucket(&client, &cert, "shop", "secure", json!({})).await;
     assert!(
         creds.endpoint.starts_with("https://127.0.0.1:"),
         "{creds:?}"
     );
     let small = file(root.path(), "small", 5000);
     let target = format!("s3://{}/small", creds.bucket);
-    let ca_bundle = cert.to_str().unwrap();
-    aws_ok(
-        &creds,
-        &[
-            "--ca-bundle",
-            ca_bundle,
-            "s3",
-            "cp",
-            small.to_str().unwrap(),
-            &target,
-        ],
-    );
+    aws_ok(&creds, &["s3", "cp", small.to_str().unwrap(), &target]);
     let back = root.path().join("back");
-    aws_ok(
-        &creds,
-        &[
-            "--ca-bundle",
-            ca_bundle,
-            "s3",
-            "cp",
-            &target,
-            back.to_str().unwrap(),
-        ],
-    );
+    aws_ok(&creds, &["s3", "cp", &target, back.to_str().unwrap()]);
     assert!(same(&small, &back));
-    // Without the operator's CA the certificate is not trusted; plain HTTP gets no S3.
-    let untrusted = aws(&creds, &["s3", "ls", &format!("s3://{}", creds.bucket)]);
-    assert!(!untrusted.status.success());
+    // With the cluster CA instead of the operator's the certificate is not trusted; plain
+    // HTTP gets no S3.
+    let cluster_ca = root.path().join("cluster-ca.crt");
+    std::fs::write(&cluster_ca, &ca).unwrap();
+    let untrusted = Creds {
+        ca: cluster_ca,
+        ..creds.clone()
+    };
+    let out = aws(&untrusted, &["s3", "ls", &format!("s3://{}", creds.bucket)]);
+    assert!(!out.status.success());
     let plain = Command::new("curl")
         .args([
             "-sS",
@@ -884,4 +888,331 @@ async fn the_endpoint_serves_https_with_the_operators_certificate() {
         "no S3 over HTTP"
     );
     drop(server);
+}
+
+/// Runs boto3 `script` (after the prelude) and returns its printed lines.
+fn boto3_lines(creds: &Creds, script: &str) -> Vec<String> {
+    boto3(creds, &format!("{BOTO3_PRELUDE}{script}"))
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Asserts that boto3 printed `line`.
+fn printed(lines: &[String], line: &str) {
+    assert!(
+        lines.iter().any(|l| l == line),
+        "boto3 printed {line:?}: {lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_are_confined_keys_parts_free_space_and_connections() {
+    let mut c = cluster().await;
+    namespace(&c.client, "shop").await;
+    namespace(&c.client, "rival").await;
+    let creds = bucket(
+        &c.client,
+        &c.ca,
+        "shop",
+        "assets",
+        json!({"quota": {"bytes": "12Mi"}, "lifecycle": {"abortIncompleteMultipartUploadDays": 1}}),
+    )
+    .await;
+    let s3 = |key: &str| format!("s3://{}/{key}", creds.bucket);
+    let dir = c.root.path().join("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    let small = file(&dir, "small", 1000);
+
+    // HTTPS by default, with a certificate of the cluster CA: without the CA curl refuses it,
+    // plain HTTP on the port gets no S3.
+    assert!(
+        creds.endpoint.starts_with("https://127.0.0.1:"),
+        "{creds:?}"
+    );
+    aws_ok(&creds, &["s3", "cp", small.to_str().unwrap(), &s3("one")]);
+    let untrusted = Command::new("curl")
+        .args(["-sS", "-m", "5", &creds.endpoint])
+        .output()
+        .unwrap();
+    assert_eq!(
+        untrusted.status.code(),
+        Some(60),
+        "curl cannot verify the certificate without the CA: {}",
+        String::from_utf8_lossy(&untrusted.stderr)
+    );
+    let plain = Command::new("curl")
+        .args(["-sS", "-m", "5"])
+        .arg(creds.endpoint.replace("https://", "http://"))
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&plain.stdout).contains("<Code>"),
+        "no S3 over plain HTTP"
+    );
+
+    // A rival's Secret that claims the bucket (its label, an owner reference to the shop's
+    // Bucket across namespaces) opens nothing.
+    let buckets: Api<Value> = Api::namespaced(&c.client, kind("buckets"), "shop");
+    let assets = buckets.get("assets").await.unwrap();
+    let uid = assets["metadata"]["uid"].as_str().unwrap().to_string();
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+    let rival_secrets: Api<Value> = Api::namespaced(&c.client, kind("secrets"), "rival");
+    rival_secrets
+        .create(&json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "assets-credentials", "labels": {"keel.dev/bucket": creds.bucket},
+                "ownerReferences": [{"apiVersion": "keel.dev/v1alpha1", "kind": "Bucket", "name": "assets", "uid": uid}]},
+            "data": {"AWS_ACCESS_KEY_ID": b64("KEELFORGEDRIVAL00000"), "AWS_SECRET_ACCESS_KEY": b64(&"r".repeat(40))}}))
+        .await
+        .unwrap();
+    let forged = Creds {
+        access: "KEELFORGEDRIVAL00000".into(),
+        secret: "r".repeat(40),
+        ..creds.clone()
+    };
+    aws_err(&forged, &["s3", "ls", &s3("")], "InvalidAccessKeyId");
+    // The credentials Secret the Bucket names, stripped of its owner reference and given
+    // keys of the tenant's choosing: they open nothing, and an Event says why.
+    let secrets: Api<Value> = Api::namespaced(&c.client, kind("secrets"), "shop");
+    let mut own = secrets.get("assets-credentials").await.unwrap();
+    own["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("ownerReferences");
+    own["data"] = json!({"AWS_ACCESS_KEY_ID": b64("KEELUNOWNEDKEY000000"), "AWS_SECRET_ACCESS_KEY": b64(&"u".repeat(40))});
+    secrets.update(&own).await.unwrap();
+    let unowned = Creds {
+        access: "KEELUNOWNEDKEY000000".into(),
+        secret: "u".repeat(40),
+        ..creds.clone()
+    };
+    eventually("the unowned Secret's key refused", WAIT, || async {
+        let out = aws(&unowned, &["s3", "ls", &s3("")]);
+        String::from_utf8_lossy(&out.stderr)
+            .contains("InvalidAccessKeyId")
+            .then_some(())
+    })
+    .await;
+    aws_err(&creds, &["s3", "ls", &s3("")], "InvalidAccessKeyId");
+    let events: Api<Value> = Api::namespaced(&c.client, kind("events"), "shop");
+    let why = eventually("a CredentialsNotOwned event", WAIT, || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .iter()
+            .find(|e| e["reason"] == "CredentialsNotOwned")
+            .map(|e| e["message"].as_str().unwrap_or("").to_string())
+    })
+    .await;
+    assert!(why.contains("not owned by this Bucket"), "{why}");
+    // Deleting it gets owned keys again.
+    secrets
+        .delete("assets-credentials", &DeleteParams::default())
+        .await
+        .unwrap();
+    let creds = eventually("new owned keys", WAIT, || async {
+        let s = secrets.get("assets-credentials").await.ok()?;
+        s["metadata"]["ownerReferences"][0]["uid"]
+            .as_str()
+            .filter(|u| *u == uid)?;
+        Some(Creds {
+            access: decode(&s["data"]["AWS_ACCESS_KEY_ID"])?,
+            secret: decode(&s["data"]["AWS_SECRET_ACCESS_KEY"])?,
+            ..creds.clone()
+        })
+    })
+    .await;
+    eventually("the new key works", WAIT, || async {
+        aws(&creds, &["s3", "ls", &s3("")])
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+    // A further key of the tenant's: a Secret labelled for the bucket and owned by the
+    // Bucket opens it (the controller lists it in status.keySecrets); the same without the
+    // owner reference does not.
+    let key_secret = |name: &str, access: &str, owner: bool| {
+        let mut s = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "labels": {"keel.dev/bucket": creds.bucket}},
+            "data": {"AWS_ACCESS_KEY_ID": b64(access), "AWS_SECRET_ACCESS_KEY": b64(&"e".repeat(40))}});
+        if owner {
+            s["metadata"]["ownerReferences"] = json!([{"apiVersion": "keel.dev/v1alpha1",
+                "kind": "Bucket", "name": "assets", "uid": uid}]);
+        }
+        s
+    };
+    secrets
+        .create(&key_secret("assets-ci", "KEELEXTRAKEY00000001", true))
+        .await
+        .unwrap();
+    secrets
+        .create(&key_secret("assets-stray", "KEELSTRAYKEY00000001", false))
+        .await
+        .unwrap();
+    let extra = Creds {
+        access: "KEELEXTRAKEY00000001".into(),
+        secret: "e".repeat(40),
+        ..creds.clone()
+    };
+    eventually("the tenant's extra key works", WAIT, || async {
+        aws(&extra, &["s3", "ls", &s3("")])
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+    let b = buckets.get("assets").await.unwrap();
+    assert_eq!(b["status"]["keySecrets"], json!(["assets-ci"]));
+    let stray = Creds {
+        access: "KEELSTRAYKEY00000001".into(),
+        ..extra.clone()
+    };
+    aws_err(&stray, &["s3", "ls", &s3("")], "InvalidAccessKeyId");
+
+    // Parts count toward the 12 MiB quota as they arrive: a second 8 MiB part is refused at
+    // the part, naming the quota; an abort gives the room back.
+    let lines = boto3_lines(
+        &creds,
+        "
+part = b'p' * (8 << 20)
+up = s3.create_multipart_upload(Bucket=B, Key='big')['UploadId']
+print('part1', code(lambda: s3.upload_part(Bucket=B, Key='big', UploadId=up, PartNumber=1, Body=part)))
+try:
+    s3.upload_part(Bucket=B, Key='big', UploadId=up, PartNumber=2, Body=part)
+    print('part2 OK')
+except botocore.exceptions.ClientError as e:
+    print('part2', e.response['Error']['Code'])
+    print('message', e.response['Error']['Message'])
+print('put', code(lambda: s3.put_object(Bucket=B, Key='mid', Body=b'm' * (5 << 20))))
+print('listed', [u['UploadId'] == up for u in s3.list_multipart_uploads(Bucket=B).get('Uploads', [])])
+s3.abort_multipart_upload(Bucket=B, Key='big', UploadId=up)
+print('after abort', code(lambda: s3.put_object(Bucket=B, Key='mid', Body=b'm' * (5 << 20))))
+",
+    );
+    printed(&lines, "part1 OK");
+    printed(&lines, "part2 QuotaExceeded");
+    printed(&lines, "put QuotaExceeded");
+    printed(&lines, "listed [True]");
+    printed(&lines, "after abort OK");
+    let message = lines.iter().find(|l| l.starts_with("message")).unwrap();
+    assert!(message.contains("quota of 12582912 bytes"), "{message}");
+    // A lifecycle of 0 days is refused; 1 day keeps an upload started now (a real day's
+    // wait is the store's unit test, whose clock is the rule's argument).
+    let zero = buckets
+        .patch(
+            "assets",
+            &keel_client::Patch::Merge(
+                json!({"spec": {"lifecycle": {"abortIncompleteMultipartUploadDays": 0}}}),
+            ),
+        )
+        .await;
+    assert!(
+        format!("{zero:?}").contains("abortIncompleteMultipartUploadDays"),
+        "{zero:?}"
+    );
+
+    // Restart with a free-space floor above the free space, and small connection caps.
+    let listen = creds.endpoint.trim_start_matches("https://").to_string();
+    c.server.kill();
+    c.server.start(&[
+        "--s3-listen",
+        &listen,
+        "--storage-min-free",
+        "1Ei",
+        "--s3-max-connections-per-source",
+        "8",
+        "--s3-header-timeout",
+        "4s",
+    ]);
+    let creds = ready(&c.client, &c.ca, "shop", "assets").await;
+    let lines = boto3_lines(
+        &creds,
+        "
+def err(f):
+    try:
+        f()
+        return 'OK'
+    except botocore.exceptions.ClientError as e:
+        return '%s %s %s' % (e.response['ResponseMetadata']['HTTPStatusCode'], e.response['Error']['Code'], e.response['Error']['Message'])
+print('put', err(lambda: s3.put_object(Bucket=B, Key='two', Body=b'x')))
+up = s3.create_multipart_upload(Bucket=B, Key='m')['UploadId']
+print('part', err(lambda: s3.upload_part(Bucket=B, Key='m', UploadId=up, PartNumber=1, Body=b'x')))
+print('copy', err(lambda: s3.copy_object(Bucket=B, Key='copy', CopySource={'Bucket': B, 'Key': 'one'})))
+print('get', len(s3.get_object(Bucket=B, Key='one')['Body'].read()))
+",
+    );
+    for op in ["put", "part", "copy"] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{op} ")))
+            .unwrap();
+        assert!(
+            line.contains("507 InsufficientStorage")
+                && line.contains("keeps 1152921504606846976 bytes free (--storage-min-free)"),
+            "{line}"
+        );
+    }
+    printed(&lines, "get 1000");
+
+    // A slowloris from 127.0.0.1: 24 connections trickling a TLS ClientHello. Past the
+    // per-source cap of 8 they are closed at once; the API server answers meanwhile, and
+    // S3 serves another source (127.0.0.2).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut slow = Vec::new();
+    for _ in 0..24 {
+        let mut s = tokio::net::TcpStream::connect(&listen).await.unwrap();
+        let _ = s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await;
+        slow.push(s);
+    }
+    let mut closed = 0;
+    for s in &mut slow {
+        let mut buf = [0u8; 16];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await
+        {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 16, "the connections past the per-source cap of 8");
+    let api = Command::new("curl")
+        .args(["-sS", "-m", "5", "--cacert", c.ca.to_str().unwrap()])
+        .arg(format!("{}/readyz", c.server.url()))
+        .output()
+        .unwrap();
+    assert!(
+        api.status.success(),
+        "the API server answers: {}",
+        String::from_utf8_lossy(&api.stderr)
+    );
+    let other = Command::new("curl")
+        .args(["-sS", "-m", "5", "--interface", "127.0.0.2"])
+        .args(["--cacert", c.ca.to_str().unwrap()])
+        .arg(format!("{}/{}/one", creds.endpoint, creds.bucket))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&other.stdout).contains("<Code>AccessDenied</Code>"),
+        "S3 serves another source: {}{}",
+        String::from_utf8_lossy(&other.stdout),
+        String::from_utf8_lossy(&other.stderr)
+    );
+    // The slow ones are cut off by the handshake timeout, and 127.0.0.1 is served again.
+    for s in &mut slow {
+        let _ = s.write_all(&[0]).await;
+    }
+    let started = std::time::Instant::now();
+    for s in &mut slow {
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "a slow handshake is closed"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(15));
+    aws_ok(&creds, &["s3", "ls", &s3("")]);
+    drop(slow);
 }

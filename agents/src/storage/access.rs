@@ -35,6 +35,9 @@ pub struct Policy {
     pub versioning: bool,
     /// Limits on what it holds.
     pub quota: super::store::Limits,
+    /// How long a multipart upload may stay incomplete before it is aborted (zero: the
+    /// lifecycle has not said; nothing is hidden).
+    pub abort_uploads_after: std::time::Duration,
 }
 
 /// The keys and bucket policies of this host, swapped whole by the reconcilers.

@@ -1,6 +1,7 @@
 //! The Bucket reconciler of a storage host: a [`Controller`] over the Buckets bound to this
 //! node. Each pass makes the bucket exist in the local store with its versioning, publishes
-//! its policy (access, quota) to the S3 endpoint, runs its lifecycle expiry, and writes the
+//! its policy (access, quota) to the S3 endpoint, runs its lifecycle (object expiry, and the
+//! abort of multipart uploads left incomplete, after 7 days by default), and writes the
 //! status: endpoint, usage, `Ready`. Deletion goes through the finalizer
 //! `keel.dev/bucket-storage`: a bucket that still holds objects is kept (Terminating, with a
 //! condition saying so) unless its `deletePolicy` is `Delete`.
@@ -13,7 +14,7 @@ use keel_controllers::runtime::{
     Action, Condition, EventType, FinalizerError, FinalizerEvent, ObjectExt, Recorder, finalizer,
     set_condition,
 };
-use keel_schemas::kinds::storage::{Access, BucketSpec, DeletePolicy};
+use keel_schemas::kinds::storage::{Access, BucketSpec, DeletePolicy, Lifecycle};
 use serde_json::{Value, json};
 
 use super::access::{Policy, Registry};
@@ -102,6 +103,13 @@ async fn apply(bucket: &Value, api: &Api<Value>, ctx: &Context) -> Result<Action
     })
     .await?;
     let quota = spec.quota.clone().unwrap_or_default();
+    let abort_days = spec
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.abort_incomplete_multipart_upload_days)
+        .unwrap_or(Lifecycle::DEFAULT_ABORT_INCOMPLETE_UPLOAD_DAYS)
+        .max(1);
+    let abort_after = Duration::from_secs(u64::from(abort_days) * 86_400);
     ctx.registry.set_bucket(
         &name,
         Policy {
@@ -116,8 +124,28 @@ async fn apply(bucket: &Value, api: &Api<Value>, ctx: &Context) -> Result<Action
                     .and_then(|b| u64::try_from(b).ok()),
                 objects: quota.objects,
             },
+            abort_uploads_after: abort_after,
         },
     );
+    if let Some(cutoff) = SystemTime::now().checked_sub(abort_after) {
+        let store = ctx.store.clone();
+        let bucket_name = name.clone();
+        let aborted = blocking(move || store.abort_uploads(&bucket_name, cutoff)).await?;
+        if aborted > 0 {
+            let message = format!(
+                "{aborted} multipart uploads incomplete after {abort_days} days aborted, their parts deleted"
+            );
+            ctx.recorder
+                .publish(
+                    bucket,
+                    EventType::Normal,
+                    "UploadsAborted",
+                    "Lifecycle",
+                    &message,
+                )
+                .await;
+        }
+    }
     if let Some(days) = spec.lifecycle.as_ref().and_then(|l| l.expiration_days) {
         let cutoff = SystemTime::now() - Duration::from_secs(u64::from(days) * 86_400);
         let store = ctx.store.clone();

@@ -1,10 +1,13 @@
 //! The access keys of the buckets served here, learned the way a kubelet learns its pods'
-//! Secrets: for each Bucket bound to this node, a watch of exactly the Secret its status
-//! names (`status.secretName`, in the Bucket's namespace), which is all the node authorizer
+//! Secrets: for each Bucket bound to this node, a watch of exactly the Secrets its status
+//! names (`status.secretName` and `status.keySecrets`, in the Bucket's namespace), which is all the node authorizer
 //! lets a node read. A key opens the bucket whose Secret holds it, by that Bucket's S3 name —
-//! never a bucket a Secret merely claims by label.
+//! never a bucket a Secret merely claims by label — and only while the Secret is owned by that
+//! very Bucket: an `ownerReferences` entry of kind `Bucket` with its name and uid. A Secret of
+//! the same name made by someone else (before the Bucket, or left by an earlier Bucket of the
+//! same name) opens nothing; the agent logs why, and the bucket controller records an Event.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use base64::Engine;
@@ -23,6 +26,17 @@ use crate::agent::Shared;
 struct Source {
     namespace: String,
     secret: String,
+}
+
+/// The Bucket a credentials Secret must be owned by, and the S3 bucket its keys open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Owner {
+    /// The Bucket object's name.
+    name: String,
+    /// Its uid.
+    uid: String,
+    /// The S3 name of the bucket.
+    bucket: String,
 }
 
 /// Keeps the registry's access keys equal to the credentials of the Buckets bound here.
@@ -48,6 +62,8 @@ pub(crate) async fn run(
     let mut watches: HashMap<Source, JoinHandle<()>> = HashMap::new();
     let mut secrets: HashMap<Source, Value> = HashMap::new();
     let stop = shutdown.clone();
+    // Secrets already reported as opening nothing (by resource version): logged once.
+    let mut reported: HashSet<(Source, String)> = HashSet::new();
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
@@ -83,7 +99,17 @@ pub(crate) async fn run(
                 };
             }
         }
-        registry.set_keys(keys(&sources(&buckets.list()), &secrets));
+        let (found, ignored) = keys(&sources(&buckets.list()), &secrets);
+        registry.set_keys(found);
+        for (source, why) in ignored {
+            let version = secrets
+                .get(&source)
+                .map(|s| s.resource_version().to_string())
+                .unwrap_or_default();
+            if reported.insert((source.clone(), version)) {
+                tracing::warn!(namespace = %source.namespace, secret = %source.secret, "{why}");
+            }
+        }
     }
     for task in watches.into_values() {
         task.abort();
@@ -116,34 +142,61 @@ async fn follow(
     }
 }
 
-/// The Secret each bound bucket names, with the S3 bucket its keys open.
-fn sources(buckets: &[Arc<Value>]) -> HashMap<Source, String> {
-    buckets
-        .iter()
-        .filter_map(|b| {
-            let secret = b["status"]["secretName"]
-                .as_str()
-                .filter(|s| !s.is_empty())?;
-            let bucket = b["status"]["bucketName"]
-                .as_str()
-                .or(b["spec"]["bucketName"].as_str())
-                .filter(|s| !s.is_empty())?;
+/// The Secrets each bound bucket names (`status.secretName`, then the tenant's
+/// `status.keySecrets`), with the Bucket that must own them.
+fn sources(buckets: &[Arc<Value>]) -> HashMap<Source, Owner> {
+    let mut out = HashMap::new();
+    for b in buckets {
+        let bucket = b["status"]["bucketName"]
+            .as_str()
+            .or(b["spec"]["bucketName"].as_str())
+            .filter(|s| !s.is_empty());
+        let (Some(bucket), Some(namespace)) = (bucket, b.namespace()) else {
+            continue;
+        };
+        let own = b["status"]["secretName"].as_str().into_iter();
+        let extra = b["status"]["keySecrets"].as_array().into_iter().flatten();
+        for secret in own.chain(extra.filter_map(Value::as_str)) {
+            if secret.is_empty() {
+                continue;
+            }
             let source = Source {
-                namespace: b.namespace()?.to_string(),
+                namespace: namespace.to_string(),
                 secret: secret.to_string(),
             };
-            Some((source, bucket.to_string()))
-        })
-        .collect()
+            let owner = Owner {
+                name: b.name().to_string(),
+                uid: b.uid().to_string(),
+                bucket: bucket.to_string(),
+            };
+            out.insert(source, owner);
+        }
+    }
+    out
 }
 
-/// The access keys in the Secrets: access key -> (secret key, bucket). An access key two
+/// Whether `secret` carries an owner reference to the Bucket `owner` (kind, name and uid).
+fn owned_by(secret: &Value, owner: &Owner) -> bool {
+    secret["metadata"]["ownerReferences"]
+        .as_array()
+        .is_some_and(|refs| {
+            refs.iter().any(|r| {
+                r["kind"] == "Bucket"
+                    && r["name"].as_str() == Some(owner.name.as_str())
+                    && !owner.uid.is_empty()
+                    && r["uid"].as_str() == Some(owner.uid.as_str())
+            })
+        })
+}
+
+/// The access keys in the Secrets: access key -> (secret key, bucket), and the Secrets that
+/// open nothing with why. A Secret not owned by its Bucket opens nothing. An access key two
 /// Secrets hold opens neither bucket: access key ids are not secret, and a tenant who copied
 /// another's into their own Secret must not take (or make ambiguous) the other's bucket.
 fn keys(
-    sources: &HashMap<Source, String>,
+    sources: &HashMap<Source, Owner>,
     secrets: &HashMap<Source, Value>,
-) -> HashMap<String, access::Key> {
+) -> (HashMap<String, access::Key>, Vec<(Source, String)>) {
     let decode = |s: &Value, key: &str| {
         let text = s["data"][key].as_str()?;
         let bytes = base64::engine::general_purpose::STANDARD
@@ -152,18 +205,27 @@ fn keys(
         String::from_utf8(bytes).ok()
     };
     let mut out: HashMap<String, access::Key> = HashMap::new();
+    let mut ignored = Vec::new();
     let mut taken_twice = Vec::new();
-    for (source, bucket) in sources {
+    for (source, owner) in sources {
         let Some(s) = secrets.get(source) else {
             continue;
         };
+        if !owned_by(s, owner) {
+            let why = format!(
+                "Secret {}/{} has no ownerReference to Bucket {} (uid {}): its keys do not open bucket {}",
+                source.namespace, source.secret, owner.name, owner.uid, owner.bucket
+            );
+            ignored.push((source.clone(), why));
+            continue;
+        }
         let (Some(access_key), Some(secret)) = (decode(s, ACCESS_KEY), decode(s, SECRET_KEY))
         else {
             continue;
         };
         let key = access::Key {
             secret,
-            bucket: bucket.clone(),
+            bucket: owner.bucket.clone(),
         };
         if out.insert(access_key.clone(), key).is_some() {
             taken_twice.push(access_key);
@@ -176,7 +238,7 @@ fn keys(
         );
         out.remove(&access_key);
     }
-    out
+    (out, ignored)
 }
 
 #[cfg(test)]
@@ -185,45 +247,82 @@ mod tests {
 
     use super::*;
 
+    fn owned(uid: &str, data: Value) -> Value {
+        json!({"metadata": {"labels": {"keel.dev/bucket": "other-tenant"},
+            "ownerReferences": [{"apiVersion": "keel.dev/v1alpha1", "kind": "Bucket", "name": "assets", "uid": uid}]},
+            "data": data})
+    }
+
     #[test]
-    fn a_key_opens_the_bucket_whose_secret_holds_it() {
+    fn a_key_opens_the_bucket_whose_owned_secret_holds_it() {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let bucket = Arc::new(json!({"metadata": {"name": "assets", "namespace": "shop"},
-            "status": {"nodeName": "h1", "secretName": "assets-credentials", "bucketName": "shop-assets"}}));
+        let bucket = Arc::new(
+            json!({"metadata": {"name": "assets", "namespace": "shop", "uid": "u-1"},
+            "status": {"nodeName": "h1", "secretName": "assets-credentials", "bucketName": "shop-assets",
+                "keySecrets": ["assets-ci"]}}),
+        );
         let pending =
             Arc::new(json!({"metadata": {"name": "new", "namespace": "shop"}, "status": {}}));
-        let wanted = sources(&[bucket, pending]);
-        assert_eq!(wanted.len(), 1);
+        let mut wanted = sources(&[bucket, pending]);
+        assert_eq!(wanted.len(), 2);
+        let ci = Source {
+            namespace: "shop".into(),
+            secret: "assets-ci".into(),
+        };
+        assert_eq!(wanted.remove(&ci).map(|o| o.uid), Some("u-1".into()));
         let source = Source {
             namespace: "shop".into(),
             secret: "assets-credentials".into(),
         };
-        assert_eq!(wanted.get(&source).map(String::as_str), Some("shop-assets"));
+        assert_eq!(wanted[&source].bucket, "shop-assets");
         // The Secret's own label claims another tenant's bucket: the Bucket decides.
-        let secret = json!({"metadata": {"labels": {"keel.dev/bucket": "other-tenant"}},
-            "data": {ACCESS_KEY: b64("AK1"), SECRET_KEY: b64("s3cr3t")}});
-        let found = keys(&wanted, &HashMap::from([(source, secret)]));
+        let pair = json!({ACCESS_KEY: b64("AK1"), SECRET_KEY: b64("s3cr3t")});
+        let secrets = HashMap::from([(source.clone(), owned("u-1", pair.clone()))]);
+        let (found, ignored) = keys(&wanted, &secrets);
+        assert!(ignored.is_empty(), "{ignored:?}");
         assert_eq!(
             found.get("AK1").map(|k| k.bucket.as_str()),
             Some("shop-assets")
         );
         assert_eq!(found.get("AK1").map(|k| k.secret.as_str()), Some("s3cr3t"));
+        // The Secret the status names, without an owner reference to this Bucket (none, or
+        // an earlier Bucket's of the same name): it opens nothing, and says why.
+        for secret in [
+            json!({"metadata": {"labels": {"keel.dev/bucket": "shop-assets"}}, "data": pair}),
+            owned("u-0", pair.clone()),
+        ] {
+            let secrets = HashMap::from([(source.clone(), secret)]);
+            let (found, ignored) = keys(&wanted, &secrets);
+            assert!(found.is_empty(), "{found:?}");
+            assert_eq!(ignored.len(), 1);
+            assert!(
+                ignored[0]
+                    .1
+                    .contains("no ownerReference to Bucket assets (uid u-1)"),
+                "{}",
+                ignored[0].1
+            );
+        }
         // Another tenant copies the access key id into its own bucket's Secret: neither opens.
         let theirs = Source {
             namespace: "evil".into(),
             secret: "loot-credentials".into(),
         };
         let mut both = wanted.clone();
-        both.insert(theirs.clone(), "evil-loot".into());
-        let copied = json!({"data": {ACCESS_KEY: b64("AK1"), SECRET_KEY: b64("mine")}});
-        let mut secrets = HashMap::from([(theirs, copied)]);
-        secrets.insert(
-            Source {
-                namespace: "shop".into(),
-                secret: "assets-credentials".into(),
+        both.insert(
+            theirs.clone(),
+            Owner {
+                name: "assets".into(),
+                uid: "u-9".into(),
+                bucket: "evil-loot".into(),
             },
-            json!({"data": {ACCESS_KEY: b64("AK1"), SECRET_KEY: b64("s3cr3t")}}),
         );
-        assert!(!keys(&both, &secrets).contains_key("AK1"));
+        let copied = owned(
+            "u-9",
+            json!({ACCESS_KEY: b64("AK1"), SECRET_KEY: b64("mine")}),
+        );
+        let mut secrets = HashMap::from([(theirs, copied)]);
+        secrets.insert(source, owned("u-1", pair));
+        assert!(!keys(&both, &secrets).0.contains_key("AK1"));
     }
 }

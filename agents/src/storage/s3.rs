@@ -14,7 +14,7 @@ use std::time::UNIX_EPOCH;
 
 use base64::Engine;
 use bytes::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use s3s::dto::*;
 use s3s::service::S3ServiceBuilder;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use super::access::{Policy, Registry, Shared};
 use super::store::{self, Body, ObjectInfo, ObjectMeta, StorageError, Store};
+use crate::listen::ConnectionLimits;
 
 /// Bytes read from disk per chunk of a GET body.
 const READ_CHUNK: usize = 256 * 1024;
@@ -52,10 +53,15 @@ pub struct Gateway {
     registry: Arc<Registry>,
 }
 
-/// Serves S3 on `listener` (over TLS with `tls`) until `shutdown` turns true.
+/// Serves S3 on `listener` (over TLS with `tls`) until `shutdown` turns true, holding every
+/// connection to `limits`: a connection over the listener's or its source's cap is closed at
+/// once, a TLS handshake or a request header that takes too long ends its connection, so a
+/// slowloris on this port cannot take the process's file descriptors from the API server
+/// that may share it.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: ConnectionLimits,
     store: Store,
     registry: Arc<Registry>,
     mut shutdown: watch::Receiver<bool>,
@@ -69,7 +75,12 @@ pub async fn serve(
         builder.set_access(Shared(registry));
         builder.build()
     };
-    let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only, which every S3 client speaks: its header-read timeout also bounds how
+    // long a kept-alive connection may sit idle between requests.
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.limits().header_timeout);
+    let handshake_timeout = limits.limits().handshake_timeout;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -83,30 +94,42 @@ pub async fn serve(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
-        let Some(tls) = &tls else {
-            let conn = http.serve_connection(TokioIo::new(stream), service.clone());
-            let conn = graceful.watch(conn.into_owned());
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, error = %e, "S3 connection ended");
-                }
-            });
-            continue;
+        let permit = match limits.admit(peer.ip()) {
+            Ok(p) => p,
+            Err(refused) => {
+                tracing::debug!(%peer, %refused, "S3 connection refused");
+                continue;
+            }
         };
-        // The handshake runs in the connection's task: a slow client holds up no other.
+        let _ = stream.set_nodelay(true);
         let (tls, http, service) = (tls.clone(), http.clone(), service.clone());
         let watcher = graceful.watcher();
+        // The handshake runs in the connection's task: a slow client holds up no other.
         tokio::spawn(async move {
-            let stream = match tls.accept(stream).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "S3 TLS handshake failed");
-                    return;
+            let _permit = permit;
+            let result = match tls {
+                None => {
+                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(conn).await
+                }
+                Some(tls) => {
+                    let stream =
+                        match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "S3 TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "S3 TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(conn).await
                 }
             };
-            let conn = http.serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "S3 connection ended");
             }
         });
@@ -657,7 +680,7 @@ impl S3 for Gateway {
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
         let input = req.input;
-        self.policy(&input.bucket)?;
+        let policy = self.policy(&input.bucket)?;
         let part_number = u32::try_from(input.part_number).map_err(|_| {
             s3_error!(
                 InvalidArgument,
@@ -667,7 +690,13 @@ impl S3 for Gateway {
         let body = request_body(input.body, input.content_length, input.content_md5)?;
         let part = self
             .store
-            .put_part(&input.bucket, &input.upload_id, part_number, body)
+            .put_part(
+                &input.bucket,
+                &input.upload_id,
+                part_number,
+                body,
+                policy.quota,
+            )
             .await
             .map_err(s3)?;
         Ok(S3Response::new(UploadPartOutput {
@@ -787,14 +816,19 @@ impl S3 for Gateway {
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         let input = req.input;
-        self.policy(&input.bucket)?;
+        let policy = self.policy(&input.bucket)?;
         let max = usize::try_from(input.max_uploads.unwrap_or(1000))
             .unwrap_or(0)
             .min(1000);
         let prefix = input.prefix.clone().unwrap_or_default();
         let mut uploads = self.store.list_uploads(&input.bucket).await.map_err(s3)?;
+        // Expired uploads are gone for the client before the lifecycle's next pass aborts them.
+        let expired = (!policy.abort_uploads_after.is_zero())
+            .then(|| std::time::SystemTime::now().checked_sub(policy.abort_uploads_after))
+            .flatten();
         uploads.retain(|u| {
-            u.key.starts_with(&prefix)
+            expired.is_none_or(|cutoff| u.initiated >= cutoff)
+                && u.key.starts_with(&prefix)
                 && input
                     .key_marker
                     .as_ref()
@@ -1096,6 +1130,13 @@ fn s3(e: StorageError) -> S3Error {
             let mut err =
                 S3Error::with_message(S3ErrorCode::Custom("QuotaExceeded".into()), message);
             err.set_status_code(hyper::StatusCode::FORBIDDEN);
+            return err;
+        }
+        StorageError::InsufficientStorage { .. } => {
+            // MinIO answers its free-space floor the same way (507, XMinioStorageFull).
+            let mut err =
+                S3Error::with_message(S3ErrorCode::Custom("InsufficientStorage".into()), message);
+            err.set_status_code(hyper::StatusCode::INSUFFICIENT_STORAGE);
             return err;
         }
         StorageError::InvalidPart { .. } => S3ErrorCode::InvalidPart,

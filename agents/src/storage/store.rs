@@ -31,8 +31,9 @@
 //!
 //! Modules: `index` (tables, records, the primitives that keep usage counters right),
 //! `object` (PUT, GET, HEAD, DELETE, COPY), `list` (listings, purge, expiry),
-//! `multipart` (uploads and parts), `write` (bodies to durable files), `recover` (cleanup
-//! at open).
+//! `multipart` (uploads and parts, which count toward the byte quota while they wait, and
+//! their expiry), `write` (bodies to durable files), `recover` (cleanup at open), `space`
+//! (the free-space floor writes are held to).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -50,10 +51,12 @@ mod list;
 mod multipart;
 mod object;
 mod recover;
+mod space;
 mod write;
 
 pub use list::{ListPage, VersionsPage};
 pub use multipart::{MIN_PART_SIZE, PartInfo, UploadInfo};
+pub use space::FreeSpaceFloor;
 
 use index::{BUCKETS, BucketRecord, Tx, index, no_such_bucket, now_nanos, read_bucket};
 use write::join;
@@ -121,8 +124,11 @@ pub enum StorageError {
         /// What it still holds.
         holds: &'static str,
     },
-    /// The write would take the bucket past its quota.
-    #[error("bucket {bucket:?} is limited to {limit} {what}; this write needs {needed}")]
+    /// The write would take the bucket past its quota (parts of uploads in progress count
+    /// toward its bytes).
+    #[error(
+        "bucket {bucket:?} has a quota of {limit} {what}; this write would take it to {needed}"
+    )]
     QuotaExceeded {
         /// The bucket.
         bucket: String,
@@ -132,6 +138,19 @@ pub enum StorageError {
         limit: u64,
         /// The usage the write would lead to (at least).
         needed: u64,
+    },
+    /// The store's file system has less free space than the host keeps free: no writes.
+    #[error(
+        "this storage host keeps {floor} bytes free (--storage-min-free) and has {free} bytes free{}: writes are refused until space is freed",
+        match needed { Some(n) => format!(", this write needs {n}"), None => String::new() }
+    )]
+    InsufficientStorage {
+        /// The floor, in bytes.
+        floor: u64,
+        /// The free bytes now.
+        free: u64,
+        /// What the write declared it needs, if it did.
+        needed: Option<u64>,
     },
     /// A part listed to complete an upload is not there as listed.
     #[error("part {part_number} of upload {upload_id:?} {reason}")]
@@ -316,6 +335,8 @@ pub struct BucketInfo {
     pub versioning: bool,
     /// What it holds.
     pub usage: Usage,
+    /// Bytes of the parts of its uploads in progress (they count toward its byte quota).
+    pub uploading: u64,
 }
 
 /// A request body: a stream of chunks, with what the client declared about it.
@@ -349,9 +370,11 @@ pub struct Deleted {
 
 struct Inner {
     db: Database,
+    root: PathBuf,
     data: PathBuf,
     uploads: PathBuf,
     random: SystemRandom,
+    floor: FreeSpaceFloor,
 }
 
 // === impl Store ===
@@ -361,6 +384,12 @@ impl Store {
     /// every data and part file the index does not reference, and the directories of
     /// uploads it does not know. Blocking: it reads the whole data directory.
     pub fn open(root: &Path) -> Result<Store> {
+        Store::open_with(root, FreeSpaceFloor::None)
+    }
+
+    /// [`Store::open`], refusing writes (PUT, part, copy, completion) that would leave its
+    /// file system with less free space than `floor`.
+    pub fn open_with(root: &Path, floor: FreeSpaceFloor) -> Result<Store> {
         let data = root.join("data");
         let uploads = root.join("uploads");
         for dir in [root, &data, &uploads] {
@@ -379,9 +408,11 @@ impl Store {
         wtx.commit().map_err(index("create tables"))?;
         let inner = Inner {
             db,
+            root: root.to_path_buf(),
             data,
             uploads,
             random: SystemRandom::new(),
+            floor,
         };
         recover::recover(&inner)?;
         Ok(Store {
@@ -473,6 +504,18 @@ impl Store {
     pub fn expire(&self, bucket: &str, older_than: SystemTime) -> Result<u64> {
         list::expire(&self.inner, bucket, older_than)
     }
+
+    /// The lifecycle's abort of incomplete multipart uploads: aborts every upload of
+    /// `bucket` initiated before `initiated_before`, releasing its parts' bytes from the
+    /// quota. Returns how many were aborted.
+    pub fn abort_uploads(&self, bucket: &str, initiated_before: SystemTime) -> Result<u64> {
+        multipart::abort_older(&self.inner, bucket, initiated_before)
+    }
+
+    /// The free-space floor writes are held to.
+    pub fn floor(&self) -> FreeSpaceFloor {
+        self.inner.floor
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -547,6 +590,15 @@ impl Inner {
         }
     }
 
+    /// Refuses a write of `needed` bytes (when declared) that would leave the file system
+    /// below the free-space floor.
+    fn check_space(&self, needed: Option<u64>) -> Result<()> {
+        if self.floor == FreeSpaceFloor::None {
+            return Ok(());
+        }
+        self.floor.check(space::space(&self.root)?, needed)
+    }
+
     fn bucket_record(&self, rtx: &ReadTransaction, name: &str) -> Result<BucketRecord> {
         let table = rtx.open_table(BUCKETS).map_err(index("open buckets"))?;
         read_bucket(&table, name)?.ok_or_else(|| no_such_bucket(name))
@@ -588,6 +640,7 @@ fn bucket_info(name: &str, record: &BucketRecord) -> BucketInfo {
         created: index::time_of(record.created),
         versioning: record.versioning,
         usage: record.usage(),
+        uploading: record.uploading,
     }
 }
 

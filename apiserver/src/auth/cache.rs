@@ -174,7 +174,16 @@ fn binding(resource: &str, object: &Value) -> Option<Bound> {
         }
     };
     match resource {
-        "buckets" => add("secrets", &object["status"]["secretName"]),
+        "buckets" => {
+            add("secrets", &object["status"]["secretName"]);
+            for extra in object["status"]["keySecrets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                add("secrets", extra);
+            }
+        }
         "pods" => pod_references(&object["spec"], &mut add),
         _ => {}
     }
@@ -552,6 +561,13 @@ mod tests {
         g.set(("pods", "shop".into(), "web".into()), None);
         assert!(!g.references("h1", "secrets", "shop", "assets-credentials"));
         assert!(!g.refs.contains_key("h1"));
+        // A bucket's further key Secrets are its references too.
+        let keys = json!({"status": {"nodeName": "h2", "secretName": "assets-credentials",
+            "keySecrets": ["assets-ci", "assets-backup"]}});
+        g.set(key.clone(), binding("buckets", &keys));
+        assert!(g.references("h2", "secrets", "shop", "assets-ci"));
+        assert!(g.references("h2", "secrets", "shop", "assets-backup"));
+        assert!(!g.references("h1", "secrets", "shop", "assets-ci"));
         // Unbound objects are not in the graph.
         g.set(key, binding("buckets", &json!({"status": {}})));
         assert_eq!(g.node_of("buckets", "shop", "assets"), None);

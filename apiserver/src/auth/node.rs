@@ -45,7 +45,7 @@ fn pinned(resource: &str) -> (&'static [&'static str], &'static [&'static str]) 
     match resource {
         "virtualmachines" => (&["nodeName"], &["Scheduled", "NetworkReady"]),
         "loadbalancers" => (&["nodeName", "vip"], &["Accepted"]),
-        "buckets" => (&["nodeName", "bucketName", "secretName"], &[]),
+        "buckets" => (&["nodeName", "bucketName", "secretName", "keySecrets"], &[]),
         _ => (&[], &[]),
     }
 }

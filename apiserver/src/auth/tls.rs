@@ -267,6 +267,42 @@ impl Certificates {
         })
     }
 
+    /// Issues a serving certificate (and a new key) for `names` (DNS names or IPs), valid
+    /// for `lifetime`: what the server's own components serve HTTPS with (its local agent's
+    /// S3 endpoint), trusted by clients of the cluster CA.
+    pub fn issue_server(&self, names: &[String], lifetime: Duration) -> Result<Issued, TlsError> {
+        let key = KeyPair::generate().map_err(invalid("serving key"))?;
+        let mut params =
+            CertificateParams::new(Vec::<String>::new()).map_err(invalid("serving certificate"))?;
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse::<IpAddr>() {
+                Ok(ip) => Ok(rcgen::SanType::IpAddress(ip)),
+                Err(_) => n
+                    .clone()
+                    .try_into()
+                    .map(rcgen::SanType::DnsName)
+                    .map_err(invalid(&format!("serving name {n:?}"))),
+            })
+            .collect::<Result<_, _>>()?;
+        let cn = names.first().map_or("keel", String::as_str);
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let now = SystemTime::now();
+        let not_after = now + lifetime;
+        params.not_before = (now - BACKDATE).into();
+        params.not_after = not_after.into();
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params
+            .signed_by(&key, &self.issuer()?)
+            .map_err(invalid("serving certificate"))?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            not_after,
+        })
+    }
+
     /// Signs the public key of a certificate signing request (PEM) as a client certificate
     /// for `user` in `group`, whatever names the request asked for; returns it as PEM.
     pub fn sign_csr(

@@ -92,7 +92,7 @@ async fn run(args: Args) -> Result<()> {
         dir.path(),
         &server,
         "bench-s3",
-        &["--s3-listen", "127.0.0.1:0"],
+        &["--s3-listen", "127.0.0.1:0", "--s3-plain-http"],
     )?;
     let target = make_bucket(&server).await?;
     println!(

@@ -13,6 +13,10 @@ use keel_apiserver::raft::{Client, Consistency, ServerConfig, Tuning};
 use keel_apiserver::store::{EventKind, KeyRange, KeyValue, RangeRequest, Txn, WatchRequest};
 use keel_apiserver::{ApiConfig, ApiServer};
 
+/// How long the certificate a server's local agent serves S3 with lasts; it is issued anew
+/// at every start.
+const S3_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
+
 /// Keel: a declarative control plane for a small cloud.
 #[derive(Parser, Debug)]
 #[command(name = "keel", version, about)]
@@ -162,7 +166,7 @@ struct ServerArgs {
     #[arg(long)]
     disable_load_balancer: bool,
     #[command(flatten)]
-    s3_tls: S3Tls,
+    s3: S3Options,
     #[command(flatten)]
     guests: GuestArgs,
     #[command(flatten)]
@@ -240,20 +244,78 @@ fn duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text:?}: give a duration like 720h, 30d or 90s"))
 }
 
-/// HTTPS for the S3 endpoint.
+/// The S3 endpoint's HTTPS, connection limits and free-space floor.
 #[derive(Args, Debug)]
-struct S3Tls {
-    /// The S3 endpoint's certificate chain (PEM): it serves HTTPS instead of HTTP.
+struct S3Options {
+    /// The S3 endpoint's certificate chain (PEM), instead of one the cluster CA signs (on a
+    /// server) — an agent's storage role needs one, or --s3-plain-http.
     #[arg(long, requires = "s3_tls_key")]
     s3_tls_cert: Option<PathBuf>,
     /// The private key of `--s3-tls-cert` (PEM).
     #[arg(long, requires = "s3_tls_cert")]
     s3_tls_key: Option<PathBuf>,
+    /// Serve S3 over plain HTTP: access keys' signatures and data cross the network in the
+    /// clear. For a trusted network or a TLS proxy in front only.
+    #[arg(long, conflicts_with_all = ["s3_tls_cert", "s3_tls_key"])]
+    s3_plain_http: bool,
+    /// S3 connections held at once, from all sources.
+    #[arg(long, default_value_t = keel_agent::listen::Limits::default().total)]
+    s3_max_connections: usize,
+    /// S3 connections held at once from one source address (a slowloris from one address
+    /// leaves the rest to everyone else).
+    #[arg(long, default_value_t = keel_agent::listen::Limits::default().per_source)]
+    s3_max_connections_per_source: usize,
+    /// How long an S3 client may take to send a request's header (and to finish its TLS
+    /// handshake); also how long a kept-alive connection may sit idle (10s, 1m).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    s3_header_timeout: Duration,
+    /// Free space the object store keeps on the file system of its data directory: below
+    /// it S3 writes (PUT, UploadPart, CopyObject, CompleteMultipartUpload) are refused with
+    /// 507 InsufficientStorage; reads and deletes go on. Bytes (1Gi, 0 for none) or a
+    /// percentage of the file system (5%).
+    #[arg(long, default_value = "1Gi")]
+    storage_min_free: keel_agent::storage::store::FreeSpaceFloor,
 }
 
-impl S3Tls {
-    fn pair(&self) -> Option<(PathBuf, PathBuf)> {
-        self.s3_tls_cert.clone().zip(self.s3_tls_key.clone())
+impl S3Options {
+    /// Applies the options to `config`; `signer` makes a certificate from the cluster CA
+    /// (a server's local agent) when no file is given.
+    fn apply(
+        &self,
+        config: &mut keel_agent::AgentConfig,
+        signer: Option<keel_agent::storage::Signer>,
+    ) -> Result<(), String> {
+        use keel_agent::storage::S3Tls;
+        config.s3_tls = match (&self.s3_tls_cert, &self.s3_tls_key, signer) {
+            _ if self.s3_plain_http => S3Tls::PlainHttp,
+            (Some(cert), Some(key), _) => S3Tls::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            (_, _, Some(signer)) => S3Tls::ClusterCa(signer),
+            _ if config.s3_listen.is_none() => S3Tls::PlainHttp,
+            _ => {
+                return Err(
+                    "--s3-listen serves HTTPS: give --s3-tls-cert and --s3-tls-key (a certificate for this host's names), or --s3-plain-http"
+                        .into(),
+                );
+            }
+        };
+        if self.s3_max_connections == 0 || self.s3_max_connections_per_source == 0 {
+            return Err(
+                "--s3-max-connections and --s3-max-connections-per-source must be at least 1"
+                    .into(),
+            );
+        }
+        config.s3_limits = keel_agent::listen::Limits {
+            total: self.s3_max_connections,
+            per_source: self.s3_max_connections_per_source,
+            handshake_timeout: self.s3_header_timeout,
+            header_timeout: self.s3_header_timeout,
+            ..keel_agent::listen::Limits::default()
+        };
+        config.storage_min_free = self.storage_min_free;
+        Ok(())
     }
 }
 
@@ -310,7 +372,7 @@ struct AgentArgs {
     #[arg(long, default_value = "off", value_parser = listen_or_off)]
     s3_listen: Listen,
     #[command(flatten)]
-    s3_tls: S3Tls,
+    s3: S3Options,
     #[command(flatten)]
     guests: GuestArgs,
     /// This host serves no LoadBalancer (by default its agent's L4 proxy serves the VIPs the
@@ -690,7 +752,16 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
         agent.listen = args.agent_listen;
         agent.dns_listen = args.dns_listen.0;
         agent.s3_listen = args.s3_listen.0;
-        agent.s3_tls = args.s3_tls.pair();
+        // The local agent's S3 endpoint serves HTTPS with a certificate of the cluster CA,
+        // which every client of the cluster already trusts.
+        let signer_server = server.clone();
+        let signer: keel_agent::storage::Signer = std::sync::Arc::new(move |names: &[String]| {
+            signer_server
+                .issue_server(names, S3_CERTIFICATE_LIFETIME)
+                .map(|issued| (issued.cert_pem, issued.key_pem))
+                .map_err(|e| e.to_string())
+        });
+        args.s3.apply(&mut agent, Some(signer))?;
         agent.load_balancer = !args.disable_load_balancer;
         args.guests.apply(&mut agent);
         agent.ca_pem = server.ca_pem().to_string();
@@ -785,6 +856,11 @@ fn hostname() -> String {
 
 async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
     let node_name = args.node_name.clone().unwrap_or_else(hostname);
+    let mut config =
+        keel_agent::AgentConfig::new(&node_name, args.data_dir.clone(), std::env::current_exe()?);
+    // Checked before anything talks to the cluster.
+    config.s3_listen = args.s3_listen.0;
+    args.s3.apply(&mut config, None)?;
     let ca_file = args.data_dir.join("pki").join("ca.crt");
     let ca = match &args.token {
         Some(text) => {
@@ -809,12 +885,8 @@ async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
         Ok(n) => tracing::info!(servers = n, "learned the cluster's servers"),
         Err(e) => tracing::warn!(error = %e, "cannot list the cluster's servers yet"),
     }
-    let mut config =
-        keel_agent::AgentConfig::new(&node_name, args.data_dir, std::env::current_exe()?);
     config.lease_duration = seconds(args.lease_duration);
     config.dns_listen = args.dns_listen.0;
-    config.s3_listen = args.s3_listen.0;
-    config.s3_tls = args.s3_tls.pair();
     config.load_balancer = !args.disable_load_balancer;
     args.guests.apply(&mut config);
     config.ovs_socket = args.ovs_socket;

@@ -46,6 +46,15 @@ pub struct Lifecycle {
     /// Days after its last write an object expires.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expiration_days: Option<u32>,
+    /// Days after its initiation an incomplete multipart upload is aborted, its parts
+    /// deleted (default [`Lifecycle::DEFAULT_ABORT_INCOMPLETE_UPLOAD_DAYS`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abort_incomplete_multipart_upload_days: Option<u32>,
+}
+
+impl Lifecycle {
+    /// How many days an incomplete multipart upload is kept when the Bucket does not say.
+    pub const DEFAULT_ABORT_INCOMPLETE_UPLOAD_DAYS: u32 = 7;
 }
 
 /// Limits of a bucket.
@@ -98,6 +107,10 @@ pub struct BucketStatus {
     /// Secret with the credentials.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
+    /// Further Secrets with access keys to the bucket: the tenant's, each owned by the
+    /// Bucket (listed by the bucket controller).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_secrets: Vec<String>,
     /// Current usage.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,

@@ -41,6 +41,10 @@ pub(super) struct BucketRecord {
     pub bytes: u64,
     /// Keys whose current version is an object (not a delete marker).
     pub objects: u64,
+    /// Bytes of the parts of uploads in progress: they count toward the byte quota until
+    /// their upload is completed (its object replaces them) or aborted.
+    #[serde(default)]
+    pub uploading: u64,
 }
 
 /// One version of a key: an object or a delete marker.
@@ -114,6 +118,14 @@ impl BucketRecord {
     pub(super) fn usage(&self) -> Usage {
         Usage {
             bytes: self.bytes,
+            objects: self.objects,
+        }
+    }
+
+    /// The usage the quota counts: the objects' bytes and the parts of uploads in progress.
+    pub(super) fn charged(&self) -> Usage {
+        Usage {
+            bytes: self.bytes.saturating_add(self.uploading),
             objects: self.objects,
         }
     }

@@ -1,6 +1,12 @@
 //! Multipart uploads: parts are files under `uploads/<upload id>/`, written like objects
 //! (durable before the index names them); completing concatenates the listed parts into
 //! one data file and commits it like a PUT, removing the upload in the same transaction.
+//!
+//! Parts take disk space before any object exists, so they count toward the bucket's byte
+//! quota as they arrive (the bucket record's `uploading`): a part that would take the bucket
+//! over is refused, and the bytes are released when the upload is aborted, expires
+//! ([`abort_older`], the lifecycle's `abortIncompleteMultipartUploadDays`) or is completed,
+//! when the object replaces its parts in one transaction.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -13,11 +19,11 @@ use md5::{Digest, Md5};
 use redb::ReadableTable;
 
 use super::index::{
-    PARTS, PartRecord, Tx, UPLOADS, UploadRecord, decode, encode, index, now_nanos, time_of,
-    upload_key,
+    PARTS, PartRecord, Tx, UPLOADS, UploadRecord, check_quota, decode, encode, index, nanos,
+    now_nanos, time_of, upload_key,
 };
 use super::object::NewVersion;
-use super::write::{NewFile, Written, concat, hex, stream_to_file, sync_dir};
+use super::write::{Budget, NewFile, Written, concat, hex, stream_to_file, sync_dir};
 use super::{
     Body, BoxError, Inner, Limits, ObjectInfo, ObjectMeta, Result, StorageError, Store, blocking,
     check_key, io_err,
@@ -66,13 +72,14 @@ impl Store {
     }
 
     /// Stores part `part_number` (1 to 10000) of an upload, replacing an earlier upload
-    /// of the same number.
+    /// of the same number. The part counts toward the bucket's byte quota at once.
     pub async fn put_part<S, E>(
         &self,
         bucket: &str,
         upload_id: &str,
         part_number: u32,
         body: Body<S>,
+        limits: Limits,
     ) -> Result<PartInfo>
     where
         S: Stream<Item = Result<Bytes, E>>,
@@ -83,14 +90,17 @@ impl Store {
                 what: format!("part number {part_number} (must be 1 to {MAX_PART_NUMBER})"),
             });
         }
-        self.inner.upload(bucket, upload_id)?;
+        let budget =
+            self.inner
+                .precheck_part(bucket, upload_id, part_number, body.length, limits)?;
+        self.inner.check_space(body.length)?;
         let dir = self.inner.uploads.join(upload_id);
         let file = NewFile::new(&dir, self.inner.random_id()?);
         let inner = self.inner.clone();
         let (bucket, upload_id) = (bucket.to_string(), upload_id.to_string());
         let (b, u) = (bucket.clone(), upload_id.clone());
-        stream_to_file(body, file, dir, None, move |w: Written| {
-            inner.commit_part(&b, &u, part_number, w)
+        stream_to_file(body, file, dir, budget, move |w: Written| {
+            inner.commit_part(&b, &u, part_number, w, limits)
         })
         .await
         .map_err(|e| match e {
@@ -151,7 +161,8 @@ impl Store {
                 {
                     return Err(no_such_upload(&bucket, &upload_id));
                 }
-                remove_parts(tx, &upload_id)
+                let released = remove_parts(tx, &upload_id)?;
+                release(tx, &bucket, released)
             })?;
             inner.remove_upload_dir(&upload_id);
             Ok(())
@@ -227,6 +238,49 @@ impl Inner {
         read_upload(&table, bucket, upload_id)
     }
 
+    /// Checks a part before its body is read: the upload exists, and the declared length fits
+    /// the bucket's byte quota with the parts of every upload in progress (less the part it
+    /// replaces). Returns the byte budget to stream in.
+    fn precheck_part(
+        &self,
+        bucket: &str,
+        upload_id: &str,
+        part_number: u32,
+        length: Option<u64>,
+        limits: Limits,
+    ) -> Result<Option<Budget>> {
+        if !is_upload_id(upload_id) {
+            return Err(no_such_upload(bucket, upload_id));
+        }
+        let rtx = self.read()?;
+        let record = self.bucket_record(&rtx, bucket)?;
+        let uploads = rtx.open_table(UPLOADS).map_err(index("open uploads"))?;
+        read_upload(&uploads, bucket, upload_id)?;
+        let Some(limit) = limits.bytes else {
+            return Ok(None);
+        };
+        let parts = rtx.open_table(PARTS).map_err(index("open parts"))?;
+        let replaced = parts
+            .get((upload_id, part_number))
+            .map_err(index("read part"))?
+            .map(|v| decode::<PartRecord>(v.value(), "part"))
+            .transpose()?
+            .map_or(0, |p| p.size);
+        let used = record.charged().bytes.saturating_sub(replaced);
+        let mut after = record.charged();
+        after.bytes = used.saturating_add(length.unwrap_or(0));
+        let before = super::Usage {
+            bytes: used,
+            ..after
+        };
+        check_quota(bucket, before, after, limits)?;
+        Ok(Some(Budget {
+            bucket: bucket.to_string(),
+            limit,
+            used,
+        }))
+    }
+
     /// The parts of an upload (the caller checked it exists), by number.
     fn parts(&self, upload_id: &str) -> Result<BTreeMap<u32, PartRecord>> {
         let rtx = self.read()?;
@@ -248,6 +302,7 @@ impl Inner {
         upload_id: &str,
         part_number: u32,
         written: Written,
+        limits: Limits,
     ) -> Result<PartInfo> {
         let record = PartRecord {
             file: written.file.id.clone(),
@@ -257,12 +312,19 @@ impl Inner {
         };
         let replaced = self.write("commit part", |tx| {
             read_upload(&tx.uploads, bucket, upload_id)?;
+            let mut usage = tx.bucket(bucket)?;
+            let before = usage.charged();
             let old = tx
                 .parts
                 .insert((upload_id, part_number), encode(&record).as_slice())
                 .map_err(index("write part"))?
                 .map(|v| decode::<PartRecord>(v.value(), "part"))
                 .transpose()?;
+            let old_size = old.as_ref().map_or(0, |p| p.size);
+            usage.uploading = usage.uploading.saturating_sub(old_size) + record.size;
+            // Another part committed since the precheck may have taken the room.
+            check_quota(bucket, before, usage.charged(), limits)?;
+            tx.save_bucket(bucket, &usage)?;
             Ok(old)
         })?;
         written.file.keep();
@@ -291,8 +353,11 @@ impl Inner {
         let parts = self.parts(upload_id)?;
         let chosen = check_parts(upload_id, listed, &parts)?;
         let size: u64 = chosen.iter().map(|p| p.size).sum();
+        // The object replaces all of the upload's parts, listed or not.
+        let parts_size: u64 = parts.values().map(|p| p.size).sum();
         // Refused before the copy when it cannot fit; the commit checks again.
-        self.precheck_put(bucket, &upload.key, Some(size), limits)?;
+        self.precheck_put(bucket, &upload.key, Some(size), limits, parts_size)?;
+        self.check_space(Some(size))?;
         let dir = self.uploads.join(upload_id);
         let mut sources = Vec::with_capacity(chosen.len());
         let mut md5s = Md5::new();
@@ -325,7 +390,7 @@ impl Inner {
             etag: format!("{}-{}", hex(&md5s.finalize()), chosen.len()),
             meta: upload.meta,
         };
-        let info = self.commit_object(bucket, &upload.key, new, limits, |tx| {
+        let info = self.commit_object(bucket, &upload.key, new, limits, |tx, record| {
             let removed = tx
                 .uploads
                 .remove(upload_key(bucket, upload_id).as_str())
@@ -334,7 +399,9 @@ impl Inner {
                 return Err(no_such_upload(bucket, upload_id));
             }
             drop(removed);
-            remove_parts(tx, upload_id)
+            let released = remove_parts(tx, upload_id)?;
+            record.uploading = record.uploading.saturating_sub(released);
+            Ok(())
         })?;
         self.remove_upload_dir(upload_id);
         Ok(info)
@@ -461,15 +528,69 @@ pub(super) fn remove_all_uploads(tx: &mut Tx<'_>, bucket: &str) -> Result<Vec<St
         tx.uploads
             .remove(upload_key(bucket, id).as_str())
             .map_err(index("remove upload"))?;
+        // The bucket goes with them: no counter to release.
         remove_parts(tx, id)?;
     }
     Ok(ids)
 }
 
-fn remove_parts(tx: &mut Tx<'_>, upload_id: &str) -> Result<()> {
+/// Removes the parts of an upload from the index; returns their bytes.
+fn remove_parts(tx: &mut Tx<'_>, upload_id: &str) -> Result<u64> {
+    let mut bytes = 0u64;
+    for entry in tx
+        .parts
+        .range::<(&str, u32)>((upload_id, 0)..=(upload_id, u32::MAX))
+        .map_err(index("scan parts"))?
+    {
+        let (_, v) = entry.map_err(index("scan parts"))?;
+        bytes = bytes.saturating_add(decode::<PartRecord>(v.value(), "part")?.size);
+    }
     tx.parts
         .retain_in::<(&str, u32), _>((upload_id, 0)..=(upload_id, u32::MAX), |_, _| false)
-        .map_err(index("remove parts"))
+        .map_err(index("remove parts"))?;
+    Ok(bytes)
+}
+
+/// Releases `bytes` of parts from the bucket's quota.
+fn release(tx: &mut Tx<'_>, bucket: &str, bytes: u64) -> Result<()> {
+    let mut record = tx.bucket(bucket)?;
+    record.uploading = record.uploading.saturating_sub(bytes);
+    tx.save_bucket(bucket, &record)
+}
+
+/// Aborts the uploads of `bucket` initiated before `before`; returns how many. Looks first
+/// in a read transaction: the lifecycle runs this often, and most passes find nothing.
+pub(super) fn abort_older(inner: &Inner, bucket: &str, before: SystemTime) -> Result<u64> {
+    let cutoff = nanos(before);
+    let expired = |entry: &Result<(String, UploadRecord)>| {
+        entry.as_ref().map_or(true, |(_, r)| r.initiated < cutoff)
+    };
+    {
+        let rtx = inner.read()?;
+        let table = rtx.open_table(UPLOADS).map_err(index("open uploads"))?;
+        if !uploads_of(&table, bucket)?.any(|u| expired(&u)) {
+            return Ok(0);
+        }
+    }
+    let aborted = inner.write("abort expired uploads", |tx| {
+        let old = uploads_of(&tx.uploads, bucket)?
+            .filter(expired)
+            .map(|u| u.map(|(id, _)| id))
+            .collect::<Result<Vec<_>>>()?;
+        let mut released = 0u64;
+        for id in &old {
+            tx.uploads
+                .remove(upload_key(bucket, id).as_str())
+                .map_err(index("remove upload"))?;
+            released = released.saturating_add(remove_parts(tx, id)?);
+        }
+        release(tx, bucket, released)?;
+        Ok(old)
+    })?;
+    for id in &aborted {
+        inner.remove_upload_dir(id);
+    }
+    Ok(aborted.len() as u64)
 }
 
 /// All uploads in the index: upload id → bucket.

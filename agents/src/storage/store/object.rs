@@ -43,7 +43,10 @@ impl Store {
         E: Into<BoxError>,
     {
         check_key(key)?;
-        let budget = self.inner.precheck_put(bucket, key, body.length, limits)?;
+        let budget = self
+            .inner
+            .precheck_put(bucket, key, body.length, limits, 0)?;
+        self.inner.check_space(body.length)?;
         let file = NewFile::new(&self.inner.data, self.inner.random_id()?);
         let inner = self.inner.clone();
         let (bucket, key) = (bucket.to_string(), key.to_string());
@@ -55,7 +58,7 @@ impl Store {
                 etag: write::hex(&w.md5),
                 meta,
             };
-            inner.commit_object(&bucket, &key, new, limits, |_| Ok(()))
+            inner.commit_object(&bucket, &key, new, limits, |_, _| Ok(()))
         })
         .await
     }
@@ -138,13 +141,16 @@ impl Store {
 
 impl Inner {
     /// Checks what can be checked before a body is read: the bucket exists, and the
-    /// declared length and a new key fit the quota. Returns the byte budget to stream in.
+    /// declared length and a new key fit the quota, counting the parts of uploads in
+    /// progress but the `releases` bytes of them the write frees (a completion's own parts).
+    /// Returns the byte budget to stream in.
     pub(super) fn precheck_put(
         &self,
         bucket: &str,
         key: &str,
         length: Option<u64>,
         limits: Limits,
+        releases: u64,
     ) -> Result<Option<Budget>> {
         let rtx = self.read()?;
         let record = self.bucket_record(&rtx, bucket)?;
@@ -158,7 +164,11 @@ impl Inner {
             true => 0,
             false => index::null_version(&versions, &object)?.map_or(0, |(_, r)| r.size),
         };
-        let used = record.bytes.saturating_sub(replaced);
+        let used = record
+            .charged()
+            .bytes
+            .saturating_sub(replaced)
+            .saturating_sub(releases);
         let after = Usage {
             bytes: used + length.unwrap_or(0),
             objects: record.objects + u64::from(!live),
@@ -180,7 +190,8 @@ impl Inner {
     }
 
     /// Commits a new current version of `key` (its file durable already), with `extra`
-    /// changes in the same transaction; then keeps the new file and removes the one it
+    /// changes in the same transaction (which may release bytes from the bucket's record
+    /// before the quota is checked); then keeps the new file and removes the one it
     /// replaced, if any.
     pub(super) fn commit_object(
         &self,
@@ -188,7 +199,7 @@ impl Inner {
         key: &str,
         new: NewVersion,
         limits: Limits,
-        extra: impl FnOnce(&mut Tx<'_>) -> Result<()>,
+        extra: impl FnOnce(&mut Tx<'_>, &mut index::BucketRecord) -> Result<()>,
     ) -> Result<ObjectInfo> {
         let NewVersion {
             file,
@@ -198,7 +209,7 @@ impl Inner {
         } = new;
         let (info, freed) = self.write("commit object", |tx| {
             let mut record = tx.bucket(bucket)?;
-            let before = record.usage();
+            let before = record.charged();
             let object = object_key(bucket, key);
             let mut freed = None;
             if !record.versioning
@@ -218,9 +229,9 @@ impl Inner {
                 meta,
             };
             tx.insert_version(&mut record, &object, seq, &version)?;
-            check_quota(bucket, before, record.usage(), limits)?;
+            extra(tx, &mut record)?;
+            check_quota(bucket, before, record.charged(), limits)?;
             tx.save_bucket(bucket, &record)?;
-            extra(tx)?;
             Ok((version.info(key.to_string(), seq, true), freed))
         })?;
         file.keep();
@@ -331,6 +342,7 @@ impl Inner {
         meta: Option<ObjectMeta>,
         limits: Limits,
     ) -> Result<ObjectInfo> {
+        self.check_space(None)?;
         let (info, mut source, source_path) =
             self.open_object(src.bucket, src.key, src.version_id)?;
         let file = NewFile::new(&self.data, self.random_id()?);
@@ -341,7 +353,7 @@ impl Inner {
             etag: info.etag,
             meta: meta.unwrap_or(info.meta),
         };
-        self.commit_object(dst_bucket, dst_key, new, limits, |_| Ok(()))
+        self.commit_object(dst_bucket, dst_key, new, limits, |_, _| Ok(()))
     }
 }
 

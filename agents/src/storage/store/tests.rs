@@ -807,7 +807,7 @@ async fn version_listings_page_without_repeats() {
 
 async fn upload_part(store: &Store, upload: &str, number: u32, data: &[u8]) -> PartInfo {
     store
-        .put_part("b1", upload, number, chunked(data, 1 << 20))
+        .put_part("b1", upload, number, chunked(data, 1 << 20), NO_LIMITS)
         .await
         .unwrap()
 }
@@ -922,19 +922,25 @@ async fn multipart_part_rules() {
         "{r:?}"
     );
     for number in [0, 10_001] {
-        let r = store.put_part("b1", &upload, number, Body::full("x")).await;
+        let r = store
+            .put_part("b1", &upload, number, Body::full("x"), NO_LIMITS)
+            .await;
         assert!(
             matches!(r, Err(StorageError::InvalidArgument { .. })),
             "{r:?}"
         );
     }
     for bogus in ["../../data", "0123456789abcdef0123456789abcdef", ""] {
-        let r = store.put_part("b1", bogus, 1, Body::full("x")).await;
+        let r = store
+            .put_part("b1", bogus, 1, Body::full("x"), NO_LIMITS)
+            .await;
         assert!(matches!(r, Err(StorageError::NoSuchUpload { .. })), "{r:?}");
     }
     // The same upload id under another bucket is not found.
     store.create_bucket("b2", false).unwrap();
-    let r = store.put_part("b2", &upload, 1, Body::full("x")).await;
+    let r = store
+        .put_part("b2", &upload, 1, Body::full("x"), NO_LIMITS)
+        .await;
     assert!(matches!(r, Err(StorageError::NoSuchUpload { .. })), "{r:?}");
 
     // A single part may be small; the object is nothing but it.
@@ -957,14 +963,16 @@ async fn multipart_part_rules() {
     upload_part(&store, &aborted, 1, b"x").await;
     store.abort("b1", &aborted).await.unwrap();
     assert!(files_in(&dir.path().join("uploads")).is_empty());
-    let r = store.put_part("b1", &aborted, 1, Body::full("x")).await;
+    let r = store
+        .put_part("b1", &aborted, 1, Body::full("x"), NO_LIMITS)
+        .await;
     assert!(matches!(r, Err(StorageError::NoSuchUpload { .. })), "{r:?}");
     let pending = store
         .create_upload("b2", "k", ObjectMeta::default())
         .await
         .unwrap();
     store
-        .put_part("b2", &pending, 1, Body::full("x"))
+        .put_part("b2", &pending, 1, Body::full("x"), NO_LIMITS)
         .await
         .unwrap();
     // Unfinished uploads are no objects: they go with the bucket, kept objects or not.
@@ -1101,7 +1109,7 @@ async fn quotas_refuse_writes_that_do_not_fit() {
         .await
         .unwrap();
     let etag = store
-        .put_part("q", &upload, 1, Body::full("too big"))
+        .put_part("q", &upload, 1, Body::full("too big"), NO_LIMITS)
         .await
         .unwrap()
         .etag;
@@ -1336,4 +1344,197 @@ async fn concurrent_writes_to_one_key_leave_one_object() {
             objects: 1
         }
     );
+}
+
+#[tokio::test]
+async fn parts_count_toward_the_quota_until_completed_or_aborted() {
+    let (dir, store) = open();
+    store.create_bucket("q", false).unwrap();
+    let limits = Limits {
+        bytes: Some(100),
+        objects: None,
+    };
+    let uploading = |store: &Store| store.bucket("q").unwrap().uploading;
+    store
+        .put(
+            "q",
+            "a",
+            Body::full(vec![1u8; 30]),
+            ObjectMeta::default(),
+            limits,
+        )
+        .await
+        .unwrap();
+    let upload = store
+        .create_upload("q", "big", ObjectMeta::default())
+        .await
+        .unwrap();
+    store
+        .put_part("q", &upload, 1, Body::full(vec![2u8; 40]), limits)
+        .await
+        .unwrap();
+    assert_eq!(uploading(&store), 40);
+    // 30 of objects and 40 of parts: another 40 do not fit, declared or streamed.
+    let r = store
+        .put_part("q", &upload, 2, Body::full(vec![3u8; 40]), limits)
+        .await;
+    assert!(
+        matches!(
+            r,
+            Err(StorageError::QuotaExceeded {
+                what: "bytes",
+                limit: 100,
+                needed: 110,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let r = store
+        .put_part("q", &upload, 2, chunked(&[3u8; 40], 7), limits)
+        .await;
+    assert!(
+        matches!(r, Err(StorageError::QuotaExceeded { limit: 100, .. })),
+        "{r:?}"
+    );
+    assert_eq!(uploading(&store), 40, "refused parts hold nothing");
+    assert_eq!(files_in(&dir.path().join("uploads").join(&upload)).len(), 1);
+    // A part replaced releases what it held: 60 instead of 40 fits.
+    let part = store
+        .put_part("q", &upload, 1, Body::full(vec![4u8; 60]), limits)
+        .await
+        .unwrap();
+    assert_eq!(uploading(&store), 60);
+    // A PUT counts the parts waiting too.
+    let r = store
+        .put(
+            "q",
+            "b",
+            Body::full(vec![5u8; 20]),
+            ObjectMeta::default(),
+            limits,
+        )
+        .await;
+    assert!(
+        matches!(r, Err(StorageError::QuotaExceeded { needed: 110, .. })),
+        "{r:?}"
+    );
+    // Completion replaces the parts with the object: 90 bytes, nothing uploading.
+    store
+        .complete("q", &upload, &[(1, part.etag)], limits)
+        .await
+        .unwrap();
+    assert_eq!(uploading(&store), 0);
+    assert_eq!(assert_usage(&store, "q").await.bytes, 90);
+    // An aborted upload gives its parts back.
+    let upload = store
+        .create_upload("q", "c", ObjectMeta::default())
+        .await
+        .unwrap();
+    store
+        .put_part("q", &upload, 1, Body::full(vec![6u8; 10]), limits)
+        .await
+        .unwrap();
+    assert_eq!(uploading(&store), 10);
+    store.abort("q", &upload).await.unwrap();
+    assert_eq!(uploading(&store), 0);
+    store
+        .put(
+            "q",
+            "d",
+            Body::full(vec![7u8; 10]),
+            ObjectMeta::default(),
+            limits,
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn incomplete_uploads_expire_by_their_initiation_time() {
+    let (dir, store) = open();
+    store.create_bucket("b1", false).unwrap();
+    store.create_bucket("b2", false).unwrap();
+    let old = store
+        .create_upload("b1", "old", ObjectMeta::default())
+        .await
+        .unwrap();
+    upload_part(&store, &old, 1, b"parts of an upload left behind").await;
+    let other = store
+        .create_upload("b2", "kept", ObjectMeta::default())
+        .await
+        .unwrap();
+    assert_eq!(store.bucket("b1").unwrap().uploading, 30);
+    let day = Duration::from_secs(86_400);
+    // A day's rule run now: the upload is minutes old, it stays.
+    let now = SystemTime::now();
+    assert_eq!(store.abort_uploads("b1", now - day).unwrap(), 0);
+    assert_eq!(store.list_uploads("b1").await.unwrap().len(), 1);
+    // Two days on, the same rule aborts it (the clock is the rule's argument), and only
+    // in its bucket.
+    let later = now + 2 * day;
+    assert_eq!(store.abort_uploads("b1", later - day).unwrap(), 1);
+    assert!(store.list_uploads("b1").await.unwrap().is_empty());
+    assert_eq!(store.bucket("b1").unwrap().uploading, 0);
+    assert!(!dir.path().join("uploads").join(&old).exists());
+    let r = store
+        .put_part("b1", &old, 2, Body::full("late"), NO_LIMITS)
+        .await;
+    assert!(matches!(r, Err(StorageError::NoSuchUpload { .. })), "{r:?}");
+    assert_eq!(store.list_uploads("b2").await.unwrap()[0].upload_id, other);
+    assert_eq!(store.abort_uploads("b1", later).unwrap(), 0);
+}
+
+#[tokio::test]
+async fn below_the_free_space_floor_writes_are_refused_and_reads_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.create_bucket("b1", false).unwrap();
+        put(&store, "b1", "kept", b"written while there was room").await;
+    }
+    let free = space::space(dir.path()).unwrap().free;
+    let floor = FreeSpaceFloor::Bytes(free + (1 << 30));
+    let store = Store::open_with(dir.path(), floor).unwrap();
+    let refused = |e: Option<&StorageError>| matches!(e, Some(StorageError::InsufficientStorage { floor: f, .. }) if *f == free + (1 << 30));
+    let r = store
+        .put(
+            "b1",
+            "new",
+            Body::full("x"),
+            ObjectMeta::default(),
+            NO_LIMITS,
+        )
+        .await;
+    assert!(refused(r.as_ref().err()), "{r:?}");
+    let message = r.unwrap_err().to_string();
+    assert!(
+        message.contains("--storage-min-free") && message.contains("bytes free"),
+        "{message}"
+    );
+    let upload = store
+        .create_upload("b1", "m", ObjectMeta::default())
+        .await
+        .unwrap();
+    let r = store
+        .put_part("b1", &upload, 1, Body::full("x"), NO_LIMITS)
+        .await;
+    assert!(refused(r.as_ref().err()), "{r:?}");
+    let src = Source {
+        bucket: "b1",
+        key: "kept",
+        version_id: None,
+    };
+    let r = store.copy(src, "b1", "copy", None, NO_LIMITS).await;
+    assert!(refused(r.as_ref().err()), "{r:?}");
+    assert_eq!(
+        read(&store, "b1", "kept", None).await,
+        b"written while there was room"
+    );
+    store.delete("b1", "kept", None).await.unwrap();
+    store.abort("b1", &upload).await.unwrap();
+    // A floor the disk is above lets writes through.
+    drop(store);
+    let store = Store::open_with(dir.path(), FreeSpaceFloor::Bytes(1)).unwrap();
+    put(&store, "b1", "new", b"x").await;
 }
