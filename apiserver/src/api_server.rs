@@ -51,6 +51,17 @@ pub struct ApiConfig {
     pub audit: Option<AuditConfig>,
     /// Whether requests without credentials are served as `system:anonymous`.
     pub anonymous: bool,
+    /// What tenants' objects may name on the cluster's hosts and networks.
+    pub tenancy: TenancyPolicy,
+}
+
+/// What tenants' objects may name beyond their namespace, cluster-wide. Per namespace, admins
+/// grant more with the Namespace annotations of [`keel_schemas::identity`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenancyPolicy {
+    /// The cluster's VIP pool (`--lb-vip-pool`): any namespace's LoadBalancers may take VIPs
+    /// in it.
+    pub lb_vip_pool: Option<keel_schemas::Cidr>,
 }
 
 /// Why a server did not start.
@@ -139,6 +150,7 @@ impl ApiConfig {
                 max_backups: 5,
             }),
             anonymous: true,
+            tenancy: TenancyPolicy::default(),
             raft,
         }
     }
@@ -245,6 +257,7 @@ impl ApiServer {
             advertise,
             bookmark_interval: config.bookmark_interval,
             extra_metrics: config.extra_metrics,
+            tenancy: Arc::new(config.tenancy.clone()),
         };
         tokio::spawn(http::ensure_namespaces(
             raft.clone(),

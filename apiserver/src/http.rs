@@ -38,6 +38,7 @@ mod request;
 mod reviews;
 mod selector;
 mod status;
+mod tenancy;
 mod watch;
 
 pub use bootstrap::{ensure_policy, reencrypt_secrets};
@@ -97,6 +98,8 @@ pub(crate) struct Api {
     pub(crate) bookmark_interval: Duration,
     pub(crate) metrics: Arc<metrics::Metrics>,
     extra_metrics: Option<fn() -> String>,
+    /// What tenants' objects may name beyond their namespace.
+    pub(crate) tenancy: Arc<crate::api_server::TenancyPolicy>,
 }
 
 impl Api {
@@ -112,6 +115,7 @@ impl Api {
             bookmark_interval: Duration::from_secs(60),
             metrics: Arc::default(),
             extra_metrics: None,
+            tenancy: Arc::default(),
         }
     }
 }
@@ -137,6 +141,8 @@ pub struct HttpOptions {
     pub bookmark_interval: Duration,
     /// More metrics to serve at `/metrics` (the process's controllers'), in the text format.
     pub extra_metrics: Option<fn() -> String>,
+    /// What tenants' objects may name beyond their namespace.
+    pub tenancy: Arc<crate::api_server::TenancyPolicy>,
 }
 
 /// Serves the API on `listener` until `shutdown` is set.
@@ -155,6 +161,7 @@ pub async fn serve(
         bookmark_interval: options.bookmark_interval,
         metrics: Arc::default(),
         extra_metrics: options.extra_metrics,
+        tenancy: options.tenancy,
     };
     let app = router(api);
     let acceptor = tokio_rustls::TlsAcceptor::from(options.tls);

@@ -22,4 +22,4 @@ pub mod http;
 pub mod raft;
 pub mod store;
 
-pub use api_server::{ApiConfig, ApiServer, DEFAULT_ISSUER, StartError};
+pub use api_server::{ApiConfig, ApiServer, DEFAULT_ISSUER, StartError, TenancyPolicy};

@@ -179,9 +179,13 @@ async fn examples_apply_reapply_and_delete_with_kubectl() {
         args.extend(["-f", file]);
     }
     let mut deleted = ok(&kubectl(&server, &args).await);
+    let mut cluster_files: Vec<&str> = Vec::new();
     for object in objects.iter().filter(|o| !o.namespaced) {
         let file = object.file.to_str().unwrap();
-        deleted += &ok(&kubectl(&server, &["delete", "-f", file]).await);
+        if !cluster_files.contains(&file) {
+            cluster_files.push(file);
+            deleted += &ok(&kubectl(&server, &["delete", "-f", file]).await);
+        }
     }
     for object in &objects {
         let line = format!("{} \"{}\" deleted", object.resource, object.name);

@@ -590,6 +590,27 @@ pub fn qemu_pids_with(needle: &str) -> Vec<i32> {
     out
 }
 
+/// As an admin (`client`), lets namespace `ns` put LoadBalancer VIPs and backends on the
+/// host's loopback, where the tests' servers listen (no tenant may without such a grant).
+pub async fn grant_loopback(client: &keel_client::Client, ns: &str) {
+    let namespaces: keel_client::Api<serde_json::Value> =
+        keel_client::Api::all(client, kind("namespaces"));
+    let grant = serde_json::json!({"metadata": {"annotations": {
+        keel_schemas::identity::LB_VIP_RANGES: "127.0.0.0/8",
+        keel_schemas::identity::LB_BACKEND_RANGES: "127.0.0.0/8"}}});
+    eventually(
+        &format!("loopback granted to {ns}"),
+        Duration::from_secs(60),
+        || async {
+            namespaces
+                .patch(ns, &keel_client::Patch::Merge(grant.clone()))
+                .await
+                .ok()
+        },
+    )
+    .await;
+}
+
 /// The test guest: Debian's kernel and a busybox initramfs (see `e2e/guest/build.sh`), built
 /// once per machine into `~/.cache/keel/guest` (or `$KEEL_GUEST_DIR`). VMs name them by the
 /// ClusterImages [`Guest::publish`] makes, as tenants do: a VM never names a host path.

@@ -356,3 +356,114 @@ async fn a_namespace_quota_caps_vms_and_cpus_and_frees_with_a_delete() {
         "{table}"
     );
 }
+
+/// LoadBalancers: a tenant's VIPs come from the cluster's pool, its Subnets or ranges an
+/// admin granted; its address backends from its Subnets or granted ranges — never the host's
+/// loopback (the agent's port 10250), every address, or the metadata address. A tenant
+/// cannot grant itself more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_load_balancers_stay_in_what_the_admin_gave_it() {
+    let root = tempfile::tempdir().unwrap();
+    let mut server = KeelServer::new(root.path(), "lbs");
+    server.start(&["--disable-agent", "--lb-vip-pool", "198.51.100.0/28"]);
+    let _client = server.ready_client(WAIT).await;
+    let admin = server.data_dir.join("admin.kubeconfig");
+    let editor = root.path().join("editor.kubeconfig");
+    let out = kubectl(&admin, &["create", "namespace", "shop"], None);
+    assert!(out.status.success(), "{out:?}");
+    ok(keelctl(
+        &admin,
+        &[
+            "config",
+            "create-kubeconfig",
+            "--user",
+            "ed",
+            "-n",
+            "shop",
+            "-o",
+            editor.to_str().unwrap(),
+        ],
+    ));
+    let out = kubectl(
+        &admin,
+        &[
+            "create",
+            "rolebinding",
+            "ed",
+            "--clusterrole=edit",
+            "--user=ed",
+            "-n",
+            "shop",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let lb = |name: &str, vip: Option<&str>, backend: &str| {
+        let vip = vip.map(|v| format!("  vip: \"{v}\"\n")).unwrap_or_default();
+        format!(
+            "apiVersion: keel.dev/v1alpha1\nkind: LoadBalancer\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n{vip}  listeners: [{{protocol: TCP, port: 80}}]\n  backends: {{addresses: [\"{backend}\"]}}\n"
+        )
+    };
+    let refused = |yaml: String, field: &str, rule: &str| {
+        let out = kubectl(&editor, &["apply", "-f", "-"], Some(&yaml));
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "admitted: {yaml}");
+        assert!(err.contains(field) && err.contains(rule), "{field}: {err}");
+    };
+    let backend_rule = "a backend address must be in one of namespace shop's Subnets";
+    refused(
+        lb("kubelet", None, "127.0.0.1:10250"),
+        "spec.backends.addresses[0]",
+        backend_rule,
+    );
+    refused(
+        lb("meta", None, "169.254.169.254:80"),
+        "spec.backends.addresses[0]",
+        "a link-local address",
+    );
+    refused(
+        lb("lan", None, "192.0.2.10:80"),
+        "spec.backends.addresses[0]",
+        backend_rule,
+    );
+    let vip_rule =
+        "a VIP must be in the load balancer's Subnet, the cluster's VIP pool (198.51.100.0/28)";
+    refused(
+        lb("any", Some("0.0.0.0"), "10.0.0.1:80"),
+        "spec.vip",
+        vip_rule,
+    );
+    refused(
+        lb("lo", Some("127.0.0.1"), "10.0.0.1:80"),
+        "spec.vip",
+        "a loopback address",
+    );
+    refused(
+        lb("md", Some("169.254.169.254"), "10.0.0.1:80"),
+        "spec.vip",
+        vip_rule,
+    );
+    // The tenant's own Subnet and the pool are its to use.
+    let net = "apiVersion: keel.dev/v1alpha1\nkind: VPC\nmetadata: {name: main, namespace: shop}\nspec: {cidr: 10.30.0.0/16}\n---\napiVersion: keel.dev/v1alpha1\nkind: Subnet\nmetadata: {name: front, namespace: shop}\nspec: {vpc: main, cidr: 10.30.1.0/24}\n";
+    let out = kubectl(&editor, &["apply", "-f", "-"], Some(net));
+    assert!(out.status.success(), "{out:?}");
+    let out = kubectl(
+        &editor,
+        &["apply", "-f", "-"],
+        Some(&lb("web", Some("198.51.100.3"), "10.30.1.10:8080")),
+    );
+    assert!(out.status.success(), "{out:?}");
+    // Only an admin grants a namespace more.
+    let grant =
+        "{\"metadata\":{\"annotations\":{\"keel.dev/lb-backend-ranges\":\"192.0.2.0/24\"}}}";
+    let out = kubectl(&editor, &["patch", "namespace", "shop", "-p", grant], None);
+    assert!(!out.status.success(), "a tenant granted itself a range");
+    let out = kubectl(&admin, &["patch", "namespace", "shop", "-p", grant], None);
+    assert!(out.status.success(), "{out:?}");
+    let out = kubectl(
+        &editor,
+        &["apply", "-f", "-"],
+        Some(&lb("lan", None, "192.0.2.10:80")),
+    );
+    assert!(out.status.success(), "{out:?}");
+}

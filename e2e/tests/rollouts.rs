@@ -67,6 +67,7 @@ async fn web_lb(c: &Cluster, vip: &str) -> (Vec<Httpd>, SocketAddr) {
         .enumerate()
         .map(|(i, p)| Httpd::start(c.root.path(), &format!("web-{i}"), *p))
         .collect();
+    keel_e2e::grant_loopback(&c.client, "default").await;
     api(&c.client, "loadbalancers")
         .create(&json!({
             "apiVersion": "keel.dev/v1alpha1", "kind": "LoadBalancer",

@@ -213,13 +213,17 @@ impl Api {
         ))
     }
 
-    /// The rules that need other objects: a Subnet lies inside its VPC.
+    /// The rules that need other objects: a Subnet lies inside its VPC; what a tenant's
+    /// objects name lies inside what its namespace was given.
     async fn check_references(
         &self,
         kind: &Kind,
         namespace: Option<&str>,
         object: &Value,
     ) -> ApiResult<()> {
+        if let Some(ns) = namespace {
+            self.check_tenancy(kind, ns, object).await?;
+        }
         if kind.kind != "Subnet" {
             return Ok(());
         }

@@ -111,7 +111,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     let vms: Vec<Value> = (0..args.ports)
         .map(|i| json!({"apiVersion": "keel.dev/v1alpha1", "kind": "VirtualMachine", "metadata": {"name": format!("vm-{i}")},
-                        "spec": {"cpu": 1, "memory": "128Mi", "kernel": "/k", "nics": [{"subnet": format!("s{}", i % args.subnets)}]}}))
+                        "spec": {"cpu": 1, "memory": "128Mi", "kernel": "k", "nics": [{"subnet": format!("s{}", i % args.subnets)}]}}))
         .collect();
     create_all(
         &Api::namespaced(&client, kind("virtualmachines")?, "default"),

@@ -693,6 +693,12 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
+    if let Some(pool) = &args.lb_vip_pool {
+        api.tenancy.lb_vip_pool = Some(
+            pool.parse::<keel_schemas::Cidr>()
+                .map_err(|e| format!("--lb-vip-pool {pool:?}: {e}"))?,
+        );
+    }
     let server = std::sync::Arc::new(ApiServer::start(api).await?);
     let raft = server.raft();
     let node_name = args.node_name.unwrap_or_else(hostname);
@@ -701,8 +707,6 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut manager = manager_config(&format!("{node_name}-{}", raft.node_id()), &args.timings);
     manager.ovn_nb = args.ovn_nb.clone();
     if let Some(pool) = &args.lb_vip_pool {
-        pool.parse::<keel_schemas::Cidr>()
-            .map_err(|e| format!("--lb-vip-pool {pool:?}: {e}"))?;
         manager.load_balancers.vip_pool = Some(pool.clone());
     }
     if let Some(cidr) = &args.ovn_external_network {
