@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 
 use super::answer::{Transport, answer, truncated};
 use super::catalog::Catalog;
-use super::rrl::{RateLimits, Rrl, Verdict};
+use super::rrl::{self, RateLimits, Rrl, Verdict};
 use crate::listen::{self, ConnectionLimits};
 
 /// The longest a TCP connection is kept, however busy: a slot is never held for ever.
@@ -149,7 +149,7 @@ async fn udp_loop(
         let answer = answer(&current, &buf[..n], peer.ip(), Transport::Udp);
         let verdict = match &rrl {
             Some(rrl) if !answer.messages.is_empty() => {
-                rrl.check(peer.ip(), &answer.outcome, Instant::now())
+                rrl.check(peer.ip(), &answer.outcome, rrl::now())
             }
             _ => Verdict::Send,
         };
