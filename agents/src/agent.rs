@@ -37,6 +37,9 @@ pub struct AgentConfig {
     /// Where the DNS server answers (port 0: any free port, published in the Node); none:
     /// this host has no DNS role.
     pub dns_listen: Option<SocketAddr>,
+    /// What one client may take of the DNS server: response rate limiting over UDP, TCP
+    /// connections and timeouts.
+    pub dns_limits: crate::dns::Limits,
     /// Where the S3 endpoint listens (port 0: any free port, published in the Node); none:
     /// this host has no storage role.
     pub s3_listen: Option<SocketAddr>,
@@ -127,6 +130,7 @@ impl AgentConfig {
             labels: Vec::new(),
             exe,
             dns_listen: None,
+            dns_limits: crate::dns::Limits::default(),
             s3_listen: None,
             s3_tls: crate::storage::S3Tls::PlainHttp,
             s3_limits: crate::listen::Limits::default(),

@@ -13,18 +13,26 @@
 //! A zone counts as served at a serial only once the server, asked over UDP like any
 //! resolver, answers its SOA with that serial ([`selfcheck`]).
 //!
+//! What one client may take is bounded ([`Limits`]): UDP responses are rate limited per
+//! source network as BIND does ([`rrl`]), ANY gets one small answer (RFC 8482), and TCP
+//! connections are capped and timed out. What was refused is counted in `/metrics`
+//! ([`render_metrics`]).
+//!
 //! Modules: [`zone`] (a Zone compiled for answering), [`catalog`] (all of them),
-//! [`answer`] (one request to its responses), [`server`] (the sockets), [`selfcheck`] (the
-//! self-query).
+//! [`answer`] (one request to its responses), [`rrl`] (response rate limiting),
+//! [`server`] (the sockets), [`selfcheck`] (the self-query).
 
 pub mod answer;
 pub mod catalog;
+pub mod rrl;
 pub mod selfcheck;
 pub mod server;
 pub mod zone;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use keel_client::{Api, ClientError, Patch};
@@ -35,7 +43,8 @@ use tokio::sync::watch;
 use crate::agent::{Health, Shared};
 
 pub use self::catalog::{Catalog, ZoneReport};
-pub use self::server::Sockets;
+pub use self::rrl::RateLimits;
+pub use self::server::{Limits, Sockets};
 
 pub use keel_controllers::zones::{ENDPOINT_ANNOTATION, ZONES_ANNOTATION};
 /// The Node condition saying whether the zone data is current.
@@ -58,7 +67,8 @@ pub(crate) async fn run(
     let (catalog_tx, catalog_rx) = watch::channel(Arc::new(Catalog::default()));
     let ask = sockets.local_addr().ok().map(selfcheck::target);
     let mut verified = std::collections::HashMap::new();
-    let server = tokio::spawn(sockets.serve(catalog_rx, shutdown.clone()));
+    let limits = shared.config.dns_limits;
+    let server = tokio::spawn(sockets.serve(catalog_rx, limits, shutdown.clone()));
     let Some(kind) = keel_schemas::lookup("zones") else {
         return;
     };
@@ -133,6 +143,41 @@ pub(crate) async fn run(
     }
     feed.abort();
     let _ = server.await;
+}
+
+/// The DNS server's counters in the Prometheus text format, for the process's `/metrics`.
+pub fn render_metrics() -> String {
+    let c = &server::COUNTERS;
+    let mut out = String::new();
+    for (name, help, value) in [
+        (
+            "keel_dns_responses_dropped_total",
+            "UDP responses not sent: over the response rate limit.",
+            &c.dropped,
+        ),
+        (
+            "keel_dns_responses_slipped_total",
+            "UDP responses sent truncated (TC=1) instead of dropped: over the response rate limit.",
+            &c.slipped,
+        ),
+        (
+            "keel_dns_tcp_connections_refused_total",
+            "TCP connections closed at once: their source, or the listener, held its limit.",
+            &c.tcp_refused,
+        ),
+        (
+            "keel_dns_tcp_connections_timed_out_total",
+            "TCP connections closed for not sending a whole message in time.",
+            &c.tcp_timed_out,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            value.load(Ordering::Relaxed)
+        );
+    }
+    out
 }
 
 /// Feeds `store` from a watch of every Zone. `changed` counts the lists done in its upper 32

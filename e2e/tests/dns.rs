@@ -2,7 +2,8 @@
 //! checked with the real `dig` over UDP and TCP — every record type, negative answers,
 //! wildcards, truncation, reverse names from a pattern, zone transfers, malformed packets;
 //! records that follow VMs as IPAM gives them addresses; and a host cut off from the API
-//! that keeps answering from its last data while its Node says the data is stale.
+//! that keeps answering from its last data while its Node says the data is stale; and one
+//! client that cannot take the server (minimal ANY, response rate limiting, TCP caps).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -774,4 +775,202 @@ async fn a_host_cut_off_from_the_api_answers_from_its_last_data() {
     })
     .await;
     drop(agent);
+}
+
+/// One client cannot take the DNS server (issue 19): ANY gets one small answer (RFC 8482);
+/// a flood of UDP queries from one network is rate limited — the rate answered, every other
+/// response over it slipped truncated, the rest dropped, all counted in `/metrics` — while
+/// another network is answered in full and TCP is not limited; TCP connections are capped
+/// per source, and one that says nothing is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_take_the_dns_server() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let c = cluster(&["--dns-tcp-connections-per-source", "4"]).await;
+    let kubeconfig = c.server.data_dir.join("admin.kubeconfig");
+    let file = c._root.path().join("zone.yaml");
+    std::fs::write(&file, ZONE).unwrap();
+    ok(keelctl(
+        &kubeconfig,
+        &["apply", "-f", file.to_str().unwrap()],
+    ));
+    let zones: Api<Value> = Api::namespaced(&c.client, kind("zones"), "shop");
+    served_serial(&zones, "shop", 0).await;
+
+    // ANY: one synthesized HINFO, not the name's two record sets; negative answers as before.
+    let out = dig(c.port, &["www.shop.example", "ANY"]);
+    assert_eq!(status(&out), "NOERROR", "{out}");
+    assert!(flags(&out).contains(&"aa".to_string()), "{out}");
+    assert_eq!(
+        section(&out, "ANSWER"),
+        ["www.shop.example. 60 IN HINFO \"RFC8482\" \"\""],
+        "{out}"
+    );
+    let out = dig(c.port, &["nope.shop.example", "ANY"]);
+    assert_eq!(status(&out), "NXDOMAIN", "{out}");
+    assert!(section(&out, "ANSWER").is_empty(), "{out}");
+
+    // 10,000 identical queries from 127.0.1.1, over about two seconds, answers counted as
+    // they come.
+    let flood = std::net::UdpSocket::bind("127.0.1.1:0").unwrap();
+    flood
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let server = std::net::SocketAddr::from(([127, 0, 0, 1], c.port));
+    let query = |id: u16| {
+        let mut q = vec![0u8; 12];
+        q[..2].copy_from_slice(&id.to_be_bytes());
+        q[5] = 1;
+        for label in ["www", "shop", "example"] {
+            q.push(label.len() as u8);
+            q.extend(label.as_bytes());
+        }
+        q.extend([0, 0, 1, 0, 1]);
+        q
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    let slipped = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let socket = flood.try_clone().unwrap();
+        let (done, slipped) = (done.clone(), slipped.clone());
+        std::thread::spawn(move || {
+            let (mut answered, mut buf) = (0, [0u8; 1500]);
+            loop {
+                match socket.recv(&mut buf) {
+                    // TC set: a slip; else a full answer (one A record).
+                    Ok(n) if n >= 12 && buf[2] & 0x02 != 0 => {
+                        assert_eq!(buf[6..8], [0, 0], "a slip carries no answer");
+                        slipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(n) if n >= 12 => {
+                        assert_eq!(buf[6..8], [0, 1], "a full answer");
+                        answered += 1;
+                    }
+                    Ok(_) => panic!("a reply shorter than a header"),
+                    Err(_) if done.load(Ordering::Relaxed) => return answered,
+                    Err(_) => {}
+                }
+            }
+        })
+    };
+    let sender = std::thread::spawn(move || {
+        for id in 0..10_000u16 {
+            flood.send_to(&query(id), server).unwrap();
+            if id % 100 == 99 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    });
+    eventually("the flood slipped", WAIT, || async {
+        (slipped.load(Ordering::Relaxed) > 0).then_some(())
+    })
+    .await;
+    // During the flood: another /24 is answered in full over UDP (no TC, no retry over TCP);
+    // another address of the flooding /24 is not.
+    let other = dig(
+        c.port,
+        &["-b", "127.0.2.1", "+ignore", "www.shop.example", "A"],
+    );
+    assert_eq!(
+        section(&other, "ANSWER"),
+        ["www.shop.example. 60 IN A 10.20.1.10"],
+        "{other}"
+    );
+    assert!(!flags(&other).contains(&"tc".to_string()), "{other}");
+    let same = dig(
+        c.port,
+        &["-b", "127.0.1.2", "+ignore", "www.shop.example", "A"],
+    );
+    assert!(section(&same, "ANSWER").is_empty(), "{same}");
+    // Over TCP the flooding network is answered.
+    let tcp = dig(
+        c.port,
+        &["-b", "127.0.1.3", "+tcp", "www.shop.example", "A"],
+    );
+    assert_eq!(
+        section(&tcp, "ANSWER"),
+        ["www.shop.example. 60 IN A 10.20.1.10"],
+        "{tcp}"
+    );
+    assert!(
+        !sender.is_finished(),
+        "the checks ran during the flood: send it slower"
+    );
+    sender.join().unwrap();
+    done.store(true, Ordering::Relaxed);
+    let answered = reader.join().unwrap();
+    let slipped = slipped.load(Ordering::Relaxed);
+    // 20 per second of credit: what the first second allows, and the flood stays in debt.
+    assert!(
+        (20..=60).contains(&answered),
+        "{answered} full answers to 10,000 queries"
+    );
+    // Every other response over the rate slips (a datagram may be lost on the way).
+    assert!(
+        (3000..=5000).contains(&slipped),
+        "{slipped} slips of 10,000 queries"
+    );
+    let (code, body) = c
+        .client
+        .raw(hyper::Method::GET, "/metrics", None, None)
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    let metrics = String::from_utf8_lossy(&body);
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    };
+    assert!(counter("keel_dns_responses_slipped_total") >= slipped as u64);
+    assert!(counter("keel_dns_responses_dropped_total") >= 3000);
+
+    // TCP: four connections from one source are held; a fifth is closed at once, and
+    // others still get in.
+    let connect = |from: &'static str| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        socket.connect(server).await.unwrap()
+    };
+    let closed_within = |mut stream: tokio::net::TcpStream, within: Duration| async move {
+        use tokio::io::AsyncReadExt;
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(within, stream.read(&mut byte)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    };
+    let started = Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect("127.0.3.1").await);
+    }
+    let fifth = connect("127.0.3.1").await;
+    assert!(
+        closed_within(fifth, Duration::from_secs(2)).await,
+        "a fifth connection from 127.0.3.1 is closed"
+    );
+    let out = dig(c.port, &["+tcp", "www.shop.example", "A"]);
+    assert_eq!(
+        section(&out, "ANSWER"),
+        ["www.shop.example. 60 IN A 10.20.1.10"],
+        "{out}"
+    );
+    // Connections that say nothing are closed after the header timeout (5 s).
+    for stream in held {
+        assert!(closed_within(stream, Duration::from_secs(15)).await);
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let again = dig(
+        c.port,
+        &["-b", "127.0.3.1", "+tcp", "www.shop.example", "A"],
+    );
+    assert_eq!(section(&again, "ANSWER").len(), 1, "{again}");
+    assert!(!c.server.log().contains("panicked"), "{}", c.server.log());
 }

@@ -1,6 +1,8 @@
-//! [`respond`]: one DNS request in, the response messages out — the answer logic of an
+//! [`answer`]: one DNS request in, the response messages out — the answer logic of an
 //! authoritative server (RFC 1034 4.3.2, RFC 2308 negative answers, RFC 4592 wildcards,
-//! RFC 6891 EDNS, RFC 5936 zone transfers), with no I/O, so it is tested and fuzzed alone.
+//! RFC 6891 EDNS, RFC 5936 zone transfers, RFC 8482 minimal ANY), with no I/O, so it is
+//! tested and fuzzed alone. It also says what the response says ([`Outcome`]), which
+//! response rate limiting groups responses by.
 //!
 //! Nothing a client sends can make it panic: a packet too short for a header, or one that is
 //! itself a response, gets silence; one that does not parse gets FORMERR.
@@ -8,6 +10,7 @@
 use std::net::IpAddr;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::HINFO;
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
@@ -32,6 +35,32 @@ pub enum Transport {
     Tcp,
 }
 
+/// The responses to one request and what they say.
+#[derive(Debug)]
+pub struct Answer {
+    /// None (silence), one, or several (a zone transfer).
+    pub messages: Vec<Vec<u8>>,
+    /// What they say.
+    pub outcome: Outcome,
+}
+
+/// What a response says, as response rate limiting tells responses apart (BIND's RRL):
+/// names a client can make up at will (below a wildcard, or that do not exist) count as
+/// the name that answers for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Records for a name (the wildcard's when one answered) and the type asked.
+    Answer(Name, RecordType),
+    /// The name (or the wildcard that answered) has no records of the type asked.
+    NoData(Name),
+    /// The name does not exist in the zone at this origin.
+    NxDomain(Name),
+    /// A referral to the child zone at this cut.
+    Referral(Name),
+    /// An error (FORMERR, REFUSED, NOTIMP, BADVERS, ...), a zone transfer, or silence.
+    Error,
+}
+
 /// The responses to one request: none (silence), one, or several (a zone transfer).
 pub fn respond(
     catalog: &Catalog,
@@ -39,15 +68,24 @@ pub fn respond(
     source: IpAddr,
     transport: Transport,
 ) -> Vec<Vec<u8>> {
+    answer(catalog, packet, source, transport).messages
+}
+
+/// The responses to one request, and what they say.
+pub fn answer(catalog: &Catalog, packet: &[u8], source: IpAddr, transport: Transport) -> Answer {
+    let error = |messages| Answer {
+        messages,
+        outcome: Outcome::Error,
+    };
     // A header is 12 bytes; QR set means the packet is a response: never answer those.
     if packet.len() < 12 || packet[2] & 0x80 != 0 {
-        return Vec::new();
+        return error(Vec::new());
     }
     let mut decoder = BinDecoder::new(packet);
     let request = match Message::read(&mut decoder) {
         // Bytes past the message's last record make it malformed too (as BIND sees it).
         Ok(m) if decoder.is_empty() => m,
-        _ => return vec![format_error(packet)],
+        _ => return error(vec![format_error(packet)]),
     };
     let mut response = Message::response(request.metadata.id, request.metadata.op_code);
     response.metadata.recursion_desired = request.metadata.recursion_desired;
@@ -63,92 +101,143 @@ pub fn respond(
         ours.set_max_payload(MAX_UDP_PAYLOAD);
         response.set_edns(ours);
         if edns.version() > 0 {
-            return vec![error(response, ResponseCode::BADVERS)];
+            return error(vec![error_message(response, ResponseCode::BADVERS)]);
         }
     }
     if request.metadata.op_code != OpCode::Query {
-        return vec![error(response, ResponseCode::NotImp)];
+        return error(vec![error_message(response, ResponseCode::NotImp)]);
     }
     let [query] = request.queries.as_slice() else {
-        return vec![error(response, ResponseCode::FormErr)];
+        return error(vec![error_message(response, ResponseCode::FormErr)]);
     };
     if query.query_class() != DNSClass::IN {
-        return vec![error(response, ResponseCode::Refused)];
+        return error(vec![error_message(response, ResponseCode::Refused)]);
     }
     match query.query_type() {
         RecordType::AXFR | RecordType::IXFR => {
-            return transfer(catalog, response, query, source, transport);
+            return error(transfer(catalog, response, query, source, transport));
         }
         RecordType::OPT | RecordType::TSIG | RecordType::SIG => {
-            return vec![error(response, ResponseCode::FormErr)];
+            return error(vec![error_message(response, ResponseCode::FormErr)]);
         }
         _ => {}
     }
     let Some(authority) = catalog.find(&query.name().to_lowercase()) else {
-        return vec![error(response, ResponseCode::Refused)];
+        return error(vec![error_message(response, ResponseCode::Refused)]);
     };
     response.metadata.authoritative = true;
-    resolve(
+    let outcome = resolve(
         catalog,
         authority,
         query.name(),
         query.query_type(),
         &mut response,
     );
-    vec![encode(response, limit)]
+    Answer {
+        messages: vec![encode(response, limit)],
+        outcome,
+    }
 }
 
-/// Fills the answer, authority and additional sections for `qname`/`qtype` from one zone.
+/// Fills the answer, authority and additional sections for `qname`/`qtype` from one zone,
+/// and says what they say.
 fn resolve(
     catalog: &Catalog,
     authority: &Authority,
     qname: &Name,
     qtype: RecordType,
     out: &mut Message,
-) {
+) -> Outcome {
     let mut name = qname.clone();
     let mut seen: Vec<Name> = Vec::new();
+    // The name the response is about: the wildcard's when one answers for the name asked.
+    let mut subject: Option<Name> = None;
     loop {
         let lower = name.to_lowercase();
         if seen.contains(&lower) || seen.len() >= MAX_CHAIN {
             // A CNAME loop inside the zone: what was found is the answer.
-            return;
+            return Outcome::Answer(subject.unwrap_or_else(|| qname.clone()), qtype);
         }
         seen.push(lower.clone());
-        match authority.lookup(&lower) {
-            Lookup::Delegated(cut) => return referral(authority, cut, out),
-            Lookup::Empty => return negative(authority, out, ResponseCode::NoError),
-            Lookup::Missing => return negative(authority, out, ResponseCode::NXDomain),
-            Lookup::Found(node) => {
-                if qtype == RecordType::ANY {
-                    for (kind, set) in node.rrsets() {
-                        push(&mut out.answers, &name, *kind, set);
-                    }
-                    return;
-                }
-                if let Some(set) = node.get(qtype) {
-                    push(&mut out.answers, &name, qtype, set);
-                    additional(authority, set, out);
-                    return;
-                }
-                let Some(target) = cname(&node) else {
-                    return negative(authority, out, ResponseCode::NoError);
-                };
-                if let Some(set) = node.get(RecordType::CNAME) {
-                    push(&mut out.answers, &name, RecordType::CNAME, set);
-                }
-                let lower = target.to_lowercase();
-                let ours = catalog
-                    .find(&lower)
-                    .is_some_and(|a| a.origin == authority.origin);
-                if !authority.origin.zone_of(&lower) || !ours {
-                    // Outside the zone (or in a zone nested in it): the resolver follows it.
-                    return;
-                }
-                name = target;
+        let (node, wildcard) = match authority.lookup(&lower) {
+            Lookup::Found(node) => (node, None),
+            Lookup::Wildcard { owner, node } => (std::borrow::Cow::Borrowed(node), Some(owner)),
+            Lookup::Delegated(cut) => {
+                referral(authority, cut, out);
+                let subject = subject.unwrap_or_else(|| qname.clone());
+                return ended(out, subject, qtype, |_| Outcome::Referral(cut.clone()));
             }
+            Lookup::Empty => {
+                negative(authority, out, ResponseCode::NoError);
+                let subject = subject.unwrap_or_else(|| qname.clone());
+                return ended(out, subject, qtype, Outcome::NoData);
+            }
+            Lookup::Missing => {
+                negative(authority, out, ResponseCode::NXDomain);
+                return Outcome::NxDomain(authority.origin.clone());
+            }
+        };
+        let subject =
+            subject.get_or_insert_with(|| wildcard.cloned().unwrap_or_else(|| qname.clone()));
+        if qtype == RecordType::ANY {
+            minimal_any(authority, &name, &node, out);
+            return Outcome::Answer(subject.clone(), qtype);
         }
+        if let Some(set) = node.get(qtype) {
+            push(&mut out.answers, &name, qtype, set);
+            additional(authority, set, out);
+            return Outcome::Answer(subject.clone(), qtype);
+        }
+        let Some(target) = cname(&node) else {
+            negative(authority, out, ResponseCode::NoError);
+            return ended(out, subject.clone(), qtype, Outcome::NoData);
+        };
+        if let Some(set) = node.get(RecordType::CNAME) {
+            push(&mut out.answers, &name, RecordType::CNAME, set);
+        }
+        let lower = target.to_lowercase();
+        let ours = catalog
+            .find(&lower)
+            .is_some_and(|a| a.origin == authority.origin);
+        if !authority.origin.zone_of(&lower) || !ours {
+            // Outside the zone (or in a zone nested in it): the resolver follows it.
+            return Outcome::Answer(subject.clone(), qtype);
+        }
+        name = target;
     }
+}
+
+/// What a response whose chain ended without the type asked says: records for `subject`
+/// when the chain put some in the answer (a CNAME), else `otherwise`.
+fn ended(
+    out: &Message,
+    subject: Name,
+    qtype: RecordType,
+    otherwise: impl FnOnce(Name) -> Outcome,
+) -> Outcome {
+    if out.answers.is_empty() {
+        otherwise(subject)
+    } else {
+        Outcome::Answer(subject, qtype)
+    }
+}
+
+/// The answer to ANY (RFC 8482): not every record set of the name, which made ANY the
+/// query of choice for amplification, but one small one — its CNAME if it has one, else a
+/// synthesized `HINFO "RFC8482" ""` (section 4.2) with the name's smallest TTL.
+fn minimal_any(authority: &Authority, owner: &Name, node: &Node, out: &mut Message) {
+    if let Some(set) = node.get(RecordType::CNAME) {
+        return push(&mut out.answers, owner, RecordType::CNAME, set);
+    }
+    let ttl = node
+        .rrsets()
+        .map(|(_, set)| set.ttl)
+        .min()
+        .unwrap_or(authority.negative_ttl);
+    let hinfo = RData::HINFO(HINFO::new("RFC8482".to_string(), String::new()));
+    let mut record = Record::from_rdata(owner.clone(), ttl, hinfo);
+    record.dns_class = DNSClass::IN;
+    out.answers.push(record);
 }
 
 /// The target of a node's CNAME.
@@ -207,7 +296,12 @@ fn additional(authority: &Authority, set: &RRset, out: &mut Message) {
         };
         let target = target.to_lowercase();
         if authority.origin.zone_of(&target) {
-            if let Lookup::Found(node) = authority.lookup(&target) {
+            let node = match authority.lookup(&target) {
+                Lookup::Found(node) => Some(node),
+                Lookup::Wildcard { node, .. } => Some(std::borrow::Cow::Borrowed(node)),
+                _ => None,
+            };
+            if let Some(node) = node {
                 for kind in [RecordType::A, RecordType::AAAA] {
                     if let Some(set) = node.get(kind) {
                         push(&mut out.additionals, &target, kind, set);
@@ -241,18 +335,18 @@ fn transfer(
     transport: Transport,
 ) -> Vec<Vec<u8>> {
     if transport == Transport::Udp {
-        return vec![error(response, ResponseCode::FormErr)];
+        return vec![error_message(response, ResponseCode::FormErr)];
     }
     let name = query.name().to_lowercase();
     let Some(authority) = catalog.find(&name) else {
-        return vec![error(response, ResponseCode::Refused)];
+        return vec![error_message(response, ResponseCode::Refused)];
     };
     if authority.origin != name {
-        return vec![error(response, ResponseCode::NotAuth)];
+        return vec![error_message(response, ResponseCode::NotAuth)];
     }
     if !authority.may_transfer(source) {
         tracing::info!(zone = %authority.zone, %source, "zone transfer refused: source not allowed");
-        return vec![error(response, ResponseCode::Refused)];
+        return vec![error_message(response, ResponseCode::Refused)];
     }
     response.metadata.authoritative = true;
     let mut records = authority.records();
@@ -305,7 +399,7 @@ fn transfer_batch(
 }
 
 /// `response` with an error code and no records.
-fn error(mut response: Message, code: ResponseCode) -> Vec<u8> {
+fn error_message(mut response: Message, code: ResponseCode) -> Vec<u8> {
     response.metadata.response_code = code;
     response.metadata.authoritative = false;
     response.answers.clear();
@@ -335,6 +429,49 @@ fn encode(mut response: Message, limit: usize) -> Vec<u8> {
         Ok(bytes) if bytes.len() <= limit => bytes,
         _ => server_failure(truncated.metadata.id, truncated.metadata.op_code),
     }
+}
+
+/// `response` cut down to its header and question with TC set (and no records): what a
+/// rate-limited response slips as, so that a real client asks again over TCP. Works on the
+/// bytes, which cost less than encoding again; a question it cannot walk is left out.
+pub fn truncated(response: &[u8]) -> Vec<u8> {
+    let Some(header) = response.get(..12) else {
+        return Vec::new();
+    };
+    let end = if header[4..6] == [0, 1] {
+        question_end(response)
+    } else {
+        None
+    };
+    let mut out = response[..end.unwrap_or(12)].to_vec();
+    out[2] |= 0x02;
+    out[4..6].copy_from_slice(&[0, u8::from(end.is_some())]);
+    out[6..12].fill(0);
+    out
+}
+
+/// Where the first question of a message ends, if it is whole.
+fn question_end(message: &[u8]) -> Option<usize> {
+    let mut at = 12;
+    loop {
+        let len = *message.get(at)?;
+        match len & 0xc0 {
+            0 if len == 0 => {
+                at += 1;
+                break;
+            }
+            0 => at += 1 + usize::from(len),
+            // A compression pointer ends the name.
+            0xc0 => {
+                at += 2;
+                break;
+            }
+            _ => return None,
+        }
+    }
+    // Type and class.
+    let end = at + 4;
+    (end <= message.len()).then_some(end)
 }
 
 /// FORMERR for a packet whose header is readable but whose body is not: the header alone,

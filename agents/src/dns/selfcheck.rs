@@ -1,5 +1,5 @@
 //! The self-query: after a rebuild, the server asks itself, as any resolver would (UDP, and
-//! TCP when UDP gets no answer), for the SOA of each zone whose serial changed, and a zone
+//! TCP when UDP gets no answer or a truncated one), for the SOA of each zone whose serial changed, and a zone
 //! counts as served at a serial only once that answer carries it. A serial that compiles but
 //! is not answered — the answering side not having the new data, or not answering at all —
 //! is reported with the reason instead, and its Zone goes `LoadFailed`, which a rollout
@@ -80,7 +80,9 @@ pub async fn verify(
 }
 
 /// The serial in `server`'s authoritative SOA answer for `domain`: asked over UDP, and over
-/// TCP when UDP gets no answer (a datagram lost under load is not a zone that is not served).
+/// TCP when UDP gets no answer or a truncated one (a datagram lost under load, or a response
+/// rate limited because a flood spoofs this host's address, is not a zone that is not
+/// served).
 pub async fn soa_serial(server: SocketAddr, domain: &str) -> Result<u32, String> {
     let name = Name::from_ascii(domain)
         .map_err(|e| format!("not a domain name: {e}"))?
@@ -98,7 +100,7 @@ pub async fn soa_serial(server: SocketAddr, domain: &str) -> Result<u32, String>
 
 /// Why a query got no serial.
 enum Asked {
-    /// Nothing answered.
+    /// Nothing answered, or only with a truncated answer: TCP may.
     Silent(String),
     /// What answered is not an authoritative SOA.
     Wrong(String),
@@ -117,6 +119,9 @@ fn serial_in(packet: &[u8], id: u16, name: &Name) -> Result<Option<u32>, Asked> 
         .map_err(|e| Asked::Wrong(format!("an answer that does not parse: {e}")))?;
     if answer.metadata.id != id {
         return Ok(None);
+    }
+    if answer.metadata.truncation {
+        return Err(Asked::Silent("a truncated answer".into()));
     }
     if answer.metadata.response_code != ResponseCode::NoError {
         return Err(Asked::Wrong(format!(
@@ -228,7 +233,7 @@ mod tests {
         assert_eq!(reports["shop/shop"].serial, Some(7));
         let (catalog_tx, catalog_rx) = tokio::sync::watch::channel(std::sync::Arc::new(catalog));
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
-        let serving = tokio::spawn(sockets.serve(catalog_rx, stop));
+        let serving = tokio::spawn(sockets.serve(catalog_rx, Default::default(), stop));
         let domains: HashMap<String, String> =
             [("shop/shop".to_string(), "shop.example".to_string())].into();
         let mut verified = HashMap::new();
@@ -259,6 +264,42 @@ mod tests {
         assert!(!verify(server, &domains, &mut reports, &mut verified).await);
         let error = reports["shop/shop"].error.clone().unwrap();
         assert!(error.contains(": no answer"), "{error}");
+    }
+
+    /// A flood spoofing this host's address spends its rate limit: the self-query, slipped
+    /// a truncated answer over UDP, asks again over TCP.
+    #[tokio::test]
+    async fn a_rate_limited_self_query_asks_over_tcp() {
+        use crate::dns::catalog::{Catalog, Compiled};
+        let sockets = crate::dns::Sockets::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let server = sockets.local_addr().unwrap();
+        let (catalog, _) = Catalog::build(&[zone(7)], &mut Compiled::default());
+        let (_catalog_tx, catalog_rx) = tokio::sync::watch::channel(std::sync::Arc::new(catalog));
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let limits = crate::dns::Limits {
+            rate: crate::dns::RateLimits {
+                responses_per_second: 1,
+                slip: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        tokio::spawn(sockets.serve(catalog_rx, limits, stop));
+        // Spend the second's credit: the next UDP answer slips.
+        let name = Name::from_ascii("shop.example.").unwrap();
+        let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut buf = vec![0u8; 512];
+        let mut truncated = Vec::new();
+        for _ in 0..2 {
+            let (_, packet) = query(&name);
+            probe.send_to(&packet.ok().unwrap(), server).await.unwrap();
+            let n = probe.recv(&mut buf).await.unwrap();
+            truncated.push(Message::from_vec(&buf[..n]).unwrap().metadata.truncation);
+        }
+        assert_eq!(truncated, [false, true]);
+        assert_eq!(soa_serial(server, "shop.example").await, Ok(7));
     }
 
     #[tokio::test]

@@ -1,26 +1,57 @@
 //! The DNS server's sockets: UDP and TCP on one address, answering from the catalog of the
-//! moment (a `watch` channel holds it; a change swaps it whole).
+//! moment (a `watch` channel holds it; a change swaps it whole), within [`Limits`]: UDP
+//! responses are rate limited ([`super::rrl`]), TCP connections capped per source and in
+//! all and timed out ([`crate::listen`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::answer::{Transport, respond};
+use super::answer::{Transport, answer, truncated};
 use super::catalog::Catalog;
-
-/// A TCP connection with no request for this long is closed (RFC 7766 suggests seconds).
-const TCP_IDLE: Duration = Duration::from_secs(10);
-
-/// TCP connections served at once; more wait for a slot.
-const TCP_CONNECTIONS: usize = 512;
+use super::rrl::{self, RateLimits, Rrl, Verdict};
+use crate::listen::{self, ConnectionLimits};
 
 /// The longest a TCP connection is kept, however busy: a slot is never held for ever.
 const TCP_LIFETIME: Duration = Duration::from_secs(120);
+
+/// How much of the DNS server one client may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Response rate limiting over UDP.
+    pub rate: RateLimits,
+    /// The TCP listener's connection caps and timeouts: a connection must send a whole
+    /// message within `header_timeout` of starting it (of connecting, for the first), and
+    /// is closed after `idle_timeout` without one (RFC 7766 suggests seconds).
+    pub tcp: listen::Limits,
+}
+
+/// What the DNS servers of this process did not send or hold, since it started.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// UDP responses dropped by rate limiting.
+    pub dropped: AtomicU64,
+    /// UDP responses sent truncated (TC=1, empty) instead, by rate limiting.
+    pub slipped: AtomicU64,
+    /// TCP connections closed at once: their source, or the listener, held its limit.
+    pub tcp_refused: AtomicU64,
+    /// TCP connections closed for not sending a whole message in time.
+    pub tcp_timed_out: AtomicU64,
+}
+
+/// The process's counters (the process's `/metrics` shows them).
+pub static COUNTERS: Counters = Counters {
+    dropped: AtomicU64::new(0),
+    slipped: AtomicU64::new(0),
+    tcp_refused: AtomicU64::new(0),
+    tcp_timed_out: AtomicU64::new(0),
+};
 
 /// The bound sockets, before serving.
 pub struct Sockets {
@@ -52,26 +83,58 @@ impl Sockets {
         self.udp.local_addr()
     }
 
-    /// Answers queries until `shutdown` turns true.
+    /// Answers queries within `limits` until `shutdown` turns true.
     pub async fn serve(
         self,
         catalog: watch::Receiver<Arc<Catalog>>,
+        limits: Limits,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let udp = Arc::new(self.udp);
+        let rrl = limits
+            .rate
+            .enabled()
+            .then(|| Arc::new(Rrl::new(limits.rate)));
         let mut tasks = JoinSet::new();
         // One receiving task per core: answering is pure CPU work of microseconds.
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         for _ in 0..workers {
-            tasks.spawn(udp_loop(udp.clone(), catalog.clone()));
+            tasks.spawn(udp_loop(udp.clone(), catalog.clone(), rrl.clone()));
         }
-        tasks.spawn(tcp_loop(self.tcp, catalog));
+        tasks.spawn(tcp_loop(self.tcp, catalog, limits.tcp));
         let _ = shutdown.wait_for(|s| *s).await;
         tasks.abort_all();
     }
 }
 
-async fn udp_loop(socket: Arc<UdpSocket>, catalog: watch::Receiver<Arc<Catalog>>) {
+// === impl Limits ===
+
+impl Limits {
+    /// The TCP listener's defaults: fewer connections than an HTTP listener (a DNS client
+    /// needs one at a time) and timeouts of seconds.
+    pub const TCP: listen::Limits = listen::Limits {
+        total: 512,
+        per_source: 64,
+        handshake_timeout: Duration::from_secs(5),
+        header_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(10),
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            rate: RateLimits::default(),
+            tcp: Limits::TCP,
+        }
+    }
+}
+
+async fn udp_loop(
+    socket: Arc<UdpSocket>,
+    catalog: watch::Receiver<Arc<Catalog>>,
+    rrl: Option<Arc<Rrl>>,
+) {
     let mut buf = vec![0u8; 65_535];
     loop {
         let (n, peer) = match socket.recv_from(&mut buf).await {
@@ -83,33 +146,69 @@ async fn udp_loop(socket: Arc<UdpSocket>, catalog: watch::Receiver<Arc<Catalog>>
             }
         };
         let current = catalog.borrow().clone();
-        for reply in respond(&current, &buf[..n], peer.ip(), Transport::Udp) {
-            if let Err(e) = socket.send_to(&reply, peer).await {
+        let answer = answer(&current, &buf[..n], peer.ip(), Transport::Udp);
+        let verdict = match &rrl {
+            Some(rrl) if !answer.messages.is_empty() => {
+                rrl.check(peer.ip(), &answer.outcome, rrl::now())
+            }
+            _ => Verdict::Send,
+        };
+        for reply in &answer.messages {
+            let slip;
+            let reply = match verdict {
+                Verdict::Send => reply,
+                Verdict::Slip => {
+                    COUNTERS.slipped.fetch_add(1, Ordering::Relaxed);
+                    slip = truncated(reply);
+                    &slip
+                }
+                Verdict::Drop => {
+                    COUNTERS.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
+            if let Err(e) = socket.send_to(reply, peer).await {
                 tracing::debug!(%peer, error = %e, "DNS UDP send failed");
             }
         }
     }
 }
 
-async fn tcp_loop(listener: TcpListener, catalog: watch::Receiver<Arc<Catalog>>) {
-    let slots = Arc::new(Semaphore::new(TCP_CONNECTIONS));
+async fn tcp_loop(
+    listener: TcpListener,
+    catalog: watch::Receiver<Arc<Catalog>>,
+    limits: listen::Limits,
+) {
+    let held = ConnectionLimits::new(limits);
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
+                // Out of file descriptors, typically: let connections end first.
                 tracing::warn!(error = %e, "DNS TCP accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        let permit = match held.admit(peer.ip()) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                COUNTERS.tcp_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, reason = %refused, "DNS TCP connection closed at once");
+                continue;
+            }
+        };
         let catalog = catalog.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(TCP_LIFETIME, connection(stream, peer, catalog)).await {
+            let served = connection(stream, peer, catalog, &limits);
+            match tokio::time::timeout(TCP_LIFETIME, served).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "DNS TCP connection ended"),
+                Ok(Err(e)) => {
+                    if e.kind() == std::io::ErrorKind::TimedOut {
+                        COUNTERS.tcp_timed_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::debug!(%peer, error = %e, "DNS TCP connection ended");
+                }
                 Err(_) => tracing::debug!(%peer, "DNS TCP connection closed: open too long"),
             }
             drop(permit);
@@ -117,29 +216,54 @@ async fn tcp_loop(listener: TcpListener, catalog: watch::Receiver<Arc<Catalog>>)
     }
 }
 
-/// Serves length-prefixed messages on one connection until the client closes it or idles.
+/// Serves length-prefixed messages on one connection until the client closes it, idles
+/// for `idle_timeout`, or takes longer than `header_timeout` to send a message it started
+/// (or, on a new connection, its first message).
 async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     catalog: watch::Receiver<Arc<Catalog>>,
+    limits: &listen::Limits,
 ) -> std::io::Result<()> {
+    let timed_out = |what: String| std::io::Error::new(std::io::ErrorKind::TimedOut, what);
     let mut buf = vec![0u8; 65_535];
+    // Until when the next message may start, and whether it is the first.
+    let mut wait = tokio::time::Instant::now() + limits.header_timeout;
+    let mut first = true;
     loop {
         let mut len = [0u8; 2];
-        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
+        match tokio::time::timeout_at(wait, stream.read(&mut len[..1])).await {
+            Ok(Ok(0)) => return Ok(()),
             Ok(Ok(_)) => {}
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Ok(Err(e)) => return Err(e),
+            Err(_) if first => {
+                return Err(timed_out(format!(
+                    "no message within {:?} of connecting",
+                    limits.header_timeout
+                )));
+            }
+            // Idle: a normal end (RFC 7766 6.2.3).
             Err(_) => return Ok(()),
         }
+        let whole = if first {
+            wait
+        } else {
+            tokio::time::Instant::now() + limits.header_timeout
+        };
+        let read = async {
+            stream.read_exact(&mut len[1..]).await?;
+            let n = usize::from(u16::from_be_bytes(len));
+            stream.read_exact(&mut buf[..n]).await
+        };
+        tokio::time::timeout_at(whole, read).await.map_err(|_| {
+            timed_out(format!(
+                "a message not sent whole within {:?}",
+                limits.header_timeout
+            ))
+        })??;
         let len = usize::from(u16::from_be_bytes(len));
-        tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut buf[..len]))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "message not sent whole")
-            })??;
         let current = catalog.borrow().clone();
-        let replies = respond(&current, &buf[..len], peer.ip(), Transport::Tcp);
+        let replies = answer(&current, &buf[..len], peer.ip(), Transport::Tcp).messages;
         if replies.is_empty() {
             // Silence on TCP means nothing useful can follow: close.
             return Ok(());
@@ -153,11 +277,14 @@ async fn connection(
             framed.extend_from_slice(&len.to_be_bytes());
             framed.extend_from_slice(&reply);
             // A client that does not read its answers does not hold the slot.
-            tokio::time::timeout(TCP_IDLE, stream.write_all(&framed))
+            tokio::time::timeout(limits.idle_timeout, stream.write_all(&framed))
                 .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "the client does not read")
-                })??;
+                .map_err(|_| timed_out("the client does not read its answers".into()))??;
         }
+        first = false;
+        wait = tokio::time::Instant::now() + limits.idle_timeout;
     }
 }
+
+#[cfg(test)]
+mod tests;

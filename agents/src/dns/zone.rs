@@ -93,6 +93,13 @@ pub struct RRset {
 pub enum Lookup<'a> {
     /// The name has records (or is synthesized).
     Found(std::borrow::Cow<'a, Node>),
+    /// The name does not exist, and a wildcard answers for it (RFC 4592).
+    Wildcard {
+        /// The wildcard's owner name (`*.apps.shop.example.`).
+        owner: &'a Name,
+        /// Its records.
+        node: &'a Node,
+    },
     /// The name is an empty non-terminal: it exists, with no records.
     Empty,
     /// The name lies at or below a delegation: the cut's name.
@@ -151,8 +158,8 @@ impl Authority {
         while self.origin.zone_of(&encloser) {
             if self.names.contains(&encloser) {
                 let wildcard = encloser.prepend_label("*").ok();
-                return match wildcard.and_then(|w| self.nodes.get(&w)) {
-                    Some(node) => Lookup::Found(std::borrow::Cow::Borrowed(node)),
+                return match wildcard.and_then(|w| self.nodes.get_key_value(&w)) {
+                    Some((owner, node)) => Lookup::Wildcard { owner, node },
                     None => Lookup::Missing,
                 };
             }

@@ -19,6 +19,11 @@
 //! the servers on the others (`taskset`), and the CPU each used is printed, so that the table
 //! says whether the server or dnsperf was the bottleneck.
 //!
+//! Keel's response rate limiting is off by default here (BIND runs without it): dnsperf asks
+//! from one address, so a limit it reaches would measure dropping. `--dns-rate-limit N`
+//! turns it on at N responses per second; far above what dnsperf sends (1000000000) it
+//! measures what the bookkeeping costs.
+//!
 //! Last, `--changes` times, one A record's value is changed with a JSON patch of the Zone and
 //! the DNS server is queried over UDP every 2 ms until it answers with the new address: the
 //! time from the API acknowledging the write to the answer is the propagation delay.
@@ -62,6 +67,11 @@ struct Args {
     /// Record changes timed from the API to the DNS answer.
     #[arg(long, default_value_t = 20)]
     changes: usize,
+    /// Keel's response rate limit (`--dns-rate-limit-responses-per-second`; 0: off, as BIND
+    /// runs here). dnsperf asks from one address, so a limit it reaches measures dropping;
+    /// one far above what it sends (1000000000) measures what the bookkeeping costs.
+    #[arg(long, default_value_t = 0)]
+    dns_rate_limit: u32,
     /// Let dnsperf and the servers share all CPUs instead of pinning them apart.
     #[arg(long)]
     no_pin: bool,
@@ -142,7 +152,7 @@ async fn main() -> Result<()> {
     let cpus = Cpus::split(!args.no_pin);
     let dir = tempfile::Builder::new().prefix("dnsb").tempdir_in("/tmp")?;
 
-    let keel = start_keel(&keel_path, dir.path(), &cpus).await?;
+    let keel = start_keel(&keel_path, dir.path(), &cpus, args.dns_rate_limit).await?;
     let zones = Api::<Value>::namespaced(
         &keel.server.client,
         keel_schemas::lookup("zones").ok_or("Zone is not registered")?,
@@ -157,6 +167,10 @@ async fn main() -> Result<()> {
         keel.dns,
         started.elapsed().as_secs_f64()
     );
+    match args.dns_rate_limit {
+        0 => println!("Keel's response rate limiting: off"),
+        rps => println!("Keel's response rate limiting: {rps} identical responses per second"),
+    }
     wait_soa(keel.dns, serial, Duration::from_secs(30)).await?;
 
     let (zone_file, count) = axfr(keel.dns).await?;
@@ -192,7 +206,7 @@ async fn main() -> Result<()> {
 
 /// Starts a `keel server` and a `keel agent` with the DNS role, on the servers' CPUs, and
 /// waits until the agent's Node publishes where its DNS server answers.
-async fn start_keel(keel: &Path, dir: &Path, cpus: &Cpus) -> Result<Keel> {
+async fn start_keel(keel: &Path, dir: &Path, cpus: &Cpus, rate_limit: u32) -> Result<Keel> {
     // Pinned from their first instruction (through a wrapper), so that their runtimes size
     // their thread pools for the CPUs they get, as named does.
     let binary = match &cpus.servers {
@@ -203,12 +217,18 @@ async fn start_keel(keel: &Path, dir: &Path, cpus: &Cpus) -> Result<Keel> {
         let log = tail(&dir.join("server.log"), 10);
         format!("cannot start `keel server`: {e}; server.log ends with:\n{log}")
     })?;
+    let rate_limit = rate_limit.to_string();
     let agent = start_agent(
         &binary,
         dir,
         &server,
         "bench-dns",
-        &["--dns-listen", "127.0.0.1:0"],
+        &[
+            "--dns-listen",
+            "127.0.0.1:0",
+            "--dns-rate-limit-responses-per-second",
+            &rate_limit,
+        ],
     )?;
     let dns = dns_endpoint(&server.client).await.map_err(|e| {
         let log = tail(&dir.join("agent.log"), 10);

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use keel_agent::dns::RateLimits;
 use keel_apiserver::raft::{Client, Consistency, ServerConfig, Tuning};
 use keel_apiserver::store::{EventKind, KeyRange, KeyValue, RangeRequest, Txn, WatchRequest};
 use keel_apiserver::{ApiConfig, ApiServer};
@@ -154,6 +155,8 @@ struct ServerArgs {
     /// Use port 53 in production.
     #[arg(long, default_value = "0.0.0.0:5353", value_parser = listen_or_off)]
     dns_listen: Listen,
+    #[command(flatten)]
+    dns_limits: DnsLimitArgs,
     /// Where the local agent's S3 endpoint serves the Buckets bound to this node (port 0: a
     /// free port, published in its Node; `off`: no storage role).
     #[arg(long, default_value = "0.0.0.0:9000", value_parser = listen_or_off)]
@@ -210,6 +213,85 @@ fn bytes(text: &str) -> Result<u64, String> {
 fn cidr(text: &str) -> Result<keel_schemas::Cidr, String> {
     text.parse()
         .map_err(|e| format!("{text:?}: give a network like 10.0.0.0/8: {e}"))
+}
+
+/// What one client may take of the DNS server: response rate limiting over UDP with BIND's
+/// semantics (`rate-limit { ... }`), and the TCP listener's connection caps.
+#[derive(Args, Debug)]
+struct DnsLimitArgs {
+    /// Identical UDP responses per second to one source network (BIND's
+    /// `responses-per-second`); more are dropped or slipped. 0: no response rate limiting
+    /// (unless a rate below is given).
+    #[arg(long, default_value_t = RateLimits::DEFAULT.responses_per_second)]
+    dns_rate_limit_responses_per_second: u32,
+    /// NXDOMAIN responses per second to one source network, all names of a zone counting as
+    /// one (default: the responses rate; 0: not limited).
+    #[arg(long)]
+    dns_rate_limit_nxdomains_per_second: Option<u32>,
+    /// Error responses (REFUSED, FORMERR, ...) per second to one source network (default:
+    /// the responses rate; 0: not limited).
+    #[arg(long)]
+    dns_rate_limit_errors_per_second: Option<u32>,
+    /// Seconds of debt a source network over its rate runs up (and after which a quiet one
+    /// starts afresh), 1 to 3600.
+    #[arg(long, default_value_t = RateLimits::DEFAULT.window)]
+    dns_rate_limit_window: u32,
+    /// Every this-many-th response over the rate is sent as an empty truncated answer
+    /// (TC=1), so that real clients retry over TCP; 0: drop them all; 1: slip them all; up
+    /// to 10.
+    #[arg(long, default_value_t = RateLimits::DEFAULT.slip)]
+    dns_rate_limit_slip: u32,
+    /// The prefix length that groups IPv4 sources into one network.
+    #[arg(long, default_value_t = RateLimits::DEFAULT.ipv4_prefix_length)]
+    dns_rate_limit_ipv4_prefix_length: u8,
+    /// The prefix length that groups IPv6 sources into one network.
+    #[arg(long, default_value_t = RateLimits::DEFAULT.ipv6_prefix_length)]
+    dns_rate_limit_ipv6_prefix_length: u8,
+    /// TCP connections the DNS server holds at once.
+    #[arg(long, default_value_t = keel_agent::dns::Limits::TCP.total)]
+    dns_tcp_connections: usize,
+    /// TCP connections the DNS server holds at once from one source address.
+    #[arg(long, default_value_t = keel_agent::dns::Limits::TCP.per_source)]
+    dns_tcp_connections_per_source: usize,
+}
+
+impl DnsLimitArgs {
+    fn limits(&self) -> Result<keel_agent::dns::Limits, String> {
+        let responses = self.dns_rate_limit_responses_per_second;
+        let rate = RateLimits {
+            responses_per_second: responses,
+            nxdomains_per_second: self
+                .dns_rate_limit_nxdomains_per_second
+                .unwrap_or(responses),
+            errors_per_second: self.dns_rate_limit_errors_per_second.unwrap_or(responses),
+            window: self.dns_rate_limit_window,
+            slip: self.dns_rate_limit_slip,
+            ipv4_prefix_length: self.dns_rate_limit_ipv4_prefix_length,
+            ipv6_prefix_length: self.dns_rate_limit_ipv6_prefix_length,
+            ..RateLimits::DEFAULT
+        };
+        rate.check()
+            .map_err(|e| format!("--dns-rate-limit-*: {e}"))?;
+        for (flag, value) in [
+            ("--dns-tcp-connections", self.dns_tcp_connections),
+            (
+                "--dns-tcp-connections-per-source",
+                self.dns_tcp_connections_per_source,
+            ),
+        ] {
+            if value == 0 {
+                return Err(format!("{flag} 0: give at least 1"));
+            }
+        }
+        Ok(keel_agent::dns::Limits {
+            rate,
+            tcp: keel_agent::listen::Limits {
+                total: self.dns_tcp_connections,
+                per_source: self.dns_tcp_connections_per_source,
+                ..keel_agent::dns::Limits::TCP
+            },
+        })
+    }
 }
 
 /// Authentication, certificates and the audit log of a server.
@@ -366,6 +448,8 @@ struct AgentArgs {
     /// role, the default).
     #[arg(long, default_value = "off", value_parser = listen_or_off)]
     dns_listen: Listen,
+    #[command(flatten)]
+    dns_limits: DnsLimitArgs,
     /// Give this host the storage role: its S3 endpoint serves the Buckets bound to it,
     /// with their data under the data directory (port 0: a free port, published in the
     /// Node; `off`: no storage role, the default).
@@ -546,6 +630,7 @@ fn main() -> ExitCode {
             command: args.command.clone(),
         });
     }
+    let raised = keel_agent::listen::raise_file_limit();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -554,6 +639,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // The listeners' connection caps, not the default of 1024 files, bound what is held.
+    if let Err(e) = raised {
+        tracing::warn!(error = %e, "cannot raise the limit of open files");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -677,7 +766,7 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut api = ApiConfig::new(config, args.listen);
     api.advertise_host = args.advertise;
     api.join = args.join.zip(args.token);
-    api.extra_metrics = Some(keel_controllers::runtime::metrics::render);
+    api.extra_metrics = Some(process_metrics);
     api.issuer = args.access.service_account_issuer.clone();
     api.node_certificate_lifetime = args.access.node_cert_lifetime;
     api.anonymous = args.access.anonymous_auth;
@@ -755,6 +844,7 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
         agent.kvm_probe_kernel = args.kvm_probe_kernel.clone();
         agent.listen = args.agent_listen;
         agent.dns_listen = args.dns_listen.0;
+        agent.dns_limits = args.dns_limits.limits()?;
         agent.s3_listen = args.s3_listen.0;
         // The local agent's S3 endpoint serves HTTPS with a certificate of the cluster CA,
         // which every client of the cluster already trusts.
@@ -820,6 +910,12 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
     while tasks.join_next().await.is_some() {}
     server.shutdown().await;
     result
+}
+
+/// The metrics of this process's controllers and its local agent's DNS server, for the API's
+/// `/metrics`.
+fn process_metrics() -> String {
+    keel_controllers::runtime::metrics::render() + &keel_agent::dns::render_metrics()
 }
 
 fn manager_config(identity: &str, t: &ControllerTimings) -> keel_controllers::ManagerConfig {
@@ -891,6 +987,7 @@ async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     config.lease_duration = seconds(args.lease_duration);
     config.dns_listen = args.dns_listen.0;
+    config.dns_limits = args.dns_limits.limits()?;
     config.load_balancer = !args.disable_load_balancer;
     args.guests.apply(&mut config);
     config.ovs_socket = args.ovs_socket;

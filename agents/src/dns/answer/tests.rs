@@ -283,6 +283,140 @@ fn reverse_names_come_from_records_or_the_pattern() {
     assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
 }
 
+/// RFC 8482: ANY gets one small record set, never every one; negative answers as before.
+#[test]
+fn any_gets_one_small_answer() {
+    let c = catalog_of(vec![shop()]);
+    let hinfo = |r: &Message| match r.answers.as_slice() {
+        [record] => match &record.data {
+            RData::HINFO(h) => format!("{} {} {:?} {:?}", record.name, record.ttl, h.cpu, h.os),
+            other => panic!("not HINFO: {other:?}"),
+        },
+        other => panic!("not one record: {:?}", lines(other)),
+    };
+    let r = ask(&c, "WWW.shop.example.", RecordType::ANY);
+    assert!(r.metadata.authoritative);
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(
+        hinfo(&r),
+        format!("WWW.shop.example. 30 {:?} {:?}", b"RFC8482", b""),
+        "HINFO \"RFC8482\" \"\" under the name asked, with the name's smallest TTL"
+    );
+    assert!(r.additionals.is_empty() && r.authorities.is_empty());
+    // The apex holds SOA, NS, MX and CAA: still one record.
+    let r = ask(&c, "shop.example.", RecordType::ANY);
+    assert!(hinfo(&r).starts_with("shop.example. "), "{}", hinfo(&r));
+    // A wildcard answers for the name asked.
+    let r = ask(&c, "x.apps.shop.example.", RecordType::ANY);
+    assert!(hinfo(&r).starts_with("x.apps.shop.example. 300 "));
+    // A CNAME's owner has nothing else: its CNAME, not chased.
+    let r = ask(&c, "alias.shop.example.", RecordType::ANY);
+    assert_eq!(
+        lines(&r.answers),
+        ["alias.shop.example. 300 CNAME web.shop.example."]
+    );
+    let r = ask(&c, "nope.shop.example.", RecordType::ANY);
+    assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+    assert!(r.answers.is_empty() && r.authorities.len() == 1);
+    let r = ask(&c, "ent.shop.example.", RecordType::ANY);
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert!(r.answers.is_empty() && r.authorities.len() == 1, "NODATA");
+    let r = ask(&c, "host.child.shop.example.", RecordType::ANY);
+    assert!(
+        !r.metadata.authoritative && r.answers.is_empty(),
+        "a referral"
+    );
+}
+
+/// What responses say, as rate limiting groups them: made-up names count as the name
+/// that answers for them.
+#[test]
+fn outcomes_name_what_the_response_says() {
+    let c = catalog_of(vec![shop()]);
+    let outcome = |name: &str, kind| {
+        let local = LOCAL.parse().unwrap();
+        answer(&c, &query(name, kind, None), local, Transport::Udp).outcome
+    };
+    let n = |s: &str| Name::from_ascii(s).unwrap();
+    use RecordType::{A, MX};
+    assert_eq!(
+        outcome("www.shop.example.", A),
+        Outcome::Answer(n("www.shop.example."), A)
+    );
+    assert_eq!(
+        outcome("alias.shop.example.", A),
+        Outcome::Answer(n("alias.shop.example."), A),
+        "a chain is about the name asked"
+    );
+    for name in ["one.apps.shop.example.", "two.apps.shop.example."] {
+        assert_eq!(
+            outcome(name, A),
+            Outcome::Answer(n("*.apps.shop.example."), A)
+        );
+        assert_eq!(
+            outcome(name, MX),
+            Outcome::NoData(n("*.apps.shop.example."))
+        );
+    }
+    assert_eq!(
+        outcome("www.shop.example.", MX),
+        Outcome::NoData(n("www.shop.example."))
+    );
+    for name in ["nope.shop.example.", "nope2.shop.example."] {
+        assert_eq!(outcome(name, A), Outcome::NxDomain(n("shop.example.")));
+    }
+    assert_eq!(
+        outcome("host.child.shop.example.", A),
+        Outcome::Referral(n("child.shop.example."))
+    );
+    assert_eq!(outcome("www.other.example.", A), Outcome::Error);
+    assert_eq!(outcome("shop.example.", RecordType::AXFR), Outcome::Error);
+}
+
+/// What a rate-limited response slips as: its header and question, TC set, nothing else.
+#[test]
+fn a_slip_is_the_header_and_question_with_tc() {
+    let c = catalog_of(vec![shop()]);
+    let local = LOCAL.parse().unwrap();
+    for (name, code) in [
+        ("www.shop.example.", ResponseCode::NoError),
+        ("nope.shop.example.", ResponseCode::NXDomain),
+        ("www.other.example.", ResponseCode::Refused),
+    ] {
+        let full = respond(
+            &c,
+            &query(name, RecordType::A, Some(1232)),
+            local,
+            Transport::Udp,
+        );
+        let slip = Message::from_vec(&truncated(&full[0])).expect("a slip parses");
+        assert!(slip.metadata.truncation, "{name}");
+        assert_eq!(slip.metadata.id, 0xbeef);
+        assert_eq!(slip.metadata.message_type, MessageType::Response);
+        assert_eq!(slip.metadata.response_code, code, "{name}");
+        assert_eq!(slip.queries.len(), 1);
+        assert_eq!(slip.queries[0].name().to_ascii(), name);
+        assert!(slip.answers.is_empty() && slip.authorities.is_empty());
+        assert!(slip.additionals.is_empty() && slip.edns.is_none());
+    }
+    // A header alone (FORMERR), a question that does not end, too short: no question.
+    let formerr = respond(
+        &c,
+        &[0x12, 0x34, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xff],
+        local,
+        Transport::Udp,
+    );
+    let slip = truncated(&formerr[0]);
+    assert_eq!(slip.len(), 12);
+    assert_eq!(slip[2] & 0x02, 0x02, "TC");
+    let cut = [0x12, 0x34, 0x84, 0, 0, 1, 0, 1, 0, 0, 0, 0, 5, b'a'];
+    assert_eq!(
+        truncated(&cut),
+        [0x12, 0x34, 0x86, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    );
+    assert!(truncated(&[1, 2, 3]).is_empty());
+}
+
 #[test]
 fn other_zones_and_classes_are_refused() {
     let c = catalog_of(vec![shop()]);

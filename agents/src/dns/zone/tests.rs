@@ -183,6 +183,7 @@ fn ancestors_of_pattern_names_exist_and_wide_subnets_get_one_origin_per_block() 
     let (forward, reverse) = (&authorities[0], &authorities[1]);
     let look = |a: &Authority, n: &str| match a.lookup(&Name::from_ascii(n).unwrap()) {
         Lookup::Found(_) => "found",
+        Lookup::Wildcard { .. } => "wildcard",
         Lookup::Empty => "empty",
         Lookup::Missing => "missing",
         Lookup::Delegated(_) => "delegated",
