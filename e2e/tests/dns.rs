@@ -391,9 +391,10 @@ async fn zones_are_answered_to_dig_over_udp_and_tcp() {
             "shop.example. is claimed by zone shop of another namespace",
         ),
         (
-            "example.",
+            "www.shop.example.",
             "shop.example. is claimed by zone shop of another namespace",
         ),
+        ("example.", "a public suffix cannot be a zone"),
         ("com.", "a public suffix cannot be a zone"),
         ("co.uk.", "a public suffix cannot be a zone"),
     ] {
@@ -647,7 +648,15 @@ async fn vm_records_follow_the_vms_addresses() {
         || async { status(&dig(c.port, &["+tcp", "front.shop.example", "A"])) == "NXDOMAIN" },
     )
     .await;
-    // The load balancer controller gives it the VIP it asks for.
+    // The load balancer controller gives it the VIP it asks for, in a range an admin
+    // granted the namespace.
+    Api::<Value>::all(&c.client, kind("namespaces"))
+        .patch(
+            "shop",
+            &Patch::Merge(json!({"metadata": {"annotations": {"keel.dev/lb-vip-ranges": "10.20.1.96/28"}}})),
+        )
+        .await
+        .unwrap();
     lbs.patch(
         "front",
         &Patch::Merge(json!({"spec": {"vip": "10.20.1.100"}})),
