@@ -137,8 +137,15 @@ impl Endpoint {
         let mut stop = Box::pin(async move {
             let _ = shutdown.wait_for(|s| *s).await;
         });
+        // Only the API servers call here, but anyone can connect: caps and timeouts keep a
+        // flood or a slowloris from holding the host's sockets.
+        let limits = crate::listen::ConnectionLimits::new(crate::listen::Limits {
+            total: 1024,
+            per_source: 128,
+            ..crate::listen::Limits::default()
+        });
         loop {
-            let (tcp, _) = tokio::select! {
+            let (tcp, peer) = tokio::select! {
                 _ = &mut stop => return,
                 accepted = self.listener.accept() => match accepted {
                     Ok(a) => a,
@@ -149,10 +156,18 @@ impl Endpoint {
                     }
                 },
             };
+            let Ok(permit) = limits.admit(peer.ip()) else {
+                tracing::debug!(%peer, "the agent endpoint refused a connection over its caps");
+                continue;
+            };
+            let timeouts = *limits.limits();
             let acceptor = self.acceptor.clone();
             let state = state.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
+                let _permit = permit;
+                let handshake =
+                    tokio::time::timeout(timeouts.handshake_timeout, acceptor.accept(tcp)).await;
+                let Ok(Ok(tls)) = handshake else {
                     return;
                 };
                 let caller = tls
@@ -167,6 +182,8 @@ impl Endpoint {
                     async move { Ok::<_, Infallible>(handle(&state, caller.as_deref(), req).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(timeouts.header_timeout)
                     .serve_connection(TokioIo::new(tls), service)
                     .await;
             });

@@ -166,6 +166,8 @@ pub async fn serve(
     let app = router(api);
     let acceptor = tokio_rustls::TlsAcceptor::from(options.tls);
     let mut connections = tokio::task::JoinSet::new();
+    // Connections held at once: the process's files are shared with Raft, the agent and S3.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => break,
@@ -177,19 +179,23 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "refused a connection: {MAX_CONNECTIONS} are open");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         connections.spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
+            let _slot = slot;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
             // The user a client certificate names (rustls checked it against the CA).
             let user = tls
                 .get_ref()
@@ -210,7 +216,12 @@ pub async fn serve(
                 },
             );
             let service = TowerToHyperService::new(app);
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // A client that never finishes its request header lets go of its connection.
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
             if let Err(e) = builder
                 .serve_connection_with_upgrades(TokioIo::new(tls), service)
                 .await
@@ -224,6 +235,13 @@ pub async fn serve(
     connections.abort_all();
     while connections.join_next().await.is_some() {}
 }
+
+/// Connections the API holds at once.
+const MAX_CONNECTIONS: usize = 16_384;
+/// How long a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's header.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The namespaces every cluster has.
 pub const SYSTEM_NAMESPACES: [&str; 4] =

@@ -653,7 +653,9 @@ async fn vm_records_follow_the_vms_addresses() {
     Api::<Value>::all(&c.client, kind("namespaces"))
         .patch(
             "shop",
-            &Patch::Merge(json!({"metadata": {"annotations": {"keel.dev/lb-vip-ranges": "10.20.1.96/28"}}})),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"keel.dev/lb-vip-ranges": "10.20.1.96/28"}}}),
+            ),
         )
         .await
         .unwrap();
