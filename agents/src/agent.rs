@@ -54,6 +54,8 @@ pub struct AgentConfig {
     pub storage_min_free: crate::storage::store::FreeSpaceFloor,
     /// Whether this host's L4 proxy serves the LoadBalancers the cluster places here.
     pub load_balancer: bool,
+    /// What each listener of the L4 proxy may hold: connections, UDP sessions, idle time.
+    pub lb_limits: crate::lb::limits::Limits,
     /// The Open vSwitch database socket (probed).
     pub ovs_socket: PathBuf,
     /// The kernel the KVM probe boots (default: the host's own, if found in /boot).
@@ -136,6 +138,7 @@ impl AgentConfig {
             s3_limits: crate::listen::Limits::default(),
             storage_min_free: crate::storage::store::FreeSpaceFloor::Bytes(1 << 30),
             load_balancer: true,
+            lb_limits: crate::lb::limits::Limits::default(),
             ovs_socket: PathBuf::from("/var/run/openvswitch/db.sock"),
             kvm_probe_kernel: None,
             cpu_allocation_ratio: 4.0,

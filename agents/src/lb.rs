@@ -6,6 +6,8 @@
 //! - [`balancer`]: backends (health, open connections) and the choice of one per connection.
 //! - [`health`]: TCP and HTTP checks and the rise/fall health state.
 //! - [`tcp`], [`udp`]: the listeners on the VIP and the relaying of bytes and datagrams.
+//! - [`limits`]: what one listener may hold (connections, sessions, idle time) and the
+//!   count of what it refused.
 //!
 //! One loop owns every served LoadBalancer: on any change of them or of the VMs, and every
 //! second, it compares what each asks with what runs and makes the difference — binds
@@ -14,11 +16,18 @@
 //! that leaves keeps its open connections until they close, and shows as draining. The
 //! same loop writes each LoadBalancer's `status.backends` and `Ready` condition when they
 //! change (and the figures that move — connections, check times — at most every
-//! [`FIGURES_EVERY`]).
+//! [`FIGURES_EVERY`]). Refused connections and dropped datagrams are told in a Warning
+//! Event, at most every [`FIGURES_EVERY`] per listener.
+//!
+//! Backends named by host name are resolved by their health checks, and a name resolving
+//! to the host itself (loopback, unspecified), its link (link-local: metadata services) or
+//! a multicast group is not connected to: a tenant's name must not reach what its address
+//! would not.
 
 pub mod balancer;
 pub mod config;
 pub mod health;
+pub mod limits;
 pub mod tcp;
 pub mod udp;
 
@@ -32,12 +41,14 @@ use keel_controllers::runtime::{
     Condition, EventType, ObjectExt, Recorder, Store as Cache, set_condition, watcher,
 };
 use keel_schemas::kinds::network::ListenerProtocol;
+use keel_schemas::net::AddressClass;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use self::balancer::{Backend, Pool};
 use self::config::{CheckConfig, Desired};
+use self::limits::{Limits, Refusals};
 use crate::agent::Shared;
 
 pub use keel_controllers::loadbalancers::AGENT_ANNOTATION;
@@ -68,6 +79,9 @@ struct Listening {
     pool: Arc<RwLock<Arc<Pool>>>,
     task: Option<JoinHandle<()>>,
     error: Option<String>,
+    /// What its limits refused, and how many of those were last told, when.
+    refusals: Arc<Refusals>,
+    told: (u64, Option<Instant>),
 }
 
 /// Serves the LoadBalancers placed on this node until `shutdown` turns true.
@@ -143,9 +157,11 @@ pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
             let s = served
                 .entry(uid)
                 .or_insert_with(|| Served::new(desired.clone()));
-            s.apply(desired, changed.clone());
+            s.apply(desired, changed.clone(), &shared.config.lb_limits);
             s.write_status(&shared, &lb).await;
             s.publish_health(&recorder, &lb).await;
+            s.publish_refusals(&recorder, &lb, &shared.config.lb_limits)
+                .await;
         }
         metrics.reconciled(started.elapsed(), false);
     }
@@ -172,8 +188,9 @@ impl Served {
         }
     }
 
-    /// Makes what runs match `desired`; `changed` hears of health changes.
-    fn apply(&mut self, desired: Desired, changed: Arc<Notify>) {
+    /// Makes what runs match `desired`, new listeners within `limits`; `changed` hears of
+    /// health changes.
+    fn apply(&mut self, desired: Desired, changed: Arc<Notify>, limits: &Limits) {
         // Backends: kept by address (with their health and connections), added, or drained.
         let mut backends = BTreeMap::new();
         for t in &desired.targets {
@@ -244,19 +261,21 @@ impl Served {
                         pool: Arc::new(RwLock::new(pool)),
                         task: None,
                         error: None,
+                        refusals: Arc::default(),
+                        told: (0, None),
                     }
                 }
             };
             if listening.task.is_none() {
                 let addr = SocketAddr::new(desired.vip, l.port);
                 let pool = listening.pool.clone();
+                let refusals = listening.refusals.clone();
                 let bound = match l.protocol {
-                    ListenerProtocol::Tcp => {
-                        tcp::bind(addr).map(|s| tokio::spawn(tcp::serve(s, pool, timeout)))
-                    }
-                    ListenerProtocol::Udp => {
-                        udp::bind(addr).map(|s| tokio::spawn(udp::serve(s, pool)))
-                    }
+                    ListenerProtocol::Tcp => tcp::bind(addr).map(|s| {
+                        tokio::spawn(tcp::serve(s, pool, timeout, limits.tcp(), refusals))
+                    }),
+                    ListenerProtocol::Udp => udp::bind(addr)
+                        .map(|s| tokio::spawn(udp::serve(s, pool, limits.udp(), refusals))),
                 };
                 match bound {
                     Ok(task) => {
@@ -319,6 +338,49 @@ impl Served {
             };
             recorder
                 .publish(lb, type_, reason, "HealthCheck", &message)
+                .await;
+        }
+    }
+
+    /// Tells in a Warning Event what each listener's limits refused since last told, at
+    /// most every [`FIGURES_EVERY`] per listener.
+    async fn publish_refusals(&mut self, recorder: &Recorder, lb: &Value, limits: &Limits) {
+        let mut news = Vec::new();
+        for ((proto, port), l) in &mut self.listeners {
+            let total = l.refusals.total();
+            let (told, at) = l.told;
+            if total == told || at.is_some_and(|at| at.elapsed() < FIGURES_EVERY) {
+                continue;
+            }
+            l.told = (total, Some(Instant::now()));
+            let (what, cap, per_source) = match proto {
+                ListenerProtocol::Tcp => (
+                    "connections",
+                    limits.max_connections,
+                    limits.max_connections_per_source,
+                ),
+                ListenerProtocol::Udp => (
+                    "datagrams opening a session",
+                    limits.max_udp_sessions,
+                    limits.max_udp_sessions_per_source,
+                ),
+            };
+            let latest = l
+                .refusals
+                .latest()
+                .map(|why| format!("; latest: {why}"))
+                .unwrap_or_default();
+            let message = format!(
+                "{} {what} to {}/{port} refused (limits per listener: {cap} in all, {per_source} per source){latest}",
+                total - told,
+                protocol(*proto),
+            );
+            tracing::info!(lb = %self.desired.key, "{message}");
+            news.push(message);
+        }
+        for message in news {
+            recorder
+                .publish(lb, EventType::Warning, "LimitReached", "Proxy", &message)
                 .await;
         }
     }
@@ -525,20 +587,92 @@ async fn check_loop(backend: Arc<Backend>, check: CheckConfig, changed: Arc<Noti
     }
 }
 
-/// The backend's socket address: its literal, or a fresh resolution of its host name.
+/// The backend's socket address: its literal, or a fresh resolution of its host name —
+/// which forgets the address connected to when the name resolves to no usable one.
 async fn resolve(backend: &Backend) -> Result<SocketAddr, String> {
     if let Ok(addr) = backend.address.parse::<SocketAddr>() {
         return Ok(addr);
     }
+    // A failed lookup may pass: the address found last is kept meanwhile.
     let found = tokio::net::lookup_host(backend.address.as_str())
         .await
-        .map_err(|e| format!("cannot resolve {}: {e}", backend.address))?
-        .next()
-        .ok_or_else(|| format!("{} resolves to no address", backend.address))?;
-    backend.set_addr(found);
-    Ok(found)
+        .map_err(|e| format!("cannot resolve {}: {e}", backend.address))?;
+    let found = usable(found);
+    backend.set_addr(found.as_ref().ok().copied());
+    found
+}
+
+/// The first address a host name resolved to that a backend may have, or why there is
+/// none: the host itself, its link or a multicast group are refused (in the words of
+/// `AddressClass::describe`), as API admission refuses them as address literals.
+fn usable(found: impl IntoIterator<Item = SocketAddr>) -> Result<SocketAddr, String> {
+    let mut refused = None;
+    for addr in found {
+        let class = AddressClass::of(addr.ip());
+        match class {
+            AddressClass::Loopback
+            | AddressClass::Unspecified
+            | AddressClass::LinkLocal
+            | AddressClass::Multicast => {
+                refused.get_or_insert((addr.ip(), class));
+            }
+            _ => return Ok(addr),
+        }
+    }
+    Err(match refused {
+        Some((ip, class)) => format!("resolves to {ip}, {}", class.describe()),
+        None => "resolves to no address".into(),
+    })
 }
 
 fn protocol(p: ListenerProtocol) -> &'static str {
     keel_controllers::loadbalancers::protocol_name(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ips: &[&str]) -> Vec<SocketAddr> {
+        ips.iter()
+            .map(|ip| SocketAddr::new(ip.parse().unwrap(), 80))
+            .collect()
+    }
+
+    #[test]
+    fn a_name_resolving_to_the_host_or_its_link_is_refused() {
+        for (ips, why) in [
+            (
+                &["127.0.0.1"][..],
+                "resolves to 127.0.0.1, a loopback address",
+            ),
+            (&["::1"], "resolves to ::1, a loopback address"),
+            (
+                &["::ffff:127.0.0.5"],
+                "resolves to ::ffff:127.0.0.5, a loopback address",
+            ),
+            (&["0.0.0.0"], "resolves to 0.0.0.0, an unspecified address"),
+            (
+                &["169.254.169.254"],
+                "resolves to 169.254.169.254, a link-local address",
+            ),
+            (&["fe80::1"], "resolves to fe80::1, a link-local address"),
+            (
+                &["224.0.0.1"],
+                "resolves to 224.0.0.1, a multicast or broadcast address",
+            ),
+            (&[], "resolves to no address"),
+        ] {
+            assert_eq!(usable(at(ips)), Err(why.to_string()), "{ips:?}");
+        }
+        // Private and public addresses are what backends are; the first usable one wins.
+        assert_eq!(
+            usable(at(&["127.0.0.1", "10.0.0.7", "192.0.2.1"])),
+            Ok(at(&["10.0.0.7"])[0])
+        );
+        assert_eq!(
+            usable(at(&["93.184.216.34"])),
+            Ok(at(&["93.184.216.34"])[0])
+        );
+    }
 }

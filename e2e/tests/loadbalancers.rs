@@ -4,7 +4,10 @@
 //! killed backend costs no request and shows as down, then rejoins; a connection open
 //! across a change of the backend set is not cut and its old backend drains; port clashes,
 //! selectors matching nothing, an address already taken and bad health checks are refused
-//! or reported.
+//! or reported. A tenant's hostile tries fail: a flood of connections from one source gets
+//! its cap (and others still get in), idle connections are closed, a health check pointed
+//! at a service that is not HTTP reports why without a byte of its answer, and a host name
+//! resolving to the host itself is not connected to.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -32,9 +35,16 @@ struct Cluster {
 }
 
 async fn cluster() -> Cluster {
+    cluster_with(&[]).await
+}
+
+/// A cluster whose server is started with `extra` flags too.
+async fn cluster_with(extra: &[&str]) -> Cluster {
     let root = tempfile::tempdir().unwrap();
     let mut server = KeelServer::new(root.path(), "lb-1");
-    server.start(&["--lb-vip-pool", "127.0.77.0/28"]);
+    let mut args = vec!["--lb-vip-pool", "127.0.77.0/28"];
+    args.extend_from_slice(extra);
+    server.start(&args);
     let client = server.ready_client(WAIT).await;
     let kubeconfig = server.data_dir.join("admin.kubeconfig");
     Cluster {
@@ -193,7 +203,7 @@ async fn http_spreads_round_robin_and_a_killed_backend_costs_no_request() {
         backend(&lb, &dead)["lastCheckResult"]
             .as_str()
             .unwrap()
-            .starts_with("HTTP 404"),
+            .starts_with("answered HTTP 404, expected 200"),
         "{lb}"
     );
     drop(web);
@@ -477,5 +487,199 @@ async fn clashes_empty_selectors_taken_addresses_and_bad_checks_are_reported() {
     assert!(
         api.get_opt("bad").await.unwrap().is_none(),
         "nothing half-applied"
+    );
+}
+
+/// A TCP server on 127.0.0.1 answering anything with `answer`, then closing.
+async fn answering(answer: &'static str) -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+/// A connection from `source` to `vip`: `Some` once a line went through the proxy and
+/// back, `None` when the proxy ended it (EOF or reset); fails when neither happens soon.
+async fn through(
+    source: &str,
+    vip: SocketAddr,
+) -> Option<(
+    tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
+    tokio::net::tcp::OwnedWriteHalf,
+)> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    // Under a flood the proxy's reset may come before the connect is seen through.
+    let stream = match socket.connect(vip).await {
+        Ok(stream) => stream,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+        Err(e) => panic!("cannot connect from {source} to {vip}: {e}"),
+    };
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    let exchange = async {
+        w.write_all(b"hi\n").await?;
+        lines.next_line().await
+    };
+    match tokio::time::timeout(Duration::from_secs(10), exchange).await {
+        Ok(Ok(Some(line))) => {
+            assert_eq!(line, "x: hi");
+            Some((lines, w))
+        }
+        Ok(Ok(None) | Err(_)) => None,
+        Err(_) => panic!("a connection from {source} was neither proxied nor closed in 10s"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_source_gets_its_cap_and_idle_connections_are_closed() {
+    let c = cluster_with(&[
+        "--lb-max-connections-per-source",
+        "20",
+        "--lb-idle-timeout",
+        "5s",
+    ])
+    .await;
+    let api = lbs(&c.client);
+    let port = echo_tcp("x").await;
+    api.create(
+        &json!({"apiVersion": "keel.dev/v1alpha1", "kind": "LoadBalancer",
+        "metadata": {"name": "capped"},
+        "spec": {"vip": "127.0.81.1", "listeners": [{"protocol": "TCP", "port": 7000}],
+                 "backends": {"addresses": [format!("127.0.0.1:{port}")]},
+                 "healthCheck": {"intervalSeconds": 1, "timeoutSeconds": 1}}}),
+    )
+    .await
+    .unwrap();
+    ready(&api, "capped", "True", "1 of 1").await;
+    let vip: SocketAddr = "127.0.81.1:7000".parse().unwrap();
+
+    // 200 connections at once from 127.0.0.1, all kept open: 20 are proxied, the rest are
+    // ended at once.
+    let flood: Vec<_> = (0..200)
+        .map(|_| tokio::spawn(through("127.0.0.1", vip)))
+        .collect();
+    let mut held = Vec::new();
+    for f in flood {
+        held.extend(f.await.unwrap());
+    }
+    assert_eq!(held.len(), 20, "the per-source cap holds");
+    // Another source still gets through.
+    let mut other = through("127.0.0.2", vip)
+        .await
+        .expect("another source is proxied");
+
+    // Idle for the timeout: closed; kept busy: not.
+    let (mut lines, mut w) = held.pop().unwrap();
+    w.write_all(b"last\n").await.unwrap();
+    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("x: last"));
+    let quiet = std::time::Instant::now();
+    let busy = tokio::spawn(async move {
+        for i in 0..14 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            other
+                .1
+                .write_all(format!("{i}\n").as_bytes())
+                .await
+                .unwrap();
+            assert_eq!(
+                other.0.next_line().await.unwrap().as_deref(),
+                Some(format!("x: {i}").as_str()),
+                "a busy connection stays open"
+            );
+        }
+    });
+    let end = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("an idle connection is closed");
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+    let took = quiet.elapsed();
+    assert!(
+        took >= Duration::from_secs(5),
+        "closed after {took:?}, before the idle timeout"
+    );
+    busy.await.unwrap();
+    eventually("a Warning Event counting the refusals", WAIT, || async {
+        let events = keel_e2e::ok(keelctl(&c.kubeconfig, &["get", "events", "-o", "json"]));
+        (events.contains("LimitReached")
+            && events.contains("127.0.0.1 holds its limit of 20 connections"))
+        .then_some(())
+    })
+    .await;
+    // The idle ones gave their places back: 127.0.0.1 gets in again.
+    drop(held);
+    eventually("127.0.0.1 proxied again", WAIT, || async {
+        through("127.0.0.1", vip).await.map(|_| ())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_of_a_foreign_service_tells_why_without_its_bytes_and_names_cannot_reach_the_host()
+{
+    let c = cluster().await;
+    let api = lbs(&c.client);
+    // Two "host services" a tenant should not read: a banner, and an HTTP error page.
+    let banner = answering("SSH-2.0-OpenSSH_9 SECRET-MARKER-4242\r\n").await;
+    let page =
+        answering("HTTP/1.1 503 SECRET-MARKER-4242\r\nX-Token: SECRET-MARKER-4242\r\n\r\n").await;
+    api.create(&json!({"apiVersion": "keel.dev/v1alpha1", "kind": "LoadBalancer",
+        "metadata": {"name": "peek"},
+        "spec": {"vip": "127.0.81.2", "listeners": [{"protocol": "TCP", "port": 80}],
+                 "backends": {"addresses": [format!("127.0.0.1:{banner}"), format!("127.0.0.1:{page}")]},
+                 "healthCheck": {"type": "HTTP", "intervalSeconds": 1, "timeoutSeconds": 1}}}))
+        .await
+        .unwrap();
+    let lb = ready(&api, "peek", "False", "no backend passes its health check").await;
+    assert_eq!(
+        backend(&lb, &format!("127.0.0.1:{banner}"))["lastCheckResult"],
+        "the answer is not HTTP",
+        "{lb}"
+    );
+    assert_eq!(
+        backend(&lb, &format!("127.0.0.1:{page}"))["lastCheckResult"],
+        "answered HTTP 503, expected 200-399",
+        "{lb}"
+    );
+    assert!(!lb.to_string().contains("SECRET-MARKER"), "{lb}");
+    let events = eventually("Warning Events for both backends", WAIT, || async {
+        let events = keel_e2e::ok(keelctl(&c.kubeconfig, &["get", "events", "-o", "json"]));
+        (events.matches("BackendUnhealthy").count() >= 2).then_some(events)
+    })
+    .await;
+    assert!(events.contains("the answer is not HTTP"), "{events}");
+    assert!(!events.contains("SECRET-MARKER"), "{events}");
+
+    // A backend by host name resolving to the host itself: refused, not connected to.
+    let port = echo_tcp("x").await;
+    api.create(
+        &json!({"apiVersion": "keel.dev/v1alpha1", "kind": "LoadBalancer",
+        "metadata": {"name": "named"},
+        "spec": {"vip": "127.0.81.3", "listeners": [{"protocol": "TCP", "port": 80}],
+                 "backends": {"addresses": [format!("localhost:{port}")]},
+                 "healthCheck": {"intervalSeconds": 1, "timeoutSeconds": 1}}}),
+    )
+    .await
+    .unwrap();
+    let lb = ready(&api, "named", "False", "a loopback address").await;
+    let why = backend(&lb, &format!("localhost:{port}"))["lastCheckResult"].clone();
+    assert!(
+        why.as_str().unwrap().starts_with("resolves to ")
+            && why.as_str().unwrap().ends_with(", a loopback address"),
+        "{lb}"
+    );
+    assert!(
+        through("127.0.0.1", "127.0.81.3:80".parse().unwrap())
+            .await
+            .is_none(),
+        "no connection reaches the host through the name"
     );
 }

@@ -70,10 +70,11 @@ impl Backend {
         self.resolved.read().ok().and_then(|r| *r)
     }
 
-    /// Records what a resolution found.
-    pub fn set_addr(&self, addr: SocketAddr) {
+    /// Records what a resolution found: an address to connect to, or none (a name that
+    /// resolves to nothing usable is connected to no more).
+    pub fn set_addr(&self, addr: Option<SocketAddr>) {
         if let Ok(mut r) = self.resolved.write() {
-            *r = Some(addr);
+            *r = addr;
         }
     }
 

@@ -1,5 +1,10 @@
 //! Active health checks: a TCP connect or an HTTP GET, and the health state each backend
 //! steps through with their outcomes (HAProxy's rise and fall).
+//!
+//! A check's result ends up in the LoadBalancer's status and Events, which its tenant reads,
+//! while the address checked may be any service the tenant named: so a result says what
+//! happened in words of its own ("answered HTTP 503", "the answer is not HTTP") and never
+//! carries a byte of what the peer sent, lest a check become a way to read banners.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -105,22 +110,7 @@ async fn check_once(addr: SocketAddr, kind: &CheckKind, host: &str) -> Result<St
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let line = String::from_utf8_lossy(&buf);
-    let line = line.lines().next().unwrap_or("");
-    let code = line
-        .strip_prefix("HTTP/")
-        .and_then(|rest| rest.split_whitespace().nth(1))
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| {
-            if line.is_empty() {
-                "the connection closed without an HTTP answer".to_string()
-            } else {
-                format!(
-                    "not an HTTP answer: {:?}",
-                    line.chars().take(60).collect::<String>()
-                )
-            }
-        })?;
+    let code = status_code(&buf)?;
     if codes.iter().any(|(lo, hi)| (*lo..=*hi).contains(&code)) {
         Ok(format!("HTTP {code}"))
     } else {
@@ -134,7 +124,33 @@ async fn check_once(addr: SocketAddr, kind: &CheckKind, host: &str) -> Result<St
                 }
             })
             .collect();
-        Err(format!("HTTP {code}, expected {}", want.join(",")))
+        Err(format!("answered HTTP {code}, expected {}", want.join(",")))
+    }
+}
+
+/// The status code of an HTTP answer's status line (`HTTP/1.1 204 No Content`), or why
+/// there is none — in words that quote nothing of `answer`.
+fn status_code(answer: &[u8]) -> Result<u16, String> {
+    if answer.is_empty() {
+        return Err("the connection closed without an answer".into());
+    }
+    let line = answer.split(|b| *b == b'\n').next().unwrap_or_default();
+    let mut words = line.split(|b| *b == b' ').filter(|w| !w.is_empty());
+    let version = words.next().unwrap_or_default();
+    let is_http = version.len() == "HTTP/1.1".len()
+        && version.starts_with(b"HTTP/")
+        && version[5].is_ascii_digit()
+        && version[6] == b'.'
+        && version[7].is_ascii_digit();
+    // Three digits from 100 to 599, as RFC 9110 allows: nothing else of the line is read.
+    let code = words
+        .next()
+        .filter(|c| c.len() == 3 && c.iter().all(u8::is_ascii_digit))
+        .and_then(|c| std::str::from_utf8(c).ok()?.parse::<u16>().ok())
+        .filter(|c| (100..=599).contains(c));
+    match code {
+        Some(code) if is_http => Ok(code),
+        _ => Err("the answer is not HTTP".into()),
     }
 }
 
@@ -143,6 +159,8 @@ fn describe(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
         std::io::ErrorKind::ConnectionReset => "connection reset".into(),
+        std::io::ErrorKind::TimedOut => "connection timed out".into(),
+        // The system's words for what failed (unreachable, no route), never the peer's.
         _ => e.to_string(),
     }
 }
@@ -204,14 +222,7 @@ mod tests {
         let bad = server("HTTP/1.0 503 Service Unavailable\r\n\r\n").await;
         assert_eq!(
             check(bad, &http(vec![(200, 200), (300, 399)]), "x", t).await,
-            Err("HTTP 503, expected 200,300-399".into())
-        );
-        let junk = server("SSH-2.0-OpenSSH\r\n").await;
-        assert!(
-            check(junk, &http(vec![(200, 399)]), "x", t)
-                .await
-                .unwrap_err()
-                .contains("not an HTTP answer")
+            Err("answered HTTP 503, expected 200,300-399".into())
         );
         assert_eq!(
             check(ok, &CheckKind::Tcp, "x", t).await,
@@ -225,5 +236,48 @@ mod tests {
             check(closed, &CheckKind::Tcp, "x", t).await,
             Err("connection refused".into())
         );
+    }
+
+    /// The hostile try: a tenant points an HTTP check at a host service to read its banner.
+    #[tokio::test]
+    async fn a_failed_check_says_why_and_never_repeats_what_the_peer_sent() {
+        let http = CheckKind::Http {
+            path: "/".into(),
+            codes: vec![(200, 399)],
+        };
+        let t = Duration::from_secs(1);
+        for (answer, why) in [
+            ("SSH-2.0-OpenSSH_9.6 SECRET\r\n", "the answer is not HTTP"),
+            ("+OK SECRET redis\r\n", "the answer is not HTTP"),
+            ("HTTP/1.1 SECRET\r\n", "the answer is not HTTP"),
+            ("HTTP/1.1 999 SECRET\r\n", "the answer is not HTTP"),
+            ("HTTP/1.1 2000 SECRET\r\n", "the answer is not HTTP"),
+            ("HTTPS/1.1 200 SECRET\r\n", "the answer is not HTTP"),
+            ("\u{0}SECRET without a line end", "the answer is not HTTP"),
+            (
+                "HTTP/1.1 500 SECRET internal\r\nX-Secret: SECRET\r\n\r\nSECRET",
+                "answered HTTP 500, expected 200-399",
+            ),
+            ("", "the connection closed without an answer"),
+        ] {
+            let addr = server(answer).await;
+            let got = check(addr, &http, "x", t).await.unwrap_err();
+            assert_eq!(got, why, "{answer:?}");
+            assert!(!got.contains("SECRET"));
+        }
+        // A peer that accepts and says nothing.
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((s, _)) = silent.accept().await {
+                open.push(s);
+            }
+        });
+        assert_eq!(
+            check(addr, &http, "x", t).await,
+            Err("timed out after 1s".into())
+        );
+        held.abort();
     }
 }

@@ -8,10 +8,17 @@
 //! that refuses is skipped for the next candidate, so a backend that died between two
 //! health checks costs a client nothing. The pool is swapped whole on a spec change: open
 //! connections keep the backend they have until they close (draining).
+//!
+//! Each listener holds at most so many connections, in all and per source address (the
+//! [`ConnectionLimits`] of [`super::limits::Limits`]): one over is reset at once, before
+//! any backend is chosen, and counted. A connection that moves no byte either way for the
+//! idle timeout is closed; the data path only marks a flag per read for that, and a timer
+//! looks at it a few times per timeout.
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -20,6 +27,8 @@ use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::balancer::{Lease, Pool};
+use super::limits::Refusals;
+use crate::listen::ConnectionLimits;
 
 /// How many backends a connection tries before it gives up.
 const ATTEMPTS: usize = 3;
@@ -29,6 +38,9 @@ const CHUNK: usize = 64 * 1024;
 const BUFFER: usize = 16 * 1024;
 /// Full reads in a row that make a direction switch to splice.
 pub const BULK_READS: u32 = 4;
+/// How many times per idle timeout a connection's activity is looked at: it is closed
+/// after between one and `1 + 1/IDLE_LOOKS` timeouts without a byte.
+const IDLE_LOOKS: u32 = 4;
 
 /// Binds VIP:port for TCP. The VIP need not be on an interface yet (`IP_FREEBIND`), so that
 /// it can be moved to this host after the listener is up.
@@ -56,8 +68,15 @@ pub fn free_bind(socket: &socket2::Socket, addr: SocketAddr) -> io::Result<()> {
 }
 
 /// Accepts connections on `listener` for as long as it runs, each proxied to a backend of
-/// the current `pool`.
-pub async fn serve(listener: TcpListener, pool: Arc<RwLock<Arc<Pool>>>, connect_timeout: Duration) {
+/// the current `pool`, within `limits`; what they refuse is counted in `refusals`.
+pub async fn serve(
+    listener: TcpListener,
+    pool: Arc<RwLock<Arc<Pool>>>,
+    connect_timeout: Duration,
+    limits: ConnectionLimits,
+    refusals: Arc<Refusals>,
+) {
+    let idle = limits.limits().idle_timeout;
     loop {
         let (client, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -65,6 +84,17 @@ pub async fn serve(listener: TcpListener, pool: Arc<RwLock<Arc<Pool>>>, connect_
                 // Out of file descriptors and the like: pause rather than spin.
                 tracing::warn!(error = %e, "load balancer: accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let permit = match limits.admit(peer.ip()) {
+            Ok(permit) => permit,
+            Err(why) => {
+                // A reset frees the socket at once (no FIN exchange, no TIME_WAIT here).
+                let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+                drop(client);
+                tracing::debug!(client = %peer, %why, "load balancer: connection refused");
+                refusals.count(why);
                 continue;
             }
         };
@@ -76,10 +106,17 @@ pub async fn serve(listener: TcpListener, pool: Arc<RwLock<Arc<Pool>>>, connect_
             };
             let _ = client.set_nodelay(true);
             let _ = upstream.set_nodelay(true);
-            if let Err(e) = join(client, upstream).await {
-                tracing::debug!(client = %peer, backend = %lease.backend().address, error = %e, "connection ended");
+            match join(client, upstream, idle).await {
+                Ok(Ended::Closed) => {}
+                Ok(Ended::Idle) => {
+                    tracing::debug!(client = %peer, backend = %lease.backend().address, idle = ?idle, "idle connection closed")
+                }
+                Err(e) => {
+                    tracing::debug!(client = %peer, backend = %lease.backend().address, error = %e, "connection ended")
+                }
             }
             drop(lease);
+            drop(permit);
         });
     }
 }
@@ -102,16 +139,53 @@ async fn connect(pool: &Pool, peer: SocketAddr, timeout: Duration) -> Option<(Tc
     None
 }
 
-/// Moves bytes both ways until both sides are done; each direction's end is passed on as
-/// a half-close.
-async fn join(a: TcpStream, b: TcpStream) -> io::Result<()> {
-    tokio::try_join!(one_way(&a, &b), one_way(&b, &a))?;
-    Ok(())
+/// How a proxied connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Both sides were done.
+    Closed,
+    /// No byte moved either way for the idle timeout.
+    Idle,
+}
+
+/// Moves bytes both ways until both sides are done, each direction's end passed on as a
+/// half-close, or until no byte moved for `idle`; dropping the streams then closes both.
+async fn join(a: TcpStream, b: TcpStream, idle: Duration) -> io::Result<Ended> {
+    let active = AtomicBool::new(false);
+    tokio::select! {
+        moved = async { tokio::try_join!(one_way(&a, &b, &active), one_way(&b, &a, &active)) } => {
+            moved.map(|_| Ended::Closed)
+        }
+        () = quiet_for(&active, idle) => Ok(Ended::Idle),
+    }
+}
+
+/// Returns once `active` stayed unset for `idle` (give or take `idle / IDLE_LOOKS`): it
+/// clears the flag every look, and the data path sets it on every read.
+async fn quiet_for(active: &AtomicBool, idle: Duration) {
+    let look = idle / IDLE_LOOKS;
+    let mut quiet = 0;
+    while quiet < IDLE_LOOKS {
+        tokio::time::sleep(look).await;
+        quiet = if active.swap(false, Ordering::Relaxed) {
+            0
+        } else {
+            quiet + 1
+        };
+    }
+}
+
+/// Notes that bytes moved; writes the shared flag only when the timer cleared it, so that
+/// both directions of a busy connection do not bounce its cache line.
+fn mark(active: &AtomicBool) {
+    if !active.load(Ordering::Relaxed) {
+        active.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Copies what `from` receives to `to` until `from` ends, then half-closes `to`; switches to
 /// splice for the rest when the traffic is bulk.
-async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+async fn one_way(from: &TcpStream, to: &TcpStream, active: &AtomicBool) -> io::Result<u64> {
     let mut buf = vec![0u8; BUFFER];
     let mut total = 0u64;
     let mut full = 0;
@@ -122,6 +196,7 @@ async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
         if n == 0 {
             break;
         }
+        mark(active);
         let mut sent = 0;
         while sent < n {
             sent += to
@@ -134,7 +209,7 @@ async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
             && let Ok(pipe) = pipe()
         {
             drop(buf);
-            return Ok(total + splice_one_way(from, to, pipe).await?);
+            return Ok(total + splice_one_way(from, to, pipe, active).await?);
         }
     }
     let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
@@ -151,6 +226,7 @@ async fn splice_one_way(
     from: &TcpStream,
     to: &TcpStream,
     pipe: (OwnedFd, OwnedFd),
+    active: &AtomicBool,
 ) -> io::Result<u64> {
     let (pipe_out, pipe_in) = pipe;
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
@@ -165,6 +241,7 @@ async fn splice_one_way(
         if n == 0 {
             break;
         }
+        mark(active);
         let mut left = n;
         while left > 0 {
             let sent = to
@@ -205,7 +282,7 @@ mod tests {
         for size in [100, 8 * 1024 * 1024 + 7] {
             let (mut client, proxy_a) = pair().await;
             let (proxy_b, mut server) = pair().await;
-            let joined = tokio::spawn(join(proxy_a, proxy_b));
+            let joined = tokio::spawn(join(proxy_a, proxy_b, Duration::from_secs(3600)));
             let up = pattern(size, 1);
             let down = pattern(size / 2 + 3, 2);
             let (up2, down2) = (up.clone(), down.clone());
@@ -221,7 +298,134 @@ mod tests {
             client.read_to_end(&mut got).await.unwrap();
             assert!(got == down, "{} bytes down arrived whole", down.len());
             server_side.await.unwrap();
-            joined.await.unwrap().unwrap();
+            assert_eq!(joined.await.unwrap().unwrap(), Ended::Closed);
         }
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_for_the_timeout_is_closed_and_a_busy_one_is_not() {
+        let idle = Duration::from_millis(400);
+        let (mut client, proxy_a) = pair().await;
+        let (proxy_b, mut server) = pair().await;
+        let joined = tokio::spawn(join(proxy_a, proxy_b, idle));
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 1];
+        // A byte each way every 150 ms for three idle timeouts: kept.
+        while started.elapsed() < idle * 3 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            client.write_all(b"x").await.unwrap();
+            server.read_exact(&mut buf).await.unwrap();
+            server.write_all(b"y").await.unwrap();
+            client.read_exact(&mut buf).await.unwrap();
+        }
+        assert!(!joined.is_finished(), "a busy connection stays open");
+        // Then quiet: closed after the timeout, within a look more.
+        let quiet = std::time::Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(5), joined)
+            .await
+            .expect("the idle connection is closed")
+            .unwrap()
+            .unwrap();
+        assert_eq!(ended, Ended::Idle);
+        let took = quiet.elapsed();
+        assert!(took >= idle && took < idle * 2, "closed after {took:?}");
+        assert_eq!(
+            client.read(&mut buf).await.unwrap(),
+            0,
+            "the client sees the end"
+        );
+        assert_eq!(server.read(&mut buf).await.unwrap(), 0, "the backend too");
+    }
+
+    /// The hostile try: one source opens connection after connection.
+    #[tokio::test]
+    async fn connections_beyond_the_caps_are_reset_at_once_and_counted() {
+        use super::super::balancer::Backend;
+        use crate::listen::Refused;
+        let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend_addr = backend.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = backend.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.into_split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let pool = Arc::new(RwLock::new(Arc::new(Pool::new(
+            vec![Arc::new(Backend::new(
+                &backend_addr.to_string(),
+                None,
+                true,
+            ))],
+            keel_schemas::kinds::network::Algorithm::RoundRobin,
+        ))));
+        let limits = ConnectionLimits::new(crate::listen::Limits {
+            total: 3,
+            per_source: 2,
+            idle_timeout: Duration::from_secs(3600),
+            ..crate::listen::Limits::default()
+        });
+        let refusals = Arc::new(Refusals::default());
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let vip = listener.local_addr().unwrap();
+        let served = tokio::spawn(serve(
+            listener,
+            pool,
+            Duration::from_secs(2),
+            limits.clone(),
+            refusals.clone(),
+        ));
+        let from = |ip: &'static str| async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+            socket.connect(vip).await.unwrap()
+        };
+        // Echoed through the proxy, or ended at once (EOF or reset) when refused.
+        async fn proxied(s: &mut TcpStream) -> bool {
+            let mut buf = [0u8; 4];
+            let answer = async {
+                s.write_all(b"ping").await?;
+                s.read_exact(&mut buf).await
+            };
+            match tokio::time::timeout(Duration::from_secs(5), answer).await {
+                Ok(Ok(_)) => &buf == b"ping",
+                Ok(Err(_)) => false,
+                Err(_) => panic!("neither proxied nor closed within 5s"),
+            }
+        }
+        let mut a1 = from("127.0.0.1").await;
+        let mut a2 = from("127.0.0.1").await;
+        assert!(proxied(&mut a1).await && proxied(&mut a2).await);
+        for _ in 0..10 {
+            assert!(
+                !proxied(&mut from("127.0.0.1").await).await,
+                "over the source's cap"
+            );
+        }
+        assert_eq!(refusals.total(), 10);
+        assert_eq!(
+            refusals.latest(),
+            Some(Refused::PerSource("127.0.0.1".parse().unwrap(), 2))
+        );
+        let mut b = from("127.0.0.2").await;
+        assert!(proxied(&mut b).await, "another source still gets through");
+        assert!(
+            !proxied(&mut from("127.0.0.3").await).await,
+            "over the total"
+        );
+        assert_eq!(refusals.latest(), Some(Refused::Total(3)));
+        // A closed connection gives its place back.
+        drop(a1);
+        let mut again = None;
+        for _ in 0..50 {
+            if limits.held() < 3 {
+                again = Some(from("127.0.0.1").await);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(proxied(again.as_mut().expect("a place freed")).await);
+        served.abort();
     }
 }

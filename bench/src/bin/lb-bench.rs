@@ -65,6 +65,10 @@ struct Args {
     /// The keel binary (default: next to this one).
     #[arg(long)]
     keel: Option<PathBuf>,
+    /// A flag for `keel agent`, such as `--agent-arg=--lb-max-connections=1000000` to
+    /// compare the proxy's limits with very high ones; repeatable.
+    #[arg(long = "agent-arg", allow_hyphen_values = true)]
+    agent_args: Vec<String>,
 }
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
@@ -212,7 +216,7 @@ async fn run(
             .map_err(|e| format!("backend {b}: {e}"))?;
     }
 
-    let keel = start_keel(&keel_path, dir.path()).await?;
+    let keel = start_keel(&keel_path, dir.path(), &args.agent_args).await?;
     let started = Instant::now();
     let lb = create_lb(&keel, dir.path(), args.port, &addresses).await?;
     let keel_addr: SocketAddr = format!("{KEEL_VIP}:{}", args.port).parse()?;
@@ -240,10 +244,15 @@ async fn run(
     .await?;
 
     println!(
-        "lb-bench: {}, {}, keel at {}",
+        "lb-bench: {}, {}, keel at {}{}",
         program_version(wrk, &["-v"], 3),
         program_version(haproxy, &["-v"], 3),
-        keel_path.display()
+        keel_path.display(),
+        if args.agent_args.is_empty() {
+            String::new()
+        } else {
+            format!(", keel agent {}", args.agent_args.join(" "))
+        }
     );
     println!(
         "backends: {} in this process (HTTP/1.1, {BODY_BYTES}-byte body) at {}",
@@ -310,12 +319,13 @@ async fn run(
 // === Keel ===
 
 /// Starts a `keel server` (without a local agent) and a `keel agent` serving load balancers.
-async fn start_keel(keel: &Path, dir: &Path) -> Result<Keel> {
+async fn start_keel(keel: &Path, dir: &Path, agent_args: &[String]) -> Result<Keel> {
     let server = start_server(keel, dir, &[]).await.map_err(|e| {
         let log = tail(&dir.join("server.log"), 10);
         format!("cannot start `keel server`: {e}; server.log ends with:\n{log}")
     })?;
-    let agent = start_agent(keel, dir, &server, "bench-lb", &[])?;
+    let agent_args: Vec<&str> = agent_args.iter().map(String::as_str).collect();
+    let agent = start_agent(keel, dir, &server, "bench-lb", &agent_args)?;
     Ok(Keel { server, agent })
 }
 

@@ -169,6 +169,8 @@ struct ServerArgs {
     #[arg(long)]
     disable_load_balancer: bool,
     #[command(flatten)]
+    lb: LbLimitArgs,
+    #[command(flatten)]
     s3: S3Options,
     #[command(flatten)]
     guests: GuestArgs,
@@ -198,6 +200,57 @@ impl GuestArgs {
             timeout: self.image_fetch_timeout,
             allowed_networks: self.image_allowed_networks.clone(),
         };
+    }
+}
+
+/// What each listener of a host's L4 proxy may hold (each listener counts on its own).
+#[derive(Args, Debug)]
+struct LbLimitArgs {
+    /// TCP connections one load balancer listener holds at once; more are reset at once.
+    #[arg(long, default_value_t = keel_agent::lb::limits::Limits::default().max_connections)]
+    lb_max_connections: usize,
+    /// TCP connections one load balancer listener holds at once from one source address.
+    #[arg(long, default_value_t = keel_agent::lb::limits::Limits::default().max_connections_per_source)]
+    lb_max_connections_per_source: usize,
+    /// A proxied TCP connection that moves no byte either way for this long is closed
+    /// (1h, 10m, 30s).
+    #[arg(long, default_value = "1h", value_parser = duration)]
+    lb_idle_timeout: Duration,
+    /// UDP sessions (client addresses) one load balancer listener holds at once; datagrams
+    /// of new clients beyond them are dropped.
+    #[arg(long, default_value_t = keel_agent::lb::limits::Limits::default().max_udp_sessions)]
+    lb_max_udp_sessions: usize,
+    /// UDP sessions one load balancer listener holds at once for one source address.
+    #[arg(long, default_value_t = keel_agent::lb::limits::Limits::default().max_udp_sessions_per_source)]
+    lb_max_udp_sessions_per_source: usize,
+}
+
+impl LbLimitArgs {
+    fn apply(&self, config: &mut keel_agent::AgentConfig) -> Result<(), String> {
+        for (flag, value) in [
+            ("--lb-max-connections", self.lb_max_connections),
+            (
+                "--lb-max-connections-per-source",
+                self.lb_max_connections_per_source,
+            ),
+            ("--lb-max-udp-sessions", self.lb_max_udp_sessions),
+            (
+                "--lb-max-udp-sessions-per-source",
+                self.lb_max_udp_sessions_per_source,
+            ),
+        ] {
+            if value == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
+        config.lb_limits = keel_agent::lb::limits::Limits {
+            max_connections: self.lb_max_connections,
+            max_connections_per_source: self.lb_max_connections_per_source,
+            idle_timeout: self.lb_idle_timeout,
+            max_udp_sessions: self.lb_max_udp_sessions,
+            max_udp_sessions_per_source: self.lb_max_udp_sessions_per_source,
+        };
+        Ok(())
     }
 }
 
@@ -463,6 +516,8 @@ struct AgentArgs {
     /// cluster places here).
     #[arg(long)]
     disable_load_balancer: bool,
+    #[command(flatten)]
+    lb: LbLimitArgs,
     /// The Open vSwitch database socket (probed as a capability).
     #[arg(long, default_value = "/var/run/openvswitch/db.sock")]
     ovs_socket: PathBuf,
@@ -857,6 +912,7 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
         });
         args.s3.apply(&mut agent, Some(signer))?;
         agent.load_balancer = !args.disable_load_balancer;
+        args.lb.apply(&mut agent)?;
         args.guests.apply(&mut agent);
         agent.ca_pem = server.ca_pem().to_string();
         // The local agent is a node like any other: it registers with the agent token and
@@ -961,6 +1017,7 @@ async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
     // Checked before anything talks to the cluster.
     config.s3_listen = args.s3_listen.0;
     args.s3.apply(&mut config, None)?;
+    args.lb.apply(&mut config)?;
     let ca_file = args.data_dir.join("pki").join("ca.crt");
     let ca = match &args.token {
         Some(text) => {
