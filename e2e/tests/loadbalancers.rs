@@ -46,6 +46,8 @@ async fn cluster_with(extra: &[&str]) -> Cluster {
     args.extend_from_slice(extra);
     server.start(&args);
     let client = server.ready_client(WAIT).await;
+    // The tests' backends listen on loopback, and some VIPs are there outside the pool.
+    keel_e2e::grant_loopback(&client, "default").await;
     let kubeconfig = server.data_dir.join("admin.kubeconfig");
     Cluster {
         root,

@@ -331,6 +331,17 @@ async fn start_keel(keel: &Path, dir: &Path, agent_args: &[String]) -> Result<Ke
 
 /// Creates the LoadBalancer and returns it once Ready with every backend healthy.
 async fn create_lb(keel: &Keel, dir: &Path, port: u16, backends: &[String]) -> Result<Value> {
+    // The VIP and the backends are on loopback: an admin's grant to the namespace.
+    let namespaces: Api<Value> = Api::all(
+        &keel.server.client,
+        keel_schemas::lookup("namespaces").ok_or("Namespace is not registered")?,
+    );
+    let grant = json!({"metadata": {"annotations": {
+        keel_schemas::identity::LB_VIP_RANGES: "127.0.0.0/8",
+        keel_schemas::identity::LB_BACKEND_RANGES: "127.0.0.0/8"}}});
+    namespaces
+        .patch(NAMESPACE, &keel_client::Patch::Merge(grant))
+        .await?;
     let lbs: Api<Value> = Api::namespaced(
         &keel.server.client,
         keel_schemas::lookup("loadbalancers").ok_or("LoadBalancer is not registered")?,
