@@ -290,7 +290,13 @@ async fn a_namespace_quota_caps_vms_and_cpus_and_frees_with_a_delete() {
     );
     assert!(out.status.success(), "{out:?}");
     let quota = "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: compute, namespace: shop}\nspec:\n  hard: {count/virtualmachines.keel.dev: \"2\", requests.cpu: \"3\", requests.memory: 1Gi}\n";
-    let out = kubectl(&admin, &["apply", "-f", "-"], Some(quota));
+    // kubectl create quota sends it as protobuf.
+    let hard = "--hard=count/virtualmachines.keel.dev=2,requests.cpu=3,requests.memory=1Gi";
+    let out = kubectl(
+        &admin,
+        &["create", "quota", "compute", "-n", "shop", hard],
+        None,
+    );
     assert!(out.status.success(), "{out:?}");
     let raise = quota.replace("\"2\"", "\"20\"");
     let out = kubectl(&editor, &["apply", "-f", "-"], Some(&raise));

@@ -38,6 +38,8 @@ enum Ty {
     Map(&'static Ty),
     /// `metav1.Time`: {1: seconds, 2: nanos}, an RFC 3339 string in JSON.
     Time,
+    /// `resource.Quantity`: {1: string}, the string in JSON.
+    Quantity,
     /// `intstr.IntOrString`: {1: type (0 int, 1 string), 2: intVal, 3: strVal}.
     IntOrString,
     /// Read and dropped (a status on create, managedFields).
@@ -126,6 +128,25 @@ static NAMESPACE: Message = Message {
 static NAMESPACE_SPEC: Message = Message {
     name: "NamespaceSpec",
     fields: &[list(1, "finalizers", Ty::Str)],
+};
+
+static RESOURCE_QUOTA: Message = Message {
+    name: "ResourceQuota",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&RESOURCE_QUOTA_SPEC)),
+        f(3, "status", Ty::Ignore),
+    ],
+};
+
+// Scopes and scope selectors are not modelled: decoded, they fail the schema by name.
+static RESOURCE_QUOTA_SPEC: Message = Message {
+    name: "ResourceQuotaSpec",
+    fields: &[
+        f(1, "hard", Ty::Map(&Ty::Quantity)),
+        list(2, "scopes", Ty::Str),
+        f(3, "scopeSelector", Ty::Ignore),
+    ],
 };
 
 static CONFIG_MAP: Message = Message {
@@ -467,6 +488,7 @@ fn message_of(group: &str, kind: &str) -> Option<&'static Message> {
     match (group, kind) {
         ("", "Namespace") => Some(&NAMESPACE),
         ("", "ConfigMap") => Some(&CONFIG_MAP),
+        ("", "ResourceQuota") => Some(&RESOURCE_QUOTA),
         ("", "Secret") => Some(&SECRET),
         ("", "Service") => Some(&SERVICE),
         ("", "ServiceAccount") => Some(&SERVICE_ACCOUNT),
@@ -491,8 +513,8 @@ pub(crate) fn decode(group: &str, kind: &str, body: &[u8]) -> ApiResult<Value> {
     let unsupported = || {
         ApiError::unsupported_media_type(format!(
             "{CONTENT_TYPE} is decoded for the kinds kubectl create and kubectl auth make \
-             (Namespace, ConfigMap, Secret, Service, ServiceAccount, the RBAC kinds, reviews and \
-             TokenRequest): send {kind} as application/json, for example with kubectl apply -f"
+             (Namespace, ConfigMap, Secret, Service, ServiceAccount, ResourceQuota, the RBAC \
+             kinds, reviews and TokenRequest): send {kind} as application/json, for example with kubectl apply -f"
         ))
     };
     let message = message_of(group, kind).ok_or_else(unsupported)?;
@@ -696,6 +718,9 @@ fn read_value(message: &Message, field: &Field, ty: Ty, wire: Wire<'_>) -> Resul
                 _ => Value::Null,
             }
         }
+        (Ty::Quantity, Wire::Bytes(b)) => read_message(&QUANTITY, b)?
+            .remove("string")
+            .unwrap_or(Value::String("0".into())),
         (Ty::IntOrString, Wire::Bytes(b)) => {
             let v = read_message(&INT_OR_STRING, b)?;
             match v.get("type").and_then(Value::as_i64) {
@@ -710,6 +735,11 @@ fn read_value(message: &Message, field: &Field, ty: Ty, wire: Wire<'_>) -> Resul
 static TIME: Message = Message {
     name: "Time",
     fields: &[f(1, "seconds", Ty::Int), f(2, "nanos", Ty::Int)],
+};
+
+static QUANTITY: Message = Message {
+    name: "Quantity",
+    fields: &[f(1, "string", Ty::Str)],
 };
 
 static INT_OR_STRING: Message = Message {
