@@ -249,16 +249,8 @@ impl Images {
                 checksum,
                 trusted,
             } => {
-                let path = self.fetch(url, checksum.as_deref(), *trusted).await?;
-                // An image refused is not kept: nothing of it stays on the host.
-                return match inspect(&path, &name, format).await {
-                    Err(e @ ImageError::Refused { .. }) => {
-                        let _ = std::fs::remove_file(&path);
-                        let _ = std::fs::remove_file(path.with_extension("sha256"));
-                        Err(e)
-                    }
-                    other => other,
-                };
+                self.fetch(url, checksum.as_deref(), *trusted, format)
+                    .await?
             }
             Source::Path { path, checksum } => {
                 std::fs::metadata(path).map_err(|source| ImageError::Missing {
@@ -275,8 +267,15 @@ impl Images {
         inspect(&path, &name, format).await
     }
 
-    /// The cached copy of `url`, fetched first if it is not there.
-    async fn fetch(&self, url: &str, checksum: Option<&str>, trusted: bool) -> Result<PathBuf> {
+    /// The cached copy of `url`, fetched first if it is not there. A download is inspected
+    /// before it takes its name in the cache: an image refused is never kept.
+    async fn fetch(
+        &self,
+        url: &str,
+        checksum: Option<&str>,
+        trusted: bool,
+        format: Option<&str>,
+    ) -> Result<PathBuf> {
         let name = hex(&ring::digest::digest(&SHA256, url.as_bytes()).as_ref()[..16]);
         let path = self.dir.join(format!("{name}.img"));
         let sum_file = self.dir.join(format!("{name}.sha256"));
@@ -316,9 +315,15 @@ impl Images {
                 return Err(e);
             }
         };
-        if let Some(expected) = checksum
-            && let Err(e) = check(url, expected, &actual)
-        {
+        let checked = match checksum {
+            Some(expected) => check(url, expected, &actual),
+            None => Ok(()),
+        };
+        let inspected = match checked {
+            Ok(()) => inspect(&part, url, format).await.map(drop),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = inspected {
             let _ = tokio::fs::remove_file(&part).await;
             return Err(e);
         }
