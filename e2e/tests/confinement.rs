@@ -41,6 +41,40 @@ fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Makes the namespace `shop` and a kubeconfig (in `dir`) for `user`, who may edit it.
+fn editor_of_shop(admin: &Path, dir: &Path, user: &str) -> std::path::PathBuf {
+    let editor = dir.join("editor.kubeconfig");
+    let out = kubectl(admin, &["create", "namespace", "shop"], None);
+    assert!(out.status.success(), "{out:?}");
+    let file = editor.to_str().unwrap();
+    ok(keelctl(
+        admin,
+        &[
+            "config",
+            "create-kubeconfig",
+            "--user",
+            user,
+            "-n",
+            "shop",
+            "-o",
+            file,
+        ],
+    ));
+    let binding = format!("--user={user}");
+    let args = [
+        "create",
+        "rolebinding",
+        "ed",
+        "--clusterrole=edit",
+        &binding,
+        "-n",
+        "shop",
+    ];
+    let out = kubectl(admin, &args, None);
+    assert!(out.status.success(), "{out:?}");
+    editor
+}
+
 fn vm(name: &str, spec: &str) -> String {
     format!(
         "apiVersion: keel.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  cpu: 1\n  memory: 64Mi\n  runStrategy: Always\n{spec}"
@@ -88,36 +122,7 @@ async fn a_tenant_cannot_make_host_files_or_private_addresses_its_vms_images() {
     let client = server.ready_client(WAIT).await;
     g.publish(&client).await;
     let admin = server.data_dir.join("admin.kubeconfig");
-    let editor = root.path().join("editor.kubeconfig");
-    let out = kubectl(&admin, &["create", "namespace", "shop"], None);
-    assert!(out.status.success(), "{out:?}");
-    ok(keelctl(
-        &admin,
-        &[
-            "config",
-            "create-kubeconfig",
-            "--user",
-            "mallory",
-            "-n",
-            "shop",
-            "-o",
-            editor.to_str().unwrap(),
-        ],
-    ));
-    let out = kubectl(
-        &admin,
-        &[
-            "create",
-            "rolebinding",
-            "ed",
-            "--clusterrole=edit",
-            "--user=mallory",
-            "-n",
-            "shop",
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{out:?}");
+    let editor = editor_of_shop(&admin, root.path(), "mallory");
 
     // Host paths are refused at admission, each at its field, with the rule.
     let secret_disk = server.data_dir.join("agent/vms/default_x/disk-root.qcow2");
@@ -262,36 +267,7 @@ async fn a_namespace_quota_caps_vms_and_cpus_and_frees_with_a_delete() {
     server.start(&["--disable-agent"]);
     let client = server.ready_client(WAIT).await;
     let admin = server.data_dir.join("admin.kubeconfig");
-    let editor = root.path().join("editor.kubeconfig");
-    let out = kubectl(&admin, &["create", "namespace", "shop"], None);
-    assert!(out.status.success(), "{out:?}");
-    ok(keelctl(
-        &admin,
-        &[
-            "config",
-            "create-kubeconfig",
-            "--user",
-            "ed",
-            "-n",
-            "shop",
-            "-o",
-            editor.to_str().unwrap(),
-        ],
-    ));
-    let out = kubectl(
-        &admin,
-        &[
-            "create",
-            "rolebinding",
-            "ed",
-            "--clusterrole=edit",
-            "--user=ed",
-            "-n",
-            "shop",
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{out:?}");
+    let editor = editor_of_shop(&admin, root.path(), "ed");
     let quota = "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: compute, namespace: shop}\nspec:\n  hard: {count/virtualmachines.keel.dev: \"2\", requests.cpu: \"3\", requests.memory: 1Gi}\n";
     // kubectl create quota sends it as protobuf.
     let hard = "--hard=count/virtualmachines.keel.dev=2,requests.cpu=3,requests.memory=1Gi";
@@ -377,36 +353,7 @@ async fn a_tenants_load_balancers_stay_in_what_the_admin_gave_it() {
     server.start(&["--disable-agent", "--lb-vip-pool", "198.51.100.0/28"]);
     let _client = server.ready_client(WAIT).await;
     let admin = server.data_dir.join("admin.kubeconfig");
-    let editor = root.path().join("editor.kubeconfig");
-    let out = kubectl(&admin, &["create", "namespace", "shop"], None);
-    assert!(out.status.success(), "{out:?}");
-    ok(keelctl(
-        &admin,
-        &[
-            "config",
-            "create-kubeconfig",
-            "--user",
-            "ed",
-            "-n",
-            "shop",
-            "-o",
-            editor.to_str().unwrap(),
-        ],
-    ));
-    let out = kubectl(
-        &admin,
-        &[
-            "create",
-            "rolebinding",
-            "ed",
-            "--clusterrole=edit",
-            "--user=ed",
-            "-n",
-            "shop",
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{out:?}");
+    let editor = editor_of_shop(&admin, root.path(), "ed");
     let lb = |name: &str, vip: Option<&str>, backend: &str| {
         let vip = vip.map(|v| format!("  vip: \"{v}\"\n")).unwrap_or_default();
         format!(

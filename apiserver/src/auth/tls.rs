@@ -77,6 +77,21 @@ fn write_ca(dir: &Path, ca_pem: &str, ca_key_pem: &str) -> Result<(), TlsError> 
     write_atomic(&ca_crt, ca_pem.as_bytes(), 0o644).map_err(io(&ca_crt))
 }
 
+/// The subject alternative names of a serving certificate for `names` (IPs or DNS names).
+fn alt_names(names: &[String]) -> Result<Vec<rcgen::SanType>, TlsError> {
+    names
+        .iter()
+        .map(|n| match n.parse::<IpAddr>() {
+            Ok(ip) => Ok(rcgen::SanType::IpAddress(ip)),
+            Err(_) => n
+                .clone()
+                .try_into()
+                .map(rcgen::SanType::DnsName)
+                .map_err(invalid(&format!("serving name {n:?}"))),
+        })
+        .collect()
+}
+
 /// Whether the CA certificate is the key's: a pair torn apart is refused, not used.
 fn check_ca_pair(ca_pem: &str, ca_key_pem: &str) -> Result<(), TlsError> {
     let key = KeyPair::from_pem(ca_key_pem).map_err(invalid("CA key"))?;
@@ -130,17 +145,7 @@ impl Certificates {
             let key = KeyPair::generate().map_err(invalid("server key"))?;
             let mut params = CertificateParams::new(Vec::<String>::new())
                 .map_err(invalid("server certificate"))?;
-            params.subject_alt_names = names
-                .iter()
-                .map(|n| match n.parse::<IpAddr>() {
-                    Ok(ip) => Ok(rcgen::SanType::IpAddress(ip)),
-                    Err(_) => n
-                        .clone()
-                        .try_into()
-                        .map(rcgen::SanType::DnsName)
-                        .map_err(invalid(&format!("server name {n:?}"))),
-                })
-                .collect::<Result<_, _>>()?;
+            params.subject_alt_names = alt_names(&names)?;
             params
                 .distinguished_name
                 .push(DnType::CommonName, "keel-apiserver");
@@ -274,17 +279,7 @@ impl Certificates {
         let key = KeyPair::generate().map_err(invalid("serving key"))?;
         let mut params =
             CertificateParams::new(Vec::<String>::new()).map_err(invalid("serving certificate"))?;
-        params.subject_alt_names = names
-            .iter()
-            .map(|n| match n.parse::<IpAddr>() {
-                Ok(ip) => Ok(rcgen::SanType::IpAddress(ip)),
-                Err(_) => n
-                    .clone()
-                    .try_into()
-                    .map(rcgen::SanType::DnsName)
-                    .map_err(invalid(&format!("serving name {n:?}"))),
-            })
-            .collect::<Result<_, _>>()?;
+        params.subject_alt_names = alt_names(names)?;
         let cn = names.first().map_or("keel", String::as_str);
         params.distinguished_name.push(DnType::CommonName, cn);
         let now = SystemTime::now();
