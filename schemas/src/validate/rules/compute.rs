@@ -74,7 +74,9 @@ fn image_location(field: &Field<'_>, errors: &mut Vec<FieldError>) {
         if let Err(why) = url_host(s) {
             errors.push(field.invalid(&format!("{IMAGE_RULE}: {why}")));
         }
-    } else if s.starts_with('/') || s.contains('/') {
+    } else if s.contains("://") {
+        errors.push(field.invalid(&format!("{IMAGE_RULE}: only http and https are fetched")));
+    } else if s.contains('/') {
         errors.push(field.invalid(&format!(
             "a host path is not allowed: {IMAGE_RULE} (an admin makes a host file a ClusterImage)"
         )));
