@@ -62,7 +62,6 @@ async fn reconcile(quota_object: Arc<Value>, ctx: Arc<Context>) -> Result<Action
     let mut used = Map::new();
     let mut listed: BTreeMap<&'static str, Vec<Value>> = BTreeMap::new();
     for resource in hard.keys() {
-        let single = BTreeMap::from([(resource.clone(), String::new())]);
         let mut total = 0u128;
         for counted in quota::kinds_using(resource) {
             if !listed.contains_key(counted.plural) {
@@ -72,14 +71,7 @@ async fn reconcile(quota_object: Arc<Value>, ctx: Arc<Context>) -> Result<Action
                     .items;
                 listed.insert(counted.plural, items);
             }
-            for o in &listed[counted.plural] {
-                total = total.saturating_add(
-                    quota::usage(counted, o, &single)
-                        .get(resource)
-                        .copied()
-                        .unwrap_or(0),
-                );
-            }
+            total = total.saturating_add(quota::total(counted, &listed[counted.plural], resource));
         }
         used.insert(
             resource.clone(),

@@ -112,7 +112,7 @@ pub fn usage(
 ) -> BTreeMap<String, u128> {
     let mut used = BTreeMap::new();
     for resource in hard.keys() {
-        let amount = amount_of(kind, object, resource);
+        let amount = amount(kind, object, resource);
         if amount > 0 {
             used.insert(resource.clone(), amount);
         }
@@ -171,8 +171,15 @@ pub fn kinds_using(resource: &str) -> Vec<&'static Kind> {
     }
 }
 
+/// What `objects` (all of `kind`) use of `resource` together.
+pub fn total(kind: &Kind, objects: &[Value], resource: &str) -> u128 {
+    objects.iter().fold(0u128, |sum, o| {
+        sum.saturating_add(amount(kind, o, resource))
+    })
+}
+
 /// What one object of `kind` uses of `resource`.
-fn amount_of(kind: &Kind, object: &Value, resource: &str) -> u128 {
+pub fn amount(kind: &Kind, object: &Value, resource: &str) -> u128 {
     if kinds_using(resource)
         .iter()
         .all(|k| k.kind != kind.kind || k.group != kind.group)

@@ -83,27 +83,9 @@ impl Api {
                             objects.entry(counted.plural).or_insert(listed)
                         }
                     };
-                    let single = BTreeMap::from([(resource.clone(), String::new())]);
-                    for o in list {
-                        let same = counted.kind == kind.kind
-                            && o["metadata"]["name"].as_str() == Some(name);
-                        if !same {
-                            total = total.saturating_add(
-                                quota::usage(counted, o, &single)
-                                    .get(resource)
-                                    .copied()
-                                    .unwrap_or(0),
-                            );
-                        }
-                    }
-                }
-                if let Some(old) = old {
-                    total = total.saturating_add(
-                        quota::usage(kind, old, &hard)
-                            .get(resource)
-                            .copied()
-                            .unwrap_or(0),
-                    );
+                    // An object changed counts as it is stored (`old`); the change adds
+                    // what `requested` says.
+                    total = total.saturating_add(quota::total(counted, list, resource));
                 }
                 used.insert(resource.clone(), total);
             }
