@@ -203,7 +203,32 @@ pub async fn run(
             {
                 names.push(bound.ip().to_string());
             }
-            crate::storage::acceptor(&config.s3_tls, &names).map_err(AgentError::Storage)?
+            let signer = config.identity.clone().map(|identity| {
+                let client = client.clone();
+                let signer: crate::storage::Signer = Arc::new(move |names: Vec<String>| {
+                    let (identity, client) = (identity.clone(), client.clone());
+                    Box::pin(async move {
+                        identity
+                            .serving_certificate(&client, &names)
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                });
+                signer
+            });
+            let names = match config.s3_tls {
+                // What the cluster signs for a host: the address its endpoint is reached at.
+                crate::storage::S3Tls::NodeCertificate => {
+                    let bound = listener.local_addr().map_err(|e| {
+                        AgentError::Storage(format!("the S3 listener's address: {e}"))
+                    })?;
+                    vec![s3_ip(bound, facts.internal_ip).to_string()]
+                }
+                _ => names,
+            };
+            crate::storage::acceptor(&config.s3_tls, &names, signer)
+                .await
+                .map_err(AgentError::Storage)?
         }
         None => None,
     };
@@ -495,11 +520,17 @@ async fn bind_s3(listen: Option<SocketAddr>) -> Option<tokio::net::TcpListener> 
 }
 
 /// The URL clients reach `bound` at: the host's address when bound to all of them.
-fn s3_url(bound: SocketAddr, internal_ip: Option<std::net::IpAddr>, tls: bool) -> String {
-    let ip = match internal_ip {
+/// The address clients reach the S3 endpoint bound at `bound` on: the node's own when it
+/// listens on all.
+fn s3_ip(bound: SocketAddr, internal_ip: Option<std::net::IpAddr>) -> std::net::IpAddr {
+    match internal_ip {
         Some(ip) if bound.ip().is_unspecified() => ip,
         _ => bound.ip(),
-    };
+    }
+}
+
+fn s3_url(bound: SocketAddr, internal_ip: Option<std::net::IpAddr>, tls: bool) -> String {
+    let ip = s3_ip(bound, internal_ip);
     let scheme = if tls { "https" } else { "http" };
     format!("{scheme}://{}", SocketAddr::new(ip, bound.port()))
 }

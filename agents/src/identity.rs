@@ -5,6 +5,10 @@
 //! the join token is not used again — and renews it, with the certificate itself, once two
 //! thirds of its life have passed, without restarting anything.
 //!
+//! With that certificate the node also asks for serving certificates (its S3 endpoint's,
+//! `POST /keel/v1/node-serving-certificate`): the server signs only an address it sees the
+//! request come from, and the key stays in this process's memory.
+//!
 //! The key, the certificate and the node's password (which the server records at first
 //! registration, so that a token holder cannot take over this node's name) are kept in
 //! `<agent-data>/pki/`, owner-only.
@@ -50,6 +54,9 @@ pub enum IdentityError {
     /// The server refused or could not be reached.
     #[error("the server did not sign the node certificate: {0}")]
     Server(#[from] ClientError),
+    /// The server refused to sign a serving certificate, or could not be reached.
+    #[error("the cluster did not sign a serving certificate: {0}")]
+    Serving(#[source] ClientError),
     /// No valid certificate, and no join token to get one with.
     #[error("node {0} has no valid certificate and no join token to register with (--token)")]
     NoToken(String),
@@ -202,6 +209,49 @@ impl NodeIdentity {
         write_private(&self.path("node.key"), credentials.key_pem.as_bytes())?;
         write_private(&self.path("node.crt"), credentials.cert_pem.as_bytes())?;
         Ok(credentials)
+    }
+
+    /// Asks the cluster, through `client` (this node's own), to sign a serving certificate
+    /// for `addresses` with a new key made here: returns the certificate and its key, PEM.
+    /// The key is kept in memory only; the server decides what it signs.
+    pub async fn serving_certificate(
+        &self,
+        client: &Client,
+        addresses: &[String],
+    ) -> Result<(String, String), IdentityError> {
+        let bad = |e: rcgen::Error| IdentityError::Certificate(e.to_string());
+        let key = rcgen::KeyPair::generate().map_err(bad)?;
+        let params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(bad)?;
+        let csr = params
+            .serialize_request(&key)
+            .map_err(bad)?
+            .pem()
+            .map_err(bad)?;
+        let body = json!({"nodeName": self.node, "nodePassword": self.password()?,
+                          "csr": csr, "addresses": addresses});
+        // A cluster that is starting or has no leader yet is waited for; a refusal is final.
+        let mut pause = Duration::from_millis(200);
+        let deadline = tokio::time::Instant::now() + REGISTER_PATIENCE;
+        let answer = loop {
+            match client
+                .post("/keel/v1/node-serving-certificate", &body)
+                .await
+            {
+                Err(e) if retryable(&e) && tokio::time::Instant::now() < deadline => {
+                    tracing::info!(node = %self.node, error = %e, "cannot get a serving certificate yet; trying again");
+                }
+                other => break other.map_err(IdentityError::Serving)?,
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        };
+        let cert_pem = answer["certificate"]
+            .as_str()
+            .filter(|c| inspect(c, &self.ca_pem).is_some_and(|i| i.signed))
+            .ok_or_else(|| {
+                IdentityError::Certificate("the answer holds no certificate of this cluster".into())
+            })?;
+        Ok((cert_pem.to_string(), key.serialize_pem()))
     }
 
     /// When the stored certificate should be renewed: two thirds into its life, counted from

@@ -388,6 +388,10 @@ fn router(api: Api) -> Router {
             axum::routing::post(node_certificate),
         )
         .route(
+            "/keel/v1/node-serving-certificate",
+            axum::routing::post(node_serving_certificate),
+        )
+        .route(
             "/.well-known/openid-configuration",
             get(openid_configuration),
         )
@@ -437,6 +441,24 @@ async fn node_certificate(
     let result = async {
         let body = json_body(body, "application/json").await?;
         credentials::node_certificate(&api, &requester, &headers, body).await
+    };
+    match result.await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `/keel/v1/node-serving-certificate`: a host's serving certificate.
+async fn node_serving_certificate(
+    State(api): State<Api>,
+    axum::Extension(requester): axum::Extension<Requester>,
+    peer: Option<axum::Extension<access::Peer>>,
+    body: Body,
+) -> Response {
+    let source = peer.and_then(|p| p.0.addr).map(|a| a.ip());
+    let result = async {
+        let body = json_body(body, "application/json").await?;
+        credentials::node_serving_certificate(&api, &requester, source, body).await
     };
     match result.await {
         Ok(v) => axum::Json(v).into_response(),

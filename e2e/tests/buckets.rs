@@ -1216,3 +1216,157 @@ print('get', len(s3.get_object(Bucket=B, Key='one')['Body'].read()))
     aws_ok(&creds, &["s3", "ls", &s3("")]);
     drop(slow);
 }
+
+/// The serial number and end of the certificate `endpoint` (`https://IP:PORT`) serves, once
+/// `openssl s_client` checked it against the CA file `ca` and the endpoint's IP address.
+fn served_certificate(endpoint: &str, ca: &Path) -> Option<String> {
+    let addr = endpoint.trim_start_matches("https://");
+    let ip = addr.rsplit_once(':')?.0;
+    let script = format!(
+        "openssl s_client -connect {addr} -CAfile {} -verify_return_error -verify_ip {ip} </dev/null 2>/dev/null | openssl x509 -noout -serial -enddate",
+        ca.display()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && text.starts_with("serial=")).then_some(text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosts_agent_serves_s3_over_https_with_a_certificate_the_cluster_signs_and_renews() {
+    use keel_e2e::{Bridge, KeelAgent};
+    let root = tempfile::tempdir().unwrap();
+    let bridge = Bridge::new("s3");
+    let net = bridge.netns(2);
+    let mut server = KeelServer::new(root.path(), "server");
+    server.api_addr = format!("0.0.0.0:{}", keel_e2e::free_port());
+    let port = server.api_addr.rsplit(':').next().unwrap().to_string();
+    // Node certificates, and so the hosts' serving certificates, last 30 s: renewed at 20 s.
+    server.start(&[
+        "--advertise",
+        &bridge.address(),
+        "--disable-agent",
+        "--node-cert-lifetime",
+        "30s",
+    ]);
+    let url = format!("https://{}:{port}", bridge.address());
+    let (admin, ca) = eventually("credentials", WAIT, || async { server.try_admin() }).await;
+    let client = Client::new(&url, &ca, &admin).unwrap();
+    let ca_file = root.path().join("cluster-ca.crt");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let token = eventually("the agent token", WAIT, || async {
+        std::fs::read_to_string(server.data_dir.join("agent-token")).ok()
+    })
+    .await;
+    let token = token.trim();
+
+    // A host in its own network namespace serves S3 with no certificate flag: HTTPS, with a
+    // certificate the cluster signed for the address it reaches the cluster from.
+    let mut host = KeelAgent::new(root.path(), "store-host", Some(&net));
+    host.start(&url, token, &["--s3-listen", "0.0.0.0:0"]);
+    namespace(&client, "shop").await;
+    let creds = bucket(&client, &ca_file, "shop", "remote", json!({})).await;
+    assert!(
+        creds
+            .endpoint
+            .starts_with(&format!("https://{}:", net.address)),
+        "{creds:?}"
+    );
+    let small = file(root.path(), "small", 5000);
+    let target = format!("s3://{}/small", creds.bucket);
+    aws_ok(&creds, &["s3", "cp", small.to_str().unwrap(), &target]);
+    let first = served_certificate(&creds.endpoint, &ca_file)
+        .expect("the endpoint's certificate checks out against the cluster CA and its IP");
+    // Renewed before it expires, without a restart; clients go on.
+    let renewed = eventually("the S3 certificate renewed", WAIT, || async {
+        served_certificate(&creds.endpoint, &ca_file).filter(|c| *c != first)
+    })
+    .await;
+    assert_ne!(renewed, first);
+    let back = root.path().join("back");
+    aws_ok(&creds, &["s3", "cp", &target, back.to_str().unwrap()]);
+    assert!(same(&small, &back));
+
+    // What a host may not have signed. The test runs outside the namespace: it reaches the
+    // server from the bridge's address, which is the server's own.
+    let cert = std::fs::read_to_string(host.data_dir.join("pki/node.crt")).unwrap();
+    let key = std::fs::read_to_string(host.data_dir.join("pki/node.key")).unwrap();
+    let password = std::fs::read_to_string(host.data_dir.join("pki/node-password")).unwrap();
+    let node = Client::with_certificate(&url, &ca, &cert, &key).unwrap();
+    let csr = "-----BEGIN CERTIFICATE REQUEST-----\nMIIBAA==\n-----END CERTIFICATE REQUEST-----\n";
+    let ask = |name: &str, addresses: Value| {
+        json!({"nodeName": name, "nodePassword": password.trim(), "csr": csr,
+               "addresses": addresses})
+    };
+    let refusal = |r: Result<Value, keel_client::ClientError>| match r {
+        Err(keel_client::ClientError::Api { code, message, .. }) => (code, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    for (addresses, code, why) in [
+        (
+            json!([net.address]),
+            403,
+            "not the address this request comes from",
+        ),
+        (json!([bridge.address()]), 403, "API servers"),
+        (json!(["127.0.0.1"]), 403, "loopback"),
+        (json!(["store-host"]), 400, "not an IP address"),
+        (json!([]), 400, "addresses must list"),
+    ] {
+        let (got, message) = refusal(
+            node.post(
+                "/keel/v1/node-serving-certificate",
+                &ask("store-host", addresses.clone()),
+            )
+            .await,
+        );
+        assert_eq!(got, code, "{addresses}: {message}");
+        assert!(message.contains(why), "{addresses}: {message}");
+    }
+    let (got, message) = refusal(
+        node.post(
+            "/keel/v1/node-serving-certificate",
+            &ask("other-host", json!([net.address])),
+        )
+        .await,
+    );
+    assert_eq!(got, 403, "{message}");
+    assert!(
+        message.contains("its own serving certificate only"),
+        "{message}"
+    );
+    // The admin is no node.
+    let (got, _) = refusal(
+        client
+            .post(
+                "/keel/v1/node-serving-certificate",
+                &ask("store-host", json!([net.address])),
+            )
+            .await,
+    );
+    assert_eq!(got, 403);
+
+    // A host that reaches the cluster over loopback gets no certificate: its agent says why
+    // and stops, rather than serve S3 in the clear.
+    let mut local = KeelAgent::new(root.path(), "loop-host", None);
+    local.start(
+        &format!("https://127.0.0.1:{port}"),
+        token,
+        &["--s3-listen", "127.0.0.1:0"],
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    let log = loop {
+        let log = local.log();
+        if log.contains("the cluster did not sign a serving certificate")
+            || std::time::Instant::now() > deadline
+        {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        log.contains("addresses[0] 127.0.0.1: a loopback address names no one host"),
+        "{log}"
+    );
+    drop(host);
+    drop(server);
+}

@@ -277,17 +277,7 @@ impl Certificates {
     /// S3 endpoint), trusted by clients of the cluster CA.
     pub fn issue_server(&self, names: &[String], lifetime: Duration) -> Result<Issued, TlsError> {
         let key = KeyPair::generate().map_err(invalid("serving key"))?;
-        let mut params =
-            CertificateParams::new(Vec::<String>::new()).map_err(invalid("serving certificate"))?;
-        params.subject_alt_names = alt_names(names)?;
-        let cn = names.first().map_or("keel", String::as_str);
-        params.distinguished_name.push(DnType::CommonName, cn);
-        let now = SystemTime::now();
-        let not_after = now + lifetime;
-        params.not_before = (now - BACKDATE).into();
-        params.not_after = not_after.into();
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let (params, not_after) = serving_params(names, lifetime)?;
         let cert = params
             .signed_by(&key, &self.issuer()?)
             .map_err(invalid("serving certificate"))?;
@@ -296,6 +286,56 @@ impl Certificates {
             key_pem: key.serialize_pem(),
             not_after,
         })
+    }
+
+    /// Signs the public key of a certificate signing request (PEM) as a serving certificate
+    /// for `names` only (the caller decided them; the request's own names are ignored),
+    /// valid for `lifetime`: a host's S3 endpoint, whose key never leaves the host.
+    pub fn sign_serving_csr(
+        &self,
+        csr_pem: &str,
+        names: &[String],
+        lifetime: Duration,
+    ) -> Result<Issued, TlsError> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(invalid("certificate signing request"))?;
+        let (params, not_after) = serving_params(names, lifetime)?;
+        csr.params = params;
+        let cert = csr
+            .signed_by(&self.issuer()?)
+            .map_err(invalid("serving certificate"))?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: String::new(),
+            not_after,
+        })
+    }
+
+    /// The IP addresses this server's own serving certificate names: what no host's
+    /// certificate may name, or the host could pass for this server.
+    pub fn serving_addresses(&self) -> Vec<IpAddr> {
+        let Ok(der) = CertificateDer::from_pem_slice(self.server_pem.as_bytes()) else {
+            return Vec::new();
+        };
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
+            return Vec::new();
+        };
+        let Ok(Some(names)) = cert.subject_alternative_name() else {
+            return Vec::new();
+        };
+        names
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::IPAddress(bytes) => match bytes.len() {
+                    4 => <[u8; 4]>::try_from(*bytes).ok().map(IpAddr::from),
+                    16 => <[u8; 16]>::try_from(*bytes).ok().map(IpAddr::from),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
     }
 
     /// Signs the public key of a certificate signing request (PEM) as a client certificate
@@ -320,6 +360,26 @@ impl Certificates {
             not_after,
         })
     }
+}
+
+/// A serving certificate's parameters: `names` as its subject alternative names (the first
+/// as its CN), for server authentication only.
+fn serving_params(
+    names: &[String],
+    lifetime: Duration,
+) -> Result<(CertificateParams, SystemTime), TlsError> {
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(invalid("serving certificate"))?;
+    params.subject_alt_names = alt_names(names)?;
+    let cn = names.first().map_or("keel", String::as_str);
+    params.distinguished_name.push(DnType::CommonName, cn);
+    let now = SystemTime::now();
+    let not_after = now + lifetime;
+    params.not_before = (now - BACKDATE).into();
+    params.not_after = not_after.into();
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    Ok((params, not_after))
 }
 
 fn client_params(

@@ -38,11 +38,15 @@ pub(crate) struct Requester {
     pub user: Arc<UserInfo>,
 }
 
-/// Paths with credentials of their own (join tokens), checked by their handlers.
+/// Paths with credentials of their own (join tokens, a node's certificate), checked by
+/// their handlers.
 fn bootstrap(path: &str) -> bool {
     matches!(
         path,
-        "/cacerts" | "/keel/v1/join" | "/keel/v1/node-certificate"
+        "/cacerts"
+            | "/keel/v1/join"
+            | "/keel/v1/node-certificate"
+            | "/keel/v1/node-serving-certificate"
     )
 }
 

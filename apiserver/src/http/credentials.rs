@@ -125,6 +125,181 @@ pub(crate) async fn node_certificate(
     }))
 }
 
+/// How many addresses a host's serving certificate may name.
+const MAX_SERVING_ADDRESSES: usize = 4;
+
+/// `POST /keel/v1/node-serving-certificate` `{nodeName, nodePassword, csr, addresses}`:
+/// signs a serving certificate for a host's endpoints (its S3 endpoint) with the cluster CA,
+/// which every client of the cluster trusts — so only for what the host shows it holds.
+/// The host asks with its own node certificate and its registration still on record; the
+/// certificate names IP addresses only, each the address the request comes from, never one
+/// of the API servers' or another node's, and never a loopback, link-local, multicast or
+/// unspecified one (see [`serving_address_refusal`]). It lasts as long as node certificates
+/// do, and the host renews it the same way.
+pub(crate) async fn node_serving_certificate(
+    api: &Api,
+    requester: &Requester,
+    source: Option<std::net::IpAddr>,
+    body: Value,
+) -> ApiResult<Value> {
+    let auth = auth(api)?;
+    let node = body["nodeName"].as_str().unwrap_or_default();
+    let Some(own) = requester.user.node() else {
+        return Err(ApiError::forbidden(
+            "a serving certificate is signed for a node asking with its own node certificate",
+        ));
+    };
+    if own != node {
+        return Err(ApiError::forbidden(format!(
+            "node {own:?} may ask for its own serving certificate only, not {node:?}'s"
+        )));
+    }
+    let csr = body["csr"].as_str().unwrap_or_default();
+    if csr.is_empty() {
+        return Err(ApiError::bad_request(
+            "csr (a PEM certificate signing request) is required",
+        ));
+    }
+    let asked = match &body["addresses"] {
+        Value::Array(list) if !list.is_empty() && list.len() <= MAX_SERVING_ADDRESSES => list,
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "addresses must list 1 to {MAX_SERVING_ADDRESSES} IP addresses for the certificate"
+            )));
+        }
+    };
+    let mut addresses = Vec::new();
+    for (i, a) in asked.iter().enumerate() {
+        let text = a.as_str().unwrap_or_default();
+        let ip: std::net::IpAddr = text.parse().map_err(|_| {
+            ApiError::bad_request(format!(
+                "addresses[{i}] {a}: not an IP address (a host's serving certificate names addresses only: a DNS name cannot be shown to be the host's)"
+            ))
+        })?;
+        addresses.push(ip);
+    }
+    check_node_password(
+        api,
+        node,
+        body["nodePassword"].as_str().unwrap_or_default(),
+        false,
+    )
+    .await?;
+    let servers = server_addresses(api);
+    let nodes = node_addresses(api, node).await?;
+    for (i, ip) in addresses.iter().enumerate() {
+        if let Some(why) = serving_address_refusal(*ip, source, &servers, &nodes) {
+            return Err(ApiError::forbidden(format!(
+                "addresses[{i}] {ip}: {why}; give the host's S3 endpoint --s3-tls-cert and --s3-tls-key instead (or --s3-plain-http)"
+            )));
+        }
+    }
+    let names: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+    let issued = auth
+        .certificates
+        .sign_serving_csr(csr, &names, auth.node_certificate_lifetime)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    tracing::info!(node, addresses = ?names, "issued a node serving certificate");
+    Ok(json!({
+        "certificate": issued.cert_pem,
+        "ca": auth.certificates.ca_pem,
+        "expirationTimestamp": keel_schemas::time::rfc3339(
+            issued.not_after.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs()
+        ),
+    }))
+}
+
+/// The addresses the API servers answer on: this server's certificate's, its advertised
+/// address, and every Raft member's host.
+fn server_addresses(api: &Api) -> Vec<std::net::IpAddr> {
+    let mut out = auth(api)
+        .map(|a| a.certificates.serving_addresses())
+        .unwrap_or_default();
+    let hosts = std::iter::once(api.advertise.clone()).chain(
+        api.server
+            .status()
+            .members
+            .into_values()
+            .map(|m| m.raft_addr),
+    );
+    for host in hosts {
+        if let Ok(addr) = host.parse::<std::net::SocketAddr>() {
+            out.push(addr.ip());
+        } else if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+            out.push(ip);
+        }
+    }
+    out
+}
+
+/// The addresses other Nodes report (`status.addresses`), with their names.
+async fn node_addresses(api: &Api, own: &str) -> ApiResult<Vec<(std::net::IpAddr, String)>> {
+    let kind = keel_schemas::lookup("nodes")
+        .ok_or_else(|| ApiError::internal("Node is not registered"))?;
+    let listed = api
+        .list_objects(
+            &Target::internal(kind, None, None),
+            &super::request::ListOptions::default(),
+        )
+        .await?;
+    let mut out = Vec::new();
+    for node in listed.items {
+        let name = node["metadata"]["name"].as_str().unwrap_or_default();
+        if name == own {
+            continue;
+        }
+        for a in node["status"]["addresses"].as_array().into_iter().flatten() {
+            if let Some(ip) = a["address"].as_str().and_then(|t| t.parse().ok()) {
+                out.push((ip, name.to_string()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Why a host may not have a serving certificate for `ip`, if it may not: the cluster CA
+/// vouches for it to every client, so it must be an address the host shows it holds (the
+/// request's own `source`), that routes beyond the host, and that no API server or other
+/// node answers on.
+fn serving_address_refusal(
+    ip: std::net::IpAddr,
+    source: Option<std::net::IpAddr>,
+    servers: &[std::net::IpAddr],
+    nodes: &[(std::net::IpAddr, String)],
+) -> Option<String> {
+    use keel_schemas::net::AddressClass;
+    let class = AddressClass::of(ip);
+    if matches!(
+        class,
+        AddressClass::Unspecified
+            | AddressClass::Loopback
+            | AddressClass::LinkLocal
+            | AddressClass::Multicast
+    ) {
+        return Some(format!(
+            "{} names no one host: the cluster CA does not vouch for it",
+            class.describe()
+        ));
+    }
+    let same = |a: std::net::IpAddr| a.to_canonical() == ip.to_canonical();
+    match source {
+        Some(s) if same(s) => {}
+        Some(s) => {
+            return Some(format!(
+                "not the address this request comes from ({s}): the cluster signs only an address the host shows it holds"
+            ));
+        }
+        None => return Some("this request's address is unknown".into()),
+    }
+    if servers.iter().any(|s| same(*s)) {
+        return Some("an address of this cluster's API servers".into());
+    }
+    if let Some((_, other)) = nodes.iter().find(|(a, _)| same(*a)) {
+        return Some(format!("node {other:?} reports this address"));
+    }
+    None
+}
+
 /// The first registration of `node` records a hash of its password (a Secret in
 /// kube-system, as k3s keeps node passwords); later ones must match it, and so must every
 /// renewal (`register` false: a node whose record is gone may not renew).
@@ -373,4 +548,43 @@ pub(crate) fn openid_configuration(api: &Api) -> ApiResult<Value> {
 /// `/openid/v1/jwks`.
 pub(crate) fn jwks(api: &Api) -> ApiResult<Value> {
     Ok(auth(api)?.service_accounts.jwks())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::serving_address_refusal;
+
+    #[test]
+    fn a_host_gets_a_serving_certificate_only_for_an_address_it_shows_it_holds() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let servers = [ip("10.0.0.1"), ip("127.0.0.1")];
+        let nodes = [(ip("10.0.0.3"), "node-b".to_string())];
+        let refused = |a: &str, source: Option<&str>| {
+            serving_address_refusal(ip(a), source.map(ip), &servers, &nodes)
+        };
+        assert_eq!(refused("10.0.0.2", Some("10.0.0.2")), None);
+        // An IPv4 address seen through an IPv6 socket is the same address.
+        assert_eq!(refused("10.0.0.2", Some("::ffff:10.0.0.2")), None);
+        for (asked, source, why) in [
+            (
+                "10.0.0.9",
+                Some("10.0.0.2"),
+                "not the address this request comes from (10.0.0.2)",
+            ),
+            ("10.0.0.2", None, "unknown"),
+            ("10.0.0.1", Some("10.0.0.1"), "API servers"),
+            ("10.0.0.3", Some("10.0.0.3"), "node \"node-b\""),
+            ("127.0.0.1", Some("127.0.0.1"), "a loopback address"),
+            (
+                "169.254.169.254",
+                Some("169.254.169.254"),
+                "a link-local address",
+            ),
+            ("0.0.0.0", Some("0.0.0.0"), "an unspecified address"),
+            ("224.0.0.1", Some("224.0.0.1"), "multicast"),
+        ] {
+            let answer = refused(asked, source).unwrap_or_default();
+            assert!(answer.contains(why), "{asked} from {source:?}: {answer:?}");
+        }
+    }
 }

@@ -14,9 +14,9 @@ use keel_apiserver::raft::{Client, Consistency, ServerConfig, Tuning};
 use keel_apiserver::store::{EventKind, KeyRange, KeyValue, RangeRequest, Txn, WatchRequest};
 use keel_apiserver::{ApiConfig, ApiServer};
 
-/// How long the certificate a server's local agent serves S3 with lasts; it is issued anew
-/// at every start.
-const S3_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
+/// How long the certificate a server's local agent serves S3 with lasts; it is issued at
+/// every start and renewed two thirds into its life.
+const S3_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
 
 /// Keel: a declarative control plane for a small cloud.
 #[derive(Parser, Debug)]
@@ -382,8 +382,11 @@ fn duration(text: &str) -> Result<Duration, String> {
 /// The S3 endpoint's HTTPS, connection limits and free-space floor.
 #[derive(Args, Debug)]
 struct S3Options {
-    /// The S3 endpoint's certificate chain (PEM), instead of one the cluster CA signs (on a
-    /// server) — an agent's storage role needs one, or --s3-plain-http.
+    /// The S3 endpoint's certificate chain (PEM), instead of one the cluster CA signs: for
+    /// a server's names and addresses on a server, for the address the host reaches the
+    /// cluster from on an agent (renewed like the node's certificate; the cluster refuses
+    /// loopback addresses, addresses it cannot see the request come from, and those of API
+    /// servers or other nodes).
     #[arg(long, requires = "s3_tls_key")]
     s3_tls_cert: Option<PathBuf>,
     /// The private key of `--s3-tls-cert` (PEM).
@@ -429,12 +432,8 @@ impl S3Options {
             },
             (_, _, Some(signer)) => S3Tls::ClusterCa(signer),
             _ if config.s3_listen.is_none() => S3Tls::PlainHttp,
-            _ => {
-                return Err(
-                    "--s3-listen serves HTTPS: give --s3-tls-cert and --s3-tls-key (a certificate for this host's names), or --s3-plain-http"
-                        .into(),
-                );
-            }
+            // A host's agent asks the cluster to sign one for the address it is reached at.
+            _ => S3Tls::NodeCertificate,
         };
         if self.s3_max_connections == 0 || self.s3_max_connections_per_source == 0 {
             return Err(
@@ -904,11 +903,12 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
         // The local agent's S3 endpoint serves HTTPS with a certificate of the cluster CA,
         // which every client of the cluster already trusts.
         let signer_server = server.clone();
-        let signer: keel_agent::storage::Signer = std::sync::Arc::new(move |names: &[String]| {
-            signer_server
-                .issue_server(names, S3_CERTIFICATE_LIFETIME)
+        let signer: keel_agent::storage::Signer = std::sync::Arc::new(move |names: Vec<String>| {
+            let issued = signer_server
+                .issue_server(&names, S3_CERTIFICATE_LIFETIME)
                 .map(|issued| (issued.cert_pem, issued.key_pem))
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string());
+            Box::pin(std::future::ready(issued))
         });
         args.s3.apply(&mut agent, Some(signer))?;
         agent.load_balancer = !args.disable_load_balancer;
@@ -1068,8 +1068,15 @@ async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("keel agent: node {node_name}, server {}", args.server);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(keel_agent::run(client, config, stopped));
-    shutdown_signal().await;
+    let mut task = tokio::spawn(keel_agent::run(client, config, stopped));
+    // An agent that cannot start (an unusable certificate, a port taken) ends now, with why.
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        ended = &mut task => {
+            ended??;
+            return Ok(());
+        }
+    }
     stop.send_replace(true);
     task.await??;
     Ok(())
