@@ -603,23 +603,26 @@ async fn resolve(backend: &Backend) -> Result<SocketAddr, String> {
 }
 
 /// The first address a host name resolved to that a backend may have, or why there is
-/// none: the host itself, its link or a multicast group are refused (in the words of
-/// `AddressClass::describe`), as API admission refuses them as address literals.
+/// none. A name must resolve to a public address: the host itself, its link, a multicast
+/// group, and private or reserved networks are refused (in the words of
+/// `AddressClass::describe`). A private backend is named by its address, which API
+/// admission checks against the namespace's Subnets and granted ranges — a name, resolved
+/// later by whoever answers for it, would slip past that check.
 fn usable(found: impl IntoIterator<Item = SocketAddr>) -> Result<SocketAddr, String> {
     let mut refused = None;
     for addr in found {
-        let class = AddressClass::of(addr.ip());
-        match class {
-            AddressClass::Loopback
-            | AddressClass::Unspecified
-            | AddressClass::LinkLocal
-            | AddressClass::Multicast => {
+        match AddressClass::of(addr.ip()) {
+            AddressClass::Public => return Ok(addr),
+            class => {
                 refused.get_or_insert((addr.ip(), class));
             }
-            _ => return Ok(addr),
         }
     }
     Err(match refused {
+        Some((ip, AddressClass::Private | AddressClass::Reserved)) => format!(
+            "resolves to {ip}, {}: a host name must resolve to a public address (name a private backend by its address)",
+            AddressClass::of(ip).describe()
+        ),
         Some((ip, class)) => format!("resolves to {ip}, {}", class.describe()),
         None => "resolves to no address".into(),
     })
@@ -640,7 +643,7 @@ mod tests {
     }
 
     #[test]
-    fn a_name_resolving_to_the_host_or_its_link_is_refused() {
+    fn a_name_resolving_to_anything_but_a_public_address_is_refused() {
         for (ips, why) in [
             (
                 &["127.0.0.1"][..],
@@ -665,13 +668,15 @@ mod tests {
         ] {
             assert_eq!(usable(at(ips)), Err(why.to_string()), "{ips:?}");
         }
-        // Private and public addresses are what backends are; the first usable one wins.
+        // A private or reserved address is refused too: only a literal is checked against
+        // the namespace's networks.
+        for ip in ["10.0.0.7", "192.168.1.1", "100.64.0.1", "fd00::1", "192.0.2.1"] {
+            let why = usable(at(&[ip])).unwrap_err();
+            assert!(why.contains("must resolve to a public address"), "{ip}: {why}");
+        }
+        // The first public address wins.
         assert_eq!(
-            usable(at(&["127.0.0.1", "10.0.0.7", "192.0.2.1"])),
-            Ok(at(&["10.0.0.7"])[0])
-        );
-        assert_eq!(
-            usable(at(&["93.184.216.34"])),
+            usable(at(&["127.0.0.1", "10.0.0.7", "93.184.216.34"])),
             Ok(at(&["93.184.216.34"])[0])
         );
     }

@@ -109,7 +109,7 @@ impl Api {
                 continue;
             };
             let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() else {
-                // A host name: the proxy refuses what it resolves to on the host itself.
+                // A host name: the proxy connects only to a public address it resolves to.
                 continue;
             };
             let own = subnets.iter().any(|(_, cidr)| cidr.contains(ip));
