@@ -670,9 +670,18 @@ mod tests {
         }
         // A private or reserved address is refused too: only a literal is checked against
         // the namespace's networks.
-        for ip in ["10.0.0.7", "192.168.1.1", "100.64.0.1", "fd00::1", "192.0.2.1"] {
+        for ip in [
+            "10.0.0.7",
+            "192.168.1.1",
+            "100.64.0.1",
+            "fd00::1",
+            "192.0.2.1",
+        ] {
             let why = usable(at(&[ip])).unwrap_err();
-            assert!(why.contains("must resolve to a public address"), "{ip}: {why}");
+            assert!(
+                why.contains("must resolve to a public address"),
+                "{ip}: {why}"
+            );
         }
         // The first public address wins.
         assert_eq!(

@@ -37,6 +37,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// `qemu-img info` limits (OpenStack's): address space and CPU seconds.
 const INSPECT_MEMORY: u64 = 1 << 30;
+/// How much of an image's start [`sniff`] reads.
+const HEADER_BYTES: usize = 64 << 10;
+/// How long an image refused for what it is (its source, size, digest or content) is not
+/// fetched again: a VM retrying does not make the host download it over and over.
+const REFUSAL_HOLD: Duration = Duration::from_secs(600);
 const INSPECT_CPU_SECONDS: u64 = 30;
 /// The formats a guest's disk may start from.
 const FORMATS: [&str; 2] = ["raw", "qcow2"];
@@ -132,6 +137,36 @@ type Result<T, E = ImageError> = std::result::Result<T, E>;
 // === impl ImageError ===
 
 impl ImageError {
+    /// A copy of this error if it is a refusal of the image itself (its source, size,
+    /// digest or content), which fetching again would only repeat; none for a failure that
+    /// may pass (the network, the disk).
+    fn refusal(&self) -> Option<ImageError> {
+        match self {
+            ImageError::Forbidden { url, why } => Some(ImageError::Forbidden {
+                url: url.clone(),
+                why: why.clone(),
+            }),
+            ImageError::TooLarge { url, limit } => Some(ImageError::TooLarge {
+                url: url.clone(),
+                limit: *limit,
+            }),
+            ImageError::Checksum {
+                image,
+                expected,
+                actual,
+            } => Some(ImageError::Checksum {
+                image: image.clone(),
+                expected: expected.clone(),
+                actual: actual.clone(),
+            }),
+            ImageError::Refused { image, why } => Some(ImageError::Refused {
+                image: image.clone(),
+                why: why.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// The reason a VM condition gives for this error.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -208,6 +243,9 @@ pub struct Images {
     policy: FetchPolicy,
     /// One lock per image, so that two VMs never fetch the same image at once.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Downloads refused lately, by URL, checksum and format: not fetched again before
+    /// [`REFUSAL_HOLD`] has passed.
+    refused: std::sync::Mutex<HashMap<String, (Instant, ImageError)>>,
 }
 
 // === impl Source ===
@@ -231,6 +269,7 @@ impl Images {
             dir,
             policy,
             locks: Mutex::new(HashMap::new()),
+            refused: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -249,8 +288,26 @@ impl Images {
                 checksum,
                 trusted,
             } => {
-                self.fetch(url, checksum.as_deref(), *trusted, format)
-                    .await?
+                let key = format!(
+                    "{url} {} {trusted} {}",
+                    checksum.as_deref().unwrap_or_default(),
+                    format.unwrap_or_default()
+                );
+                if let Some(e) = self.refused_lately(&key) {
+                    return Err(e);
+                }
+                match self.fetch(url, checksum.as_deref(), *trusted, format).await {
+                    Ok(path) => path,
+                    Err(e) => {
+                        if let Some(copy) = e.refusal() {
+                            let mut refused =
+                                self.refused.lock().unwrap_or_else(|e| e.into_inner());
+                            refused.retain(|_, (at, _)| at.elapsed() < REFUSAL_HOLD);
+                            refused.insert(key, (Instant::now(), copy));
+                        }
+                        return Err(e);
+                    }
+                }
             }
             Source::Path { path, checksum } => {
                 std::fs::metadata(path).map_err(|source| ImageError::Missing {
@@ -265,6 +322,13 @@ impl Images {
             }
         };
         inspect(&path, &name, format).await
+    }
+
+    /// The refusal of the download `key` if it came less than [`REFUSAL_HOLD`] ago.
+    fn refused_lately(&self, key: &str) -> Option<ImageError> {
+        let refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, e) = refused.get(key)?;
+        (at.elapsed() < REFUSAL_HOLD).then(|| e.refusal()).flatten()
     }
 
     /// The cached copy of `url`, fetched first if it is not there. A download is inspected
@@ -518,9 +582,9 @@ pub async fn inspect(path: &Path, name: &str, declared: Option<&str>) -> Result<
 
 /// The first 64 KiB of a file (a qcow2 header and its extensions fit in its first cluster).
 fn read_header(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut header = Vec::with_capacity(64 << 10);
+    let mut header = Vec::with_capacity(HEADER_BYTES);
     std::fs::File::open(path)?
-        .take(64 << 10)
+        .take(HEADER_BYTES as u64)
         .read_to_end(&mut header)?;
     Ok(header)
 }
@@ -680,6 +744,9 @@ async fn download(url: &str, to: &Path, policy: &FetchPolicy, trusted: bool) -> 
     let mut digest = Digest::new(&SHA256);
     let mut body = response.into_body();
     let mut written = 0u64;
+    // The image's start, judged as soon as it has arrived: a refused format, backing file
+    // or data file stops the download there.
+    let mut header = Vec::with_capacity(HEADER_BYTES);
     let started = Instant::now();
     loop {
         let frame = tokio::time::timeout(READ_TIMEOUT, body.frame())
@@ -695,6 +762,16 @@ async fn download(url: &str, to: &Path, policy: &FetchPolicy, trusted: bool) -> 
             written += data.len() as u64;
             if written > policy.max_bytes {
                 return Err(too_large());
+            }
+            if header.len() < HEADER_BYTES {
+                let take = data.len().min(HEADER_BYTES - header.len());
+                header.extend_from_slice(&data[..take]);
+                if header.len() == HEADER_BYTES {
+                    sniff(&header).map_err(|why| ImageError::Refused {
+                        image: url.to_string(),
+                        why,
+                    })?;
+                }
             }
             digest.update(data);
             file.write_all(data).await.map_err(io)?;
@@ -1047,6 +1124,59 @@ mod tests {
             .await
             .unwrap_err();
         assert!(missing.to_string().contains("404"), "{missing}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_download_stops_at_its_header_and_is_not_fetched_again_soon() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let backed = dir.path().join("backed.qcow2");
+        let out = std::process::Command::new("qemu-img")
+            .args([
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "raw",
+                "-b",
+                "/etc/shadow",
+            ])
+            .arg(&backed)
+            .arg("1M")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        // The crafted header, then 8 MiB the host never needs to read.
+        let mut body = std::fs::read(&backed).unwrap();
+        body.resize(body.len() + (8 << 20), 0);
+        let (port, served) = serve(body, None).await;
+        let images = Images::new(dir.path().join("cache"), FetchPolicy::default());
+        let source = url(format!("http://127.0.0.1:{port}/disk.img"), None, true);
+        let first = images.get(&source, None).await.unwrap_err();
+        assert_eq!(first.reason(), "ImageRefused", "{first}");
+        assert!(first.to_string().contains("backing file"), "{first}");
+        // Asked again (a VM's retry): the same refusal, without a download.
+        let again = images.get(&source, None).await.unwrap_err();
+        assert_eq!(again.to_string(), first.to_string());
+        assert_eq!(served.load(Ordering::SeqCst), 1);
+        // Nothing of it is left in the cache.
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("cache"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        // A failure that may pass (a 404) is tried again at once.
+        let missing = url(format!("http://127.0.0.1:{port}/nope.img"), None, true);
+        assert!(images.refused_lately("x").is_none());
+        images.get(&missing, None).await.unwrap_err();
+        assert!(
+            images
+                .get(&missing, None)
+                .await
+                .unwrap_err()
+                .to_string()
+                .contains("404")
+        );
     }
 
     #[tokio::test]
