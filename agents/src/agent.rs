@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_client::{Api, Client, ClientError};
-use keel_controllers::node_lifecycle::NODE_LEASE_NAMESPACE;
-use keel_controllers::runtime::{Condition, set_condition};
+use keel_runtime::{Condition, set_condition};
+use keel_schemas::wellknown::{self, NODE_LEASE_NAMESPACE};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -401,9 +401,10 @@ async fn register(shared: &Shared) -> Result<(), ClientError> {
     }
     let mut annotations = json!({crate::server::CERTIFICATE_ANNOTATION: shared.endpoint.1});
     // A host that lost the DNS role stops advertising it (null removes the annotation).
-    annotations[crate::dns::ENDPOINT_ANNOTATION] = json!(shared.dns_endpoint);
-    annotations[crate::storage::ENDPOINT_ANNOTATION] = json!(shared.s3_endpoint);
-    annotations[crate::lb::AGENT_ANNOTATION] = json!(shared.config.load_balancer.then_some("true"));
+    annotations[wellknown::DNS_ENDPOINT_ANNOTATION] = json!(shared.dns_endpoint);
+    annotations[wellknown::S3_ENDPOINT_ANNOTATION] = json!(shared.s3_endpoint);
+    annotations[wellknown::LOAD_BALANCER_ANNOTATION] =
+        json!(shared.config.load_balancer.then_some("true"));
     match api.get_opt(name).await? {
         None => {
             // A new object takes no nulls: they only mean "remove" in a merge patch.

@@ -36,7 +36,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use keel_client::{Api, ClientError, Patch};
-use keel_controllers::runtime::{Condition, ObjectExt, Store, set_condition, watcher};
+use keel_runtime::{Condition, ObjectExt, Store, set_condition, watcher};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -46,9 +46,9 @@ pub use self::catalog::{Catalog, ZoneReport};
 pub use self::rrl::RateLimits;
 pub use self::server::{Limits, Sockets};
 
-pub use keel_controllers::zones::{ENDPOINT_ANNOTATION, ZONES_ANNOTATION};
+use keel_schemas::wellknown::DNS_ZONES_ANNOTATION;
 /// The Node condition saying whether the zone data is current.
-pub const SYNCED_CONDITION: &str = keel_controllers::node_lifecycle::DNS_SYNCED;
+pub const SYNCED_CONDITION: &str = keel_schemas::wellknown::DNS_SYNCED;
 
 /// Changes closer together than this are built once.
 const SETTLE: Duration = Duration::from_millis(20);
@@ -214,7 +214,7 @@ async fn report_zones(
     };
     let api: Api<Value> = Api::all(&shared.client, kind);
     let value = serde_json::to_string(reports).unwrap_or_else(|_| "{}".into());
-    let patch = json!({"metadata": {"annotations": {ZONES_ANNOTATION: value}}});
+    let patch = json!({"metadata": {"annotations": {DNS_ZONES_ANNOTATION: value}}});
     api.patch(&shared.config.node_name, &Patch::Merge(patch))
         .await
         .map(|_| ())

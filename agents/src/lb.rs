@@ -37,7 +37,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use keel_client::Api;
-use keel_controllers::runtime::{
+use keel_runtime::{
     Condition, EventType, ObjectExt, Recorder, Store as Cache, set_condition, watcher,
 };
 use keel_schemas::kinds::network::ListenerProtocol;
@@ -50,8 +50,6 @@ use self::balancer::{Backend, Pool};
 use self::config::{CheckConfig, Desired};
 use self::limits::{Limits, Refusals};
 use crate::agent::Shared;
-
-pub use keel_controllers::loadbalancers::AGENT_ANNOTATION;
 
 /// Status figures that change all the time (connections, check times) are written at most
 /// this often; health and backend changes at once.
@@ -117,7 +115,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
         });
     }
     let recorder = Recorder::new(&shared.client, "keel-lb", &node);
-    let metrics = keel_controllers::runtime::metrics::controller("agent-lb");
+    let metrics = keel_runtime::metrics::controller("agent-lb");
     let mut served: BTreeMap<String, Served> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -629,7 +627,7 @@ fn usable(found: impl IntoIterator<Item = SocketAddr>) -> Result<SocketAddr, Str
 }
 
 fn protocol(p: ListenerProtocol) -> &'static str {
-    keel_controllers::loadbalancers::protocol_name(p)
+    p.as_str()
 }
 
 #[cfg(test)]

@@ -29,14 +29,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_client::Api;
-use keel_controllers::runtime::queue::Backoff;
-use keel_controllers::runtime::{Controller, Recorder, watcher};
+use keel_runtime::queue::Backoff;
+use keel_runtime::{Controller, Recorder, watcher};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::agent::Shared;
-
-pub use keel_controllers::buckets::ENDPOINT_ANNOTATION;
 
 /// Gets a serving certificate for the given names (DNS names or IPs) signed by the cluster
 /// CA: returns the certificate and its private key, PEM.

@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keel_client::{Api, ClientError};
-use keel_controllers::runtime::{
+use keel_runtime::{
     Action, Backoff, Condition, Controller, EventType, FinalizerError, FinalizerEvent, ObjectExt,
     ObjectRef, Recorder, Store, WorkQueue, condition_status, finalizer, set_condition, watcher,
 };
@@ -54,7 +54,7 @@ use self::lifecycle::{Observed, Prepared, Request};
 use self::qemu::{Boot, VmDir, changed_fields, restart_fields};
 
 /// The finalizer the host of a VM holds until it has removed the VM's guest and files.
-pub const FINALIZER: &str = keel_controllers::node_lifecycle::VM_HOST_FINALIZER;
+pub const FINALIZER: &str = keel_schemas::wellknown::VM_HOST_FINALIZER;
 /// How often the sweep compares the host's guests with the bindings.
 const SWEEP: Duration = Duration::from_secs(1);
 /// How often a ready guest is probed again.

@@ -13,7 +13,7 @@ pub mod shim;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use keel_controllers::runtime::ObjectRef;
+use keel_runtime::ObjectRef;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 

@@ -24,19 +24,16 @@ use rand::Rng;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::runtime::{
+use keel_runtime::{
     Action, Condition, Controller, EventType, ObjectExt, Recorder, Store, condition_status,
     set_condition, watcher,
 };
+use keel_schemas::wellknown::{
+    ACCESS_KEY, S3_ENDPOINT_ANNOTATION as ENDPOINT_ANNOTATION, SECRET_KEY,
+};
 
-/// The Node annotation with the S3 endpoint of its storage agent (`http://ip:port`).
-pub const ENDPOINT_ANNOTATION: &str = "keel.dev/s3-endpoint";
 /// The label on a bucket's credentials Secret: the bucket's S3 name.
 pub const CREDENTIALS_LABEL: &str = "keel.dev/bucket";
-/// The Secret keys of the access key pair (the AWS CLI's environment names).
-pub const ACCESS_KEY: &str = "AWS_ACCESS_KEY_ID";
-/// See [`ACCESS_KEY`].
-pub const SECRET_KEY: &str = "AWS_SECRET_ACCESS_KEY";
 
 /// What the reconciles share.
 struct Context {
@@ -180,7 +177,7 @@ async fn ensure_credentials(
     secret_name: &str,
     s3_name: &str,
 ) -> Result<(), ClientError> {
-    let key = crate::runtime::ObjectRef::new(Some(namespace), secret_name);
+    let key = keel_runtime::ObjectRef::new(Some(namespace), secret_name);
     if let Some(existing) = ctx.secrets.get(&key) {
         if !owned_by(&existing, bucket) {
             let message = format!(

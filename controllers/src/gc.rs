@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::runtime::{Backoff, ObjectExt, ObjectRef, Store, WorkQueue, watcher};
+use keel_runtime::{Backoff, ObjectExt, ObjectRef, Store, WorkQueue, watcher};
 
 /// A dependent to look at: the index of its kind in the registry, and its key.
 type Key = (usize, ObjectRef);
@@ -28,7 +28,7 @@ pub async fn run(client: Client, mut shutdown: watch::Receiver<bool>) {
         .collect();
     let stores: Arc<Vec<Store>> = Arc::new(kinds.iter().map(|_| Store::new()).collect());
     let queue: WorkQueue<Key> = WorkQueue::new(Backoff::default());
-    let metrics = crate::runtime::metrics::controller("garbage-collector");
+    let metrics = keel_runtime::metrics::controller("garbage-collector");
     let mut tasks = JoinSet::new();
     for (i, kind) in kinds.iter().enumerate() {
         let mut w = watcher(Api::all(&client, kind), watcher::Config::default());

@@ -29,13 +29,11 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::network::ipam;
-use crate::runtime::{
+use keel_runtime::{
     Action, Condition, Controller, EventType, ObjectExt, Recorder, Store, condition_status,
     set_condition, watcher,
 };
-
-/// The Node annotation of an agent that serves load balancers (`"true"`).
-pub const AGENT_ANNOTATION: &str = "keel.dev/load-balancer";
+use keel_schemas::wellknown::LOAD_BALANCER_ANNOTATION;
 
 /// How the controller runs.
 #[derive(Debug, Clone, Default)]
@@ -253,7 +251,7 @@ pub fn place(
     let mut vip_nodes: BTreeMap<IpAddr, String> = BTreeMap::new();
     let mut load: BTreeMap<String, usize> = BTreeMap::new();
     let eligible = |n: &Value| {
-        n["metadata"]["annotations"][AGENT_ANNOTATION].as_str() == Some("true")
+        n["metadata"]["annotations"][LOAD_BALANCER_ANNOTATION].as_str() == Some("true")
             && condition_status(n, "Ready") == Some("True")
     };
     for (lb, spec) in &live {
@@ -277,7 +275,7 @@ pub fn place(
             let holder = ports.get(&(vip, l.protocol, l.port))?;
             Some(format!(
                 "{}/{} on {vip} is already served for LoadBalancer {holder}",
-                protocol_name(l.protocol),
+                l.protocol.as_str(),
                 l.port
             ))
         });
@@ -397,14 +395,6 @@ fn vips(
         out.insert(owner, Err(("PoolExhausted", format!("no VIP: {why}"))));
     }
     out
-}
-
-/// `TCP` or `UDP`.
-pub fn protocol_name(p: ListenerProtocol) -> &'static str {
-    match p {
-        ListenerProtocol::Tcp => "TCP",
-        ListenerProtocol::Udp => "UDP",
-    }
 }
 
 #[cfg(test)]

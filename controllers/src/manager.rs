@@ -16,8 +16,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::node_lifecycle::{self, NodeLifecycleConfig};
-use crate::runtime::{LeaderConfig, elect};
 use crate::{gc, scheduler};
+use keel_runtime::{LeaderConfig, elect};
 
 /// The Lease the controller managers contend for.
 pub const CONTROLLERS_LEASE: &str = "keel-controllers";

@@ -1,5 +1,5 @@
 //! The network controller: VPCs, Subnets, SecurityGroups, VM NICs and the LoadBalancers on
-//! Subnets as OVN's northbound database, over the OVSDB protocol ([`crate::ovsdb`]).
+//! Subnets as OVN's northbound database, over the OVSDB protocol ([`keel_ovsdb`]).
 //!
 //! It is level-triggered over the whole network: any change of a VPC, Subnet, SecurityGroup,
 //! VM or LoadBalancer — or of the northbound rows, which it monitors — starts a pass
@@ -32,9 +32,9 @@ use keel_schemas::kinds::network::{LoadBalancerSpec, SecurityGroupSpec, SubnetSp
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, Notify, watch};
 
-use crate::ovsdb::data::Replica;
-use crate::ovsdb::{Ovsdb, OvsdbError};
-use crate::runtime::{Condition, ObjectExt, Store, set_condition, watcher};
+use keel_ovsdb::data::Replica;
+use keel_ovsdb::{Ovsdb, OvsdbError};
+use keel_runtime::{Condition, ObjectExt, Store, set_condition, watcher};
 
 pub use self::topology::External;
 use self::topology::{DhcpRows, GroupRows, NicRows, SubnetRows, VpcRows, World};
@@ -143,7 +143,7 @@ pub async fn run(client: Client, config: NetworkConfig, mut shutdown: watch::Rec
     let notify = Arc::new(Notify::new());
     let caches = Caches::new();
     let mut feeds = caches.watch(&client, notify.clone());
-    let metrics = crate::runtime::metrics::controller("network");
+    let metrics = keel_runtime::metrics::controller("network");
     let mut backoff = Duration::from_millis(100);
     // A failing pass is retried soon, then less and less often.
     let mut retry = Duration::from_millis(100);
@@ -319,7 +319,7 @@ pub async fn pass(
                 subnet: spec.subnet.as_deref()?,
                 spec,
                 created: lb["metadata"]["creationTimestamp"].as_str().unwrap_or(""),
-                programmed: crate::runtime::condition(lb, "Ready")
+                programmed: keel_runtime::condition(lb, "Ready")
                     .is_some_and(|c| c["reason"] == "Programmed"),
             })
         })
@@ -626,7 +626,7 @@ pub async fn pass(
                     _ => nic
                         .mac
                         .clone()
-                        .unwrap_or_else(|| topology::nic_mac(v.uid(), i)),
+                        .unwrap_or_else(|| keel_schemas::wellknown::nic_mac(v.uid(), i)),
                 };
                 let mut iface = json!({"subnet": nic.subnet, "mac": mac});
                 match addresses.get(&owner) {
@@ -926,11 +926,13 @@ fn assign_macs(
                     fixed
                 }
                 None => {
-                    let mut mac = topology::nic_mac(v.uid(), i);
+                    let mut mac = keel_schemas::wellknown::nic_mac(v.uid(), i);
                     let mut round = 1;
                     while used.contains_key(&(*subnet, mac.clone())) {
-                        mac =
-                            topology::mac(&format!("{}/{i}/{round}", v.uid()), [0x52, 0x54, 0x00]);
+                        mac = keel_schemas::wellknown::mac(
+                            &format!("{}/{i}/{round}", v.uid()),
+                            [0x52, 0x54, 0x00],
+                        );
                         round += 1;
                     }
                     mac
@@ -1096,6 +1098,6 @@ mod tests {
             Ok("52:54:00:00:00:01".to_string()),
             "another subnet, another L2 domain"
         );
-        assert_eq!(macs["c/1"], Ok(topology::nic_mac("c", 1)));
+        assert_eq!(macs["c/1"], Ok(keel_schemas::wellknown::nic_mac("c", 1)));
     }
 }

@@ -22,15 +22,11 @@ use keel_client::{Api, Client, ClientError};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::runtime::{
+use keel_runtime::{
     Action, Condition, Controller, EventType, ObjectExt, ObjectRef, Recorder, Store,
     condition_status, set_condition, watcher,
 };
-
-/// The namespace of the nodes' heartbeat Leases.
-pub const NODE_LEASE_NAMESPACE: &str = keel_schemas::identity::NODE_LEASE_NAMESPACE;
-/// The finalizer the host of a VM holds until it has removed the VM's guest and files.
-pub const VM_HOST_FINALIZER: &str = keel_schemas::identity::VM_HOST_FINALIZER;
+use keel_schemas::wellknown::{DNS_SYNCED, NODE_LEASE_NAMESPACE, VM_HOST_FINALIZER};
 
 /// The node lifecycle controller's timings.
 #[derive(Debug, Clone, Copy)]
@@ -158,9 +154,6 @@ async fn reconcile(node: Arc<Value>, ctx: Arc<Context>) -> Result<Action, Client
     // VMs bound to a lost node later (by a pin) are picked up by this periodic look.
     Ok(Action::requeue(Duration::from_secs(5)))
 }
-
-/// The Node condition a DNS server keeps True while its zone data is current.
-pub const DNS_SYNCED: &str = "DNSZonesSynced";
 
 /// Sets `Ready=Unknown` on a node whose Lease is stale, as Kubernetes does, and
 /// `DNSZonesSynced=Unknown` on a DNS server's.

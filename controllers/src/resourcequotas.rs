@@ -14,7 +14,7 @@ use keel_schemas::quota;
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
-use crate::runtime::{Action, Controller, ObjectExt, watcher};
+use keel_runtime::{Action, Controller, ObjectExt, watcher};
 
 /// How often a quota is counted again (deletions are seen within this).
 const RESYNC: Duration = Duration::from_secs(10);

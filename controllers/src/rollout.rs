@@ -29,19 +29,14 @@ use keel_client::{Api, Client, ClientError, DeleteParams, Patch};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::runtime::{
+use keel_runtime::{
     Action, Condition, Controller, EventType, ObjectExt, Recorder, Store, condition,
     condition_status, set_condition, watcher,
 };
+use keel_schemas::wellknown::{LAST_GOOD_ANNOTATION, RESTORE_SNAPSHOT_ANNOTATION};
 
 /// The annotation that stops automatic rollbacks of an object while it is `"true"`.
 pub const PAUSED_ANNOTATION: &str = "keel.dev/rollout-paused";
-/// The annotation a rollback sets on a stateful object: the snapshot (its
-/// `status.snapshot.name`) its node restores before it applies the restored spec.
-pub const RESTORE_SNAPSHOT_ANNOTATION: &str = "keel.dev/restore-snapshot";
-/// The annotation naming the generation of a stateful object's newest healthy revision: its
-/// node keeps no rollback point older than that.
-pub const LAST_GOOD_ANNOTATION: &str = "keel.dev/last-good-generation";
 /// The object condition a rollback sets.
 pub const ROLLED_BACK: &str = "RolledBack";
 /// The reason of a revision that was not healthy in time.

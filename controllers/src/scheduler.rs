@@ -17,7 +17,7 @@ use keel_client::{Api, Client, ClientError};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::runtime::{
+use keel_runtime::{
     Action, Condition, Controller, EventType, ObjectExt, ObjectRef, Recorder, Store, node_of,
     set_condition, watcher,
 };

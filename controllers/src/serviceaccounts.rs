@@ -9,7 +9,7 @@ use keel_client::{Api, Client, ClientError};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::runtime::{Action, Controller, ObjectExt, Store, watcher};
+use keel_runtime::{Action, Controller, ObjectExt, Store, watcher};
 
 /// The account every namespace has.
 pub const DEFAULT_ACCOUNT: &str = "default";
@@ -38,7 +38,7 @@ pub async fn run(client: Client, shutdown: watch::Receiver<bool>) {
         watcher::Config::default().fields(&format!("metadata.name={DEFAULT_ACCOUNT}")),
         |sa| {
             sa.namespace()
-                .map(|ns| vec![crate::runtime::ObjectRef::new(None, ns)])
+                .map(|ns| vec![keel_runtime::ObjectRef::new(None, ns)])
                 .unwrap_or_default()
         },
     );
@@ -56,7 +56,7 @@ async fn reconcile(namespace: Arc<Value>, ctx: Arc<Context>) -> Result<Action, C
     }
     let have = ctx
         .accounts
-        .get(&crate::runtime::ObjectRef::new(Some(name), DEFAULT_ACCOUNT))
+        .get(&keel_runtime::ObjectRef::new(Some(name), DEFAULT_ACCOUNT))
         .is_some();
     if have {
         return Ok(Action::await_change());

@@ -23,15 +23,13 @@ use keel_schemas::kinds::meta::LabelSelector;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::runtime::{
+use keel_runtime::{
     Action, Condition, Controller, EventType, ObjectExt, ObjectRef, Recorder, Store,
     condition_status, set_condition, watcher,
 };
-
-/// The Node annotation with the DNS server's address.
-pub const ENDPOINT_ANNOTATION: &str = "keel.dev/dns-endpoint";
-/// The Node annotation with what its DNS server serves: `{"ns/zone": {"serial": N, "error": ".."}}`.
-pub const ZONES_ANNOTATION: &str = "keel.dev/dns-zones";
+use keel_schemas::wellknown::{
+    DNS_ENDPOINT_ANNOTATION as ENDPOINT_ANNOTATION, DNS_ZONES_ANNOTATION as ZONES_ANNOTATION,
+};
 
 /// What the reconciles share.
 struct Context {
@@ -187,7 +185,7 @@ async fn reconcile(zone: Arc<Value>, ctx: Arc<Context>) -> Result<Action, Client
     let c = if !failures.is_empty() {
         let message = failures.join("; ");
         // An Event once per failure, not per pass.
-        let said = crate::runtime::condition(&zone, "Ready")
+        let said = keel_runtime::condition(&zone, "Ready")
             .is_some_and(|c| c["message"].as_str() == Some(message.as_str()));
         if !said {
             ctx.recorder

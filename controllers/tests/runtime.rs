@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keel_client::{Api, Client, DeleteParams, Patch};
-use keel_controllers::runtime::{
+use keel_runtime::{
     Action, Controller, Event, EventType, FinalizerEvent, LeaderConfig, ObjectExt, Recorder, elect,
     finalizer, watcher,
 };
@@ -107,10 +107,7 @@ async fn a_controller_reconciles_every_object_one_key_at_a_time() {
     async fn reconcile(
         vpc: Arc<Value>,
         ctx: Arc<Ctx>,
-    ) -> Result<
-        Action,
-        keel_controllers::runtime::finalizer::FinalizerError<keel_client::ClientError>,
-    > {
+    ) -> Result<Action, keel_runtime::finalizer::FinalizerError<keel_client::ClientError>> {
         let key = vpc.name().to_string();
         if !ctx.busy.lock().unwrap().insert(key.clone()) {
             *ctx.overlaps.lock().unwrap() += 1;
@@ -191,7 +188,7 @@ async fn a_controller_reconciles_every_object_one_key_at_a_time() {
         "{:?}",
         list.items
     );
-    let text = keel_controllers::runtime::metrics::render();
+    let text = keel_runtime::metrics::render();
     assert!(text.contains("keel_controller_reconciles_total{controller=\"test-vpcs\"}"));
     stop.send_replace(true);
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();

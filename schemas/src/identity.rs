@@ -28,13 +28,6 @@ pub const NODE_PREFIX: &str = "system:node:";
 /// The prefix of service account user names.
 pub const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 
-/// The namespace of the nodes' heartbeat Leases (one per node, named after it).
-pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
-/// The finalizer a node puts on the VMs bound to it (removed once their guest is gone).
-pub const VM_HOST_FINALIZER: &str = "keel.dev/vm-host";
-/// The finalizer a storage node puts on the Buckets bound to it.
-pub const BUCKET_STORAGE_FINALIZER: &str = "keel.dev/bucket-storage";
-
 /// The user name of node `name`: `system:node:NAME`.
 pub fn node_user(name: &str) -> String {
     format!("{NODE_PREFIX}{name}")

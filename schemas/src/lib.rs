@@ -19,6 +19,8 @@
 //! - [`kinds`]: typed structs per kind group.
 //! - [`columns`]: the columns of each kind's table (`kubectl get`, `keelctl get`).
 //! - [`identity`]: the user and group names authentication and RBAC give meaning to.
+//! - [`wellknown`]: the names Keel's processes share (annotations, labels, finalizers,
+//!   condition types, OVN naming).
 //! - [`names`], [`net`], [`quantity`]: syntax of names, addresses, ports and byte sizes.
 //! - [`time`]: timestamps and ages as Kubernetes writes them.
 
@@ -34,6 +36,7 @@ pub mod registry;
 pub mod schema;
 pub mod time;
 pub mod validate;
+pub mod wellknown;
 
 pub use defaults::default_object;
 pub use net::{Cidr, cidr_contains, parse_port_ranges};

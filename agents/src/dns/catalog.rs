@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use hickory_proto::rr::Name;
-use keel_controllers::runtime::ObjectExt;
+use keel_runtime::ObjectExt;
 use serde::Serialize;
 use serde_json::Value;
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use keel_controllers::runtime::ObjectExt;
+use keel_runtime::ObjectExt;
 use keel_schemas::kinds::network::{
     Algorithm, HealthCheckType, ListenerProtocol, LoadBalancerSpec,
 };

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use keel_client::{Api, ClientError};
-use keel_controllers::runtime::{
+use keel_runtime::{
     Action, Condition, EventType, FinalizerError, FinalizerEvent, ObjectExt, Recorder, finalizer,
     set_condition,
 };
@@ -21,7 +21,7 @@ use super::access::{Policy, Registry};
 use super::store::{Limits, StorageError, Store};
 
 /// The finalizer the storage host holds until the bucket's data is dealt with.
-pub const FINALIZER: &str = keel_schemas::identity::BUCKET_STORAGE_FINALIZER;
+pub const FINALIZER: &str = keel_schemas::wellknown::BUCKET_STORAGE_FINALIZER;
 /// How often usage is written back and lifecycle rules run.
 const REFRESH: Duration = Duration::from_secs(10);
 

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use base64::Engine;
 use keel_client::Api;
-use keel_controllers::buckets::{ACCESS_KEY, SECRET_KEY};
-use keel_controllers::runtime::{ObjectExt, Store as Cache, watcher};
+use keel_runtime::{ObjectExt, Store as Cache, watcher};
+use keel_schemas::wellknown::{ACCESS_KEY, SECRET_KEY};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use keel_client::Api;
-use keel_controllers::runtime::{ObjectExt, ObjectRef};
+use keel_runtime::{ObjectExt, ObjectRef};
 use keel_schemas::kinds::compute::{ClusterImage, ImageRef, PortForward, VirtualMachineSpec};
 use serde_json::Value;
 
@@ -389,11 +389,8 @@ pub async fn launch(
     // QEMU made the taps: put them on their logical ports.
     let ovs = ctx.shared.config.ovs_addr();
     for (i, tap) in prepared_taps(&boot) {
-        let port = keel_controllers::network::topology::nic_port(
-            key.namespace.as_deref().unwrap_or(""),
-            &key.name,
-            i,
-        );
+        let port =
+            keel_schemas::wellknown::nic_port(key.namespace.as_deref().unwrap_or(""), &key.name, i);
         if let Err(e) = super::ovs::plug(&ovs, &tap, &port, vm.uid()).await {
             let _ = runtime.stop(&key, KILL_PATIENCE).await;
             return Err((

@@ -3,8 +3,8 @@
 //! logical port, so that `ovn-controller` binds them. Spoken over OVSDB to the local
 //! `Open_vSwitch` database, like the network controller speaks to OVN's.
 
-use keel_controllers::ovsdb::data::{map, named, set, string_map, strings, uuid, uuids};
-use keel_controllers::ovsdb::{Ovsdb, OvsdbError};
+use keel_ovsdb::data::{map, named, set, string_map, strings, uuid, uuids};
+use keel_ovsdb::{Ovsdb, OvsdbError};
 use serde_json::{Value, json};
 
 use crate::probe::Capability;

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use keel_controllers::runtime::ObjectRef;
+use keel_runtime::ObjectRef;
 use keel_schemas::kinds::compute::{Accelerator, DiskBus, PortForward, VirtualMachineSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -292,7 +292,7 @@ pub fn changed_fields(old: &Value, new: &Value) -> Vec<String> {
 /// one the network controller puts on the NIC's OVN port (QEMU's locally administered prefix
 /// and three bytes of a hash of the uid and index), stable across restarts and hosts.
 pub fn mac(uid: &str, index: usize) -> String {
-    keel_controllers::network::topology::nic_mac(uid, index)
+    keel_schemas::wellknown::nic_mac(uid, index)
 }
 
 // === impl Machine ===

@@ -17,9 +17,9 @@
 //! while the point covers it, and comes back with it. The point is recorded in
 //! `<vm-dir>/snapshot.json` and reported as `status.snapshot`.
 
-use keel_controllers::rollout::{LAST_GOOD_ANNOTATION, RESTORE_SNAPSHOT_ANNOTATION};
-use keel_controllers::runtime::{EventType, ObjectExt};
+use keel_runtime::{EventType, ObjectExt};
 use keel_schemas::kinds::compute::{DiskSnapshot, VirtualMachineSpec};
+use keel_schemas::wellknown::{LAST_GOOD_ANNOTATION, RESTORE_SNAPSHOT_ANNOTATION};
 use serde_json::{Value, json};
 
 use super::images::{qemu_img, qemu_img_json};

@@ -18,7 +18,7 @@
 
 use serde_json::Value;
 
-use keel_schemas::identity::{BUCKET_STORAGE_FINALIZER, NODE_LEASE_NAMESPACE, VM_HOST_FINALIZER};
+use keel_schemas::wellknown::{BUCKET_STORAGE_FINALIZER, NODE_LEASE_NAMESPACE, VM_HOST_FINALIZER};
 
 use super::cache::Graph;
 use super::rbac::{Attributes, Decision};

@@ -88,7 +88,7 @@ const DOMAIN: &str = "bench.example.";
 const ZONE: &str = "bench";
 const NAMESPACE: &str = "bench";
 /// Where a node's DNS server publishes the address it bound.
-const ENDPOINT_ANNOTATION: &str = "keel.dev/dns-endpoint";
+const ENDPOINT_ANNOTATION: &str = keel_schemas::wellknown::DNS_ENDPOINT_ANNOTATION;
 /// Lines of the dnsperf query file (dnsperf loops over it).
 const QUERY_LINES: usize = 20_000;
 

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use keel_client::{Api, ClientError, Patch};
-use keel_controllers::runtime::{Action, Controller, ObjectExt, watcher};
+use keel_runtime::{Action, Controller, ObjectExt, watcher};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -110,7 +110,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let created = started.elapsed();
     done.wait_for(|n| *n >= args.objects).await?;
     let observed = started.elapsed();
-    let metrics = keel_controllers::runtime::metrics::controller("bench");
+    let metrics = keel_runtime::metrics::controller("bench");
     println!(
         "objects={} creators={} concurrency={}",
         args.objects, args.creators, args.concurrency

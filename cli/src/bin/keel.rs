@@ -971,7 +971,7 @@ async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
 /// The metrics of this process's controllers and its local agent's DNS server, for the API's
 /// `/metrics`.
 fn process_metrics() -> String {
-    keel_controllers::runtime::metrics::render() + &keel_agent::dns::render_metrics()
+    keel_runtime::metrics::render() + &keel_agent::dns::render_metrics()
 }
 
 fn manager_config(identity: &str, t: &ControllerTimings) -> keel_controllers::ManagerConfig {

@@ -25,7 +25,8 @@ fn node(name: &str, ready: bool, serves: bool) -> Arc<Value> {
     let mut n = json!({"metadata": {"name": name, "annotations": {}},
                        "status": {"conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}});
     if serves {
-        n["metadata"]["annotations"][AGENT_ANNOTATION] = json!("true");
+        n["metadata"]["annotations"][keel_schemas::wellknown::LOAD_BALANCER_ANNOTATION] =
+            json!("true");
     }
     Arc::new(n)
 }

@@ -476,7 +476,7 @@ fn backends<'a>(b: &Balancer<'a>, site: &Site<'a>, vip: &str, net: &Network<'a, 
     let checked_by = |ip: &str| {
         on_site
             .get(ip)
-            .map(|n| topology::nic_port(n.namespace, n.vm, n.index))
+            .map(|n| keel_schemas::wellknown::nic_port(n.namespace, n.vm, n.index))
     };
     let v6 = vip.contains(':');
     if let Some(selector) = &b.spec.backends.selector {

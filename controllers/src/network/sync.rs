@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 
 use super::topology::{DesiredRow, KEY};
-use crate::ovsdb::data::{Replica, Row, atoms, named, set, string_map, uuid, uuids};
+use keel_ovsdb::data::{Replica, Row, atoms, named, set, string_map, uuid, uuids};
 
 /// The northbound tables Keel writes, in the order rows may be inserted.
 pub const TABLES: [&str; 12] = [
@@ -162,7 +162,7 @@ fn same(want: &Value, have: Option<&Value>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ovsdb::data::TableUpdates;
+    use keel_ovsdb::data::TableUpdates;
 
     fn desired(
         table: &'static str,

@@ -32,7 +32,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use keel_schemas::kinds::network::{RuleProtocol, SecurityGroupSpec};
 use serde_json::{Value, json};
 
-use crate::ovsdb::data::{map, set};
+use keel_ovsdb::data::{map, set};
+use keel_schemas::wellknown::{mac, nic_port};
 
 /// The external id that names a row Keel owns.
 pub const KEY: &str = "keel-key";
@@ -223,30 +224,6 @@ pub fn name(namespace: &str, object: &str) -> String {
 /// The port group name of a security group (an identifier: OVN makes `$<name>_ip4` of it).
 pub fn group_name(uid: &str) -> String {
     format!("pg_{}", uid.replace('-', "_"))
-}
-
-/// The name of a NIC's logical switch port (the agent sets it as the tap's `iface-id`).
-pub fn nic_port(namespace: &str, vm: &str, index: usize) -> String {
-    format!("keel/{namespace}/{vm}/nic{index}")
-}
-
-/// A locally administered MAC from `seed` (FNV-1a), with `prefix` as its first bytes.
-pub fn mac(seed: &str, prefix: [u8; 3]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in seed.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    let b = h.to_be_bytes();
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        prefix[0], prefix[1], prefix[2], b[0], b[1], b[2]
-    )
-}
-
-/// The MAC of NIC `index` of the VM with `uid` (QEMU's 52:54:00 prefix).
-pub fn nic_mac(uid: &str, index: usize) -> String {
-    mac(&format!("{uid}/{index}"), [0x52, 0x54, 0x00])
 }
 
 /// The rows `world` asks for, in the order a transaction may insert them (rows referred to

@@ -260,6 +260,16 @@ pub enum ListenerProtocol {
     Udp,
 }
 
+impl ListenerProtocol {
+    /// `TCP` or `UDP`, as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerProtocol::Tcp => "TCP",
+            ListenerProtocol::Udp => "UDP",
+        }
+    }
+}
+
 /// Backends of a load balancer: exactly one field is set.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

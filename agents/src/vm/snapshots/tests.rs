@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use keel_controllers::runtime::ObjectRef;
+use keel_runtime::ObjectRef;
 
 use super::*;
 

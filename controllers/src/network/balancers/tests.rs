@@ -27,7 +27,7 @@ fn nic<'a>(vm: &'a str, subnet_uid: &'a str, ip: &str) -> NicRows<'a> {
         vm_uid: vm,
         index: 0,
         subnet_uid,
-        mac: topology::nic_mac(vm, 0),
+        mac: keel_schemas::wellknown::nic_mac(vm, 0),
         ip: ip.into(),
         groups: Vec::new(),
     }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use keel_e2e::ovn::Ovn;
 
-use keel_controllers::ovsdb::data::{Replica, named, set, strings, uuid};
-use keel_controllers::ovsdb::{Ovsdb, OvsdbError};
+use keel_ovsdb::data::{Replica, named, set, strings, uuid};
+use keel_ovsdb::{Ovsdb, OvsdbError};
 use serde_json::json;
 
 #[tokio::test]

@@ -1,0 +1,71 @@
+//! Every name Keel's processes share, in one place: annotations, labels, finalizers,
+//! condition types, Secret keys, and how OVN rows and MACs are named. A name written by one
+//! crate and read by another lives here, so that both spell it the same way.
+
+// === Annotations ===
+
+/// A Node's: the S3 endpoint of its storage role (`https://ip:port`).
+pub const S3_ENDPOINT_ANNOTATION: &str = "keel.dev/s3-endpoint";
+/// A Node's: its DNS server's address (`ip:port`).
+pub const DNS_ENDPOINT_ANNOTATION: &str = "keel.dev/dns-endpoint";
+/// A Node's: what its DNS server serves, `{"ns/zone": {"serial": N, "error": ".."}}`.
+pub const DNS_ZONES_ANNOTATION: &str = "keel.dev/dns-zones";
+/// A Node's: `"true"` when its agent serves load balancers.
+pub const LOAD_BALANCER_ANNOTATION: &str = "keel.dev/load-balancer";
+/// A stateful object's (a VM's): the snapshot (its `status.snapshot.name`) its node
+/// restores before it applies the spec a rollback restored.
+pub const RESTORE_SNAPSHOT_ANNOTATION: &str = "keel.dev/restore-snapshot";
+/// A stateful object's: the generation of its newest healthy revision; its node keeps no
+/// rollback point older than that.
+pub const LAST_GOOD_ANNOTATION: &str = "keel.dev/last-good-generation";
+
+// === Finalizers ===
+
+/// The finalizer a VM's host holds until it has removed the VM's guest and files.
+pub const VM_HOST_FINALIZER: &str = "keel.dev/vm-host";
+/// The finalizer a Bucket's storage host holds until its data is dealt with.
+pub const BUCKET_STORAGE_FINALIZER: &str = "keel.dev/bucket-storage";
+
+// === Namespaces ===
+
+/// The namespace of the nodes' heartbeat Leases.
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+
+// === Condition types ===
+
+/// The Node condition a DNS server keeps True while its zone data is current.
+pub const DNS_SYNCED: &str = "DNSZonesSynced";
+
+// === Secret keys ===
+
+/// The key of a bucket's access key id in its credentials Secret (the AWS CLI's
+/// environment name).
+pub const ACCESS_KEY: &str = "AWS_ACCESS_KEY_ID";
+/// The key of a bucket's secret access key in its credentials Secret.
+pub const SECRET_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+
+// === OVN ===
+
+/// The name of a NIC's logical switch port (the agent sets it as the tap's `iface-id`).
+pub fn nic_port(namespace: &str, vm: &str, index: usize) -> String {
+    format!("keel/{namespace}/{vm}/nic{index}")
+}
+
+/// A locally administered MAC from `seed` (FNV-1a), with `prefix` as its first bytes.
+pub fn mac(seed: &str, prefix: [u8; 3]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in seed.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = h.to_be_bytes();
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        prefix[0], prefix[1], prefix[2], b[0], b[1], b[2]
+    )
+}
+
+/// The MAC of NIC `index` of the VM with `uid` (QEMU's 52:54:00 prefix).
+pub fn nic_mac(uid: &str, index: usize) -> String {
+    mac(&format!("{uid}/{index}"), [0x52, 0x54, 0x00])
+}
