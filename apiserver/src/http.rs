@@ -15,8 +15,9 @@
 //! `Table` with each kind's columns, metadata only), `protobuf` (the bodies kubectl's
 //! generators send), `reviews` (access and token reviews), `credentials` (join, node
 //! certificates, TokenRequest, OpenID discovery), `bootstrap` (the default RBAC policy and
-//! re-encryption of Secrets), `discovery`, `openapi` (OpenAPI v3 from the schemas), `status`
-//! (errors).
+//! re-encryption of Secrets), `discovery`, `openapi` (OpenAPI v3 from the schemas), `quota`
+//! (ResourceQuota admission), `limits` (LimitRange admission), `tenancy` (what a namespace's
+//! objects may name), `status` (errors).
 
 mod access;
 mod attributes;
@@ -25,6 +26,7 @@ mod collection;
 mod credentials;
 mod discovery;
 mod guard;
+mod limits;
 mod logs;
 mod meta;
 mod metrics;

@@ -1029,3 +1029,194 @@ async fn reads_come_as_tables_or_metadata_as_accepted() {
     assert_eq!(names, ["a", "b"]);
     server.shutdown().await;
 }
+
+const VM: &str = "/apis/keel.dev/v1alpha1/namespaces/default/virtualmachines";
+const BUCKET: &str = "/apis/keel.dev/v1alpha1/namespaces/default/buckets";
+
+/// A LimitRange fills in what a VM or Bucket leaves out before it is validated, shown by a dry
+/// run and charged to a quota; and every write path — create, PUT, merge, JSON and strategic
+/// patch — is refused with 403 naming the LimitRange when it sets a value past a bound, with
+/// nothing stored. A `/status` write cannot carry a spec past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_ranges_default_and_bound_every_write_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let c = client(&server);
+    let vm = |name: &str, spec: Value| {
+        let mut spec = spec;
+        spec["kernel"] = json!("guest-kernel");
+        json!({"apiVersion": "keel.dev/v1alpha1", "kind": "VirtualMachine", "metadata": {"name": name}, "spec": spec})
+    };
+    // Without a LimitRange a VM still needs its CPUs and memory.
+    let (code_, _, status) = code(c.post(VM, &vm("bare", json!({}))).await.unwrap_err());
+    assert_eq!(
+        (code_, fields(&status)),
+        (422, vec!["spec.cpu".to_string(), "spec.memory".to_string()])
+    );
+    let limits = json!({"apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "limits"},
+        "spec": {"limits": [
+            {"type": "VirtualMachine", "default": {"cpu": "1", "memory": "256Mi"}, "max": {"cpu": "2", "memory": "1Gi"}},
+            {"type": "Disk", "default": {"storage": "5Gi"}, "max": {"storage": "20Gi"}},
+            {"type": "Bucket", "default": {"storage": "1Gi"}, "max": {"storage": "10Gi"}}]}});
+    c.post("/api/v1/namespaces/default/limitranges", &limits)
+        .await
+        .unwrap();
+
+    // A dry run shows the defaults and stores nothing.
+    let before = server.raft().store().revisions().current;
+    let planned = c
+        .post(
+            &format!("{VM}?dryRun=All"),
+            &vm("small", json!({"disks": [{"name": "data"}]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(planned["spec"]["cpu"], 1);
+    assert_eq!(planned["spec"]["memory"], "256Mi");
+    assert_eq!(planned["spec"]["disks"][0]["size"], "5Gi");
+    assert_eq!(server.raft().store().revisions().current, before);
+    let small = c
+        .post(VM, &vm("small", json!({"disks": [{"name": "data"}]})))
+        .await
+        .unwrap();
+    assert_eq!(
+        (&small["spec"]["cpu"], &small["spec"]["memory"]),
+        (&json!(1), &json!("256Mi"))
+    );
+    assert_eq!(
+        c.get(&format!("{VM}/small")).await.unwrap()["spec"],
+        small["spec"]
+    );
+
+    // Over max: refused with Kubernetes' words, naming the LimitRange; nothing stored.
+    let (code_, reason, status) = code(
+        c.post(VM, &vm("big", json!({"cpu": 4, "memory": "2Gi"})))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code_, reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        status["message"],
+        "virtualmachines.keel.dev \"big\" is forbidden: maximum cpu per VirtualMachine is 2, but spec.cpu is 4 (LimitRange \"limits\"); maximum memory per VirtualMachine is 1Gi, but spec.memory is 2Gi (LimitRange \"limits\")"
+    );
+    assert_eq!(code(c.get(&format!("{VM}/big")).await.unwrap_err()).0, 404);
+
+    // Every way of changing the VM is held to the same bounds.
+    let item = format!("{VM}/small");
+    let before = server.raft().store().revisions().current;
+    let mut put = small.clone();
+    put["spec"]["cpu"] = json!(3);
+    let strategic = json!({"spec": {"disks": [{"name": "data", "size": "21Gi"}]}});
+    let attempts = [
+        ("PUT", c.put(&item, &put).await),
+        (
+            "merge",
+            c.patch(
+                &item,
+                "application/merge-patch+json",
+                &json!({"spec": {"cpu": 4}}),
+            )
+            .await,
+        ),
+        (
+            "json",
+            c.patch(
+                &item,
+                "application/json-patch+json",
+                &json!([{"op": "add", "path": "/spec/disks/-", "value": {"name": "more", "size": "30Gi"}}]),
+            )
+            .await,
+        ),
+        (
+            "strategic",
+            c.patch(&item, "application/strategic-merge-patch+json", &strategic)
+                .await,
+        ),
+    ];
+    for (how, result) in attempts {
+        let (code_, _, status) = code(result.unwrap_err());
+        let message = status["message"].as_str().unwrap();
+        assert_eq!(code_, 403, "{how}: {message}");
+        assert!(
+            message.contains("(LimitRange \"limits\")"),
+            "{how}: {message}"
+        );
+    }
+    // The status subresource keeps the spec as it is, whatever the body says.
+    let mut status_write = small.clone();
+    status_write["spec"]["cpu"] = json!(8);
+    status_write["status"] = json!({"phase": "Pending"});
+    let written = c
+        .put(&format!("{item}/status"), &status_write)
+        .await
+        .unwrap();
+    assert_eq!(written["spec"]["cpu"], 1);
+    let stored = c.get(&item).await.unwrap();
+    assert_eq!(stored["spec"], small["spec"]);
+    assert!(server.raft().store().revisions().current <= before + 1);
+    // Dropping the CPUs brings the default back: nothing changes.
+    let same = c
+        .patch(
+            &item,
+            "application/merge-patch+json",
+            &json!({"spec": {"cpu": null}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (&same["spec"]["cpu"], &same["metadata"]["generation"]),
+        (&json!(1), &json!(1))
+    );
+    // Within the bounds, a change goes through.
+    let grown = c
+        .patch(
+            &item,
+            "application/merge-patch+json",
+            &json!({"spec": {"cpu": 2}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(grown["spec"]["cpu"], 2);
+
+    // The defaults are what a quota charges.
+    let quota = json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "cpus"},
+        "spec": {"hard": {"requests.cpu": "2"}}});
+    c.post("/api/v1/namespaces/default/resourcequotas", &quota)
+        .await
+        .unwrap();
+    let (code_, _, status) = code(c.post(VM, &vm("third", json!({}))).await.unwrap_err());
+    assert_eq!(code_, 403);
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("exceeded quota: cpus, requested: requests.cpu=1, used: requests.cpu=2"),
+        "{status}"
+    );
+
+    // Buckets: a byte quota by default, and none past max.
+    let bucket = |name: &str, spec: Value| json!({"apiVersion": "keel.dev/v1alpha1", "kind": "Bucket", "metadata": {"name": name}, "spec": spec});
+    let made = c.post(BUCKET, &bucket("assets", json!({}))).await.unwrap();
+    assert_eq!(made["spec"]["quota"]["bytes"], "1Gi");
+    let (code_, _, status) = code(
+        c.post(BUCKET, &bucket("huge", json!({"quota": {"bytes": "1Ti"}})))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code_, 403);
+    assert_eq!(
+        status["message"],
+        "buckets.keel.dev \"huge\" is forbidden: maximum storage per Bucket is 10Gi, but spec.quota.bytes is 1Ti (LimitRange \"limits\")"
+    );
+    let (code_, _, _) = code(
+        c.patch(
+            &format!("{BUCKET}/assets"),
+            "application/merge-patch+json",
+            &json!({"spec": {"quota": {"bytes": "11Gi"}}}),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(code_, 403);
+    server.shutdown().await;
+}

@@ -342,6 +342,184 @@ async fn a_namespace_quota_caps_vms_and_cpus_and_frees_with_a_delete() {
     );
 }
 
+/// LimitRange: an admin gives namespace `shop` per-object defaults and bounds. The editor's VM
+/// that leaves out its CPUs and memory gets the defaults; a VM, a disk and a Bucket over max,
+/// and a patch or apply that takes a VM over max, are refused with 403 naming the LimitRange,
+/// and nothing of them is stored. The editor reads the LimitRange and cannot create, patch or
+/// delete one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_limit_range_fills_in_and_bounds_vms_and_buckets() {
+    let root = tempfile::tempdir().unwrap();
+    let mut server = KeelServer::new(root.path(), "limits");
+    server.start(&["--disable-agent"]);
+    let client = server.ready_client(WAIT).await;
+    let admin = server.data_dir.join("admin.kubeconfig");
+    let editor = editor_of_shop(&admin, root.path(), "ed");
+    let limits = "apiVersion: v1\nkind: LimitRange\nmetadata: {name: limits, namespace: shop}\nspec:\n  limits:\n  - type: VirtualMachine\n    default: {cpu: \"1\", memory: 256Mi}\n    max: {cpu: \"2\", memory: 1Gi}\n  - type: Disk\n    max: {storage: 20Gi}\n  - type: Bucket\n    default: {storage: 1Gi}\n    max: {storage: 10Gi}\n";
+    let out = kubectl(&admin, &["apply", "-f", "-"], Some(limits));
+    assert!(out.status.success(), "{out:?}");
+
+    // The tenant reads its limits, and cannot change, remove or add to them.
+    let out = kubectl(&editor, &["get", "limits", "-n", "shop"], None);
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{out:?}");
+    let header = table.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with("NAME") && header.contains("CREATED AT"),
+        "{table}"
+    );
+    assert!(table.contains("\nlimits "), "{table}");
+    let raise = limits.replace("cpu: \"2\"", "cpu: \"64\"");
+    let own = limits.replace("name: limits", "name: mine");
+    let lift = "{\"spec\":{\"limits\":[]}}";
+    for (what, args, stdin) in [
+        (
+            "apply over it",
+            vec!["apply", "-f", "-"],
+            Some(raise.as_str()),
+        ),
+        ("add one", vec!["apply", "-f", "-"], Some(own.as_str())),
+        (
+            "patch it",
+            vec![
+                "patch",
+                "limitrange",
+                "limits",
+                "-n",
+                "shop",
+                "--type=merge",
+                "-p",
+                lift,
+            ],
+            None,
+        ),
+        (
+            "delete it",
+            vec!["delete", "limits", "limits", "-n", "shop"],
+            None,
+        ),
+    ] {
+        let out = kubectl(&editor, &args, stdin);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "the editor could {what}");
+        assert!(
+            err.contains("limitranges") && err.contains("forbidden"),
+            "{what}: {err}"
+        );
+    }
+    let ranges: Api<Value> = Api::namespaced(&client, kind("limitranges"), "shop");
+    let kept = ranges.get("limits").await.unwrap();
+    assert_eq!(kept["spec"]["limits"][0]["max"]["cpu"], "2", "{kept}");
+    assert!(ranges.get("mine").await.is_err());
+
+    // A VM that leaves out its CPUs and memory gets the defaults.
+    let vm = |name: &str, extra: &str| {
+        format!(
+            "apiVersion: keel.dev/v1alpha1\nkind: VirtualMachine\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  kernel: test-guest-kernel\n  runStrategy: Halted\n{extra}"
+        )
+    };
+    let out = kubectl(&editor, &["apply", "-f", "-"], Some(&vm("small", "")));
+    assert!(out.status.success(), "{out:?}");
+    let vms: Api<Value> = Api::namespaced(&client, kind("vm"), "shop");
+    let small = vms.get("small").await.unwrap();
+    assert_eq!(
+        (&small["spec"]["cpu"], &small["spec"]["memory"]),
+        (&Value::from(1), &Value::from("256Mi")),
+        "{small}"
+    );
+
+    // Over max: refused, naming the field, the bound and the LimitRange; nothing stored.
+    let refused = |yaml: String, said: &str| {
+        let out = kubectl(&editor, &["apply", "-f", "-"], Some(&yaml));
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "admitted: {yaml}");
+        assert!(err.contains(said), "{err}");
+    };
+    refused(
+        vm("big", "  cpu: 4\n  memory: 512Mi\n"),
+        "virtualmachines.keel.dev \"big\" is forbidden: maximum cpu per VirtualMachine is 2, but spec.cpu is 4 (LimitRange \"limits\")",
+    );
+    refused(
+        vm("disky", "  disks: [{name: data, size: 50Gi}]\n"),
+        "maximum storage per Disk is 20Gi, but spec.disks[0].size is 50Gi (LimitRange \"limits\")",
+    );
+    // A disk from an image is as large as the image: under a max, it must say its size.
+    refused(
+        vm("imaged", "  disks: [{name: root, image: debian-12}]\n"),
+        "spec.disks[0].size is not set",
+    );
+    for name in ["big", "disky", "imaged"] {
+        assert!(vms.get(name).await.is_err(), "{name} was stored");
+    }
+    let bucket = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: keel.dev/v1alpha1\nkind: Bucket\nmetadata: {{name: {name}, namespace: shop}}\nspec: {spec}\n"
+        )
+    };
+    refused(
+        bucket("huge", "{quota: {bytes: 1Ti}}"),
+        "buckets.keel.dev \"huge\" is forbidden: maximum storage per Bucket is 10Gi, but spec.quota.bytes is 1Ti (LimitRange \"limits\")",
+    );
+    let out = kubectl(
+        &editor,
+        &["apply", "-f", "-"],
+        Some(&bucket("assets", "{}")),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let buckets: Api<Value> = Api::namespaced(&client, kind("buckets"), "shop");
+    let assets = buckets.get("assets").await.unwrap();
+    assert_eq!(assets["spec"]["quota"]["bytes"], "1Gi", "{assets}");
+
+    // Changing the VM past max is refused whichever way it is written.
+    let out = kubectl(
+        &editor,
+        &[
+            "patch",
+            "vm",
+            "small",
+            "-n",
+            "shop",
+            "--type=merge",
+            "-p",
+            "{\"spec\":{\"cpu\":4}}",
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "a patch took the VM past max");
+    assert!(
+        err.contains(
+            "maximum cpu per VirtualMachine is 2, but spec.cpu is 4 (LimitRange \"limits\")"
+        ),
+        "{err}"
+    );
+    refused(
+        vm("small", "  cpu: 3\n"),
+        "maximum cpu per VirtualMachine is 2, but spec.cpu is 3",
+    );
+    let out = kubectl(
+        &editor,
+        &[
+            "patch",
+            "vm",
+            "small",
+            "-n",
+            "shop",
+            "--type=json",
+            "-p",
+            "[{\"op\":\"replace\",\"path\":\"/spec/memory\",\"value\":\"2Gi\"}]",
+        ],
+        None,
+    );
+    assert!(!out.status.success(), "a JSON patch took the VM past max");
+    let small = vms.get("small").await.unwrap();
+    assert_eq!(
+        (&small["spec"]["cpu"], &small["spec"]["memory"]),
+        (&Value::from(1), &Value::from("256Mi")),
+        "{small}"
+    );
+}
+
 /// LoadBalancers: a tenant's VIPs come from the cluster's pool, its Subnets or ranges an
 /// admin granted; its address backends from its Subnets or granted ranges — never the host's
 /// loopback (the agent's port 10250), every address, or the metadata address. A tenant

@@ -329,6 +329,13 @@ static RESOURCE_QUOTA: &[Column] = &[text(
     },
 )];
 
+/// As Kubernetes prints LimitRanges: when it was made (Keel's `Age` follows, as everywhere).
+static LIMIT_RANGE: &[Column] = &[text(
+    "Created At",
+    "When the LimitRange was made (metadata.creationTimestamp).",
+    |o| at(o, "metadata.creationTimestamp"),
+)];
+
 static USER_TOKEN: &[Column] = &[
     text("User", "The user the token authenticates.", |o| {
         at(o, "spec.user")
@@ -370,6 +377,7 @@ pub fn kind_columns(kind: &Kind) -> &'static [Column] {
         "RoleBinding" | "ClusterRoleBinding" => BINDING,
         "UserToken" => USER_TOKEN,
         "ResourceQuota" => RESOURCE_QUOTA,
+        "LimitRange" => LIMIT_RANGE,
         "ClusterImage" => CLUSTER_IMAGE,
         _ => &[],
     }

@@ -17,6 +17,8 @@
 //! - [`mod@validate`]: schema and semantic validation, immutable fields.
 //! - [`defaults`]: defaulting from the schemas' `default`s plus computed defaults.
 //! - [`kinds`]: typed structs per kind group.
+//! - [`quota`], [`limits`]: ResourceQuota and LimitRange arithmetic (what admission charges,
+//!   defaults and bounds).
 //! - [`columns`]: the columns of each kind's table (`kubectl get`, `keelctl get`).
 //! - [`identity`]: the user and group names authentication and RBAC give meaning to.
 //! - [`wellknown`]: the names Keel's processes share (annotations, labels, finalizers,
@@ -28,6 +30,7 @@ pub mod columns;
 pub mod defaults;
 pub mod identity;
 pub mod kinds;
+pub mod limits;
 pub mod names;
 pub mod net;
 pub mod quantity;

@@ -19,6 +19,9 @@ const SUFFIXES: &[(&str, u128)] = &[
     ("Ei", 1 << 60),
 ];
 
+/// What a byte quantity must look like, as errors say it.
+pub const BYTES_RULE: &str = "must be a byte quantity: a number with an optional suffix Ki, Mi, Gi, Ti, Pi, Ei, k, M, G, T, P or E (512Mi, 1Gi, 10G)";
+
 /// The number of bytes a quantity stands for: digits with an optional decimal fraction, then
 /// an optional suffix, binary (`Ki`, `Mi`, `Gi`, `Ti`, `Pi`, `Ei`: powers of 1024) or decimal
 /// (`k`, `M`, `G`, `T`, `P`, `E`: powers of 1000). `None` for anything else, and for a fraction

@@ -143,6 +143,13 @@ static REGISTRY: &[Kind] = &[
         Scope::Namespaced,
     ),
     core(
+        "LimitRange",
+        "limitranges",
+        "limitrange",
+        &["limits"],
+        Scope::Namespaced,
+    ),
+    core(
         "ServiceAccount",
         "serviceaccounts",
         "serviceaccount",

@@ -85,6 +85,12 @@ static SOURCES: &[Source] = &[
     ),
     k8s(
         "",
+        "LimitRange",
+        include_str!("../limitrange.schema.json"),
+        false,
+    ),
+    k8s(
+        "",
         "ServiceAccount",
         include_str!("../serviceaccount.schema.json"),
         true,

@@ -164,6 +164,7 @@ fn round_trip(kind: &Kind, value: &Value) -> Value {
         "ConfigMap" => via::<core::ConfigMap>(value),
         "Lease" => via::<core::Lease>(value),
         "ResourceQuota" => via::<core::ResourceQuota>(value),
+        "LimitRange" => via::<core::LimitRange>(value),
         "ServiceAccount" => via::<core::ServiceAccount>(value),
         "Role" => via::<access::Role>(value),
         "ClusterRole" => via::<access::ClusterRole>(value),

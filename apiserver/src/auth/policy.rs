@@ -124,14 +124,14 @@ fn tenant_roles() -> Vec<Value> {
         &["events", "namespaces", "namespaces/status"],
     ));
     // edit: write every tenant kind (Secrets included) but Revisions, which the rollout
-    // controller keeps, and ResourceQuotas, which cluster admins set; act as the namespace's
-    // service accounts.
+    // controller keeps, and ResourceQuotas and LimitRanges, which cluster admins set; act as
+    // the namespace's service accounts.
     let mut edit = Vec::new();
     for (g, resources) in tenant_resources(true) {
         let writable: Vec<&str> = resources
             .iter()
             .copied()
-            .filter(|r| !matches!(*r, "revisions" | "resourcequotas"))
+            .filter(|r| !matches!(*r, "revisions" | "resourcequotas" | "limitranges"))
             .collect();
         edit.push(rule(&WRITE, &[g], &writable));
     }
@@ -536,6 +536,18 @@ mod tests {
             &ed,
             &res("update", KEEL_GROUP, "revisions", "shop")
         ));
+        // A namespace's quotas and limits are the cluster admins': its own admin reads them.
+        for resource in ["resourcequotas", "limitranges"] {
+            for verb in ["create", "update", "patch", "delete", "deletecollection"] {
+                for user in [&ann, &ed] {
+                    let a = res(verb, "", resource, "shop");
+                    assert!(!allowed(&o, user, &a), "{verb} {resource}");
+                }
+            }
+            for user in [&ann, &ed, &vic] {
+                assert!(allowed(&o, user, &res("list", "", resource, "shop")));
+            }
+        }
         // Everyone may discover and ask; nobody anonymous may read objects.
         let anon = UserInfo::anonymous();
         assert!(allowed(

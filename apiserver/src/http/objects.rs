@@ -3,9 +3,11 @@
 
 use serde_json::{Value, json};
 
+use keel_schemas::limits::Limits;
 use keel_schemas::{Kind, Scope, lookup, storage_key};
 
 use super::Api;
+use super::limits::check_limits;
 use super::meta::{self, finalizers, meta_str, set_resource_version};
 use super::request::{Target, parse_rv};
 use super::status::{ApiError, ApiResult};
@@ -148,7 +150,12 @@ impl Api {
         if kind.kind == "Namespace" {
             object["status"] = json!({"phase": "Active"});
         }
+        // A namespace's LimitRanges fill in what the object leaves out before it is validated
+        // (and charged to quotas), then bound what it sets.
+        let limits = self.limits(kind, namespace.as_deref()).await?;
+        limits.fill_defaults(kind, None, &mut object);
         admission::admit_create(kind, &mut object)?;
+        check_limits(&limits, kind, None, &object)?;
         self.check_references(kind, namespace.as_deref(), &object)
             .await?;
         let key = self.key(kind, namespace.as_deref(), &name)?;
@@ -363,6 +370,14 @@ impl Api {
                 }
             }
             set_resource_version(&mut next, current.mod_revision);
+            // LimitRanges judge only what a write changes in the spec: a status or metadata
+            // write (a finalizer, a label) leaves it as it was admitted.
+            let limits = if spec_of(&next) == spec_of(&current.object) {
+                Limits::default()
+            } else {
+                self.limits(kind, t.namespace.as_deref()).await?
+            };
+            limits.fill_defaults(kind, Some(&current.object), &mut next);
             admission::admit_update(kind, &current.object, &mut next)?;
             // After defaulting: a write that only leaves out defaulted fields changes nothing.
             let spec_changed = spec_of(&next) != spec_of(&current.object);
@@ -381,6 +396,7 @@ impl Api {
             // Rules that read other objects judge a spec; a status or metadata write leaves
             // it as it was admitted (a VPC that came later does not lock its Subnets' status).
             if spec_changed {
+                check_limits(&limits, kind, Some(&current.object), &next)?;
                 self.check_references(kind, t.namespace.as_deref(), &next)
                     .await?;
             }

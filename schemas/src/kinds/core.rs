@@ -1,6 +1,6 @@
-//! The Kubernetes kinds Keel serves: Namespace, Node, Pod, Service, Event, Secret, ConfigMap
-//! (`v1`) and Lease (`coordination.k8s.io/v1`), as the subset of their Kubernetes shapes Keel
-//! uses. Unlike Keel's kinds they accept (and drop) fields they do not model.
+//! The Kubernetes kinds Keel serves: Namespace, Node, Pod, Service, Event, Secret, ConfigMap,
+//! ResourceQuota, LimitRange, ServiceAccount (`v1`) and Lease (`coordination.k8s.io/v1`), as
+//! the subset of their Kubernetes shapes Keel uses. Unlike Keel's kinds they accept (and drop) fields they do not model.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +19,8 @@ pub type Pod = Object<PodSpec, PodStatus>;
 pub type Service = Object<ServiceSpec, ServiceStatus>;
 /// A namespace's quota (`resourcequota.schema.json`).
 pub type ResourceQuota = Object<ResourceQuotaSpec, ResourceQuotaStatus>;
+/// A namespace's per-object defaults and bounds (`limitrange.schema.json`); it has no status.
+pub type LimitRange = Object<LimitRangeSpec, Value>;
 /// A lease (`lease.schema.json`); it has no status, and its spec is optional.
 pub type Lease = Object<Option<LeaseSpec>, Value>;
 
@@ -29,6 +31,7 @@ kind_spec!(
     ServiceSpec => "Service",
     Option<LeaseSpec> => "Lease",
     ResourceQuotaSpec => "ResourceQuota",
+    LimitRangeSpec => "LimitRange",
 );
 
 /// A quota's limits.
@@ -50,6 +53,47 @@ pub struct ResourceQuotaStatus {
     /// The use.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub used: BTreeMap<String, Quantity>,
+}
+
+/// A LimitRange's items ([`crate::limits`] applies them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitRangeSpec {
+    /// One item per type of object limited.
+    pub limits: Vec<LimitRangeItem>,
+}
+
+/// The defaults and bounds of one type of object. Kubernetes' `maxLimitRequestRatio` is not
+/// modelled: validation refuses it (the types Keel limits have no request apart from a limit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitRangeItem {
+    /// What is limited.
+    #[serde(rename = "type")]
+    pub type_: LimitType,
+    /// Values an object gets when it leaves them out.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub default: BTreeMap<String, Quantity>,
+    /// The same as `default` for these types (accepted for Kubernetes' sake).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub default_request: BTreeMap<String, Quantity>,
+    /// The least an object may have.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub min: BTreeMap<String, Quantity>,
+    /// The most an object may have.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub max: BTreeMap<String, Quantity>,
+}
+
+/// What a LimitRange item limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LimitType {
+    /// A VirtualMachine: `cpu` (`spec.cpu`, whole virtual CPUs) and `memory` (`spec.memory`).
+    VirtualMachine,
+    /// Each disk of a VirtualMachine: `storage` (`spec.disks[].size`).
+    Disk,
+    /// A Bucket: `storage` (its byte quota, `spec.quota.bytes`).
+    Bucket,
 }
 
 /// Desired state of a namespace.
@@ -617,6 +661,39 @@ impl ConfigMap {
             kind,
             metadata,
             ..Self::default()
+        }
+    }
+}
+
+// === impl LimitType ===
+
+impl LimitType {
+    /// Every type, in the order errors list them.
+    pub const ALL: [LimitType; 3] = [
+        LimitType::VirtualMachine,
+        LimitType::Disk,
+        LimitType::Bucket,
+    ];
+
+    /// The type a LimitRange item names (`VirtualMachine`), if Keel limits it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// Its name in a LimitRange (`VirtualMachine`).
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitType::VirtualMachine => "VirtualMachine",
+            LimitType::Disk => "Disk",
+            LimitType::Bucket => "Bucket",
+        }
+    }
+
+    /// The resources an item of this type may name.
+    pub fn resources(self) -> &'static [&'static str] {
+        match self {
+            LimitType::VirtualMachine => &["cpu", "memory"],
+            LimitType::Disk | LimitType::Bucket => &["storage"],
         }
     }
 }

@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::FieldError;
 use super::schema_errors::child;
 use crate::names;
-use crate::quantity::quantity_of;
+use crate::quantity::{BYTES_RULE, quantity_of};
 use crate::registry::{KEEL_GROUP, Kind, RBAC_GROUP};
 
 mod access;
@@ -57,6 +57,7 @@ pub(super) fn check(kind: &Kind, object: &Value, errors: &mut Vec<FieldError>) {
         ("", "ConfigMap") => core::config_map(&root, errors),
         ("", "Node") => core::node(spec, errors),
         ("", "ResourceQuota") => core::resource_quota(spec, errors),
+        ("", "LimitRange") => core::limit_range(spec, errors),
         (RBAC_GROUP, "Role") => access::role(&root, true, errors),
         (RBAC_GROUP, "ClusterRole") => access::role(&root, false, errors),
         (RBAC_GROUP, "RoleBinding") => access::binding(&root, true, errors),
@@ -149,9 +150,7 @@ pub(super) fn quantity(field: Option<Field<'_>>, min: u128, errors: &mut Vec<Fie
         return;
     };
     match quantity_of(f.value) {
-        None => errors.push(f.invalid(
-            "must be a byte quantity: a number with an optional suffix Ki, Mi, Gi, Ti, Pi, Ei, k, M, G, T, P or E (512Mi, 1Gi, 10G)",
-        )),
+        None => errors.push(f.invalid(BYTES_RULE)),
         Some(bytes) if bytes < min => {
             errors.push(f.invalid(&format!("must be at least {}", show_bytes(min))));
         }

@@ -234,3 +234,32 @@ fn set_once_fields_may_be_set_but_not_changed_or_removed() {
         "the gateway may move"
     );
 }
+
+#[test]
+fn limit_ranges_say_what_keel_limits_and_why_not_the_rest() {
+    let e = errors(
+        "limitranges",
+        json!({"limits": [
+            {"type": "Container", "max": {"cpu": "2"}},
+            {"type": "VirtualMachine", "maxLimitRequestRatio": {"cpu": "2"},
+             "default": {"cpu": "0", "memory": "8Mi"}, "max": {"cpu": "1500m"}},
+            {"type": "Disk", "default": {"storage": "30Gi"}, "defaultRequest": {"storage": "30Gi"},
+             "max": {"storage": "20Gi"}},
+        ]}),
+    );
+    let text: Vec<String> = e.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        text,
+        [
+            r#"spec.limits[0].type: Unsupported value: "Container": supported values: "VirtualMachine", "Disk", "Bucket" (Keel limits VMs, their disks and buckets; it runs no containers, so Container, Pod and PersistentVolumeClaim have nothing to limit)"#,
+            r#"spec.limits[1].default[cpu]: Invalid value: "0": a VirtualMachine has 1 to 256 CPUs"#,
+            r#"spec.limits[1].default[memory]: Invalid value: "8Mi": a VirtualMachine's memory must be at least 16Mi"#,
+            "spec.limits[1].maxLimitRequestRatio: Forbidden: a VirtualMachine, a Disk and a Bucket have one amount of each resource, not a request and a limit apart: there is no ratio to bound",
+            r#"spec.limits[1].max[cpu]: Invalid value: "1500m": a VirtualMachine has whole virtual CPUs: write 1, 2, 1000m, 2000m"#,
+            r#"spec.limits[2].defaultRequest[storage]: Invalid value: "30Gi": default request value 30Gi is greater than max value 20Gi"#,
+            r#"spec.limits[2].default[storage]: Invalid value: "30Gi": default value 30Gi is greater than max value 20Gi"#,
+        ]
+    );
+    assert_eq!(errors("limitranges", json!({"limits": []})), []);
+    assert_eq!(paths(&errors("limitranges", json!({}))), ["spec.limits"]);
+}

@@ -7,8 +7,8 @@ use crate::names;
 use crate::net::is_unicast_mac;
 use crate::validate::FieldError;
 
-const MIN_MEMORY: u128 = 16 << 20;
-const MIN_DISK: u128 = 1 << 20;
+pub(super) const MIN_MEMORY: u128 = 16 << 20;
+pub(super) const MIN_DISK: u128 = 1 << 20;
 
 pub(super) fn virtual_machine(spec: Option<&Field<'_>>, errors: &mut Vec<FieldError>) {
     let Some(spec) = spec else { return };

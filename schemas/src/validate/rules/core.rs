@@ -1,13 +1,21 @@
-//! Rules for the Kubernetes kinds: Pods, Services, Nodes, Secrets and ConfigMaps.
+//! Rules for the Kubernetes kinds: Pods, Services, Nodes, Secrets, ConfigMaps, ResourceQuotas
+//! and LimitRanges.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
+use super::compute::{MIN_DISK, MIN_MEMORY};
 use super::network::network_cidr;
-use super::{Field, LABEL_RULE, SUBDOMAIN_RULE, label_map, unique};
+use super::{Field, LABEL_RULE, SUBDOMAIN_RULE, label_map, show_bytes, unique};
+use crate::kinds::core::LimitType;
+use crate::limits::{parse_amount, show};
 use crate::names;
 use crate::validate::FieldError;
+
+/// The most virtual CPUs a VM may have (`virtualmachine.schema.json` says it too).
+const MAX_CPUS: u128 = 256;
 
 pub(super) fn pod(spec: Option<&Field<'_>>, errors: &mut Vec<FieldError>) {
     let Some(spec) = spec else { return };
@@ -144,4 +152,142 @@ pub(super) fn resource_quota(spec: Option<&Field<'_>>, errors: &mut Vec<FieldErr
             errors.push(amount.invalid("must be a quantity (2, 500m, 10Gi)"));
         }
     }
+}
+
+/// A LimitRange: each item names a type Keel limits, once; resources of that type with
+/// amounts; no ratio of limit to request; and for each resource min <= default <= max, with a
+/// default the object itself could have.
+pub(super) fn limit_range(spec: Option<&Field<'_>>, errors: &mut Vec<FieldError>) {
+    let Some(spec) = spec else { return };
+    let mut seen = Vec::new();
+    for item in spec.items_of("limits") {
+        if let Some(ratio) = item.get("maxLimitRequestRatio") {
+            let why = "a VirtualMachine, a Disk and a Bucket have one amount of each resource, not a request and a limit apart: there is no ratio to bound";
+            errors.push(FieldError::forbidden(ratio.path, why));
+        }
+        let Some(type_field) = item.get("type") else {
+            continue;
+        };
+        let Some(name) = type_field.str() else {
+            continue;
+        };
+        let Some(type_) = LimitType::from_name(name) else {
+            let supported: Vec<Value> = LimitType::ALL.iter().map(|t| json!(t.name())).collect();
+            let mut error = FieldError::unsupported(type_field.path, type_field.value, &supported);
+            error.message.push_str(
+                " (Keel limits VMs, their disks and buckets; it runs no containers, so Container, Pod and PersistentVolumeClaim have nothing to limit)",
+            );
+            errors.push(error);
+            continue;
+        };
+        if seen.contains(&type_) {
+            errors.push(FieldError::duplicate(type_field.path, type_field.value));
+        }
+        seen.push(type_);
+        limit_range_item(type_, &item, errors);
+    }
+}
+
+/// The amounts of one LimitRange item of `type_`.
+fn limit_range_item(type_: LimitType, item: &Field<'_>, errors: &mut Vec<FieldError>) {
+    // The amounts that parse, by part of the item and resource.
+    let mut amounts: BTreeMap<(&'static str, &'static str), (u128, Field<'_>)> = BTreeMap::new();
+    for part in ["default", "defaultRequest", "min", "max"] {
+        for (name, amount) in item.get(part).map(|m| m.entries()).unwrap_or_default() {
+            let Some(&resource) = type_.resources().iter().find(|r| **r == name) else {
+                let supported: Vec<Value> = type_.resources().iter().map(|r| json!(r)).collect();
+                errors.push(FieldError::unsupported(
+                    amount.path,
+                    &json!(name),
+                    &supported,
+                ));
+                continue;
+            };
+            // A value of another type: the schema reports it.
+            if !(amount.value.is_string() || amount.value.is_u64()) {
+                continue;
+            }
+            match parse_amount(type_, resource, amount.value) {
+                Ok(a) => {
+                    amounts.insert((part, resource), (a, amount));
+                }
+                Err(why) => errors.push(amount.invalid(&why)),
+            }
+        }
+    }
+    let get = |part: &'static str, resource: &'static str| amounts.get(&(part, resource));
+    for &resource in type_.resources() {
+        if let (Some((d, default)), Some((r, request))) =
+            (get("default", resource), get("defaultRequest", resource))
+            && d != r
+        {
+            errors.push(request.invalid(&format!(
+                "must equal default[{resource}] ({}): a {} has one amount of each resource, not a request and a limit apart",
+                show(default.value),
+                type_.name()
+            )));
+        }
+        let (min, max) = (get("min", resource), get("max", resource));
+        if let (Some((lo, low)), Some((hi, high))) = (min, max)
+            && lo > hi
+        {
+            errors.push(low.invalid(&format!(
+                "min value {} is greater than max value {}",
+                show(low.value),
+                show(high.value)
+            )));
+        }
+        for part in ["default", "defaultRequest"] {
+            let Some((amount, field)) = get(part, resource) else {
+                continue;
+            };
+            let label = if part == "default" {
+                "default"
+            } else {
+                "default request"
+            };
+            if let Some((lo, low)) = min
+                && amount < lo
+            {
+                errors.push(field.invalid(&format!(
+                    "{label} value {} is less than min value {}",
+                    show(field.value),
+                    show(low.value)
+                )));
+            }
+            if let Some((hi, high)) = max
+                && amount > hi
+            {
+                errors.push(field.invalid(&format!(
+                    "{label} value {} is greater than max value {}",
+                    show(field.value),
+                    show(high.value)
+                )));
+            }
+            if let Some(why) = unfit_default(type_, resource, *amount) {
+                errors.push(field.invalid(&why));
+            }
+        }
+    }
+}
+
+/// Why an object could not have `amount` of `resource` (so it cannot be a default).
+fn unfit_default(type_: LimitType, resource: &str, amount: u128) -> Option<String> {
+    let least = match (type_, resource) {
+        (LimitType::VirtualMachine, "cpu") => {
+            let cpus = amount / 1000;
+            return (!(1..=MAX_CPUS).contains(&cpus))
+                .then(|| format!("a VirtualMachine has 1 to {MAX_CPUS} CPUs"));
+        }
+        (LimitType::VirtualMachine, _) => MIN_MEMORY,
+        (LimitType::Disk, _) => MIN_DISK,
+        (LimitType::Bucket, _) => return None,
+    };
+    (amount < least).then(|| {
+        format!(
+            "a {}'s {resource} must be at least {}",
+            type_.name(),
+            show_bytes(least)
+        )
+    })
 }
