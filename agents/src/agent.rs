@@ -394,12 +394,12 @@ async fn register(shared: &Shared) -> Result<(), ClientError> {
         "kubernetes.io/hostname": name,
         "kubernetes.io/os": "linux",
         "kubernetes.io/arch": std::env::consts::ARCH,
-        "keel.dev/kvm": shared.facts.has("KVMAvailable").to_string(),
+        wellknown::KVM_LABEL: shared.facts.has("KVMAvailable").to_string(),
     });
     for (k, v) in &shared.config.labels {
         labels[k] = Value::String(v.clone());
     }
-    let mut annotations = json!({crate::server::CERTIFICATE_ANNOTATION: shared.endpoint.1});
+    let mut annotations = json!({wellknown::AGENT_CERTIFICATE_ANNOTATION: shared.endpoint.1});
     // A host that lost the DNS role stops advertising it (null removes the annotation).
     annotations[wellknown::DNS_ENDPOINT_ANNOTATION] = json!(shared.dns_endpoint);
     annotations[wellknown::S3_ENDPOINT_ANNOTATION] = json!(shared.s3_endpoint);
@@ -483,12 +483,11 @@ async fn report_ready(shared: &Shared) -> Result<(), ClientError> {
     });
     set_condition(
         status,
-        &Condition {
-            type_: "Ready",
-            status: "True",
-            reason: "KeelAgentReady",
-            message: "the agent is renewing the node's lease",
-        },
+        &Condition::ready(
+            "True",
+            "KeelAgentReady",
+            "the agent is renewing the node's lease",
+        ),
         &now,
     );
     for c in &facts.capabilities {

@@ -496,12 +496,7 @@ impl Served {
         next["observedGeneration"] = json!(self.desired.generation);
         set_condition(
             &mut next,
-            &Condition {
-                type_: "Ready",
-                status,
-                reason,
-                message: &message,
-            },
+            &Condition::ready(status, reason, &message),
             &keel_schemas::time::now_rfc3339(),
         );
         let steady = without_figures(&next);

@@ -2,7 +2,7 @@
 //! read a guest's serial console (`keelctl logs vm/NAME [-f]`).
 //!
 //! The agent makes a fresh self-signed certificate at each start and publishes it in its
-//! Node (annotation [`CERTIFICATE_ANNOTATION`], port in `status.daemonEndpoints`); the API
+//! Node (annotation [`keel_schemas::wellknown::AGENT_CERTIFICATE_ANNOTATION`], port in `status.daemonEndpoints`); the API
 //! server pins that exact certificate when it connects. The API server proves itself with a
 //! client certificate the cluster CA signed for `system:keel-apiserver`; a connection
 //! without one is refused in the handshake, and any other user gets 403.
@@ -25,9 +25,6 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::vm::console::Console;
 use crate::vm::qemu::VmDir;
-
-/// The Node annotation that carries the agent's serving certificate (PEM).
-pub const CERTIFICATE_ANNOTATION: &str = "keel.dev/agent-certificate";
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]

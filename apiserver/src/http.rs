@@ -307,8 +307,8 @@ pub async fn keep_identity_lease(
         let lease = serde_json::json!({
             "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": name, "namespace": "kube-system",
-                         "labels": {"keel.dev/apiserver": "true"},
-                         "annotations": {"keel.dev/url": url}},
+                         "labels": {keel_schemas::wellknown::APISERVER_LABEL: "true"},
+                         "annotations": {keel_schemas::wellknown::SERVER_URL_ANNOTATION: url}},
             "spec": {"holderIdentity": name, "leaseDurationSeconds": IDENTITY_DURATION_SECS,
                      "renewTime": keel_schemas::time::now_rfc3339_micros()},
         });

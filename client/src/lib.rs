@@ -131,11 +131,7 @@ struct Servers {
     current: AtomicUsize,
 }
 
-/// The label on the servers' identity Leases (in `kube-system`), whose
-/// [`SERVER_URL_ANNOTATION`] says where each server's API is.
-pub const SERVER_LABEL: &str = "keel.dev/apiserver";
-/// The annotation on a server's identity Lease that carries its API URL.
-pub const SERVER_URL_ANNOTATION: &str = "keel.dev/url";
+pub use keel_schemas::wellknown::{APISERVER_LABEL as SERVER_LABEL, SERVER_URL_ANNOTATION};
 
 /// The events of a watch.
 pub struct Watch {

@@ -33,7 +33,7 @@ use keel_schemas::wellknown::{
 };
 
 /// The label on a bucket's credentials Secret: the bucket's S3 name.
-pub const CREDENTIALS_LABEL: &str = "keel.dev/bucket";
+pub use keel_schemas::wellknown::BUCKET_LABEL as CREDENTIALS_LABEL;
 
 /// What the reconciles share.
 struct Context {
@@ -207,7 +207,7 @@ async fn ensure_credentials(
             "name": secret_name,
             "labels": {CREDENTIALS_LABEL: s3_name},
             "ownerReferences": [{
-                "apiVersion": "keel.dev/v1alpha1", "kind": "Bucket", "name": bucket.name(),
+                "apiVersion": keel_schemas::wellknown::API_VERSION, "kind": "Bucket", "name": bucket.name(),
                 "uid": bucket.uid(), "controller": true, "blockOwnerDeletion": true,
             }],
         },
@@ -332,12 +332,7 @@ async fn write(
 ) -> Result<Action, ClientError> {
     set_condition(
         &mut status,
-        &Condition {
-            type_: "Ready",
-            status: ready,
-            reason,
-            message,
-        },
+        &Condition::ready(ready, reason, message),
         &keel_schemas::time::now_rfc3339(),
     );
     write_status(ctx, bucket, status).await

@@ -539,12 +539,7 @@ pub async fn pass(
         }
         set_condition(
             &mut status,
-            &Condition {
-                type_: "Ready",
-                status: ready,
-                reason,
-                message: &message,
-            },
+            &Condition::ready(ready, reason, &message),
             &now,
         );
         stage(&mut writes, "vpcs", v, status);
@@ -567,25 +562,14 @@ pub async fn pass(
                 if status["availableIPs"] == json!(0)
                     && failures.values().any(|f| f.contains("exhausted")) =>
             {
-                Condition {
-                    type_: "Ready",
-                    status: "True",
-                    reason: "Exhausted",
-                    message: "the subnet has no free address left",
-                }
+                Condition::ready("True", "Exhausted", "the subnet has no free address left")
             }
-            Some(Ok(())) => Condition {
-                type_: "Ready",
-                status: "True",
-                reason: "Programmed",
-                message: "the subnet's logical switch, router port and DHCP are in OVN",
-            },
-            Some(Err((reason, message))) => Condition {
-                type_: "Ready",
-                status: "False",
-                reason,
-                message,
-            },
+            Some(Ok(())) => Condition::ready(
+                "True",
+                "Programmed",
+                "the subnet's logical switch, router port and DHCP are in OVN",
+            ),
+            Some(Err((reason, message))) => Condition::ready("False", reason, message),
             None => continue,
         };
         set_condition(&mut status, &c, &now);
@@ -599,12 +583,11 @@ pub async fn pass(
         status["observedGeneration"] = json!(g.generation());
         set_condition(
             &mut status,
-            &Condition {
-                type_: "Ready",
-                status: "True",
-                reason: "Programmed",
-                message: "the group's port group and ACLs are in OVN",
-            },
+            &Condition::ready(
+                "True",
+                "Programmed",
+                "the group's port group and ACLs are in OVN",
+            ),
             &now,
         );
         stage(&mut writes, "securitygroups", g, status);
@@ -686,12 +669,7 @@ pub async fn pass(
         status["observedGeneration"] = json!(lb.generation());
         set_condition(
             &mut status,
-            &Condition {
-                type_: "Ready",
-                status: "False",
-                reason: "InvalidSpec",
-                message: "the spec cannot be read",
-            },
+            &Condition::ready("False", "InvalidSpec", "the spec cannot be read"),
             &now,
         );
         stage(&mut writes, "loadbalancers", lb, status);
@@ -861,16 +839,7 @@ fn balancer_status(lb: &Value, outcome: &balancers::Outcome, now: &str) -> Value
         Ok(message) => ("True", "Programmed", message.as_str()),
         Err((reason, message)) => ("False", *reason, message.as_str()),
     };
-    set_condition(
-        &mut status,
-        &Condition {
-            type_: "Ready",
-            status: ready,
-            reason,
-            message,
-        },
-        now,
-    );
+    set_condition(&mut status, &Condition::ready(ready, reason, message), now);
     status
 }
 

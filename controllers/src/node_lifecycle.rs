@@ -166,12 +166,7 @@ async fn mark_unknown(node: &Value, renew_time: &str, ctx: &Context) -> Result<(
     };
     set_condition(
         &mut updated["status"],
-        &Condition {
-            type_: "Ready",
-            status: "Unknown",
-            reason: "NodeStatusUnknown",
-            message: &message,
-        },
+        &Condition::ready("Unknown", "NodeStatusUnknown", &message),
         &keel_schemas::time::now_rfc3339(),
     );
     // A DNS server cut off from the API answers from the zone data it last had: say that

@@ -36,7 +36,7 @@ use keel_runtime::{
 use keel_schemas::wellknown::{LAST_GOOD_ANNOTATION, RESTORE_SNAPSHOT_ANNOTATION};
 
 /// The annotation that stops automatic rollbacks of an object while it is `"true"`.
-pub const PAUSED_ANNOTATION: &str = "keel.dev/rollout-paused";
+pub use keel_schemas::wellknown::ROLLOUT_PAUSED_ANNOTATION as PAUSED_ANNOTATION;
 /// The object condition a rollback sets.
 pub const ROLLED_BACK: &str = "RolledBack";
 /// The reason of a revision that was not healthy in time.
@@ -592,9 +592,11 @@ async fn record(
         return Ok(());
     };
     let kind = ctx.rollable.kind;
-    let api_version = object["apiVersion"].as_str().unwrap_or("keel.dev/v1alpha1");
+    let api_version = object["apiVersion"]
+        .as_str()
+        .unwrap_or(keel_schemas::wellknown::API_VERSION);
     let mut revision = json!({
-        "apiVersion": "keel.dev/v1alpha1", "kind": "Revision",
+        "apiVersion": keel_schemas::wellknown::API_VERSION, "kind": "Revision",
         "metadata": {
             "name": format!("{}-{number}", object.name()),
             "ownerReferences": [{

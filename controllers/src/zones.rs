@@ -258,12 +258,7 @@ async fn write(
 ) -> Result<Action, ClientError> {
     set_condition(
         &mut status,
-        &Condition {
-            type_: "Ready",
-            status: c.status,
-            reason: c.reason,
-            message: &c.message,
-        },
+        &Condition::ready(c.status, c.reason, &c.message),
         now,
     );
     if status == zone["status"] {

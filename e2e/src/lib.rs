@@ -596,8 +596,8 @@ pub async fn grant_loopback(client: &keel_client::Client, ns: &str) {
     let namespaces: keel_client::Api<serde_json::Value> =
         keel_client::Api::all(client, kind("namespaces"));
     let grant = serde_json::json!({"metadata": {"annotations": {
-        keel_schemas::identity::LB_VIP_RANGES: "127.0.0.0/8",
-        keel_schemas::identity::LB_BACKEND_RANGES: "127.0.0.0/8"}}});
+        keel_schemas::wellknown::LB_VIP_RANGES_ANNOTATION: "127.0.0.0/8",
+        keel_schemas::wellknown::LB_BACKEND_RANGES_ANNOTATION: "127.0.0.0/8"}}});
     eventually(
         &format!("loopback granted to {ns}"),
         Duration::from_secs(60),

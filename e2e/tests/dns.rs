@@ -414,7 +414,7 @@ async fn zones_are_answered_to_dig_over_udp_and_tcp() {
     nss.patch(
         "rival",
         &keel_client::Patch::Merge(
-            json!({"metadata": {"annotations": {"keel.dev/dns-zones": "rival.example."}}}),
+            json!({"metadata": {"annotations": {"keel.dev/delegated-zones": "rival.example."}}}),
         ),
     )
     .await
@@ -425,7 +425,7 @@ async fn zones_are_answered_to_dig_over_udp_and_tcp() {
         .await
         .unwrap_err();
     assert!(
-        refused.to_string().contains("not at or below a name delegated to namespace rival (annotation keel.dev/dns-zones: rival.example.)"),
+        refused.to_string().contains("not at or below a name delegated to namespace rival (annotation keel.dev/delegated-zones: rival.example.)"),
         "{refused}"
     );
     rivals

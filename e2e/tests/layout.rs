@@ -58,3 +58,74 @@ fn the_agent_never_depends_on_the_cluster_controllers() {
         assert!(above.is_empty(), "{package} depends on {above:?}");
     }
 }
+
+/// The product's source files (not tests, benches or these end-to-end drivers, which write
+/// manifests as a user would), each cut at its `#[cfg(test)]` module.
+fn product_sources() -> Vec<(std::path::PathBuf, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut out = Vec::new();
+    let mut dirs: Vec<std::path::PathBuf> = [
+        "schemas",
+        "apiserver",
+        "client",
+        "runtime",
+        "ovsdb",
+        "controllers",
+        "agents",
+        "cli",
+    ]
+    .iter()
+    .map(|c| root.join(c).join("src"))
+    .collect();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if path.is_dir() {
+                if name != "tests" {
+                    dirs.push(path);
+                }
+            } else if name.ends_with(".rs") && name != "tests.rs" {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let code = match text.find("#[cfg(test)]") {
+                    Some(at) => text[..at].to_string(),
+                    None => text,
+                };
+                out.push((path, code));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_keel_dev_name_is_spelled_once_in_wellknown() {
+    let mut strays = Vec::new();
+    let mut names = Vec::new();
+    for (path, code) in product_sources() {
+        if path.ends_with("schemas/src/wellknown.rs") {
+            names.extend(
+                code.split("\"keel.dev/")
+                    .skip(1)
+                    .filter_map(|rest| rest.split('"').next().map(str::to_string)),
+            );
+            continue;
+        }
+        for (n, line) in code.lines().enumerate() {
+            let doc = line.trim_start().starts_with("//");
+            if line.contains("\"keel.dev/") && !doc {
+                strays.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(names.len() > 10, "wellknown holds the names: {names:?}");
+    let mut unique = names.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), names.len(), "one meaning per name: {names:?}");
+    assert!(
+        strays.is_empty(),
+        "keel.dev/ names outside keel_schemas::wellknown:\n{}",
+        strays.join("\n")
+    );
+}

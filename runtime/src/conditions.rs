@@ -1,6 +1,7 @@
 //! Conditions as Kubernetes keeps them: one entry per type, `lastTransitionTime` moving only
 //! when the status changes.
 
+use keel_schemas::wellknown::READY;
 use serde_json::{Value, json};
 
 /// One condition to set.
@@ -14,6 +15,25 @@ pub struct Condition<'a> {
     pub reason: &'a str,
     /// Details for people.
     pub message: &'a str,
+}
+
+// === impl Condition ===
+
+impl<'a> Condition<'a> {
+    /// A condition of `type_`.
+    pub fn new(type_: &'a str, status: &'a str, reason: &'a str, message: &'a str) -> Self {
+        Condition {
+            type_,
+            status,
+            reason,
+            message,
+        }
+    }
+
+    /// The `Ready` condition most objects report.
+    pub fn ready(status: &'a str, reason: &'a str, message: &'a str) -> Self {
+        Condition::new(READY, status, reason, message)
+    }
 }
 
 /// Sets `condition` in the `conditions` array of `status` (created if missing). Returns

@@ -63,16 +63,6 @@ pub fn service_account_groups(namespace: &str) -> [String; 2] {
     ]
 }
 
-/// A Namespace annotation only admins write: CIDRs (comma-separated) its LoadBalancers' VIPs
-/// may take besides the cluster's VIP pool and their own Subnets.
-pub const LB_VIP_RANGES: &str = "keel.dev/lb-vip-ranges";
-/// A Namespace annotation only admins write: CIDRs its LoadBalancers' address backends may be
-/// in besides its own Subnets.
-pub const LB_BACKEND_RANGES: &str = "keel.dev/lb-backend-ranges";
-/// A Namespace annotation only admins write: DNS names (comma-separated) delegated to it;
-/// its Zones must be at or below one of them.
-pub const DNS_ZONES: &str = "keel.dev/dns-zones";
-
 #[cfg(test)]
 mod tests {
     use super::*;

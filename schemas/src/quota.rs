@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use crate::quantity::{parse_quantity, quantity_of};
 use crate::registry::{Kind, registry};
+use crate::wellknown::{QUOTA_BUCKET_BYTES, QUOTA_DISKS};
 
 /// The resources a namespace's quota may name besides `count/...`.
 pub const RESOURCES: [&str; 9] = [
@@ -27,8 +28,8 @@ pub const RESOURCES: [&str; 9] = [
     "memory",
     "limits.memory",
     "requests.storage",
-    "keel.dev/disks",
-    "keel.dev/bucket-bytes",
+    QUOTA_DISKS,
+    QUOTA_BUCKET_BYTES,
 ];
 
 /// Legacy object counts Kubernetes still accepts, and the resource each stands for.
@@ -164,9 +165,9 @@ pub fn kinds_using(resource: &str) -> Vec<&'static Kind> {
     }
     let vms = registry().iter().filter(|k| k.kind == "VirtualMachine");
     match resource {
-        "keel.dev/bucket-bytes" => registry().iter().filter(|k| k.kind == "Bucket").collect(),
+        QUOTA_BUCKET_BYTES => registry().iter().filter(|k| k.kind == "Bucket").collect(),
         _ if is_cpu(resource) || is_memory(resource) => vms.collect(),
-        "requests.storage" | "keel.dev/disks" => vms.collect(),
+        "requests.storage" | QUOTA_DISKS => vms.collect(),
         _ => Vec::new(),
     }
 }
@@ -197,9 +198,9 @@ pub fn amount(kind: &Kind, object: &Value, resource: &str) -> u128 {
             .as_array()
             .map(|disks| disks.iter().filter_map(|d| quantity_of(&d["size"])).sum())
             .unwrap_or(0),
-        "keel.dev/disks" => spec["disks"].as_array().map_or(0, |d| d.len() as u128),
+        QUOTA_DISKS => spec["disks"].as_array().map_or(0, |d| d.len() as u128),
         // A bucket without a byte quota would be unbounded: it counts as over any limit.
-        "keel.dev/bucket-bytes" => quantity_of(&spec["quota"]["bytes"]).unwrap_or(u128::MAX / 2),
+        QUOTA_BUCKET_BYTES => quantity_of(&spec["quota"]["bytes"]).unwrap_or(u128::MAX / 2),
         _ => 0,
     }
 }
@@ -221,7 +222,7 @@ fn is_memory(resource: &str) -> bool {
 }
 
 fn is_bytes(resource: &str) -> bool {
-    is_memory(resource) || matches!(resource, "requests.storage" | "keel.dev/bucket-bytes")
+    is_memory(resource) || matches!(resource, "requests.storage" | QUOTA_BUCKET_BYTES)
 }
 
 #[cfg(test)]

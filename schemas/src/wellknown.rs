@@ -2,7 +2,46 @@
 //! condition types, Secret keys, and how OVN rows and MACs are named. A name written by one
 //! crate and read by another lives here, so that both spell it the same way.
 
+// === API ===
+
+/// The apiVersion of Keel's own kinds (`keel.dev/v1alpha1`).
+pub const API_VERSION: &str = "keel.dev/v1alpha1";
+
+// === Labels ===
+
+/// A Node's: `"true"` when its host runs guests under KVM, `"false"` under TCG.
+pub const KVM_LABEL: &str = "keel.dev/kvm";
+/// A bucket's credentials Secret's: the bucket's S3 name.
+pub const BUCKET_LABEL: &str = "keel.dev/bucket";
+/// A node password Secret's: the node it registers.
+pub const NODE_LABEL: &str = "keel.dev/node";
+/// The servers' identity Leases' (in `kube-system`), whose [`SERVER_URL_ANNOTATION`] says
+/// where each server's API is.
+pub const APISERVER_LABEL: &str = "keel.dev/apiserver";
+
 // === Annotations ===
+
+/// A server's identity Lease's: its API URL.
+pub const SERVER_URL_ANNOTATION: &str = "keel.dev/url";
+/// A Node's: the agent's serving certificate (PEM), which the API server pins.
+pub const AGENT_CERTIFICATE_ANNOTATION: &str = "keel.dev/agent-certificate";
+/// A VM's: a start asked for (`keelctl start`), by timestamp.
+pub const START_REQUESTED_ANNOTATION: &str = "keel.dev/start-requested";
+/// A VM's: a stop asked for (`keelctl stop`), by timestamp.
+pub const STOP_REQUESTED_ANNOTATION: &str = "keel.dev/stop-requested";
+/// A VM's: a restart asked for (`keelctl restart`), by timestamp.
+pub const RESTART_REQUESTED_ANNOTATION: &str = "keel.dev/restart-requested";
+/// An object's: automatic rollbacks stop while it is `"true"` (`keelctl rollout pause`).
+pub const ROLLOUT_PAUSED_ANNOTATION: &str = "keel.dev/rollout-paused";
+/// A Namespace's, written by admins: the ranges its LoadBalancers' VIPs may come from
+/// (comma-separated CIDRs), besides its Subnets and the cluster's VIP pool.
+pub const LB_VIP_RANGES_ANNOTATION: &str = "keel.dev/lb-vip-ranges";
+/// A Namespace's, written by admins: the ranges its LoadBalancers' address backends may lie
+/// in (comma-separated CIDRs), besides its Subnets.
+pub const LB_BACKEND_RANGES_ANNOTATION: &str = "keel.dev/lb-backend-ranges";
+/// A Namespace's, written by admins: the DNS suffixes its Zones must lie below
+/// (comma-separated); without it, any name not claimed and not a public suffix.
+pub const DELEGATED_ZONES_ANNOTATION: &str = "keel.dev/delegated-zones";
 
 /// A Node's: the S3 endpoint of its storage role (`https://ip:port`).
 pub const S3_ENDPOINT_ANNOTATION: &str = "keel.dev/s3-endpoint";
@@ -33,16 +72,29 @@ pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 
 // === Condition types ===
 
+/// The condition most objects report: whether they do what their spec asks.
+pub const READY: &str = "Ready";
+
 /// The Node condition a DNS server keeps True while its zone data is current.
 pub const DNS_SYNCED: &str = "DNSZonesSynced";
 
-// === Secret keys ===
+// === Secrets ===
+
+/// The type of the Secret that records a node's password (in `kube-system`).
+pub const NODE_PASSWORD_SECRET_TYPE: &str = "keel.dev/node-password";
 
 /// The key of a bucket's access key id in its credentials Secret (the AWS CLI's
 /// environment name).
 pub const ACCESS_KEY: &str = "AWS_ACCESS_KEY_ID";
 /// The key of a bucket's secret access key in its credentials Secret.
 pub const SECRET_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+
+// === Quota resources ===
+
+/// A ResourceQuota's resource: a VM's disks.
+pub const QUOTA_DISKS: &str = "keel.dev/disks";
+/// A ResourceQuota's resource: a Bucket's byte quota.
+pub const QUOTA_BUCKET_BYTES: &str = "keel.dev/bucket-bytes";
 
 // === OVN ===
 

@@ -210,7 +210,7 @@ mod tests {
 
     fn zone(serial: u32) -> std::sync::Arc<serde_json::Value> {
         std::sync::Arc::new(serde_json::json!({
-            "apiVersion": "keel.dev/v1alpha1", "kind": "Zone",
+            "apiVersion": keel_schemas::wellknown::API_VERSION, "kind": "Zone",
             "metadata": {"name": "shop", "namespace": "shop", "uid": "u1", "generation": 1,
                          "creationTimestamp": "2026-01-01T00:00:00Z"},
             "spec": {"domain": "shop.example.",

@@ -170,12 +170,11 @@ async fn apply(bucket: &Value, api: &Api<Value>, ctx: &Context) -> Result<Action
     status["usage"] = json!({"bytes": usage.bytes, "objects": usage.objects});
     set_condition(
         &mut status,
-        &Condition {
-            type_: "Ready",
-            status: "True",
-            reason: "Serving",
-            message: &format!("served at {}/{name}", ctx.endpoint),
-        },
+        &Condition::ready(
+            "True",
+            "Serving",
+            &format!("served at {}/{name}", ctx.endpoint),
+        ),
         &keel_schemas::time::now_rfc3339(),
     );
     write_status(api, bucket, status).await?;
@@ -204,12 +203,7 @@ async fn cleanup(bucket: &Value, api: &Api<Value>, ctx: &Context) -> Result<Acti
             let mut status = bucket["status"].clone();
             let changed = set_condition(
                 &mut status,
-                &Condition {
-                    type_: "Ready",
-                    status: "False",
-                    reason: "DeletionBlocked",
-                    message: &message,
-                },
+                &Condition::ready("False", "DeletionBlocked", &message),
                 &keel_schemas::time::now_rfc3339(),
             );
             if changed {

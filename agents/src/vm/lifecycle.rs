@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use keel_client::Api;
 use keel_runtime::{ObjectExt, ObjectRef};
 use keel_schemas::kinds::compute::{ClusterImage, ImageRef, PortForward, VirtualMachineSpec};
+use keel_schemas::wellknown;
 use serde_json::Value;
 
 use super::console::Console;
@@ -605,9 +606,9 @@ fn remove_unlisted_disks(dir: &VmDir, spec: &VirtualMachineSpec) {
 /// The annotations `keelctl start|stop|restart` set (a timestamp each); a request is
 /// pending while its value differs from the one last acted on (`<vm-dir>/requests.json`).
 pub const REQUESTS: [(&str, Request); 3] = [
-    ("keel.dev/start-requested", Request::Start),
-    ("keel.dev/stop-requested", Request::Stop),
-    ("keel.dev/restart-requested", Request::Restart),
+    (wellknown::START_REQUESTED_ANNOTATION, Request::Start),
+    (wellknown::STOP_REQUESTED_ANNOTATION, Request::Stop),
+    (wellknown::RESTART_REQUESTED_ANNOTATION, Request::Restart),
 ];
 
 /// A user's request for a running state change.

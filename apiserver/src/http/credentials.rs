@@ -328,9 +328,9 @@ async fn check_node_password(
         }
         Err(e) if e.code == 404 => {
             let secret = json!({
-                "apiVersion": "v1", "kind": "Secret", "type": "keel.dev/node-password",
+                "apiVersion": "v1", "kind": "Secret", "type": keel_schemas::wellknown::NODE_PASSWORD_SECRET_TYPE,
                 "metadata": {"name": name, "namespace": "kube-system",
-                             "labels": {"keel.dev/node": node}},
+                             "labels": {keel_schemas::wellknown::NODE_LABEL: node}},
                 "stringData": {"hash": hash},
             });
             match api

@@ -25,7 +25,7 @@ use super::request::Target;
 use super::status::{ApiError, ApiResult};
 
 /// The Node annotation with the agent's certificate.
-const CERTIFICATE_ANNOTATION: &str = "keel.dev/agent-certificate";
+const CERTIFICATE_ANNOTATION: &str = keel_schemas::wellknown::AGENT_CERTIFICATE_ANNOTATION;
 /// How long connecting to an agent may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The kinds whose objects run on a node and have a console there.

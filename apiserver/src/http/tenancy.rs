@@ -3,8 +3,8 @@
 //! its Zones may claim.
 //!
 //! What is granted comes from the cluster's [`crate::TenancyPolicy`] (the VIP pool) and from the
-//! Namespace's annotations, which only admins may write ([`identity::LB_VIP_RANGES`],
-//! [`identity::LB_BACKEND_RANGES`], [`identity::DNS_ZONES`]); a namespace's own Subnets are
+//! Namespace's annotations, which only admins may write ([`wellknown::LB_VIP_RANGES_ANNOTATION`],
+//! [`wellknown::LB_BACKEND_RANGES_ANNOTATION`], [`wellknown::DELEGATED_ZONES_ANNOTATION`]); a namespace's own Subnets are
 //! always its own. A refusal is a 422 naming the field, the value and the rule.
 
 use std::net::IpAddr;
@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use serde_json::Value;
 
 use keel_schemas::net::{AddressClass, parse_host_port};
-use keel_schemas::{Cidr, Kind, identity, lookup};
+use keel_schemas::{Cidr, Kind, lookup, wellknown};
 
 use super::Api;
 use super::status::{ApiError, ApiResult};
@@ -74,7 +74,7 @@ impl Api {
         };
         let spec = &object["spec"];
         if let Some(vip) = spec["vip"].as_str().and_then(|v| v.parse::<IpAddr>().ok()) {
-            let vip_ranges = ranges(&annotations, identity::LB_VIP_RANGES);
+            let vip_ranges = ranges(&annotations, wellknown::LB_VIP_RANGES_ANNOTATION);
             let own_subnet = match spec["subnet"].as_str() {
                 Some(subnet) => subnets
                     .iter()
@@ -92,14 +92,14 @@ impl Api {
                         self.tenancy
                             .lb_vip_pool
                             .map_or("none".to_string(), |p| p.to_string()),
-                        identity::LB_VIP_RANGES,
+                        wellknown::LB_VIP_RANGES_ANNOTATION,
                         show(&vip_ranges),
                         AddressClass::of(vip).describe()
                     ),
                 ));
             }
         }
-        let backend_ranges = ranges(&annotations, identity::LB_BACKEND_RANGES);
+        let backend_ranges = ranges(&annotations, wellknown::LB_BACKEND_RANGES_ANNOTATION);
         let addresses = spec["backends"]["addresses"]
             .as_array()
             .cloned()
@@ -121,7 +121,7 @@ impl Api {
                         "Invalid value: \"{}\": a backend address must be in one of namespace {ns}'s Subnets ({}) or a range granted to it (annotation {}: {}); {ip} is {}",
                         address.as_str().unwrap_or_default(),
                         show(&subnets.iter().map(|(_, c)| *c).collect::<Vec<_>>()),
-                        identity::LB_BACKEND_RANGES,
+                        wellknown::LB_BACKEND_RANGES_ANNOTATION,
                         show(&backend_ranges),
                         AddressClass::of(ip).describe()
                     ),
@@ -146,7 +146,7 @@ impl Api {
         };
         let annotations = self.namespace_annotations(ns).await?;
         let delegated: Vec<String> = annotations
-            .get(identity::DNS_ZONES)
+            .get(wellknown::DELEGATED_ZONES_ANNOTATION)
             .and_then(Value::as_str)
             .map(|s| {
                 s.split(',')
@@ -160,19 +160,19 @@ impl Api {
             if labels < 2 || PUBLIC_SUFFIXES.contains(&domain.as_str()) {
                 return Err(refuse(format!(
                     "Invalid value: \"{domain}\": a public suffix cannot be a zone unless an admin delegates it to namespace {ns} (annotation {})",
-                    identity::DNS_ZONES
+                    wellknown::DELEGATED_ZONES_ANNOTATION
                 )));
             }
             if REVERSE.iter().any(|arpa| within(&domain, arpa)) {
                 return Err(refuse(format!(
                     "Invalid value: \"{domain}\": reverse zones come from a Zone's spec.reverse (its own Subnet), or from a delegation (annotation {})",
-                    identity::DNS_ZONES
+                    wellknown::DELEGATED_ZONES_ANNOTATION
                 )));
             }
         } else if !delegated.iter().any(|d| within(&domain, d)) {
             return Err(refuse(format!(
                 "Invalid value: \"{domain}\": not at or below a name delegated to namespace {ns} (annotation {}: {})",
-                identity::DNS_ZONES,
+                wellknown::DELEGATED_ZONES_ANNOTATION,
                 delegated.join(",")
             )));
         }

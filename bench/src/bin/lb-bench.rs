@@ -337,8 +337,8 @@ async fn create_lb(keel: &Keel, dir: &Path, port: u16, backends: &[String]) -> R
         keel_schemas::lookup("namespaces").ok_or("Namespace is not registered")?,
     );
     let grant = json!({"metadata": {"annotations": {
-        keel_schemas::identity::LB_VIP_RANGES: "127.0.0.0/8",
-        keel_schemas::identity::LB_BACKEND_RANGES: "127.0.0.0/8"}}});
+        keel_schemas::wellknown::LB_VIP_RANGES_ANNOTATION: "127.0.0.0/8",
+        keel_schemas::wellknown::LB_BACKEND_RANGES_ANNOTATION: "127.0.0.0/8"}}});
     namespaces
         .patch(NAMESPACE, &keel_client::Patch::Merge(grant))
         .await?;

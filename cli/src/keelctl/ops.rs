@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use keel_schemas::wellknown;
 use serde_json::Value;
 
 use super::manifest::{self, to_yaml};
@@ -250,7 +251,10 @@ pub async fn power(ctx: &Ctx, target: &str, what: Power) -> Result<(), CtlError>
             serde_json::json!({"spec": {"runStrategy": "Always"}}),
             "started",
         ),
-        (Power::Start, _) => (request("keel.dev/start-requested"), "start requested"),
+        (Power::Start, _) => (
+            request(wellknown::START_REQUESTED_ANNOTATION),
+            "start requested",
+        ),
         (Power::Stop, "Halted") => {
             println!(
                 "{} is already stopped (runStrategy Halted)",
@@ -258,7 +262,10 @@ pub async fn power(ctx: &Ctx, target: &str, what: Power) -> Result<(), CtlError>
             );
             return Ok(());
         }
-        (Power::Stop, "Manual") => (request("keel.dev/stop-requested"), "stop requested"),
+        (Power::Stop, "Manual") => (
+            request(wellknown::STOP_REQUESTED_ANNOTATION),
+            "stop requested",
+        ),
         (Power::Stop, _) => (
             serde_json::json!({"spec": {"runStrategy": "Halted"}}),
             "stopped",
@@ -269,7 +276,10 @@ pub async fn power(ctx: &Ctx, target: &str, what: Power) -> Result<(), CtlError>
                 resource::display(kind, &name)
             )));
         }
-        (Power::Restart, _) => (request("keel.dev/restart-requested"), "restart requested"),
+        (Power::Restart, _) => (
+            request(wellknown::RESTART_REQUESTED_ANNOTATION),
+            "restart requested",
+        ),
     };
     ctx.client
         .patch(&path, "application/merge-patch+json", &patch)

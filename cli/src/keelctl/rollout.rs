@@ -9,7 +9,7 @@ use super::CtlError;
 use super::{Ctx, resource};
 
 /// The annotation that stops automatic rollbacks (keel-controllers' `rollout`).
-const PAUSED: &str = "keel.dev/rollout-paused";
+const PAUSED: &str = keel_schemas::wellknown::ROLLOUT_PAUSED_ANNOTATION;
 
 /// What `rollout` does.
 #[derive(Debug, Clone, PartialEq, Eq)]
