@@ -236,7 +236,14 @@ pub async fn connect(
     Ok(nb)
 }
 
-/// One pass over the whole network.
+/// The VPCs by namespace and name, with their specs.
+type VpcSpecs<'a> = BTreeMap<(&'a str, &'a str), (&'a Value, VpcSpec)>;
+/// The Subnets that can be programmed: each with its spec and its VPC's uid.
+type Accepted<'a> = Vec<(&'a Value, SubnetSpec, String)>;
+/// Each Subnet's verdict, by namespace and name.
+type Verdicts = BTreeMap<(String, String), Verdict>;
+
+/// One pass over the whole network, in the steps the module names.
 pub async fn pass(
     client: &Client,
     nb: &Ovsdb,
@@ -244,26 +251,6 @@ pub async fn pass(
     external: Option<&External>,
 ) -> Result<PassReport, NetworkError> {
     let mut report = PassReport::default();
-    let live = |store: &Store| -> Vec<Arc<Value>> {
-        let mut v: Vec<Arc<Value>> = store
-            .list()
-            .into_iter()
-            .filter(|o| !o.is_deleting())
-            .collect();
-        v.sort_by(|a, b| {
-            (
-                a["metadata"]["creationTimestamp"].as_str(),
-                a.namespace(),
-                a.name(),
-            )
-                .cmp(&(
-                    b["metadata"]["creationTimestamp"].as_str(),
-                    b.namespace(),
-                    b.name(),
-                ))
-        });
-        v
-    };
     let (vpcs, subnets, groups, vms, lbs) = (
         live(&caches.vpcs),
         live(&caches.subnets),
@@ -271,45 +258,141 @@ pub async fn pass(
         live(&caches.vms),
         live(&caches.balancers),
     );
-    let vpc_specs: BTreeMap<(&str, &str), (&Value, VpcSpec)> = vpcs
+    let vpc_specs: VpcSpecs<'_> = vpcs
         .iter()
         .filter_map(|v| {
             let spec = serde_json::from_value(v["spec"].clone()).ok()?;
             Some(((v.namespace().unwrap_or(""), v.name()), (v.as_ref(), spec)))
         })
         .collect();
-
-    // 1. Subnets that can be programmed, and why the others cannot.
-    let mut verdicts: BTreeMap<(String, String), Verdict> = BTreeMap::new();
-    let mut accepted: Vec<(&Value, SubnetSpec, String)> = Vec::new();
-    for s in &subnets {
-        let ns = s.namespace().unwrap_or("");
-        let key = (ns.to_string(), s.name().to_string());
-        let Ok(spec) = serde_json::from_value::<SubnetSpec>(s["spec"].clone()) else {
-            verdicts.insert(key, Err(("InvalidSpec", "the spec cannot be read".into())));
-            continue;
-        };
-        let verdict = check_subnet(
-            &spec,
-            vpc_specs.get(&(ns, spec.vpc.as_str())).map(|(_, v)| v),
-            &accepted,
-            ns,
-        );
-        if verdict.is_ok() {
-            let vpc_uid = vpc_specs[&(ns, spec.vpc.as_str())].0.uid().to_string();
-            accepted.push((s.as_ref(), spec, vpc_uid));
-        }
-        verdicts.insert(key, verdict);
-    }
-
-    // 2. Addresses: NICs', and LoadBalancers' on subnets.
-    let vm_specs: Vec<(&Value, VirtualMachineSpec)> = vms
-        .iter()
-        .filter_map(|v| Some((v.as_ref(), serde_json::from_value(v["spec"].clone()).ok()?)))
-        .collect();
+    let vm_specs: Vec<(&Value, VirtualMachineSpec)> = with_specs(&vms);
+    let group_specs: Vec<(&Value, SecurityGroupSpec)> = with_specs(&groups);
     // Only LoadBalancers on a subnet are this controller's; one that cannot be read says so.
     let (lb_specs, unreadable_lbs) = subnet_balancers(&lbs);
-    let on_subnets: Vec<balancers::Balancer<'_>> = lb_specs
+    let on_subnets = balancers_on_subnets(&lb_specs);
+
+    // 1. Subnets that can be programmed, and why the others cannot.
+    let (verdicts, accepted) = check_subnets(&subnets, &vpc_specs);
+
+    // 2. Addresses (NICs', and LoadBalancers' on subnets), recorded before anything uses
+    // them; MACs.
+    let mut allocation = allocate(&accepted, &vm_specs, &on_subnets);
+    record_allocations(client, &accepted, &allocation.subnet_status, &mut report).await?;
+    let macs = assign_macs(&vm_specs, &subnet_uid_of(&accepted));
+    allocation.refuse_macs(&macs);
+
+    // 3. The rows, as one transaction.
+    let snat = snat_addresses(&vpc_specs, external);
+    let mut world = World {
+        external,
+        ..World::default()
+    };
+    world.vpcs = vpc_rows(&vpc_specs, &snat);
+    world.subnets = subnet_rows(&accepted);
+    world.nics = nic_rows(&vm_specs, &accepted, &group_specs, &allocation, &macs);
+    world.groups = group_specs
+        .iter()
+        .map(|(g, spec)| GroupRows {
+            namespace: g.namespace().unwrap_or(""),
+            name: g.name(),
+            uid: g.uid(),
+            spec,
+        })
+        .collect();
+    let lb_plan = plan_balancers(
+        &on_subnets,
+        &accepted,
+        &verdicts,
+        &vpc_specs,
+        &vm_specs,
+        &world.nics,
+        Allocated {
+            addresses: &allocation.addresses,
+            failures: &allocation.failures,
+            shares: &allocation.shares,
+        },
+    );
+    world.balancers = lb_plan.rows;
+    let desired = topology::rows(&world);
+    let ops = sync::operations(&*caches.replica.lock().await, &desired);
+    report.operations = ops.len();
+    if !ops.is_empty() {
+        nb.transact(NB_DB, &ops).await?;
+    }
+
+    // 4. Statuses, written a few at a time.
+    let now = keel_schemas::time::now_rfc3339();
+    let mut writes: Vec<(&'static str, Value)> = Vec::new();
+    stage_vpc_statuses(&mut writes, &vpc_specs, &accepted, &snat, &now);
+    stage_subnet_statuses(&mut writes, &subnets, &allocation, &verdicts, &now);
+    for (g, _) in &group_specs {
+        let mut status = object_status(g);
+        status["observedGeneration"] = json!(g.generation());
+        let programmed = "the group's port group and ACLs are in OVN";
+        set_condition(
+            &mut status,
+            &Condition::ready("True", "Programmed", programmed),
+            &now,
+        );
+        stage(&mut writes, "securitygroups", g, status);
+    }
+    stage_vm_statuses(&mut writes, &vm_specs, &allocation, &macs, &verdicts, &now);
+    for (lb, _) in &lb_specs {
+        if let Some(outcome) = lb_plan.outcomes.get(lb.uid()) {
+            let status = balancer_status(lb, outcome, &now);
+            stage(&mut writes, "loadbalancers", lb, status);
+        }
+    }
+    for lb in unreadable_lbs {
+        let mut status = object_status(lb);
+        status["observedGeneration"] = json!(lb.generation());
+        set_condition(
+            &mut status,
+            &Condition::ready("False", "InvalidSpec", "the spec cannot be read"),
+            &now,
+        );
+        stage(&mut writes, "loadbalancers", lb, status);
+    }
+    report.status_writes += write_statuses(client, writes).await?;
+    Ok(report)
+}
+
+/// The objects of `store` not being deleted, oldest first (ties by namespace and name): the
+/// order in which they win what they contend for.
+fn live(store: &Store) -> Vec<Arc<Value>> {
+    let mut v: Vec<Arc<Value>> = store
+        .list()
+        .into_iter()
+        .filter(|o| !o.is_deleting())
+        .collect();
+    v.sort_by(|a, b| {
+        (
+            a["metadata"]["creationTimestamp"].as_str(),
+            a.namespace(),
+            a.name(),
+        )
+            .cmp(&(
+                b["metadata"]["creationTimestamp"].as_str(),
+                b.namespace(),
+                b.name(),
+            ))
+    });
+    v
+}
+
+/// Each object with its spec, those whose spec cannot be read left out.
+fn with_specs<S: serde::de::DeserializeOwned>(objects: &[Arc<Value>]) -> Vec<(&Value, S)> {
+    objects
+        .iter()
+        .filter_map(|o| Some((o.as_ref(), serde_json::from_value(o["spec"].clone()).ok()?)))
+        .collect()
+}
+
+/// The LoadBalancers on subnets as [`balancers`] sees them.
+fn balancers_on_subnets<'a>(
+    lb_specs: &'a [(&'a Value, LoadBalancerSpec)],
+) -> Vec<balancers::Balancer<'a>> {
+    lb_specs
         .iter()
         .filter_map(|(lb, spec)| {
             Some(balancers::Balancer {
@@ -319,16 +402,76 @@ pub async fn pass(
                 subnet: spec.subnet.as_deref()?,
                 spec,
                 created: lb["metadata"]["creationTimestamp"].as_str().unwrap_or(""),
-                programmed: keel_runtime::condition(lb, "Ready")
+                programmed: keel_runtime::condition(lb, keel_schemas::wellknown::READY)
                     .is_some_and(|c| c["reason"] == "Programmed"),
             })
         })
-        .collect();
-    let mut addresses: BTreeMap<String, String> = BTreeMap::new();
-    let mut failures: BTreeMap<String, String> = BTreeMap::new();
-    let mut shares: BTreeMap<String, String> = BTreeMap::new();
-    let mut subnet_status: BTreeMap<String, Value> = BTreeMap::new();
-    for (s, spec, _) in &accepted {
+        .collect()
+}
+
+/// Step 1: each Subnet's verdict, and those that can be programmed (oldest first: a later
+/// one overlapping an accepted one is refused).
+fn check_subnets<'a>(
+    subnets: &'a [Arc<Value>],
+    vpc_specs: &VpcSpecs<'_>,
+) -> (Verdicts, Accepted<'a>) {
+    let mut verdicts = Verdicts::new();
+    let mut accepted: Accepted<'a> = Vec::new();
+    for s in subnets {
+        let ns = s.namespace().unwrap_or("");
+        let key = (ns.to_string(), s.name().to_string());
+        let Ok(spec) = serde_json::from_value::<SubnetSpec>(s["spec"].clone()) else {
+            verdicts.insert(key, Err(("InvalidSpec", "the spec cannot be read".into())));
+            continue;
+        };
+        let vpc = vpc_specs.get(&(ns, spec.vpc.as_str()));
+        let verdict = check_subnet(&spec, vpc.map(|(_, v)| v), &accepted, ns);
+        if verdict.is_ok()
+            && let Some((vpc, _)) = vpc
+        {
+            let vpc_uid = vpc.uid().to_string();
+            accepted.push((s.as_ref(), spec, vpc_uid));
+        }
+        verdicts.insert(key, verdict);
+    }
+    (verdicts, accepted)
+}
+
+/// What step 2 decided about addresses.
+#[derive(Debug, Default)]
+struct Allocation {
+    /// Address by owner (`<vm uid>/<nic index>`, or a LoadBalancer's uid).
+    addresses: BTreeMap<String, String>,
+    /// Why an owner has none.
+    failures: BTreeMap<String, String>,
+    /// LoadBalancers sharing another's VIP: uid to the holder's uid.
+    shares: BTreeMap<String, String>,
+    /// Each accepted Subnet's new status (by uid): its allocations and counts.
+    subnet_status: BTreeMap<String, Value>,
+}
+
+impl Allocation {
+    /// Takes the addresses of the NICs whose MAC was refused, saying why.
+    fn refuse_macs(&mut self, macs: &BTreeMap<String, Result<String, String>>) {
+        for (owner, why) in macs
+            .iter()
+            .filter_map(|(o, m)| Some((o, m.as_ref().err()?)))
+        {
+            self.failures.insert(owner.clone(), why.clone());
+            self.addresses.remove(owner);
+        }
+    }
+}
+
+/// Step 2: the addresses of NICs and LoadBalancers on each accepted Subnet, keeping what
+/// each Subnet's status already allocated.
+fn allocate(
+    accepted: &Accepted<'_>,
+    vm_specs: &[(&Value, VirtualMachineSpec)],
+    on_subnets: &[balancers::Balancer<'_>],
+) -> Allocation {
+    let mut out = Allocation::default();
+    for (s, spec, _) in accepted {
         let ns = s.namespace().unwrap_or("");
         let mut claims: Vec<ipam::Claim> = vm_specs
             .iter()
@@ -355,33 +498,40 @@ pub async fn pass(
                     .collect()
             })
             .unwrap_or_default();
-        let (lb_claims, lb_shares) = balancers::claims(&on_subnets, ns, s.name(), &current);
+        let (lb_claims, lb_shares) = balancers::claims(on_subnets, ns, s.name(), &current);
         claims.extend(lb_claims);
-        shares.extend(lb_shares);
+        out.shares.extend(lb_shares);
         let outcome = ipam::allocate(&pool, &current, &claims);
         for (ip, owner) in &outcome.allocations {
-            addresses.insert(owner.clone(), ip.clone());
+            out.addresses.insert(owner.clone(), ip.clone());
         }
-        failures.extend(outcome.failed.clone());
-        let mut status = s["status"].clone();
-        if !status.is_object() {
-            status = json!({});
-        }
+        out.failures.extend(outcome.failed.clone());
+        let mut status = object_status(s);
         status["allocations"] = json!(outcome.allocations);
         status["usedIPs"] = json!(outcome.used);
         status["availableIPs"] = json!(outcome.available);
         status["switch"] = json!(topology::name(ns, s.name()));
-        subnet_status.insert(s.uid().to_string(), status);
+        out.subnet_status.insert(s.uid().to_string(), status);
     }
-    // Allocations are recorded before anything uses them.
-    for (s, _, _) in &accepted {
+    out
+}
+
+/// Records each Subnet's changed allocations with its resourceVersion: a stale writer gets a
+/// conflict, never a duplicate address.
+async fn record_allocations(
+    client: &Client,
+    accepted: &Accepted<'_>,
+    subnet_status: &BTreeMap<String, Value>,
+    report: &mut PassReport,
+) -> Result<(), NetworkError> {
+    for (s, _, _) in accepted {
         let Some(status) = subnet_status.get(s.uid()) else {
             continue;
         };
         if s["status"]["allocations"] != status["allocations"] {
             let mut updated = (*s).clone();
             updated["status"] = status.clone();
-            write_status(client, "subnets", &updated, &mut report)
+            write_status(client, "subnets", &updated, report)
                 .await
                 .map_err(|e| match e.code() {
                     Some(409) => NetworkError::Conflict(s.name().to_string()),
@@ -389,77 +539,81 @@ pub async fn pass(
                 })?;
         }
     }
+    Ok(())
+}
 
-    // MACs: unique on each subnet (its L2 domain); a derived one that collides is derived
-    // again, a fixed one that collides is refused.
-    let macs = assign_macs(&vm_specs, &subnet_uid_of(&accepted));
-    for (owner, why) in macs
-        .iter()
-        .filter_map(|(o, m)| Some((o, m.as_ref().err()?)))
-    {
-        failures.insert(owner.clone(), why.clone());
-        addresses.remove(owner);
-    }
-
-    // 3. The rows.
-    let group_specs: Vec<(&Value, SecurityGroupSpec)> = groups
-        .iter()
-        .filter_map(|g| Some((g.as_ref(), serde_json::from_value(g["spec"].clone()).ok()?)))
-        .collect();
-    let group_uid: BTreeMap<(&str, &str), &str> = group_specs
-        .iter()
-        .map(|(g, _)| ((g.namespace().unwrap_or(""), g.name()), g.uid()))
-        .collect();
-    let subnet_uid = subnet_uid_of(&accepted);
-    let snat = snat_addresses(&vpc_specs, external);
-    let mut world = World {
-        external,
-        ..World::default()
-    };
-    for (v, spec) in vpc_specs.values() {
-        world.vpcs.push(VpcRows {
+/// Step 3: the VPCs' routers.
+fn vpc_rows<'a>(
+    vpc_specs: &'a VpcSpecs<'a>,
+    snat: &BTreeMap<String, Result<String, String>>,
+) -> Vec<VpcRows<'a>> {
+    vpc_specs
+        .values()
+        .map(|(v, spec)| VpcRows {
             namespace: v.namespace().unwrap_or(""),
             name: v.name(),
             uid: v.uid(),
             cidr: &spec.cidr,
             snat_ip: snat.get(v.uid()).and_then(|r| r.as_ref().ok()).cloned(),
-        });
-    }
-    for (s, spec, vpc_uid) in &accepted {
-        let dhcp = spec.dhcp.clone().unwrap_or_default();
-        world.subnets.push(SubnetRows {
-            namespace: s.namespace().unwrap_or(""),
-            name: s.name(),
-            uid: s.uid(),
-            vpc_uid,
-            cidr: &spec.cidr,
-            gateway: spec.gateway.clone().unwrap_or_default(),
-            dhcp: (dhcp.enabled != Some(false)).then(|| DhcpRows {
-                lease_seconds: dhcp.lease_seconds.unwrap_or(3600),
-                dns_servers: dhcp.dns_servers.clone(),
-                domain_name: dhcp.domain_name.clone(),
-            }),
-        });
-    }
-    for (v, spec) in &vm_specs {
+        })
+        .collect()
+}
+
+/// Step 3: the accepted Subnets' switches, router ports and DHCP.
+fn subnet_rows<'a>(accepted: &'a Accepted<'a>) -> Vec<SubnetRows<'a>> {
+    accepted
+        .iter()
+        .map(|(s, spec, vpc_uid)| {
+            let dhcp = spec.dhcp.clone().unwrap_or_default();
+            SubnetRows {
+                namespace: s.namespace().unwrap_or(""),
+                name: s.name(),
+                uid: s.uid(),
+                vpc_uid,
+                cidr: &spec.cidr,
+                gateway: spec.gateway.clone().unwrap_or_default(),
+                dhcp: (dhcp.enabled != Some(false)).then(|| DhcpRows {
+                    lease_seconds: dhcp.lease_seconds.unwrap_or(3600),
+                    dns_servers: dhcp.dns_servers.clone(),
+                    domain_name: dhcp.domain_name.clone(),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Step 3: the ports of NICs that have an address and a MAC.
+fn nic_rows<'a>(
+    vm_specs: &'a [(&'a Value, VirtualMachineSpec)],
+    accepted: &'a Accepted<'a>,
+    group_specs: &'a [(&'a Value, SecurityGroupSpec)],
+    allocation: &Allocation,
+    macs: &BTreeMap<String, Result<String, String>>,
+) -> Vec<NicRows<'a>> {
+    let subnet_uid = subnet_uid_of(accepted);
+    let group_uid: BTreeMap<(&str, &str), &str> = group_specs
+        .iter()
+        .map(|(g, _)| ((g.namespace().unwrap_or(""), g.name()), g.uid()))
+        .collect();
+    let mut out = Vec::new();
+    for (v, spec) in vm_specs {
         let ns = v.namespace().unwrap_or("");
         for (i, nic) in spec.nics.iter().enumerate() {
-            let (Some(subnet), Some(ip)) = (
+            let owner = format!("{}/{i}", v.uid());
+            let (Some(subnet), Some(ip), Some(Ok(mac))) = (
                 subnet_uid.get(&(ns, nic.subnet.as_str())),
-                addresses.get(&format!("{}/{i}", v.uid())),
+                allocation.addresses.get(&owner),
+                macs.get(&owner),
             ) else {
                 continue;
             };
-            world.nics.push(NicRows {
+            out.push(NicRows {
                 namespace: ns,
                 vm: v.name(),
                 vm_uid: v.uid(),
                 index: i,
                 subnet_uid: subnet,
-                mac: match macs.get(&format!("{}/{i}", v.uid())) {
-                    Some(Ok(mac)) => mac.clone(),
-                    _ => continue,
-                },
+                mac: mac.clone(),
                 ip: ip.clone(),
                 groups: nic
                     .security_groups
@@ -469,43 +623,19 @@ pub async fn pass(
             });
         }
     }
-    for (g, spec) in &group_specs {
-        world.groups.push(GroupRows {
-            namespace: g.namespace().unwrap_or(""),
-            name: g.name(),
-            uid: g.uid(),
-            spec,
-        });
-    }
-    let lb_plan = plan_balancers(
-        &on_subnets,
-        &accepted,
-        &verdicts,
-        &vpc_specs,
-        &vm_specs,
-        &world.nics,
-        Allocated {
-            addresses: &addresses,
-            failures: &failures,
-            shares: &shares,
-        },
-    );
-    world.balancers = lb_plan.rows;
-    let desired = topology::rows(&world);
-    let ops = sync::operations(&*caches.replica.lock().await, &desired);
-    report.operations = ops.len();
-    if !ops.is_empty() {
-        nb.transact(NB_DB, &ops).await?;
-    }
+    out
+}
 
-    // 4. Statuses, written a few at a time.
-    let now = keel_schemas::time::now_rfc3339();
-    let mut writes: Vec<(&'static str, Value)> = Vec::new();
+/// Step 4: each VPC's router, Subnets and source NAT address.
+fn stage_vpc_statuses(
+    writes: &mut Vec<(&'static str, Value)>,
+    vpc_specs: &VpcSpecs<'_>,
+    accepted: &Accepted<'_>,
+    snat: &BTreeMap<String, Result<String, String>>,
+    now: &str,
+) {
     for (v, _) in vpc_specs.values() {
-        let mut status = v["status"].clone();
-        if !status.is_object() {
-            status = json!({});
-        }
+        let mut status = object_status(v);
         let ns = v.namespace().unwrap_or("");
         status["router"] = json!(topology::name(ns, v.name()));
         status["subnets"] = json!(
@@ -537,30 +667,34 @@ pub async fn pass(
         {
             st.remove("externalIP");
         }
-        set_condition(
-            &mut status,
-            &Condition::ready(ready, reason, &message),
-            &now,
-        );
-        stage(&mut writes, "vpcs", v, status);
+        set_condition(&mut status, &Condition::ready(ready, reason, &message), now);
+        stage(writes, "vpcs", v, status);
     }
-    for s in &subnets {
+}
+
+/// Step 4: each Subnet's allocations and verdict.
+fn stage_subnet_statuses(
+    writes: &mut Vec<(&'static str, Value)>,
+    subnets: &[Arc<Value>],
+    allocation: &Allocation,
+    verdicts: &Verdicts,
+    now: &str,
+) {
+    for s in subnets {
         let key = (
             s.namespace().unwrap_or("").to_string(),
             s.name().to_string(),
         );
-        let mut status = subnet_status.get(s.uid()).cloned().unwrap_or_else(|| {
-            let mut st = s["status"].clone();
-            if !st.is_object() {
-                st = json!({});
-            }
-            st
-        });
+        let mut status = allocation
+            .subnet_status
+            .get(s.uid())
+            .cloned()
+            .unwrap_or_else(|| object_status(s));
         status["observedGeneration"] = json!(s.generation());
         let c = match verdicts.get(&key) {
             Some(Ok(()))
                 if status["availableIPs"] == json!(0)
-                    && failures.values().any(|f| f.contains("exhausted")) =>
+                    && allocation.failures.values().any(|f| f.contains("exhausted")) =>
             {
                 Condition::ready("True", "Exhausted", "the subnet has no free address left")
             }
@@ -572,27 +706,22 @@ pub async fn pass(
             Some(Err((reason, message))) => Condition::ready("False", reason, message),
             None => continue,
         };
-        set_condition(&mut status, &c, &now);
-        stage(&mut writes, "subnets", s, status);
+        set_condition(&mut status, &c, now);
+        stage(writes, "subnets", s, status);
     }
-    for (g, _) in &group_specs {
-        let mut status = g["status"].clone();
-        if !status.is_object() {
-            status = json!({});
-        }
-        status["observedGeneration"] = json!(g.generation());
-        set_condition(
-            &mut status,
-            &Condition::ready(
-                "True",
-                "Programmed",
-                "the group's port group and ACLs are in OVN",
-            ),
-            &now,
-        );
-        stage(&mut writes, "securitygroups", g, status);
-    }
-    for (v, spec) in &vm_specs {
+}
+
+/// Step 4: each VM's interfaces (subnet, MAC, address) and `NetworkReady`, with why a NIC
+/// has no address.
+fn stage_vm_statuses(
+    writes: &mut Vec<(&'static str, Value)>,
+    vm_specs: &[(&Value, VirtualMachineSpec)],
+    allocation: &Allocation,
+    macs: &BTreeMap<String, Result<String, String>>,
+    verdicts: &Verdicts,
+    now: &str,
+) {
+    for (v, spec) in vm_specs {
         if spec.nics.is_empty() {
             continue;
         }
@@ -612,11 +741,11 @@ pub async fn pass(
                         .unwrap_or_else(|| keel_schemas::wellknown::nic_mac(v.uid(), i)),
                 };
                 let mut iface = json!({"subnet": nic.subnet, "mac": mac});
-                match addresses.get(&owner) {
+                match allocation.addresses.get(&owner) {
                     Some(ip) => iface["ip"] = json!(ip),
                     None => problems.push(
                         match (
-                            failures.get(&owner),
+                            allocation.failures.get(&owner),
                             verdicts.get(&(ns.to_string(), nic.subnet.clone())),
                         ) {
                             (Some(why), _) => format!("nic {i}: {why}"),
@@ -630,52 +759,22 @@ pub async fn pass(
                 iface
             })
             .collect();
-        let mut status = v["status"].clone();
-        if !status.is_object() {
-            status = json!({});
-        }
+        let mut status = object_status(v);
         status["interfaces"] = json!(interfaces);
         let message = problems.join("; ");
         let c = if problems.is_empty() {
-            Condition {
-                type_: "NetworkReady",
-                status: "True",
-                reason: "AddressesAllocated",
-                message: "every NIC has an address and a port in OVN",
-            }
+            Condition::new(
+                "NetworkReady",
+                "True",
+                "AddressesAllocated",
+                "every NIC has an address and a port in OVN",
+            )
         } else {
-            Condition {
-                type_: "NetworkReady",
-                status: "False",
-                reason: "AddressUnavailable",
-                message: &message,
-            }
+            Condition::new("NetworkReady", "False", "AddressUnavailable", &message)
         };
-        set_condition(&mut status, &c, &now);
-        stage(&mut writes, "virtualmachines", v, status);
+        set_condition(&mut status, &c, now);
+        stage(writes, "virtualmachines", v, status);
     }
-    for (lb, _) in &lb_specs {
-        if let Some(outcome) = lb_plan.outcomes.get(lb.uid()) {
-            stage(
-                &mut writes,
-                "loadbalancers",
-                lb,
-                balancer_status(lb, outcome, &now),
-            );
-        }
-    }
-    for lb in unreadable_lbs {
-        let mut status = object_status(lb);
-        status["observedGeneration"] = json!(lb.generation());
-        set_condition(
-            &mut status,
-            &Condition::ready("False", "InvalidSpec", "the spec cannot be read"),
-            &now,
-        );
-        stage(&mut writes, "loadbalancers", lb, status);
-    }
-    report.status_writes += write_statuses(client, writes).await?;
-    Ok(report)
 }
 
 /// The external address of each VPC asking for source NAT (by uid), in the VPCs' order:
