@@ -227,7 +227,8 @@ pub fn group_name(uid: &str) -> String {
 }
 
 /// The rows `world` asks for, in the order a transaction may insert them (rows referred to
-/// first).
+/// first): DHCP options, load balancers, ACLs, router ports, switch ports; then switches,
+/// routers, the external switch, port groups.
 pub fn rows(world: &World<'_>) -> Vec<DesiredRow> {
     let mut out = Vec::new();
     let subnets_of: BTreeMap<&str, Vec<&SubnetRows<'_>>> =
@@ -240,8 +241,6 @@ pub fn rows(world: &World<'_>) -> Vec<DesiredRow> {
             m.entry(n.subnet_uid).or_insert_with(Vec::new).push(n);
             m
         });
-    // DHCP options, load balancers, ACLs, router ports, switch ports; then switches, routers,
-    // groups.
     for s in &world.subnets {
         if let Some(dhcp) = &s.dhcp {
             out.push(dhcp_row(s, dhcp));
@@ -263,50 +262,10 @@ pub fn rows(world: &World<'_>) -> Vec<DesiredRow> {
     let acls = acl_rows(world);
     out.extend(acls.iter().cloned());
     for s in &world.subnets {
-        out.push(row(
-            "Logical_Router_Port",
-            format!("subnet/{}/gw", s.uid),
-            &format!("Subnet/{}/{}", s.namespace, s.name),
-            json!({
-                "name": format!("{}/gw", name(s.namespace, s.name)),
-                "mac": router_mac(s.uid),
-                "networks": set([json!(format!("{}/{}", s.gateway, prefix(s.cidr)))]),
-            }),
-            vec![],
-        ));
-        out.push(row(
-            "Logical_Switch_Port",
-            format!("subnet/{}/rp", s.uid),
-            &format!("Subnet/{}/{}", s.namespace, s.name),
-            json!({
-                "name": format!("{}/rp", name(s.namespace, s.name)),
-                "type": "router",
-                "addresses": set([json!("router")]),
-                "options": map([(&"router-port".to_string(), &format!("{}/gw", name(s.namespace, s.name)))]),
-            }),
-            vec![],
-        ));
+        out.extend(subnet_router_rows(s));
     }
     for n in &world.nics {
-        let address = format!("{} {}", n.mac, n.ip);
-        let dhcp = world
-            .subnets
-            .iter()
-            .find(|s| s.uid == n.subnet_uid)
-            .filter(|s| s.dhcp.is_some())
-            .map(|s| vec![format!("subnet/{}/dhcp", s.uid)])
-            .unwrap_or_default();
-        out.push(row(
-            "Logical_Switch_Port",
-            format!("nic/{}/{}", n.vm_uid, n.index),
-            &format!("VirtualMachine/{}/{}", n.namespace, n.vm),
-            json!({
-                "name": nic_port(n.namespace, n.vm, n.index),
-                "addresses": set([json!(address)]),
-                "port_security": set([json!(address)]),
-            }),
-            vec![("dhcpv4_options", dhcp)],
-        ));
+        out.push(nic_row(world, n));
     }
     for s in &world.subnets {
         let mut ports = vec![format!("subnet/{}/rp", s.uid)];
@@ -335,46 +294,7 @@ pub fn rows(world: &World<'_>) -> Vec<DesiredRow> {
             .collect();
         let (mut nat, mut routes) = (Vec::new(), Vec::new());
         if let (Some(ip), Some(ext)) = (&v.snat_ip, world.external) {
-            let owner = format!("VPC/{}/{}", v.namespace, v.name);
-            let lrp = format!("{}/ext", name(v.namespace, v.name));
-            out.push(row(
-                "Gateway_Chassis",
-                format!("vpc/{}/gwc", v.uid),
-                &owner,
-                json!({"name": format!("{lrp}-{}", ext.chassis), "chassis_name": ext.chassis, "priority": 10}),
-                vec![],
-            ));
-            out.push(row(
-                "NAT",
-                format!("vpc/{}/snat", v.uid),
-                &owner,
-                json!({"type": "snat", "external_ip": ip, "logical_ip": v.cidr}),
-                vec![],
-            ));
-            out.push(row(
-                "Logical_Router_Static_Route",
-                format!("vpc/{}/default", v.uid),
-                &owner,
-                json!({"ip_prefix": "0.0.0.0/0", "nexthop": ext.gateway}),
-                vec![],
-            ));
-            out.push(row(
-                "Logical_Router_Port",
-                format!("vpc/{}/ext", v.uid),
-                &owner,
-                json!({"name": lrp, "mac": mac(&format!("{}/ext", v.uid), [0x0a, 0x58, 0x01]),
-                       "networks": set([json!(format!("{ip}/{}", prefix(&ext.cidr)))])}),
-                vec![("gateway_chassis", vec![format!("vpc/{}/gwc", v.uid)])],
-            ));
-            out.push(row(
-                "Logical_Switch_Port",
-                format!("vpc/{}/ext-rp", v.uid),
-                &owner,
-                json!({"name": format!("{}/ext-rp", name(v.namespace, v.name)), "type": "router",
-                       "addresses": set([json!("router")]),
-                       "options": map([(&"router-port".to_string(), &lrp)])}),
-                vec![],
-            ));
+            out.extend(external_gateway_rows(v, ip, ext));
             ports.push(format!("vpc/{}/ext", v.uid));
             nat.push(format!("vpc/{}/snat", v.uid));
             routes.push(format!("vpc/{}/default", v.uid));
@@ -394,26 +314,137 @@ pub fn rows(world: &World<'_>) -> Vec<DesiredRow> {
         ));
     }
     if let Some(ext) = world.external.filter(|_| !external_ports.is_empty()) {
-        out.push(row(
-            "Logical_Switch_Port",
-            "external/localnet".to_string(),
-            "keel",
-            json!({"name": "keel/external/localnet", "type": "localnet",
-                   "addresses": set([json!("unknown")]),
-                   "options": map([(&"network_name".to_string(), &ext.physnet)])}),
-            vec![],
-        ));
-        external_ports.push("external/localnet".to_string());
-        out.push(row(
-            "Logical_Switch",
-            "external".to_string(),
-            "keel",
-            json!({"name": "keel/external"}),
-            vec![("ports", external_ports)],
-        ));
+        out.extend(external_switch_rows(ext, external_ports));
     }
     out.extend(group_rows(world, &acls));
     out
+}
+
+/// A subnet's side of its VPC's router: the router port (its gateway address) and the
+/// switch port that patches it in.
+fn subnet_router_rows(s: &SubnetRows<'_>) -> [DesiredRow; 2] {
+    let owner = format!("Subnet/{}/{}", s.namespace, s.name);
+    let gw = format!("{}/gw", name(s.namespace, s.name));
+    [
+        row(
+            "Logical_Router_Port",
+            format!("subnet/{}/gw", s.uid),
+            &owner,
+            json!({
+                "name": gw,
+                "mac": router_mac(s.uid),
+                "networks": set([json!(format!("{}/{}", s.gateway, prefix(s.cidr)))]),
+            }),
+            vec![],
+        ),
+        row(
+            "Logical_Switch_Port",
+            format!("subnet/{}/rp", s.uid),
+            &owner,
+            json!({
+                "name": format!("{}/rp", name(s.namespace, s.name)),
+                "type": "router",
+                "addresses": set([json!("router")]),
+                "options": map([(&"router-port".to_string(), &gw)]),
+            }),
+            vec![],
+        ),
+    ]
+}
+
+/// A NIC's switch port: its MAC and address (also its port security), and its subnet's
+/// DHCP options when the subnet serves DHCP.
+fn nic_row(world: &World<'_>, n: &NicRows<'_>) -> DesiredRow {
+    let address = format!("{} {}", n.mac, n.ip);
+    let dhcp = world
+        .subnets
+        .iter()
+        .find(|s| s.uid == n.subnet_uid)
+        .filter(|s| s.dhcp.is_some())
+        .map(|s| vec![format!("subnet/{}/dhcp", s.uid)])
+        .unwrap_or_default();
+    row(
+        "Logical_Switch_Port",
+        format!("nic/{}/{}", n.vm_uid, n.index),
+        &format!("VirtualMachine/{}/{}", n.namespace, n.vm),
+        json!({
+            "name": nic_port(n.namespace, n.vm, n.index),
+            "addresses": set([json!(address)]),
+            "port_security": set([json!(address)]),
+        }),
+        vec![("dhcpv4_options", dhcp)],
+    )
+}
+
+/// A VPC's way out through the external network, leaving from `ip`: its gateway chassis,
+/// source NAT, default route, external router port and the switch port that patches it
+/// into the external switch.
+fn external_gateway_rows(v: &VpcRows<'_>, ip: &str, ext: &External) -> [DesiredRow; 5] {
+    let owner = format!("VPC/{}/{}", v.namespace, v.name);
+    let lrp = format!("{}/ext", name(v.namespace, v.name));
+    [
+        row(
+            "Gateway_Chassis",
+            format!("vpc/{}/gwc", v.uid),
+            &owner,
+            json!({"name": format!("{lrp}-{}", ext.chassis), "chassis_name": ext.chassis, "priority": 10}),
+            vec![],
+        ),
+        row(
+            "NAT",
+            format!("vpc/{}/snat", v.uid),
+            &owner,
+            json!({"type": "snat", "external_ip": ip, "logical_ip": v.cidr}),
+            vec![],
+        ),
+        row(
+            "Logical_Router_Static_Route",
+            format!("vpc/{}/default", v.uid),
+            &owner,
+            json!({"ip_prefix": "0.0.0.0/0", "nexthop": ext.gateway}),
+            vec![],
+        ),
+        row(
+            "Logical_Router_Port",
+            format!("vpc/{}/ext", v.uid),
+            &owner,
+            json!({"name": lrp, "mac": mac(&format!("{}/ext", v.uid), [0x0a, 0x58, 0x01]),
+                   "networks": set([json!(format!("{ip}/{}", prefix(&ext.cidr)))])}),
+            vec![("gateway_chassis", vec![format!("vpc/{}/gwc", v.uid)])],
+        ),
+        row(
+            "Logical_Switch_Port",
+            format!("vpc/{}/ext-rp", v.uid),
+            &owner,
+            json!({"name": format!("{}/ext-rp", name(v.namespace, v.name)), "type": "router",
+                   "addresses": set([json!("router")]),
+                   "options": map([(&"router-port".to_string(), &lrp)])}),
+            vec![],
+        ),
+    ]
+}
+
+/// The external switch: the VPCs' external router ports and the localnet port onto the
+/// physical network.
+fn external_switch_rows(ext: &External, mut ports: Vec<String>) -> [DesiredRow; 2] {
+    let localnet = row(
+        "Logical_Switch_Port",
+        "external/localnet".to_string(),
+        "keel",
+        json!({"name": "keel/external/localnet", "type": "localnet",
+               "addresses": set([json!("unknown")]),
+               "options": map([(&"network_name".to_string(), &ext.physnet)])}),
+        vec![],
+    );
+    ports.push("external/localnet".to_string());
+    let switch = row(
+        "Logical_Switch",
+        "external".to_string(),
+        "keel",
+        json!({"name": "keel/external"}),
+        vec![("ports", ports)],
+    );
+    [localnet, switch]
 }
 
 /// The rows of one load balancer: per protocol its health checks, then its Load_Balancer.
