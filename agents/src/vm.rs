@@ -232,8 +232,9 @@ async fn apply(vm: &Value, ctx: &Context) -> Result<Action, VmError> {
     running(vm, &spec, &dir, ctx, report, boot, status).await
 }
 
-/// A pass over a guest that runs (or is paused, or starting): Halted, or a change that needs
-/// a restart, stops it; otherwise pause or resume it as asked, probe it, report.
+/// A pass over a guest that runs (or is paused, or starting): a stop asked for, Halted, or a
+/// change that needs a restart, stops it; otherwise pause or resume it as asked, probe it,
+/// report.
 async fn running(
     vm: &Value,
     spec: &VirtualMachineSpec,
@@ -243,70 +244,20 @@ async fn running(
     boot: Boot,
     status: qmp::Status,
 ) -> Result<Action, VmError> {
-    let key = vm.object_ref();
-    let strategy = spec.run_strategy.unwrap_or(RunStrategy::Always);
-    let fields = restart_fields(spec);
-    let changed = changed_fields(&boot.fields, &fields);
+    let guest = Guest {
+        vm,
+        spec,
+        dir,
+        ctx,
+        key: vm.object_ref(),
+    };
+    let changed = changed_fields(&boot.fields, &restart_fields(spec));
     // A rollback that restores the disks restarts the guest even when the spec it restores
     // needs no restart.
     let restore = snapshots::restore_asked(vm, dir)
         .filter(|asked| snapshots::current(dir).is_some_and(|s| s.name == *asked));
-    for request in [Request::Stop, Request::Restart] {
-        if !lifecycle::pending(vm, dir, request) {
-            continue;
-        }
-        report.phase("Stopping");
-        report.write(vm, ctx).await?;
-        lifecycle::shutdown(ctx, &key, dir, spec).await?;
-        lifecycle::handled(vm, dir, request);
-        let message = match request {
-            Request::Stop => {
-                // Under Manual it stays stopped; other strategies start it again.
-                lifecycle::stopped_on_request(dir);
-                "the guest was shut down on request"
-            }
-            _ => "the guest was shut down on request, to start again",
-        };
-        ctx.recorder
-            .publish(vm, EventType::Normal, "StopRequested", "Stopping", message)
-            .await;
-        return Ok(Action::requeue(Duration::ZERO));
-    }
-    if strategy == RunStrategy::Halted {
-        report.phase("Stopping");
-        report.write(vm, ctx).await?;
-        lifecycle::shutdown(ctx, &key, dir, spec).await?;
-        ctx.recorder
-            .publish(
-                vm,
-                EventType::Normal,
-                "Stopped",
-                "Stopping",
-                "runStrategy is Halted: the guest was shut down",
-            )
-            .await;
-        return Ok(Action::requeue(Duration::ZERO));
-    }
-    if (!changed.is_empty() || restore.is_some()) && strategy != RunStrategy::Manual {
-        let message = match restore {
-            Some(snapshot) if changed.is_empty() => format!(
-                "restarting the guest to restore its disks to snapshot {snapshot} (generation {})",
-                vm.generation()
-            ),
-            _ => format!(
-                "{} changed: restarting the guest to apply generation {}",
-                changed.join(", "),
-                vm.generation()
-            ),
-        };
-        report.condition("RestartRequired", "True", "Restarting", &message);
-        report.phase("Stopping");
-        report.write(vm, ctx).await?;
-        ctx.recorder
-            .publish(vm, EventType::Normal, "Restarting", "Restarting", &message)
-            .await;
-        lifecycle::shutdown(ctx, &key, dir, spec).await?;
-        return Ok(Action::requeue(Duration::ZERO));
+    if let Some(action) = stop_when_due(&guest, &mut report, &changed, restore).await? {
+        return Ok(action);
     }
     if changed.is_empty() && restore.is_none() {
         report.condition(
@@ -321,7 +272,7 @@ async fn running(
             let mut boot = boot.clone();
             boot.applied = vm.generation();
             if let Err(e) = dir.write_boot(&boot) {
-                tracing::warn!(vm = %key, error = %e, "cannot write the boot record");
+                tracing::warn!(vm = %guest.key, error = %e, "cannot write the boot record");
             }
         }
         if matches!(status.state.as_str(), "running" | "paused") {
@@ -341,76 +292,163 @@ async fn running(
             &format!("{what}; runStrategy Manual: the change applies when the guest next starts"),
         );
     }
-
-    // Pause or resume as the spec says.
-    let mut state = status.state.clone();
-    let want_paused = spec.paused.unwrap_or(false);
-    if want_paused != (state == "paused") && matches!(state.as_str(), "running" | "paused") {
-        lifecycle::set_paused(dir, want_paused)
-            .await
-            .map_err(|e| VmError::Start {
-                reason: "QMPFailed",
-                message: e.to_string(),
-            })?;
-        state = if want_paused {
-            "paused".into()
-        } else {
-            "running".into()
-        };
-        ctx.recorder
-            .publish(
-                vm,
-                EventType::Normal,
-                if want_paused { "Paused" } else { "Resumed" },
-                "Pausing",
-                if want_paused {
-                    "the guest's CPUs are paused"
-                } else {
-                    "the guest's CPUs run again"
-                },
-            )
-            .await;
-    }
-    lifecycle::listen(ctx, &key, dir);
+    let state = pause_as_asked(&guest, &status.state).await?;
+    lifecycle::listen(ctx, &guest.key, dir);
     report.running(&boot, dir, &state);
-    let ready = if state == "running" {
-        let outcome = match &spec.readiness_probe {
-            Some(probe) => {
-                let qmp = dir.qmp();
-                readiness::check(probe, &boot.forwards, Some(&qmp), &console_of(dir)).await
-            }
-            None => readiness::Outcome {
-                ready: true,
-                message: "the guest runs (no readiness probe)".into(),
-            },
-        };
-        let reason = if outcome.ready {
-            "ProbeSucceeded"
-        } else {
-            "ProbeFailed"
-        };
-        report.condition(
-            "Ready",
-            if outcome.ready { "True" } else { "False" },
-            reason,
-            &outcome.message,
-        );
-        outcome.ready
-    } else {
-        report.condition(
-            "Ready",
-            "False",
-            "GuestNotRunning",
-            &format!("QEMU's run state is {state}"),
-        );
-        false
-    };
+    let ready = probe_readiness(&guest, &boot, &state, &mut report).await;
     report.write(vm, ctx).await?;
     Ok(Action::requeue(if ready {
         PROBE_READY
     } else {
         PROBE_WAITING
     }))
+}
+
+/// A guest a pass looks at.
+struct Guest<'a> {
+    vm: &'a Value,
+    spec: &'a VirtualMachineSpec,
+    dir: &'a VmDir,
+    ctx: &'a Context,
+    key: ObjectRef,
+}
+
+/// Shuts the guest down when that is due — a stop or restart asked for, runStrategy Halted,
+/// or a change (`changed` fields, a snapshot to `restore`) that needs a restart under any
+/// strategy but Manual — and says when to look again.
+async fn stop_when_due(
+    guest: &Guest<'_>,
+    report: &mut Report,
+    changed: &[String],
+    restore: Option<&str>,
+) -> Result<Option<Action>, VmError> {
+    let Guest {
+        vm,
+        spec,
+        dir,
+        ctx,
+        key,
+    } = guest;
+    let strategy = spec.run_strategy.unwrap_or(RunStrategy::Always);
+    for request in [Request::Stop, Request::Restart] {
+        if !lifecycle::pending(vm, dir, request) {
+            continue;
+        }
+        report.phase("Stopping");
+        report.write(vm, ctx).await?;
+        lifecycle::shutdown(ctx, key, dir, spec).await?;
+        lifecycle::handled(vm, dir, request);
+        let message = match request {
+            Request::Stop => {
+                // Under Manual it stays stopped; other strategies start it again.
+                lifecycle::stopped_on_request(dir);
+                "the guest was shut down on request"
+            }
+            _ => "the guest was shut down on request, to start again",
+        };
+        ctx.recorder
+            .publish(vm, EventType::Normal, "StopRequested", "Stopping", message)
+            .await;
+        return Ok(Some(Action::requeue(Duration::ZERO)));
+    }
+    if strategy == RunStrategy::Halted {
+        report.phase("Stopping");
+        report.write(vm, ctx).await?;
+        lifecycle::shutdown(ctx, key, dir, spec).await?;
+        ctx.recorder
+            .publish(
+                vm,
+                EventType::Normal,
+                "Stopped",
+                "Stopping",
+                "runStrategy is Halted: the guest was shut down",
+            )
+            .await;
+        return Ok(Some(Action::requeue(Duration::ZERO)));
+    }
+    if (!changed.is_empty() || restore.is_some()) && strategy != RunStrategy::Manual {
+        let message = match restore {
+            Some(snapshot) if changed.is_empty() => format!(
+                "restarting the guest to restore its disks to snapshot {snapshot} (generation {})",
+                vm.generation()
+            ),
+            _ => format!(
+                "{} changed: restarting the guest to apply generation {}",
+                changed.join(", "),
+                vm.generation()
+            ),
+        };
+        report.condition("RestartRequired", "True", "Restarting", &message);
+        report.phase("Stopping");
+        report.write(vm, ctx).await?;
+        ctx.recorder
+            .publish(vm, EventType::Normal, "Restarting", "Restarting", &message)
+            .await;
+        lifecycle::shutdown(ctx, key, dir, spec).await?;
+        return Ok(Some(Action::requeue(Duration::ZERO)));
+    }
+    Ok(None)
+}
+
+/// Pauses or resumes the guest's CPUs as the spec says; returns QEMU's run state after.
+async fn pause_as_asked(guest: &Guest<'_>, state: &str) -> Result<String, VmError> {
+    let want_paused = guest.spec.paused.unwrap_or(false);
+    if want_paused == (state == "paused") || !matches!(state, "running" | "paused") {
+        return Ok(state.to_string());
+    }
+    lifecycle::set_paused(guest.dir, want_paused)
+        .await
+        .map_err(|e| VmError::Start {
+            reason: "QMPFailed",
+            message: e.to_string(),
+        })?;
+    let (reason, message) = if want_paused {
+        ("Paused", "the guest's CPUs are paused")
+    } else {
+        ("Resumed", "the guest's CPUs run again")
+    };
+    guest
+        .ctx
+        .recorder
+        .publish(guest.vm, EventType::Normal, reason, "Pausing", message)
+        .await;
+    Ok(if want_paused { "paused" } else { "running" }.into())
+}
+
+/// Reports `Ready` from the readiness probe (a running guest without one is ready); returns
+/// whether it is.
+async fn probe_readiness(
+    guest: &Guest<'_>,
+    boot: &Boot,
+    state: &str,
+    report: &mut Report,
+) -> bool {
+    if state != "running" {
+        report.condition(
+            "Ready",
+            "False",
+            "GuestNotRunning",
+            &format!("QEMU's run state is {state}"),
+        );
+        return false;
+    }
+    let outcome = match &guest.spec.readiness_probe {
+        Some(probe) => {
+            let qmp = guest.dir.qmp();
+            readiness::check(probe, &boot.forwards, Some(&qmp), &console_of(guest.dir)).await
+        }
+        None => readiness::Outcome {
+            ready: true,
+            message: "the guest runs (no readiness probe)".into(),
+        },
+    };
+    let (status, reason) = if outcome.ready {
+        ("True", "ProbeSucceeded")
+    } else {
+        ("False", "ProbeFailed")
+    };
+    report.condition("Ready", status, reason, &outcome.message);
+    outcome.ready
 }
 
 /// Prepares the disks and seed, and starts QEMU.
