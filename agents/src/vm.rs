@@ -417,12 +417,7 @@ async fn pause_as_asked(guest: &Guest<'_>, state: &str) -> Result<String, VmErro
 
 /// Reports `Ready` from the readiness probe (a running guest without one is ready); returns
 /// whether it is.
-async fn probe_readiness(
-    guest: &Guest<'_>,
-    boot: &Boot,
-    state: &str,
-    report: &mut Report,
-) -> bool {
+async fn probe_readiness(guest: &Guest<'_>, boot: &Boot, state: &str, report: &mut Report) -> bool {
     if state != "running" {
         report.condition(
             "Ready",

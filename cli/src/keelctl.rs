@@ -406,37 +406,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
         Command::Restart { target } => ops::power(&ctx, &target, ops::Power::Restart)
             .await
             .map(|()| ExitCode::SUCCESS),
-        Command::Rollout { command } => {
-            let (target, what) = match command {
-                RolloutCommand::History { target, revision } => {
-                    (target, rollout::Rollout::History { revision })
-                }
-                RolloutCommand::Status {
-                    target,
-                    watch,
-                    timeout,
-                } => {
-                    let secs: u64 = timeout.trim_end_matches('s').parse().map_err(|_| {
-                        CtlError(format!("--timeout {timeout:?}: give seconds, like 600s"))
-                    })?;
-                    let timeout = std::time::Duration::from_secs(secs.min(86_400));
-                    (target, rollout::Rollout::Status { watch, timeout })
-                }
-                RolloutCommand::Undo {
-                    target,
-                    to_revision,
-                } => (target, rollout::Rollout::Undo { to: to_revision }),
-                RolloutCommand::Pause { target } => (target, rollout::Rollout::Pause),
-                RolloutCommand::Resume { target } => (target, rollout::Rollout::Resume),
-            };
-            rollout::rollout(&ctx, &target, what).await.map(|ok| {
-                if ok {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                }
-            })
-        }
+        Command::Rollout { command } => rollout_command(&ctx, command).await,
         Command::Logs {
             target,
             follow,
@@ -473,31 +443,75 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
                     ttl,
                     output,
                 },
-        } => {
-            let (name, token) = match (user, serviceaccount) {
-                (Some(user), _) => {
-                    let (_, token) =
-                        access::user_token(&ctx, &user, &groups, ttl.as_deref(), None).await?;
-                    (user, token)
-                }
-                (None, Some(sa)) => {
-                    let token =
-                        access::service_account_token(&ctx, &sa, ttl.as_deref(), &[]).await?;
-                    (
-                        keel_schemas::identity::service_account_user(&ctx.namespace, &sa),
-                        token,
-                    )
-                }
-                (None, None) => return Err(CtlError("give --user or --serviceaccount".into())),
-            };
-            access::write_kubeconfig(&ctx, &ctx.ca_pem, &output, &name, &token)?;
-            println!("wrote {} for {name}", output.display());
-            Ok(ExitCode::SUCCESS)
-        }
+        } => create_kubeconfig(&ctx, user, groups, serviceaccount, ttl, output).await,
         Command::Completion { .. } | Command::Explain { .. } | Command::ApiResources => {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `keelctl rollout ...`: 0 when the rollout is healthy (or the command did its part), 1
+/// when `status` finds it is not.
+async fn rollout_command(ctx: &Ctx, command: RolloutCommand) -> Result<ExitCode, CtlError> {
+    let (target, what) = match command {
+        RolloutCommand::History { target, revision } => {
+            (target, rollout::Rollout::History { revision })
+        }
+        RolloutCommand::Status {
+            target,
+            watch,
+            timeout,
+        } => {
+            let secs: u64 = timeout
+                .trim_end_matches('s')
+                .parse()
+                .map_err(|_| CtlError(format!("--timeout {timeout:?}: give seconds, like 600s")))?;
+            let timeout = std::time::Duration::from_secs(secs.min(86_400));
+            (target, rollout::Rollout::Status { watch, timeout })
+        }
+        RolloutCommand::Undo {
+            target,
+            to_revision,
+        } => (target, rollout::Rollout::Undo { to: to_revision }),
+        RolloutCommand::Pause { target } => (target, rollout::Rollout::Pause),
+        RolloutCommand::Resume { target } => (target, rollout::Rollout::Resume),
+    };
+    rollout::rollout(ctx, &target, what).await.map(|ok| {
+        if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }
+    })
+}
+
+/// `keelctl config create-kubeconfig`: a kubeconfig with a new token for a user (and
+/// groups) or a service account.
+async fn create_kubeconfig(
+    ctx: &Ctx,
+    user: Option<String>,
+    groups: Vec<String>,
+    serviceaccount: Option<String>,
+    ttl: Option<String>,
+    output: std::path::PathBuf,
+) -> Result<ExitCode, CtlError> {
+    let (name, token) = match (user, serviceaccount) {
+        (Some(user), _) => {
+            let (_, token) = access::user_token(ctx, &user, &groups, ttl.as_deref(), None).await?;
+            (user, token)
+        }
+        (None, Some(sa)) => {
+            let token = access::service_account_token(ctx, &sa, ttl.as_deref(), &[]).await?;
+            (
+                keel_schemas::identity::service_account_user(&ctx.namespace, &sa),
+                token,
+            )
+        }
+        (None, None) => return Err(CtlError("give --user or --serviceaccount".into())),
+    };
+    access::write_kubeconfig(ctx, &ctx.ca_pem, &output, &name, &token)?;
+    println!("wrote {} for {name}", output.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn auth(ctx: &Ctx, command: AuthCommand) -> Result<ExitCode, CtlError> {

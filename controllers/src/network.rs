@@ -694,7 +694,10 @@ fn stage_subnet_statuses(
         let c = match verdicts.get(&key) {
             Some(Ok(()))
                 if status["availableIPs"] == json!(0)
-                    && allocation.failures.values().any(|f| f.contains("exhausted")) =>
+                    && allocation
+                        .failures
+                        .values()
+                        .any(|f| f.contains("exhausted")) =>
             {
                 Condition::ready("True", "Exhausted", "the subnet has no free address left")
             }
