@@ -31,6 +31,8 @@
 //! - `network`, `service`, `wire`, `codec`: the gRPC transport (tonic, bincode messages).
 //! - `proposer`, `read_index`: batching of writes and of read-index rounds.
 //! - `server`: [`Server`], the way in: start, join, propose, read, watch, membership.
+//! - `server_core`: what the server's tasks and services share (Raft, store, peers), and
+//!   what they ask of it; `tuning`: timings and limits.
 //! - `client`: [`Client`], the gRPC client of the cluster service (debug CLI, benchmark).
 
 mod client;
@@ -42,15 +44,18 @@ mod network;
 mod proposer;
 mod read_index;
 mod server;
+mod server_core;
 mod service;
 mod state_machine;
+mod tuning;
 mod types;
 pub mod wire;
 
 pub use client::{Client, WatchStream};
 pub use error::ClusterError;
 pub use network::{PEER_NAME, PeerTls};
-pub use server::{Server, ServerConfig, ServerError, Tuning};
+pub use server::{Server, ServerConfig, ServerError};
+pub use tuning::Tuning;
 pub use types::{Command, CommandResult, Consistency, Member, Request, Response, TypeConfig};
 pub use wire::{MemberStatus, RaftRole, StatusReply as ServerStatus};
 

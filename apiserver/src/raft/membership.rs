@@ -9,7 +9,7 @@ use openraft::ChangeMembers;
 use openraft::error::{ClientWriteError, RaftError};
 
 use super::error::ClusterError;
-use super::server::{Core, fatal};
+use super::server_core::{Core, fatal};
 use super::types::Member;
 use super::wire::{AddServerCall, AddServerReply, JoinCall, JoinReply, RemoveServerCall};
 

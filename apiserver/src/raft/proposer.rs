@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 
 use super::codec;
 use super::error::ClusterError;
-use super::server::{Core, stopped};
+use super::server_core::{Core, stopped};
 use super::types::{Command, CommandResult};
 
 /// Queues proposals for the batching task.

@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::error::ClusterError;
-use super::server::Core;
+use super::server_core::Core;
 
 type Waiter = oneshot::Sender<Result<u64, ClusterError>>;
 
@@ -43,7 +43,7 @@ impl ReadIndex {
 async fn run(core: Arc<Core>, mut rx: mpsc::Receiver<Waiter>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let first = tokio::select! {
-            _ = super::server::stopped(&mut shutdown) => return,
+            _ = super::server_core::stopped(&mut shutdown) => return,
             w = rx.recv() => match w {
                 Some(w) => w,
                 None => return,

@@ -10,7 +10,8 @@ use tonic::{Request, Response, Status};
 use super::error::ClusterError;
 use super::proto::cluster_server::Cluster;
 use super::proto::raft_server::Raft;
-use super::server::{Core, Server};
+use super::server::Server;
+use super::server_core::Core;
 use super::wire::{
     AddServerCall, AddServerReply, AppendCall, AppendReply, JoinCall, JoinReply, PeerCall,
     ProposeCall, ProposeReply, RangeCall, RangeReply, ReadIndexCall, ReadIndexReply,
@@ -186,7 +187,7 @@ impl Cluster for ClusterService {
             loop {
                 tokio::select! {
                     _ = tx.closed() => return,
-                    _ = super::server::stopped(&mut shutdown) => return,
+                    _ = super::server_core::stopped(&mut shutdown) => return,
                     next = watch.next() => match next {
                         Ok(events) => {
                             for events in chunks(events) {
@@ -198,7 +199,7 @@ impl Cluster for ClusterService {
                                             return;
                                         }
                                     }
-                                    _ = super::server::stopped(&mut shutdown) => return,
+                                    _ = super::server_core::stopped(&mut shutdown) => return,
                                 }
                             }
                         }
