@@ -4,8 +4,8 @@
 //! and replicated by Raft (openraft) across the servers of a cluster.
 //!
 //! Modules:
-//! - [`store`]: the MVCC key space on redb: revisions, ranges, transactions, watches,
-//!   compaction, snapshots.
+//! - [`store`]: the MVCC key space on redb (revisions, ranges, transactions, watches,
+//!   compaction, snapshots): the `keel-store` crate, which knows nothing of the API.
 //! - [`raft`]: the store as an openraft state machine, the redb Raft log, the gRPC transport
 //!   between servers, and [`raft::Server`], one running server of a cluster.
 //! - [`http`]: the Kubernetes-style HTTPS API over the store.
@@ -20,6 +20,6 @@ mod api_server;
 pub mod auth;
 pub mod http;
 pub mod raft;
-pub mod store;
+pub use keel_store as store;
 
 pub use api_server::{ApiConfig, ApiServer, DEFAULT_ISSUER, StartError, TenancyPolicy};

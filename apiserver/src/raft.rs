@@ -26,7 +26,7 @@
 //! Modules:
 //! - `types`: the openraft type configuration and the replicated commands.
 //! - `log_store`: the Raft log and vote in their own redb file.
-//! - `state_machine`: the [`Store`](crate::store::Store) as an openraft state machine, with
+//! - `state_machine`: the [`Store`](keel_store::Store) as an openraft state machine, with
 //!   file snapshots.
 //! - `network`, `service`, `wire`, `codec`: the gRPC transport (tonic, bincode messages).
 //! - `proposer`, `read_index`: batching of writes and of read-index rounds.

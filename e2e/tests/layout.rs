@@ -1,6 +1,6 @@
 //! The crates' layout, as Cargo resolves it: the host agent is built from the runtime, the
 //! OVSDB client and the schemas, never from the cluster controllers (what a host runs must
-//! not reach what only the elected server runs), and the runtime and the OVSDB client
+//! not reach what only the elected server runs); the runtime, the OVSDB client and the store
 //! depend on no Keel crate above them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -49,6 +49,7 @@ fn the_agent_never_depends_on_the_cluster_controllers() {
             "keel-ovsdb",
             &["keel-e2e", "keel-client", "keel-schemas"][..],
         ),
+        ("keel-store", &[][..]),
     ] {
         let deps = keel_dependencies(package);
         let above: Vec<_> = deps

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use super::encryption::Encryption;
 use super::rbac::{RbacIndex, RbacObjects};
-use crate::store::{EventKind, KeyRange, KeyValue, RangeRequest, Store, WatchRequest};
+use keel_store::{EventKind, KeyRange, KeyValue, RangeRequest, Store, WatchRequest};
 
 /// How long [`AuthCache::fresh`] waits at most.
 const FRESH_WAIT: Duration = Duration::from_secs(2);
@@ -356,7 +356,7 @@ impl AuthCache {
     }
 
     /// Replaces the state with what the store holds now; returns the revision read.
-    async fn relist(self: Arc<Self>) -> Result<u64, crate::store::StoreError> {
+    async fn relist(self: Arc<Self>) -> Result<u64, keel_store::StoreError> {
         let this = self.clone();
         let (revision, kvs) = tokio::task::spawn_blocking(move || {
             let revision = this.store.revisions().current;
@@ -369,10 +369,10 @@ impl AuthCache {
                 })?;
                 kvs.extend(resp.kvs);
             }
-            Ok::<_, crate::store::StoreError>((revision, kvs))
+            Ok::<_, keel_store::StoreError>((revision, kvs))
         })
         .await
-        .map_err(|e| crate::store::StoreError::InvalidRequest {
+        .map_err(|e| keel_store::StoreError::InvalidRequest {
             reason: format!("auth cache relist task failed: {e}"),
         })??;
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = State::default();

@@ -13,7 +13,7 @@ use super::request::Target;
 use crate::auth::encryption::Encryption;
 use crate::auth::policy;
 use crate::raft::{RaftRole, Server};
-use crate::store::{Compare, Op, Txn};
+use keel_store::{Compare, Op, Txn};
 
 /// Creates the default ClusterRoles and ClusterRoleBindings and adds what they lack (unless
 /// an admin set their autoupdate annotation to "false"), retrying until done or `shutdown`.

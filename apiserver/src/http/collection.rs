@@ -10,7 +10,7 @@ use super::render::{self, Form};
 use super::request::{ListOptions, Target};
 use super::status::{ApiError, ApiResult};
 use crate::raft::{ClusterError, Consistency};
-use crate::store::{KeyRange, RangeRequest, prefix_end};
+use keel_store::{KeyRange, RangeRequest, prefix_end};
 
 /// A list page and where it stands.
 pub(crate) struct Listed {

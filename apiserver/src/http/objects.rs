@@ -13,7 +13,7 @@ use super::request::{Target, parse_rv};
 use super::status::{ApiError, ApiResult};
 use crate::admission;
 use crate::raft::Consistency;
-use crate::store::{Compare, KeyRange, KeyValue, Op, RangeRequest, Txn};
+use keel_store::{Compare, KeyRange, KeyValue, Op, RangeRequest, Txn};
 
 /// How often a write retries after losing a race it did not ask to detect.
 const RETRIES: usize = 5;
@@ -590,8 +590,8 @@ impl Api {
             .filter(|k| k.scope == Scope::Namespaced)
             .map(|k| Compare {
                 range: KeyRange::Prefix(format!("{}{ns}/", k.storage_prefix()).into_bytes()),
-                op: crate::store::CompareOp::Equal,
-                target: crate::store::CompareTarget::ModRevision(0),
+                op: keel_store::CompareOp::Equal,
+                target: keel_store::CompareTarget::ModRevision(0),
             })
             .collect()
     }
@@ -678,7 +678,7 @@ impl Api {
     }
 
     /// Commits a transaction through Raft.
-    pub(crate) async fn commit(&self, txn: Txn) -> ApiResult<crate::store::TxnResponse> {
+    pub(crate) async fn commit(&self, txn: Txn) -> ApiResult<keel_store::TxnResponse> {
         self.server
             .txn(txn)
             .await?

@@ -17,7 +17,7 @@ use keel_schemas::{Kind, lookup};
 
 use super::Api;
 use super::status::{ApiError, ApiResult};
-use crate::store::{Compare, Op};
+use keel_store::{Compare, Op};
 
 /// What a write adds to its transaction for the quotas it is charged to.
 #[derive(Default)]

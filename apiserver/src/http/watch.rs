@@ -18,7 +18,7 @@ use super::Api;
 use super::render::{self, Form};
 use super::request::{ListOptions, Target};
 use super::status::{ApiError, ApiResult};
-use crate::store::{EventKind, KeyRange, StoreError, WatchRequest};
+use keel_store::{EventKind, KeyRange, StoreError, WatchRequest};
 
 /// Watches that did not ask for a timeout end after this long, and clients re-watch.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -163,7 +163,7 @@ fn to_line(
     kind: &Kind,
     o: &ListOptions,
     form: Form,
-    event: crate::store::Event,
+    event: keel_store::Event,
 ) -> Option<Value> {
     let selected = |v: &Value| o.labels.matches(v) && o.fields.matches(v);
     let old = event

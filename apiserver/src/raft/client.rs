@@ -10,7 +10,7 @@ use super::network::PeerTls;
 use super::proto::cluster_client::ClusterClient;
 use super::types::{Command, CommandResult, Consistency};
 use super::wire::{ProposeCall, RangeCall, RemoveServerCall, StatusCall, StatusReply, WatchReply};
-use crate::store::{
+use keel_store::{
     CompactError, Event, RangeRequest, RangeResponse, Txn, TxnError, TxnResponse, WatchRequest,
 };
 

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::StoreError;
+use keel_store::StoreError;
 
 /// Why a cluster operation failed. Serializable: a server sends it to a client or to the
 /// server that forwarded a request, which gets the same value back.

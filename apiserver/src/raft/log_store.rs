@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::codec;
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
-use crate::store::{self, StoreError, db_err};
+use keel_store::{self as store, StoreError, db_err};
 
 const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("logs");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -153,7 +153,7 @@ impl LogStore {
         let Some(value) = table.get(key).map_err(db_err("read meta"))? else {
             return Ok(None);
         };
-        let body = store::codec::unseal(value.value()).ok_or_else(|| StoreError::Corrupt {
+        let body = store::unseal(value.value()).ok_or_else(|| StoreError::Corrupt {
             what: format!("raft log meta entry {key:?}: checksum mismatch"),
         })?;
         codec::decode(body)
@@ -375,7 +375,7 @@ fn sealed<T: Serialize>(value: &T) -> store::Result<Vec<u8>> {
     let mut bytes = codec::encode(value).map_err(|e| StoreError::InvalidRequest {
         reason: format!("cannot encode: {e}"),
     })?;
-    store::codec::seal(&mut bytes);
+    store::seal(&mut bytes);
     Ok(bytes)
 }
 
@@ -383,12 +383,12 @@ fn encode_entry(entry: &Entry) -> store::Result<Vec<u8>> {
     let mut bytes = codec::encode(entry).map_err(|e| StoreError::InvalidRequest {
         reason: format!("cannot encode log entry {}: {e}", entry.log_id),
     })?;
-    store::codec::seal(&mut bytes);
+    store::seal(&mut bytes);
     Ok(bytes)
 }
 
 fn decode_entry(index: u64, bytes: &[u8]) -> store::Result<Entry> {
-    let body = store::codec::unseal(bytes).ok_or_else(|| StoreError::Corrupt {
+    let body = store::unseal(bytes).ok_or_else(|| StoreError::Corrupt {
         what: format!("raft log entry {index}: checksum mismatch"),
     })?;
     codec::decode(body).map_err(|e| StoreError::Corrupt {

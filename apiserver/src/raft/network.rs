@@ -276,7 +276,7 @@ mod tests {
 
     use super::*;
     use crate::raft::types::{Command, Entry, Request};
-    use crate::store::Txn;
+    use keel_store::Txn;
 
     fn entry(index: u64, bytes: usize) -> Entry {
         Entry {

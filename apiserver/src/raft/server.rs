@@ -26,7 +26,7 @@ use super::state_machine::{SnapshotDir, StateMachine};
 use super::tuning::Tuning;
 use super::types::{Command, CommandResult, Consistency, Member, Raft};
 use super::wire::{JoinCall, MemberStatus, StatusReply};
-use crate::store::{
+use keel_store::{
     CompactError, RangeRequest, RangeResponse, Store, StoreError, StoreOptions, Txn, TxnError,
     TxnResponse, Watch, WatchRequest,
 };

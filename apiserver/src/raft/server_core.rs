@@ -18,7 +18,7 @@ use super::state_machine::SnapshotDir;
 use super::tuning::Tuning;
 use super::types::{Command, Raft, Request, Response};
 use super::wire::{MemberStatus, ProposeCall, RaftRole, ReadIndexCall, StatusReply};
-use crate::store::Store;
+use keel_store::Store;
 
 /// What the background tasks and the gRPC services share.
 pub(crate) struct Core {

@@ -85,15 +85,15 @@ const WATCH_REPLY_BYTES: usize = 4 << 20;
 
 /// Splits events into messages of at most [`WATCH_REPLY_BYTES`] (at least one event each),
 /// keeping their order.
-fn chunks(events: Vec<crate::store::Event>) -> Vec<Vec<crate::store::Event>> {
-    let size = |e: &crate::store::Event| {
+fn chunks(events: Vec<keel_store::Event>) -> Vec<Vec<keel_store::Event>> {
+    let size = |e: &keel_store::Event| {
         e.kv.key.len()
             + e.kv.value.len()
             + e.prev_kv
                 .as_ref()
                 .map_or(0, |p| p.key.len() + p.value.len())
     };
-    let mut out: Vec<Vec<crate::store::Event>> = Vec::new();
+    let mut out: Vec<Vec<keel_store::Event>> = Vec::new();
     let mut bytes = 0;
     for event in events {
         let n = size(&event);
@@ -255,7 +255,7 @@ impl Cluster for ClusterService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Event, EventKind, KeyValue};
+    use keel_store::{Event, EventKind, KeyValue};
 
     fn event(n: u8, bytes: usize) -> Event {
         Event {

@@ -22,7 +22,7 @@ use super::types::{
     Command, CommandResult, Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig,
 };
-use crate::store::{self, Store, StoreError};
+use keel_store::{self as store, Store, StoreError};
 
 const APPLIED: &str = "raft/applied";
 const MEMBERSHIP: &str = "raft/membership";

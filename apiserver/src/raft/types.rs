@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{CompactError, Txn, TxnError, TxnResponse};
+use keel_store::{CompactError, Txn, TxnError, TxnResponse};
 
 openraft::declare_raft_types!(
     /// Keel's openraft types: store commands in, their results out, servers by `u64` id, and

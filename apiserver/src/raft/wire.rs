@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::types::{Command, Consistency, Member, Response, TypeConfig};
-use crate::store::{Event, RangeRequest, RangeResponse, WatchRequest};
+use keel_store::{Event, RangeRequest, RangeResponse, WatchRequest};
 
 /// A Raft message from one server to another of the same cluster. The receiver checks both
 /// ids, so a server from another cluster, or one that reached the wrong address, is refused.

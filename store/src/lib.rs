@@ -9,7 +9,7 @@
 //! - `meta`: the current and the compacted revision, plus opaque entries of the caller (the
 //!   Raft state machine keeps its applied log id here, so it commits with the data).
 //! - `index`: each live key to its `mod_revision`.
-//! - `history`: `(key, revision)` to a [`codec::Record`], a value or a tombstone.
+//! - `history`: `(key, revision)` to a `codec::Record`, a value or a tombstone.
 //! - `changes`: revision to the keys written at it, in write order (what watches replay).
 //!
 //! Writes go through one [`Writer`] at a time (redb allows a single write transaction);
@@ -31,6 +31,7 @@ mod types;
 mod watch;
 mod write;
 
+pub use codec::{seal, unseal};
 pub use snapshot::read_header;
 pub use types::{
     CompactError, Compare, CompareOp, CompareTarget, Event, EventKind, KeyRange, KeyValue, Op,
@@ -356,8 +357,8 @@ impl std::fmt::Debug for Store {
 }
 
 /// Opens a redb file with an integrity check, explaining failures to the operator;
-/// `damaged` says what to do about a damaged file.
-pub(crate) fn open_db(path: &Path, cache_bytes: usize, damaged: &'static str) -> Result<Database> {
+/// `damaged` says what to do about a damaged file. (The Raft log opens its own file so.)
+pub fn open_db(path: &Path, cache_bytes: usize, damaged: &'static str) -> Result<Database> {
     let mut builder = Database::builder();
     builder
         .set_cache_size(cache_bytes)
@@ -381,7 +382,7 @@ pub(crate) fn open_db(path: &Path, cache_bytes: usize, damaged: &'static str) ->
 }
 
 /// Maps a redb error into [`StoreError::Db`] naming what was being done.
-pub(crate) fn db_err<E: Into<redb::Error>>(op: &'static str) -> impl Fn(E) -> StoreError {
+pub fn db_err<E: Into<redb::Error>>(op: &'static str) -> impl Fn(E) -> StoreError {
     move |e| StoreError::Db {
         op,
         source: e.into(),

@@ -127,14 +127,14 @@ pub(crate) fn decode_keys(bytes: &[u8], revision: u64) -> Result<Vec<Vec<u8>>> {
     Ok(keys)
 }
 
-/// Appends the CRC-32 of `buf` to it.
-pub(crate) fn seal(buf: &mut Vec<u8>) {
+/// Appends the CRC-32 of `buf` to it (the Raft log seals its records the same way).
+pub fn seal(buf: &mut Vec<u8>) {
     let crc = crc32fast::hash(buf);
     buf.extend_from_slice(&crc.to_le_bytes());
 }
 
 /// Checks and strips the CRC-32 that [`seal`] appended.
-pub(crate) fn unseal(bytes: &[u8]) -> Option<&[u8]> {
+pub fn unseal(bytes: &[u8]) -> Option<&[u8]> {
     let split = bytes.len().checked_sub(4)?;
     let (body, crc) = bytes.split_at(split);
     (crc32fast::hash(body).to_le_bytes() == crc).then_some(body)
