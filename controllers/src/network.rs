@@ -899,7 +899,7 @@ fn plan_balancers<'a>(
             namespace: v.namespace().unwrap_or(""),
             name: v.name(),
             uid: v.uid(),
-            labels: serde_json::from_value(v["metadata"]["labels"].clone()).unwrap_or_default(),
+            labels: v.labels(),
         })
         .collect();
     balancers::plan(

@@ -499,15 +499,7 @@ fn auto_addresses(auto: &AutoRecord, namespace: &str, ctx: &Context) -> Vec<(Str
 }
 
 fn selects(selector: &LabelSelector, object: &Value) -> bool {
-    let labels: BTreeMap<String, String> = object["metadata"]["labels"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default();
-    selector.matches(&labels)
+    selector.matches(&object.labels())
 }
 
 /// The CIDR and reverse origins of a zone's reverse subnet, or why there is none.

@@ -1,6 +1,7 @@
 //! Reading the metadata of dynamic objects (`serde_json::Value`), and [`ObjectRef`], the key
 //! of an object in caches and work queues.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde_json::Value;
@@ -30,6 +31,8 @@ pub trait ObjectExt {
     fn is_deleting(&self) -> bool;
     /// `metadata.labels[key]`.
     fn label(&self, key: &str) -> Option<&str>;
+    /// `metadata.labels`, the string ones (what a label selector matches).
+    fn labels(&self) -> BTreeMap<String, String>;
     /// `metadata.ownerReferences`.
     fn owner_references(&self) -> &[Value];
     /// The owner reference marked `controller: true`, if any.
@@ -96,6 +99,17 @@ impl ObjectExt for Value {
 
     fn label(&self, key: &str) -> Option<&str> {
         self["metadata"]["labels"][key].as_str()
+    }
+
+    fn labels(&self) -> BTreeMap<String, String> {
+        self["metadata"]["labels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn owner_references(&self) -> &[Value] {

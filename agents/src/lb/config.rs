@@ -108,23 +108,13 @@ pub fn desired(lb: &Value, vms: &[std::sync::Arc<Value>]) -> Result<Desired, Str
             let mut v: Vec<(&str, IpAddr)> = vms
                 .iter()
                 .filter(|vm| vm.namespace() == Some(namespace) && !vm.is_deleting())
-                .filter(|vm| {
-                    let labels: BTreeMap<String, String> =
-                        serde_json::from_value(vm["metadata"]["labels"].clone())
-                            .unwrap_or_default();
-                    selector.matches(&labels)
-                })
+                .filter(|vm| selector.matches(&vm.labels()))
                 .filter_map(|vm| Some((vm.name(), first_ip(vm)?)))
                 .collect();
             v.sort();
             if v.is_empty() {
                 let any = vms.iter().any(|vm| {
-                    vm.namespace() == Some(namespace) && {
-                        let labels: BTreeMap<String, String> =
-                            serde_json::from_value(vm["metadata"]["labels"].clone())
-                                .unwrap_or_default();
-                        selector.matches(&labels)
-                    }
+                    vm.namespace() == Some(namespace) && selector.matches(&vm.labels())
                 });
                 no_backends = Some(if any {
                     "the selected VirtualMachines have no IP address yet".to_string()
