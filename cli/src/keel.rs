@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use keel_apiserver::raft::Client;
+use keel_schemas::datadir::ServerDir;
 
 use agent::AgentArgs;
 use cluster::ClusterCommand;
@@ -109,7 +110,7 @@ impl Target {
         addr: &str,
         timeout: Duration,
     ) -> Result<Client, Box<dyn std::error::Error>> {
-        let tls = keel_apiserver::auth::Certificates::load(&self.data_dir.join("tls"))?;
+        let tls = keel_apiserver::auth::Certificates::load(&ServerDir::new(&self.data_dir))?;
         Ok(match tls {
             Some(certs) => Client::connect_tls(addr, timeout, &certs.peer_tls()).await?,
             None => Client::connect(addr, timeout).await?,

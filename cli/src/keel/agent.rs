@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
+use keel_schemas::datadir::AgentDir;
 
 use super::flags::{Listen, listen_or_off, seconds};
 use super::roles::{DnsLimitArgs, GuestArgs, LbLimitArgs, S3Options};
@@ -72,13 +73,14 @@ pub(super) struct AgentArgs {
 /// Runs the agent until SIGINT or SIGTERM, or until it cannot go on.
 pub(super) async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Error>> {
     let node_name = args.node_name.clone().unwrap_or_else(hostname);
+    let data_dir = AgentDir::new(&args.data_dir);
     let mut config =
-        keel_agent::AgentConfig::new(&node_name, args.data_dir.clone(), std::env::current_exe()?);
+        keel_agent::AgentConfig::new(&node_name, data_dir.clone(), std::env::current_exe()?);
     // Checked before anything talks to the cluster.
     config.s3_listen = args.s3_listen.0;
     args.s3.apply(&mut config, None)?;
     args.lb.apply(&mut config)?;
-    let ca_file = args.data_dir.join("pki").join("ca.crt");
+    let ca_file = data_dir.ca_cert();
     let ca = match &args.token {
         Some(text) => {
             let token = keel_apiserver::auth::JoinToken::parse(text).ok_or(
@@ -87,7 +89,7 @@ pub(super) async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Err
             // The token pins the cluster CA: fetch the CA and check it before trusting the
             // server.
             let ca = keel_apiserver::auth::fetch_ca(&args.server, &token.ca_hash).await?;
-            std::fs::create_dir_all(ca_file.parent().unwrap_or(&args.data_dir))?;
+            std::fs::create_dir_all(data_dir.pki())?;
             std::fs::write(&ca_file, &ca)?;
             ca
         }
@@ -96,7 +98,7 @@ pub(super) async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Err
         })?,
     };
     let identity =
-        keel_agent::identity::NodeIdentity::new(&node_name, &args.server, &ca, &args.data_dir);
+        keel_agent::identity::NodeIdentity::new(&node_name, &args.server, &ca, &data_dir);
     let client = identity.client(args.token.as_deref()).await?;
     match client.refresh_servers().await {
         Ok(n) => tracing::info!(servers = n, "learned the cluster's servers"),

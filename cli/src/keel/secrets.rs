@@ -2,6 +2,7 @@
 //! rest, in a server's data dir.
 
 use clap::Subcommand;
+use keel_schemas::datadir::ServerDir;
 
 #[derive(Subcommand, Debug)]
 pub(super) enum SecretsEncryptCommand {
@@ -22,8 +23,8 @@ pub(super) fn secrets_encrypt(
     command: SecretsEncryptCommand,
     data_dir: &std::path::Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use keel_apiserver::auth::encryption::{CONFIG_FILE, EncryptionConfig};
-    let path = data_dir.join(CONFIG_FILE);
+    use keel_apiserver::auth::encryption::EncryptionConfig;
+    let path = ServerDir::new(data_dir).encryption_config();
     if !path.exists() {
         return Err(format!(
             "{} does not exist: is {} a server's data dir?",

@@ -11,6 +11,7 @@ use clap::Args;
 use keel_agent::identity::{IdentityError, NodeIdentity};
 use keel_apiserver::raft::{ServerConfig, Tuning};
 use keel_apiserver::{ApiConfig, ApiServer};
+use keel_schemas::datadir::ServerDir;
 
 use super::flags::{Listen, duration, listen_or_off, seconds};
 use super::roles::{DnsLimitArgs, GuestArgs, LbLimitArgs, S3Options};
@@ -254,7 +255,7 @@ impl OwnIdentities {
 /// Runs the server until SIGINT or SIGTERM, or until its store fails.
 pub(super) async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
     let api = api_config(&args)?;
-    let data_dir = api.raft.data_dir.clone();
+    let data_dir = ServerDir::new(&api.raft.data_dir);
     let server = Arc::new(ApiServer::start(api).await?);
     let raft = server.raft();
     let node_name = args.node_name.clone().unwrap_or_else(hostname);
@@ -407,10 +408,10 @@ fn local_agent_config(
     args: &ServerArgs,
     server: &Arc<ApiServer>,
     node_name: &str,
-    data_dir: &std::path::Path,
+    data_dir: &ServerDir,
 ) -> Result<(keel_agent::AgentConfig, NodeIdentity), Box<dyn std::error::Error>> {
     let mut agent =
-        keel_agent::AgentConfig::new(node_name, data_dir.join("agent"), std::env::current_exe()?);
+        keel_agent::AgentConfig::new(node_name, data_dir.agent(), std::env::current_exe()?);
     agent.lease_duration = seconds(args.node_lease_duration);
     agent.kvm_probe_kernel = args.kvm_probe_kernel.clone();
     agent.listen = args.agent_listen;
@@ -434,12 +435,7 @@ fn local_agent_config(
     agent.ca_pem = server.ca_pem().to_string();
     // The local agent is a node like any other: it registers with the agent token and
     // talks as system:node:NAME.
-    let identity = NodeIdentity::new(
-        node_name,
-        server.url(),
-        server.ca_pem(),
-        &data_dir.join("agent"),
-    );
+    let identity = NodeIdentity::new(node_name, server.url(), server.ca_pem(), &data_dir.agent());
     agent.identity = Some(identity.clone());
     Ok((agent, identity))
 }
