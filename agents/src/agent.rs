@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use keel_client::{Api, Client, ClientError};
 use keel_runtime::{Condition, set_condition};
+use keel_schemas::datadir::AgentDir;
 use keel_schemas::wellknown::{self, NODE_LEASE_NAMESPACE};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -26,8 +27,9 @@ use crate::workload::Runtime;
 pub struct AgentConfig {
     /// The node's name.
     pub node_name: String,
-    /// Where the agent keeps its state (workloads, heartbeat).
-    pub data_dir: PathBuf,
+    /// Where the agent keeps its state (node identity, VMs, workloads, heartbeat, images,
+    /// object store).
+    pub data_dir: AgentDir,
     /// How long the node's Lease lasts: the agent fences after this long without renewing.
     pub lease_duration: Duration,
     /// Labels for the Node besides the ones the agent sets.
@@ -124,7 +126,7 @@ impl AgentConfig {
 
     /// Kubernetes' kubelet defaults (a 40 s lease) for node `node_name` keeping its state in
     /// `data_dir`.
-    pub fn new(node_name: &str, data_dir: PathBuf, exe: PathBuf) -> AgentConfig {
+    pub fn new(node_name: &str, data_dir: AgentDir, exe: PathBuf) -> AgentConfig {
         AgentConfig {
             node_name: node_name.to_string(),
             data_dir,
@@ -156,9 +158,9 @@ pub async fn run(
     config: AgentConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| {
+    std::fs::create_dir_all(config.data_dir.root()).map_err(|source| {
         crate::workload::WorkloadError::Io {
-            path: config.data_dir.clone(),
+            path: config.data_dir.root().to_path_buf(),
             source,
         }
     })?;
@@ -175,7 +177,7 @@ pub async fn run(
     })
     .await
     .map_err(|e| crate::workload::WorkloadError::Io {
-        path: config.data_dir.clone(),
+        path: config.data_dir.root().to_path_buf(),
         source: std::io::Error::other(e),
     })?;
     let mut facts = facts;
@@ -262,7 +264,7 @@ pub async fn run(
     names.extend(facts.internal_ip.map(|ip| ip.to_string()));
     let endpoint = crate::server::bind(config.listen, names, &config.ca_pem).await?;
     let published = (endpoint.port, endpoint.certificate_pem.clone());
-    let endpoint_task = tokio::spawn(endpoint.serve(config.data_dir.join("vms"), shutdown.clone()));
+    let endpoint_task = tokio::spawn(endpoint.serve(config.data_dir.clone(), shutdown.clone()));
     let renewal = config
         .identity
         .clone()

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use keel_client::{Client, ClientError};
+use keel_schemas::datadir::AgentDir;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -71,8 +72,8 @@ pub struct NodeIdentity {
     pub url: String,
     /// The cluster CA (PEM).
     pub ca_pem: String,
-    /// The directory of the key, certificate and password.
-    pub dir: PathBuf,
+    /// The agent's data dir, whose `pki/` holds the key, certificate and password.
+    pub dir: AgentDir,
 }
 
 /// A certificate and its key, PEM.
@@ -85,18 +86,14 @@ struct Credentials {
 // === impl NodeIdentity ===
 
 impl NodeIdentity {
-    /// The identity of `node` of the cluster at `url` (CA `ca_pem`), kept under `data_dir`.
-    pub fn new(node: &str, url: &str, ca_pem: &str, data_dir: &Path) -> NodeIdentity {
+    /// The identity of `node` of the cluster at `url` (CA `ca_pem`), kept in `data_dir`.
+    pub fn new(node: &str, url: &str, ca_pem: &str, data_dir: &AgentDir) -> NodeIdentity {
         NodeIdentity {
             node: node.to_string(),
             url: url.to_string(),
             ca_pem: ca_pem.to_string(),
-            dir: data_dir.join("pki"),
+            dir: data_dir.clone(),
         }
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.join(file)
     }
 
     /// A client that talks as this node: with the certificate it has if it is still good for
@@ -105,8 +102,8 @@ impl NodeIdentity {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&self.dir)
-            .map_err(io(&self.dir))?;
+            .create(self.dir.pki())
+            .map_err(io(&self.dir.pki()))?;
         let credentials = match self.stored() {
             Some(c) => c,
             None => {
@@ -148,8 +145,8 @@ impl NodeIdentity {
     /// The stored credentials, if they name this node, the CA signed them, and they have
     /// not expired.
     fn stored(&self) -> Option<Credentials> {
-        let cert_pem = std::fs::read_to_string(self.path("node.crt")).ok()?;
-        let key_pem = std::fs::read_to_string(self.path("node.key")).ok()?;
+        let cert_pem = std::fs::read_to_string(self.dir.node_cert()).ok()?;
+        let key_pem = std::fs::read_to_string(self.dir.node_key()).ok()?;
         let info = inspect(&cert_pem, &self.ca_pem)?;
         let ours = info.user == keel_schemas::identity::node_user(&self.node);
         // The key and the certificate are written one after the other: a crash between the
@@ -162,7 +159,7 @@ impl NodeIdentity {
 
     /// The node's password, made on first use.
     fn password(&self) -> Result<String, IdentityError> {
-        let path = self.path("node-password");
+        let path = self.dir.node_password();
         match std::fs::read_to_string(&path) {
             Ok(p) if !p.trim().is_empty() => return Ok(p.trim().to_string()),
             Ok(_) => {}
@@ -206,8 +203,8 @@ impl NodeIdentity {
             cert_pem,
             key_pem: key.serialize_pem(),
         };
-        write_private(&self.path("node.key"), credentials.key_pem.as_bytes())?;
-        write_private(&self.path("node.crt"), credentials.cert_pem.as_bytes())?;
+        write_private(&self.dir.node_key(), credentials.key_pem.as_bytes())?;
+        write_private(&self.dir.node_cert(), credentials.cert_pem.as_bytes())?;
         Ok(credentials)
     }
 
@@ -257,7 +254,7 @@ impl NodeIdentity {
     /// When the stored certificate should be renewed: two thirds into its life, counted from
     /// when this host received it.
     fn renew_at(&self) -> Option<SystemTime> {
-        let path = self.path("node.crt");
+        let path = self.dir.node_cert();
         let received = std::fs::metadata(&path).ok()?.modified().ok()?;
         let cert = std::fs::read_to_string(&path).ok()?;
         let not_after = inspect(&cert, &self.ca_pem)?.not_after;

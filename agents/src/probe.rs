@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use keel_schemas::datadir::AgentDir;
 use keel_schemas::kinds::compute::Accelerator;
 use serde_json::{Value, json};
 
@@ -57,8 +58,8 @@ pub struct HostFacts {
 /// Where the probes look.
 #[derive(Debug, Clone)]
 pub struct ProbeConfig<'a> {
-    /// The agent's data dir (storage probe, disk size).
-    pub data_dir: &'a Path,
+    /// The agent's data dir (storage probe, disk size, the KVM probe's cached result).
+    pub data_dir: &'a AgentDir,
     /// A server address, to find the local address used to reach it.
     pub server: Option<SocketAddr>,
     /// The kernel the KVM probe boots (else the host's own, if found).
@@ -77,14 +78,14 @@ pub fn probe(config: &ProbeConfig<'_>) -> HostFacts {
         accelerator,
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         memory_bytes: mem_total().unwrap_or(0),
-        disk_bytes: nix::sys::statvfs::statvfs(config.data_dir)
+        disk_bytes: nix::sys::statvfs::statvfs(config.data_dir.root())
             .map(|s| s.blocks().saturating_mul(s.fragment_size()))
             .unwrap_or(0),
         internal_ip: config.server.and_then(local_ip_towards),
         hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_default(),
-        capabilities: vec![kvm, qemu(), storage(config.data_dir)],
+        capabilities: vec![kvm, qemu(), storage(config.data_dir.root())],
     }
 }
 
@@ -205,7 +206,7 @@ fn kvm(config: &ProbeConfig<'_>) -> Capability {
         meta.mtime(),
         release.trim()
     );
-    let cache = config.data_dir.join("kvm-probe.json");
+    let cache = config.data_dir.kvm_probe();
     if let Ok(text) = std::fs::read(&cache)
         && let Ok(cached) = serde_json::from_slice::<Value>(&text)
         && cached["key"] == key.as_str()
@@ -379,7 +380,7 @@ mod tests {
     fn probes_report_this_host() {
         let dir = tempfile::tempdir().unwrap();
         let facts = probe(&ProbeConfig {
-            data_dir: dir.path(),
+            data_dir: &AgentDir::new(dir.path()),
             server: Some("127.0.0.1:6443".parse().unwrap()),
             kvm_probe_kernel: None,
         });

@@ -9,7 +9,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -17,14 +16,13 @@ use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use keel_runtime::ObjectRef;
+use keel_schemas::datadir::AgentDir;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::vm::console::Console;
-use crate::vm::qemu::VmDir;
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +53,8 @@ pub struct Endpoint {
 
 /// What the handlers read.
 struct State {
-    vms: PathBuf,
+    /// The agent's data dir, whose VM directories hold the consoles.
+    data: AgentDir,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -128,9 +127,10 @@ pub async fn bind(
 // === impl Endpoint ===
 
 impl Endpoint {
-    /// Serves until `shutdown` turns true; `vms` are the VM directories.
-    pub async fn serve(self, vms: PathBuf, mut shutdown: watch::Receiver<bool>) {
-        let state = Arc::new(State { vms });
+    /// Serves until `shutdown` turns true, with the VM consoles of the agent's data dir
+    /// `data`.
+    pub async fn serve(self, data: AgentDir, mut shutdown: watch::Receiver<bool>) {
+        let state = Arc::new(State { data });
         let mut stop = Box::pin(async move {
             let _ = shutdown.wait_for(|s| *s).await;
         });
@@ -248,7 +248,7 @@ impl Query {
 }
 
 async fn vm_log(state: &State, ns: &str, name: &str, query: Query) -> Response<Body> {
-    let dir = VmDir::new(&state.vms, &ObjectRef::new(Some(ns), name));
+    let dir = state.data.vm(ns, name);
     let console = Console {
         path: dir.console(),
         keep: crate::vm::CONSOLE_KEEP,

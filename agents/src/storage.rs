@@ -299,7 +299,7 @@ pub(crate) async fn run(
         None => (None, None),
     };
     let renewal = renewal.map(|r| tokio::spawn(r.run(shutdown.clone())));
-    let root = shared.config.data_dir.join("storage");
+    let root = shared.config.data_dir.storage();
     let floor = shared.config.storage_min_free;
     let opened = tokio::task::spawn_blocking(move || store::Store::open_with(&root, floor)).await;
     let store = match opened {

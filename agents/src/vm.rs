@@ -30,7 +30,6 @@ pub mod readiness;
 mod snapshots;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +38,7 @@ use keel_runtime::{
     Action, Backoff, Condition, Controller, EventType, FinalizerError, FinalizerEvent, ObjectExt,
     ObjectRef, Recorder, Store, WorkQueue, condition_status, finalizer, set_condition, watcher,
 };
+use keel_schemas::datadir::AgentDir;
 use keel_schemas::kinds::compute::{RunStrategy, VirtualMachineSpec};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -51,7 +51,7 @@ pub use self::lifecycle::CONSOLE_KEEP;
 
 use self::console::Console;
 use self::lifecycle::{Observed, Prepared, Request};
-use self::qemu::{Boot, VmDir, changed_fields, restart_fields};
+use self::qemu::{Boot, VmDir, VmFiles, changed_fields, restart_fields, vm_dir};
 
 /// The finalizer the host of a VM holds until it has removed the VM's guest and files.
 pub const FINALIZER: &str = keel_schemas::wellknown::VM_HOST_FINALIZER;
@@ -93,7 +93,8 @@ pub(crate) struct Context {
     recorder: Recorder,
     images: images::Images,
     confinement: confine::Confinement,
-    vms: PathBuf,
+    /// The agent's data dir (VM directories, the image cache).
+    data: AgentDir,
     queue: WorkQueue<ObjectRef>,
     /// The QMP event listener of each running guest.
     listeners: Mutex<HashMap<ObjectRef, tokio::task::JoinHandle<()>>>,
@@ -127,9 +128,9 @@ pub(crate) async fn run(
     let data = shared.config.data_dir.clone();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(&shared.client, "keel-agent", &node),
-        images: images::Images::new(data.join("images"), shared.config.images.clone()),
+        images: images::Images::new(data.images(), shared.config.images.clone()),
         confinement: confine::Confinement::probe(),
-        vms: data.join("vms"),
+        data,
         queue: controller.queue(),
         listeners: Mutex::new(HashMap::new()),
         shared,
@@ -176,7 +177,7 @@ async fn apply(vm: &Value, ctx: &Context) -> Result<Action, VmError> {
     let spec: VirtualMachineSpec =
         serde_json::from_value(vm["spec"].clone()).map_err(|e| VmError::Spec(e.to_string()))?;
     let key = vm.object_ref();
-    let dir = VmDir::new(&ctx.vms, &key);
+    let dir = vm_dir(&ctx.data, &key);
     let observed = lifecycle::observe(ctx, vm, &dir).await;
     let strategy = spec.run_strategy.unwrap_or(RunStrategy::Always);
     let mut report = Report::new(vm, &dir);
@@ -541,7 +542,7 @@ fn should_start(strategy: RunStrategy, exit: Option<&Exit>) -> bool {
 /// Stops the guest gracefully and removes everything made for the VM on this host.
 async fn cleanup(vm: &Value, ctx: &Context) -> Result<Action, VmError> {
     let key = vm.object_ref();
-    let dir = VmDir::new(&ctx.vms, &key);
+    let dir = vm_dir(&ctx.data, &key);
     let spec: Option<VirtualMachineSpec> = serde_json::from_value(vm["spec"].clone()).ok();
     if let Some(spec) = &spec {
         lifecycle::shutdown(ctx, &key, &dir, spec).await?;
@@ -749,7 +750,7 @@ async fn sweep(ctx: Arc<Context>, store: Store, mut shutdown: watch::Receiver<bo
                     let local_uid = runtime
                         .get(&key)
                         .map(|w| w.uid)
-                        .or_else(|| VmDir::new(&ctx.vms, &key).read_boot().map(|b| b.uid));
+                        .or_else(|| vm_dir(&ctx.data, &key).read_boot().map(|b| b.uid));
                     let bound_here = match (&bound, &local_uid) {
                         (Some(b), Some(l)) => b == l,
                         (Some(_), None) => true,
@@ -757,7 +758,7 @@ async fn sweep(ctx: Arc<Context>, store: Store, mut shutdown: watch::Receiver<bo
                     };
                     if !bound_here {
                         tracing::warn!(vm = %key, "the VM is not bound to this node: removing its guest and files");
-                        let dir = VmDir::new(&ctx.vms, &key);
+                        let dir = vm_dir(&ctx.data, &key);
                         if let Err(e) = lifecycle::remove(&ctx, &key, &dir).await {
                             tracing::error!(vm = %key, error = %e, "cannot remove the guest");
                         }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use keel_runtime::ObjectRef;
+use keel_schemas::datadir::{self, AgentDir, WorkloadDir};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
@@ -69,8 +70,7 @@ pub struct Launch {
 /// The workloads of this host.
 #[derive(Debug, Clone)]
 pub struct Runtime {
-    dir: PathBuf,
-    heartbeat: PathBuf,
+    data: AgentDir,
     grace: Duration,
     exe: PathBuf,
 }
@@ -80,40 +80,35 @@ pub struct Runtime {
 impl Runtime {
     /// The runtime keeping its state under `data_dir`, whose supervisors stop their guests
     /// when the heartbeat is `grace` old; `exe` is the `keel` binary (it runs `keel shim`).
-    pub fn new(data_dir: &Path, grace: Duration, exe: PathBuf) -> Result<Runtime> {
+    pub fn new(data_dir: &AgentDir, grace: Duration, exe: PathBuf) -> Result<Runtime> {
         // Supervisors run elsewhere than the agent's working dir: give them absolute paths.
-        let data_dir = &std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-        let dir = data_dir.join("workloads");
-        std::fs::create_dir_all(&dir).map_err(|source| WorkloadError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        Ok(Runtime {
-            dir,
-            heartbeat: data_dir.join("heartbeat"),
-            grace,
-            exe,
-        })
+        let root = data_dir.root();
+        let data =
+            AgentDir::new(std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf()));
+        let dir = data.workloads();
+        std::fs::create_dir_all(&dir).map_err(|source| WorkloadError::Io { path: dir, source })?;
+        Ok(Runtime { data, grace, exe })
     }
 
     /// Records a successful Lease renewal for the supervisors.
     pub fn touch_heartbeat(&self) -> Result<()> {
-        std::fs::write(&self.heartbeat, keel_schemas::time::now_rfc3339_micros()).map_err(
-            |source| WorkloadError::Io {
-                path: self.heartbeat.clone(),
+        let heartbeat = self.data.heartbeat();
+        std::fs::write(&heartbeat, keel_schemas::time::now_rfc3339_micros()).map_err(|source| {
+            WorkloadError::Io {
+                path: heartbeat,
                 source,
-            },
-        )
+            }
+        })
     }
 
     /// The workloads whose supervisor is alive.
     pub fn list(&self) -> Vec<Workload> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+        let Ok(entries) = std::fs::read_dir(self.data.workloads()) else {
             return Vec::new();
         };
         let mut out: Vec<Workload> = entries
             .flatten()
-            .filter_map(|e| self.read(&e.path()))
+            .filter_map(|e| self.read(&WorkloadDir { root: e.path() }))
             .filter(|w| alive(w.pid))
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
@@ -132,8 +127,8 @@ impl Runtime {
             let path = path.to_path_buf();
             move |source| WorkloadError::Io { path, source }
         };
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let log = dir.join("output.log");
+        std::fs::create_dir_all(&dir.root).map_err(io(&dir.root))?;
+        let log = dir.output_log();
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -143,7 +138,7 @@ impl Runtime {
         let mut cmd = tokio::process::Command::new(&self.exe);
         cmd.arg("shim")
             .arg("--heartbeat")
-            .arg(&self.heartbeat)
+            .arg(self.data.heartbeat())
             .arg("--grace-ms")
             .arg(self.grace.as_millis().to_string());
         if let Some(console) = &launch.console {
@@ -177,9 +172,9 @@ impl Runtime {
         tokio::spawn(async move {
             let _ = child.wait().await;
         });
-        let uid_file = dir.join("uid");
+        let uid_file = dir.uid();
         std::fs::write(&uid_file, uid).map_err(io(&uid_file))?;
-        let pid_file = dir.join("pid");
+        let pid_file = dir.pid();
         std::fs::write(&pid_file, pid.to_string()).map_err(io(&pid_file))?;
         Ok(Workload {
             key: key.clone(),
@@ -205,38 +200,37 @@ impl Runtime {
                 }
             }
         }
-        match std::fs::remove_dir_all(&dir) {
+        match std::fs::remove_dir_all(&dir.root) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(WorkloadError::Io { path: dir, source }),
+            Err(source) => Err(WorkloadError::Io {
+                path: dir.root,
+                source,
+            }),
         }
     }
 
     /// The last `bytes` bytes the supervisor of `key` and its command wrote to standard
     /// error (and standard output when no console file takes it).
     pub fn output_tail(&self, key: &ObjectRef, bytes: usize) -> String {
-        let text = std::fs::read(self.dir_of(key).join("output.log")).unwrap_or_default();
+        let text = std::fs::read(self.dir_of(key).output_log()).unwrap_or_default();
         String::from_utf8_lossy(&text[text.len().saturating_sub(bytes)..]).into_owned()
     }
 
-    fn dir_of(&self, key: &ObjectRef) -> PathBuf {
-        // Namespaces and names are DNS labels: `_` cannot occur in either.
-        self.dir.join(format!(
-            "{}_{}",
-            key.namespace.as_deref().unwrap_or(""),
-            key.name
-        ))
+    fn dir_of(&self, key: &ObjectRef) -> WorkloadDir {
+        self.data
+            .workload(key.namespace.as_deref().unwrap_or(""), &key.name)
     }
 
-    fn read(&self, dir: &Path) -> Option<Workload> {
-        let file = dir.file_name()?.to_str()?;
-        let (ns, name) = file.split_once('_')?;
-        let pid = std::fs::read_to_string(dir.join("pid"))
+    fn read(&self, dir: &WorkloadDir) -> Option<Workload> {
+        let file = dir.root.file_name()?.to_str()?;
+        let (ns, name) = datadir::parse_object_dir(file)?;
+        let pid = std::fs::read_to_string(dir.pid())
             .ok()?
             .trim()
             .parse()
             .ok()?;
-        let uid = std::fs::read_to_string(dir.join("uid")).unwrap_or_default();
+        let uid = std::fs::read_to_string(dir.uid()).unwrap_or_default();
         Some(Workload {
             key: ObjectRef::new((!ns.is_empty()).then_some(ns), name),
             uid: uid.trim().to_string(),

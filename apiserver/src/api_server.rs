@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel_schemas::datadir::ServerDir;
 use keel_schemas::identity;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -145,7 +146,7 @@ impl ApiConfig {
             issuer: DEFAULT_ISSUER.to_string(),
             node_certificate_lifetime: Duration::from_secs(30 * 24 * 3600),
             audit: Some(AuditConfig {
-                path: raft.data_dir.join("audit").join("audit.log"),
+                path: ServerDir::new(&raft.data_dir).audit_log(),
                 max_bytes: 100 << 20,
                 max_backups: 5,
             }),
@@ -179,21 +180,20 @@ impl ApiServer {
                 bound.ip().to_string()
             }
         });
-        let data_dir = config.raft.data_dir.clone();
+        let data_dir = ServerDir::new(&config.raft.data_dir);
         let io = |path: &std::path::Path| {
             let path = path.to_path_buf();
             move |source| StartError::Io { path, source }
         };
-        private_dir(&data_dir).map_err(io(&data_dir))?;
+        private_dir(data_dir.root()).map_err(io(data_dir.root()))?;
         let raft_join = join(&config, &data_dir).await?;
-        let certificates =
-            Certificates::load_or_create(&data_dir.join("tls"), &names(&host, bound.ip()))?;
-        let tokens =
-            Tokens::load_or_create(&data_dir, &certificates.ca_hash()?).map_err(io(&data_dir))?;
-        let sa_key = data_dir.join("tls").join("service-account.key");
+        let certificates = Certificates::load_or_create(&data_dir, &names(&host, bound.ip()))?;
+        let tokens = Tokens::load_or_create(&data_dir, &certificates.ca_hash()?)
+            .map_err(io(data_dir.root()))?;
+        let sa_key = data_dir.service_account_key();
         let service_accounts =
             ServiceAccountKeys::load_or_create(&sa_key, &config.issuer).map_err(io(&sa_key))?;
-        let encryption_file = data_dir.join(encryption::CONFIG_FILE);
+        let encryption_file = data_dir.encryption_config();
         let encryption_config = EncryptionConfig::load_or_create(&encryption_file)?;
         let encryption = Arc::new(Encryption::new(&encryption_config)?);
         let raft_config = ServerConfig {
@@ -208,7 +208,7 @@ impl ApiServer {
             format!("{host}:{}", bound.port())
         };
         let url = format!("https://{advertise}");
-        let kubeconfig = data_dir.join("admin.kubeconfig");
+        let kubeconfig = data_dir.admin_kubeconfig();
         let admin = certificates.issue_client(
             identity::ADMIN,
             Some(identity::MASTERS),
@@ -382,32 +382,28 @@ impl ApiServer {
 /// With `--join URL --token T`: a fresh data dir receives the cluster's CA and tokens from
 /// that server, and the Raft address to join through; a data dir that already has a CA must
 /// have the one the token pins. Returns the Raft address to join through.
-async fn join(
-    config: &ApiConfig,
-    data_dir: &std::path::Path,
-) -> Result<Option<String>, StartError> {
+async fn join(config: &ApiConfig, data_dir: &ServerDir) -> Result<Option<String>, StartError> {
     let Some((url, token)) = &config.join else {
         return Ok(None);
     };
-    let tls_dir = data_dir.join("tls");
     let join_err = |source| StartError::Join {
         url: url.clone(),
         source,
     };
-    if let Some(existing) = Certificates::load(&tls_dir)? {
+    if let Some(existing) = Certificates::load(data_dir)? {
         let pinned = auth::JoinToken::parse(token)
             .map(|t| t.ca_hash)
             .unwrap_or_default();
         let local = existing.ca_hash()?;
         if local != pinned {
             return Err(StartError::OtherCluster {
-                data_dir: data_dir.to_path_buf(),
+                data_dir: data_dir.root().to_path_buf(),
                 local,
                 pinned,
             });
         }
     }
-    let member = Certificates::load(&tls_dir)?.is_some();
+    let member = Certificates::load(data_dir)?.is_some();
     let grant = match auth::request_join(url, token).await {
         Ok(grant) => grant,
         // A member restarting does not need the server it once joined through.
@@ -419,20 +415,20 @@ async fn join(
     };
     if !member {
         let io = |path: PathBuf| move |source| StartError::Io { path, source };
-        Certificates::install_ca(&tls_dir, &grant.ca_pem, &grant.ca_key_pem)?;
+        Certificates::install_ca(data_dir, &grant.ca_pem, &grant.ca_key_pem)?;
         Tokens::install(
             data_dir,
             &grant.admin_token,
             &grant.join_token,
             &grant.agent_token,
         )
-        .map_err(io(data_dir.to_path_buf()))?;
-        let sa_key = tls_dir.join("service-account.key");
+        .map_err(io(data_dir.root().to_path_buf()))?;
+        let sa_key = data_dir.service_account_key();
         crate::auth::tokens::write_secret(&sa_key, grant.service_account_key.as_bytes())
             .map_err(io(sa_key.clone()))?;
         let config: EncryptionConfig = serde_json::from_str(&grant.encryption_config)
             .map_err(|e| encryption::EncryptionError::Config(format!("the join grant's: {e}")))?;
-        config.save(&data_dir.join(encryption::CONFIG_FILE))?;
+        config.save(&data_dir.encryption_config())?;
     }
     Ok(Some(grant.raft_address))
 }

@@ -12,6 +12,7 @@ use keel_apiserver::raft::{
     Client, ClusterError, Consistency, RaftRole, Server, ServerConfig, ServerError, Tuning,
 };
 use keel_apiserver::store::{EventKind, KeyRange, RangeRequest, Txn, WatchRequest};
+use keel_schemas::datadir::ServerDir;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -443,8 +444,9 @@ async fn bad_identities_and_data_dirs_are_refused() {
     drop(servers);
 
     // A damaged Raft log and a damaged state file.
-    for file in ["raft-log.redb", "state.redb"] {
-        let path = slots[0].dir.join(file);
+    let data_dir = ServerDir::new(&slots[0].dir);
+    for path in [data_dir.raft_log(), data_dir.state()] {
+        let file = path.file_name().unwrap().to_str().unwrap();
         let original = std::fs::read(&path).unwrap();
         let mut bytes = original.clone();
         // Damage a page that holds data: where the marked value is.
@@ -588,7 +590,7 @@ async fn a_removed_state_file_is_rebuilt_from_the_snapshot_and_the_log() {
     let revs = servers[0].store().revisions();
     servers[0].shutdown().await;
     drop(servers);
-    std::fs::remove_file(slots[0].dir.join("state.redb")).unwrap();
+    std::fs::remove_file(ServerDir::new(&slots[0].dir).state()).unwrap();
     let back = slots[0].start(None, small_log).await;
     back.wait_for_leader(WAIT).await.unwrap();
     assert_eq!(all_keys(&back).await, before);

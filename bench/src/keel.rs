@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use keel_apiserver::raft::Client;
+use keel_schemas::datadir::ServerDir;
 
 use crate::{eventually, free_port};
 
@@ -133,15 +134,15 @@ impl ApiCluster {
             let url = format!("https://{listen}");
             let (token, ca) =
                 eventually("a keel server's API", Duration::from_secs(30), || async {
-                    let token = std::fs::read_to_string(dir.join("admin-token")).ok()?;
-                    let ca = std::fs::read_to_string(dir.join("tls/ca.crt")).ok()?;
+                    let token = std::fs::read_to_string(ServerDir::new(&dir).admin_token()).ok()?;
+                    let ca = std::fs::read_to_string(ServerDir::new(&dir).ca_cert()).ok()?;
                     let client = keel_client::Client::new(&url, &ca, token.trim()).ok()?;
                     client.get("/api/v1/namespaces/default").await.ok()?;
                     Some((token.trim().to_string(), ca))
                 })
                 .await?;
             if i == 0 {
-                join_token = std::fs::read_to_string(dir.join("join-token"))
+                join_token = std::fs::read_to_string(ServerDir::new(&dir).join_token())
                     .map_err(|e| format!("join token: {e}"))?
                     .trim()
                     .to_string();

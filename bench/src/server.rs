@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keel_client::Client;
+use keel_schemas::datadir::ServerDir;
 
 /// A `keel server` started by a benchmark, killed when dropped.
 pub struct Server {
@@ -15,7 +16,7 @@ pub struct Server {
     /// An admin client of its API.
     pub client: Client,
     /// Its data dir.
-    pub data: PathBuf,
+    pub data: ServerDir,
     /// Its API URL.
     pub url: String,
 }
@@ -36,10 +37,10 @@ pub async fn start_server(
     extra: &[&str],
 ) -> Result<Server, Box<dyn std::error::Error>> {
     let (api_port, raft_port) = (crate::free_port(), crate::free_port());
-    let data = dir.join("s");
+    let data = ServerDir::new(dir.join("s"));
     let mut child = Command::new(keel)
         .args(["server", "--disable-agent", "--data-dir"])
-        .arg(&data)
+        .arg(data.root())
         .args(["--listen", &format!("127.0.0.1:{api_port}")])
         .args(["--raft-listen", &format!("127.0.0.1:{raft_port}")])
         .args(extra)
@@ -50,8 +51,8 @@ pub async fn start_server(
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let (Ok(token), Ok(ca)) = (
-            std::fs::read_to_string(data.join("admin-token")),
-            std::fs::read_to_string(data.join("tls/ca.crt")),
+            std::fs::read_to_string(data.admin_token()),
+            std::fs::read_to_string(data.ca_cert()),
         ) {
             let client = Client::new(&url, &ca, token.trim())?;
             if client.get("/api/v1/namespaces/default").await.is_ok() {
@@ -98,7 +99,7 @@ pub fn start_agent(
     node: &str,
     extra: &[&str],
 ) -> Result<Guard, String> {
-    let join = std::fs::read_to_string(server.data.join("agent-token"))
+    let join = std::fs::read_to_string(server.data.agent_token())
         .map_err(|e| format!("cannot read the server's agent token: {e}"))?;
     let log = std::fs::File::create(dir.join("agent.log")).map_err(|e| e.to_string())?;
     let child = Command::new(keel)

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use keel_schemas::datadir::{self, AgentDir, ServerDir};
+
 /// The `keel` binary next to this test binary (`target/<profile>/keel`); `KEEL_BIN` overrides.
 pub fn keel_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("KEEL_BIN") {
@@ -175,6 +177,11 @@ pub struct KeelServer {
 }
 
 impl KeelServer {
+    /// Its data dir's files.
+    pub fn dir(&self) -> ServerDir {
+        ServerDir::new(&self.data_dir)
+    }
+
     /// A server slot under `root`; not started yet.
     pub fn new(root: &Path, name: &str) -> KeelServer {
         KeelServer {
@@ -244,7 +251,7 @@ impl KeelServer {
     /// The flags that make another server join this one's cluster (its API URL and join
     /// token, read from its data dir).
     pub fn join_args(&self) -> Vec<String> {
-        let token = std::fs::read_to_string(self.data_dir.join("join-token"))
+        let token = std::fs::read_to_string(self.dir().join_token())
             .expect("the server wrote its join token");
         vec![
             "--join".into(),
@@ -262,8 +269,8 @@ impl KeelServer {
 
     /// The admin token and CA, once the server has written them.
     pub fn try_admin(&self) -> Option<(String, String)> {
-        let token = std::fs::read_to_string(self.data_dir.join("admin-token")).ok()?;
-        let ca = std::fs::read_to_string(self.data_dir.join("tls/ca.crt")).ok()?;
+        let token = std::fs::read_to_string(self.dir().admin_token()).ok()?;
+        let ca = std::fs::read_to_string(self.dir().ca_cert()).ok()?;
         Some((token.trim().to_string(), ca))
     }
 
@@ -471,6 +478,11 @@ pub struct KeelAgent {
 }
 
 impl KeelAgent {
+    /// Its data dir's files.
+    pub fn dir(&self) -> AgentDir {
+        AgentDir::new(&self.data_dir)
+    }
+
     /// An agent slot named `name` under `root`, run inside `netns` if given; not started.
     pub fn new(root: &Path, name: &str, netns: Option<&Netns>) -> KeelAgent {
         KeelAgent {
@@ -526,11 +538,8 @@ impl KeelAgent {
 
     /// The pid of the live supervisor of workload `namespace/name`, if any.
     pub fn workload_pid(&self, namespace: &str, name: &str) -> Option<i32> {
-        let dir = self
-            .data_dir
-            .join("workloads")
-            .join(format!("{namespace}_{name}"));
-        let pid: i32 = std::fs::read_to_string(dir.join("pid"))
+        let dir = self.dir().workload(namespace, name);
+        let pid: i32 = std::fs::read_to_string(dir.pid())
             .ok()?
             .trim()
             .parse()
@@ -552,11 +561,7 @@ impl KeelAgent {
     /// The pids of the QEMU processes running the VM `namespace/name` of this agent (found by
     /// the VM's QMP socket on their command lines): one while it runs, never two.
     pub fn qemu_pids(&self, namespace: &str, name: &str) -> Vec<i32> {
-        let socket = self
-            .data_dir
-            .join("vms")
-            .join(format!("{namespace}_{name}"))
-            .join("qmp.sock");
+        let socket = self.dir().vm(namespace, name).qmp();
         qemu_pids_with(&socket.display().to_string())
     }
 }
@@ -692,10 +697,10 @@ impl Drop for KeelAgent {
     fn drop(&mut self) {
         self.kill();
         // Tests must not leave workloads behind: stop the supervisors this agent started.
-        if let Ok(entries) = std::fs::read_dir(self.data_dir.join("workloads")) {
+        if let Ok(entries) = std::fs::read_dir(self.dir().workloads()) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().to_string();
-                if let Some((ns, vm)) = name.split_once('_')
+                if let Some((ns, vm)) = datadir::parse_object_dir(&name)
                     && let Some(pid) = self.workload_pid(ns, vm)
                 {
                     let group = nix::unistd::Pid::from_raw(pid);

@@ -13,6 +13,7 @@ use keel_client::{Api, Client, ClientError};
 use keel_e2e::{
     KeelAgent, KeelServer, condition, eventually, guest, keel, keelctl, kind, ok, stays,
 };
+use keel_schemas::datadir::AgentDir;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -54,7 +55,7 @@ fn no(out: Output, needle: &str) -> String {
 async fn ready_server(root: &Path, name: &str, extra: &[&str]) -> (KeelServer, PathBuf) {
     let mut server = KeelServer::new(root, name);
     server.start(extra);
-    let admin = server.data_dir.join("admin.kubeconfig");
+    let admin = server.dir().admin_kubeconfig();
     eventually("the server ready", WAIT, || async {
         let out = kubectl(&admin, &["get", "--raw", "/readyz"]);
         (admin.exists() && out.status.success()).then_some(())
@@ -596,7 +597,7 @@ async fn kubectl_users_get_what_their_roles_allow_and_nothing_more() {
     no(kubectl(&viewer, &["get", "vpcs"]), "Unauthorized");
 
     // The audit log: who did what, with the answer's code, never a Secret's data.
-    let log_path = server.data_dir.join("audit/audit.log");
+    let log_path = server.dir().audit_log();
     let audit = eventually("the audit log", WAIT, || async {
         let text = std::fs::read_to_string(&log_path).ok()?;
         text.contains("\"username\":\"vic\"").then_some(text)
@@ -755,9 +756,9 @@ async fn a_service_account_token_works_from_python_until_its_account_goes() {
 }
 
 /// A client that talks as the node whose agent keeps its credentials in `data_dir`.
-fn node_client(url: &str, ca: &str, data_dir: &Path) -> Client {
-    let cert = std::fs::read_to_string(data_dir.join("pki/node.crt")).unwrap();
-    let key = std::fs::read_to_string(data_dir.join("pki/node.key")).unwrap();
+fn node_client(url: &str, ca: &str, data_dir: &AgentDir) -> Client {
+    let cert = std::fs::read_to_string(data_dir.node_cert()).unwrap();
+    let key = std::fs::read_to_string(data_dir.node_key()).unwrap();
     node_client_from(url, ca, &cert, &key)
 }
 
@@ -792,7 +793,7 @@ async fn host_agents_have_their_nodes_rights_only_and_renew_their_certificates()
     let (admin_token, ca) = server.admin();
     let url = server.url();
     let admin = Client::new(&url, &ca, &admin_token).unwrap();
-    let agent_token = std::fs::read_to_string(server.data_dir.join("agent-token")).unwrap();
+    let agent_token = std::fs::read_to_string(server.dir().agent_token()).unwrap();
     let agent_token = agent_token.trim();
     let g = guest();
     g.publish(&admin).await;
@@ -836,7 +837,7 @@ async fn host_agents_have_their_nodes_rights_only_and_renew_their_certificates()
         other => panic!("the agent token joined: {other:?}"),
     }
     // The node's certificate is its own: system:node:node-a in system:nodes.
-    let node_a = node_client(&url, &ca, &a.data_dir);
+    let node_a = node_client(&url, &ca, &a.dir());
     let who = node_a
         .post(
             "/apis/authentication.k8s.io/v1/selfsubjectreviews",
@@ -893,7 +894,7 @@ async fn host_agents_have_their_nodes_rights_only_and_renew_their_certificates()
     .await;
 
     // What node-a may do: its Lease, its Node's status, the Secret its bucket uses.
-    let node_b = node_client(&url, &ca, &b.data_dir);
+    let node_b = node_client(&url, &ca, &b.dir());
     let lease_path = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
     let own = node_a.get(&format!("{lease_path}/node-a")).await.unwrap();
     node_a
@@ -1003,8 +1004,8 @@ async fn host_agents_have_their_nodes_rights_only_and_renew_their_certificates()
     // port (where writes skip the API's checks) refuses it; a server's certificate gets in.
     let node_peer = keel_apiserver::raft::PeerTls {
         ca_pem: ca.clone(),
-        cert_pem: std::fs::read_to_string(a.data_dir.join("pki/node.crt")).unwrap(),
-        key_pem: std::fs::read_to_string(a.data_dir.join("pki/node.key")).unwrap(),
+        cert_pem: std::fs::read_to_string(a.dir().node_cert()).unwrap(),
+        key_pem: std::fs::read_to_string(a.dir().node_key()).unwrap(),
     };
     let attempt =
         keel_apiserver::raft::Client::connect_tls(&server.addr, Duration::from_secs(2), &node_peer)
@@ -1016,8 +1017,8 @@ async fn host_agents_have_their_nodes_rights_only_and_renew_their_certificates()
     assert!(refused_raft.is_some(), "a node spoke Raft");
     let server_peer = keel_apiserver::raft::PeerTls {
         ca_pem: ca.clone(),
-        cert_pem: std::fs::read_to_string(server.data_dir.join("tls/server.crt")).unwrap(),
-        key_pem: std::fs::read_to_string(server.data_dir.join("tls/server.key")).unwrap(),
+        cert_pem: std::fs::read_to_string(server.dir().server_cert()).unwrap(),
+        key_pem: std::fs::read_to_string(server.dir().server_key()).unwrap(),
     };
     let peer = keel_apiserver::raft::Client::connect_tls(
         &server.addr,
@@ -1029,7 +1030,7 @@ async fn host_agents_have_their_nodes_rights_only_and_renew_their_certificates()
     peer.status().await.unwrap();
 
     // Deleting a host's registration revokes it: its certificate is no longer renewed.
-    let password = std::fs::read_to_string(b.data_dir.join("pki/node-password")).unwrap();
+    let password = std::fs::read_to_string(b.dir().node_password()).unwrap();
     let renew = || async {
         let body =
             json!({"nodeName": "node-b", "nodePassword": password.trim(), "csr": "not a CSR"});
@@ -1054,9 +1055,9 @@ async fn host_agents_have_their_nodes_rights_only_and_renew_their_certificates()
 
     // Renewal: node-a's certificate is replaced before it expires, the old one lapses, and
     // the node stays Ready with its guest untouched.
-    let cert_path = a.data_dir.join("pki/node.crt");
+    let cert_path = a.dir().node_cert();
     let first = std::fs::read_to_string(&cert_path).unwrap();
-    let first_key = std::fs::read_to_string(a.data_dir.join("pki/node.key")).unwrap();
+    let first_key = std::fs::read_to_string(a.dir().node_key()).unwrap();
     let renewed = eventually("node-a's certificate renewed", WAIT, || async {
         let now = std::fs::read_to_string(&cert_path).ok()?;
         (now != first && now.contains("BEGIN CERTIFICATE")).then_some(now)

@@ -742,7 +742,7 @@ for t in ts: t.join()
         .env("AWS_CONFIG_FILE", "/dev/null")
         .spawn()
         .unwrap();
-    let storage = c.server.data_dir.join("agent/storage");
+    let storage = c.server.dir().agent().storage();
     eventually("bytes arriving on disk", WAIT, || async {
         (dir_bytes(&storage) > 20 << 20).then_some(())
     })
@@ -1254,7 +1254,7 @@ async fn a_hosts_agent_serves_s3_over_https_with_a_certificate_the_cluster_signs
     let ca_file = root.path().join("cluster-ca.crt");
     std::fs::write(&ca_file, &ca).unwrap();
     let token = eventually("the agent token", WAIT, || async {
-        std::fs::read_to_string(server.data_dir.join("agent-token")).ok()
+        std::fs::read_to_string(server.dir().agent_token()).ok()
     })
     .await;
     let token = token.trim();
@@ -1288,9 +1288,9 @@ async fn a_hosts_agent_serves_s3_over_https_with_a_certificate_the_cluster_signs
 
     // What a host may not have signed. The test runs outside the namespace: it reaches the
     // server from the bridge's address, which is the server's own.
-    let cert = std::fs::read_to_string(host.data_dir.join("pki/node.crt")).unwrap();
-    let key = std::fs::read_to_string(host.data_dir.join("pki/node.key")).unwrap();
-    let password = std::fs::read_to_string(host.data_dir.join("pki/node-password")).unwrap();
+    let cert = std::fs::read_to_string(host.dir().node_cert()).unwrap();
+    let key = std::fs::read_to_string(host.dir().node_key()).unwrap();
+    let password = std::fs::read_to_string(host.dir().node_password()).unwrap();
     let node = Client::with_certificate(&url, &ca, &cert, &key).unwrap();
     let csr = "-----BEGIN CERTIFICATE REQUEST-----\nMIIBAA==\n-----END CERTIFICATE REQUEST-----\n";
     let ask = |name: &str, addresses: Value| {

@@ -121,11 +121,11 @@ async fn a_tenant_cannot_make_host_files_or_private_addresses_its_vms_images() {
     ]);
     let client = server.ready_client(WAIT).await;
     g.publish(&client).await;
-    let admin = server.data_dir.join("admin.kubeconfig");
+    let admin = server.dir().admin_kubeconfig();
     let editor = editor_of_shop(&admin, root.path(), "mallory");
 
     // Host paths are refused at admission, each at its field, with the rule.
-    let secret_disk = server.data_dir.join("agent/vms/default_x/disk-root.qcow2");
+    let secret_disk = server.dir().agent().vm("default", "x").disk("root");
     for (name, spec, field) in [
         (
             "sda",
@@ -234,13 +234,10 @@ async fn a_tenant_cannot_make_host_files_or_private_addresses_its_vms_images() {
         let said = ready["message"].as_str().unwrap_or_default();
         assert!(said.contains(message), "{name}: {said}");
         // No disk of it, and nothing of its image in the host's cache.
-        let dir = server.data_dir.join(format!("agent/vms/shop_{name}"));
-        assert!(
-            !dir.join("disk-root.qcow2").exists(),
-            "{name}: a disk was made"
-        );
+        let dir = server.dir().agent().vm("shop", name);
+        assert!(!dir.disk("root").exists(), "{name}: a disk was made");
     }
-    let cache = server.data_dir.join("agent/images");
+    let cache = server.dir().agent().images();
     // (A retry's download in flight may hold a `.part` file for a moment; a refused image
     // never takes its name in the cache.)
     let cached: Vec<String> = std::fs::read_dir(&cache)
@@ -266,7 +263,7 @@ async fn a_namespace_quota_caps_vms_and_cpus_and_frees_with_a_delete() {
     let mut server = KeelServer::new(root.path(), "quota");
     server.start(&["--disable-agent"]);
     let client = server.ready_client(WAIT).await;
-    let admin = server.data_dir.join("admin.kubeconfig");
+    let admin = server.dir().admin_kubeconfig();
     let editor = editor_of_shop(&admin, root.path(), "ed");
     let quota = "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: compute, namespace: shop}\nspec:\n  hard: {count/virtualmachines.keel.dev: \"2\", requests.cpu: \"3\", requests.memory: 1Gi}\n";
     // kubectl create quota sends it as protobuf.
@@ -353,7 +350,7 @@ async fn a_namespace_limit_range_fills_in_and_bounds_vms_and_buckets() {
     let mut server = KeelServer::new(root.path(), "limits");
     server.start(&["--disable-agent"]);
     let client = server.ready_client(WAIT).await;
-    let admin = server.data_dir.join("admin.kubeconfig");
+    let admin = server.dir().admin_kubeconfig();
     let editor = editor_of_shop(&admin, root.path(), "ed");
     let limits = "apiVersion: v1\nkind: LimitRange\nmetadata: {name: limits, namespace: shop}\nspec:\n  limits:\n  - type: VirtualMachine\n    default: {cpu: \"1\", memory: 256Mi}\n    max: {cpu: \"2\", memory: 1Gi}\n  - type: Disk\n    max: {storage: 20Gi}\n  - type: Bucket\n    default: {storage: 1Gi}\n    max: {storage: 10Gi}\n";
     let out = kubectl(&admin, &["apply", "-f", "-"], Some(limits));
@@ -530,7 +527,7 @@ async fn a_tenants_load_balancers_stay_in_what_the_admin_gave_it() {
     let mut server = KeelServer::new(root.path(), "lbs");
     server.start(&["--disable-agent", "--lb-vip-pool", "198.51.100.0/28"]);
     let _client = server.ready_client(WAIT).await;
-    let admin = server.data_dir.join("admin.kubeconfig");
+    let admin = server.dir().admin_kubeconfig();
     let editor = editor_of_shop(&admin, root.path(), "ed");
     let lb = |name: &str, vip: Option<&str>, backend: &str| {
         let vip = vip.map(|v| format!("  vip: \"{v}\"\n")).unwrap_or_default();

@@ -158,7 +158,7 @@ async fn served_serial(zones: &Api<Value>, name: &str, above: u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zones_are_answered_to_dig_over_udp_and_tcp() {
     let c = cluster(&[]).await;
-    let kubeconfig = c.server.data_dir.join("admin.kubeconfig");
+    let kubeconfig = c.server.dir().admin_kubeconfig();
     let file = c._root.path().join("zone.yaml");
     std::fs::write(&file, ZONE).unwrap();
     ok(keelctl(
@@ -537,7 +537,7 @@ fn check_reply(name: &str, request: &[u8], reply: &[u8], valid: bool) {
 async fn vm_records_follow_the_vms_addresses() {
     let ovn = Ovn::nb_only();
     let c = cluster(&["--ovn-nb", &ovn.nb()]).await;
-    let kubeconfig = c.server.data_dir.join("admin.kubeconfig");
+    let kubeconfig = c.server.dir().admin_kubeconfig();
     let file = c._root.path().join("zone.yaml");
     let zone = ZONE.replace(
         "  reverse: {subnet: front",
@@ -710,7 +710,7 @@ async fn a_host_cut_off_from_the_api_answers_from_its_last_data() {
     let (admin, ca) = eventually("credentials", WAIT, || async { server.try_admin() }).await;
     let client = Client::new(&url, &ca, &admin).unwrap();
     let token = eventually("join token", WAIT, || async {
-        std::fs::read_to_string(server.data_dir.join("agent-token")).ok()
+        std::fs::read_to_string(server.dir().agent_token()).ok()
     })
     .await;
     let mut agent = KeelAgent::new(root.path(), "dns-host", Some(&net));
@@ -799,7 +799,7 @@ async fn one_client_cannot_take_the_dns_server() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     let c = cluster(&["--dns-tcp-connections-per-source", "4"]).await;
-    let kubeconfig = c.server.data_dir.join("admin.kubeconfig");
+    let kubeconfig = c.server.dir().admin_kubeconfig();
     let file = c._root.path().join("zone.yaml");
     std::fs::write(&file, ZONE).unwrap();
     ok(keelctl(

@@ -46,7 +46,7 @@ async fn keelctl_does_what_kubectl_users_expect() {
     let root = tempfile::tempdir().unwrap();
     let mut server = KeelServer::new(root.path(), "k");
     server.start::<&str>(&[]);
-    let kc = server.data_dir.join("admin.kubeconfig");
+    let kc = server.dir().admin_kubeconfig();
     eventually("the API", WAIT, || async {
         (kc.exists()
             && keelctl(&kc, &["get", "ns", "kube-node-lease"])

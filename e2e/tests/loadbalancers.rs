@@ -48,7 +48,7 @@ async fn cluster_with(extra: &[&str]) -> Cluster {
     let client = server.ready_client(WAIT).await;
     // The tests' backends listen on loopback, and some VIPs are there outside the pool.
     keel_e2e::grant_loopback(&client, "default").await;
-    let kubeconfig = server.data_dir.join("admin.kubeconfig");
+    let kubeconfig = server.dir().admin_kubeconfig();
     Cluster {
         root,
         _server: server,

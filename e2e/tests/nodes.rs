@@ -69,7 +69,7 @@ async fn nodes_that_die_or_are_cut_off_fence_and_their_vms_move() {
     let client = Client::new(&url, &ca, &admin).unwrap();
     guest().publish(&client).await;
     let token = eventually("the join token", WAIT, || async {
-        std::fs::read_to_string(server.data_dir.join("agent-token")).ok()
+        std::fs::read_to_string(server.dir().agent_token()).ok()
     })
     .await;
     let token = token.trim();
@@ -312,7 +312,7 @@ async fn another_server_takes_over_the_controllers_when_their_leader_dies() {
     })
     .await;
     eventually("s1 serving", WAIT, || async {
-        std::fs::read_to_string(servers[0].data_dir.join("agent-token")).ok()
+        std::fs::read_to_string(servers[0].dir().agent_token()).ok()
     })
     .await;
     let join = servers[0].join_args();

@@ -32,7 +32,7 @@ async fn cluster(name: &str) -> Cluster {
     let mut server = KeelServer::new(root.path(), name);
     server.start(&["--lb-vip-pool", "127.0.79.0/28"]);
     let client = server.ready_client(WAIT).await;
-    let kubeconfig = server.data_dir.join("admin.kubeconfig");
+    let kubeconfig = server.dir().admin_kubeconfig();
     Cluster {
         root,
         _server: server,
@@ -421,12 +421,10 @@ async fn a_vm_change_that_never_gets_ready_is_rolled_back_with_its_disk() {
     server.start(&["--kvm-probe-kernel", &kernel]);
     let client = server.ready_client(WAIT).await;
     g.publish(&client).await;
-    let kubeconfig = server.data_dir.join("admin.kubeconfig");
+    let kubeconfig = server.dir().admin_kubeconfig();
     let vms = api(&client, "virtualmachines");
     let revisions = api(&client, "revisions");
-    let disk = server
-        .data_dir
-        .join("agent/vms/default_app/disk-data.qcow2");
+    let disk = server.dir().agent().vm("default", "app").disk("data");
     let cmdline = |marker: &str, extra: &str| {
         format!("console=ttyS0 quiet keel.marker={marker} keel.data=precious{extra}")
     };

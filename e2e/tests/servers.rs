@@ -14,7 +14,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// A Raft-port client with the server's own certificates (servers speak mutual TLS).
 async fn client(server: &KeelServer) -> Option<Client> {
-    let tls = keel_apiserver::auth::Certificates::load(&server.data_dir.join("tls"))
+    let tls = keel_apiserver::auth::Certificates::load(&server.dir())
         .ok()??
         .peer_tls();
     Client::connect_tls(&server.addr, Duration::from_millis(500), &tls)
@@ -78,7 +78,7 @@ async fn three_processes_lose_the_leader_to_sigkill_and_lose_no_acknowledged_wri
     let mut writers = Vec::new();
     for (w, s) in servers.iter().enumerate() {
         let addr = s.addr.clone();
-        let tls = keel_apiserver::auth::Certificates::load(&s.data_dir.join("tls"))
+        let tls = keel_apiserver::auth::Certificates::load(&s.dir())
             .unwrap()
             .unwrap()
             .peer_tls();
@@ -273,7 +273,7 @@ async fn bad_data_dirs_and_flags_are_refused_with_a_message() {
     args.extend(["--node-id".into(), "9".into()]);
     expect_refusal(args, "not node 9");
     // A truncated Raft log.
-    let log = other.data_dir.join("raft-log.redb");
+    let log = other.dir().raft_log();
     let bytes = std::fs::read(&log).unwrap();
     std::fs::write(&log, &bytes[..bytes.len() / 3]).unwrap();
     expect_refusal(data(other.data_dir.display().to_string()), "raft-log.redb");

@@ -71,12 +71,12 @@ async fn vms_boot_run_restart_pause_and_go_away_on_qemu() {
     server.start(&["--disable-agent"]);
     let (admin, ca) = eventually("credentials", WAIT, || async { server.try_admin() }).await;
     let token = eventually("join token", WAIT, || async {
-        std::fs::read_to_string(server.data_dir.join("agent-token")).ok()
+        std::fs::read_to_string(server.dir().agent_token()).ok()
     })
     .await;
     let url = server.url();
     let client = Client::new(&url, &ca, &admin).unwrap();
-    let kubeconfig = server.data_dir.join("admin.kubeconfig");
+    let kubeconfig = server.dir().admin_kubeconfig();
     let g = guest();
     g.publish(&client).await;
     let kernel = g.kernel_file.display().to_string();
@@ -130,11 +130,7 @@ async fn vms_boot_run_restart_pause_and_go_away_on_qemu() {
     );
     let first_pid = status(&vm, "qemuPid").as_i64().unwrap() as i32;
     assert_eq!(agent.qemu_pids("default", "web"), vec![first_pid]);
-    assert_confined(
-        first_pid,
-        "default_web",
-        &agent.data_dir.join("vms/default_web"),
-    );
+    assert_confined(first_pid, "default_web", &agent.dir().vm("default", "web"));
     let logs = ok(keelctl(&kubeconfig, &["logs", "vm/web"]));
     assert!(logs.contains("KEEL-GUEST up marker=hello-web"), "{logs}");
     assert!(
@@ -525,7 +521,7 @@ async fn vms_boot_run_restart_pause_and_go_away_on_qemu() {
         ));
     }
     assert!(agent.qemu_pids("default", "web").is_empty());
-    let left: Vec<String> = std::fs::read_dir(agent.data_dir.join("vms"))
+    let left: Vec<String> = std::fs::read_dir(agent.dir().vms())
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().to_string())
@@ -548,7 +544,7 @@ fn kill(pid: i32) {
 /// The guest's QEMU runs as an unprivileged id of its own with no capabilities, under
 /// seccomp, in the guest's cgroup (128Mi of guest memory: a bounded limit), and its files are
 /// that id's.
-fn assert_confined(pid: i32, name: &str, dir: &std::path::Path) {
+fn assert_confined(pid: i32, name: &str, dir: &keel_schemas::datadir::VmDir) {
     use std::os::unix::fs::MetadataExt;
     let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let field = |key: &str| {
@@ -564,8 +560,8 @@ fn assert_confined(pid: i32, name: &str, dir: &std::path::Path) {
     assert_eq!(field("Seccomp:"), "2", "a seccomp filter: {proc_status}");
     assert_eq!(field("CapEff:"), "0000000000000000", "{proc_status}");
     assert_eq!(field("NoNewPrivs:"), "1", "{proc_status}");
-    let disk = dir.join("disk-data.qcow2");
-    for file in [dir, disk.as_path()] {
+    let disk = dir.disk("data");
+    for file in [dir.root.as_path(), disk.as_path()] {
         assert_eq!(
             std::fs::metadata(file).unwrap().uid(),
             uid,

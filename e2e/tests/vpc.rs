@@ -43,13 +43,13 @@ async fn guests_get_addresses_from_ovn_and_reach_each_other_but_not_other_tenant
     server.start(&["--disable-agent", "--ovn-nb", &ovn.nb()]);
     let (admin, ca) = eventually("credentials", WAIT, || async { server.try_admin() }).await;
     let token = eventually("join token", WAIT, || async {
-        std::fs::read_to_string(server.data_dir.join("agent-token")).ok()
+        std::fs::read_to_string(server.dir().agent_token()).ok()
     })
     .await;
     let url = server.url();
     let c = Client::new(&url, &ca, &admin).unwrap();
     guest().publish(&c).await;
-    let kubeconfig = server.data_dir.join("admin.kubeconfig");
+    let kubeconfig = server.dir().admin_kubeconfig();
     let socket = chassis.db_socket().display().to_string();
     let mut agent = KeelAgent::new(root.path(), "host-1", None);
     agent.start(

@@ -20,6 +20,7 @@
 //! - [`quota`], [`limits`]: ResourceQuota and LimitRange arithmetic (what admission charges,
 //!   defaults and bounds).
 //! - [`columns`]: the columns of each kind's table (`kubectl get`, `keelctl get`).
+//! - [`datadir`]: the files of a server's and a host agent's data directories.
 //! - [`identity`]: the user and group names authentication and RBAC give meaning to.
 //! - [`wellknown`]: the names Keel's processes share (annotations, labels, finalizers,
 //!   condition types, OVN naming).
@@ -27,6 +28,7 @@
 //! - [`time`]: timestamps and ages as Kubernetes writes them.
 
 pub mod columns;
+pub mod datadir;
 pub mod defaults;
 pub mod identity;
 pub mod kinds;

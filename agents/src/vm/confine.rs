@@ -30,8 +30,6 @@ const GUEST_IDS: u32 = 1 << 20;
 const CGROUP_DIR: &str = "keel.guests";
 /// The CFS period the CPU quota is given in.
 const CPU_PERIOD_US: u64 = 100_000;
-/// The file in a VM's directory that keeps its guest id.
-const ID_FILE: &str = "guest.id";
 
 /// How guests are confined on this host.
 #[derive(Debug)]
@@ -141,15 +139,15 @@ impl Confinement {
             .allocating
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let read = |path: &Path| -> Option<u32> {
-            std::fs::read_to_string(path.join(ID_FILE))
+        let read = |dir: &VmDir| -> Option<u32> {
+            std::fs::read_to_string(dir.guest_id())
                 .ok()?
                 .trim()
                 .parse()
                 .ok()
                 .filter(|id| (GUEST_ID_BASE..GUEST_ID_BASE + GUEST_IDS).contains(id))
         };
-        if let Some(id) = read(&dir.root) {
+        if let Some(id) = read(dir) {
             return Ok(id);
         }
         let mut taken: Vec<u32> = std::fs::read_dir(vms)
@@ -157,7 +155,7 @@ impl Confinement {
             .flatten()
             .flatten()
             .filter(|e| e.path() != dir.root)
-            .filter_map(|e| read(&e.path()))
+            .filter_map(|e| read(&VmDir { root: e.path() }))
             .collect();
         taken.sort_unstable();
         let mut id = GUEST_ID_BASE;
@@ -171,8 +169,8 @@ impl Confinement {
         if id >= GUEST_ID_BASE + GUEST_IDS {
             return Err("every guest id of this host is taken".into());
         }
-        super::qemu::write_whole(&dir.root.join(ID_FILE), id.to_string().as_bytes())
-            .map_err(|e| format!("{}: {e}", dir.root.join(ID_FILE).display()))?;
+        super::qemu::write_whole(&dir.guest_id(), id.to_string().as_bytes())
+            .map_err(|e| format!("{}: {e}", dir.guest_id().display()))?;
         Ok(id)
     }
 }

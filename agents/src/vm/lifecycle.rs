@@ -5,12 +5,12 @@ use std::time::{Duration, Instant};
 use keel_client::Api;
 use keel_runtime::{ObjectExt, ObjectRef};
 use keel_schemas::kinds::compute::{ClusterImage, ImageRef, PortForward, VirtualMachineSpec};
-use keel_schemas::wellknown;
+use keel_schemas::{datadir, wellknown};
 use serde_json::Value;
 
 use super::console::Console;
 use super::images::{Image, ImageError, Source};
-use super::qemu::{AttachedDisk, Boot, Machine, VmDir, probe_port, restart_fields};
+use super::qemu::{AttachedDisk, Boot, Machine, VmDir, VmFiles, probe_port, restart_fields};
 use super::qmp::{Qmp, QmpError, Status};
 use super::{Context, VmError, cloudinit};
 use crate::workload::shim::{ConsoleLog, Exit};
@@ -310,7 +310,7 @@ pub async fn launch(
     let confined = ctx
         .confinement
         .confine(
-            &ctx.vms,
+            &ctx.data.vms(),
             dir,
             spec.cpu,
             memory,
@@ -554,10 +554,10 @@ pub fn local_vms(ctx: &Context) -> Vec<ObjectRef> {
         .into_iter()
         .map(|w| w.key)
         .collect();
-    if let Ok(entries) = std::fs::read_dir(&ctx.vms) {
+    if let Ok(entries) = std::fs::read_dir(ctx.data.vms()) {
         for entry in entries.flatten() {
             let name = entry.file_name();
-            if let Some((ns, name)) = name.to_str().and_then(|n| n.split_once('_')) {
+            if let Some((ns, name)) = name.to_str().and_then(datadir::parse_object_dir) {
                 keys.push(ObjectRef::new((!ns.is_empty()).then_some(ns), name));
             }
         }
@@ -640,7 +640,7 @@ pub fn handled(vm: &Value, dir: &VmDir, request: Request) {
 /// The value of a request `annotation` of `vm` while it is not acted on yet.
 pub fn asked<'a>(vm: &'a Value, dir: &VmDir, annotation: &str) -> Option<&'a str> {
     let asked = vm["metadata"]["annotations"][annotation].as_str()?;
-    let handled: serde_json::Map<String, Value> = std::fs::read(dir.root.join("requests.json"))
+    let handled: serde_json::Map<String, Value> = std::fs::read(dir.requests())
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
@@ -649,7 +649,7 @@ pub fn asked<'a>(vm: &'a Value, dir: &VmDir, annotation: &str) -> Option<&'a str
 
 /// Records that the request `annotation` of `vm` has been acted on.
 pub fn answered(vm: &Value, dir: &VmDir, annotation: &str) {
-    let path = dir.root.join("requests.json");
+    let path = dir.requests();
     let mut handled: serde_json::Map<String, Value> = std::fs::read(&path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())

@@ -1,6 +1,7 @@
 //! The `qemu-system-x86_64` command line of a VM, and the files it uses.
 //!
-//! Each VM has a directory, `<data-dir>/vms/<namespace>_<name>/`, holding its disks, its
+//! Each VM has a directory, `<data-dir>/vms/<namespace>_<name>/` ([`VmDir`], whose files
+//! [`keel_schemas::datadir`] names), holding its disks, its
 //! cloud-init seed, its QMP socket, the pid file QEMU writes, its console log (rotated by the
 //! supervisor) and `boot.json`: what the running guest was started with, so that a restarted
 //! agent re-adopts it and knows whether a spec change needs a restart.
@@ -9,19 +10,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use keel_runtime::ObjectRef;
+use keel_schemas::datadir::AgentDir;
+pub use keel_schemas::datadir::VmDir;
 use keel_schemas::kinds::compute::{Accelerator, DiskBus, PortForward, VirtualMachineSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The longest path a unix socket can have (`sun_path` is 108 bytes with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
-
-/// The files of one VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VmDir {
-    /// The directory.
-    pub root: PathBuf,
-}
 
 /// What a running guest was started with (`boot.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,83 +85,29 @@ pub struct Machine<'a> {
     pub macs: &'a [Option<String>],
 }
 
+/// What the agent reads and writes in a VM's directory.
+pub trait VmFiles {
+    /// QEMU's pid, from its pid file.
+    fn qemu_pid(&self) -> Option<u32>;
+    /// Writes the boot record.
+    fn write_boot(&self, boot: &Boot) -> std::io::Result<()>;
+    /// The names of the disks in the directory (a disk file or its origin record).
+    fn disk_names(&self) -> Vec<String>;
+    /// The running guest's boot record.
+    fn read_boot(&self) -> Option<Boot>;
+    /// Whether the QMP socket's path fits a unix socket address.
+    fn check_socket_path(&self) -> Result<(), String>;
+}
+
+/// The directory of the VM `key` in the agent's data dir.
+pub fn vm_dir(data: &AgentDir, key: &ObjectRef) -> VmDir {
+    data.vm(key.namespace.as_deref().unwrap_or(""), &key.name)
+}
+
 // === impl VmDir ===
 
-impl VmDir {
-    /// The directory of `key` under `vms`.
-    pub fn new(vms: &Path, key: &ObjectRef) -> VmDir {
-        VmDir {
-            root: vms.join(format!(
-                "{}_{}",
-                key.namespace.as_deref().unwrap_or(""),
-                key.name
-            )),
-        }
-    }
-
-    /// The QMP socket.
-    pub fn qmp(&self) -> PathBuf {
-        self.root.join("qmp.sock")
-    }
-
-    /// The second QMP socket, where the agent listens for events.
-    pub fn events(&self) -> PathBuf {
-        self.root.join("events.sock")
-    }
-
-    /// The serial console log (the newest of its rotated files).
-    pub fn console(&self) -> PathBuf {
-        self.root.join("console.log")
-    }
-
-    /// Where the supervisor records how QEMU ended.
-    pub fn exit(&self) -> PathBuf {
-        self.root.join("exit.json")
-    }
-
-    /// QEMU's pid file.
-    pub fn pid(&self) -> PathBuf {
-        self.root.join("qemu.pid")
-    }
-
-    /// What the running guest was started with.
-    pub fn boot(&self) -> PathBuf {
-        self.root.join("boot.json")
-    }
-
-    /// The file of the disk `name`.
-    pub fn disk(&self, name: &str) -> PathBuf {
-        self.root.join(format!("disk-{name}.qcow2"))
-    }
-
-    /// Where the disk `name` is set aside while a rollback point covers it and the spec
-    /// no longer has it (or recreated it).
-    pub fn retired_disk(&self, name: &str) -> PathBuf {
-        self.root.join(format!("retired-{name}.qcow2"))
-    }
-
-    /// The origin record of a disk set aside.
-    pub fn retired_origin(&self, name: &str) -> PathBuf {
-        self.root.join(format!("retired-{name}.origin"))
-    }
-
-    /// The record of the disks' rollback point ([`super::snapshots`]).
-    pub fn snapshot_record(&self) -> PathBuf {
-        self.root.join("snapshot.json")
-    }
-
-    /// The record of the image a disk was made from.
-    pub fn disk_origin(&self, name: &str) -> PathBuf {
-        self.root.join(format!("disk-{name}.origin"))
-    }
-
-    /// The cloud-init seed image.
-    pub fn seed(&self) -> PathBuf {
-        self.root.join("cidata.iso")
-    }
-
-    /// QEMU's pid, from its pid file.
-    pub fn qemu_pid(&self) -> Option<u32> {
+impl VmFiles for VmDir {
+    fn qemu_pid(&self) -> Option<u32> {
         std::fs::read_to_string(self.pid())
             .ok()?
             .trim()
@@ -173,38 +115,27 @@ impl VmDir {
             .ok()
     }
 
-    /// Writes the boot record.
-    pub fn write_boot(&self, boot: &Boot) -> std::io::Result<()> {
+    fn write_boot(&self, boot: &Boot) -> std::io::Result<()> {
         write_whole(&self.boot(), &serde_json::to_vec(boot)?)
     }
 
-    /// The names of the disks in the directory (a disk file or its origin record).
-    pub fn disk_names(&self) -> Vec<String> {
+    fn disk_names(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(&self.root)
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|entry| {
-                let file = entry.file_name();
-                let name = file.to_str()?.strip_prefix("disk-")?;
-                let disk = name
-                    .strip_suffix(".qcow2")
-                    .or(name.strip_suffix(".origin"))?;
-                Some(disk.to_string())
-            })
+            .filter_map(|entry| Some(VmDir::disk_name(entry.file_name().to_str()?)?.to_string()))
             .collect();
         names.sort();
         names.dedup();
         names
     }
 
-    /// The running guest's boot record.
-    pub fn read_boot(&self) -> Option<Boot> {
+    fn read_boot(&self) -> Option<Boot> {
         serde_json::from_slice(&std::fs::read(self.boot()).ok()?).ok()
     }
 
-    /// Whether the QMP socket's path fits a unix socket address.
-    pub fn check_socket_path(&self) -> Result<(), String> {
+    fn check_socket_path(&self) -> Result<(), String> {
         let len = self
             .qmp()
             .as_os_str()
@@ -448,7 +379,7 @@ mod tests {
     #[test]
     fn the_command_line_follows_the_spec() {
         let key = ObjectRef::new(Some("shop"), "web-1");
-        let dir = VmDir::new(Path::new("/d/vms"), &key);
+        let dir = vm_dir(&AgentDir::new("/d"), &key);
         let spec = spec(json!({
             "cpu": 2, "memory": "1Gi", "kernel": "/k", "initrd": "/i", "cmdline": "console=ttyS0",
             "disks": [{"name": "root", "image": "/x.qcow2"}, {"name": "data", "size": "1Gi", "bus": "scsi"}],
@@ -538,12 +469,12 @@ mod tests {
     fn long_data_dirs_are_refused_before_qemu_fails() {
         let key = ObjectRef::new(Some("ns"), "vm");
         assert!(
-            VmDir::new(Path::new("/d"), &key)
+            vm_dir(&AgentDir::new("/d"), &key)
                 .check_socket_path()
                 .is_ok()
         );
         let long = "/x".repeat(60);
-        let err = VmDir::new(Path::new(&long), &key)
+        let err = vm_dir(&AgentDir::new(long), &key)
             .check_socket_path()
             .unwrap_err();
         assert!(err.contains("longer than a unix socket allows"), "{err}");

@@ -23,7 +23,7 @@ use keel_schemas::wellknown::{LAST_GOOD_ANNOTATION, RESTORE_SNAPSHOT_ANNOTATION}
 use serde_json::{Value, json};
 
 use super::images::{qemu_img, qemu_img_json};
-use super::qemu::{VmDir, changed_fields, restart_fields, write_whole};
+use super::qemu::{VmDir, VmFiles, changed_fields, restart_fields, write_whole};
 use super::qmp::Qmp;
 use super::{Context, lifecycle};
 

@@ -40,9 +40,6 @@ use serde::{Deserialize, Serialize};
 
 use super::tokens::write_secret;
 
-/// The file name of the configuration in the data dir.
-pub const CONFIG_FILE: &str = "encryption-config.json";
-
 const PREFIX: &str = "k8s:enc:aesgcm:v1:";
 
 /// Why the configuration or a stored value is unusable.
@@ -447,7 +444,7 @@ mod tests {
     #[test]
     fn secrets_are_sealed_opened_and_bound_to_their_key() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(CONFIG_FILE);
+        let path = keel_schemas::datadir::ServerDir::new(dir.path()).encryption_config();
         let config = EncryptionConfig::load_or_create(&path).unwrap();
         assert_eq!(EncryptionConfig::load_or_create(&path).unwrap(), config);
         let enc = Encryption::new(&config).unwrap();
@@ -573,7 +570,7 @@ mod tests {
                 .contains("frobs")
         );
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(CONFIG_FILE);
+        let path = keel_schemas::datadir::ServerDir::new(dir.path()).encryption_config();
         std::fs::write(&path, "not json").unwrap();
         assert!(
             EncryptionConfig::load_or_create(&path)

@@ -1,5 +1,5 @@
 //! The cluster CA and the certificates it signs: the HTTPS serving certificate (created once,
-//! kept in `<data-dir>/tls`), and client certificates — a user's identity is its certificate's
+//! kept in `<data-dir>/tls`, see [`ServerDir`]), and client certificates — a user's identity is its certificate's
 //! CN and its groups the O entries, as in Kubernetes. The API server asks clients for a
 //! certificate and accepts requests without one (they may carry a token instead).
 
@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use keel_schemas::datadir::ServerDir;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
@@ -66,8 +67,8 @@ const CA_NAME: &str = "keel-ca";
 /// Writes the CA's key and certificate together: each durably and atomically, the key first
 /// and the certificate last, since a CA is loaded only when its certificate exists (a crash
 /// between the two leaves no certificate, and the next start makes the pair again).
-fn write_ca(dir: &Path, ca_pem: &str, ca_key_pem: &str) -> Result<(), TlsError> {
-    let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+fn write_ca(dir: &ServerDir, ca_pem: &str, ca_key_pem: &str) -> Result<(), TlsError> {
+    let (ca_crt, ca_key) = (dir.ca_cert(), dir.ca_key());
     // An old certificate must not outlive its key being replaced.
     match std::fs::remove_file(&ca_crt) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&ca_crt)(e)),
@@ -113,11 +114,13 @@ const BACKDATE: Duration = Duration::from_secs(300);
 // === impl Certificates ===
 
 impl Certificates {
-    /// Loads the certificates from `dir`, creating the CA on first use and (re-)issuing the
-    /// serving certificate when it is missing or does not cover `names` (DNS names or IPs).
-    pub fn load_or_create(dir: &Path, names: &[String]) -> Result<Certificates, TlsError> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    /// Loads the certificates from the data dir `dir`, creating the CA on first use and
+    /// (re-)issuing the serving certificate when it is missing or does not cover `names`
+    /// (DNS names or IPs).
+    pub fn load_or_create(dir: &ServerDir, names: &[String]) -> Result<Certificates, TlsError> {
+        let tls = dir.tls();
+        std::fs::create_dir_all(&tls).map_err(io(&tls))?;
+        let (ca_crt, ca_key) = (dir.ca_cert(), dir.ca_key());
         let fresh_ca = !ca_crt.exists();
         let (ca_pem, ca_key_pem) = if !fresh_ca {
             (read(&ca_crt)?, read(&ca_key)?)
@@ -130,8 +133,8 @@ impl Certificates {
             (cert.pem(), key.serialize_pem())
         };
         check_ca_pair(&ca_pem, &ca_key_pem)?;
-        let (srv_crt, srv_key) = (dir.join("server.crt"), dir.join("server.key"));
-        let names_file = dir.join("server.names");
+        let (srv_crt, srv_key) = (dir.server_cert(), dir.server_key());
+        let names_file = dir.server_names();
         let mut names = names.to_vec();
         names.push(crate::raft::PEER_NAME.to_string());
         let wanted = names.join("\n");
@@ -170,24 +173,26 @@ impl Certificates {
         })
     }
 
-    /// Puts a cluster's CA (from a join) into `dir`, where [`Certificates::load_or_create`]
-    /// then signs this server's certificate with it.
-    pub fn install_ca(dir: &Path, ca_pem: &str, ca_key_pem: &str) -> Result<(), TlsError> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    /// Puts a cluster's CA (from a join) into the data dir `dir`, where
+    /// [`Certificates::load_or_create`] then signs this server's certificate with it.
+    pub fn install_ca(dir: &ServerDir, ca_pem: &str, ca_key_pem: &str) -> Result<(), TlsError> {
+        let tls = dir.tls();
+        std::fs::create_dir_all(&tls).map_err(io(&tls))?;
         check_ca_pair(ca_pem, ca_key_pem)?;
         write_ca(dir, ca_pem, ca_key_pem)
     }
 
-    /// The certificates in `dir` if a server made them there, without making any.
-    pub fn load(dir: &Path) -> Result<Option<Certificates>, TlsError> {
-        if !dir.join("server.crt").exists() {
+    /// The certificates in the data dir `dir` if a server made them there, without making
+    /// any.
+    pub fn load(dir: &ServerDir) -> Result<Option<Certificates>, TlsError> {
+        if !dir.server_cert().exists() {
             return Ok(None);
         }
         Ok(Some(Certificates {
-            ca_pem: read(&dir.join("ca.crt"))?,
-            ca_key_pem: read(&dir.join("ca.key"))?,
-            server_pem: read(&dir.join("server.crt"))?,
-            server_key_pem: read(&dir.join("server.key"))?,
+            ca_pem: read(&dir.ca_cert())?,
+            ca_key_pem: read(&dir.ca_key())?,
+            server_pem: read(&dir.server_cert())?,
+            server_key_pem: read(&dir.server_key())?,
         }))
     }
 
@@ -495,17 +500,18 @@ mod tests {
 
     #[test]
     fn a_torn_ca_is_made_again_or_refused_never_used() {
-        let dir = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ServerDir::new(tmp.path());
         let names = vec!["localhost".to_string()];
-        let first = Certificates::load_or_create(dir.path(), &names).unwrap();
+        let first = Certificates::load_or_create(&dir, &names).unwrap();
         // A crash between the key and the certificate leaves no certificate: a new pair.
-        std::fs::remove_file(dir.path().join("ca.crt")).unwrap();
-        let second = Certificates::load_or_create(dir.path(), &names).unwrap();
+        std::fs::remove_file(dir.ca_cert()).unwrap();
+        let second = Certificates::load_or_create(&dir, &names).unwrap();
         assert_ne!(second.ca_pem, first.ca_pem);
         assert_ne!(second.server_pem, first.server_pem, "signed by the new CA");
         // A certificate that is not the key's is refused, naming the files.
-        std::fs::write(dir.path().join("ca.crt"), &first.ca_pem).unwrap();
-        let Err(e) = Certificates::load_or_create(dir.path(), &names) else {
+        std::fs::write(dir.ca_cert(), &first.ca_pem).unwrap();
+        let Err(e) = Certificates::load_or_create(&dir, &names) else {
             panic!("a torn CA pair was used");
         };
         assert!(
@@ -513,21 +519,22 @@ mod tests {
                 .contains("ca.crt is not the certificate of ca.key"),
             "{e}"
         );
-        assert!(Certificates::install_ca(dir.path(), &first.ca_pem, &second.ca_key_pem).is_err());
-        assert!(!dir.path().join("ca.tmp").exists());
+        assert!(Certificates::install_ca(&dir, &first.ca_pem, &second.ca_key_pem).is_err());
+        assert!(!dir.ca_cert().with_extension("tmp").exists());
     }
 
     #[test]
     fn the_ca_is_kept_and_the_server_certificate_follows_its_names() {
-        let dir = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ServerDir::new(tmp.path());
         let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-        let first = Certificates::load_or_create(dir.path(), &names).unwrap();
-        let again = Certificates::load_or_create(dir.path(), &names).unwrap();
+        let first = Certificates::load_or_create(&dir, &names).unwrap();
+        let again = Certificates::load_or_create(&dir, &names).unwrap();
         assert_eq!(first.ca_pem, again.ca_pem);
         assert_eq!(first.server_pem, again.server_pem);
         assert_eq!(first.ca_hash().unwrap().len(), 64);
         let more = vec!["localhost".to_string(), "10.0.0.5".to_string()];
-        let reissued = Certificates::load_or_create(dir.path(), &more).unwrap();
+        let reissued = Certificates::load_or_create(&dir, &more).unwrap();
         assert_eq!(reissued.ca_pem, first.ca_pem);
         assert_ne!(reissued.server_pem, first.server_pem);
         first.server_config().unwrap();
@@ -576,9 +583,7 @@ mod tests {
                 .is_err()
         );
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(dir.path().join("ca.key"))
-                .unwrap()
-                .permissions(),
+            &std::fs::metadata(dir.ca_key()).unwrap().permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
     }

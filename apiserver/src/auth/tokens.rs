@@ -12,8 +12,9 @@
 use std::fmt;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use keel_schemas::datadir::ServerDir;
 use ring::rand::SecureRandom;
 
 use super::tls::hex;
@@ -50,12 +51,11 @@ pub struct Tokens {
 // === impl Tokens ===
 
 impl Tokens {
-    /// Loads `admin-token`, `join-token` and `agent-token` from `dir`, creating them on first
-    /// use.
-    pub fn load_or_create(dir: &Path, ca_hash: &str) -> std::io::Result<Tokens> {
-        let admin = load_or_create(&dir.join("admin-token"), random_hex)?;
-        let join = |file: &str, role| -> std::io::Result<JoinToken> {
-            let path = dir.join(file);
+    /// Loads `admin-token`, `join-token` and `agent-token` from the data dir `dir`, creating
+    /// them on first use.
+    pub fn load_or_create(dir: &ServerDir, ca_hash: &str) -> std::io::Result<Tokens> {
+        let admin = load_or_create(&dir.admin_token(), random_hex)?;
+        let join = |path: PathBuf, role| -> std::io::Result<JoinToken> {
             let text = load_or_create(&path, || {
                 JoinToken {
                     ca_hash: ca_hash.to_string(),
@@ -72,16 +72,16 @@ impl Tokens {
         };
         Ok(Tokens {
             admin,
-            server: join("join-token", JoinRole::Server)?,
-            agent: join("agent-token", JoinRole::Agent)?,
+            server: join(dir.join_token(), JoinRole::Server)?,
+            agent: join(dir.agent_token(), JoinRole::Agent)?,
         })
     }
 
-    /// Puts a cluster's tokens (from a server join) into `dir`.
-    pub fn install(dir: &Path, admin: &str, server: &str, agent: &str) -> std::io::Result<()> {
-        write_secret(&dir.join("admin-token"), format!("{admin}\n").as_bytes())?;
-        write_secret(&dir.join("join-token"), format!("{server}\n").as_bytes())?;
-        write_secret(&dir.join("agent-token"), format!("{agent}\n").as_bytes())
+    /// Puts a cluster's tokens (from a server join) into the data dir `dir`.
+    pub fn install(dir: &ServerDir, admin: &str, server: &str, agent: &str) -> std::io::Result<()> {
+        write_secret(&dir.admin_token(), format!("{admin}\n").as_bytes())?;
+        write_secret(&dir.join_token(), format!("{server}\n").as_bytes())?;
+        write_secret(&dir.agent_token(), format!("{agent}\n").as_bytes())
     }
 
     /// Tokens that accept nobody (for in-process callers that need none).
@@ -244,10 +244,11 @@ mod tests {
 
     #[test]
     fn tokens_are_made_once_and_checked() {
-        let dir = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ServerDir::new(tmp.path());
         let hash = "a".repeat(64);
-        let tokens = Tokens::load_or_create(dir.path(), &hash).unwrap();
-        let again = Tokens::load_or_create(dir.path(), &hash).unwrap();
+        let tokens = Tokens::load_or_create(&dir, &hash).unwrap();
+        let again = Tokens::load_or_create(&dir, &hash).unwrap();
         assert_eq!(tokens.admin(), again.admin());
         assert!(tokens.is_admin(tokens.admin()));
         assert!(!tokens.is_admin("nope") && !tokens.is_admin(""));
@@ -268,7 +269,7 @@ mod tests {
         assert!(JoinToken::parse(&format!("K10{hash}::root:x")).is_none());
         assert!(!format!("{:?}", tokens.server()).contains(&tokens.server().secret));
         // A file of the wrong kind is refused.
-        std::fs::write(dir.path().join("agent-token"), &server).unwrap();
-        assert!(Tokens::load_or_create(dir.path(), &hash).is_err());
+        std::fs::write(dir.agent_token(), &server).unwrap();
+        assert!(Tokens::load_or_create(&dir, &hash).is_err());
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use keel_schemas::datadir::ServerDir;
 use openraft::ServerState;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -633,9 +634,10 @@ async fn open_data_dir(
         path: data_dir.to_path_buf(),
         source,
     })?;
-    let log = LogStore::open(&data_dir.join("raft-log.redb"))?;
-    let store = Store::open(data_dir.join("state.redb"), StoreOptions::default())?;
-    let snapshot_dir = data_dir.join("snapshots");
+    let dir = ServerDir::new(data_dir);
+    let log = LogStore::open(&dir.raft_log())?;
+    let store = Store::open(dir.state(), StoreOptions::default())?;
+    let snapshot_dir = dir.snapshots();
     let snapshots =
         Arc::new(
             SnapshotDir::open(&snapshot_dir).map_err(|source| ServerError::DataDir {

@@ -15,6 +15,7 @@ use keel_bench::Conn;
 use keel_bench::etcd::{EtcdClient, EtcdCluster};
 use keel_bench::keel::{ApiCluster, KeelCluster};
 use keel_bench::workload::{self, Figures, Op, Shape};
+use keel_schemas::datadir::ServerDir;
 
 /// Benchmarks Keel's replicated store (and etcd, for comparison).
 #[derive(Parser, Debug)]
@@ -347,7 +348,7 @@ async fn measure_rbac(
     rows: &mut Vec<Row>,
 ) -> Result<(), String> {
     let dir = cluster.data_dirs.first().ok_or("no server")?;
-    let certificates = keel_apiserver::auth::Certificates::load(&dir.join("tls"))
+    let certificates = keel_apiserver::auth::Certificates::load(&ServerDir::new(dir))
         .map_err(|e| e.to_string())?
         .ok_or("the first server has no certificates")?;
     let lifetime = Duration::from_secs(3600);

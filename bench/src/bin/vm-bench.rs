@@ -243,7 +243,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     publish(&client, &kernel, &initrd).await?;
     let data = server.data.clone();
     let api_url = server.url.clone();
-    let join = std::fs::read_to_string(data.join("agent-token"))?;
+    let join = std::fs::read_to_string(data.agent_token())?;
     let mut agent = Command::new(&keel)
         .args(["agent", "--server", &api_url, "--token", join.trim()])
         .args(["--node-name", "bench", "--data-dir"])

@@ -3,11 +3,17 @@
 use std::process::Command;
 
 use keel_runtime::ObjectRef;
+use keel_schemas::datadir::AgentDir;
+
+use crate::vm::qemu;
 
 use super::*;
 
 fn vm_dir(root: &std::path::Path) -> VmDir {
-    let dir = VmDir::new(root, &ObjectRef::new(Some("default"), "app"));
+    let dir = qemu::vm_dir(
+        &AgentDir::new(root),
+        &ObjectRef::new(Some("default"), "app"),
+    );
     std::fs::create_dir_all(&dir.root).unwrap();
     dir
 }
