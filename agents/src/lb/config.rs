@@ -113,9 +113,9 @@ pub fn desired(lb: &Value, vms: &[std::sync::Arc<Value>]) -> Result<Desired, Str
                 .collect();
             v.sort();
             if v.is_empty() {
-                let any = vms.iter().any(|vm| {
-                    vm.namespace() == Some(namespace) && selector.matches(&vm.labels())
-                });
+                let any = vms
+                    .iter()
+                    .any(|vm| vm.namespace() == Some(namespace) && selector.matches(&vm.labels()));
                 no_backends = Some(if any {
                     "the selected VirtualMachines have no IP address yet".to_string()
                 } else {
