@@ -190,69 +190,7 @@ pub async fn run(
         .as_ref()
         .and_then(|s| s.local_addr().ok())
         .map(|a| a.to_string());
-    let s3_listener = bind_s3(config.s3_listen).await;
-    let s3_tls = match &s3_listener {
-        Some(listener) => {
-            let mut names = vec![
-                config.node_name.clone(),
-                "localhost".to_string(),
-                "127.0.0.1".to_string(),
-            ];
-            names.extend(facts.internal_ip.map(|ip| ip.to_string()));
-            if let Ok(bound) = listener.local_addr()
-                && !bound.ip().is_unspecified()
-                && !names.contains(&bound.ip().to_string())
-            {
-                names.push(bound.ip().to_string());
-            }
-            let signer = config.identity.clone().map(|identity| {
-                let client = client.clone();
-                let signer: crate::storage::Signer = Arc::new(move |names: Vec<String>| {
-                    let (identity, client) = (identity.clone(), client.clone());
-                    Box::pin(async move {
-                        identity
-                            .serving_certificate(&client, &names)
-                            .await
-                            .map_err(|e| e.to_string())
-                    })
-                });
-                signer
-            });
-            let names = match config.s3_tls {
-                // What the cluster signs for a host: the address its endpoint is reached at.
-                crate::storage::S3Tls::NodeCertificate => {
-                    let bound = listener.local_addr().map_err(|e| {
-                        AgentError::Storage(format!("the S3 listener's address: {e}"))
-                    })?;
-                    vec![s3_ip(bound, facts.internal_ip).to_string()]
-                }
-                _ => names,
-            };
-            crate::storage::acceptor(&config.s3_tls, &names, signer)
-                .await
-                .map_err(AgentError::Storage)?
-        }
-        None => None,
-    };
-    let s3_endpoint = s3_listener
-        .as_ref()
-        .and_then(|l| l.local_addr().ok())
-        .map(|a| s3_url(a, facts.internal_ip, s3_tls.is_some()));
-    if s3_endpoint.is_none()
-        && let Some(c) = facts
-            .capabilities
-            .iter_mut()
-            .find(|c| c.type_ == "StorageAvailable")
-        && c.available
-    {
-        // The disk would do, but nothing serves it.
-        c.available = false;
-        c.reason = "NotConfigured";
-        c.message = match config.s3_listen {
-            None => "this host has no storage role (no --s3-listen)".into(),
-            Some(a) => format!("cannot listen on {a} for the S3 endpoint"),
-        };
-    }
+    let (s3_listener, s3_tls, s3_endpoint) = s3_role(&config, &client, &mut facts).await?;
     for c in &facts.capabilities {
         tracing::info!(node = %config.node_name, capability = c.type_, available = c.available, "{}", c.message);
     }
@@ -320,6 +258,87 @@ pub async fn run(
         let _ = renewal.await;
     }
     Ok(())
+}
+
+/// The storage role of this host: the S3 listener, its TLS (a certificate asked of the
+/// cluster for the address clients reach it at, the server's own names for a server's local
+/// agent, or the operator's files) and the endpoint's URL; none of them without `--s3-listen`.
+/// `facts` learns why storage is not available when nothing serves it.
+async fn s3_role(
+    config: &AgentConfig,
+    client: &Client,
+    facts: &mut HostFacts,
+) -> Result<
+    (
+        Option<tokio::net::TcpListener>,
+        Option<crate::storage::Tls>,
+        Option<String>,
+    ),
+    AgentError,
+> {
+    let s3_listener = bind_s3(config.s3_listen).await;
+    let s3_tls = match &s3_listener {
+        Some(listener) => {
+            let bound = listener
+                .local_addr()
+                .map_err(|e| AgentError::Storage(format!("the S3 listener's address: {e}")))?;
+            let names = match config.s3_tls {
+                // What the cluster signs for a host: the address its endpoint is reached at.
+                crate::storage::S3Tls::NodeCertificate => {
+                    vec![s3_ip(bound, facts.internal_ip).to_string()]
+                }
+                _ => {
+                    let mut names = vec![
+                        config.node_name.clone(),
+                        "localhost".to_string(),
+                        "127.0.0.1".to_string(),
+                    ];
+                    names.extend(facts.internal_ip.map(|ip| ip.to_string()));
+                    if !bound.ip().is_unspecified() && !names.contains(&bound.ip().to_string()) {
+                        names.push(bound.ip().to_string());
+                    }
+                    names
+                }
+            };
+            let signer = config.identity.clone().map(|identity| {
+                let client = client.clone();
+                let signer: crate::storage::Signer = Arc::new(move |names: Vec<String>| {
+                    let (identity, client) = (identity.clone(), client.clone());
+                    Box::pin(async move {
+                        identity
+                            .serving_certificate(&client, &names)
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                });
+                signer
+            });
+            crate::storage::acceptor(&config.s3_tls, &names, signer)
+                .await
+                .map_err(AgentError::Storage)?
+        }
+        None => None,
+    };
+    let s3_endpoint = s3_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| s3_url(a, facts.internal_ip, s3_tls.is_some()));
+    if s3_endpoint.is_none()
+        && let Some(c) = facts
+            .capabilities
+            .iter_mut()
+            .find(|c| c.type_ == "StorageAvailable")
+        && c.available
+    {
+        // The disk would do, but nothing serves it.
+        c.available = false;
+        c.reason = "NotConfigured";
+        c.message = match config.s3_listen {
+            None => "this host has no storage role (no --s3-listen)".into(),
+            Some(a) => format!("cannot listen on {a} for the S3 endpoint"),
+        };
+    }
+    Ok((s3_listener, s3_tls, s3_endpoint))
 }
 
 /// Renews the node's Lease every quarter of its duration (kubelet's rhythm), keeps the Node
