@@ -465,6 +465,63 @@ impl Drop for Netns {
     }
 }
 
+/// A server without a local agent whose API listens on all addresses and is advertised on a
+/// bridge's, for agents in network namespaces on that bridge (hosts with their own
+/// addresses): what the tests of separate hosts start from.
+pub struct BridgedServer {
+    /// The bridge (make the hosts' namespaces with [`Bridge::netns`]).
+    pub bridge: Bridge,
+    /// The server.
+    pub server: KeelServer,
+    /// Its API port.
+    pub port: u16,
+    /// Its API URL on the bridge.
+    pub url: String,
+    /// The cluster CA (PEM).
+    pub ca: String,
+    /// An admin client.
+    pub client: keel_client::Client,
+    /// The agent join token.
+    pub agent_token: String,
+}
+
+impl BridgedServer {
+    /// Starts it under `root` on a bridge tagged `tag`, with `extra` flags, and waits for its
+    /// credentials.
+    pub async fn start(root: &Path, tag: &str, extra: &[&str]) -> BridgedServer {
+        const WAIT: Duration = Duration::from_secs(60);
+        let bridge = Bridge::new(tag);
+        let mut server = KeelServer::new(root, "server");
+        let port = free_port();
+        server.api_addr = format!("0.0.0.0:{port}");
+        let address = bridge.address();
+        let mut args = vec!["--advertise", address.as_str(), "--disable-agent"];
+        args.extend_from_slice(extra);
+        server.start(&args);
+        let url = format!("https://{address}:{port}");
+        let (admin, ca) = eventually("the server's credentials", WAIT, || async {
+            server.try_admin()
+        })
+        .await;
+        let client = keel_client::Client::new(&url, &ca, &admin).expect("an admin client");
+        let agent_token = eventually("the agent token", WAIT, || async {
+            std::fs::read_to_string(server.dir().agent_token()).ok()
+        })
+        .await
+        .trim()
+        .to_string();
+        BridgedServer {
+            bridge,
+            server,
+            port,
+            url,
+            ca,
+            client,
+            agent_token,
+        }
+    }
+}
+
 /// One `keel agent` process, in a network namespace or not, killed when dropped (its
 /// workloads are not: they outlive the agent by design, and fence themselves).
 pub struct KeelAgent {

@@ -1233,38 +1233,22 @@ fn served_certificate(endpoint: &str, ca: &Path) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hosts_agent_serves_s3_over_https_with_a_certificate_the_cluster_signs_and_renews() {
-    use keel_e2e::{Bridge, KeelAgent};
+    use keel_e2e::{BridgedServer, KeelAgent};
     let root = tempfile::tempdir().unwrap();
-    let bridge = Bridge::new("s3");
-    let net = bridge.netns(2);
-    let mut server = KeelServer::new(root.path(), "server");
-    server.api_addr = format!("0.0.0.0:{}", keel_e2e::free_port());
-    let port = server.api_addr.rsplit(':').next().unwrap().to_string();
     // Node certificates, and so the hosts' serving certificates, last 30 s: renewed at 20 s.
-    server.start(&[
-        "--advertise",
-        &bridge.address(),
-        "--disable-agent",
-        "--node-cert-lifetime",
-        "30s",
-    ]);
-    let url = format!("https://{}:{port}", bridge.address());
-    let (admin, ca) = eventually("credentials", WAIT, || async { server.try_admin() }).await;
-    let client = Client::new(&url, &ca, &admin).unwrap();
+    let cluster = BridgedServer::start(root.path(), "s3", &["--node-cert-lifetime", "30s"]).await;
+    let net = cluster.bridge.netns(2);
+    let (url, ca, client) = (&cluster.url, &cluster.ca, &cluster.client);
+    let (port, token) = (cluster.port, cluster.agent_token.as_str());
     let ca_file = root.path().join("cluster-ca.crt");
-    std::fs::write(&ca_file, &ca).unwrap();
-    let token = eventually("the agent token", WAIT, || async {
-        std::fs::read_to_string(server.dir().agent_token()).ok()
-    })
-    .await;
-    let token = token.trim();
+    std::fs::write(&ca_file, ca).unwrap();
 
     // A host in its own network namespace serves S3 with no certificate flag: HTTPS, with a
     // certificate the cluster signed for the address it reaches the cluster from.
     let mut host = KeelAgent::new(root.path(), "store-host", Some(&net));
-    host.start(&url, token, &["--s3-listen", "0.0.0.0:0"]);
-    namespace(&client, "shop").await;
-    let creds = bucket(&client, &ca_file, "shop", "remote", json!({})).await;
+    host.start(url, token, &["--s3-listen", "0.0.0.0:0"]);
+    namespace(client, "shop").await;
+    let creds = bucket(client, &ca_file, "shop", "remote", json!({})).await;
     assert!(
         creds
             .endpoint
@@ -1291,7 +1275,7 @@ async fn a_hosts_agent_serves_s3_over_https_with_a_certificate_the_cluster_signs
     let cert = std::fs::read_to_string(host.dir().node_cert()).unwrap();
     let key = std::fs::read_to_string(host.dir().node_key()).unwrap();
     let password = std::fs::read_to_string(host.dir().node_password()).unwrap();
-    let node = Client::with_certificate(&url, &ca, &cert, &key).unwrap();
+    let node = Client::with_certificate(url, ca, &cert, &key).unwrap();
     let csr = "-----BEGIN CERTIFICATE REQUEST-----\nMIIBAA==\n-----END CERTIFICATE REQUEST-----\n";
     let ask = |name: &str, addresses: Value| {
         json!({"nodeName": name, "nodePassword": password.trim(), "csr": csr,
@@ -1307,7 +1291,7 @@ async fn a_hosts_agent_serves_s3_over_https_with_a_certificate_the_cluster_signs
             403,
             "not the address this request comes from",
         ),
-        (json!([bridge.address()]), 403, "API servers"),
+        (json!([cluster.bridge.address()]), 403, "API servers"),
         (json!(["127.0.0.1"]), 403, "loopback"),
         (json!(["store-host"]), 400, "not an IP address"),
         (json!([]), 400, "addresses must list"),
@@ -1368,5 +1352,5 @@ async fn a_hosts_agent_serves_s3_over_https_with_a_certificate_the_cluster_signs
         "{log}"
     );
     drop(host);
-    drop(server);
+    drop(cluster);
 }

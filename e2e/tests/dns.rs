@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use keel_client::{Api, Client, DeleteParams, Patch};
 use keel_e2e::ovn::Ovn;
 use keel_e2e::{
-    Bridge, KeelAgent, KeelServer, condition, condition_of, eventually, guest, keelctl, kind, ok,
-    stays,
+    BridgedServer, KeelAgent, KeelServer, condition, condition_of, eventually, guest, keelctl,
+    kind, ok, stays,
 };
 use serde_json::{Value, json};
 
@@ -694,25 +694,14 @@ async fn vm_records_follow_the_vms_addresses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_cut_off_from_the_api_answers_from_its_last_data() {
     let root = tempfile::tempdir().unwrap();
-    let bridge = Bridge::new("d");
-    let net = bridge.netns(2);
-    let mut server = KeelServer::new(root.path(), "server");
-    server.api_addr = format!("0.0.0.0:{}", keel_e2e::free_port());
-    let port = server.api_addr.rsplit(':').next().unwrap().to_string();
-    server.start(&[
-        "--advertise",
-        &bridge.address(),
-        "--disable-agent",
-        "--node-monitor-grace-period",
-        "3",
-    ]);
-    let url = format!("https://{}:{port}", bridge.address());
-    let (admin, ca) = eventually("credentials", WAIT, || async { server.try_admin() }).await;
-    let client = Client::new(&url, &ca, &admin).unwrap();
-    let token = eventually("join token", WAIT, || async {
-        std::fs::read_to_string(server.dir().agent_token()).ok()
-    })
-    .await;
+    let cluster =
+        BridgedServer::start(root.path(), "d", &["--node-monitor-grace-period", "3"]).await;
+    let net = cluster.bridge.netns(2);
+    let (url, client, token) = (
+        cluster.url.clone(),
+        cluster.client.clone(),
+        &cluster.agent_token,
+    );
     let mut agent = KeelAgent::new(root.path(), "dns-host", Some(&net));
     agent.start(&url, token.trim(), &["--lease-duration", "3"]);
     let nodes: Api<Value> = Api::all(&client, kind("nodes"));

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use keel_client::{Api, Client};
 use keel_e2e::{
-    Bridge, KeelAgent, KeelServer, condition, condition_of, eventually, guest, kind, stays,
+    BridgedServer, KeelAgent, KeelServer, condition, condition_of, eventually, guest, kind, stays,
 };
 use serde_json::{Value, json};
 
@@ -41,38 +41,27 @@ fn vm(name: &str, extra: Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_that_die_or_are_cut_off_fence_and_their_vms_move() {
     let root = tempfile::tempdir().unwrap();
-    let bridge = Bridge::new("n");
-    let (net_a, net_b) = (bridge.netns(2), bridge.netns(3));
-    let mut server = KeelServer::new(root.path(), "server");
-    server.api_addr = format!("0.0.0.0:{}", keel_e2e::free_port());
-    let port = server.api_addr.rsplit(':').next().unwrap().to_string();
-    server.start(&[
-        "--advertise",
-        &bridge.address(),
-        "--disable-agent",
-        "--node-monitor-grace-period",
-        LEASE,
-        "--node-eviction-timeout",
-        "2",
-        "--leader-elect-lease-duration",
-        "4",
-        "--leader-elect-renew-deadline",
-        "3",
-        "--leader-elect-retry-period",
-        "0.5",
-    ]);
-    let url = format!("https://{}:{port}", bridge.address());
-    let (admin, ca) = eventually("the server's credentials", WAIT, || async {
-        server.try_admin()
-    })
+    let cluster = BridgedServer::start(
+        root.path(),
+        "n",
+        &[
+            "--node-monitor-grace-period",
+            LEASE,
+            "--node-eviction-timeout",
+            "2",
+            "--leader-elect-lease-duration",
+            "4",
+            "--leader-elect-renew-deadline",
+            "3",
+            "--leader-elect-retry-period",
+            "0.5",
+        ],
+    )
     .await;
-    let client = Client::new(&url, &ca, &admin).unwrap();
+    let (net_a, net_b) = (cluster.bridge.netns(2), cluster.bridge.netns(3));
+    let (url, client) = (cluster.url.clone(), cluster.client.clone());
     guest().publish(&client).await;
-    let token = eventually("the join token", WAIT, || async {
-        std::fs::read_to_string(server.dir().agent_token()).ok()
-    })
-    .await;
-    let token = token.trim();
+    let token = cluster.agent_token.as_str();
     let mut a = KeelAgent::new(root.path(), "node-a", Some(&net_a));
     let mut b = KeelAgent::new(root.path(), "node-b", Some(&net_b));
     a.start(&url, token, &["--lease-duration", LEASE]);
