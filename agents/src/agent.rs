@@ -50,14 +50,14 @@ pub struct AgentConfig {
     pub s3_tls: crate::storage::S3Tls,
     /// The S3 endpoint's connection limits (total, per source, handshake and header
     /// timeouts).
-    pub s3_limits: crate::listen::Limits,
+    pub s3_limits: keel_host::listen::Limits,
     /// The free space the object store keeps on its file system: S3 writes are refused
     /// below it.
     pub storage_min_free: crate::storage::store::FreeSpaceFloor,
     /// Whether this host's L4 proxy serves the LoadBalancers the cluster places here.
     pub load_balancer: bool,
     /// What each listener of the L4 proxy may hold: connections, UDP sessions, idle time.
-    pub lb_limits: crate::lb::limits::Limits,
+    pub lb_limits: keel_lb::limits::Limits,
     /// The Open vSwitch database socket (probed).
     pub ovs_socket: PathBuf,
     /// The kernel the KVM probe boots (default: the host's own, if found in /boot).
@@ -137,10 +137,10 @@ impl AgentConfig {
             dns_limits: crate::dns::Limits::default(),
             s3_listen: None,
             s3_tls: crate::storage::S3Tls::PlainHttp,
-            s3_limits: crate::listen::Limits::default(),
+            s3_limits: keel_host::listen::Limits::default(),
             storage_min_free: crate::storage::store::FreeSpaceFloor::Bytes(1 << 30),
             load_balancer: true,
-            lb_limits: crate::lb::limits::Limits::default(),
+            lb_limits: keel_lb::limits::Limits::default(),
             ovs_socket: PathBuf::from("/var/run/openvswitch/db.sock"),
             kvm_probe_kernel: None,
             cpu_allocation_ratio: 4.0,
@@ -236,10 +236,14 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
-    let balancer = shared
-        .config
-        .load_balancer
-        .then(|| tokio::spawn(crate::lb::run(shared.clone(), shutdown.clone())));
+    let balancer = shared.config.load_balancer.then(|| {
+        tokio::spawn(keel_lb::run(
+            shared.client.clone(),
+            shared.config.node_name.clone(),
+            shared.config.lb_limits,
+            shutdown.clone(),
+        ))
+    });
     let reconciler = tokio::spawn(vm::run(shared.clone(), health, shutdown.clone()));
     let _ = shutdown.wait_for(|s| *s).await;
     let _ = heartbeat.await;

@@ -7,8 +7,10 @@
 //! - [`agent`]: registration, heartbeat, health and fencing.
 //! - [`dns`]: the authoritative DNS server for the cluster's Zones (hosts with the DNS role).
 //! - [`identity`]: the node's client certificate: got with the agent token, renewed by itself.
-//! - [`lb`]: the L4 proxy serving the LoadBalancers placed on this node, with health checks.
-//! - [`listen`]: connection caps and timeouts every TCP listener of the agent shares.
+//! - [`lb`]: the L4 proxy serving the LoadBalancers placed on this node, with health checks
+//!   (the `keel-lb` crate).
+//! - [`listen`]: connection caps and timeouts every TCP listener of the agent shares (in
+//!   `keel-host`, what the roles share below the agent).
 //! - [`probe`]: capacity, addresses and capability conditions of the host.
 //! - [`server`]: the agent's HTTPS endpoint, which the API server calls for console logs.
 //! - [`storage`]: the buckets of a storage host.
@@ -18,8 +20,6 @@
 pub mod agent;
 pub mod dns;
 pub mod identity;
-pub mod lb;
-pub mod listen;
 pub mod probe;
 pub mod server;
 pub mod storage;
@@ -27,3 +27,5 @@ pub mod vm;
 pub mod workload;
 
 pub use agent::{AgentConfig, AgentError, Health, run};
+pub use keel_host::listen;
+pub use keel_lb as lb;

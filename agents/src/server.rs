@@ -136,10 +136,10 @@ impl Endpoint {
         });
         // Only the API servers call here, but anyone can connect: caps and timeouts keep a
         // flood or a slowloris from holding the host's sockets.
-        let limits = crate::listen::ConnectionLimits::new(crate::listen::Limits {
+        let limits = keel_host::listen::ConnectionLimits::new(keel_host::listen::Limits {
             total: 1024,
             per_source: 128,
-            ..crate::listen::Limits::default()
+            ..keel_host::listen::Limits::default()
         });
         loop {
             let (tcp, peer) = tokio::select! {

@@ -314,7 +314,7 @@ pub(crate) async fn run(
         }
     };
     let registry = Arc::new(access::Registry::default());
-    let limits = crate::listen::ConnectionLimits::new(shared.config.s3_limits);
+    let limits = keel_host::listen::ConnectionLimits::new(shared.config.s3_limits);
     let server = tokio::spawn(s3::serve(
         listener,
         tls,

@@ -1,7 +1,8 @@
 //! The crates' layout, as Cargo resolves it: the host agent is built from the runtime, the
 //! OVSDB client and the schemas, never from the cluster controllers (what a host runs must
-//! not reach what only the elected server runs); the runtime, the OVSDB client and the store
-//! depend on no Keel crate above them.
+//! not reach what only the elected server runs); the runtime, the OVSDB client, the store,
+//! and the host's roles split out of the agent (`keel-host`, `keel-lb`) depend on no Keel
+//! crate above them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -50,6 +51,11 @@ fn the_agent_never_depends_on_the_cluster_controllers() {
             &["keel-e2e", "keel-client", "keel-schemas"][..],
         ),
         ("keel-store", &[][..]),
+        ("keel-host", &[][..]),
+        (
+            "keel-lb",
+            &["keel-client", "keel-schemas", "keel-runtime", "keel-host"][..],
+        ),
     ] {
         let deps = keel_dependencies(package);
         let above: Vec<_> = deps
@@ -73,6 +79,8 @@ fn product_sources() -> Vec<(std::path::PathBuf, String)> {
         "ovsdb",
         "controllers",
         "agents",
+        "agents/host",
+        "agents/lb",
         "cli",
     ]
     .iter()

@@ -1,7 +1,7 @@
 //! The DNS server's sockets: UDP and TCP on one address, answering from the catalog of the
 //! moment (a `watch` channel holds it; a change swaps it whole), within [`Limits`]: UDP
 //! responses are rate limited ([`super::rrl`]), TCP connections capped per source and in
-//! all and timed out ([`crate::listen`]).
+//! all and timed out ([`keel_host::listen`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use super::answer::{Transport, answer, truncated};
 use super::catalog::Catalog;
 use super::rrl::{self, RateLimits, Rrl, Verdict};
-use crate::listen::{self, ConnectionLimits};
+use keel_host::listen::{self, ConnectionLimits};
 
 /// The longest a TCP connection is kept, however busy: a slot is never held for ever.
 const TCP_LIFETIME: Duration = Duration::from_secs(120);

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 use super::access::{Policy, Registry, Shared};
 use super::store::{self, Body, ObjectInfo, ObjectMeta, StorageError, Store};
-use crate::listen::ConnectionLimits;
+use keel_host::listen::ConnectionLimits;
 
 /// Bytes read from disk per chunk of a GET body.
 const READ_CHUNK: usize = 256 * 1024;

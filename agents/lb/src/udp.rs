@@ -16,7 +16,7 @@ use tokio::net::UdpSocket;
 
 use super::balancer::{Lease, Pool};
 use super::limits::Refusals;
-use crate::listen::{ConnectionLimits, Permit};
+use keel_host::listen::{ConnectionLimits, Permit};
 
 /// A session whose backend has not answered for this long ends.
 pub const IDLE: Duration = Duration::from_secs(60);
@@ -152,8 +152,8 @@ async fn answers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lb::balancer::Backend;
-    use crate::listen::Refused;
+    use crate::balancer::Backend;
+    use keel_host::listen::Refused;
     use keel_schemas::kinds::network::Algorithm;
     use std::net::IpAddr;
 
@@ -189,10 +189,10 @@ mod tests {
         ))));
         let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let vip = listener.local_addr().unwrap();
-        let limits = ConnectionLimits::new(crate::listen::Limits {
+        let limits = ConnectionLimits::new(keel_host::listen::Limits {
             total: 3,
             per_source: 2,
-            ..crate::listen::Limits::default()
+            ..keel_host::listen::Limits::default()
         });
         let refusals = Arc::new(Refusals::default());
         let served = tokio::spawn(serve(listener, pool, limits.clone(), refusals.clone()));

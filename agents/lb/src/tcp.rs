@@ -28,7 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::balancer::{Lease, Pool};
 use super::limits::Refusals;
-use crate::listen::ConnectionLimits;
+use keel_host::listen::ConnectionLimits;
 
 /// How many backends a connection tries before it gives up.
 const ATTEMPTS: usize = 3;
@@ -341,7 +341,7 @@ mod tests {
     #[tokio::test]
     async fn connections_beyond_the_caps_are_reset_at_once_and_counted() {
         use super::super::balancer::Backend;
-        use crate::listen::Refused;
+        use keel_host::listen::Refused;
         let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let backend_addr = backend.local_addr().unwrap();
         tokio::spawn(async move {
@@ -360,11 +360,11 @@ mod tests {
             ))],
             keel_schemas::kinds::network::Algorithm::RoundRobin,
         ))));
-        let limits = ConnectionLimits::new(crate::listen::Limits {
+        let limits = ConnectionLimits::new(keel_host::listen::Limits {
             total: 3,
             per_source: 2,
             idle_timeout: Duration::from_secs(3600),
-            ..crate::listen::Limits::default()
+            ..keel_host::listen::Limits::default()
         });
         let refusals = Arc::new(Refusals::default());
         let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::listen::{ConnectionLimits, Refused};
+use keel_host::listen::{ConnectionLimits, Refused};
 
 /// The limits of every listener of the proxy (each listener counts on its own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,20 +50,20 @@ impl Default for Limits {
 impl Limits {
     /// The connection counts of a new TCP listener.
     pub fn tcp(&self) -> ConnectionLimits {
-        ConnectionLimits::new(crate::listen::Limits {
+        ConnectionLimits::new(keel_host::listen::Limits {
             total: self.max_connections,
             per_source: self.max_connections_per_source,
             idle_timeout: self.idle_timeout,
-            ..crate::listen::Limits::default()
+            ..keel_host::listen::Limits::default()
         })
     }
 
     /// The session counts of a new UDP listener.
     pub fn udp(&self) -> ConnectionLimits {
-        ConnectionLimits::new(crate::listen::Limits {
+        ConnectionLimits::new(keel_host::listen::Limits {
             total: self.max_udp_sessions,
             per_source: self.max_udp_sessions_per_source,
-            ..crate::listen::Limits::default()
+            ..keel_host::listen::Limits::default()
         })
     }
 }

@@ -49,7 +49,6 @@ use tokio::task::JoinHandle;
 use self::balancer::{Backend, Pool};
 use self::config::{CheckConfig, Desired};
 use self::limits::{Limits, Refusals};
-use crate::agent::Shared;
 
 /// Status figures that change all the time (connections, check times) are written at most
 /// this often; health and backend changes at once.
@@ -82,25 +81,30 @@ struct Listening {
     told: (u64, Option<Instant>),
 }
 
-/// Serves the LoadBalancers placed on this node until `shutdown` turns true.
-pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+/// Serves the LoadBalancers placed on node `node` until `shutdown` turns true, talking to
+/// the cluster through `client` (the node's own), each listener within `limits`.
+pub async fn run(
+    client: keel_client::Client,
+    node: String,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let [Some(lb_kind), Some(vm_kind)] =
         ["loadbalancers", "virtualmachines"].map(keel_schemas::lookup)
     else {
         return;
     };
-    let node = shared.config.node_name.clone();
     let (lbs, vms) = (Cache::new(), Cache::new());
     let changed = Arc::new(Notify::new());
     let mut feeds = tokio::task::JoinSet::new();
     for (api, config, cache) in [
         (
-            Api::all(&shared.client, lb_kind),
+            Api::all(&client, lb_kind),
             watcher::Config::default().fields(&format!("status.nodeName={node}")),
             lbs.clone(),
         ),
         (
-            Api::all(&shared.client, vm_kind),
+            Api::all(&client, vm_kind),
             watcher::Config::default(),
             vms.clone(),
         ),
@@ -114,7 +118,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
             }
         });
     }
-    let recorder = Recorder::new(&shared.client, "keel-lb", &node);
+    let recorder = Recorder::new(&client, "keel-lb", &node);
     let metrics = keel_runtime::metrics::controller("agent-lb");
     let mut served: BTreeMap<String, Served> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -155,11 +159,10 @@ pub(crate) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
             let s = served
                 .entry(uid)
                 .or_insert_with(|| Served::new(desired.clone()));
-            s.apply(desired, changed.clone(), &shared.config.lb_limits);
-            s.write_status(&shared, &lb).await;
+            s.apply(desired, changed.clone(), &limits);
+            s.write_status(&client, &lb).await;
             s.publish_health(&recorder, &lb).await;
-            s.publish_refusals(&recorder, &lb, &shared.config.lb_limits)
-                .await;
+            s.publish_refusals(&recorder, &lb, &limits).await;
         }
         metrics.reconciled(started.elapsed(), false);
     }
@@ -486,7 +489,7 @@ impl Served {
 
     /// Writes the status when it changed (the moving figures at most every
     /// [`FIGURES_EVERY`]).
-    async fn write_status(&mut self, shared: &Shared, lb: &Value) {
+    async fn write_status(&mut self, client: &keel_client::Client, lb: &Value) {
         let (backends, (status, reason, message)) = self.report();
         let mut next = lb["status"].clone();
         if !next.is_object() {
@@ -514,8 +517,7 @@ impl Served {
         let Some(kind) = keel_schemas::lookup("loadbalancers") else {
             return;
         };
-        let api: Api<Value> =
-            Api::namespaced(&shared.client, kind, lb.namespace().unwrap_or("default"));
+        let api: Api<Value> = Api::namespaced(client, kind, lb.namespace().unwrap_or("default"));
         let mut updated = lb.clone();
         updated["status"] = next.clone();
         match api.update_status(&updated).await {
