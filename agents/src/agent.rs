@@ -41,7 +41,7 @@ pub struct AgentConfig {
     pub dns_listen: Option<SocketAddr>,
     /// What one client may take of the DNS server: response rate limiting over UDP, TCP
     /// connections and timeouts.
-    pub dns_limits: crate::dns::Limits,
+    pub dns_limits: keel_dns::Limits,
     /// Where the S3 endpoint listens (port 0: any free port, published in the Node); none:
     /// this host has no storage role.
     pub s3_listen: Option<SocketAddr>,
@@ -77,16 +77,7 @@ pub struct AgentConfig {
     pub identity: Option<crate::identity::NodeIdentity>,
 }
 
-/// The agent's standing with the cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
-    /// Not renewed its Lease yet.
-    Starting,
-    /// Renewing its Lease: may run workloads.
-    Healthy,
-    /// Could not renew for the lease duration: has stopped its workloads, starts none.
-    Fenced,
-}
+pub use keel_host::Health;
 
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +107,18 @@ pub(crate) struct Shared {
     pub(crate) s3_endpoint: Option<String>,
 }
 
+// === impl Shared ===
+
+impl Shared {
+    /// The node, as the roles split into crates of their own know it.
+    pub(crate) fn node(&self) -> keel_host::Node {
+        keel_host::Node {
+            name: self.config.node_name.clone(),
+            client: self.client.clone(),
+        }
+    }
+}
+
 // === impl AgentConfig ===
 
 impl AgentConfig {
@@ -134,7 +137,7 @@ impl AgentConfig {
             labels: Vec::new(),
             exe,
             dns_listen: None,
-            dns_limits: crate::dns::Limits::default(),
+            dns_limits: keel_dns::Limits::default(),
             s3_listen: None,
             s3_tls: crate::storage::S3Tls::PlainHttp,
             s3_limits: keel_host::listen::Limits::default(),
@@ -219,8 +222,9 @@ pub async fn run(
     let (health_tx, health) = watch::channel(Health::Starting);
     let heartbeat = tokio::spawn(heartbeat(shared.clone(), health_tx, shutdown.clone()));
     let dns = dns_sockets.map(|sockets| {
-        tokio::spawn(crate::dns::run(
-            shared.clone(),
+        tokio::spawn(keel_dns::run(
+            shared.node(),
+            shared.config.dns_limits,
             sockets,
             health.clone(),
             shutdown.clone(),
@@ -238,8 +242,7 @@ pub async fn run(
     });
     let balancer = shared.config.load_balancer.then(|| {
         tokio::spawn(keel_lb::run(
-            shared.client.clone(),
-            shared.config.node_name.clone(),
+            shared.node(),
             shared.config.lb_limits,
             shutdown.clone(),
         ))
@@ -562,7 +565,7 @@ fn s3_url(bound: SocketAddr, internal_ip: Option<std::net::IpAddr>, tls: bool) -
 
 async fn bind_dns(
     listen: Option<SocketAddr>,
-) -> (Option<crate::dns::Sockets>, crate::probe::Capability) {
+) -> (Option<keel_dns::Sockets>, crate::probe::Capability) {
     let Some(listen) = listen else {
         let capability = crate::probe::Capability {
             type_: "DNSAvailable",
@@ -572,7 +575,7 @@ async fn bind_dns(
         };
         return (None, capability);
     };
-    match crate::dns::Sockets::bind(listen).await {
+    match keel_dns::Sockets::bind(listen).await {
         Ok(sockets) => {
             let at = sockets.local_addr().map_or(listen, |a| a);
             let capability = crate::probe::Capability {

@@ -5,7 +5,8 @@
 //!
 //! Modules:
 //! - [`agent`]: registration, heartbeat, health and fencing.
-//! - [`dns`]: the authoritative DNS server for the cluster's Zones (hosts with the DNS role).
+//! - [`dns`]: the authoritative DNS server for the cluster's Zones (hosts with the DNS role;
+//!   the `keel-dns` crate).
 //! - [`identity`]: the node's client certificate: got with the agent token, renewed by itself.
 //! - [`lb`]: the L4 proxy serving the LoadBalancers placed on this node, with health checks
 //!   (the `keel-lb` crate).
@@ -18,7 +19,6 @@
 //! - [`workload`]: the workloads of the host under their fencing supervisor (`keel shim`).
 
 pub mod agent;
-pub mod dns;
 pub mod identity;
 pub mod probe;
 pub mod server;
@@ -27,5 +27,6 @@ pub mod vm;
 pub mod workload;
 
 pub use agent::{AgentConfig, AgentError, Health, run};
+pub use keel_dns as dns;
 pub use keel_host::listen;
 pub use keel_lb as lb;

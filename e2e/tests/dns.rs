@@ -461,7 +461,8 @@ async fn zones_are_answered_to_dig_over_udp_and_tcp() {
 
 /// Sends every packet of the corpus over UDP and TCP.
 fn malformed_packets_get_errors_or_silence(port: u16) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../agents/tests/dns-corpus");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../agents/dns/tests/dns-corpus");
     let mut sent = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();

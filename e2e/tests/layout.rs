@@ -1,8 +1,8 @@
 //! The crates' layout, as Cargo resolves it: the host agent is built from the runtime, the
 //! OVSDB client and the schemas, never from the cluster controllers (what a host runs must
 //! not reach what only the elected server runs); the runtime, the OVSDB client, the store,
-//! and the host's roles split out of the agent (`keel-host`, `keel-lb`) depend on no Keel
-//! crate above them.
+//! and the host's roles split out of the agent (`keel-host`, `keel-lb`, `keel-dns`) depend
+//! on no Keel crate above them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -51,9 +51,13 @@ fn the_agent_never_depends_on_the_cluster_controllers() {
             &["keel-e2e", "keel-client", "keel-schemas"][..],
         ),
         ("keel-store", &[][..]),
-        ("keel-host", &[][..]),
+        ("keel-host", &["keel-client", "keel-schemas"][..]),
         (
             "keel-lb",
+            &["keel-client", "keel-schemas", "keel-runtime", "keel-host"][..],
+        ),
+        (
+            "keel-dns",
             &["keel-client", "keel-schemas", "keel-runtime", "keel-host"][..],
         ),
     ] {
@@ -81,6 +85,7 @@ fn product_sources() -> Vec<(std::path::PathBuf, String)> {
         "agents",
         "agents/host",
         "agents/lb",
+        "agents/dns",
         "cli",
     ]
     .iter()

@@ -3,5 +3,27 @@
 //!
 //! - [`listen`]: connection caps (in all, per source), handshake and header timeouts, and
 //!   raising `RLIMIT_NOFILE`.
+//! - [`Health`]: the agent's standing with the cluster, which its heartbeat steps and the
+//!   roles obey; [`Node`]: the node a role serves and its way to the cluster.
 
 pub mod listen;
+
+/// The agent's standing with the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Not renewed its Lease yet.
+    Starting,
+    /// Renewing its Lease: may run workloads.
+    Healthy,
+    /// Could not renew for the lease duration: has stopped its workloads, starts none.
+    Fenced,
+}
+
+/// The node a role serves: its name, and a client that talks to the cluster as the node.
+#[derive(Clone)]
+pub struct Node {
+    /// The node's name.
+    pub name: String,
+    /// The node's client (its own certificate).
+    pub client: keel_client::Client,
+}

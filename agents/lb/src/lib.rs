@@ -81,14 +81,10 @@ struct Listening {
     told: (u64, Option<Instant>),
 }
 
-/// Serves the LoadBalancers placed on node `node` until `shutdown` turns true, talking to
-/// the cluster through `client` (the node's own), each listener within `limits`.
-pub async fn run(
-    client: keel_client::Client,
-    node: String,
-    limits: Limits,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Serves the LoadBalancers placed on `node` until `shutdown` turns true, each listener
+/// within `limits`.
+pub async fn run(node: keel_host::Node, limits: Limits, mut shutdown: watch::Receiver<bool>) {
+    let keel_host::Node { name: node, client } = node;
     let [Some(lb_kind), Some(vm_kind)] =
         ["loadbalancers", "virtualmachines"].map(keel_schemas::lookup)
     else {

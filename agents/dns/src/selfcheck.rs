@@ -223,8 +223,8 @@ mod tests {
     /// answer yet is withheld with the reason, and a server that stopped is reported.
     #[tokio::test]
     async fn the_server_confirms_what_it_answers() {
-        use crate::dns::catalog::{Catalog, Compiled};
-        let sockets = crate::dns::Sockets::bind("127.0.0.1:0".parse().unwrap())
+        use crate::catalog::{Catalog, Compiled};
+        let sockets = crate::Sockets::bind("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let server = target(sockets.local_addr().unwrap());
@@ -270,16 +270,16 @@ mod tests {
     /// a truncated answer over UDP, asks again over TCP.
     #[tokio::test]
     async fn a_rate_limited_self_query_asks_over_tcp() {
-        use crate::dns::catalog::{Catalog, Compiled};
-        let sockets = crate::dns::Sockets::bind("127.0.0.1:0".parse().unwrap())
+        use crate::catalog::{Catalog, Compiled};
+        let sockets = crate::Sockets::bind("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let server = sockets.local_addr().unwrap();
         let (catalog, _) = Catalog::build(&[zone(7)], &mut Compiled::default());
         let (_catalog_tx, catalog_rx) = tokio::sync::watch::channel(std::sync::Arc::new(catalog));
         let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-        let limits = crate::dns::Limits {
-            rate: crate::dns::RateLimits {
+        let limits = crate::Limits {
+            rate: crate::RateLimits {
                 responses_per_second: 1,
                 slip: 1,
                 ..Default::default()

@@ -13,8 +13,8 @@ use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::watch;
 
 use super::*;
-use crate::dns::catalog::{Catalog, Compiled};
-use crate::dns::rrl::RateLimits;
+use crate::catalog::{Catalog, Compiled};
+use crate::rrl::RateLimits;
 
 /// A server on 127.0.0.1 with one zone and `limits`; it stops when the sender is dropped
 /// or set.

@@ -40,7 +40,7 @@ use keel_runtime::{Condition, ObjectExt, Store, set_condition, watcher};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::agent::{Health, Shared};
+use keel_host::{Health, Node};
 
 pub use self::catalog::{Catalog, ZoneReport};
 pub use self::rrl::RateLimits;
@@ -57,9 +57,11 @@ const RETRY: Duration = Duration::from_millis(500);
 /// Writes of the Node's status tried in a row when another writer changed it in between.
 const CONFLICT_RETRIES: usize = 5;
 
-/// Serves DNS on `sockets` from the cluster's Zones until `shutdown` turns true.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
+/// Serves DNS on `sockets` for `node` from the cluster's Zones, within `limits`, until
+/// `shutdown` turns true; `health` says when the agent may act for the node.
+pub async fn run(
+    node: Node,
+    limits: Limits,
     sockets: Sockets,
     mut health: watch::Receiver<Health>,
     shutdown: watch::Receiver<bool>,
@@ -67,7 +69,6 @@ pub(crate) async fn run(
     let (catalog_tx, catalog_rx) = watch::channel(Arc::new(Catalog::default()));
     let ask = sockets.local_addr().ok().map(selfcheck::target);
     let mut verified = std::collections::HashMap::new();
-    let limits = shared.config.dns_limits;
     let server = tokio::spawn(sockets.serve(catalog_rx, limits, shutdown.clone()));
     let Some(kind) = keel_schemas::lookup("zones") else {
         return;
@@ -75,7 +76,7 @@ pub(crate) async fn run(
     let store = Store::new();
     let (changed_tx, mut changed) = watch::channel(0u64);
     let changed_tx = Arc::new(changed_tx);
-    let api = Api::all(&shared.client, kind);
+    let api = Api::all(&node.client, kind);
     let mut feed = spawn_feed(api.clone(), store.clone(), changed_tx.clone());
     let mut compiled = catalog::Compiled::default();
     let mut reported: Option<BTreeMap<String, ZoneReport>> = None;
@@ -127,13 +128,13 @@ pub(crate) async fn run(
         };
         let healthy = *health.borrow() == Health::Healthy;
         if reported.as_ref() != Some(&reports) && healthy {
-            match report_zones(&shared, &reports).await {
+            match report_zones(&node, &reports).await {
                 Ok(()) => reported = Some(reports.clone()),
                 Err(e) => tracing::warn!(error = %e, "cannot report the zones served"),
             }
         }
         if !synced_reported && healthy && lists > synced_after {
-            match report_synced(&shared).await {
+            match report_synced(&node).await {
                 Ok(done) => synced_reported = done,
                 Err(e) => tracing::warn!(error = %e, "cannot report the DNS data synced"),
             }
@@ -206,29 +207,29 @@ fn spawn_feed(
 
 /// Writes the zones served (and their serials) into the Node's annotation.
 async fn report_zones(
-    shared: &Shared,
+    node: &Node,
     reports: &BTreeMap<String, ZoneReport>,
 ) -> Result<(), ClientError> {
     let Some(kind) = keel_schemas::lookup("nodes") else {
         return Ok(());
     };
-    let api: Api<Value> = Api::all(&shared.client, kind);
+    let api: Api<Value> = Api::all(&node.client, kind);
     let value = serde_json::to_string(reports).unwrap_or_else(|_| "{}".into());
     let patch = json!({"metadata": {"annotations": {DNS_ZONES_ANNOTATION: value}}});
-    api.patch(&shared.config.node_name, &Patch::Merge(patch))
+    api.patch(&node.name, &Patch::Merge(patch))
         .await
         .map(|_| ())
 }
 
 /// Sets `DNSZonesSynced=True` on the Node; false when other writers kept getting in first.
-async fn report_synced(shared: &Shared) -> Result<bool, ClientError> {
+async fn report_synced(node: &Node) -> Result<bool, ClientError> {
     let Some(kind) = keel_schemas::lookup("nodes") else {
         return Ok(true);
     };
-    let api: Api<Value> = Api::all(&shared.client, kind);
+    let api: Api<Value> = Api::all(&node.client, kind);
     let message = "the DNS server answers from the cluster's current zone data";
     for _ in 0..CONFLICT_RETRIES {
-        let mut node = api.get(&shared.config.node_name).await?;
+        let mut node = api.get(&node.name).await?;
         let changed = set_condition(
             &mut node["status"],
             &Condition {

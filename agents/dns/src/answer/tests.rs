@@ -1,5 +1,5 @@
 //! Tests of the answer logic on a compiled catalog, and a bounded fuzz run over the packet
-//! corpus in `agents/tests/dns-corpus`.
+//! corpus in `agents/dns/tests/dns-corpus`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::dns::catalog::{Catalog, Compiled};
+use crate::catalog::{Catalog, Compiled};
 
 const LOCAL: &str = "127.0.0.1";
 
@@ -550,7 +550,7 @@ fn zone_transfers_go_to_allowed_addresses_over_tcp() {
     assert_eq!(inside[0].metadata.response_code, ResponseCode::NotAuth);
 }
 
-/// The packets of `agents/tests/dns-corpus`, by file name.
+/// The packets of `agents/dns/tests/dns-corpus`, by file name.
 pub(crate) fn corpus() -> Vec<(String, Vec<u8>)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dns-corpus");
     let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
