@@ -47,13 +47,13 @@ pub struct AgentConfig {
     pub s3_listen: Option<SocketAddr>,
     /// How the S3 endpoint speaks: HTTPS (the operator's certificate, or one the cluster CA
     /// signs), or plain HTTP when asked.
-    pub s3_tls: crate::storage::S3Tls,
+    pub s3_tls: keel_storage::S3Tls,
     /// The S3 endpoint's connection limits (total, per source, handshake and header
     /// timeouts).
     pub s3_limits: keel_host::listen::Limits,
     /// The free space the object store keeps on its file system: S3 writes are refused
     /// below it.
-    pub storage_min_free: crate::storage::store::FreeSpaceFloor,
+    pub storage_min_free: keel_storage::store::FreeSpaceFloor,
     /// Whether this host's L4 proxy serves the LoadBalancers the cluster places here.
     pub load_balancer: bool,
     /// What each listener of the L4 proxy may hold: connections, UDP sessions, idle time.
@@ -139,9 +139,9 @@ impl AgentConfig {
             dns_listen: None,
             dns_limits: keel_dns::Limits::default(),
             s3_listen: None,
-            s3_tls: crate::storage::S3Tls::PlainHttp,
+            s3_tls: keel_storage::S3Tls::PlainHttp,
             s3_limits: keel_host::listen::Limits::default(),
-            storage_min_free: crate::storage::store::FreeSpaceFloor::Bytes(1 << 30),
+            storage_min_free: keel_storage::store::FreeSpaceFloor::Bytes(1 << 30),
             load_balancer: true,
             lb_limits: keel_lb::limits::Limits::default(),
             ovs_socket: PathBuf::from("/var/run/openvswitch/db.sock"),
@@ -232,8 +232,14 @@ pub async fn run(
     });
     let storage = s3_listener.zip(s3_endpoint).map(|(listener, url)| {
         tracing::info!(endpoint = %url, "serving S3");
-        tokio::spawn(crate::storage::run(
-            shared.clone(),
+        let settings = keel_storage::Settings {
+            root: shared.config.data_dir.storage(),
+            min_free: shared.config.storage_min_free,
+            limits: shared.config.s3_limits,
+        };
+        tokio::spawn(keel_storage::run(
+            shared.node(),
+            settings,
             listener,
             s3_tls,
             url,
@@ -278,7 +284,7 @@ async fn s3_role(
 ) -> Result<
     (
         Option<tokio::net::TcpListener>,
-        Option<crate::storage::Tls>,
+        Option<keel_storage::Tls>,
         Option<String>,
     ),
     AgentError,
@@ -291,7 +297,7 @@ async fn s3_role(
                 .map_err(|e| AgentError::Storage(format!("the S3 listener's address: {e}")))?;
             let names = match config.s3_tls {
                 // What the cluster signs for a host: the address its endpoint is reached at.
-                crate::storage::S3Tls::NodeCertificate => {
+                keel_storage::S3Tls::NodeCertificate => {
                     vec![s3_ip(bound, facts.internal_ip).to_string()]
                 }
                 _ => {
@@ -309,7 +315,7 @@ async fn s3_role(
             };
             let signer = config.identity.clone().map(|identity| {
                 let client = client.clone();
-                let signer: crate::storage::Signer = Arc::new(move |names: Vec<String>| {
+                let signer: keel_storage::Signer = Arc::new(move |names: Vec<String>| {
                     let (identity, client) = (identity.clone(), client.clone());
                     Box::pin(async move {
                         identity
@@ -320,7 +326,7 @@ async fn s3_role(
                 });
                 signer
             });
-            crate::storage::acceptor(&config.s3_tls, &names, signer)
+            keel_storage::acceptor(&config.s3_tls, &names, signer)
                 .await
                 .map_err(AgentError::Storage)?
         }
@@ -538,7 +544,7 @@ async fn report_ready(shared: &Shared) -> Result<(), ClientError> {
 /// The S3 endpoint's listener, if this host has the storage role and the address is free.
 async fn bind_s3(listen: Option<SocketAddr>) -> Option<tokio::net::TcpListener> {
     let listen = listen?;
-    match crate::storage::bind(listen).await {
+    match keel_storage::bind(listen).await {
         Ok(l) => Some(l),
         Err(e) => {
             tracing::error!(%listen, error = %e, "cannot listen for the S3 endpoint: no storage role");

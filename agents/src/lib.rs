@@ -14,7 +14,7 @@
 //!   `keel-host`, what the roles share below the agent).
 //! - [`probe`]: capacity, addresses and capability conditions of the host.
 //! - [`server`]: the agent's HTTPS endpoint, which the API server calls for console logs.
-//! - [`storage`]: the buckets of a storage host.
+//! - [`storage`]: the buckets of a storage host (the `keel-storage` crate).
 //! - [`vm`]: the VM reconciler — QEMU guests for the VirtualMachines bound to this node.
 //! - [`workload`]: the workloads of the host under their fencing supervisor (`keel shim`).
 
@@ -22,7 +22,6 @@ pub mod agent;
 pub mod identity;
 pub mod probe;
 pub mod server;
-pub mod storage;
 pub mod vm;
 pub mod workload;
 
@@ -30,3 +29,4 @@ pub use agent::{AgentConfig, AgentError, Health, run};
 pub use keel_dns as dns;
 pub use keel_host::listen;
 pub use keel_lb as lb;
+pub use keel_storage as storage;

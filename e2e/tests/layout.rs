@@ -1,8 +1,8 @@
 //! The crates' layout, as Cargo resolves it: the host agent is built from the runtime, the
 //! OVSDB client and the schemas, never from the cluster controllers (what a host runs must
 //! not reach what only the elected server runs); the runtime, the OVSDB client, the store,
-//! and the host's roles split out of the agent (`keel-host`, `keel-lb`, `keel-dns`) depend
-//! on no Keel crate above them.
+//! and the host's roles split out of the agent (`keel-host`, `keel-lb`, `keel-dns`,
+//! `keel-storage`) depend on no Keel crate above them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -60,6 +60,10 @@ fn the_agent_never_depends_on_the_cluster_controllers() {
             "keel-dns",
             &["keel-client", "keel-schemas", "keel-runtime", "keel-host"][..],
         ),
+        (
+            "keel-storage",
+            &["keel-client", "keel-schemas", "keel-runtime", "keel-host"][..],
+        ),
     ] {
         let deps = keel_dependencies(package);
         let above: Vec<_> = deps
@@ -86,6 +90,7 @@ fn product_sources() -> Vec<(std::path::PathBuf, String)> {
         "agents/host",
         "agents/lb",
         "agents/dns",
+        "agents/storage",
         "cli",
     ]
     .iter()

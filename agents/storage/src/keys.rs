@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::access;
-use crate::agent::Shared;
+use keel_host::Node;
 
 /// One bound bucket's credentials: its Secret, and the bucket its keys open.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -41,7 +41,7 @@ struct Owner {
 
 /// Keeps the registry's access keys equal to the credentials of the Buckets bound here.
 pub(crate) async fn run(
-    shared: Arc<Shared>,
+    node: Node,
     registry: Arc<access::Registry>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -51,10 +51,10 @@ pub(crate) async fn run(
     ) else {
         return;
     };
-    let node = shared.config.node_name.clone();
+    let Node { name: node, client } = node;
     let buckets = Cache::new();
     let mut bound = watcher(
-        Api::all(&shared.client, bucket_kind),
+        Api::all(&client, bucket_kind),
         watcher::Config::default().fields(&format!("status.nodeName={node}")),
     );
     // Each Secret's watch reports its current object (none: deleted) here.
@@ -83,7 +83,7 @@ pub(crate) async fn run(
                 });
                 for source in wanted.keys() {
                     if !watches.contains_key(source) {
-                        let api = Api::namespaced(&shared.client, secret_kind, &source.namespace);
+                        let api = Api::namespaced(&client, secret_kind, &source.namespace);
                         let task = tokio::spawn(follow(api, source.clone(), tx.clone(), stop.clone()));
                         watches.insert(source.clone(), task);
                     }

@@ -34,7 +34,7 @@ use keel_runtime::{Controller, Recorder, watcher};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::agent::Shared;
+use keel_host::Node;
 
 /// Gets a serving certificate for the given names (DNS names or IPs) signed by the cluster
 /// CA: returns the certificate and its private key, PEM.
@@ -285,10 +285,22 @@ fn server_config_with(
     Ok(Arc::new(config))
 }
 
-/// Serves S3 on `listener` (published as `endpoint`) and reconciles the Buckets bound to
-/// this node until `shutdown` turns true.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
+/// Where and within what a storage host keeps and serves its objects.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The object store's directory.
+    pub root: std::path::PathBuf,
+    /// The free space the store keeps on its file system: writes are refused below it.
+    pub min_free: store::FreeSpaceFloor,
+    /// The S3 endpoint's connection limits.
+    pub limits: keel_host::listen::Limits,
+}
+
+/// Serves S3 for `node` on `listener` (published as `endpoint`) and reconciles the Buckets
+/// bound to it until `shutdown` turns true.
+pub async fn run(
+    node: Node,
+    settings: Settings,
     listener: TcpListener,
     tls: Option<Tls>,
     endpoint: String,
@@ -299,8 +311,11 @@ pub(crate) async fn run(
         None => (None, None),
     };
     let renewal = renewal.map(|r| tokio::spawn(r.run(shutdown.clone())));
-    let root = shared.config.data_dir.storage();
-    let floor = shared.config.storage_min_free;
+    let Settings {
+        root,
+        min_free: floor,
+        limits,
+    } = settings;
     let opened = tokio::task::spawn_blocking(move || store::Store::open_with(&root, floor)).await;
     let store = match opened {
         Ok(Ok(store)) => store,
@@ -314,7 +329,7 @@ pub(crate) async fn run(
         }
     };
     let registry = Arc::new(access::Registry::default());
-    let limits = keel_host::listen::ConnectionLimits::new(shared.config.s3_limits);
+    let limits = keel_host::listen::ConnectionLimits::new(limits);
     let server = tokio::spawn(s3::serve(
         listener,
         tls,
@@ -323,20 +338,14 @@ pub(crate) async fn run(
         registry.clone(),
         shutdown.clone(),
     ));
-    let keys = tokio::spawn(keys::run(
-        shared.clone(),
-        registry.clone(),
-        shutdown.clone(),
-    ));
-    let (Some(bucket_kind), node) = (
-        keel_schemas::lookup("buckets"),
-        shared.config.node_name.clone(),
-    ) else {
+    let keys = tokio::spawn(keys::run(node.clone(), registry.clone(), shutdown.clone()));
+    let Node { name: node, client } = node;
+    let Some(bucket_kind) = keel_schemas::lookup("buckets") else {
         return;
     };
     let controller = Controller::new(
         &format!("agent-buckets-{node}"),
-        Api::all(&shared.client, bucket_kind),
+        Api::all(&client, bucket_kind),
         watcher::Config::default().fields(&format!("status.nodeName={node}")),
     )
     .resync(Duration::from_secs(30))
@@ -346,11 +355,11 @@ pub(crate) async fn run(
         max: Duration::from_secs(10),
     });
     let ctx = Arc::new(buckets::Context {
-        client: shared.client.clone(),
+        client: client.clone(),
         store: Arc::new(store),
         registry,
         endpoint,
-        recorder: Recorder::new(&shared.client, "keel-agent", &node),
+        recorder: Recorder::new(&client, "keel-agent", &node),
     });
     controller.run(buckets::reconcile, ctx, shutdown).await;
     let _ = keys.await;
