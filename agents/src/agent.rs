@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::probe::{HostFacts, ProbeConfig, probe};
-use crate::vm;
-use crate::workload::Runtime;
+use keel_vm as vm;
+use keel_workload::Runtime;
 
 /// How an agent runs.
 #[derive(Debug, Clone)]
@@ -71,7 +71,7 @@ pub struct AgentConfig {
     /// signed by it.
     pub ca_pem: String,
     /// What image downloads may do (size, time, networks a tenant's URL may reach).
-    pub images: crate::vm::images::FetchPolicy,
+    pub images: keel_vm::images::FetchPolicy,
     /// The node's certificate, which the agent renews before it expires (none: the client's
     /// credentials are someone else's to keep).
     pub identity: Option<crate::identity::NodeIdentity>,
@@ -84,7 +84,7 @@ pub use keel_host::Health;
 pub enum AgentError {
     /// The workload runtime could not be set up.
     #[error(transparent)]
-    Workload(#[from] crate::workload::WorkloadError),
+    Workload(#[from] keel_workload::WorkloadError),
     /// The HTTPS endpoint could not start.
     #[error(transparent)]
     Server(#[from] crate::server::ServerError),
@@ -149,7 +149,7 @@ impl AgentConfig {
             cpu_allocation_ratio: 4.0,
             listen: SocketAddr::from(([0, 0, 0, 0], 10250)),
             ca_pem: String::new(),
-            images: crate::vm::images::FetchPolicy::default(),
+            images: keel_vm::images::FetchPolicy::default(),
             identity: None,
         }
     }
@@ -162,7 +162,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     std::fs::create_dir_all(config.data_dir.root()).map_err(|source| {
-        crate::workload::WorkloadError::Io {
+        keel_workload::WorkloadError::Io {
             path: config.data_dir.root().to_path_buf(),
             source,
         }
@@ -179,14 +179,14 @@ pub async fn run(
         })
     })
     .await
-    .map_err(|e| crate::workload::WorkloadError::Io {
+    .map_err(|e| keel_workload::WorkloadError::Io {
         path: config.data_dir.root().to_path_buf(),
         source: std::io::Error::other(e),
     })?;
     let mut facts = facts;
     facts
         .capabilities
-        .push(crate::vm::ovs::probe(&config.ovs_addr()).await);
+        .push(keel_vm::ovs::probe(&config.ovs_addr()).await);
     let (dns_sockets, dns_capability) = bind_dns(config.dns_listen).await;
     facts.capabilities.push(dns_capability);
     let dns_endpoint = dns_sockets
@@ -253,7 +253,16 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
-    let reconciler = tokio::spawn(vm::run(shared.clone(), health, shutdown.clone()));
+    let host = vm::VmHost {
+        node: shared.node(),
+        data: shared.config.data_dir.clone(),
+        runtime: shared.runtime.clone(),
+        ovs_addr: shared.config.ovs_addr(),
+        ovn: shared.facts.has("NetworkAvailable"),
+        accelerator: shared.facts.accelerator,
+        images: shared.config.images.clone(),
+    };
+    let reconciler = tokio::spawn(vm::run(host, health, shutdown.clone()));
     let _ = shutdown.wait_for(|s| *s).await;
     let _ = heartbeat.await;
     let _ = reconciler.await;

@@ -15,18 +15,20 @@
 //! - [`probe`]: capacity, addresses and capability conditions of the host.
 //! - [`server`]: the agent's HTTPS endpoint, which the API server calls for console logs.
 //! - [`storage`]: the buckets of a storage host (the `keel-storage` crate).
-//! - [`vm`]: the VM reconciler — QEMU guests for the VirtualMachines bound to this node.
-//! - [`workload`]: the workloads of the host under their fencing supervisor (`keel shim`).
+//! - [`vm`]: the VM reconciler — QEMU guests for the VirtualMachines bound to this node (the
+//!   `keel-vm` crate).
+//! - [`workload`]: the workloads of the host under their fencing supervisor (`keel shim`;
+//!   the `keel-workload` crate).
 
 pub mod agent;
 pub mod identity;
 pub mod probe;
 pub mod server;
-pub mod vm;
-pub mod workload;
 
 pub use agent::{AgentConfig, AgentError, Health, run};
 pub use keel_dns as dns;
 pub use keel_host::listen;
 pub use keel_lb as lb;
 pub use keel_storage as storage;
+pub use keel_vm as vm;
+pub use keel_workload as workload;

@@ -1,6 +1,6 @@
 //! What this host has and can do, probed when the agent starts: capacity (CPU, memory, disk),
 //! addresses, and capability conditions — KVM usable or TCG only, QEMU present, the storage
-//! dir writable (OVS/OVN: [`crate::vm::ovs::probe`]; DNS: the DNS server's own bind). A host that lacks something
+//! dir writable (OVS/OVN: [`keel_vm::ovs::probe`]; DNS: the DNS server's own bind). A host that lacks something
 //! says so in its Node's conditions instead of failing later.
 //!
 //! KVM counts as usable only when a real guest boots under it: on some hosts `/dev/kvm`
@@ -23,18 +23,7 @@ use serde_json::{Value, json};
 /// How long the KVM probe's guest gets to boot its kernel.
 const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(8);
 
-/// One probed capability, as a Node condition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Capability {
-    /// The condition type (`KVMAvailable`).
-    pub type_: &'static str,
-    /// Whether the host has it.
-    pub available: bool,
-    /// A CamelCase reason.
-    pub reason: &'static str,
-    /// What was found.
-    pub message: String,
-}
+pub use keel_host::Capability;
 
 /// What the agent learned about its host.
 #[derive(Debug, Clone)]

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::vm::console::Console;
+use keel_vm::console::Console;
 
 /// Why the endpoint could not start.
 #[derive(Debug, thiserror::Error)]
@@ -251,7 +251,7 @@ async fn vm_log(state: &State, ns: &str, name: &str, query: Query) -> Response<B
     let dir = state.data.vm(ns, name);
     let console = Console {
         path: dir.console(),
-        keep: crate::vm::CONSOLE_KEEP,
+        keep: keel_vm::CONSOLE_KEEP,
     };
     if !console.path.exists() {
         return text(

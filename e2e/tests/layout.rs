@@ -1,8 +1,8 @@
 //! The crates' layout, as Cargo resolves it: the host agent is built from the runtime, the
 //! OVSDB client and the schemas, never from the cluster controllers (what a host runs must
 //! not reach what only the elected server runs); the runtime, the OVSDB client, the store,
-//! and the host's roles split out of the agent (`keel-host`, `keel-lb`, `keel-dns`,
-//! `keel-storage`) depend on no Keel crate above them.
+//! and the host's roles split out of the agent (`keel-host`, `keel-workload`, `keel-vm`,
+//! `keel-lb`, `keel-dns`, `keel-storage`) depend on no Keel crate above them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -42,7 +42,9 @@ fn the_agent_never_depends_on_the_cluster_controllers() {
         !agent.iter().any(|c| c == "keel-controllers"),
         "keel-agent depends on {agent:?}"
     );
-    assert!(agent.iter().any(|c| c == "keel-runtime"), "{agent:?}");
+    for role in ["keel-vm", "keel-dns", "keel-storage", "keel-lb"] {
+        assert!(agent.iter().any(|c| c == role), "{agent:?}");
+    }
     // The runtime and the OVSDB client are below the controllers and the agent.
     for (package, allowed) in [
         ("keel-runtime", &["keel-client", "keel-schemas"][..]),
@@ -63,6 +65,21 @@ fn the_agent_never_depends_on_the_cluster_controllers() {
         (
             "keel-storage",
             &["keel-client", "keel-schemas", "keel-runtime", "keel-host"][..],
+        ),
+        (
+            "keel-workload",
+            &["keel-client", "keel-schemas", "keel-runtime"][..],
+        ),
+        (
+            "keel-vm",
+            &[
+                "keel-client",
+                "keel-schemas",
+                "keel-runtime",
+                "keel-ovsdb",
+                "keel-host",
+                "keel-workload",
+            ][..],
         ),
     ] {
         let deps = keel_dependencies(package);
@@ -91,6 +108,8 @@ fn product_sources() -> Vec<(std::path::PathBuf, String)> {
         "agents/lb",
         "agents/dns",
         "agents/storage",
+        "agents/workload",
+        "agents/vm",
         "cli",
     ]
     .iter()

@@ -4,7 +4,8 @@
 //! - [`listen`]: connection caps (in all, per source), handshake and header timeouts, and
 //!   raising `RLIMIT_NOFILE`.
 //! - [`Health`]: the agent's standing with the cluster, which its heartbeat steps and the
-//!   roles obey; [`Node`]: the node a role serves and its way to the cluster.
+//!   roles obey; [`Node`]: the node a role serves and its way to the cluster;
+//!   [`Capability`]: what a probe of the host found, as a Node condition.
 
 pub mod listen;
 
@@ -17,6 +18,19 @@ pub enum Health {
     Healthy,
     /// Could not renew for the lease duration: has stopped its workloads, starts none.
     Fenced,
+}
+
+/// One probed capability of the host, as a Node condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capability {
+    /// The condition type (`KVMAvailable`).
+    pub type_: &'static str,
+    /// Whether the host has it.
+    pub available: bool,
+    /// A CamelCase reason.
+    pub reason: &'static str,
+    /// What was found.
+    pub message: String,
 }
 
 /// The node a role serves: its name, and a client that talks to the cluster as the node.

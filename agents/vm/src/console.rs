@@ -153,7 +153,7 @@ fn read_from(path: &Path, position: u64) -> Option<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::shim::{ConsoleLog, rotate};
+    use keel_workload::shim::{ConsoleLog, rotate};
 
     #[test]
     fn tails_and_boots_read_across_rotated_files() {

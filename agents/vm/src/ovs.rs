@@ -7,7 +7,7 @@ use keel_ovsdb::data::{map, named, set, string_map, strings, uuid, uuids};
 use keel_ovsdb::{Ovsdb, OvsdbError};
 use serde_json::{Value, json};
 
-use crate::probe::Capability;
+use keel_host::Capability;
 
 /// The local database.
 const DB: &str = "Open_vSwitch";

@@ -7,7 +7,7 @@
 //! takes one step: prepare the disks and start QEMU, restart it to apply a change, stop it
 //! gracefully, pause or resume it, probe it, and write the status.
 //!
-//! QEMU runs under the fencing supervisor ([`crate::workload`]), in its own process group, so
+//! QEMU runs under the fencing supervisor ([`keel_workload`]), in its own process group, so
 //! it survives an agent restart and is re-adopted from its files; it is never started twice
 //! for one VM (QEMU's own image locks would refuse a second one too). A task per running
 //! guest listens to its QMP events, so that a guest that powers off, crashes or is killed is
@@ -43,9 +43,9 @@ use keel_schemas::kinds::compute::{RunStrategy, VirtualMachineSpec};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::agent::{Health, Shared};
-use crate::workload::WorkloadError;
-use crate::workload::shim::Exit;
+use keel_host::Health;
+use keel_workload::WorkloadError;
+use keel_workload::shim::Exit;
 
 pub use self::lifecycle::CONSOLE_KEEP;
 
@@ -86,9 +86,27 @@ pub enum VmError {
     },
 }
 
+/// The host a VM reconciler serves: what it needs of the agent that runs it.
+pub struct VmHost {
+    /// The node, and its client.
+    pub node: keel_host::Node,
+    /// The agent's data dir (VM directories, the image cache).
+    pub data: AgentDir,
+    /// The host's workloads (each guest runs under its supervisor).
+    pub runtime: keel_workload::Runtime,
+    /// The Open vSwitch database's OVSDB address.
+    pub ovs_addr: String,
+    /// Whether OVN networking is available on this host (`NetworkAvailable`).
+    pub ovn: bool,
+    /// How guests run: KVM when the probe proved it, TCG otherwise.
+    pub accelerator: keel_schemas::kinds::compute::Accelerator,
+    /// What image downloads may do.
+    pub images: images::FetchPolicy,
+}
+
 /// What the reconciles share.
 pub(crate) struct Context {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) host: VmHost,
     health: watch::Receiver<Health>,
     recorder: Recorder,
     images: images::Images,
@@ -100,20 +118,17 @@ pub(crate) struct Context {
     listeners: Mutex<HashMap<ObjectRef, tokio::task::JoinHandle<()>>>,
 }
 
-/// Runs the VM reconciler until `shutdown` turns true.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    health: watch::Receiver<Health>,
-    shutdown: watch::Receiver<bool>,
-) {
+/// Runs the VM reconciler of `host` until `shutdown` turns true; `health` says when the agent
+/// may start guests.
+pub async fn run(host: VmHost, health: watch::Receiver<Health>, shutdown: watch::Receiver<bool>) {
     let Some(vm_kind) = keel_schemas::lookup("virtualmachines") else {
         return;
     };
-    let node = shared.config.node_name.clone();
+    let node = host.node.name.clone();
     let selector = format!("status.nodeName={node}");
     let controller = Controller::new(
         &format!("agent-vms-{node}"),
-        Api::all(&shared.client, vm_kind),
+        Api::all(&host.node.client, vm_kind),
         watcher::Config::default().fields(&selector),
     )
     .resync(Duration::from_secs(30))
@@ -125,15 +140,15 @@ pub(crate) async fn run(
         max: Duration::from_secs(300),
     });
     let store = controller.store();
-    let data = shared.config.data_dir.clone();
+    let data = host.data.clone();
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(&shared.client, "keel-agent", &node),
-        images: images::Images::new(data.images(), shared.config.images.clone()),
+        recorder: Recorder::new(&host.node.client, "keel-agent", &node),
+        images: images::Images::new(data.images(), host.images.clone()),
         confinement: confine::Confinement::probe(),
         data,
         queue: controller.queue(),
         listeners: Mutex::new(HashMap::new()),
-        shared,
+        host,
         health: health.clone(),
     });
     let sweeper = tokio::spawn(sweep(ctx.clone(), store, shutdown.clone()));
@@ -504,7 +519,7 @@ async fn start(
             "Starting",
             &format!(
                 "QEMU started on node {} ({accelerator}), generation {}",
-                ctx.shared.config.node_name, boot.generation
+                ctx.host.node.name, boot.generation
             ),
         )
         .await;
@@ -563,7 +578,7 @@ fn vm_api(ctx: &Context, vm: &Value) -> Result<Api<Value>, VmError> {
     let kind = keel_schemas::lookup("virtualmachines")
         .ok_or_else(|| VmError::Spec("VirtualMachine is not registered".into()))?;
     Ok(Api::namespaced(
-        &ctx.shared.client,
+        &ctx.host.node.client,
         kind,
         vm.namespace().unwrap_or("default"),
     ))
@@ -730,7 +745,7 @@ async fn sweep(ctx: Arc<Context>, store: Store, mut shutdown: watch::Receiver<bo
             _ = health.changed() => {}
             _ = tokio::time::sleep(SWEEP) => {}
         }
-        let runtime = &ctx.shared.runtime;
+        let runtime = &ctx.host.runtime;
         let state = *health.borrow();
         let recovered = state == Health::Healthy && previous != Health::Healthy;
         match state {

@@ -5,7 +5,7 @@ use std::process::Command;
 use keel_runtime::ObjectRef;
 use keel_schemas::datadir::AgentDir;
 
-use crate::vm::qemu;
+use crate::qemu;
 
 use super::*;
 

@@ -13,8 +13,8 @@ use super::images::{Image, ImageError, Source};
 use super::qemu::{AttachedDisk, Boot, Machine, VmDir, VmFiles, probe_port, restart_fields};
 use super::qmp::{Qmp, QmpError, Status};
 use super::{Context, VmError, cloudinit};
-use crate::workload::shim::{ConsoleLog, Exit};
-use crate::workload::{Launch, alive};
+use keel_workload::shim::{ConsoleLog, Exit};
+use keel_workload::{Launch, alive};
 
 /// How many rotated console files are kept besides the current one.
 pub const CONSOLE_KEEP: u32 = 2;
@@ -64,7 +64,7 @@ pub struct Prepared {
 /// left by an earlier object of the same name is removed.
 pub async fn observe(ctx: &Context, vm: &Value, dir: &VmDir) -> Observed {
     let key = vm.object_ref();
-    let Some(workload) = ctx.shared.runtime.get(&key) else {
+    let Some(workload) = ctx.host.runtime.get(&key) else {
         return Observed::Stopped;
     };
     let boot = dir.read_boot();
@@ -183,7 +183,7 @@ pub async fn prepare(
     };
     // On a host with OVN, each NIC is a tap on its subnet's logical port, once the network
     // controller has given it an address; elsewhere QEMU's user network stands in.
-    let ovn = ctx.shared.facts.has("NetworkAvailable");
+    let ovn = ctx.host.ovn;
     let mut taps = Vec::new();
     for (i, nic) in spec.nics.iter().enumerate() {
         if !ovn {
@@ -256,7 +256,7 @@ async fn image(
             let Some(kind) = keel_schemas::lookup("clusterimages") else {
                 return Err(invalid("this cluster has no ClusterImage kind".into()));
             };
-            let entry: ClusterImage = Api::all(&ctx.shared.client, kind)
+            let entry: ClusterImage = Api::all(&ctx.host.node.client, kind)
                 .get_opt(name)
                 .await
                 .map_err(|e| invalid(format!("reading its ClusterImage: {e}")))?
@@ -301,7 +301,7 @@ pub async fn launch(
     for stale in [dir.qmp(), dir.events(), dir.exit(), dir.pid()] {
         let _ = std::fs::remove_file(stale);
     }
-    let accelerator = ctx.shared.facts.accelerator;
+    let accelerator = ctx.host.accelerator;
     let memory = spec
         .memory
         .bytes()
@@ -363,7 +363,7 @@ pub async fn launch(
         exit_file: Some(dir.exit()),
         cgroups: confined.cgroups,
     };
-    let runtime = &ctx.shared.runtime;
+    let runtime = &ctx.host.runtime;
     let workload = runtime
         .start(&key, vm.uid(), &launch)
         .await
@@ -388,7 +388,7 @@ pub async fn launch(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // QEMU made the taps: put them on their logical ports.
-    let ovs = ctx.shared.config.ovs_addr();
+    let ovs = ctx.host.ovs_addr.clone();
     for (i, tap) in prepared_taps(&boot) {
         let port =
             keel_schemas::wellknown::nic_port(key.namespace.as_deref().unwrap_or(""), &key.name, i);
@@ -420,7 +420,7 @@ pub async fn shutdown(
     dir: &VmDir,
     spec: &VirtualMachineSpec,
 ) -> Result<(), VmError> {
-    let runtime = &ctx.shared.runtime;
+    let runtime = &ctx.host.runtime;
     if let Some(workload) = runtime.get(key) {
         let grace = Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(60).into());
         let gone = |patience: Duration| async move {
@@ -457,7 +457,7 @@ async fn unplug(ctx: &Context, dir: &VmDir) {
     let Some(boot) = dir.read_boot().filter(|b| !b.taps.is_empty()) else {
         return;
     };
-    if let Err(e) = super::ovs::unplug(&ctx.shared.config.ovs_addr(), &boot.uid).await {
+    if let Err(e) = super::ovs::unplug(&ctx.host.ovs_addr.clone(), &boot.uid).await {
         tracing::warn!(error = %e, "cannot unplug the VM's ports from the integration bridge");
     }
 }
@@ -531,7 +531,7 @@ fn stop_listening(ctx: &Context, key: &ObjectRef) {
 /// Stops whatever runs for `key` and removes its files.
 pub async fn remove(ctx: &Context, key: &ObjectRef, dir: &VmDir) -> Result<(), VmError> {
     stop_listening(ctx, key);
-    ctx.shared.runtime.stop(key, KILL_PATIENCE).await?;
+    ctx.host.runtime.stop(key, KILL_PATIENCE).await?;
     kill_orphan(dir);
     unplug(ctx, dir).await;
     ctx.confinement.release(dir);
@@ -547,13 +547,7 @@ pub async fn remove(ctx: &Context, key: &ObjectRef, dir: &VmDir) -> Result<(), V
 
 /// The VMs this host has anything of: a supervised guest or a directory.
 pub fn local_vms(ctx: &Context) -> Vec<ObjectRef> {
-    let mut keys: Vec<ObjectRef> = ctx
-        .shared
-        .runtime
-        .list()
-        .into_iter()
-        .map(|w| w.key)
-        .collect();
+    let mut keys: Vec<ObjectRef> = ctx.host.runtime.list().into_iter().map(|w| w.key).collect();
     if let Ok(entries) = std::fs::read_dir(ctx.data.vms()) {
         for entry in entries.flatten() {
             let name = entry.file_name();
