@@ -322,20 +322,24 @@ async fn s3_role(
                     names
                 }
             };
-            let signer = config.identity.clone().map(|identity| {
-                let client = client.clone();
-                let signer: keel_storage::Signer = Arc::new(move |names: Vec<String>| {
+            // A host's certificate is signed by the cluster on the node's request.
+            let tls = match (&config.s3_tls, &config.identity) {
+                (keel_storage::S3Tls::NodeCertificate, Some(identity)) => {
                     let (identity, client) = (identity.clone(), client.clone());
-                    Box::pin(async move {
-                        identity
-                            .serving_certificate(&client, &names)
-                            .await
-                            .map_err(|e| e.to_string())
-                    })
-                });
-                signer
-            });
-            keel_storage::acceptor(&config.s3_tls, &names, signer)
+                    let signer: keel_storage::Signer = Arc::new(move |names: Vec<String>| {
+                        let (identity, client) = (identity.clone(), client.clone());
+                        Box::pin(async move {
+                            identity
+                                .serving_certificate(&client, &names)
+                                .await
+                                .map_err(|e| e.to_string())
+                        })
+                    });
+                    keel_storage::S3Tls::ClusterCa(signer)
+                }
+                (other, _) => other.clone(),
+            };
+            keel_storage::acceptor(&tls, &names)
                 .await
                 .map_err(AgentError::Storage)?
         }

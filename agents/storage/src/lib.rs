@@ -100,23 +100,19 @@ pub struct Tls {
 }
 
 /// The TLS side of the S3 endpoint as `tls` says, for a node reached at `names` (none for
-/// plain HTTP); `signer` gets a certificate from the cluster for [`S3Tls::NodeCertificate`].
-pub async fn acceptor(
-    tls: &S3Tls,
-    names: &[String],
-    signer: Option<Signer>,
-) -> Result<Option<Tls>, String> {
-    let signer = match (tls, signer) {
-        (S3Tls::PlainHttp, _) => return Ok(None),
-        (S3Tls::Files { cert, key }, _) => {
+/// plain HTTP). [`S3Tls::NodeCertificate`] must have been turned into the signer that asks
+/// the cluster (the agent does, with the node's identity).
+pub async fn acceptor(tls: &S3Tls, names: &[String]) -> Result<Option<Tls>, String> {
+    let signer = match tls {
+        S3Tls::PlainHttp => return Ok(None),
+        S3Tls::Files { cert, key } => {
             return Ok(Some(Tls {
                 acceptor: tls_acceptor(cert, key)?,
                 renewal: None,
             }));
         }
-        (S3Tls::ClusterCa(sign), _) => sign.clone(),
-        (S3Tls::NodeCertificate, Some(sign)) => sign,
-        (S3Tls::NodeCertificate, None) => {
+        S3Tls::ClusterCa(sign) => sign.clone(),
+        S3Tls::NodeCertificate => {
             return Err(
                 "the S3 endpoint's certificate: this agent has no node identity to ask the cluster with"
                     .into(),
