@@ -812,8 +812,7 @@ async fn one_client_cannot_take_the_dns_server() {
     assert_eq!(status(&out), "NXDOMAIN", "{out}");
     assert!(section(&out, "ANSWER").is_empty(), "{out}");
 
-    // 10,000 identical queries from 127.0.1.1, over about two seconds, answers counted as
-    // they come.
+    // Identical queries from 127.0.1.1, answers counted as they come.
     let flood = std::net::UdpSocket::bind("127.0.1.1:0").unwrap();
     flood
         .set_read_timeout(Some(Duration::from_secs(1)))
@@ -855,14 +854,22 @@ async fn one_client_cannot_take_the_dns_server() {
             }
         })
     };
-    let sender = std::thread::spawn(move || {
-        for id in 0..10_000u16 {
-            flood.send_to(&query(id), server).unwrap();
-            if id % 100 == 99 {
+    // The flood goes on until the checks below are done: about 5,000 queries a second.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..100 {
+                    flood.send_to(&query(sent as u16), server).unwrap();
+                    sent += 1;
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
-        }
-    });
+            sent
+        })
+    };
     eventually("the flood slipped", WAIT, || async {
         (slipped.load(Ordering::Relaxed) > 0).then_some(())
     })
@@ -894,23 +901,20 @@ async fn one_client_cannot_take_the_dns_server() {
         ["www.shop.example. 60 IN A 10.20.1.10"],
         "{tcp}"
     );
-    assert!(
-        !sender.is_finished(),
-        "the checks ran during the flood: send it slower"
-    );
-    sender.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let sent = sender.join().unwrap();
     done.store(true, Ordering::Relaxed);
     let answered = reader.join().unwrap();
     let slipped = slipped.load(Ordering::Relaxed);
     // 20 per second of credit: what the first second allows, and the flood stays in debt.
     assert!(
         (20..=60).contains(&answered),
-        "{answered} full answers to 10,000 queries"
+        "{answered} full answers to {sent} queries"
     );
     // Every other response over the rate slips (a datagram may be lost on the way).
     assert!(
-        (3000..=5000).contains(&slipped),
-        "{slipped} slips of 10,000 queries"
+        (sent * 3 / 10..=sent / 2).contains(&slipped),
+        "{slipped} slips of {sent} queries"
     );
     let (code, body) = c
         .client
@@ -926,7 +930,7 @@ async fn one_client_cannot_take_the_dns_server() {
             .unwrap_or_else(|| panic!("no {name} in /metrics"))
     };
     assert!(counter("keel_dns_responses_slipped_total") >= slipped as u64);
-    assert!(counter("keel_dns_responses_dropped_total") >= 3000);
+    assert!(counter("keel_dns_responses_dropped_total") >= (sent * 3 / 10) as u64);
 
     // TCP: four connections from one source are held; a fifth is closed at once, and
     // others still get in.
