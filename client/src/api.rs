@@ -113,6 +113,29 @@ impl<K> Clone for Api<K> {
     }
 }
 
+impl<K> Api<K> {
+    /// The kind.
+    pub fn kind(&self) -> &'static Kind {
+        self.kind
+    }
+
+    /// The client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The same objects, read and written as `T` (`Value` for the untyped form a watcher
+    /// reads).
+    pub fn cast<T>(&self) -> Api<T> {
+        Api {
+            client: self.client.clone(),
+            kind: self.kind,
+            namespace: self.namespace.clone(),
+            _object: PhantomData,
+        }
+    }
+}
+
 impl<K: Serialize + DeserializeOwned> Api<K> {
     /// The objects of `kind` in `namespace` (ignored for cluster-scoped kinds).
     pub fn namespaced(client: &Client, kind: &'static Kind, namespace: &str) -> Api<K> {
@@ -143,16 +166,6 @@ impl<K: Serialize + DeserializeOwned> Api<K> {
             Some(ns) => Api::namespaced(client, kind, ns),
             None => Api::all(client, kind),
         })
-    }
-
-    /// The kind.
-    pub fn kind(&self) -> &'static Kind {
-        self.kind
-    }
-
-    /// The client.
-    pub fn client(&self) -> &Client {
-        &self.client
     }
 
     /// The collection's path.

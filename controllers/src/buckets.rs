@@ -20,13 +20,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_client::{Api, Client, ClientError};
+use keel_schemas::kinds::core::{Node, Secret};
+use keel_schemas::kinds::storage::{Bucket, BucketStatus};
+use keel_schemas::kinds::{ObjectMeta, OwnerReference};
 use rand::Rng;
-use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use keel_runtime::{
-    Action, Condition, Controller, EventType, ObjectExt, Recorder, Store, condition_status,
-    set_condition, watcher,
+    Action, Condition, Controller, EventType, ObjectExt, Recorder, Store, set_typed_condition,
+    typed_condition_status, watcher,
 };
 use keel_schemas::wellknown::{
     ACCESS_KEY, S3_ENDPOINT_ANNOTATION as ENDPOINT_ANNOTATION, SECRET_KEY,
@@ -38,9 +40,9 @@ pub use keel_schemas::wellknown::BUCKET_LABEL as CREDENTIALS_LABEL;
 /// What the reconciles share.
 struct Context {
     client: Client,
-    buckets: Store,
-    secrets: Store,
-    nodes: Store,
+    buckets: Store<Bucket>,
+    secrets: Store<Secret>,
+    nodes: Store<Node>,
     recorder: Recorder,
 }
 
@@ -52,7 +54,7 @@ pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<boo
     };
     let controller = Controller::new(
         "buckets",
-        Api::all(&client, bucket),
+        Api::<Bucket>::all(&client, bucket),
         watcher::Config::default(),
     )
     .resync(Duration::from_secs(60));
@@ -61,64 +63,52 @@ pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<boo
     let unbound = buckets.clone();
     let controller = controller
         .owns(
-            Api::all(&client, secret),
+            Api::<Secret>::all(&client, secret),
             watcher::Config::default().labels(CREDENTIALS_LABEL),
         )
         .watches(
-            Api::all(&client, node),
+            Api::<Node>::all(&client, node),
             watcher::Config::default(),
-            move |_| {
+            move |_: &Node| {
                 unbound
                     .list()
                     .iter()
-                    .filter(|b| b["status"]["nodeName"].as_str().is_none())
+                    .filter(|b| bound_node(b).is_none())
                     .map(|b| b.object_ref())
                     .collect()
             },
         );
-    let store = |kind: &str| controller.store_of(kind).unwrap_or_default();
     let ctx = Arc::new(Context {
         client: client.clone(),
         buckets: controller.store(),
-        secrets: store("Secret"),
-        nodes: store("Node"),
+        secrets: controller.store_of("Secret").unwrap_or_default(),
+        nodes: controller.store_of("Node").unwrap_or_default(),
         recorder: Recorder::new(&client, "keel-buckets", &instance),
     });
     controller.run(reconcile, ctx, shutdown).await;
 }
 
-async fn reconcile(bucket: Arc<Value>, ctx: Arc<Context>) -> Result<Action, ClientError> {
+async fn reconcile(bucket: Arc<Bucket>, ctx: Arc<Context>) -> Result<Action, ClientError> {
     if bucket.is_deleting() {
         return Ok(Action::await_change());
     }
     let namespace = bucket.namespace().unwrap_or("default").to_string();
     let name = bucket.name().to_string();
-    let s3_name = bucket["spec"]["bucketName"]
-        .as_str()
-        .map_or_else(|| format!("{namespace}-{name}"), str::to_string);
-    let mut status = bucket["status"].clone();
-    if !status.is_object() {
-        status = json!({});
-    }
-    status["bucketName"] = json!(s3_name);
+    let s3_name = s3_name(&bucket);
+    let mut status = bucket.status.clone().unwrap_or_default();
+    status.bucket_name = Some(s3_name.clone());
     if let Some(owner) = older_owner(&bucket, &s3_name, &ctx.buckets) {
         let message = format!("the bucket name {s3_name} is taken by Bucket {owner}");
         return write(&ctx, &bucket, status, "False", "BucketNameTaken", &message).await;
     }
     let secret_name = format!("{name}-credentials");
     ensure_credentials(&ctx, &bucket, &namespace, &secret_name, &s3_name).await?;
-    status["secretName"] = json!(secret_name);
-    let extra = key_secrets(&ctx.secrets, &bucket, &namespace, &secret_name);
-    match status.as_object_mut() {
-        Some(map) if extra.is_empty() => {
-            map.remove("keySecrets");
-        }
-        _ => status["keySecrets"] = json!(extra),
-    }
-    if status["nodeName"].as_str().is_none() {
+    status.secret_name = Some(secret_name.clone());
+    status.key_secrets = key_secrets(&ctx.secrets, &bucket, &namespace, &secret_name);
+    if status.node_name.is_none() {
         match place(&bucket, &ctx) {
             Ok(node) => {
-                status["nodeName"] = json!(node);
+                status.node_name = Some(node.clone());
                 ctx.recorder
                     .publish(
                         &bucket,
@@ -134,37 +124,23 @@ async fn reconcile(bucket: Arc<Value>, ctx: Arc<Context>) -> Result<Action, Clie
             }
         }
     }
-    if condition_status(&bucket, "Ready").is_some() {
+    if typed_condition_status(&status.conditions, "Ready").is_some() {
         // The storage agent owns Ready from here on.
         return write_status(&ctx, &bucket, status).await;
     }
-    let node = status["nodeName"].as_str().unwrap_or_default().to_string();
+    let node = status.node_name.clone().unwrap_or_default();
     let message = format!("bound to node {node}; waiting for its storage agent");
     write(&ctx, &bucket, status, "False", "Binding", &message).await
 }
 
 /// The Bucket that holds `s3_name` and was created before this one, if any.
-fn older_owner(bucket: &Value, s3_name: &str, buckets: &Store) -> Option<String> {
-    let key = |b: &Value| {
-        (
-            b["metadata"]["creationTimestamp"]
-                .as_str()
-                .unwrap_or("")
-                .to_string(),
-            b.uid().to_string(),
-        )
-    };
+fn older_owner(bucket: &Bucket, s3_name: &str, buckets: &Store<Bucket>) -> Option<String> {
+    let key = |b: &Bucket| (b.creation_timestamp().to_string(), b.uid().to_string());
     buckets
         .list()
         .iter()
         .filter(|b| b.uid() != bucket.uid())
-        .filter(|b| {
-            let name = b["spec"]["bucketName"].as_str().map_or_else(
-                || format!("{}-{}", b.namespace().unwrap_or("default"), b.name()),
-                str::to_string,
-            );
-            name == s3_name
-        })
+        .filter(|b| self::s3_name(b) == s3_name)
         .find(|b| key(b) < key(bucket))
         .map(|b| format!("{}/{}", b.namespace().unwrap_or(""), b.name()))
 }
@@ -172,7 +148,7 @@ fn older_owner(bucket: &Value, s3_name: &str, buckets: &Store) -> Option<String>
 /// Makes the credentials Secret when it is missing (first time, or deleted to rotate).
 async fn ensure_credentials(
     ctx: &Context,
-    bucket: &Value,
+    bucket: &Bucket,
     namespace: &str,
     secret_name: &str,
     s3_name: &str,
@@ -199,21 +175,35 @@ async fn ensure_credentials(
     let Some(kind) = keel_schemas::lookup("secrets") else {
         return Ok(());
     };
-    let api: Api<Value> = Api::namespaced(&ctx.client, kind, namespace);
+    let api: Api<Secret> = Api::namespaced(&ctx.client, kind, namespace);
     let (access, secret) = new_key_pair();
-    let object = json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {
-            "name": secret_name,
-            "labels": {CREDENTIALS_LABEL: s3_name},
-            "ownerReferences": [{
-                "apiVersion": keel_schemas::wellknown::API_VERSION, "kind": "Bucket", "name": bucket.name(),
-                "uid": bucket.uid(), "controller": true, "blockOwnerDeletion": true,
+    let object = Secret {
+        api_version: kind.api_version(),
+        kind: kind.kind.to_string(),
+        metadata: ObjectMeta {
+            name: Some(secret_name.to_string()),
+            labels: [(CREDENTIALS_LABEL.to_string(), s3_name.to_string())].into(),
+            owner_references: vec![OwnerReference {
+                api_version: bucket.api_version().to_string(),
+                kind: bucket.kind().to_string(),
+                name: bucket.name().to_string(),
+                uid: bucket.uid().to_string(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
             }],
+            ..ObjectMeta::default()
         },
-        "type": "Opaque",
-        "stringData": {ACCESS_KEY: access, SECRET_KEY: secret, "BUCKET": s3_name},
-    });
+        type_: Some("Opaque".to_string()),
+        data: BTreeMap::new(),
+        string_data: [
+            (ACCESS_KEY, access.as_str()),
+            (SECRET_KEY, secret.as_str()),
+            ("BUCKET", s3_name),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into(),
+        immutable: None,
+    };
     match api.create(&object).await {
         Ok(_) => {
             ctx.recorder
@@ -235,12 +225,17 @@ async fn ensure_credentials(
 
 /// The tenant's further key Secrets of `bucket`: in its namespace, labelled
 /// [`CREDENTIALS_LABEL`], owned by it (the storage agents read exactly these), by name.
-fn key_secrets(secrets: &Store, bucket: &Value, namespace: &str, own: &str) -> Vec<String> {
+fn key_secrets(
+    secrets: &Store<Secret>,
+    bucket: &Bucket,
+    namespace: &str,
+    own: &str,
+) -> Vec<String> {
     let mut names: Vec<String> = secrets
         .list()
         .iter()
         .filter(|s| s.namespace() == Some(namespace) && s.name() != own)
-        .filter(|s| s["metadata"]["labels"][CREDENTIALS_LABEL].is_string())
+        .filter(|s| s.label(CREDENTIALS_LABEL).is_some())
         .filter(|s| owned_by(s, bucket))
         .map(|s| s.name().to_string())
         .collect();
@@ -250,16 +245,24 @@ fn key_secrets(secrets: &Store, bucket: &Value, namespace: &str, own: &str) -> V
 
 /// Whether `secret` has an owner reference to `bucket` (kind Bucket, its name and uid): what
 /// the storage agents require of a credentials Secret.
-fn owned_by(secret: &Value, bucket: &Value) -> bool {
-    secret["metadata"]["ownerReferences"]
-        .as_array()
-        .is_some_and(|refs| {
-            refs.iter().any(|r| {
-                r["kind"] == "Bucket"
-                    && r["name"].as_str() == Some(bucket.name())
-                    && r["uid"].as_str() == Some(bucket.uid())
-            })
-        })
+fn owned_by(secret: &Secret, bucket: &Bucket) -> bool {
+    secret
+        .owner_references()
+        .iter()
+        .any(|r| r.kind == "Bucket" && r.name == bucket.name() && r.uid == bucket.uid())
+}
+
+/// The S3 name of a bucket: `spec.bucketName`, else `NAMESPACE-NAME`.
+fn s3_name(bucket: &Bucket) -> String {
+    bucket.spec.bucket_name.clone().unwrap_or_else(|| {
+        let namespace = bucket.namespace().unwrap_or("default");
+        format!("{namespace}-{}", bucket.name())
+    })
+}
+
+/// The node a bucket is kept on (`status.nodeName`).
+fn bound_node(bucket: &Bucket) -> Option<&str> {
+    bucket.status.as_ref()?.node_name.as_deref()
 }
 
 /// A new access key id (20 upper-case letters and digits, as AWS's) and secret (40 chars).
@@ -279,20 +282,20 @@ fn new_key_pair() -> (String, String) {
 
 /// The storage node for an unbound bucket: the one it names, else the ready storage node
 /// matching its selector that holds the fewest buckets.
-fn place(bucket: &Value, ctx: &Context) -> Result<String, String> {
-    let storage = |n: &Value| {
-        n["metadata"]["annotations"][ENDPOINT_ANNOTATION].is_string()
-            && condition_status(n, "Ready") == Some("True")
-            && condition_status(n, "StorageAvailable") == Some("True")
+fn place(bucket: &Bucket, ctx: &Context) -> Result<String, String> {
+    let storage = |n: &Node| {
+        let conditions = n.status.as_ref().map_or(&[][..], |s| &s.conditions);
+        n.annotation(ENDPOINT_ANNOTATION).is_some()
+            && typed_condition_status(conditions, "Ready") == Some("True")
+            && typed_condition_status(conditions, "StorageAvailable") == Some("True")
     };
-    if let Some(node) = bucket["spec"]["nodeName"].as_str() {
-        return Ok(node.to_string());
+    if let Some(node) = &bucket.spec.node_name {
+        return Ok(node.clone());
     }
-    let selector: BTreeMap<String, String> =
-        serde_json::from_value(bucket["spec"]["nodeSelector"].clone()).unwrap_or_default();
+    let selector = &bucket.spec.node_selector;
     let mut load: BTreeMap<String, usize> = BTreeMap::new();
     for b in ctx.buckets.list() {
-        if let Some(n) = b["status"]["nodeName"].as_str() {
+        if let Some(n) = bound_node(&b) {
             *load.entry(n.to_string()).or_default() += 1;
         }
     }
@@ -300,11 +303,7 @@ fn place(bucket: &Value, ctx: &Context) -> Result<String, String> {
         .list()
         .iter()
         .filter(|n| storage(n))
-        .filter(|n| {
-            selector
-                .iter()
-                .all(|(k, v)| n["metadata"]["labels"][k].as_str() == Some(v.as_str()))
-        })
+        .filter(|n| selector.iter().all(|(k, v)| n.label(k) == Some(v.as_str())))
         .min_by_key(|n| {
             (
                 load.get(n.name()).copied().unwrap_or(0),
@@ -324,31 +323,35 @@ fn place(bucket: &Value, ctx: &Context) -> Result<String, String> {
 /// Writes `status` with a `Ready` condition.
 async fn write(
     ctx: &Context,
-    bucket: &Value,
-    mut status: Value,
+    bucket: &Bucket,
+    mut status: BucketStatus,
     ready: &str,
     reason: &str,
     message: &str,
 ) -> Result<Action, ClientError> {
-    set_condition(
-        &mut status,
+    set_typed_condition(
+        &mut status.conditions,
         &Condition::ready(ready, reason, message),
         &keel_schemas::time::now_rfc3339(),
     );
     write_status(ctx, bucket, status).await
 }
 
-async fn write_status(ctx: &Context, bucket: &Value, status: Value) -> Result<Action, ClientError> {
-    if status == bucket["status"] {
+async fn write_status(
+    ctx: &Context,
+    bucket: &Bucket,
+    status: BucketStatus,
+) -> Result<Action, ClientError> {
+    if bucket.status.as_ref() == Some(&status) {
         return Ok(Action::await_change());
     }
     let Some(kind) = keel_schemas::lookup("buckets") else {
         return Ok(Action::await_change());
     };
-    let api: Api<Value> =
+    let api: Api<Bucket> =
         Api::namespaced(&ctx.client, kind, bucket.namespace().unwrap_or("default"));
     let mut updated = bucket.clone();
-    updated["status"] = status;
+    updated.status = Some(status);
     match api.update_status(&updated).await {
         Ok(_) => Ok(Action::await_change()),
         Err(e) if e.code() == Some(409) || e.code() == Some(404) => Ok(Action::await_change()),

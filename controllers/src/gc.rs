@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use keel_runtime::{Backoff, ObjectExt, ObjectRef, Store, WorkQueue, watcher};
+use keel_runtime::{Backoff, ObjectExt, ObjectRef, Owner, Store, WorkQueue, watcher};
 
 /// A dependent to look at: the index of its kind in the registry, and its key.
 type Key = (usize, ObjectRef);
@@ -127,16 +127,15 @@ async fn owner_exists(
     kinds: &[&'static keel_schemas::Kind],
     stores: &[Store],
     dependent: &Value,
-    owner: &Value,
+    owner: Owner<'_>,
 ) -> Result<bool, ClientError> {
-    let (Some(api_version), Some(kind), Some(name), Some(uid)) = (
-        owner["apiVersion"].as_str(),
-        owner["kind"].as_str(),
-        owner["name"].as_str(),
-        owner["uid"].as_str(),
-    ) else {
-        return Ok(true);
-    };
+    let Owner {
+        api_version,
+        kind,
+        name,
+        uid,
+        ..
+    } = owner;
     let Some(i) = kinds
         .iter()
         .position(|k| k.kind == kind && k.api_version() == api_version)

@@ -24,14 +24,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_client::{Api, Client, ClientError};
-use keel_schemas::kinds::network::{ListenerProtocol, LoadBalancerSpec};
-use serde_json::{Value, json};
+use keel_schemas::kinds::ConditionStatus;
+use keel_schemas::kinds::core::Node;
+use keel_schemas::kinds::network::{ListenerProtocol, LoadBalancer};
 use tokio::sync::watch;
 
 use crate::network::ipam;
 use keel_runtime::{
-    Action, Condition, Controller, EventType, ObjectExt, Recorder, Store, condition_status,
-    set_condition, watcher,
+    Action, Condition, Controller, EventType, ObjectExt, Recorder, Store, set_typed_condition,
+    typed_condition_status, watcher,
 };
 use keel_schemas::wellknown::LOAD_BALANCER_ANNOTATION;
 
@@ -66,8 +67,8 @@ pub enum Placement {
 /// What the reconciles share.
 struct Context {
     client: Client,
-    balancers: Store,
-    nodes: Store,
+    balancers: Store<LoadBalancer>,
+    nodes: Store<Node>,
     recorder: Recorder,
     config: LoadBalancerConfig,
 }
@@ -84,7 +85,7 @@ pub async fn run(
     };
     let controller = Controller::new(
         "loadbalancers",
-        Api::all(&client, lb),
+        Api::<LoadBalancer>::all(&client, lb),
         watcher::Config::default(),
     )
     .resync(Duration::from_secs(60));
@@ -94,12 +95,12 @@ pub async fn run(
     let all_too = all.clone();
     let controller = controller
         .watches(
-            Api::all(&client, node),
+            Api::<Node>::all(&client, node),
             watcher::Config::default(),
             move |_| all.list().iter().map(|o| o.object_ref()).collect(),
         )
         .watches(
-            Api::all(&client, lb),
+            Api::<LoadBalancer>::all(&client, lb),
             watcher::Config::default(),
             move |_| all_too.list().iter().map(|o| o.object_ref()).collect(),
         );
@@ -113,8 +114,8 @@ pub async fn run(
     controller.run(reconcile, ctx, shutdown).await;
 }
 
-async fn reconcile(lb: Arc<Value>, ctx: Arc<Context>) -> Result<Action, ClientError> {
-    if lb.is_deleting() || lb["spec"]["subnet"].is_string() {
+async fn reconcile(lb: Arc<LoadBalancer>, ctx: Arc<Context>) -> Result<Action, ClientError> {
+    if lb.is_deleting() || lb.spec.subnet.is_some() {
         return Ok(Action::await_change());
     }
     let nodes = ctx.nodes.list();
@@ -126,16 +127,13 @@ async fn reconcile(lb: Arc<Value>, ctx: Arc<Context>) -> Result<Action, ClientEr
     let Some(placement) = placements.get(lb.uid()) else {
         return Ok(Action::await_change());
     };
-    let mut status = lb["status"].clone();
-    if !status.is_object() {
-        status = json!({});
-    }
+    let mut status = lb.status.clone().unwrap_or_default();
     let now = keel_schemas::time::now_rfc3339();
     let (condition, event) = match placement {
         Placement::Placed { vip, node } => {
-            status["vip"] = json!(vip.to_string());
-            let moved = status["nodeName"].as_str() != Some(node.as_str());
-            status["nodeName"] = json!(node);
+            status.vip = Some(vip.to_string());
+            let moved = status.node_name.as_deref() != Some(node.as_str());
+            status.node_name = Some(node.clone());
             let message = format!("served at {vip} by node {node}");
             let event = moved.then(|| (EventType::Normal, "Scheduled", message.clone()));
             (("True", "Scheduled", message), event)
@@ -145,23 +143,18 @@ async fn reconcile(lb: Arc<Value>, ctx: Arc<Context>) -> Result<Action, ClientEr
             reason,
             message,
         } => {
-            match vip {
-                Some(vip) => status["vip"] = json!(vip.to_string()),
-                None => remove(&mut status, "vip"),
-            }
-            remove(&mut status, "nodeName");
-            let was = condition_status(&lb, "Accepted") != Some("False")
-                || lb["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "Accepted" && c["reason"] != *reason);
+            status.vip = vip.map(|vip| vip.to_string());
+            status.node_name = None;
+            let accepted = status.conditions.iter().find(|c| c.type_ == "Accepted");
+            let was = accepted.is_none_or(|c| {
+                c.status != ConditionStatus::False || c.reason.as_deref() != Some(*reason)
+            });
             let event = was.then(|| (EventType::Warning, *reason, message.clone()));
             (("False", *reason, message.clone()), event)
         }
     };
-    set_condition(
-        &mut status,
+    set_typed_condition(
+        &mut status.conditions,
         &Condition {
             type_: "Accepted",
             status: condition.0,
@@ -176,15 +169,16 @@ async fn reconcile(lb: Arc<Value>, ctx: Arc<Context>) -> Result<Action, ClientEr
         Placement::Placed { .. } => Action::await_change(),
         Placement::Refused { .. } => Action::requeue(Duration::from_secs(2)),
     };
-    if status == lb["status"] {
+    if lb.status.as_ref() == Some(&status) {
         return Ok(next);
     }
     let Some(kind) = keel_schemas::lookup("loadbalancers") else {
         return Ok(Action::await_change());
     };
-    let api: Api<Value> = Api::namespaced(&ctx.client, kind, lb.namespace().unwrap_or("default"));
+    let api: Api<LoadBalancer> =
+        Api::namespaced(&ctx.client, kind, lb.namespace().unwrap_or("default"));
     let mut updated = (*lb).clone();
-    updated["status"] = status;
+    updated.status = Some(status);
     match api.update_status(&updated).await {
         Ok(_) => {}
         // Changed meanwhile: the watch brings the new version and another pass.
@@ -199,62 +193,42 @@ async fn reconcile(lb: Arc<Value>, ctx: Arc<Context>) -> Result<Action, ClientEr
     Ok(next)
 }
 
-fn remove(status: &mut Value, field: &str) {
-    if let Some(s) = status.as_object_mut() {
-        s.remove(field);
-    }
-}
-
 /// Where every proxy-served LoadBalancer of `balancers` stands, by uid: a pure function of
 /// the objects, the nodes and the VIP pool.
 pub fn place(
-    balancers: &[Arc<Value>],
-    nodes: &[Arc<Value>],
+    balancers: &[Arc<LoadBalancer>],
+    nodes: &[Arc<Node>],
     pool: Option<&str>,
 ) -> BTreeMap<String, Placement> {
     let mut out = BTreeMap::new();
-    let mut live: Vec<(&Value, LoadBalancerSpec)> = Vec::new();
-    for lb in balancers {
-        if lb.is_deleting() || lb["spec"]["subnet"].is_string() {
-            continue;
-        }
-        match serde_json::from_value::<LoadBalancerSpec>(lb["spec"].clone()) {
-            Ok(spec) => live.push((lb.as_ref(), spec)),
-            Err(e) => {
-                out.insert(
-                    lb.uid().to_string(),
-                    Placement::Refused {
-                        vip: None,
-                        reason: "InvalidSpec",
-                        message: format!("the spec cannot be read: {e}"),
-                    },
-                );
-            }
-        }
-    }
+    let mut live: Vec<&LoadBalancer> = balancers
+        .iter()
+        .map(|lb| lb.as_ref())
+        .filter(|lb| !lb.is_deleting() && lb.spec.subnet.is_none())
+        .collect();
     // Oldest first. Creation times have whole seconds: within one, the one already served
     // keeps what it has, so that a newcomer never takes its port.
-    let order = |o: &Value| {
+    let order = |o: &LoadBalancer| {
+        let conditions = o.status.as_ref().map_or(&[][..], |s| &s.conditions);
         (
-            o["metadata"]["creationTimestamp"]
-                .as_str()
-                .unwrap_or("")
-                .to_string(),
-            condition_status(o, "Accepted") != Some("True"),
+            o.creation_timestamp().to_string(),
+            typed_condition_status(conditions, "Accepted") != Some("True"),
             o.uid().to_string(),
         )
     };
-    live.sort_by_key(|(o, _)| order(o));
+    live.sort_by_key(|o| order(o));
     let vips = vips(&live, pool);
     // Ports taken on each VIP, and the node of each VIP, in creation order.
     let mut ports: BTreeMap<(IpAddr, ListenerProtocol, u16), String> = BTreeMap::new();
     let mut vip_nodes: BTreeMap<IpAddr, String> = BTreeMap::new();
     let mut load: BTreeMap<String, usize> = BTreeMap::new();
-    let eligible = |n: &Value| {
-        n["metadata"]["annotations"][LOAD_BALANCER_ANNOTATION].as_str() == Some("true")
-            && condition_status(n, "Ready") == Some("True")
+    let eligible = |n: &Node| {
+        let conditions = n.status.as_ref().map_or(&[][..], |s| &s.conditions);
+        n.annotation(LOAD_BALANCER_ANNOTATION) == Some("true")
+            && typed_condition_status(conditions, "Ready") == Some("True")
     };
-    for (lb, spec) in &live {
+    for lb in &live {
+        let spec = &lb.spec;
         let vip = match vips.get(lb.uid()) {
             Some(Ok(vip)) => *vip,
             Some(Err((reason, message))) => {
@@ -293,8 +267,10 @@ pub fn place(
         let node = match vip_nodes.get(&vip) {
             Some(node) => node.clone(),
             None => {
-                let current = lb["status"]["nodeName"]
-                    .as_str()
+                let current = lb
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_deref())
                     .filter(|c| nodes.iter().any(|n| n.name() == *c && eligible(n)));
                 let chosen = current.map(str::to_string).or_else(|| {
                     nodes
@@ -329,13 +305,14 @@ pub fn place(
 
 /// The VIP of each LoadBalancer (in creation order): its own, or one of the pool's.
 fn vips(
-    live: &[(&Value, LoadBalancerSpec)],
+    live: &[&LoadBalancer],
     pool: Option<&str>,
 ) -> BTreeMap<String, Result<IpAddr, (&'static str, String)>> {
     let mut out = BTreeMap::new();
     let mut wanting = Vec::new();
     let mut fixed = Vec::new();
-    for (lb, spec) in live {
+    for lb in live {
+        let spec = &lb.spec;
         match spec.vip.as_deref().map(str::parse::<IpAddr>) {
             Some(Ok(vip)) => {
                 fixed.push(vip.to_string());
@@ -370,12 +347,7 @@ fn vips(
     };
     let current: BTreeMap<String, String> = wanting
         .iter()
-        .filter_map(|lb| {
-            Some((
-                lb["status"]["vip"].as_str()?.to_string(),
-                lb.uid().to_string(),
-            ))
-        })
+        .filter_map(|lb| Some((lb.status.as_ref()?.vip.clone()?, lb.uid().to_string())))
         .filter(|(ip, _)| !fixed.contains(ip))
         .collect();
     let claims: Vec<ipam::Claim> = wanting

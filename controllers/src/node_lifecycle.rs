@@ -19,12 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keel_client::{Api, Client, ClientError};
-use serde_json::Value;
+use keel_schemas::kinds::compute::{RunStrategy, VirtualMachine, VirtualMachinePhase};
+use keel_schemas::kinds::core::{Lease, Node};
 use tokio::sync::watch;
 
 use keel_runtime::{
     Action, Condition, Controller, EventType, ObjectExt, ObjectRef, Recorder, Store,
-    condition_status, set_condition, watcher,
+    set_typed_condition, typed_condition_status, watcher,
 };
 use keel_schemas::wellknown::{DNS_SYNCED, NODE_LEASE_NAMESPACE, VM_HOST_FINALIZER};
 
@@ -40,10 +41,10 @@ pub struct NodeLifecycleConfig {
 
 /// What the controller's reconciles share.
 struct Context {
-    nodes: Api<Value>,
-    vms: Store,
+    nodes: Api<Node>,
+    vms: Store<VirtualMachine>,
     vm_kind: &'static keel_schemas::Kind,
-    leases: Store,
+    leases: Store<Lease>,
     config: NodeLifecycleConfig,
     recorder: Recorder,
     /// Node -> (the Lease's renewTime, when this controller saw it change).
@@ -78,18 +79,18 @@ pub async fn run(
     };
     let controller = Controller::new(
         "node-lifecycle",
-        Api::all(&client, node_kind),
+        Api::<Node>::all(&client, node_kind),
         watcher::Config::default(),
     )
     .watches(
-        Api::namespaced(&client, lease_kind, NODE_LEASE_NAMESPACE),
+        Api::<Lease>::namespaced(&client, lease_kind, NODE_LEASE_NAMESPACE),
         watcher::Config::default(),
-        |lease| vec![ObjectRef::new(None, lease.name())],
+        |lease: &Lease| vec![ObjectRef::new(None, lease.name())],
     )
     .watches(
-        Api::all(&client, vm_kind),
+        Api::<VirtualMachine>::all(&client, vm_kind),
         watcher::Config::default(),
-        |_| Vec::new(),
+        |_: &VirtualMachine| Vec::new(),
     );
     let (Some(leases), Some(vms)) = (
         controller.store_of("Lease"),
@@ -109,19 +110,17 @@ pub async fn run(
     controller.run(reconcile, ctx, shutdown).await;
 }
 
-async fn reconcile(node: Arc<Value>, ctx: Arc<Context>) -> Result<Action, ClientError> {
+async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, ClientError> {
     let name = node.name().to_string();
     let lease = ctx
         .leases
         .get(&ObjectRef::new(Some(NODE_LEASE_NAMESPACE), &name));
-    let renew_time = lease
-        .as_ref()
-        .and_then(|l| l["spec"]["renewTime"].as_str().map(str::to_string))
-        .unwrap_or_default();
+    let spec = lease.as_ref().and_then(|l| l.spec.as_ref());
+    let renew_time = spec.and_then(|s| s.renew_time.clone()).unwrap_or_default();
     // The agent fences after its Lease's duration: never judge a node sooner than that.
-    let declared = lease
-        .as_ref()
-        .and_then(|l| l["spec"]["leaseDurationSeconds"].as_u64())
+    let declared = spec
+        .and_then(|s| s.lease_duration_seconds)
+        .and_then(|s| u64::try_from(s).ok())
         .map_or(Duration::ZERO, Duration::from_secs);
     let stale_for = {
         let mut observed = ctx.observed.lock().unwrap_or_else(|e| e.into_inner());
@@ -139,7 +138,7 @@ async fn reconcile(node: Arc<Value>, ctx: Arc<Context>) -> Result<Action, Client
             grace - stale_for + Duration::from_millis(100),
         ));
     }
-    if condition_status(&node, "Ready") != Some("Unknown") {
+    if node_condition(&node, "Ready") != Some("Unknown") {
         mark_unknown(&node, &renew_time, &ctx).await?;
     }
     let evict_at = grace + ctx.config.eviction_timeout;
@@ -157,28 +156,29 @@ async fn reconcile(node: Arc<Value>, ctx: Arc<Context>) -> Result<Action, Client
 
 /// Sets `Ready=Unknown` on a node whose Lease is stale, as Kubernetes does, and
 /// `DNSZonesSynced=Unknown` on a DNS server's.
-async fn mark_unknown(node: &Value, renew_time: &str, ctx: &Context) -> Result<(), ClientError> {
+async fn mark_unknown(node: &Node, renew_time: &str, ctx: &Context) -> Result<(), ClientError> {
     let mut updated = node.clone();
+    let conditions = &mut updated.status.get_or_insert_default().conditions;
     let message = if renew_time.is_empty() {
         "the node's agent has not renewed its lease".to_string()
     } else {
         format!("the node's agent stopped renewing its lease (last renewal {renew_time})")
     };
-    set_condition(
-        &mut updated["status"],
+    set_typed_condition(
+        conditions,
         &Condition::ready("Unknown", "NodeStatusUnknown", &message),
         &keel_schemas::time::now_rfc3339(),
     );
     // A DNS server cut off from the API answers from the zone data it last had: say that
     // its data may be stale (the agent says Synced again once it is back).
-    if condition_status(node, DNS_SYNCED).is_some() {
+    if node_condition(node, DNS_SYNCED).is_some() {
         let since = if renew_time.is_empty() {
             "its start"
         } else {
             renew_time
         };
-        set_condition(
-            &mut updated["status"],
+        set_typed_condition(
+            conditions,
             &Condition {
                 type_: DNS_SYNCED,
                 status: "Unknown",
@@ -210,8 +210,8 @@ async fn mark_unknown(node: &Value, renew_time: &str, ctx: &Context) -> Result<(
 
 /// Unbinds a VM of a lost node so that the scheduler places it again, when its spec allows a
 /// restart elsewhere; otherwise says why it waits.
-async fn evict(vm: &Value, node: &str, ctx: &Context) -> Result<(), ClientError> {
-    let api: Api<Value> = Api::namespaced(
+async fn evict(vm: &VirtualMachine, node: &str, ctx: &Context) -> Result<(), ClientError> {
+    let api: Api<VirtualMachine> = Api::namespaced(
         ctx.nodes.client(),
         ctx.vm_kind,
         vm.namespace().unwrap_or("default"),
@@ -221,17 +221,16 @@ async fn evict(vm: &Value, node: &str, ctx: &Context) -> Result<(), ClientError>
     }
     let now = keel_schemas::time::now_rfc3339();
     let mut updated = vm.clone();
+    let status = updated.status.get_or_insert_default();
     let (type_, reason, message) = match why_not_movable(vm) {
         None => {
-            if let Some(status) = updated["status"].as_object_mut() {
-                status.remove("nodeName");
-                status.insert("phase".into(), Value::String("Pending".into()));
-            }
+            status.node_name = None;
+            status.phase = Some(VirtualMachinePhase::Pending);
             let message = format!(
                 "node {node} stopped renewing its lease; its agent has fenced the VM, rescheduling"
             );
-            set_condition(
-                &mut updated["status"],
+            set_typed_condition(
+                &mut status.conditions,
                 &Condition {
                     type_: "Scheduled",
                     status: "False",
@@ -245,9 +244,9 @@ async fn evict(vm: &Value, node: &str, ctx: &Context) -> Result<(), ClientError>
         Some(why) => {
             let message =
                 format!("node {node} stopped renewing its lease; the VM waits for it: {why}");
-            updated["status"]["phase"] = Value::String("Unknown".into());
-            let changed = set_condition(
-                &mut updated["status"],
+            let was = status.phase.replace(VirtualMachinePhase::Unknown);
+            let changed = set_typed_condition(
+                &mut status.conditions,
                 &Condition {
                     type_: "NodeLost",
                     status: "True",
@@ -256,7 +255,7 @@ async fn evict(vm: &Value, node: &str, ctx: &Context) -> Result<(), ClientError>
                 },
                 &now,
             );
-            if !changed && vm["status"]["phase"].as_str() == Some("Unknown") {
+            if !changed && was == Some(VirtualMachinePhase::Unknown) {
                 return Ok(());
             }
             ("NodeLost", "NotMovable", message)
@@ -278,14 +277,11 @@ async fn evict(vm: &Value, node: &str, ctx: &Context) -> Result<(), ClientError>
 /// removes its files when it returns (they are no longer bound to it), so its finalizer
 /// need not wait for it — as Kubernetes lets pods of a lost node be deleted.
 async fn release_host_finalizer(
-    vm: &Value,
+    vm: &VirtualMachine,
     node: &str,
-    api: &Api<Value>,
+    api: &Api<VirtualMachine>,
 ) -> Result<(), ClientError> {
-    let Some(index) = vm["metadata"]["finalizers"]
-        .as_array()
-        .and_then(|f| f.iter().position(|x| x.as_str() == Some(VM_HOST_FINALIZER)))
-    else {
+    let Some(index) = vm.finalizers().iter().position(|f| *f == VM_HOST_FINALIZER) else {
         return Ok(());
     };
     let ops = serde_json::json!([
@@ -302,24 +298,26 @@ async fn release_host_finalizer(
     }
 }
 
+/// The status of a Node's condition `type_`.
+fn node_condition<'a>(node: &'a Node, type_: &str) -> Option<&'a str> {
+    typed_condition_status(&node.status.as_ref()?.conditions, type_)
+}
+
 /// Why a VM of a lost node may not restart elsewhere (`None`: it may).
-pub fn why_not_movable(vm: &Value) -> Option<String> {
-    let strategy = vm["spec"]["runStrategy"].as_str().unwrap_or("Always");
-    if strategy != "Always" {
-        return Some(format!("its runStrategy is {strategy}, not Always"));
+pub fn why_not_movable(vm: &VirtualMachine) -> Option<String> {
+    let strategy = vm.spec.run_strategy.unwrap_or(RunStrategy::Always);
+    if strategy != RunStrategy::Always {
+        return Some(format!("its runStrategy is {strategy:?}, not Always"));
     }
-    if vm["spec"]["nodeName"]
-        .as_str()
-        .is_some_and(|n| !n.is_empty())
-    {
+    if vm.spec.node_name.as_deref().is_some_and(|n| !n.is_empty()) {
         return Some("it is pinned to the node by spec.nodeName".to_string());
     }
-    let kept: Vec<&str> = vm["spec"]["disks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|d| d["disposable"].as_bool() != Some(true))
-        .map(|d| d["name"].as_str().unwrap_or("?"))
+    let kept: Vec<&str> = vm
+        .spec
+        .disks
+        .iter()
+        .filter(|d| d.disposable != Some(true))
+        .map(|d| d.name.as_str())
         .collect();
     (!kept.is_empty()).then(|| {
         format!(
@@ -332,27 +330,44 @@ pub fn why_not_movable(vm: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use keel_runtime::Resource;
+    use serde_json::{Value, json};
+
+    fn vm(spec: Value) -> VirtualMachine {
+        let mut object = json!({
+            "apiVersion": "keel.dev/v1alpha1", "kind": "VirtualMachine",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"cpu": 1, "memory": "1Gi"},
+        });
+        for (k, v) in spec.as_object().unwrap() {
+            object["spec"][k] = v.clone();
+        }
+        VirtualMachine::decode(object).unwrap()
+    }
 
     #[test]
     fn only_always_vms_with_disposable_disks_move() {
-        let vm = |strategy: &str, disks: Value| json!({"spec": {"runStrategy": strategy, "disks": disks}});
-        assert_eq!(why_not_movable(&vm("Always", json!([]))), None);
+        let with =
+            |strategy: &str, disks: Value| vm(json!({"runStrategy": strategy, "disks": disks}));
+        assert_eq!(why_not_movable(&with("Always", json!([]))), None);
         assert_eq!(
-            why_not_movable(&vm("Always", json!([{"name": "root", "disposable": true}]))),
+            why_not_movable(&with(
+                "Always",
+                json!([{"name": "root", "disposable": true}])
+            )),
             None
         );
-        let why = why_not_movable(&vm(
+        let why = why_not_movable(&with(
             "Always",
             json!([{"name": "root", "disposable": true}, {"name": "data"}]),
         ));
         assert!(why.unwrap().contains("data"));
         assert!(
-            why_not_movable(&vm("Manual", json!([])))
+            why_not_movable(&with("Manual", json!([])))
                 .unwrap()
                 .contains("Manual")
         );
-        assert!(why_not_movable(&json!({"spec": {"nodeName": "n1"}})).is_some());
-        assert_eq!(why_not_movable(&json!({"spec": {}})), None);
+        assert!(why_not_movable(&vm(json!({"nodeName": "n1"}))).is_some());
+        assert_eq!(why_not_movable(&vm(json!({}))), None);
     }
 }

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use keel_client::api::ListParams;
 use keel_client::{Api, Client, ClientError};
+use keel_schemas::kinds::Quantity;
+use keel_schemas::kinds::core::{ResourceQuota, ResourceQuotaStatus};
 use keel_schemas::quota;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use tokio::sync::watch;
 
 use keel_runtime::{Action, Controller, ObjectExt, watcher};
@@ -30,7 +32,7 @@ pub async fn run(client: Client, shutdown: watch::Receiver<bool>) {
     };
     let controller = Controller::new(
         "resourcequotas",
-        Api::all(&client, kind),
+        Api::<ResourceQuota>::all(&client, kind),
         watcher::Config::default(),
     )
     .resync(RESYNC);
@@ -40,26 +42,18 @@ pub async fn run(client: Client, shutdown: watch::Receiver<bool>) {
     controller.run(reconcile, ctx, shutdown).await;
 }
 
-async fn reconcile(quota_object: Arc<Value>, ctx: Arc<Context>) -> Result<Action, ClientError> {
+async fn reconcile(
+    quota_object: Arc<ResourceQuota>,
+    ctx: Arc<Context>,
+) -> Result<Action, ClientError> {
     let (Some(ns), Some(kind)) = (
         quota_object.namespace(),
         keel_schemas::lookup("resourcequotas"),
     ) else {
         return Ok(Action::await_change());
     };
-    let hard: BTreeMap<String, String> = quota_object["spec"]["hard"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter_map(|(k, v)| {
-            let text = v
-                .as_str()
-                .map(str::to_string)
-                .or(v.as_u64().map(|n| n.to_string()))?;
-            Some((k.clone(), text))
-        })
-        .collect();
-    let mut used = Map::new();
+    let hard = &quota_object.spec.hard;
+    let mut used = BTreeMap::new();
     let mut listed: BTreeMap<&'static str, Vec<Value>> = BTreeMap::new();
     for resource in hard.keys() {
         let mut total = 0u128;
@@ -75,14 +69,17 @@ async fn reconcile(quota_object: Arc<Value>, ctx: Arc<Context>) -> Result<Action
         }
         used.insert(
             resource.clone(),
-            json!(quota::format_amount(resource, total)),
+            Quantity(quota::format_amount(resource, total)),
         );
     }
-    let status = json!({"hard": hard, "used": used});
-    if quota_object["status"] != status {
+    let status = ResourceQuotaStatus {
+        hard: hard.clone(),
+        used,
+    };
+    if quota_object.status.as_ref() != Some(&status) {
         let mut next = (*quota_object).clone();
-        next["status"] = status;
-        match Api::<Value>::namespaced(&ctx.client, kind, ns)
+        next.status = Some(status);
+        match Api::<ResourceQuota>::namespaced(&ctx.client, kind, ns)
             .update_status(&next)
             .await
         {

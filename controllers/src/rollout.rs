@@ -4,8 +4,10 @@
 //! of the last healthy revision by itself, says so in the object's `RolledBack` condition and
 //! in a Warning Event, and never applies the failing spec again.
 //!
-//! One controller runs per rollable kind ([`ROLLABLES`]); they share [`reconcile`], which
-//! reads the object and its revisions, asks the pure [`step`] what to do next, and does it.
+//! One controller runs per rollable kind (each a [`Rollable`]: LoadBalancer, Zone,
+//! VirtualMachine); they share [`reconcile`], which reads the typed object and its typed
+//! revisions, asks the pure [`step`] what to do next, and does it. A revision records the
+//! spec as JSON, so that one Revision kind holds the history of every rollable kind.
 //! A rollback changes the object's spec, which the next pass records as a new revision with
 //! `rollbackOf` naming the revision it restores: history only grows, as a Deployment's
 //! ReplicaSets do.
@@ -22,16 +24,26 @@
 //! it turns `False` (reason `RolloutSucceeded`) once a later change that is not a rollback
 //! becomes healthy — Kubernetes keeps conditions with a status rather than removing them.
 
+use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
 use keel_client::{Api, Client, ClientError, DeleteParams, Patch};
-use serde_json::{Value, json};
+use keel_schemas::kinds::compute::VirtualMachine;
+use keel_schemas::kinds::dns::Zone;
+use keel_schemas::kinds::gitops::{
+    Revision, RevisionPhase, RevisionSpec, RevisionStatus, RevisionTarget,
+};
+use keel_schemas::kinds::network::LoadBalancer;
+use keel_schemas::kinds::{Condition as Entry, ConditionStatus, ObjectMeta, OwnerReference};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
 use keel_runtime::{
-    Action, Condition, Controller, EventType, ObjectExt, Recorder, Store, condition,
-    condition_status, set_condition, watcher,
+    Action, Condition, ConditionEntry, Controller, EventType, ObjectExt, Recorder, Resource, Store,
+    set_typed_condition, typed_condition_status, watcher,
 };
 use keel_schemas::wellknown::{LAST_GOOD_ANNOTATION, RESTORE_SNAPSHOT_ANNOTATION};
 
@@ -42,22 +54,48 @@ pub const ROLLED_BACK: &str = "RolledBack";
 /// The reason of a revision that was not healthy in time.
 pub const DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
 
-/// A kind whose spec changes roll out with a health gate.
-#[derive(Debug)]
-pub struct Rollable {
+/// A kind whose spec changes roll out with a health gate: what the rollout controller reads
+/// and writes of it.
+pub trait Rollable: Resource + Clone + Debug + Serialize + DeserializeOwned {
     /// The resource (`loadbalancers`).
-    pub plural: &'static str,
-    /// The kind (`LoadBalancer`).
-    pub kind: &'static str,
+    const PLURAL: &'static str;
     /// `spec.progressDeadlineSeconds` when unset.
-    pub default_deadline: u64,
+    const DEFAULT_DEADLINE: u64;
+    /// Whether its node keeps a rollback point of its data (`status.snapshot`).
+    const SNAPSHOTS: bool = false;
+
+    /// The spec as JSON: what a revision records, and compares.
+    fn spec_json(&self) -> Map<String, Value>;
+    /// The object with the recorded `spec` in place of its own.
+    fn with_spec(&self, spec: &Map<String, Value>) -> Result<Self, serde_json::Error>;
+    /// `spec.progressDeadlineSeconds`.
+    fn progress_deadline(&self) -> Option<u32>;
+    /// `spec.revisionHistoryLimit`.
+    fn history_limit(&self) -> Option<u32>;
+    /// `metadata`, to set an annotation.
+    fn metadata_mut(&mut self) -> &mut ObjectMeta;
+    /// `status.conditions`.
+    fn conditions(&self) -> &[Entry];
+    /// `status.conditions`, to set one (the status is made if missing).
+    fn conditions_mut(&mut self) -> &mut Vec<Entry>;
+    /// `status.observedGeneration`.
+    fn observed_generation(&self) -> Option<i64>;
+
     /// Whether the object is healthy, and what its `Ready` condition says.
-    pub health: fn(&Value) -> Health,
+    fn health(&self) -> Health {
+        ready_at_generation(self)
+    }
+
     /// Seconds after a change before a healthy reading counts: long enough for what reports
     /// health to have judged the new spec rather than the old one.
-    pub settle: fn(&Value) -> u64,
-    /// Whether its node keeps a rollback point of its data (`status.snapshot`).
-    pub snapshots: bool,
+    fn settle(&self) -> u64 {
+        0
+    }
+
+    /// The rollback point of its data: the generation it was taken at, and its name.
+    fn snapshot(&self) -> Option<(i64, &str)> {
+        None
+    }
 }
 
 /// An object's health as the rollout controller reads it.
@@ -68,34 +106,6 @@ pub struct Health {
     /// Why not, or what its `Ready` condition says.
     pub message: String,
 }
-
-/// The rollable kinds.
-pub const ROLLABLES: [Rollable; 3] = [
-    Rollable {
-        plural: "loadbalancers",
-        kind: "LoadBalancer",
-        default_deadline: 120,
-        health: ready_at_generation,
-        settle: load_balancer_settle,
-        snapshots: false,
-    },
-    Rollable {
-        plural: "zones",
-        kind: "Zone",
-        default_deadline: 60,
-        health: ready_at_generation,
-        settle: no_settle,
-        snapshots: false,
-    },
-    Rollable {
-        plural: "virtualmachines",
-        kind: "VirtualMachine",
-        default_deadline: 600,
-        health: vm_health,
-        settle: no_settle,
-        snapshots: true,
-    },
-];
 
 /// What one pass does: the next step of an object's rollout.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,7 +140,7 @@ pub enum Step {
         /// The restored revision's number.
         to: u64,
         /// The restored spec.
-        spec: Value,
+        spec: Map<String, Value>,
         /// The rollback point to restore with it (stateful kinds).
         snapshot: Option<String>,
         /// What the object's condition, its Event and the revision say.
@@ -152,86 +162,181 @@ pub enum Step {
 /// What reconciles share.
 struct Context {
     client: Client,
-    rollable: &'static Rollable,
-    revisions: Store,
+    revisions: Store<Revision>,
     recorder: Recorder,
+}
+
+// === impl Rollable ===
+
+/// The parts every rollable kind reads the same way.
+macro_rules! rollable_fields {
+    () => {
+        fn spec_json(&self) -> Map<String, Value> {
+            match serde_json::to_value(&self.spec) {
+                Ok(Value::Object(map)) => map,
+                _ => Map::new(),
+            }
+        }
+
+        fn with_spec(&self, spec: &Map<String, Value>) -> Result<Self, serde_json::Error> {
+            let mut restored = self.clone();
+            restored.spec = serde_json::from_value(Value::Object(spec.clone()))?;
+            Ok(restored)
+        }
+
+        fn progress_deadline(&self) -> Option<u32> {
+            self.spec.progress_deadline_seconds
+        }
+
+        fn history_limit(&self) -> Option<u32> {
+            self.spec.revision_history_limit
+        }
+
+        fn metadata_mut(&mut self) -> &mut ObjectMeta {
+            &mut self.metadata
+        }
+
+        fn conditions(&self) -> &[Entry] {
+            self.status.as_ref().map_or(&[], |s| &s.conditions)
+        }
+
+        fn conditions_mut(&mut self) -> &mut Vec<Entry> {
+            &mut self.status.get_or_insert_default().conditions
+        }
+
+        fn observed_generation(&self) -> Option<i64> {
+            self.status.as_ref()?.observed_generation
+        }
+    };
+}
+
+impl Rollable for LoadBalancer {
+    const PLURAL: &'static str = "loadbalancers";
+    const DEFAULT_DEADLINE: u64 = 120;
+
+    rollable_fields!();
+
+    /// A load balancer's backends keep their health across a change of the health check,
+    /// so a new check must have run long enough to take a passing backend down:
+    /// `unhealthyThreshold` intervals and a timeout.
+    fn settle(&self) -> u64 {
+        let check = self.spec.health_check.clone().unwrap_or_default();
+        let interval = u64::from(check.interval_seconds.unwrap_or(5));
+        let timeout = u64::from(check.timeout_seconds.unwrap_or(2));
+        let fall = u64::from(check.unhealthy_threshold.unwrap_or(3));
+        interval * fall + timeout + 1
+    }
+}
+
+/// The zone controller resets `Ready` when it observes a new generation (a new spec gets a
+/// new serial, `Propagating` until every DNS server serves it): no settle time.
+impl Rollable for Zone {
+    const PLURAL: &'static str = "zones";
+    const DEFAULT_DEADLINE: u64 = 60;
+
+    rollable_fields!();
+}
+
+impl Rollable for VirtualMachine {
+    const PLURAL: &'static str = "virtualmachines";
+    const DEFAULT_DEADLINE: u64 = 600;
+    const SNAPSHOTS: bool = true;
+
+    rollable_fields!();
+
+    /// Healthy at its generation when, besides [`ready_at_generation`], the guest runs that
+    /// spec: while the agent restarts it to apply a change (`RestartRequired=True`), the
+    /// Ready condition still describes the old guest.
+    fn health(&self) -> Health {
+        let restart = self
+            .conditions()
+            .iter()
+            .find(|c| c.type_ == "RestartRequired");
+        match restart {
+            Some(c) if c.status == ConditionStatus::True => Health {
+                healthy: false,
+                message: c
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| "the guest has not restarted with the change yet".into()),
+            },
+            _ => ready_at_generation(self),
+        }
+    }
+
+    fn snapshot(&self) -> Option<(i64, &str)> {
+        let snapshot = self.status.as_ref()?.snapshot.as_ref()?;
+        Some((snapshot.generation, &snapshot.name))
+    }
 }
 
 /// Runs one rollout controller per rollable kind until `shutdown` turns true.
 pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<bool>) {
-    let mut controllers = tokio::task::JoinSet::new();
-    for rollable in &ROLLABLES {
-        controllers.spawn(run_kind(
-            client.clone(),
-            instance.clone(),
-            rollable,
-            shutdown.clone(),
-        ));
-    }
-    while controllers.join_next().await.is_some() {}
+    tokio::join!(
+        run_kind::<LoadBalancer>(client.clone(), instance.clone(), shutdown.clone()),
+        run_kind::<Zone>(client.clone(), instance.clone(), shutdown.clone()),
+        run_kind::<VirtualMachine>(client, instance, shutdown),
+    );
 }
 
-async fn run_kind(
-    client: Client,
-    instance: String,
-    rollable: &'static Rollable,
-    shutdown: watch::Receiver<bool>,
-) {
+async fn run_kind<R: Rollable>(client: Client, instance: String, shutdown: watch::Receiver<bool>) {
     let (Some(kind), Some(revision)) = (
-        keel_schemas::lookup(rollable.plural),
+        keel_schemas::lookup(R::PLURAL),
         keel_schemas::lookup("revisions"),
     ) else {
         return;
     };
     let controller = Controller::new(
-        &format!("rollout-{}", rollable.plural),
-        Api::all(&client, kind),
+        &format!("rollout-{}", R::PLURAL),
+        Api::<R>::all(&client, kind),
         watcher::Config::default(),
     )
-    .owns(Api::all(&client, revision), watcher::Config::default())
+    .owns(
+        Api::<Revision>::all(&client, revision),
+        watcher::Config::default(),
+    )
     .resync(Duration::from_secs(60));
     let ctx = Arc::new(Context {
         client: client.clone(),
-        rollable,
         revisions: controller.store_of("Revision").unwrap_or_default(),
         recorder: Recorder::new(&client, "keel-rollout", &instance),
     });
-    controller.run(reconcile, ctx, shutdown).await;
+    controller.run(reconcile::<R>, ctx, shutdown).await;
 }
 
-async fn reconcile(object: Arc<Value>, ctx: Arc<Context>) -> Result<Action, ClientError> {
+async fn reconcile<R: Rollable>(object: Arc<R>, ctx: Arc<Context>) -> Result<Action, ClientError> {
     if object.is_deleting() {
         return Ok(Action::await_change());
     }
-    let mut revisions: Vec<Value> = ctx
+    let mut revisions: Vec<Revision> = ctx
         .revisions
         .owned_by(object.uid())
         .iter()
-        .map(|r| (**r).clone())
         .filter(|r| r.namespace() == object.namespace())
+        .map(|r| (**r).clone())
         .collect();
     revisions.sort_by_key(number);
-    if ctx.rollable.snapshots
-        && let Err(e) = note_snapshot(&ctx, &object, &mut revisions).await
+    if R::SNAPSHOTS
+        && let Err(e) = note_snapshot(&ctx, &*object, &mut revisions).await
     {
         // A note for the history: it never holds up a rollback.
         tracing::warn!(object = %object.object_ref(), error = %e, "cannot note the rollback point in the revision");
     }
     let now = keel_schemas::time::now_secs();
-    let step = step(ctx.rollable, &object, &revisions, now);
-    tracing::debug!(kind = ctx.rollable.kind, object = %object.object_ref(), ?step, "rollout step");
-    let action = act(&ctx, &object, &revisions, step).await?;
-    trim(&ctx, &object, &revisions).await?;
+    let step = step(&*object, &revisions, now);
+    tracing::debug!(kind = object.kind(), object = %object.object_ref(), ?step, "rollout step");
+    let action = act(&ctx, &*object, &revisions, step).await?;
+    trim(&ctx, &*object, &revisions).await?;
     Ok(action)
 }
 
 /// The next step of `object`'s rollout, given its `revisions` (ordered by number) at `now`
 /// (seconds since the epoch).
-pub fn step(rollable: &Rollable, object: &Value, revisions: &[Value], now: u64) -> Step {
-    let spec = &object["spec"];
-    let deadline_secs = object["spec"]["progressDeadlineSeconds"]
-        .as_u64()
-        .unwrap_or(rollable.default_deadline);
+pub fn step<R: Rollable>(object: &R, revisions: &[Revision], now: u64) -> Step {
+    let spec = object.spec_json();
+    let deadline_secs = object
+        .progress_deadline()
+        .map_or(R::DEFAULT_DEADLINE, u64::from);
     let Some(newest) = revisions.last() else {
         return Step::Record {
             number: 1,
@@ -240,14 +345,14 @@ pub fn step(rollable: &Rollable, object: &Value, revisions: &[Value], now: u64) 
             deadline: now + deadline_secs,
         };
     };
-    let progressing = phase(newest) == Some("Progressing") || phase(newest).is_none();
-    if newest["spec"]["spec"] != *spec {
+    let progressing = matches!(phase(newest), None | Some(RevisionPhase::Progressing));
+    if newest.spec.spec != spec {
         return Step::Record {
             number: number(newest) + 1,
             rollback_of: revisions
                 .iter()
                 .rev()
-                .find(|r| r["spec"]["spec"] == *spec)
+                .find(|r| r.spec.spec == spec)
                 .map(number),
             supersede: progressing.then(|| newest.name().to_string()),
             deadline: now + deadline_secs,
@@ -257,15 +362,17 @@ pub fn step(rollable: &Rollable, object: &Value, revisions: &[Value], now: u64) 
         return Step::Idle;
     }
     let created = created(newest);
-    let health = (rollable.health)(object);
-    let deadline = newest["status"]["deadline"]
-        .as_str()
+    let health = object.health();
+    let deadline = newest
+        .status
+        .as_ref()
+        .and_then(|s| s.deadline.as_deref())
         .and_then(keel_schemas::time::parse_rfc3339)
         .unwrap_or(created + deadline_secs);
-    let settled = (created + (rollable.settle)(spec)).min(deadline);
+    let settled = (created + object.settle()).min(deadline);
     if health.healthy && now >= settled {
-        let clears = newest["spec"]["rollbackOf"].is_null()
-            && condition_status(object, ROLLED_BACK) == Some("True");
+        let clears = newest.spec.rollback_of.is_none()
+            && typed_condition_status(object.conditions(), ROLLED_BACK) == Some("True");
         return Step::Healthy {
             revision: newest.name().to_string(),
             number: number(newest),
@@ -276,18 +383,17 @@ pub fn step(rollable: &Rollable, object: &Value, revisions: &[Value], now: u64) 
         let until = if health.healthy { settled } else { deadline };
         return Step::Wait(until.saturating_sub(now).max(1));
     }
-    if object["metadata"]["annotations"][PAUSED_ANNOTATION].as_str() == Some("true") {
+    if object.annotation(PAUSED_ANNOTATION) == Some("true") {
         return Step::Idle;
     }
     let waited = deadline.saturating_sub(created);
     let n = number(newest);
     match last_good(revisions, newest) {
         Some(good) => {
-            let snapshot = rollable
-                .snapshots
+            let snapshot = R::SNAPSHOTS
                 .then(|| rollback_point(object, newest, good))
                 .flatten();
-            let data = match (&snapshot, rollable.snapshots) {
+            let data = match (&snapshot, R::SNAPSHOTS) {
                 (Some(name), _) => format!("; the disks are restored to snapshot {name}"),
                 (None, true) => format!(
                     "; the disks keep their data: no snapshot holds revision {}'s state",
@@ -299,7 +405,7 @@ pub fn step(rollable: &Rollable, object: &Value, revisions: &[Value], now: u64) 
                 revision: newest.name().to_string(),
                 number: n,
                 to: number(good),
-                spec: good["spec"]["spec"].clone(),
+                spec: good.spec.spec.clone(),
                 snapshot,
                 message: format!(
                     "revision {n} was not healthy within {waited}s ({}); restored revision {}{data}",
@@ -319,35 +425,36 @@ pub fn step(rollable: &Rollable, object: &Value, revisions: &[Value], now: u64) 
 }
 
 /// The newest healthy revision before `newest` with another spec: what a rollback returns to.
-fn last_good<'a>(revisions: &'a [Value], newest: &Value) -> Option<&'a Value> {
+fn last_good<'a>(revisions: &'a [Revision], newest: &Revision) -> Option<&'a Revision> {
     revisions
         .iter()
         .rev()
         .filter(|r| number(r) < number(newest))
-        .find(|r| phase(r) == Some("Healthy") && r["spec"]["spec"] != newest["spec"]["spec"])
+        .find(|r| phase(r) == Some(RevisionPhase::Healthy) && r.spec.spec != newest.spec.spec)
 }
 
 /// The object's rollback point (`status.snapshot`) when it may stand for revision `good`'s
 /// state under revision `newest`: taken while the guest ran `good`'s generation or a later
 /// one, and before `newest` was applied. An older one would lose what `good` wrote.
-pub fn rollback_point(object: &Value, newest: &Value, good: &Value) -> Option<String> {
-    let snapshot = &object["status"]["snapshot"];
-    let taken = snapshot["generation"].as_i64()?;
-    let good_generation = good["spec"]["generation"].as_i64()?;
-    let newest_generation = newest["spec"]["generation"].as_i64()?;
-    (good_generation <= taken && taken < newest_generation)
-        .then(|| snapshot["name"].as_str().map(String::from))
-        .flatten()
+pub fn rollback_point<R: Rollable>(
+    object: &R,
+    newest: &Revision,
+    good: &Revision,
+) -> Option<String> {
+    let (taken, name) = object.snapshot()?;
+    let good_generation = good.spec.generation?;
+    let newest_generation = newest.spec.generation?;
+    (good_generation <= taken && taken < newest_generation).then(|| name.to_string())
 }
 
 /// The revisions to delete: the oldest beyond `limit`, never the newest nor the newest
 /// healthy one. `revisions` are ordered by number.
-pub fn to_trim(revisions: &[Value], limit: usize) -> Vec<String> {
+pub fn to_trim(revisions: &[Revision], limit: usize) -> Vec<String> {
     let newest = revisions.last().map(ObjectExt::name);
     let good = revisions
         .iter()
         .rev()
-        .find(|r| phase(r) == Some("Healthy"))
+        .find(|r| phase(r) == Some(RevisionPhase::Healthy))
         .map(ObjectExt::name);
     let mut excess = revisions.len().saturating_sub(limit.max(1));
     let mut out = Vec::new();
@@ -364,87 +471,50 @@ pub fn to_trim(revisions: &[Value], limit: usize) -> Vec<String> {
 }
 
 /// Health for kinds whose `Ready` condition speaks for the current generation.
-fn ready_at_generation(object: &Value) -> Health {
+pub fn ready_at_generation<R: Rollable>(object: &R) -> Health {
     let generation = object.generation();
-    let observed = object["status"]["observedGeneration"].as_i64();
-    let ready = condition(object, "Ready");
+    let ready = object.conditions().iter().find(|c| c.type_ == "Ready");
+    let status = ready.map(ConditionEntry::status);
     let message = ready
         .and_then(|c| {
-            let reason = c["reason"].as_str().unwrap_or_default();
-            let message = c["message"].as_str().unwrap_or_default();
+            let reason = c.reason.as_deref().unwrap_or_default();
+            let message = c.message.as_deref().unwrap_or_default();
             Some(match (reason, message) {
                 ("", "") => return None,
-                (r, "") => format!("Ready={}: {r}", c["status"].as_str()?),
+                (r, "") => format!("Ready={}: {r}", status?),
                 (_, m) => m.to_string(),
             })
         })
         .unwrap_or_else(|| "no Ready condition".to_string());
-    if observed != Some(generation) {
+    if object.observed_generation() != Some(generation) {
         return Health {
             healthy: false,
             message: format!("generation {generation} not observed yet; last: {message}"),
         };
     }
     Health {
-        healthy: ready.is_some_and(|c| c["status"] == "True"),
+        healthy: status == Some("True"),
         message,
     }
 }
 
-/// A VM is healthy at its generation when, besides [`ready_at_generation`], the guest runs
-/// that spec: while the agent restarts it to apply a change (`RestartRequired=True`), the
-/// Ready condition still describes the old guest.
-fn vm_health(object: &Value) -> Health {
-    let health = ready_at_generation(object);
-    match condition(object, "RestartRequired") {
-        Some(c) if c["status"] == "True" => Health {
-            healthy: false,
-            message: c["message"]
-                .as_str()
-                .unwrap_or("the guest has not restarted with the change yet")
-                .to_string(),
-        },
-        _ => health,
-    }
+fn number(revision: &Revision) -> u64 {
+    revision.spec.revision
 }
 
-/// A load balancer's backends keep their health across a change of the health check, so a
-/// new check must have run long enough to take a passing backend down: `unhealthyThreshold`
-/// intervals and a timeout.
-fn load_balancer_settle(spec: &Value) -> u64 {
-    let check = &spec["healthCheck"];
-    let interval = check["intervalSeconds"].as_u64().unwrap_or(5);
-    let timeout = check["timeoutSeconds"].as_u64().unwrap_or(2);
-    let fall = check["unhealthyThreshold"].as_u64().unwrap_or(3);
-    interval * fall + timeout + 1
+fn phase(revision: &Revision) -> Option<RevisionPhase> {
+    revision.status.as_ref()?.phase
 }
 
-/// For kinds whose status writer resets `Ready` when it observes a new generation (the zone
-/// controller gives a new spec a new serial, `Propagating` until every DNS server serves it).
-fn no_settle(_: &Value) -> u64 {
-    0
-}
-
-fn number(revision: &Value) -> u64 {
-    revision["spec"]["revision"].as_u64().unwrap_or(0)
-}
-
-fn phase(revision: &Value) -> Option<&str> {
-    revision["status"]["phase"].as_str()
-}
-
-fn created(revision: &Value) -> u64 {
-    revision["metadata"]["creationTimestamp"]
-        .as_str()
-        .and_then(keel_schemas::time::parse_rfc3339)
-        .unwrap_or(0)
+fn created(revision: &Revision) -> u64 {
+    keel_schemas::time::parse_rfc3339(revision.creation_timestamp()).unwrap_or(0)
 }
 
 /// Does `step`.
-async fn act(
+async fn act<R: Rollable>(
     ctx: &Context,
-    object: &Value,
-    revisions: &[Value],
+    object: &R,
+    revisions: &[Revision],
     step: Step,
 ) -> Result<Action, ClientError> {
     let again = Action::requeue(Duration::from_secs(1));
@@ -457,7 +527,7 @@ async fn act(
         } => {
             if let Some(name) = supersede {
                 let message = format!("revision {number} replaced it before it was healthy");
-                let status = finished("Superseded", "NewerRevision", &message);
+                let status = finished(RevisionPhase::Superseded, "NewerRevision", &message);
                 set_revision_status(ctx, object, revisions, &name, status).await?;
             }
             record(ctx, object, number, rollback_of, deadline).await?;
@@ -471,7 +541,7 @@ async fn act(
             let message = format!("revision {number} is healthy");
             // The node's cue first: once the revision is Healthy, no later pass comes back
             // here to write it.
-            if ctx.rollable.snapshots {
+            if R::SNAPSHOTS {
                 let generation = object.generation().to_string();
                 let patch =
                     json!({"metadata": {"annotations": {LAST_GOOD_ANNOTATION: generation}}});
@@ -484,15 +554,10 @@ async fn act(
                     Err(e) => return Err(e),
                 }
             }
-            let status = finished("Healthy", "Ready", &message);
+            let status = finished(RevisionPhase::Healthy, "Ready", &message);
             set_revision_status(ctx, object, revisions, &revision, status).await?;
             if clear_rolled_back {
-                let c = Condition {
-                    type_: ROLLED_BACK,
-                    status: "False",
-                    reason: "RolloutSucceeded",
-                    message: &message,
-                };
+                let c = Condition::new(ROLLED_BACK, "False", "RolloutSucceeded", &message);
                 set_object_condition(ctx, object, &c).await?;
             }
             Ok(Action::await_change())
@@ -506,26 +571,35 @@ async fn act(
             message,
         } => {
             let api = object_api(ctx, object);
-            let mut restored = object.clone();
-            restored["spec"] = spec;
+            let mut restored = match object.with_spec(&spec) {
+                Ok(restored) => restored,
+                Err(e) => {
+                    // Recorded by another build whose spec this one cannot read: say so
+                    // rather than guess.
+                    let message = format!(
+                        "revision {number} was not healthy in time, but revision {to}'s recorded spec does not fit this kind: {e}"
+                    );
+                    let status = finished(RevisionPhase::Failed, DEADLINE_EXCEEDED, &message);
+                    set_revision_status(ctx, object, revisions, &revision, status).await?;
+                    return Ok(Action::await_change());
+                }
+            };
             if let Some(name) = snapshot {
                 // In the same write as the spec: the node sees both at once.
-                restored["metadata"]["annotations"][RESTORE_SNAPSHOT_ANNOTATION] = json!(name);
+                restored
+                    .metadata_mut()
+                    .annotations
+                    .insert(RESTORE_SNAPSHOT_ANNOTATION.to_string(), name);
             }
             let restored = match api.update(&restored).await {
                 Ok(o) => o,
                 Err(e) if matches!(e.code(), Some(404 | 409)) => return Ok(again),
                 Err(e) => return Err(e),
             };
-            tracing::warn!(kind = ctx.rollable.kind, object = %object.object_ref(), failing = number, restored = to, "rolled back");
-            let status = finished("RolledBack", DEADLINE_EXCEEDED, &message);
+            tracing::warn!(kind = object.kind(), object = %object.object_ref(), failing = number, restored = to, "rolled back");
+            let status = finished(RevisionPhase::RolledBack, DEADLINE_EXCEEDED, &message);
             set_revision_status(ctx, object, revisions, &revision, status).await?;
-            let c = Condition {
-                type_: ROLLED_BACK,
-                status: "True",
-                reason: DEADLINE_EXCEEDED,
-                message: &message,
-            };
+            let c = Condition::new(ROLLED_BACK, "True", DEADLINE_EXCEEDED, &message);
             set_object_condition(ctx, &restored, &c).await?;
             ctx.recorder
                 .publish(
@@ -539,7 +613,7 @@ async fn act(
             Ok(again)
         }
         Step::Fail { revision, message } => {
-            let status = finished("Failed", DEADLINE_EXCEEDED, &message);
+            let status = finished(RevisionPhase::Failed, DEADLINE_EXCEEDED, &message);
             set_revision_status(ctx, object, revisions, &revision, status).await?;
             ctx.recorder
                 .publish(
@@ -558,20 +632,23 @@ async fn act(
 }
 
 /// A revision status that leaves `Progressing`.
-fn finished(phase: &str, reason: &str, message: &str) -> Value {
-    json!({
-        "phase": phase, "reason": reason, "message": message,
-        "completionTime": keel_schemas::time::now_rfc3339(),
-    })
+fn finished(phase: RevisionPhase, reason: &str, message: &str) -> RevisionStatus {
+    RevisionStatus {
+        phase: Some(phase),
+        reason: Some(reason.to_string()),
+        message: Some(message.to_string()),
+        completion_time: Some(keel_schemas::time::now_rfc3339()),
+        ..RevisionStatus::default()
+    }
 }
 
-fn object_api(ctx: &Context, object: &Value) -> Api<Value> {
-    let kind = keel_schemas::lookup(ctx.rollable.plural)
+fn object_api<R: Rollable>(ctx: &Context, object: &R) -> Api<R> {
+    let kind = keel_schemas::lookup(R::PLURAL)
         .unwrap_or_else(|| unreachable!("rollables are registered kinds"));
     Api::namespaced(&ctx.client, kind, object.namespace().unwrap_or("default"))
 }
 
-fn revision_api(ctx: &Context, object: &Value) -> Option<Api<Value>> {
+fn revision_api(ctx: &Context, object: &impl ObjectExt) -> Option<Api<Revision>> {
     let kind = keel_schemas::lookup("revisions")?;
     Some(Api::namespaced(
         &ctx.client,
@@ -581,9 +658,9 @@ fn revision_api(ctx: &Context, object: &Value) -> Option<Api<Value>> {
 }
 
 /// Creates revision `number` of `object` with its current spec, `Progressing`.
-async fn record(
+async fn record<R: Rollable>(
     ctx: &Context,
-    object: &Value,
+    object: &R,
     number: u64,
     rollback_of: Option<u64>,
     deadline: u64,
@@ -591,29 +668,32 @@ async fn record(
     let Some(api) = revision_api(ctx, object) else {
         return Ok(());
     };
-    let kind = ctx.rollable.kind;
-    let api_version = object["apiVersion"]
-        .as_str()
-        .unwrap_or(keel_schemas::wellknown::API_VERSION);
-    let mut revision = json!({
-        "apiVersion": keel_schemas::wellknown::API_VERSION, "kind": "Revision",
-        "metadata": {
-            "name": format!("{}-{number}", object.name()),
-            "ownerReferences": [{
-                "apiVersion": api_version, "kind": kind, "name": object.name(),
-                "uid": object.uid(), "controller": true,
-            }],
+    let kind = object.kind();
+    let target = RevisionTarget {
+        api_version: object.api_version().to_string(),
+        kind: kind.to_string(),
+        name: object.name().to_string(),
+    };
+    let mut revision = Revision::new(
+        &format!("{}-{number}", object.name()),
+        None,
+        RevisionSpec {
+            target,
+            revision: number,
+            generation: Some(object.generation()),
+            spec: object.spec_json(),
+            rollback_of,
+            snapshot: None,
         },
-        "spec": {
-            "target": {"apiVersion": api_version, "kind": kind, "name": object.name()},
-            "revision": number,
-            "generation": object.generation(),
-            "spec": object["spec"],
-        },
-    });
-    if let Some(n) = rollback_of {
-        revision["spec"]["rollbackOf"] = json!(n);
-    }
+    );
+    revision.metadata.owner_references = vec![OwnerReference {
+        api_version: object.api_version().to_string(),
+        kind: kind.to_string(),
+        name: object.name().to_string(),
+        uid: object.uid().to_string(),
+        controller: Some(true),
+        block_owner_deletion: None,
+    }];
     let mut created = match api.create(&revision).await {
         Ok(r) => r,
         // Made by an earlier pass the cache has not shown yet.
@@ -621,10 +701,15 @@ async fn record(
         Err(e) => return Err(e),
     };
     // Create drops a status: it goes through /status.
-    created["status"] = json!({
-        "phase": "Progressing", "reason": "Applied",
-        "message": format!("waiting for {kind} {} to be healthy", object.name()),
-        "deadline": keel_schemas::time::rfc3339(deadline),
+    created.status = Some(RevisionStatus {
+        phase: Some(RevisionPhase::Progressing),
+        reason: Some("Applied".to_string()),
+        message: Some(format!(
+            "waiting for {kind} {} to be healthy",
+            object.name()
+        )),
+        deadline: Some(keel_schemas::time::rfc3339(deadline)),
+        ..RevisionStatus::default()
     });
     match api.update_status(&created).await {
         Ok(_) => {}
@@ -649,16 +734,16 @@ async fn record(
 
 /// Notes the object's rollback point in the progressing newest revision it precedes
 /// (`spec.snapshot`, set once), replacing the revision in `revisions` with the written one.
-async fn note_snapshot(
+async fn note_snapshot<R: Rollable>(
     ctx: &Context,
-    object: &Value,
-    revisions: &mut [Value],
+    object: &R,
+    revisions: &mut [Revision],
 ) -> Result<(), ClientError> {
     let Some(newest) = revisions.last() else {
         return Ok(());
     };
-    if !matches!(phase(newest), None | Some("Progressing")) || !newest["spec"]["snapshot"].is_null()
-    {
+    let progressing = matches!(phase(newest), None | Some(RevisionPhase::Progressing));
+    if !progressing || newest.spec.snapshot.is_some() {
         return Ok(());
     }
     let Some(name) =
@@ -670,7 +755,7 @@ async fn note_snapshot(
         return Ok(());
     };
     let mut noted = newest.clone();
-    noted["spec"]["snapshot"] = json!(name);
+    noted.spec.snapshot = Some(name);
     match api.update(&noted).await {
         Ok(written) => {
             if let Some(last) = revisions.last_mut() {
@@ -689,10 +774,10 @@ async fn note_snapshot(
 /// change seen before the revision it marked `RolledBack`): a phase is decided once.
 async fn set_revision_status(
     ctx: &Context,
-    object: &Value,
-    revisions: &[Value],
+    object: &impl ObjectExt,
+    revisions: &[Revision],
     name: &str,
-    mut status: Value,
+    mut status: RevisionStatus,
 ) -> Result<(), ClientError> {
     let (Some(api), Some(revision)) = (
         revision_api(ctx, object),
@@ -700,15 +785,15 @@ async fn set_revision_status(
     ) else {
         return Ok(());
     };
-    if let Some(deadline) = revision["status"].get("deadline") {
-        status["deadline"] = deadline.clone();
+    if let Some(deadline) = revision.status.as_ref().and_then(|s| s.deadline.clone()) {
+        status.deadline = Some(deadline);
     }
     let mut updated = revision.clone();
     for attempt in 0.. {
-        if !matches!(phase(&updated), None | Some("Progressing")) {
+        if !matches!(phase(&updated), None | Some(RevisionPhase::Progressing)) {
             return Ok(());
         }
-        updated["status"] = status.clone();
+        updated.status = Some(status.clone());
         match api.update_status(&updated).await {
             Ok(_) => return Ok(()),
             Err(e) if e.code() == Some(404) => return Ok(()),
@@ -722,19 +807,16 @@ async fn set_revision_status(
 /// Sets condition `c` in the object's status. A conflict (the agent or another controller
 /// wrote the status meanwhile) reads the object again and retries: the next pass would not
 /// know to set it.
-async fn set_object_condition(
+async fn set_object_condition<R: Rollable>(
     ctx: &Context,
-    object: &Value,
+    object: &R,
     c: &Condition<'_>,
 ) -> Result<(), ClientError> {
     let api = object_api(ctx, object);
     let mut current = object.clone();
     for attempt in 0.. {
-        if !set_condition(
-            &mut current["status"],
-            c,
-            &keel_schemas::time::now_rfc3339(),
-        ) {
+        let now = keel_schemas::time::now_rfc3339();
+        if !set_typed_condition(current.conditions_mut(), c, &now) {
             return Ok(());
         }
         match api.update_status(&current).await {
@@ -750,9 +832,13 @@ async fn set_object_condition(
 }
 
 /// Deletes the revisions beyond the object's `spec.revisionHistoryLimit`.
-async fn trim(ctx: &Context, object: &Value, revisions: &[Value]) -> Result<(), ClientError> {
-    let limit = object["spec"]["revisionHistoryLimit"]
-        .as_u64()
+async fn trim<R: Rollable>(
+    ctx: &Context,
+    object: &R,
+    revisions: &[Revision],
+) -> Result<(), ClientError> {
+    let limit = object
+        .history_limit()
         .map_or(10, |l| usize::try_from(l).unwrap_or(usize::MAX));
     let doomed = to_trim(revisions, limit);
     let Some(api) = revision_api(ctx, object) else {

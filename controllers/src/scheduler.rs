@@ -14,22 +14,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keel_client::{Api, Client, ClientError};
-use serde_json::Value;
+use keel_schemas::kinds::compute::{VirtualMachine, VirtualMachinePhase};
+use keel_schemas::kinds::core::Node;
 use tokio::sync::watch;
 
 use keel_runtime::{
-    Action, Condition, Controller, EventType, ObjectExt, ObjectRef, Recorder, Store, node_of,
-    set_condition, watcher,
+    Action, Condition, Controller, EventType, ObjectExt, ObjectRef, Recorder, Store,
+    set_typed_condition, watcher,
 };
 
 /// What the scheduler's reconciles share.
 struct Context {
-    api: Api<Value>,
-    vms: Store,
-    nodes: Store,
+    api: Api<VirtualMachine>,
+    vms: Store<VirtualMachine>,
+    nodes: Store<Node>,
     recorder: Recorder,
     /// Bindings made but not yet in the cache: key -> the bound object.
-    assumed: Mutex<HashMap<ObjectRef, Arc<Value>>>,
+    assumed: Mutex<HashMap<ObjectRef, Arc<VirtualMachine>>>,
 }
 
 /// Runs the scheduler until `shutdown` turns true.
@@ -40,7 +41,7 @@ pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<boo
     ) else {
         return;
     };
-    let vms_api: Api<Value> = Api::all(&client, vm_kind);
+    let vms_api: Api<VirtualMachine> = Api::all(&client, vm_kind);
     let controller = Controller::new("scheduler", vms_api, watcher::Config::default())
         .concurrency(1)
         .resync(Duration::from_secs(30));
@@ -48,13 +49,13 @@ pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<boo
     // A node's change may make room: look again at every VM still waiting.
     let waiting = vms.clone();
     let controller = controller.watches(
-        Api::all(&client, node_kind),
+        Api::<Node>::all(&client, node_kind),
         watcher::Config::default(),
         move |_node| {
             waiting
                 .list()
                 .iter()
-                .filter(|vm| node_of(vm).is_none())
+                .filter(|vm| bound_node(vm).is_none())
                 .map(|vm| vm.object_ref())
                 .collect()
         },
@@ -72,9 +73,9 @@ pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<boo
     controller.run(reconcile, ctx, shutdown).await;
 }
 
-async fn reconcile(vm: Arc<Value>, ctx: Arc<Context>) -> Result<Action, ClientError> {
+async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action, ClientError> {
     let key = vm.object_ref();
-    if node_of(&vm).is_some() {
+    if bound_node(&vm).is_some() {
         ctx.assumed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -86,9 +87,9 @@ async fn reconcile(vm: Arc<Value>, ctx: Arc<Context>) -> Result<Action, ClientEr
     }
     let nodes = ctx.nodes.list();
     let placed = placed_vms(&ctx);
-    let node_refs: Vec<&Value> = nodes.iter().map(|n| n.as_ref()).collect();
-    let placed_refs: Vec<&Value> = placed.iter().map(|v| v.as_ref()).collect();
-    let api = Api::<Value>::namespaced(
+    let node_refs: Vec<&Node> = nodes.iter().map(|n| n.as_ref()).collect();
+    let placed_refs: Vec<&VirtualMachine> = placed.iter().map(|v| v.as_ref()).collect();
+    let api = Api::<VirtualMachine>::namespaced(
         ctx.api.client(),
         ctx.api.kind(),
         vm.namespace().unwrap_or("default"),
@@ -97,10 +98,11 @@ async fn reconcile(vm: Arc<Value>, ctx: Arc<Context>) -> Result<Action, ClientEr
     match placement::place(&vm, &node_refs, &placed_refs) {
         Ok(node) => {
             let mut bound = (*vm).clone();
-            bound["status"]["nodeName"] = Value::String(node.clone());
-            bound["status"]["phase"] = Value::String("Scheduled".to_string());
-            set_condition(
-                &mut bound["status"],
+            let status = bound.status.get_or_insert_default();
+            status.node_name = Some(node.clone());
+            status.phase = Some(VirtualMachinePhase::Scheduled);
+            set_typed_condition(
+                &mut status.conditions,
                 &Condition {
                     type_: "Scheduled",
                     status: "True",
@@ -135,9 +137,10 @@ async fn reconcile(vm: Arc<Value>, ctx: Arc<Context>) -> Result<Action, ClientEr
         }
         Err(why) => {
             let mut waiting = (*vm).clone();
-            waiting["status"]["phase"] = Value::String("Pending".to_string());
-            let changed = set_condition(
-                &mut waiting["status"],
+            let status = waiting.status.get_or_insert_default();
+            let was = status.phase.replace(VirtualMachinePhase::Pending);
+            let changed = set_typed_condition(
+                &mut status.conditions,
                 &Condition {
                     type_: "Scheduled",
                     status: "False",
@@ -145,7 +148,7 @@ async fn reconcile(vm: Arc<Value>, ctx: Arc<Context>) -> Result<Action, ClientEr
                     message: &why.message,
                 },
                 &now,
-            ) || vm["status"]["phase"].as_str() != Some("Pending");
+            ) || was != Some(VirtualMachinePhase::Pending);
             if changed {
                 match api.update_status(&waiting).await {
                     Ok(_) => {}
@@ -173,12 +176,12 @@ async fn reconcile(vm: Arc<Value>, ctx: Arc<Context>) -> Result<Action, ClientEr
 
 /// Every VM bound to a node: the cache's, plus bindings made that the cache does not show
 /// yet (dropped once it does, or once the VM is gone).
-fn placed_vms(ctx: &Context) -> Vec<Arc<Value>> {
-    let mut placed: HashMap<ObjectRef, Arc<Value>> = ctx
+fn placed_vms(ctx: &Context) -> Vec<Arc<VirtualMachine>> {
+    let mut placed: HashMap<ObjectRef, Arc<VirtualMachine>> = ctx
         .vms
         .list()
         .into_iter()
-        .filter(|vm| node_of(vm).is_some())
+        .filter(|vm| bound_node(vm).is_some())
         .map(|vm| (vm.object_ref(), vm))
         .collect();
     let mut assumed = ctx.assumed.lock().unwrap_or_else(|e| e.into_inner());
@@ -192,6 +195,15 @@ fn placed_vms(ctx: &Context) -> Vec<Arc<Value>> {
     placed.into_values().collect()
 }
 
-fn revision(object: &Value) -> u64 {
+/// The node a VM is bound to: `status.nodeName` (a binding), else `spec.nodeName` (as the
+/// store's node index reads it).
+fn bound_node(vm: &VirtualMachine) -> Option<&str> {
+    let status = vm.status.as_ref().and_then(|s| s.node_name.as_deref());
+    status
+        .or(vm.spec.node_name.as_deref())
+        .filter(|n| !n.is_empty())
+}
+
+fn revision(object: &impl ObjectExt) -> u64 {
     object.resource_version().parse().unwrap_or(0)
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_client::{Api, Client, ClientError};
-use serde_json::{Value, json};
+use keel_schemas::kinds::ObjectMeta;
+use keel_schemas::kinds::core::{Namespace, ServiceAccount};
 use tokio::sync::watch;
 
 use keel_runtime::{Action, Controller, ObjectExt, Store, watcher};
@@ -17,7 +18,7 @@ pub const DEFAULT_ACCOUNT: &str = "default";
 /// What the reconciles share.
 struct Context {
     client: Client,
-    accounts: Store,
+    accounts: Store<ServiceAccount>,
 }
 
 /// Runs the controller until `shutdown` turns true.
@@ -29,12 +30,12 @@ pub async fn run(client: Client, shutdown: watch::Receiver<bool>) {
     };
     let controller = Controller::new(
         "serviceaccounts",
-        Api::all(&client, namespace),
+        Api::<Namespace>::all(&client, namespace),
         watcher::Config::default(),
     )
     .resync(Duration::from_secs(300))
     .watches(
-        Api::all(&client, account),
+        Api::<ServiceAccount>::all(&client, account),
         watcher::Config::default().fields(&format!("metadata.name={DEFAULT_ACCOUNT}")),
         |sa| {
             sa.namespace()
@@ -49,7 +50,7 @@ pub async fn run(client: Client, shutdown: watch::Receiver<bool>) {
     controller.run(reconcile, ctx, shutdown).await;
 }
 
-async fn reconcile(namespace: Arc<Value>, ctx: Arc<Context>) -> Result<Action, ClientError> {
+async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<Action, ClientError> {
     let name = namespace.name();
     if namespace.is_deleting() {
         return Ok(Action::await_change());
@@ -64,11 +65,19 @@ async fn reconcile(namespace: Arc<Value>, ctx: Arc<Context>) -> Result<Action, C
     let Some(kind) = keel_schemas::lookup("serviceaccounts") else {
         return Ok(Action::await_change());
     };
-    let account = json!({
-        "apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": {"name": DEFAULT_ACCOUNT, "namespace": name},
-    });
-    match Api::<Value>::namespaced(&ctx.client, kind, name)
+    let account = ServiceAccount {
+        api_version: kind.api_version(),
+        kind: kind.kind.to_string(),
+        metadata: ObjectMeta {
+            name: Some(DEFAULT_ACCOUNT.to_string()),
+            namespace: Some(name.to_string()),
+            ..ObjectMeta::default()
+        },
+        secrets: Vec::new(),
+        image_pull_secrets: Vec::new(),
+        automount_service_account_token: None,
+    };
+    match Api::<ServiceAccount>::namespaced(&ctx.client, kind, name)
         .create(&account)
         .await
     {

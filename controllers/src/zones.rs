@@ -16,16 +16,18 @@ use std::time::Duration;
 
 use keel_client::{Api, Client, ClientError};
 use keel_schemas::Cidr;
+use keel_schemas::kinds::compute::VirtualMachine;
+use keel_schemas::kinds::core::Node;
 use keel_schemas::kinds::dns::{
-    AutoRecord, AutoRecordKind, Record, RecordType, ReverseStatus, ZoneSpec,
+    AutoRecord, AutoRecordKind, Record, RecordType, ReverseStatus, Zone, ZoneSpec, ZoneStatus,
 };
-use keel_schemas::kinds::meta::LabelSelector;
-use serde_json::{Value, json};
+use keel_schemas::kinds::network::{LoadBalancer, Subnet};
+use serde_json::Value;
 use tokio::sync::watch;
 
 use keel_runtime::{
     Action, Condition, Controller, EventType, ObjectExt, ObjectRef, Recorder, Store,
-    condition_status, set_condition, watcher,
+    set_typed_condition, typed_condition_status, watcher,
 };
 use keel_schemas::wellknown::{
     DNS_ENDPOINT_ANNOTATION as ENDPOINT_ANNOTATION, DNS_ZONES_ANNOTATION as ZONES_ANNOTATION,
@@ -34,10 +36,10 @@ use keel_schemas::wellknown::{
 /// What the reconciles share.
 struct Context {
     client: Client,
-    vms: Store,
-    lbs: Store,
-    subnets: Store,
-    nodes: Store,
+    vms: Store<VirtualMachine>,
+    lbs: Store<LoadBalancer>,
+    subnets: Store<Subnet>,
+    nodes: Store<Node>,
     recorder: Recorder,
 }
 
@@ -66,11 +68,15 @@ pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<boo
     let [Some(zone), Some(vm), Some(lb), Some(subnet), Some(node)] = kinds else {
         return;
     };
-    let controller = Controller::new("zones", Api::all(&client, zone), watcher::Config::default())
-        .resync(Duration::from_secs(60));
+    let controller = Controller::new(
+        "zones",
+        Api::<Zone>::all(&client, zone),
+        watcher::Config::default(),
+    )
+    .resync(Duration::from_secs(60));
     let zones = controller.store();
-    let in_namespace = move |o: &Value| -> Vec<ObjectRef> {
-        let namespace = o.namespace();
+    let in_namespace = move |o: &dyn ObjectExtRef| -> Vec<ObjectRef> {
+        let namespace = o.namespace_of();
         zones
             .list()
             .iter()
@@ -78,40 +84,44 @@ pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<boo
             .map(|z| z.object_ref())
             .collect()
     };
+    let (for_vms, for_lbs) = (in_namespace.clone(), in_namespace.clone());
     let all = {
         let zones = controller.store();
-        move |_: &Value| zones.keys()
+        move |_: &Node| zones.keys()
     };
     let controller = controller
         .watches(
-            Api::all(&client, vm),
+            Api::<VirtualMachine>::all(&client, vm),
             watcher::Config::default(),
-            in_namespace.clone(),
+            move |o: &VirtualMachine| for_vms(o),
         )
         .watches(
-            Api::all(&client, lb),
+            Api::<LoadBalancer>::all(&client, lb),
             watcher::Config::default(),
-            in_namespace.clone(),
+            move |o: &LoadBalancer| for_lbs(o),
         )
         .watches(
-            Api::all(&client, subnet),
+            Api::<Subnet>::all(&client, subnet),
             watcher::Config::default(),
-            in_namespace,
+            move |o: &Subnet| in_namespace(o),
         )
-        .watches(Api::all(&client, node), watcher::Config::default(), all);
-    let store = |kind: &str| controller.store_of(kind).unwrap_or_default();
+        .watches(
+            Api::<Node>::all(&client, node),
+            watcher::Config::default(),
+            all,
+        );
     let ctx = Arc::new(Context {
         client: client.clone(),
-        vms: store("VirtualMachine"),
-        lbs: store("LoadBalancer"),
-        subnets: store("Subnet"),
-        nodes: store("Node"),
+        vms: controller.store_of("VirtualMachine").unwrap_or_default(),
+        lbs: controller.store_of("LoadBalancer").unwrap_or_default(),
+        subnets: controller.store_of("Subnet").unwrap_or_default(),
+        nodes: controller.store_of("Node").unwrap_or_default(),
         recorder: Recorder::new(&client, "keel-zones", &instance),
     });
     controller.run(reconcile, ctx, shutdown).await;
 }
 
-async fn reconcile(zone: Arc<Value>, ctx: Arc<Context>) -> Result<Action, ClientError> {
+async fn reconcile(zone: Arc<Zone>, ctx: Arc<Context>) -> Result<Action, ClientError> {
     if zone.is_deleting() {
         return Ok(Action::await_change());
     }
@@ -119,42 +129,25 @@ async fn reconcile(zone: Arc<Value>, ctx: Arc<Context>) -> Result<Action, Client
         return Ok(Action::await_change());
     };
     let namespace = zone.namespace().unwrap_or("default").to_string();
-    let api: Api<Value> = Api::namespaced(&ctx.client, kind, &namespace);
+    let api: Api<Zone> = Api::namespaced(&ctx.client, kind, &namespace);
     let now = keel_schemas::time::now_rfc3339();
-    let mut status = zone["status"].clone();
-    if !status.is_object() {
-        status = json!({});
-    }
-    let spec: ZoneSpec = match serde_json::from_value(zone["spec"].clone()) {
-        Ok(s) => s,
-        Err(e) => {
-            let message = format!("the spec cannot be read: {e}");
-            let c = condition("False", "InvalidSpec", &message);
-            return write(&api, &zone, status, &c, &now).await;
-        }
-    };
+    let mut status = zone.status.clone().unwrap_or_default();
     let servers = dns_servers(&ctx.nodes);
-    let content = generate(&spec, &namespace, &ctx, &servers);
+    let content = generate(&zone.spec, &namespace, &ctx, &servers);
     let key = format!("{namespace}/{}", zone.name());
-    let generation = zone["metadata"]["generation"].as_i64();
-    let records = serde_json::to_value(&content.records).unwrap_or_default();
-    let reverse = serde_json::to_value(&content.reverse).unwrap_or_default();
-    let absent = json!([]);
-    let old_serial = status["serial"]
-        .as_u64()
-        .and_then(|s| u32::try_from(s).ok());
-    let changed = status["observedGeneration"].as_i64() != generation
-        || status.get("records").unwrap_or(&absent) != &records
-        || status.get("reverse").unwrap_or(&Value::Null) != &reverse;
-    let serial = match old_serial {
+    let generation = zone.metadata.generation;
+    let changed = status.observed_generation != generation
+        || status.records != content.records
+        || status.reverse != content.reverse;
+    let serial = match status.serial {
         Some(old) if !changed => old,
         old => next_serial(old),
     };
-    status["observedGeneration"] = json!(generation);
-    status["serial"] = json!(serial);
-    set_or_remove(&mut status, "records", records, &absent);
-    set_or_remove(&mut status, "reverse", reverse, &Value::Null);
-    status["recordCount"] = json!(content.count);
+    status.observed_generation = generation;
+    status.serial = Some(serial);
+    status.records = content.records;
+    status.reverse = content.reverse;
+    status.record_count = Some(content.count as u64);
     let ready: Vec<&DnsServer> = servers.iter().filter(|s| s.ready).collect();
     let serving: Vec<&&DnsServer> = ready
         .iter()
@@ -165,8 +158,8 @@ async fn reconcile(zone: Arc<Value>, ctx: Arc<Context>) -> Result<Action, Client
                 .is_some_and(|s| s == u64::from(serial))
         })
         .collect();
-    status["servedBy"] = json!(serving.iter().map(|s| &s.node).collect::<Vec<_>>());
-    status["nameServers"] = json!(serving.iter().map(|s| &s.endpoint).collect::<Vec<_>>());
+    status.served_by = serving.iter().map(|s| s.node.clone()).collect();
+    status.name_servers = serving.iter().map(|s| s.endpoint.clone()).collect();
     let failures: Vec<String> = ready
         .iter()
         .filter_map(|s| {
@@ -185,8 +178,12 @@ async fn reconcile(zone: Arc<Value>, ctx: Arc<Context>) -> Result<Action, Client
     let c = if !failures.is_empty() {
         let message = failures.join("; ");
         // An Event once per failure, not per pass.
-        let said = keel_runtime::condition(&zone, "Ready")
-            .is_some_and(|c| c["message"].as_str() == Some(message.as_str()));
+        let said = zone
+            .status
+            .iter()
+            .flat_map(|s| &s.conditions)
+            .find(|c| c.type_ == "Ready")
+            .is_some_and(|c| c.message.as_deref() == Some(message.as_str()));
         if !said {
             ctx.recorder
                 .publish(&zone, EventType::Warning, "LoadFailed", "Serve", &message)
@@ -222,17 +219,6 @@ async fn reconcile(zone: Arc<Value>, ctx: Arc<Context>) -> Result<Action, Client
     write(&api, &zone, status, &c, &now).await
 }
 
-/// Sets `status[key]`, or removes it when `value` is `empty` (the schema has no nulls).
-fn set_or_remove(status: &mut Value, key: &str, value: Value, empty: &Value) {
-    if let Some(map) = status.as_object_mut() {
-        if value == *empty {
-            map.remove(key);
-        } else {
-            map.insert(key.to_string(), value);
-        }
-    }
-}
-
 /// The owned form of a condition.
 struct OwnedCondition {
     status: &'static str,
@@ -250,22 +236,22 @@ fn condition(status: &'static str, reason: &'static str, message: &str) -> Owned
 
 /// Writes `status` with the `Ready` condition, when anything changed.
 async fn write(
-    api: &Api<Value>,
-    zone: &Value,
-    mut status: Value,
+    api: &Api<Zone>,
+    zone: &Zone,
+    mut status: ZoneStatus,
     c: &OwnedCondition,
     now: &str,
 ) -> Result<Action, ClientError> {
-    set_condition(
-        &mut status,
+    set_typed_condition(
+        &mut status.conditions,
         &Condition::ready(c.status, c.reason, &c.message),
         now,
     );
-    if status == zone["status"] {
+    if zone.status.as_ref() == Some(&status) {
         return Ok(Action::await_change());
     }
     let mut updated = zone.clone();
-    updated["status"] = status;
+    updated.status = Some(status);
     match api.update_status(&updated).await {
         Ok(_) => Ok(Action::await_change()),
         // A newer version is on its way through the watch: decide again then.
@@ -437,35 +423,30 @@ fn address_type(ip: IpAddr) -> &'static str {
 
 /// The (name, address) pairs an auto record selects.
 fn auto_addresses(auto: &AutoRecord, namespace: &str, ctx: &Context) -> Vec<(String, IpAddr)> {
-    let selected = |o: &Value| {
-        o.namespace() == Some(namespace)
-            && !o.is_deleting()
-            && auto.selector.as_ref().is_none_or(|s| selects(s, o))
+    let selected = |o: &dyn ObjectExtRef| {
+        o.namespace_of() == Some(namespace)
+            && !o.deleting()
+            && auto
+                .selector
+                .as_ref()
+                .is_none_or(|s| s.matches(&o.labels_of()))
     };
     let vpc_subnets: Option<BTreeMap<String, Option<Cidr>>> = auto.vpc.as_ref().map(|vpc| {
         ctx.subnets
             .list()
             .iter()
-            .filter(|s| s.namespace() == Some(namespace) && s["spec"]["vpc"].as_str() == Some(vpc))
-            .map(|s| {
-                (
-                    s.name().to_string(),
-                    s["spec"]["cidr"].as_str().and_then(|c| c.parse().ok()),
-                )
-            })
+            .filter(|s| s.namespace() == Some(namespace) && s.spec.vpc == *vpc)
+            .map(|s| (s.name().to_string(), s.spec.cidr.parse().ok()))
             .collect()
     });
     let mut out = Vec::new();
     match auto.kind {
         AutoRecordKind::VirtualMachine => {
-            for vm in ctx.vms.list().iter().filter(|v| selected(v)) {
-                let interfaces = vm["status"]["interfaces"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
+            for vm in ctx.vms.list().iter().filter(|v| selected(v.as_ref())) {
+                let interfaces = vm.status.iter().flat_map(|s| &s.interfaces);
                 for iface in interfaces {
                     // Only addresses from a subnet: a user-mode NIC's is the same in every VM.
-                    let (Some(subnet), Some(ip)) = (iface["subnet"].as_str(), iface["ip"].as_str())
+                    let (Some(subnet), Some(ip)) = (iface.subnet.as_deref(), iface.ip.as_deref())
                     else {
                         continue;
                     };
@@ -482,8 +463,9 @@ fn auto_addresses(auto: &AutoRecord, namespace: &str, ctx: &Context) -> Vec<(Str
             }
         }
         AutoRecordKind::LoadBalancer => {
-            for lb in ctx.lbs.list().iter().filter(|l| selected(l)) {
-                let Some(Ok(vip)) = lb["status"]["vip"].as_str().map(str::parse::<IpAddr>) else {
+            for lb in ctx.lbs.list().iter().filter(|l| selected(l.as_ref())) {
+                let vip = lb.status.as_ref().and_then(|s| s.vip.as_deref());
+                let Some(Ok(vip)) = vip.map(str::parse::<IpAddr>) else {
                     continue;
                 };
                 let in_vpc = vpc_subnets
@@ -498,8 +480,26 @@ fn auto_addresses(auto: &AutoRecord, namespace: &str, ctx: &Context) -> Vec<(Str
     out
 }
 
-fn selects(selector: &LabelSelector, object: &Value) -> bool {
-    selector.matches(&object.labels())
+/// What the zone controller reads of any watched object: [`ObjectExt`] in a form that can
+/// be a trait object (one closure serves VMs, LoadBalancers and Subnets).
+trait ObjectExtRef {
+    fn namespace_of(&self) -> Option<&str>;
+    fn deleting(&self) -> bool;
+    fn labels_of(&self) -> BTreeMap<String, String>;
+}
+
+impl<T: ObjectExt> ObjectExtRef for T {
+    fn namespace_of(&self) -> Option<&str> {
+        self.namespace()
+    }
+
+    fn deleting(&self) -> bool {
+        self.is_deleting()
+    }
+
+    fn labels_of(&self) -> BTreeMap<String, String> {
+        self.labels()
+    }
 }
 
 /// The CIDR and reverse origins of a zone's reverse subnet, or why there is none.
@@ -511,7 +511,7 @@ fn reverse_zone(
     let Some(s) = ctx.subnets.get(&ObjectRef::new(Some(namespace), subnet)) else {
         return Err(format!("reverse zone: subnet {subnet} does not exist"));
     };
-    let Some(Ok(cidr)) = s["spec"]["cidr"].as_str().map(str::parse::<Cidr>) else {
+    let Ok(cidr) = s.spec.cidr.parse::<Cidr>() else {
         return Err(format!("reverse zone: subnet {subnet} has no valid CIDR"));
     };
     let IpAddr::V4(network) = cidr.network() else {
@@ -549,32 +549,31 @@ pub fn reverse_origins(network: std::net::Ipv4Addr, prefix: u8) -> Vec<String> {
 }
 
 /// The nodes with a DNS server.
-fn dns_servers(nodes: &Store) -> Vec<DnsServer> {
+fn dns_servers(nodes: &Store<Node>) -> Vec<DnsServer> {
     nodes
         .list()
         .iter()
         .filter_map(|n| {
-            let annotations = &n["metadata"]["annotations"];
-            let endpoint: std::net::SocketAddr =
-                annotations[ENDPOINT_ANNOTATION].as_str()?.parse().ok()?;
-            let address = n["status"]["addresses"]
-                .as_array()
-                .and_then(|a| a.iter().find(|a| a["type"] == "InternalIP"))
-                .and_then(|a| a["address"].as_str()?.parse::<IpAddr>().ok());
+            let endpoint: std::net::SocketAddr = n.annotation(ENDPOINT_ANNOTATION)?.parse().ok()?;
+            let status = n.status.as_ref();
+            let address = status
+                .and_then(|s| s.addresses.iter().find(|a| a.type_ == "InternalIP"))
+                .and_then(|a| a.address.parse::<IpAddr>().ok());
             let reachable = match (endpoint.ip().is_unspecified(), address) {
                 (true, Some(ip)) => std::net::SocketAddr::new(ip, endpoint.port()).to_string(),
                 _ => endpoint.to_string(),
             };
-            let zones = annotations[ZONES_ANNOTATION]
-                .as_str()
+            let zones = n
+                .annotation(ZONES_ANNOTATION)
                 .and_then(|z| serde_json::from_str::<BTreeMap<String, Value>>(z).ok())
                 .unwrap_or_default();
+            let conditions = status.map_or(&[][..], |s| &s.conditions);
             Some(DnsServer {
                 node: n.name().to_string(),
                 endpoint: reachable,
                 address,
-                ready: condition_status(n, "Ready") == Some("True")
-                    && condition_status(n, "DNSAvailable") == Some("True"),
+                ready: typed_condition_status(conditions, "Ready") == Some("True")
+                    && typed_condition_status(conditions, "DNSAvailable") == Some("True"),
                 zones,
             })
         })

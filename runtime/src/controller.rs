@@ -8,19 +8,26 @@
 //! schedules the next pass: after a delay, or at the next change; an error retries with the
 //! key's exponential backoff. A resync timer puts every key on the queue now and then, so
 //! that the world drifting away from the spec is noticed without a change.
+//!
+//! The controller and each kind it watches are typed: `Controller<VirtualMachine>` hands its
+//! reconciler `Arc<VirtualMachine>`, decoded once as the watch delivered it (see
+//! [`Store`]); `Value` is the form for a reconciler that handles any kind.
 
+use std::any::Any;
 use std::fmt::Display;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_client::Api;
+use keel_schemas::Kind;
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::metrics::{self, ControllerMetrics};
-use super::object::{ObjectExt, ObjectRef};
+use super::object::{ObjectRef, Resource};
 use super::queue::{Backoff, WorkQueue};
 use super::reflector::Store;
 use super::watcher::{self, watcher};
@@ -34,32 +41,27 @@ pub enum Action {
     AwaitChange,
 }
 
-/// Names the primary objects a watched object concerns.
-pub type Mapper = Arc<dyn Fn(&Value) -> Vec<ObjectRef> + Send + Sync>;
+/// Names the primary objects a watched object of type `S` concerns.
+pub type Mapper<S = Value> = Arc<dyn Fn(&S) -> Vec<ObjectRef> + Send + Sync>;
 
-/// How a secondary kind's changes reach the queue.
-#[derive(Clone)]
-enum Trigger {
-    /// Through the controlling owner reference, when it points at the primary kind.
-    Owner,
-    /// Through a mapper.
-    Map(Mapper),
-}
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// A kind the controller watches besides its primary kind.
+/// A kind the controller watches besides its primary kind, of any object type: its cache
+/// (a `Store<S>`, for [`Controller::store_of`]), and what feeds it and the queue.
 struct Secondary {
-    api: Api<Value>,
-    config: watcher::Config,
-    store: Store,
-    trigger: Trigger,
+    kind: &'static Kind,
+    store: Box<dyn Any + Send + Sync>,
+    ready: Box<dyn Fn() -> Task + Send + Sync>,
+    feed: Box<dyn FnOnce(WorkQueue<ObjectRef>) -> Task + Send>,
 }
 
-/// A controller of one primary kind. Build it, then [`Controller::run`] it.
-pub struct Controller {
+/// A controller of one primary kind, typed over its object type `K` (one of
+/// `keel_schemas::kinds`, or `Value` for any kind). Build it, then [`Controller::run`] it.
+pub struct Controller<K = Value> {
     name: String,
-    api: Api<Value>,
+    api: Api<K>,
     config: watcher::Config,
-    store: Store,
+    store: Store<K>,
     secondaries: Vec<Secondary>,
     resync: Option<Duration>,
     concurrency: usize,
@@ -83,10 +85,10 @@ impl Action {
 
 // === impl Controller ===
 
-impl Controller {
+impl<K: Resource> Controller<K> {
     /// A controller named `name` (in logs and metrics) of the objects `api` covers, as
     /// `config` selects them.
-    pub fn new(name: &str, api: Api<Value>, config: watcher::Config) -> Controller {
+    pub fn new(name: &str, api: Api<K>, config: watcher::Config) -> Controller<K> {
         Controller {
             name: name.to_string(),
             api,
@@ -101,62 +103,88 @@ impl Controller {
     }
 
     /// Also watch `api`'s objects, and reconcile their controlling owner on each change.
-    pub fn owns(mut self, api: Api<Value>, config: watcher::Config) -> Controller {
-        self.secondaries.push(Secondary {
-            api,
-            config,
-            store: Store::new(),
-            trigger: Trigger::Owner,
+    pub fn owns<S: Resource>(self, api: Api<S>, config: watcher::Config) -> Controller<K> {
+        let kind = self.api.kind();
+        let namespaced = kind.scope == keel_schemas::Scope::Namespaced;
+        let api_version = kind.api_version();
+        let owner: Mapper<S> = Arc::new(move |o: &S| {
+            o.controller_owner()
+                .filter(|r| r.kind == kind.kind && r.api_version == api_version)
+                .map(|r| {
+                    vec![ObjectRef::new(
+                        if namespaced { o.namespace() } else { None },
+                        r.name,
+                    )]
+                })
+                .unwrap_or_default()
         });
-        self
+        self.secondary(api, config, owner)
     }
 
     /// Also watch `api`'s objects, and reconcile what `mapper` names on each change.
-    pub fn watches(
-        mut self,
-        api: Api<Value>,
+    pub fn watches<S: Resource>(
+        self,
+        api: Api<S>,
         config: watcher::Config,
-        mapper: impl Fn(&Value) -> Vec<ObjectRef> + Send + Sync + 'static,
-    ) -> Controller {
+        mapper: impl Fn(&S) -> Vec<ObjectRef> + Send + Sync + 'static,
+    ) -> Controller<K> {
+        self.secondary(api, config, Arc::new(mapper))
+    }
+
+    fn secondary<S: Resource>(
+        mut self,
+        api: Api<S>,
+        config: watcher::Config,
+        trigger: Mapper<S>,
+    ) -> Controller<K> {
+        let store = Store::<S>::new();
+        let (ready, fed) = (store.clone(), store.clone());
         self.secondaries.push(Secondary {
-            api,
-            config,
-            store: Store::new(),
-            trigger: Trigger::Map(Arc::new(mapper)),
+            kind: api.kind(),
+            store: Box::new(store),
+            ready: Box::new(move || {
+                let store = ready.clone();
+                Box::pin(async move { store.wait_ready().await })
+            }),
+            feed: Box::new(move |queue| {
+                Box::pin(feed(watcher(api.cast(), config), fed, queue, Some(trigger)))
+            }),
         });
         self
     }
 
     /// Reconcile every object this often even without a change.
-    pub fn resync(mut self, every: Duration) -> Controller {
+    pub fn resync(mut self, every: Duration) -> Controller<K> {
         self.resync = Some(every);
         self
     }
 
     /// How failed reconciles back off (client-go's 5 ms doubling to 300 s by default). Set
     /// before taking [`Controller::queue`].
-    pub fn backoff(mut self, backoff: Backoff) -> Controller {
+    pub fn backoff(mut self, backoff: Backoff) -> Controller<K> {
         self.queue = WorkQueue::new(backoff);
         self
     }
 
     /// At most `n` reconciles at once (of different keys).
-    pub fn concurrency(mut self, n: usize) -> Controller {
+    pub fn concurrency(mut self, n: usize) -> Controller<K> {
         self.concurrency = n.max(1);
         self
     }
 
     /// The cache of the primary objects.
-    pub fn store(&self) -> Store {
+    pub fn store(&self) -> Store<K> {
         self.store.clone()
     }
 
-    /// The cache of a secondary kind (by kind name, `Lease`), once registered.
-    pub fn store_of(&self, kind: &str) -> Option<Store> {
+    /// The cache of a secondary kind (by kind name, `Lease`), once registered with the
+    /// object type `S` it was registered with.
+    pub fn store_of<S: Resource>(&self, kind: &str) -> Option<Store<S>> {
         self.secondaries
             .iter()
-            .find(|s| s.api.kind().kind == kind)
-            .map(|s| s.store.clone())
+            .filter(|s| s.kind.kind == kind)
+            .find_map(|s| s.store.downcast_ref::<Store<S>>())
+            .cloned()
     }
 
     /// The work queue, to put keys on from elsewhere.
@@ -173,48 +201,21 @@ impl Controller {
         mut shutdown: watch::Receiver<bool>,
     ) where
         C: Send + Sync + 'static,
-        F: Fn(Arc<Value>, Arc<C>) -> Fut + Send + Sync + 'static,
+        F: Fn(Arc<K>, Arc<C>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Action, E>> + Send + 'static,
         E: Display + Send + 'static,
     {
         let mut feeds = JoinSet::new();
-        let primary_kind = self.api.kind();
         feeds.spawn(feed(
-            watcher(self.api.clone(), self.config.clone()),
+            watcher(self.api.cast(), self.config.clone()),
             self.store.clone(),
             self.queue.clone(),
             None,
         ));
-        for s in &self.secondaries {
-            let trigger = match &s.trigger {
-                Trigger::Owner => {
-                    let kind = primary_kind;
-                    let namespaced = kind.scope == keel_schemas::Scope::Namespaced;
-                    let map: Mapper = Arc::new(move |o: &Value| {
-                        o.controller_owner()
-                            .filter(|r| {
-                                r["kind"].as_str() == Some(kind.kind)
-                                    && r["apiVersion"].as_str() == Some(&kind.api_version())
-                            })
-                            .and_then(|r| r["name"].as_str())
-                            .map(|name| {
-                                vec![ObjectRef::new(
-                                    if namespaced { o.namespace() } else { None },
-                                    name,
-                                )]
-                            })
-                            .unwrap_or_default()
-                    });
-                    map
-                }
-                Trigger::Map(m) => m.clone(),
-            };
-            feeds.spawn(feed(
-                watcher(s.api.clone(), s.config.clone()),
-                s.store.clone(),
-                self.queue.clone(),
-                Some(trigger),
-            ));
+        let mut waits = Vec::new();
+        for s in self.secondaries {
+            waits.push((s.ready)());
+            feeds.spawn((s.feed)(self.queue.clone()));
         }
         if let Some(every) = self.resync {
             let (store, queue) = (self.store.clone(), self.queue.clone());
@@ -230,11 +231,9 @@ impl Controller {
             });
         }
         // Reconcilers read the caches: start them once every cache is filled.
-        let stores: Vec<Store> = std::iter::once(self.store.clone())
-            .chain(self.secondaries.iter().map(|s| s.store.clone()))
-            .collect();
+        let primary = self.store.clone();
         tokio::select! {
-            _ = async { for s in &stores { s.wait_ready().await } } => {}
+            _ = async { primary.wait_ready().await; for w in waits { w.await } } => {}
             _ = shutdown.wait_for(|s| *s) => {
                 feeds.abort_all();
                 return;
@@ -262,11 +261,11 @@ impl Controller {
 
 /// Applies a watcher's events to its store and puts the keys they concern on the queue:
 /// the objects' own keys for the primary kind, or what `trigger` maps them to.
-async fn feed(
+async fn feed<S: Resource>(
     mut watcher: watcher::Watcher,
-    store: Store,
+    store: Store<S>,
     queue: WorkQueue<ObjectRef>,
-    trigger: Option<Mapper>,
+    trigger: Option<Mapper<S>>,
 ) {
     loop {
         let changes = store.apply(watcher.next().await);
@@ -284,17 +283,17 @@ async fn feed(
 }
 
 /// Takes keys off the queue and reconciles them.
-struct Worker {
+struct Worker<K> {
     name: String,
-    store: Store,
+    store: Store<K>,
     queue: WorkQueue<ObjectRef>,
     metrics: Arc<ControllerMetrics>,
 }
 
-impl Worker {
+impl<K: Resource> Worker<K> {
     async fn run<C, F, Fut, E>(self, reconcile: Arc<F>, ctx: Arc<C>)
     where
-        F: Fn(Arc<Value>, Arc<C>) -> Fut + Send + Sync + 'static,
+        F: Fn(Arc<K>, Arc<C>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Action, E>> + Send + 'static,
         E: Display + Send + 'static,
     {

@@ -50,7 +50,7 @@ impl Recorder {
     /// worth less than the reconcile that records it.
     pub async fn publish(
         &self,
-        object: &Value,
+        object: &impl ObjectExt,
         type_: EventType,
         reason: &str,
         action: &str,
@@ -94,7 +94,7 @@ impl Recorder {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"name": name, "namespace": namespace},
             "involvedObject": {
-                "apiVersion": object["apiVersion"], "kind": object["kind"],
+                "apiVersion": object.api_version(), "kind": object.kind(),
                 "name": object.name(),
                 "uid": object.uid(), "resourceVersion": object.resource_version(),
             },

@@ -5,18 +5,20 @@ use std::future::Future;
 use std::sync::Arc;
 
 use keel_client::{Api, ClientError, Patch};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::controller::Action;
-use super::object::ObjectExt;
+use super::object::Resource;
 
 /// What [`finalizer`] asks of the reconciler.
 #[derive(Debug)]
-pub enum FinalizerEvent {
+pub enum FinalizerEvent<K = Value> {
     /// The object lives (and carries the finalizer): make the world match it.
-    Apply(Arc<Value>),
+    Apply(Arc<K>),
     /// The object is being deleted: clean up what was made for it.
-    Cleanup(Arc<Value>),
+    Cleanup(Arc<K>),
 }
 
 /// Why a finalizer step failed.
@@ -39,14 +41,15 @@ pub enum FinalizerError<E: std::error::Error + 'static> {
 /// Runs `reconcile` under the finalizer `name`: adds it to a live object that lacks it (the
 /// change brings the object back), calls `Cleanup` on a deleting object that has it and then
 /// removes it, and leaves a deleting object without it alone.
-pub async fn finalizer<F, Fut, E>(
-    api: &Api<Value>,
+pub async fn finalizer<K, F, Fut, E>(
+    api: &Api<K>,
     name: &str,
-    object: &Arc<Value>,
+    object: &Arc<K>,
     reconcile: F,
 ) -> Result<Action, FinalizerError<E>>
 where
-    F: FnOnce(FinalizerEvent) -> Fut,
+    K: Resource + Serialize + DeserializeOwned,
+    F: FnOnce(FinalizerEvent<K>) -> Fut,
     Fut: Future<Output = Result<Action, E>>,
     E: std::error::Error + 'static,
 {
@@ -61,12 +64,12 @@ where
             .map_err(FinalizerError::Reconcile),
         (false, false) => {
             // The resourceVersion test makes a stale add fail instead of overwriting.
-            let ops = match object["metadata"]["finalizers"].as_array() {
-                Some(_) => json!([
+            let ops = match object.finalizers().is_empty() {
+                false => json!([
                     {"op": "test", "path": "/metadata/resourceVersion", "value": object.resource_version()},
                     {"op": "add", "path": "/metadata/finalizers/-", "value": name},
                 ]),
-                None => json!([
+                true => json!([
                     {"op": "test", "path": "/metadata/resourceVersion", "value": object.resource_version()},
                     {"op": "add", "path": "/metadata/finalizers", "value": [name]},
                 ]),
@@ -80,9 +83,10 @@ where
             let action = reconcile(FinalizerEvent::Cleanup(object.clone()))
                 .await
                 .map_err(FinalizerError::Reconcile)?;
-            let index = object["metadata"]["finalizers"]
-                .as_array()
-                .and_then(|f| f.iter().position(|x| x.as_str() == Some(name)))
+            let index = object
+                .finalizers()
+                .iter()
+                .position(|x| *x == name)
                 .unwrap_or(0);
             let ops = json!([
                 {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": name},

@@ -8,7 +8,8 @@
 //! - [`finalizer`], [`conditions`], [`events`]: helpers reconcilers use.
 //! - [`metrics`]: per-controller counters and histograms for `/metrics`.
 //! - [`leader`]: leader election through a Lease.
-//! - [`object`]: metadata of dynamic objects, and [`ObjectRef`].
+//! - [`object`]: [`ObjectExt`], metadata of typed and dynamic objects; [`Resource`], what
+//!   controllers and caches are typed over; [`ObjectRef`].
 
 pub mod conditions;
 pub mod controller;
@@ -21,12 +22,15 @@ pub mod queue;
 pub mod reflector;
 pub mod watcher;
 
-pub use conditions::{Condition, condition, condition_status, set_condition};
+pub use conditions::{
+    Condition, ConditionEntry, condition, condition_status, set_condition, set_typed_condition,
+    typed_condition_status,
+};
 pub use controller::{Action, Controller, Mapper};
 pub use events::{EventType, Recorder};
 pub use finalizer::{FinalizerError, FinalizerEvent, finalizer};
 pub use leader::{LeaderConfig, elect};
-pub use object::{ObjectExt, ObjectRef};
+pub use object::{ObjectExt, ObjectRef, Owner, Resource, Typed};
 pub use queue::{Backoff, WorkQueue};
 pub use reflector::{Store, node_of};
 pub use watcher::{Event, Watcher, watcher};

@@ -22,6 +22,14 @@ pub struct ControllerMetrics {
     sum_micros: AtomicU64,
 }
 
+/// Objects a cache could not decode into its typed form, in this process.
+static UNDECODABLE: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one object a cache left out because it did not decode.
+pub fn undecodable() {
+    UNDECODABLE.fetch_add(1, Ordering::Relaxed);
+}
+
 fn registry() -> &'static Mutex<Vec<Arc<ControllerMetrics>>> {
     static REGISTRY: OnceLock<Mutex<Vec<Arc<ControllerMetrics>>>> = OnceLock::new();
     REGISTRY.get_or_init(Mutex::default)
@@ -85,6 +93,11 @@ impl ControllerMetrics {
 pub fn render() -> String {
     let all = registry().lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP keel_controller_undecodable_objects_total Objects a cache left out because they did not decode into their kind's type.\n# TYPE keel_controller_undecodable_objects_total counter\nkeel_controller_undecodable_objects_total {}",
+        UNDECODABLE.load(Ordering::Relaxed)
+    );
     let _ = writeln!(
         out,
         "# HELP keel_controller_reconciles_total Reconciles run, by controller.\n# TYPE keel_controller_reconciles_total counter"

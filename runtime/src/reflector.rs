@@ -1,8 +1,14 @@
 //! [`Store`]: the in-memory copy of what a watcher saw, readable by reconcilers, indexed by
 //! owner (uid of each owner reference) and by node (`status.nodeName`, else `spec.nodeName`).
 //!
+//! A store is typed over a [`Resource`]: each object a watcher delivers is decoded once, as
+//! it arrives, so readers share `Arc<K>` — a read is a reference count, not a copy or a
+//! decode. One that does not decode (stored under a schema this build does not share) is
+//! left out, with a warning that names it and what does not fit, and counted in
+//! `keel_controller_undecodable_objects_total`.
+//!
 //! One writer applies the watcher's events ([`Store::apply`]); any number of readers share
-//! the store. Objects are kept as `Arc<Value>`, so a read is a reference count, not a copy.
+//! the store.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -10,59 +16,82 @@ use std::sync::{Arc, RwLock};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::object::{ObjectExt, ObjectRef};
+use super::object::{ObjectExt, ObjectRef, Resource};
 use super::watcher::Event;
 
 /// A shared, indexed cache of one kind's objects.
-#[derive(Clone)]
-pub struct Store {
-    inner: Arc<RwLock<Inner>>,
+pub struct Store<K = Value> {
+    inner: Arc<RwLock<Inner<K>>>,
     ready: watch::Sender<bool>,
 }
 
-#[derive(Default)]
-struct Inner {
-    objects: BTreeMap<ObjectRef, Arc<Value>>,
+struct Inner<K> {
+    objects: BTreeMap<ObjectRef, Arc<K>>,
     by_owner: HashMap<String, HashSet<ObjectRef>>,
     by_node: HashMap<String, HashSet<ObjectRef>>,
+    /// The node each object is indexed under (read from its JSON as it came).
+    node: HashMap<ObjectRef, String>,
 }
 
 /// What applying one watcher event changed: the keys to look at again.
-#[derive(Debug, Default)]
-pub struct Changes {
+#[derive(Debug)]
+pub struct Changes<K = Value> {
     /// Objects added or changed.
-    pub applied: Vec<Arc<Value>>,
+    pub applied: Vec<Arc<K>>,
     /// Objects gone (deleted, or absent from a relist), in their last known state.
-    pub deleted: Vec<Arc<Value>>,
+    pub deleted: Vec<Arc<K>>,
 }
 
 // === impl Store ===
 
-impl Default for Store {
+impl<K> Clone for Store<K> {
+    fn clone(&self) -> Self {
+        Store {
+            inner: self.inner.clone(),
+            ready: self.ready.clone(),
+        }
+    }
+}
+
+impl<K: Resource> Default for Store<K> {
     fn default() -> Self {
         Store::new()
     }
 }
 
-impl Store {
+impl<K: Resource> Store<K> {
     /// An empty store, not ready until the first list is applied.
-    pub fn new() -> Store {
+    pub fn new() -> Store<K> {
         Store {
-            inner: Arc::default(),
+            inner: Arc::new(RwLock::new(Inner {
+                objects: BTreeMap::new(),
+                by_owner: HashMap::new(),
+                by_node: HashMap::new(),
+                node: HashMap::new(),
+            })),
             ready: watch::channel(false).0,
         }
     }
 
     /// Applies a watcher event.
-    pub fn apply(&self, event: Event) -> Changes {
-        let mut changes = Changes::default();
+    pub fn apply(&self, event: Event) -> Changes<K> {
+        let mut changes = Changes {
+            applied: Vec::new(),
+            deleted: Vec::new(),
+        };
         {
             let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
             match event {
                 Event::Applied(object) => {
-                    let object = Arc::new(object);
-                    inner.insert(object.clone());
-                    changes.applied.push(object);
+                    let key = object.object_ref();
+                    match decode::<K>(object) {
+                        Some((object, node)) => {
+                            inner.insert(key, object.clone(), node);
+                            changes.applied.push(object);
+                        }
+                        // What cannot be read is as good as gone for the reconcilers.
+                        None => changes.deleted.extend(inner.remove(&key)),
+                    }
                 }
                 Event::Deleted(object) => {
                     if let Some(old) = inner.remove(&object.object_ref()) {
@@ -73,16 +102,29 @@ impl Store {
                     let mut old = std::mem::take(&mut inner.objects);
                     inner.by_owner.clear();
                     inner.by_node.clear();
+                    inner.node.clear();
                     for object in objects {
-                        let object = Arc::new(object);
                         let key = object.object_ref();
-                        let unchanged = old.remove(&key).is_some_and(|o| {
+                        let previous = old.remove(&key);
+                        let unchanged = previous.as_ref().is_some_and(|o| {
                             o.resource_version() == object.resource_version()
                                 && o.uid() == object.uid()
                         });
-                        inner.insert(object.clone());
-                        if !unchanged {
-                            changes.applied.push(object);
+                        let decoded = match &previous {
+                            Some(previous) if unchanged => {
+                                let node = node_of(&object).map(str::to_string);
+                                Some((previous.clone(), node))
+                            }
+                            _ => decode::<K>(object),
+                        };
+                        match decoded {
+                            Some((object, node)) => {
+                                inner.insert(key, object.clone(), node);
+                                if !unchanged {
+                                    changes.applied.push(object);
+                                }
+                            }
+                            None => changes.deleted.extend(previous),
                         }
                     }
                     changes.deleted.extend(old.into_values());
@@ -105,12 +147,12 @@ impl Store {
     }
 
     /// The object with this key.
-    pub fn get(&self, key: &ObjectRef) -> Option<Arc<Value>> {
+    pub fn get(&self, key: &ObjectRef) -> Option<Arc<K>> {
         self.read().objects.get(key).cloned()
     }
 
     /// Every object, ordered by namespace and name.
-    pub fn list(&self) -> Vec<Arc<Value>> {
+    pub fn list(&self) -> Vec<Arc<K>> {
         self.read().objects.values().cloned().collect()
     }
 
@@ -130,7 +172,7 @@ impl Store {
     }
 
     /// The objects that have an owner reference to `uid`.
-    pub fn owned_by(&self, uid: &str) -> Vec<Arc<Value>> {
+    pub fn owned_by(&self, uid: &str) -> Vec<Arc<K>> {
         let inner = self.read();
         inner
             .by_owner
@@ -141,22 +183,38 @@ impl Store {
             .collect()
     }
 
-    /// The objects bound to node `name`.
-    pub fn on_node(&self, name: &str) -> Vec<Arc<Value>> {
+    /// The objects bound to node `name`, ordered by namespace and name.
+    pub fn on_node(&self, name: &str) -> Vec<Arc<K>> {
         let inner = self.read();
         let mut out: Vec<_> = inner
             .by_node
             .get(name)
             .into_iter()
             .flatten()
-            .filter_map(|k| inner.objects.get(k).cloned())
+            .filter_map(|k| inner.objects.get(k).map(|o| (k.clone(), o.clone())))
             .collect();
-        out.sort_by_key(|o| o.object_ref());
-        out
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.into_iter().map(|(_, o)| o).collect()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner<K>> {
         self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `object` as a `K`, with the node it is indexed under; `None` (with a warning) when it
+/// does not decode.
+fn decode<K: Resource>(object: Value) -> Option<(Arc<K>, Option<String>)> {
+    let node = node_of(&object).map(str::to_string);
+    let key = object.object_ref();
+    let kind = object.kind().to_string();
+    match K::decode(object) {
+        Ok(decoded) => Some((Arc::new(decoded), node)),
+        Err(error) => {
+            super::metrics::undecodable();
+            tracing::warn!(kind, object = %key, %error, "cannot read an object: left out of the cache, not reconciled");
+            None
+        }
     }
 }
 
@@ -170,45 +228,41 @@ pub fn node_of(object: &Value) -> Option<&str> {
 
 // === impl Inner ===
 
-impl Inner {
-    fn insert(&mut self, object: Arc<Value>) {
-        let key = object.object_ref();
+impl<K: Resource> Inner<K> {
+    fn insert(&mut self, key: ObjectRef, object: Arc<K>, node: Option<String>) {
         self.remove(&key);
         for owner in object.owner_references() {
-            if let Some(uid) = owner["uid"].as_str() {
-                self.by_owner
-                    .entry(uid.to_string())
-                    .or_default()
-                    .insert(key.clone());
-            }
-        }
-        if let Some(node) = node_of(&object) {
-            self.by_node
-                .entry(node.to_string())
+            self.by_owner
+                .entry(owner.uid.to_string())
                 .or_default()
                 .insert(key.clone());
+        }
+        if let Some(node) = node {
+            self.by_node
+                .entry(node.clone())
+                .or_default()
+                .insert(key.clone());
+            self.node.insert(key.clone(), node);
         }
         self.objects.insert(key, object);
     }
 
-    fn remove(&mut self, key: &ObjectRef) -> Option<Arc<Value>> {
+    fn remove(&mut self, key: &ObjectRef) -> Option<Arc<K>> {
         let old = self.objects.remove(key)?;
         for owner in old.owner_references() {
-            if let Some(uid) = owner["uid"].as_str()
-                && let Some(set) = self.by_owner.get_mut(uid)
-            {
+            if let Some(set) = self.by_owner.get_mut(owner.uid) {
                 set.remove(key);
                 if set.is_empty() {
-                    self.by_owner.remove(uid);
+                    self.by_owner.remove(owner.uid);
                 }
             }
         }
-        if let Some(node) = node_of(&old)
-            && let Some(set) = self.by_node.get_mut(node)
+        if let Some(node) = self.node.remove(key)
+            && let Some(set) = self.by_node.get_mut(&node)
         {
             set.remove(key);
             if set.is_empty() {
-                self.by_node.remove(node);
+                self.by_node.remove(&node);
             }
         }
         Some(old)
@@ -233,7 +287,7 @@ mod tests {
 
     #[test]
     fn indexes_follow_changes_and_relists_report_deletions() {
-        let store = Store::new();
+        let store: Store = Store::new();
         assert!(!store.is_ready());
         let c = store.apply(Event::Restarted(vec![
             vm("a", "1", Some("n1"), Some("o1")),

@@ -90,7 +90,7 @@ pub async fn run(node: keel_host::Node, limits: Limits, mut shutdown: watch::Rec
     else {
         return;
     };
-    let (lbs, vms) = (Cache::new(), Cache::new());
+    let (lbs, vms) = (Cache::<Value>::new(), Cache::<Value>::new());
     let changed = Arc::new(Notify::new());
     let mut feeds = tokio::task::JoinSet::new();
     for (api, config, cache) in [

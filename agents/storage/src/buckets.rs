@@ -12,10 +12,9 @@ use std::time::{Duration, SystemTime};
 use keel_client::{Api, ClientError};
 use keel_runtime::{
     Action, Condition, EventType, FinalizerError, FinalizerEvent, ObjectExt, Recorder, finalizer,
-    set_condition,
+    set_typed_condition,
 };
-use keel_schemas::kinds::storage::{Access, BucketSpec, DeletePolicy, Lifecycle};
-use serde_json::{Value, json};
+use keel_schemas::kinds::storage::{Access, Bucket, BucketStatus, DeletePolicy, Lifecycle, Usage};
 
 use super::access::{Policy, Registry};
 use super::store::{Limits, StorageError, Store};
@@ -58,11 +57,11 @@ pub struct Context {
 }
 
 /// One pass over one Bucket.
-pub async fn reconcile(bucket: Arc<Value>, ctx: Arc<Context>) -> Result<Action, BucketError> {
+pub async fn reconcile(bucket: Arc<Bucket>, ctx: Arc<Context>) -> Result<Action, BucketError> {
     let Some(kind) = keel_schemas::lookup("buckets") else {
         return Ok(Action::await_change());
     };
-    let api: Api<Value> =
+    let api: Api<Bucket> =
         Api::namespaced(&ctx.client, kind, bucket.namespace().unwrap_or("default"));
     let result = finalizer(&api, FINALIZER, &bucket, |event| async {
         match event {
@@ -79,19 +78,17 @@ pub async fn reconcile(bucket: Arc<Value>, ctx: Arc<Context>) -> Result<Action, 
 }
 
 /// The bucket's S3 name (the controller writes it in status; the spec may say it first).
-fn s3_name(bucket: &Value) -> Option<String> {
-    bucket["status"]["bucketName"]
-        .as_str()
-        .or(bucket["spec"]["bucketName"].as_str())
-        .map(str::to_string)
+fn s3_name(bucket: &Bucket) -> Option<String> {
+    let status = bucket.status.as_ref().and_then(|s| s.bucket_name.clone());
+    status.or_else(|| bucket.spec.bucket_name.clone())
 }
 
-async fn apply(bucket: &Value, api: &Api<Value>, ctx: &Context) -> Result<Action, BucketError> {
+async fn apply(bucket: &Bucket, api: &Api<Bucket>, ctx: &Context) -> Result<Action, BucketError> {
     let Some(name) = s3_name(bucket) else {
         // The controller has not named it yet.
         return Ok(Action::await_change());
     };
-    let spec: BucketSpec = serde_json::from_value(bucket["spec"].clone()).unwrap_or_default();
+    let spec = &bucket.spec;
     let versioning = spec.versioning.unwrap_or(false);
     let store = ctx.store.clone();
     let bucket_name = name.clone();
@@ -161,15 +158,15 @@ async fn apply(bucket: &Value, api: &Api<Value>, ctx: &Context) -> Result<Action
     let store = ctx.store.clone();
     let bucket_name = name.clone();
     let usage = blocking(move || store.usage(&bucket_name)).await?;
-    let mut status = bucket["status"].clone();
-    if !status.is_object() {
-        status = json!({});
-    }
-    status["observedGeneration"] = bucket["metadata"]["generation"].clone();
-    status["endpoint"] = json!(ctx.endpoint);
-    status["usage"] = json!({"bytes": usage.bytes, "objects": usage.objects});
-    set_condition(
-        &mut status,
+    let mut status = bucket.status.clone().unwrap_or_default();
+    status.observed_generation = bucket.metadata.generation;
+    status.endpoint = Some(ctx.endpoint.clone());
+    status.usage = Some(Usage {
+        bytes: Some(usage.bytes),
+        objects: Some(usage.objects),
+    });
+    set_typed_condition(
+        &mut status.conditions,
         &Condition::ready(
             "True",
             "Serving",
@@ -183,12 +180,11 @@ async fn apply(bucket: &Value, api: &Api<Value>, ctx: &Context) -> Result<Action
 
 /// Removes the bucket's data when its policy says so and it may; keeps a non-empty bucket
 /// under `Retain`, saying why.
-async fn cleanup(bucket: &Value, api: &Api<Value>, ctx: &Context) -> Result<Action, BucketError> {
+async fn cleanup(bucket: &Bucket, api: &Api<Bucket>, ctx: &Context) -> Result<Action, BucketError> {
     let Some(name) = s3_name(bucket) else {
         return Ok(Action::await_change());
     };
-    let spec: BucketSpec = serde_json::from_value(bucket["spec"].clone()).unwrap_or_default();
-    let purge = spec.delete_policy == Some(DeletePolicy::Delete);
+    let purge = bucket.spec.delete_policy == Some(DeletePolicy::Delete);
     let store = ctx.store.clone();
     let bucket_name = name.clone();
     match blocking(move || store.delete_bucket(&bucket_name, purge)).await {
@@ -200,9 +196,9 @@ async fn cleanup(bucket: &Value, api: &Api<Value>, ctx: &Context) -> Result<Acti
             let message = format!(
                 "bucket {name} still holds objects: empty it, or set spec.deletePolicy: Delete to delete them with it"
             );
-            let mut status = bucket["status"].clone();
-            let changed = set_condition(
-                &mut status,
+            let mut status = bucket.status.clone().unwrap_or_default();
+            let changed = set_typed_condition(
+                &mut status.conditions,
                 &Condition::ready("False", "DeletionBlocked", &message),
                 &keel_schemas::time::now_rfc3339(),
             );
@@ -225,12 +221,16 @@ async fn cleanup(bucket: &Value, api: &Api<Value>, ctx: &Context) -> Result<Acti
     }
 }
 
-async fn write_status(api: &Api<Value>, bucket: &Value, status: Value) -> Result<(), ClientError> {
-    if status == bucket["status"] {
+async fn write_status(
+    api: &Api<Bucket>,
+    bucket: &Bucket,
+    status: BucketStatus,
+) -> Result<(), ClientError> {
+    if bucket.status.as_ref() == Some(&status) {
         return Ok(());
     }
     let mut updated = bucket.clone();
-    updated["status"] = status;
+    updated.status = Some(status);
     match api.update_status(&updated).await {
         Ok(_) => Ok(()),
         Err(e) if e.code() == Some(409) || e.code() == Some(404) => Ok(()),

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use base64::Engine;
 use keel_client::Api;
 use keel_runtime::{ObjectExt, Store as Cache, watcher};
+use keel_schemas::kinds::core::Secret;
+use keel_schemas::kinds::storage::Bucket;
 use keel_schemas::wellknown::{ACCESS_KEY, SECRET_KEY};
-use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -52,15 +53,15 @@ pub(crate) async fn run(
         return;
     };
     let Node { name: node, client } = node;
-    let buckets = Cache::new();
+    let buckets = Cache::<Bucket>::new();
     let mut bound = watcher(
         Api::all(&client, bucket_kind),
         watcher::Config::default().fields(&format!("status.nodeName={node}")),
     );
     // Each Secret's watch reports its current object (none: deleted) here.
-    let (tx, mut rx) = mpsc::channel::<(Source, Option<Value>)>(64);
+    let (tx, mut rx) = mpsc::channel::<(Source, Option<Arc<Secret>>)>(64);
     let mut watches: HashMap<Source, JoinHandle<()>> = HashMap::new();
-    let mut secrets: HashMap<Source, Value> = HashMap::new();
+    let mut secrets: HashMap<Source, Arc<Secret>> = HashMap::new();
     let stop = shutdown.clone();
     // Secrets already reported as opening nothing (by resource version): logged once.
     let mut reported: HashSet<(Source, String)> = HashSet::new();
@@ -118,14 +119,14 @@ pub(crate) async fn run(
 
 /// Follows one Secret by name; reports each change.
 async fn follow(
-    api: Api<Value>,
+    api: Api<Secret>,
     source: Source,
-    tx: mpsc::Sender<(Source, Option<Value>)>,
+    tx: mpsc::Sender<(Source, Option<Arc<Secret>>)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let cache = Cache::new();
+    let cache = Cache::<Secret>::new();
     let mut w = watcher(
-        api,
+        api.cast(),
         watcher::Config::default().fields(&format!("metadata.name={}", source.secret)),
     );
     loop {
@@ -134,7 +135,7 @@ async fn follow(
             event = w.next() => { cache.apply(event); }
         }
         if cache.is_ready() {
-            let current = cache.list().into_iter().next().map(|s| (*s).clone());
+            let current = cache.list().into_iter().next();
             if tx.send((source.clone(), current)).await.is_err() {
                 return;
             }
@@ -144,19 +145,20 @@ async fn follow(
 
 /// The Secrets each bound bucket names (`status.secretName`, then the tenant's
 /// `status.keySecrets`), with the Bucket that must own them.
-fn sources(buckets: &[Arc<Value>]) -> HashMap<Source, Owner> {
+fn sources(buckets: &[Arc<Bucket>]) -> HashMap<Source, Owner> {
     let mut out = HashMap::new();
     for b in buckets {
-        let bucket = b["status"]["bucketName"]
-            .as_str()
-            .or(b["spec"]["bucketName"].as_str())
+        let status = b.status.clone().unwrap_or_default();
+        let bucket = status
+            .bucket_name
+            .as_deref()
+            .or(b.spec.bucket_name.as_deref())
             .filter(|s| !s.is_empty());
         let (Some(bucket), Some(namespace)) = (bucket, b.namespace()) else {
             continue;
         };
-        let own = b["status"]["secretName"].as_str().into_iter();
-        let extra = b["status"]["keySecrets"].as_array().into_iter().flatten();
-        for secret in own.chain(extra.filter_map(Value::as_str)) {
+        let own = status.secret_name.iter();
+        for secret in own.chain(&status.key_secrets) {
             if secret.is_empty() {
                 continue;
             }
@@ -176,17 +178,10 @@ fn sources(buckets: &[Arc<Value>]) -> HashMap<Source, Owner> {
 }
 
 /// Whether `secret` carries an owner reference to the Bucket `owner` (kind, name and uid).
-fn owned_by(secret: &Value, owner: &Owner) -> bool {
-    secret["metadata"]["ownerReferences"]
-        .as_array()
-        .is_some_and(|refs| {
-            refs.iter().any(|r| {
-                r["kind"] == "Bucket"
-                    && r["name"].as_str() == Some(owner.name.as_str())
-                    && !owner.uid.is_empty()
-                    && r["uid"].as_str() == Some(owner.uid.as_str())
-            })
-        })
+fn owned_by(secret: &Secret, owner: &Owner) -> bool {
+    secret.owner_references().iter().any(|r| {
+        r.kind == "Bucket" && r.name == owner.name && !owner.uid.is_empty() && r.uid == owner.uid
+    })
 }
 
 /// The access keys in the Secrets: access key -> (secret key, bucket), and the Secrets that
@@ -195,10 +190,10 @@ fn owned_by(secret: &Value, owner: &Owner) -> bool {
 /// another's into their own Secret must not take (or make ambiguous) the other's bucket.
 fn keys(
     sources: &HashMap<Source, Owner>,
-    secrets: &HashMap<Source, Value>,
+    secrets: &HashMap<Source, Arc<Secret>>,
 ) -> (HashMap<String, access::Key>, Vec<(Source, String)>) {
-    let decode = |s: &Value, key: &str| {
-        let text = s["data"][key].as_str()?;
+    let decode = |s: &Secret, key: &str| {
+        let text = s.data.get(key)?;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(text)
             .ok()?;
@@ -243,27 +238,45 @@ fn keys(
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use keel_runtime::Resource;
+    use serde_json::{Value, json};
 
     use super::*;
 
-    fn owned(uid: &str, data: Value) -> Value {
-        json!({"metadata": {"labels": {"keel.dev/bucket": "other-tenant"},
+    fn secret(object: Value) -> Arc<Secret> {
+        let mut object = object;
+        object["apiVersion"] = json!("v1");
+        object["kind"] = json!("Secret");
+        Arc::new(Secret::decode(object).unwrap())
+    }
+
+    fn owned(uid: &str, data: Value) -> Arc<Secret> {
+        secret(
+            json!({"metadata": {"labels": {"keel.dev/bucket": "other-tenant"},
             "ownerReferences": [{"apiVersion": "keel.dev/v1alpha1", "kind": "Bucket", "name": "assets", "uid": uid}]},
-            "data": data})
+            "data": data}),
+        )
+    }
+
+    fn bucket(object: Value) -> Arc<Bucket> {
+        let mut object = object;
+        object["apiVersion"] = json!("keel.dev/v1alpha1");
+        object["kind"] = json!("Bucket");
+        object["spec"] = json!({});
+        Arc::new(Bucket::decode(object).unwrap())
     }
 
     #[test]
     fn a_key_opens_the_bucket_whose_owned_secret_holds_it() {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let bucket = Arc::new(
+        let assets = bucket(
             json!({"metadata": {"name": "assets", "namespace": "shop", "uid": "u-1"},
             "status": {"nodeName": "h1", "secretName": "assets-credentials", "bucketName": "shop-assets",
                 "keySecrets": ["assets-ci"]}}),
         );
         let pending =
-            Arc::new(json!({"metadata": {"name": "new", "namespace": "shop"}, "status": {}}));
-        let mut wanted = sources(&[bucket, pending]);
+            bucket(json!({"metadata": {"name": "new", "namespace": "shop"}, "status": {}}));
+        let mut wanted = sources(&[assets, pending]);
         assert_eq!(wanted.len(), 2);
         let ci = Source {
             namespace: "shop".into(),
@@ -288,7 +301,9 @@ mod tests {
         // The Secret the status names, without an owner reference to this Bucket (none, or
         // an earlier Bucket's of the same name): it opens nothing, and says why.
         for secret in [
-            json!({"metadata": {"labels": {"keel.dev/bucket": "shop-assets"}}, "data": pair}),
+            secret(
+                json!({"metadata": {"labels": {"keel.dev/bucket": "shop-assets"}}, "data": pair}),
+            ),
             owned("u-0", pair.clone()),
         ] {
             let secrets = HashMap::from([(source.clone(), secret)]);

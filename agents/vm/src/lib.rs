@@ -345,6 +345,7 @@ async fn stop_when_due(
         ctx,
         key,
     } = guest;
+    let vm: &Value = vm;
     let strategy = spec.run_strategy.unwrap_or(RunStrategy::Always);
     for request in [Request::Stop, Request::Restart] {
         if !lifecycle::pending(vm, dir, request) {

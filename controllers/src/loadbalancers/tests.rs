@@ -1,12 +1,17 @@
 //! Tests of LoadBalancer placement: VIPs, conflicts, nodes.
 
+use keel_runtime::Resource;
+use serde_json::{Value, json};
+
 use super::*;
 
-fn lb(uid: &str, created: &str, spec: Value, status: Value) -> Arc<Value> {
-    Arc::new(json!({
+fn lb(uid: &str, created: &str, spec: Value, status: Value) -> Arc<LoadBalancer> {
+    let object = json!({
+        "apiVersion": "keel.dev/v1alpha1", "kind": "LoadBalancer",
         "metadata": {"name": uid, "namespace": "ns", "uid": uid, "creationTimestamp": created},
         "spec": spec, "status": status,
-    }))
+    });
+    Arc::new(LoadBalancer::decode(object).expect("fixtures decode"))
 }
 
 fn spec(vip: Option<&str>, ports: &[u16]) -> Value {
@@ -21,14 +26,15 @@ fn spec(vip: Option<&str>, ports: &[u16]) -> Value {
     s
 }
 
-fn node(name: &str, ready: bool, serves: bool) -> Arc<Value> {
-    let mut n = json!({"metadata": {"name": name, "annotations": {}},
+fn node(name: &str, ready: bool, serves: bool) -> Arc<Node> {
+    let mut n = json!({"apiVersion": "v1", "kind": "Node",
+                       "metadata": {"name": name, "annotations": {}},
                        "status": {"conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}});
     if serves {
         n["metadata"]["annotations"][keel_schemas::wellknown::LOAD_BALANCER_ANNOTATION] =
             json!("true");
     }
-    Arc::new(n)
+    Arc::new(Node::decode(n).expect("fixtures decode"))
 }
 
 fn placed(p: &Placement) -> (String, String) {

@@ -1,13 +1,25 @@
 //! The rollout decision: recording, health, deadlines, pause, supersession and trimming.
 
+use keel_runtime::Resource;
 use serde_json::{Value, json};
 
 use super::*;
 
 const T0: u64 = 1_800_000_000;
-const LB: &Rollable = &ROLLABLES[0];
-const ZONE: &Rollable = &ROLLABLES[1];
-const VM: &Rollable = &ROLLABLES[2];
+
+/// The next step for `object` (JSON, decoded as kind `R`, as the controller's cache decodes
+/// it) with the revisions `history`.
+fn run<R: Rollable>(object: &Value, history: &[Value], now: u64) -> Step {
+    step(&typed::<R>(object), &revisions(history), now)
+}
+
+fn typed<R: Resource>(object: &Value) -> R {
+    R::decode(object.clone()).unwrap_or_else(|e| panic!("{e}: {object}"))
+}
+
+fn revisions(history: &[Value]) -> Vec<Revision> {
+    history.iter().map(typed).collect()
+}
 
 /// A LoadBalancer at generation `generation` with `path` as its check path, its Ready
 /// condition `ready` at generation `observed`.
@@ -25,22 +37,33 @@ fn lb(path: &str, generation: i64, observed: i64, ready: &str) -> Value {
 
 fn spec(path: &str) -> Value {
     json!({"progressDeadlineSeconds": 10, "revisionHistoryLimit": 3,
+           "listeners": [{"protocol": "TCP", "port": 80}],
+           "backends": {"addresses": ["10.0.0.1:8080"]},
            "healthCheck": {"path": path, "intervalSeconds": 1, "timeoutSeconds": 1, "unhealthyThreshold": 2}})
 }
 
-fn revision(n: u64, path: &str, phase: &str, created: u64) -> Value {
+/// Revision `n` of `name` recording `spec`, in `phase`, made at `created`.
+fn recorded(name: &str, kind: &str, n: u64, spec: Value, phase: &str, created: u64) -> Value {
     json!({
-        "metadata": {"name": format!("web-{n}"), "creationTimestamp": keel_schemas::time::rfc3339(created)},
-        "spec": {"revision": n, "spec": spec(path)},
+        "apiVersion": "keel.dev/v1alpha1", "kind": "Revision",
+        "metadata": {"name": format!("{name}-{n}"), "creationTimestamp": keel_schemas::time::rfc3339(created)},
+        "spec": {
+            "target": {"apiVersion": "keel.dev/v1alpha1", "kind": kind, "name": name},
+            "revision": n, "spec": spec,
+        },
         "status": {"phase": phase, "deadline": keel_schemas::time::rfc3339(created + 10)},
     })
+}
+
+fn revision(n: u64, path: &str, phase: &str, created: u64) -> Value {
+    recorded("web", "LoadBalancer", n, spec(path), phase, created)
 }
 
 #[test]
 fn the_first_spec_and_every_change_are_recorded() {
     let obj = lb("/a", 1, 1, "True");
     assert_eq!(
-        step(LB, &obj, &[], T0),
+        run::<LoadBalancer>(&obj, &[], T0),
         Step::Record {
             number: 1,
             rollback_of: None,
@@ -54,7 +77,7 @@ fn the_first_spec_and_every_change_are_recorded() {
     ];
     // Back to /a: a rollback of revision 1.
     assert_eq!(
-        step(LB, &obj, &history, T0 + 40),
+        run::<LoadBalancer>(&obj, &history, T0 + 40),
         Step::Record {
             number: 3,
             rollback_of: Some(1),
@@ -72,7 +95,7 @@ fn a_change_while_progressing_supersedes_it() {
         revision(2, "/b", "Progressing", T0 + 20),
     ];
     assert_eq!(
-        step(LB, &obj, &history, T0 + 22),
+        run::<LoadBalancer>(&obj, &history, T0 + 22),
         Step::Record {
             number: 3,
             rollback_of: None,
@@ -87,12 +110,12 @@ fn healthy_counts_only_at_the_current_generation_and_after_the_settle_time() {
     let history = [revision(1, "/a", "Progressing", T0)];
     // The agent has not seen generation 2 yet.
     let stale = lb("/a", 2, 1, "True");
-    assert_eq!(step(LB, &stale, &history, T0 + 5), Step::Wait(5));
+    assert_eq!(run::<LoadBalancer>(&stale, &history, T0 + 5), Step::Wait(5));
     // Ready from before the change: the new check has not had time to fail (2 x 1 s + 1 + 1).
     let fresh = lb("/a", 2, 2, "True");
-    assert_eq!(step(LB, &fresh, &history, T0 + 1), Step::Wait(3));
+    assert_eq!(run::<LoadBalancer>(&fresh, &history, T0 + 1), Step::Wait(3));
     assert_eq!(
-        step(LB, &fresh, &history, T0 + 4),
+        run::<LoadBalancer>(&fresh, &history, T0 + 4),
         Step::Healthy {
             revision: "web-1".into(),
             number: 1,
@@ -100,10 +123,16 @@ fn healthy_counts_only_at_the_current_generation_and_after_the_settle_time() {
         }
     );
     // A zone's Ready is reset by its controller on a new generation: no settle time.
-    let mut zone = lb("/a", 2, 2, "True");
-    zone["kind"] = json!("Zone");
+    let zone_spec = json!({"domain": "shop.example"});
+    let zone = json!({
+        "apiVersion": "keel.dev/v1alpha1", "kind": "Zone",
+        "metadata": {"name": "shop", "namespace": "default", "uid": "u2", "generation": 2},
+        "spec": zone_spec,
+        "status": {"observedGeneration": 2, "conditions": [{"type": "Ready", "status": "True"}]},
+    });
+    let history = [recorded("shop", "Zone", 1, zone_spec, "Progressing", T0)];
     assert!(matches!(
-        step(ZONE, &zone, &history, T0),
+        run::<Zone>(&zone, &history, T0),
         Step::Healthy { .. }
     ));
 }
@@ -116,8 +145,8 @@ fn a_deadline_passed_returns_to_the_last_good_revision_not_the_first() {
         revision(2, "/b", "Healthy", T0 + 20),
         revision(3, "/missing", "Progressing", T0 + 40),
     ];
-    assert_eq!(step(LB, &obj, &history, T0 + 45), Step::Wait(5));
-    match step(LB, &obj, &history, T0 + 50) {
+    assert_eq!(run::<LoadBalancer>(&obj, &history, T0 + 45), Step::Wait(5));
+    match run::<LoadBalancer>(&obj, &history, T0 + 50) {
         Step::RollBack {
             revision,
             number,
@@ -128,7 +157,7 @@ fn a_deadline_passed_returns_to_the_last_good_revision_not_the_first() {
         } => {
             assert_eq!((revision.as_str(), number, to), ("web-3", 3, 2));
             assert_eq!(snapshot, None, "a load balancer has no data to restore");
-            assert_eq!(restored, spec("/b"));
+            assert_eq!(Value::Object(restored), spec("/b"));
             assert_eq!(
                 message,
                 "revision 3 was not healthy within 10s (ready False); restored revision 2"
@@ -143,7 +172,7 @@ fn without_a_good_revision_the_rollout_fails_and_a_paused_object_is_left_alone()
     let obj = lb("/missing", 1, 1, "False");
     let history = [revision(1, "/missing", "Progressing", T0)];
     assert!(matches!(
-        step(LB, &obj, &history, T0 + 11),
+        run::<LoadBalancer>(&obj, &history, T0 + 11),
         Step::Fail { revision, .. } if revision == "web-1"
     ));
     // A healthy revision with the same spec is no way back either.
@@ -152,7 +181,7 @@ fn without_a_good_revision_the_rollout_fails_and_a_paused_object_is_left_alone()
         revision(2, "/missing", "Progressing", T0 + 20),
     ];
     assert!(matches!(
-        step(LB, &obj, &history, T0 + 31),
+        run::<LoadBalancer>(&obj, &history, T0 + 31),
         Step::Fail { .. }
     ));
     let mut paused = lb("/missing", 2, 2, "False");
@@ -161,7 +190,7 @@ fn without_a_good_revision_the_rollout_fails_and_a_paused_object_is_left_alone()
         revision(1, "/a", "Healthy", T0),
         revision(2, "/missing", "Progressing", T0 + 20),
     ];
-    assert_eq!(step(LB, &paused, &history, T0 + 60), Step::Idle);
+    assert_eq!(run::<LoadBalancer>(&paused, &history, T0 + 60), Step::Idle);
 }
 
 #[test]
@@ -179,7 +208,7 @@ fn rolled_back_clears_when_a_new_change_that_is_not_a_rollback_is_healthy() {
         restored,
     ];
     assert!(matches!(
-        step(LB, &obj, &history, T0 + 45),
+        run::<LoadBalancer>(&obj, &history, T0 + 45),
         Step::Healthy {
             clear_rolled_back: false,
             ..
@@ -190,7 +219,7 @@ fn rolled_back_clears_when_a_new_change_that_is_not_a_rollback_is_healthy() {
         revision(2, "/a", "Progressing", T0 + 20),
     ];
     assert!(matches!(
-        step(LB, &obj, &history, T0 + 45),
+        run::<LoadBalancer>(&obj, &history, T0 + 45),
         Step::Healthy {
             clear_rolled_back: true,
             ..
@@ -198,7 +227,7 @@ fn rolled_back_clears_when_a_new_change_that_is_not_a_rollback_is_healthy() {
     ));
     // Nothing to do once the newest is settled.
     let history = [revision(1, "/a", "Healthy", T0)];
-    assert_eq!(step(LB, &obj, &history, T0 + 45), Step::Idle);
+    assert_eq!(run::<LoadBalancer>(&obj, &history, T0 + 45), Step::Idle);
 }
 
 #[test]
@@ -213,6 +242,7 @@ fn trimming_keeps_the_newest_and_the_last_good() {
     .iter()
     .map(|(n, p)| revision(*n, "/x", p, T0))
     .collect();
+    let history = revisions(&history);
     assert_eq!(to_trim(&history, 3), ["web-1", "web-3"]);
     assert_eq!(to_trim(&history, 1), ["web-1", "web-3", "web-4"]);
     assert!(to_trim(&history, 10).is_empty());
@@ -221,22 +251,26 @@ fn trimming_keeps_the_newest_and_the_last_good() {
 #[test]
 fn a_vm_restarting_to_apply_a_change_is_not_healthy_yet() {
     let vm = |restart: &str| {
-        json!({"metadata": {"name": "app", "generation": 2},
-               "status": {"observedGeneration": 2, "conditions": [
-                   {"type": "Ready", "status": "True", "reason": "ProbeSucceeded", "message": "ok"},
-                   {"type": "RestartRequired", "status": restart, "reason": "Restarting", "message": "cmdline changed"}]}})
+        typed::<VirtualMachine>(&json!({
+            "apiVersion": "keel.dev/v1alpha1", "kind": "VirtualMachine",
+            "metadata": {"name": "app", "generation": 2},
+            "spec": vm_spec("x"),
+            "status": {"observedGeneration": 2, "conditions": [
+                {"type": "Ready", "status": "True", "reason": "ProbeSucceeded", "message": "ok"},
+                {"type": "RestartRequired", "status": restart, "reason": "Restarting", "message": "cmdline changed"}]}}))
     };
-    assert!(!vm_health(&vm("True")).healthy);
-    assert_eq!(vm_health(&vm("True")).message, "cmdline changed");
-    assert!(vm_health(&vm("False")).healthy);
+    assert!(!vm("True").health().healthy);
+    assert_eq!(vm("True").health().message, "cmdline changed");
+    assert!(vm("False").health().healthy);
 }
 
 /// A VM at generation 7 running a command line that never gets ready, its node's rollback
 /// point taken while the guest ran generation `taken` (none: no rollback point).
 fn failing_vm(taken: Option<i64>) -> Value {
     let mut vm = json!({
+        "apiVersion": "keel.dev/v1alpha1", "kind": "VirtualMachine",
         "metadata": {"name": "app", "namespace": "default", "uid": "u1", "generation": 7},
-        "spec": {"cmdline": "bad", "progressDeadlineSeconds": 10},
+        "spec": vm_spec("bad"),
         "status": {"observedGeneration": 7, "conditions": [
             {"type": "Ready", "status": "False", "reason": "ProbeFailed", "message": "no answer on 8080"}]},
     });
@@ -247,12 +281,13 @@ fn failing_vm(taken: Option<i64>) -> Value {
     vm
 }
 
+/// A VM's spec with `cmdline`.
+fn vm_spec(cmdline: &str) -> Value {
+    json!({"cpu": 1, "memory": "1Gi", "cmdline": cmdline, "progressDeadlineSeconds": 10})
+}
+
 fn vm_revision(n: u64, cmdline: &str, generation: Option<i64>, phase: &str, created: u64) -> Value {
-    let mut r = json!({
-        "metadata": {"name": format!("app-{n}"), "creationTimestamp": keel_schemas::time::rfc3339(created)},
-        "spec": {"revision": n, "spec": {"cmdline": cmdline, "progressDeadlineSeconds": 10}},
-        "status": {"phase": phase, "deadline": keel_schemas::time::rfc3339(created + 10)},
-    });
+    let mut r = recorded("app", "VirtualMachine", n, vm_spec(cmdline), phase, created);
     if let Some(g) = generation {
         r["spec"]["generation"] = json!(g);
     }
@@ -269,7 +304,8 @@ fn a_vm_rollback_restores_the_snapshot_that_holds_the_last_good_state() {
             vm_revision(3, "bad", g(7), "Progressing", T0 + 40),
         ]
     };
-    let rollback = |vm: &Value, history: &[Value]| match step(VM, vm, history, T0 + 50) {
+    let rollback = |vm: &Value, history: &[Value]| match run::<VirtualMachine>(vm, history, T0 + 50)
+    {
         Step::RollBack {
             to,
             snapshot,
@@ -307,8 +343,13 @@ fn a_vm_rollback_restores_the_snapshot_that_holds_the_last_good_state() {
             "{message}"
         );
     }
+    let history = revisions(&history(true));
     assert_eq!(
-        rollback_point(&failing_vm(Some(5)), &history(true)[2], &history(true)[1]),
+        rollback_point(
+            &typed::<VirtualMachine>(&failing_vm(Some(5))),
+            &history[2],
+            &history[1]
+        ),
         Some("keel-g5".into())
     );
 }

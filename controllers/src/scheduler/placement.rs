@@ -1,13 +1,17 @@
 //! Placement: the node a VirtualMachine should run on, chosen the way Kubernetes' scheduler
-//! chooses a pod's (filter the nodes, then score those left), over objects as JSON.
+//! chooses a pod's (filter the nodes, then score those left), over the typed objects.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use keel_schemas::kinds::compute::{Affinity, HOSTNAME_LABEL, VmAffinity, VmAffinityTerm};
+use keel_runtime::ObjectExt;
+use keel_schemas::kinds::Quantity;
+use keel_schemas::kinds::compute::{
+    Affinity, HOSTNAME_LABEL, RunStrategy, VirtualMachine, VirtualMachinePhase, VirtualMachineSpec,
+    VmAffinity, VmAffinityTerm,
+};
+use keel_schemas::kinds::core::Node as NodeObject;
 use keel_schemas::parse_quantity;
-use serde::Deserialize;
-use serde_json::Value;
 
 /// Labels of a node or a VM.
 type Labels = BTreeMap<String, String>;
@@ -46,12 +50,17 @@ pub struct Unschedulable {
 /// (spreading replicas), then the largest free fractions of cpu plus memory once `vm` is on it
 /// (least allocated), then the first name.
 ///
-/// A `vm` whose cpu, memory, nodeSelector or affinity cannot be read fits no node. In the
-/// other objects, what cannot be read counts as absent: a node's unreadable capacity is zero,
-/// a placed VM's unreadable size uses nothing. A placed VM that does not run (its
+/// A `vm` whose memory cannot be read as bytes fits no node (an object that does not decode
+/// never reaches the scheduler: its cache leaves it out). In the other objects, what cannot
+/// be read counts as absent: a node's unreadable capacity is zero, a placed VM's unreadable
+/// size uses nothing. A placed VM that does not run (its
 /// runStrategy is Halted, or its guest is Stopped) uses no cpu or memory, as a Kubernetes pod
 /// that has terminated uses none; it still counts for (anti-)affinity.
-pub fn place(vm: &Value, nodes: &[&Value], placed: &[&Value]) -> Result<String, Unschedulable> {
+pub fn place(
+    vm: &VirtualMachine,
+    nodes: &[&NodeObject],
+    placed: &[&VirtualMachine],
+) -> Result<String, Unschedulable> {
     let vm = Incoming::of(vm)?;
     let nodes: Vec<Node<'_>> = nodes.iter().map(|n| Node::of(n)).collect();
     let by_name: HashMap<&str, &Node<'_>> = nodes.iter().map(|n| (n.name, n)).collect();
@@ -118,19 +127,8 @@ struct Incoming<'a> {
     owner: Option<&'a str>,
     cpu_milli: u128,
     memory: u128,
-    constraints: Constraints,
-}
-
-/// The scheduling fields of a VM's spec (the rest is ignored here).
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Constraints {
-    #[serde(default)]
-    node_name: Option<String>,
-    #[serde(default)]
-    node_selector: Labels,
-    #[serde(default)]
-    affinity: Option<Affinity>,
+    /// Its spec, for the scheduling fields (nodeName, nodeSelector, affinity).
+    spec: &'a VirtualMachineSpec,
 }
 
 /// A node as the filters and scores see it.
@@ -157,7 +155,7 @@ struct Placed<'a> {
     owner: Option<&'a str>,
     cpu_milli: u128,
     memory: u128,
-    anti_affinity: Vec<VmAffinityTerm>,
+    anti_affinity: &'a [VmAffinityTerm],
 }
 
 /// What the VMs already placed on one node take.
@@ -229,26 +227,23 @@ impl Reason {
 // === impl Incoming ===
 
 impl<'a> Incoming<'a> {
-    fn of(vm: &'a Value) -> Result<Self, Unschedulable> {
-        let spec = vm.get("spec").unwrap_or(&Value::Null);
-        let cpu = spec.get("cpu").unwrap_or(&Value::Null);
-        let cpu = cpu.as_u64().ok_or_else(|| {
-            Unschedulable::invalid(format!("spec.cpu {cpu} is not a number of vCPUs"))
+    fn of(vm: &'a VirtualMachine) -> Result<Self, Unschedulable> {
+        let spec = &vm.spec;
+        let memory = bytes(&spec.memory).ok_or_else(|| {
+            Unschedulable::invalid(format!(
+                "spec.memory {:?} is not a byte quantity",
+                spec.memory.0
+            ))
         })?;
-        let memory = spec.get("memory").unwrap_or(&Value::Null);
-        let memory = bytes(memory).ok_or_else(|| {
-            Unschedulable::invalid(format!("spec.memory {memory} is not a byte quantity"))
-        })?;
-        let constraints = Constraints::deserialize(spec).map_err(Unschedulable::invalid)?;
         Ok(Self {
-            uid: str_at(vm, "/metadata/uid"),
-            namespace: str_at(vm, "/metadata/namespace").unwrap_or_default(),
-            name: str_at(vm, "/metadata/name").unwrap_or_default(),
-            labels: labels(vm),
+            uid: Some(vm.uid()).filter(|u| !u.is_empty()),
+            namespace: vm.namespace().unwrap_or_default(),
+            name: vm.name(),
+            labels: vm.labels(),
             owner: controller_uid(vm),
-            cpu_milli: u128::from(cpu) * MILLI,
+            cpu_milli: u128::from(spec.cpu) * MILLI,
             memory,
-            constraints,
+            spec,
         })
     }
 
@@ -260,15 +255,12 @@ impl<'a> Incoming<'a> {
 
     /// The node named by `spec.nodeName`, if any (empty means none).
     fn node_name(&self) -> Option<&str> {
-        self.constraints
-            .node_name
-            .as_deref()
-            .filter(|n| !n.is_empty())
+        self.spec.node_name.as_deref().filter(|n| !n.is_empty())
     }
 
     /// Whether `node` passes `spec.nodeSelector` and the required node affinity.
     fn selects(&self, node: &Node<'_>) -> bool {
-        let selector = &self.constraints.node_selector;
+        let selector = &self.spec.node_selector;
         let required = self.affinity().and_then(|a| {
             let rule = a.node_affinity.as_ref()?;
             rule.required_during_scheduling_ignored_during_execution
@@ -279,7 +271,7 @@ impl<'a> Incoming<'a> {
     }
 
     fn affinity(&self) -> Option<&Affinity> {
-        self.constraints.affinity.as_ref()
+        self.spec.affinity.as_ref()
     }
 
     fn affinity_terms(&self) -> &[VmAffinityTerm] {
@@ -294,28 +286,31 @@ impl<'a> Incoming<'a> {
 // === impl Node ===
 
 impl<'a> Node<'a> {
-    fn of(node: &'a Value) -> Self {
-        let name = str_at(node, "/metadata/name").unwrap_or_default();
-        let mut labels = labels(node);
+    fn of(node: &'a NodeObject) -> Self {
+        let name = node.name();
+        let mut labels = node.labels();
         labels
             .entry(HOSTNAME_LABEL.to_string())
             .or_insert_with(|| name.to_string());
-        let ready = items(node, "/status/conditions")
-            .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
-            .is_some_and(|c| c.get("status").and_then(Value::as_str) == Some("True"));
-        let tainted = items(node, "/spec/taints").any(|t| {
-            let effect = t.get("effect").and_then(Value::as_str);
-            matches!(effect, Some("NoSchedule" | "NoExecute"))
-        });
+        let spec = node.spec.as_ref();
+        let status = node.status.as_ref();
+        let ready = status
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .is_some_and(|c| c.status == "True");
+        let taints = spec.map_or(&[][..], |s| &s.taints);
+        let tainted = taints
+            .iter()
+            .any(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute"));
         let resource = |name: &str| {
-            let allocatable = node.pointer(&format!("/status/allocatable/{name}"));
-            allocatable.or_else(|| node.pointer(&format!("/status/capacity/{name}")))
+            let status = status?;
+            let allocatable = status.allocatable.get(name);
+            allocatable.or_else(|| status.capacity.get(name))
         };
         Self {
             name,
             labels,
             ready,
-            unschedulable: node.pointer("/spec/unschedulable") == Some(&Value::Bool(true)),
+            unschedulable: spec.and_then(|s| s.unschedulable) == Some(true),
             tainted,
             cpu_milli: resource("cpu").and_then(millicores).unwrap_or(0),
             memory: resource("memory").and_then(bytes).unwrap_or(0),
@@ -338,32 +333,27 @@ impl<'a> Node<'a> {
 
 impl<'a> Placed<'a> {
     /// The VM, when it is bound to a node.
-    fn of(vm: &'a Value) -> Option<Self> {
-        let node = str_at(vm, "/status/nodeName").filter(|n| !n.is_empty())?;
-        let stopped = str_at(vm, "/spec/runStrategy") == Some("Halted")
-            || str_at(vm, "/status/phase") == Some("Stopped");
-        let cpu = vm
-            .pointer("/spec/cpu")
-            .and_then(Value::as_u64)
-            .filter(|_| !stopped);
-        let anti = vm.pointer("/spec/affinity/vmAntiAffinity");
-        let anti = anti.and_then(|a| VmAffinity::deserialize(a).ok());
+    fn of(vm: &'a VirtualMachine) -> Option<Self> {
+        let status = vm.status.as_ref()?;
+        let node = status.node_name.as_deref().filter(|n| !n.is_empty())?;
+        let stopped = vm.spec.run_strategy == Some(RunStrategy::Halted)
+            || status.phase == Some(VirtualMachinePhase::Stopped);
+        let anti = vm.spec.affinity.as_ref();
+        let anti = anti.and_then(|a| a.vm_anti_affinity.as_ref());
         Some(Self {
-            uid: str_at(vm, "/metadata/uid"),
-            namespace: str_at(vm, "/metadata/namespace").unwrap_or_default(),
-            name: str_at(vm, "/metadata/name").unwrap_or_default(),
-            labels: labels(vm),
+            uid: Some(vm.uid()).filter(|u| !u.is_empty()),
+            namespace: vm.namespace().unwrap_or_default(),
+            name: vm.name(),
+            labels: vm.labels(),
             node,
             owner: controller_uid(vm),
-            cpu_milli: cpu.map_or(0, |c| u128::from(c) * MILLI),
-            memory: vm
-                .pointer("/spec/memory")
-                .and_then(bytes)
-                .filter(|_| !stopped)
-                .unwrap_or(0),
-            anti_affinity: anti
-                .map(|a| a.required_during_scheduling_ignored_during_execution)
-                .unwrap_or_default(),
+            cpu_milli: if stopped {
+                0
+            } else {
+                u128::from(vm.spec.cpu) * MILLI
+            },
+            memory: bytes(&vm.spec.memory).filter(|_| !stopped).unwrap_or(0),
+            anti_affinity: terms(anti),
         })
     }
 }
@@ -505,14 +495,10 @@ fn score<'n>(
     (spread, Reverse(cpu + memory), node.name)
 }
 
-/// The millicores of a CPU quantity: `2` is 2000, `1500m` 1500, `0.5` 500, and a JSON
-/// integer counts cores. Finer than a millicore rounds down. `None` for anything else.
-fn millicores(value: &Value) -> Option<u128> {
-    let text = match value {
-        Value::Number(n) => return n.as_u64().map(|c| u128::from(c) * MILLI),
-        Value::String(s) => s.as_str(),
-        _ => return None,
-    };
+/// The millicores of a CPU quantity: `2` is 2000, `1500m` 1500, `0.5` 500 (a JSON integer
+/// arrives as its digits). Finer than a millicore rounds down. `None` for anything else.
+fn millicores(value: &Quantity) -> Option<u128> {
+    let text = value.0.as_str();
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     if let Some(milli) = text.strip_suffix('m') {
         return digits(milli).then(|| milli.parse().ok()).flatten();
@@ -528,33 +514,17 @@ fn millicores(value: &Value) -> Option<u128> {
         .checked_add(thousandths.parse().ok()?)
 }
 
-/// The bytes of a quantity written as a string (`512Mi`) or a JSON integer.
-fn bytes(value: &Value) -> Option<u128> {
-    match value {
-        Value::String(s) => parse_quantity(s),
-        Value::Number(n) => n.as_u64().map(u128::from),
-        _ => None,
-    }
+/// The bytes of a quantity (`512Mi`, `100`).
+fn bytes(value: &Quantity) -> Option<u128> {
+    parse_quantity(&value.0)
 }
 
 /// The uid of the object's controller (the owner reference with `controller: true`).
-fn controller_uid(object: &Value) -> Option<&str> {
-    let owners = items(object, "/metadata/ownerReferences");
-    let controller = owners
-        .filter(|o| o.get("controller") == Some(&Value::Bool(true)))
-        .find_map(|o| o.get("uid").and_then(Value::as_str));
-    controller.filter(|uid| !uid.is_empty())
-}
-
-/// The object's string-valued labels.
-fn labels(object: &Value) -> Labels {
-    let map = object
-        .pointer("/metadata/labels")
-        .and_then(Value::as_object);
-    let pairs = map.into_iter().flatten();
-    pairs
-        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-        .collect()
+fn controller_uid(object: &impl ObjectExt) -> Option<&str> {
+    object
+        .controller_owner()
+        .map(|o| o.uid)
+        .filter(|uid| !uid.is_empty())
 }
 
 /// The terms of an optional (anti-)affinity.
@@ -562,17 +532,6 @@ fn terms(rules: Option<&VmAffinity>) -> &[VmAffinityTerm] {
     rules.map_or(&[], |r| {
         &r.required_during_scheduling_ignored_during_execution
     })
-}
-
-/// The string at a JSON pointer, when it is one.
-fn str_at<'v>(value: &'v Value, pointer: &str) -> Option<&'v str> {
-    value.pointer(pointer).and_then(Value::as_str)
-}
-
-/// The items of the array at a JSON pointer; none when it is not an array.
-fn items<'v>(value: &'v Value, pointer: &str) -> impl Iterator<Item = &'v Value> {
-    let array = value.pointer(pointer).and_then(Value::as_array);
-    array.into_iter().flatten()
 }
 
 #[cfg(test)]

@@ -184,12 +184,12 @@ pub struct Taint {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatus {
-    /// Total resources (Kubernetes quantities).
+    /// Total resources (Kubernetes quantities, strings or integers).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub capacity: BTreeMap<String, String>,
+    pub capacity: BTreeMap<String, Quantity>,
     /// Resources for workloads.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub allocatable: BTreeMap<String, String>,
+    pub allocatable: BTreeMap<String, Quantity>,
     /// Addresses.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<NodeAddress>,

@@ -168,6 +168,9 @@ pub struct Quantity(pub String);
 enum QuantityRepr {
     Text(String),
     Number(u64),
+    /// A negative integer: kept as written, for the reader to refuse with a message (a
+    /// schema that allows any integer lets it through).
+    Signed(i64),
 }
 
 // === impl LabelSelector ===
@@ -210,6 +213,7 @@ impl From<QuantityRepr> for Quantity {
         match repr {
             QuantityRepr::Text(s) => Self(s),
             QuantityRepr::Number(n) => Self(n.to_string()),
+            QuantityRepr::Signed(n) => Self(n.to_string()),
         }
     }
 }

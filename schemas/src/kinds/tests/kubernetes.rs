@@ -1,6 +1,7 @@
 //! The Kubernetes kinds, filled in as Keel's agents and controllers would.
 
 use super::{check, labels};
+use crate::kinds::Quantity;
 use crate::kinds::core::*;
 
 #[test]
@@ -26,7 +27,9 @@ fn kubernetes_kinds() {
         }),
     );
     node.status = Some(NodeStatus {
-        capacity: labels(&[("cpu", "4"), ("memory", "16Gi")]),
+        capacity: [("cpu", "4"), ("memory", "16Gi")]
+            .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+            .into(),
         conditions: vec![KubeCondition {
             type_: "Ready".into(),
             status: "True".into(),
