@@ -6,10 +6,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use keel_runtime::ObjectExt;
+use keel_schemas::kinds::compute::VirtualMachine;
 use keel_schemas::kinds::network::{
-    Algorithm, HealthCheckType, ListenerProtocol, LoadBalancerSpec,
+    Algorithm, HealthCheckType, ListenerProtocol, LoadBalancer, LoadBalancerSpec,
 };
-use serde_json::Value;
 
 /// A LoadBalancer as this host serves it.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,17 +87,19 @@ pub enum CheckKind {
 }
 
 /// Reads what `lb` asks of this host; `vms` are the VirtualMachines of the cluster. `Err`
-/// says why it cannot be served (no VIP yet, an unreadable spec).
-pub fn desired(lb: &Value, vms: &[std::sync::Arc<Value>]) -> Result<Desired, String> {
-    let spec: LoadBalancerSpec = serde_json::from_value(lb["spec"].clone())
-        .map_err(|e| format!("the spec cannot be read: {e}"))?;
-    let vip: IpAddr = lb["status"]["vip"]
-        .as_str()
-        .ok_or("no VIP assigned yet")?
+/// says why it cannot be served (no VIP yet, or not an address).
+pub fn desired(
+    lb: &LoadBalancer,
+    vms: &[std::sync::Arc<VirtualMachine>],
+) -> Result<Desired, String> {
+    let spec = &lb.spec;
+    let vip = lb.status.as_ref().and_then(|s| s.vip.as_deref());
+    let vip = vip.ok_or("no VIP assigned yet")?;
+    let vip: IpAddr = vip
         .parse()
-        .map_err(|_| format!("status.vip {} is not an address", lb["status"]["vip"]))?;
+        .map_err(|_| format!("status.vip {vip:?} is not an address"))?;
     let namespace = lb.namespace().unwrap_or("");
-    let check = check_config(&spec);
+    let check = check_config(spec);
     let mut listeners = Vec::new();
     let mut targets: BTreeMap<String, Target> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
@@ -199,11 +201,11 @@ fn check_config(spec: &LoadBalancerSpec) -> CheckConfig {
 }
 
 /// A VM's first NIC address.
-fn first_ip(vm: &Value) -> Option<IpAddr> {
-    vm["status"]["interfaces"]
-        .as_array()?
+fn first_ip(vm: &VirtualMachine) -> Option<IpAddr> {
+    let interfaces = &vm.status.as_ref()?.interfaces;
+    interfaces
         .iter()
-        .find_map(|i| i["ip"].as_str()?.parse().ok())
+        .find_map(|i| i.ip.as_deref()?.parse().ok())
 }
 
 fn socket(ip: IpAddr, port: u16) -> String {
@@ -213,21 +215,28 @@ fn socket(ip: IpAddr, port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use keel_runtime::Resource;
+    use serde_json::{Value, json};
     use std::sync::Arc;
 
-    fn lb(spec: Value) -> Value {
-        json!({"metadata": {"name": "web", "namespace": "shop", "generation": 3},
-               "spec": spec, "status": {"vip": "127.0.0.9"}})
+    fn lb(spec: Value) -> LoadBalancer {
+        typed(json!({"apiVersion": "keel.dev/v1alpha1", "kind": "LoadBalancer",
+               "metadata": {"name": "web", "namespace": "shop", "generation": 3},
+               "spec": spec, "status": {"vip": "127.0.0.9"}}))
     }
 
-    fn vm(name: &str, app: &str, ip: Option<&str>) -> Arc<Value> {
-        let mut v =
-            json!({"metadata": {"name": name, "namespace": "shop", "labels": {"app": app}}});
+    fn typed<T: Resource>(object: Value) -> T {
+        T::decode(object.clone()).unwrap_or_else(|e| panic!("{e}: {object}"))
+    }
+
+    fn vm(name: &str, app: &str, ip: Option<&str>) -> Arc<VirtualMachine> {
+        let mut v = json!({"apiVersion": "keel.dev/v1alpha1", "kind": "VirtualMachine",
+            "metadata": {"name": name, "namespace": "shop", "labels": {"app": app}},
+            "spec": {"cpu": 1, "memory": "1Gi"}});
         if let Some(ip) = ip {
             v["status"] = json!({"interfaces": [{"subnet": "s", "ip": ip}]});
         }
-        Arc::new(v)
+        Arc::new(typed(v))
     }
 
     #[test]
@@ -284,11 +293,12 @@ mod tests {
     }
 
     #[test]
-    fn no_vip_or_a_bad_spec_is_an_error_not_a_panic() {
+    fn no_vip_or_a_bad_one_is_an_error_not_a_panic() {
         let mut o = lb(json!({"listeners": [], "backends": {}}));
-        o["status"] = json!({});
+        o.status = None;
         assert!(desired(&o, &[]).unwrap_err().contains("no VIP"));
-        let o = lb(json!({"listeners": "nope"}));
-        assert!(desired(&o, &[]).unwrap_err().contains("cannot be read"));
+        o.status = Some(Default::default());
+        o.status.as_mut().unwrap().vip = Some("nope".into());
+        assert!(desired(&o, &[]).unwrap_err().contains("not an address"));
     }
 }

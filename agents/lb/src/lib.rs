@@ -38,11 +38,13 @@ use std::time::{Duration, Instant};
 
 use keel_client::Api;
 use keel_runtime::{
-    Condition, EventType, ObjectExt, Recorder, Store as Cache, set_condition, watcher,
+    Condition, EventType, ObjectExt, Recorder, Store as Cache, set_typed_condition, watcher,
 };
-use keel_schemas::kinds::network::ListenerProtocol;
+use keel_schemas::kinds::compute::VirtualMachine;
+use keel_schemas::kinds::network::{
+    BackendStatus, ListenerProtocol, LoadBalancer, LoadBalancerStatus,
+};
 use keel_schemas::net::AddressClass;
-use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -65,7 +67,7 @@ struct Served {
     checks: BTreeMap<String, JoinHandle<()>>,
     check: Option<CheckConfig>,
     /// What was last written: the status without its moving figures, the whole status, when.
-    written: Option<(Value, Value, Instant)>,
+    written: Option<(LoadBalancerStatus, LoadBalancerStatus, Instant)>,
     /// Each backend's health as last told in an Event.
     told: BTreeMap<String, bool>,
 }
@@ -90,30 +92,20 @@ pub async fn run(node: keel_host::Node, limits: Limits, mut shutdown: watch::Rec
     else {
         return;
     };
-    let (lbs, vms) = (Cache::<Value>::new(), Cache::<Value>::new());
+    let (lbs, vms) = (Cache::<LoadBalancer>::new(), Cache::<VirtualMachine>::new());
     let changed = Arc::new(Notify::new());
     let mut feeds = tokio::task::JoinSet::new();
-    for (api, config, cache) in [
-        (
-            Api::all(&client, lb_kind),
-            watcher::Config::default().fields(&format!("status.nodeName={node}")),
-            lbs.clone(),
-        ),
-        (
-            Api::all(&client, vm_kind),
-            watcher::Config::default(),
-            vms.clone(),
-        ),
-    ] {
-        let mut w = watcher(api, config);
-        let changed = changed.clone();
-        feeds.spawn(async move {
-            loop {
-                cache.apply(w.next().await);
-                changed.notify_one();
-            }
-        });
-    }
+    let on_node = watcher::Config::default().fields(&format!("status.nodeName={node}"));
+    feeds.spawn(feed(
+        watcher(Api::all(&client, lb_kind), on_node),
+        lbs.clone(),
+        changed.clone(),
+    ));
+    feeds.spawn(feed(
+        watcher(Api::all(&client, vm_kind), watcher::Config::default()),
+        vms.clone(),
+        changed.clone(),
+    ));
     let recorder = Recorder::new(&client, "keel-lb", &node);
     let metrics = keel_runtime::metrics::controller("agent-lb");
     let mut served: BTreeMap<String, Served> = BTreeMap::new();
@@ -131,9 +123,10 @@ pub async fn run(node: keel_host::Node, limits: Limits, mut shutdown: watch::Rec
         let started = Instant::now();
         let objects = lbs.list();
         let all_vms = vms.list();
-        let mut wanted: BTreeMap<String, (Arc<Value>, Desired)> = BTreeMap::new();
+        let mut wanted: BTreeMap<String, (Arc<LoadBalancer>, Desired)> = BTreeMap::new();
         for lb in &objects {
-            if lb.is_deleting() || lb["status"]["nodeName"].as_str() != Some(node.as_str()) {
+            let bound = lb.status.as_ref().and_then(|s| s.node_name.as_deref());
+            if lb.is_deleting() || bound != Some(node.as_str()) {
                 continue;
             }
             match config::desired(lb, &all_vms) {
@@ -301,7 +294,7 @@ impl Served {
     }
 
     /// Emits an Event for each backend whose health flipped since the last one.
-    async fn publish_health(&mut self, recorder: &Recorder, lb: &Value) {
+    async fn publish_health(&mut self, recorder: &Recorder, lb: &LoadBalancer) {
         let mut flips = Vec::new();
         for (address, b) in &self.backends {
             let Some(up) = b.health().reported() else {
@@ -341,7 +334,7 @@ impl Served {
 
     /// Tells in a Warning Event what each listener's limits refused since last told, at
     /// most every [`FIGURES_EVERY`] per listener.
-    async fn publish_refusals(&mut self, recorder: &Recorder, lb: &Value, limits: &Limits) {
+    async fn publish_refusals(&mut self, recorder: &Recorder, lb: &LoadBalancer, limits: &Limits) {
         let mut news = Vec::new();
         for ((proto, port), l) in &mut self.listeners {
             let total = l.refusals.total();
@@ -395,7 +388,7 @@ impl Served {
     }
 
     /// The backends as the status lists them, and the `Ready` condition.
-    fn report(&self) -> (Vec<Value>, (&'static str, &'static str, String)) {
+    fn report(&self) -> (Vec<BackendStatus>, (&'static str, &'static str, String)) {
         let mut backends = Vec::new();
         let listed = self
             .desired
@@ -406,24 +399,19 @@ impl Served {
             .map(|b| (b, false))
             .chain(self.draining.iter().map(|b| (b, true)))
         {
-            let mut entry = json!({"address": b.address, "connections": b.active()});
-            if let Some(vm) = &b.vm {
-                entry["virtualMachine"] = json!(vm);
-            }
-            if let Some(h) = b.health().reported() {
-                entry["healthy"] = json!(h);
-            }
-            if let Some((when, result)) = b.last_check() {
-                entry["lastCheckTime"] = json!(keel_schemas::time::rfc3339(
-                    when.duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs())
-                ));
-                entry["lastCheckResult"] = json!(result);
-            }
-            if draining {
-                entry["draining"] = json!(true);
-            }
-            backends.push(entry);
+            let checked = b.last_check();
+            backends.push(BackendStatus {
+                address: b.address.clone(),
+                virtual_machine: b.vm.clone(),
+                healthy: b.health().reported(),
+                last_check_time: checked.as_ref().map(|(when, _)| {
+                    let since = when.duration_since(std::time::UNIX_EPOCH);
+                    keel_schemas::time::rfc3339(since.map_or(0, |d| d.as_secs()))
+                }),
+                last_check_result: checked.map(|(_, result)| result),
+                connections: Some(b.active() as u64),
+                draining: draining.then_some(true),
+            });
         }
         let failed: Vec<&str> = self
             .listeners
@@ -485,16 +473,13 @@ impl Served {
 
     /// Writes the status when it changed (the moving figures at most every
     /// [`FIGURES_EVERY`]).
-    async fn write_status(&mut self, client: &keel_client::Client, lb: &Value) {
+    async fn write_status(&mut self, client: &keel_client::Client, lb: &LoadBalancer) {
         let (backends, (status, reason, message)) = self.report();
-        let mut next = lb["status"].clone();
-        if !next.is_object() {
-            next = json!({});
-        }
-        next["backends"] = json!(backends);
-        next["observedGeneration"] = json!(self.desired.generation);
-        set_condition(
-            &mut next,
+        let mut next = lb.status.clone().unwrap_or_default();
+        next.backends = backends;
+        next.observed_generation = Some(self.desired.generation);
+        set_typed_condition(
+            &mut next.conditions,
             &Condition::ready(status, reason, &message),
             &keel_schemas::time::now_rfc3339(),
         );
@@ -505,7 +490,8 @@ impl Served {
         {
             return;
         }
-        if without_figures(&lb["status"]) == steady && self.written.is_none() {
+        let current = lb.status.clone().unwrap_or_default();
+        if without_figures(&current) == steady && self.written.is_none() {
             // Already as it should be (a restart of the agent): only the figures differ.
             self.written = Some((steady, next, Instant::now()));
             return;
@@ -513,9 +499,10 @@ impl Served {
         let Some(kind) = keel_schemas::lookup("loadbalancers") else {
             return;
         };
-        let api: Api<Value> = Api::namespaced(client, kind, lb.namespace().unwrap_or("default"));
+        let api: Api<LoadBalancer> =
+            Api::namespaced(client, kind, lb.namespace().unwrap_or("default"));
         let mut updated = lb.clone();
-        updated["status"] = next.clone();
+        updated.status = Some(next.clone());
         match api.update_status(&updated).await {
             Ok(_) => self.written = Some((steady, next, Instant::now())),
             // Changed meanwhile: written again from the newer object on the next round.
@@ -528,24 +515,28 @@ impl Served {
 }
 
 /// A status without what moves all the time: connections, check times, condition times.
-fn without_figures(status: &Value) -> Value {
+fn without_figures(status: &LoadBalancerStatus) -> LoadBalancerStatus {
     let mut s = status.clone();
-    if let Some(backends) = s["backends"].as_array_mut() {
-        for b in backends {
-            if let Some(b) = b.as_object_mut() {
-                b.remove("connections");
-                b.remove("lastCheckTime");
-            }
-        }
+    for b in &mut s.backends {
+        b.connections = None;
+        b.last_check_time = None;
     }
-    if let Some(conditions) = s["conditions"].as_array_mut() {
-        for c in conditions {
-            if let Some(c) = c.as_object_mut() {
-                c.remove("lastTransitionTime");
-            }
-        }
+    for c in &mut s.conditions {
+        c.last_transition_time = None;
     }
     s
+}
+
+/// Applies a watcher's events to `cache`, and says so on `changed`.
+async fn feed<K: keel_runtime::Resource>(
+    mut w: watcher::Watcher,
+    cache: Cache<K>,
+    changed: Arc<Notify>,
+) {
+    loop {
+        cache.apply(w.next().await);
+        changed.notify_one();
+    }
 }
 
 /// Checks `backend` every interval and steps its health; `changed` hears when it flips.
