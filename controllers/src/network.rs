@@ -27,14 +27,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_client::{Api, Client, ClientError};
-use keel_schemas::kinds::compute::VirtualMachineSpec;
-use keel_schemas::kinds::network::{LoadBalancerSpec, SecurityGroupSpec, SubnetSpec, VpcSpec};
-use serde_json::{Value, json};
+use keel_schemas::kinds::Object;
+use keel_schemas::kinds::compute::{InterfaceStatus, VirtualMachine, VirtualMachineSpec};
+use keel_schemas::kinds::network::{
+    BackendStatus, LoadBalancer, LoadBalancerSpec, LoadBalancerStatus, SecurityGroup,
+    SecurityGroupSpec, Subnet, SubnetSpec, SubnetStatus, Vpc, VpcSpec,
+};
+use serde::Serialize;
+use serde_json::Value;
 use tokio::sync::{Mutex, Notify, watch};
 
 use keel_ovsdb::data::Replica;
 use keel_ovsdb::{Ovsdb, OvsdbError};
-use keel_runtime::{Condition, ObjectExt, Store, set_condition, watcher};
+use keel_runtime::{Condition, ObjectExt, Resource, Store, set_typed_condition, watcher};
 
 pub use self::topology::External;
 use self::topology::{DhcpRows, GroupRows, NicRows, SubnetRows, VpcRows, World};
@@ -83,11 +88,11 @@ pub struct PassReport {
 /// The caches a pass reads: the five kinds, and the northbound tables.
 #[derive(Clone, Default)]
 pub struct Caches {
-    vpcs: Store,
-    subnets: Store,
-    groups: Store,
-    vms: Store,
-    balancers: Store,
+    vpcs: Store<Vpc>,
+    subnets: Store<Subnet>,
+    groups: Store<SecurityGroup>,
+    vms: Store<VirtualMachine>,
+    balancers: Store<LoadBalancer>,
     replica: Arc<Mutex<Replica>>,
 }
 
@@ -102,40 +107,49 @@ impl Caches {
     /// Watches the five kinds into the caches; `notify` hears of every change.
     pub fn watch(&self, client: &Client, notify: Arc<Notify>) -> tokio::task::JoinSet<()> {
         let mut feeds = tokio::task::JoinSet::new();
-        for (plural, store) in [
-            ("vpcs", &self.vpcs),
-            ("subnets", &self.subnets),
-            ("securitygroups", &self.groups),
-            ("virtualmachines", &self.vms),
-            ("loadbalancers", &self.balancers),
-        ] {
-            let Some(kind) = keel_schemas::lookup(plural) else {
-                continue;
-            };
-            let mut w = watcher(Api::all(client, kind), watcher::Config::default());
-            let (store, notify) = (store.clone(), notify.clone());
-            feeds.spawn(async move {
-                loop {
-                    store.apply(w.next().await);
-                    notify.notify_one();
-                }
-            });
-        }
+        feed(&mut feeds, client, "vpcs", &self.vpcs, &notify);
+        feed(&mut feeds, client, "subnets", &self.subnets, &notify);
+        feed(&mut feeds, client, "securitygroups", &self.groups, &notify);
+        feed(&mut feeds, client, "virtualmachines", &self.vms, &notify);
+        feed(
+            &mut feeds,
+            client,
+            "loadbalancers",
+            &self.balancers,
+            &notify,
+        );
         feeds
     }
 
     /// Waits until every kind has been listed.
     pub async fn wait_ready(&self) {
-        for store in [
-            &self.vpcs,
-            &self.subnets,
-            &self.groups,
-            &self.vms,
-            &self.balancers,
-        ] {
-            store.wait_ready().await;
-        }
+        self.vpcs.wait_ready().await;
+        self.subnets.wait_ready().await;
+        self.groups.wait_ready().await;
+        self.vms.wait_ready().await;
+        self.balancers.wait_ready().await;
     }
+}
+
+/// Watches the objects of `plural` into `store`; `notify` hears of every change.
+fn feed<K: Resource>(
+    feeds: &mut tokio::task::JoinSet<()>,
+    client: &Client,
+    plural: &str,
+    store: &Store<K>,
+    notify: &Arc<Notify>,
+) {
+    let Some(kind) = keel_schemas::lookup(plural) else {
+        return;
+    };
+    let mut w = watcher(Api::all(client, kind), watcher::Config::default());
+    let (store, notify) = (store.clone(), notify.clone());
+    feeds.spawn(async move {
+        loop {
+            store.apply(w.next().await);
+            notify.notify_one();
+        }
+    });
 }
 
 /// Runs the controller until `shutdown` turns true.
@@ -237,9 +251,11 @@ pub async fn connect(
 }
 
 /// The VPCs by namespace and name, with their specs.
-type VpcSpecs<'a> = BTreeMap<(&'a str, &'a str), (&'a Value, VpcSpec)>;
+type VpcSpecs<'a> = BTreeMap<(&'a str, &'a str), (&'a Vpc, &'a VpcSpec)>;
 /// The Subnets that can be programmed: each with its spec and its VPC's uid.
-type Accepted<'a> = Vec<(&'a Value, SubnetSpec, String)>;
+type Accepted<'a> = Vec<(&'a Subnet, &'a SubnetSpec, String)>;
+/// The statuses a pass writes: each object, with its new status, as the API takes it.
+type Writes = Vec<(&'static str, Value)>;
 /// Each Subnet's verdict, by namespace and name.
 type Verdicts = BTreeMap<(String, String), Verdict>;
 
@@ -260,15 +276,23 @@ pub async fn pass(
     );
     let vpc_specs: VpcSpecs<'_> = vpcs
         .iter()
-        .filter_map(|v| {
-            let spec = serde_json::from_value(v["spec"].clone()).ok()?;
-            Some(((v.namespace().unwrap_or(""), v.name()), (v.as_ref(), spec)))
+        .map(|v| {
+            (
+                (v.namespace().unwrap_or(""), v.name()),
+                (v.as_ref(), &v.spec),
+            )
         })
         .collect();
-    let vm_specs: Vec<(&Value, VirtualMachineSpec)> = with_specs(&vms);
-    let group_specs: Vec<(&Value, SecurityGroupSpec)> = with_specs(&groups);
-    // Only LoadBalancers on a subnet are this controller's; one that cannot be read says so.
-    let (lb_specs, unreadable_lbs) = subnet_balancers(&lbs);
+    let vm_specs: Vec<(&VirtualMachine, &VirtualMachineSpec)> =
+        vms.iter().map(|v| (v.as_ref(), &v.spec)).collect();
+    let group_specs: Vec<(&SecurityGroup, &SecurityGroupSpec)> =
+        groups.iter().map(|g| (g.as_ref(), &g.spec)).collect();
+    // Only LoadBalancers on a subnet are this controller's.
+    let lb_specs: Vec<(&LoadBalancer, &LoadBalancerSpec)> = lbs
+        .iter()
+        .filter(|lb| lb.spec.subnet.is_some())
+        .map(|lb| (lb.as_ref(), &lb.spec))
+        .collect();
     let on_subnets = balancers_on_subnets(&lb_specs);
 
     // 1. Subnets that can be programmed, and why the others cannot.
@@ -322,15 +346,15 @@ pub async fn pass(
 
     // 4. Statuses, written a few at a time.
     let now = keel_schemas::time::now_rfc3339();
-    let mut writes: Vec<(&'static str, Value)> = Vec::new();
+    let mut writes = Writes::new();
     stage_vpc_statuses(&mut writes, &vpc_specs, &accepted, &snat, &now);
     stage_subnet_statuses(&mut writes, &subnets, &allocation, &verdicts, &now);
     for (g, _) in &group_specs {
-        let mut status = object_status(g);
-        status["observedGeneration"] = json!(g.generation());
+        let mut status = g.status.clone().unwrap_or_default();
+        status.observed_generation = Some(g.generation());
         let programmed = "the group's port group and ACLs are in OVN";
-        set_condition(
-            &mut status,
+        set_typed_condition(
+            &mut status.conditions,
             &Condition::ready("True", "Programmed", programmed),
             &now,
         );
@@ -343,54 +367,26 @@ pub async fn pass(
             stage(&mut writes, "loadbalancers", lb, status);
         }
     }
-    for lb in unreadable_lbs {
-        let mut status = object_status(lb);
-        status["observedGeneration"] = json!(lb.generation());
-        set_condition(
-            &mut status,
-            &Condition::ready("False", "InvalidSpec", "the spec cannot be read"),
-            &now,
-        );
-        stage(&mut writes, "loadbalancers", lb, status);
-    }
     report.status_writes += write_statuses(client, writes).await?;
     Ok(report)
 }
 
 /// The objects of `store` not being deleted, oldest first (ties by namespace and name): the
 /// order in which they win what they contend for.
-fn live(store: &Store) -> Vec<Arc<Value>> {
-    let mut v: Vec<Arc<Value>> = store
+fn live<K: Resource>(store: &Store<K>) -> Vec<Arc<K>> {
+    let mut v: Vec<Arc<K>> = store
         .list()
         .into_iter()
         .filter(|o| !o.is_deleting())
         .collect();
-    v.sort_by(|a, b| {
-        (
-            a["metadata"]["creationTimestamp"].as_str(),
-            a.namespace(),
-            a.name(),
-        )
-            .cmp(&(
-                b["metadata"]["creationTimestamp"].as_str(),
-                b.namespace(),
-                b.name(),
-            ))
-    });
+    let order = |o: &Arc<K>| (o.creation_timestamp().to_string(), o.object_ref());
+    v.sort_by_cached_key(order);
     v
-}
-
-/// Each object with its spec, those whose spec cannot be read left out.
-fn with_specs<S: serde::de::DeserializeOwned>(objects: &[Arc<Value>]) -> Vec<(&Value, S)> {
-    objects
-        .iter()
-        .filter_map(|o| Some((o.as_ref(), serde_json::from_value(o["spec"].clone()).ok()?)))
-        .collect()
 }
 
 /// The LoadBalancers on subnets as [`balancers`] sees them.
 fn balancers_on_subnets<'a>(
-    lb_specs: &'a [(&'a Value, LoadBalancerSpec)],
+    lb_specs: &'a [(&'a LoadBalancer, &'a LoadBalancerSpec)],
 ) -> Vec<balancers::Balancer<'a>> {
     lb_specs
         .iter()
@@ -401,9 +397,13 @@ fn balancers_on_subnets<'a>(
                 uid: lb.uid(),
                 subnet: spec.subnet.as_deref()?,
                 spec,
-                created: lb["metadata"]["creationTimestamp"].as_str().unwrap_or(""),
-                programmed: keel_runtime::condition(lb, keel_schemas::wellknown::READY)
-                    .is_some_and(|c| c["reason"] == "Programmed"),
+                created: lb.creation_timestamp(),
+                programmed: lb
+                    .status
+                    .iter()
+                    .flat_map(|s| &s.conditions)
+                    .find(|c| c.type_ == keel_schemas::wellknown::READY)
+                    .is_some_and(|c| c.reason.as_deref() == Some("Programmed")),
             })
         })
         .collect()
@@ -412,7 +412,7 @@ fn balancers_on_subnets<'a>(
 /// Step 1: each Subnet's verdict, and those that can be programmed (oldest first: a later
 /// one overlapping an accepted one is refused).
 fn check_subnets<'a>(
-    subnets: &'a [Arc<Value>],
+    subnets: &'a [Arc<Subnet>],
     vpc_specs: &VpcSpecs<'_>,
 ) -> (Verdicts, Accepted<'a>) {
     let mut verdicts = Verdicts::new();
@@ -420,12 +420,9 @@ fn check_subnets<'a>(
     for s in subnets {
         let ns = s.namespace().unwrap_or("");
         let key = (ns.to_string(), s.name().to_string());
-        let Ok(spec) = serde_json::from_value::<SubnetSpec>(s["spec"].clone()) else {
-            verdicts.insert(key, Err(("InvalidSpec", "the spec cannot be read".into())));
-            continue;
-        };
+        let spec = &s.spec;
         let vpc = vpc_specs.get(&(ns, spec.vpc.as_str()));
-        let verdict = check_subnet(&spec, vpc.map(|(_, v)| v), &accepted, ns);
+        let verdict = check_subnet(spec, vpc.map(|(_, v)| *v), &accepted, ns);
         if verdict.is_ok()
             && let Some((vpc, _)) = vpc
         {
@@ -447,7 +444,7 @@ struct Allocation {
     /// LoadBalancers sharing another's VIP: uid to the holder's uid.
     shares: BTreeMap<String, String>,
     /// Each accepted Subnet's new status (by uid): its allocations and counts.
-    subnet_status: BTreeMap<String, Value>,
+    subnet_status: BTreeMap<String, SubnetStatus>,
 }
 
 impl Allocation {
@@ -467,7 +464,7 @@ impl Allocation {
 /// each Subnet's status already allocated.
 fn allocate(
     accepted: &Accepted<'_>,
-    vm_specs: &[(&Value, VirtualMachineSpec)],
+    vm_specs: &[(&VirtualMachine, &VirtualMachineSpec)],
     on_subnets: &[balancers::Balancer<'_>],
 ) -> Allocation {
     let mut out = Allocation::default();
@@ -490,14 +487,8 @@ fn allocate(
             .collect();
         let pool = ipam::Pool::new(&spec.cidr, spec.gateway.as_deref(), &spec.exclude_ips);
         let Ok(pool) = pool else { continue };
-        let current: BTreeMap<String, String> = s["status"]["allocations"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut status = s.status.clone().unwrap_or_default();
+        let current = std::mem::take(&mut status.allocations);
         let (lb_claims, lb_shares) = balancers::claims(on_subnets, ns, s.name(), &current);
         claims.extend(lb_claims);
         out.shares.extend(lb_shares);
@@ -506,11 +497,10 @@ fn allocate(
             out.addresses.insert(owner.clone(), ip.clone());
         }
         out.failures.extend(outcome.failed.clone());
-        let mut status = object_status(s);
-        status["allocations"] = json!(outcome.allocations);
-        status["usedIPs"] = json!(outcome.used);
-        status["availableIPs"] = json!(outcome.available);
-        status["switch"] = json!(topology::name(ns, s.name()));
+        status.allocations = outcome.allocations;
+        status.used_ips = Some(outcome.used);
+        status.available_ips = Some(outcome.available);
+        status.switch = Some(topology::name(ns, s.name()));
         out.subnet_status.insert(s.uid().to_string(), status);
     }
     out
@@ -521,16 +511,19 @@ fn allocate(
 async fn record_allocations(
     client: &Client,
     accepted: &Accepted<'_>,
-    subnet_status: &BTreeMap<String, Value>,
+    subnet_status: &BTreeMap<String, SubnetStatus>,
     report: &mut PassReport,
 ) -> Result<(), NetworkError> {
     for (s, _, _) in accepted {
         let Some(status) = subnet_status.get(s.uid()) else {
             continue;
         };
-        if s["status"]["allocations"] != status["allocations"] {
+        let allocations = s.status.as_ref().map(|st| &st.allocations);
+        if allocations != Some(&status.allocations) {
             let mut updated = (*s).clone();
-            updated["status"] = status.clone();
+            updated.status = Some(status.clone());
+            let updated = serde_json::to_value(&updated)
+                .map_err(|e| ClientError::Config(format!("cannot encode a Subnet: {e}")))?;
             write_status(client, "subnets", &updated, report)
                 .await
                 .map_err(|e| match e.code() {
@@ -584,9 +577,9 @@ fn subnet_rows<'a>(accepted: &'a Accepted<'a>) -> Vec<SubnetRows<'a>> {
 
 /// Step 3: the ports of NICs that have an address and a MAC.
 fn nic_rows<'a>(
-    vm_specs: &'a [(&'a Value, VirtualMachineSpec)],
+    vm_specs: &'a [(&'a VirtualMachine, &'a VirtualMachineSpec)],
     accepted: &'a Accepted<'a>,
-    group_specs: &'a [(&'a Value, SecurityGroupSpec)],
+    group_specs: &'a [(&'a SecurityGroup, &'a SecurityGroupSpec)],
     allocation: &Allocation,
     macs: &BTreeMap<String, Result<String, String>>,
 ) -> Vec<NicRows<'a>> {
@@ -628,24 +621,22 @@ fn nic_rows<'a>(
 
 /// Step 4: each VPC's router, Subnets and source NAT address.
 fn stage_vpc_statuses(
-    writes: &mut Vec<(&'static str, Value)>,
+    writes: &mut Writes,
     vpc_specs: &VpcSpecs<'_>,
     accepted: &Accepted<'_>,
     snat: &BTreeMap<String, Result<String, String>>,
     now: &str,
 ) {
     for (v, _) in vpc_specs.values() {
-        let mut status = object_status(v);
+        let mut status = v.status.clone().unwrap_or_default();
         let ns = v.namespace().unwrap_or("");
-        status["router"] = json!(topology::name(ns, v.name()));
-        status["subnets"] = json!(
-            accepted
-                .iter()
-                .filter(|(s, spec, _)| s.namespace() == Some(ns) && spec.vpc == v.name())
-                .map(|(s, _, _)| s.name())
-                .collect::<Vec<_>>()
-        );
-        status["observedGeneration"] = json!(v.generation());
+        status.router = Some(topology::name(ns, v.name()));
+        status.subnets = accepted
+            .iter()
+            .filter(|(s, spec, _)| s.namespace() == Some(ns) && spec.vpc == v.name())
+            .map(|(s, _, _)| s.name().to_string())
+            .collect();
+        status.observed_generation = Some(v.generation());
         let (ready, reason, message) = match snat.get(v.uid()) {
             None => (
                 "True",
@@ -653,7 +644,7 @@ fn stage_vpc_statuses(
                 "the VPC's logical router is in OVN".to_string(),
             ),
             Some(Ok(ip)) => {
-                status["externalIP"] = json!(ip);
+                status.external_ip = Some(ip.clone());
                 (
                     "True",
                     "Programmed",
@@ -662,20 +653,19 @@ fn stage_vpc_statuses(
             }
             Some(Err(why)) => ("False", "SNATUnavailable", why.clone()),
         };
-        if snat.get(v.uid()).is_none_or(|r| r.is_err())
-            && let Some(st) = status.as_object_mut()
-        {
-            st.remove("externalIP");
+        if snat.get(v.uid()).is_none_or(|r| r.is_err()) {
+            status.external_ip = None;
         }
-        set_condition(&mut status, &Condition::ready(ready, reason, &message), now);
+        let c = Condition::ready(ready, reason, &message);
+        set_typed_condition(&mut status.conditions, &c, now);
         stage(writes, "vpcs", v, status);
     }
 }
 
 /// Step 4: each Subnet's allocations and verdict.
 fn stage_subnet_statuses(
-    writes: &mut Vec<(&'static str, Value)>,
-    subnets: &[Arc<Value>],
+    writes: &mut Writes,
+    subnets: &[Arc<Subnet>],
     allocation: &Allocation,
     verdicts: &Verdicts,
     now: &str,
@@ -689,11 +679,11 @@ fn stage_subnet_statuses(
             .subnet_status
             .get(s.uid())
             .cloned()
-            .unwrap_or_else(|| object_status(s));
-        status["observedGeneration"] = json!(s.generation());
+            .unwrap_or_else(|| s.status.clone().unwrap_or_default());
+        status.observed_generation = Some(s.generation());
         let c = match verdicts.get(&key) {
             Some(Ok(()))
-                if status["availableIPs"] == json!(0)
+                if status.available_ips == Some(0)
                     && allocation
                         .failures
                         .values()
@@ -709,7 +699,7 @@ fn stage_subnet_statuses(
             Some(Err((reason, message))) => Condition::ready("False", reason, message),
             None => continue,
         };
-        set_condition(&mut status, &c, now);
+        set_typed_condition(&mut status.conditions, &c, now);
         stage(writes, "subnets", s, status);
     }
 }
@@ -717,8 +707,8 @@ fn stage_subnet_statuses(
 /// Step 4: each VM's interfaces (subnet, MAC, address) and `NetworkReady`, with why a NIC
 /// has no address.
 fn stage_vm_statuses(
-    writes: &mut Vec<(&'static str, Value)>,
-    vm_specs: &[(&Value, VirtualMachineSpec)],
+    writes: &mut Writes,
+    vm_specs: &[(&VirtualMachine, &VirtualMachineSpec)],
     allocation: &Allocation,
     macs: &BTreeMap<String, Result<String, String>>,
     verdicts: &Verdicts,
@@ -730,7 +720,7 @@ fn stage_vm_statuses(
         }
         let ns = v.namespace().unwrap_or("");
         let mut problems = Vec::new();
-        let interfaces: Vec<Value> = spec
+        let interfaces: Vec<InterfaceStatus> = spec
             .nics
             .iter()
             .enumerate()
@@ -743,9 +733,13 @@ fn stage_vm_statuses(
                         .clone()
                         .unwrap_or_else(|| keel_schemas::wellknown::nic_mac(v.uid(), i)),
                 };
-                let mut iface = json!({"subnet": nic.subnet, "mac": mac});
+                let mut iface = InterfaceStatus {
+                    subnet: Some(nic.subnet.clone()),
+                    ip: None,
+                    mac: Some(mac),
+                };
                 match allocation.addresses.get(&owner) {
-                    Some(ip) => iface["ip"] = json!(ip),
+                    Some(ip) => iface.ip = Some(ip.clone()),
                     None => problems.push(
                         match (
                             allocation.failures.get(&owner),
@@ -762,8 +756,8 @@ fn stage_vm_statuses(
                 iface
             })
             .collect();
-        let mut status = object_status(v);
-        status["interfaces"] = json!(interfaces);
+        let mut status = v.status.clone().unwrap_or_default();
+        status.interfaces = interfaces;
         let message = problems.join("; ");
         let c = if problems.is_empty() {
             Condition::new(
@@ -775,7 +769,7 @@ fn stage_vm_statuses(
         } else {
             Condition::new("NetworkReady", "False", "AddressUnavailable", &message)
         };
-        set_condition(&mut status, &c, now);
+        set_typed_condition(&mut status.conditions, &c, now);
         stage(writes, "virtualmachines", v, status);
     }
 }
@@ -784,18 +778,13 @@ fn stage_vm_statuses(
 /// the one it has (status) or asks for (spec) when free, else the lowest free one — or why
 /// it has none.
 fn snat_addresses(
-    vpcs: &BTreeMap<(&str, &str), (&Value, VpcSpec)>,
+    vpcs: &VpcSpecs<'_>,
     external: Option<&External>,
 ) -> BTreeMap<String, Result<String, String>> {
     let mut out = BTreeMap::new();
-    let mut ordered: Vec<&(&Value, VpcSpec)> =
+    let mut ordered: Vec<&(&Vpc, &VpcSpec)> =
         vpcs.values().filter(|(_, s)| s.snat.is_some()).collect();
-    ordered.sort_by_key(|(v, _)| {
-        (
-            v["metadata"]["creationTimestamp"].as_str().unwrap_or(""),
-            v.uid().to_string(),
-        )
-    });
+    ordered.sort_by_key(|(v, _)| (v.creation_timestamp(), v.uid()));
     let Some(ext) = external else {
         for (v, _) in ordered {
             out.insert(
@@ -815,7 +804,7 @@ fn snat_addresses(
     let mut claims = Vec::new();
     for (v, spec) in &ordered {
         let owner = v.uid().to_string();
-        if let Some(ip) = v["status"]["externalIP"].as_str() {
+        if let Some(ip) = v.status.as_ref().and_then(|s| s.external_ip.as_deref()) {
             current.insert(ip.to_string(), owner.clone());
         }
         let fixed = spec
@@ -835,23 +824,6 @@ fn snat_addresses(
     out
 }
 
-/// The LoadBalancers on a subnet (`spec.subnet` set) with their specs, and those of them whose
-/// spec cannot be read. The others are an agent's L4 proxy's: not even looked at.
-fn subnet_balancers(lbs: &[Arc<Value>]) -> (Vec<(&Value, LoadBalancerSpec)>, Vec<&Value>) {
-    let mut readable = Vec::new();
-    let mut unreadable = Vec::new();
-    for lb in lbs.iter().filter(|lb| lb["spec"]["subnet"].is_string()) {
-        match serde_json::from_value::<LoadBalancerSpec>(lb["spec"].clone()) {
-            Ok(spec) => readable.push((lb.as_ref(), spec)),
-            Err(e) => {
-                tracing::debug!(lb = %lb.name(), error = %e, "a LoadBalancer's spec cannot be read");
-                unreadable.push(lb.as_ref());
-            }
-        }
-    }
-    (readable, unreadable)
-}
-
 /// What step 2 of a pass allocated.
 struct Allocated<'w> {
     /// Address by owner.
@@ -865,10 +837,10 @@ struct Allocated<'w> {
 /// The LoadBalancers' rows and outcomes ([`balancers::plan`]) from what the pass found.
 fn plan_balancers<'a>(
     on_subnets: &[balancers::Balancer<'a>],
-    accepted: &'a [(&'a Value, SubnetSpec, String)],
+    accepted: &'a [(&'a Subnet, &'a SubnetSpec, String)],
     verdicts: &'a BTreeMap<(String, String), Verdict>,
-    vpcs: &BTreeMap<(&'a str, &'a str), (&'a Value, VpcSpec)>,
-    vms: &'a [(&'a Value, VirtualMachineSpec)],
+    vpcs: &VpcSpecs<'a>,
+    vms: &'a [(&'a VirtualMachine, &'a VirtualMachineSpec)],
     nics: &[NicRows<'a>],
     allocated: Allocated<'_>,
 ) -> balancers::Plan<'a> {
@@ -917,47 +889,39 @@ fn plan_balancers<'a>(
 }
 
 /// A LoadBalancer's status from its outcome: every field but the proxy's `nodeName` is ours.
-fn balancer_status(lb: &Value, outcome: &balancers::Outcome, now: &str) -> Value {
-    let mut status = object_status(lb);
-    if let Some(st) = status.as_object_mut() {
-        st.remove("vip");
-        st.remove("backends");
-    }
-    if let Some(vip) = &outcome.vip {
-        status["vip"] = json!(vip);
-    }
-    if !outcome.backends.is_empty() {
-        status["backends"] = outcome
-            .backends
-            .iter()
-            .map(|b| match &b.vm {
-                Some(vm) => json!({"address": b.address, "virtualMachine": vm}),
-                None => json!({"address": b.address}),
-            })
-            .collect();
-    }
-    status["observedGeneration"] = json!(lb.generation());
+fn balancer_status(
+    lb: &LoadBalancer,
+    outcome: &balancers::Outcome,
+    now: &str,
+) -> LoadBalancerStatus {
+    let mut status = lb.status.clone().unwrap_or_default();
+    status.vip = outcome.vip.clone();
+    status.backends = outcome
+        .backends
+        .iter()
+        .map(|b| BackendStatus {
+            address: b.address.clone(),
+            virtual_machine: b.vm.clone(),
+            healthy: None,
+            last_check_time: None,
+            last_check_result: None,
+            connections: None,
+            draining: None,
+        })
+        .collect();
+    status.observed_generation = Some(lb.generation());
     let (ready, reason, message) = match &outcome.ready {
         Ok(message) => ("True", "Programmed", message.as_str()),
         Err((reason, message)) => ("False", *reason, message.as_str()),
     };
-    set_condition(&mut status, &Condition::ready(ready, reason, message), now);
+    let c = Condition::ready(ready, reason, message);
+    set_typed_condition(&mut status.conditions, &c, now);
     status
-}
-
-/// An object's status, or an empty one.
-fn object_status(object: &Value) -> Value {
-    let status = &object["status"];
-    if status.is_object() {
-        status.clone()
-    } else {
-        json!({})
-    }
 }
 
 /// Subnet uid by (namespace, name), of the subnets that are programmed.
 fn subnet_uid_of<'a>(
-    accepted: &'a [(&'a Value, SubnetSpec, String)],
+    accepted: &'a [(&'a Subnet, &'a SubnetSpec, String)],
 ) -> BTreeMap<(&'a str, &'a str), &'a str> {
     accepted
         .iter()
@@ -969,7 +933,7 @@ fn subnet_uid_of<'a>(
 /// first): the spec's, else derived from the uid — derived again when a MAC earlier in the
 /// order has it — or why there is none (a fixed MAC already taken).
 fn assign_macs(
-    vms: &[(&Value, VirtualMachineSpec)],
+    vms: &[(&VirtualMachine, &VirtualMachineSpec)],
     subnets: &BTreeMap<(&str, &str), &str>,
 ) -> BTreeMap<String, Result<String, String>> {
     let mut used: BTreeMap<(&str, String), String> = BTreeMap::new();
@@ -1023,7 +987,7 @@ type Verdict = Result<(), (&'static str, String)>;
 fn check_subnet(
     spec: &SubnetSpec,
     vpc: Option<&VpcSpec>,
-    accepted: &[(&Value, SubnetSpec, String)],
+    accepted: &[(&Subnet, &SubnetSpec, String)],
     namespace: &str,
 ) -> Verdict {
     let Some(vpc) = vpc else {
@@ -1062,25 +1026,31 @@ fn check_subnet(
 }
 
 /// Queues `object` with `status` for writing, when that changes it.
-fn stage(
-    writes: &mut Vec<(&'static str, Value)>,
+fn stage<Spec, Status>(
+    writes: &mut Writes,
     plural: &'static str,
-    object: &Value,
-    status: Value,
-) {
-    if object["status"] != status {
-        let mut updated = object.clone();
-        updated["status"] = status;
-        writes.push((plural, updated));
+    object: &Object<Spec, Status>,
+    status: Status,
+) where
+    Object<Spec, Status>: Clone + Serialize + Resource,
+    Status: PartialEq,
+{
+    if object.status.as_ref() == Some(&status) {
+        return;
+    }
+    let mut updated = object.clone();
+    updated.status = Some(status);
+    match serde_json::to_value(&updated) {
+        Ok(updated) => writes.push((plural, updated)),
+        Err(e) => {
+            tracing::warn!(object = %object.object_ref(), error = %e, "cannot write the status")
+        }
     }
 }
 
 /// Writes the staged statuses, [`STATUS_WRITERS`] at a time; returns how many were written.
 /// One object's refusal does not stop the others; a conflict is left to the next pass.
-async fn write_statuses(
-    client: &Client,
-    writes: Vec<(&'static str, Value)>,
-) -> Result<usize, NetworkError> {
+async fn write_statuses(client: &Client, writes: Writes) -> Result<usize, NetworkError> {
     let mut written = 0;
     let mut pending = writes.into_iter().peekable();
     while pending.peek().is_some() {
@@ -1134,11 +1104,13 @@ async fn write_status(
 mod tests {
     use super::*;
 
-    fn vm(uid: &str, nics: Value) -> (Value, VirtualMachineSpec) {
-        let v = json!({"metadata": {"name": uid, "namespace": "ns", "uid": uid}});
-        let spec = serde_json::from_value(json!({"cpu": 1, "memory": "1Gi", "nics": nics}))
-            .unwrap_or_else(|e| panic!("{e}"));
-        (v, spec)
+    use serde_json::json;
+
+    fn vm(uid: &str, nics: Value) -> VirtualMachine {
+        let v = json!({"apiVersion": "keel.dev/v1alpha1", "kind": "VirtualMachine",
+            "metadata": {"name": uid, "namespace": "ns", "uid": uid},
+            "spec": {"cpu": 1, "memory": "1Gi", "nics": nics}});
+        VirtualMachine::decode(v).unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
@@ -1149,11 +1121,7 @@ mod tests {
             "c",
             json!([{"subnet": "t", "mac": "52:54:00:00:00:01"}, {"subnet": "s"}]),
         );
-        let vms = [
-            (&a.0, a.1.clone()),
-            (&b.0, b.1.clone()),
-            (&c.0, c.1.clone()),
-        ];
+        let vms = [(&a, &a.spec), (&b, &b.spec), (&c, &c.spec)];
         let subnets: BTreeMap<(&str, &str), &str> =
             [(("ns", "s"), "uid-s"), (("ns", "t"), "uid-t")].into();
         let macs = assign_macs(&vms, &subnets);

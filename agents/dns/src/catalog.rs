@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use hickory_proto::rr::Name;
 use keel_runtime::ObjectExt;
+use keel_schemas::kinds::dns::Zone;
 use serde::Serialize;
-use serde_json::Value;
 
 use super::zone::{Authority, compile};
 
@@ -66,23 +66,17 @@ impl Catalog {
     /// Builds the catalog of `zones`, reusing what `compiled` has; returns it with a report
     /// per zone (`namespace/name`).
     pub fn build(
-        zones: &[Arc<Value>],
+        zones: &[Arc<Zone>],
         compiled: &mut Compiled,
     ) -> (Catalog, BTreeMap<String, ZoneReport>) {
-        let mut zones: Vec<&Arc<Value>> = zones.iter().collect();
+        let mut zones: Vec<&Arc<Zone>> = zones.iter().collect();
         // The oldest zone keeps a contested domain.
-        zones.sort_by(|a, b| {
-            let key = |z: &Value| {
-                (
-                    z["metadata"]["creationTimestamp"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string(),
-                    z.namespace().unwrap_or("").to_string(),
-                    z.name().to_string(),
-                )
-            };
-            key(a).cmp(&key(b))
+        zones.sort_by_key(|z| {
+            (
+                z.creation_timestamp(),
+                z.namespace().unwrap_or(""),
+                z.name(),
+            )
         });
         let mut catalog = Catalog::default();
         let mut owners: HashMap<Name, (String, String)> = HashMap::new();
@@ -149,14 +143,12 @@ fn conflict(
 impl Compiled {
     /// The zone as it should be served: compiled now if the controller has given its
     /// current spec a serial, else as last compiled; and why its current data is not served.
-    fn current(&mut self, zone: &Value) -> (Option<Served>, Option<String>) {
+    fn current(&mut self, zone: &Zone) -> (Option<Served>, Option<String>) {
         let last = self.zones.get(zone.uid()).cloned();
-        let status = &zone["status"];
-        let serial = status["serial"]
-            .as_u64()
-            .and_then(|s| u32::try_from(s).ok());
-        let observed = status["observedGeneration"].as_i64();
-        let generation = zone["metadata"]["generation"].as_i64();
+        let status = zone.status.clone().unwrap_or_default();
+        let serial = status.serial;
+        let observed = status.observed_generation;
+        let generation = zone.metadata.generation;
         let Some(serial) = serial.filter(|_| observed == generation) else {
             return (last, None);
         };

@@ -36,7 +36,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use keel_client::{Api, ClientError, Patch};
-use keel_runtime::{Condition, ObjectExt, Store, set_condition, watcher};
+use keel_runtime::{Condition, ObjectExt, Store, set_typed_condition, watcher};
+use keel_schemas::kinds::core::Node as NodeObject;
+use keel_schemas::kinds::dns::Zone;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -73,7 +75,7 @@ pub async fn run(
     let Some(kind) = keel_schemas::lookup("zones") else {
         return;
     };
-    let store = Store::new();
+    let store = Store::<Zone>::new();
     let (changed_tx, mut changed) = watch::channel(0u64);
     let changed_tx = Arc::new(changed_tx);
     let api = Api::all(&node.client, kind);
@@ -117,9 +119,9 @@ pub async fn run(
             Some(server) => {
                 let domains = list
                     .iter()
-                    .filter_map(|z| {
+                    .map(|z| {
                         let key = format!("{}/{}", z.namespace().unwrap_or(""), z.name());
-                        Some((key, z["spec"]["domain"].as_str()?.to_string()))
+                        (key, z.spec.domain.clone())
                     })
                     .collect();
                 selfcheck::verify(server, &domains, &mut reports, &mut verified).await
@@ -185,7 +187,7 @@ pub fn render_metrics() -> String {
 /// bits and the changes in the lower, so a waiter knows whether a list came since.
 fn spawn_feed(
     api: Api<Value>,
-    store: Store,
+    store: Store<Zone>,
     changed: Arc<watch::Sender<u64>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -226,12 +228,12 @@ async fn report_synced(node: &Node) -> Result<bool, ClientError> {
     let Some(kind) = keel_schemas::lookup("nodes") else {
         return Ok(true);
     };
-    let api: Api<Value> = Api::all(&node.client, kind);
+    let api: Api<NodeObject> = Api::all(&node.client, kind);
     let message = "the DNS server answers from the cluster's current zone data";
     for _ in 0..CONFLICT_RETRIES {
         let mut node = api.get(&node.name).await?;
-        let changed = set_condition(
-            &mut node["status"],
+        let changed = set_typed_condition(
+            &mut node.status.get_or_insert_default().conditions,
             &Condition {
                 type_: SYNCED_CONDITION,
                 status: "True",

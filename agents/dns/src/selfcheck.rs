@@ -208,15 +208,17 @@ mod tests {
         assert_eq!(t("10.1.2.3:53"), "10.1.2.3:53");
     }
 
-    fn zone(serial: u32) -> std::sync::Arc<serde_json::Value> {
-        std::sync::Arc::new(serde_json::json!({
+    fn zone(serial: u32) -> std::sync::Arc<keel_schemas::kinds::dns::Zone> {
+        use keel_runtime::Resource;
+        let zone = serde_json::json!({
             "apiVersion": keel_schemas::wellknown::API_VERSION, "kind": "Zone",
             "metadata": {"name": "shop", "namespace": "shop", "uid": "u1", "generation": 1,
                          "creationTimestamp": "2026-01-01T00:00:00Z"},
             "spec": {"domain": "shop.example.",
                      "records": [{"name": "www", "type": "A", "value": "10.20.1.10"}]},
             "status": {"observedGeneration": 1, "serial": serial},
-        }))
+        });
+        std::sync::Arc::new(keel_schemas::kinds::dns::Zone::decode(zone).unwrap())
     }
 
     /// The real server on loopback: a serial it answers is confirmed (once), one it does not

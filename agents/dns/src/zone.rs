@@ -18,9 +18,6 @@ const MAX_PATTERN_TRANSFER: u32 = 65_536;
 /// Why a zone cannot be served.
 #[derive(Debug, thiserror::Error)]
 pub enum ZoneError {
-    /// The object is not a Zone (its JSON does not decode).
-    #[error("not a valid Zone: {0}")]
-    Decode(String),
     /// A name does not parse.
     #[error("{what}: {name:?} is not a valid domain name: {why}")]
     Name {
@@ -491,9 +488,7 @@ fn parse_reverse_name(name: &Name) -> Option<Ipv4Addr> {
 }
 
 /// Compiles a Zone object (as served at `status.serial`) into its authorities.
-pub fn compile(object: &serde_json::Value) -> Result<Vec<Authority>> {
-    let zone: Zone =
-        serde_json::from_value(object.clone()).map_err(|e| ZoneError::Decode(e.to_string()))?;
+pub fn compile(zone: &Zone) -> Result<Vec<Authority>> {
     let key = format!(
         "{}/{}",
         zone.metadata.namespace.as_deref().unwrap_or(""),

@@ -220,9 +220,11 @@ mod tests {
     use std::sync::Arc;
 
     fn lb(spec: Value) -> LoadBalancer {
-        typed(json!({"apiVersion": "keel.dev/v1alpha1", "kind": "LoadBalancer",
+        typed(
+            json!({"apiVersion": "keel.dev/v1alpha1", "kind": "LoadBalancer",
                "metadata": {"name": "web", "namespace": "shop", "generation": 3},
-               "spec": spec, "status": {"vip": "127.0.0.9"}}))
+               "spec": spec, "status": {"vip": "127.0.0.9"}}),
+        )
     }
 
     fn typed<T: Resource>(object: Value) -> T {

@@ -36,11 +36,14 @@ use std::time::Duration;
 use keel_client::{Api, ClientError};
 use keel_runtime::{
     Action, Backoff, Condition, Controller, EventType, FinalizerError, FinalizerEvent, ObjectExt,
-    ObjectRef, Recorder, Store, WorkQueue, condition_status, finalizer, set_condition, watcher,
+    ObjectRef, Recorder, Store, WorkQueue, finalizer, set_typed_condition, typed_condition_status,
+    watcher,
 };
 use keel_schemas::datadir::AgentDir;
-use keel_schemas::kinds::compute::{RunStrategy, VirtualMachineSpec};
-use serde_json::{Value, json};
+use keel_schemas::kinds::compute::{
+    InterfaceStatus, RunStrategy, VirtualMachine, VirtualMachinePhase, VirtualMachineSpec,
+    VirtualMachineStatus,
+};
 use tokio::sync::watch;
 
 use keel_host::Health;
@@ -164,7 +167,7 @@ pub async fn run(host: VmHost, health: watch::Receiver<Health>, shutdown: watch:
     }
 }
 
-async fn reconcile(vm: Arc<Value>, ctx: Arc<Context>) -> Result<Action, VmError> {
+async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action, VmError> {
     if *ctx.health.borrow() != Health::Healthy {
         // Fenced or not yet renewed: touch nothing; look again soon.
         return Ok(Action::requeue(Duration::from_secs(1)));
@@ -188,9 +191,8 @@ async fn reconcile(vm: Arc<Value>, ctx: Arc<Context>) -> Result<Action, VmError>
 }
 
 /// Brings the guest to what the spec asks, then writes the status.
-async fn apply(vm: &Value, ctx: &Context) -> Result<Action, VmError> {
-    let spec: VirtualMachineSpec =
-        serde_json::from_value(vm["spec"].clone()).map_err(|e| VmError::Spec(e.to_string()))?;
+async fn apply(vm: &VirtualMachine, ctx: &Context) -> Result<Action, VmError> {
+    let spec = &vm.spec;
     let key = vm.object_ref();
     let dir = vm_dir(&ctx.data, &key);
     let observed = lifecycle::observe(ctx, vm, &dir).await;
@@ -218,7 +220,7 @@ async fn apply(vm: &Value, ctx: &Context) -> Result<Action, VmError> {
                     "started on request",
                 )
                 .await;
-            return start(vm, &spec, &dir, ctx, report).await;
+            return start(vm, spec, &dir, ctx, report).await;
         }
         if !should_start(strategy, exit.as_ref()) {
             report.stopped(strategy, exit.as_ref());
@@ -226,7 +228,7 @@ async fn apply(vm: &Value, ctx: &Context) -> Result<Action, VmError> {
             return Ok(Action::await_change());
         }
         if let Some(exit) = &exit
-            && vm["status"]["phase"].as_str() == Some("Running")
+            && vm.status.as_ref().and_then(|s| s.phase) == Some(VirtualMachinePhase::Running)
         {
             // It was running and stopped by itself: say so before bringing it back.
             ctx.recorder
@@ -242,17 +244,17 @@ async fn apply(vm: &Value, ctx: &Context) -> Result<Action, VmError> {
                 )
                 .await;
         }
-        return start(vm, &spec, &dir, ctx, report).await;
+        return start(vm, spec, &dir, ctx, report).await;
     };
 
-    running(vm, &spec, &dir, ctx, report, boot, status).await
+    running(vm, spec, &dir, ctx, report, boot, status).await
 }
 
 /// A pass over a guest that runs (or is paused, or starting): a stop asked for, Halted, or a
 /// change that needs a restart, stops it; otherwise pause or resume it as asked, probe it,
 /// report.
 async fn running(
-    vm: &Value,
+    vm: &VirtualMachine,
     spec: &VirtualMachineSpec,
     dir: &VmDir,
     ctx: &Context,
@@ -322,7 +324,7 @@ async fn running(
 
 /// A guest a pass looks at.
 struct Guest<'a> {
-    vm: &'a Value,
+    vm: &'a VirtualMachine,
     spec: &'a VirtualMachineSpec,
     dir: &'a VmDir,
     ctx: &'a Context,
@@ -345,13 +347,13 @@ async fn stop_when_due(
         ctx,
         key,
     } = guest;
-    let vm: &Value = vm;
+    let vm: &VirtualMachine = vm;
     let strategy = spec.run_strategy.unwrap_or(RunStrategy::Always);
     for request in [Request::Stop, Request::Restart] {
         if !lifecycle::pending(vm, dir, request) {
             continue;
         }
-        report.phase("Stopping");
+        report.phase(VirtualMachinePhase::Stopping);
         report.write(vm, ctx).await?;
         lifecycle::shutdown(ctx, key, dir, spec).await?;
         lifecycle::handled(vm, dir, request);
@@ -369,7 +371,7 @@ async fn stop_when_due(
         return Ok(Some(Action::requeue(Duration::ZERO)));
     }
     if strategy == RunStrategy::Halted {
-        report.phase("Stopping");
+        report.phase(VirtualMachinePhase::Stopping);
         report.write(vm, ctx).await?;
         lifecycle::shutdown(ctx, key, dir, spec).await?;
         ctx.recorder
@@ -396,7 +398,7 @@ async fn stop_when_due(
             ),
         };
         report.condition("RestartRequired", "True", "Restarting", &message);
-        report.phase("Stopping");
+        report.phase(VirtualMachinePhase::Stopping);
         report.write(vm, ctx).await?;
         ctx.recorder
             .publish(vm, EventType::Normal, "Restarting", "Restarting", &message)
@@ -465,13 +467,13 @@ async fn probe_readiness(guest: &Guest<'_>, boot: &Boot, state: &str, report: &m
 
 /// Prepares the disks and seed, and starts QEMU.
 async fn start(
-    vm: &Value,
+    vm: &VirtualMachine,
     spec: &VirtualMachineSpec,
     dir: &VmDir,
     ctx: &Context,
     mut report: Report,
 ) -> Result<Action, VmError> {
-    report.phase("Starting");
+    report.phase(VirtualMachinePhase::Starting);
     if snapshots::before_start(ctx, vm, spec, dir).await {
         // The new rollback point is in the status before the start goes on (an image
         // download may take long): a rollback meanwhile can restore it.
@@ -483,13 +485,13 @@ async fn start(
         Ok(p) => p,
         Err((lifecycle::WAITING_FOR_ADDRESS, message)) => {
             // Not a failure: the network controller's write of the address brings it back.
-            report.phase("Scheduled");
+            report.phase(VirtualMachinePhase::Scheduled);
             report.condition("Ready", "False", lifecycle::WAITING_FOR_ADDRESS, &message);
             report.write(vm, ctx).await?;
             return Ok(Action::requeue(Duration::from_secs(5)));
         }
         Err((reason, message)) => {
-            report.phase("Failed");
+            report.phase(VirtualMachinePhase::Failed);
             report.condition("Ready", "False", reason, &message);
             report.write(vm, ctx).await?;
             ctx.recorder
@@ -501,7 +503,7 @@ async fn start(
     let boot = match lifecycle::launch(ctx, vm, spec, dir, prepared).await {
         Ok(boot) => boot,
         Err((reason, message)) => {
-            report.phase("Failed");
+            report.phase(VirtualMachinePhase::Failed);
             report.condition("Ready", "False", reason, &message);
             report.write(vm, ctx).await?;
             ctx.recorder
@@ -525,7 +527,7 @@ async fn start(
         )
         .await;
     report.running(&boot, dir, "starting");
-    report.phase("Starting");
+    report.phase(VirtualMachinePhase::Starting);
     report.condition(
         "Ready",
         "False",
@@ -556,13 +558,10 @@ fn should_start(strategy: RunStrategy, exit: Option<&Exit>) -> bool {
 }
 
 /// Stops the guest gracefully and removes everything made for the VM on this host.
-async fn cleanup(vm: &Value, ctx: &Context) -> Result<Action, VmError> {
+async fn cleanup(vm: &VirtualMachine, ctx: &Context) -> Result<Action, VmError> {
     let key = vm.object_ref();
     let dir = vm_dir(&ctx.data, &key);
-    let spec: Option<VirtualMachineSpec> = serde_json::from_value(vm["spec"].clone()).ok();
-    if let Some(spec) = &spec {
-        lifecycle::shutdown(ctx, &key, &dir, spec).await?;
-    }
+    lifecycle::shutdown(ctx, &key, &dir, &vm.spec).await?;
     lifecycle::remove(ctx, &key, &dir).await?;
     tracing::info!(vm = %key, "deleted: the guest is stopped and its files removed");
     Ok(Action::await_change())
@@ -575,7 +574,7 @@ fn console_of(dir: &VmDir) -> Console {
     }
 }
 
-fn vm_api(ctx: &Context, vm: &Value) -> Result<Api<Value>, VmError> {
+fn vm_api(ctx: &Context, vm: &VirtualMachine) -> Result<Api<VirtualMachine>, VmError> {
     let kind = keel_schemas::lookup("virtualmachines")
         .ok_or_else(|| VmError::Spec("VirtualMachine is not registered".into()))?;
     Ok(Api::namespaced(
@@ -587,7 +586,7 @@ fn vm_api(ctx: &Context, vm: &Value) -> Result<Api<Value>, VmError> {
 
 /// The status a pass writes, built on the VM's current status (the scheduler's fields stay).
 struct Report {
-    status: Value,
+    status: VirtualMachineStatus,
     now: String,
     /// Where the disks' rollback point is recorded (read when the status is written).
     dir: VmDir,
@@ -596,16 +595,13 @@ struct Report {
 // === impl Report ===
 
 impl Report {
-    fn new(vm: &Value, dir: &VmDir) -> Report {
-        let mut status = vm["status"].clone();
-        if !status.is_object() {
-            status = json!({});
-        }
+    fn new(vm: &VirtualMachine, dir: &VmDir) -> Report {
+        let mut status = vm.status.clone().unwrap_or_default();
         let now = keel_schemas::time::now_rfc3339();
-        status["observedGeneration"] = Value::from(vm.generation());
-        if condition_status(vm, "NodeLost") == Some("True") {
-            set_condition(
-                &mut status,
+        status.observed_generation = Some(vm.generation());
+        if typed_condition_status(&status.conditions, "NodeLost") == Some("True") {
+            set_typed_condition(
+                &mut status.conditions,
                 &Condition {
                     type_: "NodeLost",
                     status: "False",
@@ -622,13 +618,13 @@ impl Report {
         }
     }
 
-    fn phase(&mut self, phase: &str) {
-        self.status["phase"] = Value::String(phase.to_string());
+    fn phase(&mut self, phase: VirtualMachinePhase) {
+        self.status.phase = Some(phase);
     }
 
     fn condition(&mut self, type_: &str, status: &str, reason: &str, message: &str) {
-        set_condition(
-            &mut self.status,
+        set_typed_condition(
+            &mut self.status.conditions,
             &Condition {
                 type_,
                 status,
@@ -641,26 +637,20 @@ impl Report {
 
     /// A guest that runs (or is paused, or starting) from `boot`.
     fn running(&mut self, boot: &Boot, dir: &VmDir, state: &str) {
-        self.phase("Running");
-        self.status["accelerator"] = json!(boot.accelerator);
-        self.status["bootedGeneration"] = Value::from(boot.generation);
-        match dir.qemu_pid() {
-            Some(pid) => self.status["qemuPid"] = Value::from(pid),
-            None => {
-                if let Some(s) = self.status.as_object_mut() {
-                    s.remove("qemuPid");
-                }
-            }
-        }
-        self.status["portForwards"] = json!(boot.forwards);
+        self.phase(VirtualMachinePhase::Running);
+        self.status.accelerator = Some(boot.accelerator);
+        self.status.booted_generation = Some(boot.generation);
+        self.status.qemu_pid = dir.qemu_pid();
+        self.status.port_forwards = boot.forwards.clone();
         // A VM without NICs gets one user-mode NIC, reported here; NICs on subnets are the
         // network controller's to report (their addresses come from IPAM).
         let nics = boot.fields["nics"].as_array().cloned().unwrap_or_default();
         if nics.is_empty() {
-            self.status["interfaces"] = json!([{
-                "ip": lifecycle::USER_NET_GUEST_IP,
-                "mac": qemu::mac(&boot.uid, 0),
-            }]);
+            self.status.interfaces = vec![InterfaceStatus {
+                subnet: None,
+                ip: Some(lifecycle::USER_NET_GUEST_IP.to_string()),
+                mac: Some(qemu::mac(&boot.uid, 0)),
+            }];
         }
         let paused = state == "paused";
         self.condition(
@@ -677,18 +667,19 @@ impl Report {
 
     /// A guest that does not run.
     fn stopped(&mut self, strategy: RunStrategy, exit: Option<&Exit>) {
+        use VirtualMachinePhase::{Failed, Stopped};
         let (phase, reason, message) = match (strategy, exit) {
-            (RunStrategy::Halted, _) => ("Stopped", "Halted", "runStrategy is Halted".to_string()),
+            (RunStrategy::Halted, _) => (Stopped, "Halted", "runStrategy is Halted".to_string()),
             (_, Some(exit)) if exit.clean() => (
-                "Stopped",
+                Stopped,
                 "GuestShutdown",
                 format!("the guest powered off; runStrategy {strategy:?} leaves it stopped"),
             ),
             (_, Some(exit)) => (
                 if strategy == RunStrategy::Manual {
-                    "Stopped"
+                    Stopped
                 } else {
-                    "Failed"
+                    Failed
                 },
                 "GuestFailed",
                 format!(
@@ -697,33 +688,24 @@ impl Report {
                     exit.at
                 ),
             ),
-            (_, None) => ("Stopped", "NotStarted", format!("runStrategy {strategy:?}")),
+            (_, None) => (Stopped, "NotStarted", format!("runStrategy {strategy:?}")),
         };
         self.phase(phase);
-        if let Some(s) = self.status.as_object_mut() {
-            s.remove("qemuPid");
-            s.remove("portForwards");
-        }
+        self.status.qemu_pid = None;
+        self.status.port_forwards.clear();
         self.condition("Ready", "False", reason, &message);
         self.condition("Paused", "False", "NotRunning", "the guest does not run");
     }
 
     /// Writes the status when it changed.
-    async fn write(&self, vm: &Value, ctx: &Context) -> Result<(), ClientError> {
+    async fn write(&self, vm: &VirtualMachine, ctx: &Context) -> Result<(), ClientError> {
         let mut status = self.status.clone();
-        match snapshots::current(&self.dir) {
-            Some(snapshot) => status["snapshot"] = json!(snapshot),
-            None => {
-                if let Some(s) = status.as_object_mut() {
-                    s.remove("snapshot");
-                }
-            }
-        }
-        if vm["status"] == status {
+        status.snapshot = snapshots::current(&self.dir);
+        if vm.status.as_ref() == Some(&status) {
             return Ok(());
         }
         let mut updated = vm.clone();
-        updated["status"] = status;
+        updated.status = Some(status);
         let api = vm_api(ctx, vm).map_err(|e| ClientError::Config(e.to_string()))?;
         match api.update_status(&updated).await {
             // Changed meanwhile (or gone): the watch brings the new version.
@@ -737,7 +719,11 @@ impl Report {
 /// bindings is filled, any whose VM is not bound here (moved while this host was away, or
 /// deleted), removing their files. When the host becomes healthy again, puts every bound VM
 /// back on the queue (a failing one keeps its backoff otherwise).
-async fn sweep(ctx: Arc<Context>, store: Store, mut shutdown: watch::Receiver<bool>) {
+async fn sweep(
+    ctx: Arc<Context>,
+    store: Store<VirtualMachine>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut health = ctx.health.clone();
     let mut previous = Health::Starting;
     loop {

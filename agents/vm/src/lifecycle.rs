@@ -4,7 +4,9 @@ use std::time::{Duration, Instant};
 
 use keel_client::Api;
 use keel_runtime::{ObjectExt, ObjectRef};
-use keel_schemas::kinds::compute::{ClusterImage, ImageRef, PortForward, VirtualMachineSpec};
+use keel_schemas::kinds::compute::{
+    ClusterImage, ImageRef, InterfaceStatus, PortForward, VirtualMachine, VirtualMachineSpec,
+};
 use keel_schemas::{datadir, wellknown};
 use serde_json::Value;
 
@@ -62,7 +64,7 @@ pub struct Prepared {
 
 /// What runs for `vm`: an adopted or started guest of this very object, or nothing. A guest
 /// left by an earlier object of the same name is removed.
-pub async fn observe(ctx: &Context, vm: &Value, dir: &VmDir) -> Observed {
+pub async fn observe(ctx: &Context, vm: &VirtualMachine, dir: &VmDir) -> Observed {
     let key = vm.object_ref();
     let Some(workload) = ctx.host.runtime.get(&key) else {
         return Observed::Stopped;
@@ -96,7 +98,7 @@ pub fn last_exit(dir: &VmDir) -> Option<Exit> {
 /// reason and a message.
 pub async fn prepare(
     ctx: &Context,
-    vm: &Value,
+    vm: &VirtualMachine,
     spec: &VirtualMachineSpec,
     dir: &VmDir,
 ) -> Result<Prepared, (&'static str, String)> {
@@ -190,7 +192,7 @@ pub async fn prepare(
             taps.push(None);
             continue;
         }
-        if vm["status"]["interfaces"][i]["ip"].as_str().is_none() {
+        if interface(vm, i).and_then(|x| x.ip.as_deref()).is_none() {
             return Err((
                 WAITING_FOR_ADDRESS,
                 format!("nic {i} (subnet {}) has no address yet", nic.subnet),
@@ -209,11 +211,7 @@ pub async fn prepare(
         });
     }
     let macs = (0..spec.nics.len())
-        .map(|i| {
-            vm["status"]["interfaces"][i]["mac"]
-                .as_str()
-                .map(String::from)
-        })
+        .map(|i| interface(vm, i).and_then(|x| x.mac.clone()))
         .collect();
     Ok(Prepared {
         kernel,
@@ -291,7 +289,7 @@ async fn image(
 /// Starts QEMU for `vm` under its supervisor and waits for its QMP socket.
 pub async fn launch(
     ctx: &Context,
-    vm: &Value,
+    vm: &VirtualMachine,
     spec: &VirtualMachineSpec,
     dir: &VmDir,
     prepared: Prepared,
@@ -617,7 +615,7 @@ pub enum Request {
 }
 
 /// Whether `request` is pending for `vm`.
-pub fn pending(vm: &Value, dir: &VmDir, request: Request) -> bool {
+pub fn pending(vm: &VirtualMachine, dir: &VmDir, request: Request) -> bool {
     REQUESTS
         .iter()
         .find(|(_, r)| *r == request)
@@ -625,15 +623,15 @@ pub fn pending(vm: &Value, dir: &VmDir, request: Request) -> bool {
 }
 
 /// Records that `request` of `vm` has been acted on.
-pub fn handled(vm: &Value, dir: &VmDir, request: Request) {
+pub fn handled(vm: &VirtualMachine, dir: &VmDir, request: Request) {
     if let Some((annotation, _)) = REQUESTS.iter().find(|(_, r)| *r == request) {
         answered(vm, dir, annotation);
     }
 }
 
 /// The value of a request `annotation` of `vm` while it is not acted on yet.
-pub fn asked<'a>(vm: &'a Value, dir: &VmDir, annotation: &str) -> Option<&'a str> {
-    let asked = vm["metadata"]["annotations"][annotation].as_str()?;
+pub fn asked<'a>(vm: &'a VirtualMachine, dir: &VmDir, annotation: &str) -> Option<&'a str> {
+    let asked = vm.annotation(annotation)?;
     let handled: serde_json::Map<String, Value> = std::fs::read(dir.requests())
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -642,7 +640,7 @@ pub fn asked<'a>(vm: &'a Value, dir: &VmDir, annotation: &str) -> Option<&'a str
 }
 
 /// Records that the request `annotation` of `vm` has been acted on.
-pub fn answered(vm: &Value, dir: &VmDir, annotation: &str) {
+pub fn answered(vm: &VirtualMachine, dir: &VmDir, annotation: &str) {
     let path = dir.requests();
     let mut handled: serde_json::Map<String, Value> = std::fs::read(&path)
         .ok()
@@ -650,12 +648,17 @@ pub fn answered(vm: &Value, dir: &VmDir, annotation: &str) {
         .unwrap_or_default();
     handled.insert(
         annotation.to_string(),
-        vm["metadata"]["annotations"][annotation].clone(),
+        vm.annotation(annotation).map_or(Value::Null, Value::from),
     );
     let _ = std::fs::create_dir_all(&dir.root);
     if let Err(e) = std::fs::write(&path, Value::Object(handled).to_string()) {
         tracing::warn!(path = %path.display(), error = %e, "cannot record a handled request");
     }
+}
+
+/// The `i`th interface in the VM's status.
+fn interface(vm: &VirtualMachine, i: usize) -> Option<&InterfaceStatus> {
+    vm.status.as_ref()?.interfaces.get(i)
 }
 
 /// Records that the guest was stopped on request, so that a Manual VM stays stopped.

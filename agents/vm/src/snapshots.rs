@@ -18,9 +18,9 @@
 //! `<vm-dir>/snapshot.json` and reported as `status.snapshot`.
 
 use keel_runtime::{EventType, ObjectExt};
-use keel_schemas::kinds::compute::{DiskSnapshot, VirtualMachineSpec};
+use keel_schemas::kinds::compute::{DiskSnapshot, VirtualMachine, VirtualMachineSpec};
 use keel_schemas::wellknown::{LAST_GOOD_ANNOTATION, RESTORE_SNAPSHOT_ANNOTATION};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::images::{qemu_img, qemu_img_json};
 use super::qemu::{VmDir, VmFiles, changed_fields, restart_fields, write_whole};
@@ -38,16 +38,15 @@ pub fn name(generation: i64) -> String {
 }
 
 /// The snapshot a rollback asks to restore, while the agent has not restored it yet.
-pub fn restore_asked<'a>(vm: &'a Value, dir: &VmDir) -> Option<&'a str> {
+pub fn restore_asked<'a>(vm: &'a VirtualMachine, dir: &VmDir) -> Option<&'a str> {
     lifecycle::asked(vm, dir, RESTORE_SNAPSHOT_ANNOTATION)
 }
 
 /// Whether a healthy generation newer than the rollback point makes it useless. A value
 /// beyond the object's own generation was not written for this object (a manifest copied
 /// with its annotations) and counts for nothing.
-pub fn outlived(vm: &Value, snapshot: &DiskSnapshot) -> bool {
-    vm["metadata"]["annotations"][LAST_GOOD_ANNOTATION]
-        .as_str()
+pub fn outlived(vm: &VirtualMachine, snapshot: &DiskSnapshot) -> bool {
+    vm.annotation(LAST_GOOD_ANNOTATION)
         .and_then(|g| g.parse::<i64>().ok())
         .is_some_and(|good| good > snapshot.generation && good <= vm.generation())
 }
@@ -58,7 +57,7 @@ pub fn outlived(vm: &Value, snapshot: &DiskSnapshot) -> bool {
 /// rollback point costs the data of a rollback, not the guest). Whether it took one.
 pub async fn before_start(
     ctx: &Context,
-    vm: &Value,
+    vm: &VirtualMachine,
     spec: &VirtualMachineSpec,
     dir: &VmDir,
 ) -> bool {
@@ -166,7 +165,7 @@ pub async fn before_start(
 }
 
 /// While the guest runs: deletes an outlived rollback point through QMP.
-pub async fn prune_running(ctx: &Context, vm: &Value, dir: &VmDir) {
+pub async fn prune_running(ctx: &Context, vm: &VirtualMachine, dir: &VmDir) {
     if let Some(snapshot) = current(dir).filter(|s| outlived(vm, s)) {
         discard_and_tell(ctx, vm, dir, &snapshot, true).await;
     }
@@ -175,18 +174,18 @@ pub async fn prune_running(ctx: &Context, vm: &Value, dir: &VmDir) {
 /// Deletes an outlived point and says so; whether it is gone.
 async fn discard_and_tell(
     ctx: &Context,
-    vm: &Value,
+    vm: &VirtualMachine,
     dir: &VmDir,
     snapshot: &DiskSnapshot,
     running: bool,
 ) -> bool {
-    let good = &vm["metadata"]["annotations"][LAST_GOOD_ANNOTATION];
+    let good = vm.annotation(LAST_GOOD_ANNOTATION);
     match discard(dir, snapshot, running).await {
         Ok(()) => {
             let message = format!(
                 "deleted snapshot {}: generation {} is healthy",
                 snapshot.name,
-                good.as_str().unwrap_or("?")
+                good.unwrap_or("?")
             );
             tell(
                 ctx,
@@ -209,7 +208,7 @@ async fn discard_and_tell(
 
 async fn tell(
     ctx: &Context,
-    vm: &Value,
+    vm: &VirtualMachine,
     kind: EventType,
     reason: &str,
     action: &str,

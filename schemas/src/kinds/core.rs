@@ -162,6 +162,9 @@ pub struct NodeSpec {
     /// Taints.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taints: Vec<Taint>,
+    /// What Keel does not model (`configSource`, ...), kept as it is.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub other: BTreeMap<String, Value>,
 }
 
 /// A node taint.
@@ -199,6 +202,10 @@ pub struct NodeStatus {
     /// Host software and identity.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_info: Option<NodeSystemInfo>,
+    /// What Keel does not model (`daemonEndpoints`, `images`, ...), kept as it is: a status
+    /// read, changed and written back loses nothing.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub other: BTreeMap<String, Value>,
 }
 
 /// An address of a node.
@@ -212,31 +219,31 @@ pub struct NodeAddress {
     pub address: String,
 }
 
-/// Host software and identity.
+/// Host software and identity (a field left out stays out).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[allow(missing_docs)] // Field names and meanings are Kubernetes' NodeSystemInfo.
 pub struct NodeSystemInfo {
-    #[serde(rename = "machineID", default)]
-    pub machine_id: String,
-    #[serde(rename = "systemUUID", default)]
-    pub system_uuid: String,
-    #[serde(rename = "bootID", default)]
-    pub boot_id: String,
-    #[serde(default)]
-    pub kernel_version: String,
-    #[serde(default)]
-    pub os_image: String,
-    #[serde(default)]
-    pub container_runtime_version: String,
-    #[serde(default)]
-    pub kubelet_version: String,
-    #[serde(default)]
-    pub kube_proxy_version: String,
-    #[serde(default)]
-    pub operating_system: String,
-    #[serde(default)]
-    pub architecture: String,
+    #[serde(rename = "machineID", skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
+    #[serde(rename = "systemUUID", skip_serializing_if = "Option::is_none")]
+    pub system_uuid: Option<String>,
+    #[serde(rename = "bootID", skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub os_image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_runtime_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubelet_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kube_proxy_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operating_system: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
 }
 
 /// Desired state of a pod.

@@ -59,7 +59,11 @@ fn shop() -> Value {
 }
 
 fn catalog_of(zones: Vec<Value>) -> Catalog {
-    let zones: Vec<Arc<Value>> = zones.into_iter().map(Arc::new).collect();
+    use keel_runtime::Resource;
+    let zones: Vec<Arc<keel_schemas::kinds::dns::Zone>> = zones
+        .into_iter()
+        .map(|z| Arc::new(keel_schemas::kinds::dns::Zone::decode(z).unwrap()))
+        .collect();
     let (catalog, reports) = Catalog::build(&zones, &mut Compiled::default());
     for (zone, report) in &reports {
         assert!(report.error.is_none(), "{zone}: {:?}", report.error);

@@ -19,15 +19,16 @@ use crate::rrl::RateLimits;
 /// A server on 127.0.0.1 with one zone and `limits`; it stops when the sender is dropped
 /// or set.
 async fn start(limits: Limits) -> (SocketAddr, watch::Sender<bool>) {
-    let zone = Arc::new(serde_json::json!({
+    let zone = serde_json::json!({
         "apiVersion": "keel.dev/v1alpha1", "kind": "Zone",
         "metadata": {"name": "shop", "namespace": "shop", "uid": "u1", "generation": 1,
                      "creationTimestamp": "2026-01-01T00:00:00Z"},
         "spec": {"domain": "shop.example.",
                  "records": [{"name": "www", "type": "A", "value": "10.20.1.10"}]},
         "status": {"observedGeneration": 1, "serial": 1},
-    }));
-    let (catalog, _) = Catalog::build(&[zone], &mut Compiled::default());
+    });
+    let zone = <keel_schemas::kinds::dns::Zone as keel_runtime::Resource>::decode(zone).unwrap();
+    let (catalog, _) = Catalog::build(&[Arc::new(zone)], &mut Compiled::default());
     let sockets = Sockets::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = sockets.local_addr().unwrap();
     let (_catalog_tx, catalog) = watch::channel(Arc::new(catalog));

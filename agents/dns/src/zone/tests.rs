@@ -5,6 +5,12 @@ use serde_json::json;
 
 use super::*;
 
+/// The Zone as its cache decodes it.
+fn typed(zone: serde_json::Value) -> Zone {
+    use keel_runtime::Resource;
+    Zone::decode(zone.clone()).unwrap_or_else(|e| panic!("{e}: {zone}"))
+}
+
 fn zone(records: serde_json::Value, status: serde_json::Value) -> serde_json::Value {
     json!({
         "apiVersion": "keel.dev/v1alpha1", "kind": "Zone",
@@ -67,7 +73,7 @@ fn records_compile_into_their_types() {
         ]),
         json!({"observedGeneration": 1, "serial": 9}),
     );
-    let authorities = compile(&z).unwrap();
+    let authorities = compile(&typed(z.clone())).unwrap();
     assert_eq!(authorities.len(), 1);
     let a = &authorities[0];
     assert_eq!(a.origin.to_ascii(), "shop.example.", "lower case");
@@ -130,7 +136,7 @@ fn what_cannot_be_served_says_why() {
         ),
     ];
     for (records, why) in cases {
-        let err = compile(&zone(records.clone(), status.clone()))
+        let err = compile(&typed(zone(records.clone(), status.clone())))
             .unwrap_err()
             .to_string();
         assert!(err.contains(why), "{records}: {err}");
@@ -147,7 +153,7 @@ fn the_reverse_zone_is_its_own_authority() {
                    "reverse": {"domains": ["1.20.10.in-addr.arpa."], "cidr": "10.20.1.0/24"},
                    "records": [{"name": "5.1.20.10.in-addr.arpa.", "type": "PTR", "value": "web.shop.example."}]},
     });
-    let authorities = compile(&z).unwrap();
+    let authorities = compile(&typed(z.clone())).unwrap();
     let origins: Vec<String> = authorities.iter().map(|a| a.origin.to_ascii()).collect();
     assert_eq!(origins, ["shop.example.", "1.20.10.in-addr.arpa."]);
     let reverse = &authorities[1];
@@ -179,7 +185,7 @@ fn ancestors_of_pattern_names_exist_and_wide_subnets_get_one_origin_per_block() 
         "status": {"observedGeneration": 1, "serial": 3,
                    "reverse": {"domains": ["20.10.in-addr.arpa."], "cidr": "10.20.0.0/16"}},
     });
-    let authorities = compile(&z).unwrap();
+    let authorities = compile(&typed(z.clone())).unwrap();
     let (forward, reverse) = (&authorities[0], &authorities[1]);
     let look = |a: &Authority, n: &str| match a.lookup(&Name::from_ascii(n).unwrap()) {
         Lookup::Found(_) => "found",
@@ -201,7 +207,7 @@ fn ancestors_of_pattern_names_exist_and_wide_subnets_get_one_origin_per_block() 
     let mut z = z;
     z["status"]["reverse"] = json!({"cidr": "10.20.16.0/20",
         "domains": (16..32).map(|c| format!("{c}.20.10.in-addr.arpa.")).collect::<Vec<_>>()});
-    let authorities = compile(&z).unwrap();
+    let authorities = compile(&typed(z.clone())).unwrap();
     assert_eq!(authorities.len(), 17);
     assert_eq!(look(&authorities[16], "1.31.20.10.in-addr.arpa."), "found");
     assert!(

@@ -141,7 +141,13 @@ fn a_point_is_outlived_by_a_newer_healthy_generation() {
         disks: vec!["data".into()],
         taken_at: String::new(),
     };
-    let vm = |good: &str| json!({"metadata": {"generation": 6, "annotations": {LAST_GOOD_ANNOTATION: good}}});
+    let typed = |metadata: serde_json::Value| {
+        let vm = json!({"apiVersion": "keel.dev/v1alpha1", "kind": "VirtualMachine",
+            "metadata": metadata, "spec": {"cpu": 1, "memory": "1Gi"}});
+        <VirtualMachine as keel_runtime::Resource>::decode(vm).unwrap()
+    };
+    let vm =
+        |good: &str| typed(json!({"generation": 6, "annotations": {LAST_GOOD_ANNOTATION: good}}));
     assert!(!outlived(&vm("4"), &snapshot));
     assert!(outlived(&vm("5"), &snapshot));
     assert!(outlived(&vm("6"), &snapshot));
@@ -150,7 +156,7 @@ fn a_point_is_outlived_by_a_newer_healthy_generation() {
         "not written for this object"
     );
     assert!(!outlived(&vm("x"), &snapshot));
-    assert!(!outlived(&json!({}), &snapshot));
+    assert!(!outlived(&typed(json!({})), &snapshot));
 }
 
 #[tokio::test]
