@@ -2,7 +2,8 @@
 //! server` process, runs a controller with a trivial reconciler (it writes
 //! `status.observedGeneration`) in this process, creates N SecurityGroups, and reports how
 //! fast they reach `observedGeneration == generation`, and this (the controller's) process's
-//! memory.
+//! memory. The controller is typed (`Controller<SecurityGroup>`, as Keel's are) unless
+//! `--untyped` asks for the JSON form.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -11,7 +12,8 @@ use std::time::Instant;
 
 use clap::Parser;
 use keel_client::{Api, ClientError, Patch};
-use keel_runtime::{Action, Controller, ObjectExt, watcher};
+use keel_runtime::{Action, Controller, ObjectExt, Resource, watcher};
+use keel_schemas::kinds::network::SecurityGroup;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -30,6 +32,26 @@ struct Args {
     /// The keel binary (default: next to this one).
     #[arg(long)]
     keel: Option<PathBuf>,
+    /// Reconcile the JSON form (`Controller<Value>`) instead of the typed one.
+    #[arg(long)]
+    untyped: bool,
+}
+
+/// What the reconciler reads: `status.observedGeneration`, in either form.
+trait Observed: Resource {
+    fn observed(&self) -> Option<i64>;
+}
+
+impl Observed for Value {
+    fn observed(&self) -> Option<i64> {
+        self["status"]["observedGeneration"].as_i64()
+    }
+}
+
+impl Observed for SecurityGroup {
+    fn observed(&self) -> Option<i64> {
+        self.status.as_ref()?.observed_generation
+    }
 }
 
 struct Ctx {
@@ -38,8 +60,8 @@ struct Ctx {
     done: watch::Sender<usize>,
 }
 
-async fn reconcile(sg: Arc<Value>, ctx: Arc<Ctx>) -> Result<Action, ClientError> {
-    if sg["status"]["observedGeneration"].as_i64() != Some(sg.generation()) {
+async fn reconcile<K: Observed>(sg: Arc<K>, ctx: Arc<Ctx>) -> Result<Action, ClientError> {
+    if sg.observed() != Some(sg.generation()) {
         let patch = json!({"status": {"observedGeneration": sg.generation()}});
         ctx.api
             .patch_status(sg.name(), &Patch::Merge(patch))
@@ -82,9 +104,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let rss_before = rss_kib("VmRSS:");
     let (stop, stopped) = watch::channel(false);
-    let controller = Controller::new("bench", api.clone(), watcher::Config::default())
-        .concurrency(args.concurrency);
-    let task = tokio::spawn(controller.run(reconcile, ctx.clone(), stopped));
+    let task = if args.untyped {
+        let controller = Controller::<Value>::new("bench", api.clone(), watcher::Config::default())
+            .concurrency(args.concurrency);
+        tokio::spawn(controller.run(reconcile::<Value>, ctx.clone(), stopped))
+    } else {
+        let controller =
+            Controller::<SecurityGroup>::new("bench", api.cast(), watcher::Config::default())
+                .concurrency(args.concurrency);
+        tokio::spawn(controller.run(reconcile::<SecurityGroup>, ctx.clone(), stopped))
+    };
 
     let started = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -112,8 +141,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let observed = started.elapsed();
     let metrics = keel_runtime::metrics::controller("bench");
     println!(
-        "objects={} creators={} concurrency={}",
-        args.objects, args.creators, args.concurrency
+        "objects={} creators={} concurrency={} controller={}",
+        args.objects,
+        args.creators,
+        args.concurrency,
+        if args.untyped {
+            "Controller<Value>"
+        } else {
+            "Controller<SecurityGroup>"
+        }
     );
     println!(
         "created in {:.2}s ({:.0}/s); all observed (observedGeneration == generation) in {:.2}s: {:.0} objects/s end to end",
