@@ -74,6 +74,10 @@ pub enum NetworkError {
     /// A Subnet's allocations changed under this pass: the next one starts from them.
     #[error("subnet {0}'s allocations changed meanwhile")]
     Conflict(String),
+    /// Objects exist that this version cannot read: a pass would take their rows for
+    /// orphans, so none runs until they can be read (or are gone).
+    #[error("{0} cannot be read by this version of Keel: the network is left as it is")]
+    Unreadable(String),
 }
 
 /// What a pass did.
@@ -119,6 +123,23 @@ impl Caches {
             &notify,
         );
         feeds
+    }
+
+    /// `Err` naming the objects that exist but do not decode, if any.
+    fn all_readable(&self) -> Result<(), NetworkError> {
+        let mut unreadable = Vec::new();
+        let mut note = |kind: &str, keys: Vec<keel_runtime::ObjectRef>| {
+            unreadable.extend(keys.into_iter().map(|k| format!("{kind} {k}")));
+        };
+        note("VPC", self.vpcs.unreadable());
+        note("Subnet", self.subnets.unreadable());
+        note("SecurityGroup", self.groups.unreadable());
+        note("VirtualMachine", self.vms.unreadable());
+        note("LoadBalancer", self.balancers.unreadable());
+        match unreadable.is_empty() {
+            true => Ok(()),
+            false => Err(NetworkError::Unreadable(unreadable.join(", "))),
+        }
     }
 
     /// Waits until every kind has been listed.
@@ -200,6 +221,11 @@ pub async fn run(client: Client, config: NetworkConfig, mut shutdown: watch::Rec
                     }
                     true
                 }
+                Err(e @ NetworkError::Unreadable(_)) => {
+                    metrics.reconciled(started.elapsed(), true);
+                    tracing::warn!(error = %e, ?retry, "network pass held back");
+                    true
+                }
                 Err(e) => {
                     metrics.reconciled(started.elapsed(), true);
                     tracing::debug!(error = %e, ?retry, "network pass will be retried");
@@ -267,6 +293,7 @@ pub async fn pass(
     external: Option<&External>,
 ) -> Result<PassReport, NetworkError> {
     let mut report = PassReport::default();
+    caches.all_readable()?;
     let (vpcs, subnets, groups, vms, lbs) = (
         live(&caches.vpcs),
         live(&caches.subnets),

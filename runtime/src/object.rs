@@ -6,8 +6,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use keel_schemas::Kind;
 use keel_schemas::kinds::core::{ConfigMap, Event, Secret, ServiceAccount};
-use keel_schemas::kinds::{Object, ObjectMeta};
+use keel_schemas::kinds::{KindSpec, Object, ObjectMeta};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -40,8 +41,9 @@ pub struct Owner<'a> {
 /// untyped form, for what handles any kind (garbage collection); every typed kind of
 /// `keel_schemas::kinds` is one.
 pub trait Resource: ObjectExt + Sized + Send + Sync + 'static {
-    /// `object` as `Self`. An error names what does not fit (an unknown or mistyped field):
-    /// the object was stored under a schema this build does not share.
+    /// `object` as `Self`. A typed kind is first pruned of what its schema does not name
+    /// ([`keel_schemas::prune`]: fields another version of Keel wrote), so an error means a
+    /// field this build knows holds what it cannot read, and names it.
     fn decode(object: Value) -> Result<Self, serde_json::Error>;
 }
 
@@ -219,6 +221,11 @@ impl ObjectExt for Value {
 /// ServiceAccount and Event, which have no spec); through it each is an [`ObjectExt`] and a
 /// [`Resource`].
 pub trait Typed: DeserializeOwned + Send + Sync + 'static {
+    /// The registered kind whose schema prunes an object before it is decoded; none for the
+    /// structs that keep what they do not model themselves.
+    fn schema_kind() -> Option<&'static Kind> {
+        None
+    }
     /// `apiVersion` and `kind`.
     fn type_meta(&self) -> (&str, &str);
     /// `metadata`.
@@ -227,9 +234,13 @@ pub trait Typed: DeserializeOwned + Send + Sync + 'static {
 
 impl<Spec, Status> Typed for Object<Spec, Status>
 where
-    Spec: DeserializeOwned + Send + Sync + 'static,
+    Spec: KindSpec + DeserializeOwned + Send + Sync + 'static,
     Status: DeserializeOwned + Send + Sync + 'static,
 {
+    fn schema_kind() -> Option<&'static Kind> {
+        Some(Spec::kind())
+    }
+
     fn type_meta(&self) -> (&str, &str) {
         (&self.api_version, &self.kind)
     }
@@ -256,7 +267,13 @@ macro_rules! typed_without_spec {
 typed_without_spec!(Secret, ConfigMap, ServiceAccount, Event);
 
 impl<T: Typed> Resource for T {
-    fn decode(object: Value) -> Result<Self, serde_json::Error> {
+    fn decode(mut object: Value) -> Result<Self, serde_json::Error> {
+        if let Some(kind) = T::schema_kind() {
+            let pruned = keel_schemas::prune(kind, &mut object);
+            if !pruned.is_empty() {
+                tracing::debug!(kind = kind.kind, object = %object.object_ref(), ?pruned, "fields this version does not know are left out");
+            }
+        }
         serde_json::from_value(object)
     }
 }
@@ -442,10 +459,14 @@ mod tests {
         }
         assert_eq!(read(&typed), read(&json));
         assert_eq!(typed.controller_owner().unwrap().name, "b");
-        // A field the typed form does not know is an error that names it.
+        // A field this build does not know (another version wrote it) is left out; one it
+        // knows holding what it cannot read is an error that names what is wrong.
+        let mut newer = json.clone();
+        newer["spec"]["gpus"] = json!(1);
+        assert_eq!(VirtualMachine::decode(newer).unwrap(), typed);
         let mut odd = json;
-        odd["spec"]["gpus"] = json!(1);
+        odd["spec"]["cpu"] = json!("two");
         let e = VirtualMachine::decode(odd).unwrap_err().to_string();
-        assert!(e.contains("gpus"), "{e}");
+        assert!(e.contains("invalid type: string \"two\""), "{e}");
     }
 }

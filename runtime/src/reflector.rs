@@ -3,9 +3,12 @@
 //!
 //! A store is typed over a [`Resource`]: each object a watcher delivers is decoded once, as
 //! it arrives, so readers share `Arc<K>` — a read is a reference count, not a copy or a
-//! decode. One that does not decode (stored under a schema this build does not share) is
-//! left out, with a warning that names it and what does not fit, and counted in
-//! `keel_controller_undecodable_objects_total`.
+//! decode. Fields another version of Keel wrote are pruned first; one that still does not
+//! decode (a field this build knows, holding what it cannot read) is not handed to readers,
+//! with a warning that names it and what does not fit, and counted in
+//! `keel_controller_undecodable_objects_total`. The store still knows it exists
+//! ([`Store::uid_of`]): what sweeps away the things of objects that are gone must not take
+//! it for gone.
 //!
 //! One writer applies the watcher's events ([`Store::apply`]); any number of readers share
 //! the store.
@@ -31,6 +34,8 @@ struct Inner<K> {
     by_node: HashMap<String, HashSet<ObjectRef>>,
     /// The node each object is indexed under (read from its JSON as it came).
     node: HashMap<ObjectRef, String>,
+    /// The objects that exist but do not decode, with their uids.
+    unreadable: HashMap<ObjectRef, String>,
 }
 
 /// What applying one watcher event changed: the keys to look at again.
@@ -68,6 +73,7 @@ impl<K: Resource> Store<K> {
                 by_owner: HashMap::new(),
                 by_node: HashMap::new(),
                 node: HashMap::new(),
+                unreadable: HashMap::new(),
             })),
             ready: watch::channel(false).0,
         }
@@ -84,17 +90,23 @@ impl<K: Resource> Store<K> {
             match event {
                 Event::Applied(object) => {
                     let key = object.object_ref();
+                    let uid = object.uid().to_string();
                     match decode::<K>(object) {
                         Some((object, node)) => {
                             inner.insert(key, object.clone(), node);
                             changes.applied.push(object);
                         }
-                        // What cannot be read is as good as gone for the reconcilers.
-                        None => changes.deleted.extend(inner.remove(&key)),
+                        // What cannot be read cannot be reconciled; it still exists.
+                        None => {
+                            changes.deleted.extend(inner.remove(&key));
+                            inner.unreadable.insert(key, uid);
+                        }
                     }
                 }
                 Event::Deleted(object) => {
-                    if let Some(old) = inner.remove(&object.object_ref()) {
+                    let key = object.object_ref();
+                    inner.unreadable.remove(&key);
+                    if let Some(old) = inner.remove(&key) {
                         changes.deleted.push(old);
                     }
                 }
@@ -103,8 +115,10 @@ impl<K: Resource> Store<K> {
                     inner.by_owner.clear();
                     inner.by_node.clear();
                     inner.node.clear();
+                    inner.unreadable.clear();
                     for object in objects {
                         let key = object.object_ref();
+                        let uid = object.uid().to_string();
                         let previous = old.remove(&key);
                         let unchanged = previous.as_ref().is_some_and(|o| {
                             o.resource_version() == object.resource_version()
@@ -124,7 +138,10 @@ impl<K: Resource> Store<K> {
                                     changes.applied.push(object);
                                 }
                             }
-                            None => changes.deleted.extend(previous),
+                            None => {
+                                changes.deleted.extend(previous);
+                                inner.unreadable.insert(key, uid);
+                            }
                         }
                     }
                     changes.deleted.extend(old.into_values());
@@ -154,6 +171,23 @@ impl<K: Resource> Store<K> {
     /// Every object, ordered by namespace and name.
     pub fn list(&self) -> Vec<Arc<K>> {
         self.read().objects.values().cloned().collect()
+    }
+
+    /// The uid of the object under `key`, whether this build could read it or not: what a
+    /// sweep asks before it takes an object for gone.
+    pub fn uid_of(&self, key: &ObjectRef) -> Option<String> {
+        let inner = self.read();
+        match inner.objects.get(key) {
+            Some(object) => Some(object.uid().to_string()),
+            None => inner.unreadable.get(key).cloned(),
+        }
+    }
+
+    /// The objects that exist but do not decode.
+    pub fn unreadable(&self) -> Vec<ObjectRef> {
+        let mut keys: Vec<ObjectRef> = self.read().unreadable.keys().cloned().collect();
+        keys.sort();
+        keys
     }
 
     /// Every key.
@@ -231,6 +265,7 @@ pub fn node_of(object: &Value) -> Option<&str> {
 impl<K: Resource> Inner<K> {
     fn insert(&mut self, key: ObjectRef, object: Arc<K>, node: Option<String>) {
         self.remove(&key);
+        self.unreadable.remove(&key);
         for owner in object.owner_references() {
             self.by_owner
                 .entry(owner.uid.to_string())
@@ -283,6 +318,40 @@ mod tests {
             v["metadata"]["ownerReferences"] = json!([{"uid": o, "controller": true}]);
         }
         v
+    }
+
+    /// An object that does not decode is not handed out, but the store knows it exists
+    /// until it is deleted; once readable again it is back.
+    #[test]
+    fn an_unreadable_object_is_not_handed_out_but_not_gone() {
+        use keel_schemas::kinds::network::Vpc;
+        let vpc = |cidr: serde_json::Value, rv: &str| {
+            json!({"apiVersion": "keel.dev/v1alpha1", "kind": "VPC",
+                   "metadata": {"name": "v", "namespace": "ns", "uid": "u-v", "resourceVersion": rv},
+                   "spec": {"cidr": cidr}})
+        };
+        let store: Store<Vpc> = Store::new();
+        let key = ObjectRef::new(Some("ns"), "v");
+        store.apply(Event::Restarted(vec![vpc(json!("10.0.0.0/16"), "1")]));
+        assert!(store.get(&key).is_some());
+        let c = store.apply(Event::Applied(vpc(json!(16), "2")));
+        assert_eq!(c.deleted.len(), 1, "reconcilers see it go");
+        assert!(store.get(&key).is_none() && store.is_empty());
+        assert_eq!(store.uid_of(&key).as_deref(), Some("u-v"));
+        assert_eq!(store.unreadable(), std::slice::from_ref(&key));
+        store.apply(Event::Restarted(vec![vpc(json!(16), "2")]));
+        assert_eq!(
+            store.uid_of(&key).as_deref(),
+            Some("u-v"),
+            "a relist keeps knowing it"
+        );
+        let c = store.apply(Event::Applied(vpc(json!("10.0.0.0/16"), "3")));
+        assert_eq!(c.applied.len(), 1);
+        assert!(store.unreadable().is_empty());
+        store.apply(Event::Applied(vpc(json!(16), "4")));
+        store.apply(Event::Deleted(vpc(json!(16), "5")));
+        assert_eq!(store.uid_of(&key), None);
+        assert!(store.unreadable().is_empty());
     }
 
     #[test]

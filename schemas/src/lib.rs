@@ -16,6 +16,8 @@
 //! - [`mod@schema`]: the embedded schema files, composed per kind.
 //! - [`mod@validate`]: schema and semantic validation, immutable fields.
 //! - [`defaults`]: defaulting from the schemas' `default`s plus computed defaults.
+//! - [`mod@prune`]: taking out what a kind's schema does not name (what another version
+//!   wrote), before an object is read as its typed struct.
 //! - [`kinds`]: typed structs per kind group.
 //! - [`quota`], [`limits`]: ResourceQuota and LimitRange arithmetic (what admission charges,
 //!   defaults and bounds).
@@ -35,6 +37,7 @@ pub mod kinds;
 pub mod limits;
 pub mod names;
 pub mod net;
+pub mod prune;
 pub mod quantity;
 pub mod quota;
 pub mod registry;
@@ -45,6 +48,7 @@ pub mod wellknown;
 
 pub use defaults::default_object;
 pub use net::{Cidr, cidr_contains, parse_port_ranges};
+pub use prune::prune;
 pub use quantity::parse_quantity;
 pub use registry::{
     KEEL_GROUP, KEEL_VERSION, Kind, RBAC_GROUP, Scope, kinds_in, lookup, registry, storage_key,

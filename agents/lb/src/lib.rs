@@ -136,8 +136,14 @@ pub async fn run(node: keel_host::Node, limits: Limits, mut shutdown: watch::Rec
                 Err(why) => tracing::debug!(lb = %lb.name(), %why, "not served"),
             }
         }
+        // A LoadBalancer this version cannot read goes on being served as it was.
+        let unreadable: std::collections::HashSet<String> = lbs
+            .unreadable()
+            .iter()
+            .filter_map(|key| lbs.uid_of(key))
+            .collect();
         served.retain(|uid, s| {
-            let keep = wanted.contains_key(uid);
+            let keep = wanted.contains_key(uid) || unreadable.contains(uid);
             if !keep {
                 tracing::info!(lb = %s.desired.key, "no longer served here: listeners closed, open connections drain");
                 s.stop();

@@ -748,7 +748,8 @@ async fn sweep(
             Health::Healthy if store.is_ready() => {
                 previous = Health::Healthy;
                 for key in lifecycle::local_vms(&ctx) {
-                    let bound = store.get(&key).map(|vm| vm.uid().to_string());
+                    // A VM this build cannot read is still bound here: never swept.
+                    let bound = store.uid_of(&key);
                     let local_uid = runtime
                         .get(&key)
                         .map(|w| w.uid)

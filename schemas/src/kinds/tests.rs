@@ -175,6 +175,14 @@ fn decodes_everything<T: DeserializeOwned>(plural: &str, rules: &[(&str, Option<
     let schema = crate::schema::schema(kind);
     let mut object = everything(schema, schema, 0);
     apply(&mut object, rules);
+    // Pruning (what a cache does before decoding) keeps every field the schema names.
+    let mut pruned = object.clone();
+    assert_eq!(
+        crate::prune(kind, &mut pruned),
+        Vec::<String>::new(),
+        "{plural}"
+    );
+    assert_eq!(pruned, object, "{plural}");
     if let Err(e) = serde_json::from_value::<T>(object.clone()) {
         panic!("{plural}: a field its schema allows does not decode: {e}\n{object:#}");
     }
