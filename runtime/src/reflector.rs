@@ -91,7 +91,7 @@ impl<K: Resource> Store<K> {
                 Event::Applied(object) => {
                     let key = object.object_ref();
                     let uid = object.uid().to_string();
-                    match decode::<K>(object) {
+                    match decode::<K>(&key, object) {
                         Some((object, node)) => {
                             inner.insert(key, object.clone(), node);
                             changes.applied.push(object);
@@ -129,7 +129,7 @@ impl<K: Resource> Store<K> {
                                 let node = node_of(&object).map(str::to_string);
                                 Some((previous.clone(), node))
                             }
-                            _ => decode::<K>(object),
+                            _ => decode::<K>(&key, object),
                         };
                         match decoded {
                             Some((object, node)) => {
@@ -236,17 +236,16 @@ impl<K: Resource> Store<K> {
     }
 }
 
-/// `object` as a `K`, with the node it is indexed under; `None` (with a warning) when it
-/// does not decode.
-fn decode<K: Resource>(object: Value) -> Option<(Arc<K>, Option<String>)> {
+/// `object` (under `key`) as a `K`, with the node it is indexed under; `None` (with a
+/// warning) when it does not decode.
+fn decode<K: Resource>(key: &ObjectRef, object: Value) -> Option<(Arc<K>, Option<String>)> {
     let node = node_of(&object).map(str::to_string);
-    let key = object.object_ref();
-    let kind = object.kind().to_string();
+    let kind = object["kind"].clone();
     match K::decode(object) {
         Ok(decoded) => Some((Arc::new(decoded), node)),
         Err(error) => {
             super::metrics::undecodable();
-            tracing::warn!(kind, object = %key, %error, "cannot read an object: left out of the cache, not reconciled");
+            tracing::warn!(%kind, object = %key, %error, "cannot read an object: not handed to reconcilers");
             None
         }
     }

@@ -15,8 +15,16 @@ use crate::schema::schema;
 pub fn prune(kind: &Kind, object: &mut Value) -> Vec<String> {
     let root = schema(kind);
     let mut removed = Vec::new();
-    walk(root, root, object, "", &mut removed);
+    walk(root, root, object, Path::Root, &mut removed);
     removed
+}
+
+/// Where a value sits in the object, spelled out only for what is removed.
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    Root,
+    Key(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
 }
 
 /// The schema `node` stands for, `$ref`s followed.
@@ -42,47 +50,56 @@ fn parts<'a>(node: &'a Value, root: &'a Value, out: &mut Vec<&'a Value>) {
     }
 }
 
-fn walk(node: &Value, root: &Value, value: &mut Value, path: &str, removed: &mut Vec<String>) {
+fn walk(node: &Value, root: &Value, value: &mut Value, path: Path<'_>, removed: &mut Vec<String>) {
     let mut all = Vec::new();
     parts(node, root, &mut all);
     match value {
         Value::Object(map) => {
-            // Closed when some part says so and none leaves the rest open.
-            let closed = all
+            let named = |key: &str| all.iter().find_map(|p| p["properties"].get(key));
+            let rest = all
                 .iter()
-                .any(|p| p.get("additionalProperties") == Some(&Value::Bool(false)))
-                && !all
+                .find_map(|p| p.get("additionalProperties").filter(|a| a.is_object()));
+            // Closed when some part says so and none leaves the rest open.
+            let closed = rest.is_none()
+                && all
                     .iter()
-                    .any(|p| p.get("additionalProperties").is_some_and(Value::is_object));
-            let keys: Vec<String> = map.keys().cloned().collect();
-            for key in keys {
-                let at = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
-                let named = all.iter().find_map(|p| p["properties"].get(&key));
-                let rest = all
-                    .iter()
-                    .find_map(|p| p.get("additionalProperties").filter(|a| a.is_object()));
-                match (named.or(rest), map.get_mut(&key)) {
-                    (Some(sub), Some(child)) => walk(sub, root, child, &at, removed),
-                    (None, _) if closed => {
-                        map.remove(&key);
-                        removed.push(at);
+                    .any(|p| p.get("additionalProperties") == Some(&Value::Bool(false)));
+            if closed {
+                map.retain(|key, _| {
+                    let known = named(key).is_some();
+                    if !known {
+                        removed.push(Path::Key(&path, key).render());
                     }
-                    _ => {}
+                    known
+                });
+            }
+            for (key, child) in map.iter_mut() {
+                if let Some(sub) = named(key).or(rest) {
+                    walk(sub, root, child, Path::Key(&path, key), removed);
                 }
             }
         }
         Value::Array(items) => {
             if let Some(item) = all.iter().find_map(|p| p.get("items")) {
                 for (i, child) in items.iter_mut().enumerate() {
-                    walk(item, root, child, &format!("{path}[{i}]"), removed);
+                    walk(item, root, child, Path::Index(&path, i), removed);
                 }
             }
         }
         _ => {}
+    }
+}
+
+// === impl Path ===
+
+impl Path<'_> {
+    fn render(&self) -> String {
+        match self {
+            Path::Root => String::new(),
+            Path::Key(Path::Root, key) => key.to_string(),
+            Path::Key(parent, key) => format!("{}.{key}", parent.render()),
+            Path::Index(parent, i) => format!("{}[{i}]", parent.render()),
+        }
     }
 }
 
