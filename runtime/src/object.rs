@@ -267,14 +267,22 @@ macro_rules! typed_without_spec {
 typed_without_spec!(Secret, ConfigMap, ServiceAccount, Event);
 
 impl<T: Typed> Resource for T {
+    /// Read as it is first (what this build wrote decodes at once); pruned and read again
+    /// only when that fails.
     fn decode(mut object: Value) -> Result<Self, serde_json::Error> {
-        if let Some(kind) = T::schema_kind() {
-            let pruned = keel_schemas::prune(kind, &mut object);
-            if !pruned.is_empty() {
-                tracing::debug!(kind = kind.kind, object = %object.object_ref(), ?pruned, "fields this version does not know are left out");
-            }
+        let first = match T::deserialize(&object) {
+            Ok(decoded) => return Ok(decoded),
+            Err(e) => e,
+        };
+        let Some(kind) = T::schema_kind() else {
+            return Err(first);
+        };
+        let pruned = keel_schemas::prune(kind, &mut object);
+        if pruned.is_empty() {
+            return Err(first);
         }
-        serde_json::from_value(object)
+        tracing::debug!(kind = kind.kind, object = %object.object_ref(), ?pruned, "fields this version does not know are left out");
+        T::deserialize(&object)
     }
 }
 
