@@ -406,8 +406,10 @@ fn live<K: Resource>(store: &Store<K>) -> Vec<Arc<K>> {
         .into_iter()
         .filter(|o| !o.is_deleting())
         .collect();
-    let order = |o: &Arc<K>| (o.creation_timestamp().to_string(), o.object_ref());
-    v.sort_by_cached_key(order);
+    fn order<K: ObjectExt>(o: &K) -> (&str, Option<&str>, &str) {
+        (o.creation_timestamp(), o.namespace(), o.name())
+    }
+    v.sort_by(|a, b| order(&**a).cmp(&order(&**b)));
     v
 }
 

@@ -75,8 +75,8 @@ pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<boo
     )
     .resync(Duration::from_secs(60));
     let zones = controller.store();
-    let in_namespace = move |o: &dyn ObjectExtRef| -> Vec<ObjectRef> {
-        let namespace = o.namespace_of();
+    let in_namespace = move |o: &dyn ObjectExt| -> Vec<ObjectRef> {
+        let namespace = o.namespace();
         zones
             .list()
             .iter()
@@ -423,13 +423,13 @@ fn address_type(ip: IpAddr) -> &'static str {
 
 /// The (name, address) pairs an auto record selects.
 fn auto_addresses(auto: &AutoRecord, namespace: &str, ctx: &Context) -> Vec<(String, IpAddr)> {
-    let selected = |o: &dyn ObjectExtRef| {
-        o.namespace_of() == Some(namespace)
-            && !o.deleting()
+    let selected = |o: &dyn ObjectExt| {
+        o.namespace() == Some(namespace)
+            && !o.is_deleting()
             && auto
                 .selector
                 .as_ref()
-                .is_none_or(|s| s.matches(&o.labels_of()))
+                .is_none_or(|s| s.matches(&o.labels()))
     };
     let vpc_subnets: Option<BTreeMap<String, Option<Cidr>>> = auto.vpc.as_ref().map(|vpc| {
         ctx.subnets
@@ -478,28 +478,6 @@ fn auto_addresses(auto: &AutoRecord, namespace: &str, ctx: &Context) -> Vec<(Str
         }
     }
     out
-}
-
-/// What the zone controller reads of any watched object: [`ObjectExt`] in a form that can
-/// be a trait object (one closure serves VMs, LoadBalancers and Subnets).
-trait ObjectExtRef {
-    fn namespace_of(&self) -> Option<&str>;
-    fn deleting(&self) -> bool;
-    fn labels_of(&self) -> BTreeMap<String, String>;
-}
-
-impl<T: ObjectExt> ObjectExtRef for T {
-    fn namespace_of(&self) -> Option<&str> {
-        self.namespace()
-    }
-
-    fn deleting(&self) -> bool {
-        self.is_deleting()
-    }
-
-    fn labels_of(&self) -> BTreeMap<String, String> {
-        self.labels()
-    }
 }
 
 /// The CIDR and reverse origins of a zone's reverse subnet, or why there is none.

@@ -145,9 +145,9 @@ impl Compiled {
     /// current spec a serial, else as last compiled; and why its current data is not served.
     fn current(&mut self, zone: &Zone) -> (Option<Served>, Option<String>) {
         let last = self.zones.get(zone.uid()).cloned();
-        let status = zone.status.clone().unwrap_or_default();
-        let serial = status.serial;
-        let observed = status.observed_generation;
+        let status = zone.status.as_ref();
+        let serial = status.and_then(|s| s.serial);
+        let observed = status.and_then(|s| s.observed_generation);
         let generation = zone.metadata.generation;
         let Some(serial) = serial.filter(|_| observed == generation) else {
             return (last, None);

@@ -148,13 +148,12 @@ async fn follow(
 fn sources(buckets: &[Arc<Bucket>]) -> HashMap<Source, Owner> {
     let mut out = HashMap::new();
     for b in buckets {
-        let status = b.status.clone().unwrap_or_default();
+        let status = b.status.as_ref();
         let bucket = status
-            .bucket_name
-            .as_deref()
+            .and_then(|s| s.bucket_name.as_deref())
             .or(b.spec.bucket_name.as_deref())
             .filter(|s| !s.is_empty());
-        let (Some(bucket), Some(namespace)) = (bucket, b.namespace()) else {
+        let (Some(bucket), Some(namespace), Some(status)) = (bucket, b.namespace(), status) else {
             continue;
         };
         let own = status.secret_name.iter();

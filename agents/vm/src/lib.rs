@@ -465,6 +465,26 @@ async fn probe_readiness(guest: &Guest<'_>, boot: &Boot, state: &str, report: &m
     outcome.ready
 }
 
+/// Reports a start that failed for `reason` (`Failed`, `Ready=False`, a Warning Event); the
+/// error to retry it with.
+async fn failed(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    mut report: Report,
+    reason: &'static str,
+    message: String,
+) -> VmError {
+    report.phase(VirtualMachinePhase::Failed);
+    report.condition("Ready", "False", reason, &message);
+    if let Err(e) = report.write(vm, ctx).await {
+        return VmError::Api(e);
+    }
+    ctx.recorder
+        .publish(vm, EventType::Warning, reason, "Starting", &message)
+        .await;
+    VmError::Start { reason, message }
+}
+
 /// Prepares the disks and seed, and starts QEMU.
 async fn start(
     vm: &VirtualMachine,
@@ -490,27 +510,11 @@ async fn start(
             report.write(vm, ctx).await?;
             return Ok(Action::requeue(Duration::from_secs(5)));
         }
-        Err((reason, message)) => {
-            report.phase(VirtualMachinePhase::Failed);
-            report.condition("Ready", "False", reason, &message);
-            report.write(vm, ctx).await?;
-            ctx.recorder
-                .publish(vm, EventType::Warning, reason, "Starting", &message)
-                .await;
-            return Err(VmError::Start { reason, message });
-        }
+        Err((reason, message)) => return Err(failed(vm, ctx, report, reason, message).await),
     };
     let boot = match lifecycle::launch(ctx, vm, spec, dir, prepared).await {
         Ok(boot) => boot,
-        Err((reason, message)) => {
-            report.phase(VirtualMachinePhase::Failed);
-            report.condition("Ready", "False", reason, &message);
-            report.write(vm, ctx).await?;
-            ctx.recorder
-                .publish(vm, EventType::Warning, reason, "Starting", &message)
-                .await;
-            return Err(VmError::Start { reason, message });
-        }
+        Err((reason, message)) => return Err(failed(vm, ctx, report, reason, message).await),
     };
     lifecycle::listen(ctx, &vm.object_ref(), dir);
     let accelerator = format!("{:?}", boot.accelerator).to_lowercase();
