@@ -75,6 +75,18 @@ pub struct AgentConfig {
     /// The node's certificate, which the agent renews before it expires (none: the client's
     /// credentials are someone else's to keep).
     pub identity: Option<crate::identity::NodeIdentity>,
+    /// How this host runs pods (none: it runs none).
+    pub pods: Option<PodsConfig>,
+}
+
+/// How a host runs its pods.
+#[derive(Debug, Clone, Default)]
+pub struct PodsConfig {
+    /// An existing CRI runtime's socket (`--container-runtime-endpoint`); none: the agent
+    /// starts and supervises its own containerd.
+    pub endpoint: Option<PathBuf>,
+    /// How the agent's own containerd is set up.
+    pub containerd: keel_pods::containerd::Settings,
 }
 
 pub use keel_host::Health;
@@ -91,6 +103,9 @@ pub enum AgentError {
     /// The S3 endpoint's TLS certificate or key is unusable.
     #[error("{0}")]
     Storage(String),
+    /// The pod role's container runtime cannot be started.
+    #[error(transparent)]
+    Containerd(#[from] keel_pods::containerd::ContainerdError),
 }
 
 /// What the agent's tasks share.
@@ -105,6 +120,9 @@ pub(crate) struct Shared {
     pub(crate) dns_endpoint: Option<String>,
     /// The S3 endpoint's URL, published in the Node (none: no storage role).
     pub(crate) s3_endpoint: Option<String>,
+    /// The container runtime's name and version (`containerd://1.6.20`), published in the
+    /// Node (none: no pod role).
+    pub(crate) container_runtime: Option<String>,
 }
 
 // === impl Shared ===
@@ -151,6 +169,7 @@ impl AgentConfig {
             ca_pem: String::new(),
             images: keel_vm::images::FetchPolicy::default(),
             identity: None,
+            pods: None,
         }
     }
 }
@@ -205,7 +224,12 @@ pub async fn run(
     names.extend(facts.internal_ip.map(|ip| ip.to_string()));
     let endpoint = crate::server::bind(config.listen, names, &config.ca_pem).await?;
     let published = (endpoint.port, endpoint.certificate_pem.clone());
-    let endpoint_task = tokio::spawn(endpoint.serve(config.data_dir.clone(), shutdown.clone()));
+    let pods_runtime = pod_runtime(&config, shutdown.clone()).await?;
+    let endpoint_task = tokio::spawn(endpoint.serve(
+        config.data_dir.clone(),
+        pods_runtime.as_ref().map(|r| r.cri.clone()),
+        shutdown.clone(),
+    ));
     let renewal = config
         .identity
         .clone()
@@ -218,6 +242,7 @@ pub async fn run(
         endpoint: published,
         dns_endpoint,
         s3_endpoint: s3_endpoint.clone(),
+        container_runtime: pods_runtime.as_ref().map(|r| r.version.clone()),
     });
     let (health_tx, health) = watch::channel(Health::Starting);
     let heartbeat = tokio::spawn(heartbeat(shared.clone(), health_tx, shutdown.clone()));
@@ -262,6 +287,20 @@ pub async fn run(
         accelerator: shared.facts.accelerator,
         images: shared.config.images.clone(),
     };
+    let pods = pods_runtime.map(|runtime| {
+        let host = keel_pods::PodHost {
+            node: shared.node(),
+            dir: shared.config.data_dir.pods(),
+            host_ip: shared.facts.internal_ip,
+        };
+        let role = tokio::spawn(keel_pods::run(
+            host,
+            runtime.cri,
+            health.clone(),
+            shutdown.clone(),
+        ));
+        (role, runtime.supervisor)
+    });
     let reconciler = tokio::spawn(vm::run(host, health, shutdown.clone()));
     let _ = shutdown.wait_for(|s| *s).await;
     let _ = heartbeat.await;
@@ -275,11 +314,58 @@ pub async fn run(
     if let Some(balancer) = balancer {
         let _ = balancer.await;
     }
+    if let Some((role, supervisor)) = pods {
+        let _ = role.await;
+        if let Some(supervisor) = supervisor {
+            let _ = supervisor.await;
+        }
+    }
     let _ = endpoint_task.await;
     if let Some(renewal) = renewal {
         let _ = renewal.await;
     }
     Ok(())
+}
+
+/// The pod role's container runtime: connected to, and running.
+struct PodRuntime {
+    cri: keel_pods::cri::Cri,
+    /// `containerd://1.6.20`.
+    version: String,
+    /// The task supervising the agent's own containerd (none: an existing runtime).
+    supervisor: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts (or connects to) the container runtime of the pod role, if this host has one.
+async fn pod_runtime(
+    config: &AgentConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Option<PodRuntime>, AgentError> {
+    let Some(pods) = &config.pods else {
+        return Ok(None);
+    };
+    let (cri, supervisor) = match &pods.endpoint {
+        Some(socket) => (keel_pods::cri::Cri::new(socket), None),
+        None => {
+            let dir = keel_pods::containerd::Dir::new(&config.data_dir.pods());
+            let (cri, task) =
+                keel_pods::containerd::start(dir, pods.containerd.clone(), shutdown).await?;
+            (cri, Some(task))
+        }
+    };
+    let version = match cri.version().await {
+        Ok(v) => format!("{}://{}", v.runtime_name, v.runtime_version),
+        Err(e) => {
+            tracing::error!(error = %e, "the container runtime does not answer: this host runs no pods");
+            return Ok(None);
+        }
+    };
+    tracing::info!(runtime = %version, "running pods");
+    Ok(Some(PodRuntime {
+        cri,
+        version,
+        supervisor,
+    }))
 }
 
 /// The storage role of this host: the S3 listener, its TLS (a certificate asked of the
@@ -528,6 +614,9 @@ async fn report_ready(shared: &Shared) -> Result<(), ClientError> {
         "operatingSystem": "linux", "architecture": std::env::consts::ARCH,
         "kubeletVersion": concat!("keel-agent/", env!("CARGO_PKG_VERSION")),
     });
+    if let Some(runtime) = &shared.container_runtime {
+        status["nodeInfo"]["containerRuntimeVersion"] = json!(runtime);
+    }
     set_condition(
         status,
         &Condition::ready(

@@ -29,6 +29,7 @@ pub use agent::{AgentConfig, AgentError, Health, run};
 pub use keel_dns as dns;
 pub use keel_host::listen;
 pub use keel_lb as lb;
+pub use keel_pods as pods;
 pub use keel_storage as storage;
 pub use keel_vm as vm;
 pub use keel_workload as workload;

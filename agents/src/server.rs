@@ -53,8 +53,11 @@ pub struct Endpoint {
 
 /// What the handlers read.
 struct State {
-    /// The agent's data dir, whose VM directories hold the consoles.
+    /// The agent's data dir, whose VM directories hold the consoles (and the pod role's
+    /// directory the containers' logs).
     data: AgentDir,
+    /// The pod role's runtime, which tells when a followed container stops.
+    cri: Option<keel_pods::cri::Cri>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -129,8 +132,13 @@ pub async fn bind(
 impl Endpoint {
     /// Serves until `shutdown` turns true, with the VM consoles of the agent's data dir
     /// `data`.
-    pub async fn serve(self, data: AgentDir, mut shutdown: watch::Receiver<bool>) {
-        let state = Arc::new(State { data });
+    pub async fn serve(
+        self,
+        data: AgentDir,
+        cri: Option<keel_pods::cri::Cri>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let state = Arc::new(State { data, cri });
         let mut stop = Box::pin(async move {
             let _ = shutdown.wait_for(|s| *s).await;
         });
@@ -213,6 +221,13 @@ async fn handle(state: &State, caller: Option<&str>, req: Request<Incoming>) -> 
             };
             vm_log(state, ns, name, query).await
         }
+        (&hyper::Method::GET, ["logs", "pods", ns, name]) => {
+            let query = match query {
+                Ok(q) => q,
+                Err(message) => return text(StatusCode::BAD_REQUEST, &message),
+            };
+            pod_log(state, ns, name, &query)
+        }
         _ => text(StatusCode::NOT_FOUND, "no such endpoint on the agent"),
     }
 }
@@ -223,6 +238,9 @@ struct Query {
     follow: bool,
     tail_lines: Option<usize>,
     limit_bytes: Option<usize>,
+    container: Option<String>,
+    previous: bool,
+    timestamps: bool,
 }
 
 // === impl Query ===
@@ -240,6 +258,14 @@ impl Query {
                 "follow" => out.follow = v == "true" || v == "1",
                 "tailLines" => out.tail_lines = Some(number()?),
                 "limitBytes" => out.limit_bytes = Some(number()?),
+                "container" if !v.is_empty() => {
+                    if !keel_schemas::names::is_dns_label(v) {
+                        return Err(format!("container: {v:?} is not a container name"));
+                    }
+                    out.container = Some(v.to_string());
+                }
+                "previous" => out.previous = v == "true" || v == "1",
+                "timestamps" => out.timestamps = v == "true" || v == "1",
                 _ => {}
             }
         }
@@ -278,6 +304,45 @@ async fn vm_log(state: &State, ns: &str, name: &str, query: Query) -> Response<B
         .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response"))
 }
 
+/// A container's log (`kubectl logs`), from the pod role's files.
+fn pod_log(state: &State, ns: &str, name: &str, query: &Query) -> Response<Body> {
+    let options = keel_pods::logs::Options {
+        container: query.container.clone(),
+        follow: query.follow,
+        previous: query.previous,
+        timestamps: query.timestamps,
+        tail_lines: query.tail_lines,
+        limit_bytes: query.limit_bytes,
+    };
+    let log = match keel_pods::logs::open(state.cri.clone(), &state.data.pods(), ns, name, &options)
+    {
+        Ok(log) => log,
+        Err(e) => {
+            let code = StatusCode::from_u16(e.code).unwrap_or(StatusCode::BAD_REQUEST);
+            return text(code, &e.message);
+        }
+    };
+    let head = Bytes::from(log.head);
+    let body = match log.follow {
+        None => Full::new(head).boxed(),
+        Some(rx) => {
+            let first = once(head);
+            let rest =
+                ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(Bytes::from(b))));
+            BodyExt::boxed(StreamBody::new(first.chain(rest)))
+        }
+    };
+    Response::builder()
+        .header(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(body)
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}
+
+/// A stream of one frame.
+fn once(bytes: Bytes) -> impl tokio_stream::Stream<Item = Result<Frame<Bytes>, Infallible>> {
+    tokio_stream::once(Ok(Frame::data(bytes)))
+}
+
 fn text(code: StatusCode, message: &str) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(message.to_string())).boxed());
     *response.status_mut() = code;
@@ -301,7 +366,8 @@ mod tests {
             Query {
                 follow: true,
                 tail_lines: Some(10),
-                limit_bytes: Some(500)
+                limit_bytes: Some(500),
+                ..Query::default()
             }
         );
         assert!(

@@ -4,7 +4,8 @@
 //! network controller speaks OVSDB to OVN's northbound database through [`keel_ovsdb`].
 //!
 //! Modules:
-//! - [`scheduler`]: binds VirtualMachines to nodes.
+//! - [`scheduler`]: binds VirtualMachines and Pods to nodes.
+//! - [`node_ipam`]: gives each node its range of pod addresses.
 //! - [`node_lifecycle`]: notices dead nodes and moves their VMs.
 //! - [`gc`]: deletes dependents whose owners are gone.
 //! - [`buckets`]: binds Buckets to storage nodes and keeps their credentials.
@@ -22,6 +23,7 @@ pub mod gc;
 pub mod loadbalancers;
 pub mod manager;
 pub mod network;
+pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod resourcequotas;
 pub mod rollout;

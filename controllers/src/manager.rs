@@ -46,6 +46,8 @@ pub struct ManagerConfig {
     pub ovn_external: Option<crate::network::External>,
     /// The load balancer controller's settings (the VIP pool).
     pub load_balancers: crate::loadbalancers::LoadBalancerConfig,
+    /// The cluster's pod range, split into one range per node (none: nodes get no range).
+    pub pod_ranges: Option<crate::node_ipam::PodRanges>,
 }
 
 // === impl ManagerConfig ===
@@ -63,6 +65,7 @@ impl ManagerConfig {
             ovn_nb: None,
             ovn_external: None,
             load_balancers: Default::default(),
+            pod_ranges: Some(crate::node_ipam::PodRanges::default()),
         }
     }
 }
@@ -100,6 +103,14 @@ pub async fn run_manager(
             config.identity.clone(),
             stop.clone(),
         ));
+        if let Some(ranges) = config.pod_ranges {
+            controllers.spawn(crate::node_ipam::run(
+                clients("node-ipam"),
+                config.identity.clone(),
+                ranges,
+                stop.clone(),
+            ));
+        }
         controllers.spawn(node_lifecycle::run(
             clients("node-lifecycle"),
             config.identity.clone(),

@@ -3,6 +3,7 @@
 
 pub mod httpd;
 pub mod ovn;
+pub mod pods;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -219,6 +220,10 @@ impl KeelServer {
         if !extra.iter().any(|a| a.as_ref() == "--s3-listen") {
             command.args(["--s3-listen", "127.0.0.1:0"]);
         }
+        // Pods only in the tests that run them (they give the pause image they built).
+        if !extra.iter().any(|a| a.as_ref() == "--pause-image") {
+            command.arg("--disable-pods");
+        }
         let child = command
             .args(extra)
             .stdout(Stdio::null())
@@ -304,6 +309,7 @@ impl KeelServer {
 impl Drop for KeelServer {
     fn drop(&mut self) {
         self.kill();
+        pods::remove_containers(self.dir().agent().root());
     }
 }
 
@@ -563,7 +569,15 @@ impl KeelAgent {
             .append(true)
             .open(&self.log)
             .expect("open the agent log");
+        let pods = extra.contains(&"--pause-image");
         let mut cmd = match &self.netns {
+            // A host with pods enters the namespace's network only: `ip netns exec` would
+            // also mount a sysfs of its own over /sys, hiding the cgroup mounts runc needs.
+            Some(ns) if pods => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(keel_bin());
+                c
+            }
             Some(ns) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns]).arg(keel_bin());
@@ -577,6 +591,8 @@ impl KeelAgent {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--dns-listen", "127.0.0.1:0", "--listen", "0.0.0.0:0"])
+            // Pods only in the tests that run them (they give the pause image they built).
+            .args((!pods).then_some("--disable-pods"))
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
@@ -753,6 +769,7 @@ pub fn guest() -> Guest {
 impl Drop for KeelAgent {
     fn drop(&mut self) {
         self.kill();
+        pods::remove_containers(&self.data_dir);
         // Tests must not leave workloads behind: stop the supervisors this agent started.
         if let Ok(entries) = std::fs::read_dir(self.dir().workloads()) {
             for entry in entries.flatten() {

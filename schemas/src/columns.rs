@@ -203,27 +203,116 @@ static NAMESPACE: &[Column] = &[text(
     |o| at(o, "status.phase"),
 )];
 
-static NODE: &[Column] = &[text("Status", "Ready, NotReady or Unknown.", |o| {
-    Value::String(
-        match o["status"]["conditions"]
+static NODE: &[Column] = &[
+    text("Status", "Ready, NotReady or Unknown.", |o| {
+        let ready = o["status"]["conditions"]
             .as_array()
             .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
-            .and_then(|c| c["status"].as_str())
-        {
+            .and_then(|c| c["status"].as_str());
+        let status = match ready {
             Some("True") => "Ready",
             Some(_) => "NotReady",
             None => "Unknown",
-        }
-        .into(),
-    )
-})];
+        };
+        let cordoned = o["spec"]["unschedulable"] == true;
+        Value::String(if cordoned {
+            format!("{status},SchedulingDisabled")
+        } else {
+            status.to_string()
+        })
+    }),
+    text("Version", "The agent's version.", |o| {
+        at(o, "status.nodeInfo.kubeletVersion")
+    }),
+    wide(text(
+        "Internal-IP",
+        "The node's address in the cluster.",
+        |o| {
+            let addresses = o["status"]["addresses"].as_array();
+            let internal = addresses.and_then(|a| a.iter().find(|a| a["type"] == "InternalIP"));
+            internal.map_or(Value::Null, |a| a["address"].clone())
+        },
+    )),
+    wide(text("Kernel-Version", "The host's kernel.", |o| {
+        at(o, "status.nodeInfo.kernelVersion")
+    })),
+    wide(text(
+        "Container-Runtime",
+        "The runtime that runs the node's pods (containerd://1.6.20).",
+        |o| at(o, "status.nodeInfo.containerRuntimeVersion"),
+    )),
+];
 
 static POD: &[Column] = &[
-    text("Status", "The pod's phase.", |o| at(o, "status.phase")),
-    text("Node", "The node the pod runs on.", |o| {
-        at(o, "spec.nodeName")
+    text("Ready", "Containers ready, of all.", |o| {
+        let statuses = o["status"]["containerStatuses"].as_array();
+        let ready = statuses.map_or(0, |s| s.iter().filter(|c| c["ready"] == true).count());
+        let total = o["spec"]["containers"].as_array().map_or(0, Vec::len);
+        Value::String(format!("{ready}/{total}"))
     }),
+    text(
+        "Status",
+        "The pod's phase, or why a container waits or ended (CrashLoopBackOff, ErrImagePull, Completed), as kubectl shows it.",
+        pod_status,
+    ),
+    number("Restarts", "Restarts of its containers.", |o| {
+        let statuses = o["status"]["containerStatuses"].as_array();
+        let restarts: i64 = statuses.map_or(0, |s| {
+            s.iter().filter_map(|c| c["restartCount"].as_i64()).sum()
+        });
+        Value::from(restarts)
+    }),
+    wide(text("IP", "The pod's address.", |o| at(o, "status.podIP"))),
+    wide(text("Node", "The node the pod runs on.", |o| {
+        at(o, "spec.nodeName")
+    })),
 ];
+
+/// A pod's status as kubectl prints it: the reason a container waits or ended, else the
+/// phase; `Terminating` while it is deleted.
+fn pod_status(o: &Value) -> Value {
+    if o["metadata"]["deletionTimestamp"].is_string() {
+        return Value::String("Terminating".into());
+    }
+    let mut reason = o["status"]["reason"]
+        .as_str()
+        .or(o["status"]["phase"].as_str())
+        .unwrap_or("Pending")
+        .to_string();
+    let init = o["status"]["initContainerStatuses"].as_array();
+    let init_waiting = init.into_iter().flatten().find_map(|c| {
+        let state = &c["state"];
+        let why = state["waiting"]["reason"]
+            .as_str()
+            .filter(|r| *r != "PodInitializing");
+        why.or(state["terminated"]["reason"]
+            .as_str()
+            .filter(|_| state["terminated"]["exitCode"] != 0))
+            .map(|r| format!("Init:{r}"))
+    });
+    if let Some(r) = init_waiting {
+        return Value::String(r);
+    }
+    for c in o["status"]["containerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let state = &c["state"];
+        if let Some(r) = state["waiting"]["reason"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+        {
+            reason = r.to_string();
+        } else if let Some(r) = state["terminated"]["reason"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+        {
+            reason = r.to_string();
+        }
+    }
+    Value::String(reason)
+}
 
 static SERVICE: &[Column] = &[
     text("Type", "ClusterIP, NodePort or LoadBalancer.", |o| {

@@ -229,6 +229,12 @@ impl AgentDir {
         self.root.join("storage")
     }
 
+    /// `pods/`: the pod role's files: its containerd's config, root, state and socket, the
+    /// pods' CNI configuration and address leases, and the containers' logs.
+    pub fn pods(&self) -> PathBuf {
+        self.root.join("pods")
+    }
+
     /// `kvm-probe.json`: whether a guest booted under KVM here, cached across restarts.
     pub fn kvm_probe(&self) -> PathBuf {
         self.root.join("kvm-probe.json")

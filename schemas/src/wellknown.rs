@@ -62,6 +62,9 @@ pub const LAST_GOOD_ANNOTATION: &str = "keel.dev/last-good-generation";
 
 /// The finalizer a VM's host holds until it has removed the VM's guest and files.
 pub const VM_HOST_FINALIZER: &str = "keel.dev/vm-host";
+/// The finalizer a pod's node holds until it has stopped the pod's containers and removed
+/// its sandbox (Kubernetes' kubelet deletes the pod instead; a finalizer is Keel's way).
+pub const POD_HOST_FINALIZER: &str = "keel.dev/pod-host";
 /// The finalizer a Bucket's storage host holds until its data is dealt with.
 pub const BUCKET_STORAGE_FINALIZER: &str = "keel.dev/bucket-storage";
 

@@ -18,7 +18,9 @@
 
 use serde_json::Value;
 
-use keel_schemas::wellknown::{BUCKET_STORAGE_FINALIZER, NODE_LEASE_NAMESPACE, VM_HOST_FINALIZER};
+use keel_schemas::wellknown::{
+    BUCKET_STORAGE_FINALIZER, NODE_LEASE_NAMESPACE, POD_HOST_FINALIZER, VM_HOST_FINALIZER,
+};
 
 use super::cache::Graph;
 use super::rbac::{Attributes, Decision};
@@ -55,6 +57,7 @@ fn own_finalizer(resource: &str) -> Option<&'static str> {
     match resource {
         "virtualmachines" => Some(VM_HOST_FINALIZER),
         "buckets" => Some(BUCKET_STORAGE_FINALIZER),
+        "pods" => Some(POD_HOST_FINALIZER),
         _ => None,
     }
 }

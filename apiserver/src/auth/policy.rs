@@ -26,8 +26,9 @@ const BOOTSTRAPPING: &str = "kubernetes.io/bootstrapping";
 
 /// The cluster controllers with roles of their own (`system:controller:NAME`, granted to
 /// the user `system:keel-controller:NAME`).
-pub const CONTROLLERS: [&str; 10] = [
+pub const CONTROLLERS: [&str; 11] = [
     "scheduler",
+    "node-ipam",
     "node-lifecycle",
     "garbage-collector",
     "buckets",
@@ -248,8 +249,16 @@ fn controller_rules(name: &str) -> Vec<Value> {
     match name {
         "scheduler" => vec![
             rule(&READ, &k, &["virtualmachines"]),
-            rule(&READ, &[""], &["nodes"]),
+            rule(&READ, &[""], &["nodes", "pods"]),
             rule(&["update", "patch"], &k, &["virtualmachines/status"]),
+            // A pod's binding is its spec.nodeName, set once.
+            rule(&["patch"], &[""], &["pods"]),
+            rule(&["update", "patch"], &[""], &["pods/status"]),
+            events(),
+        ],
+        "node-ipam" => vec![
+            rule(&READ, &[""], &["nodes"]),
+            rule(&["patch"], &[""], &["nodes"]),
             events(),
         ],
         "node-lifecycle" => vec![

@@ -1,6 +1,6 @@
-//! The `log` subresource: a guest's console, which only its node has. The server proxies the
-//! request to that node's agent over TLS, as kube-apiserver does to the kubelet for
-//! `kubectl logs`.
+//! The `log` subresource: a guest's console or a container's output, which only its node
+//! has. The server proxies the request to that node's agent over TLS, as kube-apiserver
+//! does to the kubelet for `kubectl logs`.
 //!
 //! The agent's address is the Node's `InternalIP`, its port `status.daemonEndpoints`, and its
 //! certificate the one it published in the Node (annotation `keel.dev/agent-certificate`):
@@ -28,8 +28,8 @@ use super::status::{ApiError, ApiResult};
 const CERTIFICATE_ANNOTATION: &str = keel_schemas::wellknown::AGENT_CERTIFICATE_ANNOTATION;
 /// How long connecting to an agent may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The kinds whose objects run on a node and have a console there.
-const WITH_LOGS: [&str; 1] = ["virtualmachines"];
+/// The kinds whose objects run on a node and have a console (or logs) there.
+const WITH_LOGS: [&str; 2] = ["virtualmachines", "pods"];
 
 /// The client certificate a server presents to agents (`system:keel-apiserver`), issued by
 /// the server itself and issued again two thirds into its life.
@@ -88,14 +88,28 @@ pub(crate) async fn proxy(
         )));
     }
     let mut forwarded = Vec::new();
-    for name in ["follow", "tailLines", "limitBytes"] {
+    let flags = ["follow", "previous", "timestamps"];
+    for name in [
+        "follow",
+        "previous",
+        "timestamps",
+        "tailLines",
+        "limitBytes",
+        "container",
+    ] {
         if let Some(v) = query.get(name) {
-            if name == "follow" && !matches!(v.as_str(), "true" | "false" | "1" | "0" | "") {
+            if flags.contains(&name) && !matches!(v.as_str(), "true" | "false" | "1" | "0" | "") {
                 return Err(ApiError::bad_request(format!(
-                    "follow: {v:?} is not true or false"
+                    "{name}: {v:?} is not true or false"
                 )));
             }
-            if name != "follow" && v.parse::<u64>().is_err() {
+            if name == "container" {
+                if !v.is_empty() && !keel_schemas::names::is_dns_label(v) {
+                    return Err(ApiError::bad_request(format!(
+                        "container: {v:?} is not a container name"
+                    )));
+                }
+            } else if !flags.contains(&name) && v.parse::<u64>().is_err() {
                 return Err(ApiError::bad_request(format!(
                     "{name}: {v:?} is not a non-negative integer"
                 )));
@@ -106,15 +120,18 @@ pub(crate) async fn proxy(
     let object = api.get(t).await?;
     let name = t.name.as_deref().unwrap_or_default();
     let namespace = t.namespace.as_deref().unwrap_or_default();
-    let node_name = object["status"]["nodeName"]
-        .as_str()
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "{} {namespace}/{name} is not bound to a node yet: it has no console",
-                t.kind.kind
-            ))
-        })?;
+    // A pod's binding is in its spec; a VM's in its status.
+    let binding = if t.kind.plural == "pods" {
+        &object["spec"]["nodeName"]
+    } else {
+        &object["status"]["nodeName"]
+    };
+    let node_name = binding.as_str().filter(|n| !n.is_empty()).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "{} {namespace}/{name} is not bound to a node yet: it has no console or logs",
+            t.kind.kind
+        ))
+    })?;
     let node_kind = keel_schemas::lookup("nodes")
         .ok_or_else(|| ApiError::internal("Node is not registered"))?;
     let node = api

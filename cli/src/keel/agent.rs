@@ -8,7 +8,7 @@ use clap::Args;
 use keel_schemas::datadir::AgentDir;
 
 use super::flags::{Listen, listen_or_off, seconds};
-use super::roles::{DnsLimitArgs, GuestArgs, LbLimitArgs, S3Options};
+use super::roles::{DnsLimitArgs, GuestArgs, LbLimitArgs, PodArgs, S3Options};
 use super::{hostname, shutdown_signal};
 
 #[derive(Args, Debug)]
@@ -55,6 +55,8 @@ pub(super) struct AgentArgs {
     disable_load_balancer: bool,
     #[command(flatten)]
     lb: LbLimitArgs,
+    #[command(flatten)]
+    pods: PodArgs,
     /// The Open vSwitch database socket (probed as a capability).
     #[arg(long, default_value = "/var/run/openvswitch/db.sock")]
     ovs_socket: PathBuf,
@@ -109,6 +111,7 @@ pub(super) async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Err
     config.dns_limits = args.dns_limits.limits()?;
     config.load_balancer = !args.disable_load_balancer;
     args.guests.apply(&mut config);
+    args.pods.apply(&mut config);
     config.ovs_socket = args.ovs_socket;
     config.kvm_probe_kernel = args.kvm_probe_kernel;
     config.listen = args.listen;

@@ -24,6 +24,28 @@ pub(super) struct GuestArgs {
     image_allowed_networks: Vec<keel_schemas::Cidr>,
 }
 
+/// How a host runs pods: the containerd it supervises, or an existing CRI runtime.
+#[derive(Args, Debug)]
+pub(super) struct PodArgs {
+    /// This host runs no pods (by default its agent runs the pods bound to it, on a
+    /// containerd it starts when `containerd` is installed).
+    #[arg(long)]
+    disable_pods: bool,
+    /// An existing CRI runtime's socket (`unix:///run/containerd/containerd.sock`) instead
+    /// of the agent's own containerd.
+    #[arg(long)]
+    container_runtime_endpoint: Option<String>,
+    /// The image of every pod's sandbox (Kubernetes' pause image).
+    #[arg(long, default_value = "registry.k8s.io/pause:3.6")]
+    pause_image: String,
+    /// The containerd binary the agent starts.
+    #[arg(long, default_value = "containerd")]
+    containerd: PathBuf,
+    /// Where the CNI plugins are.
+    #[arg(long, default_value = "/usr/lib/cni")]
+    cni_bin_dir: PathBuf,
+}
+
 /// What each listener of a host's L4 proxy may hold (each listener counts on its own).
 #[derive(Args, Debug)]
 pub(super) struct LbLimitArgs {
@@ -133,6 +155,43 @@ impl GuestArgs {
             allowed_networks: self.image_allowed_networks.clone(),
         };
     }
+}
+
+// === impl PodArgs ===
+
+impl PodArgs {
+    /// Sets the pod role of `config`: none when disabled, or when no runtime is given and
+    /// no containerd is installed.
+    pub(super) fn apply(&self, config: &mut keel_agent::AgentConfig) {
+        if self.disable_pods {
+            return;
+        }
+        let endpoint = self
+            .container_runtime_endpoint
+            .as_deref()
+            .map(|e| PathBuf::from(e.strip_prefix("unix://").unwrap_or(e)));
+        if endpoint.is_none() && !on_path(&self.containerd) {
+            tracing::info!(containerd = %self.containerd.display(), "containerd is not installed: this host runs no pods");
+            return;
+        }
+        config.pods = Some(keel_agent::agent::PodsConfig {
+            endpoint,
+            containerd: keel_agent::pods::containerd::Settings {
+                binary: self.containerd.clone(),
+                sandbox_image: self.pause_image.clone(),
+                cni_bin_dir: self.cni_bin_dir.clone(),
+            },
+        });
+    }
+}
+
+/// Whether `binary` is a path that exists, or a name found on `PATH`.
+fn on_path(binary: &std::path::Path) -> bool {
+    if binary.components().count() > 1 {
+        return binary.exists();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(binary).is_file()))
 }
 
 // === impl LbLimitArgs ===

@@ -14,7 +14,7 @@ use keel_apiserver::{ApiConfig, ApiServer};
 use keel_schemas::datadir::ServerDir;
 
 use super::flags::{Listen, duration, listen_or_off, seconds};
-use super::roles::{DnsLimitArgs, GuestArgs, LbLimitArgs, S3Options};
+use super::roles::{DnsLimitArgs, GuestArgs, LbLimitArgs, PodArgs, S3Options};
 use super::{hostname, shutdown_signal};
 
 /// How long the certificate a server's local agent serves S3 with lasts; it is issued at
@@ -110,8 +110,14 @@ pub(super) struct ServerArgs {
     /// The local agent serves no LoadBalancer.
     #[arg(long)]
     disable_load_balancer: bool,
+    /// The cluster's pod addresses: each node gets a /24 of it for its pods (k3s's
+    /// default).
+    #[arg(long, default_value = "10.42.0.0/16")]
+    cluster_cidr: String,
     #[command(flatten)]
     lb: LbLimitArgs,
+    #[command(flatten)]
+    pods: PodArgs,
     #[command(flatten)]
     s3: S3Options,
     #[command(flatten)]
@@ -369,6 +375,10 @@ fn manager_config(
     config.nodes.grace_period = seconds(t.node_monitor_grace_period);
     config.nodes.eviction_timeout = seconds(t.node_eviction_timeout);
     config.ovn_nb = args.ovn_nb.clone();
+    config.pod_ranges = Some(
+        keel_controllers::node_ipam::PodRanges::parse(&args.cluster_cidr, 24)
+            .map_err(|e| format!("--cluster-cidr: {e}"))?,
+    );
     if let Some(pool) = &args.lb_vip_pool {
         config.load_balancers.vip_pool = Some(pool.clone());
     }
@@ -432,6 +442,7 @@ fn local_agent_config(
     agent.load_balancer = !args.disable_load_balancer;
     args.lb.apply(&mut agent)?;
     args.guests.apply(&mut agent);
+    args.pods.apply(&mut agent);
     agent.ca_pem = server.ca_pem().to_string();
     // The local agent is a node like any other: it registers with the agent token and
     // talks as system:node:NAME.

@@ -1,5 +1,6 @@
-//! Placement: the node a VirtualMachine should run on, chosen the way Kubernetes' scheduler
-//! chooses a pod's (filter the nodes, then score those left), over the typed objects.
+//! Placement: the node a VirtualMachine or a Pod should run on, chosen the way Kubernetes'
+//! scheduler chooses a pod's (filter the nodes, then score those left), over the typed
+//! objects. VMs and pods share the nodes' cpu and memory.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -7,10 +8,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use keel_runtime::ObjectExt;
 use keel_schemas::kinds::Quantity;
 use keel_schemas::kinds::compute::{
-    Affinity, HOSTNAME_LABEL, RunStrategy, VirtualMachine, VirtualMachinePhase, VirtualMachineSpec,
+    HOSTNAME_LABEL, NodeAffinity, NodeSelector, RunStrategy, VirtualMachine, VirtualMachinePhase,
     VmAffinity, VmAffinityTerm,
 };
-use keel_schemas::kinds::core::Node as NodeObject;
+use keel_schemas::kinds::core::{Node as NodeObject, Pod, Taint, Toleration};
 use keel_schemas::parse_quantity;
 
 /// Labels of a node or a VM.
@@ -26,7 +27,16 @@ const SCORE_SCALE: u128 = 1_000_000;
 /// Millicores in one vCPU or one core.
 const MILLI: u128 = 1000;
 
-/// Why no node can take a VM, in the words of Kubernetes' FailedScheduling events:
+/// What is placed, or already placed: a VM or a pod.
+#[derive(Debug, Clone, Copy)]
+pub enum Workload<'a> {
+    /// A VirtualMachine.
+    Vm(&'a VirtualMachine),
+    /// A Pod.
+    Pod(&'a Pod),
+}
+
+/// Why no node can take a VM or pod, in the words of Kubernetes' FailedScheduling events:
 /// `0/3 nodes are available: 1 Insufficient memory, 2 node(s) were not ready.`
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -61,12 +71,29 @@ pub fn place(
     nodes: &[&NodeObject],
     placed: &[&VirtualMachine],
 ) -> Result<String, Unschedulable> {
-    let vm = Incoming::of(vm)?;
+    let placed: Vec<Workload<'_>> = placed.iter().map(|v| Workload::Vm(v)).collect();
+    place_workload(Workload::Vm(vm), nodes, &placed)
+}
+
+/// Picks a node for `workload` as [`place`] does for a VM, with the VMs and pods already
+/// bound to nodes in `placed`. A pod asks for the sum of its containers' requests (or the
+/// largest of its init containers', if more), a request left out being its limit, else
+/// nothing; it tolerates the taints its tolerations match. (Anti-)affinity to other
+/// workloads applies between VMs only.
+pub fn place_workload(
+    workload: Workload<'_>,
+    nodes: &[&NodeObject],
+    placed: &[Workload<'_>],
+) -> Result<String, Unschedulable> {
+    let vm = match workload {
+        Workload::Vm(vm) => Incoming::of(vm)?,
+        Workload::Pod(pod) => Incoming::of_pod(pod)?,
+    };
     let nodes: Vec<Node<'_>> = nodes.iter().map(|n| Node::of(n)).collect();
     let by_name: HashMap<&str, &Node<'_>> = nodes.iter().map(|n| (n.name, n)).collect();
     let placed: Vec<Placed<'_>> = placed
         .iter()
-        .filter_map(|p| Placed::of(p))
+        .filter_map(Placed::of)
         .filter(|p| !vm.is(p))
         .collect();
     let usage = Usage::per_node(&placed);
@@ -77,7 +104,7 @@ pub fn place(
     for node in &nodes {
         let used = usage.get(node.name).unwrap_or(&idle);
         match filter(&vm, node, used, &domains) {
-            Err(reason) => *reasons.entry(reason.message()).or_default() += 1,
+            Err(reason) => *reasons.entry(reason.message(vm.pod)).or_default() += 1,
             Ok(()) => {
                 let key = score(&vm, node, used);
                 if best.as_ref().is_none_or(|b| key < *b) {
@@ -99,7 +126,8 @@ enum Reason {
     NotReady,
     /// The node is cordoned (`spec.unschedulable`).
     Unschedulable,
-    /// The node has a NoSchedule or NoExecute taint; VMs tolerate no taint.
+    /// The node has a NoSchedule or NoExecute taint the workload does not tolerate (VMs
+    /// tolerate none).
     Tainted,
     /// The VM asks for another node by name.
     NodeName,
@@ -117,8 +145,10 @@ enum Reason {
     ExistingAntiAffinity,
 }
 
-/// The VM being placed, as the filters and scores need it.
+/// The VM or pod being placed, as the filters and scores need it.
 struct Incoming<'a> {
+    /// Whether it is a pod (its words, and its neighbours for affinity, differ).
+    pod: bool,
     uid: Option<&'a str>,
     namespace: &'a str,
     name: &'a str,
@@ -127,8 +157,18 @@ struct Incoming<'a> {
     owner: Option<&'a str>,
     cpu_milli: u128,
     memory: u128,
-    /// Its spec, for the scheduling fields (nodeName, nodeSelector, affinity).
-    spec: &'a VirtualMachineSpec,
+    /// `spec.nodeName`.
+    node_name: Option<&'a str>,
+    /// `spec.nodeSelector`.
+    node_selector: &'a BTreeMap<String, String>,
+    /// The required node affinity.
+    required: Option<&'a NodeSelector>,
+    /// The taints it tolerates (none for a VM).
+    tolerations: &'a [Toleration],
+    /// Its affinity to workloads of its kind.
+    near: &'a [VmAffinityTerm],
+    /// Its anti-affinity to workloads of its kind.
+    away: &'a [VmAffinityTerm],
 }
 
 /// A node as the filters and scores see it.
@@ -138,15 +178,16 @@ struct Node<'a> {
     labels: Labels,
     ready: bool,
     unschedulable: bool,
-    tainted: bool,
+    taints: &'a [Taint],
     /// Allocatable (else capacity) cpu; zero when unreadable.
     cpu_milli: u128,
     /// Allocatable (else capacity) memory in bytes; zero when unreadable.
     memory: u128,
 }
 
-/// A VM already bound to a node.
+/// A VM or pod already bound to a node.
 struct Placed<'a> {
+    pod: bool,
     uid: Option<&'a str>,
     namespace: &'a str,
     name: &'a str,
@@ -163,7 +204,7 @@ struct Placed<'a> {
 struct Usage<'a> {
     cpu_milli: u128,
     memory: u128,
-    /// VMs by controller uid.
+    /// Workloads by controller uid.
     by_owner: HashMap<&'a str, usize>,
 }
 
@@ -190,6 +231,12 @@ impl Unschedulable {
         }
     }
 
+    fn invalid_pod(why: impl std::fmt::Display) -> Self {
+        Self {
+            message: format!("invalid pod spec: {why}"),
+        }
+    }
+
     /// Kubernetes' message: each reason with its count of nodes, reasons in byte order.
     fn no_fit(total: usize, reasons: &BTreeMap<&'static str, usize>) -> Self {
         let message = if total == 0 {
@@ -205,9 +252,11 @@ impl Unschedulable {
 // === impl Reason ===
 
 impl Reason {
-    /// The words of Kubernetes' scheduler for the same reason, with VMs for pods.
-    fn message(self) -> &'static str {
+    /// The words of Kubernetes' scheduler for the same reason (with VMs for pods when a VM
+    /// is placed).
+    fn message(self, pod: bool) -> &'static str {
         match self {
+            Self::NodeAffinity if pod => "node(s) didn't match Pod's node affinity/selector",
             Self::NotReady => "node(s) were not ready",
             Self::Unschedulable => "node(s) were unschedulable",
             Self::Tainted => "node(s) had untolerated taint(s)",
@@ -235,7 +284,9 @@ impl<'a> Incoming<'a> {
                 spec.memory.0
             ))
         })?;
+        let affinity = spec.affinity.as_ref();
         Ok(Self {
+            pod: false,
             uid: Some(vm.uid()).filter(|u| !u.is_empty()),
             namespace: vm.namespace().unwrap_or_default(),
             name: vm.name(),
@@ -243,44 +294,145 @@ impl<'a> Incoming<'a> {
             owner: controller_uid(vm),
             cpu_milli: u128::from(spec.cpu) * MILLI,
             memory,
-            spec,
+            node_name: spec.node_name.as_deref(),
+            node_selector: &spec.node_selector,
+            required: required(affinity.and_then(|a| a.node_affinity.as_ref())),
+            tolerations: &[],
+            near: terms(affinity.and_then(|a| a.vm_affinity.as_ref())),
+            away: terms(affinity.and_then(|a| a.vm_anti_affinity.as_ref())),
         })
     }
 
-    /// Whether `placed` is this very VM.
+    fn of_pod(pod: &'a Pod) -> Result<Self, Unschedulable> {
+        let spec = &pod.spec;
+        let (cpu_milli, memory) = pod_requests(pod).map_err(Unschedulable::invalid_pod)?;
+        let affinity = spec.affinity.as_ref();
+        Ok(Self {
+            pod: true,
+            uid: Some(pod.uid()).filter(|u| !u.is_empty()),
+            namespace: pod.namespace().unwrap_or_default(),
+            name: pod.name(),
+            labels: pod.labels(),
+            owner: controller_uid(pod),
+            cpu_milli,
+            memory,
+            node_name: spec.node_name.as_deref(),
+            node_selector: &spec.node_selector,
+            required: required(affinity.and_then(|a| a.node_affinity.as_ref())),
+            tolerations: &spec.tolerations,
+            near: &[],
+            away: &[],
+        })
+    }
+
+    /// Whether `placed` is this very workload.
     fn is(&self, placed: &Placed<'_>) -> bool {
         let same_uid = self.uid.is_some() && self.uid == placed.uid;
-        same_uid || (self.namespace == placed.namespace && self.name == placed.name)
+        same_uid
+            || (self.pod == placed.pod
+                && self.namespace == placed.namespace
+                && self.name == placed.name)
     }
 
     /// The node named by `spec.nodeName`, if any (empty means none).
     fn node_name(&self) -> Option<&str> {
-        self.spec.node_name.as_deref().filter(|n| !n.is_empty())
+        self.node_name.filter(|n| !n.is_empty())
     }
 
     /// Whether `node` passes `spec.nodeSelector` and the required node affinity.
     fn selects(&self, node: &Node<'_>) -> bool {
-        let selector = &self.spec.node_selector;
-        let required = self.affinity().and_then(|a| {
-            let rule = a.node_affinity.as_ref()?;
-            rule.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-        selector.iter().all(|(k, v)| node.labels.get(k) == Some(v))
-            && required.is_none_or(|r| r.matches(&node.labels))
+        self.node_selector
+            .iter()
+            .all(|(k, v)| node.labels.get(k) == Some(v))
+            && self.required.is_none_or(|r| r.matches(&node.labels))
     }
 
-    fn affinity(&self) -> Option<&Affinity> {
-        self.spec.affinity.as_ref()
+    /// Whether every NoSchedule or NoExecute taint of `node` is tolerated.
+    fn tolerates(&self, node: &Node<'_>) -> bool {
+        node.taints
+            .iter()
+            .filter(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute"))
+            .all(|t| self.tolerations.iter().any(|tol| tolerates(tol, t)))
     }
 
     fn affinity_terms(&self) -> &[VmAffinityTerm] {
-        terms(self.affinity().and_then(|a| a.vm_affinity.as_ref()))
+        self.near
     }
 
     fn anti_affinity_terms(&self) -> &[VmAffinityTerm] {
-        terms(self.affinity().and_then(|a| a.vm_anti_affinity.as_ref()))
+        self.away
     }
+}
+
+/// The required part of a node affinity.
+fn required(affinity: Option<&NodeAffinity>) -> Option<&NodeSelector> {
+    affinity?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()
+}
+
+/// Whether `toleration` tolerates `taint`, by Kubernetes' rules: the effects match (an empty
+/// effect matches all), and the keys do (an empty key with Exists matches every key); Exists
+/// ignores the value, Equal (the default) compares it.
+fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
+    let effect = toleration.effect.as_deref().unwrap_or_default();
+    if !effect.is_empty() && effect != taint.effect {
+        return false;
+    }
+    let key = toleration.key.as_deref().unwrap_or_default();
+    let exists = toleration.operator.as_deref() == Some("Exists");
+    if key.is_empty() {
+        return exists;
+    }
+    key == taint.key
+        && (exists
+            || toleration.value.as_deref().unwrap_or_default()
+                == taint.value.as_deref().unwrap_or_default())
+}
+
+/// The cpu (millicores) and memory (bytes) a pod asks for: the sum over its containers, or
+/// the largest init container's when that is more; a container's request is its limit when
+/// it sets none.
+pub fn pod_requests(pod: &Pod) -> Result<(u128, u128), String> {
+    let of = |c: &keel_schemas::kinds::core::Container| -> Result<(u128, u128), String> {
+        let Some(resources) = &c.resources else {
+            return Ok((0, 0));
+        };
+        let get = |name: &str| {
+            let value = resources
+                .requests
+                .get(name)
+                .or_else(|| resources.limits.get(name))?;
+            Some(match value {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+        };
+        let cpu = match get("cpu") {
+            None => 0,
+            Some(q) => millicores(&Quantity(q.clone()))
+                .ok_or_else(|| format!("container {}: cpu {q:?} is not a quantity", c.name))?,
+        };
+        let memory = match get("memory") {
+            None => 0,
+            Some(q) => bytes(&Quantity(q.clone())).ok_or_else(|| {
+                format!("container {}: memory {q:?} is not a byte quantity", c.name)
+            })?,
+        };
+        Ok((cpu, memory))
+    };
+    let (mut cpu, mut memory) = (0u128, 0u128);
+    for c in &pod.spec.containers {
+        let (a, b) = of(c)?;
+        cpu = cpu.saturating_add(a);
+        memory = memory.saturating_add(b);
+    }
+    for c in &pod.spec.init_containers {
+        let (a, b) = of(c)?;
+        cpu = cpu.max(a);
+        memory = memory.max(b);
+    }
+    Ok((cpu, memory))
 }
 
 // === impl Node ===
@@ -298,9 +450,6 @@ impl<'a> Node<'a> {
             .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
             .is_some_and(|c| c.status == "True");
         let taints = spec.map_or(&[][..], |s| &s.taints);
-        let tainted = taints
-            .iter()
-            .any(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute"));
         let resource = |name: &str| {
             let status = status?;
             let allocatable = status.allocatable.get(name);
@@ -311,7 +460,7 @@ impl<'a> Node<'a> {
             labels,
             ready,
             unschedulable: spec.and_then(|s| s.unschedulable) == Some(true),
-            tainted,
+            taints,
             cpu_milli: resource("cpu").and_then(millicores).unwrap_or(0),
             memory: resource("memory").and_then(bytes).unwrap_or(0),
         }
@@ -332,8 +481,35 @@ impl<'a> Node<'a> {
 // === impl Placed ===
 
 impl<'a> Placed<'a> {
+    fn of(workload: &Workload<'a>) -> Option<Self> {
+        match *workload {
+            Workload::Vm(vm) => Self::of_vm(vm),
+            Workload::Pod(pod) => Self::of_pod(pod),
+        }
+    }
+
+    /// The pod, when it is bound to a node; one that has ended uses nothing.
+    fn of_pod(pod: &'a Pod) -> Option<Self> {
+        let node = pod.spec.node_name.as_deref().filter(|n| !n.is_empty())?;
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        let ended = matches!(phase, Some("Succeeded" | "Failed"));
+        let (cpu_milli, memory) = pod_requests(pod).unwrap_or((0, 0));
+        Some(Self {
+            pod: true,
+            uid: Some(pod.uid()).filter(|u| !u.is_empty()),
+            namespace: pod.namespace().unwrap_or_default(),
+            name: pod.name(),
+            labels: pod.labels(),
+            node,
+            owner: controller_uid(pod),
+            cpu_milli: if ended { 0 } else { cpu_milli },
+            memory: if ended { 0 } else { memory },
+            anti_affinity: &[],
+        })
+    }
+
     /// The VM, when it is bound to a node.
-    fn of(vm: &'a VirtualMachine) -> Option<Self> {
+    fn of_vm(vm: &'a VirtualMachine) -> Option<Self> {
         let status = vm.status.as_ref()?;
         let node = status.node_name.as_deref().filter(|n| !n.is_empty())?;
         let stopped = vm.spec.run_strategy == Some(RunStrategy::Halted)
@@ -341,6 +517,7 @@ impl<'a> Placed<'a> {
         let anti = vm.spec.affinity.as_ref();
         let anti = anti.and_then(|a| a.vm_anti_affinity.as_ref());
         Some(Self {
+            pod: false,
             uid: Some(vm.uid()).filter(|u| !u.is_empty()),
             namespace: vm.namespace().unwrap_or_default(),
             name: vm.name(),
@@ -379,10 +556,11 @@ impl<'a> Usage<'a> {
 
 impl Domains {
     fn new(vm: &Incoming<'_>, placed: &[Placed<'_>], nodes: &HashMap<&str, &Node<'_>>) -> Self {
-        // Only VMs of the same namespace on a node we know take part, as in Kubernetes.
+        // Only workloads of the same kind and namespace on a node we know take part, as in
+        // Kubernetes.
         let neighbours: Vec<(&Placed<'_>, &Node<'_>)> = placed
             .iter()
-            .filter(|p| p.namespace == vm.namespace)
+            .filter(|p| p.pod == vm.pod && p.namespace == vm.namespace)
             .filter_map(|p| Some((p, *nodes.get(p.node)?)))
             .collect();
         let selected = |term: &VmAffinityTerm| -> Vec<&Node<'_>> {
@@ -447,7 +625,7 @@ fn filter(
     let checks = [
         (Reason::NotReady, node.ready),
         (Reason::Unschedulable, !node.unschedulable),
-        (Reason::Tainted, !node.tainted),
+        (Reason::Tainted, vm.tolerates(node)),
         (
             Reason::NodeName,
             vm.node_name().is_none_or(|n| n == node.name),

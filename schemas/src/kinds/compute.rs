@@ -163,7 +163,7 @@ pub struct Affinity {
 
 /// Constraints on the labels of a VM's node.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeAffinity {
     /// The nodes the VM may be placed on.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -172,7 +172,7 @@ pub struct NodeAffinity {
 
 /// Selects nodes by label: a node matches when it matches any term.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeSelector {
     /// Terms, ORed.
     pub node_selector_terms: Vec<NodeSelectorTerm>,
@@ -180,15 +180,16 @@ pub struct NodeSelector {
 
 /// One term of a [`NodeSelector`]: a node matches when it matches every expression.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeSelectorTerm {
     /// Requirements, ANDed.
+    #[serde(default)]
     pub match_expressions: Vec<NodeSelectorRequirement>,
 }
 
 /// A requirement on one node label.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeSelectorRequirement {
     /// Label key.
     pub key: String,

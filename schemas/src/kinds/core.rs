@@ -273,6 +273,57 @@ pub struct PodSpec {
     /// Volumes (Kubernetes volume sources, kept as JSON).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Value>,
+    /// Taints of nodes the pod may run on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Scheduling constraints (the node affinity is read; pod (anti-)affinity is kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<PodAffinity>,
+    /// Secrets with credentials for the images' registries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// The pod's hostname (default: its name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+/// A reference to an object of the same namespace, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalObjectReference {
+    /// Its name.
+    #[serde(default)]
+    pub name: String,
+}
+
+/// A pod's tolerance of node taints.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Toleration {
+    /// The taint key (empty with Exists: every key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Equal (default) or Exists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    /// The value Equal compares.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The effect tolerated (empty: every effect).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effect: Option<String>,
+    /// How long a NoExecute taint is tolerated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub toleration_seconds: Option<i64>,
+}
+
+/// A pod's affinity: Keel's scheduler reads the required node affinity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodAffinity {
+    /// Constraints on the labels of the node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_affinity: Option<super::compute::NodeAffinity>,
 }
 
 /// A container of a pod.
@@ -371,9 +422,123 @@ pub struct PodStatus {
     /// When the agent accepted the pod.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,
-    /// Container states (kept as JSON).
+    /// Pod addresses.
+    #[serde(default, rename = "podIPs", skip_serializing_if = "Vec::is_empty")]
+    pub pod_ips: Vec<PodIp>,
+    /// Why the pod is in this phase (`Evicted`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Details.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The states of the init containers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub container_statuses: Vec<Value>,
+    pub init_container_statuses: Vec<ContainerStatus>,
+    /// The states of the containers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub container_statuses: Vec<ContainerStatus>,
+}
+
+/// One address of a pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodIp {
+    /// The address.
+    pub ip: String,
+}
+
+/// The state of one container of a pod, as the kubelet reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStatus {
+    /// The container's name.
+    pub name: String,
+    /// Whether it passes its readiness probe (running, without one).
+    #[serde(default)]
+    pub ready: bool,
+    /// Whether it has started (and passed its startup probe).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started: Option<bool>,
+    /// How many times it was restarted.
+    #[serde(default)]
+    pub restart_count: i64,
+    /// The image it runs.
+    #[serde(default)]
+    pub image: String,
+    /// The image's digest.
+    #[serde(default, rename = "imageID")]
+    pub image_id: String,
+    /// `containerd://ID`.
+    #[serde(rename = "containerID", skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// Its current state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<ContainerState>,
+    /// The state it was in before its last restart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_state: Option<ContainerState>,
+}
+
+/// One of waiting, running or terminated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerState {
+    /// Not running yet (or again), and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<ContainerWaiting>,
+    /// Running since.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running: Option<ContainerRunning>,
+    /// Ended, and how.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub terminated: Option<ContainerTerminated>,
+}
+
+/// A container not running yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerWaiting {
+    /// `ContainerCreating`, `ErrImagePull`, `ImagePullBackOff`, `CrashLoopBackOff`, ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Details.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A running container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerRunning {
+    /// When it started (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+}
+
+/// A container that ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerTerminated {
+    /// Its exit code.
+    pub exit_code: i32,
+    /// The signal that ended it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// `Completed`, `Error`, `OOMKilled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Details.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When it started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// When it ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// `containerd://ID`.
+    #[serde(rename = "containerID", skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
 }
 
 /// Desired state of a service.

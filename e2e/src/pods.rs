@@ -1,0 +1,222 @@
+//! The pod tests' fixtures: images built offline (`e2e/images/build.sh`: busybox-static
+//! through umoci), Debian's `docker-registry` on a loopback address with them pushed by
+//! `skopeo`, and the removal of what an agent's containerd leaves running.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::Netns;
+
+/// A `docker-registry` (distribution 2.8) on `127.0.0.1` — in a network namespace when the
+/// agents pulling from it run in one — holding `busybox:test` and `pause:test`. Killed when
+/// dropped.
+pub struct Registry {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    child: Child,
+}
+
+/// Builds the test images into `dir` (an OCI layout with tags `busybox` and `pause`).
+pub fn build_images(dir: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/build.sh");
+    let out = Command::new("sh")
+        .arg(&script)
+        .arg(dir)
+        .output()
+        .expect("run e2e/images/build.sh");
+    assert!(
+        out.status.success(),
+        "building the test images failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `command` run inside `netns`, if any.
+fn within(netns: Option<&Netns>, program: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns.name, program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+impl Registry {
+    /// Starts a registry under `root` on loopback (of `netns`, if given) and pushes the test
+    /// images to it.
+    pub fn start(root: &Path, netns: Option<&Netns>) -> Registry {
+        let port = crate::free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let dir = root.join(format!("registry-{port}"));
+        std::fs::create_dir_all(&dir).expect("the registry's directory");
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: warn, accesslog: {{disabled: true}}}}\n\
+                 storage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: {addr}}}\n",
+                dir.join("data").display()
+            ),
+        )
+        .expect("the registry's config");
+        let log = std::fs::File::create(dir.join("registry.log")).expect("the registry's log");
+        let child = within(netns, "docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry");
+        let registry = Registry { addr, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let up = within(netns, "curl")
+                .args([
+                    "-sf",
+                    "-o",
+                    "/dev/null",
+                    &format!("http://{}/v2/", registry.addr),
+                ])
+                .status()
+                .is_ok_and(|s| s.success());
+            if up {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the registry did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let layout = dir.join("oci");
+        build_images(&layout);
+        for (tag, name) in [("busybox", "busybox:test"), ("pause", "pause:test")] {
+            let out = within(netns, "skopeo")
+                .args(["copy", "--dest-tls-verify=false"])
+                .arg(format!("oci:{}:{tag}", layout.display()))
+                .arg(format!("docker://{}/{name}", registry.addr))
+                .output()
+                .expect("run skopeo");
+            assert!(
+                out.status.success(),
+                "skopeo copy {tag}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        registry
+    }
+
+    /// The reference of image `name` (`busybox:test`) in this registry.
+    pub fn image(&self, name: &str) -> String {
+        format!("{}/{name}", self.addr)
+    }
+
+    /// The agent flags that make pods' sandboxes run this registry's pause image.
+    pub fn agent_flags(&self) -> Vec<String> {
+        vec!["--pause-image".into(), self.image("pause:test")]
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Stops everything the containerd of the agent with data dir `data` left: containerd, the
+/// containers (through runc, so that no process is orphaned), their shims. Containers
+/// outlive their agent by design; tests must not leave them behind.
+pub fn remove_containers(data: &Path) {
+    let dir = data.join("pods/containerd");
+    if !dir.exists() {
+        return;
+    }
+    if let Some(pid) = std::fs::read_to_string(dir.join("containerd.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let runc_root = dir.join("runc/k8s.io");
+    let runc = |args: &[&str]| {
+        Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(args)
+            .output()
+    };
+    let ids: Vec<String> = runc(&["list", "-q"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    for id in &ids {
+        let _ = runc(&["kill", "--all", id, "KILL"]);
+    }
+    for id in &ids {
+        let _ = runc(&["delete", "--force", id]);
+    }
+    let socket = dir.join("containerd.sock").display().to_string();
+    for pid in pids_with(&socket) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    // Root file systems, sandbox shm and network namespaces mounted under the data dir,
+    // deepest first.
+    let prefix = format!("{}/", data.display());
+    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = Command::new("umount").arg("-l").arg(&m).output();
+    }
+}
+
+/// The pids of the processes with `needle` as one argument.
+fn pids_with(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if cmdline.split(|b| *b == 0).any(|a| a == needle.as_bytes()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The running containers of the agent with data dir `data`, as runc lists them.
+pub fn containers(data: &Path) -> Vec<String> {
+    let root: PathBuf = data.join("pods/containerd/runc/k8s.io");
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(&root)
+        .args(["list", "-q"])
+        .output();
+    out.map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    })
+    .unwrap_or_default()
+}

@@ -1,0 +1,370 @@
+//! Pods on real containerd: a host agent in a network namespace supervises its own
+//! containerd, pulls images from a `docker-registry` on its loopback, and runs what `kubectl`
+//! asks, reporting as a kubelet does.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use keel_e2e::pods::{Registry, containers};
+use keel_e2e::{BridgedServer, KeelAgent, Netns, eventually};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOME", std::env::temp_dir())
+        .args(args)
+        .output()
+        .expect("kubectl runs")
+}
+
+/// kubectl's output, asserting it succeeded.
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "kubectl failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn pod(kubeconfig: &Path, name: &str) -> Option<Value> {
+    let out = kubectl(kubeconfig, &["get", "pod", name, "-o", "json"]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+/// `curl` run in the host's namespace.
+fn curl(net: &Netns, url: &str) -> Option<String> {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.name,
+            "curl",
+            "-sf",
+            "--max-time",
+            "5",
+            url,
+        ])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// One host with the pod role, its registry, and the cluster's admin kubeconfig.
+struct PodHost {
+    cluster: BridgedServer,
+    net: Netns,
+    registry: Registry,
+    agent: KeelAgent,
+    admin: std::path::PathBuf,
+}
+
+/// The agent's flags: the registry's pause image, and a short lease (fencing is tested).
+fn agent_flags(registry: &Registry) -> Vec<String> {
+    let mut flags = registry.agent_flags();
+    flags.extend(["--lease-duration".to_string(), LEASE.to_string()]);
+    flags
+}
+
+/// The node's lease, in seconds: it fences this long after its last renewal.
+const LEASE: &str = "4";
+
+async fn pod_host(root: &Path, tag: &str) -> PodHost {
+    let cluster = BridgedServer::start(root, tag, &[]).await;
+    let net = cluster.bridge.netns(2);
+    let registry = Registry::start(root, Some(&net));
+    let mut agent = KeelAgent::new(root, "pod-node", Some(&net));
+    let flags = agent_flags(&registry);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    agent.start(&cluster.url, &cluster.agent_token, &flags);
+    let admin = cluster.server.dir().admin_kubeconfig();
+    PodHost {
+        cluster,
+        net,
+        registry,
+        agent,
+        admin,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_run_starts_a_pod_on_containerd_that_answers_and_logs() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    let mut host = pod_host(root.path(), "p").await;
+    let admin = &host.admin.clone();
+    // The node reads as on k3s: its runtime, its pod range.
+    let node = eventually("the node with its pod range and runtime", WAIT, || async {
+        let out = kubectl(admin, &["get", "node", "pod-node", "-o", "json"]);
+        let node: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let runtime = node["status"]["nodeInfo"]["containerRuntimeVersion"].as_str()?;
+        (runtime.starts_with("containerd://1.6") && node["spec"]["podCIDR"].is_string())
+            .then_some(node)
+    })
+    .await;
+    let range = node["spec"]["podCIDR"].as_str().unwrap().to_string();
+    assert!(
+        range.starts_with("10.42.") && range.ends_with(".0/24"),
+        "{range}"
+    );
+    let wide = ok(kubectl(admin, &["get", "nodes", "-o", "wide"]));
+    assert!(wide.contains("containerd://1.6"), "{wide}");
+
+    let image = host.registry.image("busybox:test");
+    let script = "echo hello from the pod; mkdir -p /www; echo page > /www/index.html; \
+                  exec httpd -f -p 8080 -h /www";
+    ok(kubectl(
+        admin,
+        &["run", "web", "--image", &image, "--", "sh", "-c", script],
+    ));
+    let out = kubectl(
+        admin,
+        &["wait", "--for=condition=Ready", "pod/web", "--timeout=120s"],
+    );
+    assert!(
+        out.status.success(),
+        "the pod is not Ready: {}\n{}\nagent log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        ok(kubectl(admin, &["describe", "pod", "web"])),
+        host.agent.log()
+    );
+    let web = pod(admin, "web").expect("the pod");
+    let status = &web["status"];
+    assert_eq!(status["phase"], "Running");
+    assert_eq!(status["hostIP"], host.net.address.as_str());
+    let ip = status["podIP"].as_str().expect("a pod IP").to_string();
+    let prefix = range.trim_end_matches("0/24");
+    assert!(ip.starts_with(prefix), "{ip} is not in {range}");
+    let container = &status["containerStatuses"][0];
+    assert!(
+        container["containerID"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("containerd://")),
+        "{container}"
+    );
+    assert!(container["state"]["running"]["startedAt"].is_string());
+    assert_eq!(container["ready"], true);
+    assert_eq!(web["metadata"]["finalizers"][0], "keel.dev/pod-host");
+
+    // Its address answers from the host.
+    let page = eventually("the pod's page", WAIT, || async {
+        curl(&host.net, &format!("http://{ip}:8080/"))
+    })
+    .await;
+    assert_eq!(page.trim(), "page");
+    // kubectl logs reads what it printed.
+    let logs = ok(kubectl(admin, &["logs", "web"]));
+    assert_eq!(logs, "hello from the pod\n");
+
+    // logs -f follows a container until it ends.
+    ok(kubectl(
+        admin,
+        &[
+            "run",
+            "counter",
+            "--restart=Never",
+            "--image",
+            &image,
+            "--",
+            "sh",
+            "-c",
+            "for i in 1 2 3; do echo line $i; sleep 1; done",
+        ],
+    ));
+    eventually("the counter started", WAIT, || async {
+        let p = pod(admin, "counter")?;
+        p["status"]["containerStatuses"][0]["containerID"]
+            .is_string()
+            .then_some(())
+    })
+    .await;
+    let followed = ok(kubectl(admin, &["logs", "-f", "counter"]));
+    assert_eq!(followed, "line 1\nline 2\nline 3\n");
+    let done = eventually("the counter Succeeded", WAIT, || async {
+        let p = pod(admin, "counter")?;
+        (p["status"]["phase"] == "Succeeded").then_some(p)
+    })
+    .await;
+    let terminated = &done["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(terminated["exitCode"], 0);
+    assert_eq!(terminated["reason"], "Completed");
+
+    // The pod outlives its agent: a new agent (and its new containerd) takes the same
+    // container back, never starting a second one.
+    let id = container["containerID"].as_str().unwrap().to_string();
+    host.agent.kill();
+    let flags = agent_flags(&host.registry);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    host.agent
+        .start(&host.cluster.url, &host.cluster.agent_token, &flags);
+    assert_eq!(
+        curl(&host.net, &format!("http://{ip}:8080/")).as_deref(),
+        Some("page\n"),
+        "the pod stopped serving with its agent gone"
+    );
+    eventually("the new agent reporting the pod", WAIT, || async {
+        let log = host.agent.log();
+        (log.matches("caches synced, reconciling controller=agent-pods")
+            .count()
+            >= 2)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let web = pod(admin, "web").expect("the pod");
+    let c = &web["status"]["containerStatuses"][0];
+    assert_eq!(c["containerID"].as_str(), Some(id.as_str()), "{c}");
+    assert_eq!(c["restartCount"], 0, "{c}");
+    assert_eq!(c["ready"], true, "{c}");
+
+    // Cut off from the cluster, the node fences: it stops its pods once its lease runs out.
+    host.net.set_link(false);
+    eventually("the fenced node's pod stopped", WAIT, || async {
+        curl(&host.net, &format!("http://{ip}:8080/"))
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(host.agent.log().contains("fenced: stopping the pod"));
+    // Back, it runs it again in a new sandbox.
+    host.net.set_link(true);
+    eventually("the pod back after the fence", WAIT, || async {
+        curl(
+            &host.net,
+            &format!(
+                "http://{}:8080/",
+                pod(admin, "web")?["status"]["podIP"].as_str()?
+            ),
+        )
+    })
+    .await;
+
+    // Deleting waits for the node to stop the containers: none is left.
+    let before = containers(&host.agent.data_dir).len();
+    ok(kubectl(
+        admin,
+        &[
+            "delete",
+            "pod",
+            "web",
+            "counter",
+            "--wait=true",
+            "--timeout=60s",
+        ],
+    ));
+    let after = containers(&host.agent.data_dir).len();
+    assert!(after < before, "containers before {before}, after {after}");
+    assert!(pod(admin, "web").is_none());
+    drop(host.cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_pods_get_the_kubelets_clear_statuses() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    let host = pod_host(root.path(), "q").await;
+    let admin = &host.admin;
+    let image = host.registry.image("busybox:test");
+    let missing = host.registry.image("nothing:here");
+    ok(kubectl(admin, &["run", "ghost", "--image", &missing]));
+    ok(kubectl(
+        admin,
+        &[
+            "run",
+            "crash",
+            "--image",
+            &image,
+            "--",
+            "sh",
+            "-c",
+            "echo dying; exit 3",
+        ],
+    ));
+    ok(kubectl(
+        admin,
+        &[
+            "run",
+            "once",
+            "--restart=Never",
+            "--image",
+            &image,
+            "--",
+            "sh",
+            "-c",
+            "exit 7",
+        ],
+    ));
+    // An image that does not exist: ErrImagePull, then ImagePullBackOff, as kubelet says.
+    let ghost = eventually("ghost in ImagePullBackOff", WAIT, || async {
+        let p = pod(admin, "ghost")?;
+        let reason = p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"].clone();
+        (reason == "ImagePullBackOff").then_some(p)
+    })
+    .await;
+    assert_eq!(ghost["status"]["phase"], "Pending");
+    let events = ok(kubectl(
+        admin,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=ghost",
+        ],
+    ));
+    assert!(events.contains("Failed to pull image"), "{events}");
+    // A command that exits 3 under restartPolicy Always: restarted, then CrashLoopBackOff.
+    let crash = eventually("crash in CrashLoopBackOff", WAIT, || async {
+        let p = pod(admin, "crash")?;
+        let c = &p["status"]["containerStatuses"][0];
+        (c["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+            && c["restartCount"].as_i64() >= Some(1))
+        .then_some(p)
+    })
+    .await;
+    let c = &crash["status"]["containerStatuses"][0];
+    assert_eq!(c["lastState"]["terminated"]["exitCode"], 3, "{c}");
+    assert_eq!(c["ready"], false);
+    let previous = ok(kubectl(admin, &["logs", "crash", "--previous"]));
+    assert_eq!(previous, "dying\n");
+    // Under restartPolicy Never it fails for good.
+    let once = eventually("once Failed", WAIT, || async {
+        let p = pod(admin, "once")?;
+        (p["status"]["phase"] == "Failed").then_some(p)
+    })
+    .await;
+    let t = &once["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(t["exitCode"], 7);
+    assert_eq!(t["reason"], "Error");
+    // A pod asking for more memory than any node has: Pending, with the scheduler's reason.
+    let huge = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: huge}}\nspec:\n  containers:\n  - name: c\n    image: {image}\n    resources: {{requests: {{memory: 100Ti}}}}\n"
+    );
+    let file = root.path().join("huge.yaml");
+    std::fs::write(&file, huge).unwrap();
+    ok(kubectl(admin, &["apply", "-f", file.to_str().unwrap()]));
+    let huge = eventually("huge unschedulable", WAIT, || async {
+        let p = pod(admin, "huge")?;
+        let conditions = p["status"]["conditions"].as_array()?.clone();
+        conditions
+            .into_iter()
+            .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+    })
+    .await;
+    assert_eq!(huge["reason"], "Unschedulable");
+    assert!(
+        huge["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Insufficient memory")),
+        "{huge}"
+    );
+    ok(kubectl(admin, &["delete", "pod", "--all", "--timeout=60s"]));
+    drop(host.cluster);
+}
