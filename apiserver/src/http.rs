@@ -38,6 +38,7 @@ mod quota;
 mod render;
 mod request;
 mod reviews;
+mod scale;
 mod selector;
 mod status;
 mod tenancy;
@@ -800,6 +801,18 @@ async fn dispatch(api: &Api, call: Call, body: Body) -> ApiResult<Response> {
             ))),
         };
     }
+    if t.scale {
+        let content_type = content_type_of(&headers);
+        let change = match method {
+            Method::PUT => Some((None, json_body(body, &content_type).await?)),
+            Method::PATCH => {
+                let kind = patch_kind(&content_type)?;
+                Some((Some(kind), json_body(body, "application/json").await?))
+            }
+            _ => None,
+        };
+        return scale::handle(api, &t, &method, change).await;
+    }
     t.dry_run = match query.get("dryRun").map(String::as_str) {
         None | Some("") => false,
         Some("All") => true,
@@ -841,17 +854,7 @@ async fn dispatch(api: &Api, call: Call, body: Body) -> ApiResult<Response> {
             ok(api.replace(&t, object).await?)
         }
         (Method::PATCH, true) => {
-            let kind = match content_type.as_str() {
-                "application/merge-patch+json" => PatchKind::Merge,
-                "application/json-patch+json" => PatchKind::Json,
-                "application/strategic-merge-patch+json" => PatchKind::Strategic,
-                other => {
-                    return Err(ApiError::unsupported_media_type(format!(
-                        "the patch content type {other:?} is not supported: use \
-                         application/merge-patch+json or application/json-patch+json"
-                    )));
-                }
-            };
+            let kind = patch_kind(&content_type)?;
             let patch = json_body(body, "application/json").await?;
             ok(api.patch(&t, kind, patch).await?)
         }
@@ -870,6 +873,21 @@ async fn dispatch(api: &Api, call: Call, body: Body) -> ApiResult<Response> {
             "{method} is not supported on {rest}"
         ))),
     }
+}
+
+/// The kind of patch a content type names.
+fn patch_kind(content_type: &str) -> ApiResult<PatchKind> {
+    Ok(match content_type {
+        "application/merge-patch+json" => PatchKind::Merge,
+        "application/json-patch+json" => PatchKind::Json,
+        "application/strategic-merge-patch+json" => PatchKind::Strategic,
+        other => {
+            return Err(ApiError::unsupported_media_type(format!(
+                "the patch content type {other:?} is not supported: use \
+                 application/merge-patch+json or application/json-patch+json"
+            )));
+        }
+    })
 }
 
 async fn read_body(body: Body) -> ApiResult<Bytes> {

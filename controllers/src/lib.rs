@@ -6,6 +6,8 @@
 //! Modules:
 //! - [`scheduler`]: binds VirtualMachines and Pods to nodes.
 //! - [`node_ipam`]: gives each node its range of pod addresses.
+//! - [`replicasets`]: keeps each ReplicaSet's number of pods.
+//! - [`deployments`]: rolls Deployments through ReplicaSets, and back when a rollout fails.
 //! - [`node_lifecycle`]: notices dead nodes and moves their VMs.
 //! - [`gc`]: deletes dependents whose owners are gone.
 //! - [`buckets`]: binds Buckets to storage nodes and keeps their credentials.
@@ -19,12 +21,14 @@
 //! - [`manager`]: runs the cluster-wide controllers on the elected server, each as itself.
 
 pub mod buckets;
+pub mod deployments;
 pub mod gc;
 pub mod loadbalancers;
 pub mod manager;
 pub mod network;
 pub mod node_ipam;
 pub mod node_lifecycle;
+pub mod replicasets;
 pub mod resourcequotas;
 pub mod rollout;
 pub mod scheduler;

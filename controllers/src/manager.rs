@@ -111,6 +111,16 @@ pub async fn run_manager(
                 stop.clone(),
             ));
         }
+        controllers.spawn(crate::replicasets::run(
+            clients("replicasets"),
+            config.identity.clone(),
+            stop.clone(),
+        ));
+        controllers.spawn(crate::deployments::run(
+            clients("deployments"),
+            config.identity.clone(),
+            stop.clone(),
+        ));
         controllers.spawn(node_lifecycle::run(
             clients("node-lifecycle"),
             config.identity.clone(),

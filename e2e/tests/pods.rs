@@ -368,3 +368,177 @@ async fn bad_pods_get_the_kubelets_clear_statuses() {
     ok(kubectl(admin, &["delete", "pod", "--all", "--timeout=60s"]));
     drop(host.cluster);
 }
+
+/// The pods of deployment `app=NAME`, as JSON.
+fn pods_of(kubeconfig: &Path, app: &str) -> Vec<Value> {
+    let out = kubectl(
+        kubeconfig,
+        &["get", "pods", "-l", &format!("app={app}"), "-o", "json"],
+    );
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn running(pods: &[Value]) -> usize {
+    pods.iter()
+        .filter(|p| {
+            p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null()
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deployments_roll_scale_and_roll_back_a_broken_image_by_themselves() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    let host = pod_host(root.path(), "d").await;
+    let admin = &host.admin;
+    let image = host.registry.image("busybox:test");
+    let serve = "mkdir -p /www; echo v1 > /www/index.html; exec httpd -f -p 8080 -h /www";
+    ok(kubectl(
+        admin,
+        &[
+            "create",
+            "deployment",
+            "web",
+            "--image",
+            &image,
+            "--replicas",
+            "3",
+            "--port",
+            "8080",
+            "--",
+            "sh",
+            "-c",
+            serve,
+        ],
+    ));
+    let status = |args: &[&str]| {
+        let mut all = vec!["rollout", "status", "deployment/web", "--timeout=120s"];
+        all.extend_from_slice(args);
+        kubectl(admin, &all)
+    };
+    let out = status(&[]);
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        ok(kubectl(admin, &["describe", "deployment", "web"])),
+        ok(kubectl(admin, &["get", "pods", "-o", "wide"]))
+    );
+    assert_eq!(running(&pods_of(admin, "web")), 3);
+    let table = ok(kubectl(admin, &["get", "deployment", "web"]));
+    assert!(table.contains("3/3"), "{table}");
+
+    // kubectl scale goes through the scale subresource.
+    ok(kubectl(
+        admin,
+        &["scale", "deployment", "web", "--replicas", "5"],
+    ));
+    ok(status(&[]));
+    eventually("5 pods", WAIT, || async {
+        (running(&pods_of(admin, "web")) == 5).then_some(())
+    })
+    .await;
+    ok(kubectl(
+        admin,
+        &["scale", "deployment", "web", "--replicas", "2"],
+    ));
+    eventually("2 pods", WAIT, || async {
+        (pods_of(admin, "web")
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .await;
+
+    // A change of template rolls out through a second ReplicaSet.
+    ok(kubectl(
+        admin,
+        &["set", "env", "deployment/web", "VERSION=2"],
+    ));
+    ok(status(&[]));
+    let history = ok(kubectl(admin, &["rollout", "history", "deployment/web"]));
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+    let rs = ok(kubectl(admin, &["get", "replicasets", "-l", "app=web"]));
+    assert_eq!(rs.lines().count(), 3, "{rs}");
+
+    // A broken image: the new pods cannot pull it, the rollout makes no progress, and Keel
+    // puts the last good template back by itself once progressDeadlineSeconds pass.
+    ok(kubectl(
+        admin,
+        &[
+            "patch",
+            "deployment",
+            "web",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"progressDeadlineSeconds":8}}"#,
+        ],
+    ));
+    ok(status(&[]));
+    let missing = host.registry.image("busybox:broken");
+    ok(kubectl(
+        admin,
+        &[
+            "set",
+            "image",
+            "deployment/web",
+            &format!("busybox={missing}"),
+        ],
+    ));
+    let rolled = eventually("Keel's rollback", WAIT, || async {
+        let out = kubectl(admin, &["get", "deployment", "web", "-o", "json"]);
+        let d: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let back = d["spec"]["template"]["spec"]["containers"][0]["image"] == image.as_str();
+        (back && d["metadata"]["annotations"]["keel.dev/rolled-back-from"].is_string()).then_some(d)
+    })
+    .await;
+    assert_eq!(
+        rolled["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"],
+        "2"
+    );
+    ok(status(&[]));
+    let events = ok(kubectl(
+        admin,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=web,reason=RolledBack",
+        ],
+    ));
+    assert!(events.contains("rolled back to revision"), "{events}");
+    let pods = pods_of(admin, "web");
+    assert!(
+        pods.iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .all(|p| p["spec"]["containers"][0]["image"] == image.as_str()),
+        "{pods:#?}"
+    );
+
+    // kubectl rollout undo to the first revision: the template without VERSION. (A plain
+    // undo would go to the revision before the current one: the broken image.)
+    ok(kubectl(
+        admin,
+        &["rollout", "undo", "deployment/web", "--to-revision=1"],
+    ));
+    ok(status(&[]));
+    let d: Value =
+        serde_json::from_slice(&kubectl(admin, &["get", "deployment", "web", "-o", "json"]).stdout)
+            .unwrap();
+    let env = &d["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.is_null() || env.as_array().is_some_and(Vec::is_empty),
+        "{env}"
+    );
+
+    // Deleting the deployment takes its ReplicaSets and pods with it.
+    ok(kubectl(admin, &["delete", "deployment", "web"]));
+    eventually("the pods gone", WAIT, || async {
+        pods_of(admin, "web").is_empty().then_some(())
+    })
+    .await;
+    drop(host.cluster);
+}

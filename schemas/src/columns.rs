@@ -314,6 +314,53 @@ fn pod_status(o: &Value) -> Value {
     Value::String(reason)
 }
 
+static DEPLOYMENT: &[Column] = &[
+    text("Ready", "Ready pods, of those wanted.", |o| {
+        let ready = o["status"]["readyReplicas"].as_i64().unwrap_or(0);
+        let wanted = o["spec"]["replicas"].as_i64().unwrap_or(1);
+        Value::String(format!("{ready}/{wanted}"))
+    }),
+    number("Up-to-date", "Pods of the current template.", |o| {
+        Value::from(o["status"]["updatedReplicas"].as_i64().unwrap_or(0))
+    }),
+    number("Available", "Pods available to serve.", |o| {
+        Value::from(o["status"]["availableReplicas"].as_i64().unwrap_or(0))
+    }),
+    wide(text(
+        "Images",
+        "The images of the template's containers.",
+        template_images,
+    )),
+];
+
+static REPLICA_SET: &[Column] = &[
+    number("Desired", "Pods wanted.", |o| {
+        Value::from(o["spec"]["replicas"].as_i64().unwrap_or(1))
+    }),
+    number("Current", "Pods it has.", |o| {
+        Value::from(o["status"]["replicas"].as_i64().unwrap_or(0))
+    }),
+    number("Ready", "Ready pods.", |o| {
+        Value::from(o["status"]["readyReplicas"].as_i64().unwrap_or(0))
+    }),
+    wide(text(
+        "Images",
+        "The images of the template's containers.",
+        template_images,
+    )),
+];
+
+/// The images of a workload's template, comma-separated.
+fn template_images(o: &Value) -> Value {
+    let containers = o["spec"]["template"]["spec"]["containers"].as_array();
+    let images: Vec<&str> = containers
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["image"].as_str())
+        .collect();
+    Value::String(images.join(","))
+}
+
 static SERVICE: &[Column] = &[
     text("Type", "ClusterIP, NodePort or LoadBalancer.", |o| {
         at(o, "spec.type")
@@ -457,6 +504,8 @@ pub fn kind_columns(kind: &Kind) -> &'static [Column] {
         "Node" => NODE,
         "Pod" => POD,
         "Service" => SERVICE,
+        "Deployment" => DEPLOYMENT,
+        "ReplicaSet" => REPLICA_SET,
         "Event" => EVENT,
         "Secret" => SECRET,
         "ConfigMap" => CONFIG_MAP,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::registry::{Kind, registry};
 
 pub mod access;
+pub mod apps;
 pub mod compute;
 pub mod core;
 pub mod dns;

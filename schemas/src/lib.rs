@@ -51,7 +51,8 @@ pub use net::{Cidr, cidr_contains, parse_port_ranges};
 pub use prune::prune;
 pub use quantity::parse_quantity;
 pub use registry::{
-    KEEL_GROUP, KEEL_VERSION, Kind, RBAC_GROUP, Scope, kinds_in, lookup, registry, storage_key,
+    APPS_GROUP, KEEL_GROUP, KEEL_VERSION, Kind, RBAC_GROUP, Scope, kinds_in, lookup, registry,
+    storage_key,
 };
 pub use schema::{openapi_schema, schema};
 pub use validate::{FieldError, validate, validate_update};

@@ -37,6 +37,9 @@ pub const KEEL_VERSION: &str = "v1alpha1";
 /// The API group of Kubernetes' RBAC kinds (Role, ClusterRole and their bindings).
 pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
+/// Kubernetes' group of the workload kinds (Deployment, ReplicaSet).
+pub const APPS_GROUP: &str = "apps";
+
 const fn keel(
     kind: &'static str,
     plural: &'static str,
@@ -134,6 +137,24 @@ static REGISTRY: &[Kind] = &[
         Scope::Namespaced,
     ),
     core("Event", "events", "event", &["ev"], Scope::Namespaced),
+    Kind {
+        group: APPS_GROUP,
+        version: "v1",
+        kind: "Deployment",
+        plural: "deployments",
+        singular: "deployment",
+        short_names: &["deploy"],
+        scope: Scope::Namespaced,
+    },
+    Kind {
+        group: APPS_GROUP,
+        version: "v1",
+        kind: "ReplicaSet",
+        plural: "replicasets",
+        singular: "replicaset",
+        short_names: &["rs"],
+        scope: Scope::Namespaced,
+    },
     core("Secret", "secrets", "secret", &[], Scope::Namespaced),
     core(
         "ResourceQuota",

@@ -75,6 +75,18 @@ static SOURCES: &[Source] = &[
     k8s("", "Node", include_str!("../node.schema.json"), false),
     k8s("", "Pod", include_str!("../pod.schema.json"), false),
     k8s("", "Service", include_str!("../service.schema.json"), false),
+    k8s(
+        "apps",
+        "Deployment",
+        include_str!("../deployment.schema.json"),
+        false,
+    ),
+    k8s(
+        "apps",
+        "ReplicaSet",
+        include_str!("../replicaset.schema.json"),
+        false,
+    ),
     k8s("", "Event", include_str!("../event.schema.json"), true),
     k8s("", "Secret", include_str!("../secret.schema.json"), true),
     k8s(

@@ -8,7 +8,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use keel_schemas::kinds::{access, compute, core, dns, gitops, network, storage};
+use keel_schemas::kinds::{access, apps, compute, core, dns, gitops, network, storage};
 use keel_schemas::{Kind, default_object, lookup, validate, validate_update};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -159,6 +159,8 @@ fn round_trip(kind: &Kind, value: &Value) -> Value {
         "Node" => via::<core::Node>(value),
         "Pod" => via_open::<core::Pod>(value),
         "Service" => via::<core::Service>(value),
+        "Deployment" => via::<apps::Deployment>(value),
+        "ReplicaSet" => via::<apps::ReplicaSet>(value),
         "Event" => via::<core::Event>(value),
         "Secret" => via::<core::Secret>(value),
         "ConfigMap" => via::<core::ConfigMap>(value),

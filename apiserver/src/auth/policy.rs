@@ -15,7 +15,7 @@
 use keel_schemas::identity::{
     AUTHENTICATED, CONTROLLER_MANAGER, MASTERS, SERVICE_ACCOUNTS, UNAUTHENTICATED, controller_user,
 };
-use keel_schemas::{KEEL_GROUP, RBAC_GROUP, Scope, registry};
+use keel_schemas::{APPS_GROUP, KEEL_GROUP, RBAC_GROUP, Scope, registry};
 use serde_json::{Value, json};
 
 /// The annotation that lets a server reconcile a default policy object.
@@ -26,9 +26,11 @@ const BOOTSTRAPPING: &str = "kubernetes.io/bootstrapping";
 
 /// The cluster controllers with roles of their own (`system:controller:NAME`, granted to
 /// the user `system:keel-controller:NAME`).
-pub const CONTROLLERS: [&str; 11] = [
+pub const CONTROLLERS: [&str; 13] = [
     "scheduler",
     "node-ipam",
+    "replicasets",
+    "deployments",
     "node-lifecycle",
     "garbage-collector",
     "buckets",
@@ -119,6 +121,12 @@ fn tenant_roles() -> Vec<Value> {
         view.push(rule(&READ, &[g], &refs));
     }
     view.push(rule(&["get"], &[KEEL_GROUP], &["virtualmachines/log"]));
+    view.push(rule(&["get"], &[""], &["pods/log"]));
+    view.push(rule(
+        &READ,
+        &[APPS_GROUP],
+        &["deployments/scale", "replicasets/scale"],
+    ));
     view.push(rule(
         &READ,
         &[""],
@@ -137,6 +145,11 @@ fn tenant_roles() -> Vec<Value> {
         edit.push(rule(&WRITE, &[g], &writable));
     }
     edit.push(rule(&READ, &[""], &["secrets"]));
+    edit.push(rule(
+        &["update", "patch"],
+        &[APPS_GROUP],
+        &["deployments/scale", "replicasets/scale"],
+    ));
     edit.push(rule(&["create"], &[""], &["serviceaccounts/token"]));
     edit.push(rule(&["impersonate"], &[""], &["serviceaccounts"]));
     // admin: the namespace's roles and bindings too (within what the admin holds).
@@ -254,6 +267,26 @@ fn controller_rules(name: &str) -> Vec<Value> {
             // A pod's binding is its spec.nodeName, set once.
             rule(&["patch"], &[""], &["pods"]),
             rule(&["update", "patch"], &[""], &["pods/status"]),
+            events(),
+        ],
+        "replicasets" => vec![
+            rule(&READ, &[APPS_GROUP], &["replicasets"]),
+            rule(&["update", "patch"], &[APPS_GROUP], &["replicasets/status"]),
+            rule(&READ, &[""], &["pods"]),
+            rule(&["create", "delete", "patch"], &[""], &["pods"]),
+            events(),
+        ],
+        "deployments" => vec![
+            rule(&READ, &[APPS_GROUP], &["deployments", "replicasets"]),
+            // A rollback puts the last good template back into the spec.
+            rule(&["update", "patch"], &[APPS_GROUP], &["deployments"]),
+            rule(&["update", "patch"], &[APPS_GROUP], &["deployments/status"]),
+            rule(
+                &["create", "update", "patch", "delete"],
+                &[APPS_GROUP],
+                &["replicasets"],
+            ),
+            rule(&READ, &[""], &["pods"]),
             events(),
         ],
         "node-ipam" => vec![

@@ -156,6 +156,7 @@ impl Api {
                 name: Some(name),
                 status: false,
                 log: false,
+                scale: false,
                 dry_run: t.dry_run,
                 user: t.user.clone(),
             };

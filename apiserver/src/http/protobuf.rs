@@ -468,6 +468,119 @@ static SELF_SUBJECT_REVIEW: Message = Message {
     ],
 };
 
+static DEPLOYMENT: Message = Message {
+    name: "Deployment",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&DEPLOYMENT_SPEC)),
+        f(3, "status", Ty::Ignore),
+    ],
+};
+
+static DEPLOYMENT_SPEC: Message = Message {
+    name: "DeploymentSpec",
+    fields: &[
+        f(1, "replicas", Ty::Int),
+        f(2, "selector", Ty::Msg(&LABEL_SELECTOR)),
+        f(3, "template", Ty::Msg(&POD_TEMPLATE_SPEC)),
+        f(4, "strategy", Ty::Msg(&DEPLOYMENT_STRATEGY)),
+        f(5, "minReadySeconds", Ty::Int),
+        f(6, "revisionHistoryLimit", Ty::Int),
+        f(7, "paused", Ty::Bool),
+        f(9, "progressDeadlineSeconds", Ty::Int),
+    ],
+};
+
+static DEPLOYMENT_STRATEGY: Message = Message {
+    name: "DeploymentStrategy",
+    fields: &[
+        f(1, "type", Ty::Str),
+        f(2, "rollingUpdate", Ty::Msg(&ROLLING_UPDATE_DEPLOYMENT)),
+    ],
+};
+
+static ROLLING_UPDATE_DEPLOYMENT: Message = Message {
+    name: "RollingUpdateDeployment",
+    fields: &[
+        f(1, "maxUnavailable", Ty::IntOrString),
+        f(2, "maxSurge", Ty::IntOrString),
+    ],
+};
+
+static POD_TEMPLATE_SPEC: Message = Message {
+    name: "PodTemplateSpec",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&POD_SPEC)),
+    ],
+};
+
+/// The pod spec fields kubectl's generators set (`create deployment|job|cronjob`); the
+/// others arrive with zero values and are dropped as such.
+static POD_SPEC: Message = Message {
+    name: "PodSpec",
+    fields: &[
+        list(2, "containers", Ty::Msg(&CONTAINER)),
+        f(3, "restartPolicy", Ty::Str),
+        f(4, "terminationGracePeriodSeconds", Ty::Int),
+        f(5, "activeDeadlineSeconds", Ty::Int),
+        f(6, "dnsPolicy", Ty::Str),
+        f(7, "nodeSelector", STRING_MAP),
+        f(8, "serviceAccountName", Ty::Str),
+        f(10, "nodeName", Ty::Str),
+        f(11, "hostNetwork", Ty::Bool),
+        list(15, "imagePullSecrets", Ty::Msg(&LOCAL_OBJECT_REFERENCE)),
+        f(16, "hostname", Ty::Str),
+        f(17, "subdomain", Ty::Str),
+        f(19, "schedulerName", Ty::Str),
+        list(20, "initContainers", Ty::Msg(&CONTAINER)),
+    ],
+};
+
+static CONTAINER: Message = Message {
+    name: "Container",
+    fields: &[
+        f(1, "name", Ty::Str),
+        f(2, "image", Ty::Str),
+        list(3, "command", Ty::Str),
+        list(4, "args", Ty::Str),
+        f(5, "workingDir", Ty::Str),
+        list(6, "ports", Ty::Msg(&CONTAINER_PORT)),
+        list(7, "env", Ty::Msg(&ENV_VAR)),
+        f(8, "resources", Ty::Msg(&RESOURCE_REQUIREMENTS)),
+        f(13, "terminationMessagePath", Ty::Str),
+        f(14, "imagePullPolicy", Ty::Str),
+        f(16, "stdin", Ty::Bool),
+        f(17, "stdinOnce", Ty::Bool),
+        f(18, "tty", Ty::Bool),
+        f(20, "terminationMessagePolicy", Ty::Str),
+    ],
+};
+
+static CONTAINER_PORT: Message = Message {
+    name: "ContainerPort",
+    fields: &[
+        f(1, "name", Ty::Str),
+        f(2, "hostPort", Ty::Int),
+        f(3, "containerPort", Ty::Int),
+        f(4, "protocol", Ty::Str),
+        f(5, "hostIP", Ty::Str),
+    ],
+};
+
+static ENV_VAR: Message = Message {
+    name: "EnvVar",
+    fields: &[f(1, "name", Ty::Str), f(2, "value", Ty::Str)],
+};
+
+static RESOURCE_REQUIREMENTS: Message = Message {
+    name: "ResourceRequirements",
+    fields: &[
+        f(1, "limits", Ty::Map(&Ty::Quantity)),
+        f(2, "requests", Ty::Map(&Ty::Quantity)),
+    ],
+};
+
 static TYPE_META: Message = Message {
     name: "TypeMeta",
     fields: &[f(1, "apiVersion", Ty::Str), f(2, "kind", Ty::Str)],
@@ -492,6 +605,7 @@ fn message_of(group: &str, kind: &str) -> Option<&'static Message> {
         ("", "Secret") => Some(&SECRET),
         ("", "Service") => Some(&SERVICE),
         ("", "ServiceAccount") => Some(&SERVICE_ACCOUNT),
+        ("apps", "Deployment") => Some(&DEPLOYMENT),
         ("rbac.authorization.k8s.io", "Role") => Some(&ROLE),
         ("rbac.authorization.k8s.io", "ClusterRole") => Some(&CLUSTER_ROLE),
         ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => Some(&ROLE_BINDING),
@@ -608,16 +722,17 @@ fn read_message(message: &Message, bytes: &[u8]) -> Result<Map<String, Value>, S
                 ));
             }
         };
-        let field = message
-            .fields
-            .iter()
-            .find(|f| f.tag == tag)
-            .ok_or_else(|| {
-                format!(
-                    "{} has no field {tag} that Keel knows: send the object as JSON",
-                    message.name
-                )
-            })?;
+        let Some(field) = message.fields.iter().find(|f| f.tag == tag) else {
+            // Go writes every field that is not a pointer: an unknown one holding its zero
+            // value says nothing, as Kubernetes' JSON would leave it out.
+            if matches!(wire, Wire::Varint(0)) || matches!(wire, Wire::Bytes(b) if b.is_empty()) {
+                continue;
+            }
+            return Err(format!(
+                "{} has no field {tag} that Keel knows: send the object as JSON",
+                message.name
+            ));
+        };
         let value = read_value(message, field, field.ty, wire)?;
         match (field.repeated, field.ty, value) {
             (_, Ty::Ignore, _) => {}

@@ -121,6 +121,15 @@ pub enum ServerError {
     },
 }
 
+/// The term of the vote on disk and the last index of the log, read before Raft starts.
+async fn restart_fence(log: &LogStore) -> Option<(u64, u64)> {
+    use openraft::storage::RaftLogStorage;
+    let mut log = log.clone();
+    let vote = log.read_vote().await.ok().flatten()?;
+    let last = log.get_log_state().await.ok()?.last_log_id?;
+    Some((vote.leader_id().term, last.index))
+}
+
 /// One running server. Cheap to clone.
 #[derive(Clone)]
 pub struct Server {
@@ -153,6 +162,7 @@ impl Server {
             peers: peers.clone(),
             cluster_id: identity.cluster_id,
         };
+        let restart_fence = restart_fence(&log).await;
         let sm = StateMachine::new(
             store.clone(),
             snapshots.clone(),
@@ -183,6 +193,7 @@ impl Server {
             log,
             membership_lock: tokio::sync::Mutex::new(()),
             pending_joins: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            restart_fence,
         });
         let server = Server::run(core, listener, config.tls.clone())?;
         if let Err(e) = server.become_member(&config, &identity).await {

@@ -35,6 +35,9 @@ pub(crate) struct Core {
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
     /// Node ids handed to joining servers that are not members yet, with their addresses.
     pub(crate) pending_joins: std::sync::Mutex<std::collections::BTreeMap<u64, (String, Instant)>>,
+    /// The term of the vote this server found on disk at start, and the last index of its
+    /// log then: see [`Core::read_index_local`].
+    pub(crate) restart_fence: Option<(u64, u64)>,
 }
 
 // === impl Core ===
@@ -160,7 +163,20 @@ impl Core {
                 what: "confirming leadership for a read".into(),
                 millis: remaining.as_millis() as u64,
             }),
-            Ok(Ok((read, _applied))) => Ok(read.map_or(0, |l| l.index)),
+            Ok(Ok((read, _applied))) => {
+                let index = read.map_or(0, |l| l.index);
+                // openraft restores a server that led when it stopped as leader of the same
+                // term at once, without a new entry of its own; its read index is then the
+                // commit index it found on disk, which may be behind writes it acknowledged
+                // before a crash (the commit index is not synced). Every such write is in its
+                // log, and a leader keeps its log: while it leads in that term, reads wait
+                // for the whole log it started with.
+                let current = self.raft.metrics().borrow().current_term;
+                Ok(match self.restart_fence {
+                    Some((term, last)) if term == current => index.max(last),
+                    _ => index,
+                })
+            }
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                 Err(ClusterError::NotLeader {
                     node_id: self.node_id,

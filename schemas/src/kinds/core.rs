@@ -285,6 +285,10 @@ pub struct PodSpec {
     /// The pod's hostname (default: its name).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// What Keel does not model (`securityContext`, `dnsPolicy`, ...), kept as it is: a pod
+    /// spec read and written back (a template copied into a pod) loses nothing.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub other: BTreeMap<String, Value>,
 }
 
 /// A reference to an object of the same namespace, by name.
@@ -358,6 +362,9 @@ pub struct Container {
     /// Volume mounts (kept as JSON).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volume_mounts: Vec<Value>,
+    /// What Keel does not model (probes, `securityContext`, ...), kept as it is.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub other: BTreeMap<String, Value>,
 }
 
 /// An environment variable.

@@ -121,7 +121,14 @@ fn keel_kinds_are_closed_objects() {
         walk(schema(kind), "", &mut |at, node| {
             // Revision.spec.spec records any object, and managedFields are Kubernetes' own
             // data, kept as sent: the two open fields.
-            let open = at.ends_with("/spec/properties/spec") || at.ends_with("managedFields/items");
+            // The shapes of Kubernetes' pods (bundled with every kind's definitions) are
+            // Kubernetes' kinds', open like them.
+            let kubernetes = ["$defs/PodSpec", "$defs/Container", "$defs/PodTemplateSpec"]
+                .iter()
+                .any(|d| at.contains(d));
+            let open = at.ends_with("/spec/properties/spec")
+                || at.ends_with("managedFields/items")
+                || kubernetes;
             if node.get("type") == Some(&json!("object")) && !open {
                 let closed = node.get("additionalProperties") == Some(&json!(false));
                 let map = node

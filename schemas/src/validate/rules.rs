@@ -8,9 +8,10 @@ use super::FieldError;
 use super::schema_errors::child;
 use crate::names;
 use crate::quantity::{BYTES_RULE, quantity_of};
-use crate::registry::{KEEL_GROUP, Kind, RBAC_GROUP};
+use crate::registry::{APPS_GROUP, KEEL_GROUP, Kind, RBAC_GROUP};
 
 mod access;
+mod apps;
 mod compute;
 mod core;
 mod dns;
@@ -53,6 +54,7 @@ pub(super) fn check(kind: &Kind, object: &Value, errors: &mut Vec<FieldError>) {
         (KEEL_GROUP, "Revision") => gitops::revision(spec, errors),
         ("", "Pod") => core::pod(spec, errors),
         ("", "Service") => core::service(spec, errors),
+        (APPS_GROUP, "Deployment" | "ReplicaSet") => apps::workload(spec, errors),
         ("", "Secret") => core::secret(&root, errors),
         ("", "ConfigMap") => core::config_map(&root, errors),
         ("", "Node") => core::node(spec, errors),

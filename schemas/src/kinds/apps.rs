@@ -1,0 +1,189 @@
+//! The workload kinds of Kubernetes' `apps/v1` that Keel serves: Deployment and ReplicaSet,
+//! as the subset of their shapes Keel uses (other fields are accepted and dropped).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::core::{IntOrString, PodSpec};
+use super::{LabelSelector, Object, kind_spec};
+
+/// A deployment (`deployment.schema.json`).
+pub type Deployment = Object<DeploymentSpec, DeploymentStatus>;
+/// A replica set (`replicaset.schema.json`).
+pub type ReplicaSet = Object<ReplicaSetSpec, ReplicaSetStatus>;
+
+kind_spec!(
+    DeploymentSpec => "Deployment",
+    ReplicaSetSpec => "ReplicaSet",
+);
+
+/// The pods a workload makes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplateSpec {
+    /// Their labels and annotations.
+    #[serde(default)]
+    pub metadata: TemplateMeta,
+    /// Their spec.
+    #[serde(default)]
+    pub spec: PodSpec,
+}
+
+/// The metadata of a pod template.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateMeta {
+    /// Labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Desired state of a deployment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentSpec {
+    /// Number of pods (1 when left out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// The pods it manages.
+    pub selector: LabelSelector,
+    /// The pods to run.
+    pub template: PodTemplateSpec,
+    /// How pods are replaced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<DeploymentStrategy>,
+    /// Seconds a pod must be ready to count as available.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_ready_seconds: Option<i32>,
+    /// Old ReplicaSets kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision_history_limit: Option<i32>,
+    /// Rolling paused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+    /// Seconds without progress before a rollout fails (and Keel rolls it back).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress_deadline_seconds: Option<i32>,
+}
+
+/// How a deployment replaces pods.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentStrategy {
+    /// RollingUpdate or Recreate.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    /// The bounds of a rolling update.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rolling_update: Option<RollingUpdate>,
+}
+
+/// The bounds of a rolling update.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RollingUpdate {
+    /// Pods over the desired number (a number or a percentage).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_surge: Option<IntOrString>,
+    /// Pods under it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+}
+
+/// Observed state of a deployment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentStatus {
+    /// The generation the status is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pods of all its ReplicaSets.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Pods of the current template.
+    #[serde(default)]
+    pub updated_replicas: i32,
+    /// Ready pods.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Available pods.
+    #[serde(default)]
+    pub available_replicas: i32,
+    /// Pods still to be available.
+    #[serde(default)]
+    pub unavailable_replicas: i32,
+    /// Hash collisions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collision_count: Option<i32>,
+    /// Available, Progressing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<WorkloadCondition>,
+}
+
+/// A condition of a deployment or replica set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadCondition {
+    /// Available, Progressing, ReplicaFailure.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// True, False or Unknown.
+    pub status: String,
+    /// Why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Details.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Last update.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_update_time: Option<String>,
+    /// Last change of status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}
+
+/// Desired state of a replica set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaSetSpec {
+    /// Number of pods (1 when left out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// The pods it counts.
+    pub selector: LabelSelector,
+    /// The pods it makes.
+    #[serde(default)]
+    pub template: PodTemplateSpec,
+    /// Seconds a pod must be ready to count as available.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_ready_seconds: Option<i32>,
+}
+
+/// Observed state of a replica set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaSetStatus {
+    /// The generation the status is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pods it has.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Pods whose labels match the template's.
+    #[serde(default)]
+    pub fully_labeled_replicas: i32,
+    /// Ready pods.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Available pods.
+    #[serde(default)]
+    pub available_replicas: i32,
+    /// ReplicaFailure.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<WorkloadCondition>,
+}

@@ -1,0 +1,35 @@
+//! Rules for the workload kinds (`apps/v1` Deployment and ReplicaSet): the selector must
+//! select the template's labels, and the template's pod spec follows the pod rules.
+
+use std::collections::BTreeMap;
+
+use super::{Field, core};
+use crate::kinds::LabelSelector;
+use crate::validate::FieldError;
+
+pub(super) fn workload(spec: Option<&Field<'_>>, errors: &mut Vec<FieldError>) {
+    let Some(spec) = spec else { return };
+    let Some(template) = spec.get("template") else {
+        return;
+    };
+    let selector = spec
+        .get("selector")
+        .and_then(|s| serde_json::from_value::<LabelSelector>(s.value.clone()).ok());
+    let labels: BTreeMap<String, String> = template
+        .get("metadata")
+        .and_then(|m| m.get("labels"))
+        .and_then(|l| serde_json::from_value(l.value.clone()).ok())
+        .unwrap_or_default();
+    if let Some(selector) = selector
+        && !selector.matches(&labels)
+    {
+        let path = format!("{}.metadata.labels", template.path);
+        let value = serde_json::to_value(&labels).unwrap_or_default();
+        errors.push(FieldError::invalid(
+            path,
+            &value,
+            "`selector` does not match template `labels`",
+        ));
+    }
+    core::pod(template.get("spec").as_ref(), errors);
+}
