@@ -31,9 +31,9 @@ pub const HASH_LABEL: &str = "pod-template-hash";
 /// A ReplicaSet's revision within its Deployment.
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 /// On a ReplicaSet: its rollout completed (all its pods available): a rollback target.
-pub const LAST_GOOD_ANNOTATION: &str = "keel.dev/last-good";
+pub use keel_schemas::wellknown::REPLICASET_LAST_GOOD_ANNOTATION as LAST_GOOD_ANNOTATION;
 /// On a Deployment: the revision a rollback undid.
-pub const ROLLED_BACK_ANNOTATION: &str = "keel.dev/rolled-back-from";
+pub use keel_schemas::wellknown::ROLLED_BACK_FROM_ANNOTATION as ROLLED_BACK_ANNOTATION;
 
 struct Context {
     client: Client,

@@ -8,6 +8,7 @@
 //! - [`node_ipam`]: gives each node its range of pod addresses.
 //! - [`replicasets`]: keeps each ReplicaSet's number of pods.
 //! - [`deployments`]: rolls Deployments through ReplicaSets, and back when a rollout fails.
+//! - [`services`]: Services' ClusterIPs and NodePorts, and their EndpointSlices.
 //! - [`node_lifecycle`]: notices dead nodes and moves their VMs.
 //! - [`gc`]: deletes dependents whose owners are gone.
 //! - [`buckets`]: binds Buckets to storage nodes and keeps their credentials.
@@ -33,6 +34,7 @@ pub mod resourcequotas;
 pub mod rollout;
 pub mod scheduler;
 pub mod serviceaccounts;
+pub mod services;
 pub mod zones;
 
 pub use manager::{Clients, ManagerConfig, run_manager};

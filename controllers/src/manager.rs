@@ -48,6 +48,8 @@ pub struct ManagerConfig {
     pub load_balancers: crate::loadbalancers::LoadBalancerConfig,
     /// The cluster's pod range, split into one range per node (none: nodes get no range).
     pub pod_ranges: Option<crate::node_ipam::PodRanges>,
+    /// The cluster's Service range (none: no service controller).
+    pub service_range: Option<crate::services::ServiceRange>,
 }
 
 // === impl ManagerConfig ===
@@ -66,6 +68,7 @@ impl ManagerConfig {
             ovn_external: None,
             load_balancers: Default::default(),
             pod_ranges: Some(crate::node_ipam::PodRanges::default()),
+            service_range: Some(crate::services::ServiceRange::default()),
         }
     }
 }
@@ -108,6 +111,14 @@ pub async fn run_manager(
                 clients("node-ipam"),
                 config.identity.clone(),
                 ranges,
+                stop.clone(),
+            ));
+        }
+        if let Some(range) = config.service_range {
+            controllers.spawn(crate::services::run(
+                clients("services"),
+                config.identity.clone(),
+                range,
                 stop.clone(),
             ));
         }

@@ -542,3 +542,206 @@ async fn deployments_roll_scale_and_roll_back_a_broken_image_by_themselves() {
     .await;
     drop(host.cluster);
 }
+
+/// Runs `script` in a pod named `name` to completion and returns what it printed.
+async fn run_to_end(kubeconfig: &Path, image: &str, name: &str, script: &str) -> String {
+    ok(kubectl(
+        kubeconfig,
+        &[
+            "run",
+            name,
+            "--restart=Never",
+            "--image",
+            image,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    ));
+    eventually(&format!("{name} to end"), WAIT, || async {
+        let p = pod(kubeconfig, name)?;
+        matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(())
+    })
+    .await;
+    ok(kubectl(kubeconfig, &["logs", name]))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_answer_on_their_cluster_ip_and_node_port_from_their_ready_pods() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    let host = pod_host(root.path(), "s").await;
+    let admin = &host.admin;
+    let image = host.registry.image("busybox:test");
+    let serve = "mkdir -p /www; hostname > /www/index.html; exec httpd -f -p 8080 -h /www";
+    ok(kubectl(
+        admin,
+        &[
+            "create",
+            "deployment",
+            "web",
+            "--image",
+            &image,
+            "--replicas",
+            "2",
+            "--port",
+            "8080",
+            "--",
+            "sh",
+            "-c",
+            serve,
+        ],
+    ));
+    ok(kubectl(
+        admin,
+        &["rollout", "status", "deployment/web", "--timeout=120s"],
+    ));
+    ok(kubectl(
+        admin,
+        &[
+            "expose",
+            "deployment",
+            "web",
+            "--port",
+            "80",
+            "--target-port",
+            "8080",
+        ],
+    ));
+    let ip = eventually("the ClusterIP", WAIT, || async {
+        let out = kubectl(
+            admin,
+            &["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"],
+        );
+        let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        ip.starts_with("10.43.").then_some(ip)
+    })
+    .await;
+    // Its EndpointSlice lists both pods, ready.
+    let slice = eventually("the EndpointSlice with both pods", WAIT, || async {
+        let out = kubectl(
+            admin,
+            &[
+                "get",
+                "endpointslices",
+                "-l",
+                "kubernetes.io/service-name=web",
+                "-o",
+                "json",
+            ],
+        );
+        let list: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let slice = list["items"].as_array()?.first()?.clone();
+        let ready = slice["endpoints"]
+            .as_array()?
+            .iter()
+            .filter(|e| e["conditions"]["ready"] == true)
+            .count();
+        (ready == 2).then_some(slice)
+    })
+    .await;
+    assert_eq!(slice["ports"][0]["port"], 8080);
+    // A pod reaches the Service at its ClusterIP, and both pods answer in turn.
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        let got = run_to_end(
+            admin,
+            &image,
+            &format!("client-{i}"),
+            // busybox-static's wget crashes in a container; nc does not.
+            &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {ip} 80 2>&1 | tail -1"),
+        )
+        .await;
+        assert!(
+            got.starts_with("web-"),
+            "client-{i} got {got:?}: {}; the agent: {}",
+            pod(admin, &format!("client-{i}"))
+                .map(|p| p["status"].to_string())
+                .unwrap_or_default(),
+            host.agent
+                .log()
+                .lines()
+                .filter(|l| l.contains("rules") || l.contains("nft"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        seen.insert(got.trim().to_string());
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 2, "only {seen:?} answered");
+    // The node answers on a NodePort.
+    ok(kubectl(
+        admin,
+        &[
+            "expose",
+            "deployment",
+            "web",
+            "--name",
+            "web-np",
+            "--type",
+            "NodePort",
+            "--port",
+            "80",
+            "--target-port",
+            "8080",
+        ],
+    ));
+    let node_port = eventually("the NodePort", WAIT, || async {
+        let out = kubectl(
+            admin,
+            &[
+                "get",
+                "service",
+                "web-np",
+                "-o",
+                "jsonpath={.spec.ports[0].nodePort}",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u16>()
+            .ok()
+    })
+    .await;
+    assert!((30000..=32767).contains(&node_port));
+    let page = eventually("the NodePort answering", WAIT, || async {
+        curl(
+            &host.net,
+            &format!("http://{}:{node_port}/", host.net.address),
+        )
+    })
+    .await;
+    assert!(page.starts_with("web-"), "{page}");
+    // A Service with no ready pod refuses at once, as on Kubernetes.
+    ok(kubectl(
+        admin,
+        &["create", "service", "clusterip", "nobody", "--tcp=80:8080"],
+    ));
+    let nobody = eventually("nobody's ClusterIP", WAIT, || async {
+        let out = kubectl(
+            admin,
+            &[
+                "get",
+                "service",
+                "nobody",
+                "-o",
+                "jsonpath={.spec.clusterIP}",
+            ],
+        );
+        let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        ip.starts_with("10.43.").then_some(ip)
+    })
+    .await;
+    let refused = run_to_end(
+        admin,
+        &image,
+        "refused",
+        &format!("nc -w 5 {nobody} 80 </dev/null 2>&1; echo exit=$?"),
+    )
+    .await;
+    assert!(refused.contains("Connection refused"), "{refused}");
+    ok(kubectl(admin, &["delete", "deployment", "web"]));
+    drop(host.cluster);
+}

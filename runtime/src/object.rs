@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use keel_schemas::Kind;
+use keel_schemas::kinds::apps::EndpointSlice;
 use keel_schemas::kinds::core::{ConfigMap, Event, Secret, ServiceAccount};
 use keel_schemas::kinds::{KindSpec, Object, ObjectMeta};
 use serde::de::DeserializeOwned;
@@ -264,7 +265,7 @@ macro_rules! typed_without_spec {
     };
 }
 
-typed_without_spec!(Secret, ConfigMap, ServiceAccount, Event);
+typed_without_spec!(Secret, ConfigMap, ServiceAccount, Event, EndpointSlice);
 
 impl<T: Typed> Resource for T {
     /// Read as it is first (what this build wrote decodes at once); pruned and read again

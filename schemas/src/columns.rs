@@ -361,6 +361,39 @@ fn template_images(o: &Value) -> Value {
     Value::String(images.join(","))
 }
 
+static ENDPOINT_SLICE: &[Column] = &[
+    text("AddressType", "IPv4, IPv6 or FQDN.", |o| {
+        at(o, "addressType")
+    }),
+    text("Ports", "The ports of the endpoints.", |o| {
+        let ports: Vec<String> = o["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["port"].as_i64().map(|n| n.to_string()))
+            .collect();
+        Value::String(if ports.is_empty() {
+            "<unset>".into()
+        } else {
+            ports.join(",")
+        })
+    }),
+    text("Endpoints", "The endpoints' addresses.", |o| {
+        let addresses: Vec<&str> = o["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|e| e["addresses"].as_array().into_iter().flatten())
+            .filter_map(Value::as_str)
+            .collect();
+        Value::String(if addresses.is_empty() {
+            "<unset>".into()
+        } else {
+            addresses.join(",")
+        })
+    }),
+];
+
 static SERVICE: &[Column] = &[
     text("Type", "ClusterIP, NodePort or LoadBalancer.", |o| {
         at(o, "spec.type")
@@ -505,6 +538,7 @@ pub fn kind_columns(kind: &Kind) -> &'static [Column] {
         "Pod" => POD,
         "Service" => SERVICE,
         "Deployment" => DEPLOYMENT,
+        "EndpointSlice" => ENDPOINT_SLICE,
         "ReplicaSet" => REPLICA_SET,
         "Event" => EVENT,
         "Secret" => SECRET,

@@ -138,6 +138,15 @@ static REGISTRY: &[Kind] = &[
     ),
     core("Event", "events", "event", &["ev"], Scope::Namespaced),
     Kind {
+        group: "discovery.k8s.io",
+        version: "v1",
+        kind: "EndpointSlice",
+        plural: "endpointslices",
+        singular: "endpointslice",
+        short_names: &[],
+        scope: Scope::Namespaced,
+    },
+    Kind {
         group: APPS_GROUP,
         version: "v1",
         kind: "Deployment",

@@ -76,6 +76,12 @@ static SOURCES: &[Source] = &[
     k8s("", "Pod", include_str!("../pod.schema.json"), false),
     k8s("", "Service", include_str!("../service.schema.json"), false),
     k8s(
+        "discovery.k8s.io",
+        "EndpointSlice",
+        include_str!("../endpointslice.schema.json"),
+        true,
+    ),
+    k8s(
         "apps",
         "Deployment",
         include_str!("../deployment.schema.json"),

@@ -58,6 +58,12 @@ pub const RESTORE_SNAPSHOT_ANNOTATION: &str = "keel.dev/restore-snapshot";
 /// rollback point older than that.
 pub const LAST_GOOD_ANNOTATION: &str = "keel.dev/last-good-generation";
 
+/// On a ReplicaSet of a Deployment: its rollout completed (all its pods were available): a
+/// target of Keel's rollback.
+pub const REPLICASET_LAST_GOOD_ANNOTATION: &str = "keel.dev/last-good";
+/// On a Deployment: the revision Keel's rollback undid.
+pub const ROLLED_BACK_FROM_ANNOTATION: &str = "keel.dev/rolled-back-from";
+
 // === Finalizers ===
 
 /// The finalizer a VM's host holds until it has removed the VM's guest and files.

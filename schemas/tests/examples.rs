@@ -161,6 +161,7 @@ fn round_trip(kind: &Kind, value: &Value) -> Value {
         "Service" => via::<core::Service>(value),
         "Deployment" => via::<apps::Deployment>(value),
         "ReplicaSet" => via::<apps::ReplicaSet>(value),
+        "EndpointSlice" => via::<apps::EndpointSlice>(value),
         "Event" => via::<core::Event>(value),
         "Secret" => via::<core::Secret>(value),
         "ConfigMap" => via::<core::ConfigMap>(value),

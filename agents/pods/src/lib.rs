@@ -11,11 +11,14 @@
 //!   last look and wakes the pods whose containers changed; it stops sandboxes of pods that
 //!   are no longer bound here, and every sandbox while the node is fenced.
 //! - [`logs`]: the containers' log files, for `kubectl logs`.
+//! - [`services`]: every Service's ClusterIP and NodePorts answered on this node, by
+//!   nftables rules made from the EndpointSlices.
 
 pub mod cni;
 pub mod containerd;
 pub mod cri;
 pub mod logs;
+pub mod services;
 mod sync;
 
 use std::collections::{HashMap, HashSet};
@@ -134,10 +137,16 @@ pub async fn run(
         host,
     });
     let network = tokio::spawn(network(ctx.clone(), cidr_tx, shutdown.clone()));
+    let proxy = tokio::spawn(services::run(
+        ctx.host.node.client.clone(),
+        ctx.pod_cidr.clone(),
+        shutdown.clone(),
+    ));
     let relister = tokio::spawn(relist(ctx.clone(), store, queue, shutdown.clone()));
     controller.run(reconcile, ctx, shutdown).await;
     let _ = relister.await;
     let _ = network.await;
+    let _ = proxy.await;
 }
 
 async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, PodError> {

@@ -26,8 +26,9 @@ use super::cache::Graph;
 use super::rbac::{Attributes, Decision};
 
 /// The kinds every node may read, by (group, resource).
-const READABLE: [(&str, &str); 12] = [
+const READABLE: [(&str, &str); 13] = [
     ("", "nodes"),
+    ("discovery.k8s.io", "endpointslices"),
     ("", "namespaces"),
     ("", "pods"),
     ("", "services"),

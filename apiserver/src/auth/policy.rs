@@ -26,8 +26,9 @@ const BOOTSTRAPPING: &str = "kubernetes.io/bootstrapping";
 
 /// The cluster controllers with roles of their own (`system:controller:NAME`, granted to
 /// the user `system:keel-controller:NAME`).
-pub const CONTROLLERS: [&str; 13] = [
+pub const CONTROLLERS: [&str; 14] = [
     "scheduler",
+    "services",
     "node-ipam",
     "replicasets",
     "deployments",
@@ -267,6 +268,20 @@ fn controller_rules(name: &str) -> Vec<Value> {
             // A pod's binding is its spec.nodeName, set once.
             rule(&["patch"], &[""], &["pods"]),
             rule(&["update", "patch"], &[""], &["pods/status"]),
+            events(),
+        ],
+        "services" => vec![
+            rule(&READ, &[""], &["services", "pods"]),
+            // ClusterIPs and NodePorts are written into the Service's spec.
+            rule(&["patch"], &[""], &["services"]),
+            rule(&["update", "patch"], &[""], &["services/status"]),
+            rule(
+                &[
+                    "get", "list", "watch", "create", "update", "patch", "delete",
+                ],
+                &["discovery.k8s.io"],
+                &["endpointslices"],
+            ),
             events(),
         ],
         "replicasets" => vec![

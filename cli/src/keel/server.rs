@@ -114,6 +114,9 @@ pub(super) struct ServerArgs {
     /// default).
     #[arg(long, default_value = "10.42.0.0/16")]
     cluster_cidr: String,
+    /// The cluster's Service addresses (ClusterIPs; k3s's default).
+    #[arg(long, default_value = "10.43.0.0/16")]
+    service_cidr: String,
     #[command(flatten)]
     lb: LbLimitArgs,
     #[command(flatten)]
@@ -378,6 +381,10 @@ fn manager_config(
     config.pod_ranges = Some(
         keel_controllers::node_ipam::PodRanges::parse(&args.cluster_cidr, 24)
             .map_err(|e| format!("--cluster-cidr: {e}"))?,
+    );
+    config.service_range = Some(
+        keel_controllers::services::ServiceRange::parse(&args.service_cidr)
+            .map_err(|e| format!("--service-cidr: {e}"))?,
     );
     if let Some(pool) = &args.lb_vip_pool {
         config.load_balancers.vip_pool = Some(pool.clone());

@@ -187,3 +187,73 @@ pub struct ReplicaSetStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<WorkloadCondition>,
 }
+
+/// Some endpoints of a Service (`discovery.k8s.io/v1`; `endpointslice.schema.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSlice {
+    /// `discovery.k8s.io/v1`.
+    pub api_version: String,
+    /// `EndpointSlice`.
+    pub kind: String,
+    /// Standard object metadata.
+    pub metadata: super::ObjectMeta,
+    /// IPv4, IPv6 or FQDN.
+    pub address_type: String,
+    /// The endpoints.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    /// Their ports.
+    #[serde(default)]
+    pub ports: Vec<EndpointPort>,
+}
+
+/// One endpoint of a slice.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// Its addresses.
+    pub addresses: Vec<String>,
+    /// Whether it serves.
+    #[serde(default)]
+    pub conditions: EndpointConditions,
+    /// The pod's hostname.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Its node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// The pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<serde_json::Value>,
+}
+
+/// The conditions of an endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointConditions {
+    /// Ready for traffic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+    /// Serving.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serving: Option<bool>,
+    /// Being deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub terminating: Option<bool>,
+}
+
+/// A port of an endpoint slice.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointPort {
+    /// The Service port's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// TCP, UDP or SCTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+}

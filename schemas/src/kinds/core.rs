@@ -570,6 +570,9 @@ pub struct ServiceSpec {
     /// ClientIP or None.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_affinity: Option<String>,
+    /// What Keel does not model (`clusterIPs`, `ipFamilies`, ...), kept as it is.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub other: BTreeMap<String, Value>,
 }
 
 /// A service port.
@@ -590,6 +593,9 @@ pub struct ServicePort {
     /// Node port.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_port: Option<u16>,
+    /// What Keel does not model (`appProtocol`), kept as it is.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub other: BTreeMap<String, Value>,
 }
 
 /// A port number or name.

@@ -77,6 +77,7 @@ fn kubernetes_kinds() {
                     port: 80,
                     target_port: Some(IntOrString::String("http".into())),
                     node_port: None,
+                    other: Default::default(),
                 }],
                 ..ServiceSpec::default()
             },

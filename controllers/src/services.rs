@@ -1,0 +1,407 @@
+//! The service controller: gives each Service its ClusterIP (from the cluster's service
+//! range, k3s's `10.43.0.0/16` by default) and its NodePorts (30000-32767), and keeps its
+//! EndpointSlices — the addresses of the pods its selector matches, their readiness and the
+//! ports they serve — as Kubernetes' controllers do. Every node's agent programs the
+//! Service's addresses from them.
+//!
+//! Addresses and ports are handed out one Service at a time by this controller (the elected
+//! server runs one), written with the Service's `resourceVersion` as a precondition.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_client::{Api, Client, ClientError, DeleteParams, Patch};
+use keel_runtime::{Action, Controller, EventType, ObjectExt, Recorder, Store, watcher};
+use keel_schemas::kinds::apps::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use keel_schemas::kinds::core::{IntOrString, Pod, Service};
+use keel_schemas::kinds::{ObjectMeta, OwnerReference};
+use serde_json::json;
+use tokio::sync::watch;
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The label that says who keeps an EndpointSlice.
+pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+/// This controller's value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY: &str = "service-controller.keel.dev";
+/// The NodePorts handed out.
+const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+/// The cluster's range of Service addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceRange {
+    /// Its first address.
+    pub network: Ipv4Addr,
+    /// Its prefix length.
+    pub prefix: u8,
+}
+
+struct Context {
+    client: Client,
+    services: Store<Service>,
+    pods: Store<Pod>,
+    slices: Store<EndpointSlice>,
+    range: ServiceRange,
+    recorder: Recorder,
+    service_kind: &'static keel_schemas::Kind,
+    slice_kind: &'static keel_schemas::Kind,
+}
+
+// === impl ServiceRange ===
+
+impl Default for ServiceRange {
+    fn default() -> ServiceRange {
+        ServiceRange {
+            network: Ipv4Addr::new(10, 43, 0, 0),
+            prefix: 16,
+        }
+    }
+}
+
+impl ServiceRange {
+    /// Parses `a.b.c.d/n`.
+    pub fn parse(cidr: &str) -> Result<ServiceRange, String> {
+        let parsed: keel_schemas::Cidr = cidr.parse().map_err(|e| format!("{cidr:?}: {e}"))?;
+        let std::net::IpAddr::V4(network) = parsed.network() else {
+            return Err(format!("{cidr:?} is not an IPv4 range"));
+        };
+        if parsed.prefix() > 28 {
+            return Err(format!("{cidr:?} is too small for services (at most /28)"));
+        }
+        Ok(ServiceRange {
+            network,
+            prefix: parsed.prefix(),
+        })
+    }
+
+    /// The first address not in `taken`, from the second of the range (the first is the
+    /// network's, the next the API's `kubernetes` Service's in Kubernetes).
+    fn first_free(&self, taken: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+        let size = 1u32 << (32 - self.prefix);
+        let base = u32::from(self.network);
+        (2..size - 1)
+            .map(|i| Ipv4Addr::from(base + i))
+            .find(|ip| !taken.contains(ip))
+    }
+}
+
+/// Runs the service controller until `shutdown` turns true.
+pub async fn run(
+    client: Client,
+    instance: String,
+    range: ServiceRange,
+    shutdown: watch::Receiver<bool>,
+) {
+    let kinds = ["services", "pods", "endpointslices"].map(keel_schemas::lookup);
+    let [Some(service_kind), Some(pod_kind), Some(slice_kind)] = kinds else {
+        return;
+    };
+    let controller = Controller::new(
+        "services",
+        Api::<Service>::all(&client, service_kind),
+        watcher::Config::default(),
+    )
+    .resync(Duration::from_secs(60));
+    let services = controller.store();
+    let selecting = services.clone();
+    let controller = controller
+        .watches(
+            Api::<Pod>::all(&client, pod_kind),
+            watcher::Config::default(),
+            move |pod: &Pod| {
+                let labels = pod.labels();
+                selecting
+                    .list()
+                    .iter()
+                    .filter(|s| s.namespace() == pod.namespace())
+                    .filter(|s| !s.spec.selector.is_empty())
+                    .filter(|s| {
+                        s.spec
+                            .selector
+                            .iter()
+                            .all(|(k, v)| labels.get(k) == Some(v))
+                    })
+                    .map(|s| s.object_ref())
+                    .collect()
+            },
+        )
+        .owns(
+            Api::<EndpointSlice>::all(&client, slice_kind),
+            watcher::Config::default(),
+        );
+    let (Some(pods), Some(slices)) = (
+        controller.store_of::<Pod>("Pod"),
+        controller.store_of::<EndpointSlice>("EndpointSlice"),
+    ) else {
+        return;
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        services,
+        pods,
+        slices,
+        range,
+        recorder: Recorder::new(&client, "keel-service-controller", &instance),
+        service_kind,
+        slice_kind,
+    });
+    controller.run(reconcile, ctx, shutdown).await;
+}
+
+async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, ClientError> {
+    if svc.is_deleting() {
+        return Ok(Action::await_change());
+    }
+    let namespace = svc.namespace().unwrap_or("default").to_string();
+    let api: Api<Service> = Api::namespaced(&ctx.client, ctx.service_kind, &namespace);
+    if let Some(patch) = allocate(&ctx, &svc) {
+        return match api.patch(svc.name(), &Patch::Merge(patch)).await {
+            Ok(_) => Ok(Action::await_change()),
+            Err(e) if e.code() == Some(409) || e.code() == Some(404) => Ok(Action::await_change()),
+            Err(e) if e.code() == Some(422) => {
+                ctx.recorder
+                    .publish(
+                        &*svc,
+                        EventType::Warning,
+                        "ClusterIPNotAllocated",
+                        "Allocating",
+                        &e.to_string(),
+                    )
+                    .await;
+                Ok(Action::requeue(Duration::from_secs(60)))
+            }
+            Err(e) => Err(e),
+        };
+    }
+    endpoints(&ctx, &svc, &namespace).await?;
+    Ok(Action::await_change())
+}
+
+/// The patch that gives the service what it lacks: a ClusterIP, NodePorts. `None` when it
+/// has them.
+fn allocate(ctx: &Context, svc: &Service) -> Option<serde_json::Value> {
+    let spec = &svc.spec;
+    let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if type_ == "ExternalName" {
+        return None;
+    }
+    let services = ctx.services.list();
+    let mut patch = json!({"metadata": {"resourceVersion": svc.resource_version()}, "spec": {}});
+    let mut changed = false;
+    if spec.cluster_ip.as_deref().unwrap_or("").is_empty() {
+        let taken: HashSet<Ipv4Addr> = services
+            .iter()
+            .filter_map(|s| s.spec.cluster_ip.as_deref()?.parse().ok())
+            .collect();
+        let ip = ctx.range.first_free(&taken)?;
+        patch["spec"]["clusterIP"] = json!(ip.to_string());
+        patch["spec"]["clusterIPs"] = json!([ip.to_string()]);
+        changed = true;
+    }
+    if matches!(type_, "NodePort" | "LoadBalancer")
+        && spec.ports.iter().any(|p| p.node_port.is_none())
+    {
+        let mut taken: BTreeSet<u16> = services
+            .iter()
+            .flat_map(|s| s.spec.ports.iter().filter_map(|p| p.node_port))
+            .collect();
+        let mut ports = serde_json::to_value(&spec.ports).unwrap_or_default();
+        for (i, port) in spec.ports.iter().enumerate() {
+            if port.node_port.is_none() {
+                let free = NODE_PORTS.clone().find(|p| !taken.contains(p))?;
+                taken.insert(free);
+                ports[i]["nodePort"] = json!(free);
+            }
+        }
+        patch["spec"]["ports"] = ports;
+        changed = true;
+    }
+    changed.then_some(patch)
+}
+
+/// One port of the service resolved on a pod: the service port's name, the pod's port, the
+/// protocol.
+type Resolved = (Option<String>, u16, String);
+
+/// Keeps the service's EndpointSlices: one per set of resolved ports.
+async fn endpoints(ctx: &Context, svc: &Service, namespace: &str) -> Result<(), ClientError> {
+    let api: Api<EndpointSlice> = Api::namespaced(&ctx.client, ctx.slice_kind, namespace);
+    let owned: Vec<Arc<EndpointSlice>> = ctx
+        .slices
+        .list()
+        .into_iter()
+        .filter(|s| s.namespace() == Some(namespace))
+        .filter(|s| s.controller_owner().is_some_and(|o| o.uid == svc.uid()))
+        .collect();
+    // A Service without a selector has its endpoints kept by someone else.
+    if svc.spec.selector.is_empty() {
+        return Ok(());
+    }
+    let mut wanted: BTreeMap<Vec<Resolved>, Vec<Endpoint>> = BTreeMap::new();
+    let mut pods: Vec<Arc<Pod>> = ctx
+        .pods
+        .list()
+        .into_iter()
+        .filter(|p| p.namespace() == Some(namespace))
+        .filter(|p| {
+            let labels = p.labels();
+            svc.spec
+                .selector
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .collect();
+    pods.sort_by(|a, b| a.name().cmp(b.name()));
+    for pod in pods {
+        let status = pod.status.clone().unwrap_or_default();
+        let Some(ip) = status.pod_ip.clone().filter(|ip| !ip.is_empty()) else {
+            continue;
+        };
+        if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+            continue;
+        }
+        let Some(ports) = resolve(svc, &pod) else {
+            continue;
+        };
+        let ready = crate::replicasets::ready(&pod) && !pod.is_deleting();
+        wanted.entry(ports).or_default().push(Endpoint {
+            addresses: vec![ip],
+            conditions: EndpointConditions {
+                ready: Some(ready),
+                serving: Some(crate::replicasets::ready(&pod)),
+                terminating: Some(pod.is_deleting()),
+            },
+            hostname: None,
+            node_name: pod.spec.node_name.clone(),
+            target_ref: Some(json!({"kind": "Pod", "namespace": namespace, "name": pod.name(), "uid": pod.uid()})),
+        });
+    }
+    if wanted.is_empty() {
+        // Kubernetes keeps one slice with no endpoints: "the service has none".
+        wanted.insert(
+            svc.spec
+                .ports
+                .iter()
+                .map(|p| {
+                    (
+                        p.name.clone(),
+                        0,
+                        p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    )
+                })
+                .collect(),
+            Vec::new(),
+        );
+    }
+    let mut kept: HashSet<String> = HashSet::new();
+    for (ports, endpoints) in wanted {
+        let ports: Vec<EndpointPort> = ports
+            .into_iter()
+            .map(|(name, port, protocol)| EndpointPort {
+                name,
+                port: (port != 0).then_some(port),
+                protocol: Some(protocol),
+            })
+            .collect();
+        let existing = owned
+            .iter()
+            .find(|s| s.ports == ports && !kept.contains(s.name()));
+        match existing {
+            Some(slice) => {
+                kept.insert(slice.name().to_string());
+                if slice.endpoints != endpoints {
+                    let mut updated = (**slice).clone();
+                    updated.endpoints = endpoints;
+                    match api.update(&updated).await {
+                        Ok(_) => {}
+                        Err(e) if e.code() == Some(409) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            None => {
+                let slice = EndpointSlice {
+                    api_version: "discovery.k8s.io/v1".into(),
+                    kind: "EndpointSlice".into(),
+                    metadata: ObjectMeta {
+                        generate_name: Some(format!("{}-", svc.name())),
+                        namespace: Some(namespace.to_string()),
+                        labels: [
+                            (SERVICE_NAME_LABEL.to_string(), svc.name().to_string()),
+                            (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+                        ]
+                        .into(),
+                        owner_references: vec![OwnerReference {
+                            api_version: "v1".into(),
+                            kind: "Service".into(),
+                            name: svc.name().to_string(),
+                            uid: svc.uid().to_string(),
+                            controller: Some(true),
+                            block_owner_deletion: Some(true),
+                        }],
+                        ..ObjectMeta::default()
+                    },
+                    address_type: "IPv4".into(),
+                    endpoints,
+                    ports,
+                };
+                let made = api.create(&slice).await?;
+                kept.insert(made.name().to_string());
+            }
+        }
+    }
+    for slice in owned.iter().filter(|s| !kept.contains(s.name())) {
+        let params = DeleteParams {
+            uid: Some(slice.uid().to_string()),
+            propagation_policy: None,
+        };
+        match api.delete(slice.name(), &params).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Some(404) || e.code() == Some(409) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The service's ports on `pod`: a named target port is looked up among the pod's container
+/// ports; `None` when the pod has no port of that name.
+fn resolve(svc: &Service, pod: &Pod) -> Option<Vec<Resolved>> {
+    svc.spec
+        .ports
+        .iter()
+        .map(|p| {
+            let protocol = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+            let port = match &p.target_port {
+                None => p.port,
+                Some(IntOrString::Int(n)) => u16::try_from(*n).ok()?,
+                Some(IntOrString::String(name)) => pod
+                    .spec
+                    .containers
+                    .iter()
+                    .flat_map(|c| &c.ports)
+                    .find(|cp| cp.name.as_deref() == Some(name.as_str()))
+                    .map(|cp| cp.container_port)?,
+            };
+            Some((p.name.clone(), port, protocol))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_ips_skip_the_first_two_addresses_and_the_taken() {
+        let range = ServiceRange::parse("10.43.0.0/16").unwrap();
+        let mut taken = HashSet::new();
+        assert_eq!(range.first_free(&taken), Some(Ipv4Addr::new(10, 43, 0, 2)));
+        taken.insert(Ipv4Addr::new(10, 43, 0, 2));
+        assert_eq!(range.first_free(&taken), Some(Ipv4Addr::new(10, 43, 0, 3)));
+        assert!(ServiceRange::parse("10.43.0.0/30").is_err());
+        assert!(ServiceRange::parse("nonsense").is_err());
+    }
+}
