@@ -745,3 +745,69 @@ async fn services_answer_on_their_cluster_ip_and_node_port_from_their_ready_pods
     ok(kubectl(admin, &["delete", "deployment", "web"]));
     drop(host.cluster);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probes_hold_readiness_and_restart_what_fails_its_liveness_probe() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    let host = pod_host(root.path(), "r").await;
+    let admin = &host.admin;
+    let image = host.registry.image("busybox:test");
+    // Ready only once the page is served (an HTTP readiness probe), after a startup probe
+    // (a command) passes; alive only while /tmp/alive exists: it is removed after 4 s.
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: probed}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: {image}
+    command: ["sh", "-c", "touch /tmp/alive; (sleep 4; rm /tmp/alive) & sleep 2; mkdir -p /www; echo ok > /www/index.html; exec httpd -f -p 8080 -h /www"]
+    ports: [{{name: http, containerPort: 8080}}]
+    startupProbe: {{exec: {{command: ["test", "-f", "/tmp/alive"]}}, periodSeconds: 1}}
+    readinessProbe: {{httpGet: {{path: /, port: http}}, periodSeconds: 1}}
+    livenessProbe: {{exec: {{command: ["test", "-f", "/tmp/alive"]}}, periodSeconds: 1, failureThreshold: 2}}
+"#
+    );
+    let file = root.path().join("probed.yaml");
+    std::fs::write(&file, manifest).unwrap();
+    ok(kubectl(admin, &["apply", "-f", file.to_str().unwrap()]));
+    // Running but not ready while httpd has not started.
+    let early = eventually("probed running, not ready", WAIT, || async {
+        let p = pod(admin, "probed")?;
+        let c = &p["status"]["containerStatuses"][0];
+        (c["state"]["running"].is_object() && c["ready"] == false).then_some(p)
+    })
+    .await;
+    assert_eq!(early["status"]["phase"], "Running");
+    eventually("probed ready", WAIT, || async {
+        let p = pod(admin, "probed")?;
+        (p["status"]["containerStatuses"][0]["ready"] == true).then_some(())
+    })
+    .await;
+    // Its liveness probe fails once /tmp/alive is gone: killed and started again.
+    let restarted = eventually("probed restarted by its liveness probe", WAIT, || async {
+        let p = pod(admin, "probed")?;
+        let c = &p["status"]["containerStatuses"][0];
+        (c["restartCount"].as_i64() >= Some(1)).then_some(p)
+    })
+    .await;
+    let c = &restarted["status"]["containerStatuses"][0];
+    assert!(c["lastState"]["terminated"].is_object(), "{c}");
+    let events = ok(kubectl(
+        admin,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=probed,reason=Unhealthy",
+        ],
+    ));
+    assert!(events.contains("Liveness probe failed"), "{events}");
+    ok(kubectl(
+        admin,
+        &["delete", "pod", "probed", "--timeout=60s"],
+    ));
+    drop(host.cluster);
+}

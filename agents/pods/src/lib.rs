@@ -18,6 +18,7 @@ pub mod cni;
 pub mod containerd;
 pub mod cri;
 pub mod logs;
+mod probes;
 pub mod services;
 mod sync;
 
@@ -99,6 +100,10 @@ pub(crate) struct Context {
     pub(crate) restarts: Mutex<HashMap<(String, String), sync::BackOff>>,
     /// The same for image pulls, by image.
     pub(crate) pulls: Mutex<HashMap<String, sync::BackOff>>,
+    /// The containers' probes.
+    pub(crate) probes: probes::Probes,
+    /// The pods' work queue (probes wake pods through it).
+    pub(crate) queue: WorkQueue<ObjectRef>,
 }
 
 /// Runs the pod role until `shutdown` turns true. Pods keep running after it returns.
@@ -134,6 +139,8 @@ pub async fn run(
         pod_cidr,
         restarts: Mutex::default(),
         pulls: Mutex::default(),
+        probes: probes::Probes::default(),
+        queue: queue.clone(),
         host,
     });
     let network = tokio::spawn(network(ctx.clone(), cidr_tx, shutdown.clone()));
@@ -186,7 +193,7 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, PodError>
 
 /// The pod's termination grace period (30 s by default, as in Kubernetes; a deletion's own
 /// grace period shortens it).
-fn grace(pod: &Pod) -> Duration {
+pub(crate) fn grace(pod: &Pod) -> Duration {
     let seconds = pod
         .metadata
         .deletion_grace_period_seconds
@@ -195,8 +202,9 @@ fn grace(pod: &Pod) -> Duration {
     Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
 }
 
-/// Drops what is remembered of a pod's back-offs.
+/// Drops what is remembered of a pod's back-offs, and stops its probes.
 fn forget(ctx: &Context, uid: &str) {
+    ctx.probes.retain(uid, &|_| false);
     let mut restarts = ctx.restarts.lock().unwrap_or_else(|e| e.into_inner());
     restarts.retain(|(pod, _), _| pod != uid);
 }

@@ -338,7 +338,7 @@ pub(crate) async fn sync(pod: &Pod, api: &Api<Pod>, ctx: &Context) -> Result<Act
             .map_or(&[][..], Vec::as_slice);
         let latest = history.first();
         if latest.is_some_and(|s| exited(s) && s.exit_code == 0) {
-            report.container(c, history, true, None);
+            report.container(c, history, true, None, None);
             continue;
         }
         initialized = false;
@@ -350,7 +350,7 @@ pub(crate) async fn sync(pod: &Pod, api: &Api<Pod>, ctx: &Context) -> Result<Act
         };
         let waiting = match step(ctx, pod, c, latest, init_policy) {
             Step::Nothing if latest.is_some_and(exited) => {
-                report.container(c, history, true, None);
+                report.container(c, history, true, None, None);
                 report.failed_init(c);
                 break;
             }
@@ -364,7 +364,7 @@ pub(crate) async fn sync(pod: &Pod, api: &Api<Pod>, ctx: &Context) -> Result<Act
         if let Some((_, left)) = &waiting {
             soonest(*left);
         }
-        report.container(c, history, true, waiting.map(|(w, _)| w));
+        report.container(c, history, true, waiting.map(|(w, _)| w), None);
         break;
     }
     for c in &pod.spec.containers {
@@ -381,6 +381,7 @@ pub(crate) async fn sync(pod: &Pod, api: &Api<Pod>, ctx: &Context) -> Result<Act
                     reason: Some("PodInitializing".into()),
                     message: None,
                 }),
+                None,
             );
             continue;
         }
@@ -392,8 +393,24 @@ pub(crate) async fn sync(pod: &Pod, api: &Api<Pod>, ctx: &Context) -> Result<Act
         if let Some((_, left)) = &waiting {
             soonest(*left);
         }
-        report.container(c, history, false, waiting.map(|(w, _)| w));
+        let verdict = match history.first() {
+            Some(latest) if waiting.is_none() && running(latest) => {
+                Some(probe(ctx, pod, c, latest, report.pod_ip()).await?)
+            }
+            _ => None,
+        };
+        report.container(c, history, false, waiting.map(|(w, _)| w), verdict.as_ref());
     }
+    // Probes of containers that no longer run stop.
+    let running_ids: Vec<&str> = observed
+        .containers
+        .values()
+        .flatten()
+        .filter(|s| running(s))
+        .map(|s| s.id.as_str())
+        .collect();
+    ctx.probes
+        .retain(pod.uid(), &|id| running_ids.contains(&id));
     report.finish(initialized, policy);
     report.write(api).await?;
     Ok(match wake {
@@ -430,6 +447,54 @@ async fn observe(ctx: &Context, pod: &Pod) -> Result<Observed, PodError> {
         status,
         containers,
     })
+}
+
+fn running(c: &v1::ContainerStatus) -> bool {
+    c.state == v1::ContainerState::ContainerRunning as i32
+}
+
+/// What the probes of running container `latest` (of `c`) say; one whose liveness or
+/// startup probe failed is stopped (its restart policy then applies, as for any exit).
+async fn probe(
+    ctx: &Context,
+    pod: &Pod,
+    c: &Container,
+    latest: &v1::ContainerStatus,
+    pod_ip: Option<String>,
+) -> Result<crate::probes::Verdict, PodError> {
+    let target = crate::probes::Target {
+        cri: &ctx.cri,
+        pod_uid: pod.uid(),
+        container_id: &latest.id,
+        pod_ip: pod_ip.as_deref(),
+        container: c,
+    };
+    let verdict = ctx.probes.observe(&target, &pod.object_ref(), &ctx.queue);
+    if let Some(why) = &verdict.kill {
+        ctx.recorder
+            .publish(pod, EventType::Warning, "Unhealthy", "Probing", why)
+            .await;
+        ctx.recorder
+            .publish(
+                pod,
+                EventType::Normal,
+                "Killing",
+                "Killing",
+                &format!("Container {} failed its probe, will be restarted", c.name),
+            )
+            .await;
+        let request = v1::StopContainerRequest {
+            container_id: latest.id.clone(),
+            timeout: i64::try_from(crate::grace(pod).as_secs()).unwrap_or(30),
+        };
+        ctx.cri
+            .runtime
+            .clone()
+            .stop_container(request)
+            .await
+            .map_err(CriError::call("StopContainer"))?;
+    }
+    Ok(verdict)
 }
 
 fn exited(c: &v1::ContainerStatus) -> bool {
@@ -938,6 +1003,11 @@ impl<'a> Report<'a> {
         self.finish(false, "Always");
     }
 
+    /// The pod's address, once the sandbox has one.
+    fn pod_ip(&self) -> Option<String> {
+        self.status.pod_ip.clone()
+    }
+
     /// The sandbox's addresses.
     fn sandbox(&mut self, status: Option<&v1::PodSandboxStatus>) {
         let network = status.and_then(|s| s.network.as_ref());
@@ -971,6 +1041,7 @@ impl<'a> Report<'a> {
         history: &[v1::ContainerStatus],
         init: bool,
         waiting: Option<ContainerWaiting>,
+        verdict: Option<&crate::probes::Verdict>,
     ) {
         let latest = history.first();
         let restarts = latest
@@ -986,8 +1057,9 @@ impl<'a> Report<'a> {
             status.image_id = latest.image_ref.clone();
             status.container_id = Some(format!("containerd://{}", latest.id));
             let state = state_of(latest);
-            status.ready = !init && state.running.is_some();
-            status.started = (!init).then_some(state.running.is_some());
+            let running = state.running.is_some();
+            status.ready = !init && running && verdict.is_none_or(|v| v.ready);
+            status.started = (!init).then_some(running && verdict.is_none_or(|v| v.started));
             status.state = Some(state);
             status.last_state = history.get(1).map(state_of);
         }

@@ -362,9 +362,91 @@ pub struct Container {
     /// Volume mounts (kept as JSON).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volume_mounts: Vec<Value>,
-    /// What Keel does not model (probes, `securityContext`, ...), kept as it is.
+    /// Restarts the container when it fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    /// Keeps the container out of Services' endpoints while it fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    /// Holds the other probes until it succeeds once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+    /// What Keel does not model (`securityContext`, `lifecycle`, ...), kept as it is.
     #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
     pub other: BTreeMap<String, Value>,
+}
+
+/// A check of a container: a command in it, an HTTP GET or a TCP connection to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    /// A command run in the container: exit status 0 passes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecAction>,
+    /// An HTTP GET: a status from 200 to 399 passes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetAction>,
+    /// A TCP connection: opening it passes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_socket: Option<TcpSocketAction>,
+    /// Seconds after the start before the first check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_delay_seconds: Option<i32>,
+    /// Seconds between checks (10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period_seconds: Option<i32>,
+    /// Seconds a check may take (1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i32>,
+    /// Passes in a row that make it pass after failing (1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub success_threshold: Option<i32>,
+    /// Failures in a row that make it fail (3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<i32>,
+    /// What Keel does not model (`grpc`, `terminationGracePeriodSeconds`), kept as it is.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub other: BTreeMap<String, Value>,
+}
+
+/// A command of a probe.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecAction {
+    /// The command and its arguments.
+    #[serde(default)]
+    pub command: Vec<String>,
+}
+
+/// An HTTP GET of a probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpGetAction {
+    /// The path (`/`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The port: a number or a container port's name.
+    pub port: IntOrString,
+    /// The host (the pod's address).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// HTTP or HTTPS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// Headers to send.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_headers: Vec<Value>,
+}
+
+/// A TCP connection of a probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpSocketAction {
+    /// The port: a number or a container port's name.
+    pub port: IntOrString,
+    /// The host (the pod's address).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// An environment variable.
