@@ -74,14 +74,8 @@ pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<boo
 /// digits that look like letters): FNV-1a over its JSON, keys in order.
 pub fn template_hash(template: &PodTemplateSpec) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let text = serde_json::to_string(template).unwrap_or_default();
-    let mut hash: u32 = 0x811c_9dc5;
-    for b in text.bytes() {
-        hash ^= u32::from(b);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
     let mut out = String::new();
-    let mut n = hash;
+    let mut n = crate::fnv1a(&serde_json::to_string(template).unwrap_or_default());
     loop {
         out.push(char::from(ALPHABET[(n % 27) as usize]));
         n /= 27;

@@ -38,3 +38,14 @@ pub mod services;
 pub mod zones;
 
 pub use manager::{Clients, ManagerConfig, run_manager};
+
+/// FNV-1a (32 bits) of `text`: the short, stable hash behind generated names (a pod
+/// template's `pod-template-hash`, an EndpointSlice's name).
+pub(crate) fn fnv1a(text: &str) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in text.bytes() {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash
+}

@@ -31,6 +31,9 @@ struct Context {
     nodes: Store<Node>,
     ranges: PodRanges,
     recorder: Recorder,
+    /// Ranges given but not yet in the cache, by node name: the next node must not get
+    /// them too.
+    given: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 // === impl PodRanges ===
@@ -117,6 +120,7 @@ pub async fn run(
         nodes: controller.store(),
         ranges,
         recorder: Recorder::new(&client, "keel-node-ipam", &instance),
+        given: std::sync::Mutex::default(),
     });
     controller.run(reconcile, ctx, shutdown).await;
 }
@@ -135,10 +139,21 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, ClientE
         return Ok(Action::await_change());
     }
     let nodes = ctx.nodes.list();
-    let Some(range) = ctx
-        .ranges
-        .first_free(nodes.iter().filter_map(|n| pod_cidr(n)))
-    else {
+    let given = {
+        let mut given = ctx.given.lock().unwrap_or_else(|e| e.into_inner());
+        // What the cache shows needs remembering no more (a deleted node's range is free).
+        given.retain(|name, _| {
+            nodes
+                .iter()
+                .any(|n| n.name() == name && pod_cidr(n).is_none())
+        });
+        given.clone()
+    };
+    let taken = nodes
+        .iter()
+        .filter_map(|n| pod_cidr(n))
+        .chain(given.values().map(String::as_str));
+    let Some(range) = ctx.ranges.first_free(taken) else {
         let message = format!(
             "no pod range left: every /{} of {}/{} is taken",
             ctx.ranges.node_prefix, ctx.ranges.network, ctx.ranges.prefix
@@ -161,6 +176,10 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, ClientE
     });
     match ctx.api.patch(node.name(), &Patch::Merge(patch)).await {
         Ok(_) => {
+            ctx.given
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(node.name().to_string(), range.clone());
             tracing::info!(node = %node.name(), %range, "gave the node its pod range");
             Ok(Action::await_change())
         }

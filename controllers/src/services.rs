@@ -47,7 +47,13 @@ struct Context {
     recorder: Recorder,
     service_kind: &'static keel_schemas::Kind,
     slice_kind: &'static keel_schemas::Kind,
+    /// Addresses and NodePorts written but not yet in the cache, by Service uid: the next
+    /// Service must not get them too.
+    given: std::sync::Mutex<std::collections::HashMap<String, Given>>,
 }
+
+/// What a Service was given: its ClusterIP (if it lacked one) and NodePorts.
+type Given = (Option<Ipv4Addr>, Vec<u16>);
 
 // === impl ServiceRange ===
 
@@ -146,6 +152,7 @@ pub async fn run(
         recorder: Recorder::new(&client, "keel-service-controller", &instance),
         service_kind,
         slice_kind,
+        given: std::sync::Mutex::default(),
     });
     controller.run(reconcile, ctx, shutdown).await;
 }
@@ -156,9 +163,15 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Clien
     }
     let namespace = svc.namespace().unwrap_or("default").to_string();
     let api: Api<Service> = Api::namespaced(&ctx.client, ctx.service_kind, &namespace);
-    if let Some(patch) = allocate(&ctx, &svc) {
+    if let Some((patch, given)) = allocate(&ctx, &svc) {
         return match api.patch(svc.name(), &Patch::Merge(patch)).await {
-            Ok(_) => Ok(Action::await_change()),
+            Ok(_) => {
+                ctx.given
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(svc.uid().to_string(), given);
+                Ok(Action::await_change())
+            }
             Err(e) if e.code() == Some(409) || e.code() == Some(404) => Ok(Action::await_change()),
             Err(e) if e.code() == Some(422) => {
                 ctx.recorder
@@ -179,23 +192,43 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Clien
     Ok(Action::await_change())
 }
 
-/// The patch that gives the service what it lacks: a ClusterIP, NodePorts. `None` when it
-/// has them.
-fn allocate(ctx: &Context, svc: &Service) -> Option<serde_json::Value> {
+/// The patch that gives the service what it lacks — a ClusterIP, NodePorts — and what it
+/// gives. `None` when it has them.
+fn allocate(ctx: &Context, svc: &Service) -> Option<(serde_json::Value, Given)> {
     let spec = &svc.spec;
     let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
     if type_ == "ExternalName" {
         return None;
     }
     let services = ctx.services.list();
+    // What was given and is not in the cache yet counts as taken.
+    let pending: Vec<Given> = {
+        let mut given = ctx.given.lock().unwrap_or_else(|e| e.into_inner());
+        given.retain(|uid, (ip, ports)| {
+            let Some(cached) = services.iter().find(|s| s.uid() == uid) else {
+                return false;
+            };
+            let has_ip = cached
+                .spec
+                .cluster_ip
+                .as_deref()
+                .is_some_and(|c| !c.is_empty());
+            let has_ports = cached.spec.ports.iter().all(|p| p.node_port.is_some());
+            (ip.is_some() && !has_ip) || (!ports.is_empty() && !has_ports)
+        });
+        given.values().cloned().collect()
+    };
+    let mut gave: Given = (None, Vec::new());
     let mut patch = json!({"metadata": {"resourceVersion": svc.resource_version()}, "spec": {}});
     let mut changed = false;
     if spec.cluster_ip.as_deref().unwrap_or("").is_empty() {
         let taken: HashSet<Ipv4Addr> = services
             .iter()
             .filter_map(|s| s.spec.cluster_ip.as_deref()?.parse().ok())
+            .chain(pending.iter().filter_map(|(ip, _)| *ip))
             .collect();
         let ip = ctx.range.first_free(&taken)?;
+        gave.0 = Some(ip);
         patch["spec"]["clusterIP"] = json!(ip.to_string());
         patch["spec"]["clusterIPs"] = json!([ip.to_string()]);
         changed = true;
@@ -206,19 +239,21 @@ fn allocate(ctx: &Context, svc: &Service) -> Option<serde_json::Value> {
         let mut taken: BTreeSet<u16> = services
             .iter()
             .flat_map(|s| s.spec.ports.iter().filter_map(|p| p.node_port))
+            .chain(pending.iter().flat_map(|(_, ports)| ports.iter().copied()))
             .collect();
         let mut ports = serde_json::to_value(&spec.ports).unwrap_or_default();
         for (i, port) in spec.ports.iter().enumerate() {
             if port.node_port.is_none() {
                 let free = NODE_PORTS.clone().find(|p| !taken.contains(p))?;
                 taken.insert(free);
+                gave.1.push(free);
                 ports[i]["nodePort"] = json!(free);
             }
         }
         patch["spec"]["ports"] = ports;
         changed = true;
     }
-    changed.then_some(patch)
+    changed.then_some((patch, gave))
 }
 
 /// One port of the service resolved on a pod: the service port's name, the pod's port, the
@@ -322,11 +357,13 @@ async fn endpoints(ctx: &Context, svc: &Service, namespace: &str) -> Result<(), 
                 }
             }
             None => {
+                // Named after the ports it serves: a pass that does not see its own
+                // creation yet cannot make a second one.
                 let slice = EndpointSlice {
                     api_version: "discovery.k8s.io/v1".into(),
                     kind: "EndpointSlice".into(),
                     metadata: ObjectMeta {
-                        generate_name: Some(format!("{}-", svc.name())),
+                        name: Some(slice_name(svc.name(), &ports)),
                         namespace: Some(namespace.to_string()),
                         labels: [
                             (SERVICE_NAME_LABEL.to_string(), svc.name().to_string()),
@@ -347,8 +384,17 @@ async fn endpoints(ctx: &Context, svc: &Service, namespace: &str) -> Result<(), 
                     endpoints,
                     ports,
                 };
-                let made = api.create(&slice).await?;
-                kept.insert(made.name().to_string());
+                match api.create(&slice).await {
+                    Ok(made) => {
+                        kept.insert(made.name().to_string());
+                    }
+                    // Made by a pass whose result the cache does not show yet: the next
+                    // pass updates it.
+                    Err(e) if e.code() == Some(409) => {
+                        kept.insert(slice.metadata.name.clone().unwrap_or_default());
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
     }
@@ -364,6 +410,13 @@ async fn endpoints(ctx: &Context, svc: &Service, namespace: &str) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// The name of the service's slice for `ports`: the service's name and a hash of the ports.
+fn slice_name(service: &str, ports: &[EndpointPort]) -> String {
+    let hash = crate::fnv1a(&serde_json::to_string(ports).unwrap_or_default());
+    let service: String = service.chars().take(200).collect();
+    format!("{service}-{hash:08x}")
 }
 
 /// The service's ports on `pod`: a named target port is looked up among the pod's container

@@ -17,12 +17,17 @@ pub fn keel_bin() -> PathBuf {
         return PathBuf::from(bin);
     }
     let exe = std::env::current_exe().expect("the test binary knows its path");
-    // target/<profile>/deps/<test> -> target/<profile>/keel
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("keel"))
-        .expect("the test binary lives in target/<profile>/deps");
+    // target/<profile>/deps/<test> -> target/<profile>/keel; a benchmark's binary is next to
+    // it already.
+    let beside = exe.with_file_name("keel");
+    let bin = if beside.exists() {
+        beside
+    } else {
+        exe.parent()
+            .and_then(Path::parent)
+            .map(|dir| dir.join("keel"))
+            .expect("the test binary lives in target/<profile>/deps")
+    };
     assert!(
         bin.exists(),
         "{} is missing: build it first (cargo build --bins), or set KEEL_BIN",
@@ -599,6 +604,11 @@ impl KeelAgent {
             .spawn()
             .expect("spawn keel agent");
         self.child = Some(child);
+    }
+
+    /// The agent process's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills the agent with SIGKILL (its workloads keep running).

@@ -34,28 +34,6 @@ struct Args {
     sample_seconds: u64,
 }
 
-/// The agent process's CPU seconds (user + system) and RSS in KiB.
-fn usage(pid: u32) -> (f64, u64) {
-    let ticks = 100.0; // USER_HZ on Linux
-    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1.to_string();
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks)
-        })
-        .unwrap_or(0.0);
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0);
-    (cpu, rss)
-}
-
 async fn http_ok(port: u16) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let attempt = async {
@@ -311,9 +289,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let names: Vec<String> = (0..args.vms).map(|i| format!("vm-{i}")).collect();
     let keel_n = round(&vms, &names).await?;
     let agent_pid = agent.id();
-    let (cpu0, _) = usage(agent_pid);
+    let (cpu0, _) = keel_bench::usage(agent_pid);
     tokio::time::sleep(Duration::from_secs(args.sample_seconds)).await;
-    let (cpu1, rss) = usage(agent_pid);
+    let (cpu1, rss) = keel_bench::usage(agent_pid);
     delete_all(&vms, &names).await?;
     let (hand_n, mut children) = by_hand(&command, args.vms, dir.path()).await?;
     for c in &mut children {
