@@ -365,6 +365,78 @@ async fn bad_pods_get_the_kubelets_clear_statuses() {
             .is_some_and(|m| m.contains("Insufficient memory")),
         "{huge}"
     );
+    // A volume this node cannot mount yet: the container waits and says why, rather than
+    // run without it.
+    let mounted = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: mounted}}\nspec:\n  volumes: [{{name: scratch, emptyDir: {{}}}}]\n  containers:\n  - name: c\n    image: {image}\n    volumeMounts: [{{name: scratch, mountPath: /scratch}}]\n"
+    );
+    let file = root.path().join("mounted.yaml");
+    std::fs::write(&file, mounted).unwrap();
+    ok(kubectl(admin, &["apply", "-f", file.to_str().unwrap()]));
+    let waiting = eventually("mounted waiting", WAIT, || async {
+        let p = pod(admin, "mounted")?;
+        let w = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        (w["reason"] == "CreateContainerConfigError").then_some(w)
+    })
+    .await;
+    assert!(
+        waiting["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("scratch")),
+        "{waiting}"
+    );
+
+    // The host's network is the admins' to give: refused in a namespace not granted it.
+    let overrides = r#"{"spec":{"hostNetwork":true}}"#;
+    let out = kubectl(
+        admin,
+        &[
+            "run",
+            "hostnet",
+            "--image",
+            &image,
+            "--overrides",
+            overrides,
+            "--",
+            "sleep",
+            "3600",
+        ],
+    );
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success() && said.contains("spec.hostNetwork"),
+        "{said}"
+    );
+    assert!(said.contains("keel.dev/pod-host-network"), "{said}");
+    ok(kubectl(
+        admin,
+        &[
+            "annotate",
+            "namespace",
+            "default",
+            "keel.dev/pod-host-network=true",
+        ],
+    ));
+    ok(kubectl(
+        admin,
+        &[
+            "run",
+            "hostnet",
+            "--image",
+            &image,
+            "--overrides",
+            overrides,
+            "--",
+            "sleep",
+            "3600",
+        ],
+    ));
+    let hostnet = eventually("hostnet running in the host's network", WAIT, || async {
+        let p = pod(admin, "hostnet")?;
+        (p["status"]["phase"] == "Running").then_some(p)
+    })
+    .await;
+    assert_eq!(hostnet["status"]["podIP"], hostnet["status"]["hostIP"]);
     ok(kubectl(admin, &["delete", "pod", "--all", "--timeout=60s"]));
     drop(host.cluster);
 }

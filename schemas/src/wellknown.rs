@@ -64,6 +64,10 @@ pub const REPLICASET_LAST_GOOD_ANNOTATION: &str = "keel.dev/last-good";
 /// On a Deployment: the revision Keel's rollback undid.
 pub const ROLLED_BACK_FROM_ANNOTATION: &str = "keel.dev/rolled-back-from";
 
+/// On a Namespace, set by admins: its pods may use the host's network namespace and ports
+/// (`hostNetwork`, `hostPort`); without it such pods are refused.
+pub const POD_HOST_NETWORK_ANNOTATION: &str = "keel.dev/pod-host-network";
+
 // === Finalizers ===
 
 /// The finalizer a VM's host holds until it has removed the VM's guest and files.

@@ -564,6 +564,14 @@ async fn start(
     history: &[v1::ContainerStatus],
 ) -> Option<(ContainerWaiting, Duration)> {
     let latest = history.first();
+    if let Some(why) = unsupported(c) {
+        // Never started without what it asks for: the container waits, saying why.
+        let waiting = ContainerWaiting {
+            reason: Some("CreateContainerConfigError".into()),
+            message: Some(why),
+        };
+        return Some((waiting, BACKOFF_MAX));
+    }
     // A created but never started instance is started as it is.
     let id = match latest.filter(|s| s.state == v1::ContainerState::ContainerCreated as i32) {
         Some(created) => created.id.clone(),
@@ -622,6 +630,26 @@ async fn start(
         restarts.insert(key, next);
     }
     None
+}
+
+/// What container `c` asks for that this node cannot give yet (volumes, environment from
+/// other objects): such a container is not started rather than started without it.
+fn unsupported(c: &Container) -> Option<String> {
+    if let Some(mount) = c.volume_mounts.first() {
+        let name = mount["name"].as_str().unwrap_or_default();
+        return Some(format!(
+            "volume mount {name:?}: this Keel node does not mount volumes yet"
+        ));
+    }
+    if let Some(e) = c.env.iter().find(|e| e.value_from.is_some()) {
+        return Some(format!(
+            "env {:?}: valueFrom is not supported by this Keel node yet",
+            e.name
+        ));
+    }
+    c.other
+        .get("envFrom")
+        .map(|_| "envFrom is not supported by this Keel node yet".to_string())
 }
 
 /// Records a failure to create or start a container, and backs off.

@@ -1,6 +1,7 @@
 //! Admission rules that keep a tenant's objects inside what the cluster's admins gave the
-//! namespace: where its LoadBalancers' VIPs and address backends may be, and which DNS names
-//! its Zones may claim.
+//! namespace: where its LoadBalancers' VIPs and address backends may be, which DNS names
+//! its Zones may claim, and whether its pods may use the host's network (`hostNetwork`,
+//! `hostPort`: the host's loopback services, the node's ports).
 //!
 //! What is granted comes from the cluster's [`crate::TenancyPolicy`] (the VIP pool) and from the
 //! Namespace's annotations, which only admins may write ([`wellknown::LB_VIP_RANGES_ANNOTATION`],
@@ -61,6 +62,15 @@ impl Api {
         match kind.kind {
             "LoadBalancer" => self.check_load_balancer(kind, ns, object).await,
             "Zone" => self.check_zone(kind, ns, object).await,
+            "Pod" => {
+                self.check_pod(kind, ns, object, &object["spec"], "spec")
+                    .await
+            }
+            "Deployment" | "ReplicaSet" => {
+                let spec = &object["spec"]["template"]["spec"];
+                self.check_pod(kind, ns, object, spec, "spec.template.spec")
+                    .await
+            }
             _ => Ok(()),
         }
     }
@@ -194,6 +204,62 @@ impl Api {
             }
         }
         Ok(())
+    }
+
+    /// A pod spec (at `at`) may reach into the host's network only in a namespace an admin
+    /// granted it (annotation [`wellknown::POD_HOST_NETWORK_ANNOTATION`]).
+    async fn check_pod(
+        &self,
+        kind: &Kind,
+        ns: &str,
+        object: &Value,
+        spec: &Value,
+        at: &str,
+    ) -> ApiResult<()> {
+        let host_network = spec["hostNetwork"] == true;
+        let host_port = ["containers", "initContainers"]
+            .iter()
+            .flat_map(|list| {
+                spec[*list]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                    .map(move |(i, c)| (*list, i, c))
+            })
+            .find_map(|(list, i, c)| {
+                let ports = c["ports"].as_array()?;
+                let j = ports
+                    .iter()
+                    .position(|p| p["hostPort"].as_u64().is_some_and(|n| n > 0))?;
+                Some(format!("{at}.{list}[{i}].ports[{j}].hostPort"))
+            });
+        if !host_network && host_port.is_none() {
+            return Ok(());
+        }
+        let annotations = self.namespace_annotations(ns).await?;
+        if annotations
+            .get(wellknown::POD_HOST_NETWORK_ANNOTATION)
+            .is_some_and(|v| v == "true")
+        {
+            return Ok(());
+        }
+        let field = if host_network {
+            format!("{at}.hostNetwork")
+        } else {
+            host_port.unwrap_or_default()
+        };
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        let message = format!(
+            "Forbidden: pods of namespace {ns} may not use the host's network (hostNetwork, hostPort): an admin grants it with the namespace annotation {}: \"true\"",
+            wellknown::POD_HOST_NETWORK_ANNOTATION
+        );
+        Err(ApiError::invalid(
+            kind.group,
+            kind.kind,
+            name,
+            vec![cause(&field, &message)],
+        ))
     }
 
     /// The annotations of namespace `ns`.
