@@ -386,7 +386,9 @@ pub fn step<R: Rollable>(object: &R, revisions: &[Revision], now: u64) -> Step {
     if object.annotation(PAUSED_ANNOTATION) == Some("true") {
         return Step::Idle;
     }
-    let waited = deadline.saturating_sub(created);
+    // The deadline was set when the revision was recorded, which the API server's creation
+    // time (whole seconds) may put a second later: what was waited is the deadline's length.
+    let waited = deadline.saturating_sub(created).max(deadline_secs);
     let n = number(newest);
     match last_good(revisions, newest) {
         Some(good) => {

@@ -176,29 +176,8 @@ async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action,
                 },
                 &now,
             );
-            let bound = match api.update_status(&bound).await {
-                Ok(b) => b,
-                // A newer version is on its way through the watch: decide again then.
-                Err(e) if e.code() == Some(409) || e.code() == Some(404) => {
-                    return Ok(Action::await_change());
-                }
-                Err(e) => return Err(e),
-            };
-            ctx.assumed_vms
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key.clone(), Arc::new(bound));
-            tracing::info!(vm = %key, %node, "scheduled");
-            ctx.recorder
-                .publish(
-                    &vm,
-                    EventType::Normal,
-                    "Scheduled",
-                    "Binding",
-                    &format!("Successfully assigned {key} to {node}"),
-                )
-                .await;
-            Ok(Action::await_change())
+            let written = api.update_status(&bound).await;
+            bound_to(&ctx, &*vm, &ctx.assumed_vms, &node, written).await
         }
         Err(why) => {
             let mut waiting = (*vm).clone();
@@ -214,27 +193,12 @@ async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action,
                 },
                 &now,
             ) || was != Some(VirtualMachinePhase::Pending);
-            if changed {
-                match api.update_status(&waiting).await {
-                    Ok(_) => {}
-                    Err(e) if e.code() == Some(409) || e.code() == Some(404) => {
-                        return Ok(Action::await_change());
-                    }
-                    Err(e) => return Err(e),
-                }
-                tracing::info!(vm = %key, reason = %why.message, "cannot schedule");
-                ctx.recorder
-                    .publish(
-                        &vm,
-                        EventType::Warning,
-                        "FailedScheduling",
-                        "Scheduling",
-                        &why.message,
-                    )
-                    .await;
-            }
-            // Node changes bring it back sooner; this catches what no event announces.
-            Ok(Action::requeue(Duration::from_secs(30)))
+            let written = if changed {
+                Some(api.update_status(&waiting).await.map(drop))
+            } else {
+                None
+            };
+            unschedulable(&ctx, &*vm, &why, written).await
         }
     }
 }
@@ -266,28 +230,8 @@ async fn reconcile_pod(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Clien
                 "metadata": {"resourceVersion": pod.resource_version()},
                 "spec": {"nodeName": node},
             });
-            let bound = match api.patch(pod.name(), &Patch::Merge(patch)).await {
-                Ok(b) => b,
-                Err(e) if e.code() == Some(409) || e.code() == Some(404) => {
-                    return Ok(Action::await_change());
-                }
-                Err(e) => return Err(e),
-            };
-            ctx.assumed_pods
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key.clone(), Arc::new(bound));
-            tracing::info!(pod = %key, %node, "scheduled");
-            ctx.recorder
-                .publish(
-                    &pod,
-                    EventType::Normal,
-                    "Scheduled",
-                    "Binding",
-                    &format!("Successfully assigned {key} to {node}"),
-                )
-                .await;
-            Ok(Action::await_change())
+            let written = api.patch(pod.name(), &Patch::Merge(patch)).await;
+            bound_to(&ctx, &*pod, &ctx.assumed_pods, &node, written).await
         }
         Err(why) => {
             let mut waiting = (*pod).clone();
@@ -304,28 +248,80 @@ async fn reconcile_pod(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Clien
                 },
                 &now,
             ) || was.as_deref() != Some("Pending");
-            if changed {
-                match api.update_status(&waiting).await {
-                    Ok(_) => {}
-                    Err(e) if e.code() == Some(409) || e.code() == Some(404) => {
-                        return Ok(Action::await_change());
-                    }
-                    Err(e) => return Err(e),
-                }
-                tracing::info!(pod = %key, reason = %why.message, "cannot schedule");
-                ctx.recorder
-                    .publish(
-                        &pod,
-                        EventType::Warning,
-                        "FailedScheduling",
-                        "Scheduling",
-                        &why.message,
-                    )
-                    .await;
-            }
-            Ok(Action::requeue(Duration::from_secs(30)))
+            let written = if changed {
+                Some(api.update_status(&waiting).await.map(drop))
+            } else {
+                None
+            };
+            unschedulable(&ctx, &*pod, &why, written).await
         }
     }
+}
+
+/// Remembers a binding that was `written` (until the cache shows it) and records it; a lost
+/// race (a newer version, or the object gone) is decided again when the watch brings it.
+async fn bound_to<K: ObjectExt>(
+    ctx: &Context,
+    object: &K,
+    assumed: &Assumed<K>,
+    node: &str,
+    written: Result<K, ClientError>,
+) -> Result<Action, ClientError> {
+    let bound = match written {
+        Ok(b) => b,
+        Err(e) if e.code() == Some(409) || e.code() == Some(404) => {
+            return Ok(Action::await_change());
+        }
+        Err(e) => return Err(e),
+    };
+    let key = object.object_ref();
+    assumed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key.clone(), Arc::new(bound));
+    tracing::info!(object = %key, kind = object.kind(), %node, "scheduled");
+    ctx.recorder
+        .publish(
+            object,
+            EventType::Normal,
+            "Scheduled",
+            "Binding",
+            &format!("Successfully assigned {key} to {node}"),
+        )
+        .await;
+    Ok(Action::await_change())
+}
+
+/// Says why `object` fits no node, once `written` (its status write, `None` when it already
+/// said so) is done; looks again in a while.
+async fn unschedulable(
+    ctx: &Context,
+    object: &impl ObjectExt,
+    why: &placement::Unschedulable,
+    written: Option<Result<(), ClientError>>,
+) -> Result<Action, ClientError> {
+    if let Some(written) = written {
+        match written {
+            Ok(()) => {}
+            Err(e) if e.code() == Some(409) || e.code() == Some(404) => {
+                return Ok(Action::await_change());
+            }
+            Err(e) => return Err(e),
+        }
+        let key = object.object_ref();
+        tracing::info!(object = %key, kind = object.kind(), reason = %why.message, "cannot schedule");
+        ctx.recorder
+            .publish(
+                object,
+                EventType::Warning,
+                "FailedScheduling",
+                "Scheduling",
+                &why.message,
+            )
+            .await;
+    }
+    // Node changes bring it back sooner; this catches what no event announces.
+    Ok(Action::requeue(Duration::from_secs(30)))
 }
 
 /// Every VM and pod bound to a node: the caches', plus bindings made that the caches do not

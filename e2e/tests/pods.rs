@@ -441,6 +441,42 @@ async fn bad_pods_get_the_kubelets_clear_statuses() {
     drop(host.cluster);
 }
 
+/// `kubectl create deployment web` of `replicas` pods running `script` (serving on 8080).
+fn create_web(kubeconfig: &Path, image: &str, replicas: u32, script: &str) {
+    let replicas = replicas.to_string();
+    ok(kubectl(
+        kubeconfig,
+        &[
+            "create",
+            "deployment",
+            "web",
+            "--image",
+            image,
+            "--replicas",
+            &replicas,
+            "--port",
+            "8080",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    ));
+}
+
+/// The ClusterIP the service controller gives Service `name`.
+async fn cluster_ip(kubeconfig: &Path, name: &str) -> String {
+    eventually(&format!("{name}'s ClusterIP"), WAIT, || async {
+        let out = kubectl(
+            kubeconfig,
+            &["get", "service", name, "-o", "jsonpath={.spec.clusterIP}"],
+        );
+        let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        ip.starts_with("10.43.").then_some(ip)
+    })
+    .await
+}
+
 /// The pods of deployment `app=NAME`, as JSON.
 fn pods_of(kubeconfig: &Path, app: &str) -> Vec<Value> {
     let out = kubectl(
@@ -466,24 +502,7 @@ async fn deployments_roll_scale_and_roll_back_a_broken_image_by_themselves() {
     let admin = &host.admin;
     let image = host.registry.image("busybox:test");
     let serve = "mkdir -p /www; echo v1 > /www/index.html; exec httpd -f -p 8080 -h /www";
-    ok(kubectl(
-        admin,
-        &[
-            "create",
-            "deployment",
-            "web",
-            "--image",
-            &image,
-            "--replicas",
-            "3",
-            "--port",
-            "8080",
-            "--",
-            "sh",
-            "-c",
-            serve,
-        ],
-    ));
+    create_web(admin, &image, 3, serve);
     let status = |args: &[&str]| {
         let mut all = vec!["rollout", "status", "deployment/web", "--timeout=120s"];
         all.extend_from_slice(args);
@@ -646,24 +665,7 @@ async fn services_answer_on_their_cluster_ip_and_node_port_from_their_ready_pods
     let admin = &host.admin;
     let image = host.registry.image("busybox:test");
     let serve = "mkdir -p /www; hostname > /www/index.html; exec httpd -f -p 8080 -h /www";
-    ok(kubectl(
-        admin,
-        &[
-            "create",
-            "deployment",
-            "web",
-            "--image",
-            &image,
-            "--replicas",
-            "2",
-            "--port",
-            "8080",
-            "--",
-            "sh",
-            "-c",
-            serve,
-        ],
-    ));
+    create_web(admin, &image, 2, serve);
     ok(kubectl(
         admin,
         &["rollout", "status", "deployment/web", "--timeout=120s"],
@@ -680,15 +682,7 @@ async fn services_answer_on_their_cluster_ip_and_node_port_from_their_ready_pods
             "8080",
         ],
     ));
-    let ip = eventually("the ClusterIP", WAIT, || async {
-        let out = kubectl(
-            admin,
-            &["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"],
-        );
-        let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        ip.starts_with("10.43.").then_some(ip)
-    })
-    .await;
+    let ip = cluster_ip(admin, "web").await;
     // Its EndpointSlice lists both pods, ready.
     let slice = eventually("the EndpointSlice with both pods", WAIT, || async {
         let out = kubectl(
@@ -791,21 +785,7 @@ async fn services_answer_on_their_cluster_ip_and_node_port_from_their_ready_pods
         admin,
         &["create", "service", "clusterip", "nobody", "--tcp=80:8080"],
     ));
-    let nobody = eventually("nobody's ClusterIP", WAIT, || async {
-        let out = kubectl(
-            admin,
-            &[
-                "get",
-                "service",
-                "nobody",
-                "-o",
-                "jsonpath={.spec.clusterIP}",
-            ],
-        );
-        let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        ip.starts_with("10.43.").then_some(ip)
-    })
-    .await;
+    let nobody = cluster_ip(admin, "nobody").await;
     let refused = run_to_end(
         admin,
         &image,
