@@ -5,8 +5,10 @@
 //! - `count/<plural>.<group>` (`count/virtualmachines.keel.dev`) or `count/<plural>` for the
 //!   core group, and the legacy `pods`, `services`, `secrets`, `configmaps`: objects of a kind;
 //! - `requests.cpu` (or `cpu`, `limits.cpu`): a VM's virtual CPUs (in millicores, as
-//!   Kubernetes counts them: `2`, `500m`);
-//! - `requests.memory` (or `memory`, `limits.memory`): a VM's memory, in bytes;
+//!   Kubernetes counts them: `2`, `500m`), and a pod's containers' cpu requests (limits for
+//!   `limits.cpu`; a request left out is its limit), the largest init container's if more;
+//! - `requests.memory` (or `memory`, `limits.memory`): a VM's memory, and a pod's
+//!   containers' memory the same way, in bytes; a pod that has ended uses none;
 //! - `requests.storage`: the sizes of a VM's disks, in bytes;
 //! - `keel.dev/disks`: a VM's disks;
 //! - `keel.dev/bucket-bytes`: a Bucket's byte quota (`spec.quota.bytes`).
@@ -166,7 +168,10 @@ pub fn kinds_using(resource: &str) -> Vec<&'static Kind> {
     let vms = registry().iter().filter(|k| k.kind == "VirtualMachine");
     match resource {
         QUOTA_BUCKET_BYTES => registry().iter().filter(|k| k.kind == "Bucket").collect(),
-        _ if is_cpu(resource) || is_memory(resource) => vms.collect(),
+        _ if is_cpu(resource) || is_memory(resource) => registry()
+            .iter()
+            .filter(|k| k.kind == "VirtualMachine" || (k.kind == "Pod" && k.group.is_empty()))
+            .collect(),
         "requests.storage" | QUOTA_DISKS => vms.collect(),
         _ => Vec::new(),
     }
@@ -191,6 +196,9 @@ pub fn amount(kind: &Kind, object: &Value, resource: &str) -> u128 {
         return 1;
     }
     let spec = &object["spec"];
+    if kind.kind == "Pod" {
+        return pod_amount(object, resource);
+    }
     match resource {
         _ if is_cpu(resource) => spec["cpu"].as_u64().map_or(0, |c| u128::from(c) * 1000),
         _ if is_memory(resource) => quantity_of(&spec["memory"]).unwrap_or(0),
@@ -203,6 +211,56 @@ pub fn amount(kind: &Kind, object: &Value, resource: &str) -> u128 {
         QUOTA_BUCKET_BYTES => quantity_of(&spec["quota"]["bytes"]).unwrap_or(u128::MAX / 2),
         _ => 0,
     }
+}
+
+/// What a pod uses of a cpu or memory resource: the sum over its containers, or its largest
+/// init container's when more; nothing once it has ended.
+fn pod_amount(pod: &Value, resource: &str) -> u128 {
+    let phase = pod["status"]["phase"].as_str();
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        return 0;
+    }
+    let name = if is_cpu(resource) { "cpu" } else { "memory" };
+    let limits_only = resource.starts_with("limits.");
+    let of = |c: &Value| -> u128 {
+        let resources = &c["resources"];
+        let value = if limits_only || resources["requests"][name].is_null() {
+            &resources["limits"][name]
+        } else {
+            &resources["requests"][name]
+        };
+        if value.is_null() {
+            return 0;
+        }
+        if is_cpu(resource) {
+            millicores(value).unwrap_or(0)
+        } else {
+            quantity_of(value).unwrap_or(0)
+        }
+    };
+    let list = |field: &str| pod["spec"][field].as_array().cloned().unwrap_or_default();
+    let containers: u128 = list("containers").iter().map(of).sum();
+    let init = list("initContainers").iter().map(of).max().unwrap_or(0);
+    containers.max(init)
+}
+
+/// The millicores of a cpu quantity (`2`, `500m`, `0.5`); finer than a millicore rounds
+/// down.
+fn millicores(value: &Value) -> Option<u128> {
+    let text = match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    if let Some(milli) = text.strip_suffix('m') {
+        return milli.parse().ok();
+    }
+    let (whole, fraction) = text.split_once('.').unwrap_or((&text, ""));
+    let whole: u128 = whole.parse().ok()?;
+    let thousandths: String = fraction.chars().chain("000".chars()).take(3).collect();
+    whole
+        .checked_mul(1000)?
+        .checked_add(thousandths.parse().ok()?)
 }
 
 /// The namespaced kind `PLURAL.GROUP` (or `PLURAL` for the core group) names.
@@ -235,6 +293,24 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn pods_use_their_containers_requests_or_limits_until_they_end() {
+        let pod_kind = registry().iter().find(|k| k.kind == "Pod").unwrap();
+        let mut pod = json!({"spec": {
+            "containers": [
+                {"name": "a", "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}, "limits": {"cpu": "1"}}},
+                {"name": "b", "resources": {"limits": {"cpu": "0.5", "memory": "128Mi"}}}
+            ],
+            "initContainers": [{"name": "i", "resources": {"requests": {"cpu": "2"}}}]
+        }});
+        assert_eq!(amount(pod_kind, &pod, "requests.cpu"), 2000);
+        assert_eq!(amount(pod_kind, &pod, "limits.cpu"), 1500);
+        assert_eq!(amount(pod_kind, &pod, "requests.memory"), 192 << 20);
+        assert_eq!(amount(pod_kind, &pod, "count/pods"), 1);
+        pod["status"] = json!({"phase": "Succeeded"});
+        assert_eq!(amount(pod_kind, &pod, "requests.cpu"), 0);
     }
 
     #[test]
