@@ -87,6 +87,8 @@ pub struct PodsConfig {
     pub endpoint: Option<PathBuf>,
     /// How the agent's own containerd is set up.
     pub containerd: keel_pods::containerd::Settings,
+    /// The cluster DNS its pods ask.
+    pub dns: keel_pods::ClusterDns,
 }
 
 pub use keel_host::Health;
@@ -292,6 +294,12 @@ pub async fn run(
             node: shared.node(),
             dir: shared.config.data_dir.pods(),
             host_ip: shared.facts.internal_ip,
+            dns: shared
+                .config
+                .pods
+                .as_ref()
+                .map(|p| p.dns.clone())
+                .unwrap_or_default(),
         };
         let role = tokio::spawn(keel_pods::run(
             host,

@@ -22,6 +22,7 @@
 //! - [`manager`]: runs the cluster-wide controllers on the elected server, each as itself.
 
 pub mod buckets;
+pub mod cluster_dns;
 pub mod deployments;
 pub mod gc;
 pub mod loadbalancers;

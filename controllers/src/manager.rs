@@ -50,6 +50,8 @@ pub struct ManagerConfig {
     pub pod_ranges: Option<crate::node_ipam::PodRanges>,
     /// The cluster's Service range (none: no service controller).
     pub service_range: Option<crate::services::ServiceRange>,
+    /// The cluster's DNS (none: no cluster DNS controller).
+    pub cluster_dns: Option<keel_schemas::net::ClusterDns>,
 }
 
 // === impl ManagerConfig ===
@@ -69,6 +71,7 @@ impl ManagerConfig {
             load_balancers: Default::default(),
             pod_ranges: Some(crate::node_ipam::PodRanges::default()),
             service_range: Some(crate::services::ServiceRange::default()),
+            cluster_dns: Some(keel_schemas::net::ClusterDns::default()),
         }
     }
 }
@@ -114,11 +117,20 @@ pub async fn run_manager(
                 stop.clone(),
             ));
         }
-        if let Some(range) = config.service_range {
+        if let Some(mut range) = config.service_range {
+            range.reserved = config.cluster_dns.as_ref().map(|d| d.address);
             controllers.spawn(crate::services::run(
                 clients("services"),
                 config.identity.clone(),
                 range,
+                stop.clone(),
+            ));
+        }
+        if let Some(dns) = &config.cluster_dns {
+            controllers.spawn(crate::cluster_dns::run(
+                clients("cluster-dns"),
+                config.identity.clone(),
+                dns.clone(),
                 stop.clone(),
             ));
         }

@@ -4,6 +4,12 @@
 //! ports they serve — as Kubernetes' controllers do. Every node's agent programs the
 //! Service's addresses from them.
 //!
+//! A `type: LoadBalancer` Service gets a Keel LoadBalancer (k3s's ServiceLB role): named as
+//! the Service and owned by it, a listener for each port that forwards to the Service's
+//! ClusterIP, a VIP from the cluster's pool (or `spec.loadBalancerIP`), served by a node's
+//! L4 proxy with its health checks; the VIP is written into the Service's
+//! `status.loadBalancer.ingress`, as `kubectl get service` shows it.
+//!
 //! Addresses and ports are handed out one Service at a time by this controller (the elected
 //! server runs one), written with the Service's `resourceVersion` as a precondition.
 
@@ -16,6 +22,9 @@ use keel_client::{Api, Client, ClientError, DeleteParams, Patch};
 use keel_runtime::{Action, Controller, EventType, ObjectExt, Recorder, Store, watcher};
 use keel_schemas::kinds::apps::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use keel_schemas::kinds::core::{IntOrString, Pod, Service};
+use keel_schemas::kinds::network::{
+    Algorithm, Backends, Listener, ListenerProtocol, LoadBalancer, LoadBalancerSpec,
+};
 use keel_schemas::kinds::{ObjectMeta, OwnerReference};
 use serde_json::json;
 use tokio::sync::watch;
@@ -36,6 +45,8 @@ pub struct ServiceRange {
     pub network: Ipv4Addr,
     /// Its prefix length.
     pub prefix: u8,
+    /// An address given only to a Service that asks for it: the cluster DNS's.
+    pub reserved: Option<Ipv4Addr>,
 }
 
 struct Context {
@@ -43,10 +54,12 @@ struct Context {
     services: Store<Service>,
     pods: Store<Pod>,
     slices: Store<EndpointSlice>,
+    lbs: Store<LoadBalancer>,
     range: ServiceRange,
     recorder: Recorder,
     service_kind: &'static keel_schemas::Kind,
     slice_kind: &'static keel_schemas::Kind,
+    lb_kind: &'static keel_schemas::Kind,
     /// Addresses and NodePorts written but not yet in the cache, by Service uid: the next
     /// Service must not get them too.
     given: std::sync::Mutex<std::collections::HashMap<String, Given>>,
@@ -62,6 +75,7 @@ impl Default for ServiceRange {
         ServiceRange {
             network: Ipv4Addr::new(10, 43, 0, 0),
             prefix: 16,
+            reserved: None,
         }
     }
 }
@@ -79,17 +93,32 @@ impl ServiceRange {
         Ok(ServiceRange {
             network,
             prefix: parsed.prefix(),
+            reserved: None,
         })
     }
 
-    /// The first address not in `taken`, from the second of the range (the first is the
-    /// network's, the next the API's `kubernetes` Service's in Kubernetes).
+    /// The first address not in `taken` nor reserved, from the second of the range (the
+    /// first is the network's, the next the API's `kubernetes` Service's in Kubernetes).
     fn first_free(&self, taken: &HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
         let size = 1u32 << (32 - self.prefix);
         let base = u32::from(self.network);
         (2..size - 1)
             .map(|i| Ipv4Addr::from(base + i))
-            .find(|ip| !taken.contains(ip))
+            .find(|ip| !taken.contains(ip) && Some(*ip) != self.reserved)
+    }
+
+    /// The `n`th address of the range (`10.43.0.10` for 10 in k3s's), if it is in it.
+    pub fn nth(&self, n: u32) -> Option<Ipv4Addr> {
+        let size = 1u64 << (32 - self.prefix);
+        (u64::from(n) < size - 1).then(|| Ipv4Addr::from(u32::from(self.network) + n))
+    }
+
+    /// Whether `ip` is in the range.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix))
+            .unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.network) & mask
     }
 }
 
@@ -100,8 +129,14 @@ pub async fn run(
     range: ServiceRange,
     shutdown: watch::Receiver<bool>,
 ) {
-    let kinds = ["services", "pods", "endpointslices"].map(keel_schemas::lookup);
-    let [Some(service_kind), Some(pod_kind), Some(slice_kind)] = kinds else {
+    let kinds = ["services", "pods", "endpointslices", "loadbalancers"].map(keel_schemas::lookup);
+    let [
+        Some(service_kind),
+        Some(pod_kind),
+        Some(slice_kind),
+        Some(lb_kind),
+    ] = kinds
+    else {
         return;
     };
     let controller = Controller::new(
@@ -136,10 +171,15 @@ pub async fn run(
         .owns(
             Api::<EndpointSlice>::all(&client, slice_kind),
             watcher::Config::default(),
+        )
+        .owns(
+            Api::<LoadBalancer>::all(&client, lb_kind),
+            watcher::Config::default(),
         );
-    let (Some(pods), Some(slices)) = (
+    let (Some(pods), Some(slices), Some(lbs)) = (
         controller.store_of::<Pod>("Pod"),
         controller.store_of::<EndpointSlice>("EndpointSlice"),
+        controller.store_of::<LoadBalancer>("LoadBalancer"),
     ) else {
         return;
     };
@@ -148,10 +188,12 @@ pub async fn run(
         services,
         pods,
         slices,
+        lbs,
         range,
         recorder: Recorder::new(&client, "keel-service-controller", &instance),
         service_kind,
         slice_kind,
+        lb_kind,
         given: std::sync::Mutex::default(),
     });
     controller.run(reconcile, ctx, shutdown).await;
@@ -189,7 +231,203 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Clien
         };
     }
     endpoints(&ctx, &svc, &namespace).await?;
+    load_balancer(&ctx, &svc, &namespace).await?;
     Ok(Action::await_change())
+}
+
+/// Keeps the LoadBalancer of a `type: LoadBalancer` Service, and the VIP in its status; a
+/// Service of another type has none.
+async fn load_balancer(ctx: &Context, svc: &Service, namespace: &str) -> Result<(), ClientError> {
+    let api: Api<LoadBalancer> = Api::namespaced(&ctx.client, ctx.lb_kind, namespace);
+    let existing = ctx
+        .lbs
+        .get(&keel_runtime::ObjectRef::new(Some(namespace), svc.name()));
+    let ours = existing
+        .as_ref()
+        .filter(|lb| lb.controller_owner().is_some_and(|o| o.uid == svc.uid()));
+    let has_ip = svc
+        .spec
+        .cluster_ip
+        .as_deref()
+        .is_some_and(|ip| ip.parse::<Ipv4Addr>().is_ok());
+    let wanted = svc.spec.type_.as_deref() == Some("LoadBalancer") && has_ip;
+    let mut ingress = None;
+    if !wanted {
+        if let Some(lb) = ours {
+            let params = DeleteParams {
+                uid: Some(lb.uid().to_string()),
+                propagation_policy: None,
+            };
+            match api.delete(lb.name(), &params).await {
+                Ok(_) => {}
+                Err(e) if e.code() == Some(404) || e.code() == Some(409) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    } else if existing.is_some() && ours.is_none() {
+        let message = format!(
+            "LoadBalancer {namespace}/{} exists and is not this Service's: the Service gets no external address",
+            svc.name()
+        );
+        ctx.recorder
+            .publish(
+                svc,
+                EventType::Warning,
+                "LoadBalancerNameTaken",
+                "Ensuring",
+                &message,
+            )
+            .await;
+    } else {
+        let spec = lb_spec(svc);
+        match ours {
+            Some(lb) => {
+                ingress = lb.status.as_ref().and_then(|s| s.vip.clone());
+                let same = lb.spec.listeners == spec.listeners
+                    && lb.spec.backends == spec.backends
+                    && lb.spec.algorithm == spec.algorithm
+                    && (spec.vip.is_none() || lb.spec.vip == spec.vip);
+                if !same {
+                    let mut updated = (**lb).clone();
+                    updated.spec.listeners = spec.listeners;
+                    updated.spec.backends = spec.backends;
+                    updated.spec.algorithm = spec.algorithm;
+                    updated.spec.vip = spec.vip.or(updated.spec.vip);
+                    match api.update(&updated).await {
+                        Ok(_) => {}
+                        Err(e) if e.code() == Some(409) => {}
+                        Err(e) if e.code() == Some(422) => {
+                            let message = e.to_string();
+                            ctx.recorder
+                                .publish(
+                                    svc,
+                                    EventType::Warning,
+                                    "SyncLoadBalancerFailed",
+                                    "Ensuring",
+                                    &message,
+                                )
+                                .await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            None => {
+                let lb = LoadBalancer {
+                    api_version: ctx.lb_kind.api_version(),
+                    kind: "LoadBalancer".into(),
+                    metadata: ObjectMeta {
+                        name: Some(svc.name().to_string()),
+                        namespace: Some(namespace.to_string()),
+                        owner_references: vec![OwnerReference {
+                            api_version: "v1".into(),
+                            kind: "Service".into(),
+                            name: svc.name().to_string(),
+                            uid: svc.uid().to_string(),
+                            controller: Some(true),
+                            block_owner_deletion: Some(true),
+                        }],
+                        ..ObjectMeta::default()
+                    },
+                    spec,
+                    status: None,
+                };
+                match api.create(&lb).await {
+                    Ok(_) => {
+                        ctx.recorder
+                            .publish(
+                                svc,
+                                EventType::Normal,
+                                "EnsuringLoadBalancer",
+                                "Ensuring",
+                                "made LoadBalancer for the Service",
+                            )
+                            .await;
+                    }
+                    Err(e) if e.code() == Some(409) => {}
+                    // Refused (a loadBalancerIP outside what the namespace may use): said.
+                    Err(e) if e.code() == Some(422) || e.code() == Some(403) => {
+                        let message = e.to_string();
+                        ctx.recorder
+                            .publish(
+                                svc,
+                                EventType::Warning,
+                                "SyncLoadBalancerFailed",
+                                "Ensuring",
+                                &message,
+                            )
+                            .await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    let status = ingress.map(|ip| json!({"ingress": [{"ip": ip, "ipMode": "VIP"}]}));
+    let current = svc.status.as_ref().and_then(|s| s.load_balancer.clone());
+    let empty = |v: &Option<serde_json::Value>| {
+        v.as_ref().is_none_or(|v| {
+            v.get("ingress")
+                .is_none_or(|i| i.as_array().is_none_or(Vec::is_empty))
+        })
+    };
+    if current != status && !(empty(&current) && empty(&status)) {
+        let mut updated = svc.clone();
+        updated
+            .status
+            .get_or_insert_with(Default::default)
+            .load_balancer = status;
+        let services: Api<Service> = Api::namespaced(&ctx.client, ctx.service_kind, namespace);
+        match services.update_status(&updated).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Some(409) || e.code() == Some(404) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The LoadBalancer a `type: LoadBalancer` Service asks for.
+fn lb_spec(svc: &Service) -> LoadBalancerSpec {
+    let listeners = svc
+        .spec
+        .ports
+        .iter()
+        .filter_map(|p| {
+            let protocol = match p.protocol.as_deref() {
+                None | Some("TCP") => ListenerProtocol::Tcp,
+                Some("UDP") => ListenerProtocol::Udp,
+                _ => return None,
+            };
+            Some(Listener {
+                name: None,
+                protocol,
+                port: p.port,
+                target_port: Some(p.port),
+            })
+        })
+        .collect();
+    let affinity = svc.spec.session_affinity.as_deref() == Some("ClientIP");
+    LoadBalancerSpec {
+        vip: svc
+            .spec
+            .other
+            .get("loadBalancerIP")
+            .and_then(serde_json::Value::as_str)
+            .filter(|ip| !ip.is_empty())
+            .map(str::to_string),
+        subnet: None,
+        listeners,
+        backends: Backends {
+            selector: None,
+            addresses: Vec::new(),
+            service: Some(svc.name().to_string()),
+        },
+        algorithm: affinity.then_some(Algorithm::SourceHash),
+        health_check: None,
+        progress_deadline_seconds: None,
+        revision_history_limit: None,
+    }
 }
 
 /// The patch that gives the service what it lacks — a ClusterIP, NodePorts — and what it

@@ -5,6 +5,10 @@
 //! what every DNS server reports serving (the Node annotation `keel.dev/dns-zones`) and
 //! says in the status which nodes serve the current serial, and why any cannot.
 //!
+//! Service and Pod auto records generate the names of Kubernetes' DNS specification
+//! ([`cluster`]); the cluster DNS controller keeps such a zone in kube-system for the
+//! cluster domain (`cluster.local`), which names the Services and pods of every namespace.
+//!
 //! It is the one writer of a zone's content beyond the spec, as Kubernetes' EndpointSlice
 //! controller is for Services: every DNS server compiles the same records at the same
 //! serial, so secondaries and clients see one zone whichever server they ask.
@@ -16,12 +20,15 @@ use std::time::Duration;
 
 use keel_client::{Api, Client, ClientError};
 use keel_schemas::Cidr;
+use keel_schemas::kinds::apps::EndpointSlice;
 use keel_schemas::kinds::compute::VirtualMachine;
 use keel_schemas::kinds::core::Node;
+use keel_schemas::kinds::core::{Pod, Service};
 use keel_schemas::kinds::dns::{
     AutoRecord, AutoRecordKind, Record, RecordType, ReverseStatus, Zone, ZoneSpec, ZoneStatus,
 };
 use keel_schemas::kinds::network::{LoadBalancer, Subnet};
+use keel_schemas::wellknown::CLUSTER_NAMESPACE;
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -40,17 +47,20 @@ struct Context {
     lbs: Store<LoadBalancer>,
     subnets: Store<Subnet>,
     nodes: Store<Node>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    pods: Store<Pod>,
     recorder: Recorder,
 }
 
 /// A DNS server as its Node describes it.
-struct DnsServer {
-    node: String,
+pub(crate) struct DnsServer {
+    pub(crate) node: String,
     /// `ip:port` clients reach it at.
-    endpoint: String,
+    pub(crate) endpoint: String,
     /// The node's own address (for name server records).
     address: Option<IpAddr>,
-    ready: bool,
+    pub(crate) ready: bool,
     /// What it reports serving, by `namespace/name`.
     zones: BTreeMap<String, Value>,
 }
@@ -63,9 +73,22 @@ pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<boo
         "loadbalancers",
         "subnets",
         "nodes",
+        "services",
+        "endpointslices",
+        "pods",
     ]
     .map(keel_schemas::lookup);
-    let [Some(zone), Some(vm), Some(lb), Some(subnet), Some(node)] = kinds else {
+    let [
+        Some(zone),
+        Some(vm),
+        Some(lb),
+        Some(subnet),
+        Some(node),
+        Some(service),
+        Some(slice),
+        Some(pod),
+    ] = kinds
+    else {
         return;
     };
     let controller = Controller::new(
@@ -85,6 +108,12 @@ pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<boo
             .collect()
     };
     let (for_vms, for_lbs) = (in_namespace.clone(), in_namespace.clone());
+    // Services, their slices and pods concern the zones that name them.
+    let (for_services, for_slices) = (
+        naming(controller.store(), AutoRecordKind::Service),
+        naming(controller.store(), AutoRecordKind::Service),
+    );
+    let for_pods = naming(controller.store(), AutoRecordKind::Pod);
     let all = {
         let zones = controller.store();
         move |_: &Node| zones.keys()
@@ -109,6 +138,21 @@ pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<boo
             Api::<Node>::all(&client, node),
             watcher::Config::default(),
             all,
+        )
+        .watches(
+            Api::<Service>::all(&client, service),
+            watcher::Config::default(),
+            move |o: &Service| for_services(o),
+        )
+        .watches(
+            Api::<EndpointSlice>::all(&client, slice),
+            watcher::Config::default(),
+            move |o: &EndpointSlice| for_slices(o),
+        )
+        .watches(
+            Api::<Pod>::all(&client, pod),
+            watcher::Config::default(),
+            move |o: &Pod| for_pods(o),
         );
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -116,9 +160,26 @@ pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<boo
         lbs: controller.store_of("LoadBalancer").unwrap_or_default(),
         subnets: controller.store_of("Subnet").unwrap_or_default(),
         nodes: controller.store_of("Node").unwrap_or_default(),
+        services: controller.store_of("Service").unwrap_or_default(),
+        slices: controller.store_of("EndpointSlice").unwrap_or_default(),
+        pods: controller.store_of("Pod").unwrap_or_default(),
         recorder: Recorder::new(&client, "keel-zones", &instance),
     });
     controller.run(reconcile, ctx, shutdown).await;
+}
+
+/// The zones (of `zones`) whose `kind` auto records could name an object: those of its
+/// namespace, and the cluster's.
+fn naming(zones: Store<Zone>, kind: AutoRecordKind) -> impl Fn(&dyn ObjectExt) -> Vec<ObjectRef> {
+    move |o: &dyn ObjectExt| {
+        zones
+            .list()
+            .iter()
+            .filter(|z| z.namespace() == o.namespace() || z.namespace() == Some(CLUSTER_NAMESPACE))
+            .filter(|z| z.spec.auto_records.iter().any(|a| a.kind == kind))
+            .map(|z| z.object_ref())
+            .collect()
+    }
 }
 
 async fn reconcile(zone: Arc<Zone>, ctx: Arc<Context>) -> Result<Action, ClientError> {
@@ -310,22 +371,43 @@ fn generate(spec: &ZoneSpec, namespace: &str, ctx: &Context, servers: &[DnsServe
         .filter(|r| r.type_ == RecordType::Cname)
         .map(|r| fqdn(&r.name))
         .collect();
+    let owners: BTreeSet<String> = spec.records.iter().map(|r| fqdn(&r.name)).collect();
+    let scope = cluster::Scope {
+        namespace,
+        all_namespaces: namespace == CLUSTER_NAMESPACE,
+        domain: &domain,
+    };
     let mut generated: BTreeSet<(String, &'static str, String, Option<u32>)> = BTreeSet::new();
     for auto in &spec.auto_records {
-        for (name, ip) in auto_addresses(auto, namespace, ctx) {
-            let owner = format!("{}.{domain}", name.to_ascii_lowercase());
+        let records = match auto.kind {
+            AutoRecordKind::Service => {
+                cluster::services(auto, &scope, &ctx.services, &ctx.slices, &mut notes)
+            }
+            AutoRecordKind::Pod => cluster::pods(auto, &scope, &ctx.pods),
+            AutoRecordKind::VirtualMachine | AutoRecordKind::LoadBalancer => {
+                auto_addresses(auto, namespace, ctx)
+                    .into_iter()
+                    .map(|(name, ip)| {
+                        let owner = format!("{}.{domain}", name.to_ascii_lowercase());
+                        (owner, address_type(ip), ip.to_string())
+                    })
+                    .collect()
+            }
+        };
+        for (owner, kind, value) in records {
             if cnames.contains(&owner) {
                 notes.push(format!(
-                    "{owner} has a CNAME in the spec: no address record generated"
+                    "{owner} has a CNAME in the spec: no {kind} record generated"
                 ));
                 continue;
             }
-            generated.insert((
-                owner,
-                address_type(ip),
-                ip.to_string(),
-                auto.ttl.or(spec.ttl),
-            ));
+            if kind == "CNAME" && owners.contains(&owner) {
+                notes.push(format!(
+                    "{owner} has records in the spec: no CNAME generated"
+                ));
+                continue;
+            }
+            generated.insert((owner, kind, value, auto.ttl.or(spec.ttl)));
         }
     }
     // In-zone name servers without an address get the DNS servers' addresses.
@@ -403,6 +485,8 @@ fn generate(spec: &ZoneSpec, namespace: &str, ctx: &Context, servers: &[DnsServe
             type_: match kind {
                 "A" => RecordType::A,
                 "AAAA" => RecordType::Aaaa,
+                "SRV" => RecordType::Srv,
+                "CNAME" => RecordType::Cname,
                 _ => RecordType::Ptr,
             },
             value,
@@ -462,6 +546,7 @@ fn auto_addresses(auto: &AutoRecord, namespace: &str, ctx: &Context) -> Vec<(Str
                 }
             }
         }
+        AutoRecordKind::Service | AutoRecordKind::Pod => {}
         AutoRecordKind::LoadBalancer => {
             for lb in ctx.lbs.list().iter().filter(|l| selected(l.as_ref())) {
                 let vip = lb.status.as_ref().and_then(|s| s.vip.as_deref());
@@ -527,7 +612,7 @@ pub fn reverse_origins(network: std::net::Ipv4Addr, prefix: u8) -> Vec<String> {
 }
 
 /// The nodes with a DNS server.
-fn dns_servers(nodes: &Store<Node>) -> Vec<DnsServer> {
+pub(crate) fn dns_servers(nodes: &Store<Node>) -> Vec<DnsServer> {
     nodes
         .list()
         .iter()
@@ -557,6 +642,8 @@ fn dns_servers(nodes: &Store<Node>) -> Vec<DnsServer> {
         })
         .collect()
 }
+
+mod cluster;
 
 #[cfg(test)]
 mod tests;

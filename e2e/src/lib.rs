@@ -595,7 +595,14 @@ impl KeelAgent {
             .args(["--node-name", &self.name])
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--dns-listen", "127.0.0.1:0", "--listen", "0.0.0.0:0"])
+            .args(["--listen", "0.0.0.0:0"])
+            // A DNS server on loopback unless the test gives it an address.
+            .args(
+                (!extra.contains(&"--dns-listen"))
+                    .then_some(["--dns-listen", "127.0.0.1:0"])
+                    .into_iter()
+                    .flatten(),
+            )
             // Pods only in the tests that run them (they give the pause image they built).
             .args((!pods).then_some("--disable-pods"))
             .args(extra)

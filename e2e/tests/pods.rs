@@ -80,12 +80,30 @@ fn agent_flags(registry: &Registry) -> Vec<String> {
 const LEASE: &str = "4";
 
 async fn pod_host(root: &Path, tag: &str) -> PodHost {
-    let cluster = BridgedServer::start(root, tag, &[]).await;
+    pod_host_with(root, tag, &[], &[]).await
+}
+
+/// A pod host whose server and agent also have `server_extra` and `extra` flags.
+async fn pod_host_with(root: &Path, tag: &str, server_extra: &[&str], extra: &[&str]) -> PodHost {
+    let cluster = BridgedServer::start(root, tag, server_extra).await;
     let net = cluster.bridge.netns(2);
+    // A default route, as k3s asks of a node: the node's own connections to a ClusterIP
+    // (its load balancer's, its health checks') are routed before they are DNATed.
+    let route = Command::new("ip")
+        .args(["-n", &net.name, "route", "add", "default", "via"])
+        .arg(cluster.bridge.address())
+        .output()
+        .expect("ip route");
+    assert!(
+        route.status.success(),
+        "{}",
+        String::from_utf8_lossy(&route.stderr)
+    );
     let registry = Registry::start(root, Some(&net));
     let mut agent = KeelAgent::new(root, "pod-node", Some(&net));
     let flags = agent_flags(&registry);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    flags.extend_from_slice(extra);
     agent.start(&cluster.url, &cluster.agent_token, &flags);
     let admin = cluster.server.dir().admin_kubeconfig();
     PodHost {
@@ -659,9 +677,10 @@ async fn run_to_end(kubeconfig: &Path, image: &str, name: &str, script: &str) ->
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn services_answer_on_their_cluster_ip_and_node_port_from_their_ready_pods() {
+async fn services_answer_on_their_cluster_ip_node_port_and_load_balancer_from_their_ready_pods() {
     let root = tempfile::tempdir().expect("a temp dir");
-    let host = pod_host(root.path(), "s").await;
+    // The node's L4 proxy serves LoadBalancer VIPs from the pool, on its loopback.
+    let host = pod_host_with(root.path(), "s", &["--lb-vip-pool", "127.0.78.0/28"], &[]).await;
     let admin = &host.admin;
     let image = host.registry.image("busybox:test");
     let serve = "mkdir -p /www; hostname > /www/index.html; exec httpd -f -p 8080 -h /www";
@@ -780,6 +799,59 @@ async fn services_answer_on_their_cluster_ip_and_node_port_from_their_ready_pods
     })
     .await;
     assert!(page.starts_with("web-"), "{page}");
+    // A LoadBalancer Service gets a VIP of the pool, in its status, served by the node's
+    // proxy through the ClusterIP to the pods; its LoadBalancer is the Service's.
+    ok(kubectl(
+        admin,
+        &[
+            "expose",
+            "deployment",
+            "web",
+            "--name",
+            "web-lb",
+            "--type",
+            "LoadBalancer",
+            "--port",
+            "80",
+            "--target-port",
+            "8080",
+        ],
+    ));
+    let vip = eventually("the LoadBalancer Service's ingress", WAIT, || async {
+        let out = kubectl(
+            admin,
+            &[
+                "get",
+                "service",
+                "web-lb",
+                "-o",
+                "jsonpath={.status.loadBalancer.ingress[0].ip}",
+            ],
+        );
+        let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        ip.starts_with("127.0.78.").then_some(ip)
+    })
+    .await;
+    let page = eventually("the VIP answering", WAIT, || async {
+        curl(&host.net, &format!("http://{vip}/"))
+    })
+    .await;
+    assert!(page.starts_with("web-"), "{page}");
+    let lb: Value = serde_json::from_str(&ok(kubectl(
+        admin,
+        &["get", "loadbalancers.keel.dev", "web-lb", "-o", "json"],
+    )))
+    .expect("the LoadBalancer");
+    assert_eq!(lb["metadata"]["ownerReferences"][0]["kind"], "Service");
+    assert_eq!(lb["spec"]["backends"]["service"], "web-lb");
+    assert_eq!(lb["spec"]["listeners"][0]["port"], 80);
+    // Deleted with its Service.
+    ok(kubectl(admin, &["delete", "service", "web-lb"]));
+    eventually("the Service's LoadBalancer gone", WAIT, || async {
+        let out = kubectl(admin, &["get", "loadbalancers.keel.dev", "web-lb"]);
+        (!out.status.success()).then_some(())
+    })
+    .await;
     // A Service with no ready pod refuses at once, as on Kubernetes.
     ok(kubectl(
         admin,
@@ -861,5 +933,204 @@ spec:
         admin,
         &["delete", "pod", "probed", "--timeout=60s"],
     ));
+    drop(host.cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_resolve_services_and_pods_by_their_cluster_dns_names() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    // The pod node is the cluster's DNS server too.
+    let host = pod_host_with(root.path(), "d", &[], &["--dns-listen", "0.0.0.0:0"]).await;
+    let admin = &host.admin;
+    let image = host.registry.image("busybox:test");
+    // The cluster DNS Service and its zone are made by the cluster, and the Service's
+    // endpoint is the node's DNS server.
+    eventually("the kube-dns Service", WAIT, || async {
+        let out = kubectl(
+            admin,
+            &[
+                "get",
+                "service",
+                "kube-dns",
+                "-n",
+                "kube-system",
+                "-o",
+                "jsonpath={.spec.clusterIP}",
+            ],
+        );
+        (String::from_utf8_lossy(&out.stdout).trim() == "10.43.0.10").then_some(())
+    })
+    .await;
+    let port = eventually("the kube-dns endpoint", WAIT, || async {
+        let out = kubectl(
+            admin,
+            &[
+                "get",
+                "endpointslices",
+                "-n",
+                "kube-system",
+                "-l",
+                "kubernetes.io/service-name=kube-dns",
+                "-o",
+                "jsonpath={.items[0].endpoints[0].addresses[0]}:{.items[0].ports[0].port}",
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let (ip, port) = text.split_once(':')?;
+        (ip == host.net.address)
+            .then(|| port.parse::<u16>().ok())
+            .flatten()
+    })
+    .await;
+    let serve = "mkdir -p /www; hostname > /www/index.html; exec httpd -f -p 8080 -h /www";
+    create_web(admin, &image, 1, serve);
+    ok(kubectl(
+        admin,
+        &["rollout", "status", "deployment/web", "--timeout=120s"],
+    ));
+    ok(kubectl(
+        admin,
+        &[
+            "expose",
+            "deployment",
+            "web",
+            "--name",
+            "svc-b",
+            "--port",
+            "80",
+            "--target-port",
+            "8080",
+        ],
+    ));
+    let ip = cluster_ip(admin, "svc-b").await;
+    // A headless Service with a named port: its pods' addresses and SRV records.
+    let headless = r#"{"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web-pods"},
+        "spec": {"clusterIP": "None", "selector": {"app": "web"},
+                 "ports": [{"name": "http", "port": 8080}]}}"#;
+    let mut apply = Command::new("kubectl")
+        .args([
+            "--kubeconfig",
+            &admin.display().to_string(),
+            "apply",
+            "-f",
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    use std::io::Write as _;
+    apply
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(headless.as_bytes())
+        .expect("write the Service");
+    ok(apply.wait_with_output().expect("kubectl apply"));
+    let web_ip = pods_of(admin, "web")[0]["status"]["podIP"]
+        .as_str()
+        .expect("the web pod's IP")
+        .to_string();
+    let ns = host.net.name.clone();
+    let dig = |args: &[&str]| keel_e2e::dig(Some(&ns), port, args);
+    // Served by the node's DNS server once the zone controller generated the records.
+    eventually("svc-b's record", WAIT, || async {
+        dig(&["+short", "svc-b.default.svc.cluster.local", "A"])
+            .contains(&ip)
+            .then_some(())
+    })
+    .await;
+    let srv = eventually("the headless Service's SRV record", WAIT, || async {
+        let out = dig(&[
+            "+short",
+            "_http._tcp.web-pods.default.svc.cluster.local",
+            "SRV",
+        ]);
+        let dashed = web_ip.replace('.', "-");
+        out.contains(&format!(
+            "8080 {dashed}.web-pods.default.svc.cluster.local."
+        ))
+        .then_some(out)
+    })
+    .await;
+    assert!(srv.starts_with("0 100 8080 "), "{srv}");
+    assert!(
+        dig(&["+short", "web-pods.default.svc.cluster.local", "A"]).contains(&web_ip),
+        "the headless Service names its pod"
+    );
+    let pod_name = format!("{}.default.pod.cluster.local", web_ip.replace('.', "-"));
+    assert!(
+        dig(&["+short", &pod_name, "A"]).contains(&web_ip),
+        "{pod_name}"
+    );
+    // A pod asks the cluster DNS through 10.43.0.10 (its resolv.conf, with the search
+    // path), then fetches the page through the ClusterIP it was told.
+    let got = run_to_end(
+        admin,
+        &image,
+        "pod-a",
+        "cat /etc/resolv.conf; \
+         nslookup svc-b.default.svc.cluster.local; \
+         nslookup svc-b; \
+         addr=$(nslookup svc-b.default.svc.cluster.local | sed -n 's/^Address: *//p' | tail -1); \
+         printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 $addr 80 | tail -1",
+    )
+    .await;
+    assert!(got.contains("nameserver 10.43.0.10"), "{got}");
+    assert!(
+        got.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{got}"
+    );
+    assert!(got.contains("options ndots:5"), "{got}");
+    let answers = got.matches(&format!("Address: {ip}")).count();
+    assert_eq!(answers, 2, "the full and the short name resolve: {got}");
+    assert!(
+        got.lines().last().is_some_and(|l| l.starts_with("web-")),
+        "{got}"
+    );
+    // Another namespace's pod finds it by its full name, not by the bare name.
+    ok(kubectl(admin, &["create", "namespace", "other"]));
+    let other = eventually("a pod in another namespace", WAIT, || async {
+        let out = kubectl(
+            admin,
+            &[
+                "run",
+                "pod-o",
+                "-n",
+                "other",
+                "--restart=Never",
+                "--image",
+                &image,
+                "--",
+                "sh",
+                "-c",
+                "nslookup svc-b.default.svc.cluster.local; nslookup svc-b; true",
+            ],
+        );
+        out.status.success().then_some(())
+    });
+    other.await;
+    let logs = eventually("pod-o to end", WAIT, || async {
+        let out = kubectl(admin, &["get", "pod", "pod-o", "-n", "other", "-o", "json"]);
+        let p: Value = serde_json::from_slice(&out.stdout).ok()?;
+        matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+            .then(|| ok(kubectl(admin, &["logs", "pod-o", "-n", "other"])))
+    })
+    .await;
+    assert_eq!(logs.matches(&format!("Address: {ip}")).count(), 1, "{logs}");
+    assert!(
+        logs.contains("can't find svc-b.other.svc.cluster.local: NXDOMAIN"),
+        "{logs}"
+    );
+    // The Service deleted, its name goes.
+    ok(kubectl(admin, &["delete", "service", "svc-b"]));
+    eventually("svc-b's record gone", WAIT, || async {
+        let out = dig(&["svc-b.default.svc.cluster.local", "A"]);
+        out.contains("NXDOMAIN").then_some(())
+    })
+    .await;
+    ok(kubectl(admin, &["delete", "deployment", "web"]));
     drop(host.cluster);
 }

@@ -352,5 +352,42 @@ fn from_bits(family: IpAddr, bits: u128) -> IpAddr {
     }
 }
 
+/// The cluster's DNS, as pods see it: the address every pod's `resolv.conf` names (the
+/// `kube-dns` Service's ClusterIP) and the cluster domain its search path ends with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterDns {
+    /// `10.43.0.10` in k3s.
+    pub address: Ipv4Addr,
+    /// The cluster domain, lower case, without the trailing dot (`cluster.local`).
+    pub domain: String,
+}
+
+impl ClusterDns {
+    /// The cluster DNS at `address` for `domain` (a trailing dot is taken off), or why the
+    /// domain is not one.
+    pub fn new(address: Ipv4Addr, domain: &str) -> Result<ClusterDns, String> {
+        let lower = domain.to_ascii_lowercase();
+        let domain = lower.strip_suffix('.').unwrap_or(&lower);
+        if !names::is_dns_subdomain(domain) {
+            return Err(format!(
+                "{domain:?} is not a DNS domain (lowercase labels joined by dots)"
+            ));
+        }
+        Ok(ClusterDns {
+            address,
+            domain: domain.to_string(),
+        })
+    }
+}
+
+impl Default for ClusterDns {
+    fn default() -> ClusterDns {
+        ClusterDns {
+            address: Ipv4Addr::new(10, 43, 0, 10),
+            domain: "cluster.local".into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -68,6 +68,16 @@ pub const ROLLED_BACK_FROM_ANNOTATION: &str = "keel.dev/rolled-back-from";
 /// (`hostNetwork`, `hostPort`); without it such pods are refused.
 pub const POD_HOST_NETWORK_ANNOTATION: &str = "keel.dev/pod-host-network";
 
+/// The cluster's own namespace: its cluster DNS zone (Service and Pod auto records there
+/// name the objects of every namespace), its `kube-dns` Service, the controllers' Lease.
+pub const CLUSTER_NAMESPACE: &str = "kube-system";
+
+/// The cluster DNS Service (in [`CLUSTER_NAMESPACE`]), k3s's and kubeadm's name for it.
+pub const CLUSTER_DNS_SERVICE: &str = "kube-dns";
+
+/// The cluster DNS Zone (in [`CLUSTER_NAMESPACE`]).
+pub const CLUSTER_DNS_ZONE: &str = "cluster-domain";
+
 // === Finalizers ===
 
 /// The finalizer a VM's host holds until it has removed the VM's guest and files.

@@ -90,6 +90,12 @@ impl Sockets {
         limits: Limits,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        // On a wildcard address each reply leaves from the address its query came to.
+        let wildcard = self
+            .udp
+            .local_addr()
+            .is_ok_and(|a| a.ip() == std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+            && pktinfo::enable(&self.udp);
         let udp = Arc::new(self.udp);
         let rrl = limits
             .rate
@@ -99,7 +105,12 @@ impl Sockets {
         // One receiving task per core: answering is pure CPU work of microseconds.
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         for _ in 0..workers {
-            tasks.spawn(udp_loop(udp.clone(), catalog.clone(), rrl.clone()));
+            tasks.spawn(udp_loop(
+                udp.clone(),
+                catalog.clone(),
+                rrl.clone(),
+                wildcard,
+            ));
         }
         tasks.spawn(tcp_loop(self.tcp, catalog, limits.tcp));
         let _ = shutdown.wait_for(|s| *s).await;
@@ -134,10 +145,16 @@ async fn udp_loop(
     socket: Arc<UdpSocket>,
     catalog: watch::Receiver<Arc<Catalog>>,
     rrl: Option<Arc<Rrl>>,
+    wildcard: bool,
 ) {
     let mut buf = vec![0u8; 65_535];
     loop {
-        let (n, peer) = match socket.recv_from(&mut buf).await {
+        let received = if wildcard {
+            pktinfo::recv(&socket, &mut buf).await
+        } else {
+            socket.recv_from(&mut buf).await.map(|(n, p)| (n, p, None))
+        };
+        let (n, peer, to) = match received {
             Ok(r) => r,
             Err(e) => {
                 // ICMP errors of earlier sends surface here on Linux: not fatal.
@@ -167,7 +184,13 @@ async fn udp_loop(
                     continue;
                 }
             };
-            if let Err(e) = socket.send_to(reply, peer).await {
+            let sent = match (to, peer) {
+                (Some(from), SocketAddr::V4(peer)) => {
+                    pktinfo::send(&socket, reply, peer, from).await
+                }
+                _ => socket.send_to(reply, peer).await.map(drop),
+            };
+            if let Err(e) = sent {
                 tracing::debug!(%peer, error = %e, "DNS UDP send failed");
             }
         }
@@ -288,3 +311,86 @@ async fn connection(
 
 #[cfg(test)]
 mod tests;
+
+/// Replies from the address a query was sent to, on a socket bound to `0.0.0.0`: without
+/// it the kernel picks the source by route, and a client that asked another of the host's
+/// addresses — or a Service address DNATed to one, as pods ask `10.43.0.10` — drops an
+/// answer from an address it did not ask (BIND binds each address instead).
+mod pktinfo {
+    use std::io::{IoSlice, IoSliceMut};
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+    use std::os::fd::AsRawFd;
+
+    use nix::libc;
+    use nix::sys::socket::{
+        ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg, sendmsg, setsockopt,
+        sockopt,
+    };
+    use tokio::io::Interest;
+    use tokio::net::UdpSocket;
+
+    /// Asks the kernel for each datagram's destination address; false if it cannot.
+    pub(super) fn enable(socket: &UdpSocket) -> bool {
+        setsockopt(socket, sockopt::Ipv4PacketInfo, &true).is_ok()
+    }
+
+    /// One datagram into `buf`: its length, sender and the address it was sent to.
+    pub(super) async fn recv(
+        socket: &UdpSocket,
+        buf: &mut [u8],
+    ) -> std::io::Result<(usize, SocketAddr, Option<Ipv4Addr>)> {
+        socket
+            .async_io(Interest::READABLE, || {
+                let mut iov = [IoSliceMut::new(buf)];
+                let mut space = nix::cmsg_space!(libc::in_pktinfo);
+                let msg = recvmsg::<SockaddrIn>(
+                    socket.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut space),
+                    MsgFlags::empty(),
+                )?;
+                let to = msg.cmsgs()?.find_map(|c| match c {
+                    ControlMessageOwned::Ipv4PacketInfo(info) => {
+                        Some(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)))
+                    }
+                    _ => None,
+                });
+                let peer = msg
+                    .address
+                    .map(|a| SocketAddr::V4(SocketAddrV4::new(a.ip(), a.port())))
+                    .ok_or_else(|| std::io::Error::other("a datagram without a sender"))?;
+                Ok((msg.bytes, peer, to))
+            })
+            .await
+    }
+
+    /// Sends `data` to `peer` from `from`.
+    pub(super) async fn send(
+        socket: &UdpSocket,
+        data: &[u8],
+        peer: SocketAddrV4,
+        from: Ipv4Addr,
+    ) -> std::io::Result<()> {
+        let info = libc::in_pktinfo {
+            ipi_ifindex: 0,
+            ipi_spec_dst: libc::in_addr {
+                s_addr: u32::from(from).to_be(),
+            },
+            ipi_addr: libc::in_addr { s_addr: 0 },
+        };
+        let to = SockaddrIn::from(peer);
+        socket
+            .async_io(Interest::WRITABLE, || {
+                sendmsg(
+                    socket.as_raw_fd(),
+                    &[IoSlice::new(data)],
+                    &[ControlMessage::Ipv4PacketInfo(&info)],
+                    MsgFlags::empty(),
+                    Some(&to),
+                )
+                .map(drop)
+                .map_err(std::io::Error::from)
+            })
+            .await
+    }
+}

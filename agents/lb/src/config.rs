@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use keel_runtime::ObjectExt;
 use keel_schemas::kinds::compute::VirtualMachine;
+use keel_schemas::kinds::core::Service;
 use keel_schemas::kinds::network::{
     Algorithm, HealthCheckType, ListenerProtocol, LoadBalancer, LoadBalancerSpec,
 };
@@ -86,11 +87,13 @@ pub enum CheckKind {
     },
 }
 
-/// Reads what `lb` asks of this host; `vms` are the VirtualMachines of the cluster. `Err`
-/// says why it cannot be served (no VIP yet, or not an address).
+/// Reads what `lb` asks of this host; `vms` and `services` are the cluster's
+/// VirtualMachines and Services. `Err` says why it cannot be served (no VIP yet, or not an
+/// address).
 pub fn desired(
     lb: &LoadBalancer,
     vms: &[std::sync::Arc<VirtualMachine>],
+    services: &[std::sync::Arc<Service>],
 ) -> Result<Desired, String> {
     let spec = &lb.spec;
     let vip = lb.status.as_ref().and_then(|s| s.vip.as_deref());
@@ -128,12 +131,36 @@ pub fn desired(
         }
         None => Vec::new(),
     };
+    // A Service's ClusterIP.
+    let cluster_ip: Option<IpAddr> = match &spec.backends.service {
+        Some(name) => {
+            let svc = services
+                .iter()
+                .find(|s| s.namespace() == Some(namespace) && s.name() == name);
+            let ip = svc
+                .and_then(|s| s.spec.cluster_ip.as_deref())
+                .and_then(|ip| ip.parse().ok());
+            if ip.is_none() {
+                no_backends = Some(match svc {
+                    None => format!("Service {name} does not exist in the namespace"),
+                    Some(_) => format!("Service {name} has no ClusterIP"),
+                });
+            }
+            ip
+        }
+        None => None,
+    };
     for l in &spec.listeners {
         let target_port = l.target_port.unwrap_or(l.port);
         let backends: Vec<(String, Option<&str>)> = if spec.backends.selector.is_some() {
             selected
                 .iter()
                 .map(|(name, ip)| (socket(*ip, target_port), Some(*name)))
+                .collect()
+        } else if spec.backends.service.is_some() {
+            cluster_ip
+                .iter()
+                .map(|ip| (socket(*ip, target_port), None))
                 .collect()
         } else {
             spec.backends
@@ -242,6 +269,37 @@ mod tests {
     }
 
     #[test]
+    fn a_services_cluster_ip_is_the_backend_of_each_listener() {
+        let spec = json!({"listeners": [{"protocol": "TCP", "port": 80},
+                                         {"protocol": "UDP", "port": 53, "targetPort": 5353}],
+                          "backends": {"service": "web"}});
+        let svc = |ns: &str, ip: Option<&str>| -> Arc<Service> {
+            let mut s = json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "web", "namespace": ns}, "spec": {"ports": [{"port": 80}]}});
+            if let Some(ip) = ip {
+                s["spec"]["clusterIP"] = json!(ip);
+            }
+            Arc::new(typed(s))
+        };
+        let d = desired(&lb(spec.clone()), &[], &[svc("shop", Some("10.43.0.7"))]).unwrap();
+        assert_eq!(d.listeners[0].backends, ["10.43.0.7:80"]);
+        assert_eq!(d.listeners[1].backends, ["10.43.0.7:5353"]);
+        assert_eq!(d.no_backends, None);
+        // Another namespace's Service is not this one's.
+        let d = desired(&lb(spec.clone()), &[], &[svc("other", Some("10.43.0.8"))]).unwrap();
+        assert!(d.listeners[0].backends.is_empty());
+        assert_eq!(
+            d.no_backends.as_deref(),
+            Some("Service web does not exist in the namespace")
+        );
+        let d = desired(&lb(spec), &[], &[svc("shop", None)]).unwrap();
+        assert_eq!(
+            d.no_backends.as_deref(),
+            Some("Service web has no ClusterIP")
+        );
+    }
+
+    #[test]
     fn selected_vms_become_backends_on_each_listeners_target_port() {
         let spec = json!({"listeners": [{"protocol": "TCP", "port": 80, "targetPort": 8080},
                                          {"protocol": "UDP", "port": 53}],
@@ -253,7 +311,7 @@ mod tests {
             vm("c", "db", Some("10.0.0.3")),
             vm("d", "web", None),
         ];
-        let d = desired(&lb(spec), &vms).unwrap();
+        let d = desired(&lb(spec), &vms, &[]).unwrap();
         assert_eq!(d.key, "shop/web");
         assert_eq!(d.listeners[0].backends, ["10.0.0.1:8080", "10.0.0.2:8080"]);
         assert_eq!(d.listeners[1].backends, ["10.0.0.1:53", "10.0.0.2:53"]);
@@ -285,12 +343,12 @@ mod tests {
     fn a_selector_matching_nothing_says_so() {
         let spec = json!({"listeners": [{"protocol": "TCP", "port": 80}],
                           "backends": {"selector": {"matchLabels": {"app": "none"}}}});
-        let d = desired(&lb(spec), &[vm("a", "web", Some("10.0.0.1"))]).unwrap();
+        let d = desired(&lb(spec), &[vm("a", "web", Some("10.0.0.1"))], &[]).unwrap();
         assert!(d.targets.is_empty());
         assert!(d.no_backends.unwrap().contains("matches no VirtualMachine"));
         let spec = json!({"listeners": [{"protocol": "TCP", "port": 80}],
                           "backends": {"selector": {"matchLabels": {"app": "web"}}}});
-        let d = desired(&lb(spec), &[vm("a", "web", None)]).unwrap();
+        let d = desired(&lb(spec), &[vm("a", "web", None)], &[]).unwrap();
         assert!(d.no_backends.unwrap().contains("no IP address"));
     }
 
@@ -298,9 +356,13 @@ mod tests {
     fn no_vip_or_a_bad_one_is_an_error_not_a_panic() {
         let mut o = lb(json!({"listeners": [], "backends": {}}));
         o.status = None;
-        assert!(desired(&o, &[]).unwrap_err().contains("no VIP"));
+        assert!(desired(&o, &[], &[]).unwrap_err().contains("no VIP"));
         o.status = Some(Default::default());
         o.status.as_mut().unwrap().vip = Some("nope".into());
-        assert!(desired(&o, &[]).unwrap_err().contains("not an address"));
+        assert!(
+            desired(&o, &[], &[])
+                .unwrap_err()
+                .contains("not an address")
+        );
     }
 }

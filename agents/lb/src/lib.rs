@@ -41,6 +41,7 @@ use keel_runtime::{
     Condition, EventType, ObjectExt, Recorder, Store as Cache, set_typed_condition, watcher,
 };
 use keel_schemas::kinds::compute::VirtualMachine;
+use keel_schemas::kinds::core::Service;
 use keel_schemas::kinds::network::{
     BackendStatus, ListenerProtocol, LoadBalancer, LoadBalancerStatus,
 };
@@ -87,12 +88,13 @@ struct Listening {
 /// within `limits`.
 pub async fn run(node: keel_host::Node, limits: Limits, mut shutdown: watch::Receiver<bool>) {
     let keel_host::Node { name: node, client } = node;
-    let [Some(lb_kind), Some(vm_kind)] =
-        ["loadbalancers", "virtualmachines"].map(keel_schemas::lookup)
+    let [Some(lb_kind), Some(vm_kind), Some(service_kind)] =
+        ["loadbalancers", "virtualmachines", "services"].map(keel_schemas::lookup)
     else {
         return;
     };
     let (lbs, vms) = (Cache::<LoadBalancer>::new(), Cache::<VirtualMachine>::new());
+    let services = Cache::<Service>::new();
     let changed = Arc::new(Notify::new());
     let mut feeds = tokio::task::JoinSet::new();
     let on_node = watcher::Config::default().fields(&format!("status.nodeName={node}"));
@@ -106,6 +108,11 @@ pub async fn run(node: keel_host::Node, limits: Limits, mut shutdown: watch::Rec
         vms.clone(),
         changed.clone(),
     ));
+    feeds.spawn(feed(
+        watcher(Api::all(&client, service_kind), watcher::Config::default()),
+        services.clone(),
+        changed.clone(),
+    ));
     let recorder = Recorder::new(&client, "keel-lb", &node);
     let metrics = keel_runtime::metrics::controller("agent-lb");
     let mut served: BTreeMap<String, Served> = BTreeMap::new();
@@ -117,19 +124,20 @@ pub async fn run(node: keel_host::Node, limits: Limits, mut shutdown: watch::Rec
             _ = changed.notified() => {}
             _ = tick.tick() => {}
         }
-        if !(lbs.is_ready() && vms.is_ready()) {
+        if !(lbs.is_ready() && vms.is_ready() && services.is_ready()) {
             continue;
         }
         let started = Instant::now();
         let objects = lbs.list();
         let all_vms = vms.list();
+        let all_services = services.list();
         let mut wanted: BTreeMap<String, (Arc<LoadBalancer>, Desired)> = BTreeMap::new();
         for lb in &objects {
             let bound = lb.status.as_ref().and_then(|s| s.node_name.as_deref());
             if lb.is_deleting() || bound != Some(node.as_str()) {
                 continue;
             }
-            match config::desired(lb, &all_vms) {
+            match config::desired(lb, &all_vms, &all_services) {
                 Ok(d) => {
                     wanted.insert(lb.uid().to_string(), (lb.clone(), d));
                 }

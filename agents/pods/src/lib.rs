@@ -17,9 +17,12 @@
 pub mod cni;
 pub mod containerd;
 pub mod cri;
+mod dns;
 pub mod logs;
 mod probes;
 pub mod services;
+
+pub use keel_schemas::net::ClusterDns;
 mod sync;
 
 use std::collections::{HashMap, HashSet};
@@ -85,6 +88,8 @@ pub struct PodHost {
     pub dir: PathBuf,
     /// The node's address, reported as each pod's `hostIP`.
     pub host_ip: Option<IpAddr>,
+    /// The cluster DNS its pods ask.
+    pub dns: ClusterDns,
 }
 
 /// What the passes share.

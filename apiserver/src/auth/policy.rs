@@ -26,9 +26,10 @@ const BOOTSTRAPPING: &str = "kubernetes.io/bootstrapping";
 
 /// The cluster controllers with roles of their own (`system:controller:NAME`, granted to
 /// the user `system:keel-controller:NAME`).
-pub const CONTROLLERS: [&str; 14] = [
+pub const CONTROLLERS: [&str; 15] = [
     "scheduler",
     "services",
+    "cluster-dns",
     "node-ipam",
     "replicasets",
     "deployments",
@@ -282,6 +283,14 @@ fn controller_rules(name: &str) -> Vec<Value> {
                 &["discovery.k8s.io"],
                 &["endpointslices"],
             ),
+            // A `type: LoadBalancer` Service's LoadBalancer.
+            rule(
+                &[
+                    "get", "list", "watch", "create", "update", "patch", "delete",
+                ],
+                &k,
+                &["loadbalancers"],
+            ),
             events(),
         ],
         "replicasets" => vec![
@@ -339,8 +348,23 @@ fn controller_rules(name: &str) -> Vec<Value> {
                 &k,
                 &["zones", "virtualmachines", "loadbalancers", "subnets"],
             ),
-            rule(&READ, &[""], &["nodes"]),
+            rule(&READ, &[""], &["nodes", "services", "pods"]),
+            rule(&READ, &["discovery.k8s.io"], &["endpointslices"]),
             rule(&["update", "patch"], &k, &["zones/status"]),
+            events(),
+        ],
+        "cluster-dns" => vec![
+            rule(&READ, &[""], &["namespaces", "nodes", "services"]),
+            rule(&READ, &k, &["zones"]),
+            rule(&["create"], &[""], &["services"]),
+            rule(&["create"], &k, &["zones"]),
+            rule(
+                &[
+                    "get", "list", "watch", "create", "update", "patch", "delete",
+                ],
+                &["discovery.k8s.io"],
+                &["endpointslices"],
+            ),
             events(),
         ],
         "network" => {

@@ -111,7 +111,10 @@ pub(super) async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Err
     config.dns_limits = args.dns_limits.limits()?;
     config.load_balancer = !args.disable_load_balancer;
     args.guests.apply(&mut config);
-    args.pods.apply(&mut config);
+    let dns = args
+        .pods
+        .cluster_dns(keel_agent::pods::ClusterDns::default().address)?;
+    args.pods.apply(&mut config, dns);
     config.ovs_socket = args.ovs_socket;
     config.kvm_probe_kernel = args.kvm_probe_kernel;
     config.listen = args.listen;

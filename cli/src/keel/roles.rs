@@ -44,6 +44,13 @@ pub(super) struct PodArgs {
     /// Where the CNI plugins are.
     #[arg(long, default_value = "/usr/lib/cni")]
     cni_bin_dir: PathBuf,
+    /// The cluster DNS address every pod's resolv.conf names: the kube-dns Service's
+    /// ClusterIP (default: the tenth address of the service range, 10.43.0.10).
+    #[arg(long)]
+    cluster_dns: Option<std::net::Ipv4Addr>,
+    /// The cluster's DNS domain: Services are `NAME.NAMESPACE.svc.<domain>`.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
 }
 
 /// What each listener of a host's L4 proxy may hold (each listener counts on its own).
@@ -160,9 +167,23 @@ impl GuestArgs {
 // === impl PodArgs ===
 
 impl PodArgs {
-    /// Sets the pod role of `config`: none when disabled, or when no runtime is given and
-    /// no containerd is installed.
-    pub(super) fn apply(&self, config: &mut keel_agent::AgentConfig) {
+    /// The cluster DNS (`--cluster-dns`, else `default`; `--cluster-domain`), or what is
+    /// wrong with the flags.
+    pub(super) fn cluster_dns(
+        &self,
+        default: std::net::Ipv4Addr,
+    ) -> Result<keel_agent::pods::ClusterDns, String> {
+        keel_agent::pods::ClusterDns::new(self.cluster_dns.unwrap_or(default), &self.cluster_domain)
+            .map_err(|e| format!("--cluster-domain: {e}"))
+    }
+
+    /// Sets the pod role of `config` (its pods ask `dns`): none when disabled, or when no
+    /// runtime is given and no containerd is installed.
+    pub(super) fn apply(
+        &self,
+        config: &mut keel_agent::AgentConfig,
+        dns: keel_agent::pods::ClusterDns,
+    ) {
         if self.disable_pods {
             return;
         }
@@ -181,6 +202,7 @@ impl PodArgs {
                 sandbox_image: self.pause_image.clone(),
                 cni_bin_dir: self.cni_bin_dir.clone(),
             },
+            dns,
         });
     }
 }

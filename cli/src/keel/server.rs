@@ -366,6 +366,28 @@ fn process_metrics() -> String {
 
 /// The controllers' settings from the flags; `identity` names this server's candidate for
 /// the controllers' Lease.
+/// The cluster's Service range (`--service-cidr`).
+fn service_range(args: &ServerArgs) -> Result<keel_controllers::services::ServiceRange, String> {
+    keel_controllers::services::ServiceRange::parse(&args.service_cidr)
+        .map_err(|e| format!("--service-cidr: {e}"))
+}
+
+/// The cluster DNS (`--cluster-dns`, by default the tenth address of the Service range, and
+/// `--cluster-domain`).
+fn cluster_dns(args: &ServerArgs) -> Result<keel_agent::pods::ClusterDns, String> {
+    let range = service_range(args)?;
+    let dns = args
+        .pods
+        .cluster_dns(range.nth(10).unwrap_or(range.network))?;
+    if !range.contains(dns.address) {
+        return Err(format!(
+            "--cluster-dns {} is not in --service-cidr {}",
+            dns.address, args.service_cidr
+        ));
+    }
+    Ok(dns)
+}
+
 fn manager_config(
     identity: &str,
     args: &ServerArgs,
@@ -382,10 +404,8 @@ fn manager_config(
         keel_controllers::node_ipam::PodRanges::parse(&args.cluster_cidr, 24)
             .map_err(|e| format!("--cluster-cidr: {e}"))?,
     );
-    config.service_range = Some(
-        keel_controllers::services::ServiceRange::parse(&args.service_cidr)
-            .map_err(|e| format!("--service-cidr: {e}"))?,
-    );
+    config.service_range = Some(service_range(args)?);
+    config.cluster_dns = Some(cluster_dns(args)?);
     if let Some(pool) = &args.lb_vip_pool {
         config.load_balancers.vip_pool = Some(pool.clone());
     }
@@ -449,7 +469,7 @@ fn local_agent_config(
     agent.load_balancer = !args.disable_load_balancer;
     args.lb.apply(&mut agent)?;
     args.guests.apply(&mut agent);
-    args.pods.apply(&mut agent);
+    args.pods.apply(&mut agent, cluster_dns(args)?);
     agent.ca_pem = server.ca_pem().to_string();
     // The local agent is a node like any other: it registers with the agent token and
     // talks as system:node:NAME.

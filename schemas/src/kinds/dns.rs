@@ -132,6 +132,12 @@ pub enum AutoRecordKind {
     VirtualMachine,
     /// A load balancer's VIP.
     LoadBalancer,
+    /// A Service's names by Kubernetes' DNS specification: `<service>.<namespace>.svc`
+    /// (its ClusterIP, or a headless Service's ready endpoints), SRV records of its named
+    /// ports, and a CNAME for an ExternalName Service.
+    Service,
+    /// A pod's `<a-b-c-d>.<namespace>.pod` name for its address.
+    Pod,
 }
 
 /// PTR records for a subnet.

@@ -280,6 +280,9 @@ pub struct Backends {
     /// Fixed host:port addresses.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,
+    /// A Service of the namespace, reached at its ClusterIP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// How a backend is chosen.

@@ -188,6 +188,7 @@ fn compute_and_network_kinds() {
                     match_expressions: vec![],
                 }),
                 addresses: vec![],
+                service: None,
             },
             algorithm: Some(Algorithm::LeastConnections),
             health_check: Some(HealthCheck {

@@ -153,17 +153,23 @@ pub(super) fn load_balancer(spec: Option<&Field<'_>>, errors: &mut Vec<FieldErro
 }
 
 fn backend_rules(backends: &Field<'_>, errors: &mut Vec<FieldError>) {
-    match (backends.get("selector"), backends.get("addresses")) {
-        (Some(_), Some(_)) => errors.push(FieldError::forbidden(
+    let set = ["selector", "addresses", "service"]
+        .iter()
+        .filter(|k| backends.get(k).is_some())
+        .count();
+    if set > 1 {
+        errors.push(FieldError::forbidden(
             backends.path.clone(),
-            "set only one of selector or addresses",
-        )),
-        (None, None) if backends.value.is_object() => errors.push(FieldError::required(
+            "set only one of selector, addresses or service",
+        ));
+    } else if set == 0 && backends.value.is_object() {
+        errors.push(FieldError::required(
             backends.path.clone(),
-            "set one of selector or addresses",
-        )),
-        (selector, _) => label_selector(selector, errors),
+            "set one of selector, addresses or service",
+        ));
     }
+    label_selector(backends.get("selector"), errors);
+    object_ref(backends.get("service"), errors);
     let addresses = backends.items_of("addresses");
     for address in &addresses {
         if let Some(Err(why)) = address.str().map(parse_host_port) {
