@@ -42,6 +42,8 @@ pub struct AgentConfig {
     /// What one client may take of the DNS server: response rate limiting over UDP, TCP
     /// connections and timeouts.
     pub dns_limits: keel_dns::Limits,
+    /// Who the DNS server forwards names outside Keel's zones for, and to whom.
+    pub dns_recursion: keel_dns::Recursion,
     /// Where the S3 endpoint listens (port 0: any free port, published in the Node); none:
     /// this host has no storage role.
     pub s3_listen: Option<SocketAddr>,
@@ -158,6 +160,7 @@ impl AgentConfig {
             exe,
             dns_listen: None,
             dns_limits: keel_dns::Limits::default(),
+            dns_recursion: keel_dns::Recursion::default(),
             s3_listen: None,
             s3_tls: keel_storage::S3Tls::PlainHttp,
             s3_limits: keel_host::listen::Limits::default(),
@@ -252,6 +255,7 @@ pub async fn run(
         tokio::spawn(keel_dns::run(
             shared.node(),
             shared.config.dns_limits,
+            shared.config.dns_recursion.clone(),
             sockets,
             health.clone(),
             shutdown.clone(),

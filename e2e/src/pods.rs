@@ -220,3 +220,64 @@ pub fn containers(data: &Path) -> Vec<String> {
     })
     .unwrap_or_default()
 }
+
+/// A BIND (`named`) resolver that answers for one zone, on loopback in a host's namespace:
+/// the upstream a DNS server forwards names outside Keel's zones to.
+pub struct Upstream {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Upstream {
+    /// Starts `named` under `root` in `net` on 127.0.0.1:`port`, answering for `zone`
+    /// (`outside.test.`) with the zone-file `records`.
+    pub fn start(root: &Path, net: &Netns, port: u16, zone: &str, records: &str) -> Upstream {
+        let dir = root.join("named");
+        std::fs::create_dir_all(&dir).expect("named's directory");
+        let d = dir.display();
+        std::fs::write(
+            dir.join("zone"),
+            format!(
+                "$ORIGIN {zone}\n$TTL 60\n@ SOA ns hostmaster 1 3600 600 86400 60\n@ NS ns\nns A 127.0.0.1\n{records}\n"
+            ),
+        )
+        .expect("the zone file");
+        std::fs::write(
+            dir.join("named.conf"),
+            format!(
+                r#"options {{
+    directory "{d}";
+    pid-file "{d}/named.pid";
+    session-keyfile "{d}/session.key";
+    managed-keys-directory "{d}";
+    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion no;
+    dnssec-validation no;
+    notify no;
+}};
+controls {{ }};
+zone "{zone}" {{ type primary; file "{d}/zone"; }};
+"#
+            ),
+        )
+        .expect("named.conf");
+        let log = std::fs::File::create(dir.join("named.log")).expect("named's log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &net.name, "named", "-g", "-c"])
+            .arg(dir.join("named.conf"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start named (bind9)");
+        Upstream { child, port }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use keel_e2e::pods::{Registry, containers};
+use keel_e2e::pods::{Registry, Upstream, containers};
 use keel_e2e::{BridgedServer, KeelAgent, Netns, eventually};
 use serde_json::Value;
 
@@ -940,7 +940,23 @@ spec:
 async fn pods_resolve_services_and_pods_by_their_cluster_dns_names() {
     let root = tempfile::tempdir().expect("a temp dir");
     // The pod node is the cluster's DNS server too.
-    let host = pod_host_with(root.path(), "d", &[], &["--dns-listen", "0.0.0.0:0"]).await;
+    // It forwards other names to a BIND upstream (started below) for pods only.
+    let upstream_port = keel_e2e::free_port();
+    let upstream = format!("127.0.0.1:{upstream_port}");
+    let host = pod_host_with(
+        root.path(),
+        "d",
+        &[],
+        &["--dns-listen", "0.0.0.0:0", "--dns-upstream", &upstream],
+    )
+    .await;
+    let _named = Upstream::start(
+        root.path(),
+        &host.net,
+        upstream_port,
+        "outside.test.",
+        "www A 192.0.2.80",
+    );
     let admin = &host.admin;
     let image = host.registry.image("busybox:test");
     // The cluster DNS Service and its zone are made by the cluster, and the Service's
@@ -1060,6 +1076,9 @@ async fn pods_resolve_services_and_pods_by_their_cluster_dns_names() {
         dig(&["+short", "web-pods.default.svc.cluster.local", "A"]).contains(&web_ip),
         "the headless Service names its pod"
     );
+    // Only pods may recurse: the node itself (not in the pod range) is refused.
+    let refused = keel_e2e::dig(Some(&ns), port, &["+rec", "www.outside.test", "A"]);
+    assert!(refused.contains("REFUSED"), "{refused}");
     let pod_name = format!("{}.default.pod.cluster.local", web_ip.replace('.', "-"));
     assert!(
         dig(&["+short", &pod_name, "A"]).contains(&web_ip),
@@ -1075,9 +1094,12 @@ async fn pods_resolve_services_and_pods_by_their_cluster_dns_names() {
          nslookup svc-b.default.svc.cluster.local; \
          nslookup svc-b; \
          addr=$(nslookup svc-b.default.svc.cluster.local | sed -n 's/^Address: *//p' | tail -1); \
+         nslookup www.outside.test; \
          printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 $addr 80 | tail -1",
     )
     .await;
+    // A name outside Keel's zones was forwarded to the upstream.
+    assert!(got.contains("Address: 192.0.2.80"), "{got}");
     assert!(got.contains("nameserver 10.43.0.10"), "{got}");
     assert!(
         got.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),

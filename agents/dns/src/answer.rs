@@ -59,6 +59,9 @@ pub enum Outcome {
     Referral(Name),
     /// An error (FORMERR, REFUSED, NOTIMP, BADVERS, ...), a zone transfer, or silence.
     Error,
+    /// REFUSED: the name is in none of the zones (a recursing client's query is forwarded
+    /// instead, when the server forwards).
+    Elsewhere,
 }
 
 /// The responses to one request: none (silence), one, or several (a zone transfer).
@@ -123,7 +126,10 @@ pub fn answer(catalog: &Catalog, packet: &[u8], source: IpAddr, transport: Trans
         _ => {}
     }
     let Some(authority) = catalog.find(&query.name().to_lowercase()) else {
-        return error(vec![error_message(response, ResponseCode::Refused)]);
+        return Answer {
+            messages: vec![error_message(response, ResponseCode::Refused)],
+            outcome: Outcome::Elsewhere,
+        };
     };
     response.metadata.authoritative = true;
     let outcome = resolve(

@@ -24,6 +24,7 @@
 
 pub mod answer;
 pub mod catalog;
+pub mod forward;
 pub mod rrl;
 pub mod selfcheck;
 pub mod server;
@@ -45,6 +46,7 @@ use tokio::sync::watch;
 use keel_host::{Health, Node};
 
 pub use self::catalog::{Catalog, ZoneReport};
+pub use self::forward::Recursion;
 pub use self::rrl::RateLimits;
 pub use self::server::{Limits, Sockets};
 
@@ -59,11 +61,13 @@ const RETRY: Duration = Duration::from_millis(500);
 /// Writes of the Node's status tried in a row when another writer changed it in between.
 const CONFLICT_RETRIES: usize = 5;
 
-/// Serves DNS on `sockets` for `node` from the cluster's Zones, within `limits`, until
-/// `shutdown` turns true; `health` says when the agent may act for the node.
+/// Serves DNS on `sockets` for `node` from the cluster's Zones, within `limits` (forwarding
+/// other names as `recursion` allows), until `shutdown` turns true; `health` says when the
+/// agent may act for the node.
 pub async fn run(
     node: Node,
     limits: Limits,
+    recursion: Recursion,
     sockets: Sockets,
     mut health: watch::Receiver<Health>,
     shutdown: watch::Receiver<bool>,
@@ -71,7 +75,7 @@ pub async fn run(
     let (catalog_tx, catalog_rx) = watch::channel(Arc::new(Catalog::default()));
     let ask = sockets.local_addr().ok().map(selfcheck::target);
     let mut verified = std::collections::HashMap::new();
-    let server = tokio::spawn(sockets.serve(catalog_rx, limits, shutdown.clone()));
+    let server = tokio::spawn(sockets.serve(catalog_rx, limits, recursion, shutdown.clone()));
     let Some(kind) = keel_schemas::lookup("zones") else {
         return;
     };
@@ -172,6 +176,11 @@ pub fn render_metrics() -> String {
             "keel_dns_tcp_connections_timed_out_total",
             "TCP connections closed for not sending a whole message in time.",
             &c.tcp_timed_out,
+        ),
+        (
+            "keel_dns_forwards_refused_total",
+            "Queries for names outside Keel's zones answered SERVFAIL at once: as many were being forwarded already.",
+            &c.forward_refused,
         ),
     ] {
         let _ = writeln!(

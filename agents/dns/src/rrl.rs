@@ -233,7 +233,7 @@ impl Rrl {
             Outcome::NoData(name) => (Kind::NoData, 0, Some(name)),
             Outcome::NxDomain(zone) => (Kind::NxDomain, 0, Some(zone)),
             Outcome::Referral(cut) => (Kind::Referral, 0, Some(cut)),
-            Outcome::Error => (Kind::Error, 0, None),
+            Outcome::Error | Outcome::Elsewhere => (Kind::Error, 0, None),
         };
         let rate = i64::from(self.limits.rate(kind));
         if rate == 0 {

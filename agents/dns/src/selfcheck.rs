@@ -235,7 +235,8 @@ mod tests {
         assert_eq!(reports["shop/shop"].serial, Some(7));
         let (catalog_tx, catalog_rx) = tokio::sync::watch::channel(std::sync::Arc::new(catalog));
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
-        let serving = tokio::spawn(sockets.serve(catalog_rx, Default::default(), stop));
+        let serving =
+            tokio::spawn(sockets.serve(catalog_rx, Default::default(), Default::default(), stop));
         let domains: HashMap<String, String> =
             [("shop/shop".to_string(), "shop.example".to_string())].into();
         let mut verified = HashMap::new();
@@ -288,7 +289,7 @@ mod tests {
             },
             ..Default::default()
         };
-        tokio::spawn(sockets.serve(catalog_rx, limits, stop));
+        tokio::spawn(sockets.serve(catalog_rx, limits, Default::default(), stop));
         // Spend the second's credit: the next UDP answer slips.
         let name = Name::from_ascii("shop.example.").unwrap();
         let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();

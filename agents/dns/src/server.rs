@@ -13,8 +13,9 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::answer::{Transport, answer, truncated};
+use super::answer::{Outcome, Transport, answer, truncated};
 use super::catalog::Catalog;
+use super::forward::{Forwarder, Recursion};
 use super::rrl::{self, RateLimits, Rrl, Verdict};
 use keel_host::listen::{self, ConnectionLimits};
 
@@ -43,6 +44,8 @@ pub struct Counters {
     pub tcp_refused: AtomicU64,
     /// TCP connections closed for not sending a whole message in time.
     pub tcp_timed_out: AtomicU64,
+    /// Queries to forward answered SERVFAIL at once: as many were being forwarded already.
+    pub forward_refused: AtomicU64,
 }
 
 /// The process's counters (the process's `/metrics` shows them).
@@ -51,6 +54,7 @@ pub static COUNTERS: Counters = Counters {
     slipped: AtomicU64::new(0),
     tcp_refused: AtomicU64::new(0),
     tcp_timed_out: AtomicU64::new(0),
+    forward_refused: AtomicU64::new(0),
 };
 
 /// The bound sockets, before serving.
@@ -83,13 +87,21 @@ impl Sockets {
         self.udp.local_addr()
     }
 
-    /// Answers queries within `limits` until `shutdown` turns true.
+    /// Answers queries within `limits`, forwarding names outside the zones as `recursion`
+    /// allows, until `shutdown` turns true.
     pub async fn serve(
         self,
         catalog: watch::Receiver<Arc<Catalog>>,
         limits: Limits,
+        recursion: Recursion,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let forwarder = self
+            .udp
+            .local_addr()
+            .ok()
+            .and_then(|own| Forwarder::new(&recursion, own))
+            .map(Arc::new);
         // On a wildcard address each reply leaves from the address its query came to.
         let wildcard = self
             .udp
@@ -110,9 +122,10 @@ impl Sockets {
                 catalog.clone(),
                 rrl.clone(),
                 wildcard,
+                forwarder.clone(),
             ));
         }
-        tasks.spawn(tcp_loop(self.tcp, catalog, limits.tcp));
+        tasks.spawn(tcp_loop(self.tcp, catalog, limits.tcp, forwarder));
         let _ = shutdown.wait_for(|s| *s).await;
         tasks.abort_all();
     }
@@ -146,6 +159,7 @@ async fn udp_loop(
     catalog: watch::Receiver<Arc<Catalog>>,
     rrl: Option<Arc<Rrl>>,
     wildcard: bool,
+    forwarder: Option<Arc<Forwarder>>,
 ) {
     let mut buf = vec![0u8; 65_535];
     loop {
@@ -164,6 +178,16 @@ async fn udp_loop(
         };
         let current = catalog.borrow().clone();
         let answer = answer(&current, &buf[..n], peer.ip(), Transport::Udp);
+        if answer.outcome == Outcome::Elsewhere
+            && let Some(f) = forwarder
+                .as_ref()
+                .filter(|f| f.allows(peer.ip(), &buf[..n]))
+        {
+            let query = buf[..n].to_vec();
+            let reply = answer.messages.into_iter().next();
+            spawn_forward(f.clone(), query, reply, socket.clone(), peer, to);
+            continue;
+        }
         let verdict = match &rrl {
             Some(rrl) if !answer.messages.is_empty() => {
                 rrl.check(peer.ip(), &answer.outcome, rrl::now())
@@ -197,10 +221,59 @@ async fn udp_loop(
     }
 }
 
+/// Forwards `query` of `peer` (sent to `to`) in a task of its own and sends the answer
+/// back; with no slot free, or no upstream answering, SERVFAIL.
+fn spawn_forward(
+    forwarder: Arc<Forwarder>,
+    query: Vec<u8>,
+    refused: Option<Vec<u8>>,
+    socket: Arc<UdpSocket>,
+    peer: SocketAddr,
+    to: Option<std::net::Ipv4Addr>,
+) {
+    let send = move |socket: Arc<UdpSocket>, reply: Vec<u8>| async move {
+        let sent = match (to, peer) {
+            (Some(from), SocketAddr::V4(peer)) => pktinfo::send(&socket, &reply, peer, from).await,
+            _ => socket.send_to(&reply, peer).await.map(drop),
+        };
+        if let Err(e) = sent {
+            tracing::debug!(%peer, error = %e, "DNS UDP send failed");
+        }
+    };
+    let Some(slot) = forwarder.slot() else {
+        COUNTERS.forward_refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(reply) = refused.map(|r| server_failure(&r)) {
+            tokio::spawn(send(socket, reply));
+        }
+        return;
+    };
+    tokio::spawn(async move {
+        let reply = match forwarder.forward(&query, Transport::Udp).await {
+            Some(reply) => reply,
+            None => match refused {
+                Some(r) => server_failure(&r),
+                None => return,
+            },
+        };
+        send(socket, reply).await;
+        drop(slot);
+    });
+}
+
+/// `response` with its code turned to SERVFAIL.
+fn server_failure(response: &[u8]) -> Vec<u8> {
+    let mut out = response.to_vec();
+    if out.len() >= 4 {
+        out[3] = (out[3] & 0xf0) | 2;
+    }
+    out
+}
+
 async fn tcp_loop(
     listener: TcpListener,
     catalog: watch::Receiver<Arc<Catalog>>,
     limits: listen::Limits,
+    forwarder: Option<Arc<Forwarder>>,
 ) {
     let held = ConnectionLimits::new(limits);
     loop {
@@ -222,8 +295,9 @@ async fn tcp_loop(
             }
         };
         let catalog = catalog.clone();
+        let forwarder = forwarder.clone();
         tokio::spawn(async move {
-            let served = connection(stream, peer, catalog, &limits);
+            let served = connection(stream, peer, catalog, &limits, forwarder);
             match tokio::time::timeout(TCP_LIFETIME, served).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -247,6 +321,7 @@ async fn connection(
     peer: SocketAddr,
     catalog: watch::Receiver<Arc<Catalog>>,
     limits: &listen::Limits,
+    forwarder: Option<Arc<Forwarder>>,
 ) -> std::io::Result<()> {
     let timed_out = |what: String| std::io::Error::new(std::io::ErrorKind::TimedOut, what);
     let mut buf = vec![0u8; 65_535];
@@ -286,7 +361,22 @@ async fn connection(
         })??;
         let len = usize::from(u16::from_be_bytes(len));
         let current = catalog.borrow().clone();
-        let replies = answer(&current, &buf[..len], peer.ip(), Transport::Tcp).messages;
+        let answered = answer(&current, &buf[..len], peer.ip(), Transport::Tcp);
+        let mut replies = answered.messages;
+        if answered.outcome == Outcome::Elsewhere
+            && let Some(f) = forwarder
+                .as_ref()
+                .filter(|f| f.allows(peer.ip(), &buf[..len]))
+        {
+            let forwarded = match f.slot() {
+                Some(_slot) => f.forward(&buf[..len], Transport::Tcp).await,
+                None => None,
+            };
+            replies = match forwarded {
+                Some(reply) => vec![reply],
+                None => replies.iter().map(|r| server_failure(r)).collect(),
+            };
+        }
         if replies.is_empty() {
             // Silence on TCP means nothing useful can follow: close.
             return Ok(());

@@ -8,6 +8,7 @@
 //!   [`Capability`]: what a probe of the host found, as a Node condition.
 
 pub mod listen;
+pub mod resolv;
 
 /// The agent's standing with the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -856,7 +856,11 @@ fn sandbox_config(ctx: &Context, pod: &Pod, attempt: u32) -> v1::PodSandboxConfi
                 .unwrap_or_else(|| pod.name().to_string())
         },
         log_directory: log_dir(ctx, pod).display().to_string(),
-        dns_config: crate::dns::sandbox_dns(pod, &ctx.host.dns, &crate::dns::Resolver::host()),
+        dns_config: crate::dns::sandbox_dns(
+            pod,
+            &ctx.host.dns,
+            &keel_host::resolv::Resolver::host(),
+        ),
         port_mappings: ports,
         labels: pod_labels(pod),
         annotations: HashMap::new(),

@@ -109,6 +109,7 @@ pub(super) async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Err
     config.lease_duration = seconds(args.lease_duration);
     config.dns_listen = args.dns_listen.0;
     config.dns_limits = args.dns_limits.limits()?;
+    config.dns_recursion = args.dns_limits.recursion("10.42.0.0/16")?;
     config.load_balancer = !args.disable_load_balancer;
     args.guests.apply(&mut config);
     let dns = args

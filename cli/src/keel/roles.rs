@@ -79,6 +79,15 @@ pub(super) struct LbLimitArgs {
 /// semantics (`rate-limit { ... }`), and the TCP listener's connection caps.
 #[derive(Args, Debug)]
 pub(super) struct DnsLimitArgs {
+    /// Who may ask the DNS server for names outside Keel's zones, which it forwards to the
+    /// upstreams (CoreDNS's `forward` in k3s): CIDRs, comma-separated, or `none` (default:
+    /// the cluster's pod range, `10.42.0.0/16`); others get REFUSED.
+    #[arg(long)]
+    dns_recursion_clients: Option<String>,
+    /// A resolver the DNS server forwards to (IP or IP:PORT; repeat for more; default: the
+    /// host's /etc/resolv.conf).
+    #[arg(long)]
+    dns_upstream: Vec<String>,
     /// Identical UDP responses per second to one source network (BIND's
     /// `responses-per-second`); more are dropped or slipped. 0: no response rate limiting
     /// (unless a rate below is given).
@@ -251,6 +260,38 @@ impl LbLimitArgs {
 // === impl DnsLimitArgs ===
 
 impl DnsLimitArgs {
+    /// Who the DNS server forwards names outside Keel's zones for (`--dns-recursion-clients`,
+    /// else `pods`: the cluster's pod range) and to whom (`--dns-upstream`, else the host's
+    /// resolv.conf).
+    pub(super) fn recursion(&self, pods: &str) -> Result<keel_agent::dns::Recursion, String> {
+        let clients = self.dns_recursion_clients.as_deref().unwrap_or(pods);
+        let clients = if clients == "none" {
+            Vec::new()
+        } else {
+            clients
+                .split(',')
+                .map(|c| {
+                    c.trim()
+                        .parse::<keel_schemas::Cidr>()
+                        .map_err(|e| format!("--dns-recursion-clients {c:?}: {e}"))
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let upstreams = if self.dns_upstream.is_empty() {
+            keel_agent::dns::Recursion::host_upstreams()
+        } else {
+            self.dns_upstream
+                .iter()
+                .map(|u| {
+                    u.parse::<std::net::SocketAddr>()
+                        .or_else(|_| u.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+                        .map_err(|_| format!("--dns-upstream {u:?}: give IP or IP:PORT"))
+                })
+                .collect::<Result<_, _>>()?
+        };
+        Ok(keel_agent::dns::Recursion { clients, upstreams })
+    }
+
     /// The DNS server's limits, checked (a rate limit out of range, a connection cap of 0 is
     /// refused).
     pub(super) fn limits(&self) -> Result<keel_agent::dns::Limits, String> {

@@ -454,6 +454,7 @@ fn local_agent_config(
     agent.listen = args.agent_listen;
     agent.dns_listen = args.dns_listen.0;
     agent.dns_limits = args.dns_limits.limits()?;
+    agent.dns_recursion = args.dns_limits.recursion(&args.cluster_cidr)?;
     agent.s3_listen = args.s3_listen.0;
     // The local agent's S3 endpoint serves HTTPS with a certificate of the cluster CA,
     // which every client of the cluster already trusts.

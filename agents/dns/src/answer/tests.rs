@@ -373,7 +373,7 @@ fn outcomes_name_what_the_response_says() {
         outcome("host.child.shop.example.", A),
         Outcome::Referral(n("child.shop.example."))
     );
-    assert_eq!(outcome("www.other.example.", A), Outcome::Error);
+    assert_eq!(outcome("www.other.example.", A), Outcome::Elsewhere);
     assert_eq!(outcome("shop.example.", RecordType::AXFR), Outcome::Error);
 }
 

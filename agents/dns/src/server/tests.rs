@@ -34,7 +34,9 @@ async fn start(limits: Limits) -> (SocketAddr, watch::Sender<bool>) {
     let (_catalog_tx, catalog) = watch::channel(Arc::new(catalog));
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
-        sockets.serve(catalog, limits, stop).await;
+        sockets
+            .serve(catalog, limits, Default::default(), stop)
+            .await;
         drop(_catalog_tx);
     });
     (addr, stop_tx)
