@@ -1,5 +1,7 @@
 //! Node lifecycle: notices nodes whose agent stopped renewing its Lease, marks them
-//! `Ready=Unknown`, and after the eviction timeout moves their VMs elsewhere.
+//! `Ready=Unknown`, and after the eviction timeout moves their VMs elsewhere and deletes
+//! their pods (Kubernetes' taint-based eviction), whose controllers make them again on the
+//! nodes that are left.
 //!
 //! Timing, and why no VM ever runs twice: an agent renews its Lease (in `kube-node-lease`)
 //! every quarter of the grace period. An agent that cannot renew for the grace period stops
@@ -9,7 +11,9 @@
 //! the time a Lease has looked stale for the grace period, the agent has fenced. Only after a
 //! further eviction timeout (the margin for stopping guests) does it unbind VMs, and only
 //! those that may restart elsewhere: run strategy `Always` and every disk disposable. The
-//! others wait for their node, with a `NodeLost` condition saying why. The grace period is
+//! others wait for their node, with a `NodeLost` condition saying why. Pods are deleted
+//! and the node's finalizer on them released: the fenced agent has stopped their containers
+//! and removes what is left of them when it comes back. The grace period is
 //! never shorter than the duration the agent declares in its Lease (when it fences). A
 //! controller that has
 //! just taken over has seen nothing change yet: it gives every node a full grace period.
@@ -20,14 +24,16 @@ use std::time::{Duration, Instant};
 
 use keel_client::{Api, Client, ClientError};
 use keel_schemas::kinds::compute::{RunStrategy, VirtualMachine, VirtualMachinePhase};
-use keel_schemas::kinds::core::{Lease, Node};
+use keel_schemas::kinds::core::{Lease, Node, Pod};
 use tokio::sync::watch;
 
 use keel_runtime::{
     Action, Condition, Controller, EventType, ObjectExt, ObjectRef, Recorder, Store,
     set_typed_condition, typed_condition_status, watcher,
 };
-use keel_schemas::wellknown::{DNS_SYNCED, NODE_LEASE_NAMESPACE, VM_HOST_FINALIZER};
+use keel_schemas::wellknown::{
+    DNS_SYNCED, NODE_LEASE_NAMESPACE, POD_HOST_FINALIZER, VM_HOST_FINALIZER,
+};
 
 /// The node lifecycle controller's timings.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +50,8 @@ struct Context {
     nodes: Api<Node>,
     vms: Store<VirtualMachine>,
     vm_kind: &'static keel_schemas::Kind,
+    pods: Store<Pod>,
+    pod_kind: &'static keel_schemas::Kind,
     leases: Store<Lease>,
     config: NodeLifecycleConfig,
     recorder: Recorder,
@@ -70,10 +78,11 @@ pub async fn run(
     config: NodeLifecycleConfig,
     shutdown: watch::Receiver<bool>,
 ) {
-    let (Some(node_kind), Some(lease_kind), Some(vm_kind)) = (
+    let (Some(node_kind), Some(lease_kind), Some(vm_kind), Some(pod_kind)) = (
         keel_schemas::lookup("nodes"),
         keel_schemas::lookup("leases"),
         keel_schemas::lookup("virtualmachines"),
+        keel_schemas::lookup("pods"),
     ) else {
         return;
     };
@@ -91,10 +100,16 @@ pub async fn run(
         Api::<VirtualMachine>::all(&client, vm_kind),
         watcher::Config::default(),
         |_: &VirtualMachine| Vec::new(),
+    )
+    .watches(
+        Api::<Pod>::all(&client, pod_kind),
+        watcher::Config::default(),
+        |_: &Pod| Vec::new(),
     );
-    let (Some(leases), Some(vms)) = (
+    let (Some(leases), Some(vms), Some(pods)) = (
         controller.store_of("Lease"),
         controller.store_of("VirtualMachine"),
+        controller.store_of("Pod"),
     ) else {
         return;
     };
@@ -102,6 +117,8 @@ pub async fn run(
         nodes: Api::all(&client, node_kind),
         vms,
         vm_kind,
+        pods,
+        pod_kind,
         leases,
         config,
         recorder: Recorder::new(&client, "keel-node-lifecycle", &instance),
@@ -150,7 +167,10 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, ClientE
     for vm in ctx.vms.on_node(&name) {
         evict(&vm, &name, &ctx).await?;
     }
-    // VMs bound to a lost node later (by a pin) are picked up by this periodic look.
+    for pod in ctx.pods.on_node(&name) {
+        evict_pod(&pod, &name, &ctx).await?;
+    }
+    // VMs and pods bound to a lost node later (by a pin) are picked up by this periodic look.
     Ok(Action::requeue(Duration::from_secs(5)))
 }
 
@@ -271,6 +291,50 @@ async fn evict(vm: &VirtualMachine, node: &str, ctx: &Context) -> Result<(), Cli
         .publish(vm, EventType::Warning, type_, "Evicting", &message)
         .await;
     Ok(())
+}
+
+/// Deletes a pod of a lost node and releases the node's finalizer on it, so that its
+/// ReplicaSet (or whoever made it) makes another on a node that is left.
+async fn evict_pod(pod: &Pod, node: &str, ctx: &Context) -> Result<(), ClientError> {
+    let api: Api<Pod> = Api::namespaced(
+        ctx.nodes.client(),
+        ctx.pod_kind,
+        pod.namespace().unwrap_or("default"),
+    );
+    if !pod.is_deleting() {
+        let params = keel_client::DeleteParams {
+            uid: Some(pod.uid().to_string()),
+            propagation_policy: None,
+        };
+        match api.delete(pod.name(), &params).await {
+            Ok(_) => {}
+            Err(e) if matches!(e.code(), Some(404 | 409)) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let message = format!(
+            "node {node} stopped renewing its lease; its agent has stopped the pod's containers: deleting the pod"
+        );
+        tracing::warn!(pod = %pod.object_ref(), node, "{message}");
+        ctx.recorder
+            .publish(pod, EventType::Warning, "NodeLost", "Evicting", &message)
+            .await;
+    }
+    let Some(index) = pod
+        .finalizers()
+        .iter()
+        .position(|f| *f == POD_HOST_FINALIZER)
+    else {
+        return Ok(());
+    };
+    let ops = serde_json::json!([
+        {"op": "test", "path": format!("/metadata/finalizers/{index}"), "value": POD_HOST_FINALIZER},
+        {"op": "remove", "path": format!("/metadata/finalizers/{index}")},
+    ]);
+    match api.patch(pod.name(), &keel_client::Patch::Json(ops)).await {
+        Ok(_) => Ok(()),
+        Err(e) if matches!(e.code(), Some(404 | 409 | 422)) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Lets a VM deleted while its node is lost go: the node's agent has fenced the guest and

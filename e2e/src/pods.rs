@@ -48,7 +48,12 @@ impl Registry {
     /// Starts a registry under `root` on loopback (of `netns`, if given) and pushes the test
     /// images to it.
     pub fn start(root: &Path, netns: Option<&Netns>) -> Registry {
-        let port = crate::free_port();
+        Registry::start_at(root, netns, crate::free_port())
+    }
+
+    /// The same on `port`: registries of several hosts' namespaces on one port give their
+    /// images one name.
+    pub fn start_at(root: &Path, netns: Option<&Netns>, port: u16) -> Registry {
         let addr = format!("127.0.0.1:{port}");
         let dir = root.join(format!("registry-{port}"));
         std::fs::create_dir_all(&dir).expect("the registry's directory");

@@ -83,12 +83,9 @@ async fn pod_host(root: &Path, tag: &str) -> PodHost {
     pod_host_with(root, tag, &[], &[]).await
 }
 
-/// A pod host whose server and agent also have `server_extra` and `extra` flags.
-async fn pod_host_with(root: &Path, tag: &str, server_extra: &[&str], extra: &[&str]) -> PodHost {
-    let cluster = BridgedServer::start(root, tag, server_extra).await;
-    let net = cluster.bridge.netns(2);
-    // A default route, as k3s asks of a node: the node's own connections to a ClusterIP
-    // (its load balancer's, its health checks') are routed before they are DNATed.
+/// A default route, as k3s asks of a node: the node's own connections to a ClusterIP (its
+/// load balancer's, its health checks') are routed before they are DNATed.
+fn default_route(cluster: &BridgedServer, net: &Netns) {
     let route = Command::new("ip")
         .args(["-n", &net.name, "route", "add", "default", "via"])
         .arg(cluster.bridge.address())
@@ -99,6 +96,13 @@ async fn pod_host_with(root: &Path, tag: &str, server_extra: &[&str], extra: &[&
         "{}",
         String::from_utf8_lossy(&route.stderr)
     );
+}
+
+/// A pod host whose server and agent also have `server_extra` and `extra` flags.
+async fn pod_host_with(root: &Path, tag: &str, server_extra: &[&str], extra: &[&str]) -> PodHost {
+    let cluster = BridgedServer::start(root, tag, server_extra).await;
+    let net = cluster.bridge.netns(2);
+    default_route(&cluster, &net);
     let registry = Registry::start(root, Some(&net));
     let mut agent = KeelAgent::new(root, "pod-node", Some(&net));
     let flags = agent_flags(&registry);
@@ -383,10 +387,10 @@ async fn bad_pods_get_the_kubelets_clear_statuses() {
             .is_some_and(|m| m.contains("Insufficient memory")),
         "{huge}"
     );
-    // A volume this node cannot mount yet: the container waits and says why, rather than
-    // run without it.
+    // A volume naming a Secret that does not exist: the container waits and says so, rather
+    // than run without it; once the Secret is made, it starts with it.
     let mounted = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: mounted}}\nspec:\n  volumes: [{{name: scratch, emptyDir: {{}}}}]\n  containers:\n  - name: c\n    image: {image}\n    volumeMounts: [{{name: scratch, mountPath: /scratch}}]\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: mounted}}\nspec:\n  volumes: [{{name: creds, secret: {{secretName: missing}}}}]\n  containers:\n  - name: c\n    image: {image}\n    command: [sh, -c, 'cat /creds/password; echo; sleep 3600']\n    volumeMounts: [{{name: creds, mountPath: /creds}}]\n"
     );
     let file = root.path().join("mounted.yaml");
     std::fs::write(&file, mounted).unwrap();
@@ -400,9 +404,36 @@ async fn bad_pods_get_the_kubelets_clear_statuses() {
     assert!(
         waiting["message"]
             .as_str()
-            .is_some_and(|m| m.contains("scratch")),
+            .is_some_and(|m| m.contains("secret \"missing\" not found")),
         "{waiting}"
     );
+    // Nothing half-made: no container was created for it.
+    let status = pod(admin, "mounted").expect("the pod");
+    assert!(
+        status["status"]["containerStatuses"][0]["containerID"].is_null(),
+        "{status}"
+    );
+    ok(kubectl(
+        admin,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "missing",
+            "--from-literal=password=s3cret",
+        ],
+    ));
+    eventually("mounted running", WAIT, || async {
+        let p = pod(admin, "mounted")?;
+        (p["status"]["phase"] == "Running").then_some(())
+    })
+    .await;
+    let said = eventually("the Secret's file in the container", WAIT, || async {
+        let out = ok(kubectl(admin, &["logs", "mounted"]));
+        out.contains("s3cret").then_some(out)
+    })
+    .await;
+    assert_eq!(said.trim(), "s3cret");
 
     // The host's network is the admins' to give: refused in a namespace not granted it.
     let overrides = r#"{"spec":{"hostNetwork":true}}"#;
@@ -1147,12 +1178,311 @@ async fn pods_resolve_services_and_pods_by_their_cluster_dns_names() {
         "{logs}"
     );
     // The Service deleted, its name goes.
+    let deleted = std::time::Instant::now();
     ok(kubectl(admin, &["delete", "service", "svc-b"]));
     eventually("svc-b's record gone", WAIT, || async {
         let out = dig(&["svc-b.default.svc.cluster.local", "A"]);
         out.contains("NXDOMAIN").then_some(())
     })
     .await;
+    // A figure, not a limit: how soon the cluster DNS follows a Service.
+    eprintln!(
+        "figure: a deleted Service's name was gone from the cluster DNS {} ms after kubectl delete began",
+        deleted.elapsed().as_millis()
+    );
     ok(kubectl(admin, &["delete", "deployment", "web"]));
     drop(host.cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn volumes_and_environment_come_from_configmaps_secrets_and_the_downward_api() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    let host = pod_host(root.path(), "v").await;
+    let admin = &host.admin;
+    let image = host.registry.image("busybox:test");
+    ok(kubectl(
+        admin,
+        &[
+            "create",
+            "configmap",
+            "site",
+            "--from-literal=index.html=hello",
+            "--from-literal=GREETING=hi",
+        ],
+    ));
+    ok(kubectl(
+        admin,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "creds",
+            "--from-literal=password=s3cret",
+        ],
+    ));
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: reader, labels: {{tier: web}}}}
+spec:
+  restartPolicy: Never
+  volumes:
+  - {{name: site, configMap: {{name: site, items: [{{key: index.html, path: www/index.html, mode: 0600}}]}}}}
+  - {{name: creds, secret: {{secretName: creds}}}}
+  - {{name: info, downwardAPI: {{items: [{{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}]}}}}
+  - {{name: shared, emptyDir: {{}}}}
+  - {{name: both, projected: {{sources: [{{configMap: {{name: site}}}}, {{secret: {{name: creds}}}}]}}}}
+  initContainers:
+  - name: init
+    image: {image}
+    command: [sh, -c, 'echo from-init > /shared/note']
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+  containers:
+  - name: c
+    image: {image}
+    resources: {{limits: {{memory: 64Mi}}}}
+    command: [sh, -c, 'cat /site/www/index.html; echo; stat -c %a /site/www/index.html; cat /creds/password; echo; cat /info/labels; echo; cat /shared/note; ls /both; echo "env $GREETING $PASS $CM_GREETING $POD_NAME $POD_NS $MEM"; echo "$POD_IP" | grep -c 10.42; touch /site/x 2>&1 | grep -c Read-only']
+    volumeMounts:
+    - {{name: site, mountPath: /site}}
+    - {{name: creds, mountPath: /creds, readOnly: true}}
+    - {{name: info, mountPath: /info}}
+    - {{name: shared, mountPath: /shared}}
+    - {{name: both, mountPath: /both}}
+    envFrom: [{{configMapRef: {{name: site}}, prefix: CM_}}]
+    env:
+    - {{name: GREETING, valueFrom: {{configMapKeyRef: {{name: site, key: GREETING}}}}}}
+    - {{name: PASS, valueFrom: {{secretKeyRef: {{name: creds, key: password}}}}}}
+    - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+    - {{name: POD_NS, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}
+    - {{name: POD_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
+    - {{name: MEM, valueFrom: {{resourceFieldRef: {{resource: limits.memory, divisor: 1Mi}}}}}}
+    - {{name: NOPE, valueFrom: {{configMapKeyRef: {{name: absent, key: k, optional: true}}}}}}
+"#
+    );
+    let file = root.path().join("reader.yaml");
+    std::fs::write(&file, manifest).unwrap();
+    ok(kubectl(admin, &["apply", "-f", file.to_str().unwrap()]));
+    eventually("reader to end", WAIT, || async {
+        let p = pod(admin, "reader")?;
+        matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(())
+    })
+    .await;
+    let out = ok(kubectl(admin, &["logs", "reader"]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "hello",
+            "600",
+            "s3cret",
+            "tier=\"web\"",
+            "from-init",
+            "GREETING",
+            "index.html",
+            "password",
+            "env hi s3cret hi reader default 64",
+            "1",
+            "1",
+        ],
+        "{out}"
+    );
+    // A missing key that is not optional: the container waits, naming the key.
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: keyless}}\nspec:\n  containers:\n  - name: c\n    image: {image}\n    env: [{{name: X, valueFrom: {{configMapKeyRef: {{name: site, key: nope}}}}}}]\n"
+    );
+    std::fs::write(&file, manifest).unwrap();
+    ok(kubectl(admin, &["apply", "-f", file.to_str().unwrap()]));
+    let waiting = eventually("keyless waiting", WAIT, || async {
+        let p = pod(admin, "keyless")?;
+        let w = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        (w["reason"] == "CreateContainerConfigError").then_some(w)
+    })
+    .await;
+    assert_eq!(
+        waiting["message"], "couldn't find key nope in ConfigMap default/site",
+        "{waiting}"
+    );
+    // A host path is not a tenant's to mount: refused by this node, saying so.
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: hostly}}\nspec:\n  volumes: [{{name: etc, hostPath: {{path: /etc}}}}]\n  containers:\n  - name: c\n    image: {image}\n    volumeMounts: [{{name: etc, mountPath: /host}}]\n"
+    );
+    std::fs::write(&file, manifest).unwrap();
+    ok(kubectl(admin, &["apply", "-f", file.to_str().unwrap()]));
+    let waiting = eventually("hostly waiting", WAIT, || async {
+        let p = pod(admin, "hostly")?;
+        let w = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        (w["reason"] == "CreateContainerConfigError").then_some(w)
+    })
+    .await;
+    assert!(
+        waiting["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("hostPath volumes are not supported")),
+        "{waiting}"
+    );
+    ok(kubectl(admin, &["delete", "pod", "--all", "--timeout=60s"]));
+    // Their volumes went with them.
+    let volumes = host.agent.data_dir.join("pods/volumes");
+    let left: Vec<_> = std::fs::read_dir(&volumes)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    drop(host.cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deployment_spreads_over_two_nodes_whose_pods_reach_each_other_and_moves_off_a_lost_one()
+{
+    let root = tempfile::tempdir().expect("a temp dir");
+    let cluster = BridgedServer::start(
+        root.path(),
+        "m",
+        &[
+            "--node-monitor-grace-period",
+            "4",
+            "--node-eviction-timeout",
+            "2",
+        ],
+    )
+    .await;
+    let admin = cluster.server.dir().admin_kubeconfig();
+    let admin = &admin;
+    let port = keel_e2e::free_port();
+    let mut hosts = Vec::new();
+    for (i, name) in [(2u8, "node-a"), (3, "node-b")] {
+        let net = cluster.bridge.netns(i);
+        default_route(&cluster, &net);
+        let dir = root.path().join(format!("{name}-registry"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let registry = Registry::start_at(&dir, Some(&net), port);
+        let mut agent = KeelAgent::new(root.path(), name, Some(&net));
+        let flags = agent_flags(&registry);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        agent.start(&cluster.url, &cluster.agent_token, &flags);
+        hosts.push((net, registry, agent));
+    }
+    let image = hosts[0].1.image("busybox:test");
+    // Both nodes ready, with their pod ranges, before the replicas are placed.
+    for node in ["node-a", "node-b"] {
+        eventually(&format!("{node} ready with a pod range"), WAIT, || async {
+            let out = kubectl(
+                admin,
+                &[
+                    "get",
+                    "node",
+                    node,
+                    "-o",
+                    "jsonpath={.spec.podCIDR} {.status.conditions[?(@.type==\"Ready\")].status}",
+                ],
+            );
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            (text.starts_with("10.42.") && text.ends_with("True")).then_some(())
+        })
+        .await;
+    }
+    let serve = "mkdir -p /www; hostname > /www/index.html; exec httpd -f -p 8080 -h /www";
+    create_web(admin, &image, 4, serve);
+    ok(kubectl(
+        admin,
+        &["rollout", "status", "deployment/web", "--timeout=120s"],
+    ));
+    // Spread: two replicas on each node.
+    let pods = pods_of(admin, "web");
+    let on = |node: &str| -> Vec<Value> {
+        pods.iter()
+            .filter(|p| p["spec"]["nodeName"] == node)
+            .cloned()
+            .collect()
+    };
+    assert_eq!((on("node-a").len(), on("node-b").len()), (2, 2), "{pods:?}");
+    // A pod on node-a reaches a pod on node-b at its address (host-gw routes).
+    let far = on("node-b")[0]["status"]["podIP"]
+        .as_str()
+        .expect("a pod IP")
+        .to_string();
+    let far_name = on("node-b")[0]["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let got = run_pinned(
+        admin,
+        &image,
+        "client-a",
+        "node-a",
+        &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {far} 8080 2>&1 | tail -1"),
+    )
+    .await;
+    assert_eq!(got.trim(), far_name, "node-a's pod reached {far}");
+    // node-b is cut off: its agent fences and stops its pods; after the grace period and
+    // the eviction timeout its pods are deleted and made again on node-a.
+    let (net_b, _, agent_b) = &hosts[1];
+    let down = Command::new("ip")
+        .args(["link", "set", &net_b.host_link, "down"])
+        .output()
+        .expect("ip link");
+    assert!(down.status.success());
+    eventually("node-b's containers stopped by its agent", WAIT, || async {
+        containers(&agent_b.data_dir).is_empty().then_some(())
+    })
+    .await;
+    let moved = eventually("all four replicas on node-a", WAIT, || async {
+        let pods = pods_of(admin, "web");
+        let live = pods
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Running")
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter(|p| p["spec"]["nodeName"] == "node-a")
+            .count();
+        (live == 4 && pods.len() == 4).then_some(pods)
+    })
+    .await;
+    assert_eq!(moved.len(), 4, "the lost node's pods are gone: {moved:?}");
+    let events = ok(kubectl(
+        admin,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=NodeLost",
+            "-o",
+            "name",
+        ],
+    ));
+    assert!(!events.trim().is_empty(), "NodeLost events");
+    ok(kubectl(admin, &["delete", "deployment", "web"]));
+    drop(hosts);
+    drop(cluster);
+}
+
+/// Runs `script` to completion in a pod pinned to `node` and returns what it printed.
+async fn run_pinned(
+    kubeconfig: &Path,
+    image: &str,
+    name: &str,
+    node: &str,
+    script: &str,
+) -> String {
+    let overrides = format!(r#"{{"spec":{{"nodeName":"{node}"}}}}"#);
+    ok(kubectl(
+        kubeconfig,
+        &[
+            "run",
+            name,
+            "--restart=Never",
+            "--image",
+            image,
+            "--overrides",
+            &overrides,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    ));
+    eventually(&format!("{name} to end"), WAIT, || async {
+        let p = pod(kubeconfig, name)?;
+        matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(())
+    })
+    .await;
+    ok(kubectl(kubeconfig, &["logs", name]))
 }

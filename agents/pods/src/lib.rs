@@ -20,7 +20,9 @@ pub mod cri;
 mod dns;
 pub mod logs;
 mod probes;
+pub mod routes;
 pub mod services;
+mod volumes;
 
 pub use keel_schemas::net::ClusterDns;
 mod sync;
@@ -154,11 +156,17 @@ pub async fn run(
         ctx.pod_cidr.clone(),
         shutdown.clone(),
     ));
+    let router = tokio::spawn(routes::run(
+        ctx.host.node.client.clone(),
+        ctx.host.node.name.clone(),
+        shutdown.clone(),
+    ));
     let relister = tokio::spawn(relist(ctx.clone(), store, queue, shutdown.clone()));
     controller.run(reconcile, ctx, shutdown).await;
     let _ = relister.await;
     let _ = network.await;
     let _ = proxy.await;
+    let _ = router.await;
 }
 
 async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, PodError> {
@@ -180,6 +188,7 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, PodError>
             FinalizerEvent::Cleanup(pod) => {
                 sync::kill(&ctx, pod.uid(), grace(&pod)).await?;
                 sync::remove_logs(&ctx, &pod);
+                volumes::remove(&ctx, pod.uid());
                 forget(&ctx, pod.uid());
                 Ok(Action::await_change())
             }
@@ -353,6 +362,7 @@ async fn relist(
             if let Err(e) = sync::kill(&ctx, uid, Duration::from_secs(2)).await {
                 tracing::warn!(error = %e, "cannot remove an orphaned pod");
             }
+            volumes::remove(&ctx, uid);
             forget(&ctx, uid);
         }
     }

@@ -13,12 +13,14 @@ use keel_schemas::kinds::core::{
 };
 
 use crate::cri::{Cri, CriError, PULL_TIMEOUT, v1};
-use crate::{Context, PodError, labels};
+use crate::{Context, PodError, labels, volumes};
 
 /// The first wait before a failed container (or pull) is tried again; it doubles.
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
 /// The longest wait (the kubelet's).
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How soon a container that waits for a ConfigMap, Secret or key is tried again.
+const CONFIG_RETRY: Duration = Duration::from_secs(5);
 /// A container that ran this long without failing has its back-off reset.
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
@@ -359,7 +361,10 @@ pub(crate) async fn sync(pod: &Pod, api: &Api<Pod>, ctx: &Context) -> Result<Act
                 soonest(left);
                 Some(crash_loop(c, left))
             }
-            Step::Start => start(ctx, pod, c, &sandbox.id, &config, history).await,
+            Step::Start => {
+                let addresses = report.addresses();
+                start(ctx, pod, c, &sandbox.id, &config, history, &addresses).await
+            }
         };
         if let Some((_, left)) = &waiting {
             soonest(*left);
@@ -388,7 +393,10 @@ pub(crate) async fn sync(pod: &Pod, api: &Api<Pod>, ctx: &Context) -> Result<Act
         let waiting = match step(ctx, pod, c, history.first(), policy) {
             Step::Nothing => None,
             Step::Wait(left) => Some(crash_loop(c, left)),
-            Step::Start => start(ctx, pod, c, &sandbox.id, &config, history).await,
+            Step::Start => {
+                let addresses = report.addresses();
+                start(ctx, pod, c, &sandbox.id, &config, history, &addresses).await
+            }
         };
         if let Some((_, left)) = &waiting {
             soonest(*left);
@@ -562,16 +570,30 @@ async fn start(
     sandbox: &str,
     config: &v1::PodSandboxConfig,
     history: &[v1::ContainerStatus],
+    addresses: &volumes::Addresses,
 ) -> Option<(ContainerWaiting, Duration)> {
     let latest = history.first();
-    if let Some(why) = unsupported(c) {
-        // Never started without what it asks for: the container waits, saying why.
-        let waiting = ContainerWaiting {
-            reason: Some("CreateContainerConfigError".into()),
-            message: Some(why),
-        };
-        return Some((waiting, BACKOFF_MAX));
-    }
+    let prepared = match volumes::prepare(ctx, pod, c, addresses).await {
+        Ok(p) => p,
+        Err(why) => {
+            // Never started without what it asks for: the container waits, saying why, and
+            // is tried again soon (the object may be made meanwhile).
+            ctx.recorder
+                .publish(
+                    pod,
+                    EventType::Warning,
+                    "Failed",
+                    "Starting",
+                    &format!("Error: {why}"),
+                )
+                .await;
+            let waiting = ContainerWaiting {
+                reason: Some("CreateContainerConfigError".into()),
+                message: Some(why),
+            };
+            return Some((waiting, CONFIG_RETRY));
+        }
+    };
     // A created but never started instance is started as it is.
     let id = match latest.filter(|s| s.state == v1::ContainerState::ContainerCreated as i32) {
         Some(created) => created.id.clone(),
@@ -584,7 +606,7 @@ async fn start(
                 .map_or(0, |m| m.attempt + 1);
             let request = v1::CreateContainerRequest {
                 pod_sandbox_id: sandbox.to_string(),
-                config: Some(container_config(pod, c, attempt)),
+                config: Some(container_config(pod, c, attempt, prepared)),
                 sandbox_config: Some(config.clone()),
             };
             match ctx.cri.runtime.clone().create_container(request).await {
@@ -630,26 +652,6 @@ async fn start(
         restarts.insert(key, next);
     }
     None
-}
-
-/// What container `c` asks for that this node cannot give yet (volumes, environment from
-/// other objects): such a container is not started rather than started without it.
-fn unsupported(c: &Container) -> Option<String> {
-    if let Some(mount) = c.volume_mounts.first() {
-        let name = mount["name"].as_str().unwrap_or_default();
-        return Some(format!(
-            "volume mount {name:?}: this Keel node does not mount volumes yet"
-        ));
-    }
-    if let Some(e) = c.env.iter().find(|e| e.value_from.is_some()) {
-        return Some(format!(
-            "env {:?}: valueFrom is not supported by this Keel node yet",
-            e.name
-        ));
-    }
-    c.other
-        .get("envFrom")
-        .map(|_| "envFrom is not supported by this Keel node yet".to_string())
 }
 
 /// Records a failure to create or start a container, and backs off.
@@ -881,19 +883,15 @@ fn sandbox_config(ctx: &Context, pod: &Pod, attempt: u32) -> v1::PodSandboxConfi
 }
 
 /// Instance `attempt` of container `c`.
-fn container_config(pod: &Pod, c: &Container, attempt: u32) -> v1::ContainerConfig {
+fn container_config(
+    pod: &Pod,
+    c: &Container,
+    attempt: u32,
+    prepared: volumes::Prepared,
+) -> v1::ContainerConfig {
     let mut labels = pod_labels(pod);
     labels.insert(labels::CONTAINER_NAME.to_string(), c.name.clone());
-    let envs = c
-        .env
-        .iter()
-        .filter_map(|e| {
-            Some(v1::KeyValue {
-                key: e.name.clone(),
-                value: e.value.clone()?,
-            })
-        })
-        .collect();
+    let envs = prepared.envs;
     v1::ContainerConfig {
         metadata: Some(v1::ContainerMetadata {
             name: c.name.clone(),
@@ -907,6 +905,7 @@ fn container_config(pod: &Pod, c: &Container, attempt: u32) -> v1::ContainerConf
         args: c.args.clone(),
         working_dir: c.working_dir.clone().unwrap_or_default(),
         envs,
+        mounts: prepared.mounts,
         labels,
         log_path: format!("{}/{attempt}.log", c.name),
         linux: Some(v1::LinuxContainerConfig {
@@ -963,7 +962,7 @@ fn resources(c: &Container) -> v1::LinuxContainerResources {
 }
 
 /// Millicores of a cpu quantity (`250m`, `1`, `0.5`).
-fn millicores(q: &str) -> Option<i64> {
+pub(crate) fn millicores(q: &str) -> Option<i64> {
     if let Some(m) = q.strip_suffix('m') {
         return m.parse().ok();
     }
@@ -1033,6 +1032,14 @@ impl<'a> Report<'a> {
             .map(|c| waiting(c, !pod.spec.init_containers.is_empty()))
             .collect();
         self.finish(false, "Always");
+    }
+
+    /// The pod's and the node's addresses, as far as known.
+    fn addresses(&self) -> volumes::Addresses {
+        volumes::Addresses {
+            pod_ip: self.status.pod_ip.clone(),
+            host_ip: self.status.host_ip.clone(),
+        }
     }
 
     /// The pod's address, once the sandbox has one.

@@ -326,6 +326,9 @@ fn controller_rules(name: &str) -> Vec<Value> {
             rule(&["update", "patch"], &k, &["virtualmachines/status"]),
             // A lost node's VM finalizers, which the node itself would remove.
             rule(&["patch"], &k, &["virtualmachines"]),
+            // A lost node's pods: deleted, and the node's finalizer on them released.
+            rule(&READ, &[""], &["pods"]),
+            rule(&["delete", "patch"], &[""], &["pods"]),
             events(),
         ],
         "garbage-collector" => vec![rule(&["get", "list", "watch", "delete"], &["*"], &["*"])],

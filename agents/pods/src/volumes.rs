@@ -1,0 +1,616 @@
+//! What a container takes from outside its image, made ready before it is created (the
+//! kubelet's volume manager and its environment): the pod's volumes as directories under
+//! `<pods>/volumes/<pod uid>/<volume>` bind-mounted where `volumeMounts` say, and the
+//! environment from `env` (values, `valueFrom`) and `envFrom`.
+//!
+//! - `emptyDir`: an empty directory that lives as long as the pod (kept across container
+//!   restarts);
+//! - `configMap`, `secret`, `downwardAPI`, `projected` (of those three): files written from
+//!   the objects (`items` pick keys and paths, `defaultMode`/`mode` their permissions),
+//!   mounted read-only; written again (file by file, in the same directory, so the other
+//!   containers' mounts stay good) before each container instance starts, so a restarted
+//!   container sees the objects as they are then;
+//! - `valueFrom` (`configMapKeyRef`, `secretKeyRef`, `fieldRef`, `resourceFieldRef`) and
+//!   `envFrom` (`configMapRef`, `secretRef`, with `prefix`), `env` after `envFrom` as in
+//!   Kubernetes.
+//!
+//! A missing ConfigMap, Secret or key that is not `optional` keeps the container from
+//! being created (`CreateContainerConfigError`, naming it), as the kubelet does. Every path
+//! and key is a tenant's text: an absolute path, a `..` component, or a key that is not a
+//! file name is refused rather than followed. `subPath` is taken only inside volumes this
+//! node writes (a container writes an `emptyDir`, and a link it left there must not lead a
+//! mount outside it). Volume kinds this node cannot give (`persistentVolumeClaim`,
+//! `hostPath`, service account token projections, ...) are refused the same way.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path, PathBuf};
+
+use base64::Engine as _;
+use keel_client::Api;
+use keel_runtime::ObjectExt;
+use keel_schemas::kinds::core::{Container, Pod};
+use serde_json::Value;
+
+use crate::Context;
+use crate::cri::v1;
+
+/// What a container instance is given.
+#[derive(Debug, Default)]
+pub(crate) struct Prepared {
+    pub(crate) mounts: Vec<v1::Mount>,
+    pub(crate) envs: Vec<v1::KeyValue>,
+}
+
+/// The pod's addresses, for `fieldRef`s.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Addresses {
+    pub(crate) pod_ip: Option<String>,
+    pub(crate) host_ip: Option<String>,
+}
+
+/// The directory of the volumes of pod `uid`.
+pub(crate) fn pod_dir(ctx: &Context, uid: &str) -> PathBuf {
+    ctx.host.dir.join("volumes").join(uid)
+}
+
+/// Removes what pod `uid`'s volumes left.
+pub(crate) fn remove(ctx: &Context, uid: &str) {
+    if uid.is_empty() || uid.contains(['/', '.']) {
+        return;
+    }
+    let dir = pod_dir(ctx, uid);
+    if let Err(e) = std::fs::remove_dir_all(&dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a pod's volumes");
+    }
+}
+
+/// The ConfigMaps and Secrets one preparation read, each once.
+struct Objects<'a> {
+    ctx: &'a Context,
+    namespace: String,
+    read: HashMap<(&'static str, String), Option<Value>>,
+}
+
+impl Objects<'_> {
+    /// The `data` of ConfigMap or Secret `name` (`resource` "configmaps" or "secrets"),
+    /// decoded to bytes; none if it does not exist.
+    async fn data(
+        &mut self,
+        resource: &'static str,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
+        let key = (resource, name.to_string());
+        if !self.read.contains_key(&key) {
+            let kind = keel_schemas::lookup(resource)
+                .ok_or_else(|| format!("the API has no {resource}"))?;
+            let api: Api<Value> =
+                Api::namespaced(&self.ctx.host.node.client, kind, &self.namespace);
+            let got = api
+                .get_opt(name)
+                .await
+                .map_err(|e| format!("cannot read {} {name:?}: {e}", singular(resource)))?;
+            self.read.insert(key.clone(), got);
+        }
+        let Some(object) = self.read.get(&key).and_then(Option::as_ref) else {
+            return Ok(None);
+        };
+        let mut out = BTreeMap::new();
+        let text = |v: &Value| v.as_str().map(|s| s.as_bytes().to_vec());
+        if resource == "secrets" {
+            for (k, v) in object["data"].as_object().into_iter().flatten() {
+                let bytes = v
+                    .as_str()
+                    .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+                    .ok_or_else(|| format!("secret {name:?} key {k:?} is not base64"))?;
+                out.insert(k.clone(), bytes);
+            }
+        } else {
+            for (k, v) in object["data"].as_object().into_iter().flatten() {
+                out.extend(text(v).map(|b| (k.clone(), b)));
+            }
+            for (k, v) in object["binaryData"].as_object().into_iter().flatten() {
+                let bytes = v
+                    .as_str()
+                    .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok());
+                out.extend(bytes.map(|b| (k.clone(), b)));
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+fn singular(resource: &str) -> &'static str {
+    if resource == "secrets" {
+        "secret"
+    } else {
+        "configmap"
+    }
+}
+
+/// Makes `c`'s volumes and environment ready, or says why it cannot be (the container
+/// then waits with `CreateContainerConfigError`).
+pub(crate) async fn prepare(
+    ctx: &Context,
+    pod: &Pod,
+    c: &Container,
+    addresses: &Addresses,
+) -> Result<Prepared, String> {
+    let mut objects = Objects {
+        ctx,
+        namespace: pod.namespace().unwrap_or("default").to_string(),
+        read: HashMap::new(),
+    };
+    let mut prepared = Prepared::default();
+    // envFrom first; env after it, a name of env replacing the same from envFrom.
+    let mut envs: Vec<(String, String)> = Vec::new();
+    let set = |envs: &mut Vec<(String, String)>, k: String, v: String| {
+        envs.retain(|(name, _)| *name != k);
+        envs.push((k, v));
+    };
+    let env_from = c.other.get("envFrom").and_then(Value::as_array);
+    for source in env_from.into_iter().flatten() {
+        let prefix = source["prefix"].as_str().unwrap_or_default();
+        let (resource, reference) = if source.get("configMapRef").is_some() {
+            ("configmaps", &source["configMapRef"])
+        } else if source.get("secretRef").is_some() {
+            ("secrets", &source["secretRef"])
+        } else {
+            return Err("envFrom: give configMapRef or secretRef".into());
+        };
+        let name = reference["name"].as_str().unwrap_or_default();
+        let optional = reference["optional"].as_bool() == Some(true);
+        match objects.data(resource, name).await? {
+            Some(data) => {
+                for (k, v) in data {
+                    let key = format!("{prefix}{k}");
+                    // Kubernetes skips keys that are not environment variable names.
+                    if env_name(&key) {
+                        set(&mut envs, key, String::from_utf8_lossy(&v).into_owned());
+                    }
+                }
+            }
+            None if optional => {}
+            None => return Err(format!("{} {name:?} not found", singular(resource))),
+        }
+    }
+    for e in &c.env {
+        let value = match (&e.value, &e.value_from) {
+            (_, Some(from)) => match value_from(&mut objects, pod, c, addresses, from).await? {
+                Some(v) => v,
+                None => continue,
+            },
+            (Some(v), None) => v.clone(),
+            (None, None) => String::new(),
+        };
+        set(&mut envs, e.name.clone(), value);
+    }
+    prepared.envs = envs
+        .into_iter()
+        .map(|(key, value)| v1::KeyValue { key, value })
+        .collect();
+    // Volumes: each mounted one made ready once.
+    let volumes: BTreeMap<&str, &Value> = pod
+        .spec
+        .volumes
+        .iter()
+        .filter_map(|v| Some((v["name"].as_str()?, v)))
+        .collect();
+    let dir = pod_dir(ctx, pod.uid());
+    let mut made: HashMap<String, (PathBuf, bool)> = HashMap::new();
+    for mount in &c.volume_mounts {
+        let name = mount["name"].as_str().unwrap_or_default();
+        let Some(volume) = volumes.get(name) else {
+            return Err(format!("volume mount {name:?}: the pod has no such volume"));
+        };
+        let target = mount["mountPath"].as_str().unwrap_or_default();
+        if !target.starts_with('/') || has_parent(Path::new(target)) {
+            return Err(format!(
+                "volume mount {name:?}: mountPath {target:?} must be an absolute path without '..'"
+            ));
+        }
+        if !made.contains_key(name) {
+            let path = dir.join(name);
+            let written = make(&mut objects, pod, c, addresses, volume, &path)
+                .await
+                .map_err(|e| format!("volume {name:?}: {e}"))?;
+            made.insert(name.to_string(), (path, written));
+        }
+        let (path, written) = &made[name];
+        let mut host = path.clone();
+        if let Some(sub) = mount["subPath"].as_str().filter(|s| !s.is_empty()) {
+            if !written {
+                return Err(format!(
+                    "volume mount {name:?}: subPath is taken only in configMap, secret, downwardAPI and projected volumes on this node"
+                ));
+            }
+            let sub = relative(sub).map_err(|e| format!("volume mount {name:?}: subPath {e}"))?;
+            host = host.join(sub);
+        }
+        let read_only = mount["readOnly"].as_bool() == Some(true) || *written;
+        prepared.mounts.push(v1::Mount {
+            container_path: target.to_string(),
+            host_path: host.display().to_string(),
+            readonly: read_only,
+            ..Default::default()
+        });
+    }
+    Ok(prepared)
+}
+
+/// One `valueFrom`: the value, or none when an optional source is missing.
+async fn value_from(
+    objects: &mut Objects<'_>,
+    pod: &Pod,
+    c: &Container,
+    addresses: &Addresses,
+    from: &Value,
+) -> Result<Option<String>, String> {
+    for (field, resource) in [
+        ("configMapKeyRef", "configmaps"),
+        ("secretKeyRef", "secrets"),
+    ] {
+        let Some(r) = from.get(field) else { continue };
+        let name = r["name"].as_str().unwrap_or_default();
+        let key = r["key"].as_str().unwrap_or_default();
+        let optional = r["optional"].as_bool() == Some(true);
+        let data = objects.data(resource, name).await?;
+        return match data.as_ref().map(|d| d.get(key)) {
+            Some(Some(v)) => Ok(Some(String::from_utf8_lossy(v).into_owned())),
+            _ if optional => Ok(None),
+            None => Err(format!("{} {name:?} not found", singular(resource))),
+            Some(None) => Err(format!(
+                "couldn't find key {key} in {} {}/{name}",
+                if resource == "secrets" {
+                    "Secret"
+                } else {
+                    "ConfigMap"
+                },
+                objects.namespace
+            )),
+        };
+    }
+    if let Some(path) = from["fieldRef"]["fieldPath"].as_str() {
+        return field(pod, addresses, path).map(Some);
+    }
+    if let Some(r) = from.get("resourceFieldRef") {
+        return resource_field(pod, c, r).map(Some);
+    }
+    Err("valueFrom: give configMapKeyRef, secretKeyRef, fieldRef or resourceFieldRef".into())
+}
+
+/// A `fieldRef`'s value.
+fn field(pod: &Pod, addresses: &Addresses, path: &str) -> Result<String, String> {
+    let keyed = |prefix: &str, map: &BTreeMap<String, String>| -> Option<String> {
+        let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
+        Some(map.get(key).cloned().unwrap_or_default())
+    };
+    let meta = &pod.metadata;
+    let text = |m: &BTreeMap<String, String>| {
+        m.iter()
+            .map(|(k, v)| {
+                format!(
+                    "{k}=\"{}\"",
+                    v.replace('\\', "\\\\")
+                        .replace('"', "\\\"")
+                        .replace('\n', "\\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    Ok(match path {
+        "metadata.name" => pod.name().to_string(),
+        "metadata.namespace" => pod.namespace().unwrap_or("default").to_string(),
+        "metadata.uid" => pod.uid().to_string(),
+        "metadata.labels" => text(&meta.labels),
+        "metadata.annotations" => text(&meta.annotations),
+        "spec.nodeName" => pod.spec.node_name.clone().unwrap_or_default(),
+        "spec.serviceAccountName" => pod
+            .spec
+            .other
+            .get("serviceAccountName")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string(),
+        "status.podIP" | "status.podIPs" => addresses.pod_ip.clone().unwrap_or_default(),
+        "status.hostIP" | "status.hostIPs" => addresses.host_ip.clone().unwrap_or_default(),
+        _ => {
+            if let Some(v) = keyed("metadata.labels['", &meta.labels) {
+                v
+            } else if let Some(v) = keyed("metadata.annotations['", &meta.annotations) {
+                v
+            } else {
+                return Err(format!("fieldRef {path:?} is not a field Kubernetes gives"));
+            }
+        }
+    })
+}
+
+/// A `resourceFieldRef`'s value: a request or limit of the container, in `divisor`s
+/// (rounded up, as Kubernetes does); an unset limit is the node's allocatable in Kubernetes,
+/// here 0 (none).
+fn resource_field(pod: &Pod, c: &Container, r: &Value) -> Result<String, String> {
+    let name = r["containerName"].as_str().filter(|n| !n.is_empty());
+    let container = match name {
+        Some(n) => pod
+            .spec
+            .containers
+            .iter()
+            .chain(&pod.spec.init_containers)
+            .find(|x| x.name == n)
+            .ok_or_else(|| format!("resourceFieldRef: no container {n:?}"))?,
+        None => c,
+    };
+    let resource = r["resource"].as_str().unwrap_or_default();
+    let (list, what) = resource.split_once('.').ok_or_else(|| {
+        format!("resourceFieldRef {resource:?}: give limits.cpu, requests.memory, ...")
+    })?;
+    let map = container.resources.as_ref().map(|res| match list {
+        "limits" => &res.limits,
+        _ => &res.requests,
+    });
+    let quantity = map.and_then(|m| m.get(what)).map(|v| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    });
+    let divisor = r["divisor"]
+        .as_str()
+        .map(str::to_string)
+        .or_else(|| r["divisor"].as_u64().map(|n| n.to_string()))
+        .unwrap_or_else(|| "1".into());
+    let value = |q: &str| -> Option<f64> {
+        if what == "cpu" {
+            crate::sync::millicores(q).map(|m| m as f64 / 1000.0)
+        } else {
+            keel_schemas::parse_quantity(q).map(|b| b as f64)
+        }
+    };
+    let amount = quantity.as_deref().map_or(Some(0.0), value).unwrap_or(0.0);
+    let per = value(&divisor).filter(|d| *d > 0.0).unwrap_or(1.0);
+    Ok(format!("{}", (amount / per).ceil() as u64))
+}
+
+/// Makes volume `volume` at `path`: whether its files are written by this node (and so
+/// mounted read-only, and open to `subPath`), or an error naming what is missing.
+async fn make(
+    objects: &mut Objects<'_>,
+    pod: &Pod,
+    c: &Container,
+    addresses: &Addresses,
+    volume: &Value,
+    path: &Path,
+) -> Result<bool, String> {
+    if volume.get("emptyDir").is_some() {
+        std::fs::create_dir_all(path).map_err(|e| format!("cannot make its directory: {e}"))?;
+        return Ok(false);
+    }
+    let mut files: Vec<(PathBuf, Vec<u8>, u32)> = Vec::new();
+    let default_mode = |v: &Value| {
+        v["defaultMode"]
+            .as_u64()
+            .map_or(0o644, |m| m as u32 & 0o777)
+    };
+    if let Some(source) = volume.get("configMap") {
+        let mode = default_mode(source);
+        object_files(objects, "configmaps", "name", source, mode, &mut files).await?;
+    } else if let Some(source) = volume.get("secret") {
+        let mode = default_mode(source);
+        object_files(objects, "secrets", "secretName", source, mode, &mut files).await?;
+    } else if let Some(source) = volume.get("downwardAPI") {
+        let mode = default_mode(source);
+        downward_files(pod, c, addresses, source, mode, &mut files)?;
+    } else if let Some(source) = volume.get("projected") {
+        let mode = default_mode(source);
+        for s in source["sources"].as_array().into_iter().flatten() {
+            if let Some(cm) = s.get("configMap") {
+                object_files(objects, "configmaps", "name", cm, mode, &mut files).await?;
+            } else if let Some(secret) = s.get("secret") {
+                object_files(objects, "secrets", "name", secret, mode, &mut files).await?;
+            } else if let Some(d) = s.get("downwardAPI") {
+                downward_files(pod, c, addresses, d, mode, &mut files)?;
+            } else {
+                let kind = s
+                    .as_object()
+                    .and_then(|o| o.keys().next().cloned())
+                    .unwrap_or_default();
+                return Err(format!(
+                    "projected source {kind:?} is not supported by this Keel node yet"
+                ));
+            }
+        }
+    } else {
+        let kind = volume
+            .as_object()
+            .and_then(|o| o.keys().find(|k| *k != "name").cloned())
+            .unwrap_or_default();
+        return Err(format!(
+            "{kind} volumes are not supported by this Keel node yet"
+        ));
+    }
+    write_files(path, &files).map_err(|e| format!("cannot write its files: {e}"))?;
+    Ok(true)
+}
+
+/// The files of a ConfigMap or Secret volume source (`items`, or every key).
+async fn object_files(
+    objects: &mut Objects<'_>,
+    resource: &'static str,
+    name_field: &str,
+    source: &Value,
+    mode: u32,
+    files: &mut Vec<(PathBuf, Vec<u8>, u32)>,
+) -> Result<(), String> {
+    let name = source[name_field].as_str().unwrap_or_default();
+    let optional = source["optional"].as_bool() == Some(true);
+    let Some(data) = objects.data(resource, name).await? else {
+        return if optional {
+            Ok(())
+        } else {
+            Err(format!("{} {name:?} not found", singular(resource)))
+        };
+    };
+    match source["items"].as_array() {
+        Some(items) => {
+            for item in items {
+                let key = item["key"].as_str().unwrap_or_default();
+                let Some(bytes) = data.get(key) else {
+                    if optional {
+                        continue;
+                    }
+                    return Err(format!(
+                        "{} {name:?} has no key {key:?}",
+                        singular(resource)
+                    ));
+                };
+                let path = relative(item["path"].as_str().unwrap_or(key))?;
+                let mode = item["mode"].as_u64().map_or(mode, |m| m as u32 & 0o777);
+                files.push((path, bytes.clone(), mode));
+            }
+        }
+        None => {
+            for (key, bytes) in data {
+                // A key is a file name (Kubernetes' rule for keys).
+                if let Ok(path) = relative(&key)
+                    && path.components().count() == 1
+                {
+                    files.push((path, bytes, mode));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The files of a downwardAPI volume source.
+fn downward_files(
+    pod: &Pod,
+    c: &Container,
+    addresses: &Addresses,
+    source: &Value,
+    mode: u32,
+    files: &mut Vec<(PathBuf, Vec<u8>, u32)>,
+) -> Result<(), String> {
+    for item in source["items"].as_array().into_iter().flatten() {
+        let path = relative(item["path"].as_str().unwrap_or_default())?;
+        let value = if let Some(f) = item["fieldRef"]["fieldPath"].as_str() {
+            field(pod, addresses, f)?
+        } else if let Some(r) = item.get("resourceFieldRef") {
+            resource_field(pod, c, r)?
+        } else {
+            return Err(format!(
+                "item {}: give fieldRef or resourceFieldRef",
+                path.display()
+            ));
+        };
+        let mode = item["mode"].as_u64().map_or(mode, |m| m as u32 & 0o777);
+        files.push((path, value.into_bytes(), mode));
+    }
+    Ok(())
+}
+
+/// `path` as a relative path inside a volume, or why it is not one.
+fn relative(path: &str) -> Result<PathBuf, String> {
+    let p = Path::new(path);
+    if path.is_empty() || p.is_absolute() || has_parent(p) {
+        return Err(format!("{path:?} must be a relative path without '..'"));
+    }
+    Ok(p.components().collect())
+}
+
+fn has_parent(p: &Path) -> bool {
+    p.components().any(|c| matches!(c, Component::ParentDir))
+}
+
+/// Writes `files` into `dir`, each file whole (written beside it, then renamed over it),
+/// and removes the files that are no longer among them. The directory itself stays: a
+/// container of the pod that runs on has it mounted and sees the new files.
+fn write_files(dir: &Path, files: &[(PathBuf, Vec<u8>, u32)]) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    for (path, bytes, mode) in files {
+        let target = dir.join(path);
+        if let Some(p) = target.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        let name = target.file_name().unwrap_or_default().to_string_lossy();
+        let fresh = target.with_file_name(format!("..{name}.new"));
+        std::fs::write(&fresh, bytes)?;
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(*mode))?;
+        std::fs::rename(&fresh, &target)?;
+    }
+    let wanted: std::collections::HashSet<PathBuf> =
+        files.iter().map(|(p, _, _)| dir.join(p)).collect();
+    prune(dir, &wanted)?;
+    Ok(())
+}
+
+/// Removes what under `dir` is not in `wanted` (files, and directories left empty).
+fn prune(dir: &Path, wanted: &std::collections::HashSet<PathBuf>) -> std::io::Result<bool> {
+    let mut empty = true;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            if prune(&path, wanted)? {
+                std::fs::remove_dir(&path)?;
+            } else {
+                empty = false;
+            }
+        } else if wanted.contains(&path) {
+            empty = false;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(empty)
+}
+
+/// Whether `s` is an environment variable name Kubernetes takes from `envFrom`.
+fn env_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.as_bytes()[0].is_ascii_digit()
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_from_tenants_stay_inside_the_volume() {
+        assert_eq!(relative("a/b.txt").unwrap(), PathBuf::from("a/b.txt"));
+        assert!(relative("../etc/shadow").is_err());
+        assert!(relative("a/../../x").is_err());
+        assert!(relative("/etc/passwd").is_err());
+        assert!(relative("").is_err());
+        assert!(env_name("DB_HOST") && env_name("a.b-c") && !env_name("1X") && !env_name("A B"));
+    }
+
+    #[test]
+    fn files_are_rewritten_in_the_same_directory() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("v");
+        write_files(&dir, &[(PathBuf::from("a/x"), b"1".to_vec(), 0o600)]).unwrap();
+        let inode = std::fs::metadata(&dir).unwrap().ino();
+        write_files(&dir, &[(PathBuf::from("b/c"), b"2".to_vec(), 0o644)]).unwrap();
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().ino(),
+            inode,
+            "mounts stay valid"
+        );
+        assert!(!dir.join("a").exists(), "a key gone from the object goes");
+        assert_eq!(std::fs::read(dir.join("b/c")).unwrap(), b"2");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("b/c"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+    }
+}
