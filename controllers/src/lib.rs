@@ -25,6 +25,7 @@ pub mod buckets;
 pub mod cluster_dns;
 pub mod deployments;
 pub mod gc;
+pub mod jobs;
 pub mod loadbalancers;
 pub mod manager;
 pub mod network;

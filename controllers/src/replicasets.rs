@@ -25,19 +25,24 @@ const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// them all, a burst at most this large).
 const BURST: usize = 64;
 
-/// Pods a replica set is waiting to see made (by name) or gone (by uid).
+/// Pods an owner is waiting to see made (by name) or gone (by uid).
 #[derive(Debug, Default)]
-struct Expectations {
+struct Pending {
     adds: HashSet<String>,
     deletes: HashSet<String>,
     since: Option<Instant>,
 }
 
+/// What the owners of pods (ReplicaSets, Jobs) made or deleted and have not seen in their
+/// cache yet, by owner uid.
+#[derive(Debug, Default)]
+pub(crate) struct Expectations(Mutex<HashMap<String, Pending>>);
+
 struct Context {
     client: Client,
     pods: Store<Pod>,
     recorder: Recorder,
-    expectations: Mutex<HashMap<String, Expectations>>,
+    expectations: Expectations,
 }
 
 /// Runs the replica set controller until `shutdown` turns true.
@@ -65,7 +70,7 @@ pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<boo
         client: client.clone(),
         pods,
         recorder: Recorder::new(&client, "keel-replicaset-controller", &instance),
-        expectations: Mutex::default(),
+        expectations: Expectations::default(),
     });
     controller.run(reconcile, ctx, shutdown).await;
 }
@@ -118,7 +123,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Cli
         .collect();
     let live: Vec<&Arc<Pod>> = owned.iter().filter(|p| active(p)).collect();
     let wanted = usize::try_from(rs.spec.replicas.unwrap_or(1).max(0)).unwrap_or(0);
-    if ctx.satisfied(rs.uid(), &owned) {
+    if ctx.expectations.satisfied(rs.uid(), &owned) {
         if live.len() < wanted {
             ctx.make(&rs, &pod_api, (wanted - live.len()).min(BURST))
                 .await?;
@@ -167,17 +172,13 @@ fn rs_kind() -> &'static keel_schemas::Kind {
     <ReplicaSetSpec as KindSpec>::kind()
 }
 
-// === impl Context ===
+// === impl Expectations ===
 
-impl Context {
-    fn pod_kind(&self) -> &'static keel_schemas::Kind {
-        <PodSpec as KindSpec>::kind()
-    }
-
-    /// Whether the replica set's last creations and deletions are all in the cache (or were
+impl Expectations {
+    /// Whether the owner's last creations and deletions are all in the cache (or were
     /// waited for long enough).
-    fn satisfied(&self, uid: &str, owned: &[Arc<Pod>]) -> bool {
-        let mut all = self.expectations.lock().unwrap_or_else(|e| e.into_inner());
+    pub(crate) fn satisfied(&self, uid: &str, owned: &[Arc<Pod>]) -> bool {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let Some(e) = all.get_mut(uid) else {
             return true;
         };
@@ -198,34 +199,58 @@ impl Context {
         false
     }
 
-    fn expect(&self, uid: &str, add: Option<String>, delete: Option<String>) {
-        let mut all = self.expectations.lock().unwrap_or_else(|e| e.into_inner());
+    /// Records a pod the owner made (`add`, by name) or deleted (`delete`, by uid).
+    pub(crate) fn expect(&self, uid: &str, add: Option<String>, delete: Option<String>) {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let e = all.entry(uid.to_string()).or_default();
         e.adds.extend(add);
         e.deletes.extend(delete);
         e.since = Some(Instant::now());
     }
+}
+
+/// A pod of `template` (named `<owner>-<random>`) whose controller is `owner`.
+pub(crate) fn pod_of<S, T>(
+    owner: &keel_schemas::kinds::Object<S, T>,
+    template: &keel_schemas::kinds::apps::PodTemplateSpec,
+) -> Pod
+where
+    keel_schemas::kinds::Object<S, T>: ObjectExt,
+{
+    let mut pod = Pod::new("", owner.namespace(), template.spec.clone());
+    pod.metadata = ObjectMeta {
+        generate_name: Some(format!("{}-", owner.name())),
+        namespace: owner.namespace().map(str::to_string),
+        labels: template.metadata.labels.clone(),
+        annotations: template.metadata.annotations.clone(),
+        owner_references: vec![OwnerReference {
+            api_version: owner.api_version.clone(),
+            kind: owner.kind.clone(),
+            name: owner.name().to_string(),
+            uid: owner.uid().to_string(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }],
+        ..ObjectMeta::default()
+    };
+    pod
+}
+
+// === impl Context ===
+
+impl Context {
+    fn pod_kind(&self) -> &'static keel_schemas::Kind {
+        <PodSpec as KindSpec>::kind()
+    }
+
+    fn expect(&self, uid: &str, add: Option<String>, delete: Option<String>) {
+        self.expectations.expect(uid, add, delete);
+    }
 
     /// Makes `n` pods of the replica set's template.
     async fn make(&self, rs: &ReplicaSet, api: &Api<Pod>, n: usize) -> Result<(), ClientError> {
         for _ in 0..n {
-            let template = &rs.spec.template;
-            let mut pod = Pod::new("", rs.namespace(), template.spec.clone());
-            pod.metadata = ObjectMeta {
-                generate_name: Some(format!("{}-", rs.name())),
-                namespace: rs.namespace().map(str::to_string),
-                labels: template.metadata.labels.clone(),
-                annotations: template.metadata.annotations.clone(),
-                owner_references: vec![OwnerReference {
-                    api_version: rs.api_version.clone(),
-                    kind: rs.kind.clone(),
-                    name: rs.name().to_string(),
-                    uid: rs.uid().to_string(),
-                    controller: Some(true),
-                    block_owner_deletion: Some(true),
-                }],
-                ..ObjectMeta::default()
-            };
+            let pod = pod_of(rs, &rs.spec.template);
             match api.create(&pod).await {
                 Ok(made) => self.expect(rs.uid(), Some(made.name().to_string()), None),
                 Err(e) => {

@@ -787,6 +787,38 @@ async fn services_answer_on_their_cluster_ip_node_port_and_load_balancer_from_th
         }
     }
     assert_eq!(seen.len(), 2, "only {seen:?} answered");
+    // With ClientIP affinity, one client keeps its pod.
+    ok(kubectl(
+        admin,
+        &[
+            "expose",
+            "deployment",
+            "web",
+            "--name",
+            "web-sticky",
+            "--port",
+            "80",
+            "--target-port",
+            "8080",
+            "--session-affinity",
+            "ClientIP",
+        ],
+    ));
+    let sticky = cluster_ip(admin, "web-sticky").await;
+    let got = run_to_end(
+        admin,
+        &image,
+        "sticky-client",
+        &format!(
+            "for i in 1 2 3 4 5 6 7 8; do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {sticky} 80 2>&1 | tail -1; done"
+        ),
+    )
+    .await;
+    let answers: std::collections::BTreeSet<&str> = got.lines().map(str::trim).collect();
+    assert!(
+        answers.len() == 1 && got.lines().count() == 8 && got.starts_with("web-"),
+        "{got}"
+    );
     // The node answers on a NodePort.
     ok(kubectl(
         admin,
@@ -1485,4 +1517,142 @@ async fn run_pinned(
     })
     .await;
     ok(kubectl(kubeconfig, &["logs", name]))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_run_pods_to_completion_and_fail_after_their_backoff_limit() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    let host = pod_host(root.path(), "j").await;
+    let admin = &host.admin;
+    let image = host.registry.image("busybox:test");
+    // kubectl create job: one pod to success; kubectl wait and logs read it as on k3s.
+    ok(kubectl(
+        admin,
+        &[
+            "create",
+            "job",
+            "hello",
+            "--image",
+            &image,
+            "--",
+            "sh",
+            "-c",
+            "echo hello from a job",
+        ],
+    ));
+    ok(kubectl(
+        admin,
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/hello",
+            "--timeout=120s",
+        ],
+    ));
+    let logs = ok(kubectl(admin, &["logs", "job/hello"]));
+    assert_eq!(logs.trim(), "hello from a job");
+    let table = ok(kubectl(admin, &["get", "job", "hello"]));
+    assert!(
+        table.contains("Complete") && table.contains("1/1"),
+        "{table}"
+    );
+    // Three completions, two at a time.
+    let manifest = format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: batch}}\nspec:\n  completions: 3\n  parallelism: 2\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: c\n        image: {image}\n        command: [sh, -c, 'sleep 1; echo done']\n"
+    );
+    let file = root.path().join("job.yaml");
+    std::fs::write(&file, manifest).unwrap();
+    ok(kubectl(admin, &["apply", "-f", file.to_str().unwrap()]));
+    ok(kubectl(
+        admin,
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/batch",
+            "--timeout=120s",
+        ],
+    ));
+    let job: Value =
+        serde_json::from_str(&ok(kubectl(admin, &["get", "job", "batch", "-o", "json"])))
+            .expect("the job");
+    assert_eq!(job["status"]["succeeded"], 3, "{job}");
+    assert_eq!(job["status"]["active"], 0, "{job}");
+    let pods = ok(kubectl(
+        admin,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "job-name=batch",
+            "-o",
+            "jsonpath={.items[*].status.phase}",
+        ],
+    ));
+    assert_eq!(
+        pods.split_whitespace().count(),
+        3,
+        "no pod too many: {pods}"
+    );
+    // A pod that fails is replaced after a back-off, until backoffLimit failures: then the
+    // job is Failed.
+    let manifest = format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: bad}}\nspec:\n  backoffLimit: 1\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: c\n        image: {image}\n        command: [sh, -c, 'exit 1']\n"
+    );
+    std::fs::write(&file, manifest).unwrap();
+    ok(kubectl(admin, &["apply", "-f", file.to_str().unwrap()]));
+    ok(kubectl(
+        admin,
+        &[
+            "wait",
+            "--for=condition=failed",
+            "job/bad",
+            "--timeout=120s",
+        ],
+    ));
+    let job: Value =
+        serde_json::from_str(&ok(kubectl(admin, &["get", "job", "bad", "-o", "json"])))
+            .expect("the job");
+    assert_eq!(job["status"]["failed"], 2, "{job}");
+    let failed = job["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Failed").cloned())
+        .expect("a Failed condition");
+    assert_eq!(failed["reason"], "BackoffLimitExceeded", "{job}");
+    // A Job whose pods would restart Always is refused, naming the field.
+    let out = kubectl(
+        admin,
+        &[
+            "create",
+            "job",
+            "always",
+            "--image",
+            &image,
+            "--dry-run=client",
+            "-o",
+            "json",
+        ],
+    );
+    let mut always: Value = serde_json::from_slice(&out.stdout).expect("a job");
+    always["spec"]["template"]["spec"]["restartPolicy"] = "Always".into();
+    std::fs::write(&file, always.to_string()).unwrap();
+    let out = kubectl(admin, &["apply", "-f", file.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("spec.template.spec.restartPolicy"),
+        "{said}"
+    );
+    // Deleted with its pods.
+    ok(kubectl(admin, &["delete", "job", "batch", "--wait=true"]));
+    eventually("the job's pods gone", WAIT, || async {
+        let out = kubectl(
+            admin,
+            &["get", "pods", "-l", "job-name=batch", "-o", "name"],
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    drop(host.cluster);
 }

@@ -333,6 +333,52 @@ static DEPLOYMENT: &[Column] = &[
     )),
 ];
 
+static JOB: &[Column] = &[
+    text("Status", "Running, Complete, Failed or Suspended.", |o| {
+        let conditions = o["status"]["conditions"].as_array();
+        let done = conditions.into_iter().flatten().find(|c| {
+            c["status"] == "True"
+                && matches!(
+                    c["type"].as_str(),
+                    Some("Complete" | "Failed" | "Suspended")
+                )
+        });
+        Value::String(
+            done.and_then(|c| c["type"].as_str())
+                .unwrap_or("Running")
+                .to_string(),
+        )
+    }),
+    text(
+        "Completions",
+        "Pods that succeeded, of those wanted.",
+        |o| {
+            let done = o["status"]["succeeded"].as_i64().unwrap_or(0);
+            let wanted = o["spec"]["completions"].as_i64().unwrap_or(1);
+            Value::String(format!("{done}/{wanted}"))
+        },
+    ),
+    text(
+        "Duration",
+        "From its start to its completion, or to now.",
+        |o| {
+            let start = o["status"]["startTime"]
+                .as_str()
+                .and_then(crate::time::parse_rfc3339);
+            let end = o["status"]["completionTime"]
+                .as_str()
+                .and_then(crate::time::parse_rfc3339)
+                .unwrap_or_else(crate::time::now_secs);
+            Value::String(start.map_or(String::new(), |s| format!("{}s", end.saturating_sub(s))))
+        },
+    ),
+    wide(text(
+        "Images",
+        "The images of the template's containers.",
+        template_images,
+    )),
+];
+
 static REPLICA_SET: &[Column] = &[
     number("Desired", "Pods wanted.", |o| {
         Value::from(o["spec"]["replicas"].as_i64().unwrap_or(1))
@@ -540,6 +586,7 @@ pub fn kind_columns(kind: &Kind) -> &'static [Column] {
         "Deployment" => DEPLOYMENT,
         "EndpointSlice" => ENDPOINT_SLICE,
         "ReplicaSet" => REPLICA_SET,
+        "Job" => JOB,
         "Event" => EVENT,
         "Secret" => SECRET,
         "ConfigMap" => CONFIG_MAP,

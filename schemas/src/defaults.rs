@@ -18,6 +18,7 @@
 //! | Bucket | `spec.bucketName` | `<namespace>-<name>`, when that is a valid bucket name |
 //! | GitRepository | `spec.ref` | `{branch: main}` when no branch, tag or commit is set |
 //! | Service | `spec.ports[*].targetPort` | the port's `port` |
+//! | Job | `spec.selector`, `spec.template.metadata.labels` | the labels `batch.kubernetes.io/job-name` and `job-name`: `<name>` |
 
 use serde_json::{Map, Value, json};
 
@@ -139,6 +140,27 @@ fn computed(kind: &Kind, object: &mut Value) {
             }
         }
         ("", "Service") => target_ports(spec.get_mut("ports")),
+        ("batch", "Job") => {
+            // Its pods carry its name; the selector names them (Kubernetes uses its uid,
+            // which is not known before it is stored).
+            if let Some(name) = name {
+                let labels = json!({"batch.kubernetes.io/job-name": name, "job-name": name});
+                if let Some(template) = spec.get_mut("template").and_then(Value::as_object_mut) {
+                    let meta = template.entry("metadata").or_insert_with(|| json!({}));
+                    if let Some(meta) = meta.as_object_mut() {
+                        let have = meta.entry("labels").or_insert_with(|| json!({}));
+                        if let (Some(have), Some(labels)) =
+                            (have.as_object_mut(), labels.as_object())
+                        {
+                            for (k, v) in labels {
+                                set_missing(have, k, v.clone());
+                            }
+                        }
+                    }
+                }
+                set_missing(spec, "selector", json!({"matchLabels": labels}));
+            }
+        }
         _ => {}
     }
 }

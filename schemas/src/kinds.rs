@@ -10,6 +10,7 @@ use crate::registry::{Kind, registry};
 
 pub mod access;
 pub mod apps;
+pub mod batch;
 pub mod compute;
 pub mod core;
 pub mod dns;

@@ -39,6 +39,8 @@ pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 /// Kubernetes' group of the workload kinds (Deployment, ReplicaSet).
 pub const APPS_GROUP: &str = "apps";
+/// The batch workloads' group (Job).
+pub const BATCH_GROUP: &str = "batch";
 
 const fn keel(
     kind: &'static str,
@@ -162,6 +164,15 @@ static REGISTRY: &[Kind] = &[
         plural: "replicasets",
         singular: "replicaset",
         short_names: &["rs"],
+        scope: Scope::Namespaced,
+    },
+    Kind {
+        group: BATCH_GROUP,
+        version: "v1",
+        kind: "Job",
+        plural: "jobs",
+        singular: "job",
+        short_names: &[],
         scope: Scope::Namespaced,
     },
     core("Secret", "secrets", "secret", &[], Scope::Namespaced),

@@ -8,7 +8,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use keel_schemas::kinds::{access, apps, compute, core, dns, gitops, network, storage};
+use keel_schemas::kinds::{access, apps, batch, compute, core, dns, gitops, network, storage};
 use keel_schemas::{Kind, default_object, lookup, validate, validate_update};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -161,6 +161,7 @@ fn round_trip(kind: &Kind, value: &Value) -> Value {
         "Service" => via::<core::Service>(value),
         "Deployment" => via::<apps::Deployment>(value),
         "ReplicaSet" => via::<apps::ReplicaSet>(value),
+        "Job" => via::<batch::Job>(value),
         "EndpointSlice" => via::<apps::EndpointSlice>(value),
         "Event" => via::<core::Event>(value),
         "Secret" => via::<core::Secret>(value),

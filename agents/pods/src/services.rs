@@ -14,7 +14,11 @@
 //!   Kubernetes: such a packet is marked and sent to the node's own address on its pod
 //!   bridge, where the input hook rejects it — whatever the node's routes;
 //! - traffic from this node's pods that was DNATed is masqueraded, so that the reply of a
-//!   pod on the same bridge comes back through the node (no `br_netfilter` needed).
+//!   pod on the same bridge comes back through the node (no `br_netfilter` needed);
+//! - `sessionAffinity: ClientIP`: as kube-proxy's nftables mode does it, each endpoint has
+//!   a set of the client addresses it served (with the Service's timeout, 3 hours by
+//!   default); a client in one goes to that endpoint again. The sets live in the table, so
+//!   a change of any Service (which rewrites the table) forgets them.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -46,6 +50,8 @@ struct Port {
     port: u16,
     /// Ready endpoints: address and port.
     endpoints: Vec<(String, u16)>,
+    /// How long a client sticks to its endpoint (`sessionAffinity: ClientIP`).
+    affinity: Option<u32>,
 }
 
 /// The nftables script that makes the table say what `services` and `slices` ask; pods of
@@ -70,6 +76,32 @@ pub fn ruleset(
             continue;
         }
         let chain = format!("svc-{i}");
+        if let Some(timeout) = p.affinity {
+            // One chain and one set of clients per endpoint; known clients go back to theirs.
+            let mut rules = String::new();
+            let mut choices = Vec::new();
+            for (j, (ip, port)) in p.endpoints.iter().enumerate() {
+                let _ = writeln!(
+                    chains,
+                    "  set aff-{i}-{j} {{\n    type ipv4_addr; flags dynamic,timeout; timeout {timeout}s;\n  }}\n\
+  chain ep-{i}-{j} {{\n    update @aff-{i}-{j} {{ ip saddr }}\n    meta l4proto {} dnat ip to {ip}:{port}\n  }}",
+                    p.protocol
+                );
+                let _ = writeln!(rules, "    ip saddr @aff-{i}-{j} goto ep-{i}-{j}");
+                choices.push(format!("{j} : goto ep-{i}-{j}"));
+            }
+            let _ = writeln!(
+                chains,
+                "  chain {chain} {{\n{rules}    numgen random mod {} vmap {{ {} }}\n  }}",
+                p.endpoints.len(),
+                choices.join(", ")
+            );
+            svc_map.push(format!("{target} : goto {chain}"));
+            if let Some(n) = node_target {
+                node_map.push(format!("{n} : goto {chain}"));
+            }
+            continue;
+        }
         let dnat = match p.endpoints.as_slice() {
             [(ip, port)] => format!("dnat ip to {ip}:{port}"),
             many => {
@@ -190,10 +222,22 @@ fn ports(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Vec<Port> 
                 protocol,
                 port: p.port,
                 endpoints,
+                affinity: affinity(spec),
             });
         }
     }
     out
+}
+
+/// A Service's ClientIP affinity timeout in seconds (Kubernetes' default 10800, at most a
+/// day), if it asks for affinity.
+fn affinity(spec: &keel_schemas::kinds::core::ServiceSpec) -> Option<u32> {
+    (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.other
+            .get("sessionAffinityConfig")
+            .and_then(|c| c["clientIP"]["timeoutSeconds"].as_u64())
+            .map_or(10_800, |t| t.clamp(1, 86_400) as u32)
+    })
 }
 
 /// Loads `script` with `nft -f -`.
@@ -414,5 +458,36 @@ mod tests {
         );
         assert!(none.contains("dnat ip to 10.42.3.1"), "{none}");
         assert!(!none.contains("goto svc-0"));
+    }
+
+    #[test]
+    fn client_ip_affinity_sends_a_known_client_to_its_endpoint() {
+        let mut svc = (*service("10.43.0.2", None)).clone();
+        svc.spec.session_affinity = Some("ClientIP".into());
+        svc.spec.other.insert(
+            "sessionAffinityConfig".into(),
+            serde_json::json!({"clientIP": {"timeoutSeconds": 60}}),
+        );
+        let rules = ruleset(
+            &[Arc::new(svc)],
+            &[slice(&[("10.42.0.5", true), ("10.42.0.6", true)])],
+            Cidr::parse("10.42.0.0/24").ok(),
+        );
+        assert!(
+            rules
+                .contains("set aff-0-1 {\n    type ipv4_addr; flags dynamic,timeout; timeout 60s;"),
+            "{rules}"
+        );
+        assert!(rules.contains("ip saddr @aff-0-0 goto ep-0-0"), "{rules}");
+        assert!(
+            rules.contains(
+                "update @aff-0-1 { ip saddr }\n    meta l4proto tcp dnat ip to 10.42.0.6:8080"
+            ),
+            "{rules}"
+        );
+        assert!(
+            rules.contains("numgen random mod 2 vmap { 0 : goto ep-0-0, 1 : goto ep-0-1 }"),
+            "{rules}"
+        );
     }
 }

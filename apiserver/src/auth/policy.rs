@@ -26,10 +26,11 @@ const BOOTSTRAPPING: &str = "kubernetes.io/bootstrapping";
 
 /// The cluster controllers with roles of their own (`system:controller:NAME`, granted to
 /// the user `system:keel-controller:NAME`).
-pub const CONTROLLERS: [&str; 15] = [
+pub const CONTROLLERS: [&str; 16] = [
     "scheduler",
     "services",
     "cluster-dns",
+    "jobs",
     "node-ipam",
     "replicasets",
     "deployments",
@@ -296,6 +297,15 @@ fn controller_rules(name: &str) -> Vec<Value> {
         "replicasets" => vec![
             rule(&READ, &[APPS_GROUP], &["replicasets"]),
             rule(&["update", "patch"], &[APPS_GROUP], &["replicasets/status"]),
+            rule(&READ, &[""], &["pods"]),
+            rule(&["create", "delete", "patch"], &[""], &["pods"]),
+            events(),
+        ],
+        "jobs" => vec![
+            rule(&READ, &["batch"], &["jobs"]),
+            rule(&["update", "patch"], &["batch"], &["jobs/status"]),
+            // A finished job's time to live.
+            rule(&["delete"], &["batch"], &["jobs"]),
             rule(&READ, &[""], &["pods"]),
             rule(&["create", "delete", "patch"], &[""], &["pods"]),
             events(),

@@ -491,6 +491,31 @@ static DEPLOYMENT_SPEC: Message = Message {
     ],
 };
 
+static JOB: Message = Message {
+    name: "Job",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&JOB_SPEC)),
+        f(3, "status", Ty::Ignore),
+    ],
+};
+
+static JOB_SPEC: Message = Message {
+    name: "JobSpec",
+    fields: &[
+        f(1, "parallelism", Ty::Int),
+        f(2, "completions", Ty::Int),
+        f(3, "activeDeadlineSeconds", Ty::Int),
+        f(4, "selector", Ty::Msg(&LABEL_SELECTOR)),
+        f(5, "manualSelector", Ty::Bool),
+        f(6, "template", Ty::Msg(&POD_TEMPLATE_SPEC)),
+        f(7, "backoffLimit", Ty::Int),
+        f(8, "ttlSecondsAfterFinished", Ty::Int),
+        f(9, "completionMode", Ty::Str),
+        f(10, "suspend", Ty::Bool),
+    ],
+};
+
 static DEPLOYMENT_STRATEGY: Message = Message {
     name: "DeploymentStrategy",
     fields: &[
@@ -606,6 +631,7 @@ fn message_of(group: &str, kind: &str) -> Option<&'static Message> {
         ("", "Service") => Some(&SERVICE),
         ("", "ServiceAccount") => Some(&SERVICE_ACCOUNT),
         ("apps", "Deployment") => Some(&DEPLOYMENT),
+        ("batch", "Job") => Some(&JOB),
         ("rbac.authorization.k8s.io", "Role") => Some(&ROLE),
         ("rbac.authorization.k8s.io", "ClusterRole") => Some(&CLUSTER_ROLE),
         ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => Some(&ROLE_BINDING),
@@ -627,8 +653,8 @@ pub(crate) fn decode(group: &str, kind: &str, body: &[u8]) -> ApiResult<Value> {
     let unsupported = || {
         ApiError::unsupported_media_type(format!(
             "{CONTENT_TYPE} is decoded for the kinds kubectl create and kubectl auth make \
-             (Namespace, ConfigMap, Secret, Service, ServiceAccount, ResourceQuota, the RBAC \
-             kinds, reviews and TokenRequest): send {kind} as application/json, for example with kubectl apply -f"
+             (Namespace, ConfigMap, Secret, Service, ServiceAccount, ResourceQuota, Deployment, \
+             Job, the RBAC kinds, reviews and TokenRequest): send {kind} as application/json, for example with kubectl apply -f"
         ))
     };
     let message = message_of(group, kind).ok_or_else(unsupported)?;

@@ -8,7 +8,7 @@ use super::FieldError;
 use super::schema_errors::child;
 use crate::names;
 use crate::quantity::{BYTES_RULE, quantity_of};
-use crate::registry::{APPS_GROUP, KEEL_GROUP, Kind, RBAC_GROUP};
+use crate::registry::{APPS_GROUP, BATCH_GROUP, KEEL_GROUP, Kind, RBAC_GROUP};
 
 mod access;
 mod apps;
@@ -55,6 +55,7 @@ pub(super) fn check(kind: &Kind, object: &Value, errors: &mut Vec<FieldError>) {
         ("", "Pod") => core::pod(spec, errors),
         ("", "Service") => core::service(spec, errors),
         (APPS_GROUP, "Deployment" | "ReplicaSet") => apps::workload(spec, errors),
+        (BATCH_GROUP, "Job") => apps::job(spec, errors),
         ("", "Secret") => core::secret(&root, errors),
         ("", "ConfigMap") => core::config_map(&root, errors),
         ("", "Node") => core::node(spec, errors),

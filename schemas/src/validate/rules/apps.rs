@@ -1,11 +1,37 @@
-//! Rules for the workload kinds (`apps/v1` Deployment and ReplicaSet): the selector must
-//! select the template's labels, and the template's pod spec follows the pod rules.
+//! Rules for the workload kinds (`apps/v1` Deployment and ReplicaSet, `batch/v1` Job): the
+//! selector must select the template's labels, and the template's pod spec follows the pod
+//! rules; a Job's pods restart `Never` or `OnFailure`.
 
 use std::collections::BTreeMap;
+
+use serde_json::Value;
 
 use super::{Field, core};
 use crate::kinds::LabelSelector;
 use crate::validate::FieldError;
+
+pub(super) fn job(spec: Option<&Field<'_>>, errors: &mut Vec<FieldError>) {
+    let Some(spec) = spec else { return };
+    if let Some(template) = spec.get("template")
+        && let Some(pod) = template.get("spec")
+    {
+        match pod.get("restartPolicy") {
+            Some(policy) if !matches!(policy.str(), Some("Never" | "OnFailure")) => {
+                errors.push(FieldError::unsupported(
+                    policy.path.clone(),
+                    policy.value,
+                    &[Value::from("Never"), Value::from("OnFailure")],
+                ));
+            }
+            Some(_) => {}
+            None => errors.push(FieldError::required(
+                format!("{}.restartPolicy", pod.path),
+                "a job's pods restart Never or OnFailure",
+            )),
+        }
+    }
+    workload(Some(spec), errors);
+}
 
 pub(super) fn workload(spec: Option<&Field<'_>>, errors: &mut Vec<FieldError>) {
     let Some(spec) = spec else { return };
