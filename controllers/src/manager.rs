@@ -139,6 +139,11 @@ pub async fn run_manager(
             config.identity.clone(),
             stop.clone(),
         ));
+        controllers.spawn(crate::daemonsets::run(
+            clients("daemonsets"),
+            config.identity.clone(),
+            stop.clone(),
+        ));
         controllers.spawn(crate::jobs::run(
             clients("jobs"),
             config.identity.clone(),

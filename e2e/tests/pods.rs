@@ -1445,6 +1445,40 @@ async fn a_deployment_spreads_over_two_nodes_whose_pods_reach_each_other_and_mov
     )
     .await;
     assert_eq!(got.trim(), far_name, "node-a's pod reached {far}");
+    // A DaemonSet puts one pod on each node, and rolls a new template node by node.
+    let daemon = format!(
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {{name: agent}}\nspec:\n  selector: {{matchLabels: {{app: agent}}}}\n  template:\n    metadata: {{labels: {{app: agent}}}}\n    spec:\n      containers:\n      - name: c\n        image: {image}\n        command: [sleep, '3600']\n"
+    );
+    let file = root.path().join("daemon.yaml");
+    std::fs::write(&file, daemon).unwrap();
+    ok(kubectl(admin, &["apply", "-f", file.to_str().unwrap()]));
+    ok(kubectl(
+        admin,
+        &["rollout", "status", "daemonset/agent", "--timeout=120s"],
+    ));
+    let nodes_of = |app: &str| {
+        let mut nodes: Vec<String> = pods_of(admin, app)
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_string))
+            .collect();
+        nodes.sort();
+        nodes
+    };
+    assert_eq!(nodes_of("agent"), ["node-a", "node-b"]);
+    ok(kubectl(admin, &["set", "env", "daemonset/agent", "V=2"]));
+    ok(kubectl(
+        admin,
+        &["rollout", "status", "daemonset/agent", "--timeout=120s"],
+    ));
+    let updated = pods_of(admin, "agent");
+    let fresh = updated
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| p["spec"]["containers"][0]["env"][0]["value"] == "2")
+        .count();
+    assert_eq!(fresh, 2, "{updated:?}");
+    ok(kubectl(admin, &["delete", "daemonset", "agent"]));
     // node-b is cut off: its agent fences and stops its pods; after the grace period and
     // the eviction timeout its pods are deleted and made again on node-a.
     let (net_b, _, agent_b) = &hosts[1];

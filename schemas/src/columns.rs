@@ -333,6 +333,31 @@ static DEPLOYMENT: &[Column] = &[
     )),
 ];
 
+static DAEMON_SET: &[Column] = &[
+    number("Desired", "Nodes that should run its pod.", |o| {
+        Value::from(o["status"]["desiredNumberScheduled"].as_i64().unwrap_or(0))
+    }),
+    number("Current", "Nodes that run it.", |o| {
+        Value::from(o["status"]["currentNumberScheduled"].as_i64().unwrap_or(0))
+    }),
+    number("Ready", "Nodes whose pod is ready.", |o| {
+        Value::from(o["status"]["numberReady"].as_i64().unwrap_or(0))
+    }),
+    number(
+        "Up-to-date",
+        "Nodes whose pod is of the current template.",
+        |o| Value::from(o["status"]["updatedNumberScheduled"].as_i64().unwrap_or(0)),
+    ),
+    number("Available", "Nodes whose pod is available.", |o| {
+        Value::from(o["status"]["numberAvailable"].as_i64().unwrap_or(0))
+    }),
+    wide(text(
+        "Images",
+        "The images of the template's containers.",
+        template_images,
+    )),
+];
+
 static JOB: &[Column] = &[
     text("Status", "Running, Complete, Failed or Suspended.", |o| {
         let conditions = o["status"]["conditions"].as_array();
@@ -587,6 +612,7 @@ pub fn kind_columns(kind: &Kind) -> &'static [Column] {
         "EndpointSlice" => ENDPOINT_SLICE,
         "ReplicaSet" => REPLICA_SET,
         "Job" => JOB,
+        "DaemonSet" => DAEMON_SET,
         "Event" => EVENT,
         "Secret" => SECRET,
         "ConfigMap" => CONFIG_MAP,

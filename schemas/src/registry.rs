@@ -167,6 +167,15 @@ static REGISTRY: &[Kind] = &[
         scope: Scope::Namespaced,
     },
     Kind {
+        group: APPS_GROUP,
+        version: "v1",
+        kind: "DaemonSet",
+        plural: "daemonsets",
+        singular: "daemonset",
+        short_names: &["ds"],
+        scope: Scope::Namespaced,
+    },
+    Kind {
         group: BATCH_GROUP,
         version: "v1",
         kind: "Job",

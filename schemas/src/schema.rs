@@ -93,6 +93,12 @@ static SOURCES: &[Source] = &[
         include_str!("../replicaset.schema.json"),
         false,
     ),
+    k8s(
+        "apps",
+        "DaemonSet",
+        include_str!("../daemonset.schema.json"),
+        false,
+    ),
     k8s("batch", "Job", include_str!("../job.schema.json"), false),
     k8s("", "Event", include_str!("../event.schema.json"), true),
     k8s("", "Secret", include_str!("../secret.schema.json"), true),

@@ -26,11 +26,12 @@ const BOOTSTRAPPING: &str = "kubernetes.io/bootstrapping";
 
 /// The cluster controllers with roles of their own (`system:controller:NAME`, granted to
 /// the user `system:keel-controller:NAME`).
-pub const CONTROLLERS: [&str; 16] = [
+pub const CONTROLLERS: [&str; 17] = [
     "scheduler",
     "services",
     "cluster-dns",
     "jobs",
+    "daemonsets",
     "node-ipam",
     "replicasets",
     "deployments",
@@ -298,6 +299,13 @@ fn controller_rules(name: &str) -> Vec<Value> {
             rule(&READ, &[APPS_GROUP], &["replicasets"]),
             rule(&["update", "patch"], &[APPS_GROUP], &["replicasets/status"]),
             rule(&READ, &[""], &["pods"]),
+            rule(&["create", "delete", "patch"], &[""], &["pods"]),
+            events(),
+        ],
+        "daemonsets" => vec![
+            rule(&READ, &[APPS_GROUP], &["daemonsets"]),
+            rule(&["update", "patch"], &[APPS_GROUP], &["daemonsets/status"]),
+            rule(&READ, &[""], &["pods", "nodes"]),
             rule(&["create", "delete", "patch"], &[""], &["pods"]),
             events(),
         ],

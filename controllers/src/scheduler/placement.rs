@@ -349,10 +349,7 @@ impl<'a> Incoming<'a> {
 
     /// Whether every NoSchedule or NoExecute taint of `node` is tolerated.
     fn tolerates(&self, node: &Node<'_>) -> bool {
-        node.taints
-            .iter()
-            .filter(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute"))
-            .all(|t| self.tolerations.iter().any(|tol| tolerates(tol, t)))
+        tolerated(self.tolerations, node.taints)
     }
 
     fn affinity_terms(&self) -> &[VmAffinityTerm] {
@@ -369,6 +366,14 @@ fn required(affinity: Option<&NodeAffinity>) -> Option<&NodeSelector> {
     affinity?
         .required_during_scheduling_ignored_during_execution
         .as_ref()
+}
+
+/// Whether every NoSchedule or NoExecute taint of `taints` is tolerated by `tolerations`.
+pub fn tolerated(tolerations: &[Toleration], taints: &[Taint]) -> bool {
+    taints
+        .iter()
+        .filter(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute"))
+        .all(|t| tolerations.iter().any(|tol| tolerates(tol, t)))
 }
 
 /// Whether `toleration` tolerates `taint`, by Kubernetes' rules: the effects match (an empty

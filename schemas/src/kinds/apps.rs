@@ -12,11 +12,64 @@ use super::{LabelSelector, Object, kind_spec};
 pub type Deployment = Object<DeploymentSpec, DeploymentStatus>;
 /// A replica set (`replicaset.schema.json`).
 pub type ReplicaSet = Object<ReplicaSetSpec, ReplicaSetStatus>;
+/// A daemon set (`daemonset.schema.json`).
+pub type DaemonSet = Object<DaemonSetSpec, DaemonSetStatus>;
 
 kind_spec!(
     DeploymentSpec => "Deployment",
     ReplicaSetSpec => "ReplicaSet",
+    DaemonSetSpec => "DaemonSet",
 );
+
+/// Desired state of a daemon set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonSetSpec {
+    /// The pods it counts.
+    pub selector: LabelSelector,
+    /// The pods it makes.
+    #[serde(default)]
+    pub template: PodTemplateSpec,
+    /// How pods of an old template are replaced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_strategy: Option<serde_json::Value>,
+    /// Seconds a pod must be ready to count as available.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_ready_seconds: Option<i32>,
+    /// What Keel does not model (`revisionHistoryLimit`), kept as it is.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// Observed state of a daemon set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonSetStatus {
+    /// The generation the status is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Nodes that should run its pod.
+    #[serde(default)]
+    pub desired_number_scheduled: i32,
+    /// Nodes that should and do run its pod.
+    #[serde(default)]
+    pub current_number_scheduled: i32,
+    /// Nodes that run its pod but should not.
+    #[serde(default)]
+    pub number_misscheduled: i32,
+    /// Nodes whose pod is ready.
+    #[serde(default)]
+    pub number_ready: i32,
+    /// Nodes whose pod is of the current template.
+    #[serde(default)]
+    pub updated_number_scheduled: i32,
+    /// Nodes whose pod is available.
+    #[serde(default)]
+    pub number_available: i32,
+    /// Nodes that should run its pod and have none available.
+    #[serde(default)]
+    pub number_unavailable: i32,
+}
 
 /// The pods a workload makes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -54,7 +54,7 @@ pub(super) fn check(kind: &Kind, object: &Value, errors: &mut Vec<FieldError>) {
         (KEEL_GROUP, "Revision") => gitops::revision(spec, errors),
         ("", "Pod") => core::pod(spec, errors),
         ("", "Service") => core::service(spec, errors),
-        (APPS_GROUP, "Deployment" | "ReplicaSet") => apps::workload(spec, errors),
+        (APPS_GROUP, "Deployment" | "ReplicaSet" | "DaemonSet") => apps::workload(spec, errors),
         (BATCH_GROUP, "Job") => apps::job(spec, errors),
         ("", "Secret") => core::secret(&root, errors),
         ("", "ConfigMap") => core::config_map(&root, errors),

@@ -44,7 +44,7 @@ pub(super) fn check(kind: &Kind, old: &Value, new: &Value, errors: &mut Vec<Fiel
         (KEEL_GROUP, "Subnet") => &["vpc", "cidr"],
         (KEEL_GROUP, "Zone") => &["domain"],
         (KEEL_GROUP, "Revision") => &["target", "revision", "spec", "rollbackOf"],
-        ("apps", "Deployment" | "ReplicaSet") => &["selector"],
+        ("apps", "Deployment" | "ReplicaSet" | "DaemonSet") => &["selector"],
         ("batch", "Job") => &["selector", "completions"],
         (KEEL_GROUP, "UserToken") => {
             &["user", "uid", "groups", "expirationTimestamp", "secretHash"]
