@@ -17,18 +17,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_client::{Api, Client, ClientError, DeleteParams};
+use keel_client::{Api, Client, ClientError};
 use keel_runtime::{Action, Controller, EventType, ObjectExt, ObjectRef, Recorder, Store, watcher};
 use keel_schemas::kinds::apps::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use keel_schemas::kinds::core::{Namespace, Node, Service};
 use keel_schemas::kinds::dns::Zone;
-use keel_schemas::kinds::{ObjectMeta, OwnerReference};
 use keel_schemas::net::ClusterDns;
 use keel_schemas::wellknown::{CLUSTER_DNS_SERVICE, CLUSTER_DNS_ZONE, CLUSTER_NAMESPACE};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::services::{MANAGED_BY_LABEL, SERVICE_NAME_LABEL};
+use crate::services::MANAGED_BY_LABEL;
 
 /// This controller's value of the slices' managed-by label.
 const MANAGED_BY: &str = "cluster-dns.keel.dev";
@@ -253,50 +252,12 @@ async fn sync_slices(
                 }
             }
             None => {
-                let slice = EndpointSlice {
-                    api_version: "discovery.k8s.io/v1".into(),
-                    kind: "EndpointSlice".into(),
-                    metadata: ObjectMeta {
-                        name: Some(name),
-                        namespace: Some(CLUSTER_NAMESPACE.to_string()),
-                        labels: [
-                            (
-                                SERVICE_NAME_LABEL.to_string(),
-                                CLUSTER_DNS_SERVICE.to_string(),
-                            ),
-                            (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
-                        ]
-                        .into(),
-                        owner_references: vec![OwnerReference {
-                            api_version: "v1".into(),
-                            kind: "Service".into(),
-                            name: CLUSTER_DNS_SERVICE.to_string(),
-                            uid: service.uid().to_string(),
-                            controller: Some(true),
-                            block_owner_deletion: Some(true),
-                        }],
-                        ..ObjectMeta::default()
-                    },
-                    address_type: "IPv4".into(),
-                    endpoints,
-                    ports,
-                };
+                let slice = crate::services::slice_of(service, &name, MANAGED_BY, endpoints, ports);
                 create(api, &slice).await?;
             }
         }
     }
-    for slice in owned.iter().filter(|s| !kept.contains(s.name())) {
-        let params = DeleteParams {
-            uid: Some(slice.uid().to_string()),
-            propagation_policy: None,
-        };
-        match api.delete(slice.name(), &params).await {
-            Ok(_) => {}
-            Err(e) if e.code() == Some(404) || e.code() == Some(409) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    crate::services::delete_slices(api, owned.iter().filter(|s| !kept.contains(s.name()))).await
 }
 
 /// An object this controller built that its type does not take (a bug, said as such).

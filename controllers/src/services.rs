@@ -597,31 +597,8 @@ async fn endpoints(ctx: &Context, svc: &Service, namespace: &str) -> Result<(), 
             None => {
                 // Named after the ports it serves: a pass that does not see its own
                 // creation yet cannot make a second one.
-                let slice = EndpointSlice {
-                    api_version: "discovery.k8s.io/v1".into(),
-                    kind: "EndpointSlice".into(),
-                    metadata: ObjectMeta {
-                        name: Some(slice_name(svc.name(), &ports)),
-                        namespace: Some(namespace.to_string()),
-                        labels: [
-                            (SERVICE_NAME_LABEL.to_string(), svc.name().to_string()),
-                            (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
-                        ]
-                        .into(),
-                        owner_references: vec![OwnerReference {
-                            api_version: "v1".into(),
-                            kind: "Service".into(),
-                            name: svc.name().to_string(),
-                            uid: svc.uid().to_string(),
-                            controller: Some(true),
-                            block_owner_deletion: Some(true),
-                        }],
-                        ..ObjectMeta::default()
-                    },
-                    address_type: "IPv4".into(),
-                    endpoints,
-                    ports,
-                };
+                let name = slice_name(svc.name(), &ports);
+                let slice = slice_of(svc, &name, MANAGED_BY, endpoints, ports);
                 match api.create(&slice).await {
                     Ok(made) => {
                         kept.insert(made.name().to_string());
@@ -636,7 +613,50 @@ async fn endpoints(ctx: &Context, svc: &Service, namespace: &str) -> Result<(), 
             }
         }
     }
-    for slice in owned.iter().filter(|s| !kept.contains(s.name())) {
+    delete_slices(&api, owned.iter().filter(|s| !kept.contains(s.name()))).await
+}
+
+/// An EndpointSlice of `svc` called `name`, kept by `managed_by`, owned by the Service.
+pub(crate) fn slice_of(
+    svc: &Service,
+    name: &str,
+    managed_by: &str,
+    endpoints: Vec<Endpoint>,
+    ports: Vec<EndpointPort>,
+) -> EndpointSlice {
+    EndpointSlice {
+        api_version: "discovery.k8s.io/v1".into(),
+        kind: "EndpointSlice".into(),
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: svc.namespace().map(str::to_string),
+            labels: [
+                (SERVICE_NAME_LABEL.to_string(), svc.name().to_string()),
+                (MANAGED_BY_LABEL.to_string(), managed_by.to_string()),
+            ]
+            .into(),
+            owner_references: vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "Service".into(),
+                name: svc.name().to_string(),
+                uid: svc.uid().to_string(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }],
+            ..ObjectMeta::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints,
+        ports,
+    }
+}
+
+/// Deletes `slices` (each as it is, by uid); one gone meanwhile is as good.
+pub(crate) async fn delete_slices(
+    api: &Api<EndpointSlice>,
+    slices: impl Iterator<Item = &Arc<EndpointSlice>>,
+) -> Result<(), ClientError> {
+    for slice in slices {
         let params = DeleteParams {
             uid: Some(slice.uid().to_string()),
             propagation_policy: None,

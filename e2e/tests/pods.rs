@@ -685,20 +685,24 @@ async fn deployments_roll_scale_and_roll_back_a_broken_image_by_themselves() {
 
 /// Runs `script` in a pod named `name` to completion and returns what it printed.
 async fn run_to_end(kubeconfig: &Path, image: &str, name: &str, script: &str) -> String {
-    ok(kubectl(
-        kubeconfig,
-        &[
-            "run",
-            name,
-            "--restart=Never",
-            "--image",
-            image,
-            "--",
-            "sh",
-            "-c",
-            script,
-        ],
-    ));
+    run_pinned(kubeconfig, image, name, None, script).await
+}
+
+/// The same, on `node` when one is given.
+async fn run_pinned(
+    kubeconfig: &Path,
+    image: &str,
+    name: &str,
+    node: Option<&str>,
+    script: &str,
+) -> String {
+    let overrides = node.map(|n| format!(r#"{{"spec":{{"nodeName":"{n}"}}}}"#));
+    let mut args = vec!["run", name, "--restart=Never", "--image", image];
+    if let Some(o) = &overrides {
+        args.extend(["--overrides", o.as_str()]);
+    }
+    args.extend(["--", "sh", "-c", script]);
+    ok(kubectl(kubeconfig, &args));
     eventually(&format!("{name} to end"), WAIT, || async {
         let p = pod(kubeconfig, name)?;
         matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(())
@@ -1440,7 +1444,7 @@ async fn a_deployment_spreads_over_two_nodes_whose_pods_reach_each_other_and_mov
         admin,
         &image,
         "client-a",
-        "node-a",
+        Some("node-a"),
         &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {far} 8080 2>&1 | tail -1"),
     )
     .await;
@@ -1518,39 +1522,6 @@ async fn a_deployment_spreads_over_two_nodes_whose_pods_reach_each_other_and_mov
     ok(kubectl(admin, &["delete", "deployment", "web"]));
     drop(hosts);
     drop(cluster);
-}
-
-/// Runs `script` to completion in a pod pinned to `node` and returns what it printed.
-async fn run_pinned(
-    kubeconfig: &Path,
-    image: &str,
-    name: &str,
-    node: &str,
-    script: &str,
-) -> String {
-    let overrides = format!(r#"{{"spec":{{"nodeName":"{node}"}}}}"#);
-    ok(kubectl(
-        kubeconfig,
-        &[
-            "run",
-            name,
-            "--restart=Never",
-            "--image",
-            image,
-            "--overrides",
-            &overrides,
-            "--",
-            "sh",
-            "-c",
-            script,
-        ],
-    ));
-    eventually(&format!("{name} to end"), WAIT, || async {
-        let p = pod(kubeconfig, name)?;
-        matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(())
-    })
-    .await;
-    ok(kubectl(kubeconfig, &["logs", name]))
 }
 
 #[tokio::test(flavor = "multi_thread")]
