@@ -29,8 +29,7 @@ use keel_schemas::kinds::{ObjectMeta, OwnerReference};
 use serde_json::json;
 use tokio::sync::watch;
 
-/// The label that ties an EndpointSlice to its Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub use keel_schemas::kinds::apps::SERVICE_NAME_LABEL;
 /// The label that says who keeps an EndpointSlice.
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 /// This controller's value of [`MANAGED_BY_LABEL`].

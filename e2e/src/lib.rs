@@ -392,9 +392,10 @@ fn ip(args: &[&str]) {
 }
 
 impl Bridge {
-    /// A bridge named after `tag` (a few characters unique to the test) on `10.<a>.<b>.0/24`.
+    /// A bridge named after `tag` (a few characters unique to the test) on a
+    /// `10.251.<n>.0/24` of its own ([`claim_subnet`]).
     pub fn new(tag: &str) -> Bridge {
-        let n = std::process::id() % 200 + 20;
+        let n = claim_subnet();
         let prefix = format!("10.251.{n}");
         let name = format!("kb{tag}{n}");
         let _ = Command::new("ip").args(["link", "del", &name]).output();
@@ -450,7 +451,54 @@ impl Drop for Bridge {
         let _ = Command::new("ip")
             .args(["link", "del", &self.name])
             .output();
+        if let Some(n) = self.prefix.rsplit('.').next() {
+            let _ = std::fs::remove_file(subnet_claims().join(n));
+        }
     }
+}
+
+/// Where the tests' claims on bridge subnets are kept.
+fn subnet_claims() -> PathBuf {
+    std::env::temp_dir().join("keel-e2e-subnets")
+}
+
+/// A `10.251.<n>.0/24` no other test's bridge has: claimed by creating the file `<n>` (which
+/// only one process can), holding this process's pid. A claim whose process is gone, or
+/// taken by a bridge a killed test left behind, is passed over or taken back; the search
+/// starts at a place that depends on the pid, so concurrent tests rarely meet.
+fn claim_subnet() -> u32 {
+    let dir = subnet_claims();
+    let _ = std::fs::create_dir_all(&dir);
+    let in_use = Command::new("ip")
+        .args(["-br", "-4", "addr"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    let start = std::process::id() % 200;
+    for i in 0..200 {
+        let n = (start + i) % 200 + 20;
+        if in_use.contains(&format!(" 10.251.{n}.")) {
+            continue;
+        }
+        let path = dir.join(n.to_string());
+        if let Ok(pid) = std::fs::read_to_string(&path) {
+            let alive = Path::new(&format!("/proc/{}", pid.trim())).exists();
+            if alive {
+                continue;
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        let claimed = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path);
+        if let Ok(mut f) = claimed {
+            use std::io::Write as _;
+            let _ = write!(f, "{}", std::process::id());
+            return n;
+        }
+    }
+    panic!("no free 10.251.x.0/24 for a test bridge: remove the kb* bridges left behind");
 }
 
 impl Netns {

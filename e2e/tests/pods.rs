@@ -395,12 +395,7 @@ async fn bad_pods_get_the_kubelets_clear_statuses() {
     let file = root.path().join("mounted.yaml");
     std::fs::write(&file, mounted).unwrap();
     ok(kubectl(admin, &["apply", "-f", file.to_str().unwrap()]));
-    let waiting = eventually("mounted waiting", WAIT, || async {
-        let p = pod(admin, "mounted")?;
-        let w = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
-        (w["reason"] == "CreateContainerConfigError").then_some(w)
-    })
-    .await;
+    let waiting = waiting_with(admin, "mounted", "CreateContainerConfigError").await;
     assert!(
         waiting["message"]
             .as_str()
@@ -681,6 +676,16 @@ async fn deployments_roll_scale_and_roll_back_a_broken_image_by_themselves() {
     })
     .await;
     drop(host.cluster);
+}
+
+/// The waiting state of pod `name`'s first container, once its reason is `reason`.
+async fn waiting_with(kubeconfig: &Path, name: &str, reason: &str) -> Value {
+    eventually(&format!("{name} waiting with {reason}"), WAIT, || async {
+        let p = pod(kubeconfig, name)?;
+        let w = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        (w["reason"] == reason).then_some(w)
+    })
+    .await
 }
 
 /// Runs `script` in a pod named `name` to completion and returns what it printed.
@@ -1328,12 +1333,7 @@ spec:
     );
     std::fs::write(&file, manifest).unwrap();
     ok(kubectl(admin, &["apply", "-f", file.to_str().unwrap()]));
-    let waiting = eventually("keyless waiting", WAIT, || async {
-        let p = pod(admin, "keyless")?;
-        let w = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
-        (w["reason"] == "CreateContainerConfigError").then_some(w)
-    })
-    .await;
+    let waiting = waiting_with(admin, "keyless", "CreateContainerConfigError").await;
     assert_eq!(
         waiting["message"], "couldn't find key nope in ConfigMap default/site",
         "{waiting}"
@@ -1344,12 +1344,7 @@ spec:
     );
     std::fs::write(&file, manifest).unwrap();
     ok(kubectl(admin, &["apply", "-f", file.to_str().unwrap()]));
-    let waiting = eventually("hostly waiting", WAIT, || async {
-        let p = pod(admin, "hostly")?;
-        let w = p["status"]["containerStatuses"][0]["state"]["waiting"].clone();
-        (w["reason"] == "CreateContainerConfigError").then_some(w)
-    })
-    .await;
+    let waiting = waiting_with(admin, "hostly", "CreateContainerConfigError").await;
     assert!(
         waiting["message"]
             .as_str()

@@ -20,22 +20,19 @@
 //!   default); a client in one goes to that endpoint again. The sets live in the table, so
 //!   a change of any Service (which rewrites the table) forgets them.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use keel_client::Api;
 use keel_runtime::{Action, Controller, ObjectExt, Store, watcher};
-use keel_schemas::kinds::apps::EndpointSlice;
+use keel_schemas::kinds::apps::{EndpointSlice, SERVICE_NAME_LABEL, slices_by_service};
 use keel_schemas::kinds::core::Service;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, watch};
 
 use crate::cni::Cidr;
 
-/// The label that ties an EndpointSlice to its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The nftables table the agent owns.
 pub const TABLE: &str = "keel-services";
 /// The packet mark of a connection to a Service port without endpoints ("keel").
@@ -162,16 +159,7 @@ pub fn ruleset(
 
 /// Every port of every Service with a ClusterIP, with its ready endpoints; in a stable order.
 fn ports(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Vec<Port> {
-    let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
-    for slice in slices {
-        let (Some(ns), Some(name)) = (
-            slice.metadata.namespace.clone(),
-            slice.metadata.labels.get(SERVICE_NAME_LABEL).cloned(),
-        ) else {
-            continue;
-        };
-        by_service.entry((ns, name)).or_default().push(slice);
-    }
+    let by_service = slices_by_service(slices.iter().map(|s| &**s));
     let mut sorted: Vec<&Arc<Service>> = services.iter().collect();
     sorted.sort_by_key(|s| (s.namespace().map(str::to_string), s.name().to_string()));
     let mut out = Vec::new();

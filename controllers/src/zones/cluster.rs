@@ -13,19 +13,15 @@
 //! is not one is left out (and said in the zone's status), never passed on, so no tenant
 //! can stop the zone from loading for the others.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use keel_runtime::{ObjectExt, Store};
-use keel_schemas::kinds::apps::EndpointSlice;
+use keel_schemas::kinds::apps::{EndpointSlice, slices_by_service};
 use keel_schemas::kinds::core::{Pod, Service};
 use keel_schemas::kinds::dns::AutoRecord;
 
 /// One generated record: owner (absolute), type, value.
 pub(super) type Generated = (String, &'static str, String);
-
-/// The label that ties an EndpointSlice to its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Which objects a zone's cluster records name.
 pub(super) struct Scope<'a> {
@@ -56,17 +52,7 @@ pub(super) fn services(
     slices: &Store<EndpointSlice>,
     notes: &mut Vec<String>,
 ) -> Vec<Generated> {
-    let mut by_service: BTreeMap<(String, String), Vec<std::sync::Arc<EndpointSlice>>> =
-        BTreeMap::new();
-    for slice in slices.list() {
-        let (Some(ns), Some(name)) = (
-            slice.metadata.namespace.clone(),
-            slice.metadata.labels.get(SERVICE_NAME_LABEL).cloned(),
-        ) else {
-            continue;
-        };
-        by_service.entry((ns, name)).or_default().push(slice);
-    }
+    let by_service = slices_by_service(slices.list());
     let mut out = Vec::new();
     for svc in services.list() {
         if !scope.selects(auto, svc.as_ref()) {

@@ -241,6 +241,27 @@ pub struct ReplicaSetStatus {
     pub conditions: Vec<WorkloadCondition>,
 }
 
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The slices in `slices` by the Service (namespace, name) they belong to.
+pub fn slices_by_service<S: std::borrow::Borrow<EndpointSlice>>(
+    slices: impl IntoIterator<Item = S>,
+) -> BTreeMap<(String, String), Vec<S>> {
+    let mut out: BTreeMap<(String, String), Vec<S>> = BTreeMap::new();
+    for slice in slices {
+        let s: &EndpointSlice = slice.borrow();
+        let (Some(ns), Some(name)) = (
+            s.metadata.namespace.clone(),
+            s.metadata.labels.get(SERVICE_NAME_LABEL).cloned(),
+        ) else {
+            continue;
+        };
+        out.entry((ns, name)).or_default().push(slice);
+    }
+    out
+}
+
 /// Some endpoints of a Service (`discovery.k8s.io/v1`; `endpointslice.schema.json`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
