@@ -45,14 +45,21 @@ pub struct Policy {
 pub struct Registry {
     keys: RwLock<HashMap<String, Key>>,
     buckets: RwLock<HashMap<String, Policy>>,
+    /// Whether the keys are known: every bound bucket's Secrets were read since the start.
+    /// Until then an unknown key may be one not read yet.
+    synced: std::sync::atomic::AtomicBool,
 }
 
 // === impl Registry ===
 
 impl Registry {
-    /// Replaces every access key.
-    pub fn set_keys(&self, keys: HashMap<String, Key>) {
+    /// Replaces every access key; `synced` says whether they are all the keys there are.
+    pub fn set_keys(&self, keys: HashMap<String, Key>, synced: bool) {
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+        if synced {
+            self.synced
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
     }
 
     /// Serves `bucket` with `policy`.
@@ -103,6 +110,11 @@ impl S3Auth for Shared {
     async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
         match self.0.key(access_key) {
             Some(key) => Ok(SecretKey::from(key.secret)),
+            // Just started: the key may be one not read yet. Clients retry a 503.
+            None if !self.0.synced.load(std::sync::atomic::Ordering::Acquire) => Err(s3_error!(
+                ServiceUnavailable,
+                "This storage host is still loading its access keys; try again."
+            )),
             None => Err(s3_error!(
                 InvalidAccessKeyId,
                 "The AWS Access Key Id you provided does not exist in our records."

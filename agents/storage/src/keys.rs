@@ -65,6 +65,8 @@ pub(crate) async fn run(
     let stop = shutdown.clone();
     // Secrets already reported as opening nothing (by resource version): logged once.
     let mut reported: HashSet<(Source, String)> = HashSet::new();
+    // The Secrets whose watch has reported since the start.
+    let mut heard: HashSet<Source> = HashSet::new();
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
@@ -94,14 +96,17 @@ pub(crate) async fn run(
                 if !watches.contains_key(&source) {
                     continue;
                 }
+                heard.insert(source.clone());
                 match secret {
                     Some(s) => secrets.insert(source, s),
                     None => secrets.remove(&source),
                 };
             }
         }
-        let (found, ignored) = keys(&sources(&buckets.list()), &secrets);
-        registry.set_keys(found);
+        let wanted = sources(&buckets.list());
+        let synced = buckets.is_ready() && wanted.keys().all(|s| heard.contains(s));
+        let (found, ignored) = keys(&wanted, &secrets);
+        registry.set_keys(found, synced);
         for (source, why) in ignored {
             let version = secrets
                 .get(&source)
