@@ -1,5 +1,7 @@
 //! The agent's HTTPS endpoint, the kubelet's port in Kubernetes: the API server calls it to
-//! read a guest's serial console (`keelctl logs vm/NAME [-f]`).
+//! read a guest's serial console (`keelctl logs vm/NAME [-f]`), a container's log
+//! (`kubectl logs`), and to pass on `kubectl exec`, `attach` and `port-forward` upgrades
+//! ([`keel_pods::streams`]).
 //!
 //! The agent makes a fresh self-signed certificate at each start and publishes it in its
 //! Node (annotation [`keel_schemas::wellknown::AGENT_CERTIFICATE_ANNOTATION`], port in `status.daemonEndpoints`); the API
@@ -190,6 +192,7 @@ impl Endpoint {
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(timeouts.header_timeout)
                     .serve_connection(TokioIo::new(tls), service)
+                    .with_upgrades()
                     .await;
             });
         }
@@ -227,6 +230,21 @@ async fn handle(state: &State, caller: Option<&str>, req: Request<Incoming>) -> 
                 Err(message) => return text(StatusCode::BAD_REQUEST, &message),
             };
             pod_log(state, ns, name, &query)
+        }
+        (&hyper::Method::GET | &hyper::Method::POST, [what, ns, name]) => {
+            let kind = match *what {
+                "exec" => keel_pods::streams::Kind::Exec,
+                "attach" => keel_pods::streams::Kind::Attach,
+                "portforward" => keel_pods::streams::Kind::PortForward,
+                _ => return text(StatusCode::NOT_FOUND, "no such endpoint on the agent"),
+            };
+            let Some(cri) = state.cri.as_ref() else {
+                return text(StatusCode::NOT_FOUND, "this node runs no pods");
+            };
+            let (ns, name) = (ns.to_string(), name.to_string());
+            keel_pods::streams::serve(cri, kind, &ns, &name, req)
+                .await
+                .map(|body| Full::new(Bytes::from(body)).boxed())
         }
         _ => text(StatusCode::NOT_FOUND, "no such endpoint on the agent"),
     }

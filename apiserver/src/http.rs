@@ -17,9 +17,12 @@
 //! certificates, TokenRequest, OpenID discovery), `bootstrap` (the default RBAC policy and
 //! re-encryption of Secrets), `discovery`, `openapi` (OpenAPI v3 from the schemas), `quota`
 //! (ResourceQuota admission), `limits` (LimitRange admission), `tenancy` (what a namespace's
-//! objects may name), `status` (errors).
+//! objects may name), `scale` (the scale subresource), `agent` (calls to a node's agent),
+//! `logs` (consoles and container logs, from the node), `streams` (exec, attach and
+//! port-forward upgrades, passed to the node), `status` (errors).
 
 mod access;
+mod agent;
 mod attributes;
 mod bootstrap;
 mod collection;
@@ -41,11 +44,12 @@ mod reviews;
 mod scale;
 mod selector;
 mod status;
+mod streams;
 mod tenancy;
 mod watch;
 
+pub use agent::AgentClient;
 pub use bootstrap::{ensure_policy, reencrypt_secrets};
-pub use logs::AgentClient;
 pub use status::{ApiError, ApiResult, Cause};
 
 use std::collections::HashMap;
@@ -70,7 +74,7 @@ use crate::auth::encryption::Encryption;
 use crate::raft::Server;
 use access::{Peer, Requester};
 use objects::PatchKind;
-use request::Target;
+use request::{Subresource, Target};
 
 /// The largest request body, in bytes (bigger bodies get a 413).
 pub const MAX_BODY: usize = 3 << 20;
@@ -94,7 +98,7 @@ pub(crate) struct Api {
     /// How stored values are encrypted.
     pub(crate) encryption: Arc<Encryption>,
     /// The client certificate this server presents to the agents it calls.
-    pub(crate) agent_client: Option<Arc<logs::AgentClient>>,
+    pub(crate) agent_client: Option<Arc<agent::AgentClient>>,
     /// What start-up work is done.
     pub(crate) bootstrap: Arc<Bootstrap>,
     advertise: String,
@@ -133,7 +137,7 @@ pub struct HttpOptions {
     /// How stored values are encrypted.
     pub encryption: Arc<Encryption>,
     /// The client certificate this server presents to agents.
-    pub agent_client: Arc<logs::AgentClient>,
+    pub agent_client: Arc<agent::AgentClient>,
     /// What start-up work is done (for `/readyz`).
     pub bootstrap: Arc<Bootstrap>,
     /// TLS settings (certificate and ALPN).
@@ -659,41 +663,47 @@ struct Call {
     rest: String,
     method: Method,
     query: HashMap<String, String>,
+    /// The query as sent (a stream's `command` repeats).
+    raw_query: String,
     headers: HeaderMap,
     requester: Option<Requester>,
+    /// The connection, if the client asked to upgrade it (exec, attach, port-forward).
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 /// A resource under `/api/v1`: the core group, served as the named groups are.
 async fn core(
     State(api): State<Api>,
     Path(rest): Path<String>,
-    method: Method,
     query: Query<HashMap<String, String>>,
     requester: Option<axum::Extension<Requester>>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
     let path = Path((String::new(), "v1".to_string(), rest));
-    named(State(api), path, method, query, requester, headers, body).await
+    named(State(api), path, query, requester, request).await
 }
 
 async fn named(
     State(api): State<Api>,
     Path((group, version, rest)): Path<(String, String, String)>,
-    method: Method,
     Query(query): Query<HashMap<String, String>>,
     requester: Option<axum::Extension<Requester>>,
-    headers: HeaderMap,
-    body: Body,
+    mut request: Request,
 ) -> Response {
+    let on_upgrade = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>();
+    let (parts, body) = request.into_parts();
     let call = Call {
         group,
         version,
         rest,
-        method,
+        method: parts.method,
         query,
-        headers,
+        raw_query: parts.uri.query().unwrap_or_default().to_string(),
+        headers: parts.headers,
         requester: requester.map(|r| r.0),
+        on_upgrade,
     };
     dispatch(&api, call, body)
         .await
@@ -787,13 +797,15 @@ async fn dispatch(api: &Api, call: Call, body: Body) -> ApiResult<Response> {
         rest,
         method,
         query,
+        raw_query,
         headers,
         requester,
+        on_upgrade,
     } = call;
     let (group, version, rest) = (group.as_str(), version.as_str(), rest.as_str());
     let mut t: Target = request::target(group, version, rest)?;
     t.user = requester.map(|r| r.user);
-    if t.log {
+    if t.sub == Subresource::Log {
         return match method {
             Method::GET => logs::proxy(api, &t, &query).await,
             other => Err(ApiError::method_not_allowed(format!(
@@ -801,7 +813,16 @@ async fn dispatch(api: &Api, call: Call, body: Body) -> ApiResult<Response> {
             ))),
         };
     }
-    if t.scale {
+    if t.sub.is_stream() {
+        let upgrade = streams::Upgrade {
+            method,
+            raw_query,
+            headers,
+            on_upgrade,
+        };
+        return streams::proxy(api, &t, upgrade).await;
+    }
+    if t.sub == Subresource::Scale {
         let content_type = content_type_of(&headers);
         let change = match method {
             Method::PUT => Some((None, json_body(body, &content_type).await?)),
@@ -858,7 +879,7 @@ async fn dispatch(api: &Api, call: Call, body: Body) -> ApiResult<Response> {
             let patch = json_body(body, "application/json").await?;
             ok(api.patch(&t, kind, patch).await?)
         }
-        (Method::DELETE, true) if t.status => Err(ApiError::method_not_allowed(
+        (Method::DELETE, true) if t.status() => Err(ApiError::method_not_allowed(
             "DELETE is not supported on the status subresource",
         )),
         (Method::DELETE, true) => {

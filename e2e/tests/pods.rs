@@ -1656,3 +1656,236 @@ async fn jobs_run_pods_to_completion_and_fail_after_their_backoff_limit() {
     .await;
     drop(host.cluster);
 }
+
+/// kubectl run with `env` set, `stdin` written and closed, under a 60 s `timeout` so that a
+/// stream that never ends fails the test instead of hanging it.
+fn kubectl_with(kubeconfig: &Path, env: &[(&str, &str)], stdin: &str, args: &[&str]) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new("timeout")
+        .arg("60")
+        .arg("kubectl")
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOME", std::env::temp_dir())
+        .envs(env.iter().copied())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin.as_bytes()).expect("stdin written");
+    drop(input);
+    child.wait_with_output().expect("kubectl ends")
+}
+
+/// kubectl port-forward to `target` on a free local port, until dropped.
+struct Forward {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Forward {
+    fn start(kubeconfig: &Path, env: &[(&str, &str)], target: &str, remote: u16) -> Forward {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("kubectl")
+            .env("KUBECONFIG", kubeconfig)
+            .env("HOME", std::env::temp_dir())
+            .envs(env.iter().copied())
+            .args(["port-forward", target, &format!("{port}:{remote}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("kubectl port-forward runs");
+        Forward { child, port }
+    }
+
+    /// The page at `path` through the forward (waiting for it to listen).
+    async fn get(&self, path: &str) -> String {
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        eventually("a page through port-forward", WAIT, || async {
+            let out = Command::new("curl")
+                .args(["-sf", "--max-time", "10", &url])
+                .output()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        })
+        .await
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_exec_attach_and_port_forward_reach_a_pods_containers() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    let host = pod_host(root.path(), "x").await;
+    let admin = &host.admin;
+    let image = host.registry.image("busybox:test");
+    // A web server, and a container that reads its stdin (for attach; stdinOnce: it ends
+    // when the first attach closes it).
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: shell}}
+spec:
+  containers:
+  - name: web
+    image: {image}
+    command: [sh, -c, 'mkdir -p /www; echo page > /www/index.html; exec httpd -f -p 8080 -h /www']
+  - name: reader
+    image: {image}
+    stdin: true
+    stdinOnce: true
+    command: [sh, -c, 'while read line; do echo "got $line"; done; echo bye']
+"#
+    );
+    let file = root.path().join("shell.yaml");
+    std::fs::write(&file, manifest).unwrap();
+    ok(kubectl(admin, &["apply", "-f", file.to_str().unwrap()]));
+    let out = kubectl(
+        admin,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/shell",
+            "--timeout=120s",
+        ],
+    );
+    assert!(out.status.success(), "{}", host.agent.log());
+    let spdy_exec = [("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")];
+    let spdy_forward = [("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")];
+
+    // exec, over kubectl's WebSocket (v5) and over SPDY.
+    for env in [&[][..], &spdy_exec[..]] {
+        let out = kubectl_with(
+            admin,
+            env,
+            "",
+            &["exec", "shell", "-c", "web", "--", "sh", "-c", "echo ok"],
+        );
+        assert_eq!(ok(out), "ok\n");
+        // stdout and stderr apart; the exit code comes back.
+        let out = kubectl_with(
+            admin,
+            env,
+            "",
+            &[
+                "exec",
+                "shell",
+                "-c",
+                "web",
+                "--",
+                "sh",
+                "-c",
+                "echo out; echo err >&2; exit 3",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("err\n") && stderr.contains("exit code 3"),
+            "{stderr}"
+        );
+        // stdin reaches the command, and its end ends it.
+        let out = kubectl_with(
+            admin,
+            env,
+            "line one\nline two\n",
+            &["exec", "-i", "shell", "-c", "web", "--", "wc", "-l"],
+        );
+        assert_eq!(ok(out).trim(), "2");
+    }
+    let log = host.agent.log();
+    assert!(log.contains("protocol=\"v5.channel.k8s.io\""), "{log}");
+    assert!(log.contains("protocol=\"SPDY/3.1\""), "{log}");
+
+    // Clear refusals: a container the pod lacks, no command.
+    let out = kubectl(admin, &["exec", "shell", "-c", "nope", "--", "true"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("container nope is not valid for pod shell"),
+        "{stderr}"
+    );
+
+    // attach: the reader gets a line, and ends when the attach closes its stdin.
+    let out = kubectl_with(
+        admin,
+        &[],
+        "hello\n",
+        &["attach", "-i", "shell", "-c", "reader"],
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("got hello"), "{out:?}");
+
+    // port-forward, tunnelled in a WebSocket and over SPDY: two connections each.
+    for env in [&[][..], &spdy_forward[..]] {
+        let forward = Forward::start(admin, env, "pod/shell", 8080);
+        assert_eq!(forward.get("/").await, "page\n");
+        assert_eq!(forward.get("/index.html").await, "page\n");
+    }
+    assert!(
+        host.agent
+            .log()
+            .contains("protocol=\"SPDY/3.1+portforward.k8s.io\""),
+        "{}",
+        host.agent.log()
+    );
+
+    // Only who may create pods/exec may run commands: a viewer cannot, an editor can.
+    for (user, role) in [("viewer", "view"), ("editor", "edit")] {
+        ok(kubectl(
+            admin,
+            &[
+                "create",
+                "rolebinding",
+                user,
+                &format!("--clusterrole={role}"),
+                &format!("--user={user}"),
+            ],
+        ));
+    }
+    let out = kubectl(
+        admin,
+        &["--as=viewer", "exec", "shell", "-c", "web", "--", "true"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("forbidden") && stderr.contains("pods/exec"),
+        "{stderr}"
+    );
+    let out = kubectl(
+        admin,
+        &["--as=viewer", "port-forward", "pod/shell", "0:8080"],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pods/portforward"),
+        "{out:?}"
+    );
+    let out = kubectl(
+        admin,
+        &[
+            "--as=editor",
+            "exec",
+            "shell",
+            "-c",
+            "web",
+            "--",
+            "echo",
+            "edited",
+        ],
+    );
+    assert_eq!(ok(out), "edited\n");
+}

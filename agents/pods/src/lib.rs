@@ -11,6 +11,8 @@
 //!   last look and wakes the pods whose containers changed; it stops sandboxes of pods that
 //!   are no longer bound here, and every sandbox while the node is fenced.
 //! - [`logs`]: the containers' log files, for `kubectl logs`.
+//! - [`streams`]: `kubectl exec`, `attach` and `port-forward`, through the runtime's stream
+//!   server (WebSocket clients translated to its SPDY).
 //! - [`services`]: every Service's ClusterIP and NodePorts answered on this node, by
 //!   nftables rules made from the EndpointSlices.
 
@@ -22,6 +24,8 @@ pub mod logs;
 mod probes;
 pub mod routes;
 pub mod services;
+mod spdy;
+pub mod streams;
 mod volumes;
 
 pub use keel_schemas::net::ClusterDns;

@@ -908,6 +908,9 @@ fn container_config(
         mounts: prepared.mounts,
         labels,
         log_path: format!("{}/{attempt}.log", c.name),
+        stdin: c.stdin == Some(true),
+        stdin_once: c.stdin_once == Some(true),
+        tty: c.tty == Some(true),
         linux: Some(v1::LinuxContainerConfig {
             resources: Some(resources(c)),
             security_context: Some(v1::LinuxContainerSecurityContext {

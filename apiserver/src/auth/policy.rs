@@ -155,6 +155,11 @@ fn tenant_roles() -> Vec<Value> {
         &["deployments/scale", "replicasets/scale"],
     ));
     edit.push(rule(&["create"], &[""], &["serviceaccounts/token"]));
+    edit.push(rule(
+        &["create", "get"],
+        &[""],
+        &["pods/exec", "pods/attach", "pods/portforward"],
+    ));
     edit.push(rule(&["impersonate"], &[""], &["serviceaccounts"]));
     // admin: the namespace's roles and bindings too (within what the admin holds).
     let admin = vec![

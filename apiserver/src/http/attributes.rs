@@ -106,6 +106,14 @@ pub(crate) fn of(method: &Method, path: &str, query: &HashMap<String, String>) -
         Method::DELETE => "delete",
         _ => "unknown",
     };
+    // A stream into a pod is a `create` of its subresource whatever the method (kubectl
+    // opens a WebSocket with GET), as Kubernetes authorizes it since 1.31: a role that may
+    // only read pods cannot run commands in them.
+    let verb = if matches!(r.subresource.as_str(), "exec" | "attach" | "portforward") {
+        "create"
+    } else {
+        verb
+    };
     Attributes::resource(verb, r)
 }
 
@@ -180,6 +188,11 @@ mod tests {
             ),
             ("update", "namespaces", "shop", "shop", "status")
         );
+        // A WebSocket exec is a GET, authorized as the create it is.
+        for method in [Method::GET, Method::POST] {
+            let (verb, r) = attrs(method, "/api/v1/namespaces/shop/pods/web/exec", &[]);
+            assert_eq!((verb.as_str(), r.subresource.as_str()), ("create", "exec"));
+        }
         let (verb, r) = attrs(Method::DELETE, "/api/v1/namespaces/shop/pods", &[]);
         assert_eq!(
             (verb.as_str(), r.resource.as_str()),

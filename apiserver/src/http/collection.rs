@@ -154,9 +154,7 @@ impl Api {
                 kind: t.kind,
                 namespace,
                 name: Some(name),
-                status: false,
-                log: false,
-                scale: false,
+                sub: super::request::Subresource::None,
                 dry_run: t.dry_run,
                 user: t.user.clone(),
             };

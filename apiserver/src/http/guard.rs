@@ -27,7 +27,7 @@ impl Api {
             return Ok(());
         };
         if let Some(node) = user.node() {
-            let sub = if t.status { "status" } else { "" };
+            let sub = if t.status() { "status" } else { "" };
             node::restrict(node, t.kind.plural, sub, old, new).map_err(|why| {
                 ApiError::forbidden_for(
                     t.kind.group,
@@ -37,7 +37,7 @@ impl Api {
                 )
             })?;
         }
-        if t.kind.group == RBAC_GROUP && !t.status {
+        if t.kind.group == RBAC_GROUP && !t.status() {
             self.no_escalation(user, t, old, new).await?;
         }
         Ok(())

@@ -265,7 +265,7 @@ impl Api {
             _ => {}
         }
         let precondition = parse_rv(meta_str(&object, "resourceVersion"))?;
-        let status = t.status;
+        let status = t.status();
         self.update(t, precondition, move |current| {
             Ok(if status {
                 merge_status(current, &object)
@@ -283,7 +283,7 @@ impl Api {
         kind_of_patch: PatchKind,
         body: Value,
     ) -> ApiResult<Value> {
-        let status = t.status;
+        let status = t.status();
         let precondition = match &body {
             Value::Object(_) => parse_rv(body["metadata"]["resourceVersion"].as_str())?,
             _ => None,

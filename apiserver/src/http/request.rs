@@ -21,12 +21,8 @@ pub(crate) struct Target {
     pub namespace: Option<String>,
     /// The object's name (`None` for a collection).
     pub name: Option<String>,
-    /// Whether the path ends in `/status`.
-    pub status: bool,
-    /// Whether the path ends in `/log` (a guest's console, read from its node).
-    pub log: bool,
-    /// Whether the path ends in `/scale` (a workload's replica count).
-    pub scale: bool,
+    /// The subresource the path ends in, if any.
+    pub sub: Subresource,
     /// A dry run (`dryRun=All`): the write is admitted and answered, not stored.
     pub dry_run: bool,
     /// Who asks (after impersonation); `None` for the server itself.
@@ -46,12 +42,58 @@ impl Target {
             kind,
             namespace: namespace.map(String::from),
             name: name.map(String::from),
-            status: false,
-            log: false,
-            scale: false,
+            sub: Subresource::None,
             dry_run: false,
             user: None,
         }
+    }
+
+    /// Whether the path ends in `/status`.
+    pub(crate) fn status(&self) -> bool {
+        self.sub == Subresource::Status
+    }
+}
+
+/// The part of an object a path names after the object's own name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Subresource {
+    /// The object itself (or a collection).
+    None,
+    /// `/status`.
+    Status,
+    /// `/scale`: a workload's replica count.
+    Scale,
+    /// `/log`: a guest's console or a container's output, read from its node.
+    Log,
+    /// `/exec`: a command run in a container, its streams through the node.
+    Exec,
+    /// `/attach`: a running container's streams, through the node.
+    Attach,
+    /// `/portforward`: connections to a pod's ports, through the node.
+    PortForward,
+}
+
+// === impl Subresource ===
+
+impl Subresource {
+    fn parse(segment: &str) -> Option<Subresource> {
+        Some(match segment {
+            "status" => Subresource::Status,
+            "scale" => Subresource::Scale,
+            "log" => Subresource::Log,
+            "exec" => Subresource::Exec,
+            "attach" => Subresource::Attach,
+            "portforward" => Subresource::PortForward,
+            _ => return None,
+        })
+    }
+
+    /// A stream to a container, not a document: exec, attach or port-forward.
+    pub(crate) fn is_stream(self) -> bool {
+        matches!(
+            self,
+            Subresource::Exec | Subresource::Attach | Subresource::PortForward
+        )
     }
 }
 
@@ -90,99 +132,29 @@ pub(crate) fn target(group: &str, version: &str, rest: &str) -> ApiResult<Target
             })
     };
     let owned = |s: &str| Some(s.to_string());
-    let t = match segments.as_slice() {
+    let sub = |segment: &str| Subresource::parse(segment).ok_or_else(|| ApiError::no_route(rest));
+    let (plural, namespace, name, sub) = match segments.as_slice() {
         // A namespace's own status, not a collection called "status" in it.
-        ["namespaces", name, "status"] if group.is_empty() => Target {
-            kind: find("namespaces")?,
-            namespace: None,
-            name: owned(name),
-            status: true,
-            log: false,
-            scale: false,
-            dry_run: false,
-            user: None,
-        },
-        ["namespaces", ns, plural] => Target {
-            kind: find(plural)?,
-            namespace: owned(ns),
-            name: None,
-            status: false,
-            log: false,
-            scale: false,
-            dry_run: false,
-            user: None,
-        },
-        ["namespaces", ns, plural, name] => Target {
-            kind: find(plural)?,
-            namespace: owned(ns),
-            name: owned(name),
-            status: false,
-            log: false,
-            scale: false,
-            dry_run: false,
-            user: None,
-        },
-        ["namespaces", ns, plural, name, "status"] => Target {
-            kind: find(plural)?,
-            namespace: owned(ns),
-            name: owned(name),
-            status: true,
-            log: false,
-            scale: false,
-            dry_run: false,
-            user: None,
-        },
-        ["namespaces", ns, plural, name, "scale"] => Target {
-            kind: find(plural)?,
-            namespace: owned(ns),
-            name: owned(name),
-            status: false,
-            log: false,
-            scale: true,
-            dry_run: false,
-            user: None,
-        },
-        ["namespaces", ns, plural, name, "log"] => Target {
-            kind: find(plural)?,
-            namespace: owned(ns),
-            name: owned(name),
-            status: false,
-            log: true,
-            scale: false,
-            dry_run: false,
-            user: None,
-        },
-        [plural] => Target {
-            kind: find(plural)?,
-            namespace: None,
-            name: None,
-            status: false,
-            log: false,
-            scale: false,
-            dry_run: false,
-            user: None,
-        },
-        [plural, name] => Target {
-            kind: find(plural)?,
-            namespace: None,
-            name: owned(name),
-            status: false,
-            log: false,
-            scale: false,
-            dry_run: false,
-            user: None,
-        },
-        [plural, name, "status"] => Target {
-            kind: find(plural)?,
-            namespace: None,
-            name: owned(name),
-            status: true,
-            log: false,
-            scale: false,
-            dry_run: false,
-            user: None,
-        },
+        ["namespaces", name, "status"] if group.is_empty() => {
+            ("namespaces", None, owned(name), Subresource::Status)
+        }
+        ["namespaces", ns, plural] => (*plural, owned(ns), None, Subresource::None),
+        ["namespaces", ns, plural, name] => (*plural, owned(ns), owned(name), Subresource::None),
+        ["namespaces", ns, plural, name, segment] => {
+            (*plural, owned(ns), owned(name), sub(segment)?)
+        }
+        [plural] => (*plural, None, None, Subresource::None),
+        [plural, name] => (*plural, None, owned(name), Subresource::None),
+        [plural, name, "status"] => (*plural, None, owned(name), Subresource::Status),
         _ => return Err(ApiError::no_route(rest)),
+    };
+    let t = Target {
+        kind: find(plural)?,
+        namespace,
+        name,
+        sub,
+        dry_run: false,
+        user: None,
     };
     match (t.kind.scope, &t.namespace, &t.name) {
         (Scope::Cluster, Some(_), _) => Err(ApiError::no_route(&format!(
@@ -250,7 +222,7 @@ mod tests {
                 t.kind.kind,
                 t.namespace.as_deref(),
                 t.name.as_deref(),
-                t.status
+                t.status()
             ),
             ("ConfigMap", Some("shop"), Some("x"), false)
         );
@@ -261,7 +233,7 @@ mod tests {
         );
         let t = target("", "v1", "namespaces/shop/status").unwrap();
         assert_eq!(
-            (t.kind.kind, t.name.as_deref(), t.status),
+            (t.kind.kind, t.name.as_deref(), t.status()),
             ("Namespace", Some("shop"), true)
         );
         let t = target(
@@ -270,7 +242,7 @@ mod tests {
             "namespaces/a/virtualmachines/web/status",
         )
         .unwrap();
-        assert_eq!((t.kind.kind, t.status), ("VirtualMachine", true));
+        assert_eq!((t.kind.kind, t.status()), ("VirtualMachine", true));
         let t = target("keel.dev", "v1alpha1", "virtualmachines").unwrap();
         assert_eq!((t.kind.kind, t.namespace), ("VirtualMachine", None));
         assert!(target("keel.dev", "v1alpha1", "virtualmachines/web").is_err());

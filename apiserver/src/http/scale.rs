@@ -27,7 +27,7 @@ pub(crate) async fn handle(
         )));
     }
     let object = Target {
-        scale: false,
+        sub: super::request::Subresource::None,
         ..t.clone()
     };
     let current = api.get(&object).await?;

@@ -371,6 +371,15 @@ pub struct Container {
     /// Holds the other probes until it succeeds once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub startup_probe: Option<Probe>,
+    /// Keeps the container's stdin open for `kubectl attach -i`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<bool>,
+    /// Closes stdin after the first attach that used it ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdin_once: Option<bool>,
+    /// Gives the container a terminal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tty: Option<bool>,
     /// What Keel does not model (`securityContext`, `lifecycle`, ...), kept as it is.
     #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
     pub other: BTreeMap<String, Value>,
