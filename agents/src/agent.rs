@@ -110,6 +110,9 @@ pub enum AgentError {
     /// The pod role's container runtime cannot be started.
     #[error(transparent)]
     Containerd(#[from] keel_pods::containerd::ContainerdError),
+    /// The pod role's fence cannot be started.
+    #[error("{0}")]
+    Pods(String),
 }
 
 /// What the agent's tasks share.
@@ -304,6 +307,7 @@ pub async fn run(
                 .as_ref()
                 .map(|p| p.dns.clone())
                 .unwrap_or_default(),
+            cgroup_parent: runtime.cgroup_parent.clone(),
         };
         let role = tokio::spawn(keel_pods::run(
             host,
@@ -346,6 +350,8 @@ struct PodRuntime {
     version: String,
     /// The task supervising the agent's own containerd (none: an existing runtime).
     supervisor: Option<tokio::task::JoinHandle<()>>,
+    /// The cgroup the pods run under, which the fence kills.
+    cgroup_parent: String,
 }
 
 /// Starts (or connects to) the container runtime of the pod role, if this host has one.
@@ -373,10 +379,29 @@ async fn pod_runtime(
         }
     };
     tracing::info!(runtime = %version, "running pods");
+    // The fence that stops the pods when this agent is dead: it outlives the agent.
+    let data = std::fs::canonicalize(config.data_dir.root())
+        .unwrap_or_else(|_| config.data_dir.root().to_path_buf());
+    let data = keel_schemas::datadir::AgentDir::new(data);
+    let cgroup_parent = keel_pods::fence::cgroup_parent(data.root(), &config.node_name);
+    let fence = keel_pods::fence::FenceConfig {
+        heartbeat: data.heartbeat(),
+        grace: config.lease_duration,
+        cgroup: cgroup_parent.clone(),
+        pid_file: data.pods().join("fence.pid"),
+    };
+    let log = data.pods().join("fence.log");
+    let pid = keel_pods::fence::spawn(&config.exe, &fence, &log).map_err(|e| {
+        AgentError::Pods(format!(
+            "cannot start the pods' fence (keel pod-fence): {e}"
+        ))
+    })?;
+    tracing::info!(pid, cgroup = %cgroup_parent, grace = ?config.lease_duration, "the pods' fence runs");
     Ok(Some(PodRuntime {
         cri,
         version,
         supervisor,
+        cgroup_parent,
     }))
 }
 

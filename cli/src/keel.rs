@@ -12,6 +12,7 @@ mod agent;
 mod cluster;
 mod flags;
 mod kv;
+mod pod_fence;
 mod roles;
 mod secrets;
 mod server;
@@ -28,6 +29,7 @@ use keel_schemas::datadir::ServerDir;
 use agent::AgentArgs;
 use cluster::ClusterCommand;
 use kv::KvCommand;
+use pod_fence::PodFenceArgs;
 use secrets::SecretsEncryptCommand;
 use server::ServerArgs;
 use shim::ShimArgs;
@@ -50,6 +52,10 @@ enum Command {
     /// heartbeat goes stale.
     #[command(hide = true)]
     Shim(ShimArgs),
+    /// Kill the node's pods whenever the agent's heartbeat goes stale (started by the
+    /// agent; it outlives it).
+    #[command(hide = true)]
+    PodFence(PodFenceArgs),
     /// Read and write keys of the replicated store (a debug surface until the HTTPS API).
     Kv {
         #[command(subcommand)]
@@ -123,7 +129,7 @@ pub async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Server(args) => server::serve(*args).await,
         Command::Agent(args) => agent::agent(*args).await,
-        Command::Shim(_) => Ok(()),
+        Command::Shim(_) | Command::PodFence(_) => Ok(()),
         Command::Kv { command, target } => kv::kv(command, &target).await,
         Command::Cluster { command, target } => cluster::cluster(command, &target).await,
         Command::SecretsEncrypt { command, data_dir } => {
@@ -132,12 +138,13 @@ pub async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
 }
 
-/// Runs `keel shim`, the workload supervisor, which is synchronous and tiny: it needs no
-/// async runtime and no tracing, so the binary calls this first. `None` for every other
-/// command.
+/// Runs `keel shim`, the workload supervisor, or `keel pod-fence`, the pods' watchdog,
+/// which are synchronous and tiny: they need no async runtime and no tracing, so the binary
+/// calls this first. `None` for every other command.
 pub fn shim(cli: &Cli) -> Option<ExitCode> {
     match &cli.command {
         Command::Shim(args) => Some(shim::run(args)),
+        Command::PodFence(args) => Some(pod_fence::run(args)),
         _ => None,
     }
 }

@@ -23,6 +23,7 @@
 
 pub mod buckets;
 pub mod cluster_dns;
+pub mod cronjobs;
 pub mod daemonsets;
 pub mod deployments;
 pub mod gc;

@@ -149,6 +149,11 @@ pub async fn run_manager(
             config.identity.clone(),
             stop.clone(),
         ));
+        controllers.spawn(crate::cronjobs::run(
+            clients("cronjobs"),
+            config.identity.clone(),
+            stop.clone(),
+        ));
         controllers.spawn(crate::deployments::run(
             clients("deployments"),
             config.identity.clone(),

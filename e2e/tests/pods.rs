@@ -69,15 +69,19 @@ struct PodHost {
     admin: std::path::PathBuf,
 }
 
-/// The agent's flags: the registry's pause image, and a short lease (fencing is tested).
-fn agent_flags(registry: &Registry) -> Vec<String> {
+/// The agent's flags: the registry's pause image, and a lease of `lease` seconds.
+fn agent_flags(registry: &Registry, lease: &str) -> Vec<String> {
     let mut flags = registry.agent_flags();
-    flags.extend(["--lease-duration".to_string(), LEASE.to_string()]);
+    flags.extend(["--lease-duration".to_string(), lease.to_string()]);
     flags
 }
 
-/// The node's lease, in seconds: it fences this long after its last renewal.
+/// The node's lease, in seconds: it fences this long after its last renewal (short: fencing
+/// is tested).
 const LEASE: &str = "4";
+/// A lease an agent restarts well within (its first renewal comes 2-3 s after it starts
+/// here, later under load): its pods' fence keeps them.
+const RESTART_LEASE: &str = "10";
 
 async fn pod_host(root: &Path, tag: &str) -> PodHost {
     pod_host_with(root, tag, &[], &[]).await
@@ -100,12 +104,23 @@ fn default_route(cluster: &BridgedServer, net: &Netns) {
 
 /// A pod host whose server and agent also have `server_extra` and `extra` flags.
 async fn pod_host_with(root: &Path, tag: &str, server_extra: &[&str], extra: &[&str]) -> PodHost {
+    leased_pod_host(root, tag, server_extra, extra, LEASE).await
+}
+
+/// A pod host whose agent holds a lease of `lease` seconds.
+async fn leased_pod_host(
+    root: &Path,
+    tag: &str,
+    server_extra: &[&str],
+    extra: &[&str],
+    lease: &str,
+) -> PodHost {
     let cluster = BridgedServer::start(root, tag, server_extra).await;
     let net = cluster.bridge.netns(2);
     default_route(&cluster, &net);
     let registry = Registry::start(root, Some(&net));
     let mut agent = KeelAgent::new(root, "pod-node", Some(&net));
-    let flags = agent_flags(&registry);
+    let flags = agent_flags(&registry, lease);
     let mut flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     flags.extend_from_slice(extra);
     agent.start(&cluster.url, &cluster.agent_token, &flags);
@@ -122,7 +137,7 @@ async fn pod_host_with(root: &Path, tag: &str, server_extra: &[&str], extra: &[&
 #[tokio::test(flavor = "multi_thread")]
 async fn kubectl_run_starts_a_pod_on_containerd_that_answers_and_logs() {
     let root = tempfile::tempdir().expect("a temp dir");
-    let mut host = pod_host(root.path(), "p").await;
+    let mut host = leased_pod_host(root.path(), "p", &[], &[], RESTART_LEASE).await;
     let admin = &host.admin.clone();
     // The node reads as on k3s: its runtime, its pod range.
     let node = eventually("the node with its pod range and runtime", WAIT, || async {
@@ -221,10 +236,11 @@ async fn kubectl_run_starts_a_pod_on_containerd_that_answers_and_logs() {
     assert_eq!(terminated["reason"], "Completed");
 
     // The pod outlives its agent: a new agent (and its new containerd) takes the same
-    // container back, never starting a second one.
+    // container back, never starting a second one; back within its lease, its pods' fence
+    // left them alone.
     let id = container["containerID"].as_str().unwrap().to_string();
     host.agent.kill();
-    let flags = agent_flags(&host.registry);
+    let flags = agent_flags(&host.registry, RESTART_LEASE);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     host.agent
         .start(&host.cluster.url, &host.cluster.agent_token, &flags);
@@ -1362,7 +1378,7 @@ spec:
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_deployment_spreads_over_two_nodes_whose_pods_reach_each_other_and_moves_off_a_lost_one()
+async fn a_deployment_spreads_over_two_nodes_whose_pods_reach_each_other_and_moves_off_a_dead_one()
 {
     let root = tempfile::tempdir().expect("a temp dir");
     let cluster = BridgedServer::start(
@@ -1387,7 +1403,7 @@ async fn a_deployment_spreads_over_two_nodes_whose_pods_reach_each_other_and_mov
         std::fs::create_dir_all(&dir).unwrap();
         let registry = Registry::start_at(&dir, Some(&net), port);
         let mut agent = KeelAgent::new(root.path(), name, Some(&net));
-        let flags = agent_flags(&registry);
+        let flags = agent_flags(&registry, LEASE);
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         agent.start(&cluster.url, &cluster.agent_token, &flags);
         hosts.push((net, registry, agent));
@@ -1478,18 +1494,19 @@ async fn a_deployment_spreads_over_two_nodes_whose_pods_reach_each_other_and_mov
         .count();
     assert_eq!(fresh, 2, "{updated:?}");
     ok(kubectl(admin, &["delete", "daemonset", "agent"]));
-    // node-b is cut off: its agent fences and stops its pods; after the grace period and
-    // the eviction timeout its pods are deleted and made again on node-a.
-    let (net_b, _, agent_b) = &hosts[1];
-    let down = Command::new("ip")
-        .args(["link", "set", &net_b.host_link, "down"])
-        .output()
-        .expect("ip link");
-    assert!(down.status.success());
-    eventually("node-b's containers stopped by its agent", WAIT, || async {
+    // node-b's agent is killed: its containerd and the containers run on, until its pods'
+    // fence (keel pod-fence) finds the heartbeat a lease old and kills them. After the
+    // grace period and the eviction timeout its pods are deleted and made again on node-a.
+    let agent_b = &mut hosts[1].2;
+    assert!(!containers(&agent_b.data_dir).is_empty());
+    agent_b.kill();
+    eventually("node-b's containers stopped by its fence", WAIT, || async {
         containers(&agent_b.data_dir).is_empty().then_some(())
     })
     .await;
+    let fence_log =
+        std::fs::read_to_string(agent_b.data_dir.join("pods/fence.log")).unwrap_or_default();
+    assert!(fence_log.contains("fenced, killed"), "{fence_log}");
     let moved = eventually("all four replicas on node-a", WAIT, || async {
         let pods = pods_of(admin, "web");
         let live = pods
@@ -1888,4 +1905,170 @@ spec:
         ],
     );
     assert_eq!(ok(out), "edited\n");
+}
+
+/// The Jobs of cron job `name`, oldest first.
+fn jobs_of(kubeconfig: &Path, name: &str) -> Vec<Value> {
+    let out = ok(kubectl(kubeconfig, &["get", "jobs", "-o", "json"]));
+    let list: Value = serde_json::from_str(&out).expect("a job list");
+    let mut jobs: Vec<Value> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|j| j["metadata"]["ownerReferences"][0]["name"] == name)
+        .filter(|j| j["metadata"]["deletionTimestamp"].is_null())
+        .cloned()
+        .collect();
+    jobs.sort_by_key(|j| {
+        j["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    });
+    jobs
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cron_jobs_make_a_job_each_minute_their_schedule_names() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    let host = pod_host(root.path(), "c").await;
+    let admin = &host.admin;
+    let image = host.registry.image("busybox:test");
+    // kubectl create cronjob (a protobuf body): a Job at each minute, its output in its logs.
+    ok(kubectl(
+        admin,
+        &[
+            "create",
+            "cronjob",
+            "tick",
+            "--image",
+            &image,
+            "--schedule",
+            "* * * * *",
+            "--",
+            "sh",
+            "-c",
+            "echo tick",
+        ],
+    ));
+    // Replace: a run still going at the next minute is deleted for the new one.
+    let replace = format!(
+        "apiVersion: batch/v1\nkind: CronJob\nmetadata: {{name: long}}\nspec:\n  schedule: '*/1 * * * *'\n  timeZone: Europe/Paris\n  concurrencyPolicy: Replace\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          containers:\n          - {{name: c, image: '{image}', command: [sleep, '600']}}\n"
+    );
+    // Suspended: nothing runs.
+    let suspended = replace
+        .replace("name: long", "name: idle")
+        .replace("concurrencyPolicy: Replace", "suspend: true");
+    for (name, manifest) in [("long", &replace), ("idle", &suspended)] {
+        let file = root.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, manifest).unwrap();
+        ok(kubectl(admin, &["apply", "-f", file.to_str().unwrap()]));
+    }
+    // Bad schedules and zones are refused, naming what is wrong.
+    for (schedule, says) in [
+        ("61 * * * *", "minute: 61 is out of 0-59"),
+        ("* * * *", "has 4 fields"),
+        ("@every 5m", "not a descriptor"),
+    ] {
+        let out = kubectl(
+            admin,
+            &[
+                "create",
+                "cronjob",
+                "bad",
+                "--image",
+                &image,
+                "--schedule",
+                schedule,
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(says),
+            "{schedule}: {stderr}"
+        );
+    }
+    let bad_zone = replace
+        .replace("name: long", "name: nowhere")
+        .replace("Europe/Paris", "Mars/Olympus");
+    let file = root.path().join("nowhere.yaml");
+    std::fs::write(&file, bad_zone).unwrap();
+    let out = kubectl(admin, &["apply", "-f", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unknown time zone \"Mars/Olympus\""),
+        "{stderr}"
+    );
+
+    // The first minute: tick's job completes and says so; long's runs.
+    let first = eventually(
+        "tick's first job complete",
+        Duration::from_secs(150),
+        || async {
+            let jobs = jobs_of(admin, "tick");
+            jobs.iter().find(|j| j["status"]["succeeded"] == 1).cloned()
+        },
+    )
+    .await;
+    let name = first["metadata"]["name"].as_str().unwrap().to_string();
+    let minutes: i64 = name
+        .trim_start_matches("tick-")
+        .parse()
+        .expect("minutes in the name");
+    let scheduled =
+        first["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"]
+            .as_str()
+            .expect("the scheduled time")
+            .to_string();
+    assert!(scheduled.ends_with(":00Z"), "{scheduled}");
+    assert_eq!(
+        keel_schemas::time::parse_rfc3339(&scheduled).map(|s| s as i64 / 60),
+        Some(minutes)
+    );
+    let logs = ok(kubectl(admin, &["logs", &format!("job/{name}")]));
+    assert_eq!(logs.trim(), "tick");
+    let cron: Value = serde_json::from_str(&ok(kubectl(
+        admin,
+        &["get", "cronjob", "tick", "-o", "json"],
+    )))
+    .expect("the cron job");
+    assert!(cron["status"]["lastScheduleTime"].is_string(), "{cron}");
+    let table = ok(kubectl(admin, &["get", "cronjobs"]));
+    assert!(
+        table.contains("SCHEDULE") && table.contains("* * * * *"),
+        "{table}"
+    );
+
+    // The next minute: long's running job is replaced; tick keeps its finished jobs.
+    let first_long = eventually("long's first job", WAIT, || async {
+        jobs_of(admin, "long").first().cloned()
+    })
+    .await;
+    let first_long = first_long["metadata"]["name"].as_str().unwrap().to_string();
+    eventually("long's run replaced", Duration::from_secs(150), || async {
+        let jobs = jobs_of(admin, "long");
+        (jobs.len() == 1 && jobs[0]["metadata"]["name"] != first_long.as_str()).then_some(())
+    })
+    .await;
+    assert!(jobs_of(admin, "tick").len() >= 2);
+    assert!(
+        jobs_of(admin, "idle").is_empty(),
+        "a suspended cron job ran"
+    );
+    let events = ok(kubectl(
+        admin,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=long",
+            "-o",
+            "json",
+        ],
+    ));
+    assert!(events.contains("SuccessfulDelete"), "{events}");
+    ok(kubectl(
+        admin,
+        &["delete", "cronjob", "tick", "long", "idle"],
+    ));
 }

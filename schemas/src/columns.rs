@@ -404,6 +404,24 @@ static JOB: &[Column] = &[
     )),
 ];
 
+static CRON_JOB: &[Column] = &[
+    text("Schedule", "When it makes a Job.", |o| {
+        o["spec"]["schedule"].clone()
+    }),
+    text("Timezone", "The zone the schedule is read in.", |o| {
+        o["spec"]["timeZone"].clone()
+    }),
+    text("Suspend", "Whether no run starts.", |o| {
+        Value::String(o["spec"]["suspend"].as_bool().unwrap_or(false).to_string())
+    }),
+    number("Active", "Its Jobs that run.", |o| {
+        Value::from(o["status"]["active"].as_array().map_or(0, Vec::len))
+    }),
+    text("Last Schedule", "The last time a Job was made for.", |o| {
+        o["status"]["lastScheduleTime"].clone()
+    }),
+];
+
 static REPLICA_SET: &[Column] = &[
     number("Desired", "Pods wanted.", |o| {
         Value::from(o["spec"]["replicas"].as_i64().unwrap_or(1))
@@ -612,6 +630,7 @@ pub fn kind_columns(kind: &Kind) -> &'static [Column] {
         "EndpointSlice" => ENDPOINT_SLICE,
         "ReplicaSet" => REPLICA_SET,
         "Job" => JOB,
+        "CronJob" => CRON_JOB,
         "DaemonSet" => DAEMON_SET,
         "Event" => EVENT,
         "Secret" => SECRET,

@@ -30,6 +30,7 @@
 //! - [`time`]: timestamps and ages as Kubernetes writes them.
 
 pub mod columns;
+pub mod cron;
 pub mod datadir;
 pub mod defaults;
 pub mod identity;

@@ -184,6 +184,15 @@ static REGISTRY: &[Kind] = &[
         short_names: &[],
         scope: Scope::Namespaced,
     },
+    Kind {
+        group: BATCH_GROUP,
+        version: "v1",
+        kind: "CronJob",
+        plural: "cronjobs",
+        singular: "cronjob",
+        short_names: &["cj"],
+        scope: Scope::Namespaced,
+    },
     core("Secret", "secrets", "secret", &[], Scope::Namespaced),
     core(
         "ResourceQuota",

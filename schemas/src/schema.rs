@@ -100,6 +100,12 @@ static SOURCES: &[Source] = &[
         false,
     ),
     k8s("batch", "Job", include_str!("../job.schema.json"), false),
+    k8s(
+        "batch",
+        "CronJob",
+        include_str!("../cronjob.schema.json"),
+        false,
+    ),
     k8s("", "Event", include_str!("../event.schema.json"), true),
     k8s("", "Secret", include_str!("../secret.schema.json"), true),
     k8s(

@@ -162,6 +162,7 @@ fn round_trip(kind: &Kind, value: &Value) -> Value {
         "Deployment" => via::<apps::Deployment>(value),
         "ReplicaSet" => via::<apps::ReplicaSet>(value),
         "Job" => via::<batch::Job>(value),
+        "CronJob" => via::<batch::CronJob>(value),
         "DaemonSet" => via::<apps::DaemonSet>(value),
         "EndpointSlice" => via::<apps::EndpointSlice>(value),
         "Event" => via::<core::Event>(value),

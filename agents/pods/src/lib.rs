@@ -10,6 +10,8 @@
 //! - A relist every second (the kubelet's PLEG) compares the runtime's containers with the
 //!   last look and wakes the pods whose containers changed; it stops sandboxes of pods that
 //!   are no longer bound here, and every sandbox while the node is fenced.
+//! - [`fence`]: `keel pod-fence`, which kills the node's pods when the agent's heartbeat
+//!   goes stale, even with the agent dead.
 //! - [`logs`]: the containers' log files, for `kubectl logs`.
 //! - [`streams`]: `kubectl exec`, `attach` and `port-forward`, through the runtime's stream
 //!   server (WebSocket clients translated to its SPDY).
@@ -20,6 +22,7 @@ pub mod cni;
 pub mod containerd;
 pub mod cri;
 mod dns;
+pub mod fence;
 pub mod logs;
 mod probes;
 pub mod routes;
@@ -96,6 +99,9 @@ pub struct PodHost {
     pub host_ip: Option<IpAddr>,
     /// The cluster DNS its pods ask.
     pub dns: ClusterDns,
+    /// The cgroup every pod's cgroups go under, which the node's fence kills
+    /// ([`fence::cgroup_parent`]).
+    pub cgroup_parent: String,
 }
 
 /// What the passes share.

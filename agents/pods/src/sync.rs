@@ -202,6 +202,7 @@ pub(crate) async fn kill(ctx: &Context, uid: &str, grace: Duration) -> Result<()
             .await
             .map_err(CriError::call("RemovePodSandbox"))?;
     }
+    crate::fence::remove_pod_cgroup(&ctx.host.cgroup_parent, uid);
     Ok(())
 }
 
@@ -867,6 +868,7 @@ fn sandbox_config(ctx: &Context, pod: &Pod, attempt: u32) -> v1::PodSandboxConfi
         labels: pod_labels(pod),
         annotations: HashMap::new(),
         linux: Some(v1::LinuxPodSandboxConfig {
+            cgroup_parent: crate::fence::pod_cgroup(&ctx.host.cgroup_parent, pod.uid()),
             security_context: Some(v1::LinuxSandboxSecurityContext {
                 namespace_options: Some(v1::NamespaceOption {
                     network: network as i32,

@@ -26,11 +26,12 @@ const BOOTSTRAPPING: &str = "kubernetes.io/bootstrapping";
 
 /// The cluster controllers with roles of their own (`system:controller:NAME`, granted to
 /// the user `system:keel-controller:NAME`).
-pub const CONTROLLERS: [&str; 17] = [
+pub const CONTROLLERS: [&str; 18] = [
     "scheduler",
     "services",
     "cluster-dns",
     "jobs",
+    "cronjobs",
     "daemonsets",
     "node-ipam",
     "replicasets",
@@ -321,6 +322,12 @@ fn controller_rules(name: &str) -> Vec<Value> {
             rule(&["delete"], &["batch"], &["jobs"]),
             rule(&READ, &[""], &["pods"]),
             rule(&["create", "delete", "patch"], &[""], &["pods"]),
+            events(),
+        ],
+        "cronjobs" => vec![
+            rule(&READ, &["batch"], &["cronjobs", "jobs"]),
+            rule(&["update", "patch"], &["batch"], &["cronjobs/status"]),
+            rule(&["create", "delete"], &["batch"], &["jobs"]),
             events(),
         ],
         "deployments" => vec![

@@ -157,6 +157,11 @@ fn merge_key(kind: &str, path: &str) -> Option<&'static str> {
     {
         return merge_key("Pod", pod_path).filter(|_| pod_path.starts_with("spec."));
     }
+    if kind == "CronJob"
+        && let Some(pod_path) = path.strip_prefix("spec.jobTemplate.spec.template.")
+    {
+        return merge_key("Pod", pod_path).filter(|_| pod_path.starts_with("spec."));
+    }
     match (kind, path) {
         (_, "metadata.ownerReferences") => Some("uid"),
         (_, "status.conditions") => Some("type"),

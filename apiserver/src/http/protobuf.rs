@@ -516,6 +516,37 @@ static JOB_SPEC: Message = Message {
     ],
 };
 
+static CRON_JOB: Message = Message {
+    name: "CronJob",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&CRON_JOB_SPEC)),
+        f(3, "status", Ty::Ignore),
+    ],
+};
+
+static CRON_JOB_SPEC: Message = Message {
+    name: "CronJobSpec",
+    fields: &[
+        f(1, "schedule", Ty::Str),
+        f(2, "startingDeadlineSeconds", Ty::Int),
+        f(3, "concurrencyPolicy", Ty::Str),
+        f(4, "suspend", Ty::Bool),
+        f(5, "jobTemplate", Ty::Msg(&JOB_TEMPLATE_SPEC)),
+        f(6, "successfulJobsHistoryLimit", Ty::Int),
+        f(7, "failedJobsHistoryLimit", Ty::Int),
+        f(8, "timeZone", Ty::Str),
+    ],
+};
+
+static JOB_TEMPLATE_SPEC: Message = Message {
+    name: "JobTemplateSpec",
+    fields: &[
+        f(1, "metadata", Ty::Msg(&OBJECT_META)),
+        f(2, "spec", Ty::Msg(&JOB_SPEC)),
+    ],
+};
+
 static DEPLOYMENT_STRATEGY: Message = Message {
     name: "DeploymentStrategy",
     fields: &[
@@ -632,6 +663,7 @@ fn message_of(group: &str, kind: &str) -> Option<&'static Message> {
         ("", "ServiceAccount") => Some(&SERVICE_ACCOUNT),
         ("apps", "Deployment") => Some(&DEPLOYMENT),
         ("batch", "Job") => Some(&JOB),
+        ("batch", "CronJob") => Some(&CRON_JOB),
         ("rbac.authorization.k8s.io", "Role") => Some(&ROLE),
         ("rbac.authorization.k8s.io", "ClusterRole") => Some(&CLUSTER_ROLE),
         ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => Some(&ROLE_BINDING),

@@ -71,6 +71,11 @@ impl Api {
                 self.check_pod(kind, ns, object, spec, "spec.template.spec")
                     .await
             }
+            "CronJob" => {
+                let spec = &object["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+                let at = "spec.jobTemplate.spec.template.spec";
+                self.check_pod(kind, ns, object, spec, at).await
+            }
             _ => Ok(()),
         }
     }

@@ -1,6 +1,7 @@
-//! Rules for the workload kinds (`apps/v1` Deployment and ReplicaSet, `batch/v1` Job): the
-//! selector must select the template's labels, and the template's pod spec follows the pod
-//! rules; a Job's pods restart `Never` or `OnFailure`.
+//! Rules for the workload kinds (`apps/v1` Deployment and ReplicaSet, `batch/v1` Job and
+//! CronJob): the selector must select the template's labels, and the template's pod spec
+//! follows the pod rules; a Job's pods restart `Never` or `OnFailure`; a CronJob's schedule
+//! and time zone must be ones it can run on.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +32,29 @@ pub(super) fn job(spec: Option<&Field<'_>>, errors: &mut Vec<FieldError>) {
         }
     }
     workload(Some(spec), errors);
+}
+
+pub(super) fn cron_job(spec: Option<&Field<'_>>, errors: &mut Vec<FieldError>) {
+    let Some(spec) = spec else { return };
+    if let Some(schedule) = spec.get("schedule")
+        && let Some(text) = schedule.str()
+        && let Err(why) = crate::cron::Schedule::parse(text)
+    {
+        errors.push(FieldError::invalid(
+            schedule.path.clone(),
+            schedule.value,
+            &why,
+        ));
+    }
+    if let Some(zone) = spec.get("timeZone")
+        && let Some(name) = zone.str()
+        && let Err(why) = crate::cron::time_zone(Some(name))
+    {
+        errors.push(FieldError::invalid(zone.path.clone(), zone.value, &why));
+    }
+    if let Some(template) = spec.get("jobTemplate") {
+        job(template.get("spec").as_ref(), errors);
+    }
 }
 
 pub(super) fn workload(spec: Option<&Field<'_>>, errors: &mut Vec<FieldError>) {
