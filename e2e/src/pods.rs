@@ -54,19 +54,60 @@ impl Registry {
     /// The same on `port`: registries of several hosts' namespaces on one port give their
     /// images one name.
     pub fn start_at(root: &Path, netns: Option<&Netns>, port: u16) -> Registry {
+        Registry::start_with(root, netns, port, None)
+    }
+
+    /// A registry that asks for `user` and `password` (htpasswd, basic auth over plain
+    /// HTTP on loopback), with the test images pushed with them.
+    pub fn start_private(
+        root: &Path,
+        netns: Option<&Netns>,
+        user: &str,
+        password: &str,
+    ) -> Registry {
+        Registry::start_with(root, netns, crate::free_port(), Some((user, password)))
+    }
+
+    /// The same on `port`.
+    pub fn start_private_at(
+        root: &Path,
+        netns: Option<&Netns>,
+        port: u16,
+        user: &str,
+        password: &str,
+    ) -> Registry {
+        Registry::start_with(root, netns, port, Some((user, password)))
+    }
+
+    fn start_with(
+        root: &Path,
+        netns: Option<&Netns>,
+        port: u16,
+        auth: Option<(&str, &str)>,
+    ) -> Registry {
         let addr = format!("127.0.0.1:{port}");
         let dir = root.join(format!("registry-{port}"));
         std::fs::create_dir_all(&dir).expect("the registry's directory");
         let config = dir.join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog: {{level: warn, accesslog: {{disabled: true}}}}\n\
-                 storage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: {addr}}}\n",
-                dir.join("data").display()
-            ),
-        )
-        .expect("the registry's config");
+        let mut text = format!(
+            "version: 0.1\nlog: {{level: warn, accesslog: {{disabled: true}}}}\n\
+             storage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: {addr}}}\n",
+            dir.join("data").display()
+        );
+        if let Some((user, password)) = auth {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .output()
+                .expect("run htpasswd");
+            assert!(out.status.success(), "htpasswd failed");
+            std::fs::write(dir.join("htpasswd"), &out.stdout).expect("the htpasswd file");
+            text.push_str(&format!(
+                "auth: {{htpasswd: {{realm: keel-test, path: {}}}}}\n",
+                dir.join("htpasswd").display()
+            ));
+        }
+        std::fs::write(&config, text).expect("the registry's config");
+        let creds = auth.map(|(u, p)| format!("{u}:{p}"));
         let log = std::fs::File::create(dir.join("registry.log")).expect("the registry's log");
         let child = within(netns, "docker-registry")
             .arg("serve")
@@ -78,13 +119,13 @@ impl Registry {
         let registry = Registry { addr, child };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let up = within(netns, "curl")
-                .args([
-                    "-sf",
-                    "-o",
-                    "/dev/null",
-                    &format!("http://{}/v2/", registry.addr),
-                ])
+            let mut curl = within(netns, "curl");
+            curl.args(["-sf", "-o", "/dev/null"]);
+            if let Some(creds) = &creds {
+                curl.args(["-u", creds]);
+            }
+            let up = curl
+                .arg(format!("http://{}/v2/", registry.addr))
                 .status()
                 .is_ok_and(|s| s.success());
             if up {
@@ -96,8 +137,12 @@ impl Registry {
         let layout = dir.join("oci");
         build_images(&layout);
         for (tag, name) in [("busybox", "busybox:test"), ("pause", "pause:test")] {
-            let out = within(netns, "skopeo")
-                .args(["copy", "--dest-tls-verify=false"])
+            let mut skopeo = within(netns, "skopeo");
+            skopeo.args(["copy", "--dest-tls-verify=false"]);
+            if let Some(creds) = &creds {
+                skopeo.args(["--dest-creds", creds]);
+            }
+            let out = skopeo
                 .arg(format!("oci:{}:{tag}", layout.display()))
                 .arg(format!("docker://{}/{name}", registry.addr))
                 .output()

@@ -2072,3 +2072,203 @@ async fn cron_jobs_make_a_job_each_minute_their_schedule_names() {
         &["delete", "cronjob", "tick", "long", "idle"],
     ));
 }
+
+/// The message of the first failed pull of pod `name` in `namespace` (its `Failed` event:
+/// the waiting state soon reads `ImagePullBackOff`, which only says that it waits).
+async fn pull_failed(kubeconfig: &Path, namespace: &str, name: &str) -> String {
+    let selector = format!("involvedObject.name={name},reason=Failed");
+    eventually(
+        &format!("{namespace}/{name} failing its pull"),
+        WAIT,
+        || async {
+            let out = kubectl(
+                kubeconfig,
+                &[
+                    "get",
+                    "events",
+                    "-n",
+                    namespace,
+                    "--field-selector",
+                    &selector,
+                    "-o",
+                    "json",
+                ],
+            );
+            let list: Value = serde_json::from_slice(&out.stdout).ok()?;
+            list["items"][0]["message"].as_str().map(str::to_string)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_images_pull_with_their_pods_secrets_and_through_the_nodes_mirrors() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    // The node's registries file (k3s's registries.yaml): images of `mirror.test` come from
+    // a mirror that asks for credentials only the node has.
+    let mirror_port = keel_e2e::free_port();
+    let file = root.path().join("registries.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "mirrors:\n  mirror.test:\n    endpoint: [\"http://127.0.0.1:{mirror_port}\"]\n\
+             configs:\n  \"127.0.0.1:{mirror_port}\":\n    auth: {{username: bob, password: hunter2}}\n"
+        ),
+    )
+    .unwrap();
+    let flags = ["--private-registry", file.to_str().unwrap()];
+    let host = pod_host_with(root.path(), "i", &[], &flags).await;
+    let admin = &host.admin;
+    let dir = |name: &str| {
+        let d = root.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let _mirror = Registry::start_private_at(
+        &dir("mirror"),
+        Some(&host.net),
+        mirror_port,
+        "bob",
+        "hunter2",
+    );
+    let private = Registry::start_private(&dir("private"), Some(&host.net), "alice", "s3cret");
+    let image = private.image("busybox:test");
+    let sleep = ["--", "sleep", "3600"];
+
+    // Without credentials the private registry refuses the pull.
+    ok(kubectl(
+        admin,
+        &[&["run", "anonymous", "--image", &image][..], &sleep].concat(),
+    ));
+    let message = pull_failed(admin, "default", "anonymous").await;
+    assert!(
+        message.contains("401") || message.contains("nauthorized"),
+        "{message}"
+    );
+    // With a docker-registry Secret named in imagePullSecrets it pulls.
+    let server = image.split('/').next().unwrap();
+    ok(kubectl(
+        admin,
+        &[
+            "create",
+            "secret",
+            "docker-registry",
+            "regcred",
+            &format!("--docker-server={server}"),
+            "--docker-username=alice",
+            "--docker-password=s3cret",
+        ],
+    ));
+    let overrides = r#"{"spec":{"imagePullSecrets":[{"name":"regcred"}]}}"#;
+    ok(kubectl(
+        admin,
+        &[
+            &[
+                "run",
+                "entitled",
+                "--image",
+                &image,
+                "--overrides",
+                overrides,
+            ][..],
+            &sleep,
+        ]
+        .concat(),
+    ));
+    let out = kubectl(
+        admin,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/entitled",
+            "--timeout=120s",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        ok(kubectl(admin, &["describe", "pod", "entitled"]))
+    );
+    // The image is on the node now; a pod of another tenant without the credentials still
+    // cannot use it: the node pulls again with that pod's own (none) and fails.
+    ok(kubectl(admin, &["create", "namespace", "other"]));
+    ok(kubectl(
+        admin,
+        &[
+            &[
+                "run",
+                "thief",
+                "-n",
+                "other",
+                "--image",
+                &image,
+                "--image-pull-policy=IfNotPresent",
+            ][..],
+            &sleep,
+        ]
+        .concat(),
+    ));
+    let message = pull_failed(admin, "other", "thief").await;
+    assert!(
+        message.contains("401") || message.contains("nauthorized"),
+        "{message}"
+    );
+    // A Secret that does not exist is said in an event; the pull goes on without it.
+    let missing = r#"{"spec":{"imagePullSecrets":[{"name":"nowhere"}]}}"#;
+    ok(kubectl(
+        admin,
+        &[
+            &[
+                "run",
+                "forgetful",
+                "--image",
+                &image,
+                "--overrides",
+                missing,
+            ][..],
+            &sleep,
+        ]
+        .concat(),
+    ));
+    pull_failed(admin, "default", "forgetful").await;
+    let events = ok(kubectl(
+        admin,
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=forgetful",
+            "-o",
+            "json",
+        ],
+    ));
+    assert!(
+        events.contains("FailedToRetrieveImagePullSecret") && events.contains("nowhere"),
+        "{events}"
+    );
+
+    // Through the node's mirror, with the node's credentials for it.
+    ok(kubectl(
+        admin,
+        &[
+            &["run", "mirrored", "--image", "mirror.test/busybox:test"][..],
+            &sleep,
+        ]
+        .concat(),
+    ));
+    let out = kubectl(
+        admin,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/mirrored",
+            "--timeout=120s",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        ok(kubectl(admin, &["describe", "pod", "mirrored"])),
+        host.agent.log()
+    );
+}

@@ -34,6 +34,8 @@ pub struct Settings {
     pub sandbox_image: String,
     /// Where the CNI plugins are.
     pub cni_bin_dir: PathBuf,
+    /// Mirrors, credentials and TLS of registries (the agent's registries file).
+    pub registries: crate::registries::Registries,
 }
 
 /// The files of the supervised containerd.
@@ -83,6 +85,7 @@ impl Default for Settings {
             binary: PathBuf::from("containerd"),
             sandbox_image: "registry.k8s.io/pause:3.6".into(),
             cni_bin_dir: PathBuf::from("/usr/lib/cni"),
+            registries: crate::registries::Registries::default(),
         }
     }
 }
@@ -186,7 +189,7 @@ disabled_plugins = [
 
 [{cri}.registry]
   config_path = {hosts}
-"#,
+{auth}"#,
             root = q(root.join("root")),
             state = q(root.join("state")),
             socket = q(self.socket()),
@@ -197,6 +200,7 @@ disabled_plugins = [
             cni_bin = q(settings.cni_bin_dir.clone()),
             cni_conf = q(self.cni_conf()),
             hosts = q(self.registry_hosts()),
+            auth = settings.registries.auth_toml(cri),
         )
     }
 }
@@ -233,6 +237,10 @@ pub async fn start(
         std::fs::create_dir_all(&d).map_err(io(&d))?;
     }
     std::fs::write(dir.config(), dir.render(&settings)).map_err(io(&dir.config()))?;
+    settings
+        .registries
+        .write_hosts(&dir.registry_hosts())
+        .map_err(io(&dir.registry_hosts()))?;
     stop_stale(&dir).await;
     let cri = Cri::new(&dir.socket());
     let child = spawn(&dir, &settings)?;

@@ -25,6 +25,7 @@ mod dns;
 pub mod fence;
 pub mod logs;
 mod probes;
+pub mod registries;
 pub mod routes;
 pub mod services;
 mod spdy;
@@ -117,6 +118,8 @@ pub(crate) struct Context {
     pub(crate) restarts: Mutex<HashMap<(String, String), sync::BackOff>>,
     /// The same for image pulls, by image.
     pub(crate) pulls: Mutex<HashMap<String, sync::BackOff>>,
+    /// Which credentials pulled each image on the node ([`registries::Pulled`]).
+    pub(crate) pulled: Mutex<registries::Pulled>,
     /// The containers' probes.
     pub(crate) probes: probes::Probes,
     /// The pods' work queue (probes wake pods through it).
@@ -156,6 +159,9 @@ pub async fn run(
         pod_cidr,
         restarts: Mutex::default(),
         pulls: Mutex::default(),
+        pulled: Mutex::new(registries::Pulled::load(
+            &host.dir.join("pulled-images.json"),
+        )),
         probes: probes::Probes::default(),
         queue: queue.clone(),
         host,

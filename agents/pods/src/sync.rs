@@ -687,8 +687,10 @@ async fn failed(
     (waiting, left)
 }
 
-/// Makes sure `c`'s image is here, pulling it as its pull policy says. A failed pull backs
-/// off per image: `ErrImagePull` when it fails, `ImagePullBackOff` while waiting.
+/// Makes sure `c`'s image is here, pulling it as its pull policy says with the pod's
+/// `imagePullSecrets` ([`crate::registries`]); an image on the node that credentials the pod
+/// lacks pulled counts as absent for it. A failed pull backs off per image and namespace:
+/// `ErrImagePull` when it fails, `ImagePullBackOff` while waiting.
 async fn pull(
     ctx: &Context,
     pod: &Pod,
@@ -709,6 +711,24 @@ async fn pull(
             "Always"
         }
     });
+    // The pod's own credentials for the image's registry (a Secret it names but cannot
+    // have is said, and the pull goes on without it, as the kubelet does).
+    let registry = crate::registries::image_registry(&image);
+    let (auths, missing) = crate::volumes::pull_credentials(ctx, pod, &registry).await;
+    for why in missing {
+        let message = format!(
+            "Unable to retrieve some image pull secrets; attempting to pull the image may not succeed: {why}"
+        );
+        ctx.recorder
+            .publish(
+                pod,
+                EventType::Warning,
+                "FailedToRetrieveImagePullSecret",
+                "Pulling",
+                &message,
+            )
+            .await;
+    }
     let present = ctx
         .cri
         .images
@@ -719,25 +739,39 @@ async fn pull(
         })
         .await
         .ok()
-        .and_then(|r| r.into_inner().image)
-        .is_some();
-    if present && policy != "Always" {
+        .and_then(|r| r.into_inner().image);
+    // An image some credentials pulled is only for pods with those credentials: any other
+    // pod pulls it again with its own (and fails without access).
+    let usable = present.as_ref().is_some_and(|i| {
+        ctx.pulled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .may_use(&i.id, &auths)
+    });
+    if usable && policy != "Always" {
         return Ok(());
     }
     if policy == "Never" {
+        let message = if present.is_none() {
+            format!("Container image {image:?} is not present with pull policy of Never")
+        } else {
+            format!(
+                "Container image {image:?} is present, pulled with credentials this pod does not have, and pull policy Never forbids pulling it with its own"
+            )
+        };
         let waiting = ContainerWaiting {
             reason: Some("ErrImageNeverPull".into()),
-            message: Some(format!(
-                "Container image {image:?} is not present with pull policy of Never"
-            )),
+            message: Some(message),
         };
         return Err((waiting, BACKOFF_BASE));
     }
+    // Back-off per image and namespace: one tenant's failing pulls hold no one else's.
+    let key = format!("{image} {}", pod.namespace().unwrap_or_default());
     let backoff = ctx
         .pulls
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .get(&image)
+        .get(&key)
         .and_then(BackOff::left);
     if let Some(left) = backoff {
         let waiting = ContainerWaiting {
@@ -756,19 +790,54 @@ async fn pull(
         )
         .await;
     let started = Instant::now();
-    let request = v1::PullImageRequest {
-        image: Some(spec),
-        auth: None,
-        sandbox_config: Some(sandbox.clone()),
+    // Each of the pod's credentials in turn (none: without), until one pulls it.
+    let attempts: Vec<Option<v1::AuthConfig>> = if auths.is_empty() {
+        vec![None]
+    } else {
+        auths.into_iter().map(Some).collect()
     };
-    let mut images = ctx.cri.images.clone();
-    let result = tokio::time::timeout(PULL_TIMEOUT, images.pull_image(request)).await;
+    let mut result = None;
+    for auth in attempts {
+        let request = v1::PullImageRequest {
+            image: Some(spec.clone()),
+            auth: auth.clone(),
+            sandbox_config: Some(sandbox.clone()),
+        };
+        let mut images = ctx.cri.images.clone();
+        let pulled = tokio::time::timeout(PULL_TIMEOUT, images.pull_image(request)).await;
+        let done = matches!(pulled, Ok(Ok(_)));
+        if let Ok(Ok(response)) = &pulled {
+            let id = ctx
+                .cri
+                .images
+                .clone()
+                .image_status(v1::ImageStatusRequest {
+                    image: Some(v1::ImageSpec {
+                        image: response.get_ref().image_ref.clone(),
+                        ..Default::default()
+                    }),
+                    verbose: false,
+                })
+                .await
+                .ok()
+                .and_then(|r| r.into_inner().image)
+                .map_or_else(|| response.get_ref().image_ref.clone(), |i| i.id);
+            ctx.pulled
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(&id, auth.as_ref());
+        }
+        result = Some(pulled);
+        if done {
+            break;
+        }
+    }
     let error = match result {
-        Ok(Ok(_)) => {
+        Some(Ok(Ok(_))) => {
             ctx.pulls
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(&image);
+                .remove(&key);
             ctx.recorder
                 .publish(
                     pod,
@@ -783,19 +852,17 @@ async fn pull(
                 .await;
             return Ok(());
         }
-        Ok(Err(s)) => s.message().to_string(),
-        Err(_) => format!("the pull took longer than {PULL_TIMEOUT:?}"),
+        Some(Ok(Err(s))) => s.message().to_string(),
+        Some(Err(_)) | None => format!("the pull took longer than {PULL_TIMEOUT:?}"),
     };
     let message = format!("Failed to pull image {image:?}: {error}");
     ctx.recorder
         .publish(pod, EventType::Warning, "Failed", "Pulling", &message)
         .await;
     let mut pulls = ctx.pulls.lock().unwrap_or_else(|e| e.into_inner());
-    let next = pulls
-        .get(&image)
-        .map_or_else(BackOff::first, BackOff::after);
+    let next = pulls.get(&key).map_or_else(BackOff::first, BackOff::after);
     let left = next.left().unwrap_or(BACKOFF_BASE);
-    pulls.insert(image, next);
+    pulls.insert(key, next);
     let waiting = ContainerWaiting {
         reason: Some("ErrImagePull".into()),
         message: Some(message),

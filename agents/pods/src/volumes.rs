@@ -121,6 +121,33 @@ impl Objects<'_> {
     }
 }
 
+/// The credentials a pod's `imagePullSecrets` hold for `registry`, in their order, and the
+/// Secrets that could not be read (missing, unreadable).
+pub(crate) async fn pull_credentials(
+    ctx: &Context,
+    pod: &keel_schemas::kinds::core::Pod,
+    registry: &str,
+) -> (Vec<crate::cri::v1::AuthConfig>, Vec<String>) {
+    use keel_runtime::ObjectExt as _;
+    let mut objects = Objects {
+        ctx,
+        namespace: pod.namespace().unwrap_or("default").to_string(),
+        read: HashMap::new(),
+    };
+    let mut auths = Vec::new();
+    let mut missing = Vec::new();
+    for reference in &pod.spec.image_pull_secrets {
+        match objects.data("secrets", &reference.name).await {
+            Ok(Some(data)) => {
+                auths.extend(crate::registries::secret_auth(&data, registry));
+            }
+            Ok(None) => missing.push(format!("secret {:?} does not exist", reference.name)),
+            Err(e) => missing.push(e),
+        }
+    }
+    (auths, missing)
+}
+
 fn singular(resource: &str) -> &'static str {
     if resource == "secrets" {
         "secret"

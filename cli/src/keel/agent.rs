@@ -115,7 +115,7 @@ pub(super) async fn agent(args: AgentArgs) -> Result<(), Box<dyn std::error::Err
     let dns = args
         .pods
         .cluster_dns(keel_agent::pods::ClusterDns::default().address)?;
-    args.pods.apply(&mut config, dns);
+    args.pods.apply(&mut config, dns)?;
     config.ovs_socket = args.ovs_socket;
     config.kvm_probe_kernel = args.kvm_probe_kernel;
     config.listen = args.listen;

@@ -44,6 +44,10 @@ pub(super) struct PodArgs {
     /// Where the CNI plugins are.
     #[arg(long, default_value = "/usr/lib/cni")]
     cni_bin_dir: PathBuf,
+    /// Registry mirrors, credentials and TLS, in k3s's `registries.yaml` format
+    /// (`mirrors.<registry>.endpoint`, `configs.<host>.auth|tls`).
+    #[arg(long)]
+    private_registry: Option<PathBuf>,
     /// The cluster DNS address every pod's resolv.conf names: the kube-dns Service's
     /// ClusterIP (default: the tenth address of the service range, 10.43.0.10).
     #[arg(long)]
@@ -187,22 +191,37 @@ impl PodArgs {
     }
 
     /// Sets the pod role of `config` (its pods ask `dns`): none when disabled, or when no
-    /// runtime is given and no containerd is installed.
+    /// runtime is given and no containerd is installed. A registries file that cannot be
+    /// read or is wrong stops the agent, naming what is wrong.
     pub(super) fn apply(
         &self,
         config: &mut keel_agent::AgentConfig,
         dns: keel_agent::pods::ClusterDns,
-    ) {
+    ) -> Result<(), String> {
         if self.disable_pods {
-            return;
+            return Ok(());
         }
+        let registries = match &self.private_registry {
+            None => keel_agent::pods::registries::Registries::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("--private-registry {}: {e}", path.display()))?;
+                let registries: keel_agent::pods::registries::Registries =
+                    serde_norway::from_str(&text)
+                        .map_err(|e| format!("--private-registry {}: {e}", path.display()))?;
+                registries
+                    .check()
+                    .map_err(|e| format!("--private-registry {}: {e}", path.display()))?;
+                registries
+            }
+        };
         let endpoint = self
             .container_runtime_endpoint
             .as_deref()
             .map(|e| PathBuf::from(e.strip_prefix("unix://").unwrap_or(e)));
         if endpoint.is_none() && !on_path(&self.containerd) {
             tracing::info!(containerd = %self.containerd.display(), "containerd is not installed: this host runs no pods");
-            return;
+            return Ok(());
         }
         config.pods = Some(keel_agent::agent::PodsConfig {
             endpoint,
@@ -210,9 +229,11 @@ impl PodArgs {
                 binary: self.containerd.clone(),
                 sandbox_image: self.pause_image.clone(),
                 cni_bin_dir: self.cni_bin_dir.clone(),
+                registries,
             },
             dns,
         });
+        Ok(())
     }
 }
 

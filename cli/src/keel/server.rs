@@ -470,7 +470,7 @@ fn local_agent_config(
     agent.load_balancer = !args.disable_load_balancer;
     args.lb.apply(&mut agent)?;
     args.guests.apply(&mut agent);
-    args.pods.apply(&mut agent, cluster_dns(args)?);
+    args.pods.apply(&mut agent, cluster_dns(args)?)?;
     agent.ca_pem = server.ca_pem().to_string();
     // The local agent is a node like any other: it registers with the agent token and
     // talks as system:node:NAME.
