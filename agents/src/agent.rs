@@ -91,6 +91,8 @@ pub struct PodsConfig {
     pub containerd: keel_pods::containerd::Settings,
     /// The cluster DNS its pods ask.
     pub dns: keel_pods::ClusterDns,
+    /// The most pods the node runs (the kubelet's `--max-pods`): its `pods` capacity.
+    pub max_pods: u32,
 }
 
 pub use keel_host::Health;
@@ -644,6 +646,11 @@ async fn report_ready(shared: &Shared) -> Result<(), ClientError> {
     }
     status["capacity"] = facts.capacity();
     status["allocatable"] = facts.allocatable(shared.config.cpu_allocation_ratio);
+    if let Some(pods) = &shared.config.pods {
+        let max = Value::String(pods.max_pods.to_string());
+        status["capacity"]["pods"] = max.clone();
+        status["allocatable"]["pods"] = max;
+    }
     status["addresses"] = facts.addresses(&shared.config.node_name);
     status["daemonEndpoints"] = json!({"kubeletEndpoint": {"Port": shared.endpoint.0}});
     status["nodeInfo"] = json!({

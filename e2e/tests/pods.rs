@@ -308,7 +308,8 @@ async fn kubectl_run_starts_a_pod_on_containerd_that_answers_and_logs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_pods_get_the_kubelets_clear_statuses() {
     let root = tempfile::tempdir().expect("a temp dir");
-    let host = pod_host(root.path(), "q").await;
+    // Room for the four pods of this test that run at once, and no more.
+    let host = pod_host_with(root.path(), "q", &[], &["--max-pods", "4"]).await;
     let admin = &host.admin;
     let image = host.registry.image("busybox:test");
     let missing = host.registry.image("nothing:here");
@@ -497,6 +498,49 @@ async fn bad_pods_get_the_kubelets_clear_statuses() {
     })
     .await;
     assert_eq!(hostnet["status"]["podIP"], hostnet["status"]["hostIP"]);
+    // The node runs four pods (ghost, crash, mounted, hostnet; once has ended): a fifth
+    // waits for room.
+    ok(kubectl(
+        admin,
+        &["run", "fifth", "--image", &image, "--", "sleep", "3600"],
+    ));
+    let fifth = eventually("fifth unschedulable", WAIT, || async {
+        let p = pod(admin, "fifth")?;
+        let conditions = p["status"]["conditions"].as_array()?.clone();
+        conditions
+            .into_iter()
+            .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+    })
+    .await;
+    assert_eq!(
+        fifth["message"], "0/1 nodes are available: 1 Too many pods.",
+        "{fifth}"
+    );
+    // Under a compute quota, a pod must say what it asks for.
+    ok(kubectl(admin, &["create", "namespace", "metered"]));
+    ok(kubectl(
+        admin,
+        &[
+            "create",
+            "quota",
+            "compute",
+            "-n",
+            "metered",
+            "--hard=requests.cpu=2,pods=10",
+        ],
+    ));
+    let out = kubectl(
+        admin,
+        &[
+            "run", "greedy", "-n", "metered", "--image", &image, "--", "sleep", "3600",
+        ],
+    );
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success()
+            && said.contains("failed quota: compute: must specify requests.cpu for: greedy"),
+        "{said}"
+    );
     ok(kubectl(admin, &["delete", "pod", "--all", "--timeout=60s"]));
     drop(host.cluster);
 }

@@ -213,6 +213,43 @@ pub fn amount(kind: &Kind, object: &Value, resource: &str) -> u128 {
     }
 }
 
+/// The cpu and memory resources `hard` limits that a new pod's containers leave out, each as
+/// `RESOURCE for: CONTAINER,...`. Kubernetes refuses such a pod (`must specify ...`): a
+/// quota on `requests.cpu` needs each container to ask for cpu (a limit stands in for a
+/// request), else the quota would bound nothing. Empty for other kinds.
+pub fn unspecified(kind: &Kind, object: &Value, hard: &BTreeMap<String, String>) -> Vec<String> {
+    if (kind.group, kind.kind) != ("", "Pod") {
+        return Vec::new();
+    }
+    let list = |field: &str| {
+        object["spec"][field]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let containers: Vec<Value> = list("initContainers")
+        .into_iter()
+        .chain(list("containers"))
+        .collect();
+    let mut out = Vec::new();
+    for resource in hard.keys().filter(|r| is_cpu(r) || is_memory(r)) {
+        let name = if is_cpu(resource) { "cpu" } else { "memory" };
+        let limits_only = resource.starts_with("limits.");
+        let missing: Vec<&str> = containers
+            .iter()
+            .filter(|c| {
+                let r = &c["resources"];
+                r["limits"][name].is_null() && (limits_only || r["requests"][name].is_null())
+            })
+            .map(|c| c["name"].as_str().unwrap_or_default())
+            .collect();
+        if !missing.is_empty() {
+            out.push(format!("{resource} for: {}", missing.join(",")));
+        }
+    }
+    out
+}
+
 /// What a pod uses of a cpu or memory resource: the sum over its containers, or its largest
 /// init container's when more; nothing once it has ended.
 fn pod_amount(pod: &Value, resource: &str) -> u128 {
@@ -293,6 +330,31 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_quota_on_compute_needs_every_container_to_ask() {
+        let pods = crate::lookup("pods").unwrap();
+        let pod = json!({"spec": {
+            "initContainers": [{"name": "init", "resources": {"limits": {"cpu": "1"}}}],
+            "containers": [
+                {"name": "app", "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}},
+                {"name": "side"}
+            ]
+        }});
+        let quota = hard(&[
+            ("requests.cpu", "2"),
+            ("limits.memory", "1Gi"),
+            ("pods", "5"),
+        ]);
+        assert_eq!(
+            unspecified(pods, &pod, &quota),
+            ["limits.memory for: init,app,side", "requests.cpu for: side"]
+        );
+        // Counts alone ask nothing of containers; other kinds are not pods.
+        assert!(unspecified(pods, &pod, &hard(&[("pods", "5")])).is_empty());
+        let vms = crate::lookup("virtualmachines").unwrap();
+        assert!(unspecified(vms, &pod, &quota).is_empty());
     }
 
     #[test]

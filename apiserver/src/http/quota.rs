@@ -59,6 +59,18 @@ impl Api {
                 .unwrap_or_default()
                 .to_string();
             let hard = hard_of(&stored.object);
+            let unspecified = quota::unspecified(kind, object, &hard);
+            if old.is_none() && !unspecified.is_empty() {
+                return Err(ApiError::forbidden_for(
+                    kind.group,
+                    kind.plural,
+                    name,
+                    &format!(
+                        "failed quota: {quota_name}: must specify {}",
+                        unspecified.join("; ")
+                    ),
+                ));
+            }
             let mut requested = quota::usage(kind, object, &hard);
             if let Some(old) = old {
                 let before = quota::usage(kind, old, &hard);

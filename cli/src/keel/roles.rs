@@ -44,6 +44,9 @@ pub(super) struct PodArgs {
     /// Where the CNI plugins are.
     #[arg(long, default_value = "/usr/lib/cni")]
     cni_bin_dir: PathBuf,
+    /// The most pods this host runs (its `pods` capacity, as the kubelet's `--max-pods`).
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
     /// Registry mirrors, credentials and TLS, in k3s's `registries.yaml` format
     /// (`mirrors.<registry>.endpoint`, `configs.<host>.auth|tls`).
     #[arg(long)]
@@ -232,6 +235,7 @@ impl PodArgs {
                 registries,
             },
             dns,
+            max_pods: self.max_pods,
         });
         Ok(())
     }

@@ -133,6 +133,8 @@ enum Reason {
     NodeName,
     /// The node's labels fail the VM's nodeSelector or node affinity.
     NodeAffinity,
+    /// The node runs as many pods as it may (a pod only).
+    TooManyPods,
     /// Too few free millicores.
     Cpu,
     /// Too few free bytes of memory.
@@ -183,11 +185,16 @@ struct Node<'a> {
     cpu_milli: u128,
     /// Allocatable (else capacity) memory in bytes; zero when unreadable.
     memory: u128,
+    /// Allocatable (else capacity) pods (the kubelet's 110); no limit when left out, zero
+    /// when unreadable.
+    pods: Option<u64>,
 }
 
 /// A VM or pod already bound to a node.
 struct Placed<'a> {
     pod: bool,
+    /// A pod that has not ended: it takes one of the node's pod slots.
+    running_pod: bool,
     uid: Option<&'a str>,
     namespace: &'a str,
     name: &'a str,
@@ -204,6 +211,8 @@ struct Placed<'a> {
 struct Usage<'a> {
     cpu_milli: u128,
     memory: u128,
+    /// Pods that have not ended.
+    pods: u64,
     /// Workloads by controller uid.
     by_owner: HashMap<&'a str, usize>,
 }
@@ -262,6 +271,7 @@ impl Reason {
             Self::Tainted => "node(s) had untolerated taint(s)",
             Self::NodeName => "node(s) didn't match the requested node name",
             Self::NodeAffinity => "node(s) didn't match VM's node affinity/selector",
+            Self::TooManyPods => "Too many pods",
             Self::Cpu => "Insufficient cpu",
             Self::Memory => "Insufficient memory",
             Self::VmAffinity => "node(s) didn't match VM affinity rules",
@@ -468,6 +478,7 @@ impl<'a> Node<'a> {
             taints,
             cpu_milli: resource("cpu").and_then(millicores).unwrap_or(0),
             memory: resource("memory").and_then(bytes).unwrap_or(0),
+            pods: resource("pods").map(|q| q.0.trim().parse::<u64>().unwrap_or(0)),
         }
     }
 
@@ -501,6 +512,7 @@ impl<'a> Placed<'a> {
         let (cpu_milli, memory) = pod_requests(pod).unwrap_or((0, 0));
         Some(Self {
             pod: true,
+            running_pod: !ended,
             uid: Some(pod.uid()).filter(|u| !u.is_empty()),
             namespace: pod.namespace().unwrap_or_default(),
             name: pod.name(),
@@ -523,6 +535,7 @@ impl<'a> Placed<'a> {
         let anti = anti.and_then(|a| a.vm_anti_affinity.as_ref());
         Some(Self {
             pod: false,
+            running_pod: false,
             uid: Some(vm.uid()).filter(|u| !u.is_empty()),
             namespace: vm.namespace().unwrap_or_default(),
             name: vm.name(),
@@ -549,6 +562,7 @@ impl<'a> Usage<'a> {
             let used = usage.entry(vm.node).or_default();
             used.cpu_milli = used.cpu_milli.saturating_add(vm.cpu_milli);
             used.memory = used.memory.saturating_add(vm.memory);
+            used.pods += u64::from(vm.running_pod);
             if let Some(owner) = vm.owner {
                 *used.by_owner.entry(owner).or_default() += 1;
             }
@@ -636,6 +650,10 @@ fn filter(
             vm.node_name().is_none_or(|n| n == node.name),
         ),
         (Reason::NodeAffinity, vm.selects(node)),
+        (
+            Reason::TooManyPods,
+            !vm.pod || node.pods.is_none_or(|max| used.pods < max),
+        ),
         (
             Reason::Cpu,
             vm.cpu_milli <= node.cpu_milli.saturating_sub(used.cpu_milli),

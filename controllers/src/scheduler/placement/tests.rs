@@ -632,3 +632,74 @@ fn stopped_and_halted_vms_free_their_cpu_and_memory() {
     halted["spec"]["runStrategy"] = json!("Halted");
     assert_eq!(placed_on(&vm("web-1"), &nodes, &[halted]), "a");
 }
+
+/// A pod `name` in namespace shop, bound to `node` when given, in `phase`.
+fn pod(name: &str, node: Option<&str>, phase: Option<&str>) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}")},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
+        "status": {"phase": phase},
+    })
+}
+
+/// Places pod `pod` among `placed` pods and `vms`.
+fn try_place_pod(
+    pod: &Value,
+    nodes: &[Value],
+    placed: &[Value],
+    vms: &[Value],
+) -> Result<String, Unschedulable> {
+    use keel_runtime::Resource;
+    let pod = Pod::decode(pod.clone()).expect("fixtures decode");
+    let nodes: Vec<NodeObject> = nodes
+        .iter()
+        .map(|o| NodeObject::decode(o.clone()).expect("fixtures decode"))
+        .collect();
+    let pods: Vec<Pod> = placed
+        .iter()
+        .map(|o| Pod::decode(o.clone()).expect("fixtures decode"))
+        .collect();
+    let vms: Vec<VirtualMachine> = vms
+        .iter()
+        .map(|o| VirtualMachine::decode(o.clone()).expect("fixtures decode"))
+        .collect();
+    let nodes: Vec<&NodeObject> = nodes.iter().collect();
+    let placed: Vec<Workload<'_>> = pods
+        .iter()
+        .map(Workload::Pod)
+        .chain(vms.iter().map(Workload::Vm))
+        .collect();
+    place_workload(Workload::Pod(&pod), &nodes, &placed)
+}
+
+#[test]
+fn a_node_takes_as_many_pods_as_it_allows() {
+    let mut small = node("a");
+    small["status"]["allocatable"]["pods"] = json!("2");
+    let mut full = vec![
+        pod("p1", Some("a"), Some("Running")),
+        pod("p2", Some("a"), Some("Pending")),
+    ];
+    let incoming = pod("p3", None, None);
+    let refused = try_place_pod(&incoming, &[small.clone()], &full, &[]).unwrap_err();
+    assert_eq!(refused.message, "0/1 nodes are available: 1 Too many pods.");
+    // The pod limit does not bind VMs, and VMs do not take pod slots.
+    assert_eq!(placed_on(&vm("web-1"), &[small.clone()], &[]), "a");
+    let one = &full[..1];
+    assert_eq!(
+        try_place_pod(&incoming, &[small.clone()], one, &[on(vm("web-1"), "a")]).unwrap(),
+        "a"
+    );
+    // A pod that ended frees its slot; a node that gives no limit has none.
+    full[1] = pod("p2", Some("a"), Some("Succeeded"));
+    assert_eq!(try_place_pod(&incoming, &[small], &full, &[]).unwrap(), "a");
+    let many: Vec<Value> = (0..200)
+        .map(|i| pod(&format!("q{i}"), Some("b"), Some("Running")))
+        .collect();
+    assert_eq!(
+        try_place_pod(&incoming, &[node("b")], &many, &[]).unwrap(),
+        "b"
+    );
+}
