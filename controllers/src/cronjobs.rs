@@ -4,7 +4,7 @@
 //! CronJob gets a Job of its `jobTemplate`, owned by it and named `<cronjob>-<minutes since
 //! the epoch>` so that no time runs twice. Times missed while the controller was away run
 //! once, late (the newest of them), unless they are older than `startingDeadlineSeconds`
-//! (or than a week, without one). `concurrencyPolicy`: `Allow` lets runs overlap, `Forbid`
+//! (or than a week, which also bounds the deadline). `concurrencyPolicy`: `Allow` lets runs overlap, `Forbid`
 //! holds a time while a run is active (it runs when that one ends, if still within the
 //! deadline), `Replace` deletes the active run for the new one. `suspend` starts nothing.
 //! Finished Jobs beyond `successfulJobsHistoryLimit` and `failedJobsHistoryLimit` are
@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 /// The label and annotation Kubernetes puts on a cron job's Jobs.
 const SCHEDULED_ANNOTATION: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
-/// How far back missed times are looked for when no starting deadline is set.
+/// How far back missed times are looked for: without a starting deadline, and at most.
 const LOOKBACK: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Most missed times counted.
 const MISSED_CAP: usize = 100;
@@ -152,8 +152,10 @@ async fn reconcile(cj: Arc<CronJob>, ctx: Arc<Context>) -> Result<Action, Client
     let now = Timestamp::now();
     let created = timestamp(cj.metadata.creation_timestamp.as_deref()).unwrap_or(now);
     let mut since = timestamp(status.last_schedule_time.as_deref()).unwrap_or(created);
+    // A week back at most, whatever the deadline: a tenant's huge deadline on an
+    // every-minute schedule costs one week's scan, not years'.
     let window = spec.starting_deadline_seconds.map_or(LOOKBACK, |d| {
-        Duration::from_secs(u64::try_from(d).unwrap_or(0))
+        Duration::from_secs(u64::try_from(d).unwrap_or(0)).min(LOOKBACK)
     });
     if let Ok(earliest) =
         now.checked_sub(jiff::SignedDuration::try_from(window).unwrap_or_default())
