@@ -24,6 +24,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::containerd::toml_string;
 use crate::cri::v1;
 
 /// Docker Hub's names, all one registry.
@@ -421,22 +422,6 @@ fn fingerprint(auth: &v1::AuthConfig) -> String {
     }
     let digest = ring::digest::digest(&ring::digest::SHA256, &material);
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A TOML basic string.
-fn toml_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]
