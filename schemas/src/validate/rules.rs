@@ -56,7 +56,7 @@ pub(super) fn check(kind: &Kind, object: &Value, errors: &mut Vec<FieldError>) {
         ("", "Service") => core::service(spec, errors),
         (APPS_GROUP, "Deployment" | "ReplicaSet" | "DaemonSet") => apps::workload(spec, errors),
         (BATCH_GROUP, "Job") => apps::job(spec, errors),
-        (BATCH_GROUP, "CronJob") => apps::cron_job(spec, errors),
+        (BATCH_GROUP, "CronJob") => apps::cron_job(&root, errors),
         ("", "Secret") => core::secret(&root, errors),
         ("", "ConfigMap") => core::config_map(&root, errors),
         ("", "Node") => core::node(spec, errors),

@@ -34,8 +34,22 @@ pub(super) fn job(spec: Option<&Field<'_>>, errors: &mut Vec<FieldError>) {
     workload(Some(spec), errors);
 }
 
-pub(super) fn cron_job(spec: Option<&Field<'_>>, errors: &mut Vec<FieldError>) {
-    let Some(spec) = spec else { return };
+/// The longest CronJob name: its Jobs add `-<minutes since the epoch>` (11 characters) and
+/// carry their name in a label (63 at most), as Kubernetes bounds it.
+const CRON_JOB_NAME_MAX: usize = 52;
+
+pub(super) fn cron_job(root: &Field<'_>, errors: &mut Vec<FieldError>) {
+    if let Some(name) = root.get("metadata").and_then(|m| m.get("name"))
+        && let Some(text) = name.str()
+        && text.len() > CRON_JOB_NAME_MAX
+    {
+        errors.push(FieldError::invalid(
+            name.path.clone(),
+            name.value,
+            &format!("must be no more than {CRON_JOB_NAME_MAX} characters"),
+        ));
+    }
+    let Some(spec) = root.get("spec") else { return };
     if let Some(schedule) = spec.get("schedule")
         && let Some(text) = schedule.str()
         && let Err(why) = crate::cron::Schedule::parse(text)
