@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_client::{Api, Client, ClientError};
+use keel_schemas::kinds::ObjectMeta;
 use keel_schemas::kinds::core::{Node, Secret};
 use keel_schemas::kinds::storage::{Bucket, BucketStatus};
-use keel_schemas::kinds::{ObjectMeta, OwnerReference};
 use rand::Rng;
 use tokio::sync::watch;
 
@@ -183,14 +183,7 @@ async fn ensure_credentials(
         metadata: ObjectMeta {
             name: Some(secret_name.to_string()),
             labels: [(CREDENTIALS_LABEL.to_string(), s3_name.to_string())].into(),
-            owner_references: vec![OwnerReference {
-                api_version: bucket.api_version().to_string(),
-                kind: bucket.kind().to_string(),
-                name: bucket.name().to_string(),
-                uid: bucket.uid().to_string(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }],
+            owner_references: vec![bucket.controller_reference()],
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".to_string()),

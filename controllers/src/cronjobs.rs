@@ -11,12 +11,13 @@
 //! deleted with their pods, oldest first. The status lists the active Jobs and the last
 //! schedule and success times; the controller wakes at the next time.
 
+use crate::{Owning, owning};
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use keel_client::{Api, Client, ClientError, DeleteParams};
-use keel_runtime::{Action, Controller, EventType, ObjectExt, Recorder, Store, watcher};
+use keel_runtime::{Action, EventType, ObjectExt, Recorder, Store};
 use keel_schemas::cron::{Schedule, time_zone};
 use keel_schemas::kinds::ObjectMeta;
 use keel_schemas::kinds::batch::{CronJob, CronJobStatus, Job};
@@ -39,23 +40,13 @@ struct Context {
 
 /// Runs the cron job controller until `shutdown` turns true.
 pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<bool>) {
-    let (Some(cron_kind), Some(job_kind)) = (
-        keel_schemas::lookup("cronjobs"),
-        keel_schemas::lookup("jobs"),
-    ) else {
-        return;
-    };
-    let controller = Controller::new(
-        "cronjobs",
-        Api::<CronJob>::all(&client, cron_kind),
-        watcher::Config::default(),
-    )
-    .resync(Duration::from_secs(60))
-    .owns(
-        Api::<Job>::all(&client, job_kind),
-        watcher::Config::default(),
-    );
-    let Some(jobs) = controller.store_of::<Job>("Job") else {
+    let Some(Owning {
+        controller,
+        owned: jobs,
+        kind: cron_kind,
+        owned_kind: job_kind,
+    }) = owning::<CronJob, Job>(&client, "cronjobs", "jobs", Duration::from_secs(60))
+    else {
         return;
     };
     let ctx = Arc::new(Context {
@@ -248,14 +239,7 @@ fn job_of(cj: &CronJob, due: Timestamp) -> Job {
         namespace: cj.namespace().map(str::to_string),
         labels: field("labels"),
         annotations,
-        owner_references: vec![keel_schemas::kinds::OwnerReference {
-            api_version: cj.api_version.clone(),
-            kind: cj.kind.clone(),
-            name: cj.name().to_string(),
-            uid: cj.uid().to_string(),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        }],
+        owner_references: vec![cj.controller_reference()],
         ..ObjectMeta::default()
     };
     job

@@ -21,12 +21,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_client::{Api, Client, ClientError, DeleteParams};
-use keel_runtime::{Action, Controller, EventType, ObjectExt, Recorder, Store, watcher};
+use keel_runtime::{Action, EventType, ObjectExt, Recorder, Store, watcher};
 use keel_schemas::kinds::apps::{DaemonSet, DaemonSetStatus};
 use keel_schemas::kinds::core::{Node, Pod, Toleration};
 use tokio::sync::watch;
 
 use crate::replicasets::{Expectations, active, available, pod_of, ready};
+use crate::{Owning, owning};
 
 /// The label of a pod's template hash.
 pub const REVISION_LABEL: &str = "controller-revision-hash";
@@ -45,20 +46,21 @@ struct Context {
 
 /// Runs the daemon set controller until `shutdown` turns true.
 pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<bool>) {
-    let kinds = ["daemonsets", "pods", "nodes"].map(keel_schemas::lookup);
-    let [Some(ds_kind), Some(pod_kind), Some(node_kind)] = kinds else {
+    let (
+        Some(Owning {
+            controller,
+            owned: pods,
+            kind: ds_kind,
+            owned_kind: pod_kind,
+        }),
+        Some(node_kind),
+    ) = (
+        owning::<DaemonSet, Pod>(&client, "daemonsets", "pods", Duration::from_secs(60)),
+        keel_schemas::lookup("nodes"),
+    )
+    else {
         return;
     };
-    let controller = Controller::new(
-        "daemonsets",
-        Api::<DaemonSet>::all(&client, ds_kind),
-        watcher::Config::default(),
-    )
-    .resync(Duration::from_secs(60))
-    .owns(
-        Api::<Pod>::all(&client, pod_kind),
-        watcher::Config::default(),
-    );
     let all = {
         let sets = controller.store();
         move |_: &Node| sets.keys()
@@ -68,10 +70,7 @@ pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<boo
         watcher::Config::default(),
         all,
     );
-    let (Some(pods), Some(nodes)) = (
-        controller.store_of::<Pod>("Pod"),
-        controller.store_of::<Node>("Node"),
-    ) else {
+    let Some(nodes) = controller.store_of::<Node>("Node") else {
         return;
     };
     let ctx = Arc::new(Context {

@@ -11,18 +11,19 @@
 //! LoadBalancers. Which ReplicaSet was last good is written on it
 //! ([`LAST_GOOD_ANNOTATION`]) when a rollout completes.
 
+use crate::{Owning, owning};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use keel_client::{Api, Client, ClientError, DeleteParams, Patch};
-use keel_runtime::{Action, Controller, EventType, ObjectExt, Recorder, Store, watcher};
+use keel_runtime::{Action, EventType, ObjectExt, Recorder, Store};
 use keel_schemas::kinds::apps::{
     Deployment, DeploymentSpec, DeploymentStatus, PodTemplateSpec, ReplicaSet, ReplicaSetSpec,
     WorkloadCondition,
 };
 use keel_schemas::kinds::core::IntOrString;
-use keel_schemas::kinds::{KindSpec, LabelSelector, ObjectMeta, OwnerReference};
+use keel_schemas::kinds::{KindSpec, LabelSelector, ObjectMeta};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -43,23 +44,17 @@ struct Context {
 
 /// Runs the deployment controller until `shutdown` turns true.
 pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<bool>) {
-    let (Some(deploy_kind), Some(rs_kind)) = (
-        keel_schemas::lookup("deployments"),
-        keel_schemas::lookup("replicasets"),
-    ) else {
-        return;
-    };
-    let controller = Controller::new(
+    let Some(Owning {
+        controller,
+        owned: replicasets,
+        ..
+    }) = owning::<Deployment, ReplicaSet>(
+        &client,
         "deployments",
-        Api::<Deployment>::all(&client, deploy_kind),
-        watcher::Config::default(),
+        "replicasets",
+        Duration::from_secs(30),
     )
-    .resync(Duration::from_secs(30))
-    .owns(
-        Api::<ReplicaSet>::all(&client, rs_kind),
-        watcher::Config::default(),
-    );
-    let Some(replicasets) = controller.store_of::<ReplicaSet>("ReplicaSet") else {
+    else {
         return;
     };
     let ctx = Arc::new(Context {
@@ -245,14 +240,7 @@ async fn create(
         namespace: rs.metadata.namespace.clone(),
         labels: template.metadata.labels.clone(),
         annotations,
-        owner_references: vec![OwnerReference {
-            api_version: d.api_version.clone(),
-            kind: d.kind.clone(),
-            name: d.name().to_string(),
-            uid: d.uid().to_string(),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        }],
+        owner_references: vec![d.controller_reference()],
         ..ObjectMeta::default()
     };
     let made = match api.create(&rs).await {

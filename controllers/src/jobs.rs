@@ -15,13 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_client::{Api, Client, ClientError, DeleteParams};
-use keel_runtime::{Action, Controller, EventType, ObjectExt, Recorder, Store, watcher};
+use keel_runtime::{Action, EventType, ObjectExt, Recorder, Store};
 use keel_schemas::kinds::apps::WorkloadCondition;
 use keel_schemas::kinds::batch::{Job, JobStatus};
 use keel_schemas::kinds::core::Pod;
 use tokio::sync::watch;
 
 use crate::replicasets::{Expectations, active, pod_of, ready};
+use crate::{Owning, owning};
 
 /// Most pods made in one pass.
 const BURST: usize = 64;
@@ -41,22 +42,13 @@ struct Context {
 
 /// Runs the job controller until `shutdown` turns true.
 pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<bool>) {
-    let (Some(job_kind), Some(pod_kind)) =
-        (keel_schemas::lookup("jobs"), keel_schemas::lookup("pods"))
+    let Some(Owning {
+        controller,
+        owned: pods,
+        kind: job_kind,
+        owned_kind: pod_kind,
+    }) = owning::<Job, Pod>(&client, "jobs", "pods", Duration::from_secs(60))
     else {
-        return;
-    };
-    let controller = Controller::new(
-        "jobs",
-        Api::<Job>::all(&client, job_kind),
-        watcher::Config::default(),
-    )
-    .resync(Duration::from_secs(60))
-    .owns(
-        Api::<Pod>::all(&client, pod_kind),
-        watcher::Config::default(),
-    );
-    let Some(pods) = controller.store_of::<Pod>("Pod") else {
         return;
     };
     let ctx = Arc::new(Context {

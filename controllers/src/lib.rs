@@ -43,6 +43,42 @@ pub mod zones;
 
 pub use manager::{Clients, ManagerConfig, run_manager};
 
+/// What a controller of a workload kind starts from: the controller of the kind whose
+/// plural is `owner` (which also names it), watching the objects of the kind `owned` that it
+/// controls, resynced every `resync`; the cache of those objects; both kinds. `None` if
+/// either kind is not in this build's registry.
+pub(crate) struct Owning<K, S> {
+    pub controller: keel_runtime::Controller<K>,
+    pub owned: keel_runtime::Store<S>,
+    pub kind: &'static keel_schemas::Kind,
+    pub owned_kind: &'static keel_schemas::Kind,
+}
+
+pub(crate) fn owning<K, S>(
+    client: &keel_client::Client,
+    owner: &str,
+    owned: &str,
+    resync: std::time::Duration,
+) -> Option<Owning<K, S>>
+where
+    K: keel_runtime::Resource + serde::Serialize + serde::de::DeserializeOwned,
+    S: keel_runtime::Resource + serde::Serialize + serde::de::DeserializeOwned,
+{
+    let (kind, owned_kind) = (keel_schemas::lookup(owner)?, keel_schemas::lookup(owned)?);
+    let config = keel_runtime::watcher::Config::default;
+    let controller =
+        keel_runtime::Controller::new(owner, keel_client::Api::all(client, kind), config())
+            .resync(resync)
+            .owns(keel_client::Api::<S>::all(client, owned_kind), config());
+    let owned = controller.store_of::<S>(owned_kind.kind)?;
+    Some(Owning {
+        controller,
+        owned,
+        kind,
+        owned_kind,
+    })
+}
+
 /// FNV-1a (32 bits) of `text`: the short, stable hash behind generated names (a pod
 /// template's `pod-template-hash`, an EndpointSlice's name).
 pub(crate) fn fnv1a(text: &str) -> u32 {

@@ -8,15 +8,16 @@
 //! them ("expectations", as Kubernetes calls them) and makes or deletes no more for that
 //! ReplicaSet, so that it never makes one pod too many.
 
+use crate::{Owning, owning};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keel_client::{Api, Client, ClientError, DeleteParams};
-use keel_runtime::{Action, Controller, EventType, ObjectExt, Recorder, Store, watcher};
+use keel_runtime::{Action, EventType, ObjectExt, Recorder, Store};
 use keel_schemas::kinds::apps::{ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
 use keel_schemas::kinds::core::{Pod, PodSpec};
-use keel_schemas::kinds::{KindSpec, ObjectMeta, OwnerReference};
+use keel_schemas::kinds::{KindSpec, ObjectMeta};
 use tokio::sync::watch;
 
 /// How long made or deleted pods are waited for in the cache before counting again anyway.
@@ -47,23 +48,12 @@ struct Context {
 
 /// Runs the replica set controller until `shutdown` turns true.
 pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<bool>) {
-    let (Some(rs_kind), Some(pod_kind)) = (
-        keel_schemas::lookup("replicasets"),
-        keel_schemas::lookup("pods"),
-    ) else {
-        return;
-    };
-    let controller = Controller::new(
-        "replicasets",
-        Api::<ReplicaSet>::all(&client, rs_kind),
-        watcher::Config::default(),
-    )
-    .resync(Duration::from_secs(60))
-    .owns(
-        Api::<Pod>::all(&client, pod_kind),
-        watcher::Config::default(),
-    );
-    let Some(pods) = controller.store_of::<Pod>("Pod") else {
+    let Some(Owning {
+        controller,
+        owned: pods,
+        ..
+    }) = owning::<ReplicaSet, Pod>(&client, "replicasets", "pods", Duration::from_secs(60))
+    else {
         return;
     };
     let ctx = Arc::new(Context {
@@ -223,14 +213,7 @@ where
         namespace: owner.namespace().map(str::to_string),
         labels: template.metadata.labels.clone(),
         annotations: template.metadata.annotations.clone(),
-        owner_references: vec![OwnerReference {
-            api_version: owner.api_version.clone(),
-            kind: owner.kind.clone(),
-            name: owner.name().to_string(),
-            uid: owner.uid().to_string(),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        }],
+        owner_references: vec![owner.controller_reference()],
         ..ObjectMeta::default()
     };
     pod

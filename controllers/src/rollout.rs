@@ -689,12 +689,9 @@ async fn record<R: Rollable>(
         },
     );
     revision.metadata.owner_references = vec![OwnerReference {
-        api_version: object.api_version().to_string(),
-        kind: kind.to_string(),
-        name: object.name().to_string(),
-        uid: object.uid().to_string(),
-        controller: Some(true),
+        // Deleting the object need not wait for its history.
         block_owner_deletion: None,
+        ..object.controller_reference()
     }];
     let mut created = match api.create(&revision).await {
         Ok(r) => r,

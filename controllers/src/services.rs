@@ -20,12 +20,12 @@ use std::time::Duration;
 
 use keel_client::{Api, Client, ClientError, DeleteParams, Patch};
 use keel_runtime::{Action, Controller, EventType, ObjectExt, Recorder, Store, watcher};
+use keel_schemas::kinds::ObjectMeta;
 use keel_schemas::kinds::apps::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use keel_schemas::kinds::core::{IntOrString, Pod, Service};
 use keel_schemas::kinds::network::{
     Algorithm, Backends, Listener, ListenerProtocol, LoadBalancer, LoadBalancerSpec,
 };
-use keel_schemas::kinds::{ObjectMeta, OwnerReference};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -318,14 +318,7 @@ async fn load_balancer(ctx: &Context, svc: &Service, namespace: &str) -> Result<
                     metadata: ObjectMeta {
                         name: Some(svc.name().to_string()),
                         namespace: Some(namespace.to_string()),
-                        owner_references: vec![OwnerReference {
-                            api_version: "v1".into(),
-                            kind: "Service".into(),
-                            name: svc.name().to_string(),
-                            uid: svc.uid().to_string(),
-                            controller: Some(true),
-                            block_owner_deletion: Some(true),
-                        }],
+                        owner_references: vec![svc.controller_reference()],
                         ..ObjectMeta::default()
                     },
                     spec,
@@ -634,14 +627,7 @@ pub(crate) fn slice_of(
                 (MANAGED_BY_LABEL.to_string(), managed_by.to_string()),
             ]
             .into(),
-            owner_references: vec![OwnerReference {
-                api_version: "v1".into(),
-                kind: "Service".into(),
-                name: svc.name().to_string(),
-                uid: svc.uid().to_string(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }],
+            owner_references: vec![svc.controller_reference()],
             ..ObjectMeta::default()
         },
         address_type: "IPv4".into(),

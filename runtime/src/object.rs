@@ -9,7 +9,7 @@ use std::fmt;
 use keel_schemas::Kind;
 use keel_schemas::kinds::apps::EndpointSlice;
 use keel_schemas::kinds::core::{ConfigMap, Event, Secret, ServiceAccount};
-use keel_schemas::kinds::{KindSpec, Object, ObjectMeta};
+use keel_schemas::kinds::{KindSpec, Object, ObjectMeta, OwnerReference};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -92,6 +92,20 @@ pub trait ObjectExt {
     /// The key of this object.
     fn object_ref(&self) -> ObjectRef {
         ObjectRef::new(self.namespace(), self.name())
+    }
+
+    /// The owner reference a controller puts on what it makes for this object: `controller`
+    /// set, and `blockOwnerDeletion`, so a foreground deletion of this object waits for them
+    /// (garbage collection deletes them with it either way).
+    fn controller_reference(&self) -> OwnerReference {
+        OwnerReference {
+            api_version: self.api_version().to_string(),
+            kind: self.kind().to_string(),
+            name: self.name().to_string(),
+            uid: self.uid().to_string(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
     }
 }
 
