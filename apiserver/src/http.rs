@@ -254,27 +254,40 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const SYSTEM_NAMESPACES: [&str; 4] =
     ["default", "kube-system", "kube-public", "kube-node-lease"];
 
-/// Creates the system namespaces that do not exist yet, retrying while the cluster has no
-/// leader, until done or `shutdown` is set.
+/// Creates what every cluster starts with and that does not exist yet: the system
+/// namespaces, and the default StorageClass `local-path` (Keel's local volumes, as k3s has
+/// it; an admin may change its default annotation, and a server puts it back only when it is
+/// deleted). Retries while the cluster has no leader, until done or `shutdown` is set.
 pub async fn ensure_namespaces(
     server: Server,
     encryption: Arc<Encryption>,
     bootstrap: Arc<Bootstrap>,
     mut shutdown: signal::Receiver<bool>,
 ) {
+    use keel_schemas::kinds::storage::{DEFAULT_CLASS_ANNOTATION, LOCAL_CLASS, LOCAL_PROVISIONER};
     let api = Api::internal(server, encryption);
-    let Some(kind) = keel_schemas::lookup("namespaces") else {
-        return;
-    };
-    for name in SYSTEM_NAMESPACES {
+    let namespaces = SYSTEM_NAMESPACES.map(|name| {
+        let object = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+        ("namespaces", object)
+    });
+    let class = serde_json::json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": LOCAL_CLASS, "annotations": {DEFAULT_CLASS_ANNOTATION: "true"}},
+        "provisioner": LOCAL_PROVISIONER,
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "WaitForFirstConsumer",
+    });
+    for (plural, object) in namespaces.into_iter().chain([("storageclasses", class)]) {
+        let Some(kind) = keel_schemas::lookup(plural) else {
+            continue;
+        };
         let target = Target::internal(kind, None, None);
         loop {
-            let object = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-            match api.create(&target, object).await {
+            match api.create(&target, object.clone()).await {
                 Ok(_) => break,
                 Err(e) if e.code == 409 => break,
                 Err(e) => {
-                    tracing::debug!(namespace = name, error = %e.message, "cannot create the namespace yet")
+                    tracing::debug!(object = %object["metadata"]["name"], error = %e.message, "cannot create it yet")
                 }
             }
             tokio::select! {
@@ -282,10 +295,12 @@ pub async fn ensure_namespaces(
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }
+        if plural == "namespaces" && object["metadata"]["name"] == SYSTEM_NAMESPACES[3] {
+            bootstrap
+                .namespaces
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
     }
-    bootstrap
-        .namespaces
-        .store(true, std::sync::atomic::Ordering::Release);
 }
 
 /// How often a server renews its identity Lease, and how long the Lease says it lasts.

@@ -17,6 +17,8 @@
 //! - [`zones`]: each Zone's serial and generated records, and which DNS servers serve it.
 //! - [`rollout`]: Revisions of LoadBalancers, Zones and VMs, and automatic rollback of a
 //!   change that is not healthy in time.
+//! - [`statefulsets`]: StatefulSets' ordered pods with stable names and their claims.
+//! - [`volumes`]: PersistentVolumeClaims bound to local volumes made on their pods' nodes.
 //! - [`resourcequotas`]: each ResourceQuota's `status.used`, counted from its namespace.
 //! - [`serviceaccounts`]: the `default` ServiceAccount of every namespace.
 //! - [`manager`]: runs the cluster-wide controllers on the elected server, each as itself.
@@ -39,6 +41,8 @@ pub mod rollout;
 pub mod scheduler;
 pub mod serviceaccounts;
 pub mod services;
+pub mod statefulsets;
+pub mod volumes;
 pub mod zones;
 
 pub use manager::{Clients, ManagerConfig, run_manager};

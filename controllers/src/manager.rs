@@ -144,6 +144,16 @@ pub async fn run_manager(
             config.identity.clone(),
             stop.clone(),
         ));
+        controllers.spawn(crate::statefulsets::run(
+            clients("statefulsets"),
+            config.identity.clone(),
+            stop.clone(),
+        ));
+        controllers.spawn(crate::volumes::run(
+            clients("volumes"),
+            config.identity.clone(),
+            stop.clone(),
+        ));
         controllers.spawn(crate::jobs::run(
             clients("jobs"),
             config.identity.clone(),

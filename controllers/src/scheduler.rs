@@ -15,13 +15,17 @@ pub mod placement;
 
 use placement::Workload;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keel_client::{Api, Client, ClientError, Patch};
 use keel_schemas::kinds::compute::{VirtualMachine, VirtualMachinePhase};
 use keel_schemas::kinds::core::{Node, Pod};
+use keel_schemas::kinds::storage::{
+    LOCAL_PROVISIONER, PersistentVolume, PersistentVolumeClaim, SELECTED_NODE_ANNOTATION,
+    StorageClass, binds,
+};
 use tokio::sync::watch;
 
 use keel_runtime::{
@@ -39,6 +43,11 @@ struct Context {
     vms: Store<VirtualMachine>,
     pods: Store<Pod>,
     nodes: Store<Node>,
+    /// Claims, volumes and classes: where a pod's persistent volumes are, or can be made.
+    claims: Store<PersistentVolumeClaim>,
+    volumes: Store<PersistentVolume>,
+    classes: Store<StorageClass>,
+    claim_kind: &'static keel_schemas::Kind,
     recorder: Recorder,
     assumed_vms: Assumed<VirtualMachine>,
     assumed_pods: Assumed<Pod>,
@@ -48,11 +57,24 @@ struct Context {
 
 /// Runs the scheduler until `shutdown` turns true.
 pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<bool>) {
-    let (Some(vm_kind), Some(node_kind), Some(pod_kind)) = (
-        keel_schemas::lookup("virtualmachines"),
-        keel_schemas::lookup("nodes"),
-        keel_schemas::lookup("pods"),
-    ) else {
+    let kinds = [
+        "virtualmachines",
+        "nodes",
+        "pods",
+        "persistentvolumeclaims",
+        "persistentvolumes",
+        "storageclasses",
+    ]
+    .map(keel_schemas::lookup);
+    let [
+        Some(vm_kind),
+        Some(node_kind),
+        Some(pod_kind),
+        Some(claim_kind),
+        Some(volume_kind),
+        Some(class_kind),
+    ] = kinds
+    else {
         return;
     };
     let all = watcher::Config::default;
@@ -86,7 +108,13 @@ pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<boo
         let unbound = pods.iter().filter(|p| pod_node(p).is_none());
         unbound.map(|p| p.object_ref()).collect()
     };
-    let (w1, w2) = (waiting.clone(), waiting);
+    let (w1, w2, w3, w4, w5) = (
+        waiting.clone(),
+        waiting.clone(),
+        waiting.clone(),
+        waiting.clone(),
+        waiting,
+    );
     let pod_controller = pod_controller
         .watches(
             Api::<Node>::all(&client, node_kind),
@@ -97,12 +125,35 @@ pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<boo
             Api::<VirtualMachine>::all(&client, vm_kind),
             all(),
             move |_: &VirtualMachine| w2(),
+        )
+        // A claim bound, a volume made, a class added: a waiting pod may go now.
+        .watches(
+            Api::<PersistentVolumeClaim>::all(&client, claim_kind),
+            all(),
+            move |_: &PersistentVolumeClaim| w3(),
+        )
+        .watches(
+            Api::<PersistentVolume>::all(&client, volume_kind),
+            all(),
+            move |_: &PersistentVolume| w4(),
+        )
+        .watches(
+            Api::<StorageClass>::all(&client, class_kind),
+            all(),
+            move |_: &StorageClass| w5(),
         );
     let (Some(nodes), Some(pods), Some(pod_nodes), Some(vms)) = (
         vm_controller.store_of::<Node>("Node"),
         vm_controller.store_of::<Pod>("Pod"),
         pod_controller.store_of::<Node>("Node"),
         pod_controller.store_of::<VirtualMachine>("VirtualMachine"),
+    ) else {
+        return;
+    };
+    let (Some(claims), Some(volumes), Some(classes)) = (
+        pod_controller.store_of::<PersistentVolumeClaim>("PersistentVolumeClaim"),
+        pod_controller.store_of::<PersistentVolume>("PersistentVolume"),
+        pod_controller.store_of::<StorageClass>("StorageClass"),
     ) else {
         return;
     };
@@ -115,6 +166,10 @@ pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<boo
         vms: vm_controller.store(),
         pods,
         nodes,
+        claims: claims.clone(),
+        volumes: volumes.clone(),
+        classes: classes.clone(),
+        claim_kind,
         recorder: recorder.clone(),
         assumed_vms: assumed_vms.clone(),
         assumed_pods: assumed_pods.clone(),
@@ -126,6 +181,10 @@ pub async fn run(client: Client, instance: String, shutdown: watch::Receiver<boo
         vms,
         pods: pod_controller.store(),
         nodes: pod_nodes,
+        claims,
+        volumes,
+        classes,
+        claim_kind,
         recorder,
         assumed_vms,
         assumed_pods,
@@ -224,8 +283,46 @@ async fn reconcile_pod(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Clien
         ctx.pod_api.kind(),
         pod.namespace().unwrap_or("default"),
     );
-    match placement::place_workload(Workload::Pod(&pod), &node_refs, &placed) {
-        Ok(node) => {
+    let claims = match pod_claims(&ctx, &pod) {
+        // Its volumes are being made on the node chosen for it.
+        Ok(None) => return Ok(Action::requeue(Duration::from_secs(5))),
+        Ok(Some(c)) => Ok(c),
+        Err(message) => Err(placement::Unschedulable { message }),
+    };
+    let placement = claims.and_then(|claims| {
+        let node = placement::place_within(
+            Workload::Pod(&pod),
+            claims.nodes.as_ref(),
+            &node_refs,
+            &placed,
+        )?;
+        Ok((node, claims.unbound))
+    });
+    match placement {
+        Ok((node, unbound)) if !unbound.is_empty() => {
+            // The claims' volumes are made on that node first; the pod is bound once they
+            // are (their change brings it back).
+            for claim in unbound {
+                let api = Api::<PersistentVolumeClaim>::namespaced(
+                    ctx.pod_api.client(),
+                    ctx.claim_kind,
+                    claim.namespace().unwrap_or("default"),
+                );
+                let patch = serde_json::json!({"metadata": {
+                    "resourceVersion": claim.resource_version(),
+                    "annotations": {SELECTED_NODE_ANNOTATION: node},
+                }});
+                match api.patch(claim.name(), &Patch::Merge(patch)).await {
+                    Ok(_) => {
+                        tracing::info!(claim = %claim.object_ref(), %node, "volume to be made on the pod's node");
+                    }
+                    Err(e) if matches!(e.code(), Some(404 | 409)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(Action::requeue(Duration::from_secs(5)))
+        }
+        Ok((node, _)) => {
             let patch = serde_json::json!({
                 "metadata": {"resourceVersion": pod.resource_version()},
                 "spec": {"nodeName": node},
@@ -256,6 +353,88 @@ async fn reconcile_pod(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Clien
             unschedulable(&ctx, &*pod, &why, written).await
         }
     }
+}
+
+/// Where a pod's persistent volumes let it go.
+struct Claims {
+    /// The nodes that have all its bound claims' volumes; `None`: any node.
+    nodes: Option<BTreeSet<String>>,
+    /// Its claims whose volume is to be made on the node chosen for it.
+    unbound: Vec<Arc<PersistentVolumeClaim>>,
+}
+
+/// Where the claims of `pod`'s `persistentVolumeClaim` volumes let it go; `None` while a
+/// volume is being made for it (on the node a claim names); why it cannot go anywhere.
+fn pod_claims(ctx: &Context, pod: &Pod) -> Result<Option<Claims>, String> {
+    let namespace = pod.namespace().unwrap_or("default");
+    let mut claims = Claims {
+        nodes: None,
+        unbound: Vec::new(),
+    };
+    let mut provisioning = false;
+    let names = pod
+        .spec
+        .volumes
+        .iter()
+        .filter_map(|v| v["persistentVolumeClaim"]["claimName"].as_str());
+    for name in names {
+        let Some(claim) = ctx.claims.get(&ObjectRef::new(Some(namespace), name)) else {
+            return Err(format!("persistentvolumeclaim {name:?} not found"));
+        };
+        if claim.is_deleting() {
+            return Err(format!("persistentvolumeclaim {name:?} is being deleted"));
+        }
+        let allowed: Option<BTreeSet<String>> = match claim.spec.volume_name.as_deref() {
+            Some(volume) if !volume.is_empty() => {
+                let Some(v) = ctx.volumes.get(&ObjectRef::new(None, volume)) else {
+                    return Err(format!(
+                        "persistentvolumeclaim {name:?} is bound to a volume that does not exist ({volume})"
+                    ));
+                };
+                if !binds(&v, namespace, name, claim.uid()) {
+                    return Err(format!(
+                        "persistentvolumeclaim {name:?}: volume {volume:?} is bound to a different claim"
+                    ));
+                }
+                crate::volumes::volume_nodes(&v).map(|n| n.into_iter().collect())
+            }
+            _ => {
+                if claim
+                    .annotation(SELECTED_NODE_ANNOTATION)
+                    .is_some_and(|n| !n.is_empty())
+                {
+                    provisioning = true;
+                    continue;
+                }
+                let classes = ctx.classes.list();
+                let class = match claim.spec.storage_class_name.as_deref() {
+                    Some(c) => classes
+                        .iter()
+                        .find(|k| k.metadata.name.as_deref() == Some(c))
+                        .map(|k| &**k),
+                    None => crate::volumes::default_class(&classes),
+                };
+                match class {
+                    Some(c) if c.provisioner == LOCAL_PROVISIONER => {
+                        claims.unbound.push(claim.clone());
+                        continue;
+                    }
+                    _ => {
+                        return Err(format!(
+                            "pod has unbound immediate PersistentVolumeClaims: {name:?} has no class this cluster provisions"
+                        ));
+                    }
+                }
+            }
+        };
+        if let Some(allowed) = allowed {
+            claims.nodes = Some(match claims.nodes.take() {
+                None => allowed,
+                Some(have) => have.intersection(&allowed).cloned().collect(),
+            });
+        }
+    }
+    Ok((!provisioning).then_some(claims))
 }
 
 /// Remembers a binding that was `written` (until the cache shows it) and records it; a lost

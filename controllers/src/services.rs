@@ -538,7 +538,13 @@ async fn endpoints(ctx: &Context, svc: &Service, namespace: &str) -> Result<(), 
                 serving: Some(crate::replicasets::ready(&pod)),
                 terminating: Some(pod.is_deleting()),
             },
-            hostname: None,
+            // A pod that names this Service its subdomain is found by its hostname
+            // (`web-0.web.<ns>.svc`), as a stateful set's pods are.
+            hostname: pod
+                .spec
+                .hostname
+                .clone()
+                .filter(|_| pod.spec.other.get("subdomain").and_then(|s| s.as_str()) == Some(svc.name())),
             node_name: pod.spec.node_name.clone(),
             target_ref: Some(json!({"kind": "Pod", "namespace": namespace, "name": pod.name(), "uid": pod.uid()})),
         });

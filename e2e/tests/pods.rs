@@ -1068,6 +1068,29 @@ spec:
     drop(host.cluster);
 }
 
+/// The port of the node's DNS server at `address` (the kube-dns Service's endpoint).
+async fn dns_port(admin: &Path, address: &str) -> u16 {
+    eventually("the kube-dns endpoint", WAIT, || async {
+        let out = kubectl(
+            admin,
+            &[
+                "get",
+                "endpointslices",
+                "-n",
+                "kube-system",
+                "-l",
+                "kubernetes.io/service-name=kube-dns",
+                "-o",
+                "jsonpath={.items[0].endpoints[0].addresses[0]}:{.items[0].ports[0].port}",
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let (ip, port) = text.split_once(':')?;
+        (ip == address).then(|| port.parse::<u16>().ok()).flatten()
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_resolve_services_and_pods_by_their_cluster_dns_names() {
     let root = tempfile::tempdir().expect("a temp dir");
@@ -1109,27 +1132,7 @@ async fn pods_resolve_services_and_pods_by_their_cluster_dns_names() {
         (String::from_utf8_lossy(&out.stdout).trim() == "10.43.0.10").then_some(())
     })
     .await;
-    let port = eventually("the kube-dns endpoint", WAIT, || async {
-        let out = kubectl(
-            admin,
-            &[
-                "get",
-                "endpointslices",
-                "-n",
-                "kube-system",
-                "-l",
-                "kubernetes.io/service-name=kube-dns",
-                "-o",
-                "jsonpath={.items[0].endpoints[0].addresses[0]}:{.items[0].ports[0].port}",
-            ],
-        );
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let (ip, port) = text.split_once(':')?;
-        (ip == host.net.address)
-            .then(|| port.parse::<u16>().ok())
-            .flatten()
-    })
-    .await;
+    let port = dns_port(admin, &host.net.address).await;
     let serve = "mkdir -p /www; hostname > /www/index.html; exec httpd -f -p 8080 -h /www";
     create_web(admin, &image, 1, serve);
     ok(kubectl(
@@ -2315,4 +2318,335 @@ async fn private_images_pull_with_their_pods_secrets_and_through_the_nodes_mirro
         ok(kubectl(admin, &["describe", "pod", "mirrored"])),
         host.agent.log()
     );
+}
+
+/// `kubectl get KIND -o json`'s items.
+fn items(kubeconfig: &Path, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["get"];
+    all.extend_from_slice(args);
+    all.extend(["-o", "json"]);
+    let list: Value = serde_json::from_str(&ok(kubectl(kubeconfig, &all))).unwrap_or_default();
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// The names of the pods of stateful set `web` that exist and are not being deleted.
+fn web_pods(kubeconfig: &Path) -> Vec<String> {
+    let mut names: Vec<String> = items(kubeconfig, &["pods", "-l", "app=web"])
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stateful_sets_make_pods_in_order_with_stable_names_and_their_own_volumes() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    let host = pod_host_with(root.path(), "s", &[], &["--dns-listen", "0.0.0.0:0"]).await;
+    let admin = &host.admin;
+    let image = host.registry.image("busybox:test");
+    // k3s's default class is there from the start.
+    let classes = ok(kubectl(admin, &["get", "storageclass"]));
+    assert!(classes.contains("local-path (default)"), "{classes}");
+    assert!(classes.contains("rancher.io/local-path"), "{classes}");
+    // A headless Service and a stateful set of three that serves and keeps what each of its
+    // pods wrote at each start.
+    let manifest = format!(
+        r#"{{"apiVersion": "v1", "kind": "Service", "metadata": {{"name": "web"}},
+          "spec": {{"clusterIP": "None", "selector": {{"app": "web"}}, "ports": [{{"name": "http", "port": 8080}}]}}}}
+{{"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {{"name": "web"}},
+          "spec": {{"replicas": 3, "serviceName": "web",
+            "selector": {{"matchLabels": {{"app": "web"}}}},
+            "template": {{"metadata": {{"labels": {{"app": "web"}}}},
+              "spec": {{"terminationGracePeriodSeconds": 1, "containers": [{{"name": "httpd", "image": "{image}",
+                "command": ["sh", "-c", "hostname >> /data/boots; exec httpd -f -p 8080 -h /data"],
+                "volumeMounts": [{{"name": "data", "mountPath": "/data"}}]}}]}}}},
+            "volumeClaimTemplates": [{{"metadata": {{"name": "data"}},
+              "spec": {{"accessModes": ["ReadWriteOnce"], "resources": {{"requests": {{"storage": "16Mi"}}}}}}}}]}}}}"#
+    );
+    let applied = std::time::Instant::now();
+    ok(kubectl_with(admin, &[], &manifest, &["apply", "-f", "-"]));
+    ok(kubectl_with(
+        admin,
+        &[],
+        "",
+        &["rollout", "status", "statefulset/web", "--timeout=120s"],
+    ));
+    // A figure, not a limit: three pods one after another, each with a volume made first.
+    eprintln!(
+        "figure: a 3-pod StatefulSet with a volume per pod was ready {} ms after kubectl apply",
+        applied.elapsed().as_millis()
+    );
+    assert_eq!(web_pods(admin), ["web-0", "web-1", "web-2"]);
+    // In order: each pod was made once the one before it was Ready.
+    let pods = items(admin, &["pods", "-l", "app=web"]);
+    let by_name = |name: &str| {
+        pods.iter()
+            .find(|p| p["metadata"]["name"] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let ready_at = |p: &Value| {
+        p["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+            .and_then(|c| c["lastTransitionTime"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    for (before, after) in [("web-0", "web-1"), ("web-1", "web-2")] {
+        let made = by_name(after)["metadata"]["creationTimestamp"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            made >= ready_at(&by_name(before)),
+            "{after} made at {made}, before {before} was ready"
+        );
+    }
+    for n in 0..3 {
+        let p = by_name(&format!("web-{n}"));
+        assert_eq!(p["spec"]["hostname"], format!("web-{n}"));
+        assert_eq!(p["spec"]["subdomain"], "web");
+        assert_eq!(
+            p["metadata"]["labels"]["statefulset.kubernetes.io/pod-name"],
+            format!("web-{n}")
+        );
+    }
+    // A claim per pod, each bound to a local volume on the node.
+    let claims = items(admin, &["pvc"]);
+    let mut names: Vec<&str> = claims
+        .iter()
+        .filter_map(|c| c["metadata"]["name"].as_str())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["data-web-0", "data-web-1", "data-web-2"]);
+    for c in &claims {
+        assert_eq!(c["status"]["phase"], "Bound", "{c}");
+        assert_eq!(c["spec"]["storageClassName"], "local-path", "{c}");
+        assert_eq!(c["status"]["capacity"]["storage"], "16Mi", "{c}");
+    }
+    let volume_of = |claim: &str| {
+        claims
+            .iter()
+            .find(|c| c["metadata"]["name"] == claim)
+            .and_then(|c| c["spec"]["volumeName"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let volume = volume_of("data-web-1");
+    let pv: Value =
+        serde_json::from_str(&ok(kubectl(admin, &["get", "pv", &volume, "-o", "json"])))
+            .expect("the volume");
+    assert_eq!(pv["spec"]["claimRef"]["name"], "data-web-1");
+    assert_eq!(pv["spec"]["csi"]["driver"], "local.keel.dev");
+    assert_eq!(pv["status"]["phase"], "Bound");
+    assert_eq!(
+        pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"]
+            [0],
+        "pod-node"
+    );
+    let dir = host.agent.data_dir.join("pods/persistent").join(&volume);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("boots")).expect("the volume's directory on the node"),
+        "web-1\n"
+    );
+    // Each pod finds the others by their stable names under the Service.
+    let port = dns_port(admin, &host.net.address).await;
+    let ns = host.net.name.clone();
+    let ip_of = |name: &str| {
+        by_name(name)["status"]["podIP"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let web0 = ip_of("web-0");
+    eventually("web-0's own name", WAIT, || async {
+        keel_e2e::dig(
+            Some(&ns),
+            port,
+            &["+short", "web-0.web.default.svc.cluster.local", "A"],
+        )
+        .contains(&web0)
+        .then_some(())
+    })
+    .await;
+    let looked = ok(kubectl(
+        admin,
+        &[
+            "exec",
+            "web-2",
+            "--",
+            "nslookup",
+            "web-0.web.default.svc.cluster.local",
+        ],
+    ));
+    assert!(looked.contains(&format!("Address: {web0}")), "{looked}");
+    // A pod deleted comes back under its name, with its volume.
+    ok(kubectl(
+        admin,
+        &[
+            "exec",
+            "web-1",
+            "--",
+            "sh",
+            "-c",
+            "echo kept > /data/marker",
+        ],
+    ));
+    let old_uid = by_name("web-1")["metadata"]["uid"].clone();
+    ok(kubectl(admin, &["delete", "pod", "web-1"]));
+    eventually("web-1 made again and ready", WAIT, || async {
+        let p = pod(admin, "web-1")?;
+        let ready = p["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        (p["metadata"]["uid"] != old_uid && ready).then_some(())
+    })
+    .await;
+    let data = ok(kubectl(
+        admin,
+        &[
+            "exec",
+            "web-1",
+            "--",
+            "sh",
+            "-c",
+            "cat /data/marker /data/boots",
+        ],
+    ));
+    assert_eq!(data, "kept\nweb-1\nweb-1\n");
+    // Scaled down: from the highest ordinal, one at a time; the claims stay.
+    ok(kubectl(
+        admin,
+        &["scale", "statefulset", "web", "--replicas=1"],
+    ));
+    let mut seen: Vec<Vec<String>> = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let now = web_pods(admin);
+        if seen.last() != Some(&now) {
+            seen.push(now.clone());
+        }
+        if now == ["web-0"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "web not scaled to one pod: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // web-2 never stays once web-1 is gone.
+    let has = |s: &[String], name: &str| s.iter().any(|n| n == name);
+    assert!(
+        seen.iter().all(|s| !has(s, "web-2") || has(s, "web-1")),
+        "web-1 went before web-2: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|s| s == &["web-0", "web-1"]),
+        "one at a time: {seen:?}"
+    );
+    assert_eq!(items(admin, &["pvc"]).len(), 3, "the claims are retained");
+    // Scaled up again, web-1 finds its data.
+    ok(kubectl(
+        admin,
+        &["scale", "statefulset", "web", "--replicas=2"],
+    ));
+    ok(kubectl_with(
+        admin,
+        &[],
+        "",
+        &["rollout", "status", "statefulset/web", "--timeout=120s"],
+    ));
+    let data = ok(kubectl(
+        admin,
+        &["exec", "web-1", "--", "cat", "/data/marker"],
+    ));
+    assert_eq!(data, "kept\n");
+    // Hostile: a claim of another namespace that names web-1's volume is not bound to it,
+    // and a pod using it is not placed.
+    ok(kubectl(admin, &["create", "namespace", "thief"]));
+    let stolen = format!(
+        r#"{{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {{"name": "loot", "namespace": "thief"}},
+          "spec": {{"accessModes": ["ReadWriteOnce"], "volumeName": "{volume}", "resources": {{"requests": {{"storage": "16Mi"}}}}}}}}
+{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "reader", "namespace": "thief"}},
+          "spec": {{"containers": [{{"name": "c", "image": "{image}", "command": ["cat", "/loot/marker"],
+            "volumeMounts": [{{"name": "loot", "mountPath": "/loot"}}]}}],
+            "volumes": [{{"name": "loot", "persistentVolumeClaim": {{"claimName": "loot"}}}}]}}}}"#
+    );
+    // (Until the namespace's default service account is made, its pods are refused.)
+    eventually("the thief's claim and pod", WAIT, || async {
+        let out = kubectl_with(admin, &[], &stolen, &["apply", "-f", "-"]);
+        out.status.success().then_some(())
+    })
+    .await;
+    let why = eventually("the thief's pod unschedulable", WAIT, || async {
+        let out = kubectl(
+            admin,
+            &["get", "pod", "reader", "-n", "thief", "-o", "json"],
+        );
+        let p: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let cs = p["status"]["conditions"].as_array()?.clone();
+        cs.iter()
+            .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+            .map(|c| c["message"].as_str().unwrap_or_default().to_string())
+    })
+    .await;
+    assert!(why.contains("bound to a different claim"), "{why}");
+    let loot: Value = serde_json::from_str(&ok(kubectl(
+        admin,
+        &["get", "pvc", "loot", "-n", "thief", "-o", "json"],
+    )))
+    .expect("the claim");
+    assert_eq!(loot["status"]["phase"], "Pending", "{loot}");
+    // A pod whose claim does not exist says so.
+    ok(kubectl(
+        admin,
+        &[
+            "run",
+            "orphan",
+            "--image",
+            &image,
+            "--restart=Never",
+            "--overrides",
+            r#"{"spec": {"volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "nope"}}]}}"#,
+        ],
+    ));
+    let why = eventually("the orphan pod unschedulable", WAIT, || async {
+        let p = pod(admin, "orphan")?;
+        let cs = p["status"]["conditions"].as_array()?.clone();
+        cs.iter()
+            .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+            .map(|c| c["message"].as_str().unwrap_or_default().to_string())
+    })
+    .await;
+    assert!(
+        why.contains(r#"persistentvolumeclaim "nope" not found"#),
+        "{why}"
+    );
+    // The set deleted, its pods go; a claim deleted, its volume and directory go.
+    ok(kubectl(admin, &["delete", "statefulset", "web"]));
+    eventually("web's pods gone", WAIT, || async {
+        web_pods(admin).is_empty().then_some(())
+    })
+    .await;
+    ok(kubectl(admin, &["delete", "pvc", "data-web-1"]));
+    eventually("web-1's volume deleted", WAIT, || async {
+        let out = kubectl(admin, &["get", "pv", &volume]);
+        (!out.status.success()).then_some(())
+    })
+    .await;
+    eventually("web-1's directory removed", WAIT, || async {
+        (!dir.exists()).then_some(())
+    })
+    .await;
+    let kept = host
+        .agent
+        .data_dir
+        .join("pods/persistent")
+        .join(volume_of("data-web-0"));
+    assert!(kept.join("boots").exists(), "web-0's volume stays");
+    drop(host.cluster);
 }

@@ -9,6 +9,7 @@ use std::fmt;
 use keel_schemas::Kind;
 use keel_schemas::kinds::apps::EndpointSlice;
 use keel_schemas::kinds::core::{ConfigMap, Event, Secret, ServiceAccount};
+use keel_schemas::kinds::storage::StorageClass;
 use keel_schemas::kinds::{KindSpec, Object, ObjectMeta, OwnerReference};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -279,7 +280,14 @@ macro_rules! typed_without_spec {
     };
 }
 
-typed_without_spec!(Secret, ConfigMap, ServiceAccount, Event, EndpointSlice);
+typed_without_spec!(
+    Secret,
+    ConfigMap,
+    ServiceAccount,
+    Event,
+    EndpointSlice,
+    StorageClass
+);
 
 impl<T: Typed> Resource for T {
     /// Read as it is first (what this build wrote decodes at once); pruned and read again

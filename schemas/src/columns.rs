@@ -64,7 +64,16 @@ pub static NAME: Column = Column {
     ..text(
         "Name",
         "Name must be unique within a namespace. It is required when creating resources.",
-        |o| at(o, "metadata.name"),
+        |o| {
+            // kubectl marks the default StorageClass so (`local-path (default)`).
+            let default_class = o["kind"] == "StorageClass"
+                && o["metadata"]["annotations"][crate::kinds::storage::DEFAULT_CLASS_ANNOTATION]
+                    == "true";
+            match (at(o, "metadata.name"), default_class) {
+                (Value::String(name), true) => Value::String(format!("{name} (default)")),
+                (name, _) => name,
+            }
+        },
     )
 };
 
@@ -422,6 +431,121 @@ static CRON_JOB: &[Column] = &[
     }),
 ];
 
+static STATEFUL_SET: &[Column] = &[
+    text("Ready", "Ready pods out of those wanted.", |o| {
+        Value::String(format!(
+            "{}/{}",
+            o["status"]["readyReplicas"].as_i64().unwrap_or(0),
+            o["spec"]["replicas"].as_i64().unwrap_or(1)
+        ))
+    }),
+    wide(text(
+        "Containers",
+        "The names of the template's containers.",
+        |o| {
+            let names: Vec<&str> = o["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .map(|cs| cs.iter().filter_map(|c| c["name"].as_str()).collect())
+                .unwrap_or_default();
+            Value::String(names.join(","))
+        },
+    )),
+    wide(text(
+        "Images",
+        "The images of the template's containers.",
+        template_images,
+    )),
+];
+
+/// The access modes as kubectl abbreviates them (`RWO,ROX`).
+fn access_modes(modes: &Value) -> Value {
+    let short: Vec<&str> = modes
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|m| match m.as_str()? {
+                    "ReadWriteOnce" => Some("RWO"),
+                    "ReadOnlyMany" => Some("ROX"),
+                    "ReadWriteMany" => Some("RWX"),
+                    "ReadWriteOncePod" => Some("RWOP"),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Value::String(short.join(","))
+}
+
+static PERSISTENT_VOLUME_CLAIM: &[Column] = &[
+    text("Status", "Pending, Bound or Lost.", |o| {
+        o["status"]["phase"].clone()
+    }),
+    text("Volume", "The volume it is bound to.", |o| {
+        o["spec"]["volumeName"].clone()
+    }),
+    text("Capacity", "Its volume's size.", |o| {
+        o["status"]["capacity"]["storage"].clone()
+    }),
+    text("Access Modes", "Its volume's access modes.", |o| {
+        access_modes(&o["status"]["accessModes"])
+    }),
+    text("StorageClass", "The class that provisions it.", |o| {
+        o["spec"]["storageClassName"].clone()
+    }),
+];
+
+static PERSISTENT_VOLUME: &[Column] = &[
+    text("Capacity", "Its size.", |o| {
+        o["spec"]["capacity"]["storage"].clone()
+    }),
+    text("Access Modes", "How it may be mounted.", |o| {
+        access_modes(&o["spec"]["accessModes"])
+    }),
+    text(
+        "Reclaim Policy",
+        "What becomes of it when its claim goes.",
+        |o| o["spec"]["persistentVolumeReclaimPolicy"].clone(),
+    ),
+    text("Status", "Available, Bound, Released or Failed.", |o| {
+        o["status"]["phase"].clone()
+    }),
+    text("Claim", "The claim it is bound to.", |o| {
+        let claim = &o["spec"]["claimRef"];
+        match (claim["namespace"].as_str(), claim["name"].as_str()) {
+            (Some(ns), Some(name)) => Value::String(format!("{ns}/{name}")),
+            _ => Value::Null,
+        }
+    }),
+    text("StorageClass", "The class it belongs to.", |o| {
+        o["spec"]["storageClassName"].clone()
+    }),
+];
+
+static STORAGE_CLASS: &[Column] = &[
+    text("Provisioner", "Who makes its volumes.", |o| {
+        o["provisioner"].clone()
+    }),
+    text("ReclaimPolicy", "Delete or Retain.", |o| {
+        Value::String(o["reclaimPolicy"].as_str().unwrap_or("Delete").to_string())
+    }),
+    text("VolumeBindingMode", "When its volumes are made.", |o| {
+        Value::String(
+            o["volumeBindingMode"]
+                .as_str()
+                .unwrap_or("Immediate")
+                .to_string(),
+        )
+    }),
+    text("AllowVolumeExpansion", "Whether claims may grow.", |o| {
+        Value::String(
+            o["allowVolumeExpansion"]
+                .as_bool()
+                .unwrap_or(false)
+                .to_string(),
+        )
+    }),
+];
+
 static REPLICA_SET: &[Column] = &[
     number("Desired", "Pods wanted.", |o| {
         Value::from(o["spec"]["replicas"].as_i64().unwrap_or(1))
@@ -632,6 +756,10 @@ pub fn kind_columns(kind: &Kind) -> &'static [Column] {
         "Job" => JOB,
         "CronJob" => CRON_JOB,
         "DaemonSet" => DAEMON_SET,
+        "StatefulSet" => STATEFUL_SET,
+        "PersistentVolumeClaim" => PERSISTENT_VOLUME_CLAIM,
+        "PersistentVolume" => PERSISTENT_VOLUME,
+        "StorageClass" => STORAGE_CLASS,
         "Event" => EVENT,
         "Secret" => SECRET,
         "ConfigMap" => CONFIG_MAP,

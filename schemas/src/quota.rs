@@ -3,13 +3,15 @@
 //!
 //! Resources, by name:
 //! - `count/<plural>.<group>` (`count/virtualmachines.keel.dev`) or `count/<plural>` for the
-//!   core group, and the legacy `pods`, `services`, `secrets`, `configmaps`: objects of a kind;
+//!   core group, and the legacy `pods`, `services`, `secrets`, `configmaps`,
+//!   `persistentvolumeclaims`: objects of a kind;
 //! - `requests.cpu` (or `cpu`, `limits.cpu`): a VM's virtual CPUs (in millicores, as
 //!   Kubernetes counts them: `2`, `500m`), and a pod's containers' cpu requests (limits for
 //!   `limits.cpu`; a request left out is its limit), the largest init container's if more;
 //! - `requests.memory` (or `memory`, `limits.memory`): a VM's memory, and a pod's
 //!   containers' memory the same way, in bytes; a pod that has ended uses none;
-//! - `requests.storage`: the sizes of a VM's disks, in bytes;
+//! - `requests.storage`: the sizes of a VM's disks, and what a PersistentVolumeClaim asks
+//!   for (`spec.resources.requests.storage`), in bytes;
 //! - `keel.dev/disks`: a VM's disks;
 //! - `keel.dev/bucket-bytes`: a Bucket's byte quota (`spec.quota.bytes`).
 
@@ -35,11 +37,12 @@ pub const RESOURCES: [&str; 9] = [
 ];
 
 /// Legacy object counts Kubernetes still accepts, and the resource each stands for.
-const LEGACY: [(&str, &str); 4] = [
+const LEGACY: [(&str, &str); 5] = [
     ("pods", "pods"),
     ("services", "services"),
     ("secrets", "secrets"),
     ("configmaps", "configmaps"),
+    ("persistentvolumeclaims", "persistentvolumeclaims"),
 ];
 
 /// A quota a new object would exceed: what Kubernetes' 403 says.
@@ -67,7 +70,7 @@ pub fn check_resource(name: &str) -> Result<(), String> {
         return Ok(());
     }
     Err(format!(
-        "supported: count/PLURAL.GROUP, {}, pods, services, secrets, configmaps",
+        "supported: count/PLURAL.GROUP, {}, pods, services, secrets, configmaps, persistentvolumeclaims",
         RESOURCES.join(", ")
     ))
 }
@@ -172,7 +175,12 @@ pub fn kinds_using(resource: &str) -> Vec<&'static Kind> {
             .iter()
             .filter(|k| k.kind == "VirtualMachine" || (k.kind == "Pod" && k.group.is_empty()))
             .collect(),
-        "requests.storage" | QUOTA_DISKS => vms.collect(),
+        // Storage: VMs' disks, and what claims ask for.
+        "requests.storage" => registry()
+            .iter()
+            .filter(|k| k.kind == "VirtualMachine" || k.kind == "PersistentVolumeClaim")
+            .collect(),
+        QUOTA_DISKS => vms.collect(),
         _ => Vec::new(),
     }
 }
@@ -198,6 +206,9 @@ pub fn amount(kind: &Kind, object: &Value, resource: &str) -> u128 {
     let spec = &object["spec"];
     if kind.kind == "Pod" {
         return pod_amount(object, resource);
+    }
+    if kind.kind == "PersistentVolumeClaim" {
+        return quantity_of(&spec["resources"]["requests"]["storage"]).unwrap_or(0);
     }
     match resource {
         _ if is_cpu(resource) => spec["cpu"].as_u64().map_or(0, |c| u128::from(c) * 1000),

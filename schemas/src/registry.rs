@@ -28,6 +28,9 @@ pub struct Kind {
     pub scope: Scope,
 }
 
+/// The API group of StorageClass.
+pub const STORAGE_GROUP: &str = "storage.k8s.io";
+
 /// The API group of Keel's own kinds.
 pub const KEEL_GROUP: &str = "keel.dev";
 
@@ -192,6 +195,38 @@ static REGISTRY: &[Kind] = &[
         singular: "cronjob",
         short_names: &["cj"],
         scope: Scope::Namespaced,
+    },
+    Kind {
+        group: APPS_GROUP,
+        version: "v1",
+        kind: "StatefulSet",
+        plural: "statefulsets",
+        singular: "statefulset",
+        short_names: &["sts"],
+        scope: Scope::Namespaced,
+    },
+    core(
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        "persistentvolumeclaim",
+        &["pvc"],
+        Scope::Namespaced,
+    ),
+    core(
+        "PersistentVolume",
+        "persistentvolumes",
+        "persistentvolume",
+        &["pv"],
+        Scope::Cluster,
+    ),
+    Kind {
+        group: STORAGE_GROUP,
+        version: "v1",
+        kind: "StorageClass",
+        plural: "storageclasses",
+        singular: "storageclass",
+        short_names: &["sc"],
+        scope: Scope::Cluster,
     },
     core("Secret", "secrets", "secret", &[], Scope::Namespaced),
     core(

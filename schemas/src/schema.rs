@@ -106,6 +106,30 @@ static SOURCES: &[Source] = &[
         include_str!("../cronjob.schema.json"),
         false,
     ),
+    k8s(
+        "apps",
+        "StatefulSet",
+        include_str!("../statefulset.schema.json"),
+        false,
+    ),
+    k8s(
+        "",
+        "PersistentVolumeClaim",
+        include_str!("../persistentvolumeclaim.schema.json"),
+        false,
+    ),
+    k8s(
+        "",
+        "PersistentVolume",
+        include_str!("../persistentvolume.schema.json"),
+        false,
+    ),
+    k8s(
+        registry::STORAGE_GROUP,
+        "StorageClass",
+        include_str!("../storageclass.schema.json"),
+        true,
+    ),
     k8s("", "Event", include_str!("../event.schema.json"), true),
     k8s("", "Secret", include_str!("../secret.schema.json"), true),
     k8s(

@@ -124,6 +124,8 @@ pub(crate) struct Context {
     pub(crate) probes: probes::Probes,
     /// The pods' work queue (probes wake pods through it).
     pub(crate) queue: WorkQueue<ObjectRef>,
+    /// The local persistent volumes (handles) each pod (uid) of the node mounts.
+    pub(crate) claimed: Mutex<HashMap<String, std::collections::HashSet<String>>>,
 }
 
 /// Runs the pod role until `shutdown` turns true. Pods keep running after it returns.
@@ -164,6 +166,7 @@ pub async fn run(
         )),
         probes: probes::Probes::default(),
         queue: queue.clone(),
+        claimed: Mutex::default(),
         host,
     });
     let network = tokio::spawn(network(ctx.clone(), cidr_tx, shutdown.clone()));
@@ -178,8 +181,14 @@ pub async fn run(
         shutdown.clone(),
     ));
     let relister = tokio::spawn(relist(ctx.clone(), store, queue, shutdown.clone()));
+    let sweeper = tokio::spawn(volumes::sweep(
+        ctx.clone(),
+        Duration::from_secs(10),
+        shutdown.clone(),
+    ));
     controller.run(reconcile, ctx, shutdown).await;
     let _ = relister.await;
+    let _ = sweeper.await;
     let _ = network.await;
     let _ = proxy.await;
     let _ = router.await;

@@ -5,6 +5,9 @@
 //!
 //! - `emptyDir`: an empty directory that lives as long as the pod (kept across container
 //!   restarts);
+//! - `persistentVolumeClaim`: the directory of the local volume the claim is bound to
+//!   (`<pods>/persistent/<volume handle>`), which outlives the pod; it is removed once its
+//!   PersistentVolume is deleted and no pod of the node uses it;
 //! - `configMap`, `secret`, `downwardAPI`, `projected` (of those three): files written from
 //!   the objects (`items` pick keys and paths, `defaultMode`/`mode` their permissions),
 //!   mounted read-only; written again (file by file, in the same directory, so the other
@@ -19,8 +22,8 @@
 //! and key is a tenant's text: an absolute path, a `..` component, or a key that is not a
 //! file name is refused rather than followed. `subPath` is taken only inside volumes this
 //! node writes (a container writes an `emptyDir`, and a link it left there must not lead a
-//! mount outside it). Volume kinds this node cannot give (`persistentVolumeClaim`,
-//! `hostPath`, service account token projections, ...) are refused the same way.
+//! mount outside it). Volume kinds this node cannot give (`hostPath`,
+//! service account token projections, ...) are refused the same way.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
@@ -53,8 +56,147 @@ pub(crate) fn pod_dir(ctx: &Context, uid: &str) -> PathBuf {
     ctx.host.dir.join("volumes").join(uid)
 }
 
-/// Removes what pod `uid`'s volumes left.
+/// The directory of the node's local persistent volumes (`<pods>/persistent/<handle>`).
+pub(crate) fn persistent_dir(ctx: &Context) -> PathBuf {
+    ctx.host.dir.join("persistent")
+}
+
+/// The directory of the local volume that claim `name` of `pod`'s namespace is bound to,
+/// made if new. The binding is checked from the volume's side (its `claimRef` names the
+/// claim and its uid): a claim's `volumeName` is its author's text, and must not lead a pod
+/// to another tenant's volume. The volume must be of Keel's local driver and on this node.
+async fn claim_dir(ctx: &Context, pod: &Pod, name: &str) -> Result<PathBuf, String> {
+    use keel_schemas::kinds::storage::{
+        LOCAL_DRIVER, PersistentVolume, PersistentVolumeClaim, binds, volume_nodes,
+    };
+    let namespace = pod.namespace().unwrap_or("default");
+    let client = &ctx.host.node.client;
+    let (Some(claim_kind), Some(volume_kind)) = (
+        keel_schemas::lookup("persistentvolumeclaims"),
+        keel_schemas::lookup("persistentvolumes"),
+    ) else {
+        return Err("the API has no persistent volumes".into());
+    };
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client, claim_kind, namespace);
+    let claim = claims
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("cannot read persistentvolumeclaim {name:?}: {e}"))?
+        .ok_or_else(|| format!("persistentvolumeclaim {name:?} not found"))?;
+    let volume_name = claim
+        .spec
+        .volume_name
+        .clone()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| format!("persistentvolumeclaim {name:?} is not bound yet"))?;
+    let volumes: Api<PersistentVolume> = Api::all(client, volume_kind);
+    let volume = volumes
+        .get_opt(&volume_name)
+        .await
+        .map_err(|e| format!("cannot read persistentvolume {volume_name:?}: {e}"))?
+        .ok_or_else(|| format!("persistentvolume {volume_name:?} not found"))?;
+    if !binds(&volume, namespace, name, claim.uid()) {
+        return Err(format!(
+            "persistentvolume {volume_name:?} is not bound to claim {name:?}"
+        ));
+    }
+    if volume.spec.csi.driver != LOCAL_DRIVER {
+        return Err(format!(
+            "persistentvolume {volume_name:?} is of driver {:?}; this node serves {LOCAL_DRIVER}",
+            volume.spec.csi.driver
+        ));
+    }
+    let node = ctx.host.node.name.as_str();
+    if let Some(nodes) = volume_nodes(&volume)
+        && !nodes.iter().any(|n| n == node)
+    {
+        return Err(format!(
+            "persistentvolume {volume_name:?} is on node(s) {nodes:?}, not on {node}"
+        ));
+    }
+    let handle = volume.spec.csi.volume_handle.as_str();
+    if !keel_schemas::names::is_dns_label(handle) {
+        return Err(format!(
+            "persistentvolume {volume_name:?}: volume handle {handle:?} is not a directory name"
+        ));
+    }
+    let dir = persistent_dir(ctx).join(handle);
+    if !dir.exists() {
+        // Writable by whatever user the pod's containers run as, as local-path makes it.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot make its directory: {e}"))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+            .map_err(|e| format!("cannot open its directory to the pod's users: {e}"))?;
+    }
+    ctx.claimed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(pod.uid().to_string())
+        .or_default()
+        .insert(handle.to_string());
+    Ok(dir)
+}
+
+/// Removes the directories of local volumes that no longer exist (their claim was deleted
+/// with a `Delete` reclaim policy), once no pod of this node uses them, every `every`.
+pub(crate) async fn sweep(
+    ctx: std::sync::Arc<Context>,
+    every: std::time::Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(volume_kind) = keel_schemas::lookup("persistentvolumes") else {
+        return;
+    };
+    let volumes: Api<Value> = Api::all(&ctx.host.node.client, volume_kind);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let Ok(entries) = std::fs::read_dir(persistent_dir(&ctx)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Some(handle) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let in_use = ctx
+                .claimed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .any(|h| h.contains(&handle));
+            if in_use {
+                continue;
+            }
+            // Only a volume the API says is gone: any error keeps the data.
+            match volumes.get_opt(&handle).await {
+                Ok(None) => {
+                    let dir = entry.path();
+                    match std::fs::remove_dir_all(&dir) {
+                        Ok(()) => {
+                            tracing::info!(volume = %handle, "volume deleted: its directory removed")
+                        }
+                        Err(e) => {
+                            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a deleted volume's directory")
+                        }
+                    }
+                }
+                Ok(Some(_)) => {}
+                Err(e) => {
+                    tracing::debug!(volume = %handle, error = %e, "cannot tell whether the volume exists")
+                }
+            }
+        }
+    }
+}
+
+/// Removes what pod `uid`'s volumes left (its persistent volumes stay).
 pub(crate) fn remove(ctx: &Context, uid: &str) {
+    ctx.claimed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(uid);
     if uid.is_empty() || uid.contains(['/', '.']) {
         return;
     }
@@ -226,6 +368,7 @@ pub(crate) async fn prepare(
         .collect();
     let dir = pod_dir(ctx, pod.uid());
     let mut made: HashMap<String, (PathBuf, bool)> = HashMap::new();
+    let mut read_only_claims: Vec<&str> = Vec::new();
     for mount in &c.volume_mounts {
         let name = mount["name"].as_str().unwrap_or_default();
         let Some(volume) = volumes.get(name) else {
@@ -236,6 +379,17 @@ pub(crate) async fn prepare(
             return Err(format!(
                 "volume mount {name:?}: mountPath {target:?} must be an absolute path without '..'"
             ));
+        }
+        if !made.contains_key(name)
+            && let Some(claim) = volume["persistentVolumeClaim"]["claimName"].as_str()
+        {
+            let path = claim_dir(ctx, pod, claim)
+                .await
+                .map_err(|e| format!("volume {name:?}: {e}"))?;
+            made.insert(name.to_string(), (path, false));
+            if volume["persistentVolumeClaim"]["readOnly"].as_bool() == Some(true) {
+                read_only_claims.push(name);
+            }
         }
         if !made.contains_key(name) {
             let path = dir.join(name);
@@ -255,7 +409,9 @@ pub(crate) async fn prepare(
             let sub = relative(sub).map_err(|e| format!("volume mount {name:?}: subPath {e}"))?;
             host = host.join(sub);
         }
-        let read_only = mount["readOnly"].as_bool() == Some(true) || *written;
+        let read_only = mount["readOnly"].as_bool() == Some(true)
+            || *written
+            || read_only_claims.contains(&name);
         prepared.mounts.push(v1::Mount {
             container_path: target.to_string(),
             host_path: host.display().to_string(),

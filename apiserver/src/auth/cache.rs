@@ -54,7 +54,7 @@ pub struct Graph {
 #[derive(Debug, Clone)]
 struct Bound {
     node: String,
-    /// (`secrets` or `configmaps`, name) in the workload's namespace.
+    /// (`secrets`, `configmaps` or `persistentvolumeclaims`, name) in the workload's namespace.
     refs: Vec<(&'static str, String)>,
 }
 
@@ -103,9 +103,10 @@ impl Graph {
         self.bound.get(&key).map(|b| b.node.as_str())
     }
 
-    /// Whether a workload bound to `node` references Secret or ConfigMap `name`.
+    /// Whether a workload bound to `node` references Secret, ConfigMap or
+    /// PersistentVolumeClaim `name`.
     pub fn references(&self, node: &str, resource: &str, namespace: &str, name: &str) -> bool {
-        let Some(resource) = ["secrets", "configmaps"]
+        let Some(resource) = ["secrets", "configmaps", "persistentvolumeclaims"]
             .into_iter()
             .find(|r| *r == resource)
         else {
@@ -190,7 +191,8 @@ fn binding(resource: &str, object: &Value) -> Option<Bound> {
     Some(Bound { node, refs })
 }
 
-/// The Secrets and ConfigMaps a pod spec uses: image pull secrets, volumes, env and envFrom.
+/// The Secrets, ConfigMaps and PersistentVolumeClaims a pod spec uses: image pull secrets,
+/// volumes, env and envFrom.
 fn pod_references(spec: &Value, add: &mut impl FnMut(&'static str, &Value)) {
     let items = |v: &Value| v.as_array().cloned().unwrap_or_default();
     for s in items(&spec["imagePullSecrets"]) {
@@ -199,6 +201,10 @@ fn pod_references(spec: &Value, add: &mut impl FnMut(&'static str, &Value)) {
     for v in items(&spec["volumes"]) {
         add("secrets", &v["secret"]["secretName"]);
         add("configmaps", &v["configMap"]["name"]);
+        add(
+            "persistentvolumeclaims",
+            &v["persistentVolumeClaim"]["claimName"],
+        );
         for source in items(&v["projected"]["sources"]) {
             add("secrets", &source["secret"]["name"]);
             add("configmaps", &source["configMap"]["name"]);
@@ -542,7 +548,8 @@ mod tests {
         // A pod on h1 references the same secret; the bucket moving away keeps the pod's.
         let pod = json!({"spec": {"nodeName": "h1",
             "imagePullSecrets": [{"name": "assets-credentials"}],
-            "volumes": [{"name": "c", "configMap": {"name": "site"}}],
+            "volumes": [{"name": "c", "configMap": {"name": "site"}},
+                        {"name": "d", "persistentVolumeClaim": {"claimName": "data"}}],
             "containers": [{"name": "a", "envFrom": [{"secretRef": {"name": "env"}}],
                             "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "x", "key": "k"}}}]}]}});
         g.set(("pods", "shop".into(), "web".into()), binding("pods", &pod));
@@ -555,9 +562,15 @@ mod tests {
         );
         assert!(g.references("h1", "secrets", "shop", "assets-credentials"));
         assert!(g.references("h2", "secrets", "shop", "assets-credentials"));
-        for (r, n) in [("configmaps", "site"), ("secrets", "env"), ("secrets", "x")] {
+        for (r, n) in [
+            ("configmaps", "site"),
+            ("secrets", "env"),
+            ("secrets", "x"),
+            ("persistentvolumeclaims", "data"),
+        ] {
             assert!(g.references("h1", r, "shop", n), "{r}/{n}");
         }
+        assert!(!g.references("h2", "persistentvolumeclaims", "shop", "data"));
         g.set(("pods", "shop".into(), "web".into()), None);
         assert!(!g.references("h1", "secrets", "shop", "assets-credentials"));
         assert!(!g.refs.contains_key("h1"));

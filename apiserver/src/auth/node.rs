@@ -10,8 +10,9 @@
 //! - write the status of the VMs, LoadBalancers, Buckets and Pods bound to it — but not the
 //!   fields the cluster's controllers own there (the binding itself, addresses, the VIP) —
 //!   and add or remove its own finalizer on them;
-//! - read a Secret or ConfigMap only while a workload bound to it references it (by `get`,
-//!   or a list or watch of that one name);
+//! - read a Secret, ConfigMap or PersistentVolumeClaim only while a workload bound to it
+//!   references it (by `get`, or a list or watch of that one name), and read
+//!   PersistentVolumes and StorageClasses;
 //! - record Events.
 //!
 //! Anything else is left to RBAC, which grants nodes nothing by default.
@@ -26,8 +27,12 @@ use super::cache::Graph;
 use super::rbac::{Attributes, Decision};
 
 /// The kinds every node may read, by (group, resource).
-const READABLE: [(&str, &str); 13] = [
+const READABLE: [(&str, &str); 15] = [
     ("", "nodes"),
+    // Volumes are the cluster's, made by its provisioner; they hold no secret, and a node
+    // finds its pods' directories through them.
+    ("", "persistentvolumes"),
+    ("storage.k8s.io", "storageclasses"),
     ("discovery.k8s.io", "endpointslices"),
     ("", "namespaces"),
     ("", "pods"),
@@ -96,7 +101,7 @@ pub fn authorize(graph: &Graph, node: &str, a: &Attributes) -> Decision {
                 ))
             }
         }
-        ((_, "secrets" | "configmaps"), "") if matches!(verb, "get" | "list" | "watch") => {
+        ((_, "secrets" | "configmaps" | "persistentvolumeclaims"), "") if read => {
             if !r.name.is_empty() && graph.references(node, &r.resource, &r.namespace, &r.name) {
                 allow("referenced by a workload bound to it")
             } else {

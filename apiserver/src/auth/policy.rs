@@ -26,8 +26,10 @@ const BOOTSTRAPPING: &str = "kubernetes.io/bootstrapping";
 
 /// The cluster controllers with roles of their own (`system:controller:NAME`, granted to
 /// the user `system:keel-controller:NAME`).
-pub const CONTROLLERS: [&str; 18] = [
+pub const CONTROLLERS: [&str; 20] = [
     "scheduler",
+    "statefulsets",
+    "volumes",
     "services",
     "cluster-dns",
     "jobs",
@@ -130,7 +132,11 @@ fn tenant_roles() -> Vec<Value> {
     view.push(rule(
         &READ,
         &[APPS_GROUP],
-        &["deployments/scale", "replicasets/scale"],
+        &[
+            "deployments/scale",
+            "replicasets/scale",
+            "statefulsets/scale",
+        ],
     ));
     view.push(rule(
         &READ,
@@ -153,7 +159,11 @@ fn tenant_roles() -> Vec<Value> {
     edit.push(rule(
         &["update", "patch"],
         &[APPS_GROUP],
-        &["deployments/scale", "replicasets/scale"],
+        &[
+            "deployments/scale",
+            "replicasets/scale",
+            "statefulsets/scale",
+        ],
     ));
     edit.push(rule(&["create"], &[""], &["serviceaccounts/token"]));
     edit.push(rule(
@@ -273,6 +283,14 @@ fn controller_rules(name: &str) -> Vec<Value> {
         "scheduler" => vec![
             rule(&READ, &k, &["virtualmachines"]),
             rule(&READ, &[""], &["nodes", "pods"]),
+            rule(
+                &READ,
+                &[""],
+                &["persistentvolumeclaims", "persistentvolumes"],
+            ),
+            rule(&READ, &["storage.k8s.io"], &["storageclasses"]),
+            // The node a claim's first pod goes to, where its volume is made.
+            rule(&["patch"], &[""], &["persistentvolumeclaims"]),
             rule(&["update", "patch"], &k, &["virtualmachines/status"]),
             // A pod's binding is its spec.nodeName, set once.
             rule(&["patch"], &[""], &["pods"]),
@@ -313,6 +331,40 @@ fn controller_rules(name: &str) -> Vec<Value> {
             rule(&["update", "patch"], &[APPS_GROUP], &["daemonsets/status"]),
             rule(&READ, &[""], &["pods", "nodes"]),
             rule(&["create", "delete", "patch"], &[""], &["pods"]),
+            events(),
+        ],
+        "statefulsets" => vec![
+            rule(&READ, &[APPS_GROUP], &["statefulsets"]),
+            rule(
+                &["update", "patch"],
+                &[APPS_GROUP],
+                &["statefulsets/status"],
+            ),
+            rule(&READ, &[""], &["pods", "persistentvolumeclaims"]),
+            rule(&["create", "delete", "patch"], &[""], &["pods"]),
+            rule(&["create", "delete"], &[""], &["persistentvolumeclaims"]),
+            events(),
+        ],
+        "volumes" => vec![
+            rule(
+                &READ,
+                &[""],
+                &[
+                    "persistentvolumeclaims",
+                    "persistentvolumes",
+                    "nodes",
+                    "pods",
+                ],
+            ),
+            rule(&READ, &["storage.k8s.io"], &["storageclasses"]),
+            // The default class, and the binding (`spec.volumeName`).
+            rule(&["update", "patch"], &[""], &["persistentvolumeclaims"]),
+            rule(
+                &["update", "patch"],
+                &[""],
+                &["persistentvolumeclaims/status", "persistentvolumes/status"],
+            ),
+            rule(&["create", "delete"], &[""], &["persistentvolumes"]),
             events(),
         ],
         "jobs" => vec![

@@ -152,8 +152,10 @@ fn merge_list(kind: &str, list: &mut Value, items: &[Value], key: &str, path: &s
 /// The merge key of a list field, as Kubernetes' types declare them (`patchMergeKey`).
 fn merge_key(kind: &str, path: &str) -> Option<&'static str> {
     // A workload's pod template merges as a pod does.
-    if matches!(kind, "Deployment" | "ReplicaSet" | "DaemonSet" | "Job")
-        && let Some(pod_path) = path.strip_prefix("spec.template.")
+    if matches!(
+        kind,
+        "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet" | "Job"
+    ) && let Some(pod_path) = path.strip_prefix("spec.template.")
     {
         return merge_key("Pod", pod_path).filter(|_| pod_path.starts_with("spec."));
     }

@@ -1,4 +1,4 @@
-//! The `scale` subresource of the workload kinds (Deployment, ReplicaSet): an
+//! The `scale` subresource of the workload kinds (Deployment, ReplicaSet, StatefulSet): an
 //! `autoscaling/v1` Scale whose `spec.replicas` is the workload's, as `kubectl scale` and
 //! autoscalers read and write it.
 
@@ -11,7 +11,7 @@ use super::request::Target;
 use super::status::{ApiError, ApiResult};
 
 /// The kinds with a scale subresource.
-const SCALABLE: [&str; 2] = ["deployments", "replicasets"];
+const SCALABLE: [&str; 3] = ["deployments", "replicasets", "statefulsets"];
 
 /// `GET`, `PUT` or `PATCH .../{plural}/{name}/scale`.
 pub(crate) async fn handle(

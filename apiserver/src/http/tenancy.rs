@@ -66,7 +66,7 @@ impl Api {
                 self.check_pod(kind, ns, object, &object["spec"], "spec")
                     .await
             }
-            "Deployment" | "ReplicaSet" | "DaemonSet" | "Job" => {
+            "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet" | "Job" => {
                 let spec = &object["spec"]["template"]["spec"];
                 self.check_pod(kind, ns, object, spec, "spec.template.spec")
                     .await

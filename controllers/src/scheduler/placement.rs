@@ -3,7 +3,7 @@
 //! objects. VMs and pods share the nodes' cpu and memory.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use keel_runtime::ObjectExt;
 use keel_schemas::kinds::Quantity;
@@ -85,6 +85,18 @@ pub fn place_workload(
     nodes: &[&NodeObject],
     placed: &[Workload<'_>],
 ) -> Result<String, Unschedulable> {
+    place_within(workload, None, nodes, placed)
+}
+
+/// As [`place_workload`], on the nodes of `volume_nodes` only when it is given: those that
+/// have the local volumes of the pod's claims (a node outside fails with Kubernetes' words,
+/// "node(s) had volume node affinity conflict", once it passed every other filter).
+pub fn place_within(
+    workload: Workload<'_>,
+    volume_nodes: Option<&BTreeSet<String>>,
+    nodes: &[&NodeObject],
+    placed: &[Workload<'_>],
+) -> Result<String, Unschedulable> {
     let vm = match workload {
         Workload::Vm(vm) => Incoming::of(vm)?,
         Workload::Pod(pod) => Incoming::of_pod(pod)?,
@@ -103,7 +115,11 @@ pub fn place_workload(
     let mut best = None;
     for node in &nodes {
         let used = usage.get(node.name).unwrap_or(&idle);
-        match filter(&vm, node, used, &domains) {
+        let volumes = |()| match volume_nodes {
+            Some(allowed) if !allowed.contains(node.name) => Err(Reason::VolumeNodeAffinity),
+            _ => Ok(()),
+        };
+        match filter(&vm, node, used, &domains).and_then(volumes) {
             Err(reason) => *reasons.entry(reason.message(vm.pod)).or_default() += 1,
             Ok(()) => {
                 let key = score(&vm, node, used);
@@ -145,6 +161,8 @@ enum Reason {
     VmAntiAffinity,
     /// The node is in a domain whose VMs' vmAntiAffinity refuses the VM.
     ExistingAntiAffinity,
+    /// The node does not have the local volume of one of the pod's claims.
+    VolumeNodeAffinity,
 }
 
 /// The VM or pod being placed, as the filters and scores need it.
@@ -279,6 +297,7 @@ impl Reason {
             Self::ExistingAntiAffinity => {
                 "node(s) didn't satisfy existing VMs' anti-affinity rules"
             }
+            Self::VolumeNodeAffinity => "node(s) had volume node affinity conflict",
         }
     }
 }

@@ -241,6 +241,92 @@ pub struct ReplicaSetStatus {
     pub conditions: Vec<WorkloadCondition>,
 }
 
+/// A stateful set (`statefulset.schema.json`).
+pub type StatefulSet = Object<StatefulSetSpec, StatefulSetStatus>;
+
+kind_spec!(StatefulSetSpec => "StatefulSet");
+
+/// The label on a stateful set's pod that names it (a Service can select one pod by it).
+pub const STATEFUL_POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
+/// The label on a stateful set's pod that holds its ordinal.
+pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
+/// The label on a stateful set's (and a daemon set's) pod that names its template's revision.
+pub const REVISION_LABEL: &str = "controller-revision-hash";
+
+/// Desired state of a stateful set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatefulSetSpec {
+    /// Pods wanted (1 when left out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// The pods it counts.
+    pub selector: LabelSelector,
+    /// The headless Service its pods are the subdomain of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// The pods it makes.
+    #[serde(default)]
+    pub template: PodTemplateSpec,
+    /// The claims each pod gets (`metadata` and a PersistentVolumeClaim `spec`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_claim_templates: Vec<serde_json::Value>,
+    /// `OrderedReady` or `Parallel`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_management_policy: Option<String>,
+    /// `type` (`RollingUpdate` or `OnDelete`) and `rollingUpdate.partition`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_strategy: Option<serde_json::Value>,
+    /// `whenDeleted` and `whenScaled`: `Retain` or `Delete`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim_retention_policy: Option<serde_json::Value>,
+    /// `start`: the first ordinal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ordinals: Option<serde_json::Value>,
+    /// Seconds a pod must be ready to count as available.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_ready_seconds: Option<i32>,
+    /// Kept for Kubernetes' clients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision_history_limit: Option<i32>,
+}
+
+/// Observed state of a stateful set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatefulSetStatus {
+    /// The generation the status is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Its pods.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Its ready pods.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Its pods of `current_revision`.
+    #[serde(default)]
+    pub current_replicas: i32,
+    /// Its pods of `update_revision`.
+    #[serde(default)]
+    pub updated_replicas: i32,
+    /// Its available pods.
+    #[serde(default)]
+    pub available_replicas: i32,
+    /// The revision of the pods before the update.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_revision: Option<String>,
+    /// The template's revision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_revision: Option<String>,
+    /// Kept for Kubernetes' clients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collision_count: Option<i32>,
+    /// Conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<WorkloadCondition>,
+}
+
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 

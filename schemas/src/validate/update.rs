@@ -13,6 +13,10 @@
 //! | Pod | `spec.nodeName` once set |
 //! | Service | `spec.clusterIP` once set |
 //! | Secret | `type`; with `immutable: true`, the data and `immutable` itself |
+//! | StatefulSet | `selector`, `serviceName`, `volumeClaimTemplates`, `podManagementPolicy` |
+//! | PersistentVolumeClaim | all of `spec` but `volumeName` and `storageClassName`, which are set once |
+//! | PersistentVolume | `csi`, `nodeAffinity`, `volumeMode` |
+//! | StorageClass | `provisioner`, `parameters`, `reclaimPolicy`, `volumeBindingMode` |
 //! | ConfigMap | with `immutable: true`, the data and `immutable` itself |
 //! | RoleBinding, ClusterRoleBinding | `roleRef` |
 //! | UserToken | all of `spec` except `description` |
@@ -46,6 +50,14 @@ pub(super) fn check(kind: &Kind, old: &Value, new: &Value, errors: &mut Vec<Fiel
         (KEEL_GROUP, "Revision") => &["target", "revision", "spec", "rollbackOf"],
         ("apps", "Deployment" | "ReplicaSet" | "DaemonSet") => &["selector"],
         ("batch", "Job") => &["selector", "completions"],
+        ("apps", "StatefulSet") => &[
+            "selector",
+            "serviceName",
+            "volumeClaimTemplates",
+            "podManagementPolicy",
+        ],
+        ("", "PersistentVolumeClaim") => &["accessModes", "resources", "volumeMode", "selector"],
+        ("", "PersistentVolume") => &["csi", "nodeAffinity", "volumeMode"],
         (KEEL_GROUP, "UserToken") => {
             &["user", "uid", "groups", "expirationTimestamp", "secretHash"]
         }
@@ -63,6 +75,7 @@ pub(super) fn check(kind: &Kind, old: &Value, new: &Value, errors: &mut Vec<Fiel
         (KEEL_GROUP, "Revision") => &["snapshot"],
         ("", "Pod") => &["nodeName"],
         ("", "Service") => &["clusterIP"],
+        ("", "PersistentVolumeClaim") => &["volumeName", "storageClassName"],
         _ => &[],
     };
     for field in once {
@@ -81,6 +94,18 @@ pub(super) fn check(kind: &Kind, old: &Value, new: &Value, errors: &mut Vec<Fiel
             frozen_data(old, new, &["data", "stringData"], errors);
         }
         ("", "ConfigMap") => frozen_data(old, new, &["data", "binaryData"], errors),
+        (crate::registry::STORAGE_GROUP, "StorageClass") => {
+            for field in [
+                "provisioner",
+                "parameters",
+                "reclaimPolicy",
+                "volumeBindingMode",
+            ] {
+                if old.get(field) != new.get(field) {
+                    errors.push(immutable(field, new.get(field), old.get(field)));
+                }
+            }
+        }
         (RBAC_GROUP, "RoleBinding" | "ClusterRoleBinding")
             if old.get("roleRef") != new.get("roleRef") =>
         {
