@@ -54,6 +54,9 @@ pub struct ApiConfig {
     pub anonymous: bool,
     /// What tenants' objects may name on the cluster's hosts and networks.
     pub tenancy: TenancyPolicy,
+    /// More names the serving certificate covers: the `kubernetes` Service's address and
+    /// names, by which pods reach the API.
+    pub extra_names: Vec<String>,
 }
 
 /// What tenants' objects may name beyond their namespace, cluster-wide. Per namespace, admins
@@ -152,6 +155,7 @@ impl ApiConfig {
             }),
             anonymous: true,
             tenancy: TenancyPolicy::default(),
+            extra_names: Vec::new(),
             raft,
         }
     }
@@ -187,7 +191,11 @@ impl ApiServer {
         };
         private_dir(data_dir.root()).map_err(io(data_dir.root()))?;
         let raft_join = join(&config, &data_dir).await?;
-        let certificates = Certificates::load_or_create(&data_dir, &names(&host, bound.ip()))?;
+        let mut cert_names = names(&host, bound.ip());
+        cert_names.extend(config.extra_names.iter().cloned());
+        cert_names.sort();
+        cert_names.dedup();
+        let certificates = Certificates::load_or_create(&data_dir, &cert_names)?;
         let tokens = Tokens::load_or_create(&data_dir, &certificates.ca_hash()?)
             .map_err(io(data_dir.root()))?;
         let sa_key = data_dir.service_account_key();

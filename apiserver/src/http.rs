@@ -786,7 +786,7 @@ async fn virtual_create(api: &Api, call: &Call, route: Virtual, body: Body) -> A
         Virtual::Token { namespace, name } => {
             let body =
                 review_body(body, &content_type, "authentication.k8s.io", "TokenRequest").await?;
-            credentials::token_request(api, &namespace, &name, body).await?
+            credentials::token_request(api, &requester.user, &namespace, &name, body).await?
         }
     };
     Ok((StatusCode::CREATED, axum::Json(answer)).into_response())

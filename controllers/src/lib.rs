@@ -9,6 +9,7 @@
 //! - [`replicasets`]: keeps each ReplicaSet's number of pods.
 //! - [`deployments`]: rolls Deployments through ReplicaSets, and back when a rollout fails.
 //! - [`services`]: Services' ClusterIPs and NodePorts, and their EndpointSlices.
+//! - [`kubernetes_service`]: the `kubernetes` Service, and its slice of API servers.
 //! - [`node_lifecycle`]: notices dead nodes and moves their VMs.
 //! - [`gc`]: deletes dependents whose owners are gone.
 //! - [`buckets`]: binds Buckets to storage nodes and keeps their credentials.
@@ -30,6 +31,7 @@ pub mod daemonsets;
 pub mod deployments;
 pub mod gc;
 pub mod jobs;
+pub mod kubernetes_service;
 pub mod loadbalancers;
 pub mod manager;
 pub mod network;

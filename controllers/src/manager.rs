@@ -52,6 +52,9 @@ pub struct ManagerConfig {
     pub service_range: Option<crate::services::ServiceRange>,
     /// The cluster's DNS (none: no cluster DNS controller).
     pub cluster_dns: Option<keel_schemas::net::ClusterDns>,
+    /// The cluster CA (PEM) pods verify the API with, published in every namespace's
+    /// `kube-root-ca.crt` ConfigMap (none: not published).
+    pub ca_pem: Option<String>,
 }
 
 // === impl ManagerConfig ===
@@ -72,6 +75,7 @@ impl ManagerConfig {
             pod_ranges: Some(crate::node_ipam::PodRanges::default()),
             service_range: Some(crate::services::ServiceRange::default()),
             cluster_dns: Some(keel_schemas::net::ClusterDns::default()),
+            ca_pem: None,
         }
     }
 }
@@ -119,6 +123,13 @@ pub async fn run_manager(
         }
         if let Some(mut range) = config.service_range {
             range.reserved = config.cluster_dns.as_ref().map(|d| d.address);
+            if let Some(address) = range.nth(1) {
+                controllers.spawn(crate::kubernetes_service::run(
+                    clients("kubernetes-service"),
+                    address,
+                    stop.clone(),
+                ));
+            }
             controllers.spawn(crate::services::run(
                 clients("services"),
                 config.identity.clone(),
@@ -209,6 +220,7 @@ pub async fn run_manager(
         ));
         controllers.spawn(crate::serviceaccounts::run(
             clients("serviceaccounts"),
+            config.ca_pem.clone(),
             stop.clone(),
         ));
         controllers.spawn(crate::resourcequotas::run(

@@ -1,13 +1,15 @@
 //! The service account controller: every namespace has a ServiceAccount called `default`
 //! (Kubernetes' serviceaccounts-controller), made again if it is deleted — deleting it
-//! revokes its tokens; the new one has another uid.
+//! revokes its tokens; the new one has another uid — and the ConfigMap `kube-root-ca.crt`,
+//! whose `ca.crt` is the cluster CA pods verify the API with (Kubernetes' root-ca-cert
+//! publisher), made again or put right if it is deleted or changed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use keel_client::{Api, Client, ClientError};
 use keel_schemas::kinds::ObjectMeta;
-use keel_schemas::kinds::core::{Namespace, ServiceAccount};
+use keel_schemas::kinds::core::{ConfigMap, Namespace, ServiceAccount};
 use tokio::sync::watch;
 
 use keel_runtime::{Action, Controller, ObjectExt, Store, watcher};
@@ -15,16 +17,21 @@ use keel_runtime::{Action, Controller, ObjectExt, Store, watcher};
 /// The account every namespace has.
 pub const DEFAULT_ACCOUNT: &str = "default";
 
+/// The ConfigMap of the cluster CA every namespace has.
+pub const ROOT_CA: &str = "kube-root-ca.crt";
+
 /// What the reconciles share.
 struct Context {
     client: Client,
     accounts: Store<ServiceAccount>,
+    maps: Store<ConfigMap>,
+    ca_pem: Option<String>,
 }
 
-/// Runs the controller until `shutdown` turns true.
-pub async fn run(client: Client, shutdown: watch::Receiver<bool>) {
-    let [Some(namespace), Some(account)] =
-        ["namespaces", "serviceaccounts"].map(keel_schemas::lookup)
+/// Runs the controller until `shutdown` turns true; `ca_pem` is the cluster CA to publish.
+pub async fn run(client: Client, ca_pem: Option<String>, shutdown: watch::Receiver<bool>) {
+    let [Some(namespace), Some(account), Some(config_map)] =
+        ["namespaces", "serviceaccounts", "configmaps"].map(keel_schemas::lookup)
     else {
         return;
     };
@@ -42,10 +49,21 @@ pub async fn run(client: Client, shutdown: watch::Receiver<bool>) {
                 .map(|ns| vec![keel_runtime::ObjectRef::new(None, ns)])
                 .unwrap_or_default()
         },
+    )
+    .watches(
+        Api::<ConfigMap>::all(&client, config_map),
+        watcher::Config::default().fields(&format!("metadata.name={ROOT_CA}")),
+        |cm| {
+            cm.namespace()
+                .map(|ns| vec![keel_runtime::ObjectRef::new(None, ns)])
+                .unwrap_or_default()
+        },
     );
     let ctx = Arc::new(Context {
         client: client.clone(),
         accounts: controller.store_of("ServiceAccount").unwrap_or_default(),
+        maps: controller.store_of("ConfigMap").unwrap_or_default(),
+        ca_pem,
     });
     controller.run(reconcile, ctx, shutdown).await;
 }
@@ -54,6 +72,9 @@ async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<Actio
     let name = namespace.name();
     if namespace.is_deleting() {
         return Ok(Action::await_change());
+    }
+    if let Some(pem) = &ctx.ca_pem {
+        publish_ca(&ctx, name, pem).await?;
     }
     let have = ctx
         .accounts
@@ -90,4 +111,48 @@ async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<Actio
         Err(e) => return Err(e),
     }
     Ok(Action::await_change())
+}
+
+/// Makes namespace `ns`'s `kube-root-ca.crt` hold `pem` as `ca.crt`.
+async fn publish_ca(ctx: &Context, ns: &str, pem: &str) -> Result<(), ClientError> {
+    let Some(kind) = keel_schemas::lookup("configmaps") else {
+        return Ok(());
+    };
+    let api = Api::<ConfigMap>::namespaced(&ctx.client, kind, ns);
+    let data = [("ca.crt".to_string(), pem.to_string())].into();
+    let written = match ctx
+        .maps
+        .get(&keel_runtime::ObjectRef::new(Some(ns), ROOT_CA))
+    {
+        Some(have) if have.data == data => return Ok(()),
+        Some(have) => {
+            let mut fixed = (*have).clone();
+            fixed.data = data;
+            fixed.binary_data.clear();
+            api.update(&fixed).await.map(drop)
+        }
+        None => {
+            let map = ConfigMap {
+                api_version: kind.api_version(),
+                kind: kind.kind.to_string(),
+                metadata: ObjectMeta {
+                    name: Some(ROOT_CA.to_string()),
+                    namespace: Some(ns.to_string()),
+                    ..ObjectMeta::default()
+                },
+                data,
+                ..ConfigMap::default()
+            };
+            api.create(&map).await.map(drop)
+        }
+    };
+    match written {
+        Ok(()) => Ok(()),
+        // Made or changed meanwhile, or the namespace is going: the watch brings it back.
+        Err(ClientError::Api {
+            code: 409 | 403 | 404,
+            ..
+        }) => Ok(()),
+        Err(e) => Err(e),
+    }
 }

@@ -2650,3 +2650,136 @@ async fn stateful_sets_make_pods_in_order_with_stable_names_and_their_own_volume
     assert!(kept.join("boots").exists(), "web-0's volume stays");
     drop(host.cluster);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_reach_the_api_as_their_service_account_with_a_token_bound_to_them() {
+    let root = tempfile::tempdir().expect("a temp dir");
+    let host = pod_host(root.path(), "k").await;
+    let admin = &host.admin;
+    let image = host.registry.image("busybox:test");
+    // The API's Service, at the first address of the Service range, leads to the server.
+    let endpoint = eventually("the kubernetes Service's endpoint", WAIT, || async {
+        let out = kubectl(
+            admin,
+            &[
+                "get",
+                "endpointslices",
+                "-l",
+                "kubernetes.io/service-name=kubernetes",
+                "-o",
+                "jsonpath={.items[0].endpoints[0].addresses[0]}:{.items[0].ports[0].port}",
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (text == format!("{}:{}", host.cluster.bridge.address(), host.cluster.port)).then_some(text)
+    })
+    .await;
+    let ip = cluster_ip(admin, "kubernetes").await;
+    assert_eq!(ip, "10.43.0.1", "{endpoint}");
+    // A pod gets its account's token, the cluster CA and its namespace, and where the API
+    // is; the API answers it there (a TLS alert, 15 03 03, to a plain HTTP request).
+    let dir = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let script = format!(
+        "ls {dir}; cat {dir}/namespace; echo; env | grep ^KUBERNETES_SERVICE | sort; \
+         printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT | od -An -tx1 | head -1; \
+         sleep 3600"
+    );
+    ok(kubectl(
+        admin,
+        &["run", "api", "--image", &image, "--", "sh", "-c", &script],
+    ));
+    let logs = eventually("the api pod's output", WAIT, || async {
+        let out = kubectl(admin, &["logs", "api"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains(" 15 03 03").then_some(text)
+    })
+    .await;
+    for want in [
+        "ca.crt\nnamespace\ntoken\ndefault\n",
+        "KUBERNETES_SERVICE_HOST=10.43.0.1\n",
+        "KUBERNETES_SERVICE_PORT=443\n",
+    ] {
+        assert!(logs.contains(want), "{want:?} in {logs}");
+    }
+    let p = pod(admin, "api").expect("the pod");
+    assert_eq!(p["spec"]["serviceAccountName"], "default");
+    let volume = p["spec"]["volumes"][0]["name"].as_str().unwrap_or_default();
+    assert!(volume.starts_with("kube-api-access-"), "{p}");
+    // Its token and CA work from outside: the API says who it is, and that it is the pod's.
+    let read = |file: &str| {
+        ok(kubectl(
+            admin,
+            &["exec", "api", "--", "cat", &format!("{dir}/{file}")],
+        ))
+    };
+    let ca = root.path().join("pod-ca.crt");
+    std::fs::write(&ca, read("ca.crt")).expect("write the pod's CA");
+    let token = read("token");
+    let whoami = |token: &str| {
+        Command::new("kubectl")
+            .env("HOME", std::env::temp_dir())
+            .args(["--kubeconfig", "/dev/null", "--server", &host.cluster.url])
+            .arg(format!("--certificate-authority={}", ca.display()))
+            .args(["--token", token, "auth", "whoami", "-o", "json"])
+            .output()
+            .expect("kubectl")
+    };
+    let me: Value = serde_json::from_str(&ok(whoami(&token))).expect("whoami");
+    let user = &me["status"]["userInfo"];
+    assert_eq!(user["username"], "system:serviceaccount:default:default");
+    assert_eq!(
+        user["extra"]["authentication.kubernetes.io/pod-name"][0],
+        "api"
+    );
+    // A pod that turns the token off gets none; one naming an account that does not exist
+    // is refused.
+    let off = r#"{"spec": {"automountServiceAccountToken": false}}"#;
+    ok(kubectl(
+        admin,
+        &[
+            "run",
+            "quiet",
+            "--image",
+            &image,
+            "--overrides",
+            off,
+            "--",
+            "sleep",
+            "3600",
+        ],
+    ));
+    let quiet = pod(admin, "quiet").expect("the quiet pod");
+    assert!(
+        quiet["spec"]["volumes"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "{quiet}"
+    );
+    let named = r#"{"spec": {"serviceAccountName": "ghost"}}"#;
+    let refused = kubectl(
+        admin,
+        &[
+            "run",
+            "ghost",
+            "--image",
+            &image,
+            "--overrides",
+            named,
+            "--",
+            "true",
+        ],
+    );
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains(r#"serviceaccount "ghost" not found"#),
+        "{said}"
+    );
+    // The pod gone, its token stops working.
+    ok(kubectl(
+        admin,
+        &["delete", "pod", "api", "--grace-period=1"],
+    ));
+    let out = whoami(&token);
+    assert!(!out.status.success(), "a deleted pod's token still works");
+    drop(host.cluster);
+}

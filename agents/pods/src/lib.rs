@@ -34,6 +34,7 @@ mod volumes;
 
 pub use keel_schemas::net::ClusterDns;
 mod sync;
+mod tokens;
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -126,6 +127,10 @@ pub(crate) struct Context {
     pub(crate) queue: WorkQueue<ObjectRef>,
     /// The local persistent volumes (handles) each pod (uid) of the node mounts.
     pub(crate) claimed: Mutex<HashMap<String, std::collections::HashSet<String>>>,
+    /// The `kubernetes` Service's address and port, once read.
+    pub(crate) api_service: Mutex<Option<(String, u64)>>,
+    /// The service-account tokens written in the pods' volumes, to renew.
+    pub(crate) tokens: tokens::Tokens,
 }
 
 /// Runs the pod role until `shutdown` turns true. Pods keep running after it returns.
@@ -167,6 +172,8 @@ pub async fn run(
         probes: probes::Probes::default(),
         queue: queue.clone(),
         claimed: Mutex::default(),
+        api_service: Mutex::default(),
+        tokens: tokens::Tokens::default(),
         host,
     });
     let network = tokio::spawn(network(ctx.clone(), cidr_tx, shutdown.clone()));
@@ -181,6 +188,11 @@ pub async fn run(
         shutdown.clone(),
     ));
     let relister = tokio::spawn(relist(ctx.clone(), store, queue, shutdown.clone()));
+    let renewer = tokio::spawn(tokens::renew(
+        ctx.clone(),
+        Duration::from_secs(10),
+        shutdown.clone(),
+    ));
     let sweeper = tokio::spawn(volumes::sweep(
         ctx.clone(),
         Duration::from_secs(10),
@@ -189,6 +201,7 @@ pub async fn run(
     controller.run(reconcile, ctx, shutdown).await;
     let _ = relister.await;
     let _ = sweeper.await;
+    let _ = renewer.await;
     let _ = network.await;
     let _ = proxy.await;
     let _ = router.await;
@@ -241,8 +254,10 @@ pub(crate) fn grace(pod: &Pod) -> Duration {
     Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
 }
 
-/// Drops what is remembered of a pod's back-offs, and stops its probes.
+/// Drops what is remembered of a pod's back-offs, and stops its probes and the renewal of
+/// its tokens.
 fn forget(ctx: &Context, uid: &str) {
+    ctx.tokens.forget(uid);
     ctx.probes.retain(uid, &|_| false);
     let mut restarts = ctx.restarts.lock().unwrap_or_else(|e| e.into_inner());
     restarts.retain(|(pod, _), _| pod != uid);

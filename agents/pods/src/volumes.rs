@@ -22,8 +22,9 @@
 //! and key is a tenant's text: an absolute path, a `..` component, or a key that is not a
 //! file name is refused rather than followed. `subPath` is taken only inside volumes this
 //! node writes (a container writes an `emptyDir`, and a link it left there must not lead a
-//! mount outside it). Volume kinds this node cannot give (`hostPath`,
-//! service account token projections, ...) are refused the same way.
+//! mount outside it). Volume kinds this node cannot give (`hostPath`, ...)
+//! are refused the same way. A projected `serviceAccountToken` is a token of the pod's
+//! account bound to the pod ([`crate::tokens`]), kept fresh while the pod runs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
@@ -298,6 +299,59 @@ fn singular(resource: &str) -> &'static str {
     }
 }
 
+/// The variables that tell a container where the API is (`KUBERNETES_SERVICE_HOST`,
+/// `KUBERNETES_SERVICE_PORT`, ...), from the `kubernetes` Service of `default`; none while it
+/// does not exist. Its address, once read, is kept.
+async fn kubernetes_env(ctx: &Context) -> Vec<(String, String)> {
+    let known = ctx
+        .api_service
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let at = match known {
+        Some(at) => Some(at),
+        None => {
+            let read = match keel_schemas::lookup("services") {
+                Some(kind) => Api::<Value>::namespaced(&ctx.host.node.client, kind, "default")
+                    .get_opt("kubernetes")
+                    .await
+                    .ok()
+                    .flatten(),
+                None => None,
+            };
+            let at = read.and_then(|s| {
+                let ip = s["spec"]["clusterIP"].as_str()?.to_string();
+                let port = s["spec"]["ports"][0]["port"].as_u64()?;
+                Some((ip, port))
+            });
+            if let Some(at) = &at {
+                *ctx.api_service.lock().unwrap_or_else(|e| e.into_inner()) = Some(at.clone());
+            }
+            at
+        }
+    };
+    let Some((ip, port)) = at else {
+        return Vec::new();
+    };
+    let url = format!("tcp://{ip}:{port}");
+    [
+        ("KUBERNETES_SERVICE_HOST", ip.clone()),
+        ("KUBERNETES_SERVICE_PORT", port.to_string()),
+        ("KUBERNETES_SERVICE_PORT_HTTPS", port.to_string()),
+        ("KUBERNETES_PORT", url.clone()),
+        (&format!("KUBERNETES_PORT_{port}_TCP"), url),
+        (&format!("KUBERNETES_PORT_{port}_TCP_PROTO"), "tcp".into()),
+        (
+            &format!("KUBERNETES_PORT_{port}_TCP_PORT"),
+            port.to_string(),
+        ),
+        (&format!("KUBERNETES_PORT_{port}_TCP_ADDR"), ip),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 /// Makes `c`'s volumes and environment ready, or says why it cannot be (the container
 /// then waits with `CreateContainerConfigError`).
 pub(crate) async fn prepare(
@@ -312,8 +366,9 @@ pub(crate) async fn prepare(
         read: HashMap::new(),
     };
     let mut prepared = Prepared::default();
-    // envFrom first; env after it, a name of env replacing the same from envFrom.
-    let mut envs: Vec<(String, String)> = Vec::new();
+    // The API's Service first (as the kubelet gives it to every container), then envFrom;
+    // env after it, a name of env replacing the same from those.
+    let mut envs: Vec<(String, String)> = kubernetes_env(ctx).await;
     let set = |envs: &mut Vec<(String, String)>, k: String, v: String| {
         envs.retain(|(name, _)| *name != k);
         envs.push((k, v));
@@ -570,6 +625,7 @@ async fn make(
         return Ok(false);
     }
     let mut files: Vec<(PathBuf, Vec<u8>, u32)> = Vec::new();
+    let mut tokens: Vec<(PathBuf, crate::tokens::Request, u64)> = Vec::new();
     let default_mode = |v: &Value| {
         v["defaultMode"]
             .as_u64()
@@ -587,7 +643,13 @@ async fn make(
     } else if let Some(source) = volume.get("projected") {
         let mode = default_mode(source);
         for s in source["sources"].as_array().into_iter().flatten() {
-            if let Some(cm) = s.get("configMap") {
+            if let Some(t) = s.get("serviceAccountToken") {
+                let request = crate::tokens::Request::of(pod, t)?;
+                let file = relative(t["path"].as_str().unwrap_or_default())?;
+                let (token, expires) = crate::tokens::request(objects.ctx, &request).await?;
+                files.push((file.clone(), token.into_bytes(), mode));
+                tokens.push((file, request, expires));
+            } else if let Some(cm) = s.get("configMap") {
                 object_files(objects, "configmaps", "name", cm, mode, &mut files).await?;
             } else if let Some(secret) = s.get("secret") {
                 object_files(objects, "secrets", "name", secret, mode, &mut files).await?;
@@ -613,6 +675,16 @@ async fn make(
         ));
     }
     write_files(path, &files).map_err(|e| format!("cannot write its files: {e}"))?;
+    for (file, request, expires) in tokens {
+        let mode = files
+            .iter()
+            .find(|(p, _, _)| *p == file)
+            .map_or(0o644, |(_, _, m)| *m);
+        objects
+            .ctx
+            .tokens
+            .remember(pod.uid(), path.join(file), mode, request, expires);
+    }
     Ok(true)
 }
 

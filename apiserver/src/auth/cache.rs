@@ -103,13 +103,17 @@ impl Graph {
         self.bound.get(&key).map(|b| b.node.as_str())
     }
 
-    /// Whether a workload bound to `node` references Secret, ConfigMap or
-    /// PersistentVolumeClaim `name`.
+    /// Whether a workload bound to `node` references Secret, ConfigMap,
+    /// PersistentVolumeClaim or ServiceAccount `name`.
     pub fn references(&self, node: &str, resource: &str, namespace: &str, name: &str) -> bool {
-        let Some(resource) = ["secrets", "configmaps", "persistentvolumeclaims"]
-            .into_iter()
-            .find(|r| *r == resource)
-        else {
+        let Some(resource) = [
+            "secrets",
+            "configmaps",
+            "persistentvolumeclaims",
+            "serviceaccounts",
+        ]
+        .into_iter()
+        .find(|r| *r == resource) else {
             return false;
         };
         self.refs
@@ -191,10 +195,15 @@ fn binding(resource: &str, object: &Value) -> Option<Bound> {
     Some(Bound { node, refs })
 }
 
-/// The Secrets, ConfigMaps and PersistentVolumeClaims a pod spec uses: image pull secrets,
-/// volumes, env and envFrom.
+/// The ServiceAccount, Secrets, ConfigMaps and PersistentVolumeClaims a pod spec uses: its
+/// account, image pull secrets, volumes, env and envFrom.
 fn pod_references(spec: &Value, add: &mut impl FnMut(&'static str, &Value)) {
     let items = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    // Its account, whose tokens the node asks for (bound to the pod).
+    match &spec["serviceAccountName"] {
+        Value::String(a) if !a.is_empty() => add("serviceaccounts", &spec["serviceAccountName"]),
+        _ => add("serviceaccounts", &Value::from("default")),
+    }
     for s in items(&spec["imagePullSecrets"]) {
         add("secrets", &s["name"]);
     }

@@ -13,6 +13,7 @@
 //! - read a Secret, ConfigMap or PersistentVolumeClaim only while a workload bound to it
 //!   references it (by `get`, or a list or watch of that one name), and read
 //!   PersistentVolumes and StorageClasses;
+//! - ask for a token of a service account a pod bound to it uses, bound to such a pod;
 //! - record Events.
 //!
 //! Anything else is left to RBAC, which grants nodes nothing by default.
@@ -112,6 +113,17 @@ pub fn authorize(graph: &Graph, node: &str, a: &Attributes) -> Decision {
             }
         }
         (res, "") if read && READABLE.contains(&res) => allow("reads workloads"),
+        // Tokens of its pods' accounts (the API checks they are bound to such a pod).
+        (("", "serviceaccounts"), "token") if verb == "create" => {
+            if graph.references(node, "serviceaccounts", &r.namespace, &r.name) {
+                allow("a token of the account of a pod bound to it")
+            } else {
+                no(format!(
+                    "may only ask for tokens of its own pods' service accounts, not {}/{}",
+                    r.namespace, r.name
+                ))
+            }
+        }
         ((_, kind), sub)
             if !r.name.is_empty() && graph.node_of(kind, &r.namespace, &r.name).is_some() =>
         {

@@ -26,8 +26,9 @@ const BOOTSTRAPPING: &str = "kubernetes.io/bootstrapping";
 
 /// The cluster controllers with roles of their own (`system:controller:NAME`, granted to
 /// the user `system:keel-controller:NAME`).
-pub const CONTROLLERS: [&str; 20] = [
+pub const CONTROLLERS: [&str; 21] = [
     "scheduler",
+    "kubernetes-service",
     "statefulsets",
     "volumes",
     "services",
@@ -333,6 +334,18 @@ fn controller_rules(name: &str) -> Vec<Value> {
             rule(&["create", "delete", "patch"], &[""], &["pods"]),
             events(),
         ],
+        "kubernetes-service" => vec![
+            rule(&READ, &[""], &["namespaces", "services"]),
+            rule(&READ, &["coordination.k8s.io"], &["leases"]),
+            rule(&["create"], &[""], &["services"]),
+            rule(
+                &[
+                    "get", "list", "watch", "create", "update", "patch", "delete",
+                ],
+                &["discovery.k8s.io"],
+                &["endpointslices"],
+            ),
+        ],
         "statefulsets" => vec![
             rule(&READ, &[APPS_GROUP], &["statefulsets"]),
             rule(
@@ -493,8 +506,14 @@ fn controller_rules(name: &str) -> Vec<Value> {
             events(),
         ],
         "serviceaccounts" => vec![
-            rule(&READ, &[""], &["namespaces", "serviceaccounts"]),
+            rule(
+                &READ,
+                &[""],
+                &["namespaces", "serviceaccounts", "configmaps"],
+            ),
             rule(&["create"], &[""], &["serviceaccounts"]),
+            // Every namespace's kube-root-ca.crt.
+            rule(&["create", "update"], &[""], &["configmaps"]),
         ],
         // It counts (lists) any kind a quota may name.
         "resourcequotas" => vec![

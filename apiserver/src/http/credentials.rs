@@ -363,6 +363,7 @@ async fn check_node_password(
 /// `POST /api/v1/namespaces/NS/serviceaccounts/NAME/token`: a TokenRequest.
 pub(crate) async fn token_request(
     api: &Api,
+    requester: &UserInfo,
     namespace: &str,
     name: &str,
     body: Value,
@@ -409,6 +410,13 @@ pub(crate) async fn token_request(
         secret: None,
     };
     let bound = &spec["boundObjectRef"];
+    if let Some(node) = requester.node()
+        && !bound.is_object()
+    {
+        return Err(ApiError::forbidden(format!(
+            "node {node:?} may only ask for tokens bound to a pod bound to it"
+        )));
+    }
     if bound.is_object() {
         let kind = bound["kind"].as_str().unwrap_or_default();
         let object_name = bound["name"].as_str().unwrap_or_default();
@@ -436,6 +444,9 @@ pub(crate) async fn token_request(
             .as_str()
             .unwrap_or_default()
             .to_string();
+        if let Some(node) = requester.node() {
+            check_node_token(node, name, kind, &object)?;
+        }
         if let Some(want) = bound["uid"].as_str().filter(|u| !u.is_empty())
             && want != object_uid
         {
@@ -473,6 +484,22 @@ pub(crate) async fn token_request(
         "expirationTimestamp": keel_schemas::time::rfc3339(now + seconds),
     });
     Ok(answer)
+}
+
+/// A node asks for a token only bound to one of its pods that runs as account `account`
+/// (Kubernetes' NodeRestriction of TokenRequests).
+fn check_node_token(node: &str, account: &str, kind: &str, object: &Value) -> ApiResult<()> {
+    let spec = &object["spec"];
+    let pod_account = spec["serviceAccountName"]
+        .as_str()
+        .filter(|a| !a.is_empty())
+        .unwrap_or("default");
+    if kind == "Pod" && spec["nodeName"].as_str() == Some(node) && pod_account == account {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(format!(
+        "node {node:?} may only ask for tokens bound to a pod bound to it that runs as service account {account:?}"
+    )))
 }
 
 fn invalid_token_request(name: &str, field: &str, why: &str) -> ApiError {

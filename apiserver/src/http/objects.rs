@@ -150,6 +150,12 @@ impl Api {
         if kind.kind == "Namespace" {
             object["status"] = json!({"phase": "Active"});
         }
+        if kind.kind == "Pod"
+            && kind.group.is_empty()
+            && let Some(ns) = namespace.as_deref()
+        {
+            self.admit_service_account(ns, &name, &mut object).await?;
+        }
         // A namespace's LimitRanges fill in what the object leaves out before it is validated
         // (and charged to quotas), then bound what it sets.
         let limits = self.limits(kind, namespace.as_deref()).await?;
@@ -218,6 +224,92 @@ impl Api {
             "namespaces",
             namespace.as_deref().unwrap_or_default(),
         ))
+    }
+
+    /// Kubernetes' ServiceAccount admission of a new pod: its account (`default` when it
+    /// names none) must exist — `default`, which the cluster makes with each namespace, may
+    /// come just after — and unless the pod or the account turns
+    /// `automountServiceAccountToken` off, the pod gets the `kube-api-access-XXXXX` projected
+    /// volume (a token of its account bound to it, the cluster CA from the `kube-root-ca.crt`
+    /// ConfigMap, its namespace), mounted read-only at
+    /// `/var/run/secrets/kubernetes.io/serviceaccount` in each container that has nothing
+    /// there.
+    async fn admit_service_account(
+        &self,
+        ns: &str,
+        pod: &str,
+        object: &mut Value,
+    ) -> ApiResult<()> {
+        const MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+        let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) else {
+            return Ok(());
+        };
+        let account = ["serviceAccountName", "serviceAccount"]
+            .iter()
+            .find_map(|k| {
+                spec.get(*k)
+                    .and_then(Value::as_str)
+                    .filter(|a| !a.is_empty())
+            })
+            .unwrap_or("default")
+            .to_string();
+        spec.insert("serviceAccountName".into(), json!(account));
+        spec.insert("serviceAccount".into(), json!(account));
+        let sa_kind = lookup("serviceaccounts")
+            .ok_or_else(|| ApiError::internal("ServiceAccount is not registered"))?;
+        let stored = self.read(&self.key(sa_kind, Some(ns), &account)?).await?;
+        if stored.is_none() && account != "default" {
+            return Err(ApiError::forbidden(format!(
+                "pods {pod:?} is forbidden: error looking up service account {ns}/{account}: serviceaccount {account:?} not found"
+            )));
+        }
+        let automount = spec
+            .get("automountServiceAccountToken")
+            .and_then(Value::as_bool)
+            .or_else(|| {
+                stored
+                    .as_ref()
+                    .and_then(|s| s.object["automountServiceAccountToken"].as_bool())
+            })
+            .unwrap_or(true);
+        let volumes = spec.entry("volumes").or_insert_with(|| json!([]));
+        let has = volumes.as_array().is_some_and(|vs| {
+            vs.iter().any(|v| {
+                v["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("kube-api-access-"))
+            })
+        });
+        if !automount || has {
+            return Ok(());
+        }
+        let name = format!("kube-api-access-{}", &meta::new_uid()[..5]);
+        if let Some(list) = volumes.as_array_mut() {
+            list.push(json!({"name": name, "projected": {"defaultMode": 420, "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace",
+                    "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+            ]}}));
+        }
+        for list in ["initContainers", "containers"] {
+            for c in spec
+                .get_mut(list)
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                let Some(c) = c.as_object_mut() else { continue };
+                let mounts = c.entry("volumeMounts").or_insert_with(|| json!([]));
+                let Some(mounts) = mounts.as_array_mut() else {
+                    continue;
+                };
+                if !mounts.iter().any(|m| m["mountPath"] == MOUNT_PATH) {
+                    mounts.push(json!({"name": name, "readOnly": true, "mountPath": MOUNT_PATH}));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The rules that need other objects: a Subnet lies inside its VPC; what a tenant's

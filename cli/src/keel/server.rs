@@ -270,7 +270,8 @@ pub(super) async fn serve(args: ServerArgs) -> Result<(), Box<dyn std::error::Er
     let node_name = args.node_name.clone().unwrap_or_else(hostname);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    let manager = manager_config(&format!("{node_name}-{}", raft.node_id()), &args)?;
+    let mut manager = manager_config(&format!("{node_name}-{}", raft.node_id()), &args)?;
+    manager.ca_pem = Some(server.ca_pem().to_string());
     let identities = OwnIdentities::new(server.clone(), args.access.node_cert_lifetime)?;
     tasks.spawn(identities.clone().keep_renewed(stopped.clone()));
     let clients = identities.clone();
@@ -348,6 +349,16 @@ fn api_config(args: &ServerArgs) -> Result<ApiConfig, String> {
                 audit.max_backups = args.access.audit_log_maxbackup;
             }
         }
+    }
+    // Pods reach the API through the `kubernetes` Service: its address and names.
+    if let Some(address) = service_range(args)?.nth(1) {
+        api.extra_names = vec![
+            address.to_string(),
+            "kubernetes".into(),
+            "kubernetes.default".into(),
+            "kubernetes.default.svc".into(),
+            format!("kubernetes.default.svc.{}", cluster_dns(args)?.domain),
+        ];
     }
     if let Some(pool) = &args.lb_vip_pool {
         api.tenancy.lb_vip_pool = Some(

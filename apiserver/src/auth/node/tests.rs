@@ -278,3 +278,61 @@ fn node_writes_keep_what_controllers_own() {
     assert!(err.contains("not bound to node"), "{err}");
     assert!(restrict("h1", "virtualmachines", "", Some(&moved), &moved).is_err());
 }
+
+#[test]
+fn a_node_asks_for_tokens_and_reads_claims_of_its_own_pods_only() {
+    let mut g = graph();
+    let pod = json!({"spec": {"nodeName": "h1", "serviceAccountName": "builder",
+        "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}]}});
+    g.update("pods", "shop", "web-0", Some(&pod));
+    let other = json!({"spec": {"nodeName": "h2"}});
+    g.update("pods", "shop", "api", Some(&other));
+    let may = |a: &Attributes| matches!(authorize(&g, "h1", a), Decision::Allow(_));
+    assert!(may(&req(
+        "create",
+        "",
+        "serviceaccounts/token",
+        "shop",
+        "builder"
+    )));
+    assert!(
+        !may(&req(
+            "create",
+            "",
+            "serviceaccounts/token",
+            "shop",
+            "default"
+        )),
+        "the default account's pod is on h2"
+    );
+    assert!(!may(&req(
+        "create",
+        "",
+        "serviceaccounts/token",
+        "other",
+        "builder"
+    )));
+    assert!(!may(&req(
+        "get",
+        "",
+        "serviceaccounts/token",
+        "shop",
+        "builder"
+    )));
+    assert!(may(&req(
+        "get",
+        "",
+        "persistentvolumeclaims",
+        "shop",
+        "data"
+    )));
+    assert!(!may(&req(
+        "get",
+        "",
+        "persistentvolumeclaims",
+        "shop",
+        "logs"
+    )));
+    assert!(!may(&req("list", "", "persistentvolumeclaims", "shop", "")));
+    assert!(may(&req("get", "", "persistentvolumes", "", "pvc-1")));
+}
