@@ -1336,6 +1336,7 @@ spec:
   - {{name: info, downwardAPI: {{items: [{{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}]}}}}
   - {{name: shared, emptyDir: {{}}}}
   - {{name: both, projected: {{sources: [{{configMap: {{name: site}}}}, {{secret: {{name: creds}}}}]}}}}
+  - {{name: scratch, emptyDir: {{medium: Memory, sizeLimit: 8Mi}}}}
   initContainers:
   - name: init
     image: {image}
@@ -1345,13 +1346,14 @@ spec:
   - name: c
     image: {image}
     resources: {{limits: {{memory: 64Mi}}}}
-    command: [sh, -c, 'cat /site/www/index.html; echo; stat -c %a /site/www/index.html; cat /creds/password; echo; cat /info/labels; echo; cat /shared/note; ls /both; echo "env $GREETING $PASS $CM_GREETING $POD_NAME $POD_NS $MEM"; echo "$POD_IP" | grep -c 10.42; touch /site/x 2>&1 | grep -c Read-only']
+    command: [sh, -c, 'cat /site/www/index.html; echo; stat -c %a /site/www/index.html; cat /creds/password; echo; cat /info/labels; echo; cat /shared/note; ls /both; echo "env $GREETING $PASS $CM_GREETING $POD_NAME $POD_NS $MEM"; echo "$POD_IP" | grep -c 10.42; touch /site/x 2>&1 | grep -c Read-only; echo "who $WHO"; echo ''$(POD_NS) $$(POD_NS)''; grep -E " /(creds|both|info|scratch) tmpfs " /proc/mounts | cut -d" " -f2 | sort | tr "\n" " "; echo; df -k /scratch | tail -1 | tr -s " " | cut -d" " -f2; grep -cE " /(site|shared) tmpfs " /proc/mounts; true']
     volumeMounts:
     - {{name: site, mountPath: /site}}
     - {{name: creds, mountPath: /creds, readOnly: true}}
     - {{name: info, mountPath: /info}}
     - {{name: shared, mountPath: /shared}}
     - {{name: both, mountPath: /both}}
+    - {{name: scratch, mountPath: /scratch}}
     envFrom: [{{configMapRef: {{name: site}}, prefix: CM_}}]
     env:
     - {{name: GREETING, valueFrom: {{configMapKeyRef: {{name: site, key: GREETING}}}}}}
@@ -1361,6 +1363,7 @@ spec:
     - {{name: POD_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
     - {{name: MEM, valueFrom: {{resourceFieldRef: {{resource: limits.memory, divisor: 1Mi}}}}}}
     - {{name: NOPE, valueFrom: {{configMapKeyRef: {{name: absent, key: k, optional: true}}}}}}
+    - {{name: WHO, value: "$(POD_NAME) in $(POD_NS), $(UNDEFINED)"}}
 "#
     );
     let file = root.path().join("reader.yaml");
@@ -1387,6 +1390,13 @@ spec:
             "env hi s3cret hi reader default 64",
             "1",
             "1",
+            "who reader in default, $(UNDEFINED)",
+            "default $(POD_NS)",
+            // Secrets, projections, the downward API and memory-backed emptyDirs are on
+            // tmpfs (8Mi = 8192 KiB); ConfigMaps and other emptyDirs on disk.
+            "/both /creds /info /scratch ",
+            "8192",
+            "0",
         ],
         "{out}"
     );

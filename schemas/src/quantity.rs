@@ -61,7 +61,7 @@ pub fn parse_quantity(s: &str) -> Option<u128> {
 }
 
 /// The bytes of a quantity written as a string or as a plain JSON integer.
-pub(crate) fn quantity_of(value: &Value) -> Option<u128> {
+pub fn quantity_of(value: &Value) -> Option<u128> {
     match value {
         Value::String(s) => parse_quantity(s),
         Value::Number(n) => n.as_u64().map(u128::from),

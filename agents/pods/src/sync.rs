@@ -961,6 +961,20 @@ fn container_config(
     let mut labels = pod_labels(pod);
     labels.insert(labels::CONTAINER_NAME.to_string(), c.name.clone());
     let envs = prepared.envs;
+    // `$(NAME)` in the command and arguments: the container's variables.
+    let expand = |list: &[String]| -> Vec<String> {
+        list.iter()
+            .map(|s| {
+                volumes::expand(s, |name| {
+                    envs.iter()
+                        .rev()
+                        .find(|kv| kv.key == name)
+                        .map(|kv| kv.value.as_str())
+                })
+            })
+            .collect()
+    };
+    let (command, args) = (expand(&c.command), expand(&c.args));
     v1::ContainerConfig {
         metadata: Some(v1::ContainerMetadata {
             name: c.name.clone(),
@@ -970,8 +984,8 @@ fn container_config(
             image: c.image.clone(),
             ..Default::default()
         }),
-        command: c.command.clone(),
-        args: c.args.clone(),
+        command,
+        args,
         working_dir: c.working_dir.clone().unwrap_or_default(),
         envs,
         mounts: prepared.mounts,

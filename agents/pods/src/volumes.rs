@@ -192,6 +192,42 @@ pub(crate) async fn sweep(
     }
 }
 
+/// Mounts a tmpfs at `dir` (made if missing) of `size` bytes (half the memory when none),
+/// unless one is there already (the volume of an earlier container of the pod).
+fn tmpfs(dir: &Path, size: Option<u64>, mode: u32) -> Result<(), String> {
+    use nix::mount::{MsFlags, mount};
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot make its directory: {e}"))?;
+    if mounted_under(dir).iter().any(|m| m == dir) {
+        return Ok(());
+    }
+    let mut options = format!("mode={mode:o}");
+    if let Some(size) = size {
+        options.push_str(&format!(",size={size}"));
+    }
+    mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+    .map_err(|e| format!("cannot mount its tmpfs: {e}"))
+}
+
+/// The mount points at or under `dir` (of this process's mount namespace), deepest first.
+fn mounted_under(dir: &Path) -> Vec<PathBuf> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = table
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        // Spaces and the like are written as octal escapes; a pod's paths have none.
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points
+}
+
 /// Removes what pod `uid`'s volumes left (its persistent volumes stay).
 pub(crate) fn remove(ctx: &Context, uid: &str) {
     ctx.claimed
@@ -202,6 +238,11 @@ pub(crate) fn remove(ctx: &Context, uid: &str) {
         return;
     }
     let dir = pod_dir(ctx, uid);
+    for point in mounted_under(&dir) {
+        if let Err(e) = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(dir = %point.display(), error = %e, "cannot unmount a pod's tmpfs");
+        }
+    }
     if let Err(e) = std::fs::remove_dir_all(&dir)
         && e.kind() != std::io::ErrorKind::NotFound
     {
@@ -297,6 +338,40 @@ fn singular(resource: &str) -> &'static str {
     } else {
         "configmap"
     }
+}
+
+/// `text` with each `$(NAME)` that `lookup` knows replaced by its value, as Kubernetes
+/// expands `command`, `args` and `env` values: `$$` is a `$`, and a `$(NAME)` it does not
+/// know, or one left open, stays as written.
+pub(crate) fn expand<'a>(text: &str, lookup: impl Fn(&str) -> Option<&'a str>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(inner) = after.strip_prefix('(')
+            && let Some(close) = inner.find(')')
+        {
+            let name = &inner[..close];
+            match lookup(name) {
+                Some(value) => out.push_str(value),
+                None => {
+                    out.push_str("$(");
+                    out.push_str(name);
+                    out.push(')');
+                }
+            }
+            rest = &inner[close + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The variables that tell a container where the API is (`KUBERNETES_SERVICE_HOST`,
@@ -405,7 +480,13 @@ pub(crate) async fn prepare(
                 Some(v) => v,
                 None => continue,
             },
-            (Some(v), None) => v.clone(),
+            // `$(NAME)` of a variable defined before it.
+            (Some(v), None) => expand(v, |name| {
+                envs.iter()
+                    .rev()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.as_str())
+            }),
             (None, None) => String::new(),
         };
         set(&mut envs, e.name.clone(), value);
@@ -620,9 +701,21 @@ async fn make(
     volume: &Value,
     path: &Path,
 ) -> Result<bool, String> {
-    if volume.get("emptyDir").is_some() {
+    if let Some(empty) = volume.get("emptyDir") {
         std::fs::create_dir_all(path).map_err(|e| format!("cannot make its directory: {e}"))?;
+        if empty["medium"] == "Memory" {
+            let size = keel_schemas::quantity::quantity_of(&empty["sizeLimit"])
+                .and_then(|b| u64::try_from(b).ok());
+            tmpfs(path, size, 0o777)?;
+        }
         return Ok(false);
+    }
+    // What holds secrets (and the downward API) stays off the disk, as in Kubernetes.
+    if ["secret", "projected", "downwardAPI"]
+        .iter()
+        .any(|k| volume.get(*k).is_some())
+    {
+        tmpfs(path, None, 0o755)?;
     }
     let mut files: Vec<(PathBuf, Vec<u8>, u32)> = Vec::new();
     let mut tokens: Vec<(PathBuf, crate::tokens::Request, u64)> = Vec::new();
@@ -867,5 +960,31 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o644);
+    }
+}
+
+#[cfg(test)]
+mod expand_tests {
+    use super::expand;
+
+    #[test]
+    fn variables_expand_as_kubernetes_expands_them() {
+        let vars = |name: &str| match name {
+            "A" => Some("1"),
+            "EMPTY" => Some(""),
+            "LONG" => Some("$(A)"),
+            _ => None,
+        };
+        assert_eq!(expand("x$(A)y", vars), "x1y");
+        assert_eq!(expand("$(A)$(A)", vars), "11");
+        assert_eq!(expand("$$(A)", vars), "$(A)");
+        assert_eq!(expand("$$$(A)", vars), "$1");
+        assert_eq!(expand("$(NOPE) $(EMPTY).", vars), "$(NOPE) .");
+        assert_eq!(expand("$(A", vars), "$(A");
+        assert_eq!(expand("cost: 5$", vars), "cost: 5$");
+        assert_eq!(expand("$x $", vars), "$x $");
+        // A value is not expanded again.
+        assert_eq!(expand("$(LONG)", vars), "$(A)");
+        assert_eq!(expand("é$(A)ü", vars), "é1ü");
     }
 }
