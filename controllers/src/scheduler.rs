@@ -10,6 +10,12 @@
 //! shows a binding it made, the scheduler remembers it ("assumed"), so that the next
 //! workload sees that node's room as taken. VMs and pods are bound one at a time, under one
 //! lock.
+//!
+//! A pod's PersistentVolumeClaims narrow its nodes: a bound claim to its volume's nodes (its
+//! node affinity; the binding checked from the volume's side), a missing one to none. An
+//! unbound claim of a local class gets the node chosen for the pod in its
+//! `volume.kubernetes.io/selected-node` annotation, for the volume controller to make the
+//! volume there; the pod is bound once the claim is.
 
 pub mod placement;
 
