@@ -12,7 +12,7 @@
 //! The Zone and the Service are made when missing and otherwise left as an admin changed
 //! them; the slices are this controller's alone. It reconciles the kube-system Namespace.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -221,43 +221,28 @@ async fn sync_slices(
         .filter(|s| s.namespace() == Some(CLUSTER_NAMESPACE))
         .filter(|s| s.metadata.labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY))
         .collect();
-    let mut kept = HashSet::new();
-    for (port, mut endpoints) in by_port {
-        endpoints.sort_by(|a, b| a.node_name.cmp(&b.node_name));
-        let name = format!("{CLUSTER_DNS_SERVICE}-{port}");
-        kept.insert(name.clone());
-        let port = (port != 0).then_some(port);
-        let ports = vec![
-            EndpointPort {
-                name: Some("dns".into()),
-                port,
-                protocol: Some("UDP".into()),
-            },
-            EndpointPort {
-                name: Some("dns-tcp".into()),
-                port,
-                protocol: Some("TCP".into()),
-            },
-        ];
-        match owned.iter().find(|s| s.name() == name) {
-            Some(slice) if slice.endpoints == endpoints && slice.ports == ports => {}
-            Some(slice) => {
-                let mut updated = (**slice).clone();
-                updated.endpoints = endpoints;
-                updated.ports = ports;
-                match api.update(&updated).await {
-                    Ok(_) => {}
-                    Err(e) if e.code() == Some(409) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            None => {
-                let slice = crate::services::slice_of(service, &name, MANAGED_BY, endpoints, ports);
-                create(api, &slice).await?;
-            }
-        }
-    }
-    crate::services::delete_slices(api, owned.iter().filter(|s| !kept.contains(s.name()))).await
+    let wanted = by_port
+        .into_iter()
+        .map(|(port, mut endpoints)| {
+            endpoints.sort_by(|a, b| a.node_name.cmp(&b.node_name));
+            let name = format!("{CLUSTER_DNS_SERVICE}-{port}");
+            let port = (port != 0).then_some(port);
+            let ports = vec![
+                EndpointPort {
+                    name: Some("dns".into()),
+                    port,
+                    protocol: Some("UDP".into()),
+                },
+                EndpointPort {
+                    name: Some("dns-tcp".into()),
+                    port,
+                    protocol: Some("TCP".into()),
+                },
+            ];
+            (name, endpoints, ports)
+        })
+        .collect();
+    crate::services::put_slices(api, service, MANAGED_BY, &owned, wanted).await
 }
 
 /// An object this controller built that its type does not take (a bug, said as such).

@@ -14,7 +14,6 @@
 //! The Service is made when missing and otherwise left as an admin changed it; the slice is
 //! this controller's alone. It reconciles the `default` Namespace.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -165,58 +164,38 @@ async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<Actio
         .filter(|s| s.namespace() == Some(NAMESPACE))
         .filter(|s| s.metadata.labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY))
         .collect();
-    let mut kept = HashSet::new();
-    for port in ports {
-        let name = if kept.is_empty() {
-            SERVICE.to_string()
-        } else {
-            format!("{SERVICE}-{port}")
-        };
-        kept.insert(name.clone());
-        let endpoints: Vec<Endpoint> = servers
-            .iter()
-            .filter(|(_, p)| *p == port)
-            .map(|(ip, _)| Endpoint {
-                addresses: vec![ip.to_string()],
-                conditions: EndpointConditions {
-                    ready: Some(true),
-                    serving: Some(true),
-                    terminating: Some(false),
-                },
-                hostname: None,
-                node_name: None,
-                target_ref: None,
-            })
-            .collect();
-        let ports = vec![EndpointPort {
-            name: Some("https".into()),
-            port: Some(port),
-            protocol: Some("TCP".into()),
-        }];
-        match owned.iter().find(|s| s.name() == name) {
-            Some(slice) if slice.endpoints == endpoints && slice.ports == ports => {}
-            Some(slice) => {
-                let mut updated = (**slice).clone();
-                updated.endpoints = endpoints;
-                updated.ports = ports;
-                match api.update(&updated).await {
-                    Ok(_) => {}
-                    Err(e) if e.code() == Some(409) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            None => {
-                let slice =
-                    crate::services::slice_of(&service, &name, MANAGED_BY, endpoints, ports);
-                match api.create(&slice).await {
-                    Ok(_) => {}
-                    Err(e) if e.code() == Some(409) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-    }
-    crate::services::delete_slices(&api, owned.iter().filter(|s| !kept.contains(s.name()))).await?;
+    let wanted = ports
+        .into_iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let name = match i {
+                0 => SERVICE.to_string(),
+                _ => format!("{SERVICE}-{port}"),
+            };
+            let endpoints: Vec<Endpoint> = servers
+                .iter()
+                .filter(|(_, p)| *p == port)
+                .map(|(ip, _)| Endpoint {
+                    addresses: vec![ip.to_string()],
+                    conditions: EndpointConditions {
+                        ready: Some(true),
+                        serving: Some(true),
+                        terminating: Some(false),
+                    },
+                    hostname: None,
+                    node_name: None,
+                    target_ref: None,
+                })
+                .collect();
+            let ports = vec![EndpointPort {
+                name: Some("https".into()),
+                port: Some(port),
+                protocol: Some("TCP".into()),
+            }];
+            (name, endpoints, ports)
+        })
+        .collect();
+    crate::services::put_slices(&api, &service, MANAGED_BY, &owned, wanted).await?;
     Ok(Action::await_change())
 }
 

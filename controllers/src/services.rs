@@ -642,6 +642,41 @@ pub(crate) fn slice_of(
     }
 }
 
+/// Makes the slices of the selectorless Service `svc` that `managed_by` keeps (`owned`) be
+/// `wanted` — by name, their endpoints and ports: each one updated or made, and the other
+/// owned ones deleted. A create or update that lost a race is left to the next pass.
+pub(crate) async fn put_slices(
+    api: &Api<EndpointSlice>,
+    svc: &Service,
+    managed_by: &str,
+    owned: &[Arc<EndpointSlice>],
+    wanted: Vec<(String, Vec<Endpoint>, Vec<EndpointPort>)>,
+) -> Result<(), ClientError> {
+    let mut kept = HashSet::new();
+    for (name, endpoints, ports) in wanted {
+        kept.insert(name.clone());
+        let written = match owned.iter().find(|s| s.name() == name) {
+            Some(slice) if slice.endpoints == endpoints && slice.ports == ports => continue,
+            Some(slice) => {
+                let mut updated = (**slice).clone();
+                updated.endpoints = endpoints;
+                updated.ports = ports;
+                api.update(&updated).await.map(drop)
+            }
+            None => {
+                let slice = slice_of(svc, &name, managed_by, endpoints, ports);
+                api.create(&slice).await.map(drop)
+            }
+        };
+        match written {
+            Ok(()) => {}
+            Err(e) if e.code() == Some(409) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    delete_slices(api, owned.iter().filter(|s| !kept.contains(s.name()))).await
+}
+
 /// Deletes `slices` (each as it is, by uid); one gone meanwhile is as good.
 pub(crate) async fn delete_slices(
     api: &Api<EndpointSlice>,
