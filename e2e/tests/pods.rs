@@ -32,6 +32,22 @@ fn ok(out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The `PodScheduled=False` condition of pod `namespace/name`, once the scheduler wrote it.
+async fn unschedulable(kubeconfig: &Path, namespace: &str, name: &str) -> Value {
+    eventually(&format!("{name} unschedulable"), WAIT, || async {
+        let out = kubectl(
+            kubeconfig,
+            &["get", "pod", name, "-n", namespace, "-o", "json"],
+        );
+        let p: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let conditions = p["status"]["conditions"].as_array()?.clone();
+        conditions
+            .into_iter()
+            .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+    })
+    .await
+}
+
 fn pod(kubeconfig: &Path, name: &str) -> Option<Value> {
     let out = kubectl(kubeconfig, &["get", "pod", name, "-o", "json"]);
     out.status
@@ -389,14 +405,7 @@ async fn bad_pods_get_the_kubelets_clear_statuses() {
     let file = root.path().join("huge.yaml");
     std::fs::write(&file, huge).unwrap();
     ok(kubectl(admin, &["apply", "-f", file.to_str().unwrap()]));
-    let huge = eventually("huge unschedulable", WAIT, || async {
-        let p = pod(admin, "huge")?;
-        let conditions = p["status"]["conditions"].as_array()?.clone();
-        conditions
-            .into_iter()
-            .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
-    })
-    .await;
+    let huge = unschedulable(admin, "default", "huge").await;
     assert_eq!(huge["reason"], "Unschedulable");
     assert!(
         huge["message"]
@@ -504,14 +513,7 @@ async fn bad_pods_get_the_kubelets_clear_statuses() {
         admin,
         &["run", "fifth", "--image", &image, "--", "sleep", "3600"],
     ));
-    let fifth = eventually("fifth unschedulable", WAIT, || async {
-        let p = pod(admin, "fifth")?;
-        let conditions = p["status"]["conditions"].as_array()?.clone();
-        conditions
-            .into_iter()
-            .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
-    })
-    .await;
+    let fifth = unschedulable(admin, "default", "fifth").await;
     assert_eq!(
         fifth["message"], "0/1 nodes are available: 1 Too many pods.",
         "{fifth}"
@@ -2592,19 +2594,13 @@ async fn stateful_sets_make_pods_in_order_with_stable_names_and_their_own_volume
         out.status.success().then_some(())
     })
     .await;
-    let why = eventually("the thief's pod unschedulable", WAIT, || async {
-        let out = kubectl(
-            admin,
-            &["get", "pod", "reader", "-n", "thief", "-o", "json"],
-        );
-        let p: Value = serde_json::from_slice(&out.stdout).ok()?;
-        let cs = p["status"]["conditions"].as_array()?.clone();
-        cs.iter()
-            .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
-            .map(|c| c["message"].as_str().unwrap_or_default().to_string())
-    })
-    .await;
-    assert!(why.contains("bound to a different claim"), "{why}");
+    let why = unschedulable(admin, "thief", "reader").await;
+    assert!(
+        why["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("bound to a different claim")),
+        "{why}"
+    );
     let loot: Value = serde_json::from_str(&ok(kubectl(
         admin,
         &["get", "pvc", "loot", "-n", "thief", "-o", "json"],
@@ -2624,16 +2620,11 @@ async fn stateful_sets_make_pods_in_order_with_stable_names_and_their_own_volume
             r#"{"spec": {"volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "nope"}}]}}"#,
         ],
     ));
-    let why = eventually("the orphan pod unschedulable", WAIT, || async {
-        let p = pod(admin, "orphan")?;
-        let cs = p["status"]["conditions"].as_array()?.clone();
-        cs.iter()
-            .find(|c| c["type"] == "PodScheduled" && c["status"] == "False")
-            .map(|c| c["message"].as_str().unwrap_or_default().to_string())
-    })
-    .await;
+    let why = unschedulable(admin, "default", "orphan").await;
     assert!(
-        why.contains(r#"persistentvolumeclaim "nope" not found"#),
+        why["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(r#"persistentvolumeclaim "nope" not found"#)),
         "{why}"
     );
     // The set deleted, its pods go; a claim deleted, its volume and directory go.
