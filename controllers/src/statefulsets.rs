@@ -203,8 +203,8 @@ async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Action, C
         .as_ref()
         .and_then(|o| o["start"].as_i64())
         .unwrap_or(0)
-        .max(0);
-    let wanted = start..start + replicas;
+        .clamp(0, i64::from(i32::MAX));
+    let wanted = start..start.saturating_add(replicas);
     let parallel = set.spec.pod_management_policy.as_deref() == Some("Parallel");
     let mut by_ordinal: BTreeMap<i64, Arc<Pod>> = BTreeMap::new();
     for pod in ctx.pods.list() {

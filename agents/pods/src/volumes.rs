@@ -340,10 +340,24 @@ fn singular(resource: &str) -> &'static str {
     }
 }
 
+/// The longest a string may grow by expansion. Each variable may hold the expansion of the
+/// ones before it, so a tenant's chain of `B=$(A)$(A)`, `C=$(B)$(B)`, ... would double at
+/// each step; past this, the text is left as written.
+const MAX_EXPANDED: usize = 1 << 20;
+
 /// `text` with each `$(NAME)` that `lookup` knows replaced by its value, as Kubernetes
 /// expands `command`, `args` and `env` values: `$$` is a `$`, and a `$(NAME)` it does not
-/// know, or one left open, stays as written.
+/// know, or one left open, stays as written. A result over [`MAX_EXPANDED`] bytes is not
+/// made: `text` is returned as it is.
 pub(crate) fn expand<'a>(text: &str, lookup: impl Fn(&str) -> Option<&'a str>) -> String {
+    expand_within(text, lookup, MAX_EXPANDED).unwrap_or_else(|| text.to_string())
+}
+
+fn expand_within<'a>(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<&'a str>,
+    max: usize,
+) -> Option<String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find('$') {
@@ -357,7 +371,12 @@ pub(crate) fn expand<'a>(text: &str, lookup: impl Fn(&str) -> Option<&'a str>) -
         {
             let name = &inner[..close];
             match lookup(name) {
-                Some(value) => out.push_str(value),
+                Some(value) => {
+                    if out.len() + value.len() > max {
+                        return None;
+                    }
+                    out.push_str(value)
+                }
                 None => {
                     out.push_str("$(");
                     out.push_str(name);
@@ -371,7 +390,7 @@ pub(crate) fn expand<'a>(text: &str, lookup: impl Fn(&str) -> Option<&'a str>) -
         }
     }
     out.push_str(rest);
-    out
+    (out.len() <= max).then_some(out)
 }
 
 /// The variables that tell a container where the API is (`KUBERNETES_SERVICE_HOST`,
@@ -965,7 +984,7 @@ mod tests {
 
 #[cfg(test)]
 mod expand_tests {
-    use super::expand;
+    use super::{MAX_EXPANDED, expand, expand_within};
 
     #[test]
     fn variables_expand_as_kubernetes_expands_them() {
@@ -986,5 +1005,9 @@ mod expand_tests {
         // A value is not expanded again.
         assert_eq!(expand("$(LONG)", vars), "$(A)");
         assert_eq!(expand("é$(A)ü", vars), "é1ü");
+        // Past the bound, the text stays as written.
+        assert_eq!(expand_within("$(A)$(A)$(A)", vars, 2), None);
+        let doubled = "$(A)".repeat(MAX_EXPANDED);
+        assert_eq!(expand(&doubled, |_| Some("xy")), doubled);
     }
 }
